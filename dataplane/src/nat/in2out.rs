@@ -1,0 +1,181 @@
+//! Inside → outside: a bound pod's packet gets its source rewritten to the
+//! session's egress (address, port); excluded destinations pass untranslated.
+
+use super::frag::{FragAction, FragKey};
+use super::*;
+use crate::wire::l4::icmp;
+
+/// Where the fields the NAT rewrites sit in one packet.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Parsed {
+    pub src: u32,
+    pub dst: u32,
+    pub ttl: u8,
+    pub proto: u8,
+    pub hl: usize,
+    pub ident: u16,
+    /// Offset 0 with more fragments to come.
+    pub first_frag: bool,
+    /// Offset > 0: no transport header.
+    pub later_frag: bool,
+    pub more_frags: bool,
+}
+
+impl Parsed {
+    #[inline]
+    pub fn read(buf: &[u8], len: usize) -> Parsed {
+        let ip = Ipv4Packet::new_unchecked(&buf[..len]);
+        Parsed {
+            src: u32::from_be_bytes(ip.src()),
+            dst: u32::from_be_bytes(ip.dst()),
+            ttl: ip.ttl(),
+            proto: ip.protocol(),
+            hl: ip.header_len(),
+            ident: ip.ident(),
+            first_frag: ip.more_frags() && ip.frag_offset() == 0,
+            later_frag: ip.frag_offset() > 0,
+            more_frags: ip.more_frags(),
+        }
+    }
+    #[inline]
+    pub fn frag_key(&self) -> FragKey {
+        FragKey { src: self.src, dst: self.dst, id: self.ident, proto: self.proto }
+    }
+}
+
+/// Rewrites the source (`outbound`) or destination address and the matching
+/// port (the ICMP identifier for echo), with incremental checksums.
+#[inline]
+pub(super) fn rewrite(buf: &mut [u8], len: usize, proto: u8, outbound: bool, ip_new: u32, port_new: u16) {
+    let mut ip = Ipv4Packet::new_unchecked(&mut buf[..len]);
+    let hl = ip.header_len();
+    let new = ip_new.to_be_bytes();
+    let old = if outbound { ip.src() } else { ip.dst() };
+    if outbound {
+        ip.set_src(new);
+    } else {
+        ip.set_dst(new);
+    }
+    let l4b = &mut buf[hl..len];
+    match proto {
+        ipv4::PROTO_TCP | ipv4::PROTO_UDP => {
+            let at = if outbound { 0 } else { 2 };
+            let old_port = l4::read16(l4b, at);
+            l4::write16(l4b, at, port_new);
+            let c_at = l4::checksum_offset(proto);
+            let c = l4::read16(l4b, c_at);
+            if proto == ipv4::PROTO_UDP && c == 0 {
+                return; // no checksum sent (RFC 768)
+            }
+            let mut n = checksum::update_addr_port(c, old, new, old_port, port_new);
+            if proto == ipv4::PROTO_UDP && n == 0 {
+                n = 0xffff;
+            }
+            l4::write16(l4b, c_at, n);
+        }
+        _ => {
+            let old_id = l4::read16(l4b, icmp::IDENT);
+            l4::write16(l4b, icmp::IDENT, port_new);
+            let c = l4::read16(l4b, icmp::CHECKSUM);
+            l4::write16(l4b, icmp::CHECKSUM, checksum::update16(c, old_id, port_new));
+        }
+    }
+}
+
+#[inline]
+pub(super) fn decrement_ttl(buf: &mut [u8], len: usize) {
+    Ipv4Packet::new_unchecked(&mut buf[..len]).decrement_ttl();
+}
+
+use crate::wire::checksum;
+
+impl NatEngine {
+    pub(super) fn in2out(&mut self, buf: &mut [u8], len: usize, ci: u16, now: Time) -> Verdict {
+        let p = Parsed::read(buf, len);
+        if is_martian_dst(p.dst) {
+            return self.drop(DropReason::MartianDestination);
+        }
+        if p.later_frag {
+            return self.follow_fragment(buf, len, &p, now);
+        }
+        if p.ttl <= 1 {
+            let router = u32::from(self.settings.router_ip);
+            return self.send_error(buf, len, icmp::TIME_EXCEEDED, 0, router, DropReason::TtlExpired, now);
+        }
+        if self.config(ci).excludes(p.dst) {
+            decrement_ttl(buf, len);
+            self.counters.bypass_packets += 1;
+            return Verdict::Forward { side: Side::Outside, len };
+        }
+        let l4b = &buf[p.hl..len];
+        if l4b.len() < l4::min_len(p.proto) {
+            let r = if p.first_frag { DropReason::FragmentTooShort } else { DropReason::Truncated };
+            return self.drop(r);
+        }
+        match p.proto {
+            ipv4::PROTO_TCP | ipv4::PROTO_UDP => {}
+            ipv4::PROTO_ICMP => {
+                let ty = l4b[icmp::TYPE];
+                if icmp::is_error(ty) {
+                    return self.in2out_icmp_error(buf, len, &p, now);
+                }
+                if !icmp::is_query(ty) {
+                    return self.drop(DropReason::IcmpUnsupportedType);
+                }
+            }
+            _ => return self.drop(DropReason::UnsupportedProtocol),
+        }
+        let (sport, dport) = ports(p.proto, l4b);
+        let tcp_flags = (p.proto == ipv4::PROTO_TCP).then(|| l4b[l4::tcp::FLAGS]);
+
+        let owner = self.inside_owner(p.proto, p.src, sport);
+        if owner != self.settings.worker {
+            if p.first_frag {
+                self.frags.record(p.frag_key(), FragAction::Handoff(owner), now.millis());
+            }
+            self.counters.handoffs += 1;
+            return Verdict::Handoff { worker: owner };
+        }
+
+        let key = FlowKey { proto: p.proto, local: p.src, local_port: sport, remote: p.dst, remote_port: dport };
+        let i = match self.find_live_in(&key, now) {
+            Some(i) => i,
+            None => {
+                if let Some(f) = tcp_flags {
+                    if !tcp::may_open(f) {
+                        return self.drop(DropReason::TcpBadFlags);
+                    }
+                }
+                match self.create_session(&key, ci, now) {
+                    Ok(i) => i,
+                    Err(reason) => return self.refuse(buf, len, reason, now),
+                }
+            }
+        };
+        self.touch(i, tcp_flags, true, now);
+        let s = *self.sessions.get(i);
+        rewrite(buf, len, p.proto, true, s.egress, s.egress_port);
+        decrement_ttl(buf, len);
+        self.counters.in2out_packets += 1;
+        self.counters.in2out_bytes += len as u64;
+        if p.first_frag {
+            let action = FragAction::Translate { src: s.egress, dst: p.dst, side: Side::Outside };
+            self.frags.record(p.frag_key(), action, now.millis());
+        }
+        if self.plan.egress.contains_key(&p.dst) {
+            // Hairpinning (RFC 4787 REQ-9): the pod reached an egress address
+            // of this gateway; deliver to the pod behind it, with the
+            // translated source so the peer sees what the internet would.
+            self.counters.hairpin_packets += 1;
+            return self.out2in_stage(buf, len, now, true);
+        }
+        Verdict::Forward { side: Side::Outside, len }
+    }
+
+    /// A new flow that cannot get a session: drop, count, and tell the pod
+    /// (ICMP destination unreachable, administratively prohibited).
+    pub(super) fn refuse(&mut self, buf: &mut [u8], len: usize, reason: DropReason, now: Time) -> Verdict {
+        let router = u32::from(self.settings.router_ip);
+        self.send_error(buf, len, icmp::DEST_UNREACHABLE, icmp::CODE_ADMIN_PROHIBITED, router, reason, now)
+    }
+}

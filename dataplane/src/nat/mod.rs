@@ -1,0 +1,732 @@
+//! The NAT core: stateful SNAT for TCP, UDP and ICMP with ports pooled
+//! across every address of a config's egress pool. Pure: bytes, a clock and
+//! a plan in; a verdict and rewritten bytes out. One `NatEngine` per worker,
+//! owning its sessions (VPP `per_thread_data` style); the worker loop moves
+//! packets and the engine never does I/O.
+//!
+//! Split by direction as VPP's nat44-ed is: `in2out` (pod → internet),
+//! `out2in` (internet → pod), `icmp` (errors both ways and the errors the
+//! gateway itself sends), `frag` (shallow virtual reassembly).
+
+mod counters;
+mod frag;
+mod icmp;
+mod in2out;
+mod out2in;
+pub mod port_pool;
+pub mod session;
+pub mod tcp;
+
+pub use counters::{Counters, DropReason};
+pub use frag::{ReleaseTo, Released};
+
+use crate::plan::{CompiledConfig, CompiledPlan, MappingMode};
+use crate::wire::ipv4::{self, Ipv4Packet};
+use crate::wire::{l4, Error as WireError};
+use frag::FragTable;
+use hashbrown::HashMap;
+use port_pool::{PortSet, PortSlice, Rng};
+use session::{state, EndpointKey, FlowKey, Mapping, MappingTable, Session, SessionTable, NONE};
+use std::hash::{BuildHasher, Hasher};
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+/// Engine time: a monotonic clock in milliseconds, passed in by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Time {
+    ms: u64,
+}
+
+impl Time {
+    pub const fn from_millis(ms: u64) -> Time {
+        Time { ms }
+    }
+    pub const fn from_secs(s: u64) -> Time {
+        Time { ms: s * 1000 }
+    }
+    pub const fn millis(self) -> u64 {
+        self.ms
+    }
+    /// Whole seconds, the resolution of session timers.
+    #[inline]
+    pub const fn secs(self) -> u32 {
+        (self.ms / 1000) as u32
+    }
+}
+
+/// Which side of the gateway a packet goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Toward the pods.
+    Inside,
+    /// Toward the internet.
+    Outside,
+}
+
+/// What the worker does with a packet after `process`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Rewritten in place (TTL decremented): route `len` bytes by destination
+    /// out of `side`.
+    Forward { side: Side, len: usize },
+    /// The buffer now holds an ICMP error for the sender: send `len` bytes
+    /// back out of the interface the packet came in on, to the sender.
+    Reply { len: usize },
+    /// Belongs to another worker's sessions: hand it over unchanged.
+    Handoff { worker: u16 },
+    /// Kept by the engine (an out-of-order fragment); see `take_released`.
+    Held,
+    /// Dropped; already counted under its reason.
+    Drop(DropReason),
+}
+
+/// Node-level settings of one worker's engine (the plan carries the rest).
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// This worker's index and the number of workers sharing the pools.
+    pub worker: u16,
+    pub workers: u16,
+    /// Sessions this engine can hold; allocated up front, never evicted.
+    pub session_capacity: usize,
+    /// Source of the ICMP errors the gateway sends to pods (its inside address).
+    pub router_ip: Ipv4Addr,
+    /// Egress ports used on every address.
+    pub ports: RangeInclusive<u16>,
+    /// ICMP errors the engine may send per second (RFC 1812 4.3.2.8).
+    pub icmp_errors_per_sec: u32,
+    /// Datagrams whose fragments are tracked at once.
+    pub frag_datagrams: usize,
+    /// Out-of-order fragments held at once.
+    pub frag_held: usize,
+    pub frag_timeout_ms: u64,
+    /// Port randomisation seed; 0 picks one at random.
+    pub seed: u64,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            worker: 0,
+            workers: 1,
+            session_capacity: 4 << 20,
+            router_ip: Ipv4Addr::UNSPECIFIED,
+            ports: 1024..=65535,
+            icmp_errors_per_sec: 1000,
+            frag_datagrams: 16384,
+            frag_held: 256,
+            frag_timeout_ms: 2000,
+            seed: 0,
+        }
+    }
+}
+
+/// Per-pod state on this worker.
+#[derive(Debug, Clone, Copy)]
+struct PodState {
+    config: u16,
+    /// Index of the pod's paired egress address in its config (rendezvous hash).
+    preferred: u16,
+    /// Ports held: mappings (endpoint-independent) or sessions (port reuse).
+    holdings: u32,
+}
+
+/// Per-egress-address state on this worker.
+#[derive(Debug, Clone)]
+struct AddrState {
+    config: u16,
+    /// Taken ports of this worker's slice, per protocol (TCP, UDP, ICMP).
+    ports: [PortSet; 3],
+    /// Live port-reuse sessions on this address.
+    sessions: u32,
+}
+
+/// Port usage of one egress address on this worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortUsage {
+    pub addr: Ipv4Addr,
+    pub config: String,
+    /// Ports held by endpoint-independent mappings (live or cooling), per protocol.
+    pub mapped: [u32; 3],
+    /// Port-reuse sessions.
+    pub sessions: u32,
+    /// Ports in this worker's slice of the address (per protocol).
+    pub slice: u32,
+}
+
+#[inline]
+fn proto_slot(proto: u8) -> usize {
+    match proto {
+        ipv4::PROTO_TCP => 0,
+        ipv4::PROTO_UDP => 1,
+        _ => 2,
+    }
+}
+
+#[inline]
+fn is_martian_dst(dst: u32) -> bool {
+    let a = dst >> 24;
+    a == 0 || a == 127 || a >= 224
+}
+
+pub struct NatEngine {
+    settings: EngineSettings,
+    plan: Arc<CompiledPlan>,
+    slice: PortSlice,
+    sessions: SessionTable,
+    mappings: MappingTable,
+    pods: HashMap<u32, PodState>,
+    addrs: HashMap<u32, AddrState>,
+    /// Per config: this worker's share of the per-pod quota.
+    quotas: Vec<u32>,
+    rng: Rng,
+    counters: Counters,
+    frags: FragTable,
+    sweep_sessions: usize,
+    sweep_mappings: usize,
+    icmp_tokens: u32,
+    icmp_refill_ms: u64,
+}
+
+impl NatEngine {
+    pub fn new(settings: EngineSettings, plan: Arc<CompiledPlan>) -> Self {
+        let seed = if settings.seed != 0 {
+            settings.seed
+        } else {
+            std::collections::hash_map::RandomState::new().build_hasher().finish()
+        };
+        let slice = PortSlice::new(settings.ports.clone(), settings.worker, settings.workers);
+        let cap = settings.session_capacity;
+        let mut engine = NatEngine {
+            sessions: SessionTable::with_capacity(cap),
+            mappings: MappingTable::with_capacity(cap),
+            frags: {
+                let mut f = FragTable::new(settings.frag_datagrams, settings.frag_held);
+                f.set_timeout(settings.frag_timeout_ms);
+                f
+            },
+            rng: Rng::new(seed),
+            slice,
+            pods: HashMap::new(),
+            addrs: HashMap::new(),
+            quotas: Vec::new(),
+            counters: Counters::default(),
+            sweep_sessions: 0,
+            sweep_mappings: 0,
+            icmp_tokens: settings.icmp_errors_per_sec,
+            icmp_refill_ms: 0,
+            plan: Arc::new(CompiledPlan {
+                version: 0,
+                configs: Vec::new(),
+                pods: HashMap::new(),
+                egress: HashMap::new(),
+            }),
+            settings,
+        };
+        engine.apply_plan(plan, Time::default());
+        engine
+    }
+
+    pub fn plan(&self) -> &Arc<CompiledPlan> {
+        &self.plan
+    }
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+    pub fn port_slice(&self) -> PortSlice {
+        self.slice
+    }
+    /// Live sessions (excluding cooling tombstones).
+    pub fn session_count(&self) -> usize {
+        self.sessions.iter().filter(|(_, s)| s.is_live()).count()
+    }
+    /// Occupied session slots, live and cooling: what counts against capacity.
+    pub fn session_slots(&self) -> usize {
+        self.sessions.len()
+    }
+    pub fn mapping_count(&self) -> usize {
+        self.mappings.len()
+    }
+    /// Every live session.
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.iter().map(|(_, s)| s).filter(|s| s.is_live())
+    }
+
+    /// Port usage per egress address on this worker.
+    pub fn port_usage(&self) -> Vec<PortUsage> {
+        let mut v: Vec<PortUsage> = self
+            .addrs
+            .iter()
+            .map(|(&a, st)| PortUsage {
+                addr: Ipv4Addr::from(a),
+                config: self.plan.configs[usize::from(st.config)].name.clone(),
+                mapped: [st.ports[0].used(), st.ports[1].used(), st.ports[2].used()],
+                sessions: st.sessions,
+                slice: self.slice.len() as u32,
+            })
+            .collect();
+        v.sort_by_key(|u| u.addr);
+        v
+    }
+
+    /// The worker that owns an inside → outside flow of a pod endpoint. A
+    /// pod endpoint always lands on one worker, so its endpoint-independent
+    /// mapping is one mapping.
+    #[inline]
+    pub fn inside_owner(&self, proto: u8, pod: u32, port: u16) -> u16 {
+        if self.settings.workers <= 1 {
+            return self.settings.worker;
+        }
+        let h = (u64::from(pod) << 24 | u64::from(port) << 8 | u64::from(proto)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        ((h >> 32) % u64::from(self.settings.workers)) as u16
+    }
+
+    /// Swaps in a new plan between batches. Sessions survive when their pod
+    /// is still bound to a config of the same name and mapping mode whose
+    /// pool still holds their egress address; all others are cut at once.
+    pub fn apply_plan(&mut self, plan: Arc<CompiledPlan>, now: Time) {
+        let old = std::mem::replace(&mut self.plan, plan);
+        let plan = self.plan.clone();
+        let workers = u32::from(self.settings.workers.max(1));
+        self.quotas = plan.configs.iter().map(|c| c.port_quota.div_ceil(workers)).collect();
+
+        // Egress addresses: keep the port bitmaps of those that stay.
+        let mut addrs = HashMap::with_capacity(plan.egress.len());
+        for (&a, &(ci, _)) in &plan.egress {
+            let st = match self.addrs.remove(&a) {
+                Some(mut st) if old.configs[usize::from(st.config)].name == plan.configs[usize::from(ci)].name => {
+                    st.config = ci;
+                    st
+                }
+                _ => {
+                    let n = self.slice.len();
+                    AddrState { config: ci, ports: [PortSet::new(n), PortSet::new(n), PortSet::new(n)], sessions: 0 }
+                }
+            };
+            addrs.insert(a, st);
+        }
+        self.addrs = addrs;
+
+        self.pods = plan
+            .pods
+            .iter()
+            .map(|(&p, &ci)| {
+                let preferred = rendezvous(p, &plan.configs[usize::from(ci)]);
+                (p, PodState { config: ci, preferred, holdings: 0 })
+            })
+            .collect();
+
+        // Re-home or cut sessions, then mappings, recounting holdings.
+        let keep = |pod: u32, egress: u32, old_ci: u16, plan: &CompiledPlan| -> Option<u16> {
+            let &ci = plan.pods.get(&pod)?;
+            let &(eci, _) = plan.egress.get(&egress)?;
+            let (o, n) = (&old.configs[usize::from(old_ci)], &plan.configs[usize::from(ci)]);
+            (eci == ci && o.name == n.name && o.mapping == n.mapping).then_some(ci)
+        };
+        let idxs: Vec<u32> = self.sessions.iter().map(|(i, _)| i).collect();
+        for i in idxs {
+            let s = *self.sessions.get(i);
+            match keep(s.pod, s.egress, s.config, &plan) {
+                Some(ci) => {
+                    self.sessions.get_mut(i).config = ci;
+                    if s.is_live() && s.mapping == NONE {
+                        self.pods.get_mut(&s.pod).expect("kept pod is bound").holdings += 1;
+                        self.addrs.get_mut(&s.egress).expect("kept address").sessions += 1;
+                    }
+                }
+                None => {
+                    // Cut: no cooldown, the tuple is gone with its config.
+                    if s.mapping != NONE {
+                        self.mappings.get_mut(s.mapping).refs -= 1;
+                    }
+                    self.sessions.remove(i);
+                    self.counters.sessions_closed += 1;
+                }
+            }
+        }
+        let midxs: Vec<u32> = self.mappings.iter().map(|(i, _)| i).collect();
+        for i in midxs {
+            let m = *self.mappings.get(i);
+            match keep(m.pod, m.egress, m.config, &plan) {
+                Some(ci) if m.refs > 0 || m.deadline > now.secs() => {
+                    self.mappings.get_mut(i).config = ci;
+                    self.pods.get_mut(&m.pod).expect("kept pod is bound").holdings += 1;
+                    let off = u32::from(m.egress_port - self.slice.lo);
+                    let set = &mut self.addrs.get_mut(&m.egress).expect("kept address").ports[proto_slot(m.proto)];
+                    if !set.is_set(off) {
+                        set.set(off);
+                    }
+                }
+                _ => {
+                    debug_assert_eq!(m.refs, 0, "sessions of a cut mapping were cut");
+                    if let Some(a) = self.addrs.get_mut(&m.egress) {
+                        let off = u32::from(m.egress_port - self.slice.lo);
+                        let set = &mut a.ports[proto_slot(m.proto)];
+                        if set.is_set(off) {
+                            set.clear(off);
+                        }
+                    }
+                    self.mappings.remove(i);
+                }
+            }
+        }
+    }
+
+    /// Translates one IPv4 packet in place. `buf` starts at the IP header and
+    /// runs to the end of the frame's room (replies may need up to 64 bytes
+    /// more than `len`); `len` is the bytes received.
+    pub fn process(&mut self, buf: &mut [u8], len: usize, now: Time) -> Verdict {
+        let len = len.min(buf.len());
+        let (src, dst, total) = match Ipv4Packet::new_checked(&buf[..len]) {
+            Ok(ip) if ip.verify_checksum() => (u32::from_be_bytes(ip.src()), u32::from_be_bytes(ip.dst()), ip.total_len()),
+            Ok(_) => return self.drop(DropReason::BadIpChecksum),
+            Err(WireError::Truncated) => return self.drop(DropReason::Truncated),
+            Err(WireError::Malformed) => return self.drop(DropReason::Malformed),
+        };
+        if let Some(&pod) = self.pods.get(&src) {
+            return self.in2out(buf, total, pod.config, now);
+        }
+        if self.plan.egress.contains_key(&dst) {
+            return self.out2in(buf, total, now);
+        }
+        self.drop(DropReason::UnboundSource)
+    }
+
+    /// Expires idle sessions and cooled mappings and fragments, visiting at
+    /// most `budget` slots: bounded work per call, a full sweep every
+    /// `capacity / budget` calls. Returns the sessions closed.
+    pub fn expire(&mut self, now: Time, budget: usize) -> usize {
+        let secs = now.secs();
+        let mut closed = 0;
+        let hw = self.sessions.high_water();
+        for _ in 0..budget.min(hw) {
+            if self.sweep_sessions >= hw {
+                self.sweep_sessions = 0;
+            }
+            let i = self.sweep_sessions as u32;
+            self.sweep_sessions += 1;
+            let s = self.sessions.get(i);
+            if s.state & state::FREE == 0 && s.deadline <= secs {
+                closed += usize::from(s.is_live());
+                self.end_session(i, now);
+            }
+        }
+        let hw = self.mappings.high_water();
+        for _ in 0..budget.min(hw) {
+            if self.sweep_mappings >= hw {
+                self.sweep_mappings = 0;
+            }
+            let i = self.sweep_mappings as u32;
+            self.sweep_mappings += 1;
+            let m = self.mappings.get(i);
+            if !m.free && m.refs == 0 && m.deadline <= secs {
+                self.free_mapping(i);
+            }
+        }
+        let timed_out = self.frags.expire(now.millis());
+        self.counters.drops[DropReason::FragmentTimeout as usize] += timed_out;
+        closed
+    }
+
+    /// Fragments held for reassembly order that can now go out.
+    pub fn take_released(&mut self) -> Option<Released> {
+        self.frags.take_released()
+    }
+
+    #[inline]
+    fn drop(&mut self, reason: DropReason) -> Verdict {
+        self.counters.drop(reason);
+        Verdict::Drop(reason)
+    }
+
+    #[inline]
+    fn config(&self, ci: u16) -> &CompiledConfig {
+        &self.plan.configs[usize::from(ci)]
+    }
+
+    /// The idle timeout a session gets from its state.
+    #[inline]
+    fn timeout(&self, s: &Session) -> u32 {
+        let t = &self.config(s.config).timeouts;
+        match s.proto {
+            ipv4::PROTO_TCP => tcp::timeout(s.state, t),
+            ipv4::PROTO_UDP => t.udp,
+            _ => t.icmp,
+        }
+    }
+
+    /// Finds a live session by its inside key, closing it first if it has
+    /// idled past its deadline (the sweep may not have reached it yet).
+    #[inline]
+    fn find_live_in(&mut self, k: &FlowKey, now: Time) -> Option<u32> {
+        let i = self.sessions.find_in(k)?;
+        if self.sessions.get(i).deadline <= now.secs() {
+            self.end_session(i, now);
+            return None;
+        }
+        Some(i)
+    }
+
+    #[inline]
+    fn find_live_out(&mut self, k: &FlowKey, now: Time) -> Option<u32> {
+        let i = self.sessions.find_out(k)?;
+        let s = self.sessions.get(i);
+        if !s.is_live() {
+            return None;
+        }
+        if s.deadline <= now.secs() {
+            self.end_session(i, now);
+            return None;
+        }
+        Some(i)
+    }
+
+    /// Records a packet on a session: TCP state, refreshed deadline.
+    #[inline]
+    fn touch(&mut self, i: u32, tcp_flags: Option<u8>, outbound: bool, now: Time) {
+        let s = *self.sessions.get(i);
+        let st = match tcp_flags {
+            Some(f) => tcp::update(s.state, f, outbound),
+            None => s.state,
+        };
+        let mut n = s;
+        n.state = st;
+        n.packets = n.packets.wrapping_add(1);
+        n.deadline = now.secs().saturating_add(self.timeout(&n));
+        *self.sessions.get_mut(i) = n;
+    }
+
+    /// Creates a session for a new inside → outside flow, allocating its
+    /// egress (address, port). Never evicts a live session.
+    fn create_session(&mut self, k: &FlowKey, ci: u16, now: Time) -> Result<u32, DropReason> {
+        if self.sessions.is_full() {
+            return Err(DropReason::SessionTableFull);
+        }
+        let cfg = self.config(ci);
+        let mapping_mode = cfg.mapping;
+        let (egress, egress_port, mapping) = match mapping_mode {
+            MappingMode::EndpointIndependent => {
+                let ek = EndpointKey { proto: k.proto, ip: k.local, port: k.local_port };
+                let mi = match self.mappings.find_pod(&ek) {
+                    Some(mi) => mi,
+                    None => self.create_mapping(k, ci, now)?,
+                };
+                let m = self.mappings.get_mut(mi);
+                m.refs += 1;
+                (m.egress, m.egress_port, mi)
+            }
+            MappingMode::PortReuse => {
+                let (a, p) = self.alloc_port_reuse(k, ci)?;
+                (a, p, NONE)
+            }
+        };
+        let s = Session {
+            pod: k.local,
+            remote: k.remote,
+            egress,
+            pod_port: k.local_port,
+            remote_port: k.remote_port,
+            egress_port,
+            proto: k.proto,
+            state: 0,
+            config: ci,
+            deadline: 0,
+            mapping,
+            created: now.secs(),
+            packets: 0,
+        };
+        let Some(i) = self.sessions.insert(s) else {
+            // Capacity was checked above; undo the mapping reference anyway.
+            if mapping != NONE {
+                self.release_mapping_ref(mapping, now);
+            }
+            return Err(DropReason::SessionTableFull);
+        };
+        if mapping == NONE {
+            self.pods.get_mut(&k.local).expect("bound pod").holdings += 1;
+            self.addrs.get_mut(&egress).expect("pool address").sessions += 1;
+        }
+        self.counters.sessions_created += 1;
+        Ok(i)
+    }
+
+    /// The pod's paired address first, then the others in order.
+    #[inline]
+    fn addr_order(&self, pod: u32, ci: u16) -> (u16, usize) {
+        let n = self.config(ci).addrs.len();
+        (self.pods.get(&pod).map_or(0, |p| p.preferred), n)
+    }
+
+    fn check_quota(&self, pod: u32, ci: u16) -> Result<(), DropReason> {
+        let held = self.pods.get(&pod).map_or(0, |p| p.holdings);
+        if held >= self.quotas[usize::from(ci)] {
+            return Err(DropReason::QuotaExceeded);
+        }
+        Ok(())
+    }
+
+    fn create_mapping(&mut self, k: &FlowKey, ci: u16, _now: Time) -> Result<u32, DropReason> {
+        self.check_quota(k.local, ci)?;
+        let (first, n) = self.addr_order(k.local, ci);
+        let slot = proto_slot(k.proto);
+        for step in 0..n {
+            let ai = (usize::from(first) + step) % n;
+            let addr = u32::from(self.plan.configs[usize::from(ci)].addrs[ai]);
+            let start = self.rng.next() as u32;
+            let st = self.addrs.get_mut(&addr).expect("pool address");
+            if let Some(off) = st.ports[slot].take_from(start) {
+                let port = self.slice.lo + off as u16;
+                let m = Mapping {
+                    pod: k.local,
+                    egress: addr,
+                    pod_port: k.local_port,
+                    egress_port: port,
+                    proto: k.proto,
+                    free: false,
+                    config: ci,
+                    refs: 0,
+                    deadline: 0,
+                };
+                let Some(mi) = self.mappings.insert(m) else {
+                    st.ports[slot].clear(off);
+                    return Err(DropReason::SessionTableFull);
+                };
+                self.pods.get_mut(&k.local).expect("bound pod").holdings += 1;
+                self.counters.mappings_created += 1;
+                return Ok(mi);
+            }
+        }
+        Err(DropReason::PoolExhausted)
+    }
+
+    /// Port reuse: any port whose outside tuple toward this destination is
+    /// unused (live or cooling). Random probes first, then an exhaustive scan
+    /// so that "exhausted" is never claimed while a port is free.
+    fn alloc_port_reuse(&mut self, k: &FlowKey, ci: u16) -> Result<(u32, u16), DropReason> {
+        self.check_quota(k.local, ci)?;
+        let (first, n) = self.addr_order(k.local, ci);
+        let (lo, len) = (self.slice.lo, self.slice.len() as u32);
+        let mut probe = FlowKey { proto: k.proto, local: 0, local_port: 0, remote: k.remote, remote_port: k.remote_port };
+        for step in 0..n {
+            let ai = (usize::from(first) + step) % n;
+            probe.local = u32::from(self.plan.configs[usize::from(ci)].addrs[ai]);
+            for _ in 0..16 {
+                probe.local_port = lo + (self.rng.next() as u32 % len) as u16;
+                if self.sessions.find_out(&probe).is_none() {
+                    return Ok((probe.local, probe.local_port));
+                }
+            }
+            let start = self.rng.next() as u32 % len;
+            for j in 0..len {
+                probe.local_port = lo + ((start + j) % len) as u16;
+                if self.sessions.find_out(&probe).is_none() {
+                    return Ok((probe.local, probe.local_port));
+                }
+            }
+        }
+        Err(DropReason::PoolExhausted)
+    }
+
+    /// Ends a session: live → cooldown (port reuse) or gone (its mapping
+    /// keeps the port cooling); cooling → gone.
+    fn end_session(&mut self, i: u32, now: Time) {
+        let s = *self.sessions.get(i);
+        if s.state & state::COOLDOWN != 0 {
+            self.sessions.remove(i);
+            return;
+        }
+        self.counters.sessions_closed += 1;
+        if s.mapping != NONE {
+            self.sessions.remove(i);
+            self.release_mapping_ref(s.mapping, now);
+            return;
+        }
+        if let Some(p) = self.pods.get_mut(&s.pod) {
+            p.holdings -= 1;
+        }
+        if let Some(a) = self.addrs.get_mut(&s.egress) {
+            a.sessions -= 1;
+        }
+        let cooldown = self.config(s.config).timeouts.port_cooldown;
+        if cooldown == 0 {
+            self.sessions.remove(i);
+        } else {
+            self.sessions.unlink_in(i);
+            let e = self.sessions.get_mut(i);
+            e.state = state::COOLDOWN;
+            e.deadline = now.secs().saturating_add(cooldown);
+        }
+    }
+
+    fn release_mapping_ref(&mut self, mi: u32, now: Time) {
+        let cooldown = self.config(self.mappings.get(mi).config).timeouts.port_cooldown;
+        let m = self.mappings.get_mut(mi);
+        m.refs -= 1;
+        if m.refs == 0 {
+            m.deadline = now.secs().saturating_add(cooldown);
+            if cooldown == 0 {
+                self.free_mapping(mi);
+            }
+        }
+    }
+
+    fn free_mapping(&mut self, mi: u32) {
+        let m = *self.mappings.get(mi);
+        if let Some(p) = self.pods.get_mut(&m.pod) {
+            p.holdings -= 1;
+        }
+        if let Some(a) = self.addrs.get_mut(&m.egress) {
+            a.ports[proto_slot(m.proto)].clear(u32::from(m.egress_port - self.slice.lo));
+        }
+        self.mappings.remove(mi);
+    }
+
+    /// Takes an ICMP-error token; tokens refill at `icmp_errors_per_sec`.
+    fn icmp_token(&mut self, now: Time) -> bool {
+        let rate = self.settings.icmp_errors_per_sec;
+        let elapsed = now.millis().saturating_sub(self.icmp_refill_ms);
+        if elapsed > 0 {
+            let add = (elapsed * u64::from(rate) / 1000) as u32;
+            if add > 0 {
+                self.icmp_tokens = (self.icmp_tokens + add).min(rate);
+                self.icmp_refill_ms = now.millis();
+            }
+        }
+        if self.icmp_tokens == 0 {
+            self.counters.icmp_rate_limited += 1;
+            return false;
+        }
+        self.icmp_tokens -= 1;
+        true
+    }
+}
+
+/// The pod's paired address: highest rendezvous score, so a pool change
+/// moves only the pods whose address came or went.
+fn rendezvous(pod: u32, cfg: &CompiledConfig) -> u16 {
+    let score = |a: Ipv4Addr| (u64::from(pod) << 32 | u64::from(u32::from(a))).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let mut best = (0u64, 0u16);
+    for (i, &a) in cfg.addrs.iter().enumerate() {
+        let s = score(a);
+        if i == 0 || s > best.0 {
+            best = (s, i as u16);
+        }
+    }
+    best.1
+}
+
+/// Reads the transport key fields at the start of an L4 header (ports, or
+/// the ICMP identifier as the local "port").
+#[inline]
+fn ports(proto: u8, l4: &[u8]) -> (u16, u16) {
+    match proto {
+        ipv4::PROTO_ICMP => (l4::read16(l4, l4::icmp::IDENT), 0),
+        _ => (l4::read16(l4, 0), l4::read16(l4, 2)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,118 @@
+//! Outside → inside: only packets matching a live session are translated
+//! back to the pod; everything else is unsolicited and dropped.
+
+use super::frag::FragAction;
+use super::in2out::{decrement_ttl, rewrite, Parsed};
+use super::*;
+use crate::plan::FilteringMode;
+use crate::wire::l4::icmp;
+
+impl NatEngine {
+    pub(super) fn out2in(&mut self, buf: &mut [u8], len: usize, now: Time) -> Verdict {
+        self.out2in_stage(buf, len, now, false)
+    }
+
+    /// `hairpin`: the packet was just translated inside → outside on this
+    /// worker; its TTL was already handled.
+    pub(super) fn out2in_stage(&mut self, buf: &mut [u8], len: usize, now: Time, hairpin: bool) -> Verdict {
+        let p = Parsed::read(buf, len);
+        if p.later_frag {
+            return self.follow_fragment(buf, len, &p, now);
+        }
+        let l4b = &buf[p.hl..len];
+        if l4b.len() < l4::min_len(p.proto) {
+            let r = if p.first_frag { DropReason::FragmentTooShort } else { DropReason::Truncated };
+            return self.drop(r);
+        }
+        match p.proto {
+            ipv4::PROTO_TCP | ipv4::PROTO_UDP => {}
+            ipv4::PROTO_ICMP => {
+                let ty = l4b[icmp::TYPE];
+                if icmp::is_error(ty) {
+                    return self.out2in_icmp_error(buf, len, &p, now);
+                }
+                if ty != icmp::ECHO_REPLY {
+                    return self.drop(DropReason::Unsolicited);
+                }
+            }
+            _ => return self.drop(DropReason::UnsupportedProtocol),
+        }
+        let (a, b) = ports(p.proto, l4b);
+        let (local_port, remote_port) = if p.proto == ipv4::PROTO_ICMP { (a, 0) } else { (b, a) };
+        let tcp_flags = (p.proto == ipv4::PROTO_TCP).then(|| l4b[l4::tcp::FLAGS]);
+
+        match self.slice.owner(local_port) {
+            None => return self.drop(DropReason::Unsolicited),
+            Some(w) if w != self.settings.worker => {
+                if p.first_frag {
+                    self.frags.record(p.frag_key(), FragAction::Handoff(w), now.millis());
+                }
+                self.counters.handoffs += 1;
+                return Verdict::Handoff { worker: w };
+            }
+            Some(_) => {}
+        }
+
+        let key = FlowKey { proto: p.proto, local: p.dst, local_port, remote: p.src, remote_port };
+        let i = match self.find_live_out(&key, now) {
+            Some(i) => i,
+            None => match self.open_from_mapping(&key, now) {
+                Some(i) => i,
+                None => return self.drop(DropReason::Unsolicited),
+            },
+        };
+        if !hairpin && p.ttl <= 1 {
+            return self.send_error(buf, len, icmp::TIME_EXCEEDED, 0, p.dst, DropReason::TtlExpired, now);
+        }
+        self.touch(i, tcp_flags, false, now);
+        let s = *self.sessions.get(i);
+        rewrite(buf, len, p.proto, false, s.pod, s.pod_port);
+        if !hairpin {
+            decrement_ttl(buf, len);
+        }
+        self.counters.out2in_packets += 1;
+        self.counters.out2in_bytes += len as u64;
+        if p.first_frag {
+            let action = FragAction::Translate { src: p.src, dst: s.pod, side: Side::Inside };
+            self.frags.record(p.frag_key(), action, now.millis());
+        }
+        Verdict::Forward { side: Side::Inside, len }
+    }
+
+    /// Endpoint-independent filtering (UDP, opt-in): a new remote endpoint
+    /// may reach a live mapping; it gets a session of its own.
+    fn open_from_mapping(&mut self, key: &FlowKey, now: Time) -> Option<u32> {
+        if key.proto != ipv4::PROTO_UDP {
+            return None;
+        }
+        let &(ci, _) = self.plan.egress.get(&key.local)?;
+        let cfg = self.config(ci);
+        if cfg.filtering != FilteringMode::EndpointIndependent || cfg.mapping != MappingMode::EndpointIndependent {
+            return None;
+        }
+        let mi = self.mappings.find_egress(&EndpointKey { proto: key.proto, ip: key.local, port: key.local_port })?;
+        let m = *self.mappings.get(mi);
+        if m.refs == 0 || self.sessions.is_full() {
+            return None;
+        }
+        let s = Session {
+            pod: m.pod,
+            remote: key.remote,
+            egress: m.egress,
+            pod_port: m.pod_port,
+            remote_port: key.remote_port,
+            egress_port: m.egress_port,
+            proto: key.proto,
+            state: 0,
+            config: m.config,
+            deadline: 0,
+            mapping: mi,
+            created: now.secs(),
+            packets: 0,
+        };
+        let i = self.sessions.insert(s)?;
+        self.mappings.get_mut(mi).refs += 1;
+        self.counters.sessions_created += 1;
+        Some(i)
+    }
+}

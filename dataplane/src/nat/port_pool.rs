@@ -1,0 +1,181 @@
+//! Egress ports. Every worker owns one contiguous slice of the port range of
+//! every egress address (VPP NAT44-ED style), so the owner of a returning
+//! packet is a function of its destination port. Within a slice, ports are
+//! picked at random (RFC 6056 spirit) from a bitmap per (address, protocol).
+
+use std::ops::RangeInclusive;
+
+/// The slice of the egress port range one worker allocates from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortSlice {
+    /// First port of the whole range (all workers).
+    pub range_lo: u16,
+    /// Ports per worker; the last worker also takes the remainder.
+    pub per_worker: u16,
+    pub workers: u16,
+    /// This worker's ports: `lo..=hi`.
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortSlice {
+    pub fn new(range: RangeInclusive<u16>, worker: u16, workers: u16) -> Self {
+        let (lo, hi) = (*range.start(), *range.end());
+        let total = u32::from(hi) - u32::from(lo) + 1;
+        let workers = workers.max(1);
+        let per_worker = (total / u32::from(workers)).max(1) as u16;
+        let my_lo = lo + per_worker * worker;
+        let my_hi = if worker + 1 == workers { hi } else { my_lo + per_worker - 1 };
+        PortSlice { range_lo: lo, per_worker, workers, lo: my_lo, hi: my_hi }
+    }
+
+    /// Ports in this worker's slice.
+    pub fn len(&self) -> usize {
+        usize::from(self.hi - self.lo) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The worker that owns `port`, or `None` below the range.
+    #[inline]
+    pub fn owner(&self, port: u16) -> Option<u16> {
+        if port < self.range_lo {
+            return None;
+        }
+        Some(((port - self.range_lo) / self.per_worker).min(self.workers - 1))
+    }
+
+    #[inline]
+    pub fn contains(&self, port: u16) -> bool {
+        (self.lo..=self.hi).contains(&port)
+    }
+}
+
+/// Which ports of a slice are taken, for one (address, protocol).
+#[derive(Debug, Clone)]
+pub struct PortSet {
+    bits: Box<[u64]>,
+    len: u32,
+    used: u32,
+}
+
+impl PortSet {
+    pub fn new(len: usize) -> Self {
+        PortSet { bits: vec![0u64; len.div_ceil(64)].into_boxed_slice(), len: len as u32, used: 0 }
+    }
+
+    pub fn used(&self) -> u32 {
+        self.used
+    }
+
+    pub fn free(&self) -> u32 {
+        self.len - self.used
+    }
+
+    #[inline]
+    pub fn is_set(&self, i: u32) -> bool {
+        self.bits[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    #[inline]
+    pub fn set(&mut self, i: u32) {
+        debug_assert!(!self.is_set(i));
+        self.bits[(i / 64) as usize] |= 1 << (i % 64);
+        self.used += 1;
+    }
+
+    #[inline]
+    pub fn clear(&mut self, i: u32) {
+        debug_assert!(self.is_set(i));
+        self.bits[(i / 64) as usize] &= !(1 << (i % 64));
+        self.used -= 1;
+    }
+
+    /// Takes a free index at or after a random start (wrapping); `None` when full.
+    pub fn take_from(&mut self, start: u32) -> Option<u32> {
+        if self.used >= self.len {
+            return None;
+        }
+        let start = start % self.len;
+        let words = self.bits.len();
+        let first = (start / 64) as usize;
+        // The first word only from `start` on; then whole words; then the
+        // first word's low bits last.
+        for step in 0..=words {
+            let w = (first + step) % words;
+            let mut free = !self.bits[w];
+            if step == 0 {
+                free &= u64::MAX << (start % 64);
+            } else if step == words {
+                free &= !(u64::MAX << (start % 64));
+            }
+            while free != 0 {
+                let bit = free.trailing_zeros();
+                let i = w as u32 * 64 + bit;
+                if i < self.len {
+                    self.set(i);
+                    return Some(i);
+                }
+                free &= free - 1;
+            }
+        }
+        None
+    }
+}
+
+/// xorshift64*: fast, good enough to make ports hard to guess from outside.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+    #[inline]
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_cover_the_range_without_overlap() {
+        for workers in 1..=7u16 {
+            let mut seen = vec![0u8; 65536];
+            for w in 0..workers {
+                let s = PortSlice::new(1024..=65535, w, workers);
+                for p in s.lo..=s.hi {
+                    seen[usize::from(p)] += 1;
+                    assert_eq!(s.owner(p), Some(w));
+                }
+            }
+            assert!(seen[1024..].iter().all(|&c| c == 1));
+            assert!(seen[..1024].iter().all(|&c| c == 0));
+            assert_eq!(PortSlice::new(1024..=65535, 0, workers).owner(80), None);
+        }
+    }
+
+    #[test]
+    fn takes_every_port_once_then_reports_full() {
+        let mut set = PortSet::new(100);
+        let mut rng = Rng::new(7);
+        let mut got = std::collections::HashSet::new();
+        for _ in 0..100 {
+            assert!(got.insert(set.take_from(rng.next() as u32).unwrap()));
+        }
+        assert!(got.iter().all(|&i| i < 100));
+        assert_eq!(set.take_from(5), None);
+        set.clear(42);
+        assert_eq!(set.take_from(99), Some(42));
+    }
+}

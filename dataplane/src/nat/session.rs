@@ -1,0 +1,314 @@
+//! Sessions and endpoint-independent mappings, in slabs allocated up front
+//! and indexed by two hashbrown tables each (one per direction). Tables hold
+//! only `u32` slab indices, so a session costs its slab entry plus ~10 bytes
+//! of index; nothing is allocated per packet.
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+use std::hash::BuildHasher;
+
+pub const NONE: u32 = u32::MAX;
+
+/// One direction's view of a flow: `(proto, local, local_port, remote, remote_port)`.
+/// Inside → outside the local side is the pod; outside → inside it is the
+/// egress address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub proto: u8,
+    pub local: u32,
+    pub local_port: u16,
+    pub remote: u32,
+    pub remote_port: u16,
+}
+
+/// TCP state bits (RFC 7857 section 2 style tracking).
+pub mod state {
+    pub const SYN_OUT: u8 = 1;
+    pub const SYN_IN: u8 = 2;
+    pub const FIN_OUT: u8 = 4;
+    pub const FIN_IN: u8 = 8;
+    pub const RST: u8 = 16;
+    pub const ESTABLISHED: u8 = 32;
+    /// Ended; the outside tuple is kept out of use for the port cooldown.
+    pub const COOLDOWN: u8 = 64;
+    /// Slab slot unused.
+    pub const FREE: u8 = 128;
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Session {
+    pub pod: u32,
+    pub remote: u32,
+    pub egress: u32,
+    pub pod_port: u16,
+    pub remote_port: u16,
+    pub egress_port: u16,
+    pub proto: u8,
+    pub state: u8,
+    pub config: u16,
+    /// Expiry, in seconds of engine time.
+    pub deadline: u32,
+    /// Endpoint-independent mapping this session uses, or `NONE`.
+    pub mapping: u32,
+    pub created: u32,
+    pub packets: u32,
+}
+
+impl Session {
+    #[inline]
+    pub fn in_key(&self) -> FlowKey {
+        FlowKey {
+            proto: self.proto,
+            local: self.pod,
+            local_port: self.pod_port,
+            remote: self.remote,
+            remote_port: self.remote_port,
+        }
+    }
+    #[inline]
+    pub fn out_key(&self) -> FlowKey {
+        FlowKey {
+            proto: self.proto,
+            local: self.egress,
+            local_port: self.egress_port,
+            remote: self.remote,
+            remote_port: self.remote_port,
+        }
+    }
+    #[inline]
+    pub fn is_live(&self) -> bool {
+        self.state & (state::FREE | state::COOLDOWN) == 0
+    }
+}
+
+/// An endpoint-independent mapping: a pod's `(proto, ip, port)` ↔ `(egress, port)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Mapping {
+    pub pod: u32,
+    pub egress: u32,
+    pub pod_port: u16,
+    pub egress_port: u16,
+    pub proto: u8,
+    pub free: bool,
+    pub config: u16,
+    /// Sessions using it; at zero it cools down until `deadline`.
+    pub refs: u32,
+    pub deadline: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub proto: u8,
+    pub ip: u32,
+    pub port: u16,
+}
+
+impl Mapping {
+    pub fn pod_key(&self) -> EndpointKey {
+        EndpointKey { proto: self.proto, ip: self.pod, port: self.pod_port }
+    }
+    pub fn egress_key(&self) -> EndpointKey {
+        EndpointKey { proto: self.proto, ip: self.egress, port: self.egress_port }
+    }
+}
+
+/// A slab of `T` with a capacity fixed at creation, plus two index tables.
+struct Indexed<T> {
+    slab: Vec<T>,
+    free: Vec<u32>,
+    capacity: usize,
+    live: usize,
+}
+
+impl<T> Indexed<T> {
+    fn new(capacity: usize) -> Self {
+        Indexed { slab: Vec::with_capacity(capacity), free: Vec::with_capacity(capacity), capacity, live: 0 }
+    }
+    fn insert(&mut self, v: T) -> Option<u32> {
+        let idx = if let Some(i) = self.free.pop() {
+            self.slab[i as usize] = v;
+            i
+        } else if self.slab.len() < self.capacity {
+            self.slab.push(v);
+            (self.slab.len() - 1) as u32
+        } else {
+            return None;
+        };
+        self.live += 1;
+        Some(idx)
+    }
+    fn release(&mut self, idx: u32) {
+        self.free.push(idx);
+        self.live -= 1;
+    }
+}
+
+/// Sessions, findable from either side.
+pub struct SessionTable {
+    hasher: DefaultHashBuilder,
+    items: Indexed<Session>,
+    by_in: HashTable<u32>,
+    by_out: HashTable<u32>,
+}
+
+impl SessionTable {
+    pub fn with_capacity(capacity: usize) -> Self {
+        SessionTable {
+            hasher: DefaultHashBuilder::default(),
+            items: Indexed::new(capacity),
+            by_in: HashTable::with_capacity(capacity),
+            by_out: HashTable::with_capacity(capacity),
+        }
+    }
+
+    /// Live sessions plus cooling tombstones.
+    pub fn len(&self) -> usize {
+        self.items.live
+    }
+    pub fn is_empty(&self) -> bool {
+        self.items.live == 0
+    }
+    pub fn is_full(&self) -> bool {
+        self.items.live >= self.items.capacity
+    }
+    pub fn capacity(&self) -> usize {
+        self.items.capacity
+    }
+    /// Slots ever used: the range an expiry sweep walks.
+    pub fn high_water(&self) -> usize {
+        self.items.slab.len()
+    }
+
+    #[inline]
+    fn hash(&self, k: &FlowKey) -> u64 {
+        self.hasher.hash_one(k)
+    }
+
+    #[inline]
+    pub fn find_in(&self, k: &FlowKey) -> Option<u32> {
+        let slab = &self.items.slab;
+        self.by_in.find(self.hash(k), |&i| slab[i as usize].in_key() == *k).copied()
+    }
+
+    #[inline]
+    pub fn find_out(&self, k: &FlowKey) -> Option<u32> {
+        let slab = &self.items.slab;
+        self.by_out.find(self.hash(k), |&i| slab[i as usize].out_key() == *k).copied()
+    }
+
+    #[inline]
+    pub fn get(&self, idx: u32) -> &Session {
+        &self.items.slab[idx as usize]
+    }
+    #[inline]
+    pub fn get_mut(&mut self, idx: u32) -> &mut Session {
+        &mut self.items.slab[idx as usize]
+    }
+
+    /// Adds a session under both keys; `None` when the table is full.
+    pub fn insert(&mut self, s: Session) -> Option<u32> {
+        let (hi, ho) = (self.hash(&s.in_key()), self.hash(&s.out_key()));
+        let idx = self.items.insert(s)?;
+        let Self { items, by_in, by_out, hasher } = self;
+        let slab = &items.slab;
+        by_in.insert_unique(hi, idx, |&i| hasher.hash_one(slab[i as usize].in_key()));
+        by_out.insert_unique(ho, idx, |&i| hasher.hash_one(slab[i as usize].out_key()));
+        Some(idx)
+    }
+
+    /// Removes the inside key only (the session starts its cooldown).
+    pub fn unlink_in(&mut self, idx: u32) {
+        let k = self.items.slab[idx as usize].in_key();
+        let h = self.hash(&k);
+        if let Ok(e) = self.by_in.find_entry(h, |&i| i == idx) {
+            e.remove();
+        }
+    }
+
+    /// Removes whatever keys remain and frees the slot.
+    pub fn remove(&mut self, idx: u32) {
+        let s = self.items.slab[idx as usize];
+        if s.state & state::COOLDOWN == 0 {
+            self.unlink_in(idx);
+        }
+        let h = self.hash(&s.out_key());
+        if let Ok(e) = self.by_out.find_entry(h, |&i| i == idx) {
+            e.remove();
+        }
+        self.items.slab[idx as usize].state = state::FREE;
+        self.items.release(idx);
+    }
+
+    /// Every slot in use (live and cooling), with its index.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Session)> {
+        self.items.slab.iter().enumerate().filter(|(_, s)| s.state & state::FREE == 0).map(|(i, s)| (i as u32, s))
+    }
+}
+
+/// Endpoint-independent mappings, findable by pod endpoint and by egress endpoint.
+pub struct MappingTable {
+    hasher: DefaultHashBuilder,
+    items: Indexed<Mapping>,
+    by_pod: HashTable<u32>,
+    by_egress: HashTable<u32>,
+}
+
+impl MappingTable {
+    pub fn with_capacity(capacity: usize) -> Self {
+        MappingTable {
+            hasher: DefaultHashBuilder::default(),
+            items: Indexed::new(capacity),
+            by_pod: HashTable::with_capacity(capacity),
+            by_egress: HashTable::with_capacity(capacity),
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.items.live
+    }
+    pub fn is_empty(&self) -> bool {
+        self.items.live == 0
+    }
+    pub fn high_water(&self) -> usize {
+        self.items.slab.len()
+    }
+    #[inline]
+    pub fn find_pod(&self, k: &EndpointKey) -> Option<u32> {
+        let slab = &self.items.slab;
+        self.by_pod.find(self.hasher.hash_one(k), |&i| slab[i as usize].pod_key() == *k).copied()
+    }
+    #[inline]
+    pub fn find_egress(&self, k: &EndpointKey) -> Option<u32> {
+        let slab = &self.items.slab;
+        self.by_egress.find(self.hasher.hash_one(k), |&i| slab[i as usize].egress_key() == *k).copied()
+    }
+    #[inline]
+    pub fn get(&self, idx: u32) -> &Mapping {
+        &self.items.slab[idx as usize]
+    }
+    #[inline]
+    pub fn get_mut(&mut self, idx: u32) -> &mut Mapping {
+        &mut self.items.slab[idx as usize]
+    }
+    pub fn insert(&mut self, m: Mapping) -> Option<u32> {
+        let (hp, he) = (self.hasher.hash_one(m.pod_key()), self.hasher.hash_one(m.egress_key()));
+        let idx = self.items.insert(m)?;
+        let Self { items, by_pod, by_egress, hasher } = self;
+        let slab = &items.slab;
+        by_pod.insert_unique(hp, idx, |&i| hasher.hash_one(slab[i as usize].pod_key()));
+        by_egress.insert_unique(he, idx, |&i| hasher.hash_one(slab[i as usize].egress_key()));
+        Some(idx)
+    }
+    pub fn remove(&mut self, idx: u32) {
+        let m = self.items.slab[idx as usize];
+        if let Ok(e) = self.by_pod.find_entry(self.hasher.hash_one(m.pod_key()), |&i| i == idx) {
+            e.remove();
+        }
+        if let Ok(e) = self.by_egress.find_entry(self.hasher.hash_one(m.egress_key()), |&i| i == idx) {
+            e.remove();
+        }
+        self.items.slab[idx as usize].free = true;
+        self.items.release(idx);
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Mapping)> {
+        self.items.slab.iter().enumerate().filter(|(_, m)| !m.free).map(|(i, m)| (i as u32, m))
+    }
+}

@@ -1,0 +1,419 @@
+//! The plan a gateway serves: gateway configs (egress pools, exclusions,
+//! timeouts, quotas, NAT behaviour) and pod bindings. A plan is validated
+//! whole by [`Plan::compile`]; an invalid plan is rejected with an error that
+//! names the offending config or pod, and nothing of it is applied.
+
+use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+/// An IPv4 prefix such as `198.19.100.0/28`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4Cidr {
+    addr: Ipv4Addr,
+    len: u8,
+}
+
+impl Ipv4Cidr {
+    /// A prefix; host bits must be zero.
+    pub fn new(addr: Ipv4Addr, len: u8) -> Result<Self, PlanError> {
+        if len > 32 {
+            return Err(PlanError::BadCidr(format!("{addr}/{len}"), "prefix length over 32"));
+        }
+        let c = Ipv4Cidr { addr, len };
+        if u32::from(addr) & !c.mask() != 0 {
+            return Err(PlanError::BadCidr(format!("{addr}/{len}"), "host bits set"));
+        }
+        Ok(c)
+    }
+    #[inline]
+    pub fn mask(&self) -> u32 {
+        if self.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.len)
+        }
+    }
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+    pub fn prefix_len(&self) -> u8 {
+        self.len
+    }
+    #[inline]
+    pub fn contains(&self, ip: u32) -> bool {
+        ip & self.mask() == u32::from(self.addr)
+    }
+    pub fn size(&self) -> u64 {
+        1u64 << (32 - u32::from(self.len))
+    }
+    /// Every address of the prefix (a public IP prefix has no network or
+    /// broadcast address to skip: each one maps to a usable public IP).
+    pub fn addrs(&self) -> impl Iterator<Item = Ipv4Addr> {
+        let base = u64::from(u32::from(self.addr));
+        (base..base + self.size()).map(|a| Ipv4Addr::from(a as u32))
+    }
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        let len = self.len.min(other.len);
+        let m = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        u32::from(self.addr) & m == u32::from(other.addr) & m
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = PlanError;
+    fn from_str(s: &str) -> Result<Self, PlanError> {
+        let bad = |why| PlanError::BadCidr(s.to_string(), why);
+        let (a, l) = match s.split_once('/') {
+            Some((a, l)) => (a, l.parse::<u8>().map_err(|_| bad("prefix length is not a number"))?),
+            None => (s, 32),
+        };
+        let addr = Ipv4Addr::from_str(a.trim()).map_err(|_| bad("not an IPv4 address"))?;
+        Ipv4Cidr::new(addr, l)
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl Serialize for Ipv4Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ipv4Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a pod's (address, port) maps to an egress (address, port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MappingMode {
+    /// RFC 4787 REQ-1: one egress port per pod endpoint, whatever the
+    /// destination (STUN and WebRTC work). The default.
+    #[default]
+    EndpointIndependent,
+    /// Address-and-port-dependent: an egress port is reused for different
+    /// destinations, so one address carries far more than 64,512 flows.
+    PortReuse,
+}
+
+/// Which outside endpoints may reach a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FilteringMode {
+    /// Only endpoints the pod has sent to (RFC 4787 REQ-8 "address and port
+    /// dependent"). The default.
+    #[default]
+    EndpointDependent,
+    /// Any endpoint may reach a live UDP mapping (endpoint-independent
+    /// mapping only; TCP and ICMP stay endpoint-dependent).
+    EndpointIndependent,
+}
+
+/// Idle timeouts in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Timeouts {
+    pub tcp_established: u32,
+    pub tcp_transitory: u32,
+    pub udp: u32,
+    pub icmp: u32,
+    /// How long a freed port stays out of use (RFC 6888 REQ-8).
+    pub port_cooldown: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        // VPP NAT44-ED and RFC 5382 / 4787 defaults.
+        Timeouts { tcp_established: 7440, tcp_transitory: 240, udp: 300, icmp: 60, port_cooldown: 120 }
+    }
+}
+
+/// Longest accepted timeout: a week.
+pub const MAX_TIMEOUT: u32 = 7 * 24 * 3600;
+/// Default per-pod quota of egress ports (RFC 6888 REQ-4).
+pub const DEFAULT_PORT_QUOTA: u32 = 32768;
+/// Largest pool one config may hold.
+pub const MAX_POOL_ADDRS: u64 = 4096;
+
+/// One gateway configuration (a StaticGatewayConfiguration's data plane).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayConfig {
+    pub name: String,
+    /// Egress addresses: prefixes, or single addresses as /32.
+    pub egress: Vec<Ipv4Cidr>,
+    /// Destinations forwarded untranslated.
+    #[serde(default)]
+    pub exclude: Vec<Ipv4Cidr>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default = "default_quota")]
+    pub port_quota: u32,
+    #[serde(default)]
+    pub mapping: MappingMode,
+    #[serde(default)]
+    pub filtering: FilteringMode,
+}
+
+fn default_quota() -> u32 {
+    DEFAULT_PORT_QUOTA
+}
+
+impl GatewayConfig {
+    /// A config with defaults for everything but name and pool.
+    pub fn new(name: &str, egress: Vec<Ipv4Cidr>) -> Self {
+        GatewayConfig {
+            name: name.to_string(),
+            egress,
+            exclude: Vec::new(),
+            timeouts: Timeouts::default(),
+            port_quota: DEFAULT_PORT_QUOTA,
+            mapping: MappingMode::default(),
+            filtering: FilteringMode::default(),
+        }
+    }
+}
+
+/// A pod IP bound to a gateway config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Binding {
+    pub pod_ip: Ipv4Addr,
+    pub config: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub version: u64,
+    pub configs: Vec<GatewayConfig>,
+    pub bindings: Vec<Binding>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("invalid CIDR '{0}': {1}")]
+    BadCidr(String, &'static str),
+    #[error("config name must not be empty")]
+    EmptyName,
+    #[error("config '{0}' is defined twice")]
+    DuplicateConfig(String),
+    #[error("config '{0}' has no egress addresses")]
+    EmptyPool(String),
+    #[error("config '{config}' pool holds {count} addresses; at most {MAX_POOL_ADDRS} are allowed")]
+    PoolTooLarge { config: String, count: u64 },
+    #[error("egress address {addr} is in the pools of both '{a}' and '{b}'")]
+    PoolOverlap { addr: Ipv4Addr, a: String, b: String },
+    #[error("config '{config}': timeout {field} = {value}s is out of range (1..={MAX_TIMEOUT})")]
+    BadTimeout { config: String, field: &'static str, value: u32 },
+    #[error("config '{0}': port quota must be at least 1")]
+    ZeroQuota(String),
+    #[error("config '{config}': filtering endpoint-independent requires mapping endpoint-independent")]
+    FilteringNeedsEim { config: String },
+    #[error("pod {pod} is bound to config '{config}', which does not exist")]
+    UnknownConfig { pod: Ipv4Addr, config: String },
+    #[error("pod {pod} is bound twice ('{a}' and '{b}')")]
+    DuplicateBinding { pod: Ipv4Addr, a: String, b: String },
+    #[error("pod {pod} uses an egress address of config '{config}'")]
+    PodIsEgress { pod: Ipv4Addr, config: String },
+}
+
+/// A validated plan in the shape the NAT core looks things up in.
+#[derive(Debug, Clone)]
+pub struct CompiledPlan {
+    pub version: u64,
+    pub configs: Vec<CompiledConfig>,
+    /// pod IP → index into `configs`.
+    pub pods: HashMap<u32, u16>,
+    /// egress IP → (config index, index into that config's `addrs`).
+    pub egress: HashMap<u32, (u16, u16)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledConfig {
+    pub name: String,
+    pub addrs: Vec<Ipv4Addr>,
+    /// Longest prefix first.
+    pub exclude: Vec<Ipv4Cidr>,
+    pub timeouts: Timeouts,
+    pub port_quota: u32,
+    pub mapping: MappingMode,
+    pub filtering: FilteringMode,
+}
+
+impl CompiledConfig {
+    #[inline]
+    pub fn excludes(&self, dst: u32) -> bool {
+        self.exclude.iter().any(|c| c.contains(dst))
+    }
+}
+
+impl Plan {
+    /// Validates the whole plan. Either every part is valid or nothing is.
+    pub fn compile(&self) -> Result<CompiledPlan, PlanError> {
+        let mut configs = Vec::with_capacity(self.configs.len());
+        let mut by_name: HashMap<&str, u16> = HashMap::new();
+        let mut egress: HashMap<u32, (u16, u16)> = HashMap::new();
+        for (ci, c) in self.configs.iter().enumerate() {
+            if c.name.is_empty() {
+                return Err(PlanError::EmptyName);
+            }
+            if by_name.insert(&c.name, ci as u16).is_some() {
+                return Err(PlanError::DuplicateConfig(c.name.clone()));
+            }
+            let count: u64 = c.egress.iter().map(|p| p.size()).sum();
+            if count == 0 {
+                return Err(PlanError::EmptyPool(c.name.clone()));
+            }
+            if count > MAX_POOL_ADDRS {
+                return Err(PlanError::PoolTooLarge { config: c.name.clone(), count });
+            }
+            let t = &c.timeouts;
+            for (field, value) in [
+                ("tcpEstablished", t.tcp_established),
+                ("tcpTransitory", t.tcp_transitory),
+                ("udp", t.udp),
+                ("icmp", t.icmp),
+            ] {
+                if value == 0 || value > MAX_TIMEOUT {
+                    return Err(PlanError::BadTimeout { config: c.name.clone(), field, value });
+                }
+            }
+            if t.port_cooldown > MAX_TIMEOUT {
+                let value = t.port_cooldown;
+                return Err(PlanError::BadTimeout { config: c.name.clone(), field: "portCooldown", value });
+            }
+            if c.port_quota == 0 {
+                return Err(PlanError::ZeroQuota(c.name.clone()));
+            }
+            if c.filtering == FilteringMode::EndpointIndependent && c.mapping != MappingMode::EndpointIndependent {
+                return Err(PlanError::FilteringNeedsEim { config: c.name.clone() });
+            }
+            let mut addrs = Vec::new();
+            for p in &c.egress {
+                for a in p.addrs() {
+                    let idx = addrs.len() as u16;
+                    if let Some((other, _)) = egress.insert(u32::from(a), (ci as u16, idx)) {
+                        let other = self.configs[usize::from(other)].name.clone();
+                        return Err(PlanError::PoolOverlap { addr: a, a: other, b: c.name.clone() });
+                    }
+                    addrs.push(a);
+                }
+            }
+            let mut exclude = c.exclude.clone();
+            exclude.sort_by(|a, b| b.prefix_len().cmp(&a.prefix_len()));
+            configs.push(CompiledConfig {
+                name: c.name.clone(),
+                addrs,
+                exclude,
+                timeouts: c.timeouts,
+                port_quota: c.port_quota,
+                mapping: c.mapping,
+                filtering: c.filtering,
+            });
+        }
+        let mut pods: HashMap<u32, u16> = HashMap::with_capacity(self.bindings.len());
+        for b in &self.bindings {
+            let Some(&ci) = by_name.get(b.config.as_str()) else {
+                return Err(PlanError::UnknownConfig { pod: b.pod_ip, config: b.config.clone() });
+            };
+            if let Some(&(eci, _)) = egress.get(&u32::from(b.pod_ip)) {
+                let config = self.configs[usize::from(eci)].name.clone();
+                return Err(PlanError::PodIsEgress { pod: b.pod_ip, config });
+            }
+            if let Some(prev) = pods.insert(u32::from(b.pod_ip), ci) {
+                if prev != ci {
+                    let a = self.configs[usize::from(prev)].name.clone();
+                    return Err(PlanError::DuplicateBinding { pod: b.pod_ip, a, b: b.config.clone() });
+                }
+            }
+        }
+        Ok(CompiledPlan { version: self.version, configs, pods, egress })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> Ipv4Cidr {
+        s.parse().unwrap()
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            version: 1,
+            configs: vec![
+                GatewayConfig::new("a", vec![cidr("198.19.100.0/28")]),
+                GatewayConfig::new("b", vec![cidr("198.19.101.0/31"), cidr("198.19.102.7")]),
+            ],
+            bindings: vec![
+                Binding { pod_ip: "198.18.0.2".parse().unwrap(), config: "a".into() },
+                Binding { pod_ip: "198.18.0.3".parse().unwrap(), config: "b".into() },
+            ],
+        }
+    }
+
+    #[test]
+    fn compiles_pools_and_bindings() {
+        let c = plan().compile().unwrap();
+        assert_eq!(c.configs[0].addrs.len(), 16);
+        assert_eq!(c.configs[1].addrs.len(), 3);
+        assert_eq!(c.pods[&u32::from(Ipv4Addr::new(198, 18, 0, 3))], 1);
+        assert_eq!(c.egress[&u32::from(Ipv4Addr::new(198, 19, 102, 7))], (1, 2));
+    }
+
+    #[test]
+    fn rejects_bad_cidrs_with_clear_errors() {
+        assert_eq!(
+            "198.19.100.1/28".parse::<Ipv4Cidr>().unwrap_err().to_string(),
+            "invalid CIDR '198.19.100.1/28': host bits set"
+        );
+        assert!("198.19.100.0/33".parse::<Ipv4Cidr>().is_err());
+        assert!("banana/8".parse::<Ipv4Cidr>().is_err());
+    }
+
+    #[test]
+    fn rejects_invalid_plans_whole() {
+        let mut p = plan();
+        p.configs[1].egress.push(cidr("198.19.100.8/29"));
+        assert_eq!(
+            p.compile().unwrap_err().to_string(),
+            "egress address 198.19.100.8 is in the pools of both 'a' and 'b'"
+        );
+
+        let mut p = plan();
+        p.bindings.push(Binding { pod_ip: "198.18.0.9".parse().unwrap(), config: "zz".into() });
+        assert_eq!(
+            p.compile().unwrap_err().to_string(),
+            "pod 198.18.0.9 is bound to config 'zz', which does not exist"
+        );
+
+        let mut p = plan();
+        p.bindings.push(Binding { pod_ip: "198.18.0.2".parse().unwrap(), config: "b".into() });
+        assert!(matches!(p.compile(), Err(PlanError::DuplicateBinding { .. })));
+
+        let mut p = plan();
+        p.configs[0].timeouts.udp = 0;
+        assert!(matches!(p.compile(), Err(PlanError::BadTimeout { field: "udp", .. })));
+
+        let mut p = plan();
+        p.configs.push(GatewayConfig::new("a", vec![cidr("198.19.110.0/30")]));
+        assert_eq!(p.compile().unwrap_err(), PlanError::DuplicateConfig("a".into()));
+
+        let mut p = plan();
+        p.configs[0].filtering = FilteringMode::EndpointIndependent;
+        p.configs[0].mapping = MappingMode::PortReuse;
+        assert!(p.compile().is_err());
+    }
+}

@@ -1,0 +1,251 @@
+//! A zero-copy view of an IPv4 header (smoltcp style): validated once by
+//! `new_checked`, after which accessors cannot go out of bounds.
+
+use super::{checksum, Error};
+use std::net::Ipv4Addr;
+
+mod field {
+    pub type Field = core::ops::Range<usize>;
+    pub const VER_IHL: usize = 0;
+    pub const LENGTH: Field = 2..4;
+    pub const IDENT: Field = 4..6;
+    pub const FLG_OFF: Field = 6..8;
+    pub const TTL: usize = 8;
+    pub const PROTOCOL: usize = 9;
+    pub const CHECKSUM: Field = 10..12;
+    pub const SRC: Field = 12..16;
+    pub const DST: Field = 16..20;
+}
+
+pub const HEADER_LEN: usize = 20;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+#[derive(Debug)]
+pub struct Ipv4Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Ipv4Packet<T> {
+    /// Wraps without checks; use only on bytes already validated.
+    #[inline]
+    pub fn new_unchecked(buffer: T) -> Self {
+        Ipv4Packet { buffer }
+    }
+
+    /// Validates version, header length and total length against the buffer.
+    /// The buffer may be longer than the packet (Ethernet padding).
+    #[inline]
+    pub fn new_checked(buffer: T) -> Result<Self, Error> {
+        let b = buffer.as_ref();
+        if b.len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        if b[field::VER_IHL] >> 4 != 4 {
+            return Err(Error::Malformed);
+        }
+        let ihl = usize::from(b[field::VER_IHL] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([b[2], b[3]]));
+        if ihl < HEADER_LEN || total < ihl {
+            return Err(Error::Malformed);
+        }
+        if b.len() < total {
+            return Err(Error::Truncated);
+        }
+        Ok(Ipv4Packet { buffer })
+    }
+
+    #[inline]
+    fn b(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+    #[inline]
+    pub fn header_len(&self) -> usize {
+        usize::from(self.b()[field::VER_IHL] & 0x0f) * 4
+    }
+    #[inline]
+    pub fn total_len(&self) -> usize {
+        usize::from(u16::from_be_bytes([self.b()[2], self.b()[3]]))
+    }
+    #[inline]
+    pub fn ident(&self) -> u16 {
+        u16::from_be_bytes([self.b()[4], self.b()[5]])
+    }
+    #[inline]
+    fn flg_off(&self) -> u16 {
+        let f = field::FLG_OFF;
+        u16::from_be_bytes([self.b()[f.start], self.b()[f.start + 1]])
+    }
+    #[inline]
+    pub fn dont_frag(&self) -> bool {
+        self.flg_off() & 0x4000 != 0
+    }
+    #[inline]
+    pub fn more_frags(&self) -> bool {
+        self.flg_off() & 0x2000 != 0
+    }
+    /// Fragment offset in bytes.
+    #[inline]
+    pub fn frag_offset(&self) -> usize {
+        usize::from(self.flg_off() & 0x1fff) * 8
+    }
+    #[inline]
+    pub fn is_fragment(&self) -> bool {
+        self.flg_off() & 0x3fff != 0
+    }
+    #[inline]
+    pub fn ttl(&self) -> u8 {
+        self.b()[field::TTL]
+    }
+    #[inline]
+    pub fn protocol(&self) -> u8 {
+        self.b()[field::PROTOCOL]
+    }
+    #[inline]
+    pub fn checksum(&self) -> u16 {
+        u16::from_be_bytes([self.b()[10], self.b()[11]])
+    }
+    #[inline]
+    pub fn src(&self) -> [u8; 4] {
+        let s = field::SRC.start;
+        [self.b()[s], self.b()[s + 1], self.b()[s + 2], self.b()[s + 3]]
+    }
+    #[inline]
+    pub fn dst(&self) -> [u8; 4] {
+        let s = field::DST.start;
+        [self.b()[s], self.b()[s + 1], self.b()[s + 2], self.b()[s + 3]]
+    }
+    #[inline]
+    pub fn src_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.src())
+    }
+    #[inline]
+    pub fn dst_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.dst())
+    }
+    /// True when the header checksum verifies.
+    #[inline]
+    pub fn verify_checksum(&self) -> bool {
+        checksum::checksum(&self.b()[..self.header_len()]) == 0
+    }
+    /// The bytes after the header, up to the total length.
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        &self.b()[self.header_len()..self.total_len()]
+    }
+    /// The bytes from the header start up to the total length.
+    #[inline]
+    pub fn packet(&self) -> &[u8] {
+        &self.b()[..self.total_len()]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
+    #[inline]
+    fn bm(&mut self) -> &mut [u8] {
+        self.buffer.as_mut()
+    }
+    #[inline]
+    fn set_checksum(&mut self, c: u16) {
+        self.bm()[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+    }
+    /// Rewrites the source address, updating the header checksum.
+    #[inline]
+    pub fn set_src(&mut self, new: [u8; 4]) {
+        let c = checksum::update32(self.checksum(), self.src(), new);
+        self.bm()[field::SRC].copy_from_slice(&new);
+        self.set_checksum(c);
+    }
+    /// Rewrites the destination address, updating the header checksum.
+    #[inline]
+    pub fn set_dst(&mut self, new: [u8; 4]) {
+        let c = checksum::update32(self.checksum(), self.dst(), new);
+        self.bm()[field::DST].copy_from_slice(&new);
+        self.set_checksum(c);
+    }
+    /// Decrements the TTL, updating the checksum (RFC 1624).
+    #[inline]
+    pub fn decrement_ttl(&mut self) {
+        let ttl = self.ttl();
+        let old = u16::from_be_bytes([ttl, self.protocol()]);
+        let new = u16::from_be_bytes([ttl - 1, self.protocol()]);
+        let c = checksum::update16(self.checksum(), old, new);
+        self.bm()[field::TTL] = ttl - 1;
+        self.set_checksum(c);
+    }
+    #[inline]
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let (h, t) = (self.header_len(), self.total_len());
+        &mut self.bm()[h..t]
+    }
+    /// Fills a fresh 20-byte header (no options) and computes its checksum.
+    pub fn emit_header(&mut self, total_len: u16, ident: u16, ttl: u8, proto: u8, src: [u8; 4], dst: [u8; 4]) {
+        let b = self.bm();
+        b[0] = 0x45;
+        b[1] = 0;
+        b[field::LENGTH].copy_from_slice(&total_len.to_be_bytes());
+        b[field::IDENT].copy_from_slice(&ident.to_be_bytes());
+        b[field::FLG_OFF].copy_from_slice(&0u16.to_be_bytes());
+        b[field::TTL] = ttl;
+        b[field::PROTOCOL] = proto;
+        b[field::CHECKSUM].copy_from_slice(&[0, 0]);
+        b[field::SRC].copy_from_slice(&src);
+        b[field::DST].copy_from_slice(&dst);
+        let c = checksum::checksum(&b[..HEADER_LEN]);
+        b[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PKT: [u8; 28] = [
+        0x45, 0, 0, 28, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0, 198, 18, 0, 2, 198, 19, 0, 1, // ip
+        0x30, 0x39, 0x00, 0x35, 0, 8, 0, 0, // udp
+    ];
+
+    fn pkt() -> [u8; 28] {
+        let mut p = PKT;
+        let c = checksum::checksum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn parses_fields() {
+        let p = pkt();
+        let ip = Ipv4Packet::new_checked(&p[..]).unwrap();
+        assert_eq!(ip.header_len(), 20);
+        assert_eq!(ip.total_len(), 28);
+        assert_eq!(ip.protocol(), PROTO_UDP);
+        assert_eq!(ip.src_addr(), Ipv4Addr::new(198, 18, 0, 2));
+        assert!(ip.dont_frag() && !ip.is_fragment());
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.payload().len(), 8);
+    }
+
+    #[test]
+    fn rejects_bad_headers() {
+        let p = pkt();
+        assert_eq!(Ipv4Packet::new_checked(&p[..19]).unwrap_err(), Error::Truncated);
+        let mut bad = p;
+        bad[0] = 0x44;
+        assert_eq!(Ipv4Packet::new_checked(&bad[..]).unwrap_err(), Error::Malformed);
+        let mut lie = p;
+        lie[3] = 60;
+        assert_eq!(Ipv4Packet::new_checked(&lie[..]).unwrap_err(), Error::Truncated);
+    }
+
+    #[test]
+    fn rewrites_keep_checksum_valid() {
+        let mut p = pkt();
+        let mut ip = Ipv4Packet::new_checked(&mut p[..]).unwrap();
+        ip.set_src([198, 19, 100, 3]);
+        ip.set_dst([198, 18, 7, 7]);
+        ip.decrement_ttl();
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.ttl(), 63);
+    }
+}
