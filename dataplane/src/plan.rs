@@ -311,7 +311,7 @@ impl Plan {
                 }
             }
             let mut exclude = c.exclude.clone();
-            exclude.sort_by(|a, b| b.prefix_len().cmp(&a.prefix_len()));
+            exclude.sort_by_key(|c| std::cmp::Reverse(c.prefix_len()));
             configs.push(CompiledConfig {
                 name: c.name.clone(),
                 addrs,

@@ -5,8 +5,8 @@
 //! (copied, within a bound) and released once it comes. Fragments are never
 //! reassembled, only translated.
 
-use super::{Side, Verdict};
 use super::{DropReason, NatEngine, Time};
+use super::{Side, Verdict};
 use crate::wire::ipv4::Ipv4Packet;
 use hashbrown::HashMap;
 use std::collections::VecDeque;
@@ -162,7 +162,13 @@ impl FragTable {
 
 impl NatEngine {
     /// A fragment after the first: translate as its first fragment was.
-    pub(super) fn follow_fragment(&mut self, buf: &mut [u8], len: usize, p: &super::in2out::Parsed, now: Time) -> Verdict {
+    pub(super) fn follow_fragment(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        p: &super::in2out::Parsed,
+        now: Time,
+    ) -> Verdict {
         match self.frags.lookup(&p.frag_key(), !p.more_frags, now.millis()) {
             Some(FragAction::Translate { src, dst, side }) => {
                 if p.ttl <= 1 {

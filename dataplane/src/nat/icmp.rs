@@ -208,8 +208,7 @@ impl NatEngine {
         &mut self,
         buf: &mut [u8],
         len: usize,
-        ty: u8,
-        code: u8,
+        (ty, code): (u8, u8),
         from: u32,
         reason: DropReason,
         now: Time,
@@ -228,7 +227,7 @@ impl NatEngine {
         }
         buf.copy_within(0..quote, OUTER);
         let total = OUTER + quote;
-        let ident = self.rng.next() as u16;
+        let ident = self.rng.next_u64() as u16;
         Ipv4Packet::new_unchecked(&mut buf[..]).emit_header(
             total as u16,
             ident,

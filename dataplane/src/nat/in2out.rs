@@ -100,7 +100,7 @@ impl NatEngine {
         }
         if p.ttl <= 1 {
             let router = u32::from(self.settings.router_ip);
-            return self.send_error(buf, len, icmp::TIME_EXCEEDED, 0, router, DropReason::TtlExpired, now);
+            return self.send_error(buf, len, (icmp::TIME_EXCEEDED, 0), router, DropReason::TtlExpired, now);
         }
         if self.config(ci).excludes(p.dst) {
             decrement_ttl(buf, len);
@@ -176,6 +176,6 @@ impl NatEngine {
     /// (ICMP destination unreachable, administratively prohibited).
     pub(super) fn refuse(&mut self, buf: &mut [u8], len: usize, reason: DropReason, now: Time) -> Verdict {
         let router = u32::from(self.settings.router_ip);
-        self.send_error(buf, len, icmp::DEST_UNREACHABLE, icmp::CODE_ADMIN_PROHIBITED, router, reason, now)
+        self.send_error(buf, len, (icmp::DEST_UNREACHABLE, icmp::CODE_ADMIN_PROHIBITED), router, reason, now)
     }
 }

@@ -381,7 +381,9 @@ impl NatEngine {
     pub fn process(&mut self, buf: &mut [u8], len: usize, now: Time) -> Verdict {
         let len = len.min(buf.len());
         let (src, dst, total) = match Ipv4Packet::new_checked(&buf[..len]) {
-            Ok(ip) if ip.verify_checksum() => (u32::from_be_bytes(ip.src()), u32::from_be_bytes(ip.dst()), ip.total_len()),
+            Ok(ip) if ip.verify_checksum() => {
+                (u32::from_be_bytes(ip.src()), u32::from_be_bytes(ip.dst()), ip.total_len())
+            }
             Ok(_) => return self.drop(DropReason::BadIpChecksum),
             Err(WireError::Truncated) => return self.drop(DropReason::Truncated),
             Err(WireError::Malformed) => return self.drop(DropReason::Malformed),
@@ -575,7 +577,7 @@ impl NatEngine {
         for step in 0..n {
             let ai = (usize::from(first) + step) % n;
             let addr = u32::from(self.plan.configs[usize::from(ci)].addrs[ai]);
-            let start = self.rng.next() as u32;
+            let start = self.rng.next_u64() as u32;
             let st = self.addrs.get_mut(&addr).expect("pool address");
             if let Some(off) = st.ports[slot].take_from(start) {
                 let port = self.slice.lo + off as u16;
@@ -609,17 +611,18 @@ impl NatEngine {
         self.check_quota(k.local, ci)?;
         let (first, n) = self.addr_order(k.local, ci);
         let (lo, len) = (self.slice.lo, self.slice.len() as u32);
-        let mut probe = FlowKey { proto: k.proto, local: 0, local_port: 0, remote: k.remote, remote_port: k.remote_port };
+        let mut probe =
+            FlowKey { proto: k.proto, local: 0, local_port: 0, remote: k.remote, remote_port: k.remote_port };
         for step in 0..n {
             let ai = (usize::from(first) + step) % n;
             probe.local = u32::from(self.plan.configs[usize::from(ci)].addrs[ai]);
             for _ in 0..16 {
-                probe.local_port = lo + (self.rng.next() as u32 % len) as u16;
+                probe.local_port = lo + (self.rng.next_u64() as u32 % len) as u16;
                 if self.sessions.find_out(&probe).is_none() {
                     return Ok((probe.local, probe.local_port));
                 }
             }
-            let start = self.rng.next() as u32 % len;
+            let start = self.rng.next_u64() as u32 % len;
             for j in 0..len {
                 probe.local_port = lo + ((start + j) % len) as u16;
                 if self.sessions.find_out(&probe).is_none() {
@@ -631,9 +634,12 @@ impl NatEngine {
     }
 
     /// Ends a session: live → cooldown (port reuse) or gone (its mapping
-    /// keeps the port cooling); cooling → gone.
+    /// keeps the port cooling); cooling → gone. The cooldown counts from
+    /// when the session went idle past its deadline, however late the sweep
+    /// notices.
     fn end_session(&mut self, i: u32, now: Time) {
         let s = *self.sessions.get(i);
+        let now = Time::from_secs(u64::from(s.deadline.min(now.secs())));
         if s.state & state::COOLDOWN != 0 {
             self.sessions.remove(i);
             return;
@@ -707,7 +713,12 @@ impl NatEngine {
 /// The pod's paired address: highest rendezvous score, so a pool change
 /// moves only the pods whose address came or went.
 fn rendezvous(pod: u32, cfg: &CompiledConfig) -> u16 {
-    let score = |a: Ipv4Addr| (u64::from(pod) << 32 | u64::from(u32::from(a))).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let score = |a: Ipv4Addr| {
+        (u64::from(pod) << 32 | u64::from(u32::from(a)))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29)
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9)
+    };
     let mut best = (0u64, 0u16);
     for (i, &a) in cfg.addrs.iter().enumerate() {
         let s = score(a);

@@ -62,7 +62,7 @@ impl NatEngine {
             },
         };
         if !hairpin && p.ttl <= 1 {
-            return self.send_error(buf, len, icmp::TIME_EXCEEDED, 0, p.dst, DropReason::TtlExpired, now);
+            return self.send_error(buf, len, (icmp::TIME_EXCEEDED, 0), p.dst, DropReason::TtlExpired, now);
         }
         self.touch(i, tcp_flags, false, now);
         let s = *self.sessions.get(i);

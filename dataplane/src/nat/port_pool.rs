@@ -134,7 +134,7 @@ impl Rng {
         Rng(seed | 1)
     }
     #[inline]
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -171,7 +171,7 @@ mod tests {
         let mut rng = Rng::new(7);
         let mut got = std::collections::HashSet::new();
         for _ in 0..100 {
-            assert!(got.insert(set.take_from(rng.next() as u32).unwrap()));
+            assert!(got.insert(set.take_from(rng.next_u64() as u32).unwrap()));
         }
         assert!(got.iter().all(|&i| i < 100));
         assert_eq!(set.take_from(5), None);
