@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what Egret's build, demo and tests need on a fresh Debian machine
+# (root). Quick when everything is already there.
+set -euo pipefail
+pkgs=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc m4 iproute2 iputils-ping ethtool
+      iperf3 traceroute curl nftables python3 tcpdump procps)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  echo "install-deps: cargo not found; install Rust stable (rustup) first" >&2
+  exit 1
+fi
+mountpoint -q /sys/fs/bpf 2>/dev/null || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true

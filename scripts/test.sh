@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Egret's whole test suite: unit and property tests, the fuzz smoke run, the
+# end-to-end tests over network namespaces, and a short benchmark smoke run.
+# Prints one closing line: "suite: N passed, M failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh || exit 1
+
+log=$(mktemp -d)
+trap 'rm -rf "$log"' EXIT
+passed=0
+failed=0
+
+# cargo test: sum its "test result" lines.
+if cargo test --workspace 2>&1 | tee "$log/cargo"; then :; else echo "cargo test failed"; fi
+read -r p f < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } } END { print p+0, f+0 }' "$log/cargo")
+passed=$((passed + p)); failed=$((failed + f))
+grep -q '^test result:' "$log/cargo" || failed=$((failed + 1))
+grep -qE '^error(\[|:)' "$log/cargo" && failed=$((failed + 1))
+
+# Further stages, each a script that ends with "NAME: N passed, M failed".
+for stage in scripts/fuzz-smoke.sh scripts/e2e.sh scripts/bench-smoke.sh; do
+  [ -x "$stage" ] || continue
+  echo "== $stage"
+  "$stage" 2>&1 | tee "$log/stage"
+  rc=${PIPESTATUS[0]}
+  read -r p f < <(grep -E '[0-9]+ passed, [0-9]+ failed' "$log/stage" | tail -n 1 | sed -E 's/.* ([0-9]+) passed, ([0-9]+) failed.*/\1 \2/')
+  passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+  if [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then failed=$((failed + 1)); fi
+done
+
+echo "suite: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
