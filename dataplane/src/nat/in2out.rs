@@ -44,18 +44,14 @@ impl Parsed {
 }
 
 /// Rewrites the source (`outbound`) or destination address and the matching
-/// port (the ICMP identifier for echo), with incremental checksums.
+/// port (the ICMP identifier for echo), with incremental checksums; with
+/// `ttl`, also decrements the TTL (one IP checksum update for both).
 #[inline]
-pub(super) fn rewrite(buf: &mut [u8], len: usize, proto: u8, outbound: bool, ip_new: u32, port_new: u16) {
+pub(super) fn rewrite(buf: &mut [u8], len: usize, proto: u8, outbound: bool, ip_new: u32, port_new: u16, ttl: bool) {
     let mut ip = Ipv4Packet::new_unchecked(&mut buf[..len]);
     let hl = ip.header_len();
     let new = ip_new.to_be_bytes();
-    let old = if outbound { ip.src() } else { ip.dst() };
-    if outbound {
-        ip.set_src(new);
-    } else {
-        ip.set_dst(new);
-    }
+    let old = ip.translate_addr(outbound, new, ttl);
     let l4b = &mut buf[hl..len];
     match proto {
         ipv4::PROTO_TCP | ipv4::PROTO_UDP => {
@@ -102,11 +98,6 @@ impl NatEngine {
             let router = u32::from(self.settings.router_ip);
             return self.send_error(buf, len, (icmp::TIME_EXCEEDED, 0), router, DropReason::TtlExpired, now);
         }
-        if self.config(ci).excludes(p.dst) {
-            decrement_ttl(buf, len);
-            self.counters.bypass_packets += 1;
-            return Verdict::Forward { side: Side::Outside, len };
-        }
         let l4b = &buf[p.hl..len];
         if l4b.len() < l4::min_len(p.proto) {
             let r = if p.first_frag { DropReason::FragmentTooShort } else { DropReason::Truncated };
@@ -141,6 +132,13 @@ impl NatEngine {
         let i = match self.find_live_in(&key, now) {
             Some(i) => i,
             None => {
+                // Exclusions are checked only for flows without a session: a
+                // plan that adds one cuts the sessions it covers.
+                if self.config(ci).excludes(p.dst) {
+                    decrement_ttl(buf, len);
+                    self.counters.bypass_packets += 1;
+                    return Verdict::Forward { side: Side::Outside, len };
+                }
                 if let Some(f) = tcp_flags {
                     if !tcp::may_open(f) {
                         return self.drop(DropReason::TcpBadFlags);
@@ -152,17 +150,15 @@ impl NatEngine {
                 }
             }
         };
-        self.touch(i, tcp_flags, true, now);
-        let s = *self.sessions.get(i);
-        rewrite(buf, len, p.proto, true, s.egress, s.egress_port);
-        decrement_ttl(buf, len);
+        let s = self.touch(i, tcp_flags, true, now);
+        rewrite(buf, len, p.proto, true, s.egress, s.egress_port, true);
         self.counters.in2out_packets += 1;
         self.counters.in2out_bytes += len as u64;
         if p.first_frag {
             let action = FragAction::Translate { src: s.egress, dst: p.dst, side: Side::Outside };
             self.frags.record(p.frag_key(), action, now.millis());
         }
-        if self.plan.egress.contains_key(&p.dst) {
+        if s.flags & session::flags::HAIRPIN != 0 {
             // Hairpinning (RFC 4787 REQ-9): the pod reached an egress address
             // of this gateway; deliver to the pod behind it, with the
             // translated source so the peer sees what the internet would.

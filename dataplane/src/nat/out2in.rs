@@ -2,7 +2,7 @@
 //! back to the pod; everything else is unsolicited and dropped.
 
 use super::frag::FragAction;
-use super::in2out::{decrement_ttl, rewrite, Parsed};
+use super::in2out::{rewrite, Parsed};
 use super::*;
 use crate::plan::FilteringMode;
 use crate::wire::l4::icmp;
@@ -64,12 +64,8 @@ impl NatEngine {
         if !hairpin && p.ttl <= 1 {
             return self.send_error(buf, len, (icmp::TIME_EXCEEDED, 0), p.dst, DropReason::TtlExpired, now);
         }
-        self.touch(i, tcp_flags, false, now);
-        let s = *self.sessions.get(i);
-        rewrite(buf, len, p.proto, false, s.pod, s.pod_port);
-        if !hairpin {
-            decrement_ttl(buf, len);
-        }
+        let s = self.touch(i, tcp_flags, false, now);
+        rewrite(buf, len, p.proto, false, s.pod, s.pod_port, !hairpin);
         self.counters.out2in_packets += 1;
         self.counters.out2in_bytes += len as u64;
         if p.first_frag {
@@ -108,7 +104,7 @@ impl NatEngine {
             deadline: 0,
             mapping: mi,
             created: now.secs(),
-            packets: 0,
+            flags: 0,
         };
         let i = self.sessions.insert(s)?;
         self.mappings.get_mut(mi).refs += 1;

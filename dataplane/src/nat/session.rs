@@ -1,23 +1,40 @@
 //! Sessions and endpoint-independent mappings, in slabs allocated up front
-//! and indexed by two hashbrown tables each (one per direction). Tables hold
-//! only `u32` slab indices, so a session costs its slab entry plus ~10 bytes
-//! of index; nothing is allocated per packet.
+//! and indexed twice each (one index per direction). Indexes hold only slab
+//! indices; nothing is allocated per packet. Sessions use `FlowIndex`, whose
+//! slots can be prefetched for a batch; mappings, touched only when a flow
+//! opens, use hashbrown.
 
+use super::flow_index::{prefetch, FlowIndex};
 use hashbrown::{DefaultHashBuilder, HashTable};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 
 pub const NONE: u32 = u32::MAX;
 
 /// One direction's view of a flow: `(proto, local, local_port, remote, remote_port)`.
 /// Inside → outside the local side is the pod; outside → inside it is the
 /// egress address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
     pub proto: u8,
     pub local: u32,
     pub local_port: u16,
     pub remote: u32,
     pub remote_port: u16,
+}
+
+impl Hash for FlowKey {
+    /// Two words instead of five fields: one hasher round each.
+    #[inline]
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u64(u64::from(self.local) << 32 | u64::from(self.remote));
+        h.write_u64(u64::from(self.proto) << 32 | u64::from(self.local_port) << 16 | u64::from(self.remote_port));
+    }
+}
+
+/// Session flags.
+pub mod flags {
+    /// The remote is an egress address of this gateway (RFC 4787 REQ-9).
+    pub const HAIRPIN: u8 = 1;
 }
 
 /// TCP state bits (RFC 7857 section 2 style tracking).
@@ -44,13 +61,14 @@ pub struct Session {
     pub egress_port: u16,
     pub proto: u8,
     pub state: u8,
+    pub flags: u8,
     pub config: u16,
     /// Expiry, in seconds of engine time.
     pub deadline: u32,
     /// Endpoint-independent mapping this session uses, or `NONE`.
     pub mapping: u32,
+    /// Creation time, in seconds of engine time.
     pub created: u32,
-    pub packets: u32,
 }
 
 impl Session {
@@ -146,8 +164,8 @@ impl<T> Indexed<T> {
 pub struct SessionTable {
     hasher: DefaultHashBuilder,
     items: Indexed<Session>,
-    by_in: HashTable<u32>,
-    by_out: HashTable<u32>,
+    by_in: FlowIndex,
+    by_out: FlowIndex,
 }
 
 impl SessionTable {
@@ -155,8 +173,8 @@ impl SessionTable {
         SessionTable {
             hasher: DefaultHashBuilder::default(),
             items: Indexed::new(capacity),
-            by_in: HashTable::with_capacity(capacity),
-            by_out: HashTable::with_capacity(capacity),
+            by_in: FlowIndex::with_capacity(capacity),
+            by_out: FlowIndex::with_capacity(capacity),
         }
     }
 
@@ -186,13 +204,41 @@ impl SessionTable {
     #[inline]
     pub fn find_in(&self, k: &FlowKey) -> Option<u32> {
         let slab = &self.items.slab;
-        self.by_in.find(self.hash(k), |&i| slab[i as usize].in_key() == *k).copied()
+        self.by_in.find(self.hash(k), |i| slab[i as usize].in_key() == *k)
     }
 
     #[inline]
     pub fn find_out(&self, k: &FlowKey) -> Option<u32> {
         let slab = &self.items.slab;
-        self.by_out.find(self.hash(k), |&i| slab[i as usize].out_key() == *k).copied()
+        self.by_out.find(self.hash(k), |i| slab[i as usize].out_key() == *k)
+    }
+
+    /// Batch stage 1: start loading the index slot of a key.
+    #[inline]
+    pub fn prefetch_slot(&self, k: &FlowKey, inside: bool) {
+        let h = self.hash(k);
+        if inside {
+            self.by_in.prefetch(h)
+        } else {
+            self.by_out.prefetch(h)
+        }
+    }
+
+    /// Batch stage 2: start loading the session a key finds.
+    #[inline]
+    pub fn prefetch_session(&self, k: &FlowKey, inside: bool) {
+        let found = if inside { self.find_in(k) } else { self.find_out(k) };
+        if let Some(i) = found {
+            prefetch(&self.items.slab[i as usize]);
+        }
+    }
+
+    /// Bytes held by the slab, free list and indexes.
+    pub fn bytes(&self) -> usize {
+        self.items.slab.capacity() * std::mem::size_of::<Session>()
+            + self.items.free.capacity() * 4
+            + self.by_in.bytes()
+            + self.by_out.bytes()
     }
 
     #[inline]
@@ -208,20 +254,15 @@ impl SessionTable {
     pub fn insert(&mut self, s: Session) -> Option<u32> {
         let (hi, ho) = (self.hash(&s.in_key()), self.hash(&s.out_key()));
         let idx = self.items.insert(s)?;
-        let Self { items, by_in, by_out, hasher } = self;
-        let slab = &items.slab;
-        by_in.insert_unique(hi, idx, |&i| hasher.hash_one(slab[i as usize].in_key()));
-        by_out.insert_unique(ho, idx, |&i| hasher.hash_one(slab[i as usize].out_key()));
+        self.by_in.insert(hi, idx);
+        self.by_out.insert(ho, idx);
         Some(idx)
     }
 
     /// Removes the inside key only (the session starts its cooldown).
     pub fn unlink_in(&mut self, idx: u32) {
-        let k = self.items.slab[idx as usize].in_key();
-        let h = self.hash(&k);
-        if let Ok(e) = self.by_in.find_entry(h, |&i| i == idx) {
-            e.remove();
-        }
+        let h = self.hash(&self.items.slab[idx as usize].in_key());
+        self.by_in.remove(h, idx);
     }
 
     /// Removes whatever keys remain and frees the slot.
@@ -231,9 +272,7 @@ impl SessionTable {
             self.unlink_in(idx);
         }
         let h = self.hash(&s.out_key());
-        if let Ok(e) = self.by_out.find_entry(h, |&i| i == idx) {
-            e.remove();
-        }
+        self.by_out.remove(h, idx);
         self.items.slab[idx as usize].state = state::FREE;
         self.items.release(idx);
     }
@@ -297,6 +336,15 @@ impl MappingTable {
         by_egress.insert_unique(he, idx, |&i| hasher.hash_one(slab[i as usize].egress_key()));
         Some(idx)
     }
+    /// Bytes held by the slab, free list and indexes.
+    pub fn bytes(&self) -> usize {
+        let index = |t: &HashTable<u32>| t.capacity().next_power_of_two() * 8 / 7 * 5;
+        self.items.slab.capacity() * std::mem::size_of::<Mapping>()
+            + self.items.free.capacity() * 4
+            + index(&self.by_pod)
+            + index(&self.by_egress)
+    }
+
     pub fn remove(&mut self, idx: u32) {
         let m = self.items.slab[idx as usize];
         if let Ok(e) = self.by_pod.find_entry(self.hasher.hash_one(m.pod_key()), |&i| i == idx) {

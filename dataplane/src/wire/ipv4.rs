@@ -164,6 +164,28 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.bm()[field::DST].copy_from_slice(&new);
         self.set_checksum(c);
     }
+    /// Rewrites the source (`src`) or destination address and optionally
+    /// decrements the TTL, with one checksum update; returns the old address.
+    #[inline]
+    pub fn translate_addr(&mut self, src: bool, new: [u8; 4], dec_ttl: bool) -> [u8; 4] {
+        let (field, old) = if src { (field::SRC, self.src()) } else { (field::DST, self.dst()) };
+        let (ttl, proto) = (self.ttl(), self.protocol());
+        let mut acc = u32::from(!self.checksum())
+            + u32::from(!u16::from_be_bytes([old[0], old[1]]))
+            + u32::from(!u16::from_be_bytes([old[2], old[3]]))
+            + u32::from(u16::from_be_bytes([new[0], new[1]]))
+            + u32::from(u16::from_be_bytes([new[2], new[3]]));
+        if dec_ttl {
+            // TTL shares a 16-bit word with the protocol; lowering it by one
+            // lowers that word by 0x100.
+            acc += u32::from(!u16::from_be_bytes([ttl, proto])) + u32::from(u16::from_be_bytes([ttl - 1, proto]));
+            self.bm()[field::TTL] = ttl - 1;
+        }
+        self.bm()[field].copy_from_slice(&new);
+        self.set_checksum(checksum::finish(acc));
+        old
+    }
+
     /// Decrements the TTL, updating the checksum (RFC 1624).
     #[inline]
     pub fn decrement_ttl(&mut self) {
