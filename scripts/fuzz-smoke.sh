@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target for a bounded time from the committed corpus
+# (FUZZ_SECONDS each, default 30). libFuzzer on stable Rust needs no
+# sanitizer: a panic is the crash we look for.
+set -uo pipefail
+cd "$(dirname "$0")/../fuzz"
+secs=${FUZZ_SECONDS:-30}
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet || { echo "fuzz: 0 passed, 1 failed (cargo-fuzz install)"; exit 1; }
+passed=0; failed=0
+for target in $(cargo fuzz list); do
+  mkdir -p "corpus/$target"
+  # Run on a scratch copy so the committed corpus does not grow with each run.
+  work=$(mktemp -d)
+  cp -r "corpus/$target/." "$work/"
+  if out=$(cargo fuzz run --sanitizer none "$target" "$work" -- -max_total_time="$secs" -rss_limit_mb=2048 2>&1); then
+    runs=$(printf '%s\n' "$out" | grep -oE 'Done [0-9]+ runs' | tail -1)
+    echo "fuzz $target: ok (${runs:-no run count}) in ${secs}s"
+    passed=$((passed + 1))
+  else
+    printf '%s\n' "$out" | tail -40
+    echo "fuzz $target: CRASH (see fuzz/artifacts/$target)"
+    failed=$((failed + 1))
+  fi
+  rm -rf "$work"
+done
+echo "fuzz: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
