@@ -36,7 +36,7 @@ impl FlowIndex {
     }
 
     /// The entry whose tag matches and for which `eq(index)` holds.
-    #[inline]
+    #[inline(always)]
     pub fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
         let t = tag(hash);
         let mut i = self.home(t);

@@ -22,7 +22,7 @@ pub(super) struct Parsed {
 }
 
 impl Parsed {
-    #[inline]
+    #[inline(always)]
     pub fn read(buf: &[u8], len: usize) -> Parsed {
         let ip = Ipv4Packet::new_unchecked(&buf[..len]);
         Parsed {
@@ -46,7 +46,7 @@ impl Parsed {
 /// Rewrites the source (`outbound`) or destination address and the matching
 /// port (the ICMP identifier for echo), with incremental checksums; with
 /// `ttl`, also decrements the TTL (one IP checksum update for both).
-#[inline]
+#[inline(always)]
 pub(super) fn rewrite(buf: &mut [u8], len: usize, proto: u8, outbound: bool, ip_new: u32, port_new: u16, ttl: bool) {
     let mut ip = Ipv4Packet::new_unchecked(&mut buf[..len]);
     let hl = ip.header_len();

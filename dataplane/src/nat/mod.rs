@@ -279,7 +279,7 @@ impl NatEngine {
     /// The worker that owns an inside → outside flow of a pod endpoint. A
     /// pod endpoint always lands on one worker, so its endpoint-independent
     /// mapping is one mapping.
-    #[inline]
+    #[inline(always)]
     pub fn inside_owner(&self, proto: u8, pod: u32, port: u16) -> u16 {
         if self.settings.workers <= 1 {
             return self.settings.worker;
@@ -514,7 +514,7 @@ impl NatEngine {
     }
 
     /// The idle timeout a session gets from its state.
-    #[inline]
+    #[inline(always)]
     fn timeout(&self, s: &Session) -> u32 {
         let t = &self.config(s.config).timeouts;
         match s.proto {
@@ -526,7 +526,7 @@ impl NatEngine {
 
     /// Finds a live session by its inside key, closing it first if it has
     /// idled past its deadline (the sweep may not have reached it yet).
-    #[inline]
+    #[inline(always)]
     fn find_live_in(&mut self, k: &FlowKey, now: Time) -> Option<u32> {
         let i = self.sessions.find_in(k)?;
         if self.sessions.get(i).deadline <= now.secs() {
@@ -536,7 +536,7 @@ impl NatEngine {
         Some(i)
     }
 
-    #[inline]
+    #[inline(always)]
     fn find_live_out(&mut self, k: &FlowKey, now: Time) -> Option<u32> {
         let i = self.sessions.find_out(k)?;
         let s = self.sessions.get(i);
@@ -552,7 +552,7 @@ impl NatEngine {
 
     /// Records a packet on a session (TCP state, refreshed deadline) and
     /// returns the updated session.
-    #[inline]
+    #[inline(always)]
     fn touch(&mut self, i: u32, tcp_flags: Option<u8>, outbound: bool, now: Time) -> Session {
         let s = *self.sessions.get(i);
         let st = match tcp_flags {
@@ -796,7 +796,7 @@ fn rendezvous(pod: u32, cfg: &CompiledConfig) -> u16 {
 
 /// Reads the transport key fields at the start of an L4 header (ports, or
 /// the ICMP identifier as the local "port").
-#[inline]
+#[inline(always)]
 fn ports(proto: u8, l4: &[u8]) -> (u16, u16) {
     match proto {
         ipv4::PROTO_ICMP => (l4::read16(l4, l4::icmp::IDENT), 0),

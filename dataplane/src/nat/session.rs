@@ -196,18 +196,18 @@ impl SessionTable {
         self.items.slab.len()
     }
 
-    #[inline]
+    #[inline(always)]
     fn hash(&self, k: &FlowKey) -> u64 {
         self.hasher.hash_one(k)
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn find_in(&self, k: &FlowKey) -> Option<u32> {
         let slab = &self.items.slab;
         self.by_in.find(self.hash(k), |i| slab[i as usize].in_key() == *k)
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn find_out(&self, k: &FlowKey) -> Option<u32> {
         let slab = &self.items.slab;
         self.by_out.find(self.hash(k), |i| slab[i as usize].out_key() == *k)

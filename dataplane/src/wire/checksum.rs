@@ -1,7 +1,7 @@
 //! Internet checksum (RFC 1071) and its incremental update (RFC 1624).
 
 /// Adds `data` as big-endian 16-bit words to a running one's-complement sum.
-#[inline]
+#[inline(always)]
 pub fn sum(mut acc: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for w in &mut chunks {
@@ -14,7 +14,7 @@ pub fn sum(mut acc: u32, data: &[u8]) -> u32 {
 }
 
 /// Folds a running sum to 16 bits and complements it.
-#[inline]
+#[inline(always)]
 pub fn finish(mut acc: u32) -> u16 {
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);
@@ -23,7 +23,7 @@ pub fn finish(mut acc: u32) -> u16 {
 }
 
 /// Full checksum of `data`.
-#[inline]
+#[inline(always)]
 pub fn checksum(data: &[u8]) -> u16 {
     finish(sum(0, data))
 }
@@ -37,14 +37,14 @@ pub fn pseudo_header(src: [u8; 4], dst: [u8; 4], proto: u8, len: u16) -> u32 {
 }
 
 /// RFC 1624 eqn. 3: `HC' = ~(~HC + ~m + m')` for one 16-bit word.
-#[inline]
+#[inline(always)]
 pub fn update16(check: u16, old: u16, new: u16) -> u16 {
     let acc = u32::from(!check) + u32::from(!old) + u32::from(new);
     finish(acc)
 }
 
 /// The same update for a 32-bit field (an IPv4 address).
-#[inline]
+#[inline(always)]
 pub fn update32(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
     let acc = u32::from(!check)
         + u32::from(!u16::from_be_bytes([old[0], old[1]]))
@@ -55,7 +55,7 @@ pub fn update32(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
 }
 
 /// Update for an address and a port changed together (the common SNAT case).
-#[inline]
+#[inline(always)]
 pub fn update_addr_port(check: u16, old: [u8; 4], new: [u8; 4], old_port: u16, new_port: u16) -> u16 {
     let acc = u32::from(!check)
         + u32::from(!u16::from_be_bytes([old[0], old[1]]))

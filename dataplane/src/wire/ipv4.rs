@@ -36,7 +36,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// Validates version, header length and total length against the buffer.
     /// The buffer may be longer than the packet (Ethernet padding).
-    #[inline]
+    #[inline(always)]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         let b = buffer.as_ref();
         if b.len() < HEADER_LEN {
@@ -125,7 +125,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         Ipv4Addr::from(self.dst())
     }
     /// True when the header checksum verifies.
-    #[inline]
+    #[inline(always)]
     pub fn verify_checksum(&self) -> bool {
         checksum::checksum(&self.b()[..self.header_len()]) == 0
     }
@@ -151,14 +151,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.bm()[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
     }
     /// Rewrites the source address, updating the header checksum.
-    #[inline]
+    #[inline(always)]
     pub fn set_src(&mut self, new: [u8; 4]) {
         let c = checksum::update32(self.checksum(), self.src(), new);
         self.bm()[field::SRC].copy_from_slice(&new);
         self.set_checksum(c);
     }
     /// Rewrites the destination address, updating the header checksum.
-    #[inline]
+    #[inline(always)]
     pub fn set_dst(&mut self, new: [u8; 4]) {
         let c = checksum::update32(self.checksum(), self.dst(), new);
         self.bm()[field::DST].copy_from_slice(&new);
@@ -166,7 +166,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
     /// Rewrites the source (`src`) or destination address and optionally
     /// decrements the TTL, with one checksum update; returns the old address.
-    #[inline]
+    #[inline(always)]
     pub fn translate_addr(&mut self, src: bool, new: [u8; 4], dec_ttl: bool) -> [u8; 4] {
         let (field, old) = if src { (field::SRC, self.src()) } else { (field::DST, self.dst()) };
         let (ttl, proto) = (self.ttl(), self.protocol());

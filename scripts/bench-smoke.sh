@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# A short run of each benchmark, so they keep working: not a measurement.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+passed=0; failed=0
+run() {
+  local name=$1; shift
+  if "$@"; then passed=$((passed + 1)); echo "bench $name: ok"; else failed=$((failed + 1)); echo "bench $name: FAILED"; fi
+}
+run nat_core cargo bench -q -p egret-dataplane --bench nat_core -- --quick
+if [ -x bench/run.sh ]; then
+  run gateway bench/run.sh --smoke
+fi
+echo "bench: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
