@@ -39,7 +39,7 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 const PODS: u32 = 1024;
-const FRAME: usize = 128;
+const FRAME: usize = 64;
 
 fn pod(i: u32) -> [u8; 4] {
     (u32::from(Ipv4Addr::new(198, 18, 0, 0)) + 16 + i % PODS).to_be_bytes()
