@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// An IPv4 prefix such as `198.19.100.0/28`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -146,6 +147,153 @@ pub const DEFAULT_PORT_QUOTA: u32 = 32768;
 /// Largest pool one config may hold.
 pub const MAX_POOL_ADDRS: u64 = 4096;
 
+/// What a policy does with a new flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyAction {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// How a denied new flow is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DenyResponse {
+    /// Silently dropped (and counted).
+    #[default]
+    Drop,
+    /// TCP gets a RST; UDP and ICMP get ICMP unreachable, administratively
+    /// prohibited.
+    Reject,
+}
+
+/// What a rule change does to live flows it now denies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LiveFlows {
+    #[default]
+    Cut,
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Icmp => 1,
+        }
+    }
+}
+
+/// A port or an inclusive range, written `443` or `"8000-8080"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl FromStr for PortRange {
+    type Err = PlanError;
+    fn from_str(s: &str) -> Result<Self, PlanError> {
+        let bad = || PlanError::BadPort(s.to_string());
+        let (lo, hi) = match s.split_once('-') {
+            Some((a, b)) => (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?),
+            None => {
+                let p = s.trim().parse().map_err(|_| bad())?;
+                (p, p)
+            }
+        };
+        if lo == 0 || lo > hi {
+            return Err(bad());
+        }
+        Ok(PortRange { lo, hi })
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.lo == self.hi {
+            s.serialize_u16(self.lo)
+        } else {
+            s.collect_str(&format_args!("{}-{}", self.lo, self.hi))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        let s = match Raw::deserialize(d)? {
+            Raw::N(n) => n.to_string(),
+            Raw::S(s) => s,
+        };
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One rule: it matches when every field given matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRule {
+    pub name: String,
+    pub action: PolicyAction,
+    /// Destination prefixes. With neither `cidrs` nor `fqdns`, any destination.
+    #[serde(default)]
+    pub cidrs: Vec<Ipv4Cidr>,
+    /// Destination names (`api.example.com`, `*.example.com`), matched against
+    /// the addresses the pod's own DNS answers gave for them.
+    #[serde(default)]
+    pub fqdns: Vec<String>,
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+    /// Destination ports (TCP and UDP); empty means any.
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+    /// Source pods (resolved from label selectors by the control plane);
+    /// absent means every pod of the config.
+    #[serde(default)]
+    pub pods: Option<Vec<Ipv4Addr>>,
+}
+
+/// An ordered egress rule set for one config: first matching rule wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressPolicy {
+    #[serde(default)]
+    pub default_action: PolicyAction,
+    #[serde(default)]
+    pub rules: Vec<PolicyRule>,
+    #[serde(default)]
+    pub deny_response: DenyResponse,
+    #[serde(default)]
+    pub live_flows: LiveFlows,
+    /// Shortest time a learned DNS answer is trusted, whatever its TTL.
+    #[serde(default = "default_ttl_floor")]
+    pub dns_ttl_floor: u32,
+}
+
+fn default_ttl_floor() -> u32 {
+    30
+}
+
+/// Most rules one policy may hold.
+pub const MAX_POLICY_RULES: usize = 100_000;
+
 /// One gateway configuration (a StaticGatewayConfiguration's data plane).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -164,6 +312,9 @@ pub struct GatewayConfig {
     pub mapping: MappingMode,
     #[serde(default)]
     pub filtering: FilteringMode,
+    /// Egress policy; none allows every destination.
+    #[serde(default)]
+    pub policy: Option<EgressPolicy>,
 }
 
 fn default_quota() -> u32 {
@@ -181,6 +332,7 @@ impl GatewayConfig {
             port_quota: DEFAULT_PORT_QUOTA,
             mapping: MappingMode::default(),
             filtering: FilteringMode::default(),
+            policy: None,
         }
     }
 }
@@ -226,6 +378,10 @@ pub enum PlanError {
     DuplicateBinding { pod: Ipv4Addr, a: String, b: String },
     #[error("pod {pod} uses an egress address of config '{config}'")]
     PodIsEgress { pod: Ipv4Addr, config: String },
+    #[error("invalid port or port range '{0}' (1-65535, low-high)")]
+    BadPort(String),
+    #[error("config '{config}' policy: {problem}")]
+    BadPolicy { config: String, problem: String },
 }
 
 /// A validated plan in the shape the NAT core looks things up in.
@@ -249,6 +405,7 @@ pub struct CompiledConfig {
     pub port_quota: u32,
     pub mapping: MappingMode,
     pub filtering: FilteringMode,
+    pub policy: Option<Arc<crate::nat::policy::CompiledPolicy>>,
 }
 
 impl CompiledConfig {
@@ -310,6 +467,13 @@ impl Plan {
                     addrs.push(a);
                 }
             }
+            let policy = match &c.policy {
+                Some(p) => Some(Arc::new(
+                    crate::nat::policy::CompiledPolicy::compile(p)
+                        .map_err(|problem| PlanError::BadPolicy { config: c.name.clone(), problem })?,
+                )),
+                None => None,
+            };
             let mut exclude = c.exclude.clone();
             exclude.sort_by_key(|c| std::cmp::Reverse(c.prefix_len()));
             configs.push(CompiledConfig {
@@ -320,6 +484,7 @@ impl Plan {
                 port_quota: c.port_quota,
                 mapping: c.mapping,
                 filtering: c.filtering,
+                policy,
             });
         }
         let mut pods: HashMap<u32, u16> = HashMap::with_capacity(self.bindings.len());

@@ -51,10 +51,12 @@ pub enum DropReason {
     FragmentTooLarge,
     /// Not enough room in the buffer to write an ICMP reply.
     NoRoomForReply,
+    /// A new flow the config's egress policy denies.
+    PolicyDenied,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::BadIpChecksum,
@@ -77,6 +79,7 @@ impl DropReason {
         DropReason::FragmentTimeout,
         DropReason::FragmentTooLarge,
         DropReason::NoRoomForReply,
+        DropReason::PolicyDenied,
     ];
 
     /// The metric label.
@@ -104,6 +107,7 @@ impl DropReason {
             DropReason::FragmentTimeout => "fragment_timeout",
             DropReason::FragmentTooLarge => "fragment_too_large",
             DropReason::NoRoomForReply => "no_room_for_reply",
+            DropReason::PolicyDenied => "policy_denied",
         }
     }
 }
@@ -126,6 +130,8 @@ pub struct Counters {
     pub icmp_rate_limited: u64,
     pub fragments_translated: u64,
     pub fragments_held: u64,
+    /// Policy deny events not kept for logging because the queue was full.
+    pub deny_events_lost: u64,
     pub drops: [u64; DropReason::ALL.len()],
 }
 
@@ -156,6 +162,7 @@ impl Counters {
         self.icmp_rate_limited += o.icmp_rate_limited;
         self.fragments_translated += o.fragments_translated;
         self.fragments_held += o.fragments_held;
+        self.deny_events_lost += o.deny_events_lost;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }

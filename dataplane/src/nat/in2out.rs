@@ -144,6 +144,11 @@ impl NatEngine {
                         return self.drop(DropReason::TcpBadFlags);
                     }
                 }
+                if let Some(d) = self.decide(ci, &key, now) {
+                    if d.action == crate::plan::PolicyAction::Deny {
+                        return self.deny(buf, len, &p, ci, now);
+                    }
+                }
                 match self.create_session(&key, ci, now) {
                     Ok(i) => i,
                     Err(reason) => return self.refuse(buf, len, reason, now),
@@ -168,10 +173,64 @@ impl NatEngine {
         Verdict::Forward { side: Side::Outside, len }
     }
 
+    /// A new flow the policy denies: dropped, or rejected (TCP RST from the
+    /// destination; ICMP administratively prohibited otherwise).
+    fn deny(&mut self, buf: &mut [u8], len: usize, p: &Parsed, ci: u16, now: Time) -> Verdict {
+        let reject =
+            self.config(ci).policy.as_ref().is_some_and(|x| x.deny_response == crate::plan::DenyResponse::Reject);
+        if !reject {
+            return self.drop(DropReason::PolicyDenied);
+        }
+        if p.proto == ipv4::PROTO_TCP {
+            self.counters.drop(DropReason::PolicyDenied);
+            return tcp_reset(buf, len, p);
+        }
+        self.refuse(buf, len, DropReason::PolicyDenied, now)
+    }
+
     /// A new flow that cannot get a session: drop, count, and tell the pod
     /// (ICMP destination unreachable, administratively prohibited).
     pub(super) fn refuse(&mut self, buf: &mut [u8], len: usize, reason: DropReason, now: Time) -> Verdict {
         let router = u32::from(self.settings.router_ip);
         self.send_error(buf, len, (icmp::DEST_UNREACHABLE, icmp::CODE_ADMIN_PROHIBITED), router, reason, now)
     }
+}
+
+/// Replaces a TCP segment with the RST its destination would send (RFC 793
+/// "reset generation"): addresses and ports swapped, no payload.
+fn tcp_reset(buf: &mut [u8], len: usize, p: &Parsed) -> Verdict {
+    let l4b = &buf[p.hl..len];
+    let (sport, dport) = (l4::read16(l4b, 0), l4::read16(l4b, 2));
+    let seq = u32::from_be_bytes([l4b[4], l4b[5], l4b[6], l4b[7]]);
+    let ack = u32::from_be_bytes([l4b[8], l4b[9], l4b[10], l4b[11]]);
+    let flags = l4b[l4::tcp::FLAGS];
+    let data = l4b.len().saturating_sub(usize::from(l4b[12] >> 4) * 4) as u32;
+    let (rseq, rack, rflags) = if flags & l4::tcp::ACK != 0 {
+        (ack, 0, l4::tcp::RST)
+    } else {
+        let ctl = u32::from(flags & l4::tcp::SYN != 0) + u32::from(flags & l4::tcp::FIN != 0);
+        (0, seq.wrapping_add(data + ctl), l4::tcp::RST | l4::tcp::ACK)
+    };
+    const TOTAL: usize = ipv4::HEADER_LEN + l4::tcp::HEADER_LEN;
+    Ipv4Packet::new_unchecked(&mut buf[..]).emit_header(
+        TOTAL as u16,
+        0,
+        64,
+        ipv4::PROTO_TCP,
+        p.dst.to_be_bytes(),
+        p.src.to_be_bytes(),
+    );
+    let t = &mut buf[ipv4::HEADER_LEN..TOTAL];
+    t.fill(0);
+    l4::write16(t, 0, dport);
+    l4::write16(t, 2, sport);
+    t[4..8].copy_from_slice(&rseq.to_be_bytes());
+    t[8..12].copy_from_slice(&rack.to_be_bytes());
+    t[12] = 5 << 4;
+    t[l4::tcp::FLAGS] = rflags;
+    let acc =
+        checksum::pseudo_header(p.dst.to_be_bytes(), p.src.to_be_bytes(), ipv4::PROTO_TCP, l4::tcp::HEADER_LEN as u16);
+    let c = checksum::finish(checksum::sum(acc, t));
+    l4::write16(t, l4::tcp::CHECKSUM, c);
+    Verdict::Reply { len: TOTAL }
 }

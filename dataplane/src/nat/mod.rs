@@ -14,12 +14,14 @@ mod frag;
 mod icmp;
 mod in2out;
 mod out2in;
+pub mod policy;
 pub mod port_pool;
 pub mod session;
 pub mod tcp;
 
 pub use counters::{Counters, DropReason};
 pub use frag::{ReleaseTo, Released};
+pub use policy::{Decision, FqdnCache};
 
 use crate::plan::{CompiledConfig, CompiledPlan, MappingMode};
 use crate::wire::ipv4::{self, Ipv4Packet};
@@ -190,7 +192,36 @@ pub struct NatEngine {
     sweep_mappings: usize,
     icmp_tokens: u32,
     icmp_refill_ms: u64,
+    /// DNS-learned names, shared by all workers.
+    fqdn: Arc<FqdnCache>,
+    next_fqdn_sweep: u32,
+    /// Per config: hits per policy rule, then the default's hits last.
+    policy_hits: Vec<Vec<u64>>,
+    deny_events: std::collections::VecDeque<DenyEvent>,
 }
+
+/// A new flow the egress policy denied, kept (bounded) for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenyEvent {
+    pub at: Time,
+    pub pod: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub port: u16,
+    pub config: String,
+    /// The denying rule, or `None` for "no rule matched".
+    pub rule: Option<String>,
+}
+
+/// Policy rule hit counts of one config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleHits {
+    pub config: String,
+    /// `(rule name, hits)`, in rule order, then `("default", hits)`.
+    pub rules: Vec<(String, u64)>,
+}
+
+const DENY_EVENTS_KEPT: usize = 256;
 
 impl NatEngine {
     pub fn new(settings: EngineSettings, plan: Arc<CompiledPlan>) -> Self {
@@ -219,6 +250,10 @@ impl NatEngine {
             sweep_mappings: 0,
             icmp_tokens: settings.icmp_errors_per_sec,
             icmp_refill_ms: 0,
+            fqdn: FqdnCache::new(1 << 16),
+            next_fqdn_sweep: 0,
+            policy_hits: Vec::new(),
+            deny_events: std::collections::VecDeque::with_capacity(DENY_EVENTS_KEPT),
             plan: Arc::new(CompiledPlan {
                 version: 0,
                 configs: Vec::new(),
@@ -233,6 +268,37 @@ impl NatEngine {
 
     pub fn plan(&self) -> &Arc<CompiledPlan> {
         &self.plan
+    }
+
+    /// Shares one DNS-learned name cache between the workers of a gateway.
+    pub fn share_fqdn_cache(&mut self, cache: Arc<FqdnCache>) {
+        self.fqdn = cache;
+    }
+
+    pub fn fqdn_cache(&self) -> &Arc<FqdnCache> {
+        &self.fqdn
+    }
+
+    /// Policy deny events since the last call (at most 256 are kept; the
+    /// rest are counted in `deny_events_lost`).
+    pub fn take_deny_events(&mut self) -> impl Iterator<Item = DenyEvent> + '_ {
+        self.deny_events.drain(..)
+    }
+
+    /// Hits per policy rule, per config with a policy.
+    pub fn rule_hits(&self) -> Vec<RuleHits> {
+        self.plan
+            .configs
+            .iter()
+            .zip(&self.policy_hits)
+            .filter_map(|(c, hits)| {
+                let p = c.policy.as_ref()?;
+                let mut rules: Vec<(String, u64)> =
+                    (0..p.rule_count()).map(|i| (p.rule_name(i as u32).to_string(), hits[i])).collect();
+                rules.push(("default".into(), hits[p.rule_count()]));
+                Some(RuleHits { config: c.name.clone(), rules })
+            })
+            .collect()
     }
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -296,6 +362,35 @@ impl NatEngine {
         let plan = self.plan.clone();
         let workers = u32::from(self.settings.workers.max(1));
         self.quotas = plan.configs.iter().map(|c| c.port_quota.div_ceil(workers)).collect();
+        let old_hits: HashMap<(&str, String), u64> = old
+            .configs
+            .iter()
+            .zip(&self.policy_hits)
+            .filter_map(|(c, h)| Some((c, c.policy.as_ref()?, h)))
+            .flat_map(|(c, p, h)| {
+                (0..=p.rule_count()).map(move |i| {
+                    let name =
+                        if i == p.rule_count() { "default".to_string() } else { p.rule_name(i as u32).to_string() };
+                    ((c.name.as_str(), name), h[i])
+                })
+            })
+            .collect();
+        let policy_hits: Vec<Vec<u64>> = plan
+            .configs
+            .iter()
+            .map(|c| match &c.policy {
+                Some(p) => (0..=p.rule_count())
+                    .map(|i| {
+                        let name =
+                            if i == p.rule_count() { "default".to_string() } else { p.rule_name(i as u32).to_string() };
+                        old_hits.get(&(c.name.as_str(), name)).copied().unwrap_or(0)
+                    })
+                    .collect(),
+                None => Vec::new(),
+            })
+            .collect();
+        drop(old_hits);
+        self.policy_hits = policy_hits;
 
         // Egress addresses: keep the port bitmaps of those that stay.
         let mut addrs = HashMap::with_capacity(plan.egress.len());
@@ -333,8 +428,9 @@ impl NatEngine {
         let idxs: Vec<u32> = self.sessions.iter().map(|(i, _)| i).collect();
         for i in idxs {
             let s = *self.sessions.get(i);
-            let kept =
-                keep(s.pod, s.egress, s.config, &plan).filter(|&ci| !plan.configs[usize::from(ci)].excludes(s.remote));
+            let kept = keep(s.pod, s.egress, s.config, &plan)
+                .filter(|&ci| !plan.configs[usize::from(ci)].excludes(s.remote))
+                .filter(|&ci| !s.is_live() || !self.policy_cuts(&plan.configs[usize::from(ci)], &s, now));
             match kept {
                 Some(ci) => {
                     let hairpin = plan.egress.contains_key(&s.remote);
@@ -380,6 +476,58 @@ impl NatEngine {
                     }
                     self.mappings.remove(i);
                 }
+            }
+        }
+    }
+
+    /// Whether a changed policy cuts this live session.
+    fn policy_cuts(&self, cfg: &CompiledConfig, s: &Session, now: Time) -> bool {
+        let Some(p) = &cfg.policy else { return false };
+        if p.live_flows == crate::plan::LiveFlows::Keep {
+            return false;
+        }
+        let names = if p.has_fqdns() { self.fqdn.names(s.pod, s.remote, now.secs()) } else { Vec::new() };
+        p.evaluate(s.pod, s.remote, s.proto, s.remote_port, &names).action == crate::plan::PolicyAction::Deny
+    }
+
+    /// The policy decision for a new flow, counted per rule; `None` when the
+    /// config has no policy.
+    fn decide(&mut self, ci: u16, k: &FlowKey, now: Time) -> Option<Decision> {
+        let plan = self.plan.clone();
+        let p = plan.configs[usize::from(ci)].policy.as_ref()?;
+        let names = if p.has_fqdns() { self.fqdn.names(k.local, k.remote, now.secs()) } else { Vec::new() };
+        let d = p.evaluate(k.local, k.remote, k.proto, k.remote_port, &names);
+        let slot = d.rule.map_or(p.rule_count(), |r| r as usize);
+        self.policy_hits[usize::from(ci)][slot] += 1;
+        if d.action == crate::plan::PolicyAction::Deny {
+            if self.deny_events.len() < DENY_EVENTS_KEPT {
+                self.deny_events.push_back(DenyEvent {
+                    at: now,
+                    pod: Ipv4Addr::from(k.local),
+                    dst: Ipv4Addr::from(k.remote),
+                    proto: k.proto,
+                    port: k.remote_port,
+                    config: plan.configs[usize::from(ci)].name.clone(),
+                    rule: d.rule.map(|r| p.rule_name(r).to_string()),
+                });
+            } else {
+                self.counters.deny_events_lost += 1;
+            }
+        }
+        Some(d)
+    }
+
+    /// Learns which addresses the names in a DNS answer resolved to, for
+    /// the pod it goes to, when the pod's config has FQDN rules.
+    fn learn_dns(&mut self, s: &Session, dns: &[u8], now: Time) {
+        let Some(p) = self.plan.configs[usize::from(s.config)].policy.clone() else { return };
+        if !p.has_fqdns() {
+            return;
+        }
+        for a in crate::wire::dns::answers(dns) {
+            if p.wants_name(&a.name) {
+                let until = now.secs().saturating_add(a.ttl.clamp(p.ttl_floor, 86_400));
+                self.fqdn.learn(s.pod, u32::from_be_bytes(a.addr), &a.name, until);
             }
         }
     }
@@ -491,6 +639,10 @@ impl NatEngine {
             if !m.free && m.refs == 0 && m.deadline <= secs {
                 self.free_mapping(i);
             }
+        }
+        if self.settings.worker == 0 && secs >= self.next_fqdn_sweep {
+            self.next_fqdn_sweep = secs + 1;
+            self.fqdn.expire(secs);
         }
         let timed_out = self.frags.expire(now.millis());
         self.counters.drops[DropReason::FragmentTimeout as usize] += timed_out;

@@ -66,6 +66,9 @@ impl NatEngine {
         }
         let s = self.touch(i, tcp_flags, false, now);
         rewrite(buf, len, p.proto, false, s.pod, s.pod_port, !hairpin);
+        if s.remote_port == 53 && p.proto != ipv4::PROTO_ICMP && !p.first_frag {
+            self.learn_from_dns(buf, len, &p, &s, now);
+        }
         self.counters.out2in_packets += 1;
         self.counters.out2in_bytes += len as u64;
         if p.first_frag {
@@ -73,6 +76,23 @@ impl NatEngine {
             self.frags.record(p.frag_key(), action, now.millis());
         }
         Verdict::Forward { side: Side::Inside, len }
+    }
+
+    /// DNS answers to pods feed FQDN rules: UDP, or TCP when the segment
+    /// holds a whole length-prefixed message.
+    #[cold]
+    fn learn_from_dns(&mut self, buf: &[u8], len: usize, p: &Parsed, s: &Session, now: Time) {
+        let l4b = &buf[p.hl..len];
+        let msg = if p.proto == ipv4::PROTO_UDP {
+            &l4b[l4::udp::HEADER_LEN..]
+        } else {
+            let Some(data) = l4b.get(usize::from(l4b[12] >> 4) * 4..) else { return };
+            match data {
+                [hi, lo, rest @ ..] if usize::from(u16::from_be_bytes([*hi, *lo])) == rest.len() => rest,
+                _ => return,
+            }
+        };
+        self.learn_dns(s, msg, now);
     }
 
     /// Endpoint-independent filtering (UDP, opt-in): a new remote endpoint

@@ -918,3 +918,126 @@ mod properties {
         }
     }
 }
+
+mod policy {
+    use super::*;
+    use crate::plan::{DenyResponse, EgressPolicy, LiveFlows, PolicyAction, PolicyRule, Protocol};
+
+    const API: [u8; 4] = [198, 19, 0, 10];
+    const DNS: [u8; 4] = [198, 19, 0, 53];
+
+    fn rule(name: &str, cidrs: &[&str], fqdns: &[&str], proto: Option<Protocol>, ports: &[&str]) -> PolicyRule {
+        PolicyRule {
+            name: name.into(),
+            action: PolicyAction::Allow,
+            cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            fqdns: fqdns.iter().map(|s| s.to_string()).collect(),
+            protocol: proto,
+            ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
+            pods: None,
+        }
+    }
+
+    fn policy(deny: DenyResponse, live: LiveFlows) -> EgressPolicy {
+        EgressPolicy {
+            default_action: PolicyAction::Deny,
+            rules: vec![
+                rule("web", &["198.19.0.100/32"], &[], Some(Protocol::Tcp), &["443"]),
+                rule("dns", &["198.19.0.53/32"], &[], Some(Protocol::Udp), &["53"]),
+                rule("api", &[], &["api.example.com"], Some(Protocol::Tcp), &["443"]),
+            ],
+            deny_response: deny,
+            live_flows: live,
+            dns_ttl_floor: 30,
+        }
+    }
+
+    fn engine_with(p: EgressPolicy) -> NatEngine {
+        let mut a = config("a", "198.19.100.0/28");
+        a.policy = Some(p);
+        NatEngine::new(settings(), plan_with(a, config("b", "198.19.101.0/28")))
+    }
+
+    #[test]
+    fn default_deny_allows_exactly_the_rules() {
+        let mut e = engine_with(policy(DenyResponse::Drop, LiveFlows::Cut));
+        assert!(matches!(tcp(POD_A, 40000, SERVER, 443, tcpf::SYN).run(&mut e, T0), Verdict::Forward { .. }));
+        assert_eq!(tcp(POD_A, 40001, SERVER, 80, tcpf::SYN).run(&mut e, T0), Verdict::Drop(DropReason::PolicyDenied));
+        assert_eq!(udp(POD_A, 5000, SERVER, 443, b"x").run(&mut e, T0), Verdict::Drop(DropReason::PolicyDenied));
+        // Config b has no policy.
+        assert!(matches!(tcp(POD_B, 40000, SERVER, 80, tcpf::SYN).run(&mut e, T0), Verdict::Forward { .. }));
+        let ev: Vec<_> = e.take_deny_events().collect();
+        assert_eq!(ev.len(), 2);
+        assert_eq!((ev[0].pod, ev[0].dst, ev[0].port, ev[0].rule.clone()), (POD_A.into(), SERVER.into(), 80, None));
+        let hits = e.rule_hits();
+        assert_eq!(hits[0].rules[0], ("web".to_string(), 1));
+        assert_eq!(hits[0].rules[3], ("default".to_string(), 2));
+        // Established flows are not re-checked per packet.
+        assert_eq!(e.rule_hits()[0].rules[0].1, 1);
+    }
+
+    #[test]
+    fn reject_answers_tcp_with_rst_and_udp_with_icmp_admin_prohibited() {
+        let mut e = engine_with(policy(DenyResponse::Reject, LiveFlows::Cut));
+        let mut syn = tcp(POD_A, 40001, SERVER, 80, tcpf::SYN);
+        assert_eq!(syn.run(&mut e, T0), Verdict::Reply { len: 40 });
+        assert_eq!((syn.src(), syn.dst(), syn.sport(), syn.dport()), (SERVER, POD_A, 80, 40001));
+        let t = syn.l4();
+        assert_eq!(t[13], tcpf::RST | tcpf::ACK);
+        assert_eq!(u32::from_be_bytes([t[8], t[9], t[10], t[11]]), 1000 + 5 + 1, "acks the SYN and its data");
+        assert_checksums(syn.bytes());
+        let mut u = udp(POD_A, 5000, SERVER, 443, b"x");
+        assert!(matches!(u.run(&mut e, T0), Verdict::Reply { .. }));
+        assert_eq!((u.l4()[0], u.l4()[1]), (icmp::DEST_UNREACHABLE, icmp::CODE_ADMIN_PROHIBITED));
+        assert_eq!(e.counters().dropped(DropReason::PolicyDenied), 2);
+    }
+
+    fn dns_answer(name: &str, addr: [u8; 4], ttl: u32, q: &Pkt) -> Pkt {
+        let m = crate::wire::dns::tests::response(name, &[(name, 1, addr.to_vec(), ttl)]);
+        udp(DNS, 53, q.src(), q.sport(), &m)
+    }
+
+    #[test]
+    fn fqdn_rules_open_what_the_pods_own_dns_answers_resolved() {
+        let mut e = engine_with(policy(DenyResponse::Drop, LiveFlows::Cut));
+        assert_eq!(tcp(POD_A, 40000, API, 443, tcpf::SYN).run(&mut e, T0), Verdict::Drop(DropReason::PolicyDenied));
+        let mut q = udp(POD_A, 5353, DNS, 53, b"query");
+        assert!(matches!(q.run(&mut e, T0), Verdict::Forward { .. }));
+        let mut a = dns_answer("api.example.com", API, 5, &q);
+        assert!(matches!(a.run(&mut e, T0), Verdict::Forward { side: Side::Inside, .. }));
+        assert!(matches!(tcp(POD_A, 40001, API, 443, tcpf::SYN).run(&mut e, T0), Verdict::Forward { .. }));
+        assert_eq!(tcp(POD_A, 40002, API, 80, tcpf::SYN).run(&mut e, T0), Verdict::Drop(DropReason::PolicyDenied));
+        // An answer for a name no rule allows teaches nothing.
+        let mut other = dns_answer("evil.example.org", [198, 19, 0, 66], 300, &q);
+        other.run(&mut e, T0);
+        assert_eq!(
+            tcp(POD_A, 40003, [198, 19, 0, 66], 443, tcpf::SYN).run(&mut e, T0),
+            Verdict::Drop(DropReason::PolicyDenied)
+        );
+        // A TTL of 5 s is held for the 30 s floor, then expires.
+        let t = Time::from_secs(10 + 29);
+        assert!(matches!(tcp(POD_A, 40004, API, 443, tcpf::SYN).run(&mut e, t), Verdict::Forward { .. }));
+        let t = Time::from_secs(10 + 31);
+        assert_eq!(tcp(POD_A, 40005, API, 443, tcpf::SYN).run(&mut e, t), Verdict::Drop(DropReason::PolicyDenied));
+    }
+
+    #[test]
+    fn rule_changes_cut_live_flows_they_deny_unless_told_to_keep() {
+        for (live, survives) in [(LiveFlows::Cut, false), (LiveFlows::Keep, true)] {
+            let mut e = engine_with(policy(DenyResponse::Drop, live));
+            let mut syn = tcp(POD_A, 40000, SERVER, 443, tcpf::SYN);
+            syn.run(&mut e, T0);
+            let mut p = policy(DenyResponse::Drop, live);
+            p.rules.remove(0);
+            let mut a = config("a", "198.19.100.0/28");
+            a.policy = Some(p);
+            e.apply_plan(plan_with(a, config("b", "198.19.101.0/28")), T0);
+            let v = tcp(SERVER, 443, syn.src(), syn.sport(), tcpf::SYN | tcpf::ACK).run(&mut e, T0);
+            assert_eq!(matches!(v, Verdict::Forward { .. }), survives, "{live:?}: {v:?}");
+            assert_eq!(
+                tcp(POD_A, 40009, SERVER, 443, tcpf::SYN).run(&mut e, T0),
+                Verdict::Drop(DropReason::PolicyDenied)
+            );
+        }
+    }
+}

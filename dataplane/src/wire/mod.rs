@@ -1,6 +1,7 @@
 //! Packet views over bytes: validated once, then read and rewritten in place.
 
 pub mod checksum;
+pub mod dns;
 pub mod ipv4;
 pub mod l4;
 

@@ -1,0 +1,389 @@
+//! Egress policy, checked once per new flow (never per packet): an ordered
+//! rule set per config, first match wins, compiled so a lookup costs a walk
+//! down one prefix trie plus the rules that cover the destination. FQDN
+//! rules match the addresses a pod's own DNS answers tied to the name
+//! (learned from responses the gateway forwards to that pod); names that no
+//! pod resolved stay closed.
+
+use crate::plan::{DenyResponse, EgressPolicy, LiveFlows, PolicyAction, MAX_POLICY_RULES};
+use hashbrown::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+#[derive(Debug)]
+struct Rule {
+    name: String,
+    action: PolicyAction,
+    proto: Option<u8>,
+    ports: Vec<(u16, u16)>,
+    pods: Option<HashSet<u32>>,
+}
+
+impl Rule {
+    #[inline]
+    fn matches(&self, pod: u32, proto: u8, dport: u16) -> bool {
+        if self.proto.is_some_and(|p| p != proto) {
+            return false;
+        }
+        let port_ok = self.ports.is_empty()
+            || (matches!(proto, 6 | 17) && self.ports.iter().any(|&(lo, hi)| (lo..=hi).contains(&dport)));
+        if !port_ok {
+            return false;
+        }
+        self.pods.as_ref().is_none_or(|s| s.contains(&pod))
+    }
+}
+
+/// A binary trie of destination prefixes → the rules that name them.
+#[derive(Debug, Default)]
+struct PrefixTrie {
+    nodes: Vec<([u32; 2], Vec<u32>)>,
+}
+
+impl PrefixTrie {
+    fn insert(&mut self, addr: u32, len: u8, rule: u32) {
+        if self.nodes.is_empty() {
+            self.nodes.push(([0, 0], Vec::new()));
+        }
+        let mut n = 0usize;
+        for bit in 0..len {
+            let b = ((addr >> (31 - bit)) & 1) as usize;
+            if self.nodes[n].0[b] == 0 {
+                self.nodes.push(([0, 0], Vec::new()));
+                let new = (self.nodes.len() - 1) as u32;
+                self.nodes[n].0[b] = new;
+            }
+            n = self.nodes[n].0[b] as usize;
+        }
+        self.nodes[n].1.push(rule);
+    }
+
+    /// Calls `f` with every rule whose prefix covers `addr`.
+    #[inline]
+    fn covering(&self, addr: u32, mut f: impl FnMut(u32)) {
+        if self.nodes.is_empty() {
+            return;
+        }
+        let mut n = 0usize;
+        for bit in 0..=32u32 {
+            self.nodes[n].1.iter().for_each(|&r| f(r));
+            if bit == 32 {
+                break;
+            }
+            let next = self.nodes[n].0[((addr >> (31 - bit)) & 1) as usize];
+            if next == 0 {
+                break;
+            }
+            n = next as usize;
+        }
+    }
+}
+
+/// The outcome for a new flow: the action and the rule that decided it
+/// (`None`: no rule matched, the default applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub action: PolicyAction,
+    pub rule: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct CompiledPolicy {
+    pub default_action: PolicyAction,
+    pub deny_response: DenyResponse,
+    pub live_flows: LiveFlows,
+    pub ttl_floor: u32,
+    rules: Vec<Rule>,
+    trie: PrefixTrie,
+    any_dst: Vec<u32>,
+    exact: HashMap<String, Vec<u32>>,
+    /// `*.example.com` is stored under `example.com`; it matches names below it.
+    wildcard: HashMap<String, Vec<u32>>,
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 253
+        && n.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        })
+}
+
+impl CompiledPolicy {
+    /// Validates and compiles; the error names the rule and what is wrong.
+    pub fn compile(p: &EgressPolicy) -> Result<CompiledPolicy, String> {
+        if p.rules.len() > MAX_POLICY_RULES {
+            return Err(format!("{} rules; at most {MAX_POLICY_RULES} are allowed", p.rules.len()));
+        }
+        let mut c = CompiledPolicy {
+            default_action: p.default_action,
+            deny_response: p.deny_response,
+            live_flows: p.live_flows,
+            ttl_floor: p.dns_ttl_floor,
+            rules: Vec::with_capacity(p.rules.len()),
+            trie: PrefixTrie::default(),
+            any_dst: Vec::new(),
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+        };
+        let mut names = HashSet::new();
+        for (i, r) in p.rules.iter().enumerate() {
+            let idx = i as u32;
+            if r.name.is_empty() {
+                return Err(format!("rule #{} has no name", i + 1));
+            }
+            if !names.insert(r.name.as_str()) {
+                return Err(format!("rule '{}' is defined twice", r.name));
+            }
+            if !r.ports.is_empty() && r.protocol.is_some_and(|p| p == crate::plan::Protocol::Icmp) {
+                return Err(format!("rule '{}': ports need protocol tcp or udp", r.name));
+            }
+            for &cidr in &r.cidrs {
+                c.trie.insert(u32::from(cidr.addr()), cidr.prefix_len(), idx);
+            }
+            for f in &r.fqdns {
+                let f = f.trim().trim_end_matches('.').to_ascii_lowercase();
+                let (table, name) = match f.strip_prefix("*.") {
+                    Some(rest) => (&mut c.wildcard, rest.to_string()),
+                    None => (&mut c.exact, f.clone()),
+                };
+                if !valid_name(&name) {
+                    return Err(format!("rule '{}': '{f}' is not a DNS name", r.name));
+                }
+                table.entry(name).or_default().push(idx);
+            }
+            if r.cidrs.is_empty() && r.fqdns.is_empty() {
+                c.any_dst.push(idx);
+            }
+            c.rules.push(Rule {
+                name: r.name.clone(),
+                action: r.action,
+                proto: r.protocol.map(|p| p.number()),
+                ports: r.ports.iter().map(|p| (p.lo, p.hi)).collect(),
+                pods: r.pods.as_ref().map(|v| v.iter().map(|&a| u32::from(a)).collect()),
+            });
+        }
+        Ok(c)
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn rule_name(&self, i: u32) -> &str {
+        &self.rules[i as usize].name
+    }
+
+    pub fn has_fqdns(&self) -> bool {
+        !self.exact.is_empty() || !self.wildcard.is_empty()
+    }
+
+    /// Whether some rule names `name` (so its answers are worth learning).
+    pub fn wants_name(&self, name: &str) -> bool {
+        let mut hit = false;
+        self.name_rules(name, |_| hit = true);
+        hit
+    }
+
+    fn name_rules(&self, name: &str, mut f: impl FnMut(u32)) {
+        if let Some(v) = self.exact.get(name) {
+            v.iter().for_each(|&r| f(r));
+        }
+        let mut rest = name;
+        while let Some((_, parent)) = rest.split_once('.') {
+            if let Some(v) = self.wildcard.get(parent) {
+                v.iter().for_each(|&r| f(r));
+            }
+            rest = parent;
+        }
+    }
+
+    /// The decision for a new flow from `pod` to `dst`; `names` are the
+    /// names the pod's DNS answers tied to `dst` (for FQDN rules).
+    pub fn evaluate(&self, pod: u32, dst: u32, proto: u8, dport: u16, names: &[Arc<str>]) -> Decision {
+        let mut best = u32::MAX;
+        let mut consider = |r: u32| {
+            if r < best && self.rules[r as usize].matches(pod, proto, dport) {
+                best = r;
+            }
+        };
+        self.trie.covering(dst, &mut consider);
+        self.any_dst.iter().for_each(|&r| consider(r));
+        for n in names {
+            self.name_rules(n, &mut consider);
+        }
+        if best == u32::MAX {
+            Decision { action: self.default_action, rule: None }
+        } else {
+            Decision { action: self.rules[best as usize].action, rule: Some(best) }
+        }
+    }
+}
+
+/// A name and until when (engine seconds) it is trusted.
+type LearnedName = (Arc<str>, u32);
+
+/// Which names each pod's DNS answers tied to which addresses, shared by
+/// every worker (a pod's DNS reply and its next connection may land on
+/// different workers). Read when a flow opens, written when an answer
+/// passes: never on the per-packet path of established flows.
+#[derive(Debug)]
+pub struct FqdnCache {
+    inner: RwLock<HashMap<(u32, u32), Vec<LearnedName>>>,
+    capacity: usize,
+    /// Answers not learned because the cache was full.
+    pub full: AtomicU64,
+    pub learned: AtomicU64,
+}
+
+impl FqdnCache {
+    pub fn new(capacity: usize) -> Arc<FqdnCache> {
+        Arc::new(FqdnCache {
+            inner: RwLock::new(HashMap::new()),
+            capacity,
+            full: AtomicU64::new(0),
+            learned: AtomicU64::new(0),
+        })
+    }
+
+    /// Records that `pod` resolved `name` to `addr`, trusted until `until` (seconds).
+    pub fn learn(&self, pod: u32, addr: u32, name: &str, until: u32) {
+        let mut m = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= self.capacity && !m.contains_key(&(pod, addr)) {
+            self.full.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let v = m.entry((pod, addr)).or_default();
+        match v.iter_mut().find(|(n, _)| &**n == name) {
+            Some(e) => e.1 = e.1.max(until),
+            None => v.push((Arc::from(name), until)),
+        }
+        self.learned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The names still valid for (`pod`, `addr`) at `now`.
+    pub fn names(&self, pod: u32, addr: u32, now: u32) -> Vec<Arc<str>> {
+        let m = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        m.get(&(pod, addr))
+            .map(|v| v.iter().filter(|(_, t)| *t > now).map(|(n, _)| n.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets expired answers.
+    pub fn expire(&self, now: u32) {
+        let mut m = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, v| {
+            v.retain(|(_, t)| *t > now);
+            !v.is_empty()
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{PolicyRule, Protocol};
+
+    fn rule(
+        name: &str,
+        action: PolicyAction,
+        cidrs: &[&str],
+        fqdns: &[&str],
+        proto: Option<Protocol>,
+        ports: &[&str],
+    ) -> PolicyRule {
+        PolicyRule {
+            name: name.into(),
+            action,
+            cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            fqdns: fqdns.iter().map(|s| s.to_string()).collect(),
+            protocol: proto,
+            ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
+            pods: None,
+        }
+    }
+
+    fn ip(s: &str) -> u32 {
+        u32::from(s.parse::<std::net::Ipv4Addr>().unwrap())
+    }
+
+    #[test]
+    fn first_match_wins_and_the_default_applies_otherwise() {
+        let p = EgressPolicy {
+            default_action: PolicyAction::Deny,
+            rules: vec![
+                rule("block-one", PolicyAction::Deny, &["198.19.0.7/32"], &[], None, &[]),
+                rule("web", PolicyAction::Allow, &["198.19.0.0/24"], &[], Some(Protocol::Tcp), &["443", "8000-8080"]),
+                rule("dns", PolicyAction::Allow, &[], &[], Some(Protocol::Udp), &["53"]),
+            ],
+            deny_response: DenyResponse::Reject,
+            live_flows: LiveFlows::Cut,
+            dns_ttl_floor: 30,
+        };
+        let c = CompiledPolicy::compile(&p).unwrap();
+        let pod = ip("198.18.0.2");
+        let d = |dst: &str, proto, port| c.evaluate(pod, ip(dst), proto, port, &[]);
+        assert_eq!(d("198.19.0.9", 6, 443), Decision { action: PolicyAction::Allow, rule: Some(1) });
+        assert_eq!(d("198.19.0.9", 6, 8080).action, PolicyAction::Allow);
+        assert_eq!(d("198.19.0.7", 6, 443), Decision { action: PolicyAction::Deny, rule: Some(0) });
+        assert_eq!(d("198.19.0.9", 6, 22), Decision { action: PolicyAction::Deny, rule: None });
+        assert_eq!(d("198.19.1.9", 17, 53).rule, Some(2));
+        assert_eq!(d("198.19.0.9", 1, 0).rule, None);
+    }
+
+    #[test]
+    fn fqdn_rules_match_learned_names_only() {
+        let p = EgressPolicy {
+            default_action: PolicyAction::Deny,
+            rules: vec![
+                rule("api", PolicyAction::Allow, &[], &["api.example.com"], Some(Protocol::Tcp), &["443"]),
+                rule("cdn", PolicyAction::Allow, &[], &["*.cdn.example.net"], None, &[]),
+            ],
+            deny_response: DenyResponse::Drop,
+            live_flows: LiveFlows::Cut,
+            dns_ttl_floor: 30,
+        };
+        let c = CompiledPolicy::compile(&p).unwrap();
+        assert!(c.wants_name("api.example.com") && c.wants_name("a.b.cdn.example.net"));
+        assert!(!c.wants_name("cdn.example.net") && !c.wants_name("evil.com"));
+        let (pod, dst) = (ip("198.18.0.2"), ip("198.19.0.10"));
+        assert_eq!(c.evaluate(pod, dst, 6, 443, &[]).action, PolicyAction::Deny, "no pod resolved it");
+        let cache = FqdnCache::new(16);
+        cache.learn(pod, dst, "api.example.com", 100);
+        let names = cache.names(pod, dst, 50);
+        assert_eq!(c.evaluate(pod, dst, 6, 443, &names).rule, Some(0));
+        assert!(cache.names(ip("198.18.0.3"), dst, 50).is_empty(), "learned per pod");
+        assert!(cache.names(pod, dst, 100).is_empty(), "expired");
+        cache.expire(100);
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn bad_policies_are_rejected_with_the_rule_named() {
+        let mut p = EgressPolicy {
+            default_action: PolicyAction::Deny,
+            rules: vec![rule("x", PolicyAction::Allow, &[], &["bad name!"], None, &[])],
+            deny_response: DenyResponse::Drop,
+            live_flows: LiveFlows::Cut,
+            dns_ttl_floor: 30,
+        };
+        assert_eq!(CompiledPolicy::compile(&p).unwrap_err(), "rule 'x': 'bad name!' is not a DNS name");
+        p.rules = vec![
+            rule("x", PolicyAction::Allow, &[], &[], None, &[]),
+            rule("x", PolicyAction::Deny, &[], &[], None, &[]),
+        ];
+        assert!(CompiledPolicy::compile(&p).unwrap_err().contains("twice"));
+        p.rules = vec![rule("x", PolicyAction::Allow, &[], &[], Some(Protocol::Icmp), &["80"])];
+        assert!(CompiledPolicy::compile(&p).is_err());
+        assert!("0".parse::<crate::plan::PortRange>().is_err());
+        assert!("90-80".parse::<crate::plan::PortRange>().is_err());
+    }
+}
