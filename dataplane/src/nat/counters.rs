@@ -132,6 +132,8 @@ pub struct Counters {
     pub fragments_held: u64,
     /// Policy deny events not kept for logging because the queue was full.
     pub deny_events_lost: u64,
+    /// NAT log records dropped because the logger fell behind.
+    pub nat_events_lost: u64,
     pub drops: [u64; DropReason::ALL.len()],
 }
 
@@ -163,6 +165,7 @@ impl Counters {
         self.fragments_translated += o.fragments_translated;
         self.fragments_held += o.fragments_held;
         self.deny_events_lost += o.deny_events_lost;
+        self.nat_events_lost += o.nat_events_lost;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }

@@ -17,11 +17,13 @@ mod out2in;
 pub mod policy;
 pub mod port_pool;
 pub mod session;
+mod snapshot;
 pub mod tcp;
 
 pub use counters::{Counters, DropReason};
 pub use frag::{ReleaseTo, Released};
 pub use policy::{Decision, FqdnCache};
+pub use snapshot::{RestoreStats, SessionRecord};
 
 use crate::plan::{CompiledConfig, CompiledPlan, MappingMode};
 use crate::wire::ipv4::{self, Ipv4Packet};
@@ -108,6 +110,11 @@ pub struct EngineSettings {
     pub frag_timeout_ms: u64,
     /// Port randomisation seed; 0 picks one at random.
     pub seed: u64,
+    /// Session open/close records for compliance logging (who used which
+    /// egress address and port when).
+    pub nat_log: bool,
+    /// Include destinations in those records (RFC 6888 REQ-12: off by default).
+    pub nat_log_destinations: bool,
 }
 
 impl Default for EngineSettings {
@@ -123,6 +130,8 @@ impl Default for EngineSettings {
             frag_held: 256,
             frag_timeout_ms: 2000,
             seed: 0,
+            nat_log: false,
+            nat_log_destinations: false,
         }
     }
 }
@@ -198,6 +207,7 @@ pub struct NatEngine {
     /// Per config: hits per policy rule, then the default's hits last.
     policy_hits: Vec<Vec<u64>>,
     deny_events: std::collections::VecDeque<DenyEvent>,
+    nat_events: std::collections::VecDeque<NatEvent>,
 }
 
 /// A new flow the egress policy denied, kept (bounded) for the log.
@@ -222,6 +232,22 @@ pub struct RuleHits {
 }
 
 const DENY_EVENTS_KEPT: usize = 256;
+const NAT_EVENTS_KEPT: usize = 8192;
+
+/// A session opened or closed, for the NAT log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatEvent {
+    pub open: bool,
+    /// Engine time, seconds.
+    pub at: u32,
+    pub proto: u8,
+    pub pod: Ipv4Addr,
+    pub pod_port: u16,
+    pub egress: Ipv4Addr,
+    pub egress_port: u16,
+    /// Only with `nat_log_destinations`.
+    pub remote: Option<(Ipv4Addr, u16)>,
+}
 
 impl NatEngine {
     pub fn new(settings: EngineSettings, plan: Arc<CompiledPlan>) -> Self {
@@ -254,6 +280,7 @@ impl NatEngine {
             next_fqdn_sweep: 0,
             policy_hits: Vec::new(),
             deny_events: std::collections::VecDeque::with_capacity(DENY_EVENTS_KEPT),
+            nat_events: std::collections::VecDeque::new(),
             plan: Arc::new(CompiledPlan {
                 version: 0,
                 configs: Vec::new(),
@@ -283,6 +310,37 @@ impl NatEngine {
     /// rest are counted in `deny_events_lost`).
     pub fn take_deny_events(&mut self) -> impl Iterator<Item = DenyEvent> + '_ {
         self.deny_events.drain(..)
+    }
+
+    /// NAT log records since the last call. The queue holds 8192; when the
+    /// logger falls behind, records are counted in `nat_events_lost`, never
+    /// waited for.
+    pub fn take_nat_events(&mut self) -> impl Iterator<Item = NatEvent> + '_ {
+        self.nat_events.drain(..)
+    }
+
+    #[inline]
+    fn log_session(&mut self, open: bool, s: &Session, now: Time) {
+        if !self.settings.nat_log {
+            return;
+        }
+        if self.nat_events.len() >= NAT_EVENTS_KEPT {
+            self.counters.nat_events_lost += 1;
+            return;
+        }
+        if self.nat_events.capacity() == 0 {
+            self.nat_events.reserve_exact(NAT_EVENTS_KEPT);
+        }
+        self.nat_events.push_back(NatEvent {
+            open,
+            at: now.secs(),
+            proto: s.proto,
+            pod: Ipv4Addr::from(s.pod),
+            pod_port: s.pod_port,
+            egress: Ipv4Addr::from(s.egress),
+            egress_port: s.egress_port,
+            remote: self.settings.nat_log_destinations.then(|| (Ipv4Addr::from(s.remote), s.remote_port)),
+        });
     }
 
     /// Hits per policy rule, per config with a policy.
@@ -444,11 +502,14 @@ impl NatEngine {
                 }
                 None => {
                     // Cut: no cooldown, the tuple is gone with its config.
+                    if s.is_live() {
+                        self.log_session(false, &s, now);
+                    }
                     if s.mapping != NONE {
                         self.mappings.get_mut(s.mapping).refs -= 1;
                     }
                     self.sessions.remove(i);
-                    self.counters.sessions_closed += 1;
+                    self.counters.sessions_closed += u64::from(s.is_live());
                 }
             }
         }
@@ -769,6 +830,7 @@ impl NatEngine {
             self.addrs.get_mut(&egress).expect("pool address").sessions += 1;
         }
         self.counters.sessions_created += 1;
+        self.log_session(true, &s, now);
         Ok(i)
     }
 
@@ -862,6 +924,7 @@ impl NatEngine {
             return;
         }
         self.counters.sessions_closed += 1;
+        self.log_session(false, &s, now);
         if s.mapping != NONE {
             self.sessions.remove(i);
             self.release_mapping_ref(s.mapping, now);

@@ -1041,3 +1041,64 @@ mod policy {
         }
     }
 }
+
+#[test]
+fn sessions_survive_a_snapshot_and_restore_into_a_new_engine() {
+    for mode in [MappingMode::EndpointIndependent, MappingMode::PortReuse] {
+        let mut a = config("a", "198.19.100.0/28");
+        a.mapping = mode;
+        let plan = plan_with(a, config("b", "198.19.101.0/28"));
+        let mut e = NatEngine::new(settings(), plan.clone());
+        let mut syn = tcp(POD_A, 40000, SERVER, 443, tcpf::SYN);
+        syn.run(&mut e, T0);
+        tcp(SERVER, 443, syn.src(), syn.sport(), tcpf::SYN | tcpf::ACK).run(&mut e, T0);
+        let mut u = udp(POD_A, 5000, SERVER, 53, b"x");
+        u.run(&mut e, T0);
+        let saved = e.snapshot(Time::from_secs(100));
+        assert_eq!(saved.len(), 2);
+        // The new process's clock starts over.
+        let mut fresh = NatEngine::new(settings(), plan);
+        let st = fresh.restore(&saved, Time::from_secs(1));
+        assert_eq!((st.restored, st.skipped), (2, 0), "{mode:?}");
+        let mut back = tcp(SERVER, 443, syn.src(), syn.sport(), tcpf::ACK);
+        assert_eq!(back.run(&mut fresh, Time::from_secs(2)), Verdict::Forward { side: Side::Inside, len: back.len });
+        let mut again = udp(POD_A, 5000, SERVER, 53, b"x");
+        again.run(&mut fresh, Time::from_secs(2));
+        assert_eq!((again.src(), again.sport()), (u.src(), u.sport()), "same mapping after restart");
+        // A second restore of the same records clashes and is skipped.
+        assert_eq!(fresh.restore(&saved, Time::from_secs(3)).restored, 0);
+        // UDP had 300 - 90 s left at the snapshot: gone after that.
+        fresh.expire(Time::from_secs(2 + 300), usize::MAX);
+        assert_eq!(fresh.session_count(), 1, "the established TCP session remains");
+    }
+}
+
+#[test]
+fn the_nat_log_records_who_used_which_egress_port_when() {
+    let mut e = NatEngine::new(EngineSettings { nat_log: true, ..settings() }, default_plan());
+    let mut u = udp(POD_A, 5000, SERVER, 53, b"x");
+    u.run(&mut e, T0);
+    tcp(POD_B, 40000, SERVER, 443, tcpf::SYN).run(&mut e, T0);
+    e.expire(Time::from_secs(10 + 301), usize::MAX);
+    let ev: Vec<NatEvent> = e.take_nat_events().collect();
+    assert_eq!(ev.len(), 4, "{ev:?}");
+    assert_eq!(
+        ev[0],
+        NatEvent {
+            open: true,
+            at: 10,
+            proto: 17,
+            pod: POD_A.into(),
+            pod_port: 5000,
+            egress: u.src().into(),
+            egress_port: u.sport(),
+            remote: None
+        }
+    );
+    assert_eq!(ev.iter().filter(|x| !x.open).count(), 2);
+    assert!(ev.iter().all(|x| x.remote.is_none()), "no destinations by default (RFC 6888 REQ-12)");
+    let mut e =
+        NatEngine::new(EngineSettings { nat_log: true, nat_log_destinations: true, ..settings() }, default_plan());
+    udp(POD_A, 5000, SERVER, 53, b"x").run(&mut e, T0);
+    assert_eq!(e.take_nat_events().next().unwrap().remote, Some((SERVER.into(), 53)));
+}
