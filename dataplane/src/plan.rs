@@ -582,3 +582,22 @@ mod tests {
         assert!(p.compile().is_err());
     }
 }
+
+#[cfg(test)]
+mod json {
+    use super::*;
+
+    #[test]
+    fn the_documented_json_form_parses_and_compiles() {
+        let text = include_str!("../../fuzz/corpus/plan/basic.json");
+        let p: Plan = serde_json::from_str(text).unwrap();
+        let c = p.compile().unwrap();
+        assert_eq!(p.configs[0].mapping, MappingMode::PortReuse);
+        assert_eq!(p.configs[0].timeouts.udp, 120);
+        assert_eq!(p.configs[0].timeouts.tcp_established, 7440, "unset timeouts keep their defaults");
+        assert_eq!(p.configs[0].policy.as_ref().unwrap().rules[0].ports[1], PortRange { lo: 8000, hi: 8080 });
+        assert_eq!(c.configs[1].addrs.len(), 3);
+        let back: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+    }
+}
