@@ -2,7 +2,7 @@
 # Installs what Egret's build, demo and tests need on a fresh Debian machine
 # (root). Quick when everything is already there.
 set -euo pipefail
-pkgs=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc m4 iproute2 iputils-ping ethtool
+pkgs=(clang llvm libbpf-dev linux-libc-dev libelf-dev zlib1g-dev pkg-config make gcc m4 iproute2 iputils-ping ethtool
       iperf3 traceroute curl nftables python3 tcpdump procps)
 missing=()
 for p in "${pkgs[@]}"; do

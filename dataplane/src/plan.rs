@@ -589,7 +589,7 @@ mod json {
 
     #[test]
     fn the_documented_json_form_parses_and_compiles() {
-        let text = include_str!("../../fuzz/corpus/plan/basic.json");
+        let text = include_str!("../testdata/plan.json");
         let p: Plan = serde_json::from_str(text).unwrap();
         let c = p.compile().unwrap();
         assert_eq!(p.configs[0].mapping, MappingMode::PortReuse);

@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
+// Egret's XDP steering program: hands Egret's traffic to the AF_XDP socket
+// of the receiving queue and leaves everything else to the kernel.
+//
+// Ours: IPv4 from a bound pod that is not addressed to the node itself,
+// and IPv4 addressed to an egress address. ARP, the node's own traffic and
+// anything else pass. NAT traffic never bypasses translation: when the
+// queue has no socket (the gateway is starting or stopping) it is dropped
+// and counted, not passed untranslated.
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+// Keys are IPv4 addresses in network byte order.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, __u32);
+	__type(value, __u8);
+} pods SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} egress SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u8);
+} local SEC(".maps");
+
+// 0: redirected, 1: dropped for want of a socket, 2: passed to the kernel.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 3);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void count(__u32 i)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &i);
+	if (v)
+		*v += 1;
+}
+
+SEC("xdp")
+int egret_steer(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP)) {
+		count(2);
+		return XDP_PASS;
+	}
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end) {
+		count(2);
+		return XDP_PASS;
+	}
+	__u32 src = ip->saddr, dst = ip->daddr;
+	int ours = bpf_map_lookup_elem(&egress, &dst) != 0 ||
+		   (bpf_map_lookup_elem(&pods, &src) != 0 && bpf_map_lookup_elem(&local, &dst) == 0);
+	if (!ours) {
+		count(2);
+		return XDP_PASS;
+	}
+	__u32 q = ctx->rx_queue_index;
+	if (!bpf_map_lookup_elem(&xsks, &q)) {
+		count(1);
+		return XDP_DROP;
+	}
+	count(0);
+	return bpf_redirect_map(&xsks, q, XDP_DROP);
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";
