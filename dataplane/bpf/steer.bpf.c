@@ -3,7 +3,8 @@
 // of the receiving queue and leaves everything else to the kernel.
 //
 // Ours: IPv4 from a bound pod that is not addressed to the node itself,
-// and IPv4 addressed to an egress address. ARP, the node's own traffic and
+// IPv4 addressed to an egress address, and IPv4 to a bound pod (returning
+// from an excluded destination). ARP, the node's own traffic and
 // anything else pass. NAT traffic never bypasses translation: when the
 // queue has no socket (the gateway is starting or stopping) it is dropped
 // and counted, not passed untranslated.
@@ -73,8 +74,11 @@ int egret_steer(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	__u32 src = ip->saddr, dst = ip->daddr;
+	// Replies from excluded destinations come back to the pod's own
+	// address: ours too (the NAT core forwards them or drops them).
 	int ours = bpf_map_lookup_elem(&egress, &dst) != 0 ||
-		   (bpf_map_lookup_elem(&pods, &src) != 0 && bpf_map_lookup_elem(&local, &dst) == 0);
+		   (bpf_map_lookup_elem(&pods, &src) != 0 && bpf_map_lookup_elem(&local, &dst) == 0) ||
+		   (bpf_map_lookup_elem(&pods, &dst) != 0 && bpf_map_lookup_elem(&local, &src) == 0);
 	if (!ours) {
 		count(2);
 		return XDP_PASS;

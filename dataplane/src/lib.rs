@@ -2,6 +2,7 @@
 //! (`plan`) → the pure NAT core (`nat`) → workers and AF_XDP I/O at the edge.
 
 pub mod cluster;
+pub mod gateway;
 pub mod nat;
 pub mod plan;
 pub mod wire;

@@ -612,6 +612,9 @@ impl NatEngine {
         if self.plan.egress.contains_key(&dst) {
             return self.out2in(buf, total, now);
         }
+        if let Some(&pod) = self.pods.get(&dst) {
+            return self.excluded_return(buf, total, pod.config, src);
+        }
         self.drop(DropReason::UnboundSource)
     }
 
@@ -668,6 +671,21 @@ impl NatEngine {
     /// Bytes of session state held (slabs and indexes, allocated up front).
     pub fn state_bytes(&self) -> usize {
         self.sessions.bytes() + self.mappings.bytes()
+    }
+
+    /// To a pod's own address: only replies from its config's excluded
+    /// destinations (which it reached untranslated) come back this way.
+    fn excluded_return(&mut self, buf: &mut [u8], len: usize, ci: u16, src: u32) -> Verdict {
+        if !self.config(ci).excludes(src) {
+            return self.drop(DropReason::Unsolicited);
+        }
+        let ip = Ipv4Packet::new_unchecked(&buf[..len]);
+        if ip.ttl() <= 1 {
+            return self.drop(DropReason::TtlExpired);
+        }
+        Ipv4Packet::new_unchecked(&mut buf[..len]).decrement_ttl();
+        self.counters.bypass_packets += 1;
+        Verdict::Forward { side: Side::Inside, len }
     }
 
     /// Expires idle sessions and cooled mappings and fragments, visiting at

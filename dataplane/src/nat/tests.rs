@@ -252,6 +252,11 @@ fn excluded_destinations_pass_untranslated() {
     assert_checksums(p.bytes());
     assert_eq!(e.session_count(), 0);
     assert_eq!(e.counters().bypass_packets, 1);
+    // The reply comes back to the pod's own address, untranslated; only
+    // excluded sources may do that.
+    let mut back = udp(EXCLUDED, 53, POD_A, 5000, b"y");
+    assert_eq!(back.run(&mut e, T0), Verdict::Forward { side: Side::Inside, len: back.len });
+    assert_eq!(udp(SERVER, 53, POD_A, 5000, b"y").run(&mut e, T0), Verdict::Drop(DropReason::Unsolicited));
 }
 
 #[test]

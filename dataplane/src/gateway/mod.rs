@@ -1,0 +1,391 @@
+//! egret-gateway: the node service around the NAT core. Node settings come
+//! from `gateway.toml`; the plan from a manifests file (standalone) that is
+//! re-read when it changes. An invalid plan is rejected whole and the
+//! previous one keeps serving.
+
+pub mod nexthop;
+pub mod worker;
+pub mod xdp;
+pub mod xsk;
+
+use crate::cluster;
+use crate::nat::{EngineSettings, FqdnCache, NatEngine, SessionRecord};
+use crate::plan::CompiledPlan;
+use arc_swap::ArcSwap;
+use crossbeam_queue::ArrayQueue;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use worker::{Worker, WorkerReport, HANDOFF_BYTES};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interfaces {
+    /// Faces the pods (one-armed mode: the only interface).
+    pub inside: String,
+    /// Faces the internet; absent in one-armed mode.
+    #[serde(default)]
+    pub outside: Option<String>,
+    /// Queues served on each interface: one worker per queue.
+    #[serde(default = "one")]
+    pub queues: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UmemSettings {
+    #[serde(default = "default_frames")]
+    pub frames: u32,
+    #[serde(default = "default_frame_size")]
+    pub frame_size: u32,
+    #[serde(default = "default_ring")]
+    pub ring: u32,
+}
+
+fn default_frames() -> u32 {
+    8192
+}
+fn default_frame_size() -> u32 {
+    4096
+}
+fn default_ring() -> u32 {
+    2048
+}
+
+impl Default for UmemSettings {
+    fn default() -> Self {
+        UmemSettings { frames: default_frames(), frame_size: default_frame_size(), ring: default_ring() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatLogSettings {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub destinations: bool,
+}
+
+/// `gateway.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub interfaces: Interfaces,
+    /// The gateway's inside address: the source of ICMP errors sent to pods.
+    pub router_ip: Ipv4Addr,
+    /// Worker cores, one per queue, in queue order; empty: no pinning.
+    #[serde(default)]
+    pub cores: Vec<usize>,
+    #[serde(default)]
+    pub umem: UmemSettings,
+    /// Session capacity per worker.
+    #[serde(default = "default_sessions")]
+    pub sessions_per_worker: usize,
+    /// Manifests file or directory (standalone mode).
+    #[serde(default)]
+    pub plan_file: Option<PathBuf>,
+    /// Where sessions are saved on stop and restored from on start.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// Counters as JSON, rewritten every second.
+    #[serde(default)]
+    pub status_file: Option<PathBuf>,
+    #[serde(default)]
+    pub nat_log: NatLogSettings,
+}
+
+fn default_sessions() -> usize {
+    1 << 20
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl NodeConfig {
+    /// Reads and validates; errors name the file and the field.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let bad = |message: String| ConfigError::Invalid { path: path.display().to_string(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let c: NodeConfig =
+            toml::from_str(&text).map_err(|e| bad(e.to_string().replace('\n', " ").trim().to_string()))?;
+        if c.interfaces.queues == 0 || c.interfaces.queues > 64 {
+            return Err(bad(format!("interfaces.queues = {} must be 1..=64", c.interfaces.queues)));
+        }
+        if !c.umem.frame_size.is_power_of_two() || !(2048..=4096).contains(&c.umem.frame_size) {
+            return Err(bad(format!("umem.frame_size = {} must be 2048 or 4096", c.umem.frame_size)));
+        }
+        if !c.umem.ring.is_power_of_two() || c.umem.ring > c.umem.frames {
+            return Err(bad(format!("umem.ring = {} must be a power of two no larger than umem.frames", c.umem.ring)));
+        }
+        if c.plan_file.is_none() {
+            return Err(bad("plan_file is required (no control plane configured)".into()));
+        }
+        if !c.cores.is_empty() && c.cores.len() < c.interfaces.queues as usize {
+            return Err(bad(format!("cores lists {} cores for {} queues", c.cores.len(), c.interfaces.queues)));
+        }
+        if c.sessions_per_worker == 0 {
+            return Err(bad("sessions_per_worker must be at least 1".into()));
+        }
+        Ok(c)
+    }
+
+    fn ifaces(&self) -> Vec<String> {
+        let mut v = vec![self.interfaces.inside.clone()];
+        v.extend(self.interfaces.outside.clone());
+        v
+    }
+}
+
+/// Reads and compiles the plan file; problems with single objects are
+/// logged and those objects left out.
+pub fn load_plan(path: &Path, version: u64) -> Result<CompiledPlan, String> {
+    let (plan, problems) = cluster::plan_from_yaml_path(path, version).map_err(|e| e.to_string())?;
+    for p in &problems {
+        tracing::warn!(%p, "object left out of the plan");
+    }
+    plan.compile().map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn addresses_of(ifname: &str) -> Vec<Ipv4Addr> {
+    #[derive(Deserialize)]
+    struct Link {
+        #[serde(default)]
+        addr_info: Vec<AddrInfo>,
+    }
+    #[derive(Deserialize)]
+    struct AddrInfo {
+        local: String,
+    }
+    let out = std::process::Command::new("ip").args(["-json", "-4", "addr", "show", "dev", ifname]).output();
+    let links: Vec<Link> = out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or_default();
+    links.iter().flat_map(|l| l.addr_info.iter().filter_map(|a| a.local.parse().ok())).collect()
+}
+
+fn plan_sets(p: &CompiledPlan) -> (HashSet<u32>, HashSet<u32>) {
+    (p.pods.keys().copied().collect(), p.egress.keys().copied().collect())
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    let m = std::fs::metadata(p).ok()?;
+    if m.is_dir() {
+        std::fs::read_dir(p).ok()?.filter_map(|e| e.ok()?.metadata().ok()?.modified().ok()).max()
+    } else {
+        m.modified().ok()
+    }
+}
+
+/// Runs the gateway until SIGINT or SIGTERM.
+pub fn run(cfg: NodeConfig) -> Result<(), String> {
+    let epoch = Instant::now();
+    let plan_path = cfg.plan_file.clone().expect("validated");
+    let mut version = 1;
+    let plan = Arc::new(load_plan(&plan_path, version)?);
+    let ifaces = cfg.ifaces();
+    let mut local: Vec<Ipv4Addr> = ifaces.iter().flat_map(|i| addresses_of(i)).collect();
+    local.push(cfg.router_ip);
+
+    // Steering programs first (maps filled), sockets registered next: until
+    // a queue has its socket, our traffic on it is dropped, never passed.
+    let mut steering = Vec::new();
+    for i in &ifaces {
+        let s = xdp::Steering::attach(i, &local).map_err(|e| e.to_string())?;
+        tracing::info!(interface = %i, mode = ?s.mode, "XDP program attached");
+        steering.push(s);
+    }
+    let (pods, egress) = plan_sets(&plan);
+    for s in &mut steering {
+        s.follow_plan(&pods, &egress).map_err(|e| e.to_string())?;
+    }
+
+    let workers_n = cfg.interfaces.queues as u16;
+    let stop = Arc::new(AtomicBool::new(false));
+    let shared_plan = Arc::new(ArcSwap::from(Arc::clone(&plan)));
+    let nexthops = nexthop::NextHops::new(&ifaces);
+    let pool = Arc::new(ArrayQueue::new(4096));
+    for _ in 0..4096 {
+        let _ = pool.push(Box::new([0u8; HANDOFF_BYTES]));
+    }
+    let inboxes: Vec<_> = (0..workers_n).map(|_| Arc::new(ArrayQueue::new(4096))).collect();
+    let fqdn = FqdnCache::new(1 << 18);
+    let saved: Vec<SessionRecord> = cfg
+        .state_file
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let sizes = xsk::XskSizes { frames: cfg.umem.frames, frame_size: cfg.umem.frame_size, ring: cfg.umem.ring };
+    let mut workers = Vec::new();
+    for q in 0..cfg.interfaces.queues {
+        let targets: Vec<(String, u32)> = ifaces.iter().map(|i| (i.clone(), q)).collect();
+        let io = xsk::WorkerIo::open(&targets, sizes).map_err(|e| format!("AF_XDP on queue {q}: {e}"))?;
+        for (pi, s) in steering.iter_mut().enumerate() {
+            s.register_socket(q, &io.socket_fd(pi)).map_err(|e| e.to_string())?;
+        }
+        for p in &io.ports {
+            tracing::info!(interface = %p.ifname, queue = p.queue, mode = if p.zero_copy { "zero-copy" } else { "copy" }, "AF_XDP socket bound");
+        }
+        let settings = EngineSettings {
+            worker: q as u16,
+            workers: workers_n,
+            session_capacity: cfg.sessions_per_worker,
+            router_ip: cfg.router_ip,
+            nat_log: cfg.nat_log.enabled,
+            nat_log_destinations: cfg.nat_log.destinations,
+            ..EngineSettings::default()
+        };
+        let mut engine = NatEngine::new(settings, Arc::clone(&plan));
+        engine.share_fqdn_cache(Arc::clone(&fqdn));
+        let now = crate::nat::Time::from_millis(epoch.elapsed().as_millis() as u64);
+        let mine: Vec<SessionRecord> =
+            saved.iter().filter(|r| engine.record_owner(r) == Some(q as u16)).cloned().collect();
+        if !mine.is_empty() {
+            let st = engine.restore(&mine, now);
+            tracing::info!(worker = q, restored = st.restored, skipped = st.skipped, "sessions restored");
+        }
+        let side_port = [0, if ifaces.len() > 1 { 1 } else { 0 }];
+        workers.push(Worker::new(
+            q as u16,
+            io,
+            engine,
+            side_port,
+            Arc::clone(&inboxes[q as usize]),
+            inboxes.clone(),
+            Arc::clone(&pool),
+            Arc::clone(&nexthops),
+            Arc::clone(&shared_plan),
+            Arc::clone(&stop),
+            epoch,
+        ));
+    }
+    if let Some(p) = &cfg.state_file {
+        let _ = std::fs::remove_file(p);
+    }
+
+    let term = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&term)).map_err(|e| e.to_string())?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).map_err(|e| e.to_string())?;
+
+    let reports: Vec<Arc<Mutex<WorkerReport>>> = workers.iter().map(|w| Arc::clone(&w.report)).collect();
+    let cores = cfg.cores.clone();
+    let handles: Vec<_> = workers
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let core = cores.get(i).copied();
+            std::thread::Builder::new()
+                .name(format!("egret-worker-{i}"))
+                .spawn(move || {
+                    if let Some(c) = core {
+                        if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
+                            tracing::warn!(worker = i, core = c, "could not pin worker");
+                        }
+                    }
+                    w.run()
+                })
+                .expect("spawn worker")
+        })
+        .collect();
+    let resolver = {
+        let (nh, ifs, st) = (Arc::clone(&nexthops), ifaces.clone(), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("egret-nexthops".into())
+            .spawn(move || nh.run_resolver(ifs, st))
+            .expect("spawn resolver")
+    };
+    tracing::info!(
+        workers = workers_n,
+        plan_version = plan.version,
+        configs = plan.configs.len(),
+        pods = plan.pods.len(),
+        "egret-gateway running"
+    );
+
+    let mut seen = mtime(&plan_path);
+    let mut last_status = Instant::now();
+    while !term.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        let changed = mtime(&plan_path);
+        if changed != seen || hup.swap(false, Ordering::Relaxed) {
+            seen = changed;
+            version += 1;
+            match load_plan(&plan_path, version) {
+                Ok(p) => {
+                    let (pods, egress) = plan_sets(&p);
+                    // Maps first for additions would let traffic reach
+                    // workers still on the old plan; that is harmless (they
+                    // drop it as unbound), and removals follow at once.
+                    for s in &mut steering {
+                        if let Err(e) = s.follow_plan(&pods, &egress) {
+                            tracing::error!(%e, "updating XDP maps");
+                        }
+                    }
+                    tracing::info!(version, configs = p.configs.len(), pods = p.pods.len(), "plan applied");
+                    shared_plan.store(Arc::new(p));
+                }
+                Err(e) => tracing::error!(error = %e, "plan rejected; the previous plan keeps serving"),
+            }
+        }
+        if let Some(path) = &cfg.status_file {
+            if last_status.elapsed() >= Duration::from_secs(1) {
+                last_status = Instant::now();
+                write_status(path, &reports, &mut steering);
+            }
+        }
+    }
+    tracing::info!("stopping");
+    stop.store(true, Ordering::Relaxed);
+    let mut snapshot = Vec::new();
+    for h in handles {
+        if let Ok(engine) = h.join() {
+            snapshot.extend(engine.snapshot(crate::nat::Time::from_millis(epoch.elapsed().as_millis() as u64)));
+        }
+    }
+    let _ = resolver.join();
+    if let Some(path) = &cfg.status_file {
+        write_status(path, &reports, &mut steering);
+    }
+    if let Some(p) = &cfg.state_file {
+        match serde_json::to_vec(&snapshot) {
+            Ok(b) => match std::fs::write(p, b) {
+                Ok(()) => tracing::info!(sessions = snapshot.len(), path = %p.display(), "sessions saved"),
+                Err(e) => tracing::error!(%e, "saving sessions"),
+            },
+            Err(e) => tracing::error!(%e, "encoding sessions"),
+        }
+    }
+    drop(steering);
+    tracing::info!("XDP detached; stopped");
+    Ok(())
+}
+
+fn write_status(path: &Path, reports: &[Arc<Mutex<WorkerReport>>], steering: &mut [xdp::Steering]) {
+    let workers: Vec<WorkerReport> =
+        reports.iter().map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
+    let xdp: Vec<serde_json::Value> = steering
+        .iter_mut()
+        .map(|s| {
+            let (redirected, no_socket, passed) = s.stats();
+            serde_json::json!({"interface": s.ifname, "mode": format!("{:?}", s.mode), "redirected": redirected, "dropped_no_socket": no_socket, "passed": passed})
+        })
+        .collect();
+    let doc = serde_json::json!({ "workers": workers, "xdp": xdp });
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, doc.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}

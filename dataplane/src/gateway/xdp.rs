@@ -1,0 +1,112 @@
+//! Loads and attaches the steering program (`bpf/steer.bpf.c`) with aya,
+//! through bpf_link: the program detaches when the gateway exits, even on
+//! `kill -9`, so a crash never leaves an attached program that blocks the
+//! next start. The program's maps follow the plan.
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
+use aya::programs::{Xdp, XdpMode};
+use aya::Ebpf;
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+
+static PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
+
+/// Which XDP mode an interface ended up in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    Native,
+    Generic,
+}
+
+/// The steering program on one interface.
+pub struct Steering {
+    ebpf: Ebpf,
+    pub ifname: String,
+    pub mode: AttachMode,
+    pods: HashSet<u32>,
+    egress: HashSet<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    #[error("loading the XDP program: {0}")]
+    Load(String),
+    #[error("attaching XDP to {ifname}: {reason}")]
+    Attach { ifname: String, reason: String },
+    #[error("updating XDP map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+}
+
+fn key(a: Ipv4Addr) -> u32 {
+    // Keys are the address bytes as the packet carries them.
+    u32::from_ne_bytes(a.octets())
+}
+
+impl Steering {
+    /// Loads the program and attaches it to `ifname`: native mode first,
+    /// generic when the driver has no XDP support.
+    pub fn attach(ifname: &str, local: &[Ipv4Addr]) -> Result<Steering, XdpError> {
+        let mut ebpf = Ebpf::load(PROGRAM).map_err(|e| XdpError::Load(e.to_string()))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut("egret_steer")
+            .ok_or_else(|| XdpError::Load("program egret_steer missing".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| XdpError::Load(e.to_string()))?;
+        prog.load().map_err(|e| XdpError::Load(format!("{e:?}")))?;
+        let mode = match prog.attach(ifname, XdpMode::Driver) {
+            Ok(_) => AttachMode::Native,
+            Err(native) => {
+                prog.attach(ifname, XdpMode::Skb).map_err(|generic| XdpError::Attach {
+                    ifname: ifname.into(),
+                    reason: format!("native: {native}; generic: {generic}"),
+                })?;
+                AttachMode::Generic
+            }
+        };
+        let mut s = Steering { ebpf, ifname: ifname.into(), mode, pods: HashSet::new(), egress: HashSet::new() };
+        let mut m = s.map("local")?;
+        for &a in local {
+            m.insert(key(a), 1u8, 0).map_err(|e| XdpError::Map { map: "local", reason: e.to_string() })?;
+        }
+        Ok(s)
+    }
+
+    fn map(&mut self, name: &'static str) -> Result<BpfHashMap<&mut MapData, u32, u8>, XdpError> {
+        let m = self.ebpf.map_mut(name).ok_or(XdpError::Map { map: name, reason: "missing".into() })?;
+        BpfHashMap::try_from(m).map_err(|e| XdpError::Map { map: name, reason: e.to_string() })
+    }
+
+    /// Makes the maps hold exactly these pods and egress addresses.
+    pub fn follow_plan(&mut self, pods: &HashSet<u32>, egress: &HashSet<u32>) -> Result<(), XdpError> {
+        for (name, want) in [("pods", pods), ("egress", egress)] {
+            let have = if name == "pods" { self.pods.clone() } else { self.egress.clone() };
+            let mut m = self.map(if name == "pods" { "pods" } else { "egress" })?;
+            for &a in want.difference(&have) {
+                m.insert(key(Ipv4Addr::from(a)), 1u8, 0)
+                    .map_err(|e| XdpError::Map { map: "pods/egress", reason: e.to_string() })?;
+            }
+            for &a in have.difference(want) {
+                let _ = m.remove(&key(Ipv4Addr::from(a)));
+            }
+        }
+        self.pods = pods.clone();
+        self.egress = egress.clone();
+        Ok(())
+    }
+
+    /// Points queue `queue`'s traffic at an AF_XDP socket.
+    pub fn register_socket(&mut self, queue: u32, fd: &impl AsRawFd) -> Result<(), XdpError> {
+        let m = self.ebpf.map_mut("xsks").ok_or(XdpError::Map { map: "xsks", reason: "missing".into() })?;
+        let mut xsks = XskMap::try_from(m).map_err(|e| XdpError::Map { map: "xsks", reason: e.to_string() })?;
+        xsks.set(queue, fd.as_raw_fd(), 0).map_err(|e| XdpError::Map { map: "xsks", reason: e.to_string() })
+    }
+
+    /// (redirected, dropped for want of a socket, passed), summed over CPUs.
+    pub fn stats(&mut self) -> (u64, u64, u64) {
+        let Some(m) = self.ebpf.map_mut("stats") else { return (0, 0, 0) };
+        let Ok(arr) = PerCpuArray::<&mut MapData, u64>::try_from(m) else { return (0, 0, 0) };
+        let get = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        (get(0), get(1), get(2))
+    }
+}

@@ -1,0 +1,279 @@
+//! AF_XDP sockets, built on xdpilone (pure Rust: no libbpf/libxdp C build,
+//! and it lets our own XDP program own the XSKMAP, which xsk-rs's libxdp
+//! path fights). One UMEM per worker, shared by that worker's sockets (the
+//! inside and outside queue it serves), so a frame received on one
+//! interface is sent on the other without a copy.
+
+use core::num::NonZeroU32;
+use core::ptr::NonNull;
+use std::io;
+use xdpilone::xdp::XdpDesc;
+use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig};
+
+const SOL_XDP: libc::c_int = 283;
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+const XDP_COPY: u16 = 1 << 1;
+const XDP_ZEROCOPY: u16 = 1 << 2;
+
+/// UMEM and ring sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct XskSizes {
+    pub frames: u32,
+    pub frame_size: u32,
+    pub ring: u32,
+}
+
+/// One AF_XDP socket bound to (interface, queue).
+pub struct Port {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub queue: u32,
+    pub mac: [u8; 6],
+    pub zero_copy: bool,
+    device: DeviceQueue,
+    rx: RingRx,
+    tx: RingTx,
+    /// Frames handed to the TX ring and not yet completed.
+    in_flight: u32,
+    fd: libc::c_int,
+}
+
+/// A worker's UMEM, its free frames and its sockets.
+pub struct WorkerIo {
+    _umem: Umem,
+    base: NonNull<u8>,
+    len: usize,
+    pub frame_size: u32,
+    free: Vec<u64>,
+    pub ports: Vec<Port>,
+}
+
+// The mapping and sockets move to the worker thread once and stay there.
+unsafe impl Send for WorkerIo {}
+
+pub fn mac_of(ifname: &str) -> io::Result<[u8; 6]> {
+    let s = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))?;
+    let mut mac = [0u8; 6];
+    for (i, part) in s.trim().split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(part, 16).map_err(|_| io::Error::other("bad MAC"))?;
+    }
+    Ok(mac)
+}
+
+fn errno(e: xdpilone::Errno, what: &str) -> io::Error {
+    io::Error::other(format!("{what}: {e:?}"))
+}
+
+impl WorkerIo {
+    /// Opens one socket per (interface, queue), zero-copy where the driver
+    /// supports it and copy mode otherwise.
+    pub fn open(targets: &[(String, u32)], sizes: XskSizes) -> io::Result<WorkerIo> {
+        match Self::open_with(targets, sizes, XDP_ZEROCOPY) {
+            Ok(io) => Ok(io),
+            Err(_) => Self::open_with(targets, sizes, XDP_COPY),
+        }
+    }
+
+    fn open_with(targets: &[(String, u32)], sizes: XskSizes, mode: u16) -> io::Result<WorkerIo> {
+        let len = sizes.frames as usize * sizes.frame_size as usize;
+        // SAFETY: a fresh anonymous mapping, owned by WorkerIo and unmapped on drop.
+        let ptr = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(ptr as *mut u8).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let area = NonNull::slice_from_raw_parts(base, len);
+        let config = UmemConfig {
+            fill_size: sizes.ring,
+            complete_size: sizes.ring,
+            frame_size: sizes.frame_size,
+            headroom: 0,
+            flags: 0,
+        };
+        // SAFETY: the area is page aligned and lives as long as the Umem (both owned here).
+        let umem = match unsafe { Umem::new(config, area) } {
+            Ok(u) => u,
+            Err(e) => {
+                unsafe { libc::munmap(ptr, len) };
+                return Err(errno(e, "registering UMEM"));
+            }
+        };
+        let mut io = WorkerIo {
+            _umem: umem,
+            base,
+            len,
+            frame_size: sizes.frame_size,
+            free: (0..sizes.frames).map(|i| u64::from(i) * u64::from(sizes.frame_size)).collect(),
+            ports: Vec::new(),
+        };
+        for (i, (ifname, queue)) in targets.iter().enumerate() {
+            let mut info = IfInfo::invalid();
+            let cname = std::ffi::CString::new(ifname.as_str()).map_err(|_| io::Error::other("interface name"))?;
+            info.from_name(&cname).map_err(|e| errno(e, &format!("interface {ifname}")))?;
+            info.set_queue(*queue);
+            let sock = if i == 0 { Socket::with_shared(&info, &io._umem) } else { Socket::new(&info) }
+                .map_err(|e| errno(e, "creating AF_XDP socket"))?;
+            let device = io._umem.fq_cq(&sock).map_err(|e| errno(e, "fill/completion rings"))?;
+            let rxtx = io
+                ._umem
+                .rx_tx(
+                    &sock,
+                    &SocketConfig {
+                        rx_size: NonZeroU32::new(sizes.ring),
+                        tx_size: NonZeroU32::new(sizes.ring),
+                        // Sockets sharing the first one's UMEM inherit its
+                        // mode; the kernel refuses mode flags on them.
+                        bind_flags: if i == 0 { SocketConfig::XDP_BIND_NEED_WAKEUP | mode } else { 0 },
+                    },
+                )
+                .map_err(|e| errno(e, "rx/tx rings"))?;
+            let rx = rxtx.map_rx().map_err(|e| errno(e, "mapping rx ring"))?;
+            let tx = rxtx.map_tx().map_err(|e| errno(e, "mapping tx ring"))?;
+            io._umem.bind(&rxtx).map_err(|e| errno(e, &format!("binding to {ifname} queue {queue}")))?;
+            let fd = rx.as_raw_fd();
+            // Copy-mode TX sends at most this many frames per kick (measured: +10%).
+            let budget: libc::c_int = 256;
+            // SAFETY: plain setsockopt on our socket; failure (old kernels) is harmless.
+            unsafe {
+                libc::setsockopt(fd, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, &budget as *const _ as *const libc::c_void, 4);
+            }
+            io.ports.push(Port {
+                ifname: ifname.clone(),
+                ifindex: info.ifindex(),
+                queue: *queue,
+                mac: mac_of(ifname)?,
+                zero_copy: mode == XDP_ZEROCOPY,
+                device,
+                rx,
+                tx,
+                in_flight: 0,
+                fd,
+            });
+        }
+        Ok(io)
+    }
+
+    pub fn socket_fd(&self, port: usize) -> libc::c_int {
+        self.ports[port].fd
+    }
+
+    /// The bytes of the frame holding `addr`, from `addr` to the frame's end.
+    ///
+    /// # Safety
+    /// `addr` must be a descriptor address from this UMEM that the caller
+    /// owns (received and not yet handed back), used by one `&mut` at a time.
+    #[inline]
+    pub unsafe fn frame_mut<'a>(&self, addr: u64) -> &'a mut [u8] {
+        let fs = u64::from(self.frame_size);
+        let end = (addr / fs + 1) * fs;
+        debug_assert!(end as usize <= self.len);
+        core::slice::from_raw_parts_mut(self.base.as_ptr().add(addr as usize), (end - addr) as usize)
+    }
+
+    /// Takes a free frame (its base address), if any.
+    #[inline]
+    pub fn alloc(&mut self) -> Option<u64> {
+        self.free.pop()
+    }
+
+    /// Returns a frame (any address inside it).
+    #[inline]
+    pub fn release(&mut self, addr: u64) {
+        let fs = u64::from(self.frame_size);
+        self.free.push(addr / fs * fs);
+    }
+
+    pub fn free_frames(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Keeps the fill ring of `port` stocked and reaps its TX completions.
+    pub fn service(&mut self, port: usize) {
+        let p = &mut self.ports[port];
+        {
+            let mut c = p.device.complete(p.in_flight.min(256));
+            while let Some(addr) = c.read() {
+                let fs = u64::from(self.frame_size);
+                self.free.push(addr / fs * fs);
+                p.in_flight -= 1;
+            }
+            c.release();
+        }
+        // Keep some frames back for TX of replies and handoffs.
+        let spare = self.free.len().saturating_sub(64) as u32;
+        if spare > 0 {
+            let mut f = p.device.fill(spare.min(256));
+            let n = f.capacity() as usize;
+            let start = self.free.len() - n.min(self.free.len());
+            let inserted = f.insert(self.free[start..].iter().copied()) as usize;
+            f.commit();
+            self.free.truncate(self.free.len() - inserted);
+        }
+        if p.device.needs_wakeup() {
+            p.device.wake();
+        }
+    }
+
+    /// Receives up to `out.len()` descriptors from `port`.
+    pub fn receive(&mut self, port: usize, out: &mut Vec<XdpDesc>, max: u32) {
+        let p = &mut self.ports[port];
+        let mut r = p.rx.receive(max);
+        while let Some(d) = r.read() {
+            out.push(d);
+        }
+        r.release();
+    }
+
+    /// Sends frames on `port`; frames the ring cannot take go back to the
+    /// pool (counted by the caller from the return value).
+    pub fn transmit(&mut self, port: usize, descs: &[XdpDesc]) -> usize {
+        if descs.is_empty() {
+            return 0;
+        }
+        let p = &mut self.ports[port];
+        let sent = {
+            let mut w = p.tx.transmit(descs.len() as u32);
+            let n = w.insert(descs.iter().copied()) as usize;
+            w.commit();
+            n
+        };
+        p.in_flight += sent as u32;
+        for d in &descs[sent..] {
+            let fs = u64::from(self.frame_size);
+            self.free.push(d.addr / fs * fs);
+        }
+        // Copy mode transmits only inside sendto(), a budget per call: kick
+        // until the kernel has taken everything, or TCP through us stalls.
+        for _ in 0..64 {
+            if p.tx.pending() == 0 {
+                break;
+            }
+            p.tx.wake();
+        }
+        descs.len() - sent
+    }
+
+    /// The descriptor for `len` bytes at the frame `addr` starts.
+    pub fn desc(addr: u64, len: usize) -> XdpDesc {
+        XdpDesc { addr, len: len as u32, options: 0 }
+    }
+}
+
+impl Drop for WorkerIo {
+    fn drop(&mut self) {
+        self.ports.clear();
+        // SAFETY: the sockets referencing the area are gone (ports dropped);
+        // the Umem's fd closes after this body runs, and nothing reads the
+        // area any more.
+        unsafe { libc::munmap(self.base.as_ptr() as *mut libc::c_void, self.len) };
+    }
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""The 'internet' side of the test topology: an HTTP server that answers
+with the source address it sees (like `curl ifconfig.me`), a UDP echo that
+answers "<source ip>:<port>", and a TCP sink/source for bulk transfers.
+Runs until killed; binds only the address it is given."""
+import http.server
+import socket
+import socketserver
+import sys
+import threading
+
+addr = sys.argv[1] if len(sys.argv) > 1 else "0.0.0.0"
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"{self.client_address[0]}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def udp_echo():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, 7007))
+    while True:
+        data, peer = s.recvfrom(65535)
+        s.sendto(f"{peer[0]}:{peer[1]} {len(data)}".encode(), peer)
+
+
+threading.Thread(target=udp_echo, daemon=True).start()
+Server((addr, 80), Handler).serve_forever()
