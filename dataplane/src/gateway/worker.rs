@@ -19,6 +19,8 @@ use xdpilone::xdp::XdpDesc;
 
 pub const BATCH: usize = 64;
 pub const HANDOFF_BYTES: usize = 2048;
+/// Frames waiting for a TX ring beyond which a worker stops receiving.
+const TX_BACKLOG: usize = 512;
 
 /// A frame on its way to the worker that owns its session.
 pub struct Handoff {
@@ -113,7 +115,7 @@ impl Worker {
         stop: Arc<AtomicBool>,
         epoch: Instant,
     ) -> Worker {
-        let tx = (0..io.ports.len()).map(|_| Vec::with_capacity(BATCH * 2)).collect();
+        let tx = (0..io.ports.len()).map(|_| Vec::with_capacity(4 * TX_BACKLOG)).collect();
         Worker {
             index,
             io,
@@ -155,7 +157,11 @@ impl Worker {
             for port in 0..self.io.ports.len() {
                 self.io.service(port);
                 rx.clear();
-                self.io.receive(port, &mut rx, BATCH as u32);
+                // Backpressure: while a TX backlog waits, leave packets in
+                // the kernel's RX ring rather than drop them here.
+                if self.tx.iter().all(|t| t.len() < TX_BACKLOG) {
+                    self.io.receive(port, &mut rx, BATCH as u32);
+                }
                 work += rx.len();
                 self.io_counters.rx_packets += rx.len() as u64;
                 if self.engine.prefetch_worthwhile() {
@@ -180,13 +186,18 @@ impl Worker {
             work += self.drain_inbox(now);
             self.drain_released();
             for port in 0..self.io.ports.len() {
-                let descs = std::mem::take(&mut self.tx[port]);
-                self.io_counters.tx_packets += descs.len() as u64;
-                let dropped = self.io.transmit(port, &descs);
-                self.io_counters.tx_ring_full += dropped as u64;
-                self.io_counters.tx_packets -= dropped as u64;
-                self.tx[port] = descs;
-                self.tx[port].clear();
+                let sent = self.io.transmit(port, &self.tx[port]);
+                self.io_counters.tx_packets += sent as u64;
+                self.tx[port].drain(..sent);
+                if self.tx[port].len() > 2 * TX_BACKLOG {
+                    // The kernel is not taking frames at all: shed the oldest.
+                    let shed = self.tx[port].len() - TX_BACKLOG;
+                    for d in self.tx[port].drain(..shed) {
+                        self.io.release(d.addr);
+                    }
+                    self.io_counters.tx_ring_full += shed as u64;
+                }
+                work += usize::from(!self.tx[port].is_empty());
             }
             self.engine.expire(now, 256);
             self.log_events();

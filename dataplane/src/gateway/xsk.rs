@@ -233,24 +233,19 @@ impl WorkerIo {
         r.release();
     }
 
-    /// Sends frames on `port`; frames the ring cannot take go back to the
-    /// pool (counted by the caller from the return value).
+    /// Queues frames on `port`'s TX ring and kicks the kernel; returns how
+    /// many the ring took (the caller keeps the rest for the next round).
     pub fn transmit(&mut self, port: usize, descs: &[XdpDesc]) -> usize {
-        if descs.is_empty() {
-            return 0;
-        }
         let p = &mut self.ports[port];
-        let sent = {
+        let sent = if descs.is_empty() {
+            0
+        } else {
             let mut w = p.tx.transmit(descs.len() as u32);
             let n = w.insert(descs.iter().copied()) as usize;
             w.commit();
             n
         };
         p.in_flight += sent as u32;
-        for d in &descs[sent..] {
-            let fs = u64::from(self.frame_size);
-            self.free.push(d.addr / fs * fs);
-        }
         // Copy mode transmits only inside sendto(), a budget per call: kick
         // until the kernel has taken everything, or TCP through us stalls.
         for _ in 0..64 {
@@ -259,7 +254,7 @@ impl WorkerIo {
             }
             p.tx.wake();
         }
-        descs.len() - sent
+        sent
     }
 
     /// The descriptor for `len` bytes at the frame `addr` starts.
