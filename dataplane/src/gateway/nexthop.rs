@@ -173,7 +173,24 @@ impl NextHops {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if poke || last.elapsed() >= Duration::from_millis(500) {
-                self.table.store(Arc::new(read_table(&ifaces)));
+                let table = read_table(&ifaces);
+                // Routers are next hops for nearly everything: resolve them
+                // before the first packet needs them.
+                for r in &table.routes {
+                    let Some(gw) = r.gateway else { continue };
+                    if table.neighbours.contains_key(&(r.ifindex, gw)) {
+                        continue;
+                    }
+                    let now = Instant::now();
+                    if asked.get(&gw).is_some_and(|t| now.duration_since(*t) < Duration::from_millis(200)) {
+                        continue;
+                    }
+                    asked.insert(gw, now);
+                    if let Some(dev) = names.get(&r.ifindex) {
+                        trigger_arp(dev, gw);
+                    }
+                }
+                self.table.store(Arc::new(table));
                 last = Instant::now();
             }
             std::thread::sleep(Duration::from_millis(10));
