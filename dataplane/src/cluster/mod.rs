@@ -1,0 +1,73 @@
+//! Cluster state → plans. Reads the objects of AKS Static Egress Gateway —
+//! `StaticGatewayConfiguration` (accepted unchanged from
+//! Azure/kube-egress-gateway's `api/v1alpha1`), Pods annotated with
+//! `kubernetes.azure.com/static-gateway-configuration`, gateway Nodes — plus
+//! Egret's own `EgressPolicy`, as `kubectl get -o yaml` prints them, and turns
+//! them into plans. Pure apart from reading files.
+//!
+//! - [`objects`]: the object model and YAML/JSON parsing (single objects,
+//!   multi-document files, `kind: List`, directories; unknown kinds ignored).
+//! - [`reconcile`]: one plan per gateway node ([`reconcile()`]), or one plan
+//!   holding everything for a standalone gateway ([`standalone_plan`]).
+//!
+//! Egret's knobs ride on a config as annotations, so the upstream CRD needs
+//! no change: `egret.dev/mapping` (`endpoint-independent` | `port-reuse`),
+//! `egret.dev/filtering` (`endpoint-dependent` | `endpoint-independent`),
+//! `egret.dev/port-quota` (ports per pod), and `egret.dev/timeouts` (a
+//! YAML/JSON map: `tcpEstablished`, `tcpTransitory`, `udp`, `icmp`,
+//! `portCooldown`, in seconds).
+//!
+//! YAML is read with `serde_norway`, the maintained fork of the archived
+//! `serde_yaml` (same API, YAML 1.2 via `unsafe-libyaml-norway`).
+
+pub mod objects;
+pub mod reconcile;
+#[cfg(test)]
+mod tests;
+
+pub use objects::*;
+pub use reconcile::{
+    egress_prefix, gateway_config, reconcile, rendezvous_owner, rendezvous_weight, split_prefix, standalone_plan,
+    ConfigStatus, GatewayNode, Reconciled,
+};
+
+use crate::plan::Plan;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Something wrong with one object; that object is left out (or, for
+/// notices such as a node with no share of a small prefix, only reported),
+/// and everything else is served.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Problem {
+    /// `Kind namespace/name` (`Kind name` for cluster-scoped objects).
+    pub object: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(kind: &str, key: &str, message: impl Into<String>) -> Problem {
+        Problem { object: format!("{kind} {key}"), message: message.into() }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.object, self.message)
+    }
+}
+
+/// A manifests file that cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: document {doc}: {message}")]
+    Yaml { path: String, doc: usize, message: String },
+}
+
+/// Reads a manifests file or directory into the plan a standalone gateway
+/// serves, with the problems of the objects left out.
+pub fn plan_from_yaml_path(path: &Path, version: u64) -> Result<(Plan, Vec<Problem>), ClusterError> {
+    Ok(standalone_plan(&ClusterState::read_path(path)?, version))
+}

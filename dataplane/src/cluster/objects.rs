@@ -1,0 +1,396 @@
+//! The Kubernetes objects Egret reads, as `kubectl get -o yaml` (or the API
+//! server's JSON) prints them. Only the fields Egret uses are modelled; every
+//! other field is accepted and ignored, so objects are read unchanged.
+
+use super::{ClusterError, Problem};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// Pod annotation naming the StaticGatewayConfiguration (same namespace).
+pub const POD_ANNOTATION: &str = "kubernetes.azure.com/static-gateway-configuration";
+pub const SGC_KIND: &str = "StaticGatewayConfiguration";
+pub const SGC_GROUP: &str = "egressgateway.kubernetes.azure.com";
+pub const SGC_VERSION: &str = "v1alpha1";
+pub const POLICY_KIND: &str = "EgressPolicy";
+/// Upstream kube-egress-gateway marks gateway nodes with this label = "true".
+pub const GATEWAY_MODE_LABEL: &str = "kubeegressgateway.azure.com/mode";
+/// AKS marks gateway node pools with this label = "gateway".
+pub const AKS_MODE_LABEL: &str = "kubernetes.azure.com/mode";
+pub const AKS_MODE_GATEWAY: &str = "gateway";
+/// Node pool labels, AKS's first.
+pub const POOL_LABELS: [&str; 2] = ["kubernetes.azure.com/agentpool", "agentpool"];
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// RFC 3339, as the API server writes it; compared as text (same format).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_timestamp: Option<String>,
+}
+
+impl ObjectMeta {
+    /// The namespace, `default` when the manifest leaves it out (as kubectl
+    /// apply would).
+    pub fn ns(&self) -> &str {
+        self.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or("default")
+    }
+    /// `namespace/name`, the key Egret names configs and pods by.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.ns(), self.name)
+    }
+}
+
+/// `egressgateway.kubernetes.azure.com/v1alpha1` StaticGatewayConfiguration,
+/// field for field as Azure/kube-egress-gateway's `api/v1alpha1` defines it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticGatewayConfiguration {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: SgcSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<SgcStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SgcSpec {
+    /// Name of the gateway node pool (matched case-insensitively against the
+    /// node's agentpool label, as kube-egress-gateway does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_nodepool_name: Option<String>,
+    /// The gateway VMSS, for clusters whose gateway nodes are not an AKS pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_vmss_profile: Option<GatewayVmssProfile>,
+    /// `staticEgressGateway` (default) or `azureNetworking`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_route: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provision_public_ips: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip_prefix_id: Option<String>,
+    /// Destinations not sent through the gateway. `excludeCIDRs` (the
+    /// spelling of kube-egress-gateway's docs sample) is accepted too.
+    #[serde(default, alias = "excludeCIDRs", skip_serializing_if = "Vec::is_empty")]
+    pub exclude_cidrs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayVmssProfile {
+    #[serde(default)]
+    pub vmss_resource_group: String,
+    #[serde(default)]
+    pub vmss_name: String,
+    #[serde(default)]
+    pub public_ip_prefix_size: i32,
+}
+
+impl GatewayVmssProfile {
+    pub fn is_empty(&self) -> bool {
+        self.vmss_resource_group.is_empty() && self.vmss_name.is_empty() && self.public_ip_prefix_size == 0
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SgcStatus {
+    /// The public prefix, once kube-egress-gateway has provisioned it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_ip_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Pod {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub status: PodStatus,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs", skip_serializing_if = "Vec::is_empty")]
+    pub pod_ips: Vec<PodIp>,
+    #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PodIp {
+    pub ip: String,
+}
+
+impl Pod {
+    /// The config key (`namespace/name`) the pod's annotation names, if any.
+    pub fn gateway_config(&self) -> Option<String> {
+        let name = self.metadata.annotations.get(POD_ANNOTATION)?.trim();
+        (!name.is_empty()).then(|| format!("{}/{name}", self.metadata.ns()))
+    }
+    /// Finished pods hold no IP any more (it may already be reused).
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    }
+    /// The pod's IPv4 addresses (`status.podIPs`, else `status.podIP`);
+    /// IPv6 addresses are skipped, the NAT is IPv4.
+    pub fn ipv4s(&self) -> Vec<Ipv4Addr> {
+        let mut v: Vec<Ipv4Addr> = self.status.pod_ips.iter().filter_map(|x| x.ip.parse().ok()).collect();
+        if v.is_empty() {
+            v.extend(self.status.pod_ip.as_deref().and_then(|x| x.parse::<Ipv4Addr>().ok()));
+        }
+        v.dedup();
+        v
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: NodeSpec,
+    #[serde(default)]
+    pub status: NodeStatus,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// `azure:///subscriptions/…/resourceGroups/RG/providers/Microsoft.Compute/virtualMachineScaleSets/VMSS/virtualMachines/N`.
+    #[serde(default, rename = "providerID", skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unschedulable: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<NodeAddress>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<NodeCondition>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeAddress {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeCondition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+}
+
+impl Node {
+    /// A gateway node: `kubeegressgateway.azure.com/mode: "true"` (upstream)
+    /// or `kubernetes.azure.com/mode: gateway` (AKS gateway pools).
+    pub fn is_gateway(&self) -> bool {
+        let l = &self.metadata.labels;
+        l.get(GATEWAY_MODE_LABEL).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || l.get(AKS_MODE_LABEL).is_some_and(|v| v.eq_ignore_ascii_case(AKS_MODE_GATEWAY))
+    }
+    /// The node pool, from the agentpool labels.
+    pub fn pool(&self) -> Option<&str> {
+        POOL_LABELS.iter().find_map(|k| self.metadata.labels.get(*k)).map(String::as_str)
+    }
+    /// Ready unless its Ready condition says otherwise (manifest files often
+    /// carry no conditions), and not being deleted.
+    pub fn is_ready(&self) -> bool {
+        self.metadata.deletion_timestamp.is_none()
+            && self.status.conditions.iter().filter(|c| c.kind == "Ready").all(|c| c.status == "True")
+    }
+    /// The first InternalIP, for operators' listings.
+    pub fn internal_ip(&self) -> Option<Ipv4Addr> {
+        self.status.addresses.iter().filter(|a| a.kind == "InternalIP").find_map(|a| a.address.parse().ok())
+    }
+    /// Whether the node is an instance of the VMSS the profile names (from its
+    /// Azure provider ID; compared case-insensitively, as Azure IDs are).
+    pub fn in_vmss(&self, p: &GatewayVmssProfile) -> bool {
+        let Some(id) = self.spec.provider_id.as_deref() else { return false };
+        let id = id.to_ascii_lowercase();
+        let rg = format!("/resourcegroups/{}/", p.vmss_resource_group.to_ascii_lowercase());
+        let ss = format!("/virtualmachinescalesets/{}/", p.vmss_name.to_ascii_lowercase());
+        id.contains(&rg) && id.contains(&ss)
+    }
+}
+
+/// Egret's `egret.dev/v1alpha1` EgressPolicy: rules for one config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressPolicyObject {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: EgressPolicySpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressPolicySpec {
+    /// The StaticGatewayConfiguration (same namespace) the rules apply to.
+    pub gateway_configuration: String,
+    #[serde(flatten)]
+    pub policy: crate::plan::EgressPolicy,
+}
+
+/// The objects of a cluster (or of a manifests file) that Egret reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterState {
+    pub configs: Vec<StaticGatewayConfiguration>,
+    pub pods: Vec<Pod>,
+    pub nodes: Vec<Node>,
+    pub policies: Vec<EgressPolicyObject>,
+}
+
+impl ClusterState {
+    /// Parses YAML (or JSON) documents: single objects and `kind: List`s
+    /// (nested too). Kinds Egret does not read are ignored. A document that
+    /// is not YAML fails the whole text; an object of a known kind with a
+    /// field of the wrong type fails it too, naming the object and field.
+    pub fn parse(text: &str, origin: &str) -> Result<ClusterState, ClusterError> {
+        let mut st = ClusterState::default();
+        for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+            let yaml_err = |message: String| ClusterError::Yaml { path: origin.to_string(), doc: i + 1, message };
+            let v = serde_norway::Value::deserialize(doc).map_err(|e| yaml_err(e.to_string()))?;
+            if v.is_null() {
+                continue;
+            }
+            st.add(v).map_err(yaml_err)?;
+        }
+        Ok(st)
+    }
+
+    fn add(&mut self, v: serde_norway::Value) -> Result<(), String> {
+        let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+        let named = |v: &serde_norway::Value| {
+            let m = v.get("metadata");
+            let n = m.and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("?");
+            match m.and_then(|m| m.get("namespace")).and_then(|n| n.as_str()) {
+                Some(ns) => format!("{kind} {ns}/{n}"),
+                None => format!("{kind} {n}"),
+            }
+        };
+        fn de<T: serde::de::DeserializeOwned>(v: serde_norway::Value, what: String) -> Result<T, String> {
+            serde_path_to_error::deserialize(v).map_err(|e| match e.path().to_string().as_str() {
+                "." => format!("{what}: {}", e.inner()),
+                path => format!("{what}: {path}: {}", e.inner()),
+            })
+        }
+        match kind.as_str() {
+            "List" => {
+                if let Some(items) = v.get("items").and_then(|i| i.as_sequence()) {
+                    for item in items.clone() {
+                        self.add(item)?;
+                    }
+                }
+            }
+            // `kubectl get sgc -o yaml` on one kind prints a typed list.
+            k if k.ends_with("List") => {
+                let item_kind = k.trim_end_matches("List").to_string();
+                if let Some(items) = v.get("items").and_then(|i| i.as_sequence()) {
+                    for mut item in items.clone() {
+                        if let Some(m) = item.as_mapping_mut() {
+                            m.entry("kind".into()).or_insert_with(|| item_kind.clone().into());
+                        }
+                        self.add(item)?;
+                    }
+                }
+            }
+            SGC_KIND => self.configs.push(de(v.clone(), named(&v))?),
+            "Pod" => self.pods.push(de(v.clone(), named(&v))?),
+            "Node" => self.nodes.push(de(v.clone(), named(&v))?),
+            POLICY_KIND => self.policies.push(de(v.clone(), named(&v))?),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Reads a file, or every `.yaml`/`.yml`/`.json` file of a directory
+    /// (sorted by name; hidden files and subdirectories skipped).
+    pub fn read_path(path: &Path) -> Result<ClusterState, ClusterError> {
+        let mut st = ClusterState::default();
+        for f in manifest_files(path)? {
+            let text = std::fs::read_to_string(&f)
+                .map_err(|source| ClusterError::Io { path: f.display().to_string(), source })?;
+            st.extend(ClusterState::parse(&text, &f.display().to_string())?);
+        }
+        Ok(st)
+    }
+
+    pub fn extend(&mut self, other: ClusterState) {
+        self.configs.extend(other.configs);
+        self.pods.extend(other.pods);
+        self.nodes.extend(other.nodes);
+        self.policies.extend(other.policies);
+    }
+
+    /// Objects of the same kind and `namespace/name` defined twice: the later
+    /// definition is dropped and reported (a manifests directory with the
+    /// same object in two files would otherwise be ambiguous).
+    pub fn dedup(&mut self, problems: &mut Vec<Problem>) {
+        fn dedup_by<T>(v: &mut Vec<T>, kind: &str, key: impl Fn(&T) -> String, problems: &mut Vec<Problem>) {
+            let mut seen = std::collections::BTreeSet::new();
+            v.retain(|o| {
+                let k = key(o);
+                let fresh = seen.insert(k.clone());
+                if !fresh {
+                    problems.push(Problem::new(kind, &k, "defined more than once; the first definition is used"));
+                }
+                fresh
+            });
+        }
+        dedup_by(&mut self.configs, SGC_KIND, |o| o.metadata.key(), problems);
+        dedup_by(&mut self.pods, "Pod", |o| o.metadata.key(), problems);
+        dedup_by(&mut self.nodes, "Node", |o| o.metadata.name.clone(), problems);
+        dedup_by(&mut self.policies, POLICY_KIND, |o| o.metadata.key(), problems);
+    }
+}
+
+/// The manifest files a path names: the file itself, or a directory's
+/// `.yaml`/`.yml`/`.json` files sorted by name.
+pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ClusterError> {
+    let io = |source| ClusterError::Io { path: path.display().to_string(), source };
+    if !path.is_dir() {
+        // Reading it reports a missing file with its name.
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(path).map_err(io)? {
+        let p = e.map_err(io)?.path();
+        let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        let ext = matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml" | "json"));
+        if ext && !hidden && p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}

@@ -1,0 +1,472 @@
+//! Reconcile: cluster state in, one plan per gateway node out. Pure.
+//!
+//! 1. Each StaticGatewayConfiguration is checked alone (target, prefix,
+//!    exclusions, Egret annotations, the config compiled by itself); a bad
+//!    one is reported and left out. Prefixes that overlap an older config's
+//!    are left out too (the older one, by `creationTimestamp` then name,
+//!    keeps its addresses).
+//! 2. Each config's addresses are split across the ready gateway nodes of
+//!    its pool by rendezvous (highest-random-weight) hashing: every address
+//!    goes to the node with the highest `hash(node, address)`. A node that
+//!    joins takes only the addresses it now wins; a node that leaves gives
+//!    up only its own; nothing else moves.
+//! 3. Pods bind to the config their annotation names (same namespace); every
+//!    node that serves a config gets all its pods, since the pods' traffic
+//!    may reach any gateway node of the pool.
+
+use super::objects::*;
+use super::Problem;
+use crate::plan::{Binding, FilteringMode, GatewayConfig, Ipv4Cidr, MappingMode, Plan, Timeouts};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+/// Egret's own knobs on a StaticGatewayConfiguration, as annotations (the
+/// upstream CRD's schema stays untouched, so its objects are accepted as is).
+pub const ANN_MAPPING: &str = "egret.dev/mapping";
+pub const ANN_FILTERING: &str = "egret.dev/filtering";
+pub const ANN_PORT_QUOTA: &str = "egret.dev/port-quota";
+pub const ANN_TIMEOUTS: &str = "egret.dev/timeouts";
+
+/// What reconcile made of the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reconciled {
+    /// Every gateway node's plan (version 0: the control plane numbers
+    /// versions as plans change). A gateway node that serves nothing gets an
+    /// empty plan, so a subscriber can tell "nothing to do" from "unknown".
+    pub plans: BTreeMap<String, Plan>,
+    /// Every config, served or not, for operators.
+    pub configs: Vec<ConfigStatus>,
+    /// Every gateway node, ready or not.
+    pub nodes: Vec<GatewayNode>,
+    pub problems: Vec<Problem>,
+}
+
+/// A config as operators see it: where it runs and with which addresses.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// `namespace/name`.
+    pub name: String,
+    /// `pool NAME`, `vmss RG/NAME`, or empty when neither is set.
+    pub target: String,
+    pub prefix: Option<Ipv4Cidr>,
+    /// Node → its share of the prefix.
+    pub shares: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// Pod IPs bound to it.
+    pub pods: Vec<Ipv4Addr>,
+    /// Whether any gateway serves it; when not, `problems` says why.
+    pub served: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GatewayNode {
+    pub name: String,
+    pub pool: Option<String>,
+    pub internal_ip: Option<Ipv4Addr>,
+    pub ready: bool,
+}
+
+/// Where a config runs.
+#[derive(Debug, Clone, PartialEq)]
+enum Target {
+    Pool(String),
+    Vmss(GatewayVmssProfile),
+}
+
+impl Target {
+    fn of(sgc: &StaticGatewayConfiguration) -> Result<Target, String> {
+        let pool = sgc.spec.gateway_nodepool_name.as_deref().filter(|p| !p.is_empty());
+        let vmss = sgc.spec.gateway_vmss_profile.as_ref().filter(|p| !p.is_empty());
+        match (pool, vmss) {
+            (Some(p), None) => Ok(Target::Pool(p.to_string())),
+            (None, Some(v)) if v.vmss_name.is_empty() || v.vmss_resource_group.is_empty() => {
+                Err("spec.gatewayVmssProfile needs both vmssResourceGroup and vmssName".into())
+            }
+            (None, Some(v)) => Ok(Target::Vmss(v.clone())),
+            (Some(_), Some(_)) => {
+                Err("spec.gatewayNodepoolName and spec.gatewayVmssProfile are both set; only one may be".into())
+            }
+            (None, None) => Err("neither spec.gatewayNodepoolName nor spec.gatewayVmssProfile is set".into()),
+        }
+    }
+    fn matches(&self, n: &Node) -> bool {
+        match self {
+            Target::Pool(p) => n.pool().is_some_and(|np| np.eq_ignore_ascii_case(p)),
+            Target::Vmss(v) => n.in_vmss(v),
+        }
+    }
+    fn describe(&self) -> String {
+        match self {
+            Target::Pool(p) => format!("pool {p}"),
+            Target::Vmss(v) => format!("vmss {}/{}", v.vmss_resource_group, v.vmss_name),
+        }
+    }
+}
+
+/// The gateway config a StaticGatewayConfiguration becomes, with `pool` as
+/// its egress addresses, its `excludeCidrs` and Egret's annotations:
+/// `egret.dev/mapping` (`endpoint-independent` | `port-reuse`),
+/// `egret.dev/filtering` (`endpoint-dependent` | `endpoint-independent`),
+/// `egret.dev/port-quota` (ports per pod) and `egret.dev/timeouts` (a
+/// YAML/JSON map of `tcpEstablished`, `tcpTransitory`, `udp`, `icmp`,
+/// `portCooldown` in seconds; unset ones keep their defaults).
+pub fn gateway_config(sgc: &StaticGatewayConfiguration, pool: Vec<Ipv4Cidr>) -> Result<GatewayConfig, String> {
+    let m = &sgc.metadata;
+    let mut c = GatewayConfig::new(&m.key(), pool);
+    for (i, cidr) in sgc.spec.exclude_cidrs.iter().enumerate() {
+        c.exclude.push(cidr.trim().parse().map_err(|e| format!("spec.excludeCidrs[{i}]: {e}"))?);
+    }
+    let a = &m.annotations;
+    if let Some(v) = a.get(ANN_MAPPING) {
+        c.mapping = serde_norway::from_str::<MappingMode>(v)
+            .map_err(|_| format!("annotation {ANN_MAPPING}: unknown mode '{v}' (endpoint-independent, port-reuse)"))?;
+    }
+    if let Some(v) = a.get(ANN_FILTERING) {
+        c.filtering = serde_norway::from_str::<FilteringMode>(v).map_err(|_| {
+            format!("annotation {ANN_FILTERING}: unknown mode '{v}' (endpoint-dependent, endpoint-independent)")
+        })?;
+    }
+    if let Some(v) = a.get(ANN_PORT_QUOTA) {
+        c.port_quota = v.trim().parse().map_err(|_| format!("annotation {ANN_PORT_QUOTA}: '{v}' is not a number"))?;
+    }
+    if let Some(v) = a.get(ANN_TIMEOUTS) {
+        c.timeouts = serde_norway::from_str::<Timeouts>(v).map_err(|e| format!("annotation {ANN_TIMEOUTS}: {e}"))?;
+    }
+    Ok(c)
+}
+
+/// A config's egress prefix, once kube-egress-gateway has provisioned it.
+pub fn egress_prefix(sgc: &StaticGatewayConfiguration) -> Result<Ipv4Cidr, String> {
+    let p = sgc.status.as_ref().and_then(|s| s.egress_ip_prefix.as_deref()).map(str::trim).filter(|p| !p.is_empty());
+    let p = p.ok_or("status.egressIpPrefix is not set yet (prefix not provisioned)")?;
+    p.parse().map_err(|e| format!("status.egressIpPrefix: {e}"))
+}
+
+/// A config that passed every check on its own.
+struct Candidate {
+    config: GatewayConfig,
+    prefix: Ipv4Cidr,
+    target: Result<Target, String>,
+}
+
+fn sgc_problem(sgc: &StaticGatewayConfiguration, message: impl Into<String>) -> Problem {
+    Problem::new(SGC_KIND, &sgc.metadata.key(), message)
+}
+
+/// Step 1: the configs that can be served, oldest first, each with its whole
+/// prefix and its policy. `needs_target`: whether a config must name its
+/// gateway nodes (the control plane) or not (a standalone gateway).
+fn candidates(st: &ClusterState, needs_target: bool, problems: &mut Vec<Problem>) -> Vec<Candidate> {
+    let mut sgcs: Vec<&StaticGatewayConfiguration> = st.configs.iter().collect();
+    sgcs.sort_by_key(|s| {
+        (s.metadata.creation_timestamp.is_none(), s.metadata.creation_timestamp.clone(), s.metadata.key())
+    });
+    let mut out: Vec<Candidate> = Vec::new();
+    for sgc in sgcs {
+        let target = Target::of(sgc);
+        if let (true, Err(e)) = (needs_target, &target) {
+            problems.push(sgc_problem(sgc, e.clone()));
+            continue;
+        }
+        let built = egress_prefix(sgc).and_then(|p| Ok((p, gateway_config(sgc, vec![p])?)));
+        let (prefix, config) = match built {
+            Ok(x) => x,
+            Err(e) => {
+                problems.push(sgc_problem(sgc, e));
+                continue;
+            }
+        };
+        let alone = Plan { version: 0, configs: vec![config.clone()], bindings: vec![] };
+        if let Err(e) = alone.compile() {
+            problems.push(sgc_problem(sgc, e.to_string()));
+            continue;
+        }
+        if let Some(older) = out.iter().find(|c| c.prefix.overlaps(&prefix)) {
+            problems.push(sgc_problem(
+                sgc,
+                format!(
+                    "status.egressIpPrefix {prefix} overlaps {} of {} (created earlier), which keeps it",
+                    older.prefix, older.config.name
+                ),
+            ));
+            continue;
+        }
+        out.push(Candidate { config, prefix, target });
+    }
+    attach_policies(st, &mut out, problems);
+    out
+}
+
+/// Attaches each EgressPolicy to its config. A config whose policy is invalid
+/// is not served at all (fail closed: its pods get no egress rather than
+/// egress the policy meant to deny).
+fn attach_policies(st: &ClusterState, out: &mut Vec<Candidate>, problems: &mut Vec<Problem>) {
+    let mut policies: Vec<&EgressPolicyObject> = st.policies.iter().collect();
+    policies.sort_by_key(|p| p.metadata.key());
+    let mut bad = BTreeSet::new();
+    for pol in policies {
+        let m = &pol.metadata;
+        let target = format!("{}/{}", m.ns(), pol.spec.gateway_configuration);
+        let object = |message: String| Problem::new(POLICY_KIND, &m.key(), message);
+        let Some(c) = out.iter_mut().find(|c| c.config.name == target) else {
+            problems.push(object(format!(
+                "spec.gatewayConfiguration '{}' is not a served StaticGatewayConfiguration in namespace {}",
+                pol.spec.gateway_configuration,
+                m.ns()
+            )));
+            continue;
+        };
+        if c.config.policy.is_some() {
+            problems.push(object(format!("{target} already has an EgressPolicy; this one is ignored")));
+            continue;
+        }
+        c.config.policy = Some(pol.spec.policy.clone());
+        let alone = Plan { version: 0, configs: vec![c.config.clone()], bindings: vec![] };
+        if let Err(e) = alone.compile() {
+            problems.push(object(format!("{e}; {target} is not served until the policy is fixed")));
+            bad.insert(target);
+        }
+    }
+    out.retain(|c| !bad.contains(&c.config.name));
+}
+
+/// Step 3: pod bindings for the served configs. `unserved`: configs that
+/// exist but are not served, with the reason, for clearer messages.
+fn bindings(
+    st: &ClusterState,
+    served: &BTreeMap<String, Ipv4Cidr>,
+    unserved: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, Vec<Ipv4Addr>> {
+    let mut pods: Vec<&Pod> = st.pods.iter().collect();
+    pods.sort_by_key(|p| p.metadata.key());
+    let mut owner: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    for pod in pods {
+        let Some(config) = pod.gateway_config() else { continue };
+        if pod.is_finished() {
+            continue;
+        }
+        let key = pod.metadata.key();
+        let problem = |message: String| Problem::new("Pod", &key, message);
+        if !served.contains_key(&config) {
+            let message = match unserved.get(&config) {
+                Some(why) => format!("names StaticGatewayConfiguration '{config}', which is not served: {why}"),
+                None => format!("names StaticGatewayConfiguration '{config}', which does not exist"),
+            };
+            problems.push(problem(message));
+            continue;
+        }
+        for ip in pod.ipv4s() {
+            if let Some((name, prefix)) = served.iter().find(|(_, p)| p.contains(u32::from(ip))) {
+                problems.push(problem(format!("pod IP {ip} is inside egress prefix {prefix} of {name}; not bound")));
+                continue;
+            }
+            if let Some(other) = owner.get(&ip) {
+                problems.push(problem(format!("pod IP {ip} is already bound by Pod {other}; not bound")));
+                continue;
+            }
+            owner.insert(ip, key.clone());
+            out.entry(config.clone()).or_default().push(ip);
+        }
+    }
+    for ips in out.values_mut() {
+        ips.sort();
+    }
+    out
+}
+
+/// Rendezvous weight of `node` for `addr`: FNV-1a over the node name and the
+/// address, then a 64-bit finaliser. Stable across runs, builds and
+/// platforms (no per-process hash keys), so every control-plane replica
+/// assigns the same way.
+pub fn rendezvous_weight(node: &str, addr: Ipv4Addr) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node.bytes().chain([0xff]).chain(addr.octets()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // splitmix64 finaliser: spreads FNV's weak low bits.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Splits `prefix` across `nodes` (every node gets an entry, maybe empty).
+///
+/// Rendezvous hashing first: each address goes to the node of highest
+/// [`rendezvous_weight`], so a node joining or leaving moves only the
+/// addresses it wins or held. Then coverage: traffic for a config may reach
+/// any node of its pool, so while the prefix has addresses to spare, a node
+/// left with none takes, from the nodes holding two or more, the address it
+/// weighs highest. Only small prefixes (a few addresses per node) need this
+/// step, and it moves one address per idle node.
+/// The node of highest rendezvous weight for `addr` (ties to the smaller name).
+pub fn rendezvous_owner<'a>(nodes: &[&'a str], addr: Ipv4Addr) -> Option<&'a str> {
+    nodes.iter().copied().max_by_key(|n| (rendezvous_weight(n, addr), std::cmp::Reverse(*n)))
+}
+
+pub fn split_prefix(prefix: Ipv4Cidr, nodes: &[&str]) -> BTreeMap<String, Vec<Ipv4Addr>> {
+    let mut shares: BTreeMap<String, Vec<Ipv4Addr>> = nodes.iter().map(|n| (n.to_string(), Vec::new())).collect();
+    if nodes.is_empty() {
+        return shares;
+    }
+    for addr in prefix.addrs() {
+        let best = rendezvous_owner(nodes, addr).expect("nodes is not empty");
+        shares.get_mut(best).unwrap().push(addr);
+    }
+    let idle: Vec<String> = shares.iter().filter(|(_, a)| a.is_empty()).map(|(n, _)| n.clone()).collect();
+    for node in idle {
+        let donors = shares.iter().filter(|(_, a)| a.len() >= 2);
+        let n = node.as_str();
+        let best =
+            donors.flat_map(|(d, addrs)| addrs.iter().map(move |a| (rendezvous_weight(n, *a), *a, d.clone()))).max();
+        let Some((_, addr, donor)) = best else { break };
+        shares.get_mut(&donor).unwrap().retain(|a| *a != addr);
+        shares.get_mut(&node).unwrap().push(addr);
+    }
+    shares
+}
+
+/// One plan per gateway node, the configs' statuses, and every problem.
+pub fn reconcile(st: &ClusterState) -> Reconciled {
+    let mut st = st.clone();
+    let mut problems = Vec::new();
+    st.dedup(&mut problems);
+    let cands = candidates(&st, true, &mut problems);
+
+    let mut gw: Vec<&Node> = st.nodes.iter().filter(|n| n.is_gateway()).collect();
+    gw.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let nodes: Vec<GatewayNode> = gw
+        .iter()
+        .map(|n| GatewayNode {
+            name: n.metadata.name.clone(),
+            pool: n.pool().map(str::to_string),
+            internal_ip: n.internal_ip(),
+            ready: n.is_ready(),
+        })
+        .collect();
+
+    let mut served: BTreeMap<String, Ipv4Cidr> = BTreeMap::new();
+    let mut unserved: BTreeMap<String, String> = BTreeMap::new();
+    let mut statuses: BTreeMap<String, ConfigStatus> = BTreeMap::new();
+    let mut shares_of: BTreeMap<String, BTreeMap<String, Vec<Ipv4Addr>>> = BTreeMap::new();
+    for c in &cands {
+        let Ok(target) = &c.target else { continue };
+        let members: Vec<&str> =
+            gw.iter().filter(|n| n.is_ready() && target.matches(n)).map(|n| n.metadata.name.as_str()).collect();
+        let mut status = ConfigStatus {
+            name: c.config.name.clone(),
+            target: target.describe(),
+            prefix: Some(c.prefix),
+            ..Default::default()
+        };
+        if members.is_empty() {
+            let why = format!("no ready gateway node in {}", target.describe());
+            problems.push(Problem::new(SGC_KIND, &c.config.name, why.clone()));
+            unserved.insert(c.config.name.clone(), why);
+            statuses.insert(c.config.name.clone(), status);
+            continue;
+        }
+        let shares = split_prefix(c.prefix, &members);
+        let idle: Vec<&str> = shares.iter().filter(|(_, a)| a.is_empty()).map(|(n, _)| n.as_str()).collect();
+        if !idle.is_empty() {
+            problems.push(Problem::new(
+                SGC_KIND,
+                &c.config.name,
+                format!(
+                    "prefix {} has {} addresses for {} gateway nodes; no share for {}",
+                    c.prefix,
+                    c.prefix.size(),
+                    members.len(),
+                    idle.join(", ")
+                ),
+            ));
+        }
+        status.shares = shares.iter().filter(|(_, a)| !a.is_empty()).map(|(n, a)| (n.clone(), a.clone())).collect();
+        status.served = true;
+        served.insert(c.config.name.clone(), c.prefix);
+        shares_of.insert(c.config.name.clone(), shares);
+        statuses.insert(c.config.name.clone(), status);
+    }
+    // Configs that failed a check still show, unserved, with their reason.
+    for sgc in &st.configs {
+        let key = sgc.metadata.key();
+        if !statuses.contains_key(&key) {
+            let why = problems
+                .iter()
+                .find(|p| p.object == format!("{SGC_KIND} {key}"))
+                .map(|p| p.message.clone())
+                .unwrap_or_else(|| "its EgressPolicy is invalid".into());
+            unserved.insert(key.clone(), why);
+            statuses.insert(
+                key.clone(),
+                ConfigStatus {
+                    name: key,
+                    target: Target::of(sgc).map(|t| t.describe()).unwrap_or_default(),
+                    prefix: egress_prefix(sgc).ok(),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    let bound = bindings(&st, &served, &unserved, &mut problems);
+    let mut plans: BTreeMap<String, Plan> = nodes.iter().map(|n| (n.name.clone(), Plan::default())).collect();
+    for c in &cands {
+        let Some(shares) = shares_of.get(&c.config.name) else { continue };
+        for (node, addrs) in shares.iter().filter(|(_, a)| !a.is_empty()) {
+            let plan = plans.get_mut(node).expect("members are gateway nodes");
+            let mut config = c.config.clone();
+            config.egress = addrs.iter().map(|a| Ipv4Cidr::new(*a, 32).expect("a /32 is valid")).collect();
+            plan.configs.push(config);
+            for ip in bound.get(&c.config.name).into_iter().flatten() {
+                plan.bindings.push(Binding { pod_ip: *ip, config: c.config.name.clone() });
+            }
+        }
+    }
+    for plan in plans.values_mut() {
+        plan.configs.sort_by(|a, b| a.name.cmp(&b.name));
+        plan.bindings.sort_by(|a, b| (&a.config, a.pod_ip).cmp(&(&b.config, b.pod_ip)));
+    }
+    for (name, ips) in &bound {
+        if let Some(s) = statuses.get_mut(name) {
+            s.pods = ips.clone();
+        }
+    }
+    problems.sort();
+    Reconciled { plans, configs: statuses.into_values().collect(), nodes, problems }
+}
+
+/// Standalone mode (one gateway, no control plane): every config with its
+/// whole prefix, whatever node pool it names, and every bound pod. Bad
+/// objects are left out and reported; the rest make a plan that compiles.
+pub fn standalone_plan(st: &ClusterState, version: u64) -> (Plan, Vec<Problem>) {
+    let mut st = st.clone();
+    let mut problems = Vec::new();
+    st.dedup(&mut problems);
+    let cands = candidates(&st, false, &mut problems);
+    let served: BTreeMap<String, Ipv4Cidr> = cands.iter().map(|c| (c.config.name.clone(), c.prefix)).collect();
+    let unserved: BTreeMap<String, String> = st
+        .configs
+        .iter()
+        .map(|s| s.metadata.key())
+        .filter(|k| !served.contains_key(k))
+        .map(|k| {
+            let object = format!("{SGC_KIND} {k}");
+            let why = problems.iter().find(|p| p.object == object).map(|p| p.message.clone());
+            (k, why.unwrap_or_else(|| "its EgressPolicy is invalid".into()))
+        })
+        .collect();
+    let bound = bindings(&st, &served, &unserved, &mut problems);
+    let mut plan = Plan { version, ..Plan::default() };
+    plan.configs = cands.into_iter().map(|c| c.config).collect();
+    plan.configs.sort_by(|a, b| a.name.cmp(&b.name));
+    for (config, ips) in bound {
+        plan.bindings.extend(ips.into_iter().map(|pod_ip| Binding { pod_ip, config: config.clone() }));
+    }
+    problems.sort();
+    (plan, problems)
+}

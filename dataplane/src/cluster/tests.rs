@@ -1,0 +1,405 @@
+//! Reconcile tables over YAML fixtures in `testdata/` (modelled on the AKS
+//! Static Egress Gateway docs), nodes and pods joining and leaving, and every
+//! problem case.
+
+use super::*;
+use crate::plan::{Binding, Ipv4Cidr, MappingMode};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+fn testdata(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/cluster/testdata").join(name)
+}
+
+fn aks() -> ClusterState {
+    ClusterState::read_path(&testdata("aks")).unwrap()
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn cidr(s: &str) -> Ipv4Cidr {
+    s.parse().unwrap()
+}
+
+const GW1: [&str; 3] =
+    ["aks-gwpool1-12345678-vmss000000", "aks-gwpool1-12345678-vmss000001", "aks-gwpool1-12345678-vmss000002"];
+const GW2: [&str; 2] = ["aks-gwpool2-87654321-vmss000000", "aks-gwpool2-87654321-vmss000001"];
+
+/// config → node → addresses, from the per-node plans.
+fn shares(r: &Reconciled) -> BTreeMap<String, BTreeMap<String, BTreeSet<Ipv4Addr>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, BTreeSet<Ipv4Addr>>> = BTreeMap::new();
+    for (node, plan) in &r.plans {
+        for c in &plan.configs {
+            let addrs = c.egress.iter().flat_map(|p| p.addrs()).collect();
+            out.entry(c.name.clone()).or_default().insert(node.clone(), addrs);
+        }
+    }
+    out
+}
+
+fn gateway_node(name: &str, pool: &str) -> Node {
+    let mut n = Node::default();
+    n.metadata.name = name.into();
+    n.metadata.labels.insert(GATEWAY_MODE_LABEL.into(), "true".into());
+    n.metadata.labels.insert(POOL_LABELS[0].into(), pool.into());
+    n
+}
+
+#[test]
+fn aks_fixture_reads_every_kind_and_form() {
+    let st = aks();
+    // 2 configs from a List + 1 from a second document; a NodeList; a List
+    // of pods with a ConfigMap ignored.
+    assert_eq!((st.configs.len(), st.nodes.len(), st.pods.len()), (3, 6, 7));
+    let web = &st.configs[0];
+    assert_eq!(web.metadata.key(), "apps/web-egress");
+    assert_eq!(web.spec.gateway_nodepool_name.as_deref(), Some("gwpool1"));
+    assert_eq!(web.spec.default_route.as_deref(), Some("staticEgressGateway"));
+    let pay = &st.configs[2];
+    assert_eq!(pay.spec.exclude_cidrs, vec!["198.18.250.0/24"], "the docs' excludeCIDRs spelling is accepted");
+    assert_eq!(pay.spec.provision_public_ips, Some(false));
+    assert!(st.nodes[0].is_gateway() && st.nodes[2].is_gateway(), "upstream and AKS gateway labels");
+    assert!(!st.nodes[5].is_gateway());
+    assert_eq!(st.nodes[0].internal_ip(), Some(ip("10.224.0.10")));
+}
+
+#[test]
+fn aks_fixture_reconciles_to_one_plan_per_gateway_node() {
+    let r = reconcile(&aks());
+    assert_eq!(r.problems, vec![], "{:#?}", r.problems);
+    let gw: Vec<&str> = r.plans.keys().map(String::as_str).collect();
+    assert_eq!(gw, [&GW1[..], &GW2[..]].concat(), "every gateway node, and only those, gets a plan");
+
+    let s = shares(&r);
+    // Each config's prefix is split, disjointly and completely, across its pool.
+    for (config, prefix, pool) in [
+        ("apps/web-egress", "198.19.100.0/28", &GW1[..]),
+        ("apps/batch-egress", "198.19.101.0/30", &GW1[..]),
+        ("payments/pay-egress", "198.19.102.0/29", &GW2[..]),
+    ] {
+        let by_node = &s[config];
+        assert!(by_node.keys().all(|n| pool.contains(&n.as_str())), "{config} stays in its pool");
+        let all: Vec<Ipv4Addr> = by_node.values().flatten().copied().collect();
+        let unique: BTreeSet<Ipv4Addr> = all.iter().copied().collect();
+        assert_eq!(all.len(), unique.len(), "{config}: no address on two nodes");
+        assert_eq!(unique, cidr(prefix).addrs().collect(), "{config}: every address served");
+    }
+    assert_eq!(s["apps/web-egress"].len(), 3, "16 addresses reach all three nodes");
+
+    for (node, plan) in &r.plans {
+        plan.compile().unwrap_or_else(|e| panic!("{node}: {e}"));
+        let web = plan.configs.iter().find(|c| c.name == "apps/web-egress");
+        if let Some(web) = web {
+            assert_eq!(web.exclude, vec![cidr("10.0.0.0/8"), cidr("172.16.0.0/12"), cidr("169.254.169.254/32")]);
+        }
+        if let Some(b) = plan.configs.iter().find(|c| c.name == "apps/batch-egress") {
+            assert_eq!(
+                (b.mapping, b.port_quota, b.timeouts.udp, b.timeouts.tcp_established),
+                (MappingMode::PortReuse, 4096, 120, 3600)
+            );
+            assert_eq!(b.timeouts.icmp, 60, "unset timeouts keep their defaults");
+        }
+    }
+    let pay_node = &r.plans[GW2[0]];
+    assert_eq!(pay_node.bindings, vec![Binding { pod_ip: ip("198.18.1.2"), config: "payments/pay-egress".into() }]);
+    let web_node = r.plans.iter().find(|(n, p)| GW1.contains(&n.as_str()) && p.configs.len() == 2).unwrap().1;
+    assert_eq!(
+        web_node.bindings,
+        vec![
+            Binding { pod_ip: ip("198.18.0.4"), config: "apps/batch-egress".into() },
+            Binding { pod_ip: ip("198.18.0.2"), config: "apps/web-egress".into() },
+            Binding { pod_ip: ip("198.18.0.3"), config: "apps/web-egress".into() },
+        ],
+        "IPv4 only; finished, pending and unannotated pods left out"
+    );
+
+    let web = r.configs.iter().find(|c| c.name == "apps/web-egress").unwrap();
+    assert!(web.served);
+    assert_eq!(web.target, "pool gwpool1");
+    assert_eq!(web.pods, vec![ip("198.18.0.2"), ip("198.18.0.3")]);
+    assert_eq!(r.nodes.len(), 5);
+}
+
+#[test]
+fn reconcile_is_deterministic_whatever_the_object_order() {
+    let st = aks();
+    let mut shuffled = st.clone();
+    shuffled.nodes.reverse();
+    shuffled.pods.reverse();
+    shuffled.configs.reverse();
+    assert_eq!(reconcile(&st), reconcile(&shuffled));
+}
+
+#[test]
+fn a_joining_node_takes_only_its_own_share() {
+    let before = shares(&reconcile(&aks()));
+    let mut st = aks();
+    st.nodes.push(gateway_node("aks-gwpool1-12345678-vmss000003", "gwpool1"));
+    let after = shares(&reconcile(&st));
+    let newcomer = "aks-gwpool1-12345678-vmss000003";
+    let mut moved = 0;
+    for config in ["apps/web-egress"] {
+        for (node, addrs) in &before[config] {
+            let now = after[config].get(node).cloned().unwrap_or_default();
+            assert!(now.is_subset(addrs), "{config}: {node} gained addresses when another node joined");
+            let lost: BTreeSet<_> = addrs.difference(&now).copied().collect();
+            assert!(lost.is_subset(&after[config][newcomer]), "{config}: what {node} lost went to the newcomer");
+            moved += lost.len();
+        }
+    }
+    assert!(moved > 0, "the newcomer takes some addresses");
+    // batch-egress has 4 addresses: now one on each of the 4 nodes.
+    assert!(after["apps/batch-egress"].values().all(|a| a.len() == 1));
+    assert_eq!(after["apps/batch-egress"].len(), 4);
+    assert_eq!(before["payments/pay-egress"], after["payments/pay-egress"], "other pools do not move");
+}
+
+#[test]
+fn a_leaving_or_unready_node_gives_up_only_its_own_share() {
+    let before = shares(&reconcile(&aks()));
+    let gone = GW1[1];
+    let mut removed = aks();
+    removed.nodes.retain(|n| n.metadata.name != gone);
+    let mut unready = aks();
+    let n = unready.nodes.iter_mut().find(|n| n.metadata.name == gone).unwrap();
+    n.status.conditions = vec![NodeCondition { kind: "Ready".into(), status: "False".into() }];
+    for st in [removed, unready] {
+        let r = reconcile(&st);
+        assert!(r.plans.get(gone).is_none_or(|p| p.configs.is_empty()));
+        let after = shares(&r);
+        assert_eq!(after["apps/batch-egress"].len(), 2, "the 4 addresses cover both remaining nodes");
+        for config in ["apps/web-egress", "apps/batch-egress"] {
+            for (node, addrs) in before[config].iter().filter(|(n, _)| *n != gone && config == "apps/web-egress") {
+                assert!(addrs.is_subset(&after[config][node]), "{config}: {node} kept its addresses");
+            }
+            let all: BTreeSet<Ipv4Addr> = after[config].values().flatten().copied().collect();
+            assert_eq!(all.len(), before[config].values().map(|a| a.len()).sum::<usize>(), "nothing dropped");
+        }
+    }
+}
+
+#[test]
+fn pods_joining_and_leaving_change_bindings_not_addresses() {
+    let st = aks();
+    let before = reconcile(&st);
+    let mut joined = st.clone();
+    let mut pod = st.pods[0].clone();
+    pod.metadata.name = "web-new".into();
+    pod.status = PodStatus { pod_ip: Some("198.18.0.20".into()), ..Default::default() };
+    joined.pods.push(pod);
+    let after = reconcile(&joined);
+    assert_eq!(shares(&before), shares(&after));
+    for node in GW1 {
+        let p = &after.plans[node];
+        let bound = p.bindings.iter().any(|b| b.pod_ip == ip("198.18.0.20") && b.config == "apps/web-egress");
+        assert_eq!(bound, p.configs.iter().any(|c| c.name == "apps/web-egress"), "{node}");
+    }
+    let mut left = st.clone();
+    left.pods.retain(|p| p.metadata.name != "pay-api-0");
+    let after = reconcile(&left);
+    assert!(after.plans[GW2[0]].bindings.is_empty());
+    assert_eq!(shares(&before), shares(&after));
+}
+
+#[test]
+fn every_problem_is_reported_and_the_good_config_survives() {
+    let st = ClusterState::read_path(&testdata("problems.yaml")).unwrap();
+    let r = reconcile(&st);
+    let got: Vec<String> = r.problems.iter().map(|p| p.to_string()).collect();
+    let want = [
+        "EgressPolicy apps/orphan: spec.gatewayConfiguration 'nosuch' is not a served StaticGatewayConfiguration in namespace apps",
+        "Pod apps/egressip: pod IP 198.19.100.1 is inside egress prefix 198.19.100.0/30 of apps/good; not bound",
+        "Pod apps/stray: names StaticGatewayConfiguration 'apps/nosuch', which does not exist",
+        "Pod apps/waiting: names StaticGatewayConfiguration 'apps/pending', which is not served: status.egressIpPrefix is not set yet (prefix not provisioned)",
+        "Pod apps/zz-sameip: pod IP 198.18.0.2 is already bound by Pod apps/ok; not bound",
+        "Pod web/wrongns: names StaticGatewayConfiguration 'web/good', which does not exist",
+        "StaticGatewayConfiguration apps/badexclude: spec.excludeCidrs[1]: invalid CIDR '10.0.0.0/33': prefix length over 32",
+        "StaticGatewayConfiguration apps/badmode: annotation egret.dev/mapping: unknown mode 'sideways' (endpoint-independent, port-reuse)",
+        "StaticGatewayConfiguration apps/badtimeout: config 'apps/badtimeout': timeout udp = 0s is out of range (1..=604800)",
+        "StaticGatewayConfiguration apps/bothtargets: spec.gatewayNodepoolName and spec.gatewayVmssProfile are both set; only one may be",
+        "StaticGatewayConfiguration apps/down: no ready gateway node in pool downpool",
+        "StaticGatewayConfiguration apps/hostbits: status.egressIpPrefix: invalid CIDR '198.19.110.1/28': host bits set",
+        "StaticGatewayConfiguration apps/nowhere: no ready gateway node in pool nopool",
+        "StaticGatewayConfiguration apps/pending: status.egressIpPrefix is not set yet (prefix not provisioned)",
+        "StaticGatewayConfiguration apps/untargeted: neither spec.gatewayNodepoolName nor spec.gatewayVmssProfile is set",
+        "StaticGatewayConfiguration other/overlap: status.egressIpPrefix 198.19.100.2/31 overlaps 198.19.100.0/30 of apps/good (created earlier), which keeps it",
+    ];
+    assert_eq!(got, want);
+    let plan = &r.plans["gw-0"];
+    assert_eq!(plan.configs.len(), 1);
+    assert_eq!(plan.configs[0].name, "apps/good");
+    assert_eq!(plan.bindings, vec![Binding { pod_ip: ip("198.18.0.2"), config: "apps/good".into() }]);
+    plan.compile().unwrap();
+    assert!(r.plans["gw-down"].configs.is_empty(), "an unready gateway node gets an empty plan");
+    let unserved: Vec<&str> = r.configs.iter().filter(|c| !c.served).map(|c| c.name.as_str()).collect();
+    assert_eq!(unserved.len(), 10);
+}
+
+#[test]
+fn a_small_prefix_leaves_some_nodes_idle_and_says_so() {
+    let mut st = aks();
+    st.configs.truncate(2); // web (/28) and batch (/30) on 3 nodes
+    st.configs[1].status.as_mut().unwrap().egress_ip_prefix = Some("198.19.101.0/31".into());
+    st.pods.retain(|p| p.metadata.namespace.as_deref() == Some("apps"));
+    let r = reconcile(&st);
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert!(r.problems[0]
+        .message
+        .starts_with("prefix 198.19.101.0/31 has 2 addresses for 3 gateway nodes; no share for aks-gwpool1-"));
+    let batch = &shares(&r)["apps/batch-egress"];
+    assert_eq!(batch.values().map(|a| a.len()).sum::<usize>(), 2);
+    for plan in r.plans.values() {
+        plan.compile().unwrap();
+    }
+}
+
+#[test]
+fn vmss_profile_matches_nodes_by_provider_id() {
+    let r = reconcile(&ClusterState::read_path(&testdata("vmss.yaml")).unwrap());
+    assert_eq!(r.problems, vec![]);
+    let p = &r.plans["gatewayvmss000000"];
+    assert_eq!(p.configs[0].name, "default/sgw1");
+    assert_eq!(p.configs[0].egress.len(), 2);
+    assert_eq!(p.configs[0].exclude, vec![cidr("10.244.0.0/16"), cidr("10.0.0.0/16")]);
+    assert_eq!(p.bindings, vec![Binding { pod_ip: ip("198.18.3.3"), config: "default/sgw1".into() }]);
+    assert!(r.plans["othervmss000000"].configs.is_empty());
+}
+
+#[test]
+fn duplicate_objects_are_reported_and_the_first_kept() {
+    let mut st = aks();
+    let mut dup = st.configs[0].clone();
+    dup.spec.gateway_nodepool_name = Some("gwpool2".into());
+    st.configs.push(dup);
+    let r = reconcile(&st);
+    assert_eq!(
+        r.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        ["StaticGatewayConfiguration apps/web-egress: defined more than once; the first definition is used"]
+    );
+    assert_eq!(shares(&r), shares(&reconcile(&aks())));
+}
+
+#[test]
+fn standalone_plan_serves_every_config_whole() {
+    let (plan, problems) = plan_from_yaml_path(&testdata("aks"), 3).unwrap();
+    assert_eq!(problems, vec![]);
+    assert_eq!(plan.version, 3);
+    let names: Vec<&str> = plan.configs.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["apps/batch-egress", "apps/web-egress", "payments/pay-egress"]);
+    assert_eq!(plan.configs[1].egress, vec![cidr("198.19.100.0/28")]);
+    assert_eq!(plan.bindings.len(), 4);
+    plan.compile().unwrap();
+
+    // Standalone needs no node pool, but still leaves bad objects out.
+    let (plan, problems) = plan_from_yaml_path(&testdata("problems.yaml"), 1).unwrap();
+    plan.compile().unwrap();
+    let names: Vec<&str> = plan.configs.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["apps/bothtargets", "apps/down", "apps/good", "apps/nowhere", "apps/untargeted"]);
+    assert!(problems.iter().any(|p| p.object == "StaticGatewayConfiguration other/overlap"));
+}
+
+#[test]
+fn policies_attach_and_an_invalid_policy_fails_closed() {
+    let text = r#"
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: StaticGatewayConfiguration
+metadata: {name: myconfig, namespace: apps}
+spec: {gatewayNodepoolName: gwpool}
+status: {egressIpPrefix: 198.19.100.0/30}
+---
+apiVersion: egret.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: lockdown, namespace: apps}
+spec:
+  gatewayConfiguration: myconfig
+  defaultAction: deny
+  rules:
+  - {name: web, action: allow, cidrs: [198.19.0.0/24], protocol: tcp, ports: [443]}
+"#;
+    let (plan, problems) = standalone_plan(&ClusterState::parse(text, "t").unwrap(), 1);
+    assert_eq!(problems, vec![]);
+    assert_eq!(plan.configs[0].policy.as_ref().unwrap().rules[0].name, "web");
+
+    let bad = text.replace("ports: [443]", "ports: [443], fqdns: ['']");
+    let (plan, problems) = standalone_plan(&ClusterState::parse(&bad, "t").unwrap(), 1);
+    assert!(plan.configs.is_empty(), "a config with an invalid policy is not served");
+    assert_eq!(problems.len(), 1);
+    assert!(
+        problems[0].to_string().starts_with("EgressPolicy apps/lockdown: config 'apps/myconfig' policy: "),
+        "{}",
+        problems[0]
+    );
+}
+
+#[test]
+fn broken_yaml_names_the_file_document_and_object() {
+    let e = ClusterState::parse("kind: Pod\n---\nkind: [", "bad.yaml").unwrap_err().to_string();
+    assert!(e.starts_with("bad.yaml: document 2:"), "{e}");
+    let e = ClusterState::parse(
+        "kind: StaticGatewayConfiguration\nmetadata: {name: x, namespace: apps}\nspec: {excludeCidrs: 5}",
+        "f.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(e, "f.yaml: document 1: StaticGatewayConfiguration apps/x: spec.excludeCidrs: invalid type: integer `5`, expected a sequence");
+    let e = ClusterState::read_path(&testdata("no-such-file.yaml")).unwrap_err().to_string();
+    assert!(e.contains("no-such-file.yaml: No such file"), "{e}");
+}
+
+#[test]
+fn json_from_the_api_server_reads_the_same() {
+    let yaml = std::fs::read_to_string(testdata("vmss.yaml")).unwrap();
+    let from_yaml = ClusterState::parse(&yaml, "y").unwrap();
+    let json = serde_json::to_string(&from_yaml.configs[0]).unwrap();
+    let text = format!("{{\"kind\":\"StaticGatewayConfiguration\",{}", &json[1..]);
+    let from_json = ClusterState::parse(&text, "j").unwrap();
+    assert_eq!(from_json.configs, from_yaml.configs);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Rendezvous: adding nodes moves an address only to an added node.
+        #[test]
+        fn minimal_movement(len in 24u8..=30, base in 1usize..6, extra in 1usize..4) {
+            let prefix = Ipv4Cidr::new(Ipv4Addr::new(198, 19, 0, 0), len).unwrap();
+            let names: Vec<String> = (0..base + extra).map(|i| format!("gw-{i}")).collect();
+            let small: Vec<&str> = names[..base].iter().map(String::as_str).collect();
+            let big: Vec<&str> = names.iter().map(String::as_str).collect();
+            for a in prefix.addrs() {
+                let (before, after) = (rendezvous_owner(&small, a).unwrap(), rendezvous_owner(&big, a).unwrap());
+                prop_assert!(before == after || !small.contains(&after), "{} moved from {} to {}", a, before, after);
+            }
+        }
+
+        /// The split covers the prefix exactly once, and every node while
+        /// there are addresses enough.
+        #[test]
+        fn split_covers(len in 26u8..=32, n in 1usize..12) {
+            let prefix = Ipv4Cidr::new(Ipv4Addr::new(198, 19, 0, 0), len).unwrap();
+            let names: Vec<String> = (0..n).map(|i| format!("aks-gw-{i}")).collect();
+            let nodes: Vec<&str> = names.iter().map(String::as_str).collect();
+            let s = split_prefix(prefix, &nodes);
+            let all: BTreeSet<Ipv4Addr> = s.values().flatten().copied().collect();
+            prop_assert_eq!(s.values().map(Vec::len).sum::<usize>(), all.len());
+            prop_assert_eq!(all.len() as u64, prefix.size());
+            let idle = s.values().filter(|a| a.is_empty()).count() as u64;
+            prop_assert_eq!(idle, (n as u64).saturating_sub(prefix.size()));
+        }
+    }
+
+    #[test]
+    fn split_is_roughly_even() {
+        let prefix = cidr("198.19.0.0/22");
+        let nodes = ["a", "b", "c", "d"];
+        let s = split_prefix(prefix, &nodes);
+        for (n, a) in &s {
+            assert!((180..=330).contains(&a.len()), "{n}: {} of 1024", a.len());
+        }
+    }
+}
