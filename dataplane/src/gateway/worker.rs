@@ -21,6 +21,20 @@ pub const BATCH: usize = 64;
 pub const HANDOFF_BYTES: usize = 2048;
 /// Frames waiting for a TX ring beyond which a worker stops receiving.
 const TX_BACKLOG: usize = 512;
+/// Frames held while the kernel resolves their next hop (Linux holds up
+/// to 101 per neighbour), and how long they wait.
+const PENDING_MAX: usize = 256;
+const PENDING_MS: u64 = 1000;
+
+/// A translated frame waiting for its next hop's MAC.
+#[derive(Clone, Copy)]
+struct Pending {
+    port: usize,
+    addr: u64,
+    len: usize,
+    dst: u32,
+    since_ms: u64,
+}
 
 /// A frame on its way to the worker that owns its session.
 pub struct Handoff {
@@ -98,6 +112,7 @@ pub struct Worker {
     pub epoch: Instant,
     pub io_counters: IoCounters,
     tx: Vec<Vec<XdpDesc>>,
+    pending: Vec<Pending>,
 }
 
 impl Worker {
@@ -131,6 +146,7 @@ impl Worker {
             epoch,
             io_counters: IoCounters::default(),
             tx,
+            pending: Vec::with_capacity(PENDING_MAX),
         }
     }
 
@@ -185,6 +201,9 @@ impl Worker {
             }
             work += self.drain_inbox(now);
             self.drain_released();
+            if !self.pending.is_empty() {
+                self.retry_pending(now);
+            }
             for port in 0..self.io.ports.len() {
                 let sent = self.io.transmit(port, &self.tx[port]);
                 self.io_counters.tx_packets += sent as u64;
@@ -273,9 +292,16 @@ impl Worker {
                         self.tx[out].push(WorkerIo::desc(addr, len + ethernet::HEADER_LEN));
                     }
                     Err(Miss::NoNeighbour(hop)) => {
+                        // Hold it while the kernel resolves the next hop,
+                        // as the kernel itself would.
                         self.nexthops.request(p.ifindex, hop);
-                        self.io_counters.no_neighbour += 1;
-                        self.io.release(addr);
+                        if self.pending.len() < PENDING_MAX {
+                            let len = len + ethernet::HEADER_LEN;
+                            self.pending.push(Pending { port: out, addr, len, dst, since_ms: now.millis() });
+                        } else {
+                            self.io_counters.no_neighbour += 1;
+                            self.io.release(addr);
+                        }
                     }
                     Err(Miss::NoRoute) => {
                         self.io_counters.no_route += 1;
@@ -294,6 +320,33 @@ impl Worker {
                 self.io.release(addr);
             }
             Verdict::Held | Verdict::Drop(_) => self.io.release(addr),
+        }
+    }
+
+    /// Sends held frames whose next hop is now known; drops (and counts)
+    /// those that waited too long.
+    fn retry_pending(&mut self, now: Time) {
+        let table = self.nexthops.table();
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = self.pending[i];
+            let port = &self.io.ports[p.port];
+            match table.lookup(port.ifindex, p.dst) {
+                Ok(mac) => {
+                    // SAFETY: a held frame is ours until sent or released.
+                    let f = unsafe { self.io.frame_mut(p.addr) };
+                    f[0..6].copy_from_slice(&mac);
+                    f[6..12].copy_from_slice(&port.mac);
+                    self.tx[p.port].push(WorkerIo::desc(p.addr, p.len));
+                    self.pending.swap_remove(i);
+                }
+                Err(_) if now.millis().saturating_sub(p.since_ms) > PENDING_MS => {
+                    self.io_counters.no_neighbour += 1;
+                    self.io.release(p.addr);
+                    self.pending.swap_remove(i);
+                }
+                Err(_) => i += 1,
+            }
         }
     }
 
