@@ -208,6 +208,8 @@ pub struct NatEngine {
     policy_hits: Vec<Vec<u64>>,
     deny_events: std::collections::VecDeque<DenyEvent>,
     nat_events: std::collections::VecDeque<NatEvent>,
+    /// Live sessions per config index and protocol slot.
+    live: Vec<[u64; 3]>,
 }
 
 /// A new flow the egress policy denied, kept (bounded) for the log.
@@ -281,6 +283,7 @@ impl NatEngine {
             policy_hits: Vec::new(),
             deny_events: std::collections::VecDeque::with_capacity(DENY_EVENTS_KEPT),
             nat_events: std::collections::VecDeque::new(),
+            live: Vec::new(),
             plan: Arc::new(CompiledPlan {
                 version: 0,
                 configs: Vec::new(),
@@ -369,7 +372,20 @@ impl NatEngine {
     }
     /// Live sessions (excluding cooling tombstones).
     pub fn session_count(&self) -> usize {
-        self.sessions.iter().filter(|(_, s)| s.is_live()).count()
+        self.live.iter().flatten().sum::<u64>() as usize
+    }
+
+    /// Live sessions per config and protocol (TCP, UDP, ICMP).
+    pub fn sessions_by_config(&self) -> Vec<(String, [u64; 3])> {
+        self.plan.configs.iter().zip(&self.live).map(|(c, l)| (c.name.clone(), *l)).collect()
+    }
+
+    #[inline]
+    fn count_live(&mut self, ci: u16, proto: u8, up: bool) {
+        if let Some(l) = self.live.get_mut(usize::from(ci)) {
+            let slot = &mut l[proto_slot(proto)];
+            *slot = if up { *slot + 1 } else { slot.saturating_sub(1) };
+        }
     }
     /// Occupied session slots, live and cooling: what counts against capacity.
     pub fn session_slots(&self) -> usize {
@@ -539,6 +555,17 @@ impl NatEngine {
                 }
             }
         }
+        self.recount_live();
+    }
+
+    fn recount_live(&mut self) {
+        let mut live = vec![[0u64; 3]; self.plan.configs.len()];
+        for (_, s) in self.sessions.iter() {
+            if s.is_live() {
+                live[usize::from(s.config)][proto_slot(s.proto)] += 1;
+            }
+        }
+        self.live = live;
     }
 
     /// Whether a changed policy cuts this live session.
@@ -848,6 +875,7 @@ impl NatEngine {
             self.addrs.get_mut(&egress).expect("pool address").sessions += 1;
         }
         self.counters.sessions_created += 1;
+        self.count_live(ci, k.proto, true);
         self.log_session(true, &s, now);
         Ok(i)
     }
@@ -942,6 +970,7 @@ impl NatEngine {
             return;
         }
         self.counters.sessions_closed += 1;
+        self.count_live(s.config, s.proto, false);
         self.log_session(false, &s, now);
         if s.mapping != NONE {
             self.sessions.remove(i);

@@ -129,6 +129,7 @@ impl NatEngine {
         let i = self.sessions.insert(s)?;
         self.mappings.get_mut(mi).refs += 1;
         self.counters.sessions_created += 1;
+        self.count_live(s.config, s.proto, true);
         self.log_session(true, &s, now);
         Some(i)
     }

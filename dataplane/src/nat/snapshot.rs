@@ -152,6 +152,7 @@ impl NatEngine {
         if self.sessions.insert(s).is_none() {
             return false;
         }
+        self.count_live(ci, r.proto, true);
         if mapping == NONE {
             self.pods.get_mut(&pod).expect("bound pod").holdings += 1;
             self.addrs.get_mut(&egress).expect("pool address").sessions += 1;

@@ -272,6 +272,7 @@ fn endpoint_independent_mapping_keeps_one_port_per_pod_endpoint() {
     assert_eq!(stranger.run(&mut e, T0), Verdict::Drop(DropReason::Unsolicited));
     assert_eq!(e.mapping_count(), 1);
     assert_eq!(e.session_count(), 2);
+    assert_eq!(e.sessions_by_config()[0], ("a".to_string(), [0, 2, 0]));
 }
 
 #[test]
@@ -877,6 +878,7 @@ mod properties {
                 let v = p.run(&mut e, t);
                 prop_assert!(matches!(v, Verdict::Forward { .. } | Verdict::Reply { .. }), "{:?}", v);
                 e.expire(t, 64);
+                prop_assert_eq!(e.session_count(), e.sessions().count(), "live session counters");
                 let mut outside = std::collections::HashSet::new();
                 for s in e.sessions() {
                     prop_assert!(outside.insert(s.out_key()), "two live sessions on one outside tuple");
