@@ -1,0 +1,66 @@
+//! egret-control: cluster state in, one plan per gateway node out, over gRPC.
+
+use clap::Parser;
+use egret_control::{serve, source, ControlState, ServerTls};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(version, about = "Egret's control plane: streams each gateway node its plan")]
+struct Args {
+    /// Address to serve gRPC on (plan stream, admin, health, reflection).
+    #[arg(long, default_value = "127.0.0.1:50051", env = "EGRET_LISTEN")]
+    listen: String,
+    /// A manifests file or directory (StaticGatewayConfigurations, Pods,
+    /// Nodes, EgressPolicies as `kubectl get -o yaml` prints them), re-read
+    /// when it changes.
+    #[arg(long, env = "EGRET_MANIFESTS")]
+    manifests: PathBuf,
+    /// How often to check the manifests for changes, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    poll_ms: u64,
+    /// Serve TLS with this certificate (PEM) ...
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<String>,
+    /// ... and this key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<String>,
+    /// Require client certificates signed by this CA (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<String>,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    if let Err(e) = run(Args::parse()).await {
+        eprintln!("egret-control: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(a: Args) -> Result<(), String> {
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(ServerTls::read(c, k, a.client_ca.as_deref())?),
+        _ => None,
+    };
+    let state = ControlState::new();
+    // The first load must work: a typo at start-up is an error, not an empty plan.
+    source::load_file(&state, &a.manifests)?;
+    tokio::spawn(source::watch_file(state.clone(), a.manifests.clone(), Duration::from_millis(a.poll_ms)));
+    let listener =
+        tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("listen on {}: {e}", a.listen))?;
+    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, tls = tls.is_some(), mtls = a.client_ca.is_some(), "serving");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    serve(listener, state, tls, shutdown).await
+}

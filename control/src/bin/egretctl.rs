@@ -1,0 +1,317 @@
+//! egretctl: the operator's CLI over egret-control's admin service.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use egret_api::client::{endpoint, error_chain, status_text, TlsFiles};
+use egret_api::v1::{self as api, admin_service_client::AdminServiceClient};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(version, about = "Query Egret's control plane")]
+struct Cli {
+    /// egret-control's address (https:// for TLS).
+    #[arg(long, short, global = true, default_value = "http://127.0.0.1:50051", env = "EGRET_SERVER")]
+    server: String,
+    /// CA certificate (PEM) that signed the server's certificate.
+    #[arg(long, global = true, env = "EGRET_CA")]
+    ca: Option<String>,
+    /// Client certificate (PEM), for mutual TLS.
+    #[arg(long, global = true, env = "EGRET_CERT", requires = "key")]
+    cert: Option<String>,
+    /// Client key (PEM), for mutual TLS.
+    #[arg(long, global = true, env = "EGRET_KEY", requires = "cert")]
+    key: Option<String>,
+    /// Name to check the server's certificate against (default: its host).
+    #[arg(long, global = true)]
+    tls_name: Option<String>,
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Gateway configs: target, prefix, which node holds which addresses.
+    Configs,
+    /// A node's plan, its version, and what the gateway applied.
+    Plan { node: String },
+    /// Gateway nodes: readiness, plan and applied versions, connection.
+    Nodes,
+    /// Objects left out of the plans, and why.
+    Problems,
+    /// Live sessions (from the gateways' latest reports).
+    Sessions {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        pod: Option<String>,
+        #[arg(long)]
+        egress: Option<String>,
+    },
+    /// Port usage per egress address.
+    Ports {
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Gateways' counters.
+    Stats {
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    match run(&cli).await {
+        Ok(out) => print!("{out}"),
+        Err(e) => {
+            eprintln!("egretctl: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(cli: &Cli) -> Result<String, String> {
+    let tls = match &cli.ca {
+        Some(ca) => {
+            let mut t = TlsFiles::read(ca, cli.cert.as_deref(), cli.key.as_deref())?;
+            t.domain = cli.tls_name.clone();
+            Some(t)
+        }
+        None if cli.server.starts_with("https://") => {
+            return Err("an https:// server needs --ca (the CA that signed its certificate)".into())
+        }
+        None => None,
+    };
+    let ep = endpoint(&cli.server, tls.as_ref(), Duration::from_secs(3))?.timeout(Duration::from_secs(10));
+    let channel = ep.connect().await.map_err(|e| {
+        let chain = error_chain(&e);
+        if tls.is_some() && (chain.contains("certificate") || chain.contains("tls") || chain.contains("TLS")) {
+            format!("TLS handshake with {} failed: {chain}", cli.server)
+        } else {
+            format!("cannot reach egret-control at {}: {chain}", cli.server)
+        }
+    })?;
+    let mut c = AdminServiceClient::new(channel);
+    let st = |s: tonic::Status| match s.code() {
+        tonic::Code::NotFound => s.message().to_string(),
+        tonic::Code::Unavailable | tonic::Code::Unknown => {
+            format!(
+                "egret-control at {} failed the call ({}); with mutual TLS, check --cert/--key",
+                cli.server,
+                status_text(&s)
+            )
+        }
+        _ => status_text(&s),
+    };
+    let json_out = cli.output == Output::Json;
+    let (value, table): (Value, String) = match &cli.cmd {
+        Cmd::Configs => {
+            let r = c.list_configs(api::ListConfigsRequest {}).await.map_err(st)?.into_inner();
+            let mut rows = vec![row(["CONFIG", "TARGET", "PREFIX", "SERVED", "NODE", "ADDRESSES", "PODS"])];
+            for cf in &r.configs {
+                let pods = cf.pod_ips.len().to_string();
+                if cf.shares.is_empty() {
+                    rows.push(row([&cf.name, &cf.target, &cf.prefix, yes(cf.served), "-", "-", &pods]));
+                }
+                for (i, s) in cf.shares.iter().enumerate() {
+                    let (n, t, p, sv, pd) = if i == 0 {
+                        (cf.name.as_str(), cf.target.as_str(), cf.prefix.as_str(), yes(cf.served), pods.as_str())
+                    } else {
+                        ("", "", "", "", "")
+                    };
+                    rows.push(row([n, t, p, sv, &s.node, &s.addresses.join(","), pd]));
+                }
+            }
+            let v = json!({"generation": r.generation, "configs": r.configs.iter().map(|cf| json!({
+                "name": cf.name, "target": cf.target, "prefix": cf.prefix, "served": cf.served,
+                "shares": cf.shares.iter().map(|s| (s.node.clone(), json!(s.addresses))).collect::<serde_json::Map<_, _>>(),
+                "pods": cf.pod_ips,
+            })).collect::<Vec<_>>()});
+            (v, table(rows))
+        }
+        Cmd::Plan { node } => {
+            let r = c.get_plan(api::GetPlanRequest { node: node.clone() }).await.map_err(st)?.into_inner();
+            let plan: Value = serde_json::from_str(&r.plan_json).map_err(|e| format!("plan from server: {e}"))?;
+            let v = json!({"node": r.node, "version": r.version, "appliedVersion": r.applied_version,
+                "appliedError": r.applied_error, "connected": r.connected, "plan": plan});
+            let mut t = format!(
+                "node {}  plan version {}  applied {}{}  {}\n",
+                r.node,
+                r.version,
+                r.applied_version,
+                if r.applied_error.is_empty() { String::new() } else { format!(" (rejected: {})", r.applied_error) },
+                if r.connected { "connected" } else { "not connected" }
+            );
+            let mut rows = vec![row(["CONFIG", "EGRESS", "EXCLUDE", "MAPPING", "QUOTA", "PODS"])];
+            for cf in plan["configs"].as_array().into_iter().flatten() {
+                let name = cf["name"].as_str().unwrap_or_default();
+                let pods = plan["bindings"].as_array().into_iter().flatten().filter(|b| b["config"] == name).count();
+                rows.push(row([
+                    name,
+                    &strings(&cf["egress"]).join(","),
+                    &strings(&cf["exclude"]).join(","),
+                    cf["mapping"].as_str().unwrap_or_default(),
+                    &cf["portQuota"].to_string(),
+                    &pods.to_string(),
+                ]));
+            }
+            t.push_str(&table(rows));
+            (v, t)
+        }
+        Cmd::Nodes => {
+            let r = c.list_nodes(api::ListNodesRequest {}).await.map_err(st)?.into_inner();
+            let mut rows = vec![row(["NODE", "POOL", "IP", "READY", "PLAN", "APPLIED", "CONNECTED", "REPORT AGE"])];
+            for n in &r.nodes {
+                rows.push(row([
+                    &n.name,
+                    &n.pool,
+                    &n.internal_ip,
+                    yes(n.ready),
+                    &n.plan_version.to_string(),
+                    &if n.applied_error.is_empty() {
+                        n.applied_version.to_string()
+                    } else {
+                        format!("{} (rejected)", n.applied_version)
+                    },
+                    yes(n.connected),
+                    &n.report_age_s.map_or("-".into(), |a| format!("{a}s")),
+                ]));
+            }
+            let v = json!(r
+                .nodes
+                .iter()
+                .map(|n| json!({"name": n.name, "pool": n.pool, "internalIp": n.internal_ip,
+                "ready": n.ready, "planVersion": n.plan_version, "appliedVersion": n.applied_version,
+                "appliedError": n.applied_error, "connected": n.connected, "reportAgeSeconds": n.report_age_s}))
+                .collect::<Vec<_>>());
+            (v, table(rows))
+        }
+        Cmd::Problems => {
+            let r = c.list_problems(api::ListProblemsRequest {}).await.map_err(st)?.into_inner();
+            let mut rows = vec![row(["OBJECT", "PROBLEM"])];
+            rows.extend(r.problems.iter().map(|p| row([&p.object, &p.message])));
+            let v =
+                json!(r.problems.iter().map(|p| json!({"object": p.object, "message": p.message})).collect::<Vec<_>>());
+            (v, table(rows))
+        }
+        Cmd::Sessions { node, pod, egress } => {
+            let req = api::ListSessionsRequest {
+                node: node.clone().unwrap_or_default(),
+                pod_ip: pod.clone().unwrap_or_default(),
+                egress_ip: egress.clone().unwrap_or_default(),
+            };
+            let r = c.list_sessions(req).await.map_err(st)?.into_inner();
+            let mut rows = vec![row(["NODE", "PROTO", "POD", "EGRESS", "REMOTE", "CONFIG", "STATE", "IDLE"])];
+            let mut js = Vec::new();
+            for ns in &r.sessions {
+                let Some(s) = &ns.session else { continue };
+                rows.push(row([
+                    &ns.node,
+                    &s.protocol,
+                    &format!("{}:{}", s.pod_ip, s.pod_port),
+                    &format!("{}:{}", s.egress_ip, s.egress_port),
+                    &format!("{}:{}", s.remote_ip, s.remote_port),
+                    &s.config,
+                    &s.state,
+                    &format!("{}ms", s.idle_ms),
+                ]));
+                js.push(json!({"node": ns.node, "protocol": s.protocol, "podIp": s.pod_ip, "podPort": s.pod_port,
+                    "egressIp": s.egress_ip, "egressPort": s.egress_port, "remoteIp": s.remote_ip,
+                    "remotePort": s.remote_port, "config": s.config, "state": s.state, "idleMs": s.idle_ms}));
+            }
+            let mut t = table(rows);
+            t.push_str(&format!("{} shown of {} live sessions (gateways report a sample)\n", js.len(), r.total));
+            (json!({"total": r.total, "sessions": js}), t)
+        }
+        Cmd::Ports { node } => {
+            let r = c
+                .list_ports(api::ListPortsRequest { node: node.clone().unwrap_or_default() })
+                .await
+                .map_err(st)?
+                .into_inner();
+            let mut rows = vec![row(["NODE", "EGRESS", "CONFIG", "IN USE", "CAPACITY", "USED"])];
+            let mut js = Vec::new();
+            for p in &r.ports {
+                let Some(u) = &p.usage else { continue };
+                let pct = if u.capacity == 0 { 0.0 } else { 100.0 * f64::from(u.in_use) / f64::from(u.capacity) };
+                rows.push(row([
+                    &p.node,
+                    &u.egress_ip,
+                    &u.config,
+                    &u.in_use.to_string(),
+                    &u.capacity.to_string(),
+                    &format!("{pct:.1}%"),
+                ]));
+                js.push(json!({"node": p.node, "egressIp": u.egress_ip, "config": u.config, "inUse": u.in_use, "capacity": u.capacity}));
+            }
+            (json!(js), table(rows))
+        }
+        Cmd::Stats { node } => {
+            let r = c
+                .get_stats(api::GetStatsRequest { node: node.clone().unwrap_or_default() })
+                .await
+                .map_err(st)?
+                .into_inner();
+            let mut rows = vec![row(["NODE", "COUNTER", "VALUE"])];
+            let mut js = serde_json::Map::new();
+            for n in &r.nodes {
+                let mut counters: Vec<_> = n.counters.iter().collect();
+                counters.sort();
+                if counters.is_empty() {
+                    rows.push(row([&n.node, "(no report yet)", ""]));
+                }
+                for (k, v) in &counters {
+                    rows.push(row([&n.node, k, &v.to_string()]));
+                }
+                js.insert(n.node.clone(), json!({"counters": n.counters, "reportAgeSeconds": n.report_age_s}));
+            }
+            let mut t = format!("generation {}  problems {}\n", r.generation, r.problems);
+            t.push_str(&table(rows));
+            (json!({"generation": r.generation, "problems": r.problems, "nodes": js}), t)
+        }
+    };
+    Ok(if json_out {
+        format!("{}\n", serde_json::to_string_pretty(&value).expect("JSON values serialise"))
+    } else {
+        table
+    })
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_string)).collect()
+}
+
+fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(|c| c.to_string()).collect()
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(rows: Vec<Vec<String>>) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..cols).map(|i| rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,13 @@
+//! egret-control: reads cluster state (a manifests file or directory, or the
+//! Kubernetes API), reconciles it into one plan per gateway node
+//! (`egret_dataplane::cluster::reconcile`), and streams the plans to the
+//! gateways over gRPC (`control/proto/egret.proto`). Operators query it with
+//! egretctl or grpcurl.
+
+pub mod server;
+pub mod service;
+pub mod source;
+pub mod state;
+
+pub use server::{serve, ServerTls};
+pub use state::ControlState;

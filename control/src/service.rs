@@ -1,0 +1,287 @@
+//! The gRPC services: the plan stream gateways subscribe to, and the admin
+//! calls operators make.
+
+use crate::state::{ControlState, Snapshot};
+use egret_api::v1::{
+    self as api, admin_service_server::AdminService, gateway_message::Msg, plan_service_server::PlanService,
+};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+#[derive(Clone)]
+pub struct Plans {
+    pub state: Arc<ControlState>,
+}
+
+fn unknown_node(node: &str) -> Status {
+    Status::not_found(format!(
+        "unknown node '{node}': not a gateway node (no Node labelled kubeegressgateway.azure.com/mode=true \
+         or kubernetes.azure.com/mode=gateway with that name)"
+    ))
+}
+
+#[tonic::async_trait]
+impl PlanService for Plans {
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<api::PlanUpdate, Status>> + Send + 'static>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<api::GatewayMessage>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(api::GatewayMessage { msg: Some(Msg::Hello(h)) }) if !h.node.is_empty() => h,
+            _ => return Err(Status::invalid_argument("the first message must be Hello with a node name")),
+        };
+        let node = hello.node.clone();
+        let mut snapshots = self.state.watch();
+        if snapshots.borrow().plan_for(&node).is_none() {
+            return Err(unknown_node(&node));
+        }
+        tracing::info!(node, ?peer, serving = hello.serving_version, "gateway subscribed");
+        self.state.with_link(&node, |l| l.connected += 1);
+
+        let (tx, rx) = mpsc::channel::<Result<api::PlanUpdate, Status>>(4);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            loop {
+                let update = {
+                    let snap = snapshots.borrow_and_update();
+                    match snap.plan_for(&node) {
+                        Some(p) if p.version != sent => {
+                            sent = p.version;
+                            Some(Ok(api::PlanUpdate {
+                                node: node.clone(),
+                                version: p.version,
+                                plan_json: (*p.json).clone(),
+                            }))
+                        }
+                        Some(_) => None,
+                        None => Some(Err(Status::not_found(format!("node '{node}' is no longer a gateway node")))),
+                    }
+                };
+                if let Some(u) = update {
+                    let last = u.is_err();
+                    if tx.send(u).await.is_err() || last {
+                        break;
+                    }
+                }
+                tokio::select! {
+                    c = snapshots.changed() => if c.is_err() { break },
+                    m = inbound.next() => match m {
+                        Some(Ok(m)) => handle(&state, &node, m),
+                        Some(Err(e)) => {
+                            tracing::info!(node, error = %e, "gateway stream error");
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = tx.closed() => break,
+                }
+            }
+            state.with_link(&node, |l| l.connected = l.connected.saturating_sub(1));
+            tracing::info!(node, "gateway unsubscribed");
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+fn handle(state: &ControlState, node: &str, m: api::GatewayMessage) {
+    match m.msg {
+        Some(Msg::Ack(a)) => {
+            if a.error.is_empty() {
+                tracing::info!(node, version = a.version, "gateway applied plan");
+            } else {
+                tracing::warn!(node, version = a.version, error = %a.error, "gateway rejected plan");
+            }
+            state.with_link(node, |l| {
+                l.applied_version = if a.error.is_empty() { a.version } else { l.applied_version };
+                l.applied_error = a.error;
+            });
+        }
+        Some(Msg::Report(r)) => state.with_link(node, |l| l.report = Some((Instant::now(), r))),
+        Some(Msg::Hello(_)) | None => {}
+    }
+}
+
+#[derive(Clone)]
+pub struct Admin {
+    pub state: Arc<ControlState>,
+}
+
+impl Admin {
+    /// The nodes a node filter names: one (which must exist) or all.
+    fn nodes(&self, snap: &Snapshot, node: &str) -> Result<Vec<String>, Status> {
+        if node.is_empty() {
+            let mut all: Vec<String> = snap.plans.keys().cloned().collect();
+            all.extend(self.state.links().into_keys().filter(|n| !snap.plans.contains_key(n)));
+            return Ok(all);
+        }
+        if snap.plan_for(node).is_none() && !self.state.links().contains_key(node) {
+            return Err(unknown_node(node));
+        }
+        Ok(vec![node.to_string()])
+    }
+}
+
+fn age(r: &Option<(Instant, api::Report)>) -> Option<u64> {
+    r.as_ref().map(|(t, _)| t.elapsed().as_secs())
+}
+
+#[tonic::async_trait]
+impl AdminService for Admin {
+    async fn list_configs(
+        &self,
+        _: Request<api::ListConfigsRequest>,
+    ) -> Result<Response<api::ListConfigsResponse>, Status> {
+        let snap = self.state.snapshot();
+        let configs = snap
+            .reconciled
+            .configs
+            .iter()
+            .map(|c| api::ConfigInfo {
+                name: c.name.clone(),
+                target: c.target.clone(),
+                prefix: c.prefix.map(|p| p.to_string()).unwrap_or_default(),
+                served: c.served,
+                shares: c
+                    .shares
+                    .iter()
+                    .map(|(n, a)| api::NodeShare {
+                        node: n.clone(),
+                        addresses: a.iter().map(|x| x.to_string()).collect(),
+                    })
+                    .collect(),
+                pod_ips: c.pods.iter().map(|p| p.to_string()).collect(),
+            })
+            .collect();
+        Ok(Response::new(api::ListConfigsResponse { configs, generation: snap.generation }))
+    }
+
+    async fn get_plan(&self, req: Request<api::GetPlanRequest>) -> Result<Response<api::GetPlanResponse>, Status> {
+        let node = req.into_inner().node;
+        let snap = self.state.snapshot();
+        let p = snap.plan_for(&node).ok_or_else(|| unknown_node(&node))?;
+        let link = self.state.link(&node);
+        Ok(Response::new(api::GetPlanResponse {
+            node,
+            version: p.version,
+            plan_json: (*p.json).clone(),
+            applied_version: link.applied_version,
+            applied_error: link.applied_error,
+            connected: link.connected > 0,
+        }))
+    }
+
+    async fn list_nodes(&self, _: Request<api::ListNodesRequest>) -> Result<Response<api::ListNodesResponse>, Status> {
+        let snap = self.state.snapshot();
+        let links = self.state.links();
+        let mut nodes: Vec<api::NodeInfo> = snap
+            .reconciled
+            .nodes
+            .iter()
+            .map(|n| {
+                let l = links.get(&n.name).cloned().unwrap_or_default();
+                api::NodeInfo {
+                    name: n.name.clone(),
+                    pool: n.pool.clone().unwrap_or_default(),
+                    internal_ip: n.internal_ip.map(|i| i.to_string()).unwrap_or_default(),
+                    ready: n.ready,
+                    plan_version: snap.plans.get(&n.name).map_or(0, |p| p.version),
+                    applied_version: l.applied_version,
+                    applied_error: l.applied_error.clone(),
+                    connected: l.connected > 0,
+                    report_age_s: age(&l.report),
+                }
+            })
+            .collect();
+        // Subscribers served in single-gateway mode are not Nodes: list them too.
+        for (name, l) in links.iter().filter(|(n, _)| !snap.plans.contains_key(*n)) {
+            nodes.push(api::NodeInfo {
+                name: name.clone(),
+                ready: true,
+                plan_version: snap.anyone.as_ref().map_or(0, |p| p.version),
+                applied_version: l.applied_version,
+                applied_error: l.applied_error.clone(),
+                connected: l.connected > 0,
+                report_age_s: age(&l.report),
+                ..Default::default()
+            });
+        }
+        Ok(Response::new(api::ListNodesResponse { nodes }))
+    }
+
+    async fn list_problems(
+        &self,
+        _: Request<api::ListProblemsRequest>,
+    ) -> Result<Response<api::ListProblemsResponse>, Status> {
+        let snap = self.state.snapshot();
+        let problems = snap
+            .reconciled
+            .problems
+            .iter()
+            .map(|p| api::Problem { object: p.object.clone(), message: p.message.clone() })
+            .collect();
+        Ok(Response::new(api::ListProblemsResponse { problems }))
+    }
+
+    async fn list_sessions(
+        &self,
+        req: Request<api::ListSessionsRequest>,
+    ) -> Result<Response<api::ListSessionsResponse>, Status> {
+        let r = req.into_inner();
+        let snap = self.state.snapshot();
+        let mut out = api::ListSessionsResponse::default();
+        for node in self.nodes(&snap, &r.node)? {
+            let Some((_, rep)) = self.state.link(&node).report else { continue };
+            out.total += rep.sessions_total;
+            for s in rep.sessions {
+                if (r.pod_ip.is_empty() || s.pod_ip == r.pod_ip)
+                    && (r.egress_ip.is_empty() || s.egress_ip == r.egress_ip)
+                {
+                    out.sessions.push(api::NodeSession { node: node.clone(), session: Some(s) });
+                }
+            }
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn list_ports(
+        &self,
+        req: Request<api::ListPortsRequest>,
+    ) -> Result<Response<api::ListPortsResponse>, Status> {
+        let r = req.into_inner();
+        let snap = self.state.snapshot();
+        let mut out = api::ListPortsResponse::default();
+        for node in self.nodes(&snap, &r.node)? {
+            let Some((_, rep)) = self.state.link(&node).report else { continue };
+            out.ports.extend(rep.ports.into_iter().map(|u| api::NodePorts { node: node.clone(), usage: Some(u) }));
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn get_stats(&self, req: Request<api::GetStatsRequest>) -> Result<Response<api::GetStatsResponse>, Status> {
+        let r = req.into_inner();
+        let snap = self.state.snapshot();
+        let mut out = api::GetStatsResponse {
+            generation: snap.generation,
+            problems: snap.reconciled.problems.len() as u64,
+            ..Default::default()
+        };
+        for node in self.nodes(&snap, &r.node)? {
+            let l = self.state.link(&node);
+            out.nodes.push(api::NodeCounters {
+                node,
+                report_age_s: age(&l.report),
+                counters: l.report.map(|(_, r)| r.counters).unwrap_or_default(),
+            });
+        }
+        Ok(Response::new(out))
+    }
+}
