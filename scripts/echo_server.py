@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The 'internet' side of the test topology: an HTTP server that answers
 with the source address it sees (like `curl ifconfig.me`), a UDP echo that
-answers "<source ip>:<port>", and a TCP sink/source for bulk transfers.
+answers "<source ip>:<port>", and a line-echoing TCP server on port 7008.
 Runs until killed; binds only the address it is given."""
 import http.server
 import socket
@@ -38,5 +38,24 @@ def udp_echo():
         s.sendto(f"{peer[0]}:{peer[1]} {len(data)}".encode(), peer)
 
 
+def tcp_echo_client(conn):
+    with conn:
+        f = conn.makefile("rwb")
+        for line in f:
+            f.write(line)
+            f.flush()
+
+
+def tcp_echo():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, 7008))
+    s.listen(64)
+    while True:
+        conn, _ = s.accept()
+        threading.Thread(target=tcp_echo_client, args=(conn,), daemon=True).start()
+
+
 threading.Thread(target=udp_echo, daemon=True).start()
+threading.Thread(target=tcp_echo, daemon=True).start()
 Server((addr, 80), Handler).serve_forever()

@@ -75,7 +75,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match gateway::run(cfg) {
+    match gateway::run(cfg, &config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("egret-gateway: {e}");

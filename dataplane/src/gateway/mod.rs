@@ -3,7 +3,9 @@
 //! re-read when it changes. An invalid plan is rejected whole and the
 //! previous one keeps serving.
 
+pub mod metrics;
 pub mod nexthop;
+pub mod service;
 pub mod worker;
 pub mod xdp;
 pub mod xsk;
@@ -101,6 +103,17 @@ pub struct NodeConfig {
     pub status_file: Option<PathBuf>,
     #[serde(default)]
     pub nat_log: NatLogSettings,
+    /// Prometheus `/metrics` listen address, e.g. "127.0.0.1:9464".
+    #[serde(default)]
+    pub metrics_address: Option<std::net::SocketAddr>,
+    /// How often sessions are saved to `state_file` while running (a
+    /// `kill -9` loses at most the sessions opened since).
+    #[serde(default = "default_snapshot_secs")]
+    pub snapshot_interval_secs: u64,
+}
+
+fn default_snapshot_secs() -> u64 {
+    10
 }
 
 fn default_sessions() -> usize {
@@ -134,6 +147,9 @@ impl NodeConfig {
         }
         if !c.cores.is_empty() && c.cores.len() < c.interfaces.queues as usize {
             return Err(bad(format!("cores lists {} cores for {} queues", c.cores.len(), c.interfaces.queues)));
+        }
+        if c.snapshot_interval_secs == 0 {
+            return Err(bad("snapshot_interval_secs must be at least 1".into()));
         }
         if c.sessions_per_worker == 0 {
             return Err(bad("sessions_per_worker must be at least 1".into()));
@@ -186,8 +202,56 @@ fn mtime(p: &Path) -> Option<SystemTime> {
     }
 }
 
+/// Settings that SIGHUP can change without a restart.
+fn reload_settings(path: &Path, cfg: &mut NodeConfig) {
+    let new = match NodeConfig::load(path) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: settings not reloaded");
+            return;
+        }
+    };
+    if new.plan_file != cfg.plan_file {
+        tracing::info!(plan_file = ?new.plan_file, "SIGHUP: plan file changed");
+        cfg.plan_file = new.plan_file.clone();
+    }
+    if new.status_file != cfg.status_file || new.state_file != cfg.state_file {
+        cfg.status_file = new.status_file.clone();
+        cfg.state_file = new.state_file.clone();
+        tracing::info!("SIGHUP: status and state file paths reloaded");
+    }
+    let restart: Vec<&str> = [
+        ("interfaces", format!("{:?}", new.interfaces) != format!("{:?}", cfg.interfaces)),
+        ("router_ip", new.router_ip != cfg.router_ip),
+        ("cores", new.cores != cfg.cores),
+        ("umem", format!("{:?}", new.umem) != format!("{:?}", cfg.umem)),
+        ("sessions_per_worker", new.sessions_per_worker != cfg.sessions_per_worker),
+        ("nat_log", format!("{:?}", new.nat_log) != format!("{:?}", cfg.nat_log)),
+        ("metrics_address", new.metrics_address != cfg.metrics_address),
+        ("snapshot_interval_secs", new.snapshot_interval_secs != cfg.snapshot_interval_secs),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect();
+    if !restart.is_empty() {
+        tracing::warn!(fields = ?restart, "SIGHUP: these settings changed and need a restart to apply");
+    }
+}
+
+fn save_sessions(path: &Path, records: &[SessionRecord]) {
+    let tmp = path.with_extension("tmp");
+    match serde_json::to_vec(records) {
+        Ok(b) => {
+            if std::fs::write(&tmp, b).and_then(|_| std::fs::rename(&tmp, path)).is_err() {
+                tracing::error!(path = %path.display(), "saving sessions failed");
+            }
+        }
+        Err(e) => tracing::error!(%e, "encoding sessions"),
+    }
+}
+
 /// Runs the gateway until SIGINT or SIGTERM.
-pub fn run(cfg: NodeConfig) -> Result<(), String> {
+pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
     let epoch = Instant::now();
     let plan_path = cfg.plan_file.clone().expect("validated");
     let mut version = 1;
@@ -255,7 +319,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
             tracing::info!(worker = q, restored = st.restored, skipped = st.skipped, "sessions restored");
         }
         let side_port = [0, if ifaces.len() > 1 { 1 } else { 0 }];
-        workers.push(Worker::new(
+        let mut w = Worker::new(
             q as u16,
             io,
             engine,
@@ -267,11 +331,21 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
             Arc::clone(&shared_plan),
             Arc::clone(&stop),
             epoch,
-        ));
+        );
+        w.snapshot_every = Duration::from_secs(cfg.snapshot_interval_secs);
+        workers.push(w);
     }
-    if let Some(p) = &cfg.state_file {
-        let _ = std::fs::remove_file(p);
-    }
+    let info = Arc::new(Mutex::new(metrics::GatewayInfo {
+        plan_version: plan.version,
+        modes: steering
+            .iter()
+            .zip(&workers[0].io.ports)
+            .map(|(s, p)| {
+                (s.ifname.clone(), format!("{:?}", s.mode), if p.zero_copy { "zero-copy" } else { "copy" }.to_string())
+            })
+            .collect(),
+        xdp: Vec::new(),
+    }));
 
     let term = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
@@ -281,6 +355,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).map_err(|e| e.to_string())?;
 
     let reports: Vec<Arc<Mutex<WorkerReport>>> = workers.iter().map(|w| Arc::clone(&w.report)).collect();
+    let mut liveness = service::Liveness::new(workers.iter().map(|w| Arc::clone(&w.heartbeat)).collect());
     let cores = cfg.cores.clone();
     let handles: Vec<_> = workers
         .into_iter()
@@ -307,6 +382,13 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
             .spawn(move || nh.run_resolver(ifs, st))
             .expect("spawn resolver")
     };
+    let metrics_thread = match cfg.metrics_address {
+        Some(addr) => Some(
+            metrics::serve(addr, reports.clone(), Arc::clone(&info), Arc::clone(&stop))
+                .map_err(|e| format!("metrics_address {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     tracing::info!(
         workers = workers_n,
         plan_version = plan.version,
@@ -314,13 +396,34 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
         pods = plan.pods.len(),
         "egret-gateway running"
     );
+    // Ready: XDP attached, sockets bound, the first plan applied.
+    let _ = service::notify(&format!("READY=1\nSTATUS=serving plan {} with {} worker(s)", plan.version, workers_n));
+    let watchdog = service::watchdog_interval().map(|d| d / 2);
+    let mut last_watchdog = Instant::now();
+    let mut last_save = Instant::now();
 
     let mut seen = mtime(&plan_path);
+    drop(plan_path);
     let mut last_status = Instant::now();
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        if let Some(every) = watchdog {
+            if last_watchdog.elapsed() >= every {
+                last_watchdog = Instant::now();
+                if liveness.all_alive() {
+                    let _ = service::notify("WATCHDOG=1");
+                } else {
+                    tracing::error!("a worker stopped turning; withholding the watchdog");
+                }
+            }
+        }
+        let hupped = hup.swap(false, Ordering::Relaxed);
+        if hupped {
+            reload_settings(config_path, &mut cfg);
+        }
+        let plan_path = cfg.plan_file.clone().expect("validated");
         let changed = mtime(&plan_path);
-        if changed != seen || hup.swap(false, Ordering::Relaxed) {
+        if changed != seen || hupped {
             seen = changed;
             version += 1;
             match load_plan(&plan_path, version) {
@@ -335,18 +438,34 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
                         }
                     }
                     tracing::info!(version, configs = p.configs.len(), pods = p.pods.len(), "plan applied");
+                    info.lock().unwrap_or_else(|e| e.into_inner()).plan_version = version;
+                    let _ = service::notify(&format!("STATUS=serving plan {version}"));
                     shared_plan.store(Arc::new(p));
                 }
                 Err(e) => tracing::error!(error = %e, "plan rejected; the previous plan keeps serving"),
             }
         }
-        if let Some(path) = &cfg.status_file {
-            if last_status.elapsed() >= Duration::from_secs(1) {
-                last_status = Instant::now();
+        if last_status.elapsed() >= Duration::from_secs(1) {
+            last_status = Instant::now();
+            let xdp = steering.iter_mut().map(|s| {
+                let (r, d, p) = s.stats();
+                (s.ifname.clone(), r, d, p)
+            });
+            info.lock().unwrap_or_else(|e| e.into_inner()).xdp = xdp.collect();
+            if let Some(path) = &cfg.status_file {
                 write_status(path, &reports, &mut steering);
             }
         }
+        if let Some(path) = &cfg.state_file {
+            if last_save.elapsed() >= Duration::from_secs(cfg.snapshot_interval_secs) {
+                last_save = Instant::now();
+                let all: Vec<SessionRecord> =
+                    reports.iter().flat_map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).snapshot.clone()).collect();
+                save_sessions(path, &all);
+            }
+        }
     }
+    let _ = service::notify("STOPPING=1");
     tracing::info!("stopping");
     stop.store(true, Ordering::Relaxed);
     let mut snapshot = Vec::new();
@@ -356,17 +475,15 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
         }
     }
     let _ = resolver.join();
+    if let Some(t) = metrics_thread {
+        let _ = t.join();
+    }
     if let Some(path) = &cfg.status_file {
         write_status(path, &reports, &mut steering);
     }
     if let Some(p) = &cfg.state_file {
-        match serde_json::to_vec(&snapshot) {
-            Ok(b) => match std::fs::write(p, b) {
-                Ok(()) => tracing::info!(sessions = snapshot.len(), path = %p.display(), "sessions saved"),
-                Err(e) => tracing::error!(%e, "saving sessions"),
-            },
-            Err(e) => tracing::error!(%e, "encoding sessions"),
-        }
+        save_sessions(p, &snapshot);
+        tracing::info!(sessions = snapshot.len(), path = %p.display(), "sessions saved");
     }
     drop(steering);
     tracing::info!("XDP detached; stopped");

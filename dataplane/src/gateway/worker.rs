@@ -66,6 +66,8 @@ pub struct WorkerReport {
     pub worker: u16,
     pub plan_version: u64,
     pub sessions: usize,
+    #[serde(skip)]
+    pub sessions_by_config: Vec<(String, [u64; 3])>,
     pub io: IoCounters,
     pub nat: crate::nat::Counters,
     #[serde(skip)]
@@ -109,6 +111,10 @@ pub struct Worker {
     pub plan: Arc<ArcSwap<CompiledPlan>>,
     pub stop: Arc<AtomicBool>,
     pub report: Arc<Mutex<WorkerReport>>,
+    /// Poll-loop turns, for the watchdog.
+    pub heartbeat: Arc<std::sync::atomic::AtomicU64>,
+    /// How often the session snapshot in the report is refreshed.
+    pub snapshot_every: Duration,
     pub epoch: Instant,
     pub io_counters: IoCounters,
     tx: Vec<Vec<XdpDesc>>,
@@ -143,6 +149,8 @@ impl Worker {
             plan,
             stop,
             report: Arc::new(Mutex::new(WorkerReport::default())),
+            heartbeat: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            snapshot_every: Duration::from_secs(10),
             epoch,
             io_counters: IoCounters::default(),
             tx,
@@ -160,10 +168,12 @@ impl Worker {
         let mut rx: Vec<XdpDesc> = Vec::with_capacity(BATCH);
         let mut idle = 0u32;
         let mut last_report = Instant::now();
+        let mut last_snapshot = Instant::now();
         let fds: Vec<libc::pollfd> = (0..self.io.ports.len())
             .map(|p| libc::pollfd { fd: self.io.socket_fd(p), events: libc::POLLIN, revents: 0 })
             .collect();
         while !self.stop.load(Ordering::Relaxed) {
+            self.heartbeat.fetch_add(1, Ordering::Relaxed);
             let now = self.now();
             let plan = self.plan.load();
             if !Arc::ptr_eq(&plan, self.engine.plan()) {
@@ -221,7 +231,12 @@ impl Worker {
             self.engine.expire(now, 256);
             self.log_events();
             if last_report.elapsed() >= Duration::from_millis(250) {
-                self.publish(false);
+                // Periodic snapshots bound what a crash loses.
+                let snap = last_snapshot.elapsed() >= self.snapshot_every;
+                self.publish(snap);
+                if snap {
+                    last_snapshot = Instant::now();
+                }
                 last_report = Instant::now();
             }
             if work == 0 {
@@ -245,6 +260,7 @@ impl Worker {
         r.worker = self.index;
         r.plan_version = self.engine.plan().version;
         r.sessions = self.engine.session_count();
+        r.sessions_by_config = self.engine.sessions_by_config();
         self.io_counters.handoff_ring_depth = self.inbox.len() as u64;
         r.io = self.io_counters.clone();
         r.nat = self.engine.counters().clone();
@@ -261,9 +277,14 @@ impl Worker {
                 "egress denied");
         }
         for e in self.engine.take_nat_events() {
-            let dst = e.remote.map(|(a, p)| format!("{a}:{p}")).unwrap_or_default();
-            tracing::info!(target: "egret::natlog", event = if e.open { "open" } else { "close" }, proto = e.proto,
-                pod = %format!("{}:{}", e.pod, e.pod_port), egress = %format!("{}:{}", e.egress, e.egress_port), dst = %dst, "session");
+            let event = if e.open { "open" } else { "close" };
+            let (pod, egress) = (format!("{}:{}", e.pod, e.pod_port), format!("{}:{}", e.egress, e.egress_port));
+            match e.remote {
+                Some((a, p)) => tracing::info!(target: "egret::natlog", event = %event, proto = e.proto, pod = %pod,
+                    egress = %egress, dst = %format!("{a}:{p}"), at = e.at, "session"),
+                None => tracing::info!(target: "egret::natlog", event = %event, proto = e.proto, pod = %pod,
+                    egress = %egress, at = e.at, "session"),
+            }
         }
     }
 

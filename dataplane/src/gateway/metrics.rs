@@ -1,0 +1,216 @@
+//! Prometheus metrics over HTTP (`GET /metrics`, text exposition format),
+//! rendered from the reports the workers publish a few times a second: the
+//! packet path never touches this.
+
+use super::worker::WorkerReport;
+use std::fmt::Write;
+use std::io::{Read, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the gateway knows beyond the workers' reports.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayInfo {
+    pub plan_version: u64,
+    /// (interface, XDP mode, AF_XDP mode)
+    pub modes: Vec<(String, String, String)>,
+    /// (interface, redirected, dropped for want of a socket, passed)
+    pub xdp: Vec<(String, u64, u64, u64)>,
+}
+
+const PROTOS: [&str; 3] = ["tcp", "udp", "icmp"];
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The exposition text for these reports.
+pub fn render(reports: &[WorkerReport], info: &GatewayInfo) -> String {
+    let mut o = String::with_capacity(8192);
+    metric(&mut o, "egret_plan_version", "gauge", "Version of the plan being served.");
+    let _ = writeln!(o, "egret_plan_version {}", info.plan_version);
+    metric(&mut o, "egret_mode", "gauge", "XDP and AF_XDP modes in use (1 per interface).");
+    for (i, x, a) in &info.modes {
+        let _ = writeln!(o, "egret_mode{{interface=\"{i}\",xdp=\"{x}\",afxdp=\"{a}\"}} 1");
+    }
+    metric(&mut o, "egret_xdp_packets_total", "counter", "Packets seen by the XDP program, by verdict.");
+    for (i, r, d, p) in &info.xdp {
+        let _ = writeln!(o, "egret_xdp_packets_total{{interface=\"{i}\",verdict=\"redirected\"}} {r}");
+        let _ = writeln!(o, "egret_xdp_packets_total{{interface=\"{i}\",verdict=\"dropped_no_socket\"}} {d}");
+        let _ = writeln!(o, "egret_xdp_packets_total{{interface=\"{i}\",verdict=\"passed\"}} {p}");
+    }
+
+    metric(&mut o, "egret_sessions", "gauge", "Live sessions by config and protocol.");
+    let mut by_config: std::collections::BTreeMap<(String, usize), u64> = Default::default();
+    for r in reports {
+        for (c, counts) in &r.sessions_by_config {
+            for (i, n) in counts.iter().enumerate() {
+                *by_config.entry((c.clone(), i)).or_default() += n;
+            }
+        }
+    }
+    for ((c, i), n) in &by_config {
+        let _ = writeln!(o, "egret_sessions{{config=\"{c}\",proto=\"{}\"}} {n}", PROTOS[*i]);
+    }
+
+    metric(
+        &mut o,
+        "egret_ports_in_use",
+        "gauge",
+        "Egress ports held, by address and protocol (mappings), or port-reuse sessions.",
+    );
+    metric(
+        &mut o,
+        "egret_ports_free",
+        "gauge",
+        "Egress ports free for new endpoint-independent mappings, by address and protocol.",
+    );
+    let mut ports: std::collections::BTreeMap<(std::net::Ipv4Addr, String), ([u64; 3], u64, u64)> = Default::default();
+    for r in reports {
+        for u in &r.ports {
+            let e = ports.entry((u.addr, u.config.clone())).or_default();
+            for i in 0..3 {
+                e.0[i] += u64::from(u.mapped[i]);
+            }
+            e.1 += u64::from(u.sessions);
+            e.2 += u64::from(u.slice);
+        }
+    }
+    for ((a, c), (mapped, sessions, slice)) in &ports {
+        for (i, p) in PROTOS.iter().enumerate() {
+            let _ = writeln!(o, "egret_ports_in_use{{address=\"{a}\",config=\"{c}\",proto=\"{p}\"}} {}", mapped[i]);
+            let _ =
+                writeln!(o, "egret_ports_free{{address=\"{a}\",config=\"{c}\",proto=\"{p}\"}} {}", slice - mapped[i]);
+        }
+        let _ = writeln!(o, "egret_ports_in_use{{address=\"{a}\",config=\"{c}\",proto=\"port-reuse\"}} {sessions}");
+    }
+
+    metric(&mut o, "egret_packets_total", "counter", "Packets translated, by worker and direction.");
+    metric(&mut o, "egret_bytes_total", "counter", "Bytes translated, by worker and direction.");
+    for r in reports {
+        let w = r.worker;
+        let n = &r.nat;
+        let _ = writeln!(o, "egret_packets_total{{worker=\"{w}\",direction=\"in2out\"}} {}", n.in2out_packets);
+        let _ = writeln!(o, "egret_packets_total{{worker=\"{w}\",direction=\"out2in\"}} {}", n.out2in_packets);
+        let _ = writeln!(o, "egret_bytes_total{{worker=\"{w}\",direction=\"in2out\"}} {}", n.in2out_bytes);
+        let _ = writeln!(o, "egret_bytes_total{{worker=\"{w}\",direction=\"out2in\"}} {}", n.out2in_bytes);
+    }
+    metric(&mut o, "egret_drops_total", "counter", "Packets dropped, by worker and reason.");
+    for r in reports {
+        for reason in crate::nat::DropReason::ALL {
+            let _ = writeln!(
+                o,
+                "egret_drops_total{{worker=\"{}\",reason=\"{}\"}} {}",
+                r.worker,
+                reason.name(),
+                r.nat.dropped(reason)
+            );
+        }
+        let io = &r.io;
+        for (reason, v) in [
+            ("not_ipv4", io.not_ipv4),
+            ("no_route", io.no_route),
+            ("no_neighbour", io.no_neighbour),
+            ("tx_ring_full", io.tx_ring_full),
+            ("no_free_frame", io.no_free_frame),
+            ("handoff_overflow", io.handoff_overflow),
+        ] {
+            let _ = writeln!(o, "egret_drops_total{{worker=\"{}\",reason=\"{reason}\"}} {v}", r.worker);
+        }
+    }
+    metric(&mut o, "egret_alloc_failures_total", "counter", "New flows refused, by reason.");
+    for (reason, drop) in [
+        ("quota", crate::nat::DropReason::QuotaExceeded),
+        ("pool_exhausted", crate::nat::DropReason::PoolExhausted),
+        ("session_table_full", crate::nat::DropReason::SessionTableFull),
+    ] {
+        let v: u64 = reports.iter().map(|r| r.nat.dropped(drop)).sum();
+        let _ = writeln!(o, "egret_alloc_failures_total{{reason=\"{reason}\"}} {v}");
+    }
+    metric(&mut o, "egret_handoff_total", "counter", "Frames handed to the worker owning their session.");
+    metric(&mut o, "egret_handoff_ring_depth", "gauge", "Frames waiting in a worker's handoff ring.");
+    for r in reports {
+        let _ = writeln!(o, "egret_handoff_total{{worker=\"{}\"}} {}", r.worker, r.io.handoff_sent);
+        let _ = writeln!(o, "egret_handoff_ring_depth{{worker=\"{}\"}} {}", r.worker, r.io.handoff_ring_depth);
+    }
+    metric(&mut o, "egret_sessions_created_total", "counter", "Sessions opened.");
+    let v: u64 = reports.iter().map(|r| r.nat.sessions_created).sum();
+    let _ = writeln!(o, "egret_sessions_created_total {v}");
+    metric(&mut o, "egret_nat_log_lost_total", "counter", "NAT log records lost because the logger fell behind.");
+    let v: u64 = reports.iter().map(|r| r.nat.nat_events_lost).sum();
+    let _ = writeln!(o, "egret_nat_log_lost_total {v}");
+    o
+}
+
+/// Serves `/metrics` on `addr` until `stop`.
+pub fn serve(
+    addr: SocketAddr,
+    reports: Vec<Arc<Mutex<WorkerReport>>>,
+    info: Arc<Mutex<GatewayInfo>>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new().name("egret-metrics".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((mut conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            let _ = conn.set_nonblocking(false);
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut req = [0u8; 1024];
+            let n = conn.read(&mut req).unwrap_or(0);
+            let line = String::from_utf8_lossy(&req[..n]);
+            let (status, body) = if line.starts_with("GET /metrics") {
+                let rs: Vec<WorkerReport> = reports.iter().map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
+                let i = info.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                ("200 OK", render(&rs, &i))
+            } else {
+                ("404 Not Found", "try /metrics\n".to_string())
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_labels() {
+        let mut r = WorkerReport { worker: 1, ..Default::default() };
+        r.nat.in2out_packets = 5;
+        r.nat.drops[crate::nat::DropReason::QuotaExceeded as usize] = 2;
+        r.sessions_by_config = vec![("demo/a".into(), [1, 2, 0])];
+        r.ports = vec![crate::nat::PortUsage {
+            addr: "198.19.100.3".parse().unwrap(),
+            config: "demo/a".into(),
+            mapped: [1, 2, 0],
+            sessions: 0,
+            slice: 64512,
+        }];
+        let info =
+            GatewayInfo { plan_version: 3, modes: vec![("gw-in".into(), "Native".into(), "copy".into())], xdp: vec![] };
+        let text = render(&[r], &info);
+        for line in [
+            "egret_plan_version 3",
+            "egret_mode{interface=\"gw-in\",xdp=\"Native\",afxdp=\"copy\"} 1",
+            "egret_sessions{config=\"demo/a\",proto=\"udp\"} 2",
+            "egret_ports_in_use{address=\"198.19.100.3\",config=\"demo/a\",proto=\"udp\"} 2",
+            "egret_ports_free{address=\"198.19.100.3\",config=\"demo/a\",proto=\"udp\"} 64510",
+            "egret_packets_total{worker=\"1\",direction=\"in2out\"} 5",
+            "egret_drops_total{worker=\"1\",reason=\"quota_exceeded\"} 2",
+            "egret_alloc_failures_total{reason=\"quota\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+}
