@@ -58,10 +58,15 @@ pub async fn serve(
         server = server.tls_config(t.config()).map_err(|e| format!("TLS configuration: {e}"))?;
     }
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    };
     server
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(PlanServiceServer::new(Plans { state: state.clone() }))
+        .add_service(PlanServiceServer::new(Plans { state: state.clone(), stopping }))
         .add_service(AdminServiceServer::new(Admin { state }))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -15,6 +15,9 @@ use tonic::{Request, Response, Status, Streaming};
 #[derive(Clone)]
 pub struct Plans {
     pub state: Arc<ControlState>,
+    /// Turns true when the server shuts down: open streams end then, so the
+    /// graceful shutdown does not wait on them forever.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 fn unknown_node(node: &str) -> Status {
@@ -48,8 +51,10 @@ impl PlanService for Plans {
 
         let (tx, rx) = mpsc::channel::<Result<api::PlanUpdate, Status>>(4);
         let state = self.state.clone();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             let mut sent = 0u64;
+            let mut shutting_down = false;
             loop {
                 let update = {
                     let snap = snapshots.borrow_and_update();
@@ -83,7 +88,14 @@ impl PlanService for Plans {
                         None => break,
                     },
                     _ = tx.closed() => break,
+                    r = stopping.wait_for(|s| *s) => {
+                        shutting_down = r.is_ok();
+                        break;
+                    }
                 }
+            }
+            if shutting_down {
+                let _ = tx.send(Err(Status::unavailable("control plane shutting down"))).await;
             }
             state.with_link(&node, |l| l.connected = l.connected.saturating_sub(1));
             tracing::info!(node, "gateway unsubscribed");

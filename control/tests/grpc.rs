@@ -1,0 +1,309 @@
+//! egret-control end to end, in process, on 127.0.0.1 ephemeral ports: the
+//! file source, the plan stream (edit the YAML, get the new plan within 2 s),
+//! acks, the control plane going away and coming back, admin calls, health,
+//! reflection, and TLS / mutual TLS accepted and rejected.
+
+use egret_api::client::{subscribe, LinkState, Received, SubscribeConfig, Subscription, TlsFiles};
+use egret_api::v1::{admin_service_client::AdminServiceClient, GetPlanRequest, ListConfigsRequest, Report};
+use egret_control::{serve, source, ControlState, ServerTls};
+use egret_dataplane::plan::Plan;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+const NODE: &str = "gw-0";
+
+fn manifests(config_of_web: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Node
+metadata:
+  name: gw-0
+  labels: {{kubernetes.azure.com/agentpool: gwpool, kubeegressgateway.azure.com/mode: "true"}}
+---
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: StaticGatewayConfiguration
+metadata: {{name: blue, namespace: apps}}
+spec: {{gatewayNodepoolName: gwpool}}
+status: {{egressIpPrefix: 198.19.100.0/30}}
+---
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: StaticGatewayConfiguration
+metadata: {{name: green, namespace: apps}}
+spec: {{gatewayNodepoolName: gwpool}}
+status: {{egressIpPrefix: 198.19.101.0/30}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: apps
+  annotations: {{kubernetes.azure.com/static-gateway-configuration: {config_of_web}}}
+status: {{phase: Running, podIP: 198.18.0.2}}
+"#
+    )
+}
+
+struct Control {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Control {
+    async fn start(state: Arc<ControlState>, tls: Option<ServerTls>, addr: &str) -> Control {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, rx) = oneshot::channel();
+        let task = tokio::spawn(serve(listener, state, tls, async {
+            let _ = rx.await;
+        }));
+        Control { addr, stop: Some(stop), task }
+    }
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn next_plan(
+    rx: &mut tokio::sync::watch::Receiver<Option<Arc<Received<Plan>>>>,
+    within: Duration,
+) -> Arc<Received<Plan>> {
+    tokio::time::timeout(within, async {
+        loop {
+            rx.changed().await.unwrap();
+            if let Some(p) = rx.borrow_and_update().clone() {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("a plan within the deadline")
+}
+
+fn config_of(plan: &Plan, pod: &str) -> String {
+    plan.bindings.iter().find(|b| b.pod_ip.to_string() == pod).map(|b| b.config.clone()).unwrap_or_default()
+}
+
+fn write(path: &Path, text: &str) {
+    // Write then rename, as editors and ConfigMap updates do.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn fast(cfg: SubscribeConfig) -> SubscribeConfig {
+    SubscribeConfig { backoff_min: Duration::from_millis(50), backoff_max: Duration::from_millis(200), ..cfg }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edit_the_yaml_and_the_gateway_gets_the_new_plan_within_2s() {
+    let dir = tempfile::tempdir().unwrap();
+    let file: PathBuf = dir.path().join("cluster.yaml");
+    write(&file, &manifests("blue"));
+    let state = ControlState::new();
+    source::load_file(&state, &file).unwrap();
+    tokio::spawn(source::watch_file(state.clone(), file.clone(), Duration::from_millis(100)));
+    let ctl = Control::start(state.clone(), None, "127.0.0.1:0").await;
+    let url = format!("http://{}", ctl.addr);
+
+    let sub: Subscription<Plan> = subscribe(fast(SubscribeConfig::new(&url, NODE)));
+    let mut plans = sub.plans();
+    let first = next_plan(&mut plans, Duration::from_secs(5)).await;
+    assert_eq!(config_of(&first.plan, "198.18.0.2"), "apps/blue");
+    first.plan.compile().unwrap();
+    sub.ack(first.version, Ok(()));
+
+    // Rebind the pod to the other config: the new plan arrives within 2 s.
+    let t0 = std::time::Instant::now();
+    write(&file, &manifests("green"));
+    let second = next_plan(&mut plans, Duration::from_secs(2)).await;
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert!(second.version > first.version);
+    assert_eq!(config_of(&second.plan, "198.18.0.2"), "apps/green");
+    sub.ack(second.version, Ok(()));
+    sub.report(Report { counters: [("rx_packets".to_string(), 42)].into(), ..Default::default() });
+
+    // The admin service sees the ack.
+    let mut admin = AdminServiceClient::connect(url.clone()).await.unwrap();
+    let applied = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let r = admin.get_plan(GetPlanRequest { node: NODE.into() }).await.unwrap().into_inner();
+            if r.applied_version == second.version {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("ack seen by admin");
+    assert!(applied.connected);
+    let configs = admin.list_configs(ListConfigsRequest {}).await.unwrap().into_inner().configs;
+    assert_eq!(configs.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["apps/blue", "apps/green"]);
+
+    // A broken edit is not applied: the gateway keeps its plan.
+    write(&file, "kind: [");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!plans.has_changed().unwrap());
+
+    // The control plane goes away: the gateway keeps its last plan ...
+    let port = ctl.addr;
+    ctl.stop().await;
+    let mut link = sub.link();
+    tokio::time::timeout(Duration::from_secs(5), link.wait_for(|l| matches!(l, LinkState::Down(_))))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(plans.borrow().as_ref().unwrap().version, second.version);
+
+    // ... and picks up where it left off when it comes back.
+    write(&file, &manifests("blue"));
+    source::load_file(&state, &file).unwrap();
+    let ctl = Control::start(state.clone(), None, &port.to_string()).await;
+    let third = next_plan(&mut plans, Duration::from_secs(5)).await;
+    assert_eq!(config_of(&third.plan, "198.18.0.2"), "apps/blue");
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_nodes_are_refused_clearly_and_health_and_reflection_answer() {
+    let state = ControlState::new();
+    state.update(&egret_dataplane::cluster::ClusterState::parse(&manifests("blue"), "t").unwrap());
+    let ctl = Control::start(state, None, "127.0.0.1:0").await;
+    let url = format!("http://{}", ctl.addr);
+
+    let sub: Subscription<Plan> = subscribe(fast(SubscribeConfig::new(&url, "stranger")));
+    let mut link = sub.link();
+    let down = tokio::time::timeout(Duration::from_secs(5), link.wait_for(|l| matches!(l, LinkState::Down(_))))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+    let LinkState::Down(why) = down else { unreachable!() };
+    assert!(why.starts_with("NotFound: unknown node 'stranger'"), "{why}");
+
+    let mut admin = AdminServiceClient::connect(url.clone()).await.unwrap();
+    let e = admin.get_plan(GetPlanRequest { node: "stranger".into() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let channel = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "egret.v1.PlanService", "egret.v1.AdminService"] {
+        let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "{service}");
+    }
+
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse, ServerReflectionRequest,
+    };
+    let mut refl = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = refl.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for s in ["egret.v1.PlanService", "egret.v1.AdminService", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == s), "{s} missing from {names:?}");
+    }
+    ctl.stop().await;
+}
+
+/// A CA, and a certificate it signed for `name` (PEM cert, PEM key).
+struct Ca {
+    cert_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    fn new(cn: &str) -> Ca {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        Ca { cert_pem: cert.pem(), issuer: rcgen::Issuer::new(p, key) }
+    }
+    fn sign(&self, name: &str, client: bool) -> (String, String) {
+        let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+async fn admin_call(url: &str, tls: Option<TlsFiles>) -> Result<u64, String> {
+    let ep = egret_api::client::endpoint(url, tls.as_ref(), Duration::from_secs(2))?;
+    let ch = ep.connect().await.map_err(|e| egret_api::client::error_chain(&e))?;
+    let r = AdminServiceClient::new(ch).list_configs(ListConfigsRequest {}).await;
+    r.map(|r| r.into_inner().generation).map_err(|s| egret_api::client::status_text(&s))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_mutual_tls_accept_the_right_peers_and_reject_the_rest() {
+    let ca = Ca::new("egret test CA");
+    let other = Ca::new("some other CA");
+    let (server_cert, server_key) = ca.sign("localhost", false);
+    let (client_cert, client_key) = ca.sign("gw-0", true);
+    let (rogue_cert, rogue_key) = other.sign("gw-0", true);
+    let tls = |identity: Option<(&String, &String)>, ca_pem: &String| TlsFiles {
+        ca_pem: ca_pem.clone().into_bytes(),
+        identity: identity.map(|(c, k)| (c.clone().into_bytes(), k.clone().into_bytes())),
+        domain: Some("localhost".into()),
+    };
+    let state = ControlState::new();
+    state.update(&egret_dataplane::cluster::ClusterState::parse(&manifests("blue"), "t").unwrap());
+
+    // TLS: a client that trusts the CA gets in; one that trusts another CA,
+    // or speaks plaintext, does not.
+    let server =
+        ServerTls { cert_pem: server_cert.clone().into(), key_pem: server_key.clone().into(), client_ca_pem: None };
+    let ctl = Control::start(state.clone(), Some(server), "127.0.0.1:0").await;
+    let url = format!("https://127.0.0.1:{}", ctl.addr.port());
+    assert_eq!(admin_call(&url, Some(tls(None, &ca.cert_pem))).await, Ok(1));
+    let e = admin_call(&url, Some(tls(None, &other.cert_pem))).await.unwrap_err();
+    assert!(e.contains("certificate") || e.contains("UnknownIssuer"), "{e}");
+    assert!(admin_call(&format!("http://127.0.0.1:{}", ctl.addr.port()), None).await.is_err());
+    ctl.stop().await;
+
+    // Mutual TLS: only a client certificate from the CA gets in.
+    let server = ServerTls {
+        cert_pem: server_cert.into(),
+        key_pem: server_key.into(),
+        client_ca_pem: Some(ca.cert_pem.clone().into()),
+    };
+    let ctl = Control::start(state.clone(), Some(server), "127.0.0.1:0").await;
+    let url = format!("https://127.0.0.1:{}", ctl.addr.port());
+    assert_eq!(admin_call(&url, Some(tls(Some((&client_cert, &client_key)), &ca.cert_pem))).await, Ok(1));
+    assert!(admin_call(&url, Some(tls(None, &ca.cert_pem))).await.is_err(), "no client certificate");
+    assert!(
+        admin_call(&url, Some(tls(Some((&rogue_cert, &rogue_key)), &ca.cert_pem))).await.is_err(),
+        "a client certificate from another CA"
+    );
+
+    // And the plan stream works over mutual TLS.
+    let mut cfg = fast(SubscribeConfig::new(&url, NODE));
+    cfg.tls = Some(tls(Some((&client_cert, &client_key)), &ca.cert_pem));
+    let sub: Subscription<Plan> = subscribe(cfg);
+    let mut plans = sub.plans();
+    let p = next_plan(&mut plans, Duration::from_secs(5)).await;
+    assert_eq!(config_of(&p.plan, "198.18.0.2"), "apps/blue");
+    ctl.stop().await;
+}
