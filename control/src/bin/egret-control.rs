@@ -14,8 +14,16 @@ struct Args {
     /// A manifests file or directory (StaticGatewayConfigurations, Pods,
     /// Nodes, EgressPolicies as `kubectl get -o yaml` prints them), re-read
     /// when it changes.
-    #[arg(long, env = "EGRET_MANIFESTS")]
-    manifests: PathBuf,
+    #[arg(long, env = "EGRET_MANIFESTS", required_unless_present = "kubernetes", conflicts_with = "kubernetes")]
+    manifests: Option<PathBuf>,
+    /// Read cluster state from the Kubernetes API (in-cluster service
+    /// account, or the kubeconfig) instead of manifests.
+    #[arg(long)]
+    kubernetes: bool,
+    /// The API server's URL, overriding the inferred one (e.g. the
+    /// `http://127.0.0.1:8001` of `kubectl proxy`).
+    #[arg(long, requires = "kubernetes")]
+    kube_api: Option<String>,
     /// How often to check the manifests for changes, in milliseconds.
     #[arg(long, default_value_t = 500)]
     poll_ms: u64,
@@ -47,9 +55,18 @@ async fn run(a: Args) -> Result<(), String> {
         _ => None,
     };
     let state = ControlState::new();
-    // The first load must work: a typo at start-up is an error, not an empty plan.
-    source::load_file(&state, &a.manifests)?;
-    tokio::spawn(source::watch_file(state.clone(), a.manifests.clone(), Duration::from_millis(a.poll_ms)));
+    if let Some(path) = &a.manifests {
+        // The first load must work: a typo at start-up is an error, not an empty plan.
+        source::load_file(&state, path)?;
+        tokio::spawn(source::watch_file(state.clone(), path.clone(), Duration::from_millis(a.poll_ms)));
+    } else {
+        let config = match &a.kube_api {
+            Some(url) => kube::Config::new(url.parse().map_err(|e| format!("--kube-api '{url}': {e}"))?),
+            None => kube::Config::infer().await.map_err(|e| format!("Kubernetes configuration: {e}"))?,
+        };
+        let client = kube::Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
+        tokio::spawn(egret_control::kube_source::watch_kubernetes(state.clone(), client));
+    }
     let listener =
         tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("listen on {}: {e}", a.listen))?;
     tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, tls = tls.is_some(), mtls = a.client_ca.is_some(), "serving");

@@ -1,0 +1,289 @@
+//! The Kubernetes source against a small fake API server speaking the
+//! list/watch protocol over real HTTP on 127.0.0.1 (no Kubernetes API server
+//! can be installed on this machine): lists with resourceVersions, chunked
+//! watch streams with ADDED/MODIFIED/DELETED and BOOKMARK events, a dropped
+//! watch resumed from the last resourceVersion without a re-list, a 410
+//! Gone answered with a re-list, and a CRD that is not installed (404).
+
+use egret_control::{kube_source::watch_kubernetes, ControlState};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
+
+const SGCS: &str = "/apis/egressgateway.kubernetes.azure.com/v1alpha1/staticgatewayconfigurations";
+const PODS: &str = "/api/v1/pods";
+const NODES: &str = "/api/v1/nodes";
+
+#[derive(Clone, Debug)]
+enum Push {
+    Event { path: String, line: String },
+    Close { path: String },
+}
+
+#[derive(Default)]
+struct Db {
+    rv: u64,
+    objects: BTreeMap<String, BTreeMap<String, Value>>,
+    lists: BTreeMap<String, usize>,
+    /// (path, resourceVersion asked) of every watch request.
+    watches: Vec<(String, String)>,
+}
+
+#[derive(Clone)]
+struct Fake {
+    db: Arc<Mutex<Db>>,
+    push: broadcast::Sender<Push>,
+}
+
+fn name_of(o: &Value) -> String {
+    format!("{}/{}", o["metadata"]["namespace"].as_str().unwrap_or(""), o["metadata"]["name"].as_str().unwrap())
+}
+
+impl Fake {
+    fn new() -> Fake {
+        Fake { db: Arc::default(), push: broadcast::channel(64).0 }
+    }
+
+    /// Stores `o` at a new resourceVersion; with `notify`, watchers see it.
+    fn put(&self, path: &str, mut o: Value, notify: bool) {
+        let mut db = self.db.lock().unwrap();
+        db.rv += 1;
+        o["metadata"]["resourceVersion"] = json!(db.rv.to_string());
+        let old = db.objects.entry(path.into()).or_default().insert(name_of(&o), o.clone());
+        if notify {
+            let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
+            let line = json!({"type": kind, "object": o}).to_string();
+            let _ = self.push.send(Push::Event { path: path.into(), line });
+        }
+    }
+
+    fn delete(&self, path: &str, o: &Value, notify: bool) {
+        let mut db = self.db.lock().unwrap();
+        db.rv += 1;
+        let gone = db.objects.entry(path.into()).or_default().remove(&name_of(o));
+        if let (true, Some(mut gone)) = (notify, gone) {
+            gone["metadata"]["resourceVersion"] = json!(db.rv.to_string());
+            let _ = self
+                .push
+                .send(Push::Event { path: path.into(), line: json!({"type": "DELETED", "object": gone}).to_string() });
+        }
+    }
+
+    fn bookmark(&self, path: &str, kind: &str) -> String {
+        let mut db = self.db.lock().unwrap();
+        db.rv += 1;
+        let rv = db.rv.to_string();
+        let line = json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": rv}}});
+        let _ = self.push.send(Push::Event { path: path.into(), line: line.to_string() });
+        rv
+    }
+
+    fn gone(&self, path: &str) {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "too old resource version", "reason": "Expired", "code": 410});
+        let line = json!({"type": "ERROR", "object": status}).to_string();
+        let _ = self.push.send(Push::Event { path: path.into(), line });
+    }
+
+    fn lists(&self, path: &str) -> usize {
+        self.db.lock().unwrap().lists.get(path).copied().unwrap_or(0)
+    }
+
+    fn watches(&self, path: &str) -> Vec<String> {
+        self.db.lock().unwrap().watches.iter().filter(|(p, _)| p == path).map(|(_, rv)| rv.clone()).collect()
+    }
+
+    async fn serve(self, listener: TcpListener) {
+        loop {
+            let (sock, _) = listener.accept().await.unwrap();
+            tokio::spawn(self.clone().connection(sock));
+        }
+    }
+
+    async fn connection(self, sock: TcpStream) {
+        let (r, mut w) = sock.into_split();
+        let mut r = BufReader::new(r);
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            // Skip the headers (GET requests have no body).
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).await.unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            let params: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
+            if ![SGCS, PODS, NODES].contains(&path) {
+                let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+                    "message": "the server could not find the requested resource"})
+                .to_string();
+                let head = format!(
+                    "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                if w.write_all(format!("{head}{body}").as_bytes()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            if params.get("watch").is_some_and(|v| *v == "true" || *v == "1") {
+                let mut rx = self.push.subscribe();
+                let rv = params.get("resourceVersion").unwrap_or(&"").to_string();
+                self.db.lock().unwrap().watches.push((path.to_string(), rv));
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                if w.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                loop {
+                    match rx.recv().await {
+                        Ok(Push::Event { path: p, line }) if p == path => {
+                            let data = format!("{line}\n");
+                            let chunk = format!("{:x}\r\n{data}\r\n", data.len());
+                            if w.write_all(chunk.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        // A dropped connection, as when an API server restarts.
+                        Ok(Push::Close { path: p }) if p == path => return,
+                        Ok(_) => {}
+                        Err(_) => return,
+                    }
+                }
+            }
+            let body = {
+                let mut db = self.db.lock().unwrap();
+                *db.lists.entry(path.to_string()).or_default() += 1;
+                let items: Vec<Value> = db.objects.get(path).map(|m| m.values().cloned().collect()).unwrap_or_default();
+                json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": db.rv.to_string()}, "items": items})
+                    .to_string()
+            };
+            let head =
+                format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+            if w.write_all(format!("{head}{body}").as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn sgc(name: &str, prefix: &str) -> Value {
+    json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "StaticGatewayConfiguration",
+        "metadata": {"name": name, "namespace": "apps", "uid": format!("uid-{name}")},
+        "spec": {"gatewayNodepoolName": "gwpool", "provisionPublicIps": true, "defaultRoute": "staticEgressGateway"},
+        "status": {"egressIpPrefix": prefix, "gatewayServerProfile": {"ip": "10.0.0.4", "port": 6000}}})
+}
+
+fn pod(name: &str, ip: &str, config: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "apps", "uid": format!("uid-{name}"),
+            "annotations": {"kubernetes.azure.com/static-gateway-configuration": config}},
+        "spec": {"containers": [{"name": "c", "image": "alpine"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "10.224.2.10"}})
+}
+
+fn node(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.azure.com/agentpool": "gwpool", "kubeegressgateway.azure.com/mode": "true"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}], "addresses": [{"type": "InternalIP", "address": "10.224.0.10"}]}})
+}
+
+/// The config gw-0's plan binds `ip` to ("" when unbound), once it holds.
+async fn wait_binding(state: &ControlState, node: &str, ip: &str, want: &str, within: Duration) {
+    let mut rx = state.watch();
+    let ok = tokio::time::timeout(within, async {
+        loop {
+            let now = {
+                let snap = rx.borrow_and_update();
+                snap.plans.get(node).map(|p| {
+                    p.plan
+                        .bindings
+                        .iter()
+                        .find(|b| b.pod_ip.to_string() == ip)
+                        .map(|b| b.config.clone())
+                        .unwrap_or_default()
+                })
+            };
+            if now.as_deref() == Some(want) {
+                return;
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "{node}: {ip} never bound to '{want}'");
+}
+
+async fn wait_until(what: &str, within: Duration, f: impl Fn() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_watch_bookmarks_resume_and_relist_on_410() {
+    let fake = Fake::new();
+    fake.put(NODES, node("gw-0"), false);
+    fake.put(SGCS, sgc("blue", "198.19.100.0/30"), false);
+    fake.put(SGCS, sgc("green", "198.19.101.0/30"), false);
+    fake.put(PODS, pod("web", "198.18.0.2", "blue"), false);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(fake.clone().serve(listener));
+
+    let state = ControlState::new();
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    tokio::spawn(watch_kubernetes(state.clone(), client));
+    let long = Duration::from_secs(10);
+
+    // Listed: gw-0 gets both configs and the pod, with the EgressPolicy CRD
+    // not installed (404) in the way of nothing.
+    wait_binding(&state, "gw-0", "198.18.0.2", "apps/blue", long).await;
+    assert_eq!(state.snapshot().plans["gw-0"].plan.configs.len(), 2);
+    wait_until("pod watch", long, || !fake.watches(PODS).is_empty()).await;
+    wait_until("node watch", long, || !fake.watches(NODES).is_empty()).await;
+
+    // A watch event: the pod is rebound; the plan follows within 2 s.
+    fake.put(PODS, pod("web", "198.18.0.2", "green"), true);
+    wait_binding(&state, "gw-0", "198.18.0.2", "apps/green", Duration::from_secs(2)).await;
+
+    // A bookmark, then the watch connection drops: the watcher resumes from
+    // the bookmark's resourceVersion, without listing again.
+    let lists = fake.lists(PODS);
+    let rv = fake.bookmark(PODS, "Pod");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = fake.push.send(Push::Close { path: PODS.into() });
+    wait_until("a resumed pod watch", long, || fake.watches(PODS).len() >= 2).await;
+    assert_eq!(fake.watches(PODS).last().unwrap(), &rv, "resumed from the bookmark");
+    assert_eq!(fake.lists(PODS), lists, "no re-list after a plain disconnect");
+    fake.put(PODS, pod("batch", "198.18.0.3", "blue"), true);
+    wait_binding(&state, "gw-0", "198.18.0.3", "apps/blue", long).await;
+
+    // 410 Gone: the watcher lists again, and so sees a change it was never
+    // told about (the pod deleted while events were lost).
+    fake.delete(PODS, &pod("web", "", ""), false);
+    fake.gone(PODS);
+    wait_until("a re-list after 410", long, || fake.lists(PODS) > lists).await;
+    wait_binding(&state, "gw-0", "198.18.0.2", "", long).await;
+    wait_binding(&state, "gw-0", "198.18.0.3", "apps/blue", long).await;
+
+    // A gateway node joins: it gets a plan, with a share of the addresses.
+    fake.put(NODES, node("gw-1"), true);
+    wait_until("gw-1's plan", long, || state.snapshot().plans.contains_key("gw-1")).await;
+    let snap = state.snapshot();
+    let held: usize = ["gw-0", "gw-1"]
+        .iter()
+        .map(|n| snap.plans[*n].plan.configs.iter().map(|c| c.egress.len()).sum::<usize>())
+        .sum();
+    assert_eq!(held, 8, "both prefixes, split across both nodes");
+}
