@@ -9,7 +9,7 @@ run() {
 }
 run nat_core cargo bench -q -p egret-dataplane --bench nat_core -- --quick
 if [ -x bench/run.sh ]; then
-  run gateway bench/run.sh --smoke
+  run gateway bench/run.sh --pairs 1 --flows 1000
 fi
 echo "bench: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -52,6 +52,7 @@ mkdir -p /etc/netns/egt-pa
 echo "nameserver 198.19.0.53" > /etc/netns/egt-pa/resolv.conf
 write_policy_plan yes
 write_settings "$DIR/gateway.toml" "$DIR" 1
+{ printf 'metrics_address = "127.0.0.1:9464"\n'; cat "$DIR/gateway.toml"; } > "$DIR/gw.tmp" && mv "$DIR/gw.tmp" "$DIR/gateway.toml"
 start_servers "$DIR" || exit 1
 for a in 198.19.0.10 198.19.0.11; do
   ip netns exec egt-net python3 scripts/echo_server.py "$a" >/dev/null 2>&1 &
@@ -89,6 +90,8 @@ secs=$(python3 -c "print(round($t1 - $t0, 2))")
 check "removing the allow rule closes the destination within 2 s [${secs}s]" bash -c "[ $closed = yes ] && python3 -c 'import sys; sys.exit(0 if $secs <= 2 else 1)'"
 sleep 1.2
 check "denials are logged with their reason" grep -q "no rule matched" "$DIR/gateway.log"
+ip netns exec egt-gw curl -s -m 2 http://127.0.0.1:9464/metrics > "$DIR/metrics.txt"
+check "rule hit counts are exported per rule" bash -c "grep -qE '^egret_policy_rule_hits_total\{config=\"demo/config-a\",rule=\"api\"\} [1-9]' '$DIR/metrics.txt' && grep -qE '^egret_policy_rule_hits_total\{config=\"demo/config-a\",rule=\"default\"\} [1-9]' '$DIR/metrics.txt'"
 d=$(status_sum nat drops policy_denied)
 check "denials are counted [$d]" test "${d:-0}" -ge 4
 

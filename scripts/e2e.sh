@@ -89,13 +89,19 @@ after=$(status_sum nat drops unsolicited)
 check "unsolicited packets to egress addresses reach no pod (counted: $((after - before)))" \
   bash -c "! grep -q 'UDP' '$DIR/sniff' && [ $((after - before)) -ge 800 ]"
 
-# An invalid plan is rejected whole; the previous one keeps serving.
+# A plan file that does not parse is rejected whole; the previous plan keeps serving.
 cp "$DIR/plan.yaml" "$DIR/plan.good"
-sed -i 's#198.19.101.0/28#198.19.100.8/29#' "$DIR/plan.yaml"
+printf 'kind: [unclosed\n' >> "$DIR/plan.yaml"
 sleep 1
 b2=$(ip netns exec egt-pb curl -s -m 3 http://198.19.0.254/)
-check "an invalid plan (overlapping pools) is rejected and the last plan keeps serving [$b2]" \
-  bash -c "in_pool() { [[ \"\$1\" == \$2.* ]]; }; in_pool '$b2' 198.19.101 && grep -q 'plan rejected' '$DIR/gateway.log'"
+check "a plan file that does not parse is rejected and the last plan keeps serving [$b2]" \
+  bash -c "[[ '$b2' == 198.19.101.* ]] && grep -q 'plan rejected' '$DIR/gateway.log'"
+# A config whose prefix overlaps an older one is left out and reported; the rest serve.
+sed 's#198.19.101.0/28#198.19.100.8/29#' "$DIR/plan.good" > "$DIR/plan.next" && mv "$DIR/plan.next" "$DIR/plan.yaml"
+sleep 1
+a2=$(ip netns exec egt-pa curl -s -m 3 http://198.19.0.254/)
+check "an overlapping config is left out and reported while the others keep serving [$a2]" \
+  bash -c "[[ '$a2' == 198.19.100.* ]] && grep -q 'overlaps 198.19.100.0/28' '$DIR/gateway.log' && ! ip netns exec egt-pb curl -s -m 2 http://198.19.0.254/"
 cp "$DIR/plan.good" "$DIR/plan.yaml"
 
 stop_gateway

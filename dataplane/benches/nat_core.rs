@@ -46,7 +46,41 @@ fn pod(i: u32) -> [u8; 4] {
 }
 
 fn plan(mode: MappingMode) -> Arc<egret_dataplane::plan::CompiledPlan> {
+    plan_with_policy(mode, None)
+}
+
+/// A default-deny policy of `n` rules: n-1 /32 allows elsewhere, then one
+/// allow for the benchmark's destinations, so every flow walks the trie
+/// and is allowed by the last rule.
+fn policy(n: usize) -> egret_dataplane::plan::EgressPolicy {
+    use egret_dataplane::plan::{EgressPolicy, PolicyAction, PolicyRule, Protocol};
+    let rule = |i: usize, cidr: String| PolicyRule {
+        name: format!("r{i}"),
+        action: PolicyAction::Allow,
+        cidrs: vec![cidr.parse().unwrap()],
+        fqdns: vec![],
+        protocol: Some(Protocol::Udp),
+        ports: vec!["443".parse().unwrap()],
+        pods: None,
+    };
+    let mut rules: Vec<PolicyRule> =
+        (0..n - 1).map(|i| rule(i, format!("198.19.{}.{}/32", 1 + (i >> 8) % 250, i & 255))).collect();
+    rules.push(rule(n, "198.19.0.0/24".into()));
+    EgressPolicy {
+        default_action: PolicyAction::Deny,
+        rules,
+        deny_response: Default::default(),
+        live_flows: Default::default(),
+        dns_ttl_floor: 30,
+    }
+}
+
+fn plan_with_policy(
+    mode: MappingMode,
+    policy: Option<egret_dataplane::plan::EgressPolicy>,
+) -> Arc<egret_dataplane::plan::CompiledPlan> {
     let mut c = GatewayConfig::new("bench", vec!["198.19.100.0/28".parse().unwrap()]);
+    c.policy = policy;
     c.mapping = mode;
     c.port_quota = u32::MAX;
     let bindings = (0..PODS).map(|i| Binding { pod_ip: pod(i).into(), config: "bench".into() }).collect();
@@ -215,6 +249,28 @@ fn main() {
             MappingMode::PortReuse => "port reuse",
         };
         rows.push((format!("new sessions ({name}), {n} flows"), median(rates), "M/s"));
+    }
+
+    // The cost of a 10k-rule egress policy, paid once per new flow.
+    {
+        let n = if quick { 50_000 } else { 500_000 };
+        let pkts: Vec<[u8; FRAME]> = order(n).into_iter().map(flow).collect();
+        for (label, pol) in [("no policy", None), ("10k-rule policy", Some(policy(10_000)))] {
+            let plan = plan_with_policy(MappingMode::PortReuse, pol);
+            let rates: Vec<f64> = (0..runs)
+                .map(|_| {
+                    let s = EngineSettings {
+                        session_capacity: n + 1024,
+                        router_ip: Ipv4Addr::new(198, 18, 0, 1),
+                        seed: 1,
+                        ..Default::default()
+                    };
+                    let mut e = NatEngine::new(s, plan.clone());
+                    run(&mut e, &pkts, 1)
+                })
+                .collect();
+            rows.push((format!("new sessions (port reuse), {label}, {n} flows"), median(rates), "M/s"));
+        }
     }
 
     // Memory: bytes the engine allocates per session slot of capacity.

@@ -135,6 +135,31 @@ pub fn render(reports: &[WorkerReport], info: &GatewayInfo) -> String {
         let _ = writeln!(o, "egret_handoff_total{{worker=\"{}\"}} {}", r.worker, r.io.handoff_sent);
         let _ = writeln!(o, "egret_handoff_ring_depth{{worker=\"{}\"}} {}", r.worker, r.io.handoff_ring_depth);
     }
+    metric(
+        &mut o,
+        "egret_policy_rule_hits_total",
+        "counter",
+        "New flows decided by each egress policy rule (\"default\": no rule matched).",
+    );
+    let mut hits: std::collections::BTreeMap<(String, usize, String), u64> = Default::default();
+    for r in reports {
+        for h in &r.rule_hits {
+            for (i, (rule, n)) in h.rules.iter().enumerate() {
+                *hits.entry((h.config.clone(), i, rule.clone())).or_default() += n;
+            }
+        }
+    }
+    for ((c, _, rule), n) in &hits {
+        let _ = writeln!(o, "egret_policy_rule_hits_total{{config=\"{c}\",rule=\"{rule}\"}} {n}");
+    }
+    metric(
+        &mut o,
+        "egret_policy_deny_logs_suppressed_total",
+        "counter",
+        "Policy denials not logged (rate limit: 20 per second per worker).",
+    );
+    let v: u64 = reports.iter().map(|r| r.deny_logs_suppressed).sum();
+    let _ = writeln!(o, "egret_policy_deny_logs_suppressed_total {v}");
     metric(&mut o, "egret_sessions_created_total", "counter", "Sessions opened.");
     let v: u64 = reports.iter().map(|r| r.nat.sessions_created).sum();
     let _ = writeln!(o, "egret_sessions_created_total {v}");

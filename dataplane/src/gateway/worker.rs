@@ -74,6 +74,10 @@ pub struct WorkerReport {
     pub ports: Vec<crate::nat::PortUsage>,
     #[serde(skip)]
     pub snapshot: Vec<crate::nat::SessionRecord>,
+    #[serde(skip)]
+    pub rule_hits: Vec<crate::nat::RuleHits>,
+    /// Policy denials not logged because of the log rate limit.
+    pub deny_logs_suppressed: u64,
 }
 
 impl Serialize for crate::nat::Counters {
@@ -119,7 +123,13 @@ pub struct Worker {
     pub io_counters: IoCounters,
     tx: Vec<Vec<XdpDesc>>,
     pending: Vec<Pending>,
+    /// Deny log lines left this second, and the second they count for.
+    deny_log_budget: (u64, u32),
+    deny_logs_suppressed: u64,
 }
+
+/// Policy denials logged per worker per second; the rest are counted.
+const DENY_LOGS_PER_SEC: u32 = 20;
 
 impl Worker {
     #[allow(clippy::too_many_arguments)]
@@ -155,6 +165,8 @@ impl Worker {
             io_counters: IoCounters::default(),
             tx,
             pending: Vec::with_capacity(PENDING_MAX),
+            deny_log_budget: (0, DENY_LOGS_PER_SEC),
+            deny_logs_suppressed: 0,
         }
     }
 
@@ -265,13 +277,25 @@ impl Worker {
         r.io = self.io_counters.clone();
         r.nat = self.engine.counters().clone();
         r.ports = self.engine.port_usage();
+        r.rule_hits = self.engine.rule_hits();
+        r.deny_logs_suppressed = self.deny_logs_suppressed;
         if with_snapshot {
             r.snapshot = self.engine.snapshot(now);
         }
     }
 
     fn log_events(&mut self) {
-        for e in self.engine.take_deny_events() {
+        let sec = self.epoch.elapsed().as_secs();
+        if self.deny_log_budget.0 != sec {
+            self.deny_log_budget = (sec, DENY_LOGS_PER_SEC);
+        }
+        let events: Vec<_> = self.engine.take_deny_events().collect();
+        for e in events {
+            if self.deny_log_budget.1 == 0 {
+                self.deny_logs_suppressed += 1;
+                continue;
+            }
+            self.deny_log_budget.1 -= 1;
             tracing::info!(target: "egret::policy", pod = %e.pod, dst = %e.dst, proto = e.proto, port = e.port,
                 config = %e.config, reason = %e.rule.as_deref().map_or("no rule matched".to_string(), |r| format!("denied by rule {r}")),
                 "egress denied");
