@@ -307,3 +307,39 @@ async fn tls_and_mutual_tls_accept_the_right_peers_and_reject_the_rest() {
     assert_eq!(config_of(&p.plan, "198.18.0.2"), "apps/blue");
     ctl.stop().await;
 }
+
+/// The form a thread-based gateway uses: no runtime of its own, polling the
+/// watch channel between batches.
+#[test]
+fn a_gateway_without_a_runtime_subscribes_from_a_thread() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let state = ControlState::new();
+    state.update(&egret_dataplane::cluster::ClusterState::parse(&manifests("blue"), "t").unwrap());
+    let ctl = rt.block_on(Control::start(state.clone(), None, "127.0.0.1:0"));
+    let url = format!("http://{}", ctl.addr);
+
+    let sub = egret_api::client::subscribe_in_thread::<Plan>(fast(SubscribeConfig::new(&url, NODE))).unwrap();
+    let mut plans = sub.plans();
+    let t0 = std::time::Instant::now();
+    let p = loop {
+        if plans.has_changed().unwrap() {
+            if let Some(p) = plans.borrow_and_update().clone() {
+                break p;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "no plan");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(config_of(&p.plan, "198.18.0.2"), "apps/blue");
+    sub.ack(p.version, Err("test rejects it".into()));
+    let link = loop {
+        let l = state.link(NODE);
+        if !l.applied_error.is_empty() || t0.elapsed() > Duration::from_secs(5) {
+            break l;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!((link.applied_version, link.applied_error.as_str()), (0, "test rejects it"));
+    drop(sub);
+    rt.block_on(ctl.stop());
+}
