@@ -47,7 +47,7 @@ done
 
 scripts/install-deps.sh
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-cargo build --release -q -p egret-dataplane --bin egret-gateway -p egret-bench
+cargo build --release -q -p egret-dataplane -p egret-bench --bin egret-gateway --bin egret-loadgen
 GATEWAY=$TARGET_DIR/release/egret-gateway
 LOADGEN=$TARGET_DIR/release/egret-loadgen
 NCPU=$(nproc)
@@ -159,7 +159,9 @@ frame_size = 2048
 ring = 2048
 TOML
   rm -f "$DIR/status.json"
-  x egt-b-gw "$GATEWAY" --config "$DIR/gateway.toml" >"$DIR/gateway.log" 2>&1 &
+  # Not through x(): a function in the background is a subshell, and $!
+  # must be the gateway itself for stop_gw to reach it.
+  ip netns exec egt-b-gw "$GATEWAY" --config "$DIR/gateway.toml" >"$DIR/gateway.log" 2>&1 &
   GW_PID=$!
   for _ in $(seq 100); do
     [ -s "$DIR/status.json" ] && break
@@ -175,10 +177,11 @@ measure() {
   local gw_mac out
   gw_mac=$(x egt-b-gw cat /sys/class/net/b-in/address)
   out=$DIR/sink.out
-  x egt-b-sink "$LOADGEN" sink --dev sink0 --warmup "$WARMUP" --measure "$MEASURE" --hold 0.3 >"$out" 2>"$DIR/sink.err" &
+  ip netns exec egt-b-sink "$LOADGEN" sink --dev sink0 --warmup "$WARMUP" --measure "$MEASURE" --hold 0.3 >"$out" 2>"$DIR/sink.err" &
   local sink=$!
   for _ in $(seq 50); do grep -q ready "$out" 2>/dev/null && break; sleep 0.1; done
-  (sleep "$WARMUP"; head -n 3 /proc/stat >"$DIR/stat0"; sleep "$MEASURE"; head -n 3 /proc/stat >"$DIR/stat1") &
+  (sleep "$WARMUP"; head -n 3 /proc/stat >"$DIR/stat0"; head -n 1 /proc/pressure/cpu >"$DIR/psi0" 2>/dev/null
+   sleep "$MEASURE"; head -n 3 /proc/stat >"$DIR/stat1"; head -n 1 /proc/pressure/cpu >"$DIR/psi1" 2>/dev/null) &
   local sampler=$!
   x egt-b-gen taskset -c 0 "$LOADGEN" gen --dev gen0 --dst-mac "$gw_mac" --src 198.18.0.2 --dst 198.19.0.2 \
     --flows "$FLOWS" --size "$SIZE" --seconds "$(python3 -c "print($WARMUP + $MEASURE + 0.2)")" >"$DIR/gen.out"
@@ -187,9 +190,14 @@ measure() {
   { cat "$DIR/gen.out"; grep '^sink:' "$out"; } >>"$DIR/detail.log"
 }
 
-# Each core's use over the window: busy % (softirq % of it).
+offered() { sed -n 's/.* = \([0-9.]*\) Mpps offered.*/\1/p' "$DIR/gen.out"; }
+
+# Each core's use over the window: busy % (softirq % of it), and CPU
+# contention: the share of the window in which some task waited for a CPU
+# (PSI). Generator and gateway each own a core, so a high figure means
+# something else was running: that run's figure is not to be trusted.
 cpu_use() {
-  python3 - "$DIR/stat0" "$DIR/stat1" <<'PY'
+  python3 - "$DIR/stat0" "$DIR/stat1" "$DIR/psi0" "$DIR/psi1" "$MEASURE" <<'PY'
 import sys
 a = [l.split() for l in open(sys.argv[1])][1:]
 b = [l.split() for l in open(sys.argv[2])][1:]
@@ -198,8 +206,32 @@ for x, y in zip(a, b):
     d = [int(j) - int(i) for i, j in zip(x[1:], y[1:])]
     total = sum(d) or 1
     out.append(f"{x[0]} {100 * (total - d[3] - d[4]) // total}% busy ({100 * d[6] // total}% softirq)")
+try:
+    t = [int(open(f).read().split("total=")[1]) for f in sys.argv[3:5]]
+    out.append(f"contention {(t[1] - t[0]) / 1e4 / float(sys.argv[5]):.0f}%")
+except (OSError, IndexError, ValueError):
+    pass
 print(", ".join(out))
 PY
+}
+
+# Waits (at most 2 minutes) until other work leaves both cores mostly idle.
+wait_quiet() {
+  local i busy
+  for i in $(seq 60); do
+    busy=$(python3 - <<'PY'
+import time
+def snap():
+    return [list(map(int, l.split()[1:])) for l in open("/proc/stat") if l.startswith("cpu") and l[3] != " "]
+a = snap(); time.sleep(1); b = snap()
+print(max(100 - 100 * ((y[3] + y[4]) - (x[3] + x[4])) // max(1, sum(y) - sum(x)) for x, y in zip(a, b)))
+PY
+)
+    [ "$busy" -lt 15 ] && return 0
+    [ "$i" = 1 ] && echo "  (waiting for the machine to quiet down: a core is ${busy}% busy)" >&2
+    sleep 1
+  done
+  echo "  (machine still busy: ${busy}%; measuring anyway)" >&2
 }
 
 egret_drops() {
@@ -217,15 +249,17 @@ echo "bench: 64 B UDP ($SIZE B frames), $FLOWS flows, $PAIRS interleaved pairs, 
   "generator on core 0, gateway on core $GW_CORE$([ "$ONE_CORE" = 1 ] && echo ", Egret's RX copy on the gateway core too")"
 egret=(); kernel=()
 for i in $(seq "$PAIRS"); do
+  wait_quiet
   up; setup_egret
   r=$(measure); stop_gw
   egret+=("$r")
-  echo "  run $((2 * i - 1)): egret    ${r} Mpps   $(cpu_use)   ($(egret_drops 2>/dev/null || echo no status))"
+  echo "  run $((2 * i - 1)): egret    ${r} Mpps (offered $(offered))   $(cpu_use)   ($(egret_drops 2>/dev/null || echo no status))"
+  wait_quiet
   up; setup_kernel
   r=$(measure)
   kernel+=("$r")
   ct=$(x egt-b-gw cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo '?')
-  echo "  run $((2 * i)): nftables ${r} Mpps   $(cpu_use)   (conntrack entries: $ct)"
+  echo "  run $((2 * i)): nftables ${r} Mpps (offered $(offered))   $(cpu_use)   (conntrack entries: $ct)"
 done
 down
 python3 - "${egret[*]}" "${kernel[*]}" "$FLOWS" <<'PY'

@@ -32,9 +32,11 @@ static PROGRAMS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/loadgen.bpf.o
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-/// Frames per `BPF_PROG_RUN` call: ~50 ms at 5 Mpps, so the deadline is
-/// checked often.
-const REPEAT: u32 = 1 << 18;
+/// Frames in the first `BPF_PROG_RUN` call (~10 ms at 5 Mpps); later calls
+/// are sized from the measured rate to last about `CALL_SECONDS`.
+const REPEAT_FIRST: u32 = 1 << 16;
+const REPEAT_MAX: u32 = 1 << 24;
+const CALL_SECONDS: f64 = 0.5;
 const MAX_SECONDS: f64 = 60.0;
 /// Ethernet + IPv4 + UDP: what `gen` rewrites in every frame.
 const HEADER_LEN: usize = 42;
@@ -184,13 +186,15 @@ fn gen(a: &Args) -> Result<(), String> {
 
     let start = Instant::now();
     let deadline = Duration::from_secs_f64(seconds);
+    let debug = std::env::var_os("EGRET_LOADGEN_DEBUG").is_some();
     let mut sent: u64 = 0;
+    let mut repeat = REPEAT_FIRST;
     while start.elapsed() < deadline {
         let attr = TestRunAttr {
             prog_fd: fd as u32,
             data_size_in: frame.len() as u32,
             data_in: frame.as_ptr() as u64,
-            repeat: REPEAT,
+            repeat,
             flags: BPF_F_TEST_XDP_LIVE_FRAMES,
             batch_size: 64,
             ..TestRunAttr::default()
@@ -203,7 +207,17 @@ fn gen(a: &Args) -> Result<(), String> {
         if rc != 0 {
             return Err(format!("BPF_PROG_RUN (live frames): {}", std::io::Error::last_os_error()));
         }
-        sent += u64::from(REPEAT);
+        sent += u64::from(repeat);
+        let elapsed = start.elapsed().as_secs_f64();
+        if debug {
+            eprintln!("gen: call of {repeat} frames done at {elapsed:.3} s");
+        }
+        // Each call sets up and tears down a page pool, and the teardown
+        // sleeps: few long calls keep the offered load steady. Aim at
+        // CALL_SECONDS per call without running past the deadline by much.
+        let rate = sent as f64 / elapsed.max(1e-6);
+        let left = (seconds - elapsed).max(0.0);
+        repeat = (rate * CALL_SECONDS.min(left)).clamp(f64::from(REPEAT_FIRST), f64::from(REPEAT_MAX)) as u32;
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
