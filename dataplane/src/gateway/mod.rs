@@ -6,6 +6,7 @@
 pub mod metrics;
 pub mod nexthop;
 pub mod service;
+pub mod source;
 pub mod worker;
 pub mod xdp;
 pub mod xsk;
@@ -77,6 +78,24 @@ pub struct NatLogSettings {
     pub destinations: bool,
 }
 
+/// Subscribing to egret-control instead of reading a plan file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSettings {
+    /// `http://host:port`, or `https://host:port` with `ca`.
+    pub url: String,
+    /// This gateway's node name (its Kubernetes Node).
+    pub node: String,
+    /// CA that signed the control plane's certificate (TLS).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// This gateway's client certificate and key (mutual TLS).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
 /// `gateway.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,6 +114,9 @@ pub struct NodeConfig {
     /// Manifests file or directory (standalone mode).
     #[serde(default)]
     pub plan_file: Option<PathBuf>,
+    /// The control plane to subscribe to (instead of `plan_file`).
+    #[serde(default)]
+    pub control: Option<ControlSettings>,
     /// Where sessions are saved on stop and restored from on start.
     #[serde(default)]
     pub state_file: Option<PathBuf>,
@@ -142,8 +164,26 @@ impl NodeConfig {
         if !c.umem.ring.is_power_of_two() || c.umem.ring > c.umem.frames {
             return Err(bad(format!("umem.ring = {} must be a power of two no larger than umem.frames", c.umem.ring)));
         }
-        if c.plan_file.is_none() {
-            return Err(bad("plan_file is required (no control plane configured)".into()));
+        match (&c.plan_file, &c.control) {
+            (None, None) => return Err(bad("plan_file is required when no [control] is configured".into())),
+            (Some(_), Some(_)) => {
+                return Err(bad("plan_file and [control] exclude each other: choose one plan source".into()))
+            }
+            _ => {}
+        }
+        if let Some(ctl) = &c.control {
+            if !(ctl.url.starts_with("http://") || ctl.url.starts_with("https://")) {
+                return Err(bad(format!("control.url '{}' must start with http:// or https://", ctl.url)));
+            }
+            if ctl.node.is_empty() {
+                return Err(bad("control.node must name this gateway's node".into()));
+            }
+            if ctl.url.starts_with("https://") && ctl.ca.is_none() {
+                return Err(bad("control.ca is required for an https:// control.url".into()));
+            }
+            if ctl.cert.is_some() != ctl.key.is_some() {
+                return Err(bad("control.cert and control.key go together (mutual TLS)".into()));
+            }
         }
         if !c.cores.is_empty() && c.cores.len() < c.interfaces.queues as usize {
             return Err(bad(format!("cores lists {} cores for {} queues", c.cores.len(), c.interfaces.queues)));
@@ -253,9 +293,21 @@ fn save_sessions(path: &Path, records: &[SessionRecord]) {
 /// Runs the gateway until SIGINT or SIGTERM.
 pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
     let epoch = Instant::now();
-    let plan_path = cfg.plan_file.clone().expect("validated");
-    let mut version = 1;
-    let plan = Arc::new(load_plan(&plan_path, version)?);
+    let term = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&term)).map_err(|e| e.to_string())?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).map_err(|e| e.to_string())?;
+    let mut source = match (&cfg.control, &cfg.plan_file) {
+        (Some(c), _) => {
+            tracing::info!(url = %c.url, node = %c.node, "subscribing to the control plane");
+            source::PlanSource::control(c)?
+        }
+        (None, Some(p)) => source::PlanSource::file(p.clone()),
+        (None, None) => return Err("no plan source".into()),
+    };
+    let plan = Arc::new(source.first(|| term.load(Ordering::Relaxed))?);
     let ifaces = cfg.ifaces();
     let mut local: Vec<Ipv4Addr> = ifaces.iter().flat_map(|i| addresses_of(i)).collect();
     local.push(cfg.router_ip);
@@ -347,13 +399,6 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
         xdp: Vec::new(),
     }));
 
-    let term = Arc::new(AtomicBool::new(false));
-    let hup = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&term)).map_err(|e| e.to_string())?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).map_err(|e| e.to_string())?;
-
     let reports: Vec<Arc<Mutex<WorkerReport>>> = workers.iter().map(|w| Arc::clone(&w.report)).collect();
     let mut liveness = service::Liveness::new(workers.iter().map(|w| Arc::clone(&w.heartbeat)).collect());
     let cores = cfg.cores.clone();
@@ -402,8 +447,6 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
     let mut last_watchdog = Instant::now();
     let mut last_save = Instant::now();
 
-    let mut seen = mtime(&plan_path);
-    drop(plan_path);
     let mut last_status = Instant::now();
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
@@ -419,15 +462,16 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
         }
         let hupped = hup.swap(false, Ordering::Relaxed);
         if hupped {
+            let before = cfg.plan_file.clone();
             reload_settings(config_path, &mut cfg);
+            if let (Some(p), true) = (&cfg.plan_file, cfg.plan_file != before) {
+                source.set_path(p.clone());
+            }
         }
-        let plan_path = cfg.plan_file.clone().expect("validated");
-        let changed = mtime(&plan_path);
-        if changed != seen || hupped {
-            seen = changed;
-            version += 1;
-            match load_plan(&plan_path, version) {
+        if let Some(update) = source.poll(hupped) {
+            match update {
                 Ok(p) => {
+                    let version = p.version;
                     let (pods, egress) = plan_sets(&p);
                     // Maps first for additions would let traffic reach
                     // workers still on the old plan; that is harmless (they
@@ -447,6 +491,7 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
         }
         if last_status.elapsed() >= Duration::from_secs(1) {
             last_status = Instant::now();
+            source.report(control_report(&reports));
             let xdp = steering.iter_mut().map(|s| {
                 let (r, d, p) = s.stats();
                 (s.ifname.clone(), r, d, p)
@@ -488,6 +533,75 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
     drop(steering);
     tracing::info!("XDP detached; stopped");
     Ok(())
+}
+
+/// What the gateway tells the control plane once a second: counters, port
+/// usage, and a sample of sessions (the latest snapshot, at most 1000).
+fn control_report(reports: &[Arc<Mutex<WorkerReport>>]) -> egret_api::v1::Report {
+    use egret_api::v1;
+    let rs: Vec<WorkerReport> = reports.iter().map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
+    let mut total = crate::nat::Counters::default();
+    let mut io = worker::IoCounters::default();
+    for r in &rs {
+        total.add(&r.nat);
+        io.handoff_sent += r.io.handoff_sent;
+        io.no_neighbour += r.io.no_neighbour;
+    }
+    let mut counters: std::collections::HashMap<String, u64> = [
+        ("in2out_packets", total.in2out_packets),
+        ("out2in_packets", total.out2in_packets),
+        ("in2out_bytes", total.in2out_bytes),
+        ("out2in_bytes", total.out2in_bytes),
+        ("sessions_created", total.sessions_created),
+        ("sessions_closed", total.sessions_closed),
+        ("handoffs", io.handoff_sent),
+        ("no_neighbour", io.no_neighbour),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for r in crate::nat::DropReason::ALL {
+        counters.insert(format!("drop_{}", r.name()), total.dropped(r));
+    }
+    let mut ports: std::collections::BTreeMap<(Ipv4Addr, String), (u32, u32)> = Default::default();
+    for r in &rs {
+        for u in &r.ports {
+            let e = ports.entry((u.addr, u.config.clone())).or_default();
+            e.0 += u.mapped.iter().sum::<u32>() + u.sessions;
+            e.1 += u.slice * 3;
+        }
+    }
+    let proto = |p: u8| match p {
+        6 => "tcp",
+        17 => "udp",
+        _ => "icmp",
+    };
+    let sessions = rs
+        .iter()
+        .flat_map(|r| r.snapshot.iter())
+        .take(1000)
+        .map(|s| v1::Session {
+            protocol: proto(s.proto).into(),
+            pod_ip: s.pod.to_string(),
+            pod_port: u32::from(s.pod_port),
+            egress_ip: s.egress.to_string(),
+            egress_port: u32::from(s.egress_port),
+            remote_ip: s.remote.to_string(),
+            remote_port: u32::from(s.remote_port),
+            config: s.config.clone(),
+            state: format!("{:#x}", s.state),
+            idle_ms: 0,
+        })
+        .collect();
+    v1::Report {
+        counters,
+        ports: ports
+            .into_iter()
+            .map(|((a, c), (in_use, capacity))| v1::PortUsage { egress_ip: a.to_string(), config: c, in_use, capacity })
+            .collect(),
+        sessions,
+        sessions_total: rs.iter().map(|r| r.sessions as u64).sum(),
+    }
 }
 
 fn write_status(path: &Path, reports: &[Arc<Mutex<WorkerReport>>], steering: &mut [xdp::Steering]) {

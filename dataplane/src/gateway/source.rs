@@ -1,0 +1,105 @@
+//! Where the gateway's plan comes from: a manifests file it re-reads when
+//! it changes (standalone), or a subscription to egret-control. Either way
+//! the gateway compiles what it gets, and a plan that does not compile is
+//! rejected whole while the previous one keeps serving.
+
+use super::{load_plan, mtime, ControlSettings};
+use crate::plan::{CompiledPlan, Plan};
+use egret_api::client::{subscribe_in_thread, Received, SubscribeConfig, Subscription, TlsFiles};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+pub enum PlanSource {
+    File { path: PathBuf, seen: Option<SystemTime>, version: u64 },
+    Control { sub: Subscription<Plan>, plans: watch::Receiver<Option<Arc<Received<Plan>>>> },
+}
+
+impl PlanSource {
+    pub fn file(path: PathBuf) -> PlanSource {
+        PlanSource::File { seen: mtime(&path), path, version: 0 }
+    }
+
+    pub fn control(c: &ControlSettings) -> Result<PlanSource, String> {
+        let mut cfg = SubscribeConfig::new(&c.url, &c.node);
+        if let Some(ca) = &c.ca {
+            let s = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+            cfg.tls = Some(TlsFiles::read(&ca.display().to_string(), s(&c.cert).as_deref(), s(&c.key).as_deref())?);
+        }
+        let sub = subscribe_in_thread::<Plan>(cfg).map_err(|e| format!("control client: {e}"))?;
+        let plans = sub.plans();
+        Ok(PlanSource::Control { sub, plans })
+    }
+
+    /// The first plan; from the control plane, waits until one arrives that
+    /// compiles (logging while it waits), or `give_up` says stop.
+    pub fn first(&mut self, give_up: impl Fn() -> bool) -> Result<CompiledPlan, String> {
+        match self {
+            PlanSource::File { path, version, .. } => {
+                *version = 1;
+                load_plan(path, 1)
+            }
+            PlanSource::Control { .. } => {
+                let started = Instant::now();
+                let mut told = Instant::now();
+                loop {
+                    if let Some(r) = self.poll(false) {
+                        match r {
+                            Ok(p) => return Ok(p),
+                            Err(e) => tracing::error!(error = %e, "plan from the control plane rejected"),
+                        }
+                    }
+                    if give_up() {
+                        return Err("stopped before the control plane sent a plan".into());
+                    }
+                    if told.elapsed() >= Duration::from_secs(5) {
+                        told = Instant::now();
+                        tracing::warn!(waited = ?started.elapsed(), "waiting for the first plan from the control plane");
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// A new plan if the source has one (compiled, or why it was rejected).
+    pub fn poll(&mut self, force: bool) -> Option<Result<CompiledPlan, String>> {
+        match self {
+            PlanSource::File { path, seen, version } => {
+                let now = mtime(path);
+                if now == *seen && !force {
+                    return None;
+                }
+                *seen = now;
+                *version += 1;
+                Some(load_plan(path, *version))
+            }
+            PlanSource::Control { sub, plans } => {
+                if !plans.has_changed().unwrap_or(false) {
+                    return None;
+                }
+                let r = plans.borrow_and_update().clone()?;
+                let mut plan = r.plan.clone();
+                plan.version = r.version;
+                let compiled = plan.compile().map_err(|e| e.to_string());
+                sub.ack(r.version, compiled.as_ref().map(|_| ()).map_err(Clone::clone));
+                Some(compiled)
+            }
+        }
+    }
+
+    /// Sends the control plane what the gateway sees (no-op for a file).
+    pub fn report(&self, report: egret_api::v1::Report) {
+        if let PlanSource::Control { sub, .. } = self {
+            sub.report(report);
+        }
+    }
+
+    pub fn set_path(&mut self, new: PathBuf) {
+        if let PlanSource::File { path, seen, .. } = self {
+            *path = new;
+            *seen = None;
+        }
+    }
+}

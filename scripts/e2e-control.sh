@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# End-to-end tests of the control plane driving a gateway: egret-control on
+# the file source, egret-gateway subscribed over gRPC; editing the YAML moves
+# a pod to another egress IP within 2 s; killing the control plane leaves
+# traffic flowing; restarting it resumes; egretctl shows what the gateway
+# reports. Prints "e2e-control: N passed, M failed" last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+passed=0; failed=0
+ok() { passed=$((passed + 1)); echo "  ok    $1"; }
+fail() { failed=$((failed + 1)); echo "  FAIL  $1"; }
+check() { local name=$1; shift; if "$@" >>"$DIR/check.log" 2>&1; then ok "$name"; else fail "$name"; fi; }
+
+DIR=$(mktemp -d /tmp/egret-control.XXXXXX)
+STATUS_FILE=$DIR/status.json
+CONTROL=$TARGET_DIR/release/egret-control
+EGRETCTL=$TARGET_DIR/release/egretctl
+CONTROL_PID=
+stop_control() {
+  if [ -n "$CONTROL_PID" ]; then kill "$CONTROL_PID" 2>/dev/null; wait "$CONTROL_PID" 2>/dev/null; fi
+  CONTROL_PID=
+}
+start_control() {
+  ip netns exec egt-gw "$CONTROL" --manifests "$DIR/manifests" --listen 127.0.0.1:50051 >>"$DIR/control.log" 2>&1 &
+  CONTROL_PID=$!
+  for _ in $(seq 50); do
+    ip netns exec egt-gw "$EGRETCTL" configs >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  return 1
+}
+cleanup() {
+  stop_gateway
+  stop_control
+  stop_servers
+  scripts/topology.sh down
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+build_gateway && (cd "$EGRET_ROOT" && cargo build --release -q -p egret-control) || { echo "e2e-control: 0 passed, 1 failed (build)"; exit 1; }
+
+scripts/topology.sh up 1
+mkdir -p "$DIR/manifests"
+write_plan "$DIR/manifests/cluster.yaml"
+write_settings "$DIR/gateway.toml" "$DIR" 1
+sed -i '/^plan_file = /d' "$DIR/gateway.toml"
+{ printf 'snapshot_interval_secs = 1\n'; cat "$DIR/gateway.toml"; } > "$DIR/gw.tmp" && mv "$DIR/gw.tmp" "$DIR/gateway.toml"
+printf '[control]\nurl = "http://127.0.0.1:50051"\nnode = "gw-0"\n' >> "$DIR/gateway.toml"
+start_servers "$DIR" || exit 1
+check "egret-control starts on the file source" start_control
+start_gateway "$DIR" || { echo "e2e-control: $passed passed, 1 failed (gateway)"; exit 1; }
+
+a=$(ip netns exec egt-pa curl -s -m 3 http://198.19.0.254/)
+check "the gateway serves the plan it got over gRPC: pod-a leaves from config-a [$a]" bash -c "[[ '$a' == 198.19.100.* ]]"
+
+# Rebind pod-a to config-b in the YAML; the server must see the new egress IP within 2 s.
+write_plan "$DIR/manifests/next.tmp" config-b config-b && mv "$DIR/manifests/next.tmp" "$DIR/manifests/cluster.yaml"
+t0=$(date +%s.%N); moved=no
+for _ in $(seq 40); do
+  r=$(ip netns exec egt-pa curl -s -m 1 http://198.19.0.254/)
+  [[ "$r" == 198.19.101.* ]] && { moved=yes; break; }
+  sleep 0.05
+done
+secs=$(python3 -c "print(round($(date +%s.%N) - $t0, 2))")
+check "editing the YAML moves pod-a to config-b's egress IP within 2 s [${secs}s, now $r]" bash -c "[ $moved = yes ] && python3 -c 'import sys; sys.exit(0 if $secs <= 2 else 1)'"
+
+sleep 1.5
+n=$(ip netns exec egt-gw "$EGRETCTL" -o json nodes 2>/dev/null)
+check "egretctl nodes shows the gateway's applied plan version" python3 -c "
+import json, sys
+d = json.loads(sys.argv[1])
+rows = d if isinstance(d, list) else d.get('nodes', [])
+sys.exit(0 if any(str(r.get('node', r.get('name', ''))) == 'gw-0' and int(r.get('appliedVersion', r.get('applied_version', 0)) or 0) >= 2 for r in rows) else 1)
+" "$n"
+ses=$(ip netns exec egt-gw "$EGRETCTL" -o json sessions --pod 198.18.0.2 2>/dev/null)
+check "egretctl sessions lists pod-a's sessions from the gateway's reports" bash -c "grep -q '198.18.0.2' <<<'$ses'"
+
+stop_control
+sleep 0.5
+b=$(ip netns exec egt-pb curl -s -m 3 http://198.19.0.254/)
+check "with the control plane gone, traffic keeps flowing on the last plan [$b]" bash -c "[[ '$b' == 198.19.101.* ]]"
+
+write_plan "$DIR/manifests/next.tmp" config-a config-b && mv "$DIR/manifests/next.tmp" "$DIR/manifests/cluster.yaml"
+check "the control plane restarts" start_control
+back=no
+for _ in $(seq 60); do
+  r=$(ip netns exec egt-pa curl -s -m 1 http://198.19.0.254/)
+  [[ "$r" == 198.19.100.* ]] && { back=yes; break; }
+  sleep 0.1
+done
+check "after the restart the gateway resubscribes and applies the new plan [$r]" test "$back" = yes
+check "a gateway with a bad control url is refused with the field named" bash -c "printf 'router_ip = \"198.18.0.1\"\n[interfaces]\ninside = \"gw-in\"\n[control]\nurl = \"ftp://x\"\nnode = \"n\"\n' > '$DIR/bad.toml'; ! '$GATEWAY' check-config '$DIR/bad.toml' 2>'$DIR/bad.err' && grep -q 'control.url' '$DIR/bad.err'"
+
+echo "e2e-control: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
