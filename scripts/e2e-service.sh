@@ -7,10 +7,6 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-passed=0; failed=0
-ok() { passed=$((passed + 1)); echo "  ok    $1"; }
-fail() { failed=$((failed + 1)); echo "  FAIL  $1"; }
-check() { local name=$1; shift; if "$@" >>"$DIR/check.log" 2>&1; then ok "$name"; else fail "$name"; fi; }
 
 DIR=$(mktemp -d /tmp/egret-service.XXXXXX)
 STATUS_FILE=$DIR/status.json

@@ -134,3 +134,10 @@ for w in d["workers"]:
 print(total)
 PY
 }
+
+# Test bookkeeping for the e2e scripts: each check's output goes to
+# $DIR/check.log; the script prints "NAME: N passed, M failed" last.
+passed=0; failed=0
+ok() { passed=$((passed + 1)); echo "  ok    $1"; }
+fail() { failed=$((failed + 1)); echo "  FAIL  $1${2:+: $2}"; }
+check() { local name=$1; shift; if "$@" >>"$DIR/check.log" 2>&1; then ok "$name"; else fail "$name"; fi; }
