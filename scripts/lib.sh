@@ -7,6 +7,18 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$EGRET_ROOT/target}
 GATEWAY=$TARGET_DIR/release/egret-gateway
 PIDS=()
 
+# One user of the egt-* namespaces at a time: scripts that build the
+# topology queue here instead of tearing down each other's namespaces.
+# The lock is released when the sourcing script exits.
+if [ -z "${EGRET_TOPOLOGY_LOCKED:-}" ]; then
+  exec 9>/tmp/egret-topology.lock
+  if ! flock -n 9; then
+    echo "waiting for another run that uses the egt-* namespaces..." >&2
+    flock -w 1800 9 || { echo "gave up waiting for /tmp/egret-topology.lock" >&2; exit 1; }
+  fi
+  export EGRET_TOPOLOGY_LOCKED=1
+fi
+
 build_gateway() {
   (cd "$EGRET_ROOT" && cargo build --release -q -p egret-dataplane --bin egret-gateway)
 }
