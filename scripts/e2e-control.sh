@@ -87,6 +87,56 @@ for _ in $(seq 60); do
   sleep 0.1
 done
 check "after the restart the gateway resubscribes and applies the new plan [$r]" test "$back" = yes
+# Egress policy by pod label: the control plane resolves podSelector to pod
+# IPs; relabelling the pod changes what it may reach; egretctl shows hits.
+with_policy() {  # with_policy LABEL: pod-a labelled app=LABEL, config-a locked down
+  write_plan "$DIR/manifests/next.tmp" config-a config-b
+  sed -i "s/{name: pod-a, namespace: demo,/{name: pod-a, namespace: demo, labels: {app: $1},/" "$DIR/manifests/next.tmp"
+  cat >> "$DIR/manifests/next.tmp" <<'YAML'
+---
+apiVersion: egret.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: lockdown, namespace: demo}
+spec:
+  gatewayConfiguration: config-a
+  defaultAction: deny
+  denyResponse: reject
+  rules:
+  - {name: web-http, action: allow, cidrs: [198.19.0.254/32], protocol: tcp, ports: [80], podSelector: {matchLabels: {app: web}}}
+YAML
+  mv "$DIR/manifests/next.tmp" "$DIR/manifests/cluster.yaml"
+}
+curl_a() { ip netns exec egt-pa curl -s -m 1 http://198.19.0.254/; }
+with_policy web
+allowed=no
+for _ in $(seq 40); do
+  ip netns exec egt-pa python3 -c "
+import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.2)
+s.sendto(b'x', ('198.19.0.254', 7007))
+try: s.recv(64); print('echo')
+except OSError: pass" | grep -q echo || { [[ "$(curl_a)" == 198.19.100.* ]] && { allowed=yes; break; }; }
+  sleep 0.05
+done
+check "a podSelector rule lets the labelled pod reach its allowed port; other traffic is denied" test "$allowed" = yes
+with_policy batch
+denied=no
+for _ in $(seq 40); do
+  [[ "$(curl_a)" == 198.19.100.* ]] || { denied=yes; break; }
+  sleep 0.05
+done
+check "relabelling the pod out of the selector denies it within 2 s" test "$denied" = yes
+sleep 1.5
+rules=$(ip netns exec egt-gw "$EGRETCTL" -o json rules --config demo/config-a 2>&1)
+check "egretctl rules shows the rule, its resolved pods, and hit counts" python3 -c "
+import json, sys
+p = json.loads(sys.argv[1])[0]
+r = p['rules'][0]
+ok = r['name'] == 'web-http' and r['pods'] == [] and r['hits'] >= 1 and p['defaultHits'] >= 2
+sys.exit(0 if ok else 1)
+" "$rules"
+ip netns exec egt-gw "$EGRETCTL" rules 2>&1 | sed 's/^/    /'
+write_plan "$DIR/manifests/next.tmp" config-a config-b && mv "$DIR/manifests/next.tmp" "$DIR/manifests/cluster.yaml"
+
 check "a gateway with a bad control url is refused with the field named" bash -c "printf 'router_ip = \"198.18.0.1\"\n[interfaces]\ninside = \"gw-in\"\n[control]\nurl = \"ftp://x\"\nnode = \"n\"\n' > '$DIR/bad.toml'; ! '$GATEWAY' check-config '$DIR/bad.toml' 2>'$DIR/bad.err' && grep -q 'control.url' '$DIR/bad.err'"
 
 echo "e2e-control: $passed passed, $failed failed"

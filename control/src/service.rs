@@ -278,6 +278,78 @@ impl AdminService for Admin {
         Ok(Response::new(out))
     }
 
+    async fn list_rules(
+        &self,
+        req: Request<api::ListRulesRequest>,
+    ) -> Result<Response<api::ListRulesResponse>, Status> {
+        let want = req.into_inner().config;
+        let snap = self.state.snapshot();
+        // A config's policy is the same in every node's plan: take the first.
+        let mut policies: std::collections::BTreeMap<String, egret_dataplane::plan::EgressPolicy> = Default::default();
+        for np in snap.plans.values().chain(snap.anyone.as_ref()) {
+            for c in &np.plan.configs {
+                if let Some(p) = &c.policy {
+                    policies.entry(c.name.clone()).or_insert_with(|| p.clone());
+                }
+            }
+        }
+        if !want.is_empty() && !policies.contains_key(&want) {
+            let exists = snap.reconciled.configs.iter().any(|c| c.name == want);
+            return Err(Status::not_found(if exists {
+                format!("config '{want}' has no egress policy (every destination is allowed)")
+            } else {
+                format!("unknown config '{want}' (namespace/name of a served StaticGatewayConfiguration)")
+            }));
+        }
+        let links = self.state.links();
+        let reports: Vec<&(std::time::Instant, api::Report)> =
+            links.values().filter_map(|l| l.report.as_ref()).collect();
+        let mut out = api::ListRulesResponse::default();
+        for (name, p) in policies.iter().filter(|(n, _)| want.is_empty() || **n == want) {
+            // Hits by position and name, so a report from a gateway still on
+            // an older rule list does not count toward a renamed rule.
+            let hits = |index: usize, rule: &str| -> u64 {
+                reports
+                    .iter()
+                    .flat_map(|(_, r)| &r.rule_hits)
+                    .filter(|h| h.config == *name && h.index as usize == index && h.rule == rule)
+                    .map(|h| h.hits)
+                    .sum()
+            };
+            let rules = p
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| api::RuleInfo {
+                    name: r.name.clone(),
+                    action: kebab(&r.action),
+                    cidrs: r.cidrs.iter().map(|c| c.to_string()).collect(),
+                    fqdns: r.fqdns.clone(),
+                    protocol: r.protocol.as_ref().map(kebab).unwrap_or_default(),
+                    ports: r
+                        .ports
+                        .iter()
+                        .map(|p| if p.lo == p.hi { p.lo.to_string() } else { format!("{}-{}", p.lo, p.hi) })
+                        .collect(),
+                    pods: r.pods.iter().flatten().map(|a| a.to_string()).collect(),
+                    any_pod: r.pods.is_none(),
+                    hits: hits(i, &r.name),
+                })
+                .collect();
+            out.policies.push(api::PolicyInfo {
+                config: name.clone(),
+                default_action: kebab(&p.default_action),
+                deny_response: kebab(&p.deny_response),
+                live_flows: kebab(&p.live_flows),
+                rules,
+                default_hits: hits(p.rules.len(), "default"),
+                reporting_nodes: reports.len() as u32,
+                oldest_report_age_s: reports.iter().map(|(t, _)| t.elapsed().as_secs()).max(),
+            });
+        }
+        Ok(Response::new(out))
+    }
+
     async fn get_stats(&self, req: Request<api::GetStatsRequest>) -> Result<Response<api::GetStatsResponse>, Status> {
         let r = req.into_inner();
         let snap = self.state.snapshot();
@@ -296,4 +368,9 @@ impl AdminService for Admin {
         }
         Ok(Response::new(out))
     }
+}
+
+/// A policy enum as its YAML spelling (kebab-case), for display.
+fn kebab<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }

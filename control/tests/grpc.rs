@@ -343,3 +343,75 @@ fn a_gateway_without_a_runtime_subscribes_from_a_thread() {
     drop(sub);
     rt.block_on(ctl.stop());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_rules_shows_resolved_pods_and_the_gateways_hit_counts() {
+    use egret_api::v1::{ListRulesRequest, RuleHits};
+    let policy = r#"
+---
+apiVersion: egret.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: lockdown, namespace: apps}
+spec:
+  gatewayConfiguration: blue
+  defaultAction: deny
+  denyResponse: reject
+  rules:
+  - {name: web-https, action: allow, cidrs: [198.19.0.0/24], protocol: tcp, ports: [443, "8000-8080"],
+     podSelector: {matchLabels: {app: web}}}
+  - {name: dns, action: allow, cidrs: [198.19.0.53/32], protocol: udp, ports: [53]}
+"#;
+    let text = manifests("blue").replace("  name: web\n", "  name: web\n  labels: {app: web}\n") + policy;
+    let state = ControlState::new();
+    state.update(&egret_dataplane::cluster::ClusterState::parse(&text, "t").unwrap());
+    let ctl = Control::start(state.clone(), None, "127.0.0.1:0").await;
+    let url = format!("http://{}", ctl.addr);
+    let mut admin = AdminServiceClient::connect(url.clone()).await.unwrap();
+
+    // Before any report: the rules, resolved, with no hits.
+    let r = admin.list_rules(ListRulesRequest::default()).await.unwrap().into_inner();
+    assert_eq!(r.policies.len(), 1);
+    let p = &r.policies[0];
+    assert_eq!(
+        (p.config.as_str(), p.default_action.as_str(), p.deny_response.as_str()),
+        ("apps/blue", "deny", "reject")
+    );
+    assert_eq!(p.rules[0].pods, ["198.18.0.2"]);
+    assert!(!p.rules[0].any_pod && p.rules[1].any_pod);
+    assert_eq!(p.rules[0].ports, ["443", "8000-8080"]);
+    assert_eq!(p.reporting_nodes, 0);
+
+    // A gateway reports its hits; they show against the right rules.
+    let sub: Subscription<Plan> = subscribe(fast(SubscribeConfig::new(&url, NODE)));
+    let mut plans = sub.plans();
+    let plan = next_plan(&mut plans, Duration::from_secs(5)).await;
+    plan.plan.compile().expect("the plan with a resolved selector compiles");
+    let hit =
+        |rule: &str, index: u32, hits: u64| RuleHits { config: "apps/blue".into(), rule: rule.into(), index, hits };
+    sub.report(Report {
+        rule_hits: vec![hit("web-https", 0, 7), hit("dns", 1, 3), hit("default", 2, 5)],
+        ..Default::default()
+    });
+    let p = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            let r = admin.list_rules(ListRulesRequest { config: "apps/blue".into() }).await.unwrap().into_inner();
+            if r.policies[0].reporting_nodes == 1 {
+                return r.policies[0].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the report arrives");
+    assert_eq!(p.rules.iter().map(|r| r.hits).collect::<Vec<_>>(), [7, 3]);
+    assert_eq!(p.default_hits, 5);
+
+    // Clear answers for a config without a policy and one that does not exist.
+    let e = admin.list_rules(ListRulesRequest { config: "apps/green".into() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    assert!(e.message().contains("has no egress policy"), "{}", e.message());
+    let e = admin.list_rules(ListRulesRequest { config: "apps/nosuch".into() }).await.unwrap_err();
+    assert!(e.message().contains("unknown config"), "{}", e.message());
+    drop(sub);
+    ctl.stop().await;
+}

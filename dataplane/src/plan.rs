@@ -264,10 +264,76 @@ pub struct PolicyRule {
     /// Destination ports (TCP and UDP); empty means any.
     #[serde(default)]
     pub ports: Vec<PortRange>,
-    /// Source pods (resolved from label selectors by the control plane);
-    /// absent means every pod of the config.
+    /// Source pods by IP; absent means every pod of the config. The cluster
+    /// sources fill it from `podSelector`.
     #[serde(default)]
     pub pods: Option<Vec<Ipv4Addr>>,
+    /// Source pods by label, as in a NetworkPolicy. Only the cluster sources
+    /// (control plane, manifests file) read it: they resolve it to `pods`,
+    /// the pods bound to this config whose labels match, so a plan a gateway
+    /// compiles never carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+}
+
+/// A Kubernetes label selector: every `matchLabels` pair and every
+/// `matchExpressions` requirement must hold. An empty selector selects all.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub match_labels: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<LabelRequirement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelRequirement {
+    pub key: String,
+    pub operator: LabelOperator,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LabelOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    /// Checks the selector is well formed, as the API server would: `In` and
+    /// `NotIn` need values, `Exists` and `DoesNotExist` take none.
+    pub fn validate(&self) -> Result<(), String> {
+        for r in &self.match_expressions {
+            match (r.operator, r.values.is_empty()) {
+                (LabelOperator::In | LabelOperator::NotIn, true) => {
+                    return Err(format!("podSelector: operator {:?} on '{}' needs values", r.operator, r.key))
+                }
+                (LabelOperator::Exists | LabelOperator::DoesNotExist, false) => {
+                    return Err(format!("podSelector: operator {:?} on '{}' takes no values", r.operator, r.key))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let v = labels.get(&r.key);
+                match r.operator {
+                    LabelOperator::In => v.is_some_and(|v| r.values.contains(v)),
+                    LabelOperator::NotIn => v.is_none_or(|v| !r.values.contains(v)),
+                    LabelOperator::Exists => v.is_some(),
+                    LabelOperator::DoesNotExist => v.is_none(),
+                }
+            })
+    }
 }
 
 /// An ordered egress rule set for one config: first matching rule wins.

@@ -60,6 +60,12 @@ enum Cmd {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Egress policy rules per config, with the new flows each decided.
+    Rules {
+        /// namespace/name of one config.
+        #[arg(long)]
+        config: Option<String>,
+    },
     /// Gateways' counters.
     Stats {
         #[arg(long)]
@@ -254,6 +260,70 @@ async fn run(cli: &Cli) -> Result<String, String> {
                 js.push(json!({"node": p.node, "egressIp": u.egress_ip, "config": u.config, "inUse": u.in_use, "capacity": u.capacity}));
             }
             (json!(js), table(rows))
+        }
+        Cmd::Rules { config } => {
+            let r = c
+                .list_rules(api::ListRulesRequest { config: config.clone().unwrap_or_default() })
+                .await
+                .map_err(st)?
+                .into_inner();
+            let mut t = String::new();
+            let mut js = Vec::new();
+            if r.policies.is_empty() {
+                t.push_str("no config has an egress policy (every destination is allowed)\n");
+            }
+            for p in &r.policies {
+                t.push_str(&format!(
+                    "{}  default {}  denied flows: {}  live flows on rule change: {}  (hits from {} gateway{}{})\n",
+                    p.config,
+                    p.default_action,
+                    p.deny_response,
+                    p.live_flows,
+                    p.reporting_nodes,
+                    if p.reporting_nodes == 1 { "" } else { "s" },
+                    p.oldest_report_age_s.map_or(String::new(), |a| format!(", oldest report {a}s"))
+                ));
+                let any = |v: &[String]| if v.is_empty() { "any".to_string() } else { v.join(",") };
+                let mut rows = vec![row(["#", "RULE", "ACTION", "DESTINATIONS", "PROTO", "PORTS", "PODS", "HITS"])];
+                for (i, rule) in p.rules.iter().enumerate() {
+                    let dst: Vec<String> = rule.cidrs.iter().chain(&rule.fqdns).cloned().collect();
+                    let pods = if rule.any_pod {
+                        "all".to_string()
+                    } else if rule.pods.is_empty() {
+                        "none".into()
+                    } else {
+                        rule.pods.join(",")
+                    };
+                    rows.push(row([
+                        &(i + 1).to_string(),
+                        &rule.name,
+                        &rule.action,
+                        &any(&dst),
+                        if rule.protocol.is_empty() { "any" } else { &rule.protocol },
+                        &any(&rule.ports),
+                        &pods,
+                        &rule.hits.to_string(),
+                    ]));
+                }
+                rows.push(row([
+                    "-",
+                    "(no rule matched)",
+                    &p.default_action,
+                    "",
+                    "",
+                    "",
+                    "",
+                    &p.default_hits.to_string(),
+                ]));
+                t.push_str(&table(rows));
+                js.push(json!({"config": p.config, "defaultAction": p.default_action, "denyResponse": p.deny_response,
+                    "liveFlows": p.live_flows, "defaultHits": p.default_hits, "reportingNodes": p.reporting_nodes,
+                    "oldestReportAgeSeconds": p.oldest_report_age_s,
+                    "rules": p.rules.iter().map(|x| json!({"name": x.name, "action": x.action, "cidrs": x.cidrs,
+                        "fqdns": x.fqdns, "protocol": x.protocol, "ports": x.ports, "pods": if x.any_pod { Value::Null } else { json!(x.pods) },
+                        "hits": x.hits})).collect::<Vec<_>>()}));
+            }
+            (json!(js), t)
         }
         Cmd::Stats { node } => {
             let r = c

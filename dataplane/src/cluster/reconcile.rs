@@ -16,7 +16,7 @@
 
 use super::objects::*;
 use super::Problem;
-use crate::plan::{Binding, FilteringMode, GatewayConfig, Ipv4Cidr, MappingMode, Plan, Timeouts};
+use crate::plan::{Binding, EgressPolicy, FilteringMode, GatewayConfig, Ipv4Cidr, MappingMode, Plan, Timeouts};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -220,7 +220,13 @@ fn attach_policies(st: &ClusterState, out: &mut Vec<Candidate>, problems: &mut V
             problems.push(object(format!("{target} already has an EgressPolicy; this one is ignored")));
             continue;
         }
-        c.config.policy = Some(pol.spec.policy.clone());
+        let mut policy = pol.spec.policy.clone();
+        if let Err(e) = resolve_pod_selectors(&mut policy, st, &target) {
+            problems.push(object(format!("{e}; {target} is not served until the policy is fixed")));
+            bad.insert(target);
+            continue;
+        }
+        c.config.policy = Some(policy);
         let alone = Plan { version: 0, configs: vec![c.config.clone()], bindings: vec![] };
         if let Err(e) = alone.compile() {
             problems.push(object(format!("{e}; {target} is not served until the policy is fixed")));
@@ -228,6 +234,29 @@ fn attach_policies(st: &ClusterState, out: &mut Vec<Candidate>, problems: &mut V
         }
     }
     out.retain(|c| !bad.contains(&c.config.name));
+}
+
+/// Turns each rule's `podSelector` into the IPs of the config's pods (those
+/// whose annotation names it) that the selector matches; with `pods` given
+/// too, a pod must be in both. Pods come and go with their labels, so this
+/// runs on every reconcile and a relabelled pod moves at the next plan.
+fn resolve_pod_selectors(policy: &mut EgressPolicy, st: &ClusterState, config: &str) -> Result<(), String> {
+    for rule in &mut policy.rules {
+        let Some(selector) = rule.pod_selector.take() else { continue };
+        selector.validate().map_err(|e| format!("rule '{}': {e}", rule.name))?;
+        let mut ips: Vec<Ipv4Addr> = st
+            .pods
+            .iter()
+            .filter(|p| !p.is_finished() && p.gateway_config().as_deref() == Some(config))
+            .filter(|p| selector.matches(&p.metadata.labels))
+            .flat_map(|p| p.ipv4s())
+            .filter(|ip| rule.pods.as_ref().is_none_or(|given| given.contains(ip)))
+            .collect();
+        ips.sort();
+        ips.dedup();
+        rule.pods = Some(ips);
+    }
+    Ok(())
 }
 
 /// Step 3: pod bindings for the served configs. `unserved`: configs that

@@ -335,6 +335,94 @@ spec:
 }
 
 #[test]
+fn pod_selectors_resolve_to_the_configs_matching_pods() {
+    let text = r#"
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: StaticGatewayConfiguration
+metadata: {name: myconfig, namespace: apps}
+spec: {gatewayNodepoolName: gwpool}
+status: {egressIpPrefix: 198.19.100.0/30}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: apps, labels: {app: web, tier: front},
+  annotations: {kubernetes.azure.com/static-gateway-configuration: myconfig}}
+status: {phase: Running, podIP: 198.18.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: batch-1, namespace: apps, labels: {app: batch},
+  annotations: {kubernetes.azure.com/static-gateway-configuration: myconfig}}
+status: {phase: Running, podIP: 198.18.0.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-elsewhere, namespace: other, labels: {app: web},
+  annotations: {kubernetes.azure.com/static-gateway-configuration: myconfig}}
+status: {phase: Running, podIP: 198.18.0.9}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-done, namespace: apps, labels: {app: web},
+  annotations: {kubernetes.azure.com/static-gateway-configuration: myconfig}}
+status: {phase: Succeeded, podIP: 198.18.0.10}
+---
+apiVersion: egret.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: lockdown, namespace: apps}
+spec:
+  gatewayConfiguration: myconfig
+  defaultAction: deny
+  rules:
+  - {name: web, action: allow, cidrs: [198.19.0.0/24], podSelector: {matchLabels: {app: web}}}
+  - name: not-front
+    action: allow
+    cidrs: [198.19.1.0/24]
+    podSelector: {matchExpressions: [{key: tier, operator: NotIn, values: [front]}]}
+  - {name: nobody, action: allow, cidrs: [198.19.2.0/24], podSelector: {matchLabels: {app: nosuch}}}
+"#;
+    let (plan, problems) = standalone_plan(&ClusterState::parse(text, "t").unwrap(), 1);
+    let rules = &plan.configs[0].policy.as_ref().unwrap().rules;
+    // Only pods bound to this config (same namespace), still running.
+    assert_eq!(rules[0].pods, Some(vec![ip("198.18.0.2")]));
+    assert_eq!(rules[1].pods, Some(vec![ip("198.18.0.3")]));
+    assert_eq!(rules[2].pods, Some(vec![]), "a selector that matches nothing admits nobody");
+    assert!(rules.iter().all(|r| r.pod_selector.is_none()), "the plan carries IPs, not selectors");
+    plan.compile().expect("the resolved plan compiles");
+    assert!(problems.iter().all(|p| !p.object.starts_with("EgressPolicy")), "{problems:?}");
+
+    // A malformed selector fails the config closed, with the rule named.
+    let bad = text.replace("operator: NotIn, values: [front]", "operator: In");
+    let (plan, problems) = standalone_plan(&ClusterState::parse(&bad, "t").unwrap(), 1);
+    assert!(plan.configs.is_empty());
+    let p = problems.iter().find(|p| p.object == "EgressPolicy apps/lockdown").unwrap();
+    assert!(p.message.contains("rule 'not-front': podSelector: operator In on 'tier' needs values"), "{p}");
+
+    // A plan that reaches a gateway with an unresolved selector is rejected.
+    let mut raw = plan_with_selector();
+    raw.configs[0].policy.as_mut().unwrap().rules[0].pod_selector = Some(Default::default());
+    assert!(raw.compile().unwrap_err().to_string().contains("podSelector must be resolved"));
+}
+
+fn plan_with_selector() -> crate::plan::Plan {
+    let text = r#"
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: StaticGatewayConfiguration
+metadata: {name: c, namespace: apps}
+spec: {gatewayNodepoolName: gwpool}
+status: {egressIpPrefix: 198.19.100.0/30}
+---
+apiVersion: egret.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: p, namespace: apps}
+spec:
+  gatewayConfiguration: c
+  rules: [{name: r, action: deny}]
+"#;
+    standalone_plan(&ClusterState::parse(text, "t").unwrap(), 1).0
+}
+
+#[test]
 fn broken_yaml_names_the_file_document_and_object() {
     let e = ClusterState::parse("kind: Pod\n---\nkind: [", "bad.yaml").unwrap_err().to_string();
     assert!(e.starts_with("bad.yaml: document 2:"), "{e}");

@@ -593,7 +593,19 @@ fn control_report(reports: &[Arc<Mutex<WorkerReport>>]) -> egret_api::v1::Report
             idle_ms: 0,
         })
         .collect();
+    // Workers count separately; the rule lists are the same plan's.
+    let mut hits: std::collections::BTreeMap<(String, u32), (String, u64)> = Default::default();
+    for r in &rs {
+        for h in &r.rule_hits {
+            for (i, (rule, n)) in h.rules.iter().enumerate() {
+                hits.entry((h.config.clone(), i as u32)).or_insert_with(|| (rule.clone(), 0)).1 += n;
+            }
+        }
+    }
+    let rule_hits =
+        hits.into_iter().map(|((config, index), (rule, hits))| v1::RuleHits { config, rule, index, hits }).collect();
     v1::Report {
+        rule_hits,
         counters,
         ports: ports
             .into_iter()

@@ -152,6 +152,13 @@ impl CompiledPolicy {
                 }
                 table.entry(name).or_default().push(idx);
             }
+            if r.pod_selector.is_some() {
+                return Err(format!(
+                    "rule '{}': podSelector must be resolved to pod IPs (pods) by the cluster source before a gateway \
+                     compiles the plan",
+                    r.name
+                ));
+            }
             if r.cidrs.is_empty() && r.fqdns.is_empty() {
                 c.any_dst.push(idx);
             }
@@ -308,6 +315,7 @@ mod tests {
             protocol: proto,
             ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
             pods: None,
+            pod_selector: None,
         }
     }
 

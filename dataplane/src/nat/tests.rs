@@ -942,6 +942,7 @@ mod policy {
             protocol: proto,
             ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
             pods: None,
+            pod_selector: None,
         }
     }
 
