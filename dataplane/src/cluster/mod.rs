@@ -71,3 +71,36 @@ pub enum ClusterError {
 pub fn plan_from_yaml_path(path: &Path, version: u64) -> Result<(Plan, Vec<Problem>), ClusterError> {
     Ok(standalone_plan(&ClusterState::read_path(path)?, version))
 }
+
+/// The same from manifests text already in memory (`origin` names it in
+/// errors): pure, for callers that hold the text and for fuzzing.
+pub fn plan_from_yaml_str(text: &str, origin: &str, version: u64) -> Result<(Plan, Vec<Problem>), ClusterError> {
+    Ok(standalone_plan(&ClusterState::parse(text, origin)?, version))
+}
+
+#[cfg(test)]
+mod from_str_tests {
+    use super::*;
+
+    #[test]
+    fn plan_from_yaml_str_matches_the_file_and_names_the_origin() {
+        let text = "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\n\
+                    kind: StaticGatewayConfiguration\n\
+                    metadata: {name: a, namespace: demo}\n\
+                    spec: {gatewayNodepoolName: gw}\n\
+                    status: {egressIpPrefix: 198.19.100.0/28}\n\
+                    ---\n\
+                    apiVersion: v1\n\
+                    kind: Pod\n\
+                    metadata: {name: p, namespace: demo, annotations: {kubernetes.azure.com/static-gateway-configuration: a}}\n\
+                    status: {phase: Running, podIP: 198.18.0.2}\n";
+        let (plan, problems) = plan_from_yaml_str(text, "inline", 3).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(plan.version, 3);
+        assert_eq!(plan.configs.len(), 1);
+        assert_eq!(plan.bindings.len(), 1);
+        plan.compile().unwrap();
+        let err = plan_from_yaml_str("kind: [unclosed\n", "inline", 1).unwrap_err();
+        assert!(err.to_string().starts_with("inline: document 1:"), "{err}");
+    }
+}
