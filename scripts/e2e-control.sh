@@ -46,7 +46,9 @@ sed -i '/^plan_file = /d' "$DIR/gateway.toml"
 printf '[control]\nurl = "http://127.0.0.1:50051"\nnode = "gw-0"\n' >> "$DIR/gateway.toml"
 start_servers "$DIR" || exit 1
 check "egret-control starts on the file source" start_control
-start_gateway "$DIR" || { echo "e2e-control: $passed passed, 1 failed (gateway)"; exit 1; }
+start_gateway "$DIR" || { check "egret-control refuses a non-loopback listener without mutual TLS, and says why" bash -c "! ip netns exec egt-gw timeout 5 '$CONTROL' --manifests '$DIR/manifests' --listen 198.18.0.1:50052 2>'$DIR/insecure.err' && grep -q 'without mutual TLS' '$DIR/insecure.err'"
+
+echo "e2e-control: $passed passed, 1 failed (gateway)"; exit 1; }
 
 a=$(ip netns exec egt-pa curl -s -m 3 http://198.19.0.254/)
 check "the gateway serves the plan it got over gRPC: pod-a leaves from config-a [$a]" bash -c "[[ '$a' == 198.19.100.* ]]"
@@ -138,6 +140,8 @@ ip netns exec egt-gw "$EGRETCTL" rules 2>&1 | sed 's/^/    /'
 write_plan "$DIR/manifests/next.tmp" config-a config-b && mv "$DIR/manifests/next.tmp" "$DIR/manifests/cluster.yaml"
 
 check "a gateway with a bad control url is refused with the field named" bash -c "printf 'router_ip = \"198.18.0.1\"\n[interfaces]\ninside = \"gw-in\"\n[control]\nurl = \"ftp://x\"\nnode = \"n\"\n' > '$DIR/bad.toml'; ! '$GATEWAY' check-config '$DIR/bad.toml' 2>'$DIR/bad.err' && grep -q 'control.url' '$DIR/bad.err'"
+
+check "egret-control refuses a non-loopback listener without mutual TLS, and says why" bash -c "! ip netns exec egt-gw timeout 5 '$CONTROL' --manifests '$DIR/manifests' --listen 198.18.0.1:50052 2>'$DIR/insecure.err' && grep -q 'without mutual TLS' '$DIR/insecure.err'"
 
 echo "e2e-control: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -4,6 +4,7 @@
 //! gateways over gRPC (`control/proto/egret.proto`). Operators query it with
 //! egretctl or grpcurl.
 
+pub mod authz;
 pub mod kube_source;
 pub mod server;
 pub mod service;

@@ -1,6 +1,7 @@
 //! Serving: the plan and admin services, gRPC health and server reflection
 //! (so `grpcurl` works without the .proto), optionally over TLS or mutual TLS.
 
+use crate::authz::Authz;
 use crate::service::{Admin, Plans};
 use crate::state::ControlState;
 use egret_api::v1::{
@@ -19,12 +20,19 @@ pub struct ServerTls {
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
     pub client_ca_pem: Option<Vec<u8>>,
+    /// With mutual TLS: client certificate names allowed the admin service.
+    pub admin_identities: Vec<String>,
 }
 
 impl ServerTls {
     pub fn read(cert: &str, key: &str, client_ca: Option<&str>) -> Result<ServerTls, String> {
         let read = |p: &str| std::fs::read(p).map_err(|e| format!("{p}: {e}"));
-        Ok(ServerTls { cert_pem: read(cert)?, key_pem: read(key)?, client_ca_pem: client_ca.map(read).transpose()? })
+        Ok(ServerTls {
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+            client_ca_pem: client_ca.map(read).transpose()?,
+            admin_identities: Vec::new(),
+        })
     }
 
     fn config(&self) -> ServerTlsConfig {
@@ -35,6 +43,10 @@ impl ServerTls {
         c
     }
 }
+
+/// Largest message a gateway may send (a Report with its session sample is
+/// far smaller).
+pub const MAX_GATEWAY_MESSAGE: usize = 4 << 20;
 
 /// Serves on `listener` until `shutdown` resolves.
 pub async fn serve(
@@ -57,8 +69,20 @@ pub async fn serve(
     if let Some(t) = &tls {
         server = server.tls_config(t.config()).map_err(|e| format!("TLS configuration: {e}"))?;
     }
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let authz = match &tls {
+        Some(t) if t.client_ca_pem.is_some() => Authz::mutual_tls(t.admin_identities.iter().cloned()),
+        _ => Authz::open(),
+    };
+    let admin_authz = authz.clone();
+    let admin = AdminServiceServer::with_interceptor(Admin { state: state.clone() }, move |req: tonic::Request<()>| {
+        admin_authz.check_admin(&req)?;
+        Ok(req)
+    });
     let (stop_tx, stopping) = tokio::sync::watch::channel(false);
+    let plans = PlanServiceServer::new(Plans { state, stopping, authz })
+        .max_decoding_message_size(MAX_GATEWAY_MESSAGE)
+        .max_encoding_message_size(egret_api::client::MAX_PLAN_BYTES);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let shutdown = async move {
         shutdown.await;
         stop_tx.send_replace(true);
@@ -66,8 +90,8 @@ pub async fn serve(
     server
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(PlanServiceServer::new(Plans { state: state.clone(), stopping }))
-        .add_service(AdminServiceServer::new(Admin { state }))
+        .add_service(plans)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| format!("gRPC server: {}", egret_api::client::error_chain(&e)))

@@ -18,6 +18,7 @@ pub struct Plans {
     /// Turns true when the server shuts down: open streams end then, so the
     /// graceful shutdown does not wait on them forever.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    pub authz: crate::authz::Authz,
 }
 
 fn unknown_node(node: &str) -> Status {
@@ -36,12 +37,18 @@ impl PlanService for Plans {
         request: Request<Streaming<api::GatewayMessage>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let peer = request.remote_addr();
-        let mut inbound = request.into_inner();
+        let names = crate::authz::peer_names(&request);
+        let authz = self.authz.clone();
+        let (meta, ext, mut inbound) = request.into_parts();
         let hello = match inbound.message().await? {
             Some(api::GatewayMessage { msg: Some(Msg::Hello(h)) }) if !h.node.is_empty() => h,
             _ => return Err(Status::invalid_argument("the first message must be Hello with a node name")),
         };
+        check_name("Hello.node", &hello.node)?;
         let node = hello.node.clone();
+        authz.check_node(&Request::from_parts(meta, ext, ()), &node).inspect_err(|e| {
+            tracing::warn!(node, ?peer, certificate = ?names, "subscription refused: {}", e.message());
+        })?;
         let mut snapshots = self.state.watch();
         if snapshots.borrow().plan_for(&node).is_none() {
             return Err(unknown_node(&node));
@@ -55,6 +62,7 @@ impl PlanService for Plans {
         tokio::spawn(async move {
             let mut sent = 0u64;
             let mut shutting_down = false;
+            let mut refused = None;
             loop {
                 let update = {
                     let snap = snapshots.borrow_and_update();
@@ -80,7 +88,11 @@ impl PlanService for Plans {
                 tokio::select! {
                     c = snapshots.changed() => if c.is_err() { break },
                     m = inbound.next() => match m {
-                        Some(Ok(m)) => handle(&state, &node, m),
+                        Some(Ok(m)) => if let Err(e) = handle(&state, &node, m) {
+                            tracing::warn!(node, "gateway message refused: {}", e.message());
+                            refused = Some(e);
+                            break;
+                        },
                         Some(Err(e)) => {
                             tracing::info!(node, error = %e, "gateway stream error");
                             break;
@@ -96,6 +108,8 @@ impl PlanService for Plans {
             }
             if shutting_down {
                 let _ = tx.send(Err(Status::unavailable("control plane shutting down"))).await;
+            } else if let Some(e) = refused {
+                let _ = tx.send(Err(e)).await;
             }
             state.with_link(&node, |l| l.connected = l.connected.saturating_sub(1));
             tracing::info!(node, "gateway unsubscribed");
@@ -104,9 +118,63 @@ impl PlanService for Plans {
     }
 }
 
-fn handle(state: &ControlState, node: &str, m: api::GatewayMessage) {
+/// Bounds on what a gateway may send (its own sends stay far below).
+const MAX_COUNTERS: usize = 1024;
+const MAX_SESSIONS: usize = 10_000;
+const MAX_PORT_ROWS: usize = 65_536;
+const MAX_RULE_HITS: usize = 1_000_000;
+const MAX_TEXT: usize = 1024;
+
+/// A node, config or filter name: what Kubernetes allows (a DNS subdomain,
+/// `namespace/name` for configs), so nothing odd reaches logs or maps.
+fn check_name(field: &str, v: &str) -> Result<(), Status> {
+    // A config is namespace (at most 63) / name (at most 253).
+    let max = if field == "config" { 63 + 1 + 253 } else { 253 };
+    let ok = !v.is_empty()
+        && v.len() <= max
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{field} '{}': not a Kubernetes name (letters, digits, '-', '.', at most 253 characters)",
+            v.chars().take(64).collect::<String>()
+        )))
+    }
+}
+
+fn check_report(r: &api::Report) -> Result<(), Status> {
+    let too_many = |what: &str, n: usize, max: usize| {
+        Err(Status::invalid_argument(format!("Report.{what}: {n} entries, at most {max}")))
+    };
+    if r.counters.len() > MAX_COUNTERS {
+        return too_many("counters", r.counters.len(), MAX_COUNTERS);
+    }
+    if r.sessions.len() > MAX_SESSIONS {
+        return too_many("sessions", r.sessions.len(), MAX_SESSIONS);
+    }
+    if r.ports.len() > MAX_PORT_ROWS {
+        return too_many("ports", r.ports.len(), MAX_PORT_ROWS);
+    }
+    if r.rule_hits.len() > MAX_RULE_HITS {
+        return too_many("rule_hits", r.rule_hits.len(), MAX_RULE_HITS);
+    }
+    if r.counters.keys().any(|k| k.len() > 128) {
+        return Err(Status::invalid_argument("Report.counters: a counter name longer than 128 bytes"));
+    }
+    Ok(())
+}
+
+fn handle(state: &ControlState, node: &str, m: api::GatewayMessage) -> Result<(), Status> {
     match m.msg {
-        Some(Msg::Ack(a)) => {
+        Some(Msg::Ack(mut a)) => {
+            if a.error.len() > MAX_TEXT {
+                let mut end = MAX_TEXT;
+                while !a.error.is_char_boundary(end) {
+                    end -= 1;
+                }
+                a.error.truncate(end);
+            }
             if a.error.is_empty() {
                 tracing::info!(node, version = a.version, "gateway applied plan");
             } else {
@@ -117,9 +185,14 @@ fn handle(state: &ControlState, node: &str, m: api::GatewayMessage) {
                 l.applied_error = a.error;
             });
         }
-        Some(Msg::Report(r)) => state.with_link(node, |l| l.report = Some((Instant::now(), r))),
-        Some(Msg::Hello(_)) | None => {}
+        Some(Msg::Report(r)) => {
+            check_report(&r)?;
+            state.with_link(node, |l| l.report = Some((Instant::now(), r)));
+        }
+        Some(Msg::Hello(_)) => return Err(Status::invalid_argument("Hello comes once, first")),
+        None => {}
     }
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -130,6 +203,9 @@ pub struct Admin {
 impl Admin {
     /// The nodes a node filter names: one (which must exist) or all.
     fn nodes(&self, snap: &Snapshot, node: &str) -> Result<Vec<String>, Status> {
+        if !node.is_empty() {
+            check_name("node", node)?;
+        }
         if node.is_empty() {
             let mut all: Vec<String> = snap.plans.keys().cloned().collect();
             all.extend(self.state.links().into_keys().filter(|n| !snap.plans.contains_key(n)));
@@ -178,6 +254,7 @@ impl AdminService for Admin {
 
     async fn get_plan(&self, req: Request<api::GetPlanRequest>) -> Result<Response<api::GetPlanResponse>, Status> {
         let node = req.into_inner().node;
+        check_name("node", &node)?;
         let snap = self.state.snapshot();
         let p = snap.plan_for(&node).ok_or_else(|| unknown_node(&node))?;
         let link = self.state.link(&node);
@@ -248,6 +325,11 @@ impl AdminService for Admin {
         req: Request<api::ListSessionsRequest>,
     ) -> Result<Response<api::ListSessionsResponse>, Status> {
         let r = req.into_inner();
+        for (field, v) in [("pod_ip", &r.pod_ip), ("egress_ip", &r.egress_ip)] {
+            if !v.is_empty() && v.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(Status::invalid_argument(format!("{field} '{v}' is not an IPv4 address")));
+            }
+        }
         let snap = self.state.snapshot();
         let mut out = api::ListSessionsResponse::default();
         for node in self.nodes(&snap, &r.node)? {
@@ -283,6 +365,9 @@ impl AdminService for Admin {
         req: Request<api::ListRulesRequest>,
     ) -> Result<Response<api::ListRulesResponse>, Status> {
         let want = req.into_inner().config;
+        if !want.is_empty() {
+            check_name("config", &want)?;
+        }
         let snap = self.state.snapshot();
         // A config's policy is the same in every node's plan: take the first.
         let mut policies: std::collections::BTreeMap<String, egret_dataplane::plan::EgressPolicy> = Default::default();

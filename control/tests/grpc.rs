@@ -274,7 +274,7 @@ async fn tls_and_mutual_tls_accept_the_right_peers_and_reject_the_rest() {
     // TLS: a client that trusts the CA gets in; one that trusts another CA,
     // or speaks plaintext, does not.
     let server =
-        ServerTls { cert_pem: server_cert.clone().into(), key_pem: server_key.clone().into(), client_ca_pem: None };
+        ServerTls { cert_pem: server_cert.clone().into(), key_pem: server_key.clone().into(), ..Default::default() };
     let ctl = Control::start(state.clone(), Some(server), "127.0.0.1:0").await;
     let url = format!("https://127.0.0.1:{}", ctl.addr.port());
     assert_eq!(admin_call(&url, Some(tls(None, &ca.cert_pem))).await, Ok(1));
@@ -288,15 +288,28 @@ async fn tls_and_mutual_tls_accept_the_right_peers_and_reject_the_rest() {
         cert_pem: server_cert.into(),
         key_pem: server_key.into(),
         client_ca_pem: Some(ca.cert_pem.clone().into()),
+        admin_identities: vec!["ops".into()],
     };
     let ctl = Control::start(state.clone(), Some(server), "127.0.0.1:0").await;
     let url = format!("https://127.0.0.1:{}", ctl.addr.port());
-    assert_eq!(admin_call(&url, Some(tls(Some((&client_cert, &client_key)), &ca.cert_pem))).await, Ok(1));
+    let (ops_cert, ops_key) = ca.sign("ops", true);
+    assert_eq!(admin_call(&url, Some(tls(Some((&ops_cert, &ops_key)), &ca.cert_pem))).await, Ok(1));
+    // A gateway's certificate does not open the admin service.
+    let e = admin_call(&url, Some(tls(Some((&client_cert, &client_key)), &ca.cert_pem))).await.unwrap_err();
+    assert!(e.contains("PermissionDenied") || e.contains("permission"), "{e}");
+    assert!(e.contains("admin identity (ops); this one names gw-0"), "{e}");
     assert!(admin_call(&url, Some(tls(None, &ca.cert_pem))).await.is_err(), "no client certificate");
     assert!(
         admin_call(&url, Some(tls(Some((&rogue_cert, &rogue_key)), &ca.cert_pem))).await.is_err(),
         "a client certificate from another CA"
     );
+
+    // A gateway may read only its own node's plan.
+    let gw0 = tls(Some((&client_cert, &client_key)), &ca.cert_pem);
+    let e = raw_subscribe(&url, Some(&gw0), "gw-1").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("names gw-0, not 'gw-1'"), "{}", e.message());
+    assert!(raw_subscribe(&url, Some(&gw0), NODE).await.is_ok());
 
     // And the plan stream works over mutual TLS.
     let mut cfg = fast(SubscribeConfig::new(&url, NODE));
@@ -413,5 +426,64 @@ spec:
     let e = admin.list_rules(ListRulesRequest { config: "apps/nosuch".into() }).await.unwrap_err();
     assert!(e.message().contains("unknown config"), "{}", e.message());
     drop(sub);
+    ctl.stop().await;
+}
+
+/// Opens the plan stream by hand with one Hello; returns the first update's
+/// version, or the status the server answered with.
+async fn raw_subscribe(url: &str, tls: Option<&TlsFiles>, node: &str) -> Result<u64, tonic::Status> {
+    use egret_api::v1::{gateway_message::Msg, plan_service_client::PlanServiceClient, GatewayMessage, Hello};
+    let ch = egret_api::client::endpoint(url, tls, Duration::from_secs(2)).unwrap().connect().await.unwrap();
+    let hello = GatewayMessage { msg: Some(Msg::Hello(Hello { node: node.into(), serving_version: 0 })) };
+    // Keep the sending side open so the server does not see the stream end.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(hello).await.unwrap();
+    let mut s =
+        PlanServiceClient::new(ch).subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let first = s.message().await?.map(|u| u.version).unwrap_or_default();
+    drop(tx);
+    Ok(first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_invalid_argument_and_name_the_field() {
+    use egret_api::v1::{gateway_message::Msg, plan_service_client::PlanServiceClient, GatewayMessage, Hello};
+    use egret_api::v1::{ListRulesRequest, ListSessionsRequest};
+    let state = ControlState::new();
+    state.update(&egret_dataplane::cluster::ClusterState::parse(&manifests("blue"), "t").unwrap());
+    let ctl = Control::start(state.clone(), None, "127.0.0.1:0").await;
+    let url = format!("http://{}", ctl.addr);
+    let mut admin = AdminServiceClient::connect(url.clone()).await.unwrap();
+
+    let e = admin
+        .list_sessions(ListSessionsRequest { pod_ip: "198.18.0.300".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), e.message()), (tonic::Code::InvalidArgument, "pod_ip '198.18.0.300' is not an IPv4 address"));
+    let e = admin.get_plan(GetPlanRequest { node: "gw-0\n; rm -rf".into() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("node 'gw-0"), "{}", e.message());
+    let e = admin.list_rules(ListRulesRequest { config: "x".repeat(400) }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = raw_subscribe(&url, None, &"n".repeat(300)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("Hello.node"), "{}", e.message());
+
+    // A report past the bounds ends that gateway's stream with a clear status.
+    let ch = egret_api::client::endpoint(&url, None, Duration::from_secs(2)).unwrap().connect().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(GatewayMessage { msg: Some(Msg::Hello(Hello { node: NODE.into(), serving_version: 0 })) }).await.unwrap();
+    let mut s = PlanServiceClient::new(ch)
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(s.message().await.unwrap().is_some(), "the plan comes first");
+    let huge = Report { counters: (0..5000).map(|i| (format!("c{i}"), 1)).collect(), ..Default::default() };
+    tx.send(GatewayMessage { msg: Some(Msg::Report(huge)) }).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(3), s.message()).await.unwrap().unwrap_err();
+    assert_eq!((e.code(), e.message()), (tonic::Code::InvalidArgument, "Report.counters: 5000 entries, at most 1024"));
+    assert!(state.link(NODE).report.is_none(), "the oversized report was not kept");
+    drop(tx);
     ctl.stop().await;
 }

@@ -24,6 +24,10 @@
 //! # }
 //! ```
 
+/// Largest plan message a gateway accepts: a plan at the policy limits
+/// (100,000 rules) encodes to well under this.
+pub const MAX_PLAN_BYTES: usize = 64 << 20;
+
 use crate::v1::{gateway_message::Msg, plan_service_client::PlanServiceClient, Ack, GatewayMessage, Hello, Report};
 use serde::de::DeserializeOwned;
 use std::sync::{Arc, Mutex};
@@ -238,7 +242,7 @@ async fn once<T: DeserializeOwned + Send + Sync + 'static>(
         Ok(c) => c,
         Err(e) => return format!("cannot connect to {}: {}", cfg.endpoint, error_chain(&e)),
     };
-    let mut client = PlanServiceClient::new(channel);
+    let mut client = PlanServiceClient::new(channel).max_decoding_message_size(MAX_PLAN_BYTES);
     let (tx, rx) = mpsc::unbounded_channel::<GatewayMessage>();
     let serving = plan_tx.borrow().as_ref().map_or(0, |p| p.version);
     let _ =

@@ -36,6 +36,15 @@ struct Args {
     /// Require client certificates signed by this CA (mutual TLS).
     #[arg(long, requires = "tls_cert")]
     client_ca: Option<String>,
+    /// With mutual TLS: a client certificate name (DNS SAN or CN) allowed
+    /// the admin service (egretctl). Repeatable. Gateways need none: each
+    /// may subscribe only as the node its certificate names.
+    #[arg(long = "admin-identity", requires = "client_ca")]
+    admin_identities: Vec<String>,
+    /// Serve a non-loopback address without mutual TLS. Anyone who can
+    /// connect may then read every plan and call the admin service.
+    #[arg(long)]
+    insecure_listen: bool,
 }
 
 #[tokio::main]
@@ -51,7 +60,10 @@ async fn main() {
 
 async fn run(a: Args) -> Result<(), String> {
     let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(c), Some(k)) => Some(ServerTls::read(c, k, a.client_ca.as_deref())?),
+        (Some(c), Some(k)) => Some(ServerTls {
+            admin_identities: a.admin_identities.clone(),
+            ..ServerTls::read(c, k, a.client_ca.as_deref())?
+        }),
         _ => None,
     };
     let state = ControlState::new();
@@ -69,7 +81,18 @@ async fn run(a: Args) -> Result<(), String> {
     }
     let listener =
         tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("listen on {}: {e}", a.listen))?;
-    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, tls = tls.is_some(), mtls = a.client_ca.is_some(), "serving");
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    if !local.ip().is_loopback() && a.client_ca.is_none() && !a.insecure_listen {
+        return Err(format!(
+            "refusing to serve {local} without mutual TLS: any client could read every node's plan and call the \
+             admin service. Use --tls-cert/--tls-key/--client-ca (and --admin-identity), or --insecure-listen on a \
+             network you trust"
+        ));
+    }
+    if a.client_ca.is_some() && a.admin_identities.is_empty() {
+        tracing::warn!("mutual TLS with no --admin-identity: admin calls (egretctl) are refused");
+    }
+    tracing::info!(addr = %local, tls = tls.is_some(), mtls = a.client_ca.is_some(), "serving");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("SIGTERM handler: {e}"))?;
     let shutdown = async move {
