@@ -11,22 +11,6 @@ cd "$(dirname "$0")/.."
 
 DIR=$(mktemp -d /tmp/egret-control.XXXXXX)
 STATUS_FILE=$DIR/status.json
-CONTROL=$TARGET_DIR/release/egret-control
-EGRETCTL=$TARGET_DIR/release/egretctl
-CONTROL_PID=
-stop_control() {
-  if [ -n "$CONTROL_PID" ]; then kill "$CONTROL_PID" 2>/dev/null; wait "$CONTROL_PID" 2>/dev/null; fi
-  CONTROL_PID=
-}
-start_control() {
-  ip netns exec egt-gw "$CONTROL" --manifests "$DIR/manifests" --listen 127.0.0.1:50051 >>"$DIR/control.log" 2>&1 &
-  CONTROL_PID=$!
-  for _ in $(seq 50); do
-    ip netns exec egt-gw "$EGRETCTL" configs >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  return 1
-}
 cleanup() {
   stop_gateway
   stop_control
@@ -35,20 +19,17 @@ cleanup() {
   rm -rf "$DIR"
 }
 trap cleanup EXIT
-build_gateway && (cd "$EGRET_ROOT" && cargo build --release -q -p egret-control) || { echo "e2e-control: 0 passed, 1 failed (build)"; exit 1; }
+build_gateway && build_control || { echo "e2e-control: 0 passed, 1 failed (build)"; exit 1; }
 
 scripts/topology.sh up 1
 mkdir -p "$DIR/manifests"
 write_plan "$DIR/manifests/cluster.yaml"
 write_settings "$DIR/gateway.toml" "$DIR" 1
-sed -i '/^plan_file = /d' "$DIR/gateway.toml"
 { printf 'snapshot_interval_secs = 1\n'; cat "$DIR/gateway.toml"; } > "$DIR/gw.tmp" && mv "$DIR/gw.tmp" "$DIR/gateway.toml"
-printf '[control]\nurl = "http://127.0.0.1:50051"\nnode = "gw-0"\n' >> "$DIR/gateway.toml"
+use_control "$DIR/gateway.toml"
 start_servers "$DIR" || exit 1
-check "egret-control starts on the file source" start_control
-start_gateway "$DIR" || { check "egret-control refuses a non-loopback listener without mutual TLS, and says why" bash -c "! ip netns exec egt-gw timeout 5 '$CONTROL' --manifests '$DIR/manifests' --listen 198.18.0.1:50052 2>'$DIR/insecure.err' && grep -q 'without mutual TLS' '$DIR/insecure.err'"
-
-echo "e2e-control: $passed passed, 1 failed (gateway)"; exit 1; }
+check "egret-control starts on the file source" start_control "$DIR"
+start_gateway "$DIR" || { echo "e2e-control: $passed passed, 1 failed (gateway)"; exit 1; }
 
 a=$(ip netns exec egt-pa curl -s -m 3 http://198.19.0.254/)
 check "the gateway serves the plan it got over gRPC: pod-a leaves from config-a [$a]" bash -c "[[ '$a' == 198.19.100.* ]]"
@@ -81,7 +62,7 @@ b=$(ip netns exec egt-pb curl -s -m 3 http://198.19.0.254/)
 check "with the control plane gone, traffic keeps flowing on the last plan [$b]" bash -c "[[ '$b' == 198.19.101.* ]]"
 
 write_plan "$DIR/manifests/next.tmp" config-a config-b && mv "$DIR/manifests/next.tmp" "$DIR/manifests/cluster.yaml"
-check "the control plane restarts" start_control
+check "the control plane restarts" start_control "$DIR"
 back=no
 for _ in $(seq 60); do
   r=$(ip netns exec egt-pa curl -s -m 1 http://198.19.0.254/)

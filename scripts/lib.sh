@@ -57,6 +57,40 @@ status: {phase: Running, podIP: 198.18.0.4}
 YAML
 }
 
+CONTROL=$TARGET_DIR/release/egret-control
+EGRETCTL=$TARGET_DIR/release/egretctl
+CONTROL_PID=
+
+build_control() {
+  (cd "$EGRET_ROOT" && cargo build --release -q -p egret-control)
+}
+
+# start_control DIR: egret-control in egt-gw on DIR/manifests, loopback
+# only; waits until egretctl gets an answer.
+start_control() {
+  local dir=$1
+  ip netns exec egt-gw "$CONTROL" --manifests "$dir/manifests" --listen 127.0.0.1:50051 >>"$dir/control.log" 2>&1 &
+  CONTROL_PID=$!
+  for _ in $(seq 50); do
+    ip netns exec egt-gw "$EGRETCTL" configs >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+stop_control() {
+  if [ -n "$CONTROL_PID" ]; then kill "$CONTROL_PID" 2>/dev/null; wait "$CONTROL_PID" 2>/dev/null; fi
+  CONTROL_PID=
+}
+
+# use_control FILE: gateway settings that take the plan from egret-control
+# (node gw-0) instead of a plan file.
+use_control() {
+  local file=$1
+  sed -i '/^plan_file = /d' "$file"
+  printf '[control]\nurl = "http://127.0.0.1:50051"\nnode = "gw-0"\n' >> "$file"
+}
+
 # write_settings FILE DIR QUEUES
 write_settings() {
   local file=$1 dir=$2 queues=${3:-1}

@@ -229,24 +229,48 @@ impl AdminService for Admin {
         _: Request<api::ListConfigsRequest>,
     ) -> Result<Response<api::ListConfigsResponse>, Status> {
         let snap = self.state.snapshot();
+        // Single-gateway mode: whoever subscribes serves every config of the
+        // standalone plan whole.
+        let anyone: std::collections::BTreeMap<&str, (Vec<String>, Vec<String>)> = snap
+            .anyone
+            .iter()
+            .flat_map(|np| {
+                np.plan.configs.iter().map(|c| {
+                    let addrs = c.egress.iter().flat_map(|p| p.addrs()).map(|a| a.to_string()).collect();
+                    let pods =
+                        np.plan.bindings.iter().filter(|b| b.config == c.name).map(|b| b.pod_ip.to_string()).collect();
+                    (c.name.as_str(), (addrs, pods))
+                })
+            })
+            .collect();
         let configs = snap
             .reconciled
             .configs
             .iter()
-            .map(|c| api::ConfigInfo {
-                name: c.name.clone(),
-                target: c.target.clone(),
-                prefix: c.prefix.map(|p| p.to_string()).unwrap_or_default(),
-                served: c.served,
-                shares: c
-                    .shares
-                    .iter()
-                    .map(|(n, a)| api::NodeShare {
-                        node: n.clone(),
-                        addresses: a.iter().map(|x| x.to_string()).collect(),
-                    })
-                    .collect(),
-                pod_ips: c.pods.iter().map(|p| p.to_string()).collect(),
+            .map(|c| match anyone.get(c.name.as_str()) {
+                Some((addrs, pods)) => api::ConfigInfo {
+                    name: c.name.clone(),
+                    target: format!("{} (single-gateway mode: any subscriber)", c.target),
+                    prefix: c.prefix.map(|p| p.to_string()).unwrap_or_default(),
+                    served: true,
+                    shares: vec![api::NodeShare { node: "*".into(), addresses: addrs.clone() }],
+                    pod_ips: pods.clone(),
+                },
+                None => api::ConfigInfo {
+                    name: c.name.clone(),
+                    target: c.target.clone(),
+                    prefix: c.prefix.map(|p| p.to_string()).unwrap_or_default(),
+                    served: c.served,
+                    shares: c
+                        .shares
+                        .iter()
+                        .map(|(n, a)| api::NodeShare {
+                            node: n.clone(),
+                            addresses: a.iter().map(|x| x.to_string()).collect(),
+                        })
+                        .collect(),
+                    pod_ips: c.pods.iter().map(|p| p.to_string()).collect(),
+                },
             })
             .collect();
         Ok(Response::new(api::ListConfigsResponse { configs, generation: snap.generation }))

@@ -487,3 +487,20 @@ async fn bad_inputs_get_invalid_argument_and_name_the_field() {
     drop(tx);
     ctl.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_gateway_mode_lists_configs_as_served_by_any_subscriber() {
+    // The manifests name no gateway Node: every subscriber gets every config whole.
+    let text = manifests("blue").split("---").skip(1).collect::<Vec<_>>().join("---");
+    let state = ControlState::new();
+    state.update(&egret_dataplane::cluster::ClusterState::parse(&text, "t").unwrap());
+    let ctl = Control::start(state, None, "127.0.0.1:0").await;
+    let mut admin = AdminServiceClient::connect(format!("http://{}", ctl.addr)).await.unwrap();
+    let configs = admin.list_configs(ListConfigsRequest {}).await.unwrap().into_inner().configs;
+    let blue = configs.iter().find(|c| c.name == "apps/blue").unwrap();
+    assert!(blue.served, "{blue:?}");
+    assert_eq!(blue.shares[0].node, "*");
+    assert_eq!(blue.shares[0].addresses.len(), 4);
+    assert_eq!(blue.pod_ips, ["198.18.0.2"]);
+    ctl.stop().await;
+}
