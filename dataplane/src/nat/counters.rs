@@ -41,7 +41,8 @@ pub enum DropReason {
     PoolExhausted,
     /// The session table is at capacity; live sessions are never evicted.
     SessionTableFull,
-    /// A first fragment too short to hold the transport header (RFC 1858).
+    /// A first fragment too short to hold the transport header, or a TCP
+    /// fragment at offset 8 that could rewrite the first one's flags (RFC 1858).
     FragmentTooShort,
     /// Fragment table or hold buffers are full.
     FragmentTableFull,

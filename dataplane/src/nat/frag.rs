@@ -82,11 +82,14 @@ impl FragTable {
     }
 
     /// Remembers what the first fragment got, and releases held followers.
-    pub fn record(&mut self, key: FragKey, action: FragAction, now_ms: u64) {
+    /// Returns the held followers dropped instead because their TTL ran out.
+    #[must_use]
+    pub fn record(&mut self, key: FragKey, action: FragAction, now_ms: u64) -> u64 {
         if self.entries.len() >= self.max_entries && !self.entries.contains_key(&key) {
             // Full: the followers will be held or dropped and counted.
-            return;
+            return 0;
         }
+        let mut ttl_expired = 0;
         self.entries.insert(key, Entry { action: Some(action), deadline_ms: now_ms + self.timeout_ms });
         let mut i = 0;
         while i < self.held.len() {
@@ -99,6 +102,7 @@ impl FragTable {
                 FragAction::Translate { src, dst, side } => {
                     let mut ip = Ipv4Packet::new_unchecked(&mut bytes[..]);
                     if ip.ttl() <= 1 {
+                        ttl_expired += 1;
                         continue;
                     }
                     ip.set_src(src.to_be_bytes());
@@ -111,6 +115,7 @@ impl FragTable {
             self.released_count += 1;
             self.released.push_back(Released { bytes, to });
         }
+        ttl_expired
     }
 
     /// The action for a later fragment (`None`: first not seen yet);
@@ -161,6 +166,13 @@ impl FragTable {
 }
 
 impl NatEngine {
+    /// Remembers what a first fragment got (see `FragTable::record`),
+    /// counting the held followers whose TTL ran out while they waited.
+    pub(super) fn record_fragment(&mut self, key: FragKey, action: FragAction, now: Time) {
+        let expired = self.frags.record(key, action, now.millis());
+        self.counters.drops[DropReason::TtlExpired as usize] += expired;
+    }
+
     /// A fragment after the first: translate as its first fragment was.
     pub(super) fn follow_fragment(
         &mut self,
@@ -169,6 +181,12 @@ impl NatEngine {
         p: &super::in2out::Parsed,
         now: Time,
     ) -> Verdict {
+        // RFC 1858 3.1 (the indirect rule, RFC 3128): a TCP fragment at
+        // offset 8 can only overwrite the first fragment's header from its
+        // flags on, so it would smuggle flags past the check of the first.
+        if p.proto == crate::wire::ipv4::PROTO_TCP && Ipv4Packet::new_unchecked(&buf[..len]).frag_offset() == 8 {
+            return self.drop(DropReason::FragmentTooShort);
+        }
         match self.frags.lookup(&p.frag_key(), !p.more_frags, now.millis()) {
             Some(FragAction::Translate { src, dst, side }) => {
                 if p.ttl <= 1 {

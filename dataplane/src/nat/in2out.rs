@@ -122,7 +122,7 @@ impl NatEngine {
         let owner = self.inside_owner(p.proto, p.src, sport);
         if owner != self.settings.worker {
             if p.first_frag {
-                self.frags.record(p.frag_key(), FragAction::Handoff(owner), now.millis());
+                self.record_fragment(p.frag_key(), FragAction::Handoff(owner), now);
             }
             self.counters.handoffs += 1;
             return Verdict::Handoff { worker: owner };
@@ -161,7 +161,7 @@ impl NatEngine {
         self.counters.in2out_bytes += len as u64;
         if p.first_frag {
             let action = FragAction::Translate { src: s.egress, dst: p.dst, side: Side::Outside };
-            self.frags.record(p.frag_key(), action, now.millis());
+            self.record_fragment(p.frag_key(), action, now);
         }
         if s.flags & session::flags::HAIRPIN != 0 {
             // Hairpinning (RFC 4787 REQ-9): the pod reached an egress address

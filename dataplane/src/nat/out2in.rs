@@ -45,7 +45,7 @@ impl NatEngine {
             None => return self.drop(DropReason::Unsolicited),
             Some(w) if w != self.settings.worker => {
                 if p.first_frag {
-                    self.frags.record(p.frag_key(), FragAction::Handoff(w), now.millis());
+                    self.record_fragment(p.frag_key(), FragAction::Handoff(w), now);
                 }
                 self.counters.handoffs += 1;
                 return Verdict::Handoff { worker: w };
@@ -73,7 +73,7 @@ impl NatEngine {
         self.counters.out2in_bytes += len as u64;
         if p.first_frag {
             let action = FragAction::Translate { src: p.src, dst: s.pod, side: Side::Inside };
-            self.frags.record(p.frag_key(), action, now.millis());
+            self.record_fragment(p.frag_key(), action, now);
         }
         Verdict::Forward { side: Side::Inside, len }
     }

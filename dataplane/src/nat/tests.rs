@@ -654,6 +654,66 @@ fn a_first_fragment_without_the_transport_header_is_dropped() {
     assert_eq!(tiny.run(&mut e, T0), Verdict::Drop(DropReason::FragmentTooShort));
 }
 
+/// A fragment holding bytes `from..to` of `p`'s payload at offset `from`.
+fn fragment_of(p: &Pkt, from: usize, to: usize, more: bool) -> Pkt {
+    let b = p.bytes();
+    let mut v = b[..20].to_vec();
+    v.extend_from_slice(&b[20 + from..20 + to]);
+    let tl = v.len() as u16;
+    v[2..4].copy_from_slice(&tl.to_be_bytes());
+    let fo = (from / 8) as u16 | if more { 0x2000 } else { 0 };
+    v[6..8].copy_from_slice(&fo.to_be_bytes());
+    v[10] = 0;
+    v[11] = 0;
+    let c = fold(&v[..20]);
+    v[10..12].copy_from_slice(&c.to_be_bytes());
+    Pkt::new(v)
+}
+
+#[test]
+fn a_tcp_fragment_at_offset_8_is_dropped_both_ways() {
+    // RFC 1858 3.1: the first fragment carries a plain SYN; a fragment at
+    // offset 8 would overwrite its flags (say, with SYN+FIN) after the
+    // gateway has checked them.
+    let mut e = engine();
+    let syn = tcp(POD_A, 5000, SERVER, 443, tcpf::SYN);
+    let mut first = fragment_of(&syn, 0, 24, true);
+    assert!(matches!(first.run(&mut e, T0), Verdict::Forward { side: Side::Outside, .. }));
+    let mut over = fragment_of(&syn, 8, 25, false);
+    over.buf[20 + 5] = tcpf::SYN | tcpf::FIN; // byte 13 of the TCP header
+    assert_eq!(over.run(&mut e, T0), Verdict::Drop(DropReason::FragmentTooShort));
+    // From the internet too, on the live session.
+    let reply = tcp(SERVER, 443, first.src(), first.sport(), tcpf::SYN | tcpf::ACK);
+    let mut r1 = fragment_of(&reply, 0, 24, true);
+    assert!(matches!(r1.run(&mut e, T0), Verdict::Forward { side: Side::Inside, .. }));
+    let mut r2 = fragment_of(&reply, 8, 25, false);
+    assert_eq!(r2.run(&mut e, T0), Verdict::Drop(DropReason::FragmentTooShort));
+    assert_eq!(e.counters().dropped(DropReason::FragmentTooShort), 2);
+    // Further on, TCP fragments follow their first as any other; UDP at 8 too.
+    let mut tail = fragment_of(&syn, 16, 25, false);
+    assert!(matches!(tail.run(&mut e, T0), Verdict::Forward { side: Side::Outside, .. }));
+    let big = udp(POD_A, 5001, SERVER, 9000, &[7u8; 40]);
+    let (mut u1, mut u2) = (fragment_of(&big, 0, 8, true), fragment_of(&big, 8, 48, false));
+    assert!(matches!(u1.run(&mut e, T0), Verdict::Forward { .. }));
+    assert!(matches!(u2.run(&mut e, T0), Verdict::Forward { .. }));
+}
+
+#[test]
+fn a_held_fragment_whose_ttl_runs_out_is_counted_not_lost() {
+    let mut e = engine();
+    let big = udp(POD_A, 5000, SERVER, 9000, &[7u8; 600]);
+    let (mut f1, mut f2) = fragment(&big, 304);
+    f2.buf[8] = 1;
+    f2.buf[10] = 0;
+    f2.buf[11] = 0;
+    let c = fold(&f2.buf[..20]);
+    f2.buf[10..12].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(f2.run(&mut e, T0), Verdict::Held);
+    assert!(matches!(f1.run(&mut e, T0), Verdict::Forward { .. }));
+    assert!(e.take_released().is_none(), "a fragment with TTL 1 is not forwarded");
+    assert_eq!(e.counters().dropped(DropReason::TtlExpired), 1);
+}
+
 #[test]
 fn hairpinning_delivers_to_the_pod_behind_an_egress_address() {
     let mut b = config("b", "198.19.101.0/28");
