@@ -101,6 +101,39 @@ sys.exit(0 if d['tcp_error'] is None and d['tcp_ok'] >= int(sys.argv[2]) and len
 }
 # both CMD... : runs the first command (a word with no arguments) and then the rest
 both() { "$1" && shift && "$@"; }
+# ticker NAME SECONDS: from pod-c, a UDP round trip every 10 ms; the times of
+# the answers go to $DIR/NAME.ticks (to see when forwarding resumes).
+cat > "$DIR/ticker.py" <<'PY2'
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.02)
+end = time.time() + float(sys.argv[1])
+ticks = []
+while time.time() < end:
+    s.sendto(b"t", ("198.19.0.254", 7007))
+    try:
+        s.recvfrom(100)
+        ticks.append(time.time())
+    except socket.timeout:
+        pass
+    time.sleep(0.01)
+print("\n".join("%.3f" % t for t in ticks))
+PY2
+ticker() { ip netns exec egt-pc python3 "$DIR/ticker.py" "$2" >"$DIR/$1.ticks" 2>&1 & BG+=($!); eval "TICKER_$1=$!"; }
+ticker_done() { local v="TICKER_$1"; wait "${!v}" 2>/dev/null; }
+# resumed NAME TS: seconds from TS to the first answer after it ("never" if none)
+resumed() { python3 -c "
+import sys
+t = [float(x) for x in open(sys.argv[1]) if x.strip()]
+a = [x for x in t if x > float(sys.argv[2])]
+print(round(a[0] - float(sys.argv[2]), 2) if a else 'never')" "$DIR/$1.ticks" "$2"; }
+# longest_gap NAME FROM TO: the longest silence between answers in [FROM, TO]
+longest_gap() { python3 -c "
+import sys
+lo, hi = float(sys.argv[2]), float(sys.argv[3])
+t = [lo] + [float(x) for x in open(sys.argv[1]) if x.strip() and lo < float(x) < hi] + [hi]
+print(round(max(b - a for a, b in zip(t, t[1:])), 2))" "$DIR/$1.ticks" "$2" "$3"; }
+within() { python3 -c "import sys; sys.exit(0 if sys.argv[1] != 'never' and float(sys.argv[1]) <= float(sys.argv[2]) else 1)" "$1" "$2"; }
 jget() { python3 -c "import json,sys; print(json.loads(sys.argv[1])$2)" "$1" 2>/dev/null; }
 
 scripts/topology.sh up 1
@@ -205,20 +238,28 @@ check "pod-a's TCP connection and UDP flow opened before the flood live through 
 echo "== a neighbour disappears; the next hop's link goes down and up"
 probe pa 10 nb_pa
 probe pb 10 nb_pb
+ticker nb 9
 sleep 1
 n0=$(m '^egret_drops_total\{.*reason="no_neighbour"')
+td=$(now)
 ip netns exec egt-gw ip neigh del 198.19.0.254 dev gw-out 2>/dev/null
 ip netns exec egt-gw ip neigh del 198.18.0.2 dev gw-in 2>/dev/null
 ip netns exec egt-gw ip neigh del 198.18.0.3 dev gw-in 2>/dev/null
+ip netns exec egt-gw ip neigh del 198.18.0.4 dev gw-in 2>/dev/null
 sleep 1.5
 nb=$(ip netns exec egt-gw ip neigh show 198.19.0.254 dev gw-out)
-check "the gateway gets the deleted neighbour resolved again [$nb]" bash -c "[[ -n '$nb' && '$nb' != *FAILED* && '$nb' != *INCOMPLETE* ]]"
+check "the gateway gets the deleted neighbours resolved again [$nb]" bash -c "[[ -n '$nb' && '$nb' != *FAILED* && '$nb' != *INCOMPLETE* ]]"
 ip netns exec egt-net ip link set net-in down
 sleep 2
 ip netns exec egt-net ip link set net-in up
 # The router's own routes over net-in went with the link; its configuration puts them back.
 for r in 198.19.100.0/24 198.19.101.0/24 198.18.0.0/16; do ip netns exec egt-net ip route replace "$r" via 198.19.0.1; done
+tu=$(now)
 n1=$(m '^egret_drops_total\{.*reason="no_neighbour"')
+ticker_done nb
+gd=$(longest_gap nb "$td" "$(python3 -c "print($td + 1.5)")"); ru=$(resumed nb "$tu")
+check "deleting the neighbours costs at most 1 s of forwarding [longest silence ${gd}s]" within "$gd" 1
+check "forwarding resumes within 1 s of the next hop's link coming back [${ru}s]" within "$ru" 1
 probe_done nb_pa; echo "    pod-a: $r"
 check "pod-a's TCP connection and UDP flow survive both [no_neighbour drops +$((n1 - n0)), while the link was down]" survived "$r" 20
 probe_done nb_pb; echo "    pod-b: $r"
@@ -231,6 +272,7 @@ check "new connections work after, gateway alive, XDP attached [$a, $b]" both al
 echo "== the gateway's interfaces go down and up"
 probe pa 11 if_pa
 probe pb 11 if_pb
+ticker if 9
 sleep 1
 s0=$(sessions)
 ip netns exec egt-gw ip link set gw-out down
@@ -239,10 +281,12 @@ ip netns exec egt-gw ip link set gw-out up
 # The kernel drops routes through a link that goes down; the node's network
 # configuration (networkd, a cloud agent) puts the default route back.
 ip netns exec egt-gw ip route replace default via 198.19.0.254
+t_out=$(now)
 sleep 2
 ip netns exec egt-gw ip link set gw-in down
 sleep 1
 ip netns exec egt-gw ip link set gw-in up
+t_in=$(now)
 sleep 0.5
 ua=$(curl_from pa 3)
 s1=$(sessions)
@@ -250,6 +294,10 @@ probe_done if_pa; echo "    pod-a: $r"
 check "pod-a's TCP connection and UDP flow survive gw-out and gw-in going down and up" survived "$r" 25
 probe_done if_pb; echo "    pod-b: $r"
 check "pod-b's TCP connection and UDP flow survive it too" survived "$r" 25
+ticker_done if
+r_out=$(resumed if "$t_out"); r_in=$(resumed if "$t_in")
+check "forwarding resumes within 1 s of gw-out coming back up [${r_out}s]" within "$r_out" 1
+check "forwarding resumes within 1 s of gw-in coming back up [${r_in}s]" within "$r_in" 1
 tr=$(ip netns exec egt-pa traceroute -n -w 1 -q 1 -m 4 198.19.60.2 2>&1 | tail -n 1)
 after_if() { in_pool "$ua" 198.19.100 && grep -q 198.19.60.2 <<<"$tr" && [ "$s1" -ge "$s0" ]; }
 check "after: gateway alive, XDP attached on both, new connections [$ua], beyond the router [$tr], sessions $s0 -> $s1" both alive after_if
