@@ -70,6 +70,15 @@ for _ in $(seq 60); do
   sleep 0.1
 done
 check "after the restart the gateway resubscribes and applies the new plan [$r]" test "$back" = yes
+# A broken edit of the manifests: the control plane keeps its last good
+# state, the gateway its plan, and traffic its egress IP.
+cp "$DIR/manifests/cluster.yaml" "$DIR/good.yaml"
+printf 'kind: StaticGatewayConfiguration\nmetadata: [broken\n' > "$DIR/manifests/next.tmp" && mv "$DIR/manifests/next.tmp" "$DIR/manifests/cluster.yaml"
+sleep 1.5
+r=$(ip netns exec egt-pa curl -s -m 2 http://198.19.0.254/)
+check "broken manifests are refused, logged, and the last good plan keeps serving [$r]" bash -c "[[ '$r' == 198.19.100.* ]] && grep -q 'keeping the last good state' '$DIR/control.log'"
+mv "$DIR/good.yaml" "$DIR/manifests/cluster.yaml"
+
 # Egress policy by pod label: the control plane resolves podSelector to pod
 # IPs; relabelling the pod changes what it may reach; egretctl shows hits.
 with_policy() {  # with_policy LABEL: pod-a labelled app=LABEL, config-a locked down
