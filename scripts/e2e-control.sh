@@ -133,5 +133,55 @@ check "a gateway with a bad control url is refused with the field named" bash -c
 
 check "egret-control refuses a non-loopback listener without mutual TLS, and says why" bash -c "! ip netns exec egt-gw timeout 5 '$CONTROL' --manifests '$DIR/manifests' --listen 198.18.0.1:50052 2>'$DIR/insecure.err' && grep -q 'without mutual TLS' '$DIR/insecure.err'"
 
+# Mutual TLS with the real binaries: a gateway may read only the plan of the
+# node its certificate names; egretctl needs an admin identity.
+stop_gateway
+stop_control
+PKI=$DIR/pki
+mkdir -p "$PKI"
+pki() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=egret e2e CA" \
+    -keyout "$PKI/ca.key" -out "$PKI/ca.pem" 2>/dev/null || return 1
+  local name ext
+  for name in server gw-0 gw-1 ops; do
+    if [ "$name" = server ]; then ext="subjectAltName=IP:127.0.0.1,DNS:localhost
+extendedKeyUsage=serverAuth"; else ext="subjectAltName=DNS:$name
+extendedKeyUsage=clientAuth"; fi
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$name" \
+      -keyout "$PKI/$name.key" -out "$PKI/$name.csr" 2>/dev/null || return 1
+    printf '%s\n' "$ext" > "$PKI/$name.ext"
+    openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.pem" -CAkey "$PKI/ca.key" -CAcreateserial -days 1 \
+      -extfile "$PKI/$name.ext" -out "$PKI/$name.pem" 2>/dev/null || return 1
+  done
+}
+check "a test CA signs certificates for the server, two nodes and an operator" pki
+ip netns exec egt-gw "$CONTROL" --manifests "$DIR/manifests" --listen 127.0.0.1:50051 --tls-cert "$PKI/server.pem" \
+  --tls-key "$PKI/server.key" --client-ca "$PKI/ca.pem" --admin-identity ops >>"$DIR/control.log" 2>&1 &
+CONTROL_PID=$!
+as() { local who=$1; shift; ip netns exec egt-gw "$EGRETCTL" --server https://127.0.0.1:50051 --ca "$PKI/ca.pem" --cert "$PKI/$who.pem" --key "$PKI/$who.key" "$@"; }
+up=no
+for _ in $(seq 50); do as ops configs >/dev/null 2>&1 && { up=yes; break; }; sleep 0.1; done
+check "egret-control serves mutual TLS; the operator's certificate opens the admin service" test "$up" = yes
+out=$(as gw-0 configs 2>&1)
+check "a gateway's certificate does not open the admin service [${out:0:110}]" bash -c "grep -q 'admin identity' <<<'$out'"
+out=$(ip netns exec egt-gw "$EGRETCTL" --server https://127.0.0.1:50051 --ca "$PKI/ca.pem" configs 2>&1)
+check "no client certificate, no admin service" bash -c "! grep -q CONFIG <<<'$out'"
+sed -i '/^\[control\]/,$d' "$DIR/gateway.toml"
+control_tls() {  # control_tls CERT NODE
+  sed -i '/^\[control\]/,$d' "$DIR/gateway.toml"
+  printf '[control]\nurl = "https://127.0.0.1:50051"\nnode = "%s"\nca = "%s"\ncert = "%s"\nkey = "%s"\n' \
+    "$2" "$PKI/ca.pem" "$PKI/$1.pem" "$PKI/$1.key" >> "$DIR/gateway.toml"
+}
+control_tls gw-1 gw-0
+ip netns exec egt-gw "$GATEWAY" --config "$DIR/gateway.toml" >"$DIR/gw-impostor.log" 2>&1 &
+imp=$!
+for _ in $(seq 50); do grep -q "own node's plan" "$DIR/gw-impostor.log" && break; sleep 0.1; done
+kill "$imp" 2>/dev/null; wait "$imp" 2>/dev/null
+check "a gateway holding gw-1's certificate cannot read gw-0's plan (PermissionDenied, logged)" grep -q "own node's plan" "$DIR/gw-impostor.log"
+control_tls gw-0 gw-0
+start_gateway "$DIR"
+r=$(ip netns exec egt-pa curl -s -m 3 http://198.19.0.254/)
+check "with its own certificate the gateway gets its plan over mutual TLS and serves [$r]" bash -c "[[ '$r' == 198.19.100.* ]]"
+
 echo "e2e-control: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
