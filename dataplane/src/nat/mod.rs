@@ -930,8 +930,11 @@ impl NatEngine {
     }
 
     /// Port reuse: any port whose outside tuple toward this destination is
-    /// unused (live or cooling). Random probes first, then an exhaustive scan
-    /// so that "exhausted" is never claimed while a port is free.
+    /// unused (live or cooling). Random probes on each address first (the
+    /// pod's paired address first), then an exhaustive scan so that
+    /// "exhausted" is never claimed while a port is free. Probing every
+    /// address before scanning any keeps a full paired address from costing
+    /// a scan of its whole port range for every new flow.
     fn alloc_port_reuse(&mut self, k: &FlowKey, ci: u16) -> Result<(u32, u16), DropReason> {
         self.check_quota(k.local, ci)?;
         let (first, n) = self.addr_order(k.local, ci);
@@ -947,6 +950,10 @@ impl NatEngine {
                     return Ok((probe.local, probe.local_port));
                 }
             }
+        }
+        for step in 0..n {
+            let ai = (usize::from(first) + step) % n;
+            probe.local = u32::from(self.plan.configs[usize::from(ci)].addrs[ai]);
             let start = self.rng.next_u64() as u32 % len;
             for j in 0..len {
                 probe.local_port = lo + ((start + j) % len) as u16;
@@ -1066,5 +1073,7 @@ fn ports(proto: u8, l4: &[u8]) -> (u16, u16) {
     }
 }
 
+#[cfg(test)]
+mod port_reuse_tests;
 #[cfg(test)]
 mod tests;

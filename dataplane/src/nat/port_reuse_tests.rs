@@ -1,0 +1,70 @@
+//! Port-reuse allocation once the pod's paired address is full toward a
+//! destination: the next flows spill to the other addresses without a scan
+//! of the full address's whole port range each (bench scenario 4 saw the
+//! gateway fall to ~20k packets/s from exactly that).
+
+use super::tests::{settings, udp};
+use super::*;
+use crate::plan::{Binding, GatewayConfig, MappingMode, Plan};
+use std::time::Instant;
+
+const POD: [u8; 4] = [198, 18, 0, 2];
+const SERVER: [u8; 4] = [198, 19, 0, 100];
+const T: Time = Time::from_secs(10);
+
+fn engine() -> NatEngine {
+    let mut a = GatewayConfig::new("a", vec!["198.19.100.0/31".parse().unwrap()]);
+    a.mapping = MappingMode::PortReuse;
+    a.port_quota = 1 << 20;
+    let plan =
+        Plan { version: 1, configs: vec![a], bindings: vec![Binding { pod_ip: POD.into(), config: "a".into() }] };
+    let s = EngineSettings { session_capacity: 1 << 18, ports: 1024..=65535, ..settings() };
+    NatEngine::new(s, Arc::new(plan.compile().unwrap()))
+}
+
+#[test]
+fn a_full_paired_address_spills_without_scanning_it_for_every_flow() {
+    let mut e = engine();
+    // 65,535 flows to one destination: more than one address's 64,512 ports.
+    let mut per_addr = HashMap::new();
+    let mut timing = Vec::new();
+    let batch = 1000u32;
+    let mut sport: u32 = 1;
+    while sport <= 65_535 {
+        let t0 = Instant::now();
+        let end = (sport + batch).min(65_536);
+        for p in sport..end {
+            let mut pkt = udp(POD, p as u16, SERVER, 53, b"x");
+            assert!(matches!(pkt.run(&mut e, T), Verdict::Forward { .. }), "flow from port {p}");
+            *per_addr.entry(pkt.src()).or_insert(0u32) += 1;
+        }
+        timing.push(t0.elapsed().as_secs_f64() / f64::from(end - sport));
+        sport = end;
+    }
+    assert_eq!(e.session_count(), 65_535);
+    assert_eq!(per_addr.len(), 2, "both addresses in use: {per_addr:?}");
+    assert!(per_addr.values().all(|&n| n <= 64_512));
+    // The last flows cost about what the first did; a scan of a full
+    // address per flow would make them thousands of times dearer.
+    let first = timing[..3].iter().sum::<f64>() / 3.0;
+    let last = timing[timing.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(last < first * 50.0, "first flows {:.1} us each, last {:.1} us", first * 1e6, last * 1e6);
+}
+
+#[test]
+fn exhaustion_is_claimed_only_when_every_tuple_is_taken() {
+    let mut a = GatewayConfig::new("a", vec!["198.19.100.0/30".parse().unwrap()]);
+    a.mapping = MappingMode::PortReuse;
+    let plan =
+        Plan { version: 1, configs: vec![a], bindings: vec![Binding { pod_ip: POD.into(), config: "a".into() }] };
+    let s = EngineSettings { ports: 1024..=1039, ..settings() };
+    let mut e = NatEngine::new(s, Arc::new(plan.compile().unwrap()));
+    // 4 addresses x 16 ports toward one destination: all 64 succeed.
+    for p in 0..64u16 {
+        assert!(matches!(udp(POD, 5000 + p, SERVER, 53, b"x").run(&mut e, T), Verdict::Forward { .. }), "flow {p}");
+    }
+    assert!(matches!(udp(POD, 6000, SERVER, 53, b"x").run(&mut e, T), Verdict::Reply { .. }), "65th flow refused");
+    assert_eq!(e.counters().dropped(DropReason::PoolExhausted), 1);
+    // Another destination still has every port.
+    assert!(matches!(udp(POD, 6000, [198, 19, 0, 101], 53, b"x").run(&mut e, T), Verdict::Forward { .. }));
+}
