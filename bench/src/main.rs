@@ -1,29 +1,51 @@
-//! egret-loadgen: the load generator and counting sink behind `bench/run.sh`.
+//! egret-loadgen: the load generator, counting sink, reflector and latency
+//! probe behind `bench/run.sh`.
 //!
 //! ```text
-//! egret-loadgen gen  --dev IF --dst-mac MAC --src IP --dst IP [--flows N] [--port P] [--size B] --seconds S
-//! egret-loadgen sink --dev IF [--warmup S] [--measure S] [--hold S]
+//! egret-loadgen gen  --dev IF --dst-mac MAC --src IP --dst IP --seconds S
+//!                    [--proto udp|tcp] [--flows N | --new-flows] [--rate PPS] [--limit N]
+//!                    [--sport-base P] [--sport-count N] [--saddrs N] [--dport-base P]
+//!                    [--dport-count N] [--dport-by-saddr] [--size B]
+//! egret-loadgen sink --dev IF [--echo PORT] [--distinct] [--warmup S] [--measure S] [--hold S]
+//! egret-loadgen pod-ack --dev IF --seconds S
+//! egret-loadgen ping --dst IP --port P [--count N] [--interval-us U] [--timeout-ms T]
 //! ```
 //!
 //! `gen` runs an XDP program with `BPF_PROG_RUN` in live-frames mode: the
 //! kernel hands it the same template frame over and over, the program writes
-//! the next of N UDP source ports into it and redirects it out of `--dev`,
-//! so the frames enter the veth peer (the gateway) as if a NIC had received
-//! them. Debian's xdp-trafficgen does not work on this kernel, and this runs
-//! at several Mpps on one core, well above what a gateway core forwards.
+//! the next flow's header into it and redirects it out of `--dev`, so the
+//! frames enter the veth peer (the gateway) as if a NIC had received them.
+//! Debian's xdp-trafficgen does not work on this kernel, and this runs at
+//! several Mpps on one core, well above what a gateway core forwards. Flow f
+//! takes its source port from `--sport-base` (fastest), then its source
+//! address from `--src` up (`--saddrs`), then its destination port from
+//! `--dport-base` up; `--flows N` cycles over N flows, `--new-flows` makes
+//! every frame a flow of its own (no 5-tuple repeats within 4 billion
+//! frames). `--proto tcp` sends SYNs. `--rate` paces (frames over the rate are
+//! dropped in the program, not sent), `--limit` stops after that many frames.
 //!
-//! `sink` attaches a counting XDP_DROP program to `--dev` (the far end of the
-//! gateway's outside link) and prints the IPv4 UDP rate it saw over the
-//! measuring window, split by source: translated (198.19.0.0/16) and
-//! untranslated (198.18.0.0/16). Everything it attaches detaches on exit.
+//! `sink` attaches a counting XDP program to `--dev` (the far end of the
+//! gateway's outside link, or the gateway's inside link for the ceiling) and
+//! prints the rates it saw over the measuring window: IPv4 UDP, split by
+//! source (translated 198.19.0.0/16, untranslated 198.18.0.0/16), TCP SYNs
+//! it answered with a SYN-ACK and final ACKs (handshakes done); `--echo`
+//! reflects UDP to that port back to its sender (the latency probe's far
+//! end); `--distinct` also counts distinct translated 5-tuples. At exit it
+//! prints totals since it attached.
 //!
-//! Both are bounded: `gen` stops after `--seconds` (at most 60) and `sink`
-//! after warmup + measure + hold (at most 120 s in all).
+//! `pod-ack` attaches to the generator's veth and answers each SYN-ACK with
+//! the handshake's ACK. `ping` is a UDP ping-pong client: one probe in
+//! flight, round trips as percentiles.
+//!
+//! All are bounded: `gen` stops after `--seconds` (at most 120), `sink` after
+//! warmup + measure + hold (at most 120 s each), `ping` after `--count`
+//! probes (at most 1,000,000) and `pod-ack` after `--seconds`. Everything
+//! they attach detaches on exit.
 
 use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::{Xdp, XdpMode};
 use aya::Ebpf;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -37,9 +59,11 @@ const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 const REPEAT_FIRST: u32 = 1 << 16;
 const REPEAT_MAX: u32 = 1 << 24;
 const CALL_SECONDS: f64 = 0.5;
-const MAX_SECONDS: f64 = 60.0;
-/// Ethernet + IPv4 + UDP: what `gen` rewrites in every frame.
-const HEADER_LEN: usize = 42;
+const MAX_SECONDS: f64 = 120.0;
+/// Ethernet + IPv4 + TCP: what `gen` rewrites in every frame.
+const HEADER_LEN: usize = 54;
+/// Ports a source address offers: 1024..=65535.
+const PORTS: u32 = 64_512;
 
 /// `union bpf_attr`'s `test` member (BPF_PROG_TEST_RUN), as in linux/bpf.h.
 #[repr(C)]
@@ -63,11 +87,60 @@ struct TestRunAttr {
     _pad: u32,
 }
 
+/// `struct gen_config` in loadgen.bpf.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct GenConfig {
+    ifindex: u32,
+    proto: u32,
+    sport_base: u32,
+    sport_count: u32,
+    dport_base: u32,
+    dport_count: u32,
+    saddr_count: u32,
+    dport_by_saddr: u32,
+    flows: u64,
+    rate: u64,
+    limit: u64,
+}
+
+/// `struct gen_state` in loadgen.bpf.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct GenState {
+    seq: u64,
+    start_ns: u64,
+    paced: u64,
+}
+
+// SAFETY: plain `repr(C)` integers without padding, as the BPF side declares them.
+unsafe impl aya::Pod for GenConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for GenState {}
+
+/// The sink's counters (`enum` in loadgen.bpf.c), in order.
+const COUNTERS: [&str; 10] = [
+    "udp",
+    "translated",
+    "untranslated",
+    "syn",
+    "ack",
+    "echo",
+    "tcp_untranslated",
+    "distinct",
+    "distinct_full",
+    "pod_ack",
+];
+
 struct Args(Vec<String>);
 
 impl Args {
     fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().position(|a| a == name).and_then(|i| self.0.get(i + 1)).map(String::as_str)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|a| a == name)
     }
 
     fn req(&self, name: &str) -> Result<&str, String> {
@@ -111,26 +184,34 @@ fn checksum(b: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// Ethernet + IPv4 + UDP (checksum 0) padded to `size` bytes (without FCS).
-fn template(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, port: u16, size: usize) -> Vec<u8> {
+/// Ethernet + IPv4 + UDP (checksum 0) or TCP SYN (no options), padded to
+/// `size` bytes (without FCS). `gen` rewrites ports, address and checksums.
+fn template(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, tcp: bool, size: usize) -> Vec<u8> {
     let mut f = vec![0u8; size];
     f[0..6].copy_from_slice(&dst_mac);
     f[6..12].copy_from_slice(&src_mac);
     f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip_len = (size - 14) as u16;
+    // A TCP SYN carries no payload: what pads it to `size` is Ethernet's.
+    let ip_len = if tcp { 40 } else { (size - 14) as u16 };
     let ip = &mut f[14..34];
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[6] = 0x40; // don't fragment
     ip[8] = 64;
-    ip[9] = 17;
+    ip[9] = if tcp { 6 } else { 17 };
     ip[12..16].copy_from_slice(&src.octets());
     ip[16..20].copy_from_slice(&dst.octets());
     let c = checksum(ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let udp = &mut f[34..42];
-    udp[0..2].copy_from_slice(&port.to_be_bytes());
-    udp[2..4].copy_from_slice(&9u16.to_be_bytes());
-    udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    if tcp {
+        let t = &mut f[34..54];
+        t[12] = 5 << 4; // data offset: 5 words
+        t[13] = 0x02; // SYN
+        t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    } else {
+        let udp = &mut f[34..42];
+        udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    }
     f
 }
 
@@ -144,35 +225,111 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, String> {
     Ok(p)
 }
 
+/// Flow layout from the command line: how flow numbers map onto source
+/// ports, source addresses and destination ports.
+fn layout(a: &Args) -> Result<GenConfig, String> {
+    let new_flows = a.has("--new-flows");
+    let flows: u64 = a.parse("--flows", 10_000)?;
+    let proto = match a.get("--proto").unwrap_or("udp") {
+        "udp" => 17,
+        "tcp" => 6,
+        p => return Err(format!("--proto {p}: udp or tcp")),
+    };
+    let saddr_count: u32 = a.parse("--saddrs", 1)?;
+    let by_saddr = a.has("--dport-by-saddr");
+    let sport_base: u32 = a.parse("--sport-base", 1024)?;
+    let max_sports = 65_536 - sport_base.min(65_535);
+    let default_sports = if new_flows { PORTS } else { flows.min(u64::from(PORTS)) as u32 };
+    let sport_count: u32 = a.parse("--sport-count", default_sports.min(max_sports))?;
+    let dport_base: u32 = a.parse("--dport-base", 9)?;
+    let max_dports = 65_536 - dport_base.min(65_535);
+    let per_dport = u64::from(sport_count) * u64::from(if by_saddr { 1 } else { saddr_count.max(1) });
+    let default_dports = if new_flows || by_saddr {
+        if by_saddr {
+            1
+        } else {
+            max_dports
+        }
+    } else {
+        flows.div_ceil(per_dport.max(1)).min(u64::from(max_dports)) as u32
+    };
+    let dport_count: u32 = a.parse("--dport-count", default_dports)?;
+    if !new_flows && flows == 0 {
+        return Err("--flows must be at least 1".into());
+    }
+    if sport_count == 0 || sport_count > max_sports {
+        return Err(format!("--sport-count {sport_count}: must be 1..={max_sports} from port {sport_base}"));
+    }
+    if dport_count == 0 || dport_count > max_dports {
+        return Err(format!("--dport-count {dport_count}: must be 1..={max_dports} from port {dport_base}"));
+    }
+    if saddr_count == 0 || saddr_count > 65_536 {
+        return Err(format!("--saddrs {saddr_count}: must be 1..=65536"));
+    }
+    let distinct = if by_saddr {
+        u64::from(sport_count) * u64::from(saddr_count)
+    } else {
+        u64::from(sport_count) * u64::from(saddr_count) * u64::from(dport_count)
+    };
+    if !new_flows && flows > distinct {
+        return Err(format!(
+            "--flows {flows}: only {distinct} distinct flows from {sport_count} source ports, {saddr_count} addresses, {dport_count} destination ports"
+        ));
+    }
+    Ok(GenConfig {
+        ifindex: 0,
+        proto,
+        sport_base,
+        sport_count,
+        dport_base,
+        dport_count,
+        saddr_count,
+        dport_by_saddr: u32::from(by_saddr),
+        flows: if new_flows { 0 } else { flows },
+        rate: a.parse("--rate", 0)?,
+        limit: a.parse("--limit", 0)?,
+    })
+}
+
+/// Flow f's (source address offset, source port, destination port), as the
+/// BPF program computes it (for tests and for reading a layout back).
+#[cfg(test)]
+fn flow(c: &GenConfig, n: u64) -> (u32, u16, u16) {
+    let f = if c.flows == 0 { n } else { n % c.flows };
+    let sp = (f % u64::from(c.sport_count)) as u32;
+    let r = f / u64::from(c.sport_count);
+    let sa = (r % u64::from(c.saddr_count)) as u32;
+    let dp = if c.dport_by_saddr != 0 {
+        sa % c.dport_count
+    } else {
+        ((r / u64::from(c.saddr_count)) % u64::from(c.dport_count)) as u32
+    };
+    (sa, (c.sport_base + sp) as u16, (c.dport_base + dp) as u16)
+}
+
 fn gen(a: &Args) -> Result<(), String> {
     let dev = a.req("--dev")?;
     let dst_mac = mac(a.req("--dst-mac")?)?;
     let src: Ipv4Addr = a.req("--src")?.parse().map_err(|_| "--src: not an IPv4 address")?;
     let dst: Ipv4Addr = a.req("--dst")?.parse().map_err(|_| "--dst: not an IPv4 address")?;
-    let flows: u32 = a.parse("--flows", 10_000)?;
-    let port: u16 = a.parse("--port", 10_000)?;
     let size: usize = a.parse("--size", 60)?;
     let seconds: f64 = a.parse("--seconds", 5.0)?;
-    if !(1..=65536 - u32::from(port)).contains(&flows) {
-        return Err(format!("--flows {flows}: must be 1..={} from port {port}", 65536 - u32::from(port)));
-    }
+    let mut cfg = layout(a)?;
     if !(60..=1500).contains(&size) {
         return Err(format!("--size {size}: must be 60..=1500"));
     }
     if !(seconds > 0.0 && seconds <= MAX_SECONDS) {
         return Err(format!("--seconds {seconds}: must be in (0, {MAX_SECONDS}]"));
     }
-    let index = ifindex(dev)?;
+    cfg.ifindex = ifindex(dev)?;
     let src_mac = mac(&std::fs::read_to_string(format!("/sys/class/net/{dev}/address")).map_err(|e| e.to_string())?)?;
-    let frame = template(dst_mac, src_mac, src, dst, port, size);
+    let frame = template(dst_mac, src_mac, src, dst, cfg.proto == 6, size);
 
     let mut ebpf = Ebpf::load(PROGRAMS).map_err(|e| e.to_string())?;
     {
         let m = ebpf.map_mut("gen_cfg").ok_or("map gen_cfg missing")?;
-        let mut cfg: Array<&mut MapData, u32> = Array::try_from(m).map_err(|e| e.to_string())?;
-        for (i, v) in [flows, u32::from(port), index].into_iter().enumerate() {
-            cfg.set(i as u32, v, 0).map_err(|e| e.to_string())?;
-        }
+        let mut c: Array<&mut MapData, GenConfig> = Array::try_from(m).map_err(|e| e.to_string())?;
+        c.set(0, cfg, 0).map_err(|e| e.to_string())?;
     }
     {
         let m = ebpf.map_mut("gen_tmpl").ok_or("map gen_tmpl missing")?;
@@ -187,8 +344,9 @@ fn gen(a: &Args) -> Result<(), String> {
     let start = Instant::now();
     let deadline = Duration::from_secs_f64(seconds);
     let debug = std::env::var_os("EGRET_LOADGEN_DEBUG").is_some();
-    let mut sent: u64 = 0;
+    let mut runs: u64 = 0;
     let mut repeat = REPEAT_FIRST;
+    let mut state = GenState::default();
     while start.elapsed() < deadline {
         let attr = TestRunAttr {
             prog_fd: fd as u32,
@@ -207,74 +365,191 @@ fn gen(a: &Args) -> Result<(), String> {
         if rc != 0 {
             return Err(format!("BPF_PROG_RUN (live frames): {}", std::io::Error::last_os_error()));
         }
-        sent += u64::from(repeat);
+        runs += u64::from(repeat);
         let elapsed = start.elapsed().as_secs_f64();
+        state = gen_state(&mut ebpf)?;
         if debug {
-            eprintln!("gen: call of {repeat} frames done at {elapsed:.3} s");
+            eprintln!("gen: call of {repeat} frames done at {elapsed:.3} s, {} sent", state.seq);
+        }
+        if cfg.limit != 0 && state.seq >= cfg.limit {
+            break;
         }
         // Each call sets up and tears down a page pool, and the teardown
         // sleeps: few long calls keep the offered load steady. Aim at
         // CALL_SECONDS per call without running past the deadline by much.
-        let rate = sent as f64 / elapsed.max(1e-6);
+        let rate = runs as f64 / elapsed.max(1e-6);
         let left = (seconds - elapsed).max(0.0);
         repeat = (rate * CALL_SECONDS.min(left)).clamp(f64::from(REPEAT_FIRST), f64::from(REPEAT_MAX)) as u32;
     }
     let secs = start.elapsed().as_secs_f64();
+    let flows = if cfg.flows == 0 { "new flows (one per frame)".to_string() } else { format!("{} flows", cfg.flows) };
     println!(
-        "gen: {sent} frames of {size} B over {flows} flows in {secs:.2} s = {:.3} Mpps offered",
-        sent as f64 / secs / 1e6
+        "gen: {} frames of {size} B over {flows} in {secs:.2} s = {:.3} Mpps offered (paced out {})",
+        state.seq,
+        state.seq as f64 / secs / 1e6,
+        state.paced
     );
     Ok(())
 }
 
-fn read_sink(ebpf: &mut Ebpf) -> Result<[u64; 3], String> {
+fn gen_state(ebpf: &mut Ebpf) -> Result<GenState, String> {
+    let m = ebpf.map_mut("gen_state").ok_or("map gen_state missing")?;
+    let arr: PerCpuArray<&mut MapData, GenState> = PerCpuArray::try_from(m).map_err(|e| e.to_string())?;
+    let mut total = GenState::default();
+    for s in arr.get(&0, 0).map_err(|e| e.to_string())?.iter() {
+        total.seq += s.seq;
+        total.paced += s.paced;
+    }
+    Ok(total)
+}
+
+fn read_counts(ebpf: &mut Ebpf) -> Result<[u64; COUNTERS.len()], String> {
     let m = ebpf.map_mut("sink_count").ok_or("map sink_count missing")?;
     let arr: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(m).map_err(|e| e.to_string())?;
-    let mut out = [0u64; 3];
+    let mut out = [0u64; COUNTERS.len()];
     for (i, o) in out.iter_mut().enumerate() {
         *o = arr.get(&(i as u32), 0).map_err(|e| e.to_string())?.iter().sum();
     }
     Ok(out)
 }
 
-fn sink(a: &Args) -> Result<(), String> {
-    let dev = a.req("--dev")?;
-    let warmup: f64 = a.parse("--warmup", 1.5)?;
-    let measure: f64 = a.parse("--measure", 3.0)?;
-    let hold: f64 = a.parse("--hold", 1.0)?;
-    for (name, v) in [("--warmup", warmup), ("--measure", measure), ("--hold", hold)] {
-        if !(0.0..=40.0).contains(&v) {
-            return Err(format!("{name} {v}: must be 0..=40 seconds"));
-        }
-    }
-    if measure <= 0.0 {
-        return Err("--measure must be more than 0".into());
-    }
-    let mut ebpf = Ebpf::load(PROGRAMS).map_err(|e| e.to_string())?;
-    let prog = program(&mut ebpf, "sink")?;
-    let mode = match prog.attach(dev, XdpMode::Driver) {
-        Ok(_) => "native",
+/// Attaches `name` to `dev`: native XDP, generic if native is refused.
+fn attach(ebpf: &mut Ebpf, name: &str, dev: &str) -> Result<&'static str, String> {
+    let prog = program(ebpf, name)?;
+    match prog.attach(dev, XdpMode::Driver) {
+        Ok(_) => Ok("native"),
         Err(native) => {
             prog.attach(dev, XdpMode::Skb)
                 .map_err(|e| format!("attaching to {dev}: native: {native}; generic: {e}"))?;
-            "generic"
+            Ok("generic")
         }
-    };
+    }
+}
+
+fn seconds_arg(a: &Args, name: &str, default: f64) -> Result<f64, String> {
+    let v: f64 = a.parse(name, default)?;
+    if !(0.0..=MAX_SECONDS).contains(&v) {
+        return Err(format!("{name} {v}: must be 0..={MAX_SECONDS} seconds"));
+    }
+    Ok(v)
+}
+
+fn sink(a: &Args) -> Result<(), String> {
+    let dev = a.req("--dev")?;
+    let warmup = seconds_arg(a, "--warmup", 1.5)?;
+    let measure = seconds_arg(a, "--measure", 3.0)?;
+    let hold = seconds_arg(a, "--hold", 1.0)?;
+    if measure <= 0.0 {
+        return Err("--measure must be more than 0".into());
+    }
+    let echo: u16 = a.parse("--echo", 0)?;
+    let mut ebpf = Ebpf::load(PROGRAMS).map_err(|e| e.to_string())?;
+    {
+        let m = ebpf.map_mut("sink_cfg").ok_or("map sink_cfg missing")?;
+        let mut c: Array<&mut MapData, u32> = Array::try_from(m).map_err(|e| e.to_string())?;
+        c.set(0, u32::from(echo), 0).map_err(|e| e.to_string())?;
+        c.set(1, u32::from(a.has("--distinct")), 0).map_err(|e| e.to_string())?;
+    }
+    let mode = attach(&mut ebpf, "sink", dev)?;
     eprintln!("sink: counting on {dev} ({mode} XDP)");
     println!("ready");
     std::thread::sleep(Duration::from_secs_f64(warmup));
-    let (c0, t0) = (read_sink(&mut ebpf)?, Instant::now());
+    let (c0, t0) = (read_counts(&mut ebpf)?, Instant::now());
     std::thread::sleep(Duration::from_secs_f64(measure));
-    let (c1, t1) = (read_sink(&mut ebpf)?, Instant::now());
+    let (c1, t1) = (read_counts(&mut ebpf)?, Instant::now());
     let secs = (t1 - t0).as_secs_f64();
     let rate = |i: usize| (c1[i] - c0[i]) as f64 / secs / 1e6;
     println!(
-        "sink: mpps={:.3} translated_mpps={:.3} untranslated_mpps={:.3} seconds={secs:.2}",
+        "sink: mpps={:.3} translated_mpps={:.3} untranslated_mpps={:.3} syn_mpps={:.4} ack_mpps={:.4} seconds={secs:.2}",
         rate(0),
         rate(1),
-        rate(2)
+        rate(2),
+        rate(3),
+        rate(4)
     );
     std::thread::sleep(Duration::from_secs_f64(hold));
+    let total = read_counts(&mut ebpf)?;
+    let fields: Vec<String> = COUNTERS.iter().zip(total).map(|(n, v)| format!("{n}={v}")).collect();
+    println!("sink-total: {}", fields.join(" "));
+    Ok(())
+}
+
+fn pod_ack(a: &Args) -> Result<(), String> {
+    let dev = a.req("--dev")?;
+    let seconds = seconds_arg(a, "--seconds", 5.0)?;
+    let mut ebpf = Ebpf::load(PROGRAMS).map_err(|e| e.to_string())?;
+    let mode = attach(&mut ebpf, "pod_ack", dev)?;
+    eprintln!("pod-ack: answering SYN-ACKs on {dev} ({mode} XDP)");
+    println!("ready");
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let c = read_counts(&mut ebpf)?;
+    println!("pod-ack: acks={}", c[9]);
+    Ok(())
+}
+
+/// Percentile of sorted samples (nearest rank).
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ping(a: &Args) -> Result<(), String> {
+    let dst: Ipv4Addr = a.req("--dst")?.parse().map_err(|_| "--dst: not an IPv4 address")?;
+    let port: u16 = a.parse("--port", 7)?;
+    let count: u32 = a.parse("--count", 1000)?;
+    let interval = Duration::from_micros(a.parse("--interval-us", 1000)?);
+    let timeout = Duration::from_millis(a.parse("--timeout-ms", 100)?);
+    if count == 0 || count > 1_000_000 {
+        return Err(format!("--count {count}: must be 1..=1000000"));
+    }
+    if timeout.is_zero() || timeout > Duration::from_secs(5) {
+        return Err("--timeout-ms must be 1..=5000".into());
+    }
+    let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    sock.connect((dst, port)).map_err(|e| e.to_string())?;
+    let mut rtts = Vec::with_capacity(count as usize);
+    let mut buf = [0u8; 64];
+    let epoch = Instant::now();
+    for seq in 0..u64::from(count) {
+        let sent = Instant::now();
+        let mut msg = [0u8; 18];
+        msg[..8].copy_from_slice(&seq.to_be_bytes());
+        msg[8..16].copy_from_slice(&(sent - epoch).as_nanos().to_be_bytes()[8..]);
+        // A full socket buffer or a missing neighbour is a lost probe, not an error.
+        if sock.send(&msg).is_ok() {
+            loop {
+                let left = timeout.saturating_sub(sent.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                sock.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+                match sock.recv(&mut buf) {
+                    Ok(n) if n >= 8 && buf[..8] == seq.to_be_bytes() => {
+                        rtts.push(sent.elapsed().as_secs_f64() * 1e6);
+                        break;
+                    }
+                    Ok(_) => continue, // a late answer to an earlier probe
+                    Err(_) => break,
+                }
+            }
+        }
+        if let Some(rest) = interval.checked_sub(sent.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    let received = rtts.len();
+    rtts.sort_by(f64::total_cmp);
+    println!(
+        "ping: sent={count} received={received} lost={} p50_us={:.1} p90_us={:.1} p99_us={:.1} max_us={:.1}",
+        count as usize - received,
+        percentile(&rtts, 50.0),
+        percentile(&rtts, 90.0),
+        percentile(&rtts, 99.0),
+        rtts.last().copied().unwrap_or(f64::NAN)
+    );
     Ok(())
 }
 
@@ -287,9 +562,20 @@ fn main() -> ExitCode {
     let result = match cmd {
         "gen" => gen(&rest),
         "sink" => sink(&rest),
+        "pod-ack" => pod_ack(&rest),
+        "ping" => ping(&rest),
         _ => {
-            eprintln!("usage: egret-loadgen gen --dev IF --dst-mac MAC --src IP --dst IP [--flows N] [--port P] [--size B] [--seconds S]");
-            eprintln!("       egret-loadgen sink --dev IF [--warmup S] [--measure S] [--hold S]");
+            eprintln!(
+                "usage: egret-loadgen gen --dev IF --dst-mac MAC --src IP --dst IP --seconds S [--proto udp|tcp]"
+            );
+            eprintln!("                         [--flows N | --new-flows] [--rate PPS] [--limit N] [--sport-base P]");
+            eprintln!("                         [--sport-count N] [--saddrs N] [--dport-base P] [--dport-count N]");
+            eprintln!("                         [--dport-by-saddr] [--size B]");
+            eprintln!(
+                "       egret-loadgen sink --dev IF [--echo PORT] [--distinct] [--warmup S] [--measure S] [--hold S]"
+            );
+            eprintln!("       egret-loadgen pod-ack --dev IF --seconds S");
+            eprintln!("       egret-loadgen ping --dst IP --port P [--count N] [--interval-us U] [--timeout-ms T]");
             return ExitCode::from(2);
         }
     };
@@ -305,20 +591,84 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+
+    fn args(s: &str) -> Args {
+        Args(s.split_whitespace().map(String::from).collect())
+    }
 
     #[test]
-    fn template_is_a_valid_udp_frame() {
-        let f = template([2; 6], [4; 6], "198.18.0.2".parse().unwrap(), "198.19.0.2".parse().unwrap(), 10_000, 60);
+    fn udp_template_is_a_valid_frame() {
+        let f = template([2; 6], [4; 6], "198.18.0.2".parse().unwrap(), "198.19.0.2".parse().unwrap(), false, 60);
         assert_eq!(f.len(), 60);
         assert_eq!(checksum(&f[14..34]), 0, "IPv4 header checksum verifies");
         assert_eq!(u16::from_be_bytes([f[16], f[17]]), 46);
+        assert_eq!(f[23], 17);
         assert_eq!(u16::from_be_bytes([f[38], f[39]]), 26, "UDP length");
         assert_eq!(&f[40..42], &[0, 0], "no UDP checksum");
+    }
+
+    #[test]
+    fn tcp_template_is_a_syn_without_payload() {
+        let f = template([2; 6], [4; 6], "198.18.0.2".parse().unwrap(), "198.19.0.2".parse().unwrap(), true, 60);
+        assert_eq!(f.len(), 60, "padded to the Ethernet minimum");
+        assert_eq!(checksum(&f[14..34]), 0);
+        assert_eq!(u16::from_be_bytes([f[16], f[17]]), 40, "IPv4 total length: headers only");
+        assert_eq!(f[23], 6);
+        assert_eq!(f[46], 0x50, "data offset 5");
+        assert_eq!(f[47], 0x02, "SYN");
     }
 
     #[test]
     fn parses_macs() {
         assert_eq!(mac("02:00:0a:ff:00:01\n").unwrap(), [2, 0, 10, 255, 0, 1]);
         assert!(mac("02:00").is_err());
+    }
+
+    #[test]
+    fn cycling_flows_are_distinct_and_repeat() {
+        for n in [1u64, 1000, 100_000] {
+            let c = layout(&args(&format!("--flows {n}"))).unwrap();
+            let seen: HashSet<_> = (0..n).map(|i| flow(&c, i)).collect();
+            assert_eq!(seen.len() as u64, n, "{n} flows");
+            assert_eq!(flow(&c, 0), flow(&c, n), "flow n is flow 0 again");
+        }
+        let c = layout(&args("--flows 1000000")).unwrap();
+        assert_eq!((c.sport_count, c.dport_count), (64_512, 16));
+        assert!(layout(&args("--flows 5000000000")).is_err(), "more flows than tuples");
+    }
+
+    #[test]
+    fn new_flows_never_repeat() {
+        let c = layout(&args("--new-flows")).unwrap();
+        assert_eq!(c.flows, 0);
+        let n = 3 * u64::from(PORTS) + 17;
+        let seen: HashSet<_> = (0..n).map(|i| flow(&c, i)).collect();
+        assert_eq!(seen.len() as u64, n);
+        assert_eq!(flow(&c, 0), (0, 1024, 9));
+        assert_eq!(flow(&c, u64::from(PORTS)), (0, 1024, 10), "the destination port moves on once sources wrap");
+    }
+
+    #[test]
+    fn pod_endpoints_each_keep_one_destination() {
+        let c =
+            layout(&args("--flows 120000 --saddrs 4 --sport-count 30000 --dport-count 2 --dport-by-saddr")).unwrap();
+        let all: Vec<_> = (0..120_000).map(|i| flow(&c, i)).collect();
+        let endpoints: HashSet<_> = all.iter().map(|&(a, p, _)| (a, p)).collect();
+        assert_eq!(endpoints.len(), 120_000, "every flow its own pod endpoint");
+        let to_first = all.iter().filter(|f| f.2 == 9).count();
+        assert_eq!(to_first, 60_000, "half the pods to each destination");
+        assert!(
+            layout(&args("--flows 120001 --saddrs 4 --sport-count 30000 --dport-count 2 --dport-by-saddr")).is_err()
+        );
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v[..1], 99.0), 1.0);
+        assert!(percentile(&[], 50.0).is_nan());
     }
 }

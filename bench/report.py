@@ -1,0 +1,321 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's results (JSON lines) into the table it prints, a
+markdown report and an SVG chart (written by hand: no plotting library).
+
+usage: bench/report.py RESULTS.jsonl [--md OUT.md] [--svg OUT.svg]
+                       [--command CMD] [--machine TEXT] [--elapsed SECONDS]
+"""
+import argparse
+import json
+import statistics
+from collections import OrderedDict
+from html import escape
+
+SCENARIOS = {
+    1: "Throughput, 64 B UDP",
+    2: "New connections per second",
+    3: "Scale",
+    4: "Port pool",
+    5: "Latency (round trip)",
+    6: "Ceiling of this box",
+}
+# Metrics where less is better: the ratio is still Egret / kernel.
+LOWER_IS_BETTER = ("us", "bytes", "sessions")
+
+
+def load(path):
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    groups = OrderedDict()
+    for r in rows:
+        key = (r["scenario"], r["case"], r["metric"])
+        g = groups.setdefault(key, {"egret": [], "kernel": [], "ceiling": [], "contention": [], "notes": {}})
+        if r["value"] is not None:
+            g[r["system"]].append(r["value"])
+        if r.get("contention", -1) >= 0:
+            g["contention"].append(r["contention"])
+        g["notes"].setdefault(r["system"], r.get("note", ""))
+    return rows, OrderedDict(sorted(groups.items(), key=lambda kv: kv[0][0]))
+
+
+def stat(vals):
+    if not vals:
+        return None
+    return statistics.median(vals), min(vals), max(vals), len(vals)
+
+
+def fmt(v):
+    if v is None:
+        return "–"
+    a = abs(v)
+    if a >= 100000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def cell(s):
+    if s is None:
+        return "–"
+    med, lo, hi, n = s
+    if n == 1 or lo == hi:
+        return fmt(med)
+    return f"{fmt(med)} ({fmt(lo)}–{fmt(hi)})"
+
+
+def kernel_ref(groups, key):
+    """The kernel's figures for a row: the same row, or (port pool) the
+    scenario's kernel-only row with the same metric."""
+    g = groups[key]
+    if g["kernel"]:
+        return stat(g["kernel"])
+    for (sc, case, metric), other in groups.items():
+        if sc == key[0] and metric == key[2] and other["kernel"] and not other["egret"]:
+            return stat(other["kernel"])
+    return None
+
+
+def ratio(e, k):
+    if not e or not k or k[0] == 0:
+        return None
+    return e[0] / k[0]
+
+
+def table(groups):
+    ceiling = None
+    for (sc, _, _), g in groups.items():
+        if sc == 6 and g["ceiling"]:
+            ceiling = stat(g["ceiling"])
+    out = []
+    for key, g in groups.items():
+        sc, case, metric = key
+        e = stat(g["egret"])
+        k = stat(g["kernel"]) if g["kernel"] else None
+        c = stat(g["ceiling"])
+        kr = kernel_ref(groups, key)
+        r = ratio(e, kr)
+        notes = []
+        if sc == 1 and ceiling:
+            parts = [f"{name} {100 * s[0] / ceiling[0]:.0f}%" for name, s in (("Egret", e), ("kernel", k)) if s]
+            notes.append(" / ".join(parts) + " of the ceiling")
+        if any(metric.endswith(x) for x in LOWER_IS_BETTER):
+            notes.append("lower is better")
+        if sc == 4 and e and not g["kernel"] and kr:
+            notes.append("ratio vs the kernel's one-address masquerade")
+        cont = max(g["contention"]) if g["contention"] else None
+        out.append(
+            {
+                "scenario": sc,
+                "case": case,
+                "metric": metric,
+                "egret": e if e else None,
+                "kernel": k if k else (c if c else None),
+                "system2": "ceiling" if c and not k else "kernel",
+                "ratio": r,
+                "contention": cont,
+                "note": "; ".join(notes),
+            }
+        )
+    return out
+
+
+def targets(groups):
+    def find(sc, case_part, metric):
+        for (s, case, m), g in groups.items():
+            if s == sc and case_part in case and m == metric:
+                return stat(g["egret"]), stat(g["kernel"]), g
+        return None, None, None
+
+    res = []
+    e, k, _ = find(1, "100000 flows", "Mpps")
+    r = ratio(e, k)
+    res.append(("≥ 1.5× the kernel's Mpps per gateway core at 100k flows", r, r is not None and r >= 1.5))
+    e, k, _ = find(2, "UDP", "new flows/s (k)")
+    r = ratio(e, k)
+    res.append(("≥ 3× the kernel's new-connection rate (UDP)", r, r is not None and r >= 3))
+    e, k, _ = find(2, "TCP", "handshakes/s (k)")
+    r = ratio(e, k)
+    res.append(("≥ 3× the kernel's new-connection rate (TCP handshakes)", r, r is not None and r >= 3))
+    e, k, _ = find(3, "concurrent sessions", "sessions held")
+    ev, _, _ = find(3, "evicted", "sessions")
+    r = ratio(e, k)
+    no_evict = ev is not None and ev[2] == 0
+    res.append(("≥ 4× the kernel's concurrent sessions, no live session evicted", r, r is not None and r >= 4 and no_evict))
+    return res
+
+
+def text_table(rows):
+    lines = []
+    hdr = f"{'scenario / case':58} {'metric':24} {'Egret med (min–max)':28} {'kernel med (min–max)':28} {'E/k':>6} {'cont%':>5}"
+    lines.append(hdr)
+    lines.append("-" * len(hdr))
+    last = None
+    for r in rows:
+        if r["scenario"] != last:
+            lines.append(f"{r['scenario']}. {SCENARIOS.get(r['scenario'], '')}")
+            last = r["scenario"]
+        k = cell(r["kernel"]) + (" [ceiling]" if r["system2"] == "ceiling" and r["kernel"] else "")
+        ra = f"{r['ratio']:.2f}" if r["ratio"] is not None else "–"
+        cont = f"{r['contention']:.0f}" if r["contention"] is not None else "–"
+        lines.append(f"   {r['case'][:55]:55} {r['metric'][:24]:24} {cell(r['egret'])[:28]:28} {k[:28]:28} {ra:>6} {cont:>5}")
+    return "\n".join(lines)
+
+
+def markdown(rows, tg, args, runs):
+    md = ["# Egret load benchmark: latest results", ""]
+    if args.machine:
+        md.append(f"Machine: {args.machine}. veth, copy-mode AF_XDP, one gateway core.")
+    if args.command:
+        md.append(f"Command: `{args.command}`" + (f" ({int(args.elapsed) // 60} min {int(args.elapsed) % 60} s)" if args.elapsed else ""))
+    md.append(f"Runs per figure: {runs}, interleaved Egret / kernel; medians with the spread (min–max).")
+    md.append("`cont%` is the worst CPU contention (PSI: share of the window in which a task waited for a CPU) seen")
+    md.append("in that row's runs; above ~10% other work was running on the box and the figures are noisy.")
+    md.append("")
+    md.append("| # | case | metric | Egret | kernel (nftables + conntrack) | Egret ÷ kernel | cont% | notes |")
+    md.append("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        k = cell(r["kernel"])
+        if r["system2"] == "ceiling" and r["kernel"]:
+            k = f"{k} (XDP_DROP, no gateway)"
+        ra = f"{r['ratio']:.2f}×" if r["ratio"] is not None else "–"
+        cont = f"{r['contention']:.0f}" if r["contention"] is not None else "–"
+        md.append(f"| {r['scenario']} | {r['case']} | {r['metric']} | {cell(r['egret'])} | {k} | {ra} | {cont} | {r['note']} |")
+    md.append("")
+    md.append("## Targets (issue 6)")
+    md.append("")
+    for name, r, ok in tg:
+        md.append(f"- {'met' if ok else 'MISSED'}: {name} — {'%.2f×' % r if r is not None else 'not measured'}")
+    md.append("")
+    md.append("![chart](latest.svg)" if args.svg and args.svg.endswith("latest.svg") else f"![chart]({args.svg.rsplit('/', 1)[-1]})" if args.svg else "")
+    return "\n".join(md) + "\n"
+
+
+# ------------------------------------------------------------------- SVG
+EGRET = "#2b7bb9"
+KERNEL = "#d9822b"
+CEIL = "#888888"
+
+
+def panel(x0, y0, w, h, title, groups, unit, log=False):
+    """One bar chart: groups = [(label, egret_stat, kernel_stat)]."""
+    s = [f'<g transform="translate({x0},{y0})">']
+    s.append(f'<text x="{w / 2}" y="14" text-anchor="middle" font-size="13" font-weight="bold">{escape(title)}</text>')
+    top, bottom, left = 26, 40, 46
+    ph = h - top - bottom
+    pw = w - left - 8
+    vals = [v for _, e, k in groups for st in (e, k) if st for v in (st[0], st[2])]
+    vmax = max(vals) if vals else 1
+    vmax = vmax * 1.1 if vmax > 0 else 1
+    s.append(f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333"/>')
+    s.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#333"/>')
+    for i in range(5):
+        v = vmax * i / 4
+        y = top + ph - ph * i / 4
+        s.append(f'<text x="{left - 4}" y="{y + 4}" text-anchor="end" font-size="9">{escape(fmt(v))}</text>')
+        if i:
+            s.append(f'<line x1="{left}" y1="{y}" x2="{left + pw}" y2="{y}" stroke="#ddd"/>')
+    s.append(f'<text x="10" y="{top + ph / 2}" font-size="9" transform="rotate(-90 10 {top + ph / 2})" text-anchor="middle">{escape(unit)}</text>')
+    n = max(1, len(groups))
+    gw = pw / n
+    bw = min(28, gw / 3)
+    for i, (label, e, k) in enumerate(groups):
+        cx = left + gw * i + gw / 2
+        for j, (st, color) in enumerate(((e, EGRET), (k, KERNEL))):
+            if not st:
+                continue
+            bx = cx - bw + j * bw
+            bh = ph * st[0] / vmax
+            s.append(f'<rect x="{bx + 1}" y="{top + ph - bh}" width="{bw - 2}" height="{bh}" fill="{color}"/>')
+            if st[3] > 1:
+                ylo, yhi = top + ph - ph * st[1] / vmax, top + ph - ph * st[2] / vmax
+                mx = bx + bw / 2
+                s.append(f'<line x1="{mx}" y1="{ylo}" x2="{mx}" y2="{yhi}" stroke="#000" stroke-width="1"/>')
+                s.append(f'<line x1="{mx - 3}" y1="{yhi}" x2="{mx + 3}" y2="{yhi}" stroke="#000"/>')
+                s.append(f'<line x1="{mx - 3}" y1="{ylo}" x2="{mx + 3}" y2="{ylo}" stroke="#000"/>')
+            s.append(f'<text x="{bx + bw / 2}" y="{top + ph - bh - 3}" text-anchor="middle" font-size="8">{escape(fmt(st[0]))}</text>')
+        for li, part in enumerate(label.split("\n")):
+            s.append(f'<text x="{cx}" y="{top + ph + 13 + 11 * li}" text-anchor="middle" font-size="9">{escape(part)}</text>')
+    s.append("</g>")
+    return "\n".join(s)
+
+
+def svg(groups_by_key, path):
+    def pick(sc, metric, case_filter=None, label=None):
+        out = []
+        for (s, case, m), g in groups_by_key.items():
+            if s == sc and m == metric and (case_filter is None or case_filter(case)):
+                e = stat(g["egret"])
+                k = stat(g["kernel"]) or stat(g["ceiling"])
+                out.append(((label or (lambda c: c))(case), e, k))
+        return out
+
+    short = lambda c: c.replace(" flows", "\nflows").replace("000000 ", "M ").replace("000 ", "k ")
+    panels = [
+        ("1. Throughput (Mpps)", pick(1, "Mpps", label=lambda c: short(c.replace("1000000", "1M").replace("100000", "100k").replace("1000 ", "1k ")).replace("\nflows", " flows")), "Mpps"),
+        ("2. New connections (k/s)", pick(2, "new flows/s (k)", label=lambda c: "UDP new flows") + pick(2, "handshakes/s (k)", label=lambda c: "TCP handshakes"), "thousands / s"),
+        ("3. Concurrent sessions held", pick(3, "sessions held", label=lambda c: "sessions"), "sessions"),
+        ("3. Memory per session (B)", pick(3, "bytes", label=lambda c: "bytes"), "bytes"),
+    ]
+    pool = []
+    for (s, case, m), g in groups_by_key.items():
+        if s == 4:
+            lab = case.replace("/28 pool, ", "/28 ").replace("one address, masquerade", "kernel\n1 address").replace("endpoint-independent", "EIM").replace("port-reuse", "port reuse")
+            pool.append((lab, stat(g["egret"]), stat(g["kernel"])))
+            pool_metric = m
+    if pool:
+        panels.append((f"4. Port pool: {pool_metric}", pool, "flows"))
+    lat = []
+    for (s, case, m), g in groups_by_key.items():
+        if s == 5:
+            lat.append((case.replace("round trip, ", "") + "\n" + m.replace(" us", ""), stat(g["egret"]), stat(g["kernel"])))
+    if lat:
+        panels.append(("5. Round trip (µs)", lat, "µs"))
+    ceil = pick(6, "Mpps", label=lambda c: "XDP_DROP\nceiling")
+    if ceil:
+        panels.append(("6. Ceiling (Mpps)", ceil, "Mpps"))
+    cols, pw, ph = 2, 460, 240
+    rows = (len(panels) + cols - 1) // cols
+    W, H = cols * pw + 20, rows * ph + 60
+    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif">']
+    s.append(f'<rect width="{W}" height="{H}" fill="white"/>')
+    s.append(f'<text x="12" y="22" font-size="15" font-weight="bold">Egret vs Linux kernel (nftables masquerade + conntrack), one gateway core, veth</text>')
+    s.append(f'<rect x="12" y="32" width="12" height="10" fill="{EGRET}"/><text x="28" y="41" font-size="11">Egret</text>')
+    s.append(f'<rect x="80" y="32" width="12" height="10" fill="{KERNEL}"/><text x="96" y="41" font-size="11">kernel (or XDP_DROP ceiling)</text>')
+    s.append('<text x="290" y="41" font-size="11">bars: median; whiskers: min–max</text>')
+    for i, (title, groups, unit) in enumerate(panels):
+        x0 = 10 + (i % cols) * pw
+        y0 = 50 + (i // cols) * ph
+        s.append(panel(x0, y0, pw - 10, ph - 10, title, groups, unit))
+    s.append("</svg>")
+    open(path, "w").write("\n".join(s) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("--md")
+    ap.add_argument("--svg")
+    ap.add_argument("--command", default="")
+    ap.add_argument("--machine", default="")
+    ap.add_argument("--elapsed", type=float, default=0)
+    args = ap.parse_args()
+    raw, groups = load(args.results)
+    rows = table(groups)
+    runs = max((len(g["egret"]) for g in groups.values()), default=0)
+    tg = targets(groups)
+    print(text_table(rows))
+    print()
+    for name, r, ok in tg:
+        print(f"target {'met' if ok else 'MISSED'}: {name}: {'%.2fx' % r if r is not None else 'not measured'}")
+    if args.svg:
+        svg(groups, args.svg)
+    if args.md:
+        open(args.md, "w").write(markdown(rows, tg, args, runs))
+
+
+if __name__ == "__main__":
+    main()
