@@ -9,8 +9,9 @@
 // the frame's page, and a kernel forwarding path rewrites it in place),
 // computes the IPv4 (and TCP) checksums, and redirects the frame out of the
 // generator's veth, into the gateway. UDP carries checksum 0 (none). With a
-// rate set, a frame over the rate is dropped here instead of sent (and its
-// flow is not used up): pacing that needs no timer.
+// rate set, a frame ahead of its time is dropped here instead of sent (and
+// its flow is not used up): pacing that needs no timer, bursts of at most
+// PACE_BURST frames.
 //
 // sink: attached to the far end of the gateway's outside link. It counts
 // IPv4 frames by kind and source (translated into 198.19.0.0/16 or not),
@@ -38,9 +39,14 @@ struct gen_config {
 	__u32 saddr_count;    /* source addresses from the template's up */
 	__u32 dport_by_saddr; /* 1: the destination port follows the source address */
 	__u64 flows;          /* 0: every frame a new flow; else cycle over this many */
-	__u64 rate;           /* frames per second; 0: as fast as possible */
+	__u64 interval_ps;    /* pacing: picoseconds between frames; 0: as fast as possible */
 	__u64 limit;          /* frames to send in all; 0: no limit */
 };
+
+/* Frames the pacer may send back to back after a stall (between two
+ * BPF_PROG_RUN calls, or while a probe preempts the generator): later
+ * frames wait for their time instead of catching up in a burst. */
+#define PACE_BURST 64
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -66,6 +72,10 @@ struct gen_state {
 	__u64 seq;      /* frames sent */
 	__u64 start_ns; /* first frame */
 	__u64 paced;    /* frames dropped by the pacer */
+	__u64 next_ps;  /* when the pacer lets the next frame go, from start_ns */
+	__u64 f;        /* the next frame's flow within the cycle */
+	__u32 sp, sa, dq; /* its source port, source address, destination port indexes */
+	__u32 _pad;
 };
 
 struct {
@@ -112,7 +122,7 @@ struct flow_key {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 22);
+	__uint(max_entries, 1 << 22); /* egret-loadgen sizes it at load */
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct flow_key);
 	__type(value, __u8);
@@ -166,21 +176,37 @@ int gen(struct xdp_md *ctx)
 	__u64 n = st->seq;
 	if (c->limit && n >= c->limit)
 		return XDP_DROP;
-	if (c->rate) {
+	if (c->interval_ps) {
 		__u64 now = bpf_ktime_get_ns();
 		if (st->start_ns == 0)
 			st->start_ns = now;
-		if (n >= (now - st->start_ns) * c->rate / 1000000000ULL + 1) {
+		__u64 t = (now - st->start_ns) * 1000;
+		if (t < st->next_ps) {
 			st->paced += 1;
 			return XDP_DROP;
 		}
+		__u64 floor = c->interval_ps * PACE_BURST;
+		__u64 from = t > floor && t - floor > st->next_ps ? t - floor : st->next_ps;
+		st->next_ps = from + c->interval_ps;
 	}
 	st->seq = n + 1;
-	__u64 f = c->flows ? n % c->flows : n;
-	__u32 sp = f % c->sport_count;
-	__u64 r = f / c->sport_count;
-	__u32 sa = r % c->saddr_count;
-	__u32 dp = c->dport_by_saddr ? sa % c->dport_count : (r / c->saddr_count) % c->dport_count;
+	/* Flow f = sp + sport_count * (sa + saddr_count * dq), kept as
+	 * counters: no division per frame (the generator's core also runs the
+	 * gateway's receive). */
+	__u32 sp = st->sp, sa = st->sa;
+	__u32 dp = c->dport_by_saddr ? sa % c->dport_count : st->dq;
+	if (++st->sp == c->sport_count) {
+		st->sp = 0;
+		if (++st->sa == c->saddr_count) {
+			st->sa = 0;
+			if (++st->dq == c->dport_count)
+				st->dq = 0;
+		}
+	}
+	if (c->flows && ++st->f == c->flows) {
+		st->f = 0;
+		st->sp = st->sa = st->dq = 0;
+	}
 
 	__builtin_memcpy(data, t->b, HDR_LEN);
 	struct ethhdr *eth = data;
@@ -193,7 +219,7 @@ int gen(struct xdp_md *ctx)
 		struct tcphdr *tcp = (void *)(ip + 1);
 		tcp->source = sport;
 		tcp->dest = dport;
-		tcp->seq = bpf_htonl((__u32)f * 2654435761u);
+		tcp->seq = bpf_htonl((__u32)n * 2654435761u);
 		tcp_csum(ip, tcp);
 	} else {
 		struct udphdr *udp = (void *)(ip + 1);

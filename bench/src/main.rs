@@ -31,7 +31,8 @@
 //! it answered with a SYN-ACK and final ACKs (handshakes done); `--echo`
 //! reflects UDP to that port back to its sender (the latency probe's far
 //! end); `--distinct` also counts distinct translated 5-tuples. At exit it
-//! prints totals since it attached.
+//! prints totals since it attached. SIGTERM or SIGINT cuts its windows
+//! short: it reports what it has and exits.
 //!
 //! `pod-ack` attaches to the generator's veth and answers each SYN-ACK with
 //! the handshake's ACK. `ping` is a UDP ping-pong client: one probe in
@@ -44,7 +45,7 @@
 
 use aya::maps::{Array, MapData, PerCpuArray};
 use aya::programs::{Xdp, XdpMode};
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::ExitCode;
@@ -62,6 +63,8 @@ const CALL_SECONDS: f64 = 0.5;
 const MAX_SECONDS: f64 = 120.0;
 /// Ethernet + IPv4 + TCP: what `gen` rewrites in every frame.
 const HEADER_LEN: usize = 54;
+/// Distinct translated 5-tuples a `sink --distinct` can count.
+const DISTINCT_FLOWS: u32 = 1 << 22;
 /// Ports a source address offers: 1024..=65535.
 const PORTS: u32 = 64_512;
 
@@ -100,7 +103,7 @@ struct GenConfig {
     saddr_count: u32,
     dport_by_saddr: u32,
     flows: u64,
-    rate: u64,
+    interval_ps: u64,
     limit: u64,
 }
 
@@ -111,6 +114,12 @@ struct GenState {
     seq: u64,
     start_ns: u64,
     paced: u64,
+    next_ps: u64,
+    f: u64,
+    sp: u32,
+    sa: u32,
+    dq: u32,
+    _pad: u32,
 }
 
 // SAFETY: plain `repr(C)` integers without padding, as the BPF side declares them.
@@ -215,6 +224,14 @@ fn template(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, tc
     f
 }
 
+/// Loads the programs. The distinct-flow map is sized only for a sink that
+/// counts distinct flows: a hash map's buckets are allocated when it is
+/// created and walked when it is freed (on a kworker, during a later run).
+fn load(distinct_flows: bool) -> Result<Ebpf, String> {
+    let entries = if distinct_flows { DISTINCT_FLOWS } else { 1 };
+    EbpfLoader::new().map_max_entries("sink_seen", entries).load(PROGRAMS).map_err(|e| e.to_string())
+}
+
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, String> {
     let p: &mut Xdp = ebpf
         .program_mut(name)
@@ -286,7 +303,11 @@ fn layout(a: &Args) -> Result<GenConfig, String> {
         saddr_count,
         dport_by_saddr: u32::from(by_saddr),
         flows: if new_flows { 0 } else { flows },
-        rate: a.parse("--rate", 0)?,
+        interval_ps: match a.parse::<u64>("--rate", 0)? {
+            0 => 0,
+            r if r > 100_000_000 => return Err(format!("--rate {r}: at most 100,000,000 frames/s")),
+            r => 1_000_000_000_000 / r,
+        },
         limit: a.parse("--limit", 0)?,
     })
 }
@@ -325,7 +346,7 @@ fn gen(a: &Args) -> Result<(), String> {
     let src_mac = mac(&std::fs::read_to_string(format!("/sys/class/net/{dev}/address")).map_err(|e| e.to_string())?)?;
     let frame = template(dst_mac, src_mac, src, dst, cfg.proto == 6, size);
 
-    let mut ebpf = Ebpf::load(PROGRAMS).map_err(|e| e.to_string())?;
+    let mut ebpf = load(false)?;
     {
         let m = ebpf.map_mut("gen_cfg").ok_or("map gen_cfg missing")?;
         let mut c: Array<&mut MapData, GenConfig> = Array::try_from(m).map_err(|e| e.to_string())?;
@@ -434,6 +455,25 @@ fn seconds_arg(a: &Args, name: &str, default: f64) -> Result<f64, String> {
     Ok(v)
 }
 
+/// Set by SIGTERM or SIGINT: the sink cuts its windows short, reports and exits.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Sleeps `secs`, or less when asked to stop.
+fn nap(secs: f64) {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
+    }
+}
+
 fn sink(a: &Args) -> Result<(), String> {
     let dev = a.req("--dev")?;
     let warmup = seconds_arg(a, "--warmup", 1.5)?;
@@ -443,7 +483,7 @@ fn sink(a: &Args) -> Result<(), String> {
         return Err("--measure must be more than 0".into());
     }
     let echo: u16 = a.parse("--echo", 0)?;
-    let mut ebpf = Ebpf::load(PROGRAMS).map_err(|e| e.to_string())?;
+    let mut ebpf = load(a.has("--distinct"))?;
     {
         let m = ebpf.map_mut("sink_cfg").ok_or("map sink_cfg missing")?;
         let mut c: Array<&mut MapData, u32> = Array::try_from(m).map_err(|e| e.to_string())?;
@@ -451,13 +491,18 @@ fn sink(a: &Args) -> Result<(), String> {
         c.set(1, u32::from(a.has("--distinct")), 0).map_err(|e| e.to_string())?;
     }
     let mode = attach(&mut ebpf, "sink", dev)?;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t);
+    }
     eprintln!("sink: counting on {dev} ({mode} XDP)");
     println!("ready");
-    std::thread::sleep(Duration::from_secs_f64(warmup));
+    nap(warmup);
     let (c0, t0) = (read_counts(&mut ebpf)?, Instant::now());
-    std::thread::sleep(Duration::from_secs_f64(measure));
+    nap(measure);
     let (c1, t1) = (read_counts(&mut ebpf)?, Instant::now());
-    let secs = (t1 - t0).as_secs_f64();
+    let secs = (t1 - t0).as_secs_f64().max(1e-6);
     let rate = |i: usize| (c1[i] - c0[i]) as f64 / secs / 1e6;
     println!(
         "sink: mpps={:.3} translated_mpps={:.3} untranslated_mpps={:.3} syn_mpps={:.4} ack_mpps={:.4} seconds={secs:.2}",
@@ -467,7 +512,7 @@ fn sink(a: &Args) -> Result<(), String> {
         rate(3),
         rate(4)
     );
-    std::thread::sleep(Duration::from_secs_f64(hold));
+    nap(hold);
     let total = read_counts(&mut ebpf)?;
     let fields: Vec<String> = COUNTERS.iter().zip(total).map(|(n, v)| format!("{n}={v}")).collect();
     println!("sink-total: {}", fields.join(" "));
@@ -477,7 +522,7 @@ fn sink(a: &Args) -> Result<(), String> {
 fn pod_ack(a: &Args) -> Result<(), String> {
     let dev = a.req("--dev")?;
     let seconds = seconds_arg(a, "--seconds", 5.0)?;
-    let mut ebpf = Ebpf::load(PROGRAMS).map_err(|e| e.to_string())?;
+    let mut ebpf = load(false)?;
     let mode = attach(&mut ebpf, "pod_ack", dev)?;
     eprintln!("pod-ack: answering SYN-ACKs on {dev} ({mode} XDP)");
     println!("ready");
