@@ -80,9 +80,25 @@ def kernel_ref(groups, key):
 
 
 def ratio(e, k):
-    if not e or not k or k[0] == 0:
+    if not e or not k or k[0] == 0 or e[0] == 0:
         return None
     return e[0] / k[0]
+
+
+# What a row's figure is, where the case and metric do not say it.
+EXPLAIN = {
+    (1, "Mpps"): "translated frames the sink counted per second",
+    (2, "new flows/s (k)"): "generator floods new 5-tuples; translated frames per second at the sink = sessions created per second",
+    (2, "handshakes/s (k)"): "most final ACKs per second at the sink, SYN rate raised 1.4x per step while >= 90% complete",
+    (3, "sessions held"): "Egret refuses new flows once full (never evicts); the kernel early-drops unreplied entries once full",
+    (3, "bytes"): "Egret: RSS at full / sessions held (tables sized up front, UMEM, code); kernel: nf_conntrack slab object",
+    (4, "flows translated"): "distinct translated 5-tuples the sink saw; each flow sent twice",
+    (5, "p50 us"): "UDP ping-pong, one probe in flight, echoed by XDP at the sink; load as a share of the path's own 100k-flow Mpps",
+    (6, "Mpps"): "the same generator into XDP_DROP on the gateway's inside veth: what this box moves at all",
+}
+
+
+SEEN = set()
 
 
 def table(groups):
@@ -99,10 +115,16 @@ def table(groups):
         kr = kernel_ref(groups, key)
         r = ratio(e, kr)
         notes = []
+        for (esc, emetric), text in EXPLAIN.items():
+            if esc == sc and metric.startswith(emetric) and (sc, emetric) not in SEEN:
+                notes.append(text)
+                SEEN.add((sc, emetric))
         if sc == 1 and ceiling:
             parts = [f"{name} {100 * s[0] / ceiling[0]:.0f}%" for name, s in (("Egret", e), ("kernel", k)) if s]
             notes.append(" / ".join(parts) + " of the ceiling")
-        if any(metric.endswith(x) for x in LOWER_IS_BETTER):
+        if any(metric.endswith(x) for x in LOWER_IS_BETTER) and sc != 3:
+            notes.append("lower is better")
+        if sc == 3 and metric == "bytes":
             notes.append("lower is better")
         if sc == 4 and e and not g["kernel"] and kr:
             notes.append("ratio vs the kernel's one-address masquerade")
@@ -200,14 +222,26 @@ KERNEL = "#d9822b"
 CEIL = "#888888"
 
 
-def panel(x0, y0, w, h, title, groups, unit, log=False):
-    """One bar chart: groups = [(label, egret_stat, kernel_stat)]."""
+def compact(v):
+    a = abs(v)
+    if a >= 1e6:
+        return f"{v / 1e6:.2g}M" if a < 1e7 else f"{v / 1e6:.0f}M"
+    if a >= 1e3:
+        return f"{v / 1e3:.3g}k"
+    return fmt(v)
+
+
+def panel(x0, y0, w, h, title, groups, unit, line=None):
+    """One bar chart: groups = [(label, egret_stat, kernel_stat)]; `line`
+    (label, value) draws a dashed reference line."""
     s = [f'<g transform="translate({x0},{y0})">']
     s.append(f'<text x="{w / 2}" y="14" text-anchor="middle" font-size="13" font-weight="bold">{escape(title)}</text>')
-    top, bottom, left = 26, 40, 46
+    top, bottom, left = 26, 40, 52
     ph = h - top - bottom
     pw = w - left - 8
     vals = [v for _, e, k in groups for st in (e, k) if st for v in (st[0], st[2])]
+    if line:
+        vals.append(line[1])
     vmax = max(vals) if vals else 1
     vmax = vmax * 1.1 if vmax > 0 else 1
     s.append(f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333"/>')
@@ -215,16 +249,21 @@ def panel(x0, y0, w, h, title, groups, unit, log=False):
     for i in range(5):
         v = vmax * i / 4
         y = top + ph - ph * i / 4
-        s.append(f'<text x="{left - 4}" y="{y + 4}" text-anchor="end" font-size="9">{escape(fmt(v))}</text>')
+        s.append(f'<text x="{left - 4}" y="{y + 4}" text-anchor="end" font-size="9">{escape(compact(v))}</text>')
         if i:
             s.append(f'<line x1="{left}" y1="{y}" x2="{left + pw}" y2="{y}" stroke="#ddd"/>')
     s.append(f'<text x="10" y="{top + ph / 2}" font-size="9" transform="rotate(-90 10 {top + ph / 2})" text-anchor="middle">{escape(unit)}</text>')
+    if line:
+        y = top + ph - ph * line[1] / vmax
+        s.append(f'<line x1="{left}" y1="{y}" x2="{left + pw}" y2="{y}" stroke="{CEIL}" stroke-dasharray="5,3"/>')
+        s.append(f'<text x="{left + pw - 2}" y="{y - 3}" text-anchor="end" font-size="9" fill="#555">{escape(line[0])}</text>')
     n = max(1, len(groups))
     gw = pw / n
     bw = min(28, gw / 3)
     for i, (label, e, k) in enumerate(groups):
         cx = left + gw * i + gw / 2
-        for j, (st, color) in enumerate(((e, EGRET), (k, KERNEL))):
+        kcolor = CEIL if label.startswith("XDP_DROP") else KERNEL
+        for j, (st, color) in enumerate(((e, EGRET), (k, kcolor))):
             if not st:
                 continue
             bx = cx - bw + j * bw
@@ -254,6 +293,10 @@ def svg(groups_by_key, path):
         return out
 
     short = lambda c: c.replace(" flows", "\nflows").replace("000000 ", "M ").replace("000 ", "k ")
+    ceil_stat = None
+    for (s_, case, m), g in groups_by_key.items():
+        if s_ == 6 and g["ceiling"]:
+            ceil_stat = stat(g["ceiling"])
     panels = [
         ("1. Throughput (Mpps)", pick(1, "Mpps", label=lambda c: short(c.replace("1000000", "1M").replace("100000", "100k").replace("1000 ", "1k ")).replace("\nflows", " flows")), "Mpps"),
         ("2. New connections (k/s)", pick(2, "new flows/s (k)", label=lambda c: "UDP new flows") + pick(2, "handshakes/s (k)", label=lambda c: "TCP handshakes"), "thousands / s"),
@@ -284,11 +327,14 @@ def svg(groups_by_key, path):
     s.append(f'<rect width="{W}" height="{H}" fill="white"/>')
     s.append(f'<text x="12" y="22" font-size="15" font-weight="bold">Egret vs Linux kernel (nftables masquerade + conntrack), one gateway core, veth</text>')
     s.append(f'<rect x="12" y="32" width="12" height="10" fill="{EGRET}"/><text x="28" y="41" font-size="11">Egret</text>')
-    s.append(f'<rect x="80" y="32" width="12" height="10" fill="{KERNEL}"/><text x="96" y="41" font-size="11">kernel (or XDP_DROP ceiling)</text>')
-    s.append('<text x="290" y="41" font-size="11">bars: median; whiskers: min–max</text>')
+    s.append(f'<rect x="80" y="32" width="12" height="10" fill="{KERNEL}"/><text x="96" y="41" font-size="11">kernel</text>')
+    s.append(f'<rect x="150" y="32" width="12" height="10" fill="{CEIL}"/><text x="166" y="41" font-size="11">XDP_DROP ceiling</text>')
+    s.append('<text x="290" y="41" font-size="11">bars: median; whiskers: min–max over the interleaved runs</text>')
     for i, (title, groups, unit) in enumerate(panels):
         x0 = 10 + (i % cols) * pw
         y0 = 50 + (i // cols) * ph
+        if title.startswith("1.") and ceil_stat:
+            title = f"1. Throughput (Mpps; the box's ceiling: {fmt(ceil_stat[0])})"
         s.append(panel(x0, y0, pw - 10, ph - 10, title, groups, unit))
     s.append("</svg>")
     open(path, "w").write("\n".join(s) + "\n")
