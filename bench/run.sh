@@ -30,7 +30,7 @@
 #   --smoke      a few seconds of scenario 1 at 1k flows; fails unless Egret
 #                translated packets and leaked none
 #   --profile    perf profiles (both cores, flat) of each case's first runs,
-#                written next to the results as OUT-profiles/*.txt
+#                written next to the results as OUT-perf/*.txt
 # Each run gets a fresh topology (empty conntrack, fresh gateway). Addresses
 # only from 198.18.0.0/15; namespaces egt-b-*, removed on exit.
 #
@@ -344,7 +344,7 @@ traffic() {
 # first run of each case only).
 profile_to() {
   PROFILE_TO=
-  if [ "$PROFILE" = 1 ] && [ "$1" = 1 ]; then PROFILE_TO=$ROOT/$OUT-profiles/$2.txt; fi
+  if [ "$PROFILE" = 1 ] && [ "$1" = 1 ]; then PROFILE_TO=$ROOT/$OUT-perf/$2.txt; fi
 }
 
 # field NAME FILE: the value of NAME=... in FILE's last line that has it.
