@@ -31,6 +31,7 @@
 #                translated packets and leaked none
 #   --profile    perf profiles (both cores, flat) of each case's first runs,
 #                written next to the results as OUT-perf/*.txt
+# EGRET_BENCH_RING sets Egret's AF_XDP ring size (default 2048).
 # Each run gets a fresh topology (empty conntrack, fresh gateway). Addresses
 # only from 198.18.0.0/15; namespaces egt-b-*, removed on exit.
 #
@@ -264,7 +265,7 @@ queues = 1
 [umem]
 frames = 8192
 frame_size = 2048
-ring = 2048
+ring = ${EGRET_BENCH_RING:-2048}
 TOML
   rm -f "$DIR/status.json"
   # Not through x(): a function in the background is a subshell, and $!
@@ -332,7 +333,10 @@ traffic() {
     mkdir -p "$(dirname "$PROFILE_TO")"
     { echo "# $PROFILE_TO: perf record -a -F 499 over the measuring window; flat, per core"
       for c in 0 1; do
-        echo; echo "## core $c"
+        echo; echo "## core $c: by program and object"
+        perf report -i "$DIR/perf.data" --cpu "$c" --no-children --sort comm,dso --stdio 2>/dev/null \
+          | grep -v '^#' | grep -v '^$' | head -n 8 || true
+        echo; echo "## core $c: by symbol"
         perf report -i "$DIR/perf.data" --cpu "$c" --no-children --sort comm,dso,sym --stdio 2>/dev/null \
           | grep -v '^#' | grep -v '^$' | head -n 30 || true
       done; } >"$PROFILE_TO"
