@@ -210,7 +210,10 @@ def markdown(rows, tg, args, runs):
     md.append("## Targets (issue 6)")
     md.append("")
     for name, r, ok in tg:
-        md.append(f"- {'met' if ok else 'MISSED'}: {name} — {'%.2f×' % r if r is not None else 'not measured'}")
+        if r is None:
+            md.append(f"- not measured: {name}")
+        else:
+            md.append(f"- {'met' if ok else 'MISSED'}: {name} — {r:.2f}×")
     md.append("")
     md.append("![chart](latest.svg)" if args.svg and args.svg.endswith("latest.svg") else f"![chart]({args.svg.rsplit('/', 1)[-1]})" if args.svg else "")
     return "\n".join(md) + "\n"
@@ -356,7 +359,10 @@ def main():
     print(text_table(rows))
     print()
     for name, r, ok in tg:
-        print(f"target {'met' if ok else 'MISSED'}: {name}: {'%.2fx' % r if r is not None else 'not measured'}")
+        if r is None:
+            print(f"target not measured: {name}")
+        else:
+            print(f"target {'met' if ok else 'MISSED'}: {name}: {r:.2f}x")
     if args.svg:
         svg(groups, args.svg)
     if args.md:

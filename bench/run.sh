@@ -23,7 +23,7 @@
 #
 # Usage: bench/run.sh [--all | --scenarios 1,2,...] [--quick] [--runs K]
 #                     [--flows N[,N...]] [--one-core] [--out DIR] [--smoke]
-#   --all        every scenario, results in bench/results/latest.{md,svg,jsonl}
+#   --all        every scenario, results in bench/results/latest.{md,svg,jsonl,log}
 #   --quick      one run each and shorter windows (results in bench/results/quick.*)
 #   --runs K     interleaved runs per system and case (default 3)
 #   --flows      scenario 1's flow counts (default 1000,100000,1000000)
@@ -90,6 +90,11 @@ if [ -z "$OUT" ]; then
   fi
 fi
 has() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
+# Everything printed also goes to OUT.log.
+if [ -n "$OUT" ]; then
+  mkdir -p "$(dirname "$ROOT/$OUT")"
+  exec > >(tee "$ROOT/$OUT.log") 2>&1
+fi
 
 # Windows (seconds) and sizes; --quick and --smoke shorten them.
 WARMUP=1.5; MEASURE=3
@@ -807,4 +812,4 @@ python3 bench/report.py "$OUT.jsonl" --md "$OUT.md" --svg "$OUT.svg" \
   --command "bench/run.sh $([ "$SCENARIOS" = 1,2,3,4,5,6 ] && echo --all || echo "--scenarios $SCENARIOS")$([ "$QUICK" = 1 ] && echo " --quick")$([ "$RUNS" != 3 ] && [ "$QUICK" = 0 ] && echo " --runs $RUNS")" \
   --machine "$(uname -r), $(nproc) vCPU, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')" \
   --elapsed "$ELAPSED"
-echo "bench: wrote $OUT.md, $OUT.svg, $OUT.jsonl (${ELAPSED}s)"
+echo "bench: wrote $OUT.md, $OUT.svg, $OUT.jsonl, $OUT.log (${ELAPSED}s)"
