@@ -342,6 +342,7 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let sizes = xsk::XskSizes { frames: cfg.umem.frames, frame_size: cfg.umem.frame_size, ring: cfg.umem.ring };
+    let full_snapshots = Arc::new(AtomicBool::new(cfg.state_file.is_some()));
     let mut workers = Vec::new();
     for q in 0..cfg.interfaces.queues {
         let targets: Vec<(String, u32)> = ifaces.iter().map(|i| (i.clone(), q)).collect();
@@ -385,6 +386,7 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
             epoch,
         );
         w.snapshot_every = Duration::from_secs(cfg.snapshot_interval_secs);
+        w.full_snapshots = Arc::clone(&full_snapshots);
         workers.push(w);
     }
     let info = Arc::new(Mutex::new(metrics::GatewayInfo {
@@ -501,6 +503,7 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
                 write_status(path, &reports, &mut steering);
             }
         }
+        full_snapshots.store(cfg.state_file.is_some(), Ordering::Relaxed);
         if let Some(path) = &cfg.state_file {
             if last_save.elapsed() >= Duration::from_secs(cfg.snapshot_interval_secs) {
                 last_save = Instant::now();

@@ -60,6 +60,9 @@ pub struct IoCounters {
     pub handoff_ring_depth: u64,
 }
 
+/// Sessions a worker samples for the control plane's session listing.
+pub const SESSION_SAMPLE: usize = 1000;
+
 /// A worker's figures, published a few times a second.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WorkerReport {
@@ -119,6 +122,10 @@ pub struct Worker {
     pub heartbeat: Arc<std::sync::atomic::AtomicU64>,
     /// How often the session snapshot in the report is refreshed.
     pub snapshot_every: Duration,
+    /// Whether the snapshot holds every session (a state file saves them)
+    /// or a sample of [`SESSION_SAMPLE`] for the control plane: copying
+    /// millions of sessions only to show a thousand would stall the loop.
+    pub full_snapshots: Arc<AtomicBool>,
     pub epoch: Instant,
     pub io_counters: IoCounters,
     tx: Vec<Vec<XdpDesc>>,
@@ -161,6 +168,7 @@ impl Worker {
             report: Arc::new(Mutex::new(WorkerReport::default())),
             heartbeat: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             snapshot_every: Duration::from_secs(10),
+            full_snapshots: Arc::new(AtomicBool::new(true)),
             epoch,
             io_counters: IoCounters::default(),
             tx,
@@ -280,7 +288,8 @@ impl Worker {
         r.rule_hits = self.engine.rule_hits();
         r.deny_logs_suppressed = self.deny_logs_suppressed;
         if with_snapshot {
-            r.snapshot = self.engine.snapshot(now);
+            let limit = if self.full_snapshots.load(Ordering::Relaxed) { usize::MAX } else { SESSION_SAMPLE };
+            r.snapshot = self.engine.snapshot_at_most(now, limit);
         }
     }
 

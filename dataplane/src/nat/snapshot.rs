@@ -38,10 +38,16 @@ pub struct RestoreStats {
 impl NatEngine {
     /// Every live session, for saving.
     pub fn snapshot(&self, now: Time) -> Vec<SessionRecord> {
+        self.snapshot_at_most(now, usize::MAX)
+    }
+
+    /// At most `limit` live sessions (a sample, in table order).
+    pub fn snapshot_at_most(&self, now: Time, limit: usize) -> Vec<SessionRecord> {
         self.sessions
             .iter()
             .map(|(_, s)| s)
             .filter(|s| s.is_live() && s.deadline > now.secs())
+            .take(limit)
             .map(|s| SessionRecord {
                 config: self.config(s.config).name.clone(),
                 proto: s.proto,

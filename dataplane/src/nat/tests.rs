@@ -1124,6 +1124,8 @@ fn sessions_survive_a_snapshot_and_restore_into_a_new_engine() {
         u.run(&mut e, T0);
         let saved = e.snapshot(Time::from_secs(100));
         assert_eq!(saved.len(), 2);
+        // Without a state file the report carries only a sample.
+        assert_eq!(e.snapshot_at_most(Time::from_secs(100), 1).len(), 1);
         // The new process's clock starts over.
         let mut fresh = NatEngine::new(settings(), plan);
         let st = fresh.restore(&saved, Time::from_secs(1));
