@@ -12,9 +12,11 @@ passed=0
 failed=0
 
 # cargo test: sum its "test result" lines.
+t0=$SECONDS
 if cargo test --workspace 2>&1 | tee "$log/cargo"; then :; else echo "cargo test failed"; fi
 read -r p f < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } } END { print p+0, f+0 }' "$log/cargo")
 passed=$((passed + p)); failed=$((failed + f))
+echo "== cargo test took $((SECONDS - t0)) s"
 grep -q '^test result:' "$log/cargo" || failed=$((failed + 1))
 grep -qE '^error(\[|:)' "$log/cargo" && failed=$((failed + 1))
 
@@ -22,12 +24,15 @@ grep -qE '^error(\[|:)' "$log/cargo" && failed=$((failed + 1))
 for stage in scripts/fuzz-smoke.sh scripts/e2e.sh scripts/e2e-policy.sh scripts/e2e-service.sh scripts/e2e-control.sh scripts/e2e-faults.sh scripts/e2e-hostile.sh scripts/bench-smoke.sh; do
   [ -x "$stage" ] || continue
   echo "== $stage"
+  t0=$SECONDS
   "$stage" 2>&1 | tee "$log/stage"
   rc=${PIPESTATUS[0]}
+  echo "== $stage took $((SECONDS - t0)) s"
   read -r p f < <(grep -E '[0-9]+ passed, [0-9]+ failed' "$log/stage" | tail -n 1 | sed -E 's/.* ([0-9]+) passed, ([0-9]+) failed.*/\1 \2/')
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
   if [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then failed=$((failed + 1)); fi
 done
 
+echo "suite took $SECONDS s"
 echo "suite: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
