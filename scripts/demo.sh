@@ -60,20 +60,7 @@ for _ in $(seq 40); do [[ "$(curl_from pb 1)" == 198.19.100.* ]] && break; sleep
 echo "pod-b now leaves as $(curl_from pb)"
 echo
 echo "Locking config-a down: default deny, allow HTTP to 198.19.0.254 for pods labelled app=web (pod-a)..."
-write_plan "$DIR/manifests/next.tmp" config-a config-a
-sed -i "s/{name: pod-a, namespace: demo,/{name: pod-a, namespace: demo, labels: {app: web},/" "$DIR/manifests/next.tmp"
-cat >> "$DIR/manifests/next.tmp" <<'YAML'
----
-apiVersion: egret.dev/v1alpha1
-kind: EgressPolicy
-metadata: {name: lockdown, namespace: demo}
-spec:
-  gatewayConfiguration: config-a
-  defaultAction: deny
-  denyResponse: reject
-  rules:
-  - {name: web-http, action: allow, cidrs: [198.19.0.254/32], protocol: tcp, ports: [80], podSelector: {matchLabels: {app: web}}}
-YAML
+write_web_lockdown "$DIR/manifests/next.tmp" web config-a config-a
 mv "$DIR/manifests/next.tmp" "$DIR/manifests/cluster.yaml"
 for _ in $(seq 40); do [ "$(curl_from pb 1)" = refused ] && break; sleep 0.05; done
 echo "pod-a (app=web):  $(curl_from pa)"

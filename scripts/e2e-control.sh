@@ -82,21 +82,7 @@ mv "$DIR/good.yaml" "$DIR/manifests/cluster.yaml"
 # Egress policy by pod label: the control plane resolves podSelector to pod
 # IPs; relabelling the pod changes what it may reach; egretctl shows hits.
 with_policy() {  # with_policy LABEL: pod-a labelled app=LABEL, config-a locked down
-  write_plan "$DIR/manifests/next.tmp" config-a config-b
-  sed -i "s/{name: pod-a, namespace: demo,/{name: pod-a, namespace: demo, labels: {app: $1},/" "$DIR/manifests/next.tmp"
-  cat >> "$DIR/manifests/next.tmp" <<'YAML'
----
-apiVersion: egret.dev/v1alpha1
-kind: EgressPolicy
-metadata: {name: lockdown, namespace: demo}
-spec:
-  gatewayConfiguration: config-a
-  defaultAction: deny
-  denyResponse: reject
-  rules:
-  - {name: web-http, action: allow, cidrs: [198.19.0.254/32], protocol: tcp, ports: [80], podSelector: {matchLabels: {app: web}}}
-YAML
-  mv "$DIR/manifests/next.tmp" "$DIR/manifests/cluster.yaml"
+  write_web_lockdown "$DIR/manifests/next.tmp" "$1" && mv "$DIR/manifests/next.tmp" "$DIR/manifests/cluster.yaml"
 }
 curl_a() { ip netns exec egt-pa curl -s -m 1 http://198.19.0.254/; }
 with_policy web

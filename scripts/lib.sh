@@ -91,6 +91,27 @@ use_control() {
   printf '[control]\nurl = "http://127.0.0.1:50051"\nnode = "gw-0"\n' >> "$file"
 }
 
+# write_web_lockdown FILE LABEL [A B]: write_plan FILE A B with pod-a
+# labelled app=LABEL, and config-a locked down by an EgressPolicy: default
+# deny (answered), HTTP to 198.19.0.254 allowed for pods labelled app=web.
+write_web_lockdown() {
+  local file=$1 label=$2
+  write_plan "$file" "${3:-config-a}" "${4:-config-b}"
+  sed -i "s/{name: pod-a, namespace: demo,/{name: pod-a, namespace: demo, labels: {app: $label},/" "$file"
+  cat >> "$file" <<'YAML'
+---
+apiVersion: egret.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: lockdown, namespace: demo}
+spec:
+  gatewayConfiguration: config-a
+  defaultAction: deny
+  denyResponse: reject
+  rules:
+  - {name: web-http, action: allow, cidrs: [198.19.0.254/32], protocol: tcp, ports: [80], podSelector: {matchLabels: {app: web}}}
+YAML
+}
+
 # write_settings FILE DIR QUEUES
 write_settings() {
   local file=$1 dir=$2 queues=${3:-1}
