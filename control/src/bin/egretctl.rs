@@ -134,7 +134,7 @@ async fn run(cli: &Cli) -> Result<String, String> {
                     } else {
                         ("", "", "", "", "")
                     };
-                    rows.push(row([n, t, p, sv, &s.node, &s.addresses.join(","), pd]));
+                    rows.push(row([n, t, p, sv, &s.node, &address_ranges(&s.addresses), pd]));
                 }
             }
             let v = json!({"generation": r.generation, "configs": r.configs.iter().map(|cf| json!({
@@ -354,6 +354,36 @@ async fn run(cli: &Cli) -> Result<String, String> {
     } else {
         table
     })
+}
+
+/// Addresses as runs: `198.19.100.0-198.19.100.15` rather than sixteen.
+fn address_ranges(addrs: &[String]) -> String {
+    let mut ips: Vec<u32> = Vec::new();
+    for a in addrs {
+        match a.parse::<std::net::Ipv4Addr>() {
+            Ok(ip) => ips.push(u32::from(ip)),
+            Err(_) => return addrs.join(","),
+        }
+    }
+    ips.sort_unstable();
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for ip in ips {
+        match runs.last_mut() {
+            Some((_, hi)) if hi.checked_add(1) == Some(ip) => *hi = ip,
+            _ => runs.push((ip, ip)),
+        }
+    }
+    let ip = |x: u32| std::net::Ipv4Addr::from(x).to_string();
+    runs.iter()
+        .map(|&(lo, hi)| if lo == hi { ip(lo) } else { format!("{}-{}", ip(lo), ip(hi)) })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn address_runs_are_compressed() {
+    let v: Vec<String> = ["198.19.100.2", "198.19.100.0", "198.19.100.1", "198.19.100.9"].map(String::from).into();
+    assert_eq!(address_ranges(&v), "198.19.100.0-198.19.100.2,198.19.100.9");
 }
 
 fn yes(b: bool) -> &'static str {
