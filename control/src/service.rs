@@ -414,17 +414,15 @@ impl AdminService for Admin {
         let reports: Vec<&(std::time::Instant, api::Report)> =
             links.values().filter_map(|l| l.report.as_ref()).collect();
         let mut out = api::ListRulesResponse::default();
+        // Summed once over every report, by config, position and name, so a
+        // report from a gateway still on an older rule list does not count
+        // toward a renamed rule.
+        let mut sums: std::collections::HashMap<(&str, u32, &str), u64> = Default::default();
+        for h in reports.iter().flat_map(|(_, r)| &r.rule_hits) {
+            *sums.entry((h.config.as_str(), h.index, h.rule.as_str())).or_default() += h.hits;
+        }
         for (name, p) in policies.iter().filter(|(n, _)| want.is_empty() || **n == want) {
-            // Hits by position and name, so a report from a gateway still on
-            // an older rule list does not count toward a renamed rule.
-            let hits = |index: usize, rule: &str| -> u64 {
-                reports
-                    .iter()
-                    .flat_map(|(_, r)| &r.rule_hits)
-                    .filter(|h| h.config == *name && h.index as usize == index && h.rule == rule)
-                    .map(|h| h.hits)
-                    .sum()
-            };
+            let hits = |index: usize, rule: &str| sums.get(&(name.as_str(), index as u32, rule)).copied().unwrap_or(0);
             let rules = p
                 .rules
                 .iter()
@@ -435,11 +433,7 @@ impl AdminService for Admin {
                     cidrs: r.cidrs.iter().map(|c| c.to_string()).collect(),
                     fqdns: r.fqdns.clone(),
                     protocol: r.protocol.as_ref().map(kebab).unwrap_or_default(),
-                    ports: r
-                        .ports
-                        .iter()
-                        .map(|p| if p.lo == p.hi { p.lo.to_string() } else { format!("{}-{}", p.lo, p.hi) })
-                        .collect(),
+                    ports: r.ports.iter().map(|p| p.to_string()).collect(),
                     pods: r.pods.iter().flatten().map(|a| a.to_string()).collect(),
                     any_pod: r.pods.is_none(),
                     hits: hits(i, &r.name),

@@ -220,12 +220,22 @@ impl FromStr for PortRange {
     }
 }
 
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
 impl Serialize for PortRange {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if self.lo == self.hi {
             s.serialize_u16(self.lo)
         } else {
-            s.collect_str(&format_args!("{}-{}", self.lo, self.hi))
+            s.collect_str(self)
         }
     }
 }
