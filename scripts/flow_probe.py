@@ -1,26 +1,37 @@
 #!/usr/bin/env python3
 """A long-running TCP connection and a UDP flow through the gateway, for
-restart tests: every 100 ms sends a line over one TCP connection (to the
-echo server's port 7008) and a datagram from one UDP socket (to port 7007),
-for SECONDS. Prints a JSON summary: round trips, the first error of the TCP
-connection (if it broke), and the egress ip:port the server saw for UDP,
-before and after GAP_AT (the restart)."""
+restart, fault and hostile-traffic tests: every 100 ms sends a line over one
+TCP connection (to the echo server's port 7008) and a datagram from one UDP
+socket (to port 7007), for SECONDS or until SIGTERM. Prints a JSON summary:
+round trips, the first error of the TCP connection (if it broke), the UDP
+datagrams sent and answered, the egress addresses the server saw for UDP in
+order, the slowest round trip and how long it ran.
+
+Usage: flow_probe.py SERVER SECONDS [UDP_TIMEOUT_SECONDS]"""
 import json
+import signal
 import socket
 import sys
 import time
 
 server, seconds = sys.argv[1], float(sys.argv[2])
-tcp = socket.create_connection((server, 7008), timeout=3)
-tcp.settimeout(5)
-f = tcp.makefile("rwb")
+udp_timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 0.3
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+out = {"tcp_ok": 0, "tcp_error": None, "udp_sent": 0, "udp_ok": 0, "udp_seen": [], "max_rtt_ms": 0, "seconds": 0}
+t0 = time.time()
+try:
+    tcp = socket.create_connection((server, 7008), timeout=3)
+    tcp.settimeout(5)
+    f = tcp.makefile("rwb")
+except OSError as e:
+    out["tcp_error"] = "connect: %r" % e
 udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-udp.settimeout(0.3)
-out = {"tcp_ok": 0, "tcp_error": None, "udp_ok": 0, "udp_seen": []}
-end = time.time() + seconds
+udp.settimeout(udp_timeout)
 i = 0
-while time.time() < end:
+while not stop and time.time() - t0 < seconds:
     i += 1
+    t = time.time()
     if out["tcp_error"] is None:
         try:
             f.write(b"line %d\n" % i)
@@ -32,12 +43,15 @@ while time.time() < end:
         except Exception as e:  # noqa: BLE001
             out["tcp_error"] = repr(e)
     try:
-        udp.sendto(b"u", (server, 7007))
+        out["udp_sent"] += 1
+        udp.sendto(b"u%d" % i, (server, 7007))
         seen = udp.recvfrom(200)[0].decode().split()[0]
         out["udp_ok"] += 1
         if not out["udp_seen"] or out["udp_seen"][-1] != seen:
             out["udp_seen"].append(seen)
-    except socket.timeout:
+    except (socket.timeout, InterruptedError):
         pass
-    time.sleep(0.1)
-print(json.dumps(out))
+    out["max_rtt_ms"] = max(out["max_rtt_ms"], int((time.time() - t) * 1000))
+    time.sleep(max(0, 0.1 - (time.time() - t)))
+out["seconds"] = round(time.time() - t0, 1)
+print(json.dumps(out), flush=True)

@@ -9,9 +9,6 @@ sets up the topology and the gateway, then runs this).
       per-reason drop counter (status JSON), what reaches the other side,
       the reply an RFC asks for. Prints one "ok NAME" or "FAIL NAME: WHY"
       line per check.
-  hostile.py legit OUT_JSON MAX_SECONDS
-      (run in egt-pa) A legitimate TCP line echo and UDP flow through the
-      gateway every 100 ms until SIGTERM or MAX_SECONDS; writes a summary.
 
 Run as root. Frames are written with AF_PACKET sockets opened inside each
 namespace (setns), so nothing is fixed up by the kernel on the way out.
@@ -31,50 +28,6 @@ POD, UNBOUND, ROUTER = "198.18.0.2", "198.18.0.4", "198.18.0.1"
 SERVER = "198.19.0.254"
 EGRESS_PREFIX = "198.19.100."
 LIVE_PORT = 45000
-
-
-def legit(out_path, max_seconds):
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    out = {"tcp_ok": 0, "tcp_error": None, "udp_sent": 0, "udp_ok": 0, "udp_seen": [], "max_rtt_ms": 0, "seconds": 0}
-    t0 = time.time()
-    try:
-        tcp = socket.create_connection((SERVER, 7008), timeout=3)
-        tcp.settimeout(3)
-        f = tcp.makefile("rwb")
-    except OSError as e:
-        out["tcp_error"] = "connect: %r" % e
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.settimeout(0.5)
-    i = 0
-    while not stop and time.time() - t0 < max_seconds:
-        i += 1
-        t = time.time()
-        if out["tcp_error"] is None:
-            try:
-                f.write(b"legit %d\n" % i)
-                f.flush()
-                if f.readline().strip() == b"legit %d" % i:
-                    out["tcp_ok"] += 1
-                else:
-                    out["tcp_error"] = "bad echo"
-            except Exception as e:  # noqa: BLE001
-                out["tcp_error"] = repr(e)
-        try:
-            out["udp_sent"] += 1
-            udp.sendto(b"u%d" % i, (SERVER, 7007))
-            seen = udp.recvfrom(200)[0].decode().split()[0]
-            out["udp_ok"] += 1
-            if not out["udp_seen"] or out["udp_seen"][-1] != seen:
-                out["udp_seen"].append(seen)
-        except (socket.timeout, InterruptedError):
-            pass
-        rtt = (time.time() - t) * 1000
-        out["max_rtt_ms"] = max(out["max_rtt_ms"], int(rtt))
-        time.sleep(max(0, 0.1 - (time.time() - t)))
-    out["seconds"] = round(time.time() - t0, 1)
-    with open(out_path, "w") as fh:
-        json.dump(out, fh)
 
 
 # ---------------------------------------------------------------- attack
@@ -665,9 +618,6 @@ def fix_ip(b, hl=20):
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "legit":
-        legit(sys.argv[2], float(sys.argv[3]))
-    elif sys.argv[1] == "attack":
+    if len(sys.argv) == 9 and sys.argv[1] == "attack":
         sys.exit(0 if attack(sys.argv[2], int(sys.argv[3]), *sys.argv[4:9]) else 1)
-    else:
-        sys.exit("usage: hostile.py attack ... | legit OUT SECONDS")
+    sys.exit("usage: hostile.py attack STATUS_FILE GATEWAY_PID GW_IN_MAC GW_OUT_MAC PA_MAC PC_MAC NET_MAC")
