@@ -44,7 +44,7 @@ impl PlanService for Plans {
             Some(api::GatewayMessage { msg: Some(Msg::Hello(h)) }) if !h.node.is_empty() => h,
             _ => return Err(Status::invalid_argument("the first message must be Hello with a node name")),
         };
-        check_name("Hello.node", &hello.node)?;
+        check_name("Hello.node", &hello.node, NODE_NAME_MAX)?;
         let node = hello.node.clone();
         authz.check_node(&Request::from_parts(meta, ext, ()), &node).inspect_err(|e| {
             tracing::warn!(node, ?peer, certificate = ?names, "subscription refused: {}", e.message());
@@ -125,11 +125,14 @@ const MAX_PORT_ROWS: usize = 65_536;
 const MAX_RULE_HITS: usize = 1_000_000;
 const MAX_TEXT: usize = 1024;
 
+/// Longest node name (a DNS subdomain).
+const NODE_NAME_MAX: usize = 253;
+/// Longest config name: namespace (at most 63) / name (at most 253).
+const CONFIG_NAME_MAX: usize = 63 + 1 + 253;
+
 /// A node, config or filter name: what Kubernetes allows (a DNS subdomain,
 /// `namespace/name` for configs), so nothing odd reaches logs or maps.
-fn check_name(field: &str, v: &str) -> Result<(), Status> {
-    // A config is namespace (at most 63) / name (at most 253).
-    let max = if field == "config" { 63 + 1 + 253 } else { 253 };
+fn check_name(field: &str, v: &str, max: usize) -> Result<(), Status> {
     let ok = !v.is_empty()
         && v.len() <= max
         && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'/'));
@@ -137,7 +140,7 @@ fn check_name(field: &str, v: &str) -> Result<(), Status> {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
-            "{field} '{}': not a Kubernetes name (letters, digits, '-', '.', at most 253 characters)",
+            "{field} '{}': not a Kubernetes name (letters, digits, '-', '.', at most {max} characters)",
             v.chars().take(64).collect::<String>()
         )))
     }
@@ -204,7 +207,7 @@ impl Admin {
     /// The nodes a node filter names: one (which must exist) or all.
     fn nodes(&self, snap: &Snapshot, node: &str) -> Result<Vec<String>, Status> {
         if !node.is_empty() {
-            check_name("node", node)?;
+            check_name("node", node, NODE_NAME_MAX)?;
         }
         if node.is_empty() {
             let mut all: Vec<String> = snap.plans.keys().cloned().collect();
@@ -278,7 +281,7 @@ impl AdminService for Admin {
 
     async fn get_plan(&self, req: Request<api::GetPlanRequest>) -> Result<Response<api::GetPlanResponse>, Status> {
         let node = req.into_inner().node;
-        check_name("node", &node)?;
+        check_name("node", &node, NODE_NAME_MAX)?;
         let snap = self.state.snapshot();
         let p = snap.plan_for(&node).ok_or_else(|| unknown_node(&node))?;
         let link = self.state.link(&node);
@@ -390,7 +393,7 @@ impl AdminService for Admin {
     ) -> Result<Response<api::ListRulesResponse>, Status> {
         let want = req.into_inner().config;
         if !want.is_empty() {
-            check_name("config", &want)?;
+            check_name("config", &want, CONFIG_NAME_MAX)?;
         }
         let snap = self.state.snapshot();
         // A config's policy is the same in every node's plan: take the first.
