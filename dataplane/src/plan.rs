@@ -144,6 +144,10 @@ impl Default for Timeouts {
 pub const MAX_TIMEOUT: u32 = 7 * 24 * 3600;
 /// Default per-pod quota of egress ports (RFC 6888 REQ-4).
 pub const DEFAULT_PORT_QUOTA: u32 = 32768;
+/// Default per-pod limit of sessions (RFC 6888 REQ-5): with
+/// endpoint-independent mapping one port carries many sessions, so ports
+/// alone do not bound a pod's share of the session table.
+pub const DEFAULT_SESSION_LIMIT: u32 = 65536;
 /// Largest pool one config may hold.
 pub const MAX_POOL_ADDRS: u64 = 4096;
 
@@ -384,6 +388,9 @@ pub struct GatewayConfig {
     pub timeouts: Timeouts,
     #[serde(default = "default_quota")]
     pub port_quota: u32,
+    /// Sessions one pod may hold at once.
+    #[serde(default = "default_session_limit")]
+    pub session_limit: u32,
     #[serde(default)]
     pub mapping: MappingMode,
     #[serde(default)]
@@ -397,6 +404,10 @@ fn default_quota() -> u32 {
     DEFAULT_PORT_QUOTA
 }
 
+fn default_session_limit() -> u32 {
+    DEFAULT_SESSION_LIMIT
+}
+
 impl GatewayConfig {
     /// A config with defaults for everything but name and pool.
     pub fn new(name: &str, egress: Vec<Ipv4Cidr>) -> Self {
@@ -406,6 +417,7 @@ impl GatewayConfig {
             exclude: Vec::new(),
             timeouts: Timeouts::default(),
             port_quota: DEFAULT_PORT_QUOTA,
+            session_limit: DEFAULT_SESSION_LIMIT,
             mapping: MappingMode::default(),
             filtering: FilteringMode::default(),
             policy: None,
@@ -446,6 +458,8 @@ pub enum PlanError {
     BadTimeout { config: String, field: &'static str, value: u32 },
     #[error("config '{0}': port quota must be at least 1")]
     ZeroQuota(String),
+    #[error("config '{0}': session limit must be at least 1")]
+    ZeroSessionLimit(String),
     #[error("config '{config}': filtering endpoint-independent requires mapping endpoint-independent")]
     FilteringNeedsEim { config: String },
     #[error("pod {pod} is bound to config '{config}', which does not exist")]
@@ -479,6 +493,7 @@ pub struct CompiledConfig {
     pub exclude: Vec<Ipv4Cidr>,
     pub timeouts: Timeouts,
     pub port_quota: u32,
+    pub session_limit: u32,
     pub mapping: MappingMode,
     pub filtering: FilteringMode,
     pub policy: Option<Arc<crate::nat::policy::CompiledPolicy>>,
@@ -529,6 +544,9 @@ impl Plan {
             if c.port_quota == 0 {
                 return Err(PlanError::ZeroQuota(c.name.clone()));
             }
+            if c.session_limit == 0 {
+                return Err(PlanError::ZeroSessionLimit(c.name.clone()));
+            }
             if c.filtering == FilteringMode::EndpointIndependent && c.mapping != MappingMode::EndpointIndependent {
                 return Err(PlanError::FilteringNeedsEim { config: c.name.clone() });
             }
@@ -558,6 +576,7 @@ impl Plan {
                 exclude,
                 timeouts: c.timeouts,
                 port_quota: c.port_quota,
+                session_limit: c.session_limit,
                 mapping: c.mapping,
                 filtering: c.filtering,
                 policy,

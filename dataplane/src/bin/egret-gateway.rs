@@ -50,33 +50,57 @@ fn main() -> ExitCode {
         }
     };
     if check {
-        let plan = cfg.plan_file.as_ref().expect("validated");
-        return match gateway::load_plan(plan, 1) {
-            Ok(p) => {
-                println!(
-                    "{}: ok — {} configs, {} egress addresses, {} bound pods; {} queue(s) on {}{}",
-                    config.display(),
-                    p.configs.len(),
-                    p.egress.len(),
-                    p.pods.len(),
-                    cfg.interfaces.queues,
-                    cfg.interfaces.inside,
-                    cfg.interfaces
-                        .outside
-                        .as_deref()
-                        .map(|o| format!(" and {o}"))
-                        .unwrap_or_else(|| " (one-armed)".into())
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("egret-gateway: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return check_config(&cfg, &config);
     }
     match gateway::run(cfg, &config) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("egret-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `check-config`: the settings were validated on load; this checks what
+/// they point to (the plan file, or the control plane's TLS material).
+fn check_config(cfg: &NodeConfig, config: &std::path::Path) -> ExitCode {
+    let queues = format!(
+        "{} queue(s) on {}{}",
+        cfg.interfaces.queues,
+        cfg.interfaces.inside,
+        cfg.interfaces.outside.as_deref().map(|o| format!(" and {o}")).unwrap_or_else(|| " (one-armed)".into())
+    );
+    let Some(plan) = cfg.plan_file.as_ref() else {
+        // NodeConfig::load guarantees one plan source: here, [control].
+        let Some(ctl) = cfg.control.as_ref() else { return usage() };
+        for (field, path) in [("control.ca", &ctl.ca), ("control.cert", &ctl.cert), ("control.key", &ctl.key)] {
+            let Some(path) = path else { continue };
+            match std::fs::read_to_string(path) {
+                Ok(text) if text.contains("-----BEGIN ") => {}
+                Ok(_) => {
+                    eprintln!("egret-gateway: {field} = {}: not a PEM file", path.display());
+                    return ExitCode::FAILURE;
+                }
+                Err(e) => {
+                    eprintln!("egret-gateway: {field} = {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        println!("{}: ok — plan from {} as node {}; {queues}", config.display(), ctl.url, ctl.node);
+        return ExitCode::SUCCESS;
+    };
+    match gateway::load_plan(plan, 1) {
+        Ok(p) => {
+            println!(
+                "{}: ok — {} configs, {} egress addresses, {} bound pods; {queues}",
+                config.display(),
+                p.configs.len(),
+                p.egress.len(),
+                p.pods.len(),
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("egret-gateway: {e}");
             ExitCode::FAILURE

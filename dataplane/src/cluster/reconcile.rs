@@ -26,6 +26,7 @@ use std::net::Ipv4Addr;
 pub const ANN_MAPPING: &str = "egret.dev/mapping";
 pub const ANN_FILTERING: &str = "egret.dev/filtering";
 pub const ANN_PORT_QUOTA: &str = "egret.dev/port-quota";
+pub const ANN_SESSION_LIMIT: &str = "egret.dev/session-limit";
 pub const ANN_TIMEOUTS: &str = "egret.dev/timeouts";
 
 /// What reconcile made of the cluster.
@@ -107,7 +108,8 @@ impl Target {
 /// its egress addresses, its `excludeCidrs` and Egret's annotations:
 /// `egret.dev/mapping` (`endpoint-independent` | `port-reuse`),
 /// `egret.dev/filtering` (`endpoint-dependent` | `endpoint-independent`),
-/// `egret.dev/port-quota` (ports per pod) and `egret.dev/timeouts` (a
+/// `egret.dev/port-quota` (ports per pod), `egret.dev/session-limit`
+/// (sessions per pod) and `egret.dev/timeouts` (a
 /// YAML/JSON map of `tcpEstablished`, `tcpTransitory`, `udp`, `icmp`,
 /// `portCooldown` in seconds; unset ones keep their defaults).
 pub fn gateway_config(sgc: &StaticGatewayConfiguration, pool: Vec<Ipv4Cidr>) -> Result<GatewayConfig, String> {
@@ -128,6 +130,10 @@ pub fn gateway_config(sgc: &StaticGatewayConfiguration, pool: Vec<Ipv4Cidr>) -> 
     }
     if let Some(v) = a.get(ANN_PORT_QUOTA) {
         c.port_quota = v.trim().parse().map_err(|_| format!("annotation {ANN_PORT_QUOTA}: '{v}' is not a number"))?;
+    }
+    if let Some(v) = a.get(ANN_SESSION_LIMIT) {
+        c.session_limit =
+            v.trim().parse().map_err(|_| format!("annotation {ANN_SESSION_LIMIT}: '{v}' is not a number"))?;
     }
     if let Some(v) = a.get(ANN_TIMEOUTS) {
         c.timeouts = serde_norway::from_str::<Timeouts>(v).map_err(|e| format!("annotation {ANN_TIMEOUTS}: {e}"))?;

@@ -54,10 +54,13 @@ pub enum DropReason {
     NoRoomForReply,
     /// A new flow the config's egress policy denies.
     PolicyDenied,
+    /// The pod holds its whole session limit (RFC 6888 REQ-5): its flows,
+    /// and outside peers on its endpoint-independent mappings.
+    SessionLimit,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 24] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::BadIpChecksum,
@@ -81,6 +84,7 @@ impl DropReason {
         DropReason::FragmentTooLarge,
         DropReason::NoRoomForReply,
         DropReason::PolicyDenied,
+        DropReason::SessionLimit,
     ];
 
     /// The metric label.
@@ -109,6 +113,7 @@ impl DropReason {
             DropReason::FragmentTooLarge => "fragment_too_large",
             DropReason::NoRoomForReply => "no_room_for_reply",
             DropReason::PolicyDenied => "policy_denied",
+            DropReason::SessionLimit => "session_limit",
         }
     }
 }

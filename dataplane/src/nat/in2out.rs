@@ -137,6 +137,11 @@ impl NatEngine {
                 if self.config(ci).excludes(p.dst) {
                     decrement_ttl(buf, len);
                     self.counters.bypass_packets += 1;
+                    if p.first_frag {
+                        // The rest of the datagram bypasses too, unchanged.
+                        let action = FragAction::Translate { src: p.src, dst: p.dst, side: Side::Outside };
+                        self.record_fragment(p.frag_key(), action, now);
+                    }
                     return Verdict::Forward { side: Side::Outside, len };
                 }
                 if let Some(f) = tcp_flags {

@@ -144,6 +144,8 @@ struct PodState {
     preferred: u16,
     /// Ports held: mappings (endpoint-independent) or sessions (port reuse).
     holdings: u32,
+    /// Live sessions of the pod's, however they were opened.
+    sessions: u32,
 }
 
 /// Per-egress-address state on this worker.
@@ -194,6 +196,8 @@ pub struct NatEngine {
     addrs: HashMap<u32, AddrState>,
     /// Per config: this worker's share of the per-pod quota.
     quotas: Vec<u32>,
+    /// Per config: this worker's share of the per-pod session limit.
+    session_limits: Vec<u32>,
     rng: Rng,
     counters: Counters,
     frags: FragTable,
@@ -273,6 +277,7 @@ impl NatEngine {
             pods: HashMap::new(),
             addrs: HashMap::new(),
             quotas: Vec::new(),
+            session_limits: Vec::new(),
             counters: Counters::default(),
             sweep_sessions: 0,
             sweep_mappings: 0,
@@ -436,6 +441,7 @@ impl NatEngine {
         let plan = self.plan.clone();
         let workers = u32::from(self.settings.workers.max(1));
         self.quotas = plan.configs.iter().map(|c| c.port_quota.div_ceil(workers)).collect();
+        self.session_limits = plan.configs.iter().map(|c| c.session_limit.div_ceil(workers)).collect();
         let old_hits: HashMap<(&str, String), u64> = old
             .configs
             .iter()
@@ -472,6 +478,8 @@ impl NatEngine {
             let st = match self.addrs.remove(&a) {
                 Some(mut st) if old.configs[usize::from(st.config)].name == plan.configs[usize::from(ci)].name => {
                     st.config = ci;
+                    // Recounted below from the sessions that stay.
+                    st.sessions = 0;
                     st
                 }
                 _ => {
@@ -488,7 +496,7 @@ impl NatEngine {
             .iter()
             .map(|(&p, &ci)| {
                 let preferred = rendezvous(p, &plan.configs[usize::from(ci)]);
-                (p, PodState { config: ci, preferred, holdings: 0 })
+                (p, PodState { config: ci, preferred, holdings: 0, sessions: 0 })
             })
             .collect();
 
@@ -511,9 +519,13 @@ impl NatEngine {
                     let e = self.sessions.get_mut(i);
                     e.config = ci;
                     e.flags = if hairpin { session::flags::HAIRPIN } else { 0 };
-                    if s.is_live() && s.mapping == NONE {
-                        self.pods.get_mut(&s.pod).expect("kept pod is bound").holdings += 1;
-                        self.addrs.get_mut(&s.egress).expect("kept address").sessions += 1;
+                    if s.is_live() {
+                        let pod = self.pods.get_mut(&s.pod).expect("kept pod is bound");
+                        pod.sessions += 1;
+                        if s.mapping == NONE {
+                            pod.holdings += 1;
+                            self.addrs.get_mut(&s.egress).expect("kept address").sessions += 1;
+                        }
                     }
                 }
                 None => {
@@ -830,6 +842,7 @@ impl NatEngine {
         if self.sessions.is_full() {
             return Err(DropReason::SessionTableFull);
         }
+        self.check_session_limit(k.local, ci)?;
         let cfg = self.config(ci);
         let mapping_mode = cfg.mapping;
         let (egress, egress_port, mapping) = match mapping_mode {
@@ -870,8 +883,10 @@ impl NatEngine {
             }
             return Err(DropReason::SessionTableFull);
         };
+        let pod = self.pods.get_mut(&k.local).expect("bound pod");
+        pod.sessions += 1;
         if mapping == NONE {
-            self.pods.get_mut(&k.local).expect("bound pod").holdings += 1;
+            pod.holdings += 1;
             self.addrs.get_mut(&egress).expect("pool address").sessions += 1;
         }
         self.counters.sessions_created += 1;
@@ -885,6 +900,15 @@ impl NatEngine {
     fn addr_order(&self, pod: u32, ci: u16) -> (u16, usize) {
         let n = self.config(ci).addrs.len();
         (self.pods.get(&pod).map_or(0, |p| p.preferred), n)
+    }
+
+    /// RFC 6888 REQ-5: one pod may not fill the session table for the rest.
+    pub(super) fn check_session_limit(&self, pod: u32, ci: u16) -> Result<(), DropReason> {
+        let held = self.pods.get(&pod).map_or(0, |p| p.sessions);
+        if held >= self.session_limits[usize::from(ci)] {
+            return Err(DropReason::SessionLimit);
+        }
+        Ok(())
     }
 
     fn check_quota(&self, pod: u32, ci: u16) -> Result<(), DropReason> {
@@ -979,6 +1003,9 @@ impl NatEngine {
         self.counters.sessions_closed += 1;
         self.count_live(s.config, s.proto, false);
         self.log_session(false, &s, now);
+        if let Some(p) = self.pods.get_mut(&s.pod) {
+            p.sessions = p.sessions.saturating_sub(1);
+        }
         if s.mapping != NONE {
             self.sessions.remove(i);
             self.release_mapping_ref(s.mapping, now);
@@ -1073,6 +1100,8 @@ fn ports(proto: u8, l4: &[u8]) -> (u16, u16) {
     }
 }
 
+#[cfg(test)]
+mod conformance_tests;
 #[cfg(test)]
 mod port_reuse_tests;
 #[cfg(test)]

@@ -57,8 +57,8 @@ impl NatEngine {
         let i = match self.find_live_out(&key, now) {
             Some(i) => i,
             None => match self.open_from_mapping(&key, now) {
-                Some(i) => i,
-                None => return self.drop(DropReason::Unsolicited),
+                Ok(i) => i,
+                Err(r) => return self.drop(r),
             },
         };
         if !hairpin && p.ttl <= 1 {
@@ -96,20 +96,41 @@ impl NatEngine {
     }
 
     /// Endpoint-independent filtering (UDP, opt-in): a new remote endpoint
-    /// may reach a live mapping; it gets a session of its own.
-    fn open_from_mapping(&mut self, key: &FlowKey, now: Time) -> Option<u32> {
+    /// may reach a live mapping; it gets a session of its own, under the
+    /// same rules as a flow the pod opens: never from an excluded
+    /// destination, only where the config's policy allows the pod to talk
+    /// to that endpoint, and within the pod's session limit.
+    fn open_from_mapping(&mut self, key: &FlowKey, now: Time) -> Result<u32, DropReason> {
         if key.proto != ipv4::PROTO_UDP {
-            return None;
+            return Err(DropReason::Unsolicited);
         }
-        let &(ci, _) = self.plan.egress.get(&key.local)?;
+        let Some(&(ci, _)) = self.plan.egress.get(&key.local) else { return Err(DropReason::Unsolicited) };
         let cfg = self.config(ci);
         if cfg.filtering != FilteringMode::EndpointIndependent || cfg.mapping != MappingMode::EndpointIndependent {
-            return None;
+            return Err(DropReason::Unsolicited);
         }
-        let mi = self.mappings.find_egress(&EndpointKey { proto: key.proto, ip: key.local, port: key.local_port })?;
+        let ek = EndpointKey { proto: key.proto, ip: key.local, port: key.local_port };
+        let Some(mi) = self.mappings.find_egress(&ek) else { return Err(DropReason::Unsolicited) };
         let m = *self.mappings.get(mi);
-        if m.refs == 0 || self.sessions.is_full() {
-            return None;
+        if m.refs == 0 || cfg.excludes(key.remote) {
+            return Err(DropReason::Unsolicited);
+        }
+        if self.sessions.is_full() {
+            return Err(DropReason::SessionTableFull);
+        }
+        self.check_session_limit(m.pod, m.config)?;
+        // The session it opens is the pod's flow to that endpoint.
+        let inside = FlowKey {
+            proto: key.proto,
+            local: m.pod,
+            local_port: m.pod_port,
+            remote: key.remote,
+            remote_port: key.remote_port,
+        };
+        if let Some(d) = self.decide(m.config, &inside, now) {
+            if d.action == crate::plan::PolicyAction::Deny {
+                return Err(DropReason::PolicyDenied);
+            }
         }
         let s = Session {
             pod: m.pod,
@@ -124,13 +145,16 @@ impl NatEngine {
             deadline: 0,
             mapping: mi,
             created: now.secs(),
-            flags: 0,
+            flags: if self.plan.egress.contains_key(&key.remote) { session::flags::HAIRPIN } else { 0 },
         };
-        let i = self.sessions.insert(s)?;
+        let Some(i) = self.sessions.insert(s) else { return Err(DropReason::SessionTableFull) };
         self.mappings.get_mut(mi).refs += 1;
+        if let Some(p) = self.pods.get_mut(&m.pod) {
+            p.sessions += 1;
+        }
         self.counters.sessions_created += 1;
         self.count_live(s.config, s.proto, true);
         self.log_session(true, &s, now);
-        Some(i)
+        Ok(i)
     }
 }

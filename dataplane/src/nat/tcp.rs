@@ -20,6 +20,10 @@ pub fn update(state: u8, flags: u8, outbound: bool) -> u8 {
         }
         s |= if outbound { SYN_OUT } else { SYN_IN };
     }
+    // RFC 7857 2.2 (RFC 6146 3.5.2.2): an RST moves the session to the
+    // transitory timer, but any later non-RST segment means the connection
+    // lives on (the RST was out of window or spoofed): back to its state.
+    s &= !RST;
     if flags & tcp::FIN != 0 {
         s |= if outbound { FIN_OUT } else { FIN_IN };
     }
@@ -82,6 +86,16 @@ mod tests {
         let t = Timeouts::default();
         let s = update(update(update(0, SYN, true), SA, false), tcp::RST, false);
         assert_eq!(timeout(s, &t), 240);
+    }
+
+    #[test]
+    fn a_segment_after_an_rst_restores_the_established_timer() {
+        let t = Timeouts::default();
+        let est = update(update(update(0, SYN, true), SA, false), ACK, true);
+        let reset = update(est, tcp::RST, false);
+        assert_eq!(timeout(reset, &t), 240);
+        assert_eq!(timeout(update(reset, ACK, true), &t), 7440, "inside ACK after a stray RST");
+        assert_eq!(timeout(update(reset, ACK, false), &t), 7440, "outside ACK after a stray RST");
     }
 
     #[test]

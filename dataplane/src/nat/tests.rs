@@ -195,11 +195,11 @@ pub fn assert_checksums(p: &[u8]) {
     }
 }
 
-fn in_pool(addr: [u8; 4], pool: [u8; 3]) -> bool {
+pub fn in_pool(addr: [u8; 4], pool: [u8; 3]) -> bool {
     addr[..3] == pool && addr[3] < 16
 }
 
-const T0: Time = Time::from_secs(10);
+pub const T0: Time = Time::from_secs(10);
 
 #[test]
 fn udp_round_trip_translates_and_restores() {
@@ -290,7 +290,7 @@ fn endpoint_independent_filtering_lets_new_udp_peers_reach_a_live_mapping() {
     assert_eq!(t.run(&mut e, T0), Verdict::Drop(DropReason::Unsolicited));
 }
 
-fn small_pool_engine(mapping: MappingMode, ports: RangeInclusive<u16>) -> NatEngine {
+pub fn small_pool_engine(mapping: MappingMode, ports: RangeInclusive<u16>) -> NatEngine {
     let mut a = config("a", "198.19.100.0/31");
     a.mapping = mapping;
     let plan = plan_with(a, config("b", "198.19.101.0/28"));
@@ -568,7 +568,7 @@ fn icmp_errors_are_rate_limited() {
 }
 
 /// Splits an IPv4 packet into two fragments at byte `at` of its payload.
-fn fragment(p: &Pkt, at: usize) -> (Pkt, Pkt) {
+pub fn fragment(p: &Pkt, at: usize) -> (Pkt, Pkt) {
     let b = p.bytes();
     let hl = 20;
     let mk = |data: &[u8], off: usize, more: bool| {
@@ -587,7 +587,7 @@ fn fragment(p: &Pkt, at: usize) -> (Pkt, Pkt) {
     (mk(&b[hl..hl + at], 0, true), mk(&b[hl + at..], at, false))
 }
 
-fn reassembled_udp_is_valid(first: &Pkt, second: &Pkt) {
+pub fn reassembled_udp_is_valid(first: &Pkt, second: &Pkt) {
     let mut whole = first.bytes().to_vec();
     whole.extend_from_slice(&second.bytes()[20..]);
     let tl = whole.len() as u16;
@@ -655,7 +655,7 @@ fn a_first_fragment_without_the_transport_header_is_dropped() {
 }
 
 /// A fragment holding bytes `from..to` of `p`'s payload at offset `from`.
-fn fragment_of(p: &Pkt, from: usize, to: usize, more: bool) -> Pkt {
+pub fn fragment_of(p: &Pkt, from: usize, to: usize, more: bool) -> Pkt {
     let b = p.bytes();
     let mut v = b[..20].to_vec();
     v.extend_from_slice(&b[20 + from..20 + to]);
