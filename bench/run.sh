@@ -229,7 +229,8 @@ NFT
 # pods from 198.18.0.2 up, no timeout within a run, no per-pod port quota.
 setup_egret() {
   local mapping=${1:-endpoint-independent} sessions=${2:-$SCALE_SESSIONS} pods=${3:-1} i
-  x egt-b-gw sysctl -qw net.ipv4.ip_forward=0
+  # A gateway node forwards (as Kubernetes nodes do); Egret keeps refusals from being forwarded.
+  x egt-b-gw sysctl -qw net.ipv4.ip_forward=1
   cat >"$DIR/plan.yaml" <<YAML
 apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
 kind: StaticGatewayConfiguration

@@ -32,6 +32,7 @@ spec:
   defaultAction: deny
   denyResponse: reject
   dnsTtlFloor: 3
+  dnsResolvers: [198.19.0.53/32]
   rules:
   - {name: dns, action: allow, cidrs: [198.19.0.53/32], protocol: udp, ports: [53]}
   - {name: api, action: allow, fqdns: [api.example.com], protocol: tcp, ports: [80]}

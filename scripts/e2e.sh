@@ -48,7 +48,22 @@ a=$(ip netns exec egt-pa curl -s -m 3 http://198.19.0.254/)
 b=$(ip netns exec egt-pb curl -s -m 3 http://198.19.0.254/)
 check "pod-a (config-a) is seen from 198.19.100.0/28 [$a]" in_pool "$a" 198.19.100
 check "pod-b (config-b) is seen from 198.19.101.0/28 [$b]" in_pool "$b" 198.19.101
-check "the unbound pod-c gets nothing through" bash -c '! ip netns exec egt-pc curl -s -m 2 http://198.19.0.254/'
+# The gateway forwards (ip_forward=1, as a Kubernetes node): an unbound
+# pod's packets must still not leave, translated or not. Watch the internet
+# side for its source while curl, ping and traceroute try.
+check "the gateway node forwards, as a Kubernetes node does" test "$(ip netns exec egt-gw sysctl -n net.ipv4.ip_forward)" = 1
+fw0=$(xdp_sum dropped_forward)
+ip netns exec egt-net timeout 8 tcpdump -i net-in -n -c 1 "src host 198.18.0.4" >"$DIR/leak" 2>/dev/null &
+snf=$!
+sleep 1
+check "the unbound pod-c gets nothing through (curl)" bash -c '! ip netns exec egt-pc curl -s -m 2 http://198.19.0.254/'
+check "the unbound pod-c gets nothing through (ping)" bash -c '! ip netns exec egt-pc ping -c 2 -i 0.2 -W 1 -q 198.19.0.254'
+ip netns exec egt-pc traceroute -n -w 1 -q 1 -m 3 198.19.60.2 >/dev/null 2>&1
+wait $snf 2>/dev/null
+sleep 1.2
+fw1=$(xdp_sum dropped_forward)
+check "nothing from the unbound pod reaches the internet, untranslated either (XDP refused $((fw1 - fw0)) forwards)" \
+  bash -c "! grep -q '198.18.0.4' '$DIR/leak' && [ $((fw1 - fw0)) -ge 4 ]"
 x=$(ip netns exec egt-pa curl -s -m 3 http://198.19.200.5/)
 check "an excluded destination sees the pod's own address [$x]" test "$x" = 198.18.0.2
 u=$(udp_ask egt-pa 198.19.0.254 7007)

@@ -202,6 +202,16 @@ print(total)
 PY
 }
 
+# xdp_sum FIELD: sums a steering-program counter over interfaces, e.g.
+# xdp_sum dropped_forward
+xdp_sum() {
+  python3 - "$STATUS_FILE" "$1" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(sum(x[sys.argv[2]] for x in d["xdp"]))
+PY
+}
+
 # Test bookkeeping for the e2e scripts: each check's output goes to
 # $DIR/check.log; the script prints "NAME: N passed, M failed" last.
 passed=0; failed=0

@@ -45,8 +45,9 @@ up() {
   x egt-gw ip addr add 198.19.0.1/24 dev gw-out
   x egt-gw ip link set gw-out up
   x egt-gw ip route add default via 198.19.0.254
-  # No kernel forwarding on the gateway: only what Egret translates leaves.
-  x egt-gw sysctl -qw net.ipv4.ip_forward=0
+  # The gateway forwards, as every Kubernetes node does; Egret must still
+  # let nothing it refuses leave untranslated.
+  x egt-gw sysctl -qw net.ipv4.ip_forward=1
   x egt-net ip addr add 198.19.0.254/24 dev net-in
   x egt-net ip link set net-in up
   x egt-net ethtool -K net-in tx off gro on >/dev/null

@@ -73,6 +73,7 @@ fn policy(n: usize) -> egret_dataplane::plan::EgressPolicy {
         deny_response: Default::default(),
         live_flows: Default::default(),
         dns_ttl_floor: 30,
+        dns_resolvers: vec!["198.19.0.53/32".parse().unwrap()],
     }
 }
 

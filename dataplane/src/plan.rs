@@ -365,6 +365,11 @@ pub struct EgressPolicy {
     /// Shortest time a learned DNS answer is trusted, whatever its TTL.
     #[serde(default = "default_ttl_floor")]
     pub dns_ttl_floor: u32,
+    /// The resolvers whose answers FQDN rules learn from; answers from any
+    /// other host are ignored, or a pod allowed DNS to a host it runs could
+    /// open any address under an allowed name. Required with FQDN rules.
+    #[serde(default)]
+    pub dns_resolvers: Vec<Ipv4Cidr>,
 }
 
 fn default_ttl_floor() -> u32 {

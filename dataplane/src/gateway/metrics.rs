@@ -17,7 +17,7 @@ pub struct GatewayInfo {
     /// (interface, XDP mode, AF_XDP mode)
     pub modes: Vec<(String, String, String)>,
     /// (interface, redirected, dropped for want of a socket, passed)
-    pub xdp: Vec<(String, u64, u64, u64)>,
+    pub xdp: Vec<(String, super::xdp::XdpStats)>,
 }
 
 const PROTOS: [&str; 3] = ["tcp", "udp", "icmp"];
@@ -36,10 +36,15 @@ pub fn render(reports: &[WorkerReport], info: &GatewayInfo) -> String {
         let _ = writeln!(o, "egret_mode{{interface=\"{i}\",xdp=\"{x}\",afxdp=\"{a}\"}} 1");
     }
     metric(&mut o, "egret_xdp_packets_total", "counter", "Packets seen by the XDP program, by verdict.");
-    for (i, r, d, p) in &info.xdp {
-        let _ = writeln!(o, "egret_xdp_packets_total{{interface=\"{i}\",verdict=\"redirected\"}} {r}");
-        let _ = writeln!(o, "egret_xdp_packets_total{{interface=\"{i}\",verdict=\"dropped_no_socket\"}} {d}");
-        let _ = writeln!(o, "egret_xdp_packets_total{{interface=\"{i}\",verdict=\"passed\"}} {p}");
+    for (i, st) in &info.xdp {
+        for (verdict, n) in [
+            ("redirected", st.redirected),
+            ("dropped_no_socket", st.dropped_no_socket),
+            ("passed", st.passed),
+            ("dropped_forward", st.dropped_forward),
+        ] {
+            let _ = writeln!(o, "egret_xdp_packets_total{{interface=\"{i}\",verdict=\"{verdict}\"}} {n}");
+        }
     }
 
     metric(&mut o, "egret_sessions", "gauge", "Live sessions by config and protocol.");
@@ -166,6 +171,14 @@ pub fn render(reports: &[WorkerReport], info: &GatewayInfo) -> String {
     metric(&mut o, "egret_nat_log_lost_total", "counter", "NAT log records lost because the logger fell behind.");
     let v: u64 = reports.iter().map(|r| r.nat.nat_events_lost).sum();
     let _ = writeln!(o, "egret_nat_log_lost_total {v}");
+    metric(
+        &mut o,
+        "egret_dns_untrusted_total",
+        "counter",
+        "DNS answers not learned from: their source is not in the policy's dnsResolvers.",
+    );
+    let v: u64 = reports.iter().map(|r| r.nat.dns_untrusted).sum();
+    let _ = writeln!(o, "egret_dns_untrusted_total {v}");
     o
 }
 

@@ -316,7 +316,7 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
     // a queue has its socket, our traffic on it is dropped, never passed.
     let mut steering = Vec::new();
     for i in &ifaces {
-        let s = xdp::Steering::attach(i, &local).map_err(|e| e.to_string())?;
+        let s = xdp::Steering::attach(i, &local, &ifaces).map_err(|e| e.to_string())?;
         tracing::info!(interface = %i, mode = ?s.mode, "XDP program attached");
         steering.push(s);
     }
@@ -494,10 +494,7 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
         if last_status.elapsed() >= Duration::from_secs(1) {
             last_status = Instant::now();
             source.report(control_report(&reports));
-            let xdp = steering.iter_mut().map(|s| {
-                let (r, d, p) = s.stats();
-                (s.ifname.clone(), r, d, p)
-            });
+            let xdp = steering.iter_mut().map(|s| (s.ifname.clone(), s.stats()));
             info.lock().unwrap_or_else(|e| e.into_inner()).xdp = xdp.collect();
             if let Some(path) = &cfg.status_file {
                 write_status(path, &reports, &mut steering);
@@ -625,8 +622,8 @@ fn write_status(path: &Path, reports: &[Arc<Mutex<WorkerReport>>], steering: &mu
     let xdp: Vec<serde_json::Value> = steering
         .iter_mut()
         .map(|s| {
-            let (redirected, no_socket, passed) = s.stats();
-            serde_json::json!({"interface": s.ifname, "mode": format!("{:?}", s.mode), "redirected": redirected, "dropped_no_socket": no_socket, "passed": passed})
+            let st = s.stats();
+            serde_json::json!({"interface": s.ifname, "mode": format!("{:?}", s.mode), "redirected": st.redirected, "dropped_no_socket": st.dropped_no_socket, "passed": st.passed, "dropped_forward": st.dropped_forward})
         })
         .collect();
     let doc = serde_json::json!({ "workers": workers, "xdp": xdp });

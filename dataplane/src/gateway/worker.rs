@@ -98,6 +98,8 @@ impl Serialize for crate::nat::Counters {
         m.serialize_entry("sessions_closed", &self.sessions_closed)?;
         m.serialize_entry("icmp_errors_sent", &self.icmp_errors_sent)?;
         m.serialize_entry("fragments_translated", &self.fragments_translated)?;
+        m.serialize_entry("fragments_held", &self.fragments_held)?;
+        m.serialize_entry("dns_untrusted", &self.dns_untrusted)?;
         let drops: std::collections::BTreeMap<&str, u64> =
             crate::nat::DropReason::ALL.iter().map(|r| (r.name(), self.dropped(*r))).collect();
         m.serialize_entry("drops", &drops)?;

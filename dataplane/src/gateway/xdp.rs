@@ -45,8 +45,10 @@ fn key(a: Ipv4Addr) -> u32 {
 
 impl Steering {
     /// Loads the program and attaches it to `ifname`: native mode first,
-    /// generic when the driver has no XDP support.
-    pub fn attach(ifname: &str, local: &[Ipv4Addr]) -> Result<Steering, XdpError> {
+    /// generic when the driver has no XDP support. `local` are the node's
+    /// own addresses; `guarded` every interface Egret runs on, which the
+    /// kernel may not forward Egret's refusals out of.
+    pub fn attach(ifname: &str, local: &[Ipv4Addr], guarded: &[String]) -> Result<Steering, XdpError> {
         let mut ebpf = Ebpf::load(PROGRAM).map_err(|e| XdpError::Load(e.to_string()))?;
         let prog: &mut Xdp = ebpf
             .program_mut("egret_steer")
@@ -68,6 +70,12 @@ impl Steering {
         let mut m = s.map("local")?;
         for &a in local {
             m.insert(key(a), 1u8, 0).map_err(|e| XdpError::Map { map: "local", reason: e.to_string() })?;
+        }
+        let mut m = s.map("guarded")?;
+        for name in guarded {
+            let index = ifindex(name)
+                .ok_or_else(|| XdpError::Attach { ifname: name.clone(), reason: "no such interface".into() })?;
+            m.insert(index, 1u8, 0).map_err(|e| XdpError::Map { map: "guarded", reason: e.to_string() })?;
         }
         Ok(s)
     }
@@ -102,11 +110,32 @@ impl Steering {
         xsks.set(queue, fd.as_raw_fd(), 0).map_err(|e| XdpError::Map { map: "xsks", reason: e.to_string() })
     }
 
-    /// (redirected, dropped for want of a socket, passed), summed over CPUs.
-    pub fn stats(&mut self) -> (u64, u64, u64) {
-        let Some(m) = self.ebpf.map_mut("stats") else { return (0, 0, 0) };
-        let Ok(arr) = PerCpuArray::<&mut MapData, u64>::try_from(m) else { return (0, 0, 0) };
+    /// The program's verdict counts, summed over CPUs.
+    pub fn stats(&mut self) -> XdpStats {
+        let Some(m) = self.ebpf.map_mut("stats") else { return XdpStats::default() };
+        let Ok(arr) = PerCpuArray::<&mut MapData, u64>::try_from(m) else { return XdpStats::default() };
         let get = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
-        (get(0), get(1), get(2))
+        XdpStats { redirected: get(0), dropped_no_socket: get(1), passed: get(2), dropped_forward: get(3) }
     }
+}
+
+/// What the steering program did with the frames it saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct XdpStats {
+    /// Handed to the queue's AF_XDP socket.
+    pub redirected: u64,
+    /// Ours, but the queue had no socket (starting or stopping).
+    pub dropped_no_socket: u64,
+    /// Left to the kernel (ARP, the node's own traffic, other routes).
+    pub passed: u64,
+    /// Not ours, and the kernel would have forwarded it out of an Egret
+    /// interface untranslated (an unbound pod's traffic on a forwarding node).
+    pub dropped_forward: u64,
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
 }

@@ -7,11 +7,6 @@ use super::*;
 use crate::plan::{Binding, FilteringMode, GatewayConfig, MappingMode, Plan};
 use crate::wire::l4::tcp as tcpf;
 
-fn plan_of(configs: Vec<GatewayConfig>, bindings: &[([u8; 4], &str)]) -> Arc<CompiledPlan> {
-    let bindings = bindings.iter().map(|&(p, c)| Binding { pod_ip: p.into(), config: c.into() }).collect();
-    Arc::new(Plan { version: 1, configs, bindings }.compile().unwrap())
-}
-
 fn at(secs: u64) -> Time {
     Time::from_secs(T0.millis() / 1000 + secs)
 }
@@ -149,6 +144,7 @@ fn endpoint_independent_filtering_obeys_the_policy_and_exclusions() {
         deny_response: crate::plan::DenyResponse::Drop,
         live_flows: crate::plan::LiveFlows::Cut,
         dns_ttl_floor: 30,
+        dns_resolvers: vec!["198.19.0.53/32".parse().unwrap()],
     });
     let mut e = NatEngine::new(settings(), plan_with(a, config("b", "198.19.101.0/28")));
     let mut out = udp(POD_A, 5000, SERVER, 3478, b"stun");
@@ -182,4 +178,99 @@ fn a_reply_on_a_hairpin_session_opened_from_a_mapping_stays_inside() {
     assert_eq!((b_to_a.dst(), b_to_a.dport()), (POD_A, 5000));
     assert_eq!(b_to_a.src(), bout.src(), "A sees B's egress address");
     assert_checksums(b_to_a.bytes());
+}
+
+mod dns_trust {
+    use super::*;
+    use crate::plan::{DenyResponse, EgressPolicy, LiveFlows, PolicyAction, PolicyRule, Protocol};
+
+    const RESOLVER: [u8; 4] = [198, 19, 0, 53];
+    const ROGUE: [u8; 4] = [198, 19, 0, 99];
+    const API: [u8; 4] = [198, 19, 0, 10];
+
+    fn rule(name: &str, cidrs: &[&str], fqdns: &[&str], proto: Protocol, port: &str) -> PolicyRule {
+        PolicyRule {
+            name: name.into(),
+            action: PolicyAction::Allow,
+            cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            fqdns: fqdns.iter().map(|s| s.to_string()).collect(),
+            protocol: Some(proto),
+            ports: vec![port.parse().unwrap()],
+            pods: None,
+            pod_selector: None,
+        }
+    }
+
+    /// DNS to any host is allowed (a common rule), FQDN rule for the API.
+    fn engine() -> NatEngine {
+        let mut a = config("a", "198.19.100.0/28");
+        a.policy = Some(EgressPolicy {
+            default_action: PolicyAction::Deny,
+            rules: vec![
+                rule("dns", &["0.0.0.0/0"], &[], Protocol::Udp, "53"),
+                rule("api", &[], &["api.example.com", "*.cdn.example.net"], Protocol::Tcp, "443"),
+            ],
+            deny_response: DenyResponse::Drop,
+            live_flows: LiveFlows::Cut,
+            dns_ttl_floor: 30,
+            dns_resolvers: vec!["198.19.0.53/32".parse().unwrap()],
+        });
+        NatEngine::new(settings(), plan_with(a, config("b", "198.19.101.0/28")))
+    }
+
+    fn answer(from: [u8; 4], name: &str, addr: [u8; 4], q: &Pkt) -> Pkt {
+        let m = crate::wire::dns::tests::response(name, &[(name, 1, addr.to_vec(), 300)]);
+        udp(from, 53, q.src(), q.sport(), &m)
+    }
+
+    /// A pod that may send DNS to a host it runs must not teach the gateway
+    /// that an allowed name resolves to an address of its choosing.
+    #[test]
+    fn answers_from_hosts_other_than_the_named_resolvers_open_nothing() {
+        let mut e = engine();
+        let mut q = udp(POD_A, 5353, ROGUE, 53, b"query");
+        assert!(matches!(q.run(&mut e, T0), Verdict::Forward { .. }));
+        let mut lie = answer(ROGUE, "api.example.com", [198, 19, 0, 66], &q);
+        assert!(matches!(lie.run(&mut e, T0), Verdict::Forward { side: Side::Inside, .. }), "still delivered");
+        assert_eq!(
+            tcp(POD_A, 40000, [198, 19, 0, 66], 443, tcpf::SYN).run(&mut e, T0),
+            Verdict::Drop(DropReason::PolicyDenied)
+        );
+        assert_eq!(e.counters().dns_untrusted, 1);
+        // The named resolver's answer does teach.
+        let mut q = udp(POD_A, 5354, RESOLVER, 53, b"query");
+        q.run(&mut e, T0);
+        answer(RESOLVER, "api.example.com", API, &q).run(&mut e, T0);
+        assert!(matches!(tcp(POD_A, 40001, API, 443, tcpf::SYN).run(&mut e, T0), Verdict::Forward { .. }));
+    }
+
+    /// FQDN rules without resolvers are a config error, not a silent hole.
+    #[test]
+    fn fqdn_rules_without_resolvers_are_rejected_with_the_field_named() {
+        let mut p = EgressPolicy {
+            default_action: PolicyAction::Deny,
+            rules: vec![rule("api", &[], &["api.example.com"], Protocol::Tcp, "443")],
+            deny_response: DenyResponse::Drop,
+            live_flows: LiveFlows::Cut,
+            dns_ttl_floor: 30,
+            dns_resolvers: Vec::new(),
+        };
+        let err = policy::CompiledPolicy::compile(&p).unwrap_err();
+        assert!(err.contains("dnsResolvers"), "{err}");
+        p.dns_resolvers = vec!["198.19.0.53/32".parse().unwrap()];
+        assert!(policy::CompiledPolicy::compile(&p).is_ok());
+    }
+
+    /// Names kept per (pod, address) are bounded: a flood of names on one
+    /// address neither grows without limit nor locks out a fresh name.
+    #[test]
+    fn names_per_address_are_bounded() {
+        let cache = FqdnCache::new(1024);
+        for i in 0..1000u32 {
+            cache.learn(1, 2, &format!("n{i}.cdn.example.net"), 100 + i);
+        }
+        let names = cache.names(1, 2, 0);
+        assert_eq!(names.len(), policy::NAMES_PER_ADDRESS);
+        assert!(names.iter().any(|n| &**n == "n999.cdn.example.net"), "the newest name is kept");
+    }
 }

@@ -140,6 +140,9 @@ pub struct Counters {
     pub deny_events_lost: u64,
     /// NAT log records dropped because the logger fell behind.
     pub nat_events_lost: u64,
+    /// DNS answers to pods with FQDN rules from hosts not in the policy's
+    /// `dnsResolvers`: forwarded, but not learned from.
+    pub dns_untrusted: u64,
     pub drops: [u64; DropReason::ALL.len()],
 }
 
@@ -172,6 +175,7 @@ impl Counters {
         self.fragments_held += o.fragments_held;
         self.deny_events_lost += o.deny_events_lost;
         self.nat_events_lost += o.nat_events_lost;
+        self.dns_untrusted += o.dns_untrusted;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }

@@ -624,6 +624,10 @@ impl NatEngine {
         if !p.has_fqdns() {
             return;
         }
+        if !p.trusts_resolver(s.remote) {
+            self.counters.dns_untrusted += 1;
+            return;
+        }
         for a in crate::wire::dns::answers(dns) {
             if p.wants_name(&a.name) {
                 let until = now.secs().saturating_add(a.ttl.clamp(p.ttl_floor, 86_400));

@@ -93,6 +93,8 @@ pub struct CompiledPolicy {
     pub deny_response: DenyResponse,
     pub live_flows: LiveFlows,
     pub ttl_floor: u32,
+    /// Where trusted DNS answers come from.
+    resolvers: Vec<crate::plan::Ipv4Cidr>,
     rules: Vec<Rule>,
     trie: PrefixTrie,
     any_dst: Vec<u32>,
@@ -120,6 +122,7 @@ impl CompiledPolicy {
             deny_response: p.deny_response,
             live_flows: p.live_flows,
             ttl_floor: p.dns_ttl_floor,
+            resolvers: p.dns_resolvers.clone(),
             rules: Vec::with_capacity(p.rules.len()),
             trie: PrefixTrie::default(),
             any_dst: Vec::new(),
@@ -170,7 +173,16 @@ impl CompiledPolicy {
                 pods: r.pods.as_ref().map(|v| v.iter().map(|&a| u32::from(a)).collect()),
             });
         }
+        if c.has_fqdns() && c.resolvers.is_empty() {
+            return Err("fqdns rules need dnsResolvers: the resolvers whose answers may open addresses".into());
+        }
         Ok(c)
+    }
+
+    /// Whether DNS answers from `src` may teach FQDN rules.
+    #[inline]
+    pub fn trusts_resolver(&self, src: u32) -> bool {
+        self.resolvers.iter().any(|c| c.contains(src))
     }
 
     pub fn rule_count(&self) -> usize {
@@ -243,6 +255,10 @@ pub struct FqdnCache {
     pub learned: AtomicU64,
 }
 
+/// Names kept per (pod, address): many names on one CDN address are
+/// normal, unbounded lists are not.
+pub const NAMES_PER_ADDRESS: usize = 32;
+
 impl FqdnCache {
     pub fn new(capacity: usize) -> Arc<FqdnCache> {
         Arc::new(FqdnCache {
@@ -261,9 +277,16 @@ impl FqdnCache {
             return;
         }
         let v = m.entry((pod, addr)).or_default();
-        match v.iter_mut().find(|(n, _)| &**n == name) {
-            Some(e) => e.1 = e.1.max(until),
-            None => v.push((Arc::from(name), until)),
+        if let Some(e) = v.iter_mut().find(|(n, _)| &**n == name) {
+            e.1 = e.1.max(until);
+        } else if v.len() >= NAMES_PER_ADDRESS {
+            // Bounded: the name that would expire first makes room.
+            self.full.fetch_add(1, Ordering::Relaxed);
+            if let Some(e) = v.iter_mut().min_by_key(|(_, t)| *t) {
+                *e = (Arc::from(name), until);
+            }
+        } else {
+            v.push((Arc::from(name), until));
         }
         self.learned.fetch_add(1, Ordering::Relaxed);
     }
@@ -335,6 +358,7 @@ mod tests {
             deny_response: DenyResponse::Reject,
             live_flows: LiveFlows::Cut,
             dns_ttl_floor: 30,
+            dns_resolvers: vec!["198.19.0.53/32".parse().unwrap()],
         };
         let c = CompiledPolicy::compile(&p).unwrap();
         let pod = ip("198.18.0.2");
@@ -358,6 +382,7 @@ mod tests {
             deny_response: DenyResponse::Drop,
             live_flows: LiveFlows::Cut,
             dns_ttl_floor: 30,
+            dns_resolvers: vec!["198.19.0.53/32".parse().unwrap()],
         };
         let c = CompiledPolicy::compile(&p).unwrap();
         assert!(c.wants_name("api.example.com") && c.wants_name("a.b.cdn.example.net"));
@@ -382,6 +407,7 @@ mod tests {
             deny_response: DenyResponse::Drop,
             live_flows: LiveFlows::Cut,
             dns_ttl_floor: 30,
+            dns_resolvers: vec!["198.19.0.53/32".parse().unwrap()],
         };
         assert_eq!(CompiledPolicy::compile(&p).unwrap_err(), "rule 'x': 'bad name!' is not a DNS name");
         p.rules = vec![

@@ -1017,6 +1017,7 @@ mod policy {
             deny_response: deny,
             live_flows: live,
             dns_ttl_floor: 30,
+            dns_resolvers: vec!["198.19.0.53/32".parse().unwrap()],
         }
     }
 
