@@ -274,3 +274,122 @@ mod dns_trust {
         assert!(names.iter().any(|n| &**n == "n999.cdn.example.net"), "the newest name is kept");
     }
 }
+
+mod hairpin {
+    use super::*;
+
+    fn engine() -> NatEngine {
+        NatEngine::new(settings(), plan_with(config("a", "198.19.100.0/28"), eif_config("b", "198.19.101.0/28")))
+    }
+
+    /// Pod B's public UDP endpoint (as a STUN server would report it).
+    fn b_endpoint(e: &mut NatEngine) -> ([u8; 4], u16) {
+        let mut bout = udp(POD_B, 7000, SERVER, 3478, b"stun");
+        assert!(matches!(bout.run(e, T0), Verdict::Forward { .. }));
+        (bout.src(), bout.sport())
+    }
+
+    /// RFC 5508 REQ-7 / RFC 4787 REQ-9: every fragment of a hairpinned
+    /// datagram reaches the pod behind the egress address, none leaves.
+    #[test]
+    fn fragments_of_a_hairpinned_datagram_all_stay_inside() {
+        let mut e = engine();
+        let (b_ip, b_port) = b_endpoint(&mut e);
+        let big = udp(POD_A, 5000, b_ip, b_port, &[5u8; 600]);
+        let (mut f1, mut f2) = fragment(&big, 304);
+        assert!(matches!(f1.run(&mut e, T0), Verdict::Forward { side: Side::Inside, .. }));
+        assert_eq!(f2.run(&mut e, T0), Verdict::Forward { side: Side::Inside, len: f2.len });
+        assert_eq!((f1.dst(), f2.dst()), (POD_B, POD_B));
+        assert_eq!(f1.src(), f2.src());
+        assert_eq!((f1.ttl(), f2.ttl()), (63, 63));
+        reassembled_udp_is_valid(&f1, &f2);
+    }
+
+    /// RFC 5508 REQ-7 (a MUST): an ICMP error a pod sends about a hairpinned
+    /// packet reaches the pod that sent it, translated, not the outside.
+    #[test]
+    fn an_icmp_error_about_a_hairpinned_packet_reaches_the_other_pod() {
+        let mut e = engine();
+        let (b_ip, b_port) = b_endpoint(&mut e);
+        let mut a_to_b = udp(POD_A, 5000, b_ip, b_port, b"hello b");
+        assert!(matches!(a_to_b.run(&mut e, T0), Verdict::Forward { side: Side::Inside, .. }));
+        // B's socket is gone: port unreachable about what B received.
+        let mut err = icmp_error(POD_B, a_to_b.src(), 3, 3, a_to_b.bytes());
+        assert_eq!(err.run(&mut e, T0), Verdict::Forward { side: Side::Inside, len: err.len });
+        assert_eq!(err.dst(), POD_A);
+        assert_eq!(err.src(), b_ip, "from B's egress address, as A addressed B");
+        assert_eq!(err.ttl(), 63);
+        assert_checksums(err.bytes());
+        let quoted = &err.l4()[8..];
+        assert_eq!((&quoted[12..16], &quoted[16..20]), (&POD_A[..], &b_ip[..]), "A's own packet, as A sent it");
+    }
+
+    /// A hairpinned packet is forwarded once: one TTL decrement, also when
+    /// its return leg runs on another worker.
+    #[test]
+    fn a_hairpinned_packet_loses_one_ttl_even_when_handed_between_workers() {
+        let plan = plan_with(config("a", "198.19.100.0/28"), eif_config("b", "198.19.101.0/28"));
+        let mut w = [
+            NatEngine::new(EngineSettings { worker: 0, workers: 2, ..settings() }, plan.clone()),
+            NatEngine::new(EngineSettings { worker: 1, workers: 2, ..settings() }, plan),
+        ];
+        let run = |w: &mut [NatEngine; 2], p: &mut Pkt| {
+            let mut on = 0usize;
+            let mut handed = 0;
+            loop {
+                match p.run(&mut w[on], T0) {
+                    Verdict::Handoff { worker } => {
+                        on = usize::from(worker);
+                        handed += 1;
+                    }
+                    v => return (v, handed),
+                }
+            }
+        };
+        let mut bout = udp(POD_B, 7000, SERVER, 3478, b"stun");
+        run(&mut w, &mut bout);
+        let mut cross_worker = 0;
+        for port in 0..32 {
+            let mut p = udp(POD_A, 5000 + port, bout.src(), bout.sport(), b"hi");
+            let (v, handed) = run(&mut w, &mut p);
+            assert_eq!(v, Verdict::Forward { side: Side::Inside, len: p.len });
+            assert_eq!((p.dst(), p.ttl()), (POD_B, 63), "port {port}, handed {handed} times");
+            assert_checksums(p.bytes());
+            cross_worker += usize::from(handed >= 2);
+        }
+        assert!(cross_worker > 0, "some flows crossed workers on their return leg");
+    }
+}
+
+/// A flood of orphan fragments from the internet (random IDs to an egress
+/// address) cannot take the hold buffers from the pods' out-of-order
+/// fragments, and one source cannot take all of the internet's share.
+#[test]
+fn an_internet_fragment_flood_does_not_starve_the_pods_fragments() {
+    let mut e = engine(); // 256 hold buffers
+    let held_from = |e: &mut NatEngine, src: [u8; 4], n: u16| {
+        let mut held = 0;
+        for id in 0..n {
+            let orphan = udp(src, 9000, [198, 19, 100, 1], 40000, &[1u8; 600]);
+            let (_, mut f2) = fragment(&orphan, 304);
+            f2.buf[4..6].copy_from_slice(&id.to_be_bytes());
+            f2.buf[10..12].copy_from_slice(&[0, 0]);
+            let c = fold(&f2.buf[..20]);
+            f2.buf[10..12].copy_from_slice(&c.to_be_bytes());
+            held += usize::from(f2.run(e, T0) == Verdict::Held);
+        }
+        held
+    };
+    assert_eq!(held_from(&mut e, SERVER, 1000), 16, "one source: an eighth of the internet's half");
+    let mut total = 16;
+    for s in 0..20u8 {
+        total += held_from(&mut e, [198, 19, 7, s], 100);
+    }
+    assert_eq!(total, 128, "the internet: half of the hold buffers");
+    // A pod's out-of-order fragment is still held and released.
+    let big = udp(POD_A, 5000, SERVER, 9000, &[7u8; 600]);
+    let (mut f1, mut f2) = fragment(&big, 304);
+    assert_eq!(f2.run(&mut e, T0), Verdict::Held);
+    assert!(matches!(f1.run(&mut e, T0), Verdict::Forward { .. }));
+    assert!(e.take_released().is_some());
+}

@@ -44,7 +44,8 @@ pub enum DropReason {
     /// A first fragment too short to hold the transport header, or a TCP
     /// fragment at offset 8 that could rewrite the first one's flags (RFC 1858).
     FragmentTooShort,
-    /// Fragment table or hold buffers are full.
+    /// Fragment table or hold buffers are full (for the internet: its half of
+    /// the hold buffers, or one source its eighth of that).
     FragmentTableFull,
     /// Fragments held for a datagram whose first fragment never came.
     FragmentTimeout,

@@ -28,6 +28,10 @@ pub enum FragAction {
     Translate { src: u32, dst: u32, side: Side },
     /// The first fragment went to another worker; so do the rest.
     Handoff(u16),
+    /// A hairpinned datagram whose return leg belongs to another worker:
+    /// write the pod's egress source and hand over, TTL untouched (the
+    /// owner's outside → inside leg takes the hop's one decrement).
+    HairpinHandoff { src: u32, worker: u16 },
 }
 
 /// Where a released fragment goes.
@@ -51,10 +55,21 @@ struct Entry {
     deadline_ms: u64,
 }
 
+/// Where a fragment came from. The internet may hold at most half of the
+/// hold buffers, and one outside source an eighth of that half, so a flood
+/// of orphan fragments (random IDs, ~130 pps was enough before) cannot
+/// starve the pods' out-of-order fragments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Pod,
+    Internet,
+}
+
 pub(super) struct FragTable {
     entries: HashMap<FragKey, Entry>,
     max_entries: usize,
-    held: Vec<(FragKey, Vec<u8>)>,
+    /// Held fragments with their origin.
+    held: Vec<(FragKey, Vec<u8>, Origin)>,
     max_held: usize,
     released: VecDeque<Released>,
     timeout_ms: u64,
@@ -97,7 +112,7 @@ impl FragTable {
                 i += 1;
                 continue;
             }
-            let (_, mut bytes) = self.held.swap_remove(i);
+            let (_, mut bytes, _) = self.held.swap_remove(i);
             let to = match action {
                 FragAction::Translate { src, dst, side } => {
                     let mut ip = Ipv4Packet::new_unchecked(&mut bytes[..]);
@@ -111,6 +126,10 @@ impl FragTable {
                     ReleaseTo::Side(side)
                 }
                 FragAction::Handoff(w) => ReleaseTo::Worker(w),
+                FragAction::HairpinHandoff { src, worker } => {
+                    Ipv4Packet::new_unchecked(&mut bytes[..]).set_src(src.to_be_bytes());
+                    ReleaseTo::Worker(worker)
+                }
             };
             self.released_count += 1;
             self.released.push_back(Released { bytes, to });
@@ -123,19 +142,33 @@ impl FragTable {
     pub fn lookup(&mut self, key: &FragKey, last: bool, now_ms: u64) -> Option<FragAction> {
         let e = self.entries.get(key).filter(|e| e.deadline_ms > now_ms)?;
         let a = e.action?;
-        if last && !self.held.iter().any(|(k, _)| k == key) {
+        if last && !self.held.iter().any(|(k, _, _)| k == key) {
             self.entries.remove(key);
         }
         Some(a)
     }
 
     /// Holds a fragment until its first fragment comes.
-    pub fn hold(&mut self, key: FragKey, packet: &[u8], now_ms: u64) -> Result<(), DropReason> {
+    pub fn hold(&mut self, key: FragKey, packet: &[u8], origin: Origin, now_ms: u64) -> Result<(), DropReason> {
         if packet.len() > MAX_HELD_FRAGMENT {
             return Err(DropReason::FragmentTooLarge);
         }
         if self.held.len() >= self.max_held {
             return Err(DropReason::FragmentTableFull);
+        }
+        if origin == Origin::Internet {
+            let share = (self.max_held / 2).max(1);
+            let per_source = (share / 8).max(1);
+            let (mut internet, mut same_source) = (0, 0);
+            for (k, _, o) in &self.held {
+                if *o == Origin::Internet {
+                    internet += 1;
+                    same_source += usize::from(k.src == key.src);
+                }
+            }
+            if internet >= share || same_source >= per_source {
+                return Err(DropReason::FragmentTableFull);
+            }
         }
         if !self.entries.contains_key(&key) {
             if self.entries.len() >= self.max_entries {
@@ -143,7 +176,7 @@ impl FragTable {
             }
             self.entries.insert(key, Entry { action: None, deadline_ms: now_ms + self.timeout_ms });
         }
-        self.held.push((key, packet.to_vec()));
+        self.held.push((key, packet.to_vec(), origin));
         Ok(())
     }
 
@@ -160,7 +193,7 @@ impl FragTable {
         self.entries.retain(|_, e| e.deadline_ms > now_ms);
         let before = self.held.len();
         let entries = &self.entries;
-        self.held.retain(|(k, _)| entries.get(k).is_some_and(|e| e.action.is_none()));
+        self.held.retain(|(k, _, _)| entries.get(k).is_some_and(|e| e.action.is_none()));
         (before - self.held.len()) as u64
     }
 }
@@ -179,6 +212,7 @@ impl NatEngine {
         buf: &mut [u8],
         len: usize,
         p: &super::in2out::Parsed,
+        origin: Origin,
         now: Time,
     ) -> Verdict {
         // RFC 1858 3.1 (the indirect rule, RFC 3128): a TCP fragment at
@@ -203,7 +237,12 @@ impl NatEngine {
                 self.counters.handoffs += 1;
                 Verdict::Handoff { worker: w }
             }
-            None => match self.frags.hold(p.frag_key(), &buf[..len], now.millis()) {
+            Some(FragAction::HairpinHandoff { src, worker }) => {
+                Ipv4Packet::new_unchecked(&mut buf[..len]).set_src(src.to_be_bytes());
+                self.counters.handoffs += 1;
+                Verdict::Handoff { worker }
+            }
+            None => match self.frags.hold(p.frag_key(), &buf[..len], origin, now.millis()) {
                 Ok(()) => {
                     self.counters.fragments_held += 1;
                     Verdict::Held

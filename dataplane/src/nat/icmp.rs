@@ -147,9 +147,17 @@ impl NatEngine {
         rewrite_quoted(msg, &q, false, s.egress, s.egress_port);
         reseal(msg);
         Ipv4Packet::new_unchecked(&mut buf[..len]).set_src(s.egress.to_be_bytes());
-        decrement_ttl(buf, len);
         self.counters.in2out_packets += 1;
         self.counters.in2out_bytes += len as u64;
+        if s.flags & session::flags::HAIRPIN != 0 {
+            // RFC 5508 REQ-7: an error about a hairpinned packet goes to the
+            // pod behind the egress address it came from, not outside; its
+            // outside → inside leg takes the one TTL decrement.
+            self.counters.hairpin_packets += 1;
+            let outer = Parsed::read(buf, len);
+            return self.out2in_icmp_error(buf, len, &outer, now);
+        }
+        decrement_ttl(buf, len);
         Verdict::Forward { side: Side::Outside, len }
     }
 

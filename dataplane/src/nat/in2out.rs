@@ -1,7 +1,7 @@
 //! Inside → outside: a bound pod's packet gets its source rewritten to the
 //! session's egress (address, port); excluded destinations pass untranslated.
 
-use super::frag::{FragAction, FragKey};
+use super::frag::{FragAction, FragKey, Origin};
 use super::*;
 use crate::wire::l4::icmp;
 
@@ -92,7 +92,7 @@ impl NatEngine {
             return self.drop(DropReason::MartianDestination);
         }
         if p.later_frag {
-            return self.follow_fragment(buf, len, &p, now);
+            return self.follow_fragment(buf, len, &p, Origin::Pod, now);
         }
         if p.ttl <= 1 {
             let router = u32::from(self.settings.router_ip);
@@ -161,19 +161,37 @@ impl NatEngine {
             }
         };
         let s = self.touch(i, tcp_flags, true, now);
-        rewrite(buf, len, p.proto, true, s.egress, s.egress_port, true);
+        let hairpin = s.flags & session::flags::HAIRPIN != 0;
+        // A hairpinned packet's one TTL decrement is its outside → inside
+        // leg's, wherever that runs (here, or on the worker handed it).
+        rewrite(buf, len, p.proto, true, s.egress, s.egress_port, !hairpin);
         self.counters.in2out_packets += 1;
         self.counters.in2out_bytes += len as u64;
-        if p.first_frag {
-            let action = FragAction::Translate { src: s.egress, dst: p.dst, side: Side::Outside };
-            self.record_fragment(p.frag_key(), action, now);
-        }
-        if s.flags & session::flags::HAIRPIN != 0 {
+        if hairpin {
             // Hairpinning (RFC 4787 REQ-9): the pod reached an egress address
             // of this gateway; deliver to the pod behind it, with the
             // translated source so the peer sees what the internet would.
             self.counters.hairpin_packets += 1;
-            return self.out2in_stage(buf, len, now, true);
+            let v = self.out2in_stage(buf, len, now, true);
+            if p.first_frag {
+                // The rest of the datagram follows the whole hairpin.
+                let action = match v {
+                    Verdict::Forward { side, len } => {
+                        let dst = u32::from_be_bytes(Ipv4Packet::new_unchecked(&buf[..len]).dst());
+                        Some(FragAction::Translate { src: s.egress, dst, side })
+                    }
+                    Verdict::Handoff { worker } => Some(FragAction::HairpinHandoff { src: s.egress, worker }),
+                    _ => None,
+                };
+                if let Some(action) = action {
+                    self.record_fragment(p.frag_key(), action, now);
+                }
+            }
+            return v;
+        }
+        if p.first_frag {
+            let action = FragAction::Translate { src: s.egress, dst: p.dst, side: Side::Outside };
+            self.record_fragment(p.frag_key(), action, now);
         }
         Verdict::Forward { side: Side::Outside, len }
     }

@@ -1,7 +1,7 @@
 //! Outside → inside: only packets matching a live session are translated
 //! back to the pod; everything else is unsolicited and dropped.
 
-use super::frag::FragAction;
+use super::frag::{FragAction, Origin};
 use super::in2out::{rewrite, Parsed};
 use super::*;
 use crate::plan::FilteringMode;
@@ -13,11 +13,14 @@ impl NatEngine {
     }
 
     /// `hairpin`: the packet was just translated inside → outside on this
-    /// worker; its TTL was already handled.
+    /// worker (its TTL still to be decremented here); the caller records
+    /// its fragments under the pod's own key.
     pub(super) fn out2in_stage(&mut self, buf: &mut [u8], len: usize, now: Time, hairpin: bool) -> Verdict {
         let p = Parsed::read(buf, len);
         if p.later_frag {
-            return self.follow_fragment(buf, len, &p, now);
+            // Hairpinned fragments came from a pod.
+            let origin = if hairpin { Origin::Pod } else { Origin::Internet };
+            return self.follow_fragment(buf, len, &p, origin, now);
         }
         let l4b = &buf[p.hl..len];
         if l4b.len() < l4::min_len(p.proto) {
@@ -44,7 +47,7 @@ impl NatEngine {
         match self.slice.owner(local_port) {
             None => return self.drop(DropReason::Unsolicited),
             Some(w) if w != self.settings.worker => {
-                if p.first_frag {
+                if p.first_frag && !hairpin {
                     self.record_fragment(p.frag_key(), FragAction::Handoff(w), now);
                 }
                 self.counters.handoffs += 1;
@@ -61,17 +64,18 @@ impl NatEngine {
                 Err(r) => return self.drop(r),
             },
         };
-        if !hairpin && p.ttl <= 1 {
+        if p.ttl <= 1 {
+            // Never for a hairpinned packet: its inside leg checked the TTL.
             return self.send_error(buf, len, (icmp::TIME_EXCEEDED, 0), p.dst, DropReason::TtlExpired, now);
         }
         let s = self.touch(i, tcp_flags, false, now);
-        rewrite(buf, len, p.proto, false, s.pod, s.pod_port, !hairpin);
+        rewrite(buf, len, p.proto, false, s.pod, s.pod_port, true);
         if s.remote_port == 53 && p.proto != ipv4::PROTO_ICMP && !p.first_frag {
             self.learn_from_dns(buf, len, &p, &s, now);
         }
         self.counters.out2in_packets += 1;
         self.counters.out2in_bytes += len as u64;
-        if p.first_frag {
+        if p.first_frag && !hairpin {
             let action = FragAction::Translate { src: p.src, dst: s.pod, side: Side::Inside };
             self.record_fragment(p.frag_key(), action, now);
         }
