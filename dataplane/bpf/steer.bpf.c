@@ -78,6 +78,10 @@ static __always_inline void count(__u32 i)
 // interfaces (it asks the same FIB the forwarding path uses).
 static __always_inline int forwarded_out_guarded(struct xdp_md *ctx, struct iphdr *ip)
 {
+	// Multicast is never unicast-forwarded; the node's own protocols
+	// (IGMP, VRRP, routing daemons) may want it.
+	if ((bpf_ntohl(ip->daddr) >> 28) == 0xe)
+		return 0;
 	struct bpf_fib_lookup fib = {};
 	fib.family = 2; // AF_INET
 	fib.tos = ip->tos;

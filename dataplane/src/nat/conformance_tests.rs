@@ -393,3 +393,45 @@ fn an_internet_fragment_flood_does_not_starve_the_pods_fragments() {
     assert!(matches!(f1.run(&mut e, T0), Verdict::Forward { .. }));
     assert!(e.take_released().is_some());
 }
+
+mod plan_cooldown {
+    use super::*;
+
+    /// Config a holds one address and one port per protocol; pods A and B.
+    fn one_port(mapping: MappingMode, a_binds: &str) -> Arc<CompiledPlan> {
+        let mut a = config("a", "198.19.100.1/32");
+        a.mapping = mapping;
+        let plan = Plan {
+            version: 1,
+            configs: vec![a, config("b", "198.19.101.0/28")],
+            bindings: vec![
+                Binding { pod_ip: POD_A.into(), config: a_binds.into() },
+                Binding { pod_ip: [198, 18, 0, 5].into(), config: "a".into() },
+            ],
+        };
+        Arc::new(plan.compile().unwrap())
+    }
+
+    /// RFC 6888 REQ-8: a port freed because a plan moved its pod away cools
+    /// down before another pod gets it, as a port freed by expiry does.
+    #[test]
+    fn a_port_a_plan_frees_cools_down_before_reuse() {
+        for mapping in [MappingMode::EndpointIndependent, MappingMode::PortReuse] {
+            let s = EngineSettings { ports: 1024..=1024, ..settings() };
+            let mut e = NatEngine::new(s, one_port(mapping, "a"));
+            let mut first = udp(POD_A, 5000, SERVER, 53, b"x");
+            assert!(matches!(first.run(&mut e, T0), Verdict::Forward { .. }), "{mapping:?}");
+            // Pod A moves to config b: its session and port are cut.
+            e.apply_plan(one_port(mapping, "b"), at(1));
+            let other = [198, 18, 0, 5];
+            let v = udp(other, 6000, SERVER, 53, b"x").run(&mut e, at(2));
+            assert!(matches!(v, Verdict::Reply { .. }), "{mapping:?}: the port is cooling: {v:?}");
+            assert_eq!(e.counters().dropped(DropReason::PoolExhausted), 1);
+            // After the cooldown (120 s) it is free again.
+            e.expire(at(1 + 121), 1 << 16);
+            let mut later = udp(other, 6000, SERVER, 53, b"x");
+            assert!(matches!(later.run(&mut e, at(1 + 121)), Verdict::Forward { .. }), "{mapping:?}");
+            assert_eq!((later.src(), later.sport()), (first.src(), first.sport()));
+        }
+    }
+}

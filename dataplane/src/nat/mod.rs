@@ -214,6 +214,9 @@ pub struct NatEngine {
     nat_events: std::collections::VecDeque<NatEvent>,
     /// Live sessions per config index and protocol slot.
     live: Vec<[u64; 3]>,
+    /// Ports of mappings a plan cut, still cooling: (until, address, slot,
+    /// offset), soonest first.
+    cooling: std::collections::BinaryHeap<std::cmp::Reverse<(u32, u32, u8, u32)>>,
 }
 
 /// A new flow the egress policy denied, kept (bounded) for the log.
@@ -289,6 +292,7 @@ impl NatEngine {
             deny_events: std::collections::VecDeque::with_capacity(DENY_EVENTS_KEPT),
             nat_events: std::collections::VecDeque::new(),
             live: Vec::new(),
+            cooling: std::collections::BinaryHeap::new(),
             plan: Arc::new(CompiledPlan {
                 version: 0,
                 configs: Vec::new(),
@@ -472,11 +476,13 @@ impl NatEngine {
         drop(old_hits);
         self.policy_hits = policy_hits;
 
-        // Egress addresses: keep the port bitmaps of those that stay.
+        // Egress addresses: keep the port bitmaps of those that stay, in
+        // whichever config: ports cut below cool down before reuse (RFC
+        // 6888 REQ-8) even when the address moves to another config.
         let mut addrs = HashMap::with_capacity(plan.egress.len());
         for (&a, &(ci, _)) in &plan.egress {
             let st = match self.addrs.remove(&a) {
-                Some(mut st) if old.configs[usize::from(st.config)].name == plan.configs[usize::from(ci)].name => {
+                Some(mut st) => {
                     st.config = ci;
                     // Recounted below from the sessions that stay.
                     st.sessions = 0;
@@ -490,6 +496,8 @@ impl NatEngine {
             addrs.insert(a, st);
         }
         self.addrs = addrs;
+        let addrs = &self.addrs;
+        self.cooling.retain(|c| addrs.contains_key(&c.0 .1));
 
         self.pods = plan
             .pods
@@ -529,15 +537,41 @@ impl NatEngine {
                     }
                 }
                 None => {
-                    // Cut: no cooldown, the tuple is gone with its config.
                     if s.is_live() {
                         self.log_session(false, &s, now);
                     }
-                    if s.mapping != NONE {
-                        self.mappings.get_mut(s.mapping).refs -= 1;
-                    }
-                    self.sessions.remove(i);
                     self.counters.sessions_closed += u64::from(s.is_live());
+                    if s.mapping != NONE {
+                        // The mapping cools down below (its port's cooldown).
+                        let cooldown = old.configs[usize::from(s.config)].timeouts.port_cooldown;
+                        let m = self.mappings.get_mut(s.mapping);
+                        m.refs -= 1;
+                        if m.refs == 0 && s.is_live() {
+                            m.deadline = now.secs().saturating_add(cooldown);
+                        }
+                        self.sessions.remove(i);
+                        continue;
+                    }
+                    // Port reuse: the tuple cools down on an address that
+                    // stays (RFC 6888 REQ-8); on one that goes, it is gone.
+                    let Some(&(eci, _)) = plan.egress.get(&s.egress) else {
+                        self.sessions.remove(i);
+                        continue;
+                    };
+                    let cooldown = plan.configs[usize::from(eci)].timeouts.port_cooldown;
+                    if cooldown == 0 {
+                        self.sessions.remove(i);
+                        continue;
+                    }
+                    if s.is_live() {
+                        self.sessions.unlink_in(i);
+                    }
+                    let e = self.sessions.get_mut(i);
+                    e.config = eci;
+                    if s.is_live() {
+                        e.state = state::COOLDOWN;
+                        e.deadline = now.secs().saturating_add(cooldown);
+                    }
                 }
             }
         }
@@ -558,8 +592,16 @@ impl NatEngine {
                     debug_assert_eq!(m.refs, 0, "sessions of a cut mapping were cut");
                     if let Some(a) = self.addrs.get_mut(&m.egress) {
                         let off = u32::from(m.egress_port - self.slice.lo);
-                        let set = &mut a.ports[proto_slot(m.proto)];
-                        if set.is_set(off) {
+                        let slot = proto_slot(m.proto);
+                        let set = &mut a.ports[slot];
+                        if m.deadline > now.secs() {
+                            // RFC 6888 REQ-8: the port stays taken until its
+                            // cooldown ends, whoever holds the address now.
+                            if !set.is_set(off) {
+                                set.set(off);
+                            }
+                            self.cooling.push(std::cmp::Reverse((m.deadline, m.egress, slot as u8, off)));
+                        } else if set.is_set(off) {
                             set.clear(off);
                         }
                     }
@@ -760,6 +802,17 @@ impl NatEngine {
             let m = self.mappings.get(i);
             if !m.free && m.refs == 0 && m.deadline <= secs {
                 self.free_mapping(i);
+            }
+        }
+        while let Some(&std::cmp::Reverse((until, addr, slot, off))) = self.cooling.peek() {
+            if until > secs {
+                break;
+            }
+            self.cooling.pop();
+            if let Some(a) = self.addrs.get_mut(&addr) {
+                if a.ports[usize::from(slot)].is_set(off) {
+                    a.ports[usize::from(slot)].clear(off);
+                }
             }
         }
         if self.settings.worker == 0 && secs >= self.next_fqdn_sweep {
