@@ -435,3 +435,29 @@ mod plan_cooldown {
         }
     }
 }
+
+/// Port reuse: once every tuple toward a destination is taken, refused new
+/// flows to it cost a lookup, not a scan of every address's range each;
+/// the destination is scanned again as soon as one of its tuples frees.
+#[test]
+fn an_exhausted_destination_is_not_rescanned_for_every_refused_flow() {
+    let mut a = config("a", "198.19.100.0/31");
+    a.mapping = MappingMode::PortReuse;
+    a.timeouts.port_cooldown = 0;
+    let plan = plan_with(a, config("b", "198.19.101.0/28"));
+    let mut e = NatEngine::new(EngineSettings { ports: 1024..=1039, ..settings() }, plan);
+    for p in 0..32 {
+        assert!(matches!(udp(POD_A, 5000 + p, SERVER, 53, b"x").run(&mut e, T0), Verdict::Forward { .. }));
+    }
+    for p in 0..1000 {
+        assert!(matches!(udp(POD_A, 6000 + p, SERVER, 53, b"x").run(&mut e, T0), Verdict::Reply { .. }));
+    }
+    assert_eq!(e.counters().dropped(DropReason::PoolExhausted), 1000);
+    let scans = e.counters().pool_scans;
+    assert!(scans <= 2, "one scan found the destination full, not one per refusal: {scans}");
+    // Another destination is not affected.
+    assert!(matches!(udp(POD_A, 5000, SERVER2, 53, b"x").run(&mut e, T0), Verdict::Forward { .. }));
+    // One session to SERVER ends: the next flow gets its tuple.
+    e.expire(at(301), 1 << 16);
+    assert!(matches!(udp(POD_A, 7000, SERVER, 53, b"x").run(&mut e, at(301)), Verdict::Forward { .. }));
+}

@@ -144,6 +144,10 @@ pub struct Counters {
     /// DNS answers to pods with FQDN rules from hosts not in the policy's
     /// `dnsResolvers`: forwarded, but not learned from.
     pub dns_untrusted: u64,
+    /// Port reuse: exhaustive scans of a pool for a free tuple (each after
+    /// 16 random probes per address missed); a rising rate means the pool
+    /// is nearly full toward some destination.
+    pub pool_scans: u64,
     pub drops: [u64; DropReason::ALL.len()],
 }
 
@@ -177,6 +181,7 @@ impl Counters {
         self.deny_events_lost += o.deny_events_lost;
         self.nat_events_lost += o.nat_events_lost;
         self.dns_untrusted += o.dns_untrusted;
+        self.pool_scans += o.pool_scans;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }

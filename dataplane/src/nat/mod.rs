@@ -217,7 +217,14 @@ pub struct NatEngine {
     /// Ports of mappings a plan cut, still cooling: (until, address, slot,
     /// offset), soonest first.
     cooling: std::collections::BinaryHeap<std::cmp::Reverse<(u32, u32, u8, u32)>>,
+    /// Port reuse: destinations (proto, address, port, config) whose every
+    /// tuple was taken at the last exhaustive scan, until one of theirs is
+    /// freed; refused new flows to them cost a lookup, not a scan.
+    exhausted: hashbrown::HashSet<(u8, u32, u16, u16)>,
 }
+
+/// Destinations remembered as exhausted at once (beyond: scan as before).
+const EXHAUSTED_KEPT: usize = 4096;
 
 /// A new flow the egress policy denied, kept (bounded) for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +300,7 @@ impl NatEngine {
             nat_events: std::collections::VecDeque::new(),
             live: Vec::new(),
             cooling: std::collections::BinaryHeap::new(),
+            exhausted: hashbrown::HashSet::new(),
             plan: Arc::new(CompiledPlan {
                 version: 0,
                 configs: Vec::new(),
@@ -496,6 +504,8 @@ impl NatEngine {
             addrs.insert(a, st);
         }
         self.addrs = addrs;
+        // Pools may have changed: every destination gets a fresh scan.
+        self.exhausted.clear();
         let addrs = &self.addrs;
         self.cooling.retain(|c| addrs.contains_key(&c.0 .1));
 
@@ -1018,6 +1028,10 @@ impl NatEngine {
     /// a scan of its whole port range for every new flow.
     fn alloc_port_reuse(&mut self, k: &FlowKey, ci: u16) -> Result<(u32, u16), DropReason> {
         self.check_quota(k.local, ci)?;
+        let dest = (k.proto, k.remote, k.remote_port, ci);
+        if self.exhausted.contains(&dest) {
+            return Err(DropReason::PoolExhausted);
+        }
         let (first, n) = self.addr_order(k.local, ci);
         let (lo, len) = (self.slice.lo, self.slice.len() as u32);
         let mut probe =
@@ -1032,6 +1046,7 @@ impl NatEngine {
                 }
             }
         }
+        self.counters.pool_scans += 1;
         for step in 0..n {
             let ai = (usize::from(first) + step) % n;
             probe.local = u32::from(self.plan.configs[usize::from(ci)].addrs[ai]);
@@ -1043,7 +1058,18 @@ impl NatEngine {
                 }
             }
         }
+        if self.exhausted.len() < EXHAUSTED_KEPT {
+            self.exhausted.insert(dest);
+        }
         Err(DropReason::PoolExhausted)
+    }
+
+    /// A port-reuse tuple is free again: its destination may be scanned.
+    #[inline]
+    fn tuple_freed(&mut self, s: &Session) {
+        if !self.exhausted.is_empty() {
+            self.exhausted.remove(&(s.proto, s.remote, s.remote_port, s.config));
+        }
     }
 
     /// Ends a session: live → cooldown (port reuse) or gone (its mapping
@@ -1055,6 +1081,7 @@ impl NatEngine {
         let now = Time::from_secs(u64::from(s.deadline.min(now.secs())));
         if s.state & state::COOLDOWN != 0 {
             self.sessions.remove(i);
+            self.tuple_freed(&s);
             return;
         }
         self.counters.sessions_closed += 1;
@@ -1077,6 +1104,7 @@ impl NatEngine {
         let cooldown = self.config(s.config).timeouts.port_cooldown;
         if cooldown == 0 {
             self.sessions.remove(i);
+            self.tuple_freed(&s);
         } else {
             self.sessions.unlink_in(i);
             let e = self.sessions.get_mut(i);
