@@ -212,13 +212,33 @@ impl Harness {
 
     /// Delivers a packet to worker `w`, following handoffs; checks the result.
     fn deliver(&mut self, mut w: usize, buf: &mut [u8], len: usize, now: Time, sent: Option<&Op>) {
+        self.deliver_from(w, buf, len, None, now, sent)
+    }
+
+    fn deliver_from(
+        &mut self,
+        mut w: usize,
+        buf: &mut [u8],
+        len: usize,
+        mut from: Option<egret_dataplane::nat::Side>,
+        now: Time,
+        sent: Option<&Op>,
+    ) {
         let input = buf[..len].to_vec();
         for _hop in 0..3 {
-            match self.engines[w].process(buf, len, now) {
-                Verdict::Handoff { worker } => {
+            match self.engines[w].process_from(buf, len, from, now) {
+                Verdict::Handoff { worker, from: next } => {
                     assert_ne!(usize::from(worker), w, "handoff to itself");
-                    assert_eq!(buf[..len], input[..], "a handed-off packet is unchanged");
+                    // Handed off unchanged, except a hairpinned packet's
+                    // return leg: its source already translated, its
+                    // destination (an egress address) and TTL as they came.
+                    let hairpin = next == egret_dataplane::nat::Side::Outside
+                        && from != Some(next)
+                        && buf[16..20] == input[16..20]
+                        && buf[8] == input[8];
+                    assert!(hairpin || buf[..len] == input[..], "a handed-off packet is unchanged");
                     w = usize::from(worker);
+                    from = Some(next);
                 }
                 Verdict::Forward { side, len } => {
                     assert!(len <= buf.len());
@@ -252,12 +272,12 @@ impl Harness {
                             let outside = side == egret_dataplane::nat::Side::Outside;
                             self.check_out(&r.bytes, outside, None);
                         }
-                        ReleaseTo::Worker(to) => {
+                        ReleaseTo::Worker { worker: to, from } => {
                             let to = usize::from(to);
                             assert!(to < self.engines.len() && to != w, "released to a real other worker");
                             let mut buf = r.bytes.clone();
                             buf.resize(r.bytes.len() + 64, 0);
-                            self.deliver(to, &mut buf, r.bytes.len(), now, None);
+                            self.deliver_from(to, &mut buf, r.bytes.len(), Some(from), now, None);
                         }
                     }
                 }

@@ -334,7 +334,15 @@ impl Worker {
             return;
         }
         let (eth, ip) = frame.split_at_mut(ethernet::HEADER_LEN);
-        match self.engine.process(ip, len - ethernet::HEADER_LEN, now) {
+        // Two-armed, the port tells the side; one-armed, nothing does.
+        let from = if self.side_port[0] == self.side_port[1] {
+            None
+        } else if port == self.side_port[0] {
+            Some(Side::Inside)
+        } else {
+            Some(Side::Outside)
+        };
+        match self.engine.process_from(ip, len - ethernet::HEADER_LEN, from, now) {
             Verdict::Forward { side, len } => {
                 let out = match side {
                     Side::Inside => self.side_port[0],
@@ -371,9 +379,8 @@ impl Worker {
                 eth[6..12].copy_from_slice(&self.io.ports[port].mac);
                 self.tx[port].push(WorkerIo::desc(addr, len + ethernet::HEADER_LEN));
             }
-            Verdict::Handoff { worker } => {
-                let side = u8::from(port != self.side_port[0]);
-                self.hand_off(worker, &frame[..len], side);
+            Verdict::Handoff { worker, from } => {
+                self.hand_off(worker, &frame[..len], u8::from(from == Side::Outside));
                 self.io.release(addr);
             }
             Verdict::Held | Verdict::Drop(_) => self.io.release(addr),
@@ -453,11 +460,11 @@ impl Worker {
     fn drain_released(&mut self) {
         while let Some(r) = self.engine.take_released() {
             match r.to {
-                ReleaseTo::Worker(w) => {
+                ReleaseTo::Worker { worker, from } => {
                     let mut f = vec![0u8; ethernet::HEADER_LEN];
                     f[12..14].copy_from_slice(&ethernet::ETHERTYPE_IPV4.to_be_bytes());
                     f.extend_from_slice(&r.bytes);
-                    self.hand_off(w, &f, 0);
+                    self.hand_off(worker, &f, u8::from(from == Side::Outside));
                 }
                 ReleaseTo::Side(side) => {
                     let out = if side == Side::Inside { self.side_port[0] } else { self.side_port[1] };

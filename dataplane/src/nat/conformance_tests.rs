@@ -338,7 +338,7 @@ mod hairpin {
             let mut handed = 0;
             loop {
                 match p.run(&mut w[on], T0) {
-                    Verdict::Handoff { worker } => {
+                    Verdict::Handoff { worker, .. } => {
                         on = usize::from(worker);
                         handed += 1;
                     }
@@ -460,4 +460,54 @@ fn an_exhausted_destination_is_not_rescanned_for_every_refused_flow() {
     // One session to SERVER ends: the next flow gets its tuple.
     e.expire(at(301), 1 << 16);
     assert!(matches!(udp(POD_A, 7000, SERVER, 53, b"x").run(&mut e, at(301)), Verdict::Forward { .. }));
+}
+
+mod arrival_interface {
+    use super::*;
+
+    fn run_from(p: &mut Pkt, e: &mut NatEngine, from: Side) -> Verdict {
+        let v = e.process_from(&mut p.buf, p.len, Some(from), T0);
+        if let Verdict::Forward { len, .. } | Verdict::Reply { len } = v {
+            p.len = len;
+        }
+        v
+    }
+
+    /// A packet from the internet carrying a pod's source address is not
+    /// translated as that pod's traffic.
+    #[test]
+    fn a_pods_source_arriving_on_the_outside_is_dropped() {
+        let mut e = engine();
+        let mut spoof = udp(POD_A, 5000, SERVER, 53, b"x");
+        assert_eq!(run_from(&mut spoof, &mut e, Side::Outside), Verdict::Drop(DropReason::WrongInterface));
+        assert_eq!(e.session_count(), 0);
+        let mut real = udp(POD_A, 5000, SERVER, 53, b"x");
+        assert!(matches!(run_from(&mut real, &mut e, Side::Inside), Verdict::Forward { side: Side::Outside, .. }));
+    }
+
+    /// An excluded host's address reaches pods only from the outside, where
+    /// excluded destinations live; from the inside it is a spoof.
+    #[test]
+    fn an_excluded_source_reaches_pods_only_from_the_outside() {
+        let mut e = engine();
+        let mut spoof = udp(EXCLUDED, 53, POD_A, 5000, b"x");
+        assert_eq!(run_from(&mut spoof, &mut e, Side::Inside), Verdict::Drop(DropReason::WrongInterface));
+        let mut back = udp(EXCLUDED, 53, POD_A, 5000, b"x");
+        assert!(matches!(run_from(&mut back, &mut e, Side::Outside), Verdict::Forward { side: Side::Inside, .. }));
+    }
+
+    /// Traffic for egress addresses from the inside is not the internet's.
+    #[test]
+    fn traffic_to_an_egress_address_from_the_inside_is_not_taken_as_the_internets() {
+        let mut e = engine();
+        let mut out = udp(POD_A, 5000, SERVER, 53, b"x");
+        run_from(&mut out, &mut e, Side::Inside);
+        let mut spoof = udp(SERVER, 53, out.src(), out.sport(), b"y");
+        assert_eq!(run_from(&mut spoof, &mut e, Side::Inside), Verdict::Drop(DropReason::WrongInterface));
+        let mut reply = udp(SERVER, 53, out.src(), out.sport(), b"y");
+        assert!(matches!(run_from(&mut reply, &mut e, Side::Outside), Verdict::Forward { side: Side::Inside, .. }));
+        // Hairpinning is still the pods' own way to an egress address.
+        let mut hairpin = udp(POD_B, 6000, out.src(), out.sport(), b"z");
+        assert!(matches!(run_from(&mut hairpin, &mut e, Side::Inside), Verdict::Drop(DropReason::Unsolicited)));
+    }
 }

@@ -58,10 +58,14 @@ pub enum DropReason {
     /// The pod holds its whole session limit (RFC 6888 REQ-5): its flows,
     /// and outside peers on its endpoint-independent mappings.
     SessionLimit,
+    /// Arrived on a side it cannot come from: a pod's source address on the
+    /// outside, or traffic for egress addresses or from excluded hosts on
+    /// the inside (two-armed mode only; one interface cannot tell).
+    WrongInterface,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 24] = [
+    pub const ALL: [DropReason; 25] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::BadIpChecksum,
@@ -86,6 +90,7 @@ impl DropReason {
         DropReason::NoRoomForReply,
         DropReason::PolicyDenied,
         DropReason::SessionLimit,
+        DropReason::WrongInterface,
     ];
 
     /// The metric label.
@@ -115,6 +120,7 @@ impl DropReason {
             DropReason::NoRoomForReply => "no_room_for_reply",
             DropReason::PolicyDenied => "policy_denied",
             DropReason::SessionLimit => "session_limit",
+            DropReason::WrongInterface => "wrong_interface",
         }
     }
 }

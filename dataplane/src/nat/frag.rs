@@ -26,8 +26,9 @@ pub struct FragKey {
 pub enum FragAction {
     /// Write these addresses and send out of `side`.
     Translate { src: u32, dst: u32, side: Side },
-    /// The first fragment went to another worker; so do the rest.
-    Handoff(u16),
+    /// The first fragment went to another worker (as arriving `from`);
+    /// so do the rest.
+    Handoff { worker: u16, from: Side },
     /// A hairpinned datagram whose return leg belongs to another worker:
     /// write the pod's egress source and hand over, TTL untouched (the
     /// owner's outside → inside leg takes the hop's one decrement).
@@ -38,7 +39,11 @@ pub enum FragAction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReleaseTo {
     Side(Side),
-    Worker(u16),
+    /// Hand to `worker`, which takes it as arriving on `from`.
+    Worker {
+        worker: u16,
+        from: Side,
+    },
 }
 
 /// A held fragment that can now be sent: an IPv4 packet, already translated
@@ -125,10 +130,10 @@ impl FragTable {
                     ip.decrement_ttl();
                     ReleaseTo::Side(side)
                 }
-                FragAction::Handoff(w) => ReleaseTo::Worker(w),
+                FragAction::Handoff { worker, from } => ReleaseTo::Worker { worker, from },
                 FragAction::HairpinHandoff { src, worker } => {
                     Ipv4Packet::new_unchecked(&mut bytes[..]).set_src(src.to_be_bytes());
-                    ReleaseTo::Worker(worker)
+                    ReleaseTo::Worker { worker, from: Side::Outside }
                 }
             };
             self.released_count += 1;
@@ -233,14 +238,15 @@ impl NatEngine {
                 self.counters.fragments_translated += 1;
                 Verdict::Forward { side, len }
             }
-            Some(FragAction::Handoff(w)) => {
+            Some(FragAction::Handoff { worker, from }) => {
                 self.counters.handoffs += 1;
-                Verdict::Handoff { worker: w }
+                Verdict::Handoff { worker, from }
             }
             Some(FragAction::HairpinHandoff { src, worker }) => {
                 Ipv4Packet::new_unchecked(&mut buf[..len]).set_src(src.to_be_bytes());
                 self.counters.handoffs += 1;
-                Verdict::Handoff { worker }
+                // Its return leg: an outside → inside packet on the owner.
+                Verdict::Handoff { worker, from: Side::Outside }
             }
             None => match self.frags.hold(p.frag_key(), &buf[..len], origin, now.millis()) {
                 Ok(()) => {

@@ -132,7 +132,7 @@ impl NatEngine {
         let owner = self.inside_owner(q.proto, q.dst, local_port);
         if owner != self.settings.worker {
             self.counters.handoffs += 1;
-            return Verdict::Handoff { worker: owner };
+            return Verdict::Handoff { worker: owner, from: Side::Inside };
         }
         let key = FlowKey { proto: q.proto, local: q.dst, local_port, remote: q.src, remote_port };
         let Some(i) = self.find_live_in(&key, now) else {
@@ -185,7 +185,7 @@ impl NatEngine {
             None => return self.drop(DropReason::IcmpErrorNoSession),
             Some(w) if w != self.settings.worker => {
                 self.counters.handoffs += 1;
-                return Verdict::Handoff { worker: w };
+                return Verdict::Handoff { worker: w, from: Side::Outside };
             }
             Some(_) => {}
         }

@@ -122,10 +122,10 @@ impl NatEngine {
         let owner = self.inside_owner(p.proto, p.src, sport);
         if owner != self.settings.worker {
             if p.first_frag {
-                self.record_fragment(p.frag_key(), FragAction::Handoff(owner), now);
+                self.record_fragment(p.frag_key(), FragAction::Handoff { worker: owner, from: Side::Inside }, now);
             }
             self.counters.handoffs += 1;
-            return Verdict::Handoff { worker: owner };
+            return Verdict::Handoff { worker: owner, from: Side::Inside };
         }
 
         let key = FlowKey { proto: p.proto, local: p.src, local_port: sport, remote: p.dst, remote_port: dport };
@@ -180,7 +180,7 @@ impl NatEngine {
                         let dst = u32::from_be_bytes(Ipv4Packet::new_unchecked(&buf[..len]).dst());
                         Some(FragAction::Translate { src: s.egress, dst, side })
                     }
-                    Verdict::Handoff { worker } => Some(FragAction::HairpinHandoff { src: s.egress, worker }),
+                    Verdict::Handoff { worker, .. } => Some(FragAction::HairpinHandoff { src: s.egress, worker }),
                     _ => None,
                 };
                 if let Some(action) = action {

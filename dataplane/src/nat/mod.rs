@@ -81,8 +81,10 @@ pub enum Verdict {
     /// The buffer now holds an ICMP error for the sender: send `len` bytes
     /// back out of the interface the packet came in on, to the sender.
     Reply { len: usize },
-    /// Belongs to another worker's sessions: hand it over unchanged.
-    Handoff { worker: u16 },
+    /// Belongs to another worker's sessions: hand it over, for the owner to
+    /// process as arriving on `from` (a hairpinned packet's return leg is
+    /// an outside → inside packet).
+    Handoff { worker: u16, from: Side },
     /// Kept by the engine (an out-of-order fragment); see `take_released`.
     Held,
     /// Dropped; already counted under its reason.
@@ -688,10 +690,19 @@ impl NatEngine {
         }
     }
 
+    /// Translates one IPv4 packet in place, not knowing which side it came
+    /// from (one-armed: pods and the internet share the interface).
+    pub fn process(&mut self, buf: &mut [u8], len: usize, now: Time) -> Verdict {
+        self.process_from(buf, len, None, now)
+    }
+
     /// Translates one IPv4 packet in place. `buf` starts at the IP header and
     /// runs to the end of the frame's room (replies may need up to 64 bytes
-    /// more than `len`); `len` is the bytes received.
-    pub fn process(&mut self, buf: &mut [u8], len: usize, now: Time) -> Verdict {
+    /// more than `len`); `len` is the bytes received; `from`, where known,
+    /// the side it arrived on: a pod's source is believed only from the
+    /// inside, and the outside's traffic (to egress addresses, or from
+    /// excluded hosts to pods) only from the outside.
+    pub fn process_from(&mut self, buf: &mut [u8], len: usize, from: Option<Side>, now: Time) -> Verdict {
         let len = len.min(buf.len());
         let (src, dst, total) = match Ipv4Packet::new_checked(&buf[..len]) {
             Ok(ip) if ip.verify_checksum() => {
@@ -702,12 +713,21 @@ impl NatEngine {
             Err(WireError::Malformed) => return self.drop(DropReason::Malformed),
         };
         if let Some(&pod) = self.pods.get(&src) {
+            if from == Some(Side::Outside) {
+                return self.drop(DropReason::WrongInterface);
+            }
             return self.in2out(buf, total, pod.config, now);
         }
         if self.plan.egress.contains_key(&dst) {
+            if from == Some(Side::Inside) {
+                return self.drop(DropReason::WrongInterface);
+            }
             return self.out2in(buf, total, now);
         }
         if let Some(&pod) = self.pods.get(&dst) {
+            if from == Some(Side::Inside) {
+                return self.drop(DropReason::WrongInterface);
+            }
             return self.excluded_return(buf, total, pod.config, src);
         }
         self.drop(DropReason::UnboundSource)

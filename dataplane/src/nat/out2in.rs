@@ -48,10 +48,10 @@ impl NatEngine {
             None => return self.drop(DropReason::Unsolicited),
             Some(w) if w != self.settings.worker => {
                 if p.first_frag && !hairpin {
-                    self.record_fragment(p.frag_key(), FragAction::Handoff(w), now);
+                    self.record_fragment(p.frag_key(), FragAction::Handoff { worker: w, from: Side::Outside }, now);
                 }
                 self.counters.handoffs += 1;
-                return Verdict::Handoff { worker: w };
+                return Verdict::Handoff { worker: w, from: Side::Outside };
             }
             Some(_) => {}
         }

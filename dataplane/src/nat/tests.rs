@@ -782,7 +782,7 @@ fn workers_hand_off_what_other_workers_own() {
     for port in 0..64 {
         let mut p = udp(POD_A, 5000 + port, SERVER, 53, b"x");
         let mut v = p.run(&mut w0, T0);
-        if let Verdict::Handoff { worker: 1 } = v {
+        if let Verdict::Handoff { worker: 1, .. } = v {
             handed += 1;
             v = p.run(&mut w1, T0);
         }
@@ -791,7 +791,7 @@ fn workers_hand_off_what_other_workers_own() {
         // The reply lands on worker 0 first; the owner is the allocating worker.
         let mut r = udp(SERVER, 53, p.src(), p.sport(), b"y");
         let mut v = r.run(&mut w0, T0);
-        if let Verdict::Handoff { worker } = v {
+        if let Verdict::Handoff { worker, .. } = v {
             assert_eq!(worker, 1);
             v = r.run(&mut w1, T0);
         }
