@@ -214,6 +214,13 @@ pub fn load_plan(path: &Path, version: u64) -> Result<CompiledPlan, String> {
     plan.compile().map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// An interface's MTU, as the kernel has it (read at start).
+fn mtu_of(ifname: &str) -> Result<usize, String> {
+    let path = format!("/sys/class/net/{ifname}/mtu");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    text.trim().parse().map_err(|_| format!("{path}: '{}' is not an MTU", text.trim()))
+}
+
 fn addresses_of(ifname: &str) -> Vec<Ipv4Addr> {
     #[derive(Deserialize)]
     struct Link {
@@ -326,6 +333,12 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
     }
 
     let workers_n = cfg.interfaces.queues as u16;
+    // Packets too big for the way out get fragmentation needed or are
+    // fragmented (RFC 1812), by each side's interface MTU.
+    let inside_mtu = mtu_of(&cfg.interfaces.inside)?;
+    let outside_mtu = cfg.interfaces.outside.as_deref().map(mtu_of).transpose()?.unwrap_or(inside_mtu);
+    let mtu = [inside_mtu, outside_mtu];
+    tracing::info!(inside = inside_mtu, outside = outside_mtu, "interface MTUs");
     let stop = Arc::new(AtomicBool::new(false));
     let shared_plan = Arc::new(ArcSwap::from(Arc::clone(&plan)));
     let nexthops = nexthop::NextHops::new(&ifaces);
@@ -360,6 +373,7 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
             router_ip: cfg.router_ip,
             nat_log: cfg.nat_log.enabled,
             nat_log_destinations: cfg.nat_log.destinations,
+            mtu,
             ..EngineSettings::default()
         };
         let mut engine = NatEngine::new(settings, Arc::clone(&plan));

@@ -101,6 +101,7 @@ impl Serialize for crate::nat::Counters {
         m.serialize_entry("fragments_held", &self.fragments_held)?;
         m.serialize_entry("dns_untrusted", &self.dns_untrusted)?;
         m.serialize_entry("pool_scans", &self.pool_scans)?;
+        m.serialize_entry("fragments_made", &self.fragments_made)?;
         let drops: std::collections::BTreeMap<&str, u64> =
             crate::nat::DropReason::ALL.iter().map(|r| (r.name(), self.dropped(*r))).collect();
         m.serialize_entry("drops", &drops)?;

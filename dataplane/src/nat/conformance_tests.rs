@@ -511,3 +511,93 @@ mod arrival_interface {
         assert!(matches!(run_from(&mut hairpin, &mut e, Side::Inside), Verdict::Drop(DropReason::Unsolicited)));
     }
 }
+
+mod mtu {
+    use super::*;
+
+    fn set_df(p: &mut Pkt, df: bool) {
+        p.buf[6] = if df { p.buf[6] | 0x40 } else { p.buf[6] & !0x40 };
+        p.buf[10..12].copy_from_slice(&[0, 0]);
+        let c = fold(&p.buf[..20]);
+        p.buf[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+
+    fn engine_mtu(inside: usize, outside: usize) -> NatEngine {
+        NatEngine::new(EngineSettings { mtu: [inside, outside], ..settings() }, default_plan())
+    }
+
+    /// RFC 1812 / RFC 1191: DF set and too big for the way out: the sender
+    /// gets fragmentation needed with the next-hop MTU, nothing vanishes.
+    #[test]
+    fn a_df_packet_too_big_for_the_outside_gets_fragmentation_needed_with_the_mtu() {
+        let mut e = engine_mtu(1500, 1280);
+        let mut big = udp(POD_A, 5000, SERVER, 9000, &[1u8; 1400]);
+        set_df(&mut big, true);
+        assert!(matches!(big.run(&mut e, T0), Verdict::Reply { .. }));
+        assert_eq!((big.src(), big.dst()), (<[u8; 4]>::from(GW.octets()), POD_A));
+        let icmp = big.l4();
+        assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed");
+        assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1280, "next-hop MTU");
+        assert_eq!(&icmp[8 + 12..8 + 16], &POD_A[..], "quotes the pod's own packet");
+        assert_checksums(big.bytes());
+        assert_eq!(e.counters().dropped(DropReason::PacketTooBig), 1);
+        // What fits goes through.
+        let mut fits = udp(POD_A, 5000, SERVER, 9000, &[1u8; 1200]);
+        set_df(&mut fits, true);
+        assert!(matches!(fits.run(&mut e, T0), Verdict::Forward { side: Side::Outside, .. }));
+    }
+
+    /// The same toward a pod: the internet host is told, from the egress
+    /// address it sent to.
+    #[test]
+    fn a_df_reply_too_big_for_the_inside_gets_fragmentation_needed_from_the_egress_address() {
+        let mut e = engine_mtu(1280, 1500);
+        let mut out = udp(POD_A, 5000, SERVER, 9000, b"x");
+        out.run(&mut e, T0);
+        let mut big = udp(SERVER, 9000, out.src(), out.sport(), &[1u8; 1400]);
+        set_df(&mut big, true);
+        assert!(matches!(big.run(&mut e, T0), Verdict::Reply { .. }));
+        assert_eq!((big.src(), big.dst()), (out.src(), SERVER));
+        assert_eq!(u16::from_be_bytes([big.l4()[6], big.l4()[7]]), 1280);
+    }
+
+    /// RFC 4787 REQ-13 / RFC 1812: DF clear and too big: fragmented after
+    /// translation, every piece within the MTU, reassembling to the packet.
+    #[test]
+    fn a_packet_without_df_too_big_for_the_outside_is_fragmented() {
+        let mut e = engine_mtu(1500, 576);
+        let payload: Vec<u8> = (0..1400u32).map(|i| i as u8).collect();
+        let mut big = udp(POD_A, 5000, SERVER, 9000, &payload);
+        set_df(&mut big, false);
+        let Verdict::Forward { side: Side::Outside, len } = big.run(&mut e, T0) else { panic!() };
+        assert!(len <= 576);
+        let mut pieces = vec![big.bytes().to_vec()];
+        while let Some(r) = e.take_released() {
+            assert_eq!(r.to, ReleaseTo::Side(Side::Outside));
+            pieces.push(r.bytes);
+        }
+        assert_eq!(pieces.len(), 3);
+        let mut data = Vec::new();
+        for (i, p) in pieces.iter().enumerate() {
+            assert!(p.len() <= 576);
+            let ip = Ipv4HeaderSlice::from_slice(p).unwrap();
+            assert_eq!(fold(&p[..20]), 0, "header checksum");
+            assert_eq!(usize::from(ip.fragments_offset().byte_offset()), data.len());
+            assert_eq!(ip.more_fragments(), i < 2);
+            assert_eq!(ip.source(), pieces[0][12..16], "every piece translated alike");
+            assert_eq!(ip.ttl(), 63);
+            data.extend_from_slice(&p[20..]);
+        }
+        let mut whole = pieces[0][..20].to_vec();
+        whole.extend_from_slice(&data);
+        let tl = whole.len() as u16;
+        whole[2..4].copy_from_slice(&tl.to_be_bytes());
+        whole[6..8].copy_from_slice(&[0, 0]);
+        whole[10..12].copy_from_slice(&[0, 0]);
+        let c = fold(&whole[..20]);
+        whole[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_checksums(&whole);
+        assert_eq!(&whole[28..], &payload[..]);
+        assert_eq!(e.counters().fragments_made, 3);
+    }
+}

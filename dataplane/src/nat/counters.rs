@@ -62,10 +62,13 @@ pub enum DropReason {
     /// outside, or traffic for egress addresses or from excluded hosts on
     /// the inside (two-armed mode only; one interface cannot tell).
     WrongInterface,
+    /// Larger than the way out's MTU with DF set (answered with
+    /// fragmentation needed), or an MTU too small to fragment for.
+    PacketTooBig,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 25] = [
+    pub const ALL: [DropReason; 26] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::BadIpChecksum,
@@ -91,6 +94,7 @@ impl DropReason {
         DropReason::PolicyDenied,
         DropReason::SessionLimit,
         DropReason::WrongInterface,
+        DropReason::PacketTooBig,
     ];
 
     /// The metric label.
@@ -121,6 +125,7 @@ impl DropReason {
             DropReason::PolicyDenied => "policy_denied",
             DropReason::SessionLimit => "session_limit",
             DropReason::WrongInterface => "wrong_interface",
+            DropReason::PacketTooBig => "packet_too_big",
         }
     }
 }
@@ -154,6 +159,8 @@ pub struct Counters {
     /// 16 random probes per address missed); a rising rate means the pool
     /// is nearly full toward some destination.
     pub pool_scans: u64,
+    /// Pieces sent of packets the gateway fragmented for a smaller MTU.
+    pub fragments_made: u64,
     pub drops: [u64; DropReason::ALL.len()],
 }
 
@@ -188,6 +195,7 @@ impl Counters {
         self.nat_events_lost += o.nat_events_lost;
         self.dns_untrusted += o.dns_untrusted;
         self.pool_scans += o.pool_scans;
+        self.fragments_made += o.fragments_made;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }

@@ -185,6 +185,11 @@ impl FragTable {
         Ok(())
     }
 
+    /// Queues a packet to be sent after the current one.
+    pub fn release(&mut self, r: Released) {
+        self.released.push_back(r);
+    }
+
     pub fn take_released(&mut self) -> Option<Released> {
         self.released.pop_front()
     }
@@ -236,7 +241,7 @@ impl NatEngine {
                 ip.set_dst(dst.to_be_bytes());
                 ip.decrement_ttl();
                 self.counters.fragments_translated += 1;
-                Verdict::Forward { side, len }
+                self.forward_fitted(buf, len, side)
             }
             Some(FragAction::Handoff { worker, from }) => {
                 self.counters.handoffs += 1;

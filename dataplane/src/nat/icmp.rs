@@ -216,7 +216,23 @@ impl NatEngine {
         &mut self,
         buf: &mut [u8],
         len: usize,
+        kind: (u8, u8),
+        from: u32,
+        reason: DropReason,
+        now: Time,
+    ) -> Verdict {
+        self.send_error_with(buf, len, kind, [0; 4], from, reason, now)
+    }
+
+    /// `send_error` with the ICMP header's last four bytes (the next-hop MTU
+    /// of fragmentation needed, RFC 1191).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send_error_with(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
         (ty, code): (u8, u8),
+        rest: [u8; 4],
         from: u32,
         reason: DropReason,
         now: Time,
@@ -245,7 +261,7 @@ impl NatEngine {
             p.src.to_be_bytes(),
         );
         let msg = &mut buf[ipv4::HEADER_LEN..total];
-        msg[..icmp::HEADER_LEN].copy_from_slice(&[ty, code, 0, 0, 0, 0, 0, 0]);
+        msg[..icmp::HEADER_LEN].copy_from_slice(&[ty, code, 0, 0, rest[0], rest[1], rest[2], rest[3]]);
         reseal(msg);
         self.counters.icmp_errors_sent += 1;
         Verdict::Reply { len: total }

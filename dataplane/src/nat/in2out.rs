@@ -135,6 +135,10 @@ impl NatEngine {
                 // Exclusions are checked only for flows without a session: a
                 // plan that adds one cuts the sessions it covers.
                 if self.config(ci).excludes(p.dst) {
+                    let router = u32::from(self.settings.router_ip);
+                    if let Some(v) = self.refuse_too_big(buf, len, Side::Outside, router, now) {
+                        return v;
+                    }
                     decrement_ttl(buf, len);
                     self.counters.bypass_packets += 1;
                     if p.first_frag {
@@ -142,7 +146,7 @@ impl NatEngine {
                         let action = FragAction::Translate { src: p.src, dst: p.dst, side: Side::Outside };
                         self.record_fragment(p.frag_key(), action, now);
                     }
-                    return Verdict::Forward { side: Side::Outside, len };
+                    return self.forward_fitted(buf, len, Side::Outside);
                 }
                 if let Some(f) = tcp_flags {
                     if !tcp::may_open(f) {
@@ -162,6 +166,13 @@ impl NatEngine {
         };
         let s = self.touch(i, tcp_flags, true, now);
         let hairpin = s.flags & session::flags::HAIRPIN != 0;
+        if !hairpin {
+            // (A hairpinned packet arrived by the inside: it fits there.)
+            let router = u32::from(self.settings.router_ip);
+            if let Some(v) = self.refuse_too_big(buf, len, Side::Outside, router, now) {
+                return v;
+            }
+        }
         // A hairpinned packet's one TTL decrement is its outside → inside
         // leg's, wherever that runs (here, or on the worker handed it).
         rewrite(buf, len, p.proto, true, s.egress, s.egress_port, !hairpin);
@@ -193,7 +204,7 @@ impl NatEngine {
             let action = FragAction::Translate { src: s.egress, dst: p.dst, side: Side::Outside };
             self.record_fragment(p.frag_key(), action, now);
         }
-        Verdict::Forward { side: Side::Outside, len }
+        self.forward_fitted(buf, len, Side::Outside)
     }
 
     /// A new flow the policy denies: dropped, or rejected (TCP RST from the

@@ -13,6 +13,7 @@ mod flow_index;
 mod frag;
 mod icmp;
 mod in2out;
+mod mtu;
 mod out2in;
 pub mod policy;
 pub mod port_pool;
@@ -117,6 +118,8 @@ pub struct EngineSettings {
     pub nat_log: bool,
     /// Include destinations in those records (RFC 6888 REQ-12: off by default).
     pub nat_log_destinations: bool,
+    /// MTU of the interface toward each side, indexed by `Side`.
+    pub mtu: [usize; 2],
 }
 
 impl Default for EngineSettings {
@@ -134,6 +137,7 @@ impl Default for EngineSettings {
             seed: 0,
             nat_log: false,
             nat_log_destinations: false,
+            mtu: [65535, 65535],
         }
     }
 }
@@ -728,7 +732,7 @@ impl NatEngine {
             if from == Some(Side::Inside) {
                 return self.drop(DropReason::WrongInterface);
             }
-            return self.excluded_return(buf, total, pod.config, src);
+            return self.excluded_return(buf, total, pod.config, src, now);
         }
         self.drop(DropReason::UnboundSource)
     }
@@ -790,7 +794,7 @@ impl NatEngine {
 
     /// To a pod's own address: only replies from its config's excluded
     /// destinations (which it reached untranslated) come back this way.
-    fn excluded_return(&mut self, buf: &mut [u8], len: usize, ci: u16, src: u32) -> Verdict {
+    fn excluded_return(&mut self, buf: &mut [u8], len: usize, ci: u16, src: u32, now: Time) -> Verdict {
         if !self.config(ci).excludes(src) {
             return self.drop(DropReason::Unsolicited);
         }
@@ -798,9 +802,13 @@ impl NatEngine {
         if ip.ttl() <= 1 {
             return self.drop(DropReason::TtlExpired);
         }
+        let router = u32::from(self.settings.router_ip);
+        if let Some(v) = self.refuse_too_big(buf, len, Side::Inside, router, now) {
+            return v;
+        }
         Ipv4Packet::new_unchecked(&mut buf[..len]).decrement_ttl();
         self.counters.bypass_packets += 1;
-        Verdict::Forward { side: Side::Inside, len }
+        self.forward_fitted(buf, len, Side::Inside)
     }
 
     /// Expires idle sessions and cooled mappings and fragments, visiting at

@@ -68,6 +68,11 @@ impl NatEngine {
             // Never for a hairpinned packet: its inside leg checked the TTL.
             return self.send_error(buf, len, (icmp::TIME_EXCEEDED, 0), p.dst, DropReason::TtlExpired, now);
         }
+        if !hairpin {
+            if let Some(v) = self.refuse_too_big(buf, len, Side::Inside, p.dst, now) {
+                return v;
+            }
+        }
         let s = self.touch(i, tcp_flags, false, now);
         rewrite(buf, len, p.proto, false, s.pod, s.pod_port, true);
         if s.remote_port == 53 && p.proto != ipv4::PROTO_ICMP && !p.first_frag {
@@ -79,7 +84,7 @@ impl NatEngine {
             let action = FragAction::Translate { src: p.src, dst: s.pod, side: Side::Inside };
             self.record_fragment(p.frag_key(), action, now);
         }
-        Verdict::Forward { side: Side::Inside, len }
+        self.forward_fitted(buf, len, Side::Inside)
     }
 
     /// DNS answers to pods feed FQDN rules: UDP, or TCP when the segment

@@ -5,7 +5,7 @@
 use super::*;
 use crate::plan::{Binding, FilteringMode, GatewayConfig, MappingMode, Plan};
 use crate::wire::l4::{icmp, tcp as tcpf};
-use etherparse::{Ipv4HeaderSlice, PacketBuilder, TcpHeaderSlice, UdpHeaderSlice};
+pub use etherparse::{Ipv4HeaderSlice, PacketBuilder, TcpHeaderSlice, UdpHeaderSlice};
 
 pub const POD_A: [u8; 4] = [198, 18, 0, 2];
 pub const POD_B: [u8; 4] = [198, 18, 0, 3];

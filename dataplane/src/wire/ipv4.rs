@@ -219,6 +219,72 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
 }
 
+/// Splits the datagram in `buf[..len]` so that no piece exceeds `mtu`
+/// (RFC 791 fragmentation, as a router does for DF=0 packets): `buf` keeps
+/// the first piece, whose length is returned; `rest` gets the others, in
+/// order. Options with the copy bit ride in every piece, the others in the
+/// first only. Works on fragments too (offsets add up, MF kept on the
+/// last). Returns `None`, leaving `buf` as it was, when `mtu` leaves no room
+/// for 8 bytes of data after the header.
+pub fn fragment(buf: &mut [u8], len: usize, mtu: usize, rest: &mut Vec<Vec<u8>>) -> Option<usize> {
+    let ip = Ipv4Packet::new_unchecked(&buf[..len]);
+    let hl = ip.header_len();
+    let (base, more) = (ip.frag_offset(), ip.more_frags());
+    // The header of later pieces: the fixed part and the copied options.
+    let mut later = buf[..HEADER_LEN].to_vec();
+    let options = &buf[..hl];
+    let mut i = HEADER_LEN;
+    while i < hl {
+        match options[i] {
+            0 => break,
+            1 => i += 1,
+            ty => {
+                let n = usize::from(*options.get(i + 1)?).max(2);
+                if ty & 0x80 != 0 {
+                    later.extend_from_slice(options.get(i..i + n)?);
+                }
+                i += n;
+            }
+        }
+    }
+    while later.len() % 4 != 0 {
+        later.push(0);
+    }
+    let later_hl = later.len();
+    let first_room = mtu.checked_sub(hl)? & !7;
+    let later_room = mtu.checked_sub(later_hl)? & !7;
+    if first_room == 0 || later_room == 0 {
+        return None;
+    }
+    let data = len - hl;
+    let emit = |b: &mut [u8], total: usize, off: usize, mf: bool| {
+        let mut h = Ipv4Packet::new_unchecked(&mut b[..]);
+        let bm = h.bm();
+        bm[0] = 0x40 | (bm[0] & 0x0f);
+        bm[field::LENGTH].copy_from_slice(&(total as u16).to_be_bytes());
+        let fo = (off / 8) as u16 | if mf { 0x2000 } else { 0 };
+        bm[field::FLG_OFF].copy_from_slice(&fo.to_be_bytes());
+        bm[field::CHECKSUM].copy_from_slice(&[0, 0]);
+        let hl = h.header_len();
+        let c = checksum::checksum(&h.bm()[..hl]);
+        h.set_checksum(c);
+    };
+    let mut off = first_room;
+    while off < data {
+        let n = later_room.min(data - off);
+        let mut piece = Vec::with_capacity(later_hl + n);
+        piece.extend_from_slice(&later);
+        piece[0] = 0x40 | (later_hl / 4) as u8;
+        piece.extend_from_slice(&buf[hl + off..hl + off + n]);
+        let last = off + n == data;
+        emit(&mut piece, later_hl + n, base + off, !last || more);
+        rest.push(piece);
+        off += n;
+    }
+    emit(&mut buf[..hl + first_room], hl + first_room, base, true);
+    Some(hl + first_room)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +324,33 @@ mod tests {
         let mut lie = p;
         lie[3] = 60;
         assert_eq!(Ipv4Packet::new_checked(&lie[..]).unwrap_err(), Error::Truncated);
+    }
+
+    #[test]
+    fn fragmenting_copies_only_the_options_marked_copied() {
+        // 28-byte header: record route (not copied, 3 bytes), a copied
+        // option (0x94, router alert, 4 bytes), EOL; then 100 bytes of data.
+        let mut p = vec![0x47, 0, 0, 128, 0, 1, 0, 0, 64, 17, 0, 0, 198, 18, 0, 2, 198, 19, 0, 1];
+        p.extend_from_slice(&[7, 3, 4, 0x94, 4, 0, 0, 0]);
+        p.extend((0..100u8).collect::<Vec<_>>());
+        let c = checksum::checksum(&p[..28]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut rest = Vec::new();
+        let first = fragment(&mut p, 128, 60, &mut rest).unwrap();
+        assert_eq!(first, 28 + 32);
+        let mut data = p[28..first].to_vec();
+        for piece in &rest {
+            let ip = Ipv4Packet::new_checked(&piece[..]).unwrap();
+            assert_eq!(ip.header_len(), 24, "fixed header and the copied option only");
+            assert_eq!(&piece[20..24], &[0x94, 4, 0, 0]);
+            assert!(ip.verify_checksum());
+            assert_eq!(ip.frag_offset(), data.len());
+            data.extend_from_slice(ip.payload());
+        }
+        assert_eq!(data, (0..100u8).collect::<Vec<_>>());
+        let last = Ipv4Packet::new_checked(&rest.last().unwrap()[..]).unwrap();
+        assert!(!last.more_frags());
+        assert!(Ipv4Packet::new_checked(&p[..first]).unwrap().more_frags());
     }
 
     #[test]

@@ -1,0 +1,69 @@
+//! The way out's MTU (RFC 1812 4.2.2.7 / 5.2.6, RFC 4787 REQ-13): a packet
+//! too big for the interface it leaves by is never silently lost. With DF
+//! set, its sender gets fragmentation needed carrying the MTU (PMTU
+//! discovery, RFC 1191); without, the gateway fragments it after
+//! translation, the first piece in the frame and the rest released.
+
+use super::frag::Released;
+use super::*;
+use crate::wire::l4::icmp;
+
+impl NatEngine {
+    /// The MTU of the interface toward `side`.
+    #[inline(always)]
+    pub(super) fn mtu(&self, side: Side) -> usize {
+        self.settings.mtu[side as usize]
+    }
+
+    /// Before translation: a DF packet larger than the way out's MTU is
+    /// answered with fragmentation needed, from `from` (the gateway's
+    /// inside address toward pods, the egress address toward the internet),
+    /// quoting the packet as its sender sent it. `None`: it may go on.
+    #[inline(always)]
+    pub(super) fn refuse_too_big(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        side: Side,
+        from: u32,
+        now: Time,
+    ) -> Option<Verdict> {
+        let mtu = self.mtu(side);
+        if len <= mtu || !Ipv4Packet::new_unchecked(&buf[..len]).dont_frag() {
+            return None;
+        }
+        let mtu = mtu.min(usize::from(u16::MAX)) as u16;
+        Some(self.send_error_with(
+            buf,
+            len,
+            (icmp::DEST_UNREACHABLE, icmp::CODE_FRAG_NEEDED),
+            [0, 0, (mtu >> 8) as u8, mtu as u8],
+            from,
+            DropReason::PacketTooBig,
+            now,
+        ))
+    }
+
+    /// After translation: a (DF=0) packet larger than the way out's MTU
+    /// leaves in fragments.
+    #[inline(always)]
+    pub(super) fn forward_fitted(&mut self, buf: &mut [u8], len: usize, side: Side) -> Verdict {
+        if len <= self.mtu(side) {
+            return Verdict::Forward { side, len };
+        }
+        self.fragment_out(buf, len, side)
+    }
+
+    #[cold]
+    fn fragment_out(&mut self, buf: &mut [u8], len: usize, side: Side) -> Verdict {
+        let mut rest = Vec::new();
+        let Some(first) = crate::wire::ipv4::fragment(buf, len, self.mtu(side), &mut rest) else {
+            return self.drop(DropReason::PacketTooBig);
+        };
+        self.counters.fragments_made += 1 + rest.len() as u64;
+        for bytes in rest {
+            self.frags.release(Released { bytes, to: ReleaseTo::Side(side) });
+        }
+        Verdict::Forward { side, len: first }
+    }
+}
