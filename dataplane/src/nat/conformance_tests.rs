@@ -534,7 +534,7 @@ mod mtu {
         let mut big = udp(POD_A, 5000, SERVER, 9000, &[1u8; 1400]);
         set_df(&mut big, true);
         assert!(matches!(big.run(&mut e, T0), Verdict::Reply { .. }));
-        assert_eq!((big.src(), big.dst()), (<[u8; 4]>::from(GW.octets()), POD_A));
+        assert_eq!((big.src(), big.dst()), (GW.octets(), POD_A));
         let icmp = big.l4();
         assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed");
         assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1280, "next-hop MTU");

@@ -247,7 +247,7 @@ pub fn fragment(buf: &mut [u8], len: usize, mtu: usize, rest: &mut Vec<Vec<u8>>)
             }
         }
     }
-    while later.len() % 4 != 0 {
+    while !later.len().is_multiple_of(4) {
         later.push(0);
     }
     let later_hl = later.len();
