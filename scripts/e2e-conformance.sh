@@ -59,6 +59,30 @@ s.sendto(b'x' * 2000, ('198.19.0.254', 7007))
 print(s.recvfrom(200)[0].decode())" 2>&1)
 check "a 2000-byte UDP datagram without DF is fragmented to fit and answered [$u]" grep -qE "^198.19.100.[0-9]+:[0-9]+ 2000$" <<<"$u"
 
+echo "== the forward guard (the node forwards; nothing untranslated leaves)"
+# What kube-proxy does for a LoadBalancer VIP on this node: DNAT to a
+# backend (here the unbound pod-c). Service traffic still flows; the
+# unbound pod's own traffic still does not leave.
+ip netns exec egt-pc python3 scripts/echo_server.py 198.18.0.4 >"$DIR/echo-pc.log" 2>&1 &
+PIDS+=($!)
+ip netns exec egt-gw nft -f - <<'NFT'
+table ip kubeproxy_standin {
+  chain pre {
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr 198.19.0.77 tcp dport 80 dnat to 198.18.0.4:80
+  }
+}
+NFT
+ip netns exec egt-net ip route add 198.19.0.77/32 via 198.19.0.1
+for _ in $(seq 30); do ip netns exec egt-pc python3 -c "import socket; socket.create_connection(('198.18.0.4', 80), 0.2)" 2>/dev/null && break; sleep 0.1; done
+vip=$(ip netns exec egt-net curl -s -m 3 http://198.19.0.77/)
+check "a DNATed service address on the node still reaches its backend through the guard [$vip]" test "$vip" = 198.19.0.254
+r0=$(guard_refused)
+check "the unbound pod's own traffic is still refused" bash -c '! ip netns exec egt-pc curl -s -m 2 http://198.19.0.254/'
+sleep 1.2
+r1=$(guard_refused)
+check "the forward guard counted what it refused [+$((r1 - r0))]" test $((r1 - r0)) -ge 1
+
 echo "== hairpinning and the arrival interface"
 mac() { ip netns exec "$1" cat "/sys/class/net/$2/address"; }
 PY=/usr/bin/python3

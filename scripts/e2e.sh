@@ -52,7 +52,7 @@ check "pod-b (config-b) is seen from 198.19.101.0/28 [$b]" in_pool "$b" 198.19.1
 # pod's packets must still not leave, translated or not. Watch the internet
 # side for its source while curl, ping and traceroute try.
 check "the gateway node forwards, as a Kubernetes node does" test "$(ip netns exec egt-gw sysctl -n net.ipv4.ip_forward)" = 1
-fw0=$(xdp_sum dropped_forward)
+fw0=$(guard_refused)
 ip netns exec egt-net timeout 8 tcpdump -i net-in -n -c 1 "src host 198.18.0.4" >"$DIR/leak" 2>/dev/null &
 snf=$!
 sleep 1
@@ -61,8 +61,8 @@ check "the unbound pod-c gets nothing through (ping)" bash -c '! ip netns exec e
 ip netns exec egt-pc traceroute -n -w 1 -q 1 -m 3 198.19.60.2 >/dev/null 2>&1
 wait $snf 2>/dev/null
 sleep 1.2
-fw1=$(xdp_sum dropped_forward)
-check "nothing from the unbound pod reaches the internet, untranslated either (XDP refused $((fw1 - fw0)) forwards)" \
+fw1=$(guard_refused)
+check "nothing from the unbound pod reaches the internet, untranslated either (the forward guard refused $((fw1 - fw0)))" \
   bash -c "! grep -q '198.18.0.4' '$DIR/leak' && [ $((fw1 - fw0)) -ge 4 ]"
 x=$(ip netns exec egt-pa curl -s -m 3 http://198.19.200.5/)
 check "an excluded destination sees the pod's own address [$x]" test "$x" = 198.18.0.2

@@ -202,14 +202,9 @@ print(total)
 PY
 }
 
-# xdp_sum FIELD: sums a steering-program counter over interfaces, e.g.
-# xdp_sum dropped_forward
-xdp_sum() {
-  python3 - "$STATUS_FILE" "$1" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-print(sum(x[sys.argv[2]] for x in d["xdp"]))
-PY
+# guard_refused: packets the forward guard kept the kernel from forwarding.
+guard_refused() {
+  python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['forward_guard']['refused'] or 0)" "$STATUS_FILE"
 }
 
 # Test bookkeeping for the e2e scripts: each check's output goes to

@@ -9,12 +9,10 @@
 // queue has no socket (the gateway is starting or stopping) it is dropped
 // and counted, not passed untranslated.
 //
-// Gateway nodes forward (net.ipv4.ip_forward=1, as Kubernetes nodes do), so
-// "pass" must not mean "the kernel routes it out untranslated": IPv4 that
-// is not ours and that the kernel would forward out of one of Egret's own
-// interfaces (an unbound pod's SYN, say) is dropped and counted. What the
-// kernel would deliver locally or forward elsewhere (to the node's own pods'
-// veths) still passes.
+// Gateway nodes forward (net.ipv4.ip_forward=1): what passes here and the
+// kernel would route out of Egret's interfaces untranslated is dropped by
+// the gateway's netfilter forward guard (gateway/forward_guard.rs), which,
+// unlike this program, sees kube-proxy's DNAT first.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -50,19 +48,10 @@ struct {
 	__type(value, __u8);
 } local SEC(".maps");
 
-// Egret's interfaces (ifindex): nothing it refuses may leave by them.
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u32);
-	__type(value, __u8);
-} guarded SEC(".maps");
-
-// 0: redirected, 1: dropped for want of a socket, 2: passed to the kernel,
-// 3: dropped because the kernel would forward it out of a guarded interface.
+// 0: redirected, 1: dropped for want of a socket, 2: passed to the kernel.
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 4);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, __u64);
 } stats SEC(".maps");
@@ -72,29 +61,6 @@ static __always_inline void count(__u32 i)
 	__u64 *v = bpf_map_lookup_elem(&stats, &i);
 	if (v)
 		*v += 1;
-}
-
-// Whether the kernel would route this packet out of one of Egret's own
-// interfaces (it asks the same FIB the forwarding path uses).
-static __always_inline int forwarded_out_guarded(struct xdp_md *ctx, struct iphdr *ip)
-{
-	// Multicast is never unicast-forwarded; the node's own protocols
-	// (IGMP, VRRP, routing daemons) may want it.
-	if ((bpf_ntohl(ip->daddr) >> 28) == 0xe)
-		return 0;
-	struct bpf_fib_lookup fib = {};
-	fib.family = 2; // AF_INET
-	fib.tos = ip->tos;
-	fib.l4_protocol = ip->protocol;
-	fib.tot_len = bpf_ntohs(ip->tot_len);
-	fib.ipv4_src = ip->saddr;
-	fib.ipv4_dst = ip->daddr;
-	fib.ifindex = ctx->ingress_ifindex;
-	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
-		return 0; // local, forwarding off, unreachable: the kernel won't forward it
-	__u32 out = fib.ifindex;
-	return bpf_map_lookup_elem(&guarded, &out) != 0;
 }
 
 SEC("xdp")
@@ -119,10 +85,6 @@ int egret_steer(struct xdp_md *ctx)
 		   (bpf_map_lookup_elem(&pods, &src) != 0 && bpf_map_lookup_elem(&local, &dst) == 0) ||
 		   (bpf_map_lookup_elem(&pods, &dst) != 0 && bpf_map_lookup_elem(&local, &src) == 0);
 	if (!ours) {
-		if (!bpf_map_lookup_elem(&local, &dst) && forwarded_out_guarded(ctx, ip)) {
-			count(3);
-			return XDP_DROP;
-		}
 		count(2);
 		return XDP_PASS;
 	}

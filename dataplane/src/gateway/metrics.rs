@@ -37,12 +37,9 @@ pub fn render(reports: &[WorkerReport], info: &GatewayInfo) -> String {
     }
     metric(&mut o, "egret_xdp_packets_total", "counter", "Packets seen by the XDP program, by verdict.");
     for (i, st) in &info.xdp {
-        for (verdict, n) in [
-            ("redirected", st.redirected),
-            ("dropped_no_socket", st.dropped_no_socket),
-            ("passed", st.passed),
-            ("dropped_forward", st.dropped_forward),
-        ] {
+        for (verdict, n) in
+            [("redirected", st.redirected), ("dropped_no_socket", st.dropped_no_socket), ("passed", st.passed)]
+        {
             let _ = writeln!(o, "egret_xdp_packets_total{{interface=\"{i}\",verdict=\"{verdict}\"}} {n}");
         }
     }

@@ -3,6 +3,7 @@
 //! re-read when it changes. An invalid plan is rejected whole and the
 //! previous one keeps serving.
 
+pub mod forward_guard;
 pub mod metrics;
 pub mod nexthop;
 pub mod service;
@@ -323,7 +324,7 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
     // a queue has its socket, our traffic on it is dropped, never passed.
     let mut steering = Vec::new();
     for i in &ifaces {
-        let s = xdp::Steering::attach(i, &local, &ifaces).map_err(|e| e.to_string())?;
+        let s = xdp::Steering::attach(i, &local).map_err(|e| e.to_string())?;
         tracing::info!(interface = %i, mode = ?s.mode, "XDP program attached");
         steering.push(s);
     }
@@ -331,6 +332,20 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
     for s in &mut steering {
         s.follow_plan(&pods, &egress).map_err(|e| e.to_string())?;
     }
+    // What XDP leaves to the kernel must not be forwarded out untranslated.
+    let guard = match forward_guard::ForwardGuard::install(&ifaces) {
+        Ok(g) => {
+            tracing::info!(interfaces = ?ifaces, "forward guard installed");
+            Some(g)
+        }
+        Err(e) if forward_guard::forwarding_on() => {
+            return Err(format!("this node forwards IPv4 and the forward guard could not be installed: {e}"));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no forward guard (IPv4 forwarding is off here)");
+            None
+        }
+    };
 
     let workers_n = cfg.interfaces.queues as u16;
     // Packets too big for the way out get fragmentation needed or are
@@ -511,7 +526,7 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
             let xdp = steering.iter_mut().map(|s| (s.ifname.clone(), s.stats()));
             info.lock().unwrap_or_else(|e| e.into_inner()).xdp = xdp.collect();
             if let Some(path) = &cfg.status_file {
-                write_status(path, &reports, &mut steering);
+                write_status(path, &reports, &mut steering, guard.as_ref());
             }
         }
         full_snapshots.store(cfg.state_file.is_some(), Ordering::Relaxed);
@@ -538,14 +553,15 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
         let _ = t.join();
     }
     if let Some(path) = &cfg.status_file {
-        write_status(path, &reports, &mut steering);
+        write_status(path, &reports, &mut steering, guard.as_ref());
     }
     if let Some(p) = &cfg.state_file {
         save_sessions(p, &snapshot);
         tracing::info!(sessions = snapshot.len(), path = %p.display(), "sessions saved");
     }
     drop(steering);
-    tracing::info!("XDP detached; stopped");
+    drop(guard);
+    tracing::info!("XDP detached, forward guard removed; stopped");
     Ok(())
 }
 
@@ -630,17 +646,23 @@ fn control_report(reports: &[Arc<Mutex<WorkerReport>>]) -> egret_api::v1::Report
     }
 }
 
-fn write_status(path: &Path, reports: &[Arc<Mutex<WorkerReport>>], steering: &mut [xdp::Steering]) {
+fn write_status(
+    path: &Path,
+    reports: &[Arc<Mutex<WorkerReport>>],
+    steering: &mut [xdp::Steering],
+    guard: Option<&forward_guard::ForwardGuard>,
+) {
     let workers: Vec<WorkerReport> =
         reports.iter().map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
     let xdp: Vec<serde_json::Value> = steering
         .iter_mut()
         .map(|s| {
             let st = s.stats();
-            serde_json::json!({"interface": s.ifname, "mode": format!("{:?}", s.mode), "redirected": st.redirected, "dropped_no_socket": st.dropped_no_socket, "passed": st.passed, "dropped_forward": st.dropped_forward})
+            serde_json::json!({"interface": s.ifname, "mode": format!("{:?}", s.mode), "redirected": st.redirected, "dropped_no_socket": st.dropped_no_socket, "passed": st.passed})
         })
         .collect();
-    let doc = serde_json::json!({ "workers": workers, "xdp": xdp });
+    let refused = guard.and_then(|g| g.refused());
+    let doc = serde_json::json!({ "workers": workers, "xdp": xdp, "forward_guard": {"installed": guard.is_some(), "refused": refused} });
     let tmp = path.with_extension("tmp");
     if std::fs::write(&tmp, doc.to_string()).is_ok() {
         let _ = std::fs::rename(&tmp, path);

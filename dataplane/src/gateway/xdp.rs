@@ -46,9 +46,8 @@ fn key(a: Ipv4Addr) -> u32 {
 impl Steering {
     /// Loads the program and attaches it to `ifname`: native mode first,
     /// generic when the driver has no XDP support. `local` are the node's
-    /// own addresses; `guarded` every interface Egret runs on, which the
-    /// kernel may not forward Egret's refusals out of.
-    pub fn attach(ifname: &str, local: &[Ipv4Addr], guarded: &[String]) -> Result<Steering, XdpError> {
+    /// own addresses.
+    pub fn attach(ifname: &str, local: &[Ipv4Addr]) -> Result<Steering, XdpError> {
         let mut ebpf = Ebpf::load(PROGRAM).map_err(|e| XdpError::Load(e.to_string()))?;
         let prog: &mut Xdp = ebpf
             .program_mut("egret_steer")
@@ -70,12 +69,6 @@ impl Steering {
         let mut m = s.map("local")?;
         for &a in local {
             m.insert(key(a), 1u8, 0).map_err(|e| XdpError::Map { map: "local", reason: e.to_string() })?;
-        }
-        let mut m = s.map("guarded")?;
-        for name in guarded {
-            let index = ifindex(name)
-                .ok_or_else(|| XdpError::Attach { ifname: name.clone(), reason: "no such interface".into() })?;
-            m.insert(index, 1u8, 0).map_err(|e| XdpError::Map { map: "guarded", reason: e.to_string() })?;
         }
         Ok(s)
     }
@@ -115,7 +108,7 @@ impl Steering {
         let Some(m) = self.ebpf.map_mut("stats") else { return XdpStats::default() };
         let Ok(arr) = PerCpuArray::<&mut MapData, u64>::try_from(m) else { return XdpStats::default() };
         let get = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
-        XdpStats { redirected: get(0), dropped_no_socket: get(1), passed: get(2), dropped_forward: get(3) }
+        XdpStats { redirected: get(0), dropped_no_socket: get(1), passed: get(2) }
     }
 }
 
@@ -126,16 +119,7 @@ pub struct XdpStats {
     pub redirected: u64,
     /// Ours, but the queue had no socket (starting or stopping).
     pub dropped_no_socket: u64,
-    /// Left to the kernel (ARP, the node's own traffic, other routes).
+    /// Left to the kernel (ARP, the node's own traffic, other routes; what
+    /// it would forward out of Egret's interfaces, the forward guard drops).
     pub passed: u64,
-    /// Not ours, and the kernel would have forwarded it out of an Egret
-    /// interface untranslated (an unbound pod's traffic on a forwarding node).
-    pub dropped_forward: u64,
-}
-
-fn ifindex(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: a valid NUL-terminated string; the call only reads it.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (i != 0).then_some(i)
 }

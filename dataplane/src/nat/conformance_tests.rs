@@ -601,3 +601,55 @@ mod mtu {
         assert_eq!(e.counters().fragments_made, 3);
     }
 }
+
+mod mode_switch_cooldown {
+    use super::*;
+
+    fn plan(mapping: MappingMode) -> Arc<CompiledPlan> {
+        let mut a = config("a", "198.19.100.1/32");
+        a.mapping = mapping;
+        let plan = Plan {
+            version: 1,
+            configs: vec![a, config("b", "198.19.101.0/28")],
+            bindings: vec![
+                Binding { pod_ip: POD_A.into(), config: "a".into() },
+                Binding { pod_ip: [198, 18, 0, 5].into(), config: "a".into() },
+            ],
+        };
+        Arc::new(plan.compile().unwrap())
+    }
+
+    /// Switching a config from port reuse to endpoint-independent mapping
+    /// cuts its sessions; their ports cool in the bitmap new mappings
+    /// allocate from, so no reply of a new flow is lost to a stale tuple.
+    #[test]
+    fn port_reuse_to_endpoint_independent_keeps_cut_ports_cooling() {
+        let s = EngineSettings { ports: 1024..=1024, ..settings() };
+        let mut e = NatEngine::new(s, plan(MappingMode::PortReuse));
+        assert!(matches!(udp(POD_A, 5000, SERVER, 53, b"x").run(&mut e, T0), Verdict::Forward { .. }));
+        e.apply_plan(plan(MappingMode::EndpointIndependent), at(1));
+        let other = [198, 18, 0, 5];
+        assert!(matches!(udp(other, 6000, SERVER, 53, b"x").run(&mut e, at(2)), Verdict::Reply { .. }));
+        e.expire(at(122), 1 << 16);
+        let mut later = udp(other, 6000, SERVER, 53, b"x");
+        assert!(matches!(later.run(&mut e, at(122)), Verdict::Forward { .. }));
+        let mut back = udp(SERVER, 53, later.src(), later.sport(), b"y");
+        assert!(matches!(back.run(&mut e, at(122)), Verdict::Forward { side: Side::Inside, .. }), "its reply arrives");
+    }
+
+    /// The other way: the cut mapping's tuples become cooling tombstones,
+    /// which port-reuse allocation does check.
+    #[test]
+    fn endpoint_independent_to_port_reuse_keeps_cut_tuples_cooling() {
+        let s = EngineSettings { ports: 1024..=1024, ..settings() };
+        let mut e = NatEngine::new(s, plan(MappingMode::EndpointIndependent));
+        assert!(matches!(udp(POD_A, 5000, SERVER, 53, b"x").run(&mut e, T0), Verdict::Forward { .. }));
+        e.apply_plan(plan(MappingMode::PortReuse), at(1));
+        let other = [198, 18, 0, 5];
+        assert!(matches!(udp(other, 6000, SERVER, 53, b"x").run(&mut e, at(2)), Verdict::Reply { .. }));
+        assert!(
+            matches!(udp(other, 6001, SERVER2, 53, b"x").run(&mut e, at(2)), Verdict::Forward { .. }),
+            "another destination may share the port (port reuse)"
+        );
+    }
+}

@@ -164,15 +164,16 @@ impl NatEngine {
                 }
             }
         };
-        let s = self.touch(i, tcp_flags, true, now);
-        let hairpin = s.flags & session::flags::HAIRPIN != 0;
+        let hairpin = self.sessions.get(i).flags & session::flags::HAIRPIN != 0;
         if !hairpin {
-            // (A hairpinned packet arrived by the inside: it fits there.)
+            // Before the segment counts for the session (a refused FIN
+            // closes nothing). A hairpinned packet came by the inside: it fits.
             let router = u32::from(self.settings.router_ip);
             if let Some(v) = self.refuse_too_big(buf, len, Side::Outside, router, now) {
                 return v;
             }
         }
+        let s = self.touch(i, tcp_flags, true, now);
         // A hairpinned packet's one TTL decrement is its outside → inside
         // leg's, wherever that runs (here, or on the worker handed it).
         rewrite(buf, len, p.proto, true, s.egress, s.egress_port, !hairpin);

@@ -220,9 +220,8 @@ pub struct NatEngine {
     nat_events: std::collections::VecDeque<NatEvent>,
     /// Live sessions per config index and protocol slot.
     live: Vec<[u64; 3]>,
-    /// Ports of mappings a plan cut, still cooling: (until, address, slot,
-    /// offset), soonest first.
-    cooling: std::collections::BinaryHeap<std::cmp::Reverse<(u32, u32, u8, u32)>>,
+    /// Ports a plan cut, still cooling in their address's bitmap.
+    cooling: port_pool::CoolingPorts,
     /// Port reuse: destinations (proto, address, port, config) whose every
     /// tuple was taken at the last exhaustive scan, until one of theirs is
     /// freed; refused new flows to them cost a lookup, not a scan.
@@ -305,7 +304,7 @@ impl NatEngine {
             deny_events: std::collections::VecDeque::with_capacity(DENY_EVENTS_KEPT),
             nat_events: std::collections::VecDeque::new(),
             live: Vec::new(),
-            cooling: std::collections::BinaryHeap::new(),
+            cooling: port_pool::CoolingPorts::default(),
             exhausted: hashbrown::HashSet::new(),
             plan: Arc::new(CompiledPlan {
                 version: 0,
@@ -513,7 +512,7 @@ impl NatEngine {
         // Pools may have changed: every destination gets a fresh scan.
         self.exhausted.clear();
         let addrs = &self.addrs;
-        self.cooling.retain(|c| addrs.contains_key(&c.0 .1));
+        self.cooling.retain_addrs(|a| addrs.contains_key(&a));
 
         self.pods = plan
             .pods
@@ -531,6 +530,8 @@ impl NatEngine {
             let (o, n) = (&old.configs[usize::from(old_ci)], &plan.configs[usize::from(ci)]);
             (eci == ci && o.name == n.name && o.mapping == n.mapping).then_some(ci)
         };
+        // Ports that cool in the bitmaps of addresses that stay.
+        let mut cooled: Vec<((u32, u8, u32), u32)> = Vec::new();
         let idxs: Vec<u32> = self.sessions.iter().map(|(i, _)| i).collect();
         for i in idxs {
             let s = *self.sessions.get(i);
@@ -565,28 +566,35 @@ impl NatEngine {
                         if m.refs == 0 && s.is_live() {
                             m.deadline = now.secs().saturating_add(cooldown);
                         }
-                        self.sessions.remove(i);
-                        continue;
                     }
-                    // Port reuse: the tuple cools down on an address that
-                    // stays (RFC 6888 REQ-8); on one that goes, it is gone.
+                    // RFC 6888 REQ-8 on an address that stays, in the form
+                    // its new config allocates by: port reuse checks tuples,
+                    // so the tuple stays as a cooling tombstone; mappings
+                    // check the port bitmap, so the port cools there.
                     let Some(&(eci, _)) = plan.egress.get(&s.egress) else {
                         self.sessions.remove(i);
                         continue;
                     };
-                    let cooldown = plan.configs[usize::from(eci)].timeouts.port_cooldown;
-                    if cooldown == 0 {
-                        self.sessions.remove(i);
-                        continue;
-                    }
-                    if s.is_live() {
-                        self.sessions.unlink_in(i);
-                    }
-                    let e = self.sessions.get_mut(i);
-                    e.config = eci;
-                    if s.is_live() {
-                        e.state = state::COOLDOWN;
-                        e.deadline = now.secs().saturating_add(cooldown);
+                    let next = &plan.configs[usize::from(eci)];
+                    let cooldown = next.timeouts.port_cooldown;
+                    let until = if s.is_live() { now.secs().saturating_add(cooldown) } else { s.deadline };
+                    match next.mapping {
+                        MappingMode::PortReuse if cooldown > 0 => {
+                            if s.is_live() {
+                                self.sessions.unlink_in(i);
+                            }
+                            let e = self.sessions.get_mut(i);
+                            e.config = eci;
+                            e.mapping = NONE;
+                            e.state = state::COOLDOWN;
+                            e.deadline = until;
+                        }
+                        MappingMode::EndpointIndependent if cooldown > 0 && s.mapping == NONE => {
+                            let off = u32::from(s.egress_port - self.slice.lo);
+                            cooled.push(((s.egress, proto_slot(s.proto) as u8, off), until));
+                            self.sessions.remove(i);
+                        }
+                        _ => self.sessions.remove(i),
                     }
                 }
             }
@@ -606,24 +614,31 @@ impl NatEngine {
                 }
                 _ => {
                     debug_assert_eq!(m.refs, 0, "sessions of a cut mapping were cut");
-                    if let Some(a) = self.addrs.get_mut(&m.egress) {
-                        let off = u32::from(m.egress_port - self.slice.lo);
-                        let slot = proto_slot(m.proto);
-                        let set = &mut a.ports[slot];
-                        if m.deadline > now.secs() {
-                            // RFC 6888 REQ-8: the port stays taken until its
-                            // cooldown ends, whoever holds the address now.
-                            if !set.is_set(off) {
-                                set.set(off);
-                            }
-                            self.cooling.push(std::cmp::Reverse((m.deadline, m.egress, slot as u8, off)));
-                        } else if set.is_set(off) {
-                            set.clear(off);
+                    let off = u32::from(m.egress_port - self.slice.lo);
+                    let slot = proto_slot(m.proto);
+                    let eim = plan.egress.get(&m.egress).is_some_and(|&(eci, _)| {
+                        plan.configs[usize::from(eci)].mapping == MappingMode::EndpointIndependent
+                    });
+                    if eim && m.deadline > now.secs() {
+                        // RFC 6888 REQ-8: the port stays taken until its
+                        // cooldown ends, whoever holds the address now.
+                        cooled.push(((m.egress, slot as u8, off), m.deadline));
+                    } else if let Some(a) = self.addrs.get_mut(&m.egress) {
+                        if a.ports[slot].is_set(off) {
+                            a.ports[slot].clear(off);
                         }
                     }
                     self.mappings.remove(i);
                 }
             }
+        }
+        for ((addr, slot, off), until) in cooled {
+            let Some(a) = self.addrs.get_mut(&addr) else { continue };
+            let set = &mut a.ports[usize::from(slot)];
+            if !set.is_set(off) {
+                set.set(off);
+            }
+            self.cooling.hold((addr, slot, off), until);
         }
         self.recount_live();
     }
@@ -842,11 +857,7 @@ impl NatEngine {
                 self.free_mapping(i);
             }
         }
-        while let Some(&std::cmp::Reverse((until, addr, slot, off))) = self.cooling.peek() {
-            if until > secs {
-                break;
-            }
-            self.cooling.pop();
+        while let Some((addr, slot, off)) = self.cooling.pop_due(secs) {
             if let Some(a) = self.addrs.get_mut(&addr) {
                 if a.ports[usize::from(slot)].is_set(off) {
                     a.ports[usize::from(slot)].clear(off);
@@ -864,7 +875,11 @@ impl NatEngine {
 
     /// Fragments held for reassembly order that can now go out.
     pub fn take_released(&mut self) -> Option<Released> {
-        self.frags.take_released()
+        let r = self.frags.take_released()?;
+        match r.to {
+            ReleaseTo::Side(side) if r.bytes.len() > self.mtu(side) => self.fit_released(r, side),
+            _ => Some(r),
+        }
     }
 
     #[inline]

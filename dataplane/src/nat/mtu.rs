@@ -54,6 +54,28 @@ impl NatEngine {
         self.fragment_out(buf, len, side)
     }
 
+    /// A held fragment released toward a side whose MTU it exceeds: sent
+    /// in pieces like any other (the rest queued behind it).
+    #[cold]
+    pub(super) fn fit_released(&mut self, mut r: Released, side: Side) -> Option<Released> {
+        let len = r.bytes.len();
+        let mut rest = Vec::new();
+        match crate::wire::ipv4::fragment(&mut r.bytes, len, self.mtu(side), &mut rest) {
+            Some(first) => {
+                r.bytes.truncate(first);
+                self.counters.fragments_made += 1 + rest.len() as u64;
+                for bytes in rest {
+                    self.frags.release(Released { bytes, to: ReleaseTo::Side(side) });
+                }
+                Some(r)
+            }
+            None => {
+                self.counters.drop(DropReason::PacketTooBig);
+                self.take_released()
+            }
+        }
+    }
+
     #[cold]
     fn fragment_out(&mut self, buf: &mut [u8], len: usize, side: Side) -> Verdict {
         let mut rest = Vec::new();

@@ -179,3 +179,72 @@ mod tests {
         assert_eq!(set.take_from(99), Some(42));
     }
 }
+
+/// Ports held out of use until their cooldown ends (RFC 6888 REQ-8), keyed
+/// `(address, protocol slot, offset)`: one deadline per port, the latest
+/// asked for, so a port is freed once, when its last cooldown ends.
+#[derive(Debug, Default)]
+pub struct CoolingPorts {
+    until: hashbrown::HashMap<(u32, u8, u32), u32>,
+    /// (deadline, key), soonest first; entries whose deadline was since
+    /// raised are skipped when they come up.
+    order: std::collections::BinaryHeap<std::cmp::Reverse<(u32, (u32, u8, u32))>>,
+}
+
+impl CoolingPorts {
+    /// Holds `key` until at least `until` (seconds).
+    pub fn hold(&mut self, key: (u32, u8, u32), until: u32) {
+        let e = self.until.entry(key).or_insert(0);
+        if until > *e {
+            *e = until;
+            self.order.push(std::cmp::Reverse((until, key)));
+        }
+    }
+
+    /// A port whose cooldown has ended by `now`, if any.
+    pub fn pop_due(&mut self, now: u32) -> Option<(u32, u8, u32)> {
+        while let Some(&std::cmp::Reverse((until, key))) = self.order.peek() {
+            if until > now {
+                return None;
+            }
+            self.order.pop();
+            if self.until.get(&key) == Some(&until) {
+                self.until.remove(&key);
+                return Some(key);
+            }
+        }
+        None
+    }
+
+    /// Forgets the ports of addresses for which `keep` is false.
+    pub fn retain_addrs(&mut self, keep: impl Fn(u32) -> bool) {
+        self.until.retain(|k, _| keep(k.0));
+        self.order.retain(|std::cmp::Reverse((_, k))| keep(k.0));
+    }
+
+    pub fn len(&self) -> usize {
+        self.until.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.until.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod cooling_tests {
+    use super::*;
+
+    #[test]
+    fn a_port_held_twice_is_freed_once_at_its_later_deadline() {
+        let mut c = CoolingPorts::default();
+        c.hold((1, 0, 7), 100);
+        c.hold((1, 0, 7), 200);
+        c.hold((1, 0, 8), 150);
+        assert_eq!(c.pop_due(120), None, "port 7's earlier deadline no longer counts");
+        assert_eq!(c.pop_due(150), Some((1, 0, 8)));
+        assert_eq!(c.pop_due(199), None);
+        assert_eq!(c.pop_due(200), Some((1, 0, 7)));
+        assert!(c.is_empty());
+    }
+}

@@ -159,6 +159,7 @@ impl NatEngine {
             return false;
         }
         self.count_live(ci, r.proto, true);
+        self.pods.get_mut(&pod).expect("bound pod").sessions += 1;
         if mapping == NONE {
             self.pods.get_mut(&pod).expect("bound pod").holdings += 1;
             self.addrs.get_mut(&egress).expect("pool address").sessions += 1;
