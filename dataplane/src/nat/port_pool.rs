@@ -180,20 +180,23 @@ mod tests {
     }
 }
 
+/// One port of one address: (address, protocol slot, offset in the slice).
+pub type PortKey = (u32, u8, u32);
+
 /// Ports held out of use until their cooldown ends (RFC 6888 REQ-8), keyed
 /// `(address, protocol slot, offset)`: one deadline per port, the latest
 /// asked for, so a port is freed once, when its last cooldown ends.
 #[derive(Debug, Default)]
 pub struct CoolingPorts {
-    until: hashbrown::HashMap<(u32, u8, u32), u32>,
+    until: hashbrown::HashMap<PortKey, u32>,
     /// (deadline, key), soonest first; entries whose deadline was since
     /// raised are skipped when they come up.
-    order: std::collections::BinaryHeap<std::cmp::Reverse<(u32, (u32, u8, u32))>>,
+    order: std::collections::BinaryHeap<std::cmp::Reverse<(u32, PortKey)>>,
 }
 
 impl CoolingPorts {
     /// Holds `key` until at least `until` (seconds).
-    pub fn hold(&mut self, key: (u32, u8, u32), until: u32) {
+    pub fn hold(&mut self, key: PortKey, until: u32) {
         let e = self.until.entry(key).or_insert(0);
         if until > *e {
             *e = until;
@@ -202,7 +205,7 @@ impl CoolingPorts {
     }
 
     /// A port whose cooldown has ended by `now`, if any.
-    pub fn pop_due(&mut self, now: u32) -> Option<(u32, u8, u32)> {
+    pub fn pop_due(&mut self, now: u32) -> Option<PortKey> {
         while let Some(&std::cmp::Reverse((until, key))) = self.order.peek() {
             if until > now {
                 return None;
