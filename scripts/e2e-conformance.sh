@@ -74,7 +74,8 @@ table ip kubeproxy_standin {
 }
 NFT
 ip netns exec egt-net ip route add 198.19.0.77/32 via 198.19.0.1
-for _ in $(seq 30); do ip netns exec egt-pc python3 -c "import socket; socket.create_connection(('198.18.0.4', 80), 0.2)" 2>/dev/null && break; sleep 0.1; done
+# (HTTPServer looks its own name up first: a few seconds without DNS here.)
+for _ in $(seq 150); do ip netns exec egt-pc python3 -c "import socket; socket.create_connection(('198.18.0.4', 80), 0.2)" 2>/dev/null && break; sleep 0.1; done
 vip=$(ip netns exec egt-net curl -s -m 3 http://198.19.0.77/)
 check "a DNATed service address on the node still reaches its backend through the guard [$vip]" test "$vip" = 198.19.0.254
 r0=$(guard_refused)
