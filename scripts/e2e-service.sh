@@ -105,5 +105,14 @@ sleep 0.5
 check "SIGHUP reports settings that need a restart" bash -c "grep 'need a restart' '$DIR/gateway.log' | grep -q sessions_per_worker"
 check "check-config explains a bad field and fails" bash -c "printf 'router_ip = \"x\"\n[interfaces]\ninside = \"a\"\n' > '$DIR/bad.toml'; ! '$GATEWAY' check-config '$DIR/bad.toml' 2> '$DIR/bad.err' && grep -q router_ip '$DIR/bad.err'"
 
+# The forward guard outlives the process (a restart leaks nothing, as the
+# probes above show: one egress endpoint seen); remove-guard takes it away.
+stop_gateway
+check "the forward guard stays after the gateway stops" ip netns exec egt-gw nft list table ip egret_guard
+check "while the gateway is down the pod's traffic does not leave untranslated" \
+  bash -c '! ip netns exec egt-pa curl -s -m 2 http://198.19.0.254/'
+check "egret-gateway remove-guard removes it" \
+  bash -c "ip netns exec egt-gw '$GATEWAY' remove-guard | grep -q removed && ! ip netns exec egt-gw nft list table ip egret_guard 2>/dev/null"
+
 echo "e2e-service: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -3,6 +3,7 @@
 //! ```text
 //! egret-gateway --config gateway.toml        run until SIGINT/SIGTERM
 //! egret-gateway check-config gateway.toml    validate settings and plan, then exit
+//! egret-gateway remove-guard                 remove the forward guard (Egret leaves the node)
 //! ```
 
 use egret_dataplane::gateway::{self, NodeConfig};
@@ -10,7 +11,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: egret-gateway --config FILE [--log-format text|json]\n       egret-gateway check-config FILE");
+    eprintln!(
+        "usage: egret-gateway --config FILE [--log-format text|json]\n       egret-gateway check-config FILE\n       egret-gateway remove-guard"
+    );
     ExitCode::from(2)
 }
 
@@ -26,6 +29,22 @@ fn main() -> ExitCode {
             "check-config" => {
                 check = true;
                 config = it.next().map(PathBuf::from);
+            }
+            "remove-guard" => {
+                return match gateway::forward_guard::ForwardGuard::remove() {
+                    Ok(true) => {
+                        println!("forward guard removed");
+                        ExitCode::SUCCESS
+                    }
+                    Ok(false) => {
+                        println!("no forward guard installed");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("egret-gateway: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
             }
             "--log-format" => json = it.next().map(String::as_str) == Some("json"),
             "-h" | "--help" => return usage(),

@@ -7,17 +7,17 @@
 //! Netfilter rather than XDP because only netfilter sees the DNAT; Egret's
 //! own traffic is redirected by XDP before it and never meets this rule.
 //!
-//! The table is removed on stop; after `kill -9` it stays (failing closed)
-//! until the next start replaces it.
+//! The table outlives the gateway process, stop or crash alike: while the
+//! gateway restarts, nothing leaks either (pods' flows wait and resume).
+//! The next start replaces it; `egret-gateway remove-guard` removes it when
+//! Egret is taken off the node.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 const TABLE: &str = "egret_guard";
 
-pub struct ForwardGuard {
-    installed: bool,
-}
+pub struct ForwardGuard;
 
 /// Whether this network namespace forwards IPv4.
 pub fn forwarding_on() -> bool {
@@ -60,7 +60,15 @@ impl ForwardGuard {
         }
         let _ = nft(&["delete", "table", "ip", TABLE], None);
         nft(&["-f", "-"], Some(&ruleset(ifaces)))?;
-        Ok(ForwardGuard { installed: true })
+        Ok(ForwardGuard)
+    }
+
+    /// Removes the guard (Egret leaves the node); Ok when there was none.
+    pub fn remove() -> Result<bool, String> {
+        match nft(&["list", "table", "ip", TABLE], None) {
+            Ok(_) => nft(&["delete", "table", "ip", TABLE], None).map(|_| true),
+            Err(_) => Ok(false),
+        }
     }
 
     /// Packets refused so far (what the kernel would have forwarded
@@ -69,16 +77,6 @@ impl ForwardGuard {
         let out = nft(&["-j", "list", "counter", "ip", TABLE, "refused"], None).ok()?;
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         v["nftables"].as_array()?.iter().find_map(|o| o["counter"]["packets"].as_u64())
-    }
-}
-
-impl Drop for ForwardGuard {
-    fn drop(&mut self) {
-        if self.installed {
-            if let Err(e) = nft(&["delete", "table", "ip", TABLE], None) {
-                tracing::warn!(error = %e, "removing the forward guard");
-            }
-        }
     }
 }
 

@@ -560,8 +560,10 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
         tracing::info!(sessions = snapshot.len(), path = %p.display(), "sessions saved");
     }
     drop(steering);
-    drop(guard);
-    tracing::info!("XDP detached, forward guard removed; stopped");
+    if guard.is_some() {
+        tracing::info!("forward guard left in place until the next start (egret-gateway remove-guard removes it)");
+    }
+    tracing::info!("XDP detached; stopped");
     Ok(())
 }
 
