@@ -1,9 +1,11 @@
 //! Arbitrary bytes through the NAT core, both directions, with live
-//! sessions of every protocol and both mapping modes: never a panic, and a
-//! forwarded packet always fits its buffer and carries a valid IP header.
+//! sessions of every protocol and both mapping modes, arrival sides known or
+//! not, and small MTUs (so fragmentation and fragmentation-needed run):
+//! never a panic, a forwarded packet fits its buffer, a released one its
+//! MTU, and each carries a valid IP header.
 #![no_main]
 
-use egret_dataplane::nat::{EngineSettings, NatEngine, Time, Verdict};
+use egret_dataplane::nat::{EngineSettings, NatEngine, ReleaseTo, Side, Time, Verdict};
 use egret_dataplane::plan::{Binding, FilteringMode, GatewayConfig, MappingMode, Plan};
 use egret_dataplane::wire::{checksum, Ipv4Packet};
 use libfuzzer_sys::fuzz_target;
@@ -13,7 +15,7 @@ const POD_A: [u8; 4] = [198, 18, 0, 2];
 const POD_B: [u8; 4] = [198, 18, 0, 3];
 const SERVER: [u8; 4] = [198, 19, 0, 100];
 
-fn engine(workers: u16) -> NatEngine {
+fn engine(workers: u16, mtu: [usize; 2]) -> NatEngine {
     let mut a = GatewayConfig::new("a", vec!["198.19.100.0/30".parse().unwrap()]);
     a.exclude = vec!["198.18.200.0/24".parse().unwrap()];
     a.filtering = FilteringMode::EndpointIndependent;
@@ -36,6 +38,7 @@ fn engine(workers: u16) -> NatEngine {
         frag_datagrams: 8,
         frag_held: 4,
         seed: 7,
+        mtu,
         ..Default::default()
     };
     let mut e = NatEngine::new(settings, Arc::new(plan.compile().unwrap()));
@@ -84,7 +87,9 @@ fn fix_up(p: &mut [u8], src_sel: u8) {
 
 fuzz_target!(|data: &[u8]| {
     let Some((&ctl, rest)) = data.split_first() else { return };
-    let mut e = engine(if ctl & 0x80 != 0 { 2 } else { 1 });
+    // 68: the smallest MTU IPv4 allows; 96: a few pieces per packet.
+    let mtu = [if ctl & 0x40 != 0 { 68 } else { 65535 }, if ctl & 0x20 != 0 { 96 } else { 65535 }];
+    let mut e = engine(if ctl & 0x80 != 0 { 2 } else { 1 }, mtu);
     let mut now = 1_000u64;
     // Several packets: [len][flags][bytes...] each.
     let mut rest = rest;
@@ -98,13 +103,24 @@ fuzz_target!(|data: &[u8]| {
             fix_up(&mut buf[..take], flags >> 1);
         }
         now += u64::from(flags & 0x0f) * 977;
-        let v = e.process(&mut buf, take, Time::from_millis(now));
+        let from = match (ctl & 0x10 != 0, flags & 0x10 != 0) {
+            (false, _) => None,
+            (true, false) => Some(Side::Inside),
+            (true, true) => Some(Side::Outside),
+        };
+        let v = e.process_from(&mut buf, take, from, Time::from_millis(now));
         if let Verdict::Forward { len, .. } | Verdict::Reply { len } = v {
             assert!(len <= buf.len());
             let ip = Ipv4Packet::new_checked(&buf[..len]).expect("forwarded packets parse");
             assert!(ip.verify_checksum(), "forwarded packets carry a valid header checksum");
         }
-        while e.take_released().is_some() {}
+        while let Some(r) = e.take_released() {
+            let ip = Ipv4Packet::new_checked(&r.bytes[..]).expect("released packets parse");
+            assert!(ip.verify_checksum(), "released packets carry a valid header checksum");
+            if let ReleaseTo::Side(side) = r.to {
+                assert!(r.bytes.len() <= mtu[side as usize], "a released packet fits its MTU");
+            }
+        }
         e.expire(Time::from_millis(now), 16);
     }
 });
