@@ -5,4 +5,5 @@ pub mod cluster;
 pub mod gateway;
 pub mod nat;
 pub mod plan;
+pub mod tunnel;
 pub mod wire;

@@ -1,0 +1,373 @@
+//! The tunnel stage of the AKS Static Egress Gateway drop-in: one
+//! WireGuard responder per gateway config (kube-egress-gateway gives each
+//! StaticGatewayConfiguration one keypair and one UDP port on the ILB
+//! frontend address), with a peer per tunnelled pod. Sans-I/O like the NAT
+//! core: a datagram and its source in, a verdict out; the worker moves the
+//! bytes. The Noise IK handshake, cookies, transport keys, the replay
+//! window and the rekey/reject-after timers are boringtun's (`noise::Tunn`,
+//! one per peer, behind the config's rate limiter): no cryptography is
+//! written here.
+//!
+//! What this stage adds on top: finding the peer of a datagram (by the
+//! receiver index of a data packet, by the initiator's static key of a
+//! handshake, which only the private key can reveal), cryptokey routing (a
+//! decrypted packet's source must be its peer's pod address), roaming from
+//! authenticated datagrams only, and counters for every outcome.
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use hashbrown::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+/// Handshake initiations per second above which the responder answers with
+/// cookie replies instead (WireGuard's own DoS defence, whitepaper §5.3).
+pub const HANDSHAKES_PER_SEC: u64 = 1000;
+
+/// One tunnelled pod: its WireGuard public key and the pod address its
+/// decrypted packets must come from (kube-egress-gateway's PodEndpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub public_key: [u8; 32],
+    pub pod_ip: Ipv4Addr,
+}
+
+/// What became of one received datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// A decrypted inner IPv4 packet of `len` bytes at the start of `out`,
+    /// from `pod` (its peer's address, checked).
+    Inner { len: usize, pod: Ipv4Addr },
+    /// Send the `len` bytes at the start of `out` back to the datagram's
+    /// source (a handshake response or a cookie reply).
+    Reply { len: usize },
+    /// Authenticated and consumed (a keepalive, or nothing to send).
+    Consumed,
+    /// Dropped; already counted under its reason.
+    Drop(TunnelDrop),
+}
+
+/// Why a datagram was dropped. Each has its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum TunnelDrop {
+    /// Not a WireGuard message (bad type or length).
+    Malformed,
+    /// A handshake from a key that is no peer, or data for no session.
+    UnknownPeer,
+    /// MAC, AEAD tag or handshake decryption failed.
+    DecryptFailed,
+    /// A counter already seen or outside the window (replay).
+    Replay,
+    /// The inner packet's source is not the peer's pod address
+    /// (cryptokey routing).
+    InnerSourceViolation,
+    /// Not IPv4 inside (the pod side is IPv4 only).
+    NotIpv4,
+    /// A message a responder does not take, or one boringtun refused
+    /// otherwise (timestamps, expired sessions, under load without source).
+    Refused,
+}
+
+impl TunnelDrop {
+    pub const ALL: [TunnelDrop; 7] = [
+        TunnelDrop::Malformed,
+        TunnelDrop::UnknownPeer,
+        TunnelDrop::DecryptFailed,
+        TunnelDrop::Replay,
+        TunnelDrop::InnerSourceViolation,
+        TunnelDrop::NotIpv4,
+        TunnelDrop::Refused,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TunnelDrop::Malformed => "tunnel_malformed",
+            TunnelDrop::UnknownPeer => "tunnel_unknown_peer",
+            TunnelDrop::DecryptFailed => "tunnel_decrypt_failed",
+            TunnelDrop::Replay => "tunnel_replay",
+            TunnelDrop::InnerSourceViolation => "tunnel_inner_source_violation",
+            TunnelDrop::NotIpv4 => "tunnel_not_ipv4",
+            TunnelDrop::Refused => "tunnel_refused",
+        }
+    }
+}
+
+/// Counters of one config's tunnel on one worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TunnelCounters {
+    /// Handshake initiations answered with a response.
+    pub handshakes_completed: u64,
+    /// Cookie replies sent instead, under load.
+    pub cookie_replies: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Peers whose endpoint moved (roaming, from authenticated datagrams).
+    pub roams: u64,
+    pub drops: [u64; TunnelDrop::ALL.len()],
+}
+
+impl TunnelCounters {
+    pub fn dropped(&self, r: TunnelDrop) -> u64 {
+        self.drops[r as usize]
+    }
+}
+
+struct Peer {
+    tunn: Tunn,
+    public_key: [u8; 32],
+    pod_ip: Ipv4Addr,
+    /// Where its last authenticated datagram came from: replies go there.
+    endpoint: Option<SocketAddrV4>,
+}
+
+/// The WireGuard responder of one gateway config.
+pub struct Tunnel {
+    private: StaticSecret,
+    public: PublicKey,
+    limiter: Arc<RateLimiter>,
+    /// Peer slot `i` owns local session indexes `i << 8 ..`.
+    peers: Vec<Option<Peer>>,
+    by_key: HashMap<[u8; 32], u32>,
+    by_pod: HashMap<Ipv4Addr, u32>,
+    free: Vec<u32>,
+    counters: TunnelCounters,
+}
+
+/// A handshake response's size; a cookie reply is 64 bytes.
+const HANDSHAKE_RESPONSE_LEN: usize = 92;
+/// Room boringtun needs in an output buffer whatever it writes (a
+/// handshake initiation is 148 bytes).
+const MIN_OUT: usize = 148;
+/// A data message's header and tag.
+pub const DATA_OVERHEAD: usize = 32;
+
+/// Local indexes carry the peer slot in their upper 24 bits (boringtun
+/// keeps the low 8 for its session ring).
+const MAX_PEERS: usize = 1 << 24;
+
+impl Tunnel {
+    /// A responder with this private key and these peers.
+    pub fn new(private_key: [u8; 32], peers: &[PeerConfig]) -> Tunnel {
+        Tunnel::with_handshake_limit(private_key, peers, HANDSHAKES_PER_SEC)
+    }
+
+    /// As `new`, answering with cookies above `per_sec` initiations a second.
+    pub fn with_handshake_limit(private_key: [u8; 32], peers: &[PeerConfig], per_sec: u64) -> Tunnel {
+        let private = StaticSecret::from(private_key);
+        let public = PublicKey::from(&private);
+        let limiter = Arc::new(RateLimiter::new(&public, per_sec));
+        let mut t = Tunnel {
+            private,
+            public,
+            limiter,
+            peers: Vec::new(),
+            by_key: HashMap::new(),
+            by_pod: HashMap::new(),
+            free: Vec::new(),
+            counters: TunnelCounters::default(),
+        };
+        t.set_peers(peers);
+        t
+    }
+
+    /// The public key pods are configured with.
+    pub fn public_key(&self) -> [u8; 32] {
+        *self.public.as_bytes()
+    }
+
+    pub fn counters(&self) -> &TunnelCounters {
+        &self.counters
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Makes the peer set exactly `peers`: peers that stay keep their
+    /// sessions and endpoints, a peer whose pod address changed keeps its
+    /// session under the new address, the others come and go.
+    pub fn set_peers(&mut self, peers: &[PeerConfig]) {
+        let want: HashMap<[u8; 32], Ipv4Addr> = peers.iter().map(|p| (p.public_key, p.pod_ip)).collect();
+        let gone: Vec<[u8; 32]> = self.by_key.keys().filter(|k| !want.contains_key(*k)).copied().collect();
+        for k in gone {
+            if let Some(slot) = self.by_key.remove(&k) {
+                if let Some(p) = self.peers[slot as usize].take() {
+                    self.by_pod.remove(&p.pod_ip);
+                }
+                self.free.push(slot);
+            }
+        }
+        for (key, pod_ip) in want {
+            if let Some(&slot) = self.by_key.get(&key) {
+                let p = self.peers[slot as usize].as_mut().expect("indexed peer");
+                if p.pod_ip != pod_ip {
+                    self.by_pod.remove(&p.pod_ip);
+                    p.pod_ip = pod_ip;
+                    self.by_pod.insert(pod_ip, slot);
+                }
+                continue;
+            }
+            let slot = match self.free.pop() {
+                Some(s) => s,
+                None if self.peers.len() < MAX_PEERS => {
+                    self.peers.push(None);
+                    (self.peers.len() - 1) as u32
+                }
+                None => continue,
+            };
+            // Each peer keeps boringtun's own per-peer limiter too (it
+            // resets it in `update_timers`): the config-wide one below is
+            // checked first, before any DH work is spent on a datagram.
+            let tunn = Tunn::new(self.private.clone(), PublicKey::from(key), None, None, slot, None);
+            self.peers[slot as usize] = Some(Peer { tunn, public_key: key, pod_ip, endpoint: None });
+            self.by_key.insert(key, slot);
+            self.by_pod.insert(pod_ip, slot);
+        }
+    }
+
+    /// Takes one datagram that arrived for this config's port from `src`;
+    /// whatever is to be sent or delivered is written to `out`.
+    pub fn receive(&mut self, src: SocketAddrV4, datagram: &[u8], out: &mut [u8]) -> Received {
+        // boringtun writes at most the datagram's size (or a 92-byte
+        // response, or a 64-byte cookie) and panics on less room.
+        if out.len() < datagram.len().max(MIN_OUT) {
+            return self.drop(TunnelDrop::Malformed);
+        }
+        let (slot, initiation) = match Tunn::parse_incoming_packet(datagram) {
+            Err(_) => return self.drop(TunnelDrop::Malformed),
+            Ok(Packet::HandshakeInit(init)) => {
+                // MACs (and, under load, the cookie) before any DH work.
+                match self.limiter.verify_packet(Some(IpAddr::V4(*src.ip())), datagram, out) {
+                    Ok(_) => {}
+                    Err(TunnResult::WriteToNetwork(cookie)) => {
+                        self.counters.cookie_replies += 1;
+                        return Received::Reply { len: cookie.len() };
+                    }
+                    Err(TunnResult::Err(e)) => return self.drop(classify(&e)),
+                    Err(_) => return self.drop(TunnelDrop::Refused),
+                }
+                let Ok(half) = parse_handshake_anon(&self.private, &self.public, &init) else {
+                    return self.drop(TunnelDrop::DecryptFailed);
+                };
+                match self.by_key.get(&half.peer_static_public) {
+                    Some(&slot) => (slot, true),
+                    None => return self.drop(TunnelDrop::UnknownPeer),
+                }
+            }
+            Ok(Packet::PacketData(d)) => (d.receiver_idx >> 8, false),
+            Ok(Packet::HandshakeResponse(r)) => (r.receiver_idx >> 8, false),
+            Ok(Packet::PacketCookieReply(c)) => (c.receiver_idx >> 8, false),
+        };
+        let Some(peer) = self.peers.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return self.drop(TunnelDrop::UnknownPeer);
+        };
+        let verdict = match peer.tunn.decapsulate(Some(IpAddr::V4(*src.ip())), datagram, out) {
+            TunnResult::WriteToNetwork(reply) => {
+                let len = reply.len();
+                match (initiation, len) {
+                    (true, HANDSHAKE_RESPONSE_LEN) => self.counters.handshakes_completed += 1,
+                    (true, _) => self.counters.cookie_replies += 1,
+                    _ => {}
+                }
+                Received::Reply { len }
+            }
+            TunnResult::WriteToTunnelV4(packet, from) => {
+                if from != peer.pod_ip {
+                    return self.drop(TunnelDrop::InnerSourceViolation);
+                }
+                self.counters.rx_packets += 1;
+                self.counters.rx_bytes += packet.len() as u64;
+                Received::Inner { len: packet.len(), pod: from }
+            }
+            TunnResult::WriteToTunnelV6(..) => return self.drop(TunnelDrop::NotIpv4),
+            TunnResult::Done => Received::Consumed,
+            TunnResult::Err(e) => return self.drop(classify(&e)),
+        };
+        // Authenticated: the peer is where this came from (roaming).
+        let peer = self.peers[slot as usize].as_mut().expect("peer just used");
+        if peer.endpoint != Some(src) {
+            if peer.endpoint.is_some() {
+                self.counters.roams += 1;
+            }
+            peer.endpoint = Some(src);
+        }
+        verdict
+    }
+
+    /// Encrypts `inner` (an IPv4 packet for `pod`) to the pod's peer; the
+    /// datagram is written to `out`, to be sent to the returned endpoint.
+    /// `None`: no peer for that pod, or it has no endpoint or session yet
+    /// (the responder never initiates: it has no address before the pod's
+    /// first handshake).
+    pub fn send(&mut self, pod: Ipv4Addr, inner: &[u8], out: &mut [u8]) -> Option<(usize, SocketAddrV4)> {
+        if out.len() < (inner.len() + DATA_OVERHEAD).max(MIN_OUT) {
+            return None;
+        }
+        let &slot = self.by_pod.get(&pod)?;
+        let peer = self.peers[slot as usize].as_mut()?;
+        let endpoint = peer.endpoint?;
+        match peer.tunn.encapsulate(inner, out) {
+            TunnResult::WriteToNetwork(d) => {
+                self.counters.tx_packets += 1;
+                self.counters.tx_bytes += inner.len() as u64;
+                Some((d.len(), endpoint))
+            }
+            _ => None,
+        }
+    }
+
+    /// Runs every peer's timers (call about every 250 ms) and the rate
+    /// limiter's second; `emit` gets each datagram to send (keepalives,
+    /// rekeys) and its endpoint.
+    pub fn tick(&mut self, out: &mut [u8], mut emit: impl FnMut(&[u8], SocketAddrV4)) {
+        self.limiter.reset_count();
+        if out.len() < MIN_OUT {
+            return;
+        }
+        for peer in self.peers.iter_mut().flatten() {
+            if let TunnResult::WriteToNetwork(d) = peer.tunn.update_timers(out) {
+                if let Some(ep) = peer.endpoint {
+                    emit(d, ep);
+                }
+            }
+        }
+    }
+
+    /// Peers with a live session (handshake within the reject-after time).
+    pub fn live_peers(&self) -> usize {
+        self.peers.iter().flatten().filter(|p| p.tunn.time_since_last_handshake().is_some()).count()
+    }
+
+    /// The peer public keys, for reports (never the private key).
+    pub fn peer_keys(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.peers.iter().flatten().map(|p| &p.public_key)
+    }
+
+    fn drop(&mut self, r: TunnelDrop) -> Received {
+        self.counters.drops[r as usize] += 1;
+        Received::Drop(r)
+    }
+}
+
+fn classify(e: &WireGuardError) -> TunnelDrop {
+    match e {
+        WireGuardError::DuplicateCounter | WireGuardError::InvalidCounter => TunnelDrop::Replay,
+        WireGuardError::InvalidMac | WireGuardError::InvalidAeadTag | WireGuardError::WrongKey => {
+            TunnelDrop::DecryptFailed
+        }
+        WireGuardError::WrongIndex | WireGuardError::NoCurrentSession => TunnelDrop::UnknownPeer,
+        WireGuardError::IncorrectPacketLength | WireGuardError::InvalidPacket | WireGuardError::WrongPacketType => {
+            TunnelDrop::Malformed
+        }
+        _ => TunnelDrop::Refused,
+    }
+}
+
+#[cfg(test)]
+mod tests;

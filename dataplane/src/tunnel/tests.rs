@@ -1,0 +1,213 @@
+//! The responder against boringtun's own initiator (a pod's side), bytes
+//! only: handshake, data both ways, and every way a datagram is refused.
+
+use super::*;
+use etherparse::PacketBuilder;
+
+const GW_KEY: [u8; 32] = [7; 32];
+const POD_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const POD_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+const SERVER: [u8; 4] = [198, 19, 0, 100];
+const FROM: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2), 51820);
+
+fn key(seed: u8) -> [u8; 32] {
+    [seed; 32]
+}
+
+fn public(private: [u8; 32]) -> [u8; 32] {
+    *PublicKey::from(&StaticSecret::from(private)).as_bytes()
+}
+
+/// A pod's WireGuard (the initiator), configured as kube-egress-cni does:
+/// the gateway's public key, no preshared key, no keepalive.
+fn pod(seed: u8) -> Tunn {
+    Tunn::new(StaticSecret::from(key(seed)), PublicKey::from(public(GW_KEY)), None, None, u32::from(seed), None)
+}
+
+fn gateway() -> Tunnel {
+    Tunnel::new(
+        GW_KEY,
+        &[
+            PeerConfig { public_key: public(key(1)), pod_ip: POD_A },
+            PeerConfig { public_key: public(key(2)), pod_ip: POD_B },
+        ],
+    )
+}
+
+fn inner(src: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(src.octets(), SERVER, 64).udp(5000, 53).write(&mut v, payload).unwrap();
+    v
+}
+
+/// Runs the handshake and returns the pod's first data datagram (carrying
+/// `first`), which the gateway has not seen yet.
+fn connect(gw: &mut Tunnel, pod: &mut Tunn, from: SocketAddrV4, first: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; 2048];
+    let init = match pod.encapsulate(first, &mut buf) {
+        TunnResult::WriteToNetwork(d) => d.to_vec(),
+        other => panic!("no initiation: {other:?}"),
+    };
+    let mut out = vec![0u8; 2048];
+    let Received::Reply { len } = gw.receive(from, &init, &mut out) else { panic!("no response") };
+    let response = out[..len].to_vec();
+    // The pod takes the response, confirms the session with a keepalive
+    // (consumed by the gateway), then sends what it queued.
+    let keepalive = match pod.decapsulate(None, &response, &mut buf) {
+        TunnResult::WriteToNetwork(d) => d.to_vec(),
+        other => panic!("no keepalive: {other:?}"),
+    };
+    assert_eq!(gw.receive(from, &keepalive, &mut out), Received::Consumed);
+    match pod.decapsulate(None, &[], &mut buf) {
+        TunnResult::WriteToNetwork(d) => d.to_vec(),
+        other => panic!("no queued packet: {other:?}"),
+    }
+}
+
+#[test]
+fn a_pod_handshakes_and_its_packets_arrive_decrypted_from_its_address() {
+    let mut gw = gateway();
+    let mut a = pod(1);
+    let first = inner(POD_A, b"hello");
+    let data = connect(&mut gw, &mut a, FROM, &first);
+    let mut out = vec![0u8; 2048];
+    assert_eq!(gw.receive(FROM, &data, &mut out), Received::Inner { len: first.len(), pod: POD_A });
+    assert_eq!(&out[..first.len()], &first[..]);
+    assert_eq!(gw.counters().handshakes_completed, 1);
+    assert_eq!(gw.live_peers(), 1);
+}
+
+#[test]
+fn replies_are_encrypted_to_the_pods_last_endpoint() {
+    let mut gw = gateway();
+    let mut a = pod(1);
+    let data = connect(&mut gw, &mut a, FROM, &inner(POD_A, b"q"));
+    let mut out = vec![0u8; 2048];
+    gw.receive(FROM, &data, &mut out);
+    let reply = inner(Ipv4Addr::from(SERVER), b"answer");
+    let (len, to) = gw.send(POD_A, &reply, &mut out).expect("a session and an endpoint");
+    assert_eq!(to, FROM);
+    let mut buf = vec![0u8; 2048];
+    match a.decapsulate(None, &out[..len], &mut buf) {
+        TunnResult::WriteToTunnelV4(p, src) => {
+            assert_eq!(p, &reply[..]);
+            assert_eq!(src, Ipv4Addr::from(SERVER));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(gw.send(POD_B, &reply, &mut out).is_none(), "pod-b has no session yet");
+}
+
+#[test]
+fn a_key_that_is_no_peer_gets_nothing() {
+    let mut gw = gateway();
+    let mut stranger = pod(9);
+    let mut buf = vec![0u8; 2048];
+    let TunnResult::WriteToNetwork(init) = stranger.encapsulate(&inner(POD_A, b"x"), &mut buf) else { panic!() };
+    let init = init.to_vec();
+    let mut out = vec![0u8; 2048];
+    assert_eq!(gw.receive(FROM, &init, &mut out), Received::Drop(TunnelDrop::UnknownPeer));
+    assert_eq!(gw.counters().handshakes_completed, 0);
+}
+
+#[test]
+fn a_peer_sending_another_pods_source_is_dropped() {
+    let mut gw = gateway();
+    let mut a = pod(1);
+    let spoof = inner(POD_B, b"not mine");
+    let data = connect(&mut gw, &mut a, FROM, &spoof);
+    let mut out = vec![0u8; 2048];
+    assert_eq!(gw.receive(FROM, &data, &mut out), Received::Drop(TunnelDrop::InnerSourceViolation));
+    assert_eq!(gw.counters().dropped(TunnelDrop::InnerSourceViolation), 1);
+}
+
+#[test]
+fn a_replayed_data_packet_is_dropped() {
+    let mut gw = gateway();
+    let mut a = pod(1);
+    let data = connect(&mut gw, &mut a, FROM, &inner(POD_A, b"once"));
+    let mut out = vec![0u8; 2048];
+    assert!(matches!(gw.receive(FROM, &data, &mut out), Received::Inner { .. }));
+    assert_eq!(gw.receive(FROM, &data, &mut out), Received::Drop(TunnelDrop::Replay));
+}
+
+#[test]
+fn garbage_and_truncated_datagrams_are_dropped_by_reason() {
+    let mut gw = gateway();
+    let mut a = pod(1);
+    let data = connect(&mut gw, &mut a, FROM, &inner(POD_A, b"x"));
+    let mut out = vec![0u8; 2048];
+    assert_eq!(gw.receive(FROM, b"GET / HTTP/1.1\r\n", &mut out), Received::Drop(TunnelDrop::Malformed));
+    assert_eq!(gw.receive(FROM, &[], &mut out), Received::Drop(TunnelDrop::Malformed));
+    assert!(matches!(gw.receive(FROM, &data[..data.len() - 1], &mut out), Received::Drop(_)));
+    let mut flipped = data.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    assert_eq!(gw.receive(FROM, &flipped, &mut out), Received::Drop(TunnelDrop::DecryptFailed));
+    // The real one still goes through.
+    assert!(matches!(gw.receive(FROM, &data, &mut out), Received::Inner { .. }));
+}
+
+#[test]
+fn a_pod_that_changes_its_source_port_keeps_working_and_replies_follow_it() {
+    let mut gw = gateway();
+    let mut a = pod(1);
+    let data = connect(&mut gw, &mut a, FROM, &inner(POD_A, b"1"));
+    let mut out = vec![0u8; 2048];
+    gw.receive(FROM, &data, &mut out);
+    let moved = SocketAddrV4::new(*FROM.ip(), 40000);
+    let mut buf = vec![0u8; 2048];
+    let TunnResult::WriteToNetwork(d) = a.encapsulate(&inner(POD_A, b"2"), &mut buf) else { panic!() };
+    let d = d.to_vec();
+    assert!(matches!(gw.receive(moved, &d, &mut out), Received::Inner { .. }));
+    assert_eq!(gw.counters().roams, 1);
+    let (_, to) = gw.send(POD_A, &inner(Ipv4Addr::from(SERVER), b"r"), &mut out).unwrap();
+    assert_eq!(to, moved);
+    // An unauthenticated datagram from elsewhere moves nothing.
+    let elsewhere = SocketAddrV4::new(Ipv4Addr::new(198, 18, 9, 9), 1);
+    gw.receive(elsewhere, &d, &mut out); // a replay: dropped
+    assert_eq!(gw.send(POD_A, &inner(Ipv4Addr::from(SERVER), b"r"), &mut out).unwrap().1, moved);
+}
+
+#[test]
+fn a_peer_set_change_leaves_the_other_peers_sessions_alone() {
+    let mut gw = gateway();
+    let (mut a, mut b) = (pod(1), pod(2));
+    let da = connect(&mut gw, &mut a, FROM, &inner(POD_A, b"a"));
+    let from_b = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 3), 51820);
+    let db = connect(&mut gw, &mut b, from_b, &inner(POD_B, b"b"));
+    let mut out = vec![0u8; 2048];
+    gw.receive(FROM, &da, &mut out);
+    gw.receive(from_b, &db, &mut out);
+    // Pod-b's PodEndpoint is deleted.
+    gw.set_peers(&[PeerConfig { public_key: public(key(1)), pod_ip: POD_A }]);
+    assert_eq!(gw.peer_count(), 1);
+    let mut buf = vec![0u8; 2048];
+    let TunnResult::WriteToNetwork(d) = b.encapsulate(&inner(POD_B, b"b2"), &mut buf) else { panic!() };
+    let d = d.to_vec();
+    assert_eq!(gw.receive(from_b, &d, &mut out), Received::Drop(TunnelDrop::UnknownPeer));
+    // Pod-a's session was not touched: no new handshake needed.
+    let TunnResult::WriteToNetwork(d) = a.encapsulate(&inner(POD_A, b"a2"), &mut buf) else { panic!() };
+    let d = d.to_vec();
+    assert!(matches!(gw.receive(FROM, &d, &mut out), Received::Inner { pod: POD_A, .. }));
+    assert_eq!(gw.counters().handshakes_completed, 2);
+}
+
+#[test]
+fn a_flood_of_initiations_is_answered_with_cookies() {
+    let mut gw = Tunnel::with_handshake_limit(GW_KEY, &[PeerConfig { public_key: public(key(1)), pod_ip: POD_A }], 5);
+    let mut a = pod(1);
+    let mut buf = vec![0u8; 2048];
+    let mut out = vec![0u8; 2048];
+    let mut replies = 0;
+    for _ in 0..20 {
+        let TunnResult::WriteToNetwork(init) = a.format_handshake_initiation(&mut buf, true) else { panic!() };
+        let init = init.to_vec();
+        if let Received::Reply { .. } = gw.receive(FROM, &init, &mut out) {
+            replies += 1;
+        }
+    }
+    assert_eq!(replies, 20, "every initiation is answered, by a response or a cookie");
+    assert!(gw.counters().cookie_replies > 0, "under load: cookies ({:?})", gw.counters());
+    assert!(gw.counters().handshakes_completed <= 6);
+}
