@@ -59,14 +59,9 @@ impl NatEngine {
     #[cold]
     pub(super) fn fit_released(&mut self, mut r: Released, side: Side) -> Option<Released> {
         let len = r.bytes.len();
-        let mut rest = Vec::new();
-        match crate::wire::ipv4::fragment(&mut r.bytes, len, self.mtu(side), &mut rest) {
+        match self.split(&mut r.bytes, len, side) {
             Some(first) => {
                 r.bytes.truncate(first);
-                self.counters.fragments_made += 1 + rest.len() as u64;
-                for bytes in rest {
-                    self.frags.release(Released { bytes, to: ReleaseTo::Side(side) });
-                }
                 Some(r)
             }
             None => {
@@ -78,14 +73,21 @@ impl NatEngine {
 
     #[cold]
     fn fragment_out(&mut self, buf: &mut [u8], len: usize, side: Side) -> Verdict {
+        match self.split(buf, len, side) {
+            Some(first) => Verdict::Forward { side, len: first },
+            None => self.drop(DropReason::PacketTooBig),
+        }
+    }
+
+    /// Fragments `buf[..len]` for `side`'s MTU: the first piece stays in
+    /// `buf` (its length returned), the others are queued for release.
+    fn split(&mut self, buf: &mut [u8], len: usize, side: Side) -> Option<usize> {
         let mut rest = Vec::new();
-        let Some(first) = crate::wire::ipv4::fragment(buf, len, self.mtu(side), &mut rest) else {
-            return self.drop(DropReason::PacketTooBig);
-        };
+        let first = crate::wire::ipv4::fragment(buf, len, self.mtu(side), &mut rest)?;
         self.counters.fragments_made += 1 + rest.len() as u64;
         for bytes in rest {
             self.frags.release(Released { bytes, to: ReleaseTo::Side(side) });
         }
-        Verdict::Forward { side, len: first }
+        Some(first)
     }
 }
