@@ -107,6 +107,7 @@ fn cluster_state(stores: &BTreeMap<Kind, Store>) -> ClusterState {
         pods: decode::<Pod>(stores.get(&Kind::Pod), "Pod"),
         nodes: decode::<Node>(stores.get(&Kind::Node), "Node"),
         policies: decode::<EgressPolicyObject>(stores.get(&Kind::Policy), POLICY_KIND),
+        ..ClusterState::default()
     }
 }
 

@@ -288,7 +288,8 @@ impl AdminService for Admin {
         Ok(Response::new(api::GetPlanResponse {
             node,
             version: p.version,
-            plan_json: (*p.json).clone(),
+            // Operators see the plan, never a tunnel's private key.
+            plan_json: serde_json::to_string(&p.plan.redacted()).expect("a plan always serialises"),
             applied_version: link.applied_version,
             applied_error: link.applied_error,
             connected: link.connected > 0,

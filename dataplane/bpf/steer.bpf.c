@@ -3,8 +3,8 @@
 // of the receiving queue and leaves everything else to the kernel.
 //
 // Ours: IPv4 from a bound pod that is not addressed to the node itself,
-// IPv4 addressed to an egress address, and IPv4 to a bound pod (returning
-// from an excluded destination). ARP, the node's own traffic and
+// IPv4 addressed to an egress address, IPv4 to a bound pod (returning
+// from an excluded destination), and UDP to a config's WireGuard tunnel. ARP, the node's own traffic and
 // anything else pass. NAT traffic never bypasses translation: when the
 // queue has no socket (the gateway is starting or stopping) it is dropped
 // and counted, not passed untranslated.
@@ -16,6 +16,8 @@
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
+#include <linux/in.h>
+#include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -47,6 +49,21 @@ struct {
 	__type(key, __u32);
 	__type(value, __u8);
 } local SEC(".maps");
+
+// WireGuard tunnels (tunnelled inside): UDP to a config's tunnel address
+// and port. Address and port in network byte order.
+struct tunnel_key {
+	__u32 addr;
+	__u16 port;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct tunnel_key);
+	__type(value, __u8);
+} tunnels SEC(".maps");
 
 // 0: redirected, 1: dropped for want of a socket, 2: passed to the kernel.
 struct {
@@ -84,6 +101,13 @@ int egret_steer(struct xdp_md *ctx)
 	int ours = bpf_map_lookup_elem(&egress, &dst) != 0 ||
 		   (bpf_map_lookup_elem(&pods, &src) != 0 && bpf_map_lookup_elem(&local, &dst) == 0) ||
 		   (bpf_map_lookup_elem(&pods, &dst) != 0 && bpf_map_lookup_elem(&local, &src) == 0);
+	if (!ours && ip->protocol == IPPROTO_UDP && ip->ihl == 5) {
+		struct udphdr *udp = (void *)(ip + 1);
+		if ((void *)(udp + 1) <= end) {
+			struct tunnel_key k = { .addr = dst, .port = udp->dest, .pad = 0 };
+			ours = bpf_map_lookup_elem(&tunnels, &k) != 0;
+		}
+	}
 	if (!ours) {
 		count(2);
 		return XDP_PASS;

@@ -403,6 +403,109 @@ pub struct GatewayConfig {
     /// Egress policy; none allows every destination.
     #[serde(default)]
     pub policy: Option<EgressPolicy>,
+    /// The WireGuard tunnel pods of this config reach the gateway through
+    /// (AKS Static Egress Gateway); none: its pods are routed in plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelConfig>,
+}
+
+/// A config's WireGuard endpoint: kube-egress-gateway's
+/// `gatewayServerProfile` (the ILB frontend address and the config's port)
+/// and the config's key, which every gateway node of the pool shares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelConfig {
+    /// Where pods send their datagrams, and where replies leave from.
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub private_key: WgSecret,
+}
+
+/// A WireGuard public key, base64 as `wg` prints it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WgKey(pub [u8; 32]);
+
+/// A WireGuard private key: base64 in the plan (it travels to gateways in
+/// it), never shown: `Debug` and `Display` print `<redacted>`, and
+/// [`Plan::redacted`] blanks it before a plan is shown to anyone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WgSecret(pub [u8; 32]);
+
+fn decode_key(s: &str) -> Result<[u8; 32], String> {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map_err(|_| "not base64 (wg genkey / wg pubkey print the expected form)".to_string())?;
+    <[u8; 32]>::try_from(b.as_slice()).map_err(|_| format!("a WireGuard key is 32 bytes, this one is {}", b.len()))
+}
+
+fn encode_key(k: &[u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(k)
+}
+
+impl FromStr for WgKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        decode_key(s).map(WgKey)
+    }
+}
+
+impl fmt::Display for WgKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&encode_key(&self.0))
+    }
+}
+
+impl fmt::Debug for WgKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WgKey({self})")
+    }
+}
+
+impl fmt::Debug for WgSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl WgSecret {
+    /// The key shown where a plan is displayed.
+    pub const REDACTED: WgSecret = WgSecret([0; 32]);
+    pub fn public_key(&self) -> WgKey {
+        let secret = boringtun::x25519::StaticSecret::from(self.0);
+        WgKey(*boringtun::x25519::PublicKey::from(&secret).as_bytes())
+    }
+}
+
+impl Serialize for WgKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for WgKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(|e| serde::de::Error::custom(format!("public key: {e}")))
+    }
+}
+
+impl Serialize for WgSecret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if *self == WgSecret::REDACTED {
+            return s.serialize_str("<redacted>");
+        }
+        s.serialize_str(&encode_key(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for WgSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        // Never echo the value: it is a secret even when malformed.
+        decode_key(&s).map(WgSecret).map_err(|e| serde::de::Error::custom(format!("private key: {e}")))
+    }
 }
 
 fn default_quota() -> u32 {
@@ -426,6 +529,7 @@ impl GatewayConfig {
             mapping: MappingMode::default(),
             filtering: FilteringMode::default(),
             policy: None,
+            tunnel: None,
         }
     }
 }
@@ -436,6 +540,11 @@ impl GatewayConfig {
 pub struct Binding {
     pub pod_ip: Ipv4Addr,
     pub config: String,
+    /// The pod's WireGuard key (kube-egress-gateway's PodEndpoint): the pod
+    /// reaches the gateway only through its config's tunnel, and plain
+    /// packets from its address are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<WgKey>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -477,6 +586,12 @@ pub enum PlanError {
     BadPort(String),
     #[error("config '{config}' policy: {problem}")]
     BadPolicy { config: String, problem: String },
+    #[error("config '{config}' tunnel: {problem}")]
+    BadTunnel { config: String, problem: String },
+    #[error("pod {pod} has a WireGuard key but config '{config}' has no tunnel")]
+    NoTunnel { pod: Ipv4Addr, config: String },
+    #[error("pod {pod}: WireGuard key {key} is also pod {other}'s in config '{config}'")]
+    DuplicatePeerKey { pod: Ipv4Addr, other: Ipv4Addr, key: String, config: String },
 }
 
 /// A validated plan in the shape the NAT core looks things up in.
@@ -488,6 +603,25 @@ pub struct CompiledPlan {
     pub pods: HashMap<u32, u16>,
     /// egress IP → (config index, index into that config's `addrs`).
     pub egress: HashMap<u32, (u16, u16)>,
+    /// Pods that reach the gateway through a tunnel (never in plain).
+    pub tunnelled: hashbrown::HashSet<u32>,
+    /// (tunnel address, port) → config index.
+    pub tunnels: HashMap<(u32, u16), u16>,
+}
+
+/// A config's tunnel with its peers, as the tunnel stage builds it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CompiledTunnel {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub private_key: WgSecret,
+    pub peers: Vec<crate::tunnel::PeerConfig>,
+}
+
+impl fmt::Debug for CompiledTunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CompiledTunnel({}:{}, {} peers)", self.address, self.port, self.peers.len())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -502,6 +636,7 @@ pub struct CompiledConfig {
     pub mapping: MappingMode,
     pub filtering: FilteringMode,
     pub policy: Option<Arc<crate::nat::policy::CompiledPolicy>>,
+    pub tunnel: Option<Arc<CompiledTunnel>>,
 }
 
 impl CompiledConfig {
@@ -512,11 +647,23 @@ impl CompiledConfig {
 }
 
 impl Plan {
+    /// The plan as it may be shown (egretctl, logs, status): every tunnel's
+    /// private key blanked.
+    pub fn redacted(&self) -> Plan {
+        let mut p = self.clone();
+        for t in p.configs.iter_mut().filter_map(|c| c.tunnel.as_mut()) {
+            t.private_key = WgSecret::REDACTED;
+        }
+        p
+    }
+
     /// Validates the whole plan. Either every part is valid or nothing is.
     pub fn compile(&self) -> Result<CompiledPlan, PlanError> {
         let mut configs = Vec::with_capacity(self.configs.len());
         let mut by_name: HashMap<&str, u16> = HashMap::new();
         let mut egress: HashMap<u32, (u16, u16)> = HashMap::new();
+        let mut tunnels: HashMap<(u32, u16), u16> = HashMap::new();
+        let mut compiled_tunnels: Vec<Option<CompiledTunnel>> = Vec::new();
         for (ci, c) in self.configs.iter().enumerate() {
             if c.name.is_empty() {
                 return Err(PlanError::EmptyName);
@@ -573,6 +720,33 @@ impl Plan {
                 )),
                 None => None,
             };
+            let tunnel = match &c.tunnel {
+                Some(t) => {
+                    let bad = |problem: &str| PlanError::BadTunnel { config: c.name.clone(), problem: problem.into() };
+                    if t.port == 0 {
+                        return Err(bad("port must be 1-65535"));
+                    }
+                    if t.private_key == WgSecret::REDACTED {
+                        return Err(bad("the private key is missing (a redacted plan cannot be served)"));
+                    }
+                    if let Some(&other) = tunnels.get(&(u32::from(t.address), t.port)) {
+                        let other = &self.configs[usize::from(other)].name;
+                        return Err(bad(&format!("{}:{} is also config '{other}'s", t.address, t.port)));
+                    }
+                    if egress.contains_key(&u32::from(t.address)) {
+                        return Err(bad(&format!("{} is an egress address", t.address)));
+                    }
+                    tunnels.insert((u32::from(t.address), t.port), ci as u16);
+                    Some(CompiledTunnel {
+                        address: t.address,
+                        port: t.port,
+                        private_key: t.private_key.clone(),
+                        peers: Vec::new(),
+                    })
+                }
+                None => None,
+            };
+            compiled_tunnels.push(tunnel);
             let mut exclude = c.exclude.clone();
             exclude.sort_by_key(|c| std::cmp::Reverse(c.prefix_len()));
             configs.push(CompiledConfig {
@@ -585,9 +759,12 @@ impl Plan {
                 mapping: c.mapping,
                 filtering: c.filtering,
                 policy,
+                tunnel: None,
             });
         }
         let mut pods: HashMap<u32, u16> = HashMap::with_capacity(self.bindings.len());
+        let mut tunnelled = hashbrown::HashSet::new();
+        let mut peer_keys: HashMap<(u16, WgKey), Ipv4Addr> = HashMap::new();
         for b in &self.bindings {
             let Some(&ci) = by_name.get(b.config.as_str()) else {
                 return Err(PlanError::UnknownConfig { pod: b.pod_ip, config: b.config.clone() });
@@ -601,9 +778,32 @@ impl Plan {
                     let a = self.configs[usize::from(prev)].name.clone();
                     return Err(PlanError::DuplicateBinding { pod: b.pod_ip, a, b: b.config.clone() });
                 }
+                if b.public_key.is_some() || tunnelled.contains(&u32::from(b.pod_ip)) {
+                    // The same pod twice, one of them with a key: which key?
+                    let a = self.configs[usize::from(prev)].name.clone();
+                    return Err(PlanError::DuplicateBinding { pod: b.pod_ip, a, b: b.config.clone() });
+                }
+            }
+            if let Some(key) = b.public_key {
+                let Some(t) = compiled_tunnels[usize::from(ci)].as_mut() else {
+                    return Err(PlanError::NoTunnel { pod: b.pod_ip, config: b.config.clone() });
+                };
+                if let Some(other) = peer_keys.insert((ci, key), b.pod_ip) {
+                    return Err(PlanError::DuplicatePeerKey {
+                        pod: b.pod_ip,
+                        other,
+                        key: key.to_string(),
+                        config: b.config.clone(),
+                    });
+                }
+                t.peers.push(crate::tunnel::PeerConfig { public_key: key.0, pod_ip: b.pod_ip });
+                tunnelled.insert(u32::from(b.pod_ip));
             }
         }
-        Ok(CompiledPlan { version: self.version, configs, pods, egress })
+        for (c, t) in configs.iter_mut().zip(compiled_tunnels) {
+            c.tunnel = t.map(Arc::new);
+        }
+        Ok(CompiledPlan { version: self.version, configs, pods, egress, tunnelled, tunnels })
     }
 }
 
@@ -623,8 +823,8 @@ mod tests {
                 GatewayConfig::new("b", vec![cidr("198.19.101.0/31"), cidr("198.19.102.7")]),
             ],
             bindings: vec![
-                Binding { pod_ip: "198.18.0.2".parse().unwrap(), config: "a".into() },
-                Binding { pod_ip: "198.18.0.3".parse().unwrap(), config: "b".into() },
+                Binding { pod_ip: "198.18.0.2".parse().unwrap(), config: "a".into(), public_key: None },
+                Binding { pod_ip: "198.18.0.3".parse().unwrap(), config: "b".into(), public_key: None },
             ],
         }
     }
@@ -658,14 +858,14 @@ mod tests {
         );
 
         let mut p = plan();
-        p.bindings.push(Binding { pod_ip: "198.18.0.9".parse().unwrap(), config: "zz".into() });
+        p.bindings.push(Binding { pod_ip: "198.18.0.9".parse().unwrap(), config: "zz".into(), public_key: None });
         assert_eq!(
             p.compile().unwrap_err().to_string(),
             "pod 198.18.0.9 is bound to config 'zz', which does not exist"
         );
 
         let mut p = plan();
-        p.bindings.push(Binding { pod_ip: "198.18.0.2".parse().unwrap(), config: "b".into() });
+        p.bindings.push(Binding { pod_ip: "198.18.0.2".parse().unwrap(), config: "b".into(), public_key: None });
         assert!(matches!(p.compile(), Err(PlanError::DuplicateBinding { .. })));
 
         let mut p = plan();

@@ -26,8 +26,8 @@ fn engine(workers: u16, mtu: [usize; 2]) -> NatEngine {
         version: 1,
         configs: vec![a, b],
         bindings: vec![
-            Binding { pod_ip: POD_A.into(), config: "a".into() },
-            Binding { pod_ip: POD_B.into(), config: "b".into() },
+            Binding { pod_ip: POD_A.into(), config: "a".into(), public_key: None },
+            Binding { pod_ip: POD_B.into(), config: "b".into(), public_key: None },
         ],
     };
     let settings = EngineSettings {

@@ -14,6 +14,7 @@ pub const SGC_KIND: &str = "StaticGatewayConfiguration";
 pub const SGC_GROUP: &str = "egressgateway.kubernetes.azure.com";
 pub const SGC_VERSION: &str = "v1alpha1";
 pub const POLICY_KIND: &str = "EgressPolicy";
+pub const POD_ENDPOINT_KIND: &str = "PodEndpoint";
 /// Upstream kube-egress-gateway marks gateway nodes with this label = "true".
 pub const GATEWAY_MODE_LABEL: &str = "kubeegressgateway.azure.com/mode";
 /// AKS marks gateway node pools with this label = "gateway".
@@ -115,6 +116,85 @@ pub struct SgcStatus {
     /// The public prefix, once kube-egress-gateway has provisioned it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_ip_prefix: Option<String>,
+    /// The config's WireGuard endpoint (its controller-manager fills it):
+    /// pods tunnel to `ip:port` with `publicKey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_server_profile: Option<GatewayServerProfile>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayServerProfile {
+    #[serde(default)]
+    pub ip: String,
+    #[serde(default)]
+    pub port: i32,
+    #[serde(default)]
+    pub public_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_secret_ref: Option<ObjectReference>,
+}
+
+impl GatewayServerProfile {
+    /// kube-egress-gateway's daemon acts on a config only once every field
+    /// of its profile is set (`isReady()`).
+    pub fn is_ready(&self) -> bool {
+        !self.ip.is_empty()
+            && self.port != 0
+            && !self.public_key.is_empty()
+            && self.private_key_secret_ref.as_ref().is_some_and(|r| !r.name.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectReference {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// A Secret: only `sgw-<config UID>`, which holds a config's WireGuard
+/// private key (`PrivateKey`), is read.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Values base64, as the API server prints them.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({}, keys {:?})", self.metadata.key(), self.data.keys().collect::<Vec<_>>())
+    }
+}
+
+/// kube-egress-gateway's PodEndpoint: a tunnelled pod's address and
+/// WireGuard key, written by its CNI plugin.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodEndpoint {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PodEndpointSpec,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodEndpointSpec {
+    /// The config's name, in the PodEndpoint's namespace.
+    #[serde(default)]
+    pub static_gateway_configuration: String,
+    /// `x.x.x.x/32`.
+    #[serde(default)]
+    pub pod_ip_address: String,
+    #[serde(default)]
+    pub pod_public_key: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -268,6 +348,8 @@ pub struct ClusterState {
     pub pods: Vec<Pod>,
     pub nodes: Vec<Node>,
     pub policies: Vec<EgressPolicyObject>,
+    pub secrets: Vec<Secret>,
+    pub pod_endpoints: Vec<PodEndpoint>,
 }
 
 impl ClusterState {
@@ -328,6 +410,8 @@ impl ClusterState {
             "Pod" => self.pods.push(de(v.clone(), named(&v))?),
             "Node" => self.nodes.push(de(v.clone(), named(&v))?),
             POLICY_KIND => self.policies.push(de(v.clone(), named(&v))?),
+            "Secret" => self.secrets.push(de(v.clone(), named(&v))?),
+            POD_ENDPOINT_KIND => self.pod_endpoints.push(de(v.clone(), named(&v))?),
             _ => {}
         }
         Ok(())
@@ -350,6 +434,8 @@ impl ClusterState {
         self.pods.extend(other.pods);
         self.nodes.extend(other.nodes);
         self.policies.extend(other.policies);
+        self.secrets.extend(other.secrets);
+        self.pod_endpoints.extend(other.pod_endpoints);
     }
 
     /// Objects of the same kind and `namespace/name` defined twice: the later
@@ -371,6 +457,8 @@ impl ClusterState {
         dedup_by(&mut self.pods, "Pod", |o| o.metadata.key(), problems);
         dedup_by(&mut self.nodes, "Node", |o| o.metadata.name.clone(), problems);
         dedup_by(&mut self.policies, POLICY_KIND, |o| o.metadata.key(), problems);
+        dedup_by(&mut self.secrets, "Secret", |o| o.metadata.key(), problems);
+        dedup_by(&mut self.pod_endpoints, POD_ENDPOINT_KIND, |o| o.metadata.key(), problems);
     }
 }
 

@@ -16,7 +16,10 @@
 
 use super::objects::*;
 use super::Problem;
-use crate::plan::{Binding, EgressPolicy, FilteringMode, GatewayConfig, Ipv4Cidr, MappingMode, Plan, Timeouts};
+use crate::plan::{
+    Binding, EgressPolicy, FilteringMode, GatewayConfig, Ipv4Cidr, MappingMode, Plan, Timeouts, TunnelConfig, WgKey,
+    WgSecret,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -148,6 +151,90 @@ pub fn egress_prefix(sgc: &StaticGatewayConfiguration) -> Result<Ipv4Cidr, Strin
     p.parse().map_err(|e| format!("status.egressIpPrefix: {e}"))
 }
 
+/// A config's WireGuard tunnel, from its `status.gatewayServerProfile` and
+/// the Secret it references (key `PrivateKey`, as kube-egress-gateway's
+/// controller-manager writes it). None while the profile is incomplete: the
+/// config is then routed in plain, as before the drop-in.
+pub fn tunnel_of(sgc: &StaticGatewayConfiguration, st: &ClusterState) -> Result<Option<TunnelConfig>, String> {
+    let Some(p) = sgc.status.as_ref().and_then(|s| s.gateway_server_profile.as_ref()).filter(|p| p.is_ready()) else {
+        return Ok(None);
+    };
+    let address: Ipv4Addr =
+        p.ip.trim().parse().map_err(|_| format!("status.gatewayServerProfile.ip '{}' is not an IPv4 address", p.ip))?;
+    let port = u16::try_from(p.port)
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| format!("status.gatewayServerProfile.port {} is not a UDP port", p.port))?;
+    let public: WgKey =
+        p.public_key.parse().map_err(|e| format!("status.gatewayServerProfile.publicKey: {e}"))?;
+    let r = p.private_key_secret_ref.as_ref().expect("a ready profile has a secret reference");
+    let ns = r.namespace.clone().unwrap_or_else(|| sgc.metadata.ns().to_string());
+    let secret = st
+        .secrets
+        .iter()
+        .find(|s| s.metadata.name == r.name && s.metadata.ns() == ns)
+        .ok_or_else(|| format!("Secret {ns}/{} (the private key) is not there", r.name))?;
+    let data = secret.data.get("PrivateKey").ok_or_else(|| format!("Secret {ns}/{} has no PrivateKey", r.name))?;
+    use base64::Engine;
+    let text = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| format!("Secret {ns}/{}: PrivateKey is not base64 text", r.name))?;
+    let private_key: WgSecret = serde_json::from_value(serde_json::Value::String(text))
+        .map_err(|e| format!("Secret {ns}/{}: {e}", r.name))?;
+    if private_key.public_key() != public {
+        return Err(format!(
+            "Secret {ns}/{}: its private key does not match status.gatewayServerProfile.publicKey",
+            r.name
+        ));
+    }
+    Ok(Some(TunnelConfig { address, port, private_key }))
+}
+
+/// Tunnelled pods: every PodEndpoint of a served config that has a tunnel
+/// (kube-egress-gateway programs every one as a peer). `taken`: addresses
+/// already bound in plain; a PodEndpoint for one of those is reported.
+fn tunnel_bindings(
+    st: &ClusterState,
+    tunnelled: &BTreeSet<String>,
+    taken: &BTreeSet<Ipv4Addr>,
+    problems: &mut Vec<Problem>,
+) -> Vec<Binding> {
+    let mut eps: Vec<&PodEndpoint> = st.pod_endpoints.iter().collect();
+    eps.sort_by_key(|e| e.metadata.key());
+    let mut seen: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let mut out = Vec::new();
+    for e in eps {
+        let key = e.metadata.key();
+        let problem = |m: String| Problem::new(POD_ENDPOINT_KIND, &key, m);
+        let config = format!("{}/{}", e.metadata.ns(), e.spec.static_gateway_configuration);
+        if !tunnelled.contains(&config) {
+            problems.push(problem(format!("names {config}, which is not served with a tunnel")));
+            continue;
+        }
+        let ip = e.spec.pod_ip_address.trim();
+        let ip = ip.strip_suffix("/32").unwrap_or(ip);
+        let Ok(pod_ip) = ip.parse::<Ipv4Addr>() else {
+            problems.push(problem(format!("spec.podIpAddress '{}' is not an IPv4 /32", e.spec.pod_ip_address)));
+            continue;
+        };
+        let public_key = match e.spec.pod_public_key.parse::<WgKey>() {
+            Ok(k) => k,
+            Err(m) => {
+                problems.push(problem(format!("spec.podPublicKey: {m}")));
+                continue;
+            }
+        };
+        if taken.contains(&pod_ip) || !seen.insert(pod_ip) {
+            problems.push(problem(format!("pod IP {pod_ip} is already bound; not bound")));
+            continue;
+        }
+        out.push(Binding { pod_ip, config, public_key: Some(public_key) });
+    }
+    out
+}
+
 /// A config that passed every check on its own.
 struct Candidate {
     config: GatewayConfig,
@@ -174,7 +261,11 @@ fn candidates(st: &ClusterState, needs_target: bool, problems: &mut Vec<Problem>
             problems.push(sgc_problem(sgc, e.clone()));
             continue;
         }
-        let built = egress_prefix(sgc).and_then(|p| Ok((p, gateway_config(sgc, vec![p])?)));
+        let built = egress_prefix(sgc).and_then(|p| {
+            let mut c = gateway_config(sgc, vec![p])?;
+            c.tunnel = tunnel_of(sgc, st)?;
+            Ok((p, c))
+        });
         let (prefix, config) = match built {
             Ok(x) => x,
             Err(e) => {
@@ -263,6 +354,26 @@ fn resolve_pod_selectors(policy: &mut EgressPolicy, st: &ClusterState, config: &
         rule.pods = Some(ips);
     }
     Ok(())
+}
+
+/// Step 3 whole: plain bindings from annotated pods for configs without a
+/// tunnel, tunnelled ones from PodEndpoints for configs with one (an
+/// annotated pod of a tunnelled config reaches the gateway only through
+/// its tunnel, once its CNI plugin has written its PodEndpoint).
+fn all_bindings(
+    st: &ClusterState,
+    cands: &[Candidate],
+    served: &BTreeMap<String, Ipv4Cidr>,
+    unserved: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) -> (BTreeMap<String, Vec<Ipv4Addr>>, Vec<Binding>) {
+    let mut bound = bindings(st, served, unserved, problems);
+    let with_tunnel: BTreeSet<String> =
+        cands.iter().filter(|c| c.config.tunnel.is_some()).map(|c| c.config.name.clone()).collect();
+    bound.retain(|config, _| !with_tunnel.contains(config));
+    let taken: BTreeSet<Ipv4Addr> = bound.values().flatten().copied().collect();
+    let tunnelled = tunnel_bindings(st, &with_tunnel, &taken, problems);
+    (bound, tunnelled)
 }
 
 /// Step 3: pod bindings for the served configs. `unserved`: configs that
@@ -448,7 +559,7 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
         }
     }
 
-    let bound = bindings(&st, &served, &unserved, &mut problems);
+    let (bound, tunnelled) = all_bindings(&st, &cands, &served, &unserved, &mut problems);
     let mut plans: BTreeMap<String, Plan> = nodes.iter().map(|n| (n.name.clone(), Plan::default())).collect();
     for c in &cands {
         let Some(shares) = shares_of.get(&c.config.name) else { continue };
@@ -458,8 +569,9 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
             config.egress = addrs.iter().map(|a| Ipv4Cidr::new(*a, 32).expect("a /32 is valid")).collect();
             plan.configs.push(config);
             for ip in bound.get(&c.config.name).into_iter().flatten() {
-                plan.bindings.push(Binding { pod_ip: *ip, config: c.config.name.clone() });
+                plan.bindings.push(Binding { pod_ip: *ip, config: c.config.name.clone(), public_key: None });
             }
+            plan.bindings.extend(tunnelled.iter().filter(|b| b.config == c.config.name).cloned());
         }
     }
     for plan in plans.values_mut() {
@@ -469,6 +581,11 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
     for (name, ips) in &bound {
         if let Some(s) = statuses.get_mut(name) {
             s.pods = ips.clone();
+        }
+    }
+    for b in &tunnelled {
+        if let Some(s) = statuses.get_mut(&b.config) {
+            s.pods.push(b.pod_ip);
         }
     }
     problems.sort();
@@ -495,13 +612,14 @@ pub fn standalone_plan(st: &ClusterState, version: u64) -> (Plan, Vec<Problem>) 
             (k, why.unwrap_or_else(|| "its EgressPolicy is invalid".into()))
         })
         .collect();
-    let bound = bindings(&st, &served, &unserved, &mut problems);
+    let (bound, tunnelled) = all_bindings(&st, &cands, &served, &unserved, &mut problems);
     let mut plan = Plan { version, ..Plan::default() };
     plan.configs = cands.into_iter().map(|c| c.config).collect();
     plan.configs.sort_by(|a, b| a.name.cmp(&b.name));
     for (config, ips) in bound {
-        plan.bindings.extend(ips.into_iter().map(|pod_ip| Binding { pod_ip, config: config.clone() }));
+        plan.bindings.extend(ips.into_iter().map(|pod_ip| Binding { pod_ip, config: config.clone(), public_key: None }));
     }
+    plan.bindings.extend(tunnelled);
     problems.sort();
     (plan, problems)
 }

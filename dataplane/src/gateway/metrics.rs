@@ -176,7 +176,40 @@ pub fn render(reports: &[WorkerReport], info: &GatewayInfo) -> String {
     );
     let v: u64 = reports.iter().map(|r| r.nat.dns_untrusted).sum();
     let _ = writeln!(o, "egret_dns_untrusted_total {v}");
+    render_tunnels(&mut o, reports);
     o
+}
+
+/// The WireGuard tunnels, per config (never a key: the public one is in
+/// the status file).
+fn render_tunnels(o: &mut String, reports: &[WorkerReport]) {
+    let tunnels = crate::tunnel::stage::merge(reports.iter().flat_map(|r| &r.tunnels));
+    if tunnels.is_empty() {
+        return;
+    }
+    metric(o, "egret_tunnel_peers", "gauge", "WireGuard peers (tunnelled pods), by config.");
+    metric(o, "egret_tunnel_live_peers", "gauge", "Peers with a session (a handshake within 180 s), by config.");
+    metric(o, "egret_tunnel_handshakes_total", "counter", "Handshake initiations answered, by config and outcome.");
+    metric(o, "egret_tunnel_packets_total", "counter", "Tunnel data packets, by config and direction.");
+    metric(o, "egret_tunnel_bytes_total", "counter", "Inner bytes through tunnels, by config and direction.");
+    metric(o, "egret_tunnel_roams_total", "counter", "Peer endpoint changes learned from authenticated datagrams.");
+    metric(o, "egret_tunnel_drops_total", "counter", "Tunnel datagrams dropped, by config and reason.");
+    for t in &tunnels {
+        let (c, n) = (&t.config, &t.counters);
+        let _ = writeln!(o, "egret_tunnel_peers{{config=\"{c}\"}} {}", t.peers);
+        let _ = writeln!(o, "egret_tunnel_live_peers{{config=\"{c}\"}} {}", t.live_peers);
+        let _ =
+            writeln!(o, "egret_tunnel_handshakes_total{{config=\"{c}\",outcome=\"completed\"}} {}", n.handshakes_completed);
+        let _ = writeln!(o, "egret_tunnel_handshakes_total{{config=\"{c}\",outcome=\"cookie\"}} {}", n.cookie_replies);
+        let _ = writeln!(o, "egret_tunnel_packets_total{{config=\"{c}\",direction=\"rx\"}} {}", n.rx_packets);
+        let _ = writeln!(o, "egret_tunnel_packets_total{{config=\"{c}\",direction=\"tx\"}} {}", n.tx_packets);
+        let _ = writeln!(o, "egret_tunnel_bytes_total{{config=\"{c}\",direction=\"rx\"}} {}", n.rx_bytes);
+        let _ = writeln!(o, "egret_tunnel_bytes_total{{config=\"{c}\",direction=\"tx\"}} {}", n.tx_bytes);
+        let _ = writeln!(o, "egret_tunnel_roams_total{{config=\"{c}\"}} {}", n.roams);
+        for r in crate::tunnel::TunnelDrop::ALL {
+            let _ = writeln!(o, "egret_tunnel_drops_total{{config=\"{c}\",reason=\"{}\"}} {}", r.name(), n.dropped(r));
+        }
+    }
 }
 
 /// Serves `/metrics` on `addr` until `stop`.

@@ -237,8 +237,8 @@ fn addresses_of(ifname: &str) -> Vec<Ipv4Addr> {
     links.iter().flat_map(|l| l.addr_info.iter().filter_map(|a| a.local.parse().ok())).collect()
 }
 
-fn plan_sets(p: &CompiledPlan) -> (HashSet<u32>, HashSet<u32>) {
-    (p.pods.keys().copied().collect(), p.egress.keys().copied().collect())
+fn plan_sets(p: &CompiledPlan) -> (HashSet<u32>, HashSet<u32>, HashSet<(u32, u16)>) {
+    (p.pods.keys().copied().collect(), p.egress.keys().copied().collect(), p.tunnels.keys().copied().collect())
 }
 
 fn mtime(p: &Path) -> Option<SystemTime> {
@@ -328,9 +328,10 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
         tracing::info!(interface = %i, mode = ?s.mode, "XDP program attached");
         steering.push(s);
     }
-    let (pods, egress) = plan_sets(&plan);
+    let (pods, egress, tunnels) = plan_sets(&plan);
     for s in &mut steering {
         s.follow_plan(&pods, &egress).map_err(|e| e.to_string())?;
+        s.follow_tunnels(&tunnels).map_err(|e| e.to_string())?;
     }
     // What XDP leaves to the kernel must not be forwarded out untranslated.
     let guard = match forward_guard::ForwardGuard::install(&ifaces) {
@@ -371,6 +372,7 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
         .unwrap_or_default();
     let sizes = xsk::XskSizes { frames: cfg.umem.frames, frame_size: cfg.umem.frame_size, ring: cfg.umem.ring };
     let full_snapshots = Arc::new(AtomicBool::new(cfg.state_file.is_some()));
+    let limiters = crate::tunnel::stage::SharedLimiters::default();
     let mut workers = Vec::new();
     for q in 0..cfg.interfaces.queues {
         let targets: Vec<(String, u32)> = ifaces.iter().map(|i| (i.clone(), q)).collect();
@@ -401,10 +403,13 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
             tracing::info!(worker = q, restored = st.restored, skipped = st.skipped, "sessions restored");
         }
         let side_port = [0, if ifaces.len() > 1 { 1 } else { 0 }];
+        let mut tunnels = crate::tunnel::TunnelStage::new(q as u16, workers_n, limiters.clone());
+        tunnels.apply_plan(&plan);
         let mut w = Worker::new(
             q as u16,
             io,
             engine,
+            tunnels,
             side_port,
             Arc::clone(&inboxes[q as usize]),
             inboxes.clone(),
@@ -503,12 +508,12 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
             match update {
                 Ok(p) => {
                     let version = p.version;
-                    let (pods, egress) = plan_sets(&p);
+                    let (pods, egress, tunnels) = plan_sets(&p);
                     // Maps first for additions would let traffic reach
                     // workers still on the old plan; that is harmless (they
                     // drop it as unbound), and removals follow at once.
                     for s in &mut steering {
-                        if let Err(e) = s.follow_plan(&pods, &egress) {
+                        if let Err(e) = s.follow_plan(&pods, &egress).and_then(|_| s.follow_tunnels(&tunnels)) {
                             tracing::error!(%e, "updating XDP maps");
                         }
                     }
@@ -595,6 +600,21 @@ fn control_report(reports: &[Arc<Mutex<WorkerReport>>]) -> egret_api::v1::Report
     for r in crate::nat::DropReason::ALL {
         counters.insert(format!("drop_{}", r.name()), total.dropped(r));
     }
+    for t in crate::tunnel::stage::merge(rs.iter().flat_map(|r| &r.tunnels)) {
+        let c = &t.counters;
+        for (k, v) in [
+            ("handshakes_completed", c.handshakes_completed),
+            ("cookie_replies", c.cookie_replies),
+            ("rx_packets", c.rx_packets),
+            ("tx_packets", c.tx_packets),
+            ("live_peers", t.live_peers as u64),
+        ] {
+            *counters.entry(format!("tunnel_{k}")).or_default() += v;
+        }
+        for r in crate::tunnel::TunnelDrop::ALL {
+            *counters.entry(format!("drop_{}", r.name())).or_default() += c.dropped(r);
+        }
+    }
     let mut ports: std::collections::BTreeMap<(Ipv4Addr, String), (u32, u32)> = Default::default();
     for r in &rs {
         for u in &r.ports {
@@ -664,7 +684,9 @@ fn write_status(
         })
         .collect();
     let refused = guard.and_then(|g| g.refused());
-    let doc = serde_json::json!({ "workers": workers, "xdp": xdp, "forward_guard": {"installed": guard.is_some(), "refused": refused} });
+    let tunnels: Vec<serde_json::Value> =
+        crate::tunnel::stage::merge(workers.iter().flat_map(|w| &w.tunnels)).iter().map(|t| t.to_json()).collect();
+    let doc = serde_json::json!({ "workers": workers, "xdp": xdp, "tunnels": tunnels, "forward_guard": {"installed": guard.is_some(), "refused": refused} });
     let tmp = path.with_extension("tmp");
     if std::fs::write(&tmp, doc.to_string()).is_ok() {
         let _ = std::fs::rename(&tmp, path);

@@ -8,6 +8,8 @@ use super::nexthop::{Miss, NextHops};
 use super::xsk::WorkerIo;
 use crate::nat::{NatEngine, ReleaseTo, Side, Time, Verdict};
 use crate::plan::CompiledPlan;
+use crate::tunnel::stage::TunnelReport;
+use crate::tunnel::{Inbound, Outbound, TunnelStage};
 use crate::wire::ethernet;
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
@@ -36,12 +38,25 @@ struct Pending {
     since_ms: u64,
 }
 
-/// A frame on its way to the worker that owns its session.
+/// A frame on its way to the worker that owns its session or its peer.
 pub struct Handoff {
     pub buf: Box<[u8; HANDOFF_BYTES]>,
     pub len: u16,
-    /// The side it arrived on (0 inside, 1 outside).
-    pub side: u8,
+    /// What it is, so the new worker takes it up where it was left.
+    pub kind: HandoffKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoffKind {
+    /// A packet as it arrived on the inside or the outside.
+    Arrived(Side),
+    /// A tunnel datagram for the peer's owner (an initiation has passed the
+    /// rate limiter).
+    Datagram,
+    /// The decrypted inner packet of a tunnelled pod, for its flow's owner.
+    Tunnelled,
+    /// A packet for a tunnelled pod, for its peer's owner to encrypt.
+    Seal,
 }
 
 /// What the gateway itself counts around the NAT core.
@@ -58,6 +73,9 @@ pub struct IoCounters {
     pub handoff_received: u64,
     pub handoff_overflow: u64,
     pub handoff_ring_depth: u64,
+    /// Tunnel datagrams and packets for tunnelled pods handed to their
+    /// peer's worker.
+    pub tunnel_handoffs: u64,
 }
 
 /// Sessions a worker samples for the control plane's session listing.
@@ -81,6 +99,8 @@ pub struct WorkerReport {
     pub rule_hits: Vec<crate::nat::RuleHits>,
     /// Policy denials not logged because of the log rate limit.
     pub deny_logs_suppressed: u64,
+    #[serde(skip)]
+    pub tunnels: Vec<TunnelReport>,
 }
 
 impl Serialize for crate::nat::Counters {
@@ -113,6 +133,7 @@ pub struct Worker {
     pub index: u16,
     pub io: WorkerIo,
     pub engine: NatEngine,
+    pub tunnels: TunnelStage,
     /// Port index for each side: `[inside, outside]` (the same in one-armed mode).
     pub side_port: [usize; 2],
     pub inbox: Arc<ArrayQueue<Handoff>>,
@@ -148,6 +169,7 @@ impl Worker {
         index: u16,
         io: WorkerIo,
         engine: NatEngine,
+        tunnels: TunnelStage,
         side_port: [usize; 2],
         inbox: Arc<ArrayQueue<Handoff>>,
         peers: Vec<Arc<ArrayQueue<Handoff>>>,
@@ -162,6 +184,7 @@ impl Worker {
             index,
             io,
             engine,
+            tunnels,
             side_port,
             inbox,
             peers,
@@ -202,6 +225,7 @@ impl Worker {
             let plan = self.plan.load();
             if !Arc::ptr_eq(&plan, self.engine.plan()) {
                 self.engine.apply_plan(Arc::clone(&plan), now);
+                self.tunnels.apply_plan(&plan);
             }
             let mut work = 0;
             for port in 0..self.io.ports.len() {
@@ -230,11 +254,11 @@ impl Worker {
                     }
                 }
                 for d in rx.drain(..) {
-                    self.handle(port, d.addr, d.len as usize, now);
+                    self.handle(port, d.addr, d.len as usize, HandoffKind::Arrived(Side::Inside), now);
                 }
             }
             work += self.drain_inbox(now);
-            self.drain_released();
+            self.drain_released(now);
             if !self.pending.is_empty() {
                 self.retry_pending(now);
             }
@@ -255,6 +279,7 @@ impl Worker {
             self.engine.expire(now, 256);
             self.log_events();
             if last_report.elapsed() >= Duration::from_millis(250) {
+                self.tick_tunnels(now);
                 // Periodic snapshots bound what a crash loses.
                 let snap = last_snapshot.elapsed() >= self.snapshot_every;
                 self.publish(snap);
@@ -291,6 +316,7 @@ impl Worker {
         r.ports = self.engine.port_usage();
         r.rule_hits = self.engine.rule_hits();
         r.deny_logs_suppressed = self.deny_logs_suppressed;
+        r.tunnels = self.tunnels.reports();
         if with_snapshot {
             let limit = if self.full_snapshots.load(Ordering::Relaxed) { usize::MAX } else { SESSION_SAMPLE };
             r.snapshot = self.engine.snapshot_at_most(now, limit);
@@ -326,7 +352,7 @@ impl Worker {
     }
 
     /// Translates one received frame and queues what comes of it.
-    fn handle(&mut self, port: usize, addr: u64, len: usize, now: Time) {
+    fn handle(&mut self, port: usize, addr: u64, len: usize, kind: HandoffKind, now: Time) {
         // SAFETY: a received frame is ours until we send or release it.
         let frame = unsafe { self.io.frame_mut(addr) };
         if len < ethernet::HEADER_LEN || ethernet::ethertype(frame) != Some(ethernet::ETHERTYPE_IPV4) {
@@ -334,57 +360,160 @@ impl Worker {
             self.io.release(addr);
             return;
         }
-        let (eth, ip) = frame.split_at_mut(ethernet::HEADER_LEN);
-        // Two-armed, the port tells the side; one-armed, nothing does.
-        let from = if self.side_port[0] == self.side_port[1] {
+        let ip = &mut frame[ethernet::HEADER_LEN..];
+        let ip_len = len - ethernet::HEADER_LEN;
+        let (verdict, tunnelled) = match kind {
+            HandoffKind::Seal => return self.seal_and_send(addr, ip_len, now),
+            HandoffKind::Tunnelled => (self.engine.process_tunnelled(ip, ip_len, now), Some(ip_len)),
+            HandoffKind::Arrived(_) | HandoffKind::Datagram if self.tunnels.active() => {
+                match self.tunnels.receive(ip, ip_len, kind == HandoffKind::Datagram) {
+                    Inbound::NotTunnel => (self.engine.process_from(ip, ip_len, self.arrival(port), now), None),
+                    Inbound::Inner { len } => (self.engine.process_tunnelled(ip, len, now), Some(len)),
+                    Inbound::Reply { len } => return self.reply(port, addr, len),
+                    Inbound::Consumed | Inbound::Drop(_) => return self.io.release(addr),
+                    Inbound::Elsewhere { worker } => {
+                        self.io_counters.tunnel_handoffs += 1;
+                        self.hand_off(worker, &frame[..len], HandoffKind::Datagram);
+                        return self.io.release(addr);
+                    }
+                }
+            }
+            _ => (self.engine.process_from(ip, ip_len, self.arrival(port), now), None),
+        };
+        match verdict {
+            Verdict::Forward { side, len } => {
+                let dst = Self::dst_of(addr, &self.io);
+                if side == Side::Inside && self.engine.is_tunnelled(dst) {
+                    return self.seal_and_send(addr, len, now);
+                }
+                let out = self.side_port[side as usize];
+                self.route_out(out, addr, len + ethernet::HEADER_LEN, dst, now);
+            }
+            Verdict::Reply { len } => {
+                if self.engine.is_tunnelled(Self::dst_of(addr, &self.io)) {
+                    return self.seal_and_send(addr, len, now);
+                }
+                self.reply(port, addr, len);
+            }
+            Verdict::Handoff { worker, from } => {
+                // A tunnelled pod's inner packet stays one (its new worker
+                // must not take it for a plain packet from a tunnelled pod).
+                let (kind, n) = match tunnelled {
+                    Some(n) => (HandoffKind::Tunnelled, n + ethernet::HEADER_LEN),
+                    None => (HandoffKind::Arrived(from), len),
+                };
+                // SAFETY: as above; the engine is done with the frame.
+                let frame = unsafe { self.io.frame_mut(addr) };
+                self.hand_off(worker, &frame[..n], kind);
+                self.io.release(addr);
+            }
+            Verdict::Held | Verdict::Drop(_) => self.io.release(addr),
+        }
+    }
+
+    /// The side a port's packets arrive from: two-armed, the port tells;
+    /// one-armed, nothing does.
+    fn arrival(&self, port: usize) -> Option<Side> {
+        if self.side_port[0] == self.side_port[1] {
             None
         } else if port == self.side_port[0] {
             Some(Side::Inside)
         } else {
             Some(Side::Outside)
-        };
-        match self.engine.process_from(ip, len - ethernet::HEADER_LEN, from, now) {
-            Verdict::Forward { side, len } => {
-                let out = match side {
-                    Side::Inside => self.side_port[0],
-                    Side::Outside => self.side_port[1],
-                };
-                let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
-                let p = &self.io.ports[out];
-                match self.nexthops.table().lookup(p.ifindex, dst) {
-                    Ok(mac) => {
-                        eth[0..6].copy_from_slice(&mac);
-                        eth[6..12].copy_from_slice(&p.mac);
-                        self.tx[out].push(WorkerIo::desc(addr, len + ethernet::HEADER_LEN));
-                    }
-                    Err(Miss::NoNeighbour(hop)) => {
-                        // Hold it while the kernel resolves the next hop,
-                        // as the kernel itself would.
-                        self.nexthops.request(p.ifindex, hop);
-                        if self.pending.len() < PENDING_MAX {
-                            let len = len + ethernet::HEADER_LEN;
-                            self.pending.push(Pending { port: out, addr, len, dst, since_ms: now.millis() });
-                        } else {
-                            self.io_counters.no_neighbour += 1;
-                            self.io.release(addr);
-                        }
-                    }
-                    Err(Miss::NoRoute) => {
-                        self.io_counters.no_route += 1;
-                        self.io.release(addr);
-                    }
+        }
+    }
+
+    /// The IPv4 destination of the packet in frame `addr`.
+    fn dst_of(addr: u64, io: &WorkerIo) -> u32 {
+        // SAFETY: the frame is ours (being handled).
+        let f = unsafe { io.frame_mut(addr) };
+        let ip = &f[ethernet::HEADER_LEN..];
+        u32::from(crate::wire::udp::addrs(ip).1)
+    }
+
+    /// Sends the `len`-byte IPv4 packet in frame `addr` back where the
+    /// frame came from.
+    fn reply(&mut self, port: usize, addr: u64, len: usize) {
+        // SAFETY: the frame is ours (being handled).
+        let eth = unsafe { self.io.frame_mut(addr) };
+        eth.copy_within(6..12, 0);
+        eth[6..12].copy_from_slice(&self.io.ports[port].mac);
+        self.tx[port].push(WorkerIo::desc(addr, len + ethernet::HEADER_LEN));
+    }
+
+    /// Sends frame `addr` (`len` bytes, IPv4 to `dst`) out of `out` to its
+    /// next hop, holding it while the kernel resolves the hop's MAC.
+    fn route_out(&mut self, out: usize, addr: u64, len: usize, dst: u32, now: Time) {
+        let p = &self.io.ports[out];
+        match self.nexthops.table().lookup(p.ifindex, dst) {
+            Ok(mac) => {
+                let src_mac = p.mac;
+                // SAFETY: the frame is ours until sent.
+                let eth = unsafe { self.io.frame_mut(addr) };
+                eth[0..6].copy_from_slice(&mac);
+                eth[6..12].copy_from_slice(&src_mac);
+                eth[12..14].copy_from_slice(&ethernet::ETHERTYPE_IPV4.to_be_bytes());
+                self.tx[out].push(WorkerIo::desc(addr, len));
+            }
+            Err(Miss::NoNeighbour(hop)) => {
+                // Hold it while the kernel resolves the next hop,
+                // as the kernel itself would.
+                self.nexthops.request(p.ifindex, hop);
+                if self.pending.len() < PENDING_MAX {
+                    self.pending.push(Pending { port: out, addr, len, dst, since_ms: now.millis() });
+                } else {
+                    self.io_counters.no_neighbour += 1;
+                    self.io.release(addr);
                 }
             }
-            Verdict::Reply { len } => {
-                eth.copy_within(6..12, 0);
-                eth[6..12].copy_from_slice(&self.io.ports[port].mac);
-                self.tx[port].push(WorkerIo::desc(addr, len + ethernet::HEADER_LEN));
-            }
-            Verdict::Handoff { worker, from } => {
-                self.hand_off(worker, &frame[..len], u8::from(from == Side::Outside));
+            Err(Miss::NoRoute) => {
+                self.io_counters.no_route += 1;
                 self.io.release(addr);
             }
-            Verdict::Held | Verdict::Drop(_) => self.io.release(addr),
+        }
+    }
+
+    /// Encrypts the `len`-byte packet in frame `addr` (for a tunnelled pod)
+    /// and sends it to the pod's endpoint, or to its peer's worker.
+    fn seal_and_send(&mut self, addr: u64, len: usize, now: Time) {
+        // SAFETY: the frame is ours (being handled).
+        let frame = unsafe { self.io.frame_mut(addr) };
+        match self.tunnels.seal(&mut frame[ethernet::HEADER_LEN..], len) {
+            Outbound::Sealed { len, to } => {
+                let out = self.side_port[Side::Inside as usize];
+                self.route_out(out, addr, len + ethernet::HEADER_LEN, u32::from(*to.ip()), now);
+            }
+            Outbound::Elsewhere { worker } => {
+                self.io_counters.tunnel_handoffs += 1;
+                self.hand_off(worker, &frame[..len + ethernet::HEADER_LEN], HandoffKind::Seal);
+                self.io.release(addr);
+            }
+            Outbound::Drop(_) => self.io.release(addr),
+        }
+    }
+
+    /// Tunnel timers: keepalives and rekeys leave toward the peers.
+    fn tick_tunnels(&mut self, now: Time) {
+        if !self.tunnels.active() {
+            return;
+        }
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        self.tunnels.tick(|d| out.push(d.to_vec()));
+        for d in out {
+            let Some(addr) = self.io.alloc() else {
+                self.io_counters.no_free_frame += 1;
+                continue;
+            };
+            // SAFETY: a frame just taken from the free pool is ours.
+            let f = unsafe { self.io.frame_mut(addr) };
+            let total = ethernet::HEADER_LEN + d.len();
+            if total > f.len() {
+                self.io.release(addr);
+                continue;
+            }
+            f[ethernet::HEADER_LEN..total].copy_from_slice(&d);
+            let dst = u32::from(crate::wire::udp::addrs(&d).1);
+            self.route_out(self.side_port[Side::Inside as usize], addr, total, dst, now);
         }
     }
 
@@ -415,7 +544,7 @@ impl Worker {
         }
     }
 
-    fn hand_off(&mut self, worker: u16, bytes: &[u8], side: u8) {
+    fn hand_off(&mut self, worker: u16, bytes: &[u8], kind: HandoffKind) {
         let Some(peer) = self.peers.get(usize::from(worker)) else { return };
         if bytes.len() > HANDOFF_BYTES {
             self.io_counters.handoff_overflow += 1;
@@ -426,7 +555,7 @@ impl Worker {
             return;
         };
         buf[..bytes.len()].copy_from_slice(bytes);
-        match peer.push(Handoff { buf, len: bytes.len() as u16, side }) {
+        match peer.push(Handoff { buf, len: bytes.len() as u16, kind }) {
             Ok(()) => self.io_counters.handoff_sent += 1,
             Err(h) => {
                 let _ = self.pool.push(h.buf);
@@ -447,8 +576,11 @@ impl Worker {
                     // SAFETY: a frame just taken from the free pool is ours.
                     let f = unsafe { self.io.frame_mut(addr) };
                     f[..len].copy_from_slice(&h.buf[..len]);
-                    let port = self.side_port[usize::from(h.side & 1)];
-                    self.handle(port, addr, len, now);
+                    let side = match h.kind {
+                        HandoffKind::Arrived(side) => side,
+                        _ => Side::Inside,
+                    };
+                    self.handle(self.side_port[side as usize], addr, len, h.kind, now);
                 }
                 None => self.io_counters.no_free_frame += 1,
             }
@@ -458,41 +590,34 @@ impl Worker {
     }
 
     /// Sends the out-of-order fragments the engine released.
-    fn drain_released(&mut self) {
+    fn drain_released(&mut self, now: Time) {
         while let Some(r) = self.engine.take_released() {
             match r.to {
                 ReleaseTo::Worker { worker, from } => {
                     let mut f = vec![0u8; ethernet::HEADER_LEN];
                     f[12..14].copy_from_slice(&ethernet::ETHERTYPE_IPV4.to_be_bytes());
                     f.extend_from_slice(&r.bytes);
-                    self.hand_off(worker, &f, u8::from(from == Side::Outside));
+                    self.hand_off(worker, &f, HandoffKind::Arrived(from));
                 }
                 ReleaseTo::Side(side) => {
-                    let out = if side == Side::Inside { self.side_port[0] } else { self.side_port[1] };
                     let Some(addr) = self.io.alloc() else {
                         self.io_counters.no_free_frame += 1;
                         continue;
                     };
-                    let total = ethernet::HEADER_LEN + r.bytes.len();
-                    let dst = u32::from_be_bytes([r.bytes[16], r.bytes[17], r.bytes[18], r.bytes[19]]);
-                    let p = &self.io.ports[out];
-                    let Ok(mac) = self.nexthops.table().lookup(p.ifindex, dst) else {
-                        self.io_counters.no_neighbour += 1;
-                        self.io.release(addr);
-                        continue;
-                    };
-                    let src_mac = p.mac;
                     // SAFETY: a frame just taken from the free pool is ours.
                     let f = unsafe { self.io.frame_mut(addr) };
+                    let total = ethernet::HEADER_LEN + r.bytes.len();
                     if total > f.len() {
                         self.io.release(addr);
                         continue;
                     }
-                    f[0..6].copy_from_slice(&mac);
-                    f[6..12].copy_from_slice(&src_mac);
-                    f[12..14].copy_from_slice(&ethernet::ETHERTYPE_IPV4.to_be_bytes());
                     f[ethernet::HEADER_LEN..total].copy_from_slice(&r.bytes);
-                    self.tx[out].push(WorkerIo::desc(addr, total));
+                    let dst = Self::dst_of(addr, &self.io);
+                    if side == Side::Inside && self.engine.is_tunnelled(dst) {
+                        self.seal_and_send(addr, r.bytes.len(), now);
+                    } else {
+                        self.route_out(self.side_port[side as usize], addr, total, dst, now);
+                    }
                 }
             }
         }

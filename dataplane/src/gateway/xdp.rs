@@ -26,6 +26,7 @@ pub struct Steering {
     pub mode: AttachMode,
     pods: HashSet<u32>,
     egress: HashSet<u32>,
+    tunnels: HashSet<(u32, u16)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +66,7 @@ impl Steering {
                 AttachMode::Generic
             }
         };
-        let mut s = Steering { ebpf, ifname: ifname.into(), mode, pods: HashSet::new(), egress: HashSet::new() };
+        let mut s = Steering { ebpf, ifname: ifname.into(), mode, pods: HashSet::new(), egress: HashSet::new(), tunnels: HashSet::new() };
         let mut m = s.map("local")?;
         for &a in local {
             m.insert(key(a), 1u8, 0).map_err(|e| XdpError::Map { map: "local", reason: e.to_string() })?;
@@ -93,6 +94,26 @@ impl Steering {
         }
         self.pods = pods.clone();
         self.egress = egress.clone();
+        Ok(())
+    }
+
+    /// Makes the tunnel map hold exactly these (address, port) pairs.
+    pub fn follow_tunnels(&mut self, want: &HashSet<(u32, u16)>) -> Result<(), XdpError> {
+        let have = self.tunnels.clone();
+        let m = self.ebpf.map_mut("tunnels").ok_or(XdpError::Map { map: "tunnels", reason: "missing".into() })?;
+        let mut m: BpfHashMap<&mut MapData, [u8; 8], u8> =
+            BpfHashMap::try_from(m).map_err(|e| XdpError::Map { map: "tunnels", reason: e.to_string() })?;
+        let key = |&(a, p): &(u32, u16)| {
+            let (a, p) = (a.to_be_bytes(), p.to_be_bytes());
+            [a[0], a[1], a[2], a[3], p[0], p[1], 0, 0]
+        };
+        for t in want.difference(&have) {
+            m.insert(key(t), 1u8, 0).map_err(|e| XdpError::Map { map: "tunnels", reason: e.to_string() })?;
+        }
+        for t in have.difference(want) {
+            let _ = m.remove(&key(t));
+        }
+        self.tunnels = want.clone();
         Ok(())
     }
 

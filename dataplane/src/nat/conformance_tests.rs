@@ -63,8 +63,8 @@ fn a_plan_push_keeps_port_reuse_session_counts() {
             version: v,
             configs: vec![a.clone(), config("b", "198.19.101.0/28")],
             bindings: vec![
-                Binding { pod_ip: POD_A.into(), config: "a".into() },
-                Binding { pod_ip: POD_B.into(), config: "b".into() },
+                Binding { pod_ip: POD_A.into(), config: "a".into(), public_key: None },
+                Binding { pod_ip: POD_B.into(), config: "b".into(), public_key: None },
             ],
         };
         next.version = v;
@@ -405,8 +405,8 @@ mod plan_cooldown {
             version: 1,
             configs: vec![a, config("b", "198.19.101.0/28")],
             bindings: vec![
-                Binding { pod_ip: POD_A.into(), config: a_binds.into() },
-                Binding { pod_ip: [198, 18, 0, 5].into(), config: "a".into() },
+                Binding { pod_ip: POD_A.into(), config: a_binds.into(), public_key: None },
+                Binding { pod_ip: [198, 18, 0, 5].into(), config: "a".into(), public_key: None },
             ],
         };
         Arc::new(plan.compile().unwrap())
@@ -612,8 +612,8 @@ mod mode_switch_cooldown {
             version: 1,
             configs: vec![a, config("b", "198.19.101.0/28")],
             bindings: vec![
-                Binding { pod_ip: POD_A.into(), config: "a".into() },
-                Binding { pod_ip: [198, 18, 0, 5].into(), config: "a".into() },
+                Binding { pod_ip: POD_A.into(), config: "a".into(), public_key: None },
+                Binding { pod_ip: [198, 18, 0, 5].into(), config: "a".into(), public_key: None },
             ],
         };
         Arc::new(plan.compile().unwrap())

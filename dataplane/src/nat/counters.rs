@@ -65,10 +65,13 @@ pub enum DropReason {
     /// Larger than the way out's MTU with DF set (answered with
     /// fragmentation needed), or an MTU too small to fragment for.
     PacketTooBig,
+    /// A plain packet from a pod that reaches the gateway only through its
+    /// WireGuard tunnel (a spoofed source, or the pod's tunnel bypassed).
+    NotTunnelled,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 26] = [
+    pub const ALL: [DropReason; 27] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::BadIpChecksum,
@@ -95,6 +98,7 @@ impl DropReason {
         DropReason::SessionLimit,
         DropReason::WrongInterface,
         DropReason::PacketTooBig,
+        DropReason::NotTunnelled,
     ];
 
     /// The metric label.
@@ -126,6 +130,7 @@ impl DropReason {
             DropReason::SessionLimit => "session_limit",
             DropReason::WrongInterface => "wrong_interface",
             DropReason::PacketTooBig => "packet_too_big",
+            DropReason::NotTunnelled => "not_tunnelled",
         }
     }
 }

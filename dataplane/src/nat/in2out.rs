@@ -136,7 +136,7 @@ impl NatEngine {
                 // plan that adds one cuts the sessions it covers.
                 if self.config(ci).excludes(p.dst) {
                     let router = u32::from(self.settings.router_ip);
-                    if let Some(v) = self.refuse_too_big(buf, len, Side::Outside, router, now) {
+                    if let Some(v) = self.refuse_too_big(buf, len, Side::Outside, p.dst, router, now) {
                         return v;
                     }
                     decrement_ttl(buf, len);
@@ -169,7 +169,7 @@ impl NatEngine {
             // Before the segment counts for the session (a refused FIN
             // closes nothing). A hairpinned packet came by the inside: it fits.
             let router = u32::from(self.settings.router_ip);
-            if let Some(v) = self.refuse_too_big(buf, len, Side::Outside, router, now) {
+            if let Some(v) = self.refuse_too_big(buf, len, Side::Outside, p.dst, router, now) {
                 return v;
             }
         }

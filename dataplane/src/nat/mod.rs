@@ -152,6 +152,8 @@ struct PodState {
     holdings: u32,
     /// Live sessions of the pod's, however they were opened.
     sessions: u32,
+    /// Reaches the gateway through a WireGuard tunnel only.
+    tunnelled: bool,
 }
 
 /// Per-egress-address state on this worker.
@@ -226,6 +228,9 @@ pub struct NatEngine {
     /// tuple was taken at the last exhaustive scan, until one of theirs is
     /// freed; refused new flows to them cost a lookup, not a scan.
     exhausted: hashbrown::HashSet<(u8, u32, u16, u16)>,
+    /// Whether the plan has tunnelled pods at all (spares the hot path a
+    /// lookup when none are).
+    any_tunnelled: bool,
 }
 
 /// Destinations remembered as exhausted at once (beyond: scan as before).
@@ -306,11 +311,14 @@ impl NatEngine {
             live: Vec::new(),
             cooling: port_pool::CoolingPorts::default(),
             exhausted: hashbrown::HashSet::new(),
+            any_tunnelled: false,
             plan: Arc::new(CompiledPlan {
                 version: 0,
                 configs: Vec::new(),
                 pods: HashMap::new(),
                 egress: HashMap::new(),
+                tunnelled: hashbrown::HashSet::new(),
+                tunnels: HashMap::new(),
             }),
             settings,
         };
@@ -446,6 +454,11 @@ impl NatEngine {
         if self.settings.workers <= 1 {
             return self.settings.worker;
         }
+        if self.is_tunnelled(pod) {
+            // A tunnelled pod's flows live where its peer does: decrypt,
+            // translate and encrypt on one worker, no handoff.
+            return crate::tunnel::owner_of(pod, self.settings.workers);
+        }
         let h = (u64::from(pod) << 24 | u64::from(port) << 8 | u64::from(proto)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         ((h >> 32) % u64::from(self.settings.workers)) as u16
     }
@@ -519,9 +532,11 @@ impl NatEngine {
             .iter()
             .map(|(&p, &ci)| {
                 let preferred = rendezvous(p, &plan.configs[usize::from(ci)]);
-                (p, PodState { config: ci, preferred, holdings: 0, sessions: 0 })
+                let tunnelled = plan.tunnelled.contains(&p);
+                (p, PodState { config: ci, preferred, holdings: 0, sessions: 0, tunnelled })
             })
             .collect();
+        self.any_tunnelled = !plan.tunnelled.is_empty();
 
         // Re-home or cut sessions, then mappings, recounting holdings.
         let keep = |pod: u32, egress: u32, old_ci: u16, plan: &CompiledPlan| -> Option<u16> {
@@ -722,6 +737,23 @@ impl NatEngine {
     /// inside, and the outside's traffic (to egress addresses, or from
     /// excluded hosts to pods) only from the outside.
     pub fn process_from(&mut self, buf: &mut [u8], len: usize, from: Option<Side>, now: Time) -> Verdict {
+        self.process_arrival(buf, len, from, false, now)
+    }
+
+    /// As [`NatEngine::process_from`] for a packet the tunnel stage
+    /// decrypted: it comes from the inside, from its peer's pod.
+    pub fn process_tunnelled(&mut self, buf: &mut [u8], len: usize, now: Time) -> Verdict {
+        self.process_arrival(buf, len, Some(Side::Inside), true, now)
+    }
+
+    /// Whether packets for `pod` go through a tunnel (the worker encrypts
+    /// what the engine forwards to it).
+    #[inline]
+    pub fn is_tunnelled(&self, pod: u32) -> bool {
+        self.any_tunnelled && self.pods.get(&pod).is_some_and(|p| p.tunnelled)
+    }
+
+    fn process_arrival(&mut self, buf: &mut [u8], len: usize, from: Option<Side>, tunnelled: bool, now: Time) -> Verdict {
         let len = len.min(buf.len());
         let (src, dst, total) = match Ipv4Packet::new_checked(&buf[..len]) {
             Ok(ip) if ip.verify_checksum() => {
@@ -735,7 +767,15 @@ impl NatEngine {
             if from == Some(Side::Outside) {
                 return self.drop(DropReason::WrongInterface);
             }
+            if pod.tunnelled != tunnelled {
+                return self.drop(DropReason::NotTunnelled);
+            }
             return self.in2out(buf, total, pod.config, now);
+        }
+        if tunnelled {
+            // The tunnel checked the source is its peer's pod; a pod no
+            // longer bound (a plan between) is no pod at all.
+            return self.drop(DropReason::UnboundSource);
         }
         if self.plan.egress.contains_key(&dst) {
             if from == Some(Side::Inside) {
@@ -817,8 +857,8 @@ impl NatEngine {
         if ip.ttl() <= 1 {
             return self.drop(DropReason::TtlExpired);
         }
-        let router = u32::from(self.settings.router_ip);
-        if let Some(v) = self.refuse_too_big(buf, len, Side::Inside, router, now) {
+        let (router, dst) = (u32::from(self.settings.router_ip), u32::from_be_bytes(ip.dst()));
+        if let Some(v) = self.refuse_too_big(buf, len, Side::Inside, dst, router, now) {
             return v;
         }
         Ipv4Packet::new_unchecked(&mut buf[..len]).decrement_ttl();
@@ -877,7 +917,7 @@ impl NatEngine {
     pub fn take_released(&mut self) -> Option<Released> {
         let r = self.frags.take_released()?;
         match r.to {
-            ReleaseTo::Side(side) if r.bytes.len() > self.mtu(side) => self.fit_released(r, side),
+            ReleaseTo::Side(side) if r.bytes.len() > self.mtu(side, Self::dst_of(&r.bytes)) => self.fit_released(r, side),
             _ => Some(r),
         }
     }

@@ -9,10 +9,20 @@ use super::*;
 use crate::wire::l4::icmp;
 
 impl NatEngine {
-    /// The MTU of the interface toward `side`.
+    /// The MTU of the way out toward `side` for a packet to `to`: the
+    /// interface's, or for a tunnelled pod its tunnel's (what the pod's
+    /// `wg0` takes, kube-egress-cni leaves it at the WireGuard default).
     #[inline(always)]
-    pub(super) fn mtu(&self, side: Side) -> usize {
-        self.settings.mtu[side as usize]
+    pub(super) fn mtu(&self, side: Side, to: u32) -> usize {
+        let mtu = self.settings.mtu[side as usize];
+        if side == Side::Inside && self.is_tunnelled(to) {
+            return mtu.min(crate::tunnel::TUNNEL_MTU);
+        }
+        mtu
+    }
+
+    pub(super) fn dst_of(buf: &[u8]) -> u32 {
+        u32::from_be_bytes(Ipv4Packet::new_unchecked(buf).dst())
     }
 
     /// Before translation: a DF packet larger than the way out's MTU is
@@ -25,10 +35,11 @@ impl NatEngine {
         buf: &mut [u8],
         len: usize,
         side: Side,
+        to: u32,
         from: u32,
         now: Time,
     ) -> Option<Verdict> {
-        let mtu = self.mtu(side);
+        let mtu = self.mtu(side, to);
         if len <= mtu || !Ipv4Packet::new_unchecked(&buf[..len]).dont_frag() {
             return None;
         }
@@ -48,7 +59,7 @@ impl NatEngine {
     /// leaves in fragments.
     #[inline(always)]
     pub(super) fn forward_fitted(&mut self, buf: &mut [u8], len: usize, side: Side) -> Verdict {
-        if len <= self.mtu(side) {
+        if len <= self.mtu(side, Self::dst_of(buf)) {
             return Verdict::Forward { side, len };
         }
         self.fragment_out(buf, len, side)
@@ -83,7 +94,8 @@ impl NatEngine {
     /// `buf` (its length returned), the others are queued for release.
     fn split(&mut self, buf: &mut [u8], len: usize, side: Side) -> Option<usize> {
         let mut rest = Vec::new();
-        let first = crate::wire::ipv4::fragment(buf, len, self.mtu(side), &mut rest)?;
+        let mtu = self.mtu(side, Self::dst_of(buf));
+        let first = crate::wire::ipv4::fragment(buf, len, mtu, &mut rest)?;
         self.counters.fragments_made += 1 + rest.len() as u64;
         for bytes in rest {
             self.frags.release(Released { bytes, to: ReleaseTo::Side(side) });

@@ -69,7 +69,7 @@ impl NatEngine {
             return self.send_error(buf, len, (icmp::TIME_EXCEEDED, 0), p.dst, DropReason::TtlExpired, now);
         }
         if !hairpin {
-            if let Some(v) = self.refuse_too_big(buf, len, Side::Inside, p.dst, now) {
+            if let Some(v) = self.refuse_too_big(buf, len, Side::Inside, self.sessions.get(i).pod, p.dst, now) {
                 return v;
             }
         }

@@ -21,8 +21,8 @@ pub fn plan_with(a: GatewayConfig, b: GatewayConfig) -> Arc<CompiledPlan> {
         version: 1,
         configs: vec![a, b],
         bindings: vec![
-            Binding { pod_ip: POD_A.into(), config: "a".into() },
-            Binding { pod_ip: POD_B.into(), config: "b".into() },
+            Binding { pod_ip: POD_A.into(), config: "a".into(), public_key: None },
+            Binding { pod_ip: POD_B.into(), config: "b".into(), public_key: None },
         ],
     };
     Arc::new(plan.compile().unwrap())
@@ -815,8 +815,8 @@ fn a_new_plan_moves_new_flows_and_cuts_sessions_it_no_longer_covers() {
         version: 2,
         configs: vec![config("a", "198.19.100.0/28"), config("b", "198.19.101.0/28")],
         bindings: vec![
-            Binding { pod_ip: POD_A.into(), config: "b".into() },
-            Binding { pod_ip: POD_B.into(), config: "b".into() },
+            Binding { pod_ip: POD_A.into(), config: "b".into(), public_key: None },
+            Binding { pod_ip: POD_B.into(), config: "b".into(), public_key: None },
         ],
     };
     e.apply_plan(Arc::new(plan.compile().unwrap()), T0);

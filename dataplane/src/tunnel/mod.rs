@@ -23,6 +23,28 @@ use hashbrown::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
+/// The inner MTU of a pod's tunnel: kube-egress-cni never sets one, so
+/// `wg0` has WireGuard's default (1500 less the 80 bytes of an IPv6 outer
+/// header, UDP and WireGuard's own).
+pub const TUNNEL_MTU: usize = 1420;
+
+/// Bits of a local session index that name the owning worker (above
+/// boringtun's 8 bits of session ring, below the peer slot).
+const WORKER_BITS: u32 = 6;
+/// Most workers a tunnel can be spread over.
+pub const MAX_WORKERS: u16 = 1 << WORKER_BITS;
+
+/// The worker that owns a tunnelled pod's peer (and its flows): a function
+/// of the pod's address alone, so every worker can tell without asking.
+#[inline]
+pub fn owner_of(pod: u32, workers: u16) -> u16 {
+    if workers <= 1 {
+        return 0;
+    }
+    let h = u64::from(pod).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    ((h >> 32) % u64::from(workers)) as u16
+}
+
 /// Handshake initiations per second above which the responder answers with
 /// cookie replies instead (WireGuard's own DoS defence, whitepaper §5.3).
 pub const HANDSHAKES_PER_SEC: u64 = 1000;
@@ -48,6 +70,9 @@ pub enum Received {
     Consumed,
     /// Dropped; already counted under its reason.
     Drop(TunnelDrop),
+    /// The datagram's peer lives on another worker: hand it over (for an
+    /// initiation, the rate limiter has already let it through).
+    Elsewhere { worker: u16 },
 }
 
 /// Why a datagram was dropped. Each has its own counter.
@@ -67,19 +92,23 @@ pub enum TunnelDrop {
     InnerSourceViolation,
     /// Not IPv4 inside (the pod side is IPv4 only).
     NotIpv4,
+    /// A packet for a tunnelled pod whose peer has no session or endpoint
+    /// yet (the responder never starts a tunnel: the pod does).
+    NoSession,
     /// A message a responder does not take, or one boringtun refused
     /// otherwise (timestamps, expired sessions, under load without source).
     Refused,
 }
 
 impl TunnelDrop {
-    pub const ALL: [TunnelDrop; 7] = [
+    pub const ALL: [TunnelDrop; 8] = [
         TunnelDrop::Malformed,
         TunnelDrop::UnknownPeer,
         TunnelDrop::DecryptFailed,
         TunnelDrop::Replay,
         TunnelDrop::InnerSourceViolation,
         TunnelDrop::NotIpv4,
+        TunnelDrop::NoSession,
         TunnelDrop::Refused,
     ];
 
@@ -91,6 +120,7 @@ impl TunnelDrop {
             TunnelDrop::Replay => "tunnel_replay",
             TunnelDrop::InnerSourceViolation => "tunnel_inner_source_violation",
             TunnelDrop::NotIpv4 => "tunnel_not_ipv4",
+            TunnelDrop::NoSession => "tunnel_no_session",
             TunnelDrop::Refused => "tunnel_refused",
         }
     }
@@ -126,15 +156,23 @@ struct Peer {
     endpoint: Option<SocketAddrV4>,
 }
 
-/// The WireGuard responder of one gateway config.
+/// The WireGuard responder of one gateway config on one worker: it holds
+/// the sessions of the peers this worker owns ([`owner_of`]) and knows the
+/// others' keys, to send their datagrams where they belong.
 pub struct Tunnel {
     private: StaticSecret,
     public: PublicKey,
+    /// Shared by the config's tunnels on every worker: one budget of
+    /// handshakes a second for the whole gateway.
     limiter: Arc<RateLimiter>,
-    /// Peer slot `i` owns local session indexes `i << 8 ..`.
+    worker: u16,
+    workers: u16,
+    /// Peer slot `i` owns local session indexes `(i << 6 | worker) << 8 ..`.
     peers: Vec<Option<Peer>>,
     by_key: HashMap<[u8; 32], u32>,
     by_pod: HashMap<Ipv4Addr, u32>,
+    /// Every peer of the config, this worker's or not: key → pod.
+    all_keys: HashMap<[u8; 32], Ipv4Addr>,
     free: Vec<u32>,
     counters: TunnelCounters,
 }
@@ -147,9 +185,9 @@ const MIN_OUT: usize = 148;
 /// A data message's header and tag.
 pub const DATA_OVERHEAD: usize = 32;
 
-/// Local indexes carry the peer slot in their upper 24 bits (boringtun
-/// keeps the low 8 for its session ring).
-const MAX_PEERS: usize = 1 << 24;
+/// Local indexes carry the peer slot and the worker in their upper 24 bits
+/// (boringtun keeps the low 8 for its session ring).
+const MAX_PEERS: usize = 1 << (24 - WORKER_BITS);
 
 impl Tunnel {
     /// A responder with this private key and these peers.
@@ -159,21 +197,46 @@ impl Tunnel {
 
     /// As `new`, answering with cookies above `per_sec` initiations a second.
     pub fn with_handshake_limit(private_key: [u8; 32], peers: &[PeerConfig], per_sec: u64) -> Tunnel {
+        let limiter = Tunnel::limiter(private_key, per_sec);
+        Tunnel::for_worker(private_key, peers, limiter, 0, 1)
+    }
+
+    /// The rate limiter the config's tunnels on all workers share.
+    pub fn limiter(private_key: [u8; 32], per_sec: u64) -> Arc<RateLimiter> {
+        let public = PublicKey::from(&StaticSecret::from(private_key));
+        Arc::new(RateLimiter::new(&public, per_sec))
+    }
+
+    /// The config's responder on worker `worker` of `workers`.
+    pub fn for_worker(
+        private_key: [u8; 32],
+        peers: &[PeerConfig],
+        limiter: Arc<RateLimiter>,
+        worker: u16,
+        workers: u16,
+    ) -> Tunnel {
         let private = StaticSecret::from(private_key);
         let public = PublicKey::from(&private);
-        let limiter = Arc::new(RateLimiter::new(&public, per_sec));
+        let workers = workers.clamp(1, MAX_WORKERS);
         let mut t = Tunnel {
             private,
             public,
             limiter,
+            worker: worker.min(workers - 1),
+            workers,
             peers: Vec::new(),
             by_key: HashMap::new(),
             by_pod: HashMap::new(),
+            all_keys: HashMap::new(),
             free: Vec::new(),
             counters: TunnelCounters::default(),
         };
         t.set_peers(peers);
         t
+    }
+
+    fn mine(&self, pod: Ipv4Addr) -> bool {
+        owner_of(u32::from(pod), self.workers) == self.worker
     }
 
     /// The public key pods are configured with.
@@ -185,15 +248,21 @@ impl Tunnel {
         &self.counters
     }
 
+    /// Peers this worker holds sessions for.
     pub fn peer_count(&self) -> usize {
         self.by_key.len()
     }
+
 
     /// Makes the peer set exactly `peers`: peers that stay keep their
     /// sessions and endpoints, a peer whose pod address changed keeps its
     /// session under the new address, the others come and go.
     pub fn set_peers(&mut self, peers: &[PeerConfig]) {
-        let want: HashMap<[u8; 32], Ipv4Addr> = peers.iter().map(|p| (p.public_key, p.pod_ip)).collect();
+        self.all_keys = peers.iter().map(|p| (p.public_key, p.pod_ip)).collect();
+        // A peer whose pod moved to another worker's share goes, and comes
+        // back there: it re-handshakes, as after a gateway restart.
+        let want: HashMap<[u8; 32], Ipv4Addr> =
+            peers.iter().filter(|p| self.mine(p.pod_ip)).map(|p| (p.public_key, p.pod_ip)).collect();
         let gone: Vec<[u8; 32]> = self.by_key.keys().filter(|k| !want.contains_key(*k)).copied().collect();
         for k in gone {
             if let Some(slot) = self.by_key.remove(&k) {
@@ -224,7 +293,8 @@ impl Tunnel {
             // Each peer keeps boringtun's own per-peer limiter too (it
             // resets it in `update_timers`): the config-wide one below is
             // checked first, before any DH work is spent on a datagram.
-            let tunn = Tunn::new(self.private.clone(), PublicKey::from(key), None, None, slot, None);
+            let index = slot << WORKER_BITS | u32::from(self.worker);
+            let tunn = Tunn::new(self.private.clone(), PublicKey::from(key), None, None, index, None);
             self.peers[slot as usize] = Some(Peer { tunn, public_key: key, pod_ip, endpoint: None });
             self.by_key.insert(key, slot);
             self.by_pod.insert(pod_ip, slot);
@@ -234,6 +304,29 @@ impl Tunnel {
     /// Takes one datagram that arrived for this config's port from `src`;
     /// whatever is to be sent or delivered is written to `out`.
     pub fn receive(&mut self, src: SocketAddrV4, datagram: &[u8], out: &mut [u8]) -> Received {
+        self.receive_checked(src, datagram, out, false)
+    }
+
+    /// As `receive`, for a datagram another worker handed over: its
+    /// initiation already passed the (shared) rate limiter once.
+    pub fn receive_handed(&mut self, src: SocketAddrV4, datagram: &[u8], out: &mut [u8]) -> Received {
+        self.receive_checked(src, datagram, out, true)
+    }
+
+    /// The worker a local session index belongs to, and the peer slot there.
+    fn split_index(&self, receiver_idx: u32) -> Result<u32, Received> {
+        let tag = receiver_idx >> 8;
+        let worker = (tag & (u32::from(MAX_WORKERS) - 1)) as u16;
+        if worker >= self.workers {
+            return Err(Received::Drop(TunnelDrop::UnknownPeer));
+        }
+        if worker != self.worker {
+            return Err(Received::Elsewhere { worker });
+        }
+        Ok(tag >> WORKER_BITS)
+    }
+
+    fn receive_checked(&mut self, src: SocketAddrV4, datagram: &[u8], out: &mut [u8], limited: bool) -> Received {
         // boringtun writes at most the datagram's size (or a 92-byte
         // response, or a 64-byte cookie) and panics on less room.
         if out.len() < datagram.len().max(MIN_OUT) {
@@ -243,26 +336,40 @@ impl Tunnel {
             Err(_) => return self.drop(TunnelDrop::Malformed),
             Ok(Packet::HandshakeInit(init)) => {
                 // MACs (and, under load, the cookie) before any DH work.
-                match self.limiter.verify_packet(Some(IpAddr::V4(*src.ip())), datagram, out) {
-                    Ok(_) => {}
-                    Err(TunnResult::WriteToNetwork(cookie)) => {
-                        self.counters.cookie_replies += 1;
-                        return Received::Reply { len: cookie.len() };
+                if !limited {
+                    match self.limiter.verify_packet(Some(IpAddr::V4(*src.ip())), datagram, out) {
+                        Ok(_) => {}
+                        Err(TunnResult::WriteToNetwork(cookie)) => {
+                            self.counters.cookie_replies += 1;
+                            return Received::Reply { len: cookie.len() };
+                        }
+                        Err(TunnResult::Err(e)) => return self.drop(classify(&e)),
+                        Err(_) => return self.drop(TunnelDrop::Refused),
                     }
-                    Err(TunnResult::Err(e)) => return self.drop(classify(&e)),
-                    Err(_) => return self.drop(TunnelDrop::Refused),
                 }
                 let Ok(half) = parse_handshake_anon(&self.private, &self.public, &init) else {
                     return self.drop(TunnelDrop::DecryptFailed);
                 };
                 match self.by_key.get(&half.peer_static_public) {
                     Some(&slot) => (slot, true),
-                    None => return self.drop(TunnelDrop::UnknownPeer),
+                    None => match self.all_keys.get(&half.peer_static_public) {
+                        Some(&pod) => return Received::Elsewhere { worker: owner_of(u32::from(pod), self.workers) },
+                        None => return self.drop(TunnelDrop::UnknownPeer),
+                    },
                 }
             }
-            Ok(Packet::PacketData(d)) => (d.receiver_idx >> 8, false),
-            Ok(Packet::HandshakeResponse(r)) => (r.receiver_idx >> 8, false),
-            Ok(Packet::PacketCookieReply(c)) => (c.receiver_idx >> 8, false),
+            Ok(Packet::PacketData(d)) => (d.receiver_idx, false),
+            Ok(Packet::HandshakeResponse(r)) => (r.receiver_idx, false),
+            Ok(Packet::PacketCookieReply(c)) => (c.receiver_idx, false),
+        };
+        let slot = if initiation {
+            slot
+        } else {
+            match self.split_index(slot) {
+                Ok(s) => s,
+                Err(Received::Drop(r)) => return self.drop(r),
+                Err(other) => return other,
+            }
         };
         let Some(peer) = self.peers.get_mut(slot as usize).and_then(Option::as_mut) else {
             return self.drop(TunnelDrop::UnknownPeer);
@@ -307,19 +414,25 @@ impl Tunnel {
     /// first handshake).
     pub fn send(&mut self, pod: Ipv4Addr, inner: &[u8], out: &mut [u8]) -> Option<(usize, SocketAddrV4)> {
         if out.len() < (inner.len() + DATA_OVERHEAD).max(MIN_OUT) {
+            self.counters.drops[TunnelDrop::Malformed as usize] += 1;
             return None;
         }
-        let &slot = self.by_pod.get(&pod)?;
-        let peer = self.peers[slot as usize].as_mut()?;
-        let endpoint = peer.endpoint?;
-        match peer.tunn.encapsulate(inner, out) {
-            TunnResult::WriteToNetwork(d) => {
+        let sent = self.by_pod.get(&pod).and_then(|&slot| {
+            let peer = self.peers[slot as usize].as_mut()?;
+            let endpoint = peer.endpoint?;
+            match peer.tunn.encapsulate(inner, out) {
+                TunnResult::WriteToNetwork(d) => Some((d.len(), endpoint)),
+                _ => None,
+            }
+        });
+        match sent {
+            Some(_) => {
                 self.counters.tx_packets += 1;
                 self.counters.tx_bytes += inner.len() as u64;
-                Some((d.len(), endpoint))
             }
-            _ => None,
+            None => self.counters.drops[TunnelDrop::NoSession as usize] += 1,
         }
+        sent
     }
 
     /// Runs every peer's timers (call about every 250 ms) and the rate
@@ -349,6 +462,11 @@ impl Tunnel {
         self.peers.iter().flatten().map(|p| &p.public_key)
     }
 
+    /// Counts a drop the stage around the tunnel decided.
+    pub fn count_drop(&mut self, r: TunnelDrop) {
+        self.counters.drops[r as usize] += 1;
+    }
+
     fn drop(&mut self, r: TunnelDrop) -> Received {
         self.counters.drops[r as usize] += 1;
         Received::Drop(r)
@@ -368,6 +486,9 @@ fn classify(e: &WireGuardError) -> TunnelDrop {
         _ => TunnelDrop::Refused,
     }
 }
+
+pub mod stage;
+pub use stage::{Inbound, Outbound, TunnelStage};
 
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@ pub mod checksum;
 pub mod dns;
 pub mod ipv4;
 pub mod l4;
+pub mod udp;
 
 pub use ipv4::Ipv4Packet;
 

@@ -1,0 +1,336 @@
+//! The tunnel stage of a worker: every config's [`Tunnel`] between the
+//! NIC and the NAT core. Sans-I/O: IPv4 packets in (the frame past its
+//! Ethernet header), IPv4 packets out, in the same buffer.
+//!
+//! Inbound, a UDP datagram to a config's (tunnel address, port) is
+//! WireGuard: its inner packet replaces it in the buffer for the NAT core,
+//! or a handshake answer replaces it, addressed back to its sender from the
+//! tunnel address and port (the ILB frontend: a reply from anywhere else
+//! would make the pod roam past the load balancer). Outbound, a packet the
+//! NAT core sends to a tunnelled pod is encrypted to its peer, in place.
+
+use super::{owner_of, PeerConfig, Received, Tunnel, TunnelCounters, TunnelDrop, HANDSHAKES_PER_SEC};
+use crate::plan::{CompiledPlan, WgSecret};
+use crate::wire::udp;
+use boringtun::noise::rate_limiter::RateLimiter;
+use hashbrown::HashMap;
+use std::net::SocketAddrV4;
+use std::sync::{Arc, Mutex};
+
+/// The handshake budget of each config's key, shared by the workers.
+#[derive(Default, Clone)]
+pub struct SharedLimiters {
+    by_key: Arc<Mutex<HashMap<[u8; 32], Arc<RateLimiter>>>>,
+    per_sec: Option<u64>,
+}
+
+impl SharedLimiters {
+    /// Limiters that answer with cookies above `per_sec` initiations a
+    /// second per config.
+    pub fn with_limit(per_sec: u64) -> SharedLimiters {
+        SharedLimiters { by_key: Arc::default(), per_sec: Some(per_sec) }
+    }
+
+    fn get(&self, key: &WgSecret) -> Arc<RateLimiter> {
+        let mut m = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        let per_sec = self.per_sec.unwrap_or(HANDSHAKES_PER_SEC);
+        Arc::clone(m.entry(key.0).or_insert_with(|| Tunnel::limiter(key.0, per_sec)))
+    }
+}
+
+/// What became of a received packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    /// Not for a tunnel: the NAT core's as it is.
+    NotTunnel,
+    /// `buf[..len]` now holds the decrypted inner packet of a pod (its
+    /// source checked against its peer).
+    Inner { len: usize },
+    /// `buf[..len]` now holds a datagram back to the sender (a handshake
+    /// response or a cookie reply).
+    Reply { len: usize },
+    /// Authenticated and used up (a keepalive).
+    Consumed,
+    /// Dropped and counted.
+    Drop(TunnelDrop),
+    /// For a peer another worker owns: hand the packet over unchanged.
+    Elsewhere { worker: u16 },
+}
+
+/// What became of a packet for a tunnelled pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbound {
+    /// `buf[..len]` now holds the encrypted datagram, to the peer's endpoint.
+    Sealed { len: usize, to: SocketAddrV4 },
+    /// The pod's peer lives on another worker: hand the packet over.
+    Elsewhere { worker: u16 },
+    /// Dropped and counted (no session yet, or no room).
+    Drop(TunnelDrop),
+}
+
+struct ConfigTunnel {
+    name: String,
+    key: WgSecret,
+    address: SocketAddrV4,
+    tunnel: Tunnel,
+}
+
+/// One config's tunnel figures on one worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TunnelReport {
+    pub config: String,
+    pub address: Option<SocketAddrV4>,
+    pub public_key: [u8; 32],
+    pub counters: TunnelCounters,
+    /// Peers this worker holds, and of those the ones with a live session.
+    pub peers: usize,
+    pub live_peers: usize,
+}
+
+pub struct TunnelStage {
+    worker: u16,
+    workers: u16,
+    limiters: SharedLimiters,
+    plan: Option<Arc<CompiledPlan>>,
+    /// By config index of `plan`.
+    tunnels: Vec<Option<ConfigTunnel>>,
+    /// Counters of tunnels the plan removed, kept so totals never go back.
+    retired: Vec<TunnelReport>,
+    scratch: Vec<u8>,
+    frame: Vec<u8>,
+}
+
+/// Room for the largest packet a frame holds.
+const SCRATCH: usize = 1 << 16;
+
+impl TunnelStage {
+    pub fn new(worker: u16, workers: u16, limiters: SharedLimiters) -> TunnelStage {
+        TunnelStage {
+            worker,
+            workers: workers.max(1),
+            limiters,
+            plan: None,
+            tunnels: Vec::new(),
+            retired: Vec::new(),
+            scratch: vec![0; SCRATCH],
+            frame: vec![0; SCRATCH],
+        }
+    }
+
+    /// Whether any config has a tunnel (else every packet is NotTunnel).
+    #[inline]
+    pub fn active(&self) -> bool {
+        self.plan.as_ref().is_some_and(|p| !p.tunnels.is_empty())
+    }
+
+    /// Follows a new plan: a config that keeps its name and key keeps its
+    /// tunnel (peers that stay keep their sessions), the others are made
+    /// or dropped.
+    pub fn apply_plan(&mut self, plan: &Arc<CompiledPlan>) {
+        if self.plan.as_ref().is_some_and(|p| Arc::ptr_eq(p, plan)) {
+            return;
+        }
+        let mut old: HashMap<String, ConfigTunnel> =
+            self.tunnels.drain(..).flatten().map(|t| (t.name.clone(), t)).collect();
+        for c in &plan.configs {
+            let Some(t) = &c.tunnel else {
+                self.tunnels.push(None);
+                continue;
+            };
+            let address = SocketAddrV4::new(t.address, t.port);
+            let peers: &[PeerConfig] = &t.peers;
+            let kept = old.remove(&c.name).filter(|o| o.key == t.private_key);
+            let tunnel = match kept {
+                Some(mut o) => {
+                    o.tunnel.set_peers(peers);
+                    o.address = address;
+                    o
+                }
+                None => ConfigTunnel {
+                    name: c.name.clone(),
+                    key: t.private_key.clone(),
+                    address,
+                    tunnel: Tunnel::for_worker(
+                        t.private_key.0,
+                        peers,
+                        self.limiters.get(&t.private_key),
+                        self.worker,
+                        self.workers,
+                    ),
+                },
+            };
+            self.tunnels.push(Some(tunnel));
+        }
+        for (_, t) in old {
+            let r = report(&t);
+            match self.retired.iter_mut().find(|x| x.config == r.config) {
+                Some(x) => add_counters(&mut x.counters, &r.counters),
+                None => self.retired.push(TunnelReport { peers: 0, live_peers: 0, address: None, ..r }),
+            }
+        }
+        self.plan = Some(Arc::clone(plan));
+    }
+
+    /// Takes a received IPv4 packet (`buf[..len]`); `handed`: another
+    /// worker passed it on (its initiation already rate-limited).
+    pub fn receive(&mut self, buf: &mut [u8], len: usize, handed: bool) -> Inbound {
+        let Some(plan) = &self.plan else { return Inbound::NotTunnel };
+        let len = len.min(buf.len());
+        let Some(key) = udp::peek_dst(&buf[..len]) else { return Inbound::NotTunnel };
+        let Some(&ci) = plan.tunnels.get(&key) else { return Inbound::NotTunnel };
+        let Some(t) = self.tunnels.get_mut(usize::from(ci)).and_then(Option::as_mut) else {
+            return Inbound::NotTunnel;
+        };
+        let Some(d) = udp::parse(&buf[..len]) else {
+            t.tunnel.count_drop(TunnelDrop::Malformed);
+            return Inbound::Drop(TunnelDrop::Malformed);
+        };
+        let datagram = &buf[d.payload.clone()];
+        let r = if handed {
+            t.tunnel.receive_handed(d.src, datagram, &mut self.scratch)
+        } else {
+            t.tunnel.receive(d.src, datagram, &mut self.scratch)
+        };
+        match r {
+            Received::Inner { len, .. } => {
+                if len > buf.len() {
+                    return Inbound::Drop(TunnelDrop::Malformed);
+                }
+                buf[..len].copy_from_slice(&self.scratch[..len]);
+                Inbound::Inner { len }
+            }
+            Received::Reply { len } => {
+                if udp::HEADERS + len > buf.len() {
+                    return Inbound::Drop(TunnelDrop::Malformed);
+                }
+                buf[udp::HEADERS..udp::HEADERS + len].copy_from_slice(&self.scratch[..len]);
+                Inbound::Reply { len: udp::emit(buf, t.address, d.src, len) }
+            }
+            Received::Consumed => Inbound::Consumed,
+            Received::Drop(r) => Inbound::Drop(r),
+            Received::Elsewhere { worker } => Inbound::Elsewhere { worker },
+        }
+    }
+
+    /// Encrypts `buf[..len]`, a packet for a tunnelled pod, to the pod's
+    /// peer; the datagram replaces it.
+    pub fn seal(&mut self, buf: &mut [u8], len: usize) -> Outbound {
+        let Some(plan) = &self.plan else { return Outbound::Drop(TunnelDrop::NoSession) };
+        let len = len.min(buf.len());
+        let (_, pod) = udp::addrs(&buf[..len]);
+        let owner = owner_of(u32::from(pod), self.workers);
+        if owner != self.worker {
+            return Outbound::Elsewhere { worker: owner };
+        }
+        let Some(&ci) = plan.pods.get(&u32::from(pod)) else { return Outbound::Drop(TunnelDrop::NoSession) };
+        let Some(t) = self.tunnels.get_mut(usize::from(ci)).and_then(Option::as_mut) else {
+            return Outbound::Drop(TunnelDrop::NoSession);
+        };
+        if udp::HEADERS + len + super::DATA_OVERHEAD > buf.len() {
+            t.tunnel.count_drop(TunnelDrop::Malformed);
+            return Outbound::Drop(TunnelDrop::Malformed);
+        }
+        self.scratch[..len].copy_from_slice(&buf[..len]);
+        match t.tunnel.send(pod, &self.scratch[..len], &mut buf[udp::HEADERS..]) {
+            Some((n, to)) => Outbound::Sealed { len: udp::emit(buf, t.address, to, n), to },
+            None => Outbound::Drop(TunnelDrop::NoSession),
+        }
+    }
+
+    /// Runs the tunnels' timers (about every 250 ms); `emit` gets each
+    /// datagram to send (an IPv4 packet).
+    pub fn tick(&mut self, mut emit: impl FnMut(&[u8])) {
+        let frame = &mut self.frame;
+        for t in self.tunnels.iter_mut().flatten() {
+            let from = t.address;
+            t.tunnel.tick(&mut self.scratch, |d, to| {
+                if udp::HEADERS + d.len() <= frame.len() {
+                    frame[udp::HEADERS..udp::HEADERS + d.len()].copy_from_slice(d);
+                    let n = udp::emit(frame, from, to, d.len());
+                    emit(&frame[..n]);
+                }
+            });
+        }
+    }
+
+    /// Every config's figures on this worker (never a private key).
+    pub fn reports(&self) -> Vec<TunnelReport> {
+        let mut v: Vec<TunnelReport> = self.tunnels.iter().flatten().map(report).collect();
+        for r in &self.retired {
+            match v.iter_mut().find(|x| x.config == r.config) {
+                Some(x) => add_counters(&mut x.counters, &r.counters),
+                None => v.push(r.clone()),
+            }
+        }
+        v
+    }
+}
+
+fn report(t: &ConfigTunnel) -> TunnelReport {
+    TunnelReport {
+        config: t.name.clone(),
+        address: Some(t.address),
+        public_key: t.tunnel.public_key(),
+        counters: t.tunnel.counters().clone(),
+        peers: t.tunnel.peer_count(),
+        live_peers: t.tunnel.live_peers(),
+    }
+}
+
+/// Adds `b` into `a`, field by field.
+pub fn add_counters(a: &mut TunnelCounters, b: &TunnelCounters) {
+    a.handshakes_completed += b.handshakes_completed;
+    a.cookie_replies += b.cookie_replies;
+    a.rx_packets += b.rx_packets;
+    a.rx_bytes += b.rx_bytes;
+    a.tx_packets += b.tx_packets;
+    a.tx_bytes += b.tx_bytes;
+    a.roams += b.roams;
+    for (x, y) in a.drops.iter_mut().zip(&b.drops) {
+        *x += y;
+    }
+}
+
+/// The gateway's figures per config: the workers' reports summed (each
+/// holds its own share of the peers).
+pub fn merge<'a>(reports: impl IntoIterator<Item = &'a TunnelReport>) -> Vec<TunnelReport> {
+    let mut out: Vec<TunnelReport> = Vec::new();
+    for r in reports {
+        match out.iter_mut().find(|x| x.config == r.config) {
+            Some(x) => {
+                add_counters(&mut x.counters, &r.counters);
+                x.peers += r.peers;
+                x.live_peers += r.live_peers;
+                x.address = x.address.or(r.address);
+            }
+            None => out.push(r.clone()),
+        }
+    }
+    out.sort_by(|a, b| a.config.cmp(&b.config));
+    out
+}
+
+impl TunnelReport {
+    /// The status file's form (the public key only: it is what pods are
+    /// configured with).
+    pub fn to_json(&self) -> serde_json::Value {
+        let c = &self.counters;
+        let drops: std::collections::BTreeMap<&str, u64> =
+            TunnelDrop::ALL.iter().map(|r| (r.name(), c.dropped(*r))).collect();
+        serde_json::json!({
+            "config": self.config,
+            "address": self.address.map(|a| a.to_string()),
+            "public_key": crate::plan::WgKey(self.public_key).to_string(),
+            "peers": self.peers,
+            "live_peers": self.live_peers,
+            "handshakes_completed": c.handshakes_completed,
+            "cookie_replies": c.cookie_replies,
+            "rx_packets": c.rx_packets,
+            "rx_bytes": c.rx_bytes,
+            "tx_packets": c.tx_packets,
+            "tx_bytes": c.tx_bytes,
+            "roams": c.roams,
+            "drops": drops,
+        })
+    }
+}

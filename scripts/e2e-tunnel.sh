@@ -1,0 +1,301 @@
+#!/usr/bin/env bash
+# The AKS Static Egress Gateway drop-in, end to end (issue 12): pods run
+# real WireGuard (wireguard-go + wg, configured as kube-egress-cni does:
+# wg0 with only an IPv6 link-local address, endpoint ILB IP:port,
+# AllowedIPs 0.0.0.0/0, `default via inet6 fe80::1 dev wg0`), and the
+# gateway takes kube-egress-gateway's own objects (StaticGatewayConfiguration
+# with status.gatewayServerProfile, its Secret, PodEndpoints) from a
+# manifests file. Modelled on Azure:
+#
+#   egt-pa / egt-pb / egt-px (pods, eth0 + wg0)
+#        └── egt-vnet (the VNet: routes the ILB frontend 198.18.50.100 and
+#            │         the node's secondary IPs to the gateway node)
+#            ├── egt-gw (the gateway node, one NIC gw0 198.18.50.10; Egret,
+#            │          one-armed, ip_forward=1)
+#            └── egt-edge (Azure's edge: secondary IP 198.18.50.11 ↔ public
+#                 │        198.19.100.1, 198.18.50.12 ↔ 198.19.101.1; anything
+#                 │        else from the VNet is a leak, counted and dropped)
+#                 └── egt-net (the internet: echo servers, iperf3)
+#
+# Addresses only from 198.18.0.0/15. Prints "e2e-tunnel: N passed, M failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+DIR=$(mktemp -d /tmp/egret-tunnel.XXXXXX)
+STATUS_FILE=$DIR/status.json
+TNS=(egt-pa egt-pb egt-px egt-vnet egt-gw egt-edge egt-net)
+WG_PIDS=()
+cleanup() {
+  stop_gateway
+  stop_servers
+  for p in "${WG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${WG_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  for ns in "${TNS[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+x() { ip netns exec "$@"; }
+
+command -v wireguard-go >/dev/null && command -v wg >/dev/null || scripts/install-deps.sh
+build_gateway || { echo "e2e-tunnel: 0 passed, 1 failed (build)"; exit 1; }
+
+for ns in "${TNS[@]}"; do ip netns del "$ns" 2>/dev/null || true; ip netns add "$ns"; x "$ns" ip link set lo up; done
+link() { # link NS_A IF_A ADDR_A NS_B IF_B ADDR_B
+  ip link add "$2" netns "$1" type veth peer name "$5" netns "$4"
+  x "$1" ip addr add "$3" dev "$2"; x "$1" ip link set "$2" up
+  x "$4" ip addr add "$6" dev "$5"; x "$4" ip link set "$5" up
+  # Full checksums on the wire: AF_XDP sees veth's CHECKSUM_PARTIAL
+  # packets unfinished (AFXDP-NOTES.md).
+  x "$1" ethtool -K "$2" tx off >/dev/null; x "$4" ethtool -K "$5" tx off >/dev/null
+}
+link egt-gw gw0 198.18.50.10/24 egt-vnet vnet-gw 198.18.50.1/24
+link egt-vnet vnet-edge 198.18.70.1/30 egt-edge edge-vnet 198.18.70.2/30
+link egt-edge edge-net 198.19.0.1/24 egt-net net0 198.19.0.254/24
+link egt-pa eth0 198.18.61.2/24 egt-vnet vnet-pa 198.18.61.1/24
+link egt-pb eth0 198.18.62.2/24 egt-vnet vnet-pb 198.18.62.1/24
+link egt-px eth0 198.18.63.2/24 egt-vnet vnet-px 198.18.63.1/24
+for ns in egt-gw egt-vnet egt-edge; do x "$ns" sysctl -qw net.ipv4.ip_forward=1; done
+x egt-gw ip route add default via 198.18.50.1
+x egt-vnet ip route add default via 198.18.70.2
+for a in 198.18.50.100 198.18.50.11 198.18.50.12; do x egt-vnet ip route add $a/32 via 198.18.50.10; done
+x egt-edge ip route add 198.18.0.0/15 via 198.18.70.1
+x egt-net ip route add default via 198.19.0.1
+x egt-edge nft -f - <<'NFT'
+table ip azure_edge {
+  counter leaked {}
+  chain prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr 198.19.100.1 dnat to 198.18.50.11
+    ip daddr 198.19.101.1 dnat to 198.18.50.12
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "edge-net" ip saddr 198.18.50.11 snat to 198.19.100.1
+    oifname "edge-net" ip saddr 198.18.50.12 snat to 198.19.101.1
+  }
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    iifname "edge-vnet" oifname "edge-net" ip saddr != { 198.18.50.11, 198.18.50.12 } counter name leaked drop
+  }
+}
+NFT
+
+# Keys: one per config (kube-egress-gateway's Secret sgw-<UID>), one per pod.
+umask 077
+for k in gw-a gw-b pa pb px; do wg genkey > "$DIR/$k.key"; wg pubkey < "$DIR/$k.key" > "$DIR/$k.pub"; done
+b64() { base64 -w0 < "$1"; }
+cat > "$DIR/plan.yaml" <<YAML
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: StaticGatewayConfiguration
+metadata: {name: sgw-a, namespace: demo, uid: 0a0a0a0a-0000-0000-0000-00000000000a}
+spec: {gatewayNodepoolName: gwpool}
+status:
+  egressIpPrefix: 198.18.50.11/32
+  gatewayServerProfile:
+    ip: 198.18.50.100
+    port: 6000
+    publicKey: $(cat "$DIR/gw-a.pub")
+    privateKeySecretRef: {name: sgw-0a0a0a0a-0000-0000-0000-00000000000a, namespace: aks-static-egress-gateway}
+---
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: StaticGatewayConfiguration
+metadata: {name: sgw-b, namespace: demo, uid: 0b0b0b0b-0000-0000-0000-00000000000b}
+spec: {gatewayNodepoolName: gwpool}
+status:
+  egressIpPrefix: 198.18.50.12/32
+  gatewayServerProfile:
+    ip: 198.18.50.100
+    port: 6001
+    publicKey: $(cat "$DIR/gw-b.pub")
+    privateKeySecretRef: {name: sgw-0b0b0b0b-0000-0000-0000-00000000000b, namespace: aks-static-egress-gateway}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: sgw-0a0a0a0a-0000-0000-0000-00000000000a, namespace: aks-static-egress-gateway}
+data: {PrivateKey: $(b64 "$DIR/gw-a.key"), PublicKey: $(b64 "$DIR/gw-a.pub")}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: sgw-0b0b0b0b-0000-0000-0000-00000000000b, namespace: aks-static-egress-gateway}
+data: {PrivateKey: $(b64 "$DIR/gw-b.key"), PublicKey: $(b64 "$DIR/gw-b.pub")}
+---
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: PodEndpoint
+metadata: {name: pod-a, namespace: demo}
+spec: {staticGatewayConfiguration: sgw-a, podIpAddress: 198.18.61.2/32, podPublicKey: $(cat "$DIR/pa.pub")}
+---
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: PodEndpoint
+metadata: {name: pod-b, namespace: demo}
+spec: {staticGatewayConfiguration: sgw-b, podIpAddress: 198.18.62.2/32, podPublicKey: $(cat "$DIR/pb.pub")}
+YAML
+cat > "$DIR/gateway.toml" <<TOML
+router_ip = "198.18.50.10"
+plan_file = "$DIR/plan.yaml"
+status_file = "$DIR/status.json"
+sessions_per_worker = 65536
+[interfaces]
+inside = "gw0"
+queues = 1
+[umem]
+frames = 8192
+frame_size = 4096
+ring = 2048
+TOML
+
+# A pod's side, as kube-egress-cni sets it up. wireguard-go's control
+# socket path is the same in every namespace: each pod gets its own
+# /run/wireguard (a private mount namespace), and wg runs inside it.
+pod_wg() { # pod_wg NS KEY GW_PUB PORT
+  local ns=$1
+  ip netns exec "$ns" unshare -m sh -c "mount -t tmpfs none /run/wireguard 2>/dev/null || { mkdir -p /run/wireguard && mount -t tmpfs none /run/wireguard; }; exec wireguard-go -f wg0" >>"$DIR/wg-$ns.log" 2>&1 &
+  local pid=$!
+  WG_PIDS+=($pid)
+  for _ in $(seq 50); do x "$ns" ip link show wg0 >/dev/null 2>&1 && nsenter -t "$pid" -m -n test -S /run/wireguard/wg0.sock && break; sleep 0.1; done
+  nsenter -t "$pid" -m -n wg set wg0 private-key "$2" peer "$(cat "$3")" endpoint "198.18.50.100:$4" allowed-ips 0.0.0.0/0,::/0
+  x "$ns" ip addr add fe80::a/64 dev wg0
+  x "$ns" ip link set wg0 up
+  x "$ns" ip route add 198.18.50.100/32 via "$(x "$ns" ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1 | sed 's/\.2$/.1/')" dev eth0
+  x "$ns" ip -4 route add default via inet6 fe80::1 dev wg0
+  eval "WGPID_${ns//-/_}=$pid"
+}
+wgpid() { local v="WGPID_${1//-/_}"; echo "${!v}"; }
+
+ip netns exec egt-net python3 scripts/echo_server.py 198.19.0.254 >"$DIR/echo.log" 2>&1 &
+PIDS+=($!)
+ip netns exec egt-net iperf3 -s -B 198.19.0.254 -p 5201 >"$DIR/iperf.log" 2>&1 &
+PIDS+=($!)
+start_gateway "$DIR" || { echo "e2e-tunnel: 0 passed, 1 failed (start)"; exit 1; }
+pod_wg egt-pa "$DIR/pa.key" "$DIR/gw-a.pub" 6000
+pod_wg egt-pb "$DIR/pb.key" "$DIR/gw-b.pub" 6001
+pod_wg egt-px "$DIR/px.key" "$DIR/gw-a.pub" 6000
+for _ in $(seq 150); do x egt-net python3 -c "import socket; socket.create_connection(('198.19.0.254', 80), 0.2)" 2>/dev/null && break; sleep 0.1; done
+
+tstat() { # tstat CONFIG FIELD [DROP]: a tunnel figure from the status file
+  sleep 0.6
+  python3 - "$STATUS_FILE" "$@" <<'PY'
+import json, sys
+t = [t for t in json.load(open(sys.argv[1])).get("tunnels", []) if t["config"] == sys.argv[2]]
+v = t[0][sys.argv[3]] if t else 0
+print(v[sys.argv[4]] if len(sys.argv) > 4 else v)
+PY
+}
+leaked() { x egt-edge nft list counter ip azure_edge leaked | grep -oE 'packets [0-9]+' | grep -oE '[0-9]+'; }
+
+if [ -n "${E2E_HOLD:-}" ]; then
+  ip netns exec egt-net timeout 8 tcpdump -ni net0 -vv -c 6 tcp port 80 > /tmp/tunnel-tcpdump.txt 2>&1 &
+  ip netns exec egt-gw timeout 8 tcpdump -ni gw0 -vv -c 10 tcp port 80 > /tmp/tunnel-tcpdump-gw.txt 2>&1 &
+  sleep 1
+fi
+echo "== pods of two configs through their tunnels"
+a=$(x egt-pa curl -s -m 5 http://198.19.0.254/)
+check "pod-a (sgw-a, port 6000) is seen from sgw-a's public IP [$a]" test "$a" = 198.19.100.1
+b=$(x egt-pb curl -s -m 5 http://198.19.0.254/)
+check "pod-b (sgw-b, port 6001) is seen from sgw-b's public IP [$b]" test "$b" = 198.19.101.1
+check "the gateway completed a handshake for each config" \
+  test "$(tstat demo/sgw-a handshakes_completed)" -ge 1 -a "$(tstat demo/sgw-b handshakes_completed)" -ge 1
+check "ping through the tunnel" x egt-pa ping -c 3 -i 0.2 -W 2 -q 198.19.0.254
+u=$(x egt-pa python3 -c "
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+s.sendto(b'hello', ('198.19.0.254', 7007)); print(s.recvfrom(200)[0].decode())" 2>&1)
+check "UDP request/response through the tunnel [$u]" grep -qE "^198.19.100.1:[0-9]+ " <<<"$u"
+tr=$(x egt-pa timeout 20 traceroute -n -q 1 -w 2 -m 6 198.19.0.254 2>&1)
+check "traceroute: the gateway node is the first hop and the server is reached [$(awk 'NR>1{printf "%s ", $2}' <<<"$tr")]" \
+  sh -c "awk 'NR==2{print \$2}' <<'EOF' | grep -qx 198.18.50.10 && grep -qE '^ *[0-9]+ +198.19.0.254 ' <<'EOF2'
+$tr
+EOF
+$tr
+EOF2"
+tp=$(x egt-pa timeout 20 tracepath -n -m 6 198.19.0.254 2>&1)
+check "tracepath finds the tunnel's MTU [$(grep -oE 'pmtu [0-9]+' <<<"$tp" | head -1)]" grep -q "pmtu 1420" <<<"$tp"
+check "ping -M do of 1420 bytes fits the tunnel" x egt-pa ping -M do -s 1392 -c 2 -i 0.2 -W 2 -q 198.19.0.254
+# The way back: a server's DF datagram larger than the tunnel's MTU gets
+# fragmentation needed from the gateway (PMTU discovery toward the pod).
+ip netns exec egt-pa python3 - >"$DIR/pmtu-pod.log" 2>&1 <<'PY' &
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(4)
+s.bind(("0.0.0.0", 7100))
+s.sendto(b"hi", ("198.19.0.254", 7101))
+try:
+    print(len(s.recvfrom(4000)[0]))
+except OSError:
+    print("none")
+PY
+pmtu_pod=$!
+mtu=$(x egt-net python3 - <<'PY' 2>&1
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+s.bind(("198.19.0.254", 7101))
+_, peer = s.recvfrom(100)
+s.connect(peer)
+s.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO: DF set
+try:
+    s.send(b"x" * 1450)
+except OSError:
+    pass
+time.sleep(0.5)
+print(s.getsockopt(socket.IPPROTO_IP, 14))  # IP_MTU
+PY
+)
+wait "$pmtu_pod"
+check "a server's 1478-byte DF datagram to a tunnelled pod: the gateway answers fragmentation needed, mtu 1420 [$mtu]" test "$mtu" = 1420
+i1=$(x egt-pa iperf3 -c 198.19.0.254 -t 3 -J 2>/dev/null | python3 -c "import json,sys; print(round(json.load(sys.stdin)['end']['sum_received']['bits_per_second']/1e6))" 2>/dev/null)
+check "iperf3 pod → internet through the tunnel [${i1:-0} Mbit/s]" test "${i1:-0}" -gt 0
+i2=$(x egt-pa iperf3 -c 198.19.0.254 -t 3 -R -J 2>/dev/null | python3 -c "import json,sys; print(round(json.load(sys.stdin)['end']['sum_received']['bits_per_second']/1e6))" 2>/dev/null)
+check "iperf3 internet → pod (-R) through the tunnel [${i2:-0} Mbit/s]" test "${i2:-0}" -gt 0
+
+echo "== what must not get through"
+u0=$(tstat demo/sgw-a drops tunnel_unknown_peer)
+check "a pod whose key is no peer gets nothing through" sh -c "! ip netns exec egt-px curl -s -m 3 http://198.19.0.254/"
+check "its handshakes are counted as from an unknown peer" test "$(tstat demo/sgw-a drops tunnel_unknown_peer)" -gt "$u0"
+# pod-a's own tunnel carrying pod-b's address as the inner source.
+x egt-pa ip addr add 198.18.62.2/32 dev lo
+v0=$(tstat demo/sgw-a drops tunnel_inner_source_violation)
+x egt-pa ping -I 198.18.62.2 -c 2 -i 0.2 -W 1 -q 198.19.0.254 >/dev/null 2>&1
+check "a peer sending another pod's inner source is dropped and counted" \
+  test "$(tstat demo/sgw-a drops tunnel_inner_source_violation)" -ge $((v0 + 2))
+check "garbage on the tunnel port is counted, not answered" sh -c "
+  x() { ip netns exec \"\$@\"; }
+  before=\$(python3 -c \"import json; print(sum(t['drops']['tunnel_malformed'] for t in json.load(open('$STATUS_FILE'))['tunnels']))\")
+  x egt-px python3 -c \"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+for i in range(20): s.sendto(bytes([i]) * (i + 1), ('198.18.50.100', 6000))
+try:
+    s.recvfrom(100); print('answered'); raise SystemExit(1)
+except socket.timeout:
+    pass\" && sleep 0.6 &&
+  after=\$(python3 -c \"import json; print(sum(t['drops']['tunnel_malformed'] for t in json.load(open('$STATUS_FILE'))['tunnels']))\") &&
+  test \$after -ge \$((before + 20))"
+check "nothing reached the internet untranslated [edge leak counter $(leaked)]" test "$(leaked)" = 0
+check "the private keys are nowhere in the status file" \
+  sh -c "! grep -qF '$(cat "$DIR/gw-a.key")' '$STATUS_FILE' && ! grep -qF '$(cat "$DIR/gw-b.key")' '$STATUS_FILE' && ! grep -qF '$(cat "$DIR/gw-a.key")' '$DIR/gateway.log'"
+
+echo "== roaming"
+r0=$(tstat demo/sgw-a roams)
+nsenter -t "$(wgpid egt-pa)" -m -n wg set wg0 listen-port 40123
+a=
+for _ in 1 2 3 4 5; do a=$(x egt-pa curl -s -m 3 http://198.19.0.254/) && [ -n "$a" ] && break; done
+check "after pod-a's source port changes it still gets through [$a]" test "$a" = 198.19.100.1
+check "the gateway learned the new endpoint from an authenticated packet [roams $(tstat demo/sgw-a roams)]" \
+  test "$(tstat demo/sgw-a roams)" -gt "$r0"
+
+echo "== a plan change keeps other peers' tunnels"
+h0=$(tstat demo/sgw-b handshakes_completed)
+python3 - "$DIR/plan.yaml" <<'PY'
+import sys
+p = sys.argv[1]
+docs = [d for d in open(p).read().split("---\n") if "name: pod-a, namespace: demo" not in d]
+open(p, "w").write("---\n".join(docs))
+PY
+for _ in $(seq 50); do [ "$(tstat demo/sgw-a peers)" = 0 ] && break; done
+check "pod-a's PodEndpoint removed: its tunnel stops" sh -c "! ip netns exec egt-pa curl -s -m 3 http://198.19.0.254/"
+b=$(x egt-pb curl -s -m 5 http://198.19.0.254/)
+check "pod-b's tunnel carries on, without a new handshake [$b]" \
+  test "$b" = 198.19.101.1 -a "$(tstat demo/sgw-b handshakes_completed)" = "$h0"
+
+[ -n "${E2E_HOLD:-}" ] && { cp "$STATUS_FILE" /tmp/tunnel-status.json; cp "$DIR/gateway.log" /tmp/tunnel-gw.log; }
+echo "e2e-tunnel: $passed passed, $failed failed"
+[ "$failed" = 0 ]
