@@ -183,11 +183,6 @@ PY
 }
 leaked() { x egt-edge nft list counter ip azure_edge leaked | grep -oE 'packets [0-9]+' | grep -oE '[0-9]+'; }
 
-if [ -n "${E2E_HOLD:-}" ]; then
-  ip netns exec egt-net timeout 8 tcpdump -ni net0 -vv -c 6 tcp port 80 > /tmp/tunnel-tcpdump.txt 2>&1 &
-  ip netns exec egt-gw timeout 8 tcpdump -ni gw0 -vv -c 10 tcp port 80 > /tmp/tunnel-tcpdump-gw.txt 2>&1 &
-  sleep 1
-fi
 echo "== pods of two configs through their tunnels"
 a=$(x egt-pa curl -s -m 5 http://198.19.0.254/)
 check "pod-a (sgw-a, port 6000) is seen from sgw-a's public IP [$a]" test "$a" = 198.19.100.1
@@ -296,6 +291,5 @@ b=$(x egt-pb curl -s -m 5 http://198.19.0.254/)
 check "pod-b's tunnel carries on, without a new handshake [$b]" \
   test "$b" = 198.19.101.1 -a "$(tstat demo/sgw-b handshakes_completed)" = "$h0"
 
-[ -n "${E2E_HOLD:-}" ] && { cp "$STATUS_FILE" /tmp/tunnel-status.json; cp "$DIR/gateway.log" /tmp/tunnel-gw.log; }
 echo "e2e-tunnel: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -85,7 +85,8 @@ fn plan_with_policy(
     c.policy = policy;
     c.mapping = mode;
     c.port_quota = u32::MAX;
-    let bindings = (0..PODS).map(|i| Binding { pod_ip: pod(i).into(), config: "bench".into(), public_key: None }).collect();
+    let bindings =
+        (0..PODS).map(|i| Binding { pod_ip: pod(i).into(), config: "bench".into(), public_key: None }).collect();
     Arc::new(Plan { version: 1, configs: vec![c], bindings }.compile().unwrap())
 }
 

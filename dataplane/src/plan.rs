@@ -901,3 +901,74 @@ mod json {
         assert_eq!(back, p);
     }
 }
+
+#[cfg(test)]
+mod tunnels {
+    use super::*;
+
+    fn tunnelled_plan() -> Plan {
+        let mut c = GatewayConfig::new("a", vec!["198.19.100.0/30".parse().unwrap()]);
+        c.tunnel =
+            Some(TunnelConfig { address: Ipv4Addr::new(198, 18, 50, 100), port: 6000, private_key: WgSecret([7; 32]) });
+        Plan {
+            version: 1,
+            configs: vec![c, GatewayConfig::new("b", vec!["198.19.101.0/30".parse().unwrap()])],
+            bindings: vec![Binding {
+                pod_ip: Ipv4Addr::new(198, 18, 0, 2),
+                config: "a".into(),
+                public_key: Some(WgKey([1; 32])),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_tunnelled_binding_makes_its_pod_a_peer_of_the_configs_tunnel() {
+        let c = tunnelled_plan().compile().unwrap();
+        assert!(c.tunnelled.contains(&u32::from(Ipv4Addr::new(198, 18, 0, 2))));
+        assert_eq!(c.tunnels[&(u32::from(Ipv4Addr::new(198, 18, 50, 100)), 6000)], 0);
+        assert_eq!(c.configs[0].tunnel.as_ref().unwrap().peers.len(), 1);
+    }
+
+    #[test]
+    fn a_pod_key_for_a_config_without_a_tunnel_is_refused() {
+        let mut p = tunnelled_plan();
+        p.bindings[0].config = "b".into();
+        assert!(matches!(p.compile(), Err(PlanError::NoTunnel { .. })));
+    }
+
+    #[test]
+    fn one_key_for_two_pods_of_a_config_is_refused() {
+        let mut p = tunnelled_plan();
+        let mut second = p.bindings[0].clone();
+        second.pod_ip = Ipv4Addr::new(198, 18, 0, 3);
+        p.bindings.push(second);
+        assert!(matches!(p.compile(), Err(PlanError::DuplicatePeerKey { .. })));
+    }
+
+    #[test]
+    fn two_configs_on_one_tunnel_endpoint_are_refused() {
+        let mut p = tunnelled_plan();
+        p.configs[1].tunnel = p.configs[0].tunnel.clone();
+        assert!(matches!(p.compile(), Err(PlanError::BadTunnel { .. })));
+    }
+
+    #[test]
+    fn private_keys_never_show_and_a_redacted_plan_cannot_be_served() {
+        let p = tunnelled_plan();
+        let shown = serde_json::to_string(&p.redacted()).unwrap();
+        assert!(!shown.contains(&WgKey([7; 32]).to_string()), "{shown}");
+        assert!(!format!("{p:?}").contains(&WgKey([7; 32]).to_string()));
+        let back: Result<Plan, _> = serde_json::from_str(&shown);
+        assert!(back.is_err(), "'<redacted>' is no key");
+        let json = serde_json::to_string(&p).unwrap();
+        let again: Plan = serde_json::from_str(&json).unwrap();
+        assert_eq!(again, p, "the plan itself travels with its key");
+    }
+
+    #[test]
+    fn malformed_keys_get_clear_errors_that_do_not_echo_them() {
+        let e = serde_json::from_str::<WgSecret>("\"c2VjcmV0\"").unwrap_err().to_string();
+        assert!(e.contains("32 bytes") && !e.contains("c2VjcmV0"), "{e}");
+        assert!("not base64!".parse::<WgKey>().is_err());
+    }
+}

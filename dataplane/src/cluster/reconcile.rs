@@ -165,8 +165,7 @@ pub fn tunnel_of(sgc: &StaticGatewayConfiguration, st: &ClusterState) -> Result<
         .ok()
         .filter(|&p| p != 0)
         .ok_or_else(|| format!("status.gatewayServerProfile.port {} is not a UDP port", p.port))?;
-    let public: WgKey =
-        p.public_key.parse().map_err(|e| format!("status.gatewayServerProfile.publicKey: {e}"))?;
+    let public: WgKey = p.public_key.parse().map_err(|e| format!("status.gatewayServerProfile.publicKey: {e}"))?;
     let r = p.private_key_secret_ref.as_ref().expect("a ready profile has a secret reference");
     let ns = r.namespace.clone().unwrap_or_else(|| sgc.metadata.ns().to_string());
     let secret = st
@@ -181,8 +180,8 @@ pub fn tunnel_of(sgc: &StaticGatewayConfiguration, st: &ClusterState) -> Result<
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| format!("Secret {ns}/{}: PrivateKey is not base64 text", r.name))?;
-    let private_key: WgSecret = serde_json::from_value(serde_json::Value::String(text))
-        .map_err(|e| format!("Secret {ns}/{}: {e}", r.name))?;
+    let private_key: WgSecret =
+        serde_json::from_value(serde_json::Value::String(text)).map_err(|e| format!("Secret {ns}/{}: {e}", r.name))?;
     if private_key.public_key() != public {
         return Err(format!(
             "Secret {ns}/{}: its private key does not match status.gatewayServerProfile.publicKey",
@@ -617,7 +616,11 @@ pub fn standalone_plan(st: &ClusterState, version: u64) -> (Plan, Vec<Problem>) 
     plan.configs = cands.into_iter().map(|c| c.config).collect();
     plan.configs.sort_by(|a, b| a.name.cmp(&b.name));
     for (config, ips) in bound {
-        plan.bindings.extend(ips.into_iter().map(|pod_ip| Binding { pod_ip, config: config.clone(), public_key: None }));
+        plan.bindings.extend(ips.into_iter().map(|pod_ip| Binding {
+            pod_ip,
+            config: config.clone(),
+            public_key: None,
+        }));
     }
     plan.bindings.extend(tunnelled);
     problems.sort();

@@ -104,7 +104,10 @@ fn aks_fixture_reconciles_to_one_plan_per_gateway_node() {
         }
     }
     let pay_node = &r.plans[GW2[0]];
-    assert_eq!(pay_node.bindings, vec![Binding { pod_ip: ip("198.18.1.2"), config: "payments/pay-egress".into(), public_key: None }]);
+    assert_eq!(
+        pay_node.bindings,
+        vec![Binding { pod_ip: ip("198.18.1.2"), config: "payments/pay-egress".into(), public_key: None }]
+    );
     let web_node = r.plans.iter().find(|(n, p)| GW1.contains(&n.as_str()) && p.configs.len() == 2).unwrap().1;
     assert_eq!(
         web_node.bindings,
@@ -489,5 +492,52 @@ mod properties {
         for (n, a) in &s {
             assert!((180..=330).contains(&a.len()), "{n}: {} of 1024", a.len());
         }
+    }
+}
+
+mod tunnels {
+    //! kube-egress-gateway's tunnel objects: the SGC's gatewayServerProfile,
+    //! its Secret, and PodEndpoints.
+    use super::super::plan_from_yaml_str;
+    use crate::plan::WgSecret;
+    use base64::Engine;
+
+    fn manifests(secret_key: [u8; 32], profile_key: [u8; 32]) -> String {
+        let b64 = |k: &[u8]| base64::engine::general_purpose::STANDARD.encode(k);
+        let public = WgSecret(profile_key).public_key().to_string();
+        let private_text = b64(&secret_key);
+        let pod_key = WgSecret([9; 32]).public_key().to_string();
+        format!(
+            "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\n\
+             metadata: {{name: a, namespace: demo}}\nspec: {{gatewayNodepoolName: gw}}\n\
+             status: {{egressIpPrefix: 198.19.100.0/30, gatewayServerProfile: {{ip: 198.18.50.100, port: 6000, publicKey: {public}, privateKeySecretRef: {{name: sgw-a, namespace: kube-egress-gateway-system}}}}}}\n\
+             ---\napiVersion: v1\nkind: Secret\nmetadata: {{name: sgw-a, namespace: kube-egress-gateway-system}}\n\
+             data: {{PrivateKey: {}}}\n\
+             ---\napiVersion: v1\nkind: Pod\n\
+             metadata: {{name: p, namespace: demo, annotations: {{kubernetes.azure.com/static-gateway-configuration: a}}}}\n\
+             status: {{phase: Running, podIP: 198.18.0.2}}\n\
+             ---\napiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: PodEndpoint\n\
+             metadata: {{name: p, namespace: demo}}\n\
+             spec: {{staticGatewayConfiguration: a, podIpAddress: 198.18.0.2/32, podPublicKey: {pod_key}}}\n",
+            b64(private_text.as_bytes())
+        )
+    }
+
+    #[test]
+    fn a_config_with_a_server_profile_serves_its_pod_endpoints_through_its_tunnel() {
+        let (plan, problems) = plan_from_yaml_str(&manifests([5; 32], [5; 32]), "inline", 1).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        let t = plan.configs[0].tunnel.as_ref().expect("a tunnel");
+        assert_eq!((t.address.to_string(), t.port), ("198.18.50.100".to_string(), 6000));
+        assert_eq!(plan.bindings.len(), 1, "the annotated pod is bound once, by its PodEndpoint");
+        assert_eq!(plan.bindings[0].public_key, Some(WgSecret([9; 32]).public_key()));
+        plan.compile().unwrap();
+    }
+
+    #[test]
+    fn a_secret_that_does_not_match_the_published_public_key_leaves_the_config_out() {
+        let (plan, problems) = plan_from_yaml_str(&manifests([5; 32], [6; 32]), "inline", 1).unwrap();
+        assert!(plan.configs.is_empty());
+        assert!(problems.iter().any(|p| p.message.contains("does not match")), "{problems:?}");
     }
 }

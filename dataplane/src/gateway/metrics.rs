@@ -198,8 +198,11 @@ fn render_tunnels(o: &mut String, reports: &[WorkerReport]) {
         let (c, n) = (&t.config, &t.counters);
         let _ = writeln!(o, "egret_tunnel_peers{{config=\"{c}\"}} {}", t.peers);
         let _ = writeln!(o, "egret_tunnel_live_peers{{config=\"{c}\"}} {}", t.live_peers);
-        let _ =
-            writeln!(o, "egret_tunnel_handshakes_total{{config=\"{c}\",outcome=\"completed\"}} {}", n.handshakes_completed);
+        let _ = writeln!(
+            o,
+            "egret_tunnel_handshakes_total{{config=\"{c}\",outcome=\"completed\"}} {}",
+            n.handshakes_completed
+        );
         let _ = writeln!(o, "egret_tunnel_handshakes_total{{config=\"{c}\",outcome=\"cookie\"}} {}", n.cookie_replies);
         let _ = writeln!(o, "egret_tunnel_packets_total{{config=\"{c}\",direction=\"rx\"}} {}", n.rx_packets);
         let _ = writeln!(o, "egret_tunnel_packets_total{{config=\"{c}\",direction=\"tx\"}} {}", n.tx_packets);

@@ -66,7 +66,14 @@ impl Steering {
                 AttachMode::Generic
             }
         };
-        let mut s = Steering { ebpf, ifname: ifname.into(), mode, pods: HashSet::new(), egress: HashSet::new(), tunnels: HashSet::new() };
+        let mut s = Steering {
+            ebpf,
+            ifname: ifname.into(),
+            mode,
+            pods: HashSet::new(),
+            egress: HashSet::new(),
+            tunnels: HashSet::new(),
+        };
         let mut m = s.map("local")?;
         for &a in local {
             m.insert(key(a), 1u8, 0).map_err(|e| XdpError::Map { map: "local", reason: e.to_string() })?;

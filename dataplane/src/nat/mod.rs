@@ -753,7 +753,14 @@ impl NatEngine {
         self.any_tunnelled && self.pods.get(&pod).is_some_and(|p| p.tunnelled)
     }
 
-    fn process_arrival(&mut self, buf: &mut [u8], len: usize, from: Option<Side>, tunnelled: bool, now: Time) -> Verdict {
+    fn process_arrival(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        from: Option<Side>,
+        tunnelled: bool,
+        now: Time,
+    ) -> Verdict {
         let len = len.min(buf.len());
         let (src, dst, total) = match Ipv4Packet::new_checked(&buf[..len]) {
             Ok(ip) if ip.verify_checksum() => {
@@ -917,7 +924,9 @@ impl NatEngine {
     pub fn take_released(&mut self) -> Option<Released> {
         let r = self.frags.take_released()?;
         match r.to {
-            ReleaseTo::Side(side) if r.bytes.len() > self.mtu(side, Self::dst_of(&r.bytes)) => self.fit_released(r, side),
+            ReleaseTo::Side(side) if r.bytes.len() > self.mtu(side, Self::dst_of(&r.bytes)) => {
+                self.fit_released(r, side)
+            }
             _ => Some(r),
         }
     }

@@ -16,8 +16,11 @@ fn engine() -> NatEngine {
     let mut a = GatewayConfig::new("a", vec!["198.19.100.0/31".parse().unwrap()]);
     a.mapping = MappingMode::PortReuse;
     a.port_quota = 1 << 20;
-    let plan =
-        Plan { version: 1, configs: vec![a], bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }] };
+    let plan = Plan {
+        version: 1,
+        configs: vec![a],
+        bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }],
+    };
     let s = EngineSettings { session_capacity: 1 << 18, ports: 1024..=65535, ..settings() };
     NatEngine::new(s, Arc::new(plan.compile().unwrap()))
 }
@@ -55,8 +58,11 @@ fn a_full_paired_address_spills_without_scanning_it_for_every_flow() {
 fn exhaustion_is_claimed_only_when_every_tuple_is_taken() {
     let mut a = GatewayConfig::new("a", vec!["198.19.100.0/30".parse().unwrap()]);
     a.mapping = MappingMode::PortReuse;
-    let plan =
-        Plan { version: 1, configs: vec![a], bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }] };
+    let plan = Plan {
+        version: 1,
+        configs: vec![a],
+        bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }],
+    };
     let s = EngineSettings { ports: 1024..=1039, ..settings() };
     let mut e = NatEngine::new(s, Arc::new(plan.compile().unwrap()));
     // 4 addresses x 16 ports toward one destination: all 64 succeed.

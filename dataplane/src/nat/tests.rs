@@ -1173,3 +1173,75 @@ fn the_nat_log_records_who_used_which_egress_port_when() {
     udp(POD_A, 5000, SERVER, 53, b"x").run(&mut e, T0);
     assert_eq!(e.take_nat_events().next().unwrap().remote, Some((SERVER.into(), 53)));
 }
+
+mod tunnelled {
+    //! Pods that reach the gateway through a WireGuard tunnel.
+    use super::*;
+    use crate::plan::{TunnelConfig, WgKey, WgSecret};
+
+    fn tunnel_engine(inside_mtu: usize) -> NatEngine {
+        let mut a = config("a", "198.19.100.0/28");
+        a.tunnel =
+            Some(TunnelConfig { address: [198, 18, 50, 100].into(), port: 6000, private_key: WgSecret([7; 32]) });
+        let plan = Plan {
+            version: 1,
+            configs: vec![a, config("b", "198.19.101.0/28")],
+            bindings: vec![
+                Binding { pod_ip: POD_A.into(), config: "a".into(), public_key: Some(WgKey([1; 32])) },
+                Binding { pod_ip: POD_B.into(), config: "b".into(), public_key: None },
+            ],
+        };
+        let s = EngineSettings { mtu: [inside_mtu, 1500], ..settings() };
+        NatEngine::new(s, Arc::new(plan.compile().unwrap()))
+    }
+
+    #[test]
+    fn a_plain_packet_from_a_tunnelled_pod_is_dropped_and_counted() {
+        let mut e = tunnel_engine(1500);
+        let mut p = udp(POD_A, 5000, SERVER, 53, b"q");
+        assert_eq!(e.process(&mut p.buf, p.len, Time::default()), Verdict::Drop(DropReason::NotTunnelled));
+        assert_eq!(e.counters().dropped(DropReason::NotTunnelled), 1);
+    }
+
+    #[test]
+    fn the_same_packet_through_its_tunnel_is_translated() {
+        let mut e = tunnel_engine(1500);
+        let mut p = udp(POD_A, 5000, SERVER, 53, b"q");
+        assert!(matches!(
+            e.process_tunnelled(&mut p.buf, p.len, Time::default()),
+            Verdict::Forward { side: Side::Outside, .. }
+        ));
+        assert!(e.is_tunnelled(u32::from_be_bytes(POD_A)));
+        assert!(!e.is_tunnelled(u32::from_be_bytes(POD_B)));
+    }
+
+    #[test]
+    fn a_routed_pod_cannot_come_through_a_tunnel() {
+        let mut e = tunnel_engine(1500);
+        let mut p = udp(POD_B, 5000, SERVER, 53, b"q");
+        assert_eq!(e.process_tunnelled(&mut p.buf, p.len, Time::default()), Verdict::Drop(DropReason::NotTunnelled));
+    }
+
+    #[test]
+    fn a_returning_df_packet_larger_than_the_tunnel_mtu_gets_fragmentation_needed_1420() {
+        let mut e = tunnel_engine(1500);
+        let now = Time::default();
+        let mut p = udp(POD_A, 5000, SERVER, 7000, b"q");
+        let Verdict::Forward { len, .. } = e.process_tunnelled(&mut p.buf, p.len, now) else { panic!() };
+        let out = UdpHeaderSlice::from_slice(&p.buf[20..len]).unwrap();
+        let (eport, eaddr) = (out.source_port(), Ipv4HeaderSlice::from_slice(&p.buf).unwrap().source());
+        let mut v = Vec::new();
+        let mut ip = etherparse::Ipv4Header::new(1458, 64, etherparse::IpNumber::UDP, SERVER, eaddr).unwrap();
+        ip.dont_fragment = true;
+        PacketBuilder::ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+            .udp(7000, eport)
+            .write(&mut v, &[0u8; 1450])
+            .unwrap();
+        let mut big = Pkt::new(v);
+        big.buf.resize(4096, 0);
+        let Verdict::Reply { len } = e.process(&mut big.buf, big.len, now) else { panic!("no frag needed") };
+        let icmp_msg = &big.buf[20..len];
+        assert_eq!((icmp_msg[0], icmp_msg[1]), (icmp::DEST_UNREACHABLE, icmp::CODE_FRAG_NEEDED));
+        assert_eq!(u16::from_be_bytes([icmp_msg[6], icmp_msg[7]]), 1420);
+    }
+}

@@ -253,7 +253,6 @@ impl Tunnel {
         self.by_key.len()
     }
 
-
     /// Makes the peer set exactly `peers`: peers that stay keep their
     /// sessions and endpoints, a peer whose pod address changed keeps its
     /// session under the new address, the others come and go.

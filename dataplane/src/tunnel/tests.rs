@@ -211,3 +211,159 @@ fn a_flood_of_initiations_is_answered_with_cookies() {
     assert!(gw.counters().cookie_replies > 0, "under load: cookies ({:?})", gw.counters());
     assert!(gw.counters().handshakes_completed <= 6);
 }
+
+mod workers {
+    //! Peers spread over workers: each datagram ends up where its peer is.
+    use super::*;
+
+    fn pods_owned_by(worker: u16, workers: u16) -> Ipv4Addr {
+        (2..=250u8).map(|i| Ipv4Addr::new(198, 18, 0, i)).find(|p| owner_of(u32::from(*p), workers) == worker).unwrap()
+    }
+
+    #[test]
+    fn an_initiation_for_another_workers_peer_is_sent_there_and_answered_there() {
+        let workers = 4;
+        let pod_ip = pods_owned_by(3, workers);
+        let peers = [PeerConfig { public_key: public(key(1)), pod_ip }];
+        let limiter = Tunnel::limiter(GW_KEY, HANDSHAKES_PER_SEC);
+        let mut w0 = Tunnel::for_worker(GW_KEY, &peers, Arc::clone(&limiter), 0, workers);
+        let mut w3 = Tunnel::for_worker(GW_KEY, &peers, limiter, 3, workers);
+        let mut a = pod(1);
+        let mut buf = vec![0u8; 2048];
+        let TunnResult::WriteToNetwork(init) = a.encapsulate(&inner(pod_ip, b"x"), &mut buf) else { panic!() };
+        let init = init.to_vec();
+        let mut out = vec![0u8; 2048];
+        assert_eq!(w0.receive(FROM, &init, &mut out), Received::Elsewhere { worker: 3 });
+        assert!(matches!(w3.receive_handed(FROM, &init, &mut out), Received::Reply { len: 92 }));
+        assert_eq!(w3.counters().handshakes_completed, 1);
+        assert_eq!(w0.counters().handshakes_completed, 0);
+    }
+
+    #[test]
+    fn data_for_another_workers_session_is_sent_to_that_worker() {
+        let workers = 2;
+        let pod_ip = pods_owned_by(1, workers);
+        let peers = [PeerConfig { public_key: public(key(1)), pod_ip }];
+        let limiter = Tunnel::limiter(GW_KEY, HANDSHAKES_PER_SEC);
+        let mut w0 = Tunnel::for_worker(GW_KEY, &peers, Arc::clone(&limiter), 0, workers);
+        let mut w1 = Tunnel::for_worker(GW_KEY, &peers, limiter, 1, workers);
+        let mut a = pod(1);
+        let first = inner(pod_ip, b"hello");
+        let data = connect(&mut w1, &mut a, FROM, &first);
+        let mut out = vec![0u8; 2048];
+        assert_eq!(w0.receive(FROM, &data, &mut out), Received::Elsewhere { worker: 1 });
+        assert_eq!(w1.receive(FROM, &data, &mut out), Received::Inner { len: first.len(), pod: pod_ip });
+    }
+}
+
+mod stage {
+    //! The stage around the tunnels: whole IPv4/UDP datagrams in and out,
+    //! from a plan with a tunnelled config.
+    use super::*;
+    use crate::plan::{Binding, GatewayConfig, Plan, TunnelConfig, WgKey, WgSecret};
+    use crate::tunnel::stage::SharedLimiters;
+    use crate::tunnel::{Inbound, Outbound, TunnelStage};
+    use crate::wire::udp;
+
+    const ILB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 50, 100), 6000);
+
+    fn plan() -> Arc<crate::plan::CompiledPlan> {
+        let mut c = GatewayConfig::new("a", vec!["198.19.100.0/30".parse().unwrap()]);
+        c.tunnel = Some(TunnelConfig { address: *ILB.ip(), port: ILB.port(), private_key: WgSecret(GW_KEY) });
+        let bindings = vec![Binding { pod_ip: POD_A, config: "a".into(), public_key: Some(WgKey(public(key(1)))) }];
+        Arc::new(Plan { version: 1, configs: vec![c], bindings }.compile().unwrap())
+    }
+
+    fn datagram(payload: &[u8], from: SocketAddrV4, to: SocketAddrV4) -> Vec<u8> {
+        let mut v = vec![0u8; 4096];
+        v[udp::HEADERS..udp::HEADERS + payload.len()].copy_from_slice(payload);
+        let n = udp::emit(&mut v, from, to, payload.len());
+        v.truncate(n);
+        v
+    }
+
+    /// Feeds a datagram from the pod to the stage; the buffer as it left.
+    fn feed(st: &mut TunnelStage, payload: &[u8]) -> (Inbound, Vec<u8>) {
+        let d = datagram(payload, FROM, ILB);
+        let mut buf = vec![0u8; 4096];
+        buf[..d.len()].copy_from_slice(&d);
+        (st.receive(&mut buf, d.len(), false), buf)
+    }
+
+    #[test]
+    fn a_pods_tunnel_through_the_stage_both_ways_from_the_tunnel_endpoint() {
+        let mut st = TunnelStage::new(0, 1, SharedLimiters::default());
+        st.apply_plan(&plan());
+        let mut a = pod(1);
+        let mut b = vec![0u8; 2048];
+        let first = inner(POD_A, b"hello");
+        let TunnResult::WriteToNetwork(init) = a.encapsulate(&first, &mut b) else { panic!() };
+        let init = init.to_vec();
+        let (Inbound::Reply { len }, out) = feed(&mut st, &init) else { panic!("no handshake response") };
+        let reply = udp::parse(&out[..len]).unwrap();
+        assert_eq!((reply.src, reply.dst), (ILB, FROM), "replies leave from the tunnel endpoint");
+        let TunnResult::WriteToNetwork(ka) = a.decapsulate(None, &out[reply.payload], &mut b) else { panic!() };
+        let ka = ka.to_vec();
+        assert_eq!(feed(&mut st, &ka).0, Inbound::Consumed);
+        let TunnResult::WriteToNetwork(data) = a.decapsulate(None, &[], &mut b) else { panic!() };
+        let data = data.to_vec();
+        let (Inbound::Inner { len }, out) = feed(&mut st, &data) else { panic!("no inner packet") };
+        assert_eq!(&out[..len], &first[..]);
+
+        // The way back: an IPv4 packet to the pod, sealed in place.
+        let mut back = vec![0u8; 4096];
+        let mut v = Vec::new();
+        PacketBuilder::ipv4(SERVER, POD_A.octets(), 60).udp(53, 5000).write(&mut v, b"answer").unwrap();
+        back[..v.len()].copy_from_slice(&v);
+        let Outbound::Sealed { len, to } = st.seal(&mut back, v.len()) else { panic!("not sealed") };
+        assert_eq!(to, FROM);
+        let d = udp::parse(&back[..len]).unwrap();
+        assert_eq!((d.src, d.dst), (ILB, FROM));
+        let TunnResult::WriteToTunnelV4(got, _) = a.decapsulate(None, &back[d.payload], &mut b) else { panic!() };
+        assert_eq!(got, &v[..]);
+    }
+
+    #[test]
+    fn traffic_that_is_not_for_a_tunnel_is_left_to_the_nat_core() {
+        let mut st = TunnelStage::new(0, 1, SharedLimiters::default());
+        st.apply_plan(&plan());
+        let other = SocketAddrV4::new(*ILB.ip(), 6001);
+        let d = datagram(b"hello", FROM, other);
+        let mut buf = d.clone();
+        assert_eq!(st.receive(&mut buf, d.len(), false), Inbound::NotTunnel);
+        assert_eq!(buf, d, "untouched");
+    }
+
+    #[test]
+    fn a_packet_for_a_pod_without_a_session_is_dropped_and_counted() {
+        let mut st = TunnelStage::new(0, 1, SharedLimiters::default());
+        st.apply_plan(&plan());
+        let mut v = Vec::new();
+        PacketBuilder::ipv4(SERVER, POD_A.octets(), 60).udp(53, 5000).write(&mut v, b"answer").unwrap();
+        let mut buf = vec![0u8; 4096];
+        buf[..v.len()].copy_from_slice(&v);
+        assert_eq!(st.seal(&mut buf, v.len()), Outbound::Drop(TunnelDrop::NoSession));
+        assert_eq!(st.reports()[0].counters.dropped(TunnelDrop::NoSession), 1);
+    }
+
+    #[test]
+    fn a_packet_for_another_workers_pod_is_sealed_there() {
+        let other = (0..2u16).find(|w| *w != owner_of(u32::from(POD_A), 2)).unwrap();
+        let mut st = TunnelStage::new(other, 2, SharedLimiters::default());
+        st.apply_plan(&plan());
+        let mut v = Vec::new();
+        PacketBuilder::ipv4(SERVER, POD_A.octets(), 60).udp(53, 5000).write(&mut v, b"x").unwrap();
+        let mut buf = vec![0u8; 4096];
+        buf[..v.len()].copy_from_slice(&v);
+        assert_eq!(st.seal(&mut buf, v.len()), Outbound::Elsewhere { worker: owner_of(u32::from(POD_A), 2) });
+    }
+
+    #[test]
+    fn reports_name_the_public_key_never_the_private_one() {
+        let mut st = TunnelStage::new(0, 1, SharedLimiters::default());
+        st.apply_plan(&plan());
+        let j = st.reports()[0].to_json().to_string();
+        assert!(j.contains(&WgKey(public(GW_KEY)).to_string()));
+        assert!(!j.contains(&WgKey(GW_KEY).to_string()));
+    }
+}
