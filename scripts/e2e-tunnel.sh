@@ -22,145 +22,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-DIR=$(mktemp -d /tmp/egret-tunnel.XXXXXX)
-STATUS_FILE=$DIR/status.json
-TNS=(egt-pa egt-pb egt-px egt-vnet egt-gw egt-edge egt-net)
-WG_PIDS=()
-cleanup() {
-  stop_gateway
-  stop_servers
-  for p in "${WG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${WG_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  for ns in "${TNS[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-x() { ip netns exec "$@"; }
-
-command -v wireguard-go >/dev/null && command -v wg >/dev/null || scripts/install-deps.sh
-build_gateway || { echo "e2e-tunnel: 0 passed, 1 failed (build)"; exit 1; }
-
-for ns in "${TNS[@]}"; do ip netns del "$ns" 2>/dev/null || true; ip netns add "$ns"; x "$ns" ip link set lo up; done
-link() { # link NS_A IF_A ADDR_A NS_B IF_B ADDR_B
-  ip link add "$2" netns "$1" type veth peer name "$5" netns "$4"
-  x "$1" ip addr add "$3" dev "$2"; x "$1" ip link set "$2" up
-  x "$4" ip addr add "$6" dev "$5"; x "$4" ip link set "$5" up
-  # Full checksums on the wire: AF_XDP sees veth's CHECKSUM_PARTIAL
-  # packets unfinished (AFXDP-NOTES.md).
-  x "$1" ethtool -K "$2" tx off >/dev/null; x "$4" ethtool -K "$5" tx off >/dev/null
-}
-link egt-gw gw0 198.18.50.10/24 egt-vnet vnet-gw 198.18.50.1/24
-link egt-vnet vnet-edge 198.18.70.1/30 egt-edge edge-vnet 198.18.70.2/30
-link egt-edge edge-net 198.19.0.1/24 egt-net net0 198.19.0.254/24
-link egt-pa eth0 198.18.61.2/24 egt-vnet vnet-pa 198.18.61.1/24
-link egt-pb eth0 198.18.62.2/24 egt-vnet vnet-pb 198.18.62.1/24
-link egt-px eth0 198.18.63.2/24 egt-vnet vnet-px 198.18.63.1/24
-for ns in egt-gw egt-vnet egt-edge; do x "$ns" sysctl -qw net.ipv4.ip_forward=1; done
-x egt-gw ip route add default via 198.18.50.1
-x egt-vnet ip route add default via 198.18.70.2
-for a in 198.18.50.100 198.18.50.11 198.18.50.12; do x egt-vnet ip route add $a/32 via 198.18.50.10; done
-x egt-edge ip route add 198.18.0.0/15 via 198.18.70.1
-x egt-net ip route add default via 198.19.0.1
-x egt-edge nft -f - <<'NFT'
-table ip azure_edge {
-  counter leaked {}
-  chain prerouting {
-    type nat hook prerouting priority dstnat; policy accept;
-    ip daddr 198.19.100.1 dnat to 198.18.50.11
-    ip daddr 198.19.101.1 dnat to 198.18.50.12
-  }
-  chain postrouting {
-    type nat hook postrouting priority srcnat; policy accept;
-    oifname "edge-net" ip saddr 198.18.50.11 snat to 198.19.100.1
-    oifname "edge-net" ip saddr 198.18.50.12 snat to 198.19.101.1
-  }
-  chain forward {
-    type filter hook forward priority filter; policy accept;
-    iifname "edge-vnet" oifname "edge-net" ip saddr != { 198.18.50.11, 198.18.50.12 } counter name leaked drop
-  }
-}
-NFT
-
-# Keys: one per config (kube-egress-gateway's Secret sgw-<UID>), one per pod.
-umask 077
-for k in gw-a gw-b pa pb px; do wg genkey > "$DIR/$k.key"; wg pubkey < "$DIR/$k.key" > "$DIR/$k.pub"; done
-b64() { base64 -w0 < "$1"; }
-cat > "$DIR/plan.yaml" <<YAML
-apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
-kind: StaticGatewayConfiguration
-metadata: {name: sgw-a, namespace: demo, uid: 0a0a0a0a-0000-0000-0000-00000000000a}
-spec: {gatewayNodepoolName: gwpool}
-status:
-  egressIpPrefix: 198.18.50.11/32
-  gatewayServerProfile:
-    ip: 198.18.50.100
-    port: 6000
-    publicKey: $(cat "$DIR/gw-a.pub")
-    privateKeySecretRef: {name: sgw-0a0a0a0a-0000-0000-0000-00000000000a, namespace: aks-static-egress-gateway}
----
-apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
-kind: StaticGatewayConfiguration
-metadata: {name: sgw-b, namespace: demo, uid: 0b0b0b0b-0000-0000-0000-00000000000b}
-spec: {gatewayNodepoolName: gwpool}
-status:
-  egressIpPrefix: 198.18.50.12/32
-  gatewayServerProfile:
-    ip: 198.18.50.100
-    port: 6001
-    publicKey: $(cat "$DIR/gw-b.pub")
-    privateKeySecretRef: {name: sgw-0b0b0b0b-0000-0000-0000-00000000000b, namespace: aks-static-egress-gateway}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: sgw-0a0a0a0a-0000-0000-0000-00000000000a, namespace: aks-static-egress-gateway}
-data: {PrivateKey: $(b64 "$DIR/gw-a.key"), PublicKey: $(b64 "$DIR/gw-a.pub")}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: sgw-0b0b0b0b-0000-0000-0000-00000000000b, namespace: aks-static-egress-gateway}
-data: {PrivateKey: $(b64 "$DIR/gw-b.key"), PublicKey: $(b64 "$DIR/gw-b.pub")}
----
-apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
-kind: PodEndpoint
-metadata: {name: pod-a, namespace: demo}
-spec: {staticGatewayConfiguration: sgw-a, podIpAddress: 198.18.61.2/32, podPublicKey: $(cat "$DIR/pa.pub")}
----
-apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
-kind: PodEndpoint
-metadata: {name: pod-b, namespace: demo}
-spec: {staticGatewayConfiguration: sgw-b, podIpAddress: 198.18.62.2/32, podPublicKey: $(cat "$DIR/pb.pub")}
-YAML
-cat > "$DIR/gateway.toml" <<TOML
-router_ip = "198.18.50.10"
-plan_file = "$DIR/plan.yaml"
-status_file = "$DIR/status.json"
-sessions_per_worker = 65536
-[interfaces]
-inside = "gw0"
-queues = 1
-[umem]
-frames = 8192
-frame_size = 4096
-ring = 2048
-TOML
-
-# A pod's side, as kube-egress-cni sets it up. wireguard-go's control
-# socket path is the same in every namespace: each pod gets its own
-# /run/wireguard (a private mount namespace), and wg runs inside it.
-pod_wg() { # pod_wg NS KEY GW_PUB PORT
-  local ns=$1
-  ip netns exec "$ns" unshare -m sh -c "mount -t tmpfs none /run/wireguard 2>/dev/null || { mkdir -p /run/wireguard && mount -t tmpfs none /run/wireguard; }; exec wireguard-go -f wg0" >>"$DIR/wg-$ns.log" 2>&1 &
-  local pid=$!
-  WG_PIDS+=($pid)
-  for _ in $(seq 50); do x "$ns" ip link show wg0 >/dev/null 2>&1 && nsenter -t "$pid" -m -n test -S /run/wireguard/wg0.sock && break; sleep 0.1; done
-  nsenter -t "$pid" -m -n wg set wg0 private-key "$2" peer "$(cat "$3")" endpoint "198.18.50.100:$4" allowed-ips 0.0.0.0/0,::/0
-  x "$ns" ip addr add fe80::a/64 dev wg0
-  x "$ns" ip link set wg0 up
-  x "$ns" ip route add 198.18.50.100/32 via "$(x "$ns" ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1 | sed 's/\.2$/.1/')" dev eth0
-  x "$ns" ip -4 route add default via inet6 fe80::1 dev wg0
-  eval "WGPID_${ns//-/_}=$pid"
-}
-wgpid() { local v="WGPID_${1//-/_}"; echo "${!v}"; }
+TUNNEL_NAME=e2e-tunnel
+. scripts/tunnel-topology.sh
 
 ip netns exec egt-net python3 scripts/echo_server.py 198.19.0.254 >"$DIR/echo.log" 2>&1 &
 PIDS+=($!)
@@ -210,13 +73,17 @@ check "ping -M do of 1420 bytes fits the tunnel" x egt-pa ping -M do -s 1392 -c 
 # fragmentation needed from the gateway (PMTU discovery toward the pod).
 ip netns exec egt-pa python3 - >"$DIR/pmtu-pod.log" 2>&1 <<'PY' &
 import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(4)
+import time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.3)
 s.bind(("0.0.0.0", 7100))
-s.sendto(b"hi", ("198.19.0.254", 7101))
-try:
-    print(len(s.recvfrom(4000)[0]))
-except OSError:
-    print("none")
+# Until the server (started just after) has seen us.
+end = time.time() + 5
+while time.time() < end:
+    s.sendto(b"hi", ("198.19.0.254", 7101))
+    try:
+        print(len(s.recvfrom(4000)[0])); break
+    except OSError:
+        pass
 PY
 pmtu_pod=$!
 mtu=$(x egt-net python3 - <<'PY' 2>&1
@@ -225,6 +92,7 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
 s.bind(("198.19.0.254", 7101))
 _, peer = s.recvfrom(100)
 s.connect(peer)
+s.send(b"seen")
 s.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO: DF set
 try:
     s.send(b"x" * 1450)
@@ -251,6 +119,7 @@ v0=$(tstat demo/sgw-a drops tunnel_inner_source_violation)
 x egt-pa ping -I 198.18.62.2 -c 2 -i 0.2 -W 1 -q 198.19.0.254 >/dev/null 2>&1
 check "a peer sending another pod's inner source is dropped and counted" \
   test "$(tstat demo/sgw-a drops tunnel_inner_source_violation)" -ge $((v0 + 2))
+x egt-pa ip addr del 198.18.62.2/32 dev lo
 check "garbage on the tunnel port is counted, not answered" sh -c "
   x() { ip netns exec \"\$@\"; }
   before=\$(python3 -c \"import json; print(sum(t['drops']['tunnel_malformed'] for t in json.load(open('$STATUS_FILE'))['tunnels']))\")

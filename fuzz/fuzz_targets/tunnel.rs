@@ -75,6 +75,7 @@ fuzz_target!(|data: &[u8]| {
             }
             Received::Reply { len } => assert!(len <= out.len()),
             Received::Consumed | Received::Drop(_) => {}
+            Received::Elsewhere { .. } => panic!("a one-worker tunnel has no other worker"),
         }
         if let Some((len, _)) = gw.send(POD, &inner(), &mut out) {
             assert!(len <= out.len());
