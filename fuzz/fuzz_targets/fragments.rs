@@ -24,8 +24,11 @@ const PROTOS: [u8; 3] = [17, 6, 1];
 fn engines(workers: u16) -> Vec<NatEngine> {
     let mut a = GatewayConfig::new("a", vec!["198.19.100.0/30".parse().unwrap()]);
     a.timeouts = Timeouts { tcp_established: 6, tcp_transitory: 2, udp: 3, icmp: 2, port_cooldown: 1 };
-    let plan =
-        Plan { version: 1, configs: vec![a], bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }] };
+    let plan = Plan {
+        version: 1,
+        configs: vec![a],
+        bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }],
+    };
     let plan = Arc::new(plan.compile().unwrap());
     (0..workers)
         .map(|worker| {

@@ -10,7 +10,8 @@ use std::sync::Arc;
 fuzz_target!(|data: &[u8]| {
     let Ok(plan) = serde_json::from_slice::<Plan>(data) else { return };
     let Ok(compiled) = plan.compile() else { return };
-    let settings = EngineSettings { session_capacity: 16, frag_datagrams: 4, frag_held: 2, seed: 1, ..Default::default() };
+    let settings =
+        EngineSettings { session_capacity: 16, frag_datagrams: 4, frag_held: 2, seed: 1, ..Default::default() };
     let mut e = NatEngine::new(settings, Arc::new(compiled));
     let mut buf = [0u8; 128];
     buf[..28].copy_from_slice(&[
