@@ -72,51 +72,46 @@ NFT
 umask 077
 for k in gw-a gw-b pa pb px; do wg genkey > "$DIR/$k.key"; wg pubkey < "$DIR/$k.key" > "$DIR/$k.pub"; done
 b64() { base64 -w0 < "$1"; }
-cat > "$DIR/plan.yaml" <<YAML
+# kube-egress-gateway's objects for one config: the SGC with its server
+# profile (the ILB frontend, the config's port and key) and the Secret
+# sgw-<UID> with the key pair, as its controller-manager writes them.
+sgc() { # sgc NAME UID SECONDARY_IP PORT KEYNAME
+  local secret=sgw-$2
+  cat <<YAML
 apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
 kind: StaticGatewayConfiguration
-metadata: {name: sgw-a, namespace: demo, uid: 0a0a0a0a-0000-0000-0000-00000000000a}
+metadata: {name: $1, namespace: demo, uid: $2}
 spec: {gatewayNodepoolName: gwpool}
 status:
-  egressIpPrefix: 198.18.50.11/32
+  egressIpPrefix: $3/32
   gatewayServerProfile:
     ip: 198.18.50.100
-    port: 6000
-    publicKey: $(cat "$DIR/gw-a.pub")
-    privateKeySecretRef: {name: sgw-0a0a0a0a-0000-0000-0000-00000000000a, namespace: aks-static-egress-gateway}
----
-apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
-kind: StaticGatewayConfiguration
-metadata: {name: sgw-b, namespace: demo, uid: 0b0b0b0b-0000-0000-0000-00000000000b}
-spec: {gatewayNodepoolName: gwpool}
-status:
-  egressIpPrefix: 198.18.50.12/32
-  gatewayServerProfile:
-    ip: 198.18.50.100
-    port: 6001
-    publicKey: $(cat "$DIR/gw-b.pub")
-    privateKeySecretRef: {name: sgw-0b0b0b0b-0000-0000-0000-00000000000b, namespace: aks-static-egress-gateway}
+    port: $4
+    publicKey: $(cat "$DIR/$5.pub")
+    privateKeySecretRef: {name: $secret, namespace: aks-static-egress-gateway}
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: sgw-0a0a0a0a-0000-0000-0000-00000000000a, namespace: aks-static-egress-gateway}
-data: {PrivateKey: $(b64 "$DIR/gw-a.key"), PublicKey: $(b64 "$DIR/gw-a.pub")}
+metadata: {name: $secret, namespace: aks-static-egress-gateway}
+data: {PrivateKey: $(b64 "$DIR/$5.key"), PublicKey: $(b64 "$DIR/$5.pub")}
 ---
-apiVersion: v1
-kind: Secret
-metadata: {name: sgw-0b0b0b0b-0000-0000-0000-00000000000b, namespace: aks-static-egress-gateway}
-data: {PrivateKey: $(b64 "$DIR/gw-b.key"), PublicKey: $(b64 "$DIR/gw-b.pub")}
----
-apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
-kind: PodEndpoint
-metadata: {name: pod-a, namespace: demo}
-spec: {staticGatewayConfiguration: sgw-a, podIpAddress: 198.18.61.2/32, podPublicKey: $(cat "$DIR/pa.pub")}
----
-apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
-kind: PodEndpoint
-metadata: {name: pod-b, namespace: demo}
-spec: {staticGatewayConfiguration: sgw-b, podIpAddress: 198.18.62.2/32, podPublicKey: $(cat "$DIR/pb.pub")}
 YAML
+}
+pod_endpoint() { # pod_endpoint NAME CONFIG POD_IP KEYNAME: what the CNI plugin writes
+  cat <<YAML
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: PodEndpoint
+metadata: {name: $1, namespace: demo}
+spec: {staticGatewayConfiguration: $2, podIpAddress: $3/32, podPublicKey: $(cat "$DIR/$4.pub")}
+YAML
+}
+{
+  sgc sgw-a 0a0a0a0a-0000-0000-0000-00000000000a 198.18.50.11 6000 gw-a
+  sgc sgw-b 0b0b0b0b-0000-0000-0000-00000000000b 198.18.50.12 6001 gw-b
+  pod_endpoint pod-a sgw-a 198.18.61.2 pa
+  echo ---
+  pod_endpoint pod-b sgw-b 198.18.62.2 pb
+} > "$DIR/plan.yaml"
 cat > "$DIR/gateway.toml" <<TOML
 router_ip = "198.18.50.10"
 plan_file = "$DIR/plan.yaml"

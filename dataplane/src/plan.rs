@@ -774,12 +774,9 @@ impl Plan {
                 return Err(PlanError::PodIsEgress { pod: b.pod_ip, config });
             }
             if let Some(prev) = pods.insert(u32::from(b.pod_ip), ci) {
-                if prev != ci {
-                    let a = self.configs[usize::from(prev)].name.clone();
-                    return Err(PlanError::DuplicateBinding { pod: b.pod_ip, a, b: b.config.clone() });
-                }
-                if b.public_key.is_some() || tunnelled.contains(&u32::from(b.pod_ip)) {
-                    // The same pod twice, one of them with a key: which key?
+                // Twice in one config is harmless unless one has a key
+                // (which key would it be?).
+                if prev != ci || b.public_key.is_some() || tunnelled.contains(&u32::from(b.pod_ip)) {
                     let a = self.configs[usize::from(prev)].name.clone();
                     return Err(PlanError::DuplicateBinding { pod: b.pod_ip, a, b: b.config.clone() });
                 }

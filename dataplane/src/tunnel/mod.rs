@@ -146,6 +146,20 @@ impl TunnelCounters {
     pub fn dropped(&self, r: TunnelDrop) -> u64 {
         self.drops[r as usize]
     }
+
+    /// Adds `other` in, field by field (workers' and retired tunnels' sums).
+    pub fn add(&mut self, other: &TunnelCounters) {
+        self.handshakes_completed += other.handshakes_completed;
+        self.cookie_replies += other.cookie_replies;
+        self.rx_packets += other.rx_packets;
+        self.rx_bytes += other.rx_bytes;
+        self.tx_packets += other.tx_packets;
+        self.tx_bytes += other.tx_bytes;
+        self.roams += other.roams;
+        for (x, y) in self.drops.iter_mut().zip(&other.drops) {
+            *x += y;
+        }
+    }
 }
 
 struct Peer {

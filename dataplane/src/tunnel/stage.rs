@@ -161,12 +161,9 @@ impl TunnelStage {
             };
             self.tunnels.push(Some(tunnel));
         }
-        for (_, t) in old {
-            let r = report(&t);
-            match self.retired.iter_mut().find(|x| x.config == r.config) {
-                Some(x) => add_counters(&mut x.counters, &r.counters),
-                None => self.retired.push(TunnelReport { peers: 0, live_peers: 0, address: None, ..r }),
-            }
+        if !old.is_empty() {
+            let gone = old.values().map(|t| TunnelReport { peers: 0, live_peers: 0, address: None, ..report(t) });
+            self.retired = merge(self.retired.iter().cloned().chain(gone).collect::<Vec<_>>().iter());
         }
         self.plan = Some(Arc::clone(plan));
     }
@@ -255,14 +252,8 @@ impl TunnelStage {
 
     /// Every config's figures on this worker (never a private key).
     pub fn reports(&self) -> Vec<TunnelReport> {
-        let mut v: Vec<TunnelReport> = self.tunnels.iter().flatten().map(report).collect();
-        for r in &self.retired {
-            match v.iter_mut().find(|x| x.config == r.config) {
-                Some(x) => add_counters(&mut x.counters, &r.counters),
-                None => v.push(r.clone()),
-            }
-        }
-        v
+        let live: Vec<TunnelReport> = self.tunnels.iter().flatten().map(report).collect();
+        merge(live.iter().chain(&self.retired))
     }
 }
 
@@ -277,20 +268,6 @@ fn report(t: &ConfigTunnel) -> TunnelReport {
     }
 }
 
-/// Adds `b` into `a`, field by field.
-pub fn add_counters(a: &mut TunnelCounters, b: &TunnelCounters) {
-    a.handshakes_completed += b.handshakes_completed;
-    a.cookie_replies += b.cookie_replies;
-    a.rx_packets += b.rx_packets;
-    a.rx_bytes += b.rx_bytes;
-    a.tx_packets += b.tx_packets;
-    a.tx_bytes += b.tx_bytes;
-    a.roams += b.roams;
-    for (x, y) in a.drops.iter_mut().zip(&b.drops) {
-        *x += y;
-    }
-}
-
 /// The gateway's figures per config: the workers' reports summed (each
 /// holds its own share of the peers).
 pub fn merge<'a>(reports: impl IntoIterator<Item = &'a TunnelReport>) -> Vec<TunnelReport> {
@@ -298,7 +275,7 @@ pub fn merge<'a>(reports: impl IntoIterator<Item = &'a TunnelReport>) -> Vec<Tun
     for r in reports {
         match out.iter_mut().find(|x| x.config == r.config) {
             Some(x) => {
-                add_counters(&mut x.counters, &r.counters);
+                x.counters.add(&r.counters);
                 x.peers += r.peers;
                 x.live_peers += r.live_peers;
                 x.address = x.address.or(r.address);

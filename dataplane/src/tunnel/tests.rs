@@ -220,14 +220,19 @@ mod workers {
         (2..=250u8).map(|i| Ipv4Addr::new(198, 18, 0, i)).find(|p| owner_of(u32::from(*p), workers) == worker).unwrap()
     }
 
-    #[test]
-    fn an_initiation_for_another_workers_peer_is_sent_there_and_answered_there() {
-        let workers = 4;
-        let pod_ip = pods_owned_by(3, workers);
+    /// Worker 0 and worker `owner` of `workers`, sharing one peer that
+    /// `owner` holds, and that peer's pod address.
+    fn two_workers(owner: u16, workers: u16) -> (Tunnel, Tunnel, Ipv4Addr) {
+        let pod_ip = pods_owned_by(owner, workers);
         let peers = [PeerConfig { public_key: public(key(1)), pod_ip }];
         let limiter = Tunnel::limiter(GW_KEY, HANDSHAKES_PER_SEC);
-        let mut w0 = Tunnel::for_worker(GW_KEY, &peers, Arc::clone(&limiter), 0, workers);
-        let mut w3 = Tunnel::for_worker(GW_KEY, &peers, limiter, 3, workers);
+        let w0 = Tunnel::for_worker(GW_KEY, &peers, Arc::clone(&limiter), 0, workers);
+        (w0, Tunnel::for_worker(GW_KEY, &peers, limiter, owner, workers), pod_ip)
+    }
+
+    #[test]
+    fn an_initiation_for_another_workers_peer_is_sent_there_and_answered_there() {
+        let (mut w0, mut w3, pod_ip) = two_workers(3, 4);
         let mut a = pod(1);
         let mut buf = vec![0u8; 2048];
         let TunnResult::WriteToNetwork(init) = a.encapsulate(&inner(pod_ip, b"x"), &mut buf) else { panic!() };
@@ -241,12 +246,7 @@ mod workers {
 
     #[test]
     fn data_for_another_workers_session_is_sent_to_that_worker() {
-        let workers = 2;
-        let pod_ip = pods_owned_by(1, workers);
-        let peers = [PeerConfig { public_key: public(key(1)), pod_ip }];
-        let limiter = Tunnel::limiter(GW_KEY, HANDSHAKES_PER_SEC);
-        let mut w0 = Tunnel::for_worker(GW_KEY, &peers, Arc::clone(&limiter), 0, workers);
-        let mut w1 = Tunnel::for_worker(GW_KEY, &peers, limiter, 1, workers);
+        let (mut w0, mut w1, pod_ip) = two_workers(1, 2);
         let mut a = pod(1);
         let first = inner(pod_ip, b"hello");
         let data = connect(&mut w1, &mut a, FROM, &first);
