@@ -7,43 +7,94 @@
 # scripts/tunnel-topology.sh. The pod runs real WireGuard (wireguard-go) in
 # both cases; interleaved rounds (Egret, anchor, Egret, anchor, ...), medians.
 #
+# Two kinds of load: one real pod (wireguard-go + iperf3: bulk TCP both
+# ways, 64 B UDP), and PEERS pods in one process (bench's egret-wgload, on
+# boringtun like Egret): handshakes a second, small packets and new flows a
+# second through the tunnel, counted by an XDP sink on the VNet's side of
+# the gateway's NIC (what the node sends towards Azure's edge). The load
+# runs on core 0, the gateway (Egret's worker, or wireguard-go with
+# GOMAXPROCS=1) on core 1.
+#
 # Usage: bench/tunnel.sh [RUNS] [SECONDS]   (defaults 3 and 5)
+# EGRET_TUNNEL_PEERS (default 1000, at most 4096), EGRET_TUNNEL_PACKETS
+# (default 2000000).
 # Prints a markdown table; raw figures in bench/results/tunnel.jsonl.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 RUNS=${1:-3}
 SECS=${2:-5}
+PEERS=${EGRET_TUNNEL_PEERS:-1000}
+PACKETS=${EGRET_TUNNEL_PACKETS:-2000000}
 TUNNEL_NAME=bench-tunnel
 . scripts/tunnel-topology.sh
+ANCHOR_PIDS=()
+trap 'anchor_down; cleanup' EXIT
+trap 'exit 130' INT TERM
+(cd "$EGRET_ROOT" && cargo build --release -q -p egret-bench) || exit 1
+WGLOAD=$TARGET_DIR/release/egret-wgload
+LOADGEN=$TARGET_DIR/release/egret-loadgen
+
+# The many-pods generator's namespace, on the VNet like the pods.
+ip netns del egt-lg 2>/dev/null; ip netns add egt-lg; TNS+=(egt-lg)
+x egt-lg ip link set lo up
+link egt-lg lg0 198.18.64.2/24 egt-vnet vnet-lg 198.18.64.1/24
+x egt-lg ip route add 198.18.50.100/32 via 198.18.64.1
+# Each pod sends from its own address, as in a cluster (wireguard-go's
+# cookie defence limits handshakes per source address): 198.18.80.0/20 is
+# local in egt-lg (a prefix on lo) and routed there by the VNet.
+x egt-lg ip addr add 198.18.80.0/20 dev lo
+x egt-vnet ip route add 198.18.80.0/20 via 198.18.64.2
+# The many pods belong to config sgw-b (port 6001), given a /26 of the
+# prefix on this node so that a run's new flows have ports (64 x 64,512);
+# pod-a keeps sgw-a's one secondary IP, which Azure's edge maps.
+"$WGLOAD" peers --count "$PEERS" --pods 198.18.128.0 --config sgw-b --out "$DIR" >/dev/null || exit 1
+sed -i 's|egressIpPrefix: 198.18.50.12/32|egressIpPrefix: 198.18.50.64/26|' "$DIR/plan.yaml"
+cat "$DIR/peers.yaml" >> "$DIR/plan.yaml"
+# Room for every new flow of a run; the worker on core 1; no snapshots
+# of millions of sessions within a run.
+sed -i 's/^sessions_per_worker = .*/sessions_per_worker = 4194304\nsnapshot_interval_secs = 3600\ncores = [1]/' "$DIR/gateway.toml"
 
 ip netns exec egt-net iperf3 -s -B 198.19.0.254 -p 5201 >"$DIR/iperf.log" 2>&1 &
 PIDS+=($!)
 pod_wg egt-pa "$DIR/pa.key" "$DIR/gw-a.pub" 6000
-ANCHOR_PID=
+
+# wg_anchor PORT KEY: one wireguard-go interface wg-PORT in egt-gw, as the
+# anchor's daemon keeps one per config; sets ANCHOR_PID to it.
+wg_anchor() {
+  ip netns exec egt-gw unshare -m sh -c "mount -t tmpfs none /run/wireguard; GOMAXPROCS=1 exec taskset -c 1 wireguard-go -f wg-$1" >>"$DIR/wg-anchor.log" 2>&1 9>&- &
+  ANCHOR_PIDS+=($!)
+  ANCHOR_PID=$!
+  for _ in $(seq 50); do nsenter -t "$ANCHOR_PID" -m -n test -S "/run/wireguard/wg-$1.sock" 2>/dev/null && break; sleep 0.1; done
+  nsenter -t "$ANCHOR_PID" -m -n wg set "wg-$1" private-key "$2" listen-port "$1"
+  x egt-gw ip link set "wg-$1" up
+}
 
 anchor_up() {
   x egt-gw ip addr add 198.18.50.100/32 dev gw0
-  ip netns exec egt-gw unshare -m sh -c "mount -t tmpfs none /run/wireguard; exec wireguard-go -f wg-6000" >>"$DIR/wg-anchor.log" 2>&1 &
-  ANCHOR_PID=$!
-  for _ in $(seq 50); do nsenter -t "$ANCHOR_PID" -m -n test -S /run/wireguard/wg-6000.sock 2>/dev/null && break; sleep 0.1; done
-  nsenter -t "$ANCHOR_PID" -m -n wg set wg-6000 private-key "$DIR/gw-a.key" listen-port 6000 \
-    peer "$(cat "$DIR/pa.pub")" allowed-ips 198.18.61.2/32
-  x egt-gw ip link set wg-6000 up
+  wg_anchor 6000 "$DIR/gw-a.key"
+  nsenter -t "$ANCHOR_PID" -m -n wg set wg-6000 peer "$(cat "$DIR/pa.pub")" allowed-ips 198.18.61.2/32
   x egt-gw ip route add 198.18.61.2/32 dev wg-6000
+  wg_anchor 6001 "$DIR/gw-b.key"
+  nsenter -t "$ANCHOR_PID" -m -n wg addconf wg-6001 "$DIR/peers.conf"
+  x egt-gw ip route add 198.18.128.0/17 dev wg-6001
   x egt-gw nft -f - <<'NFT'
 table ip keg_anchor {
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
     oifname "gw0" ip saddr 198.18.61.2 snat to 198.18.50.11
+    oifname "gw0" ip saddr 198.18.128.0/17 snat to 198.18.50.64-198.18.50.127
   }
 }
 NFT
+  # conntrack's sysctls exist once the table is in use; no flow of a run
+  # may time out (UDP's default is 30 s unreplied).
+  x egt-gw sysctl -qw net.netfilter.nf_conntrack_udp_timeout=3600 2>/dev/null || true
 }
 
 anchor_down() {
-  [ -n "$ANCHOR_PID" ] && { kill "$ANCHOR_PID" 2>/dev/null; wait "$ANCHOR_PID" 2>/dev/null; }
-  ANCHOR_PID=
+  for p in "${ANCHOR_PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  ANCHOR_PIDS=()
   x egt-gw nft delete table ip keg_anchor 2>/dev/null
   x egt-gw ip addr del 198.18.50.100/32 dev gw0 2>/dev/null
 }
@@ -68,6 +119,52 @@ try:
 except Exception:
     print(0)"; }
 
+# load SYSTEM ROUND CASE [--new-flows]: PACKETS encrypted 46-byte inner
+# packets (64 B frames once they leave the gateway) from PEERS pods, each
+# from its own address; the handshakes go through the VNet, the data
+# frames are written straight onto vnet-gw (the VNet's link to the node)
+# so the generator's UDP stack and the VNet's forwarding do not pace them.
+# The sink on vnet-gw counts what the gateway sends on.
+load() {
+  local sys=$1 r=$2 c=$3; shift 3
+  rm -f "$DIR/go"; mkfifo "$DIR/go"
+  ip netns exec egt-lg taskset -c 0 "$WGLOAD" data --count "$PEERS" --pods 198.18.128.0 --gateway 198.18.50.100:6001 \
+    --gateway-key "$(cat "$DIR/gw-b.pub")" --sources 198.18.80.0 --dst 198.19.0.254:9 --packets "$PACKETS" --seconds 60 --wait "$@" \
+    --inject vnet-gw --netns egt-vnet --src-mac "$(x egt-vnet cat /sys/class/net/vnet-gw/address)" \
+    --dst-mac "$(x egt-gw cat /sys/class/net/gw0/address)" \
+    <"$DIR/go" >"$DIR/load.out" 2>"$DIR/load.err" 9>&- &
+  local gen=$!
+  PIDS+=($gen)
+  exec 8>"$DIR/go"
+  for _ in $(seq 600); do grep -q armed "$DIR/load.out" 2>/dev/null && break; kill -0 $gen 2>/dev/null || break; sleep 0.1; done
+  ip netns exec egt-vnet taskset -c 0 "$LOADGEN" sink --dev vnet-gw --warmup 0 --measure 100 --hold 0 >"$DIR/sink.out" 2>"$DIR/sink.err" 9>&- &
+  local sink=$!
+  PIDS+=($sink)
+  for _ in $(seq 50); do grep -q ready "$DIR/sink.out" 2>/dev/null && break; sleep 0.1; done
+  # (the generator may have given up already: no SIGPIPE for us then)
+  (trap '' PIPE; echo >&8) 2>/dev/null; exec 8>&-
+  wait $gen
+  sleep 1
+  kill -TERM $sink 2>/dev/null; wait $sink
+  python3 - "$sys" "$r" "$c" "$DIR/load.out" "$DIR/sink.out" <<'PY'
+import json, re, sys
+sys_, r, case, load, sink = sys.argv[1:]
+gen = [json.loads(l) for l in open(load) if l.startswith("{")]
+m = re.search(r"sink-total: udp=(\d+)", open(sink).read())
+got = int(m.group(1)) if m else 0
+v = got / gen[0]["seconds"] / 1e6 if gen and gen[0]["seconds"] else 0
+print(json.dumps({"system": sys_, "round": int(r), "case": case, "value": round(v, 4),
+                  "sent": gen[0]["sent"] if gen else 0, "received": got, "sent_mpps": round(gen[0]["sent_pps"] / 1e6, 4) if gen else 0}))
+PY
+}
+
+handshakes() { # handshakes SYSTEM ROUND
+  local j
+  j=$(x egt-lg taskset -c 0 "$WGLOAD" handshakes --count "$PEERS" --gateway 198.18.50.100:6001 \
+    --gateway-key "$(cat "$DIR/gw-b.pub")" --sources 198.18.80.0 --seconds "$SECS" 2>>"$DIR/load.err")
+  echo "{\"system\":\"$1\",\"round\":$2,\"case\":\"handshakes_per_sec\",\"value\":$(python3 -c "import json,sys; print(json.loads(sys.argv[1] or '{}').get('handshakes_per_sec', 0))" "$j"),\"detail\":${j:-null}}"
+}
+
 measure() { # measure SYSTEM ROUND: one line of JSON per case
   local sys=$1 r=$2 j
   j=$(x egt-pa iperf3 -c 198.19.0.254 -t "$SECS" -J 2>/dev/null)
@@ -76,6 +173,9 @@ measure() { # measure SYSTEM ROUND: one line of JSON per case
   echo "{\"system\":\"$sys\",\"round\":$r,\"case\":\"tcp_down_mbps\",\"value\":$(pick "d['sum_received']['bits_per_second'] / 1e6" <<<"$j")}"
   j=$(x egt-pa iperf3 -c 198.19.0.254 -u -l 64 -b 0 -t "$SECS" -J 2>/dev/null)
   echo "{\"system\":\"$sys\",\"round\":$r,\"case\":\"udp64_kpps\",\"value\":$(pick "(d['sum']['packets'] - d['sum']['lost_packets']) / d['sum']['seconds'] / 1e3" <<<"$j")}"
+  handshakes "$sys" "$r"
+  load "$sys" "$r" peers_udp64_mpps
+  load "$sys" "$r" peers_new_flows_mps --new-flows
 }
 
 mkdir -p bench/results
@@ -87,15 +187,20 @@ for r in $(seq "$RUNS"); do
   anchor_up && rehandshake && measure anchor "$r" >> "$out"
   anchor_down
 done
-python3 - "$out" "$RUNS" "$SECS" <<'PY'
+python3 - "$out" "$RUNS" "$SECS" "$PEERS" <<'PY'
 import json, statistics, sys
+peers = sys.argv[4]
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 cases = [("tcp_up_mbps", "bulk TCP pod → internet (Mbit/s)"), ("tcp_down_mbps", "bulk TCP internet → pod (Mbit/s)"),
-         ("udp64_kpps", "64 B UDP pod → internet, received (kpps)")]
+         ("udp64_kpps", "64 B UDP pod → internet, received (kpps)"),
+         ("handshakes_per_sec", f"handshakes a second, {peers} peers (one process, boringtun)"),
+         ("peers_udp64_mpps", f"64 B UDP from {peers} peers, forwarded (Mpps)"),
+         ("peers_new_flows_mps", f"new flows inside tunnels from {peers} peers (M/s)")]
 print(f"| tunnelled egress, 1 gateway worker, {sys.argv[2]} interleaved runs of {sys.argv[3]} s (median) | Egret | anchor path (wireguard-go + nft SNAT) | ratio |")
 print("|---|---|---|---|")
 for c, name in cases:
     m = {s: statistics.median([r["value"] for r in rows if r["system"] == s and r["case"] == c] or [0]) for s in ("egret", "anchor")}
     ratio = f"{m['egret'] / m['anchor']:.2f}×" if m["anchor"] else "—"
-    print(f"| {name} | {m['egret']:.0f} | {m['anchor']:.0f} | {ratio} |")
+    fmt = (lambda v: f"{v:.3f}") if m["egret"] < 10 else (lambda v: f"{v:.0f}")
+    print(f"| {name} | {fmt(m['egret'])} | {fmt(m['anchor'])} | {ratio} |")
 PY

@@ -24,6 +24,8 @@ cd "$(dirname "$0")/.."
 
 TUNNEL_NAME=e2e-tunnel
 . scripts/tunnel-topology.sh
+# The flood's initiations come from egret-wgload (boringtun initiators).
+(cd "$EGRET_ROOT" && cargo build --release -q -p egret-bench) || { echo "e2e-tunnel: 0 passed, 1 failed (build)"; exit 1; }
 
 ip netns exec egt-net python3 scripts/echo_server.py 198.19.0.254 >"$DIR/echo.log" 2>&1 &
 PIDS+=($!)
@@ -143,6 +145,31 @@ except socket.timeout:
 check "nothing reached the internet untranslated [edge leak counter $(leaked)]" test "$(leaked)" = 0
 check "the private keys are nowhere in the status file" \
   sh -c "! grep -qF '$(cat "$DIR/gw-a.key")' '$STATUS_FILE' && ! grep -qF '$(cat "$DIR/gw-b.key")' '$STATUS_FILE' && ! grep -qF '$(cat "$DIR/gw-a.key")' '$DIR/gateway.log'"
+
+echo "== a handshake flood"
+# 2,000 keys nobody configured, initiating as fast as one core can (each
+# retries at once, with mac2, when it gets a cookie), for 10 s.
+c0=$(tstat demo/sgw-a cookie_replies)
+ip netns exec egt-px "$TARGET_DIR/release/egret-wgload" handshakes --count 2000 --seed 7 --window 100000 \
+  --gateway 198.18.50.100:6000 --gateway-key "$(cat "$DIR/gw-a.pub")" --seconds 10 >"$DIR/flood.json" 2>&1 &
+flood=$!
+PIDS+=($flood)
+check "a flood of initiations is answered with cookies [cookie replies $(tstat demo/sgw-a cookie_replies) before]" \
+  eventually tstat_ge $((c0 + 1)) demo/sgw-a cookie_replies
+p=$(x egt-pa ping -c 10 -i 0.2 -W 1 198.19.0.254 2>&1 | grep -oE '[0-9]+ received')
+check "pod-a's live tunnel keeps passing traffic under the flood [$p of 10]" test "$p" = "10 received"
+# pod-a starts over (as after a gateway restart): its initiation meets the
+# flood, gets a cookie, and wireguard-go's retry (5 s on) carries mac2.
+nsenter -t "$(wgpid egt-pa)" -m -n wg set wg0 peer "$(cat "$DIR/gw-a.pub")" remove
+nsenter -t "$(wgpid egt-pa)" -m -n wg set wg0 peer "$(cat "$DIR/gw-a.pub")" endpoint 198.18.50.100:6000 allowed-ips 0.0.0.0/0,::/0
+x egt-pa ip -4 route replace default via inet6 fe80::1 dev wg0
+h0=$(tstat demo/sgw-a handshakes_completed)
+a=$(x egt-pa curl -s -m 15 http://198.19.0.254/)
+rehandshook() { [ "$a" = 198.19.100.1 ] && tstat_ge $((h0 + 1)) demo/sgw-a handshakes_completed; }
+check "a new handshake during the flood completes and carries traffic [$a]" eventually rehandshook
+wait "$flood"
+check "the flood saw cookie replies and no genuine response [$(cat "$DIR/flood.json")]" \
+  python3 -c "import json,sys; d = json.load(open(sys.argv[1])); sys.exit(not (d['cookies'] > 0 and d['responses'] == 0))" "$DIR/flood.json"
 
 echo "== roaming"
 r0=$(tstat demo/sgw-a roams)

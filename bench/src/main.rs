@@ -51,6 +51,8 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use egret_bench::{checksum, Args};
+
 static PROGRAMS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/loadgen.bpf.o"));
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
@@ -141,29 +143,6 @@ const COUNTERS: [&str; 10] = [
     "pod_ack",
 ];
 
-struct Args(Vec<String>);
-
-impl Args {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().position(|a| a == name).and_then(|i| self.0.get(i + 1)).map(String::as_str)
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.0.iter().any(|a| a == name)
-    }
-
-    fn req(&self, name: &str) -> Result<&str, String> {
-        self.get(name).ok_or_else(|| format!("missing {name}"))
-    }
-
-    fn parse<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|_| format!("{name}: cannot parse '{v}'")),
-        }
-    }
-}
-
 fn mac(text: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = text.trim().split(':').collect();
     if parts.len() != 6 {
@@ -183,14 +162,6 @@ fn ifindex(dev: &str) -> Result<u32, String> {
         0 => Err(format!("no interface '{dev}' in this namespace")),
         i => Ok(i),
     }
-}
-
-fn checksum(b: &[u8]) -> u16 {
-    let mut sum: u32 = b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// Ethernet + IPv4 + UDP (checksum 0) or TCP SYN (no options), padded to

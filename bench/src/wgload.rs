@@ -1,0 +1,695 @@
+//! egret-wgload: a thousand WireGuard pods in one process, for
+//! `bench/tunnel.sh` and the handshake-flood check of `scripts/e2e-tunnel.sh`.
+//! Every peer is a boringtun `noise::Tunn`, the crate Egret's tunnel stage
+//! uses, so the load is real Noise IK and real transport data.
+//!
+//! ```text
+//! egret-wgload peers --count N [--seed S] --pods IP --config NAME --out DIR
+//! egret-wgload handshakes --count N [--seed S] --gateway IP:PORT --gateway-key B64
+//!                         [--sources IP] [--seconds T] [--window W]
+//! egret-wgload data --count N [--seed S] --pods IP --gateway IP:PORT --gateway-key B64
+//!                   --dst IP:PORT --packets P [--inner-len L] [--new-flows] [--sources IP]
+//!                   [--seconds T] [--wait]
+//! ```
+//!
+//! Peer i's key is derived from (seed, i) and its pod IP is `--pods` + i, so
+//! the three commands agree without sharing files. With `--sources IP`, peer
+//! i's datagrams leave from IP + i (a pod's own address, as in a cluster;
+//! the range must be local, e.g. a prefix on `lo`), else all from one. `peers` writes what the
+//! gateway must know: DIR/peers.yaml (one PodEndpoint per peer, as
+//! kube-egress-cni writes them) and DIR/peers.conf (`wg addconf` peers with
+//! AllowedIPs podIP/32, as the anchor's daemon adds them).
+//!
+//! `handshakes` keeps up to `--window` initiations in flight across all
+//! peers for `--seconds` (no peer initiates more often than every 25 ms:
+//! wireguard-go drops faster ones as floods) and counts the handshake
+//! responses and cookie replies that come back. A cookie reply is
+//! consumed (so the next initiation carries mac2, as WireGuard's DoS
+//! defence asks) and the peer initiates again. One response in 16 is
+//! completed (two more X25519 operations) to prove responses are genuine;
+//! completing every one would make this side as slow as the gateway.
+//!
+//! `data` completes a handshake with every peer, then encrypts `--packets`
+//! IPv4/UDP packets of `--inner-len` bytes (round-robin over the peers, each
+//! from its pod IP to `--dst`; with `--new-flows` each packet a new inner
+//! source port) before sending any, so encryption does not pace the send,
+//! and sends them with `sendmmsg` as fast as the kernel takes them (or until
+//! `--seconds`). With `--wait` it prints "armed" and waits for a line on
+//! stdin first (the benchmark attaches its sink in between).
+//!
+//! Each prints one line of JSON. Everything is bounded: at most 65,536
+//! peers, 120 s, 16 M packets.
+
+use base64::Engine;
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use egret_bench::{checksum, Args};
+use std::io::BufRead;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const MAX_PEERS: u32 = 65_536;
+const MAX_SECONDS: f64 = 120.0;
+const MAX_PACKETS: usize = 16 << 20;
+/// wireguard-go refuses a peer's initiations closer than 20 ms apart.
+const INITIATION_GAP: Duration = Duration::from_millis(25);
+/// An initiation unanswered this long is taken as lost.
+const LOST_AFTER: Duration = Duration::from_secs(1);
+/// Every this many responses, one is completed to check it is genuine.
+const VERIFY_EVERY: u64 = 16;
+const BATCH: usize = 64;
+
+/// WireGuard message types (the first byte; the next three are zero).
+const MSG_RESPONSE: u8 = 2;
+const MSG_COOKIE: u8 = 3;
+
+fn secret(seed: u32, i: u32) -> StaticSecret {
+    // Clear of the bits X25519 clamps (the low three of byte 0).
+    let mut b = [0x5au8; 32];
+    b[1..5].copy_from_slice(&i.to_le_bytes());
+    b[5..9].copy_from_slice(&seed.to_le_bytes());
+    StaticSecret::from(b)
+}
+
+fn b64(k: &[u8; 32]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(k)
+}
+
+fn key_arg(a: &Args, name: &str) -> Result<PublicKey, String> {
+    let text = a.req(name)?;
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| format!("{name}: not base64"))?;
+    let k: [u8; 32] = bytes.try_into().map_err(|_| format!("{name}: not a 32-byte key"))?;
+    Ok(PublicKey::from(k))
+}
+
+struct Common {
+    count: u32,
+    seed: u32,
+}
+
+fn common(a: &Args) -> Result<Common, String> {
+    let count: u32 = a.parse("--count", 1000)?;
+    if count == 0 || count > MAX_PEERS {
+        return Err(format!("--count {count}: must be 1..={MAX_PEERS}"));
+    }
+    Ok(Common { count, seed: a.parse("--seed", 1)? })
+}
+
+fn pod_ip(first: Ipv4Addr, i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(first) + i)
+}
+
+fn seconds(a: &Args, default: f64) -> Result<Duration, String> {
+    let s: f64 = a.parse("--seconds", default)?;
+    if !(s > 0.0 && s <= MAX_SECONDS) {
+        return Err(format!("--seconds {s}: must be in (0, {MAX_SECONDS}]"));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn peers(a: &Args) -> Result<(), String> {
+    let c = common(a)?;
+    let first: Ipv4Addr = a.req("--pods")?.parse().map_err(|_| "--pods: not an IPv4 address")?;
+    let config = a.req("--config")?;
+    let out = std::path::Path::new(a.req("--out")?);
+    let mut yaml = String::new();
+    let mut conf = String::new();
+    for i in 0..c.count {
+        let public = b64(PublicKey::from(&secret(c.seed, i)).as_bytes());
+        let ip = pod_ip(first, i);
+        yaml.push_str(&format!(
+            "---\napiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: PodEndpoint\n\
+             metadata: {{name: load-{i}, namespace: demo}}\n\
+             spec: {{staticGatewayConfiguration: {config}, podIpAddress: {ip}/32, podPublicKey: {public}}}\n"
+        ));
+        conf.push_str(&format!("[Peer]\nPublicKey = {public}\nAllowedIPs = {ip}/32\n\n"));
+    }
+    std::fs::write(out.join("peers.yaml"), yaml).map_err(|e| format!("writing peers.yaml: {e}"))?;
+    std::fs::write(out.join("peers.conf"), conf).map_err(|e| format!("writing peers.conf: {e}"))?;
+    println!("{{\"peers\":{}}}", c.count);
+    Ok(())
+}
+
+/// The peers and the socket they share; peer i sends from `sources` + i.
+struct Load {
+    tunns: Vec<Tunn>,
+    socket: UdpSocket,
+    sources: Option<Ipv4Addr>,
+    gateway: SocketAddrV4,
+}
+
+/// Room for one IP_PKTINFO control message.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct PktInfo([u8; 32]);
+
+impl PktInfo {
+    /// The control message that makes a datagram leave from `src`.
+    fn new(src: Ipv4Addr) -> PktInfo {
+        let mut c = PktInfo([0; 32]);
+        let info = libc::in_pktinfo {
+            ipi_ifindex: 0,
+            ipi_spec_dst: libc::in_addr { s_addr: u32::from(src).to_be() },
+            ipi_addr: libc::in_addr { s_addr: 0 },
+        };
+        // SAFETY: the buffer is aligned and CMSG_SPACE(12) = 32 bytes long.
+        unsafe {
+            let h = c.0.as_mut_ptr().cast::<libc::cmsghdr>();
+            (*h).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as usize;
+            (*h).cmsg_level = libc::IPPROTO_IP;
+            (*h).cmsg_type = libc::IP_PKTINFO;
+            std::ptr::write_unaligned(libc::CMSG_DATA(h).cast::<libc::in_pktinfo>(), info);
+        }
+        c
+    }
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Points `m` at one datagram to `to` (none on a bound packet socket),
+/// from `info`'s address if given. The kernel only reads what they point at.
+fn fill(m: &mut libc::msghdr, iov: &mut libc::iovec, to: Option<&libc::sockaddr_in>, info: Option<&PktInfo>) {
+    match to {
+        Some(to) => {
+            m.msg_name = (to as *const libc::sockaddr_in).cast_mut().cast();
+            m.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        }
+        None => {
+            m.msg_name = std::ptr::null_mut();
+            m.msg_namelen = 0;
+        }
+    }
+    m.msg_iov = iov;
+    m.msg_iovlen = 1;
+    match info {
+        Some(c) => {
+            m.msg_control = c.0.as_ptr().cast_mut().cast();
+            m.msg_controllen = c.0.len();
+        }
+        None => {
+            m.msg_control = std::ptr::null_mut();
+            m.msg_controllen = 0;
+        }
+    }
+}
+
+impl Load {
+    fn new(a: &Args, c: &Common) -> Result<Load, String> {
+        let gateway: SocketAddrV4 = a.req("--gateway")?.parse().map_err(|_| "--gateway: not IP:PORT")?;
+        let gw_key = key_arg(a, "--gateway-key")?;
+        let sources = match a.get("--sources") {
+            None => None,
+            Some(t) => Some(t.parse::<Ipv4Addr>().map_err(|_| "--sources: not an IPv4 address")?),
+        };
+        let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("binding a UDP socket: {e}"))?;
+        socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let tunns = (0..c.count).map(|i| Tunn::new(secret(c.seed, i), gw_key, None, None, i, None)).collect();
+        Ok(Load { tunns, socket, sources, gateway })
+    }
+
+    fn pktinfo(&self, peer: usize) -> Option<PktInfo> {
+        self.sources.map(|s| PktInfo::new(pod_ip(s, peer as u32)))
+    }
+
+    /// Sends one datagram of `peer`'s to the gateway.
+    fn send(&self, peer: usize, d: &[u8]) -> bool {
+        let to = sockaddr(self.gateway);
+        let info = self.pktinfo(peer);
+        let mut iov = libc::iovec { iov_base: d.as_ptr().cast_mut().cast(), iov_len: d.len() };
+        // SAFETY: msghdr is plain C data; zero is a valid empty header.
+        let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+        fill(&mut m, &mut iov, Some(&to), info.as_ref());
+        // SAFETY: the header points at live buffers for the call.
+        unsafe { libc::sendmsg(self.socket.as_raw_fd(), &m, 0) >= 0 }
+    }
+
+    /// The peer a gateway message is for: its receiver index is the peer's
+    /// index shifted by boringtun's 8 session bits.
+    fn peer_of(&self, d: &[u8]) -> Option<usize> {
+        let at = match d.first()? {
+            &MSG_RESPONSE => 8,
+            _ => 4,
+        };
+        let idx = u32::from_le_bytes(d.get(at..at + 4)?.try_into().ok()?);
+        let p = (idx >> 8) as usize;
+        (p < self.tunns.len()).then_some(p)
+    }
+
+    fn initiate(&mut self, peer: usize, buf: &mut [u8]) -> bool {
+        match self.tunns[peer].format_handshake_initiation(buf, true) {
+            TunnResult::WriteToNetwork(d) => {
+                let d = d.to_vec();
+                self.send(peer, &d)
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Handshakes {
+    initiations: u64,
+    responses: u64,
+    cookies: u64,
+    verified: u64,
+    verify_failed: u64,
+    lost: u64,
+}
+
+fn handshakes(a: &Args) -> Result<(), String> {
+    let c = common(a)?;
+    let run_for = seconds(a, 5.0)?;
+    let window: usize = a.parse("--window", 256)?;
+    let mut load = Load::new(a, &c)?;
+    let n = load.tunns.len();
+    let mut sent_at: Vec<Option<Instant>> = vec![None; n];
+    let mut last_init = vec![Instant::now() - INITIATION_GAP; n];
+    let mut h = Handshakes::default();
+    let (mut buf, mut rx, mut scratch) = ([0u8; 256], [0u8; 2048], [0u8; 2048]);
+    let mut in_flight = 0usize;
+    let mut next = 0usize;
+    let start = Instant::now();
+    let mut swept = start;
+    while start.elapsed() < run_for {
+        let now = Instant::now();
+        if now - swept >= Duration::from_millis(50) {
+            swept = now;
+            for t in sent_at.iter_mut() {
+                if t.is_some_and(|t| now - t >= LOST_AFTER) {
+                    *t = None;
+                    h.lost += 1;
+                    in_flight -= 1;
+                }
+            }
+        }
+        // Fill the window, visiting each peer at most once per pass.
+        for _ in 0..n {
+            if in_flight >= window {
+                break;
+            }
+            let p = next;
+            next = (next + 1) % n;
+            if sent_at[p].is_some() || now - last_init[p] < INITIATION_GAP {
+                continue;
+            }
+            if load.initiate(p, &mut buf) {
+                h.initiations += 1;
+                sent_at[p] = Some(now);
+                last_init[p] = now;
+                in_flight += 1;
+            }
+        }
+        while let Ok((len, _)) = load.socket.recv_from(&mut rx) {
+            let d = &rx[..len];
+            let Some(p) = load.peer_of(d) else { continue };
+            if sent_at[p].take().is_none() {
+                continue;
+            }
+            in_flight -= 1;
+            match d[0] {
+                MSG_RESPONSE => {
+                    h.responses += 1;
+                    if h.responses % VERIFY_EVERY == 0 {
+                        match load.tunns[p].decapsulate(None, d, &mut scratch) {
+                            TunnResult::Err(_) => h.verify_failed += 1,
+                            _ => h.verified += 1,
+                        }
+                    }
+                }
+                MSG_COOKIE => {
+                    h.cookies += 1;
+                    // Stores the cookie: the next initiation carries mac2.
+                    let _ = load.tunns[p].decapsulate(None, d, &mut scratch);
+                    last_init[p] = now - INITIATION_GAP;
+                }
+                _ => {}
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{{\"peers\":{n},\"seconds\":{secs:.2},\"initiations\":{},\"responses\":{},\"cookies\":{},\"lost\":{},\
+         \"verified\":{},\"verify_failed\":{},\"handshakes_per_sec\":{:.0}}}",
+        h.initiations,
+        h.responses,
+        h.cookies,
+        h.lost,
+        h.verified,
+        h.verify_failed,
+        h.responses as f64 / secs
+    );
+    if h.verify_failed > 0 {
+        return Err(format!("{} handshake responses did not verify", h.verify_failed));
+    }
+    Ok(())
+}
+
+/// Completes a handshake with every peer (retrying lost ones, answering
+/// cookies) and sends each one's first keepalive, which confirms the
+/// session on the gateway's side. Returns how many are up.
+fn connect_all(load: &mut Load, within: Duration) -> usize {
+    let n = load.tunns.len();
+    let mut up = vec![false; n];
+    let mut sent_at: Vec<Option<Instant>> = vec![None; n];
+    let (mut buf, mut rx, mut scratch) = ([0u8; 256], [0u8; 2048], [0u8; 2048]);
+    let mut done = 0;
+    let start = Instant::now();
+    while done < n && start.elapsed() < within {
+        let now = Instant::now();
+        let waiting = |t: &Option<Instant>| t.is_some_and(|t| now - t < LOST_AFTER);
+        let mut in_flight = sent_at.iter().filter(|t| waiting(t)).count();
+        for p in 0..n {
+            if up[p] || in_flight >= 128 || waiting(&sent_at[p]) {
+                continue;
+            }
+            if load.initiate(p, &mut buf) {
+                sent_at[p] = Some(now);
+                in_flight += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+        while let Ok((len, _)) = load.socket.recv_from(&mut rx) {
+            let Some(p) = load.peer_of(&rx[..len]) else { continue };
+            let r = load.tunns[p].decapsulate(None, &rx[..len], &mut scratch);
+            match r {
+                TunnResult::WriteToNetwork(keepalive) if !up[p] => {
+                    let keepalive = keepalive.to_vec();
+                    load.send(p, &keepalive);
+                    up[p] = true;
+                    sent_at[p] = None;
+                    done += 1;
+                }
+                // A cookie reply: initiate again, now with mac2.
+                TunnResult::Done => sent_at[p] = None,
+                _ => {}
+            }
+        }
+    }
+    done
+}
+
+/// Where `data` sends: the UDP socket, or frames written straight onto a
+/// link (`--inject`), which skips this side's UDP stack and the VNet's
+/// forwarding so that the generator outruns the gateway.
+struct Inject {
+    fd: std::os::fd::OwnedFd,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+}
+
+impl Inject {
+    /// A packet socket on `dev` in network namespace `netns` (as
+    /// /run/netns names it); the process stays there afterwards.
+    fn open(a: &Args) -> Result<Option<Inject>, String> {
+        let Some(dev) = a.get("--inject") else { return Ok(None) };
+        let mac = |name: &str| -> Result<[u8; 6], String> {
+            let t = a.req(name)?;
+            let v: Vec<u8> = t.split(':').filter_map(|x| u8::from_str_radix(x, 16).ok()).collect();
+            v.try_into().map_err(|_| format!("{name} {t}: not a MAC address"))
+        };
+        let (src_mac, dst_mac) = (mac("--src-mac")?, mac("--dst-mac")?);
+        if let Some(ns) = a.get("--netns") {
+            let f = std::fs::File::open(format!("/run/netns/{ns}")).map_err(|e| format!("netns {ns}: {e}"))?;
+            // SAFETY: a namespace file descriptor; this process has one thread.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(format!("entering netns {ns}: {}", std::io::Error::last_os_error()));
+            }
+        }
+        let name = std::ffi::CString::new(dev).map_err(|_| "--inject: bad name")?;
+        // SAFETY: a NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(format!("--inject {dev}: no such interface"));
+        }
+        // SAFETY: plain socket calls on a descriptor we own.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            if fd < 0 {
+                return Err(format!("packet socket: {}", std::io::Error::last_os_error()));
+            }
+            let fd = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+            let mut ll: libc::sockaddr_ll = std::mem::zeroed();
+            ll.sll_family = libc::AF_PACKET as u16;
+            ll.sll_ifindex = ifindex as i32;
+            if libc::bind(fd.as_raw_fd(), (&ll as *const libc::sockaddr_ll).cast(), std::mem::size_of_val(&ll) as u32)
+                != 0
+            {
+                return Err(format!("binding to {dev}: {}", std::io::Error::last_os_error()));
+            }
+            Ok(Some(Inject { fd, src_mac, dst_mac }))
+        }
+    }
+
+    /// Ethernet, IPv4 and UDP headers (42 bytes) before `payload` bytes
+    /// already at `frame[42..]`.
+    fn headers(&self, frame: &mut [u8], from: SocketAddrV4, to: SocketAddrV4, payload: usize) {
+        frame[..6].copy_from_slice(&self.dst_mac);
+        frame[6..12].copy_from_slice(&self.src_mac);
+        frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip = &mut frame[14..];
+        let total = 28 + payload;
+        ip[..20].fill(0);
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&from.ip().octets());
+        ip[16..20].copy_from_slice(&to.ip().octets());
+        let sum = checksum(&ip[..20]);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        ip[20..22].copy_from_slice(&from.port().to_be_bytes());
+        ip[22..24].copy_from_slice(&to.port().to_be_bytes());
+        ip[24..26].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        let sum = udp_checksum(&ip[12..20], &ip[20..total]);
+        ip[26..28].copy_from_slice(&sum.to_be_bytes());
+    }
+}
+
+/// The UDP checksum of `udp` (header with a zero checksum, and payload)
+/// between the addresses in `addrs` (source then destination).
+fn udp_checksum(addrs: &[u8], udp: &[u8]) -> u16 {
+    let mut pseudo = Vec::with_capacity(12 + udp.len());
+    pseudo.extend_from_slice(addrs);
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(udp);
+    match checksum(&pseudo) {
+        0 => 0xffff,
+        s => s,
+    }
+}
+
+/// An IPv4/UDP packet of `len` bytes with valid checksums.
+fn inner_packet(out: &mut [u8], src: Ipv4Addr, dst: SocketAddrV4, sport: u16, len: usize) {
+    let p = &mut out[..len];
+    p.fill(0);
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.ip().octets());
+    let ip_sum = checksum(&p[..20]);
+    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    let udp_len = (len - 20) as u16;
+    p[20..22].copy_from_slice(&sport.to_be_bytes());
+    p[22..24].copy_from_slice(&dst.port().to_be_bytes());
+    p[24..26].copy_from_slice(&udp_len.to_be_bytes());
+    let (addrs, udp) = p.split_at_mut(20);
+    let sum = udp_checksum(&addrs[12..20], udp);
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+}
+
+fn data(a: &Args) -> Result<(), String> {
+    let c = common(a)?;
+    let first: Ipv4Addr = a.req("--pods")?.parse().map_err(|_| "--pods: not an IPv4 address")?;
+    let dst: SocketAddrV4 = a.req("--dst")?.parse().map_err(|_| "--dst: not IP:PORT")?;
+    let packets: usize = a.parse("--packets", 1_000_000)?;
+    if packets == 0 || packets > MAX_PACKETS {
+        return Err(format!("--packets {packets}: must be 1..={MAX_PACKETS}"));
+    }
+    let inner_len: usize = a.parse("--inner-len", 46)?;
+    if !(28..=1420).contains(&inner_len) {
+        return Err(format!("--inner-len {inner_len}: must be 28..=1420"));
+    }
+    let new_flows = a.has("--new-flows");
+    let run_for = seconds(a, 10.0)?;
+    let mut load = Load::new(a, &c)?;
+    let n = load.tunns.len();
+    let t0 = Instant::now();
+    let up = connect_all(&mut load, Duration::from_secs(30));
+    let connect_secs = t0.elapsed().as_secs_f64();
+    if up < n {
+        return Err(format!("only {up} of {n} peers completed a handshake within 30 s"));
+    }
+    let inject = Inject::open(a)?;
+    if inject.is_some() && load.sources.is_none() {
+        return Err("--inject needs --sources (the frames' source addresses)".into());
+    }
+    let port = load.socket.local_addr().map_err(|e| e.to_string())?.port();
+
+    // Encrypt everything first: packet j is peer j % n's (j / n)-th. A
+    // data message is the inner packet (padded to 16 bytes) plus 32; a
+    // frame puts 42 bytes of headers in front.
+    let head = if inject.is_some() { 42 } else { 0 };
+    let stride = (head + inner_len.div_ceil(16) * 16 + 32).div_ceil(64) * 64;
+    let mut wire = vec![0u8; packets * stride];
+    let mut lens = vec![0u16; packets];
+    let mut inner = [0u8; 1500];
+    for j in 0..packets {
+        let p = j % n;
+        let sport = if new_flows { 1024 + ((j / n) % 64_512) as u16 } else { 1024 + (p % 64_512) as u16 };
+        inner_packet(&mut inner, pod_ip(first, p as u32), dst, sport, inner_len);
+        let frame = &mut wire[j * stride..(j + 1) * stride];
+        let len = match load.tunns[p].encapsulate(&inner[..inner_len], &mut frame[head..]) {
+            TunnResult::WriteToNetwork(d) => d.len(),
+            other => return Err(format!("encrypting for peer {p}: {other:?}")),
+        };
+        if let (Some(i), Some(s)) = (&inject, load.sources) {
+            i.headers(frame, SocketAddrV4::new(pod_ip(s, p as u32), port), load.gateway, len);
+        }
+        lens[j] = (head + len) as u16;
+    }
+    let encrypt_secs = t0.elapsed().as_secs_f64() - connect_secs;
+    if a.has("--wait") {
+        println!("armed");
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    }
+
+    let to = sockaddr(load.gateway);
+    let (fd, to, infos) = match &inject {
+        Some(i) => (i.fd.as_raw_fd(), None, vec![None; n]),
+        None => (load.socket.as_raw_fd(), Some(&to), (0..n).map(|p| load.pktinfo(p)).collect()),
+    };
+    let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH];
+    // SAFETY: mmsghdr is plain C data; zero is a valid empty header.
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let (mut sent, mut refused, mut next) = (0usize, 0u64, 0usize);
+    let start = Instant::now();
+    while next < packets && start.elapsed() < run_for {
+        let m = (packets - next).min(BATCH);
+        for i in 0..m {
+            let j = next + i;
+            iov[i] = libc::iovec { iov_base: wire[j * stride..].as_mut_ptr().cast(), iov_len: usize::from(lens[j]) };
+            fill(&mut msgs[i].msg_hdr, &mut iov[i], to, infos[j % n].as_ref());
+        }
+        // SAFETY: `m` headers pointing at live iovecs, names and buffers.
+        let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), m as u32, 0) };
+        if r > 0 {
+            sent += r as usize;
+            next += r as usize;
+        } else {
+            // A full socket buffer (EAGAIN) or ENOBUFS: count it, try again.
+            refused += 1;
+            std::thread::yield_now();
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{{\"peers\":{n},\"packets\":{packets},\"sent\":{sent},\"refused_calls\":{refused},\"seconds\":{secs:.3},\
+         \"sent_pps\":{:.0},\"inner_len\":{inner_len},\"new_flows\":{new_flows},\"connect_secs\":{connect_secs:.2},\
+         \"encrypt_secs\":{encrypt_secs:.2}}}",
+        sent as f64 / secs
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = match argv.split_first() {
+        Some((c, r)) => (c.as_str(), Args(r.to_vec())),
+        None => ("", Args(Vec::new())),
+    };
+    let result = match cmd {
+        "peers" => peers(&rest),
+        "handshakes" => handshakes(&rest),
+        "data" => data(&rest),
+        _ => {
+            eprintln!("usage: egret-wgload peers --count N [--seed S] --pods IP --config NAME --out DIR");
+            eprintln!("       egret-wgload handshakes --count N [--seed S] --gateway IP:PORT --gateway-key B64");
+            eprintln!("                               [--sources IP] [--seconds T] [--window W]");
+            eprintln!("       egret-wgload data --count N [--seed S] --pods IP --gateway IP:PORT --gateway-key B64");
+            eprintln!("                         --dst IP:PORT --packets P [--inner-len L] [--new-flows]");
+            eprintln!("                         [--sources IP] [--seconds T] [--wait]");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("egret-wgload {cmd}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inner_packets_carry_valid_checksums() {
+        let mut b = [0u8; 64];
+        let dst = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 254), 9);
+        inner_packet(&mut b, Ipv4Addr::new(198, 18, 128, 7), dst, 4000, 46);
+        let p = etherparse::SlicedPacket::from_ip(&b[..46]).expect("parses");
+        let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else { panic!("not IPv4") };
+        assert_eq!(ip.header().source_addr(), Ipv4Addr::new(198, 18, 128, 7));
+        assert_eq!(checksum(&b[..20]), 0, "IPv4 header checksum");
+        let Some(etherparse::TransportSlice::Udp(udp)) = p.transport else { panic!("not UDP") };
+        let sum = udp.to_header().calc_checksum_ipv4_raw([198, 18, 128, 7], [198, 19, 0, 254], udp.payload()).unwrap();
+        assert_eq!(sum, udp.checksum());
+    }
+
+    #[test]
+    fn peers_derive_the_same_keys_every_time() {
+        let a = PublicKey::from(&secret(1, 5));
+        let b = PublicKey::from(&secret(1, 5));
+        let other = PublicKey::from(&secret(2, 5));
+        assert_eq!(a.as_bytes(), b.as_bytes());
+        assert_ne!(a.as_bytes(), other.as_bytes());
+    }
+
+    #[test]
+    fn neighbouring_peers_get_distinct_keys() {
+        // X25519 clamps the low bits of the first byte: indexes must not live there.
+        let keys: std::collections::HashSet<[u8; 32]> =
+            (0..64).map(|i| *PublicKey::from(&secret(1, i)).as_bytes()).collect();
+        assert_eq!(keys.len(), 64);
+    }
+
+    #[test]
+    fn gateway_messages_map_back_to_their_peer() {
+        let tunns =
+            (0..3).map(|i| Tunn::new(secret(1, i), PublicKey::from(&secret(9, 0)), None, None, i, None)).collect();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let load = Load { tunns, socket, sources: None, gateway: "198.18.50.100:6000".parse().unwrap() };
+        let mut response = [0u8; 92];
+        response[0] = MSG_RESPONSE;
+        response[8..12].copy_from_slice(&((2u32 << 8) | 3).to_le_bytes());
+        assert_eq!(load.peer_of(&response), Some(2));
+        let mut cookie = [0u8; 64];
+        cookie[0] = MSG_COOKIE;
+        cookie[4..8].copy_from_slice(&(7u32 << 8).to_le_bytes());
+        assert_eq!(load.peer_of(&cookie), None, "peer 7 does not exist");
+    }
+}
