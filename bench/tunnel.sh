@@ -49,7 +49,7 @@ x egt-vnet ip route add 198.18.80.0/20 via 198.18.64.2
 # prefix on this node so that a run's new flows have ports (64 x 64,512);
 # pod-a keeps sgw-a's one secondary IP, which Azure's edge maps.
 "$WGLOAD" peers --count "$PEERS" --pods 198.18.128.0 --config sgw-b --out "$DIR" >/dev/null || exit 1
-sed -i 's|egressIpPrefix: 198.18.50.12/32|egressIpPrefix: 198.18.50.64/26|' "$DIR/plan.yaml"
+sed -i 's|egressIpPrefix: 198.18.50.12/32|egressIpPrefix: 198.18.50.128/26|' "$DIR/plan.yaml"
 cat "$DIR/peers.yaml" >> "$DIR/plan.yaml"
 # Room for every new flow of a run; the worker on core 1; no snapshots
 # of millions of sessions within a run.
@@ -83,7 +83,7 @@ table ip keg_anchor {
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
     oifname "gw0" ip saddr 198.18.61.2 snat to 198.18.50.11
-    oifname "gw0" ip saddr 198.18.128.0/17 snat to 198.18.50.64-198.18.50.127
+    oifname "gw0" ip saddr 198.18.128.0/17 snat to 198.18.50.128-198.18.50.191
   }
 }
 NFT

@@ -27,6 +27,9 @@ TUNNEL_NAME=e2e-tunnel
 # The flood's initiations come from egret-wgload (boringtun initiators).
 (cd "$EGRET_ROOT" && cargo build --release -q -p egret-bench) || { echo "e2e-tunnel: 0 passed, 1 failed (build)"; exit 1; }
 
+# The load balancer's probe, as kube-egress-gateway's daemon serves it, with
+# a short drain for the SIGTERM check at the end.
+printf 'probe_address = "0.0.0.0:8082"\ndrain_secs = 4\n' | cat - "$DIR/gateway.toml" > "$DIR/gateway.tmp" && mv "$DIR/gateway.tmp" "$DIR/gateway.toml"
 ip netns exec egt-net python3 scripts/echo_server.py 198.19.0.254 >"$DIR/echo.log" 2>&1 &
 PIDS+=($!)
 ip netns exec egt-net iperf3 -s -B 198.19.0.254 -p 5201 >"$DIR/iperf.log" 2>&1 &
@@ -115,6 +118,16 @@ check "iperf3 pod → internet through the tunnel [${i1:-0} Mbit/s]" test "${i1:
 i2=$(x egt-pa iperf3 -c 198.19.0.254 -t 3 -R -J 2>/dev/null | python3 -c "import json,sys; print(round(json.load(sys.stdin)['end']['sum_received']['bits_per_second']/1e6))" 2>/dev/null)
 check "iperf3 internet → pod (-R) through the tunnel [${i2:-0} Mbit/s]" test "${i2:-0}" -gt 0
 
+echo "== the load balancer's health probe (from the VNet, as Azure's probe comes)"
+UID_A=0a0a0a0a-0000-0000-0000-00000000000a
+UID_B=0b0b0b0b-0000-0000-0000-00000000000b
+probe() { x egt-vnet curl -s -o /dev/null -w '%{http_code}' -m 2 "http://198.18.50.10:8082$1"; }
+probe_is() { [ "$(probe "$2")" = "$1" ]; }
+check "a config this node serves: 200 [$(probe /gw/$UID_A)]" probe_is 200 /gw/$UID_A
+check "a config it does not serve: 503 [$(probe /gw/ffffffff-0000-0000-0000-000000000000)]" \
+  probe_is 503 /gw/ffffffff-0000-0000-0000-000000000000
+check "a malformed path: 400 [$(probe /gw/$UID_A/extra)]" probe_is 400 /gw/$UID_A/extra
+
 echo "== what must not get through"
 u0=$(tstat demo/sgw-a drops tunnel_unknown_peer)
 check "a pod whose key is no peer gets nothing through" sh -c "! ip netns exec egt-px curl -s -m 3 http://198.19.0.254/"
@@ -193,6 +206,19 @@ check "pod-a's PodEndpoint removed: its tunnel stops" sh -c "! ip netns exec egt
 b=$(x egt-pb curl -s -m 5 http://198.19.0.254/)
 check "pod-b's tunnel carries on, without a new handshake [$b]" \
   test "$b" = 198.19.101.1 -a "$(tstat demo/sgw-b handshakes_completed)" = "$h0"
+
+echo "== draining on SIGTERM"
+kill -TERM "$GATEWAY_PID"
+t0=$SECONDS
+check "at once the probe answers 503 for every config" eventually probe_is 503 /gw/$UID_B
+b=$(x egt-pb curl -s -m 3 http://198.19.0.254/)
+check "while draining, the tunnels still carry traffic [$b]" test "$b" = 198.19.101.1
+for _ in $(seq 100); do kill -0 "$GATEWAY_PID" 2>/dev/null || break; sleep 0.1; done
+took=$((SECONDS - t0))
+check "the gateway stops once the 4 s drain is over [after ${took} s]" \
+  sh -c "! kill -0 $GATEWAY_PID 2>/dev/null && [ $took -ge 3 ] && [ $took -le 7 ]"
+wait "$GATEWAY_PID" 2>/dev/null
+GATEWAY_PID=
 
 echo "e2e-tunnel: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -384,6 +384,10 @@ pub const MAX_POLICY_RULES: usize = 100_000;
 #[serde(rename_all = "camelCase")]
 pub struct GatewayConfig {
     pub name: String,
+    /// The UID of the object it comes from (kube-egress-gateway's
+    /// StaticGatewayConfiguration): the load balancer's probe asks by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
     /// Egress addresses: prefixes, or single addresses as /32.
     pub egress: Vec<Ipv4Cidr>,
     /// Destinations forwarded untranslated.
@@ -521,6 +525,7 @@ impl GatewayConfig {
     pub fn new(name: &str, egress: Vec<Ipv4Cidr>) -> Self {
         GatewayConfig {
             name: name.to_string(),
+            uid: None,
             egress,
             exclude: Vec::new(),
             timeouts: Timeouts::default(),
@@ -627,6 +632,8 @@ impl fmt::Debug for CompiledTunnel {
 #[derive(Debug, Clone)]
 pub struct CompiledConfig {
     pub name: String,
+    /// Its object's UID: what the load balancer's probe asks by.
+    pub uid: Option<String>,
     pub addrs: Vec<Ipv4Addr>,
     /// Longest prefix first.
     pub exclude: Vec<Ipv4Cidr>,
@@ -751,6 +758,7 @@ impl Plan {
             exclude.sort_by_key(|c| std::cmp::Reverse(c.prefix_len()));
             configs.push(CompiledConfig {
                 name: c.name.clone(),
+                uid: c.uid.clone(),
                 addrs,
                 exclude,
                 timeouts: c.timeouts,

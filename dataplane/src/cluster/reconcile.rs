@@ -118,6 +118,7 @@ impl Target {
 pub fn gateway_config(sgc: &StaticGatewayConfiguration, pool: Vec<Ipv4Cidr>) -> Result<GatewayConfig, String> {
     let m = &sgc.metadata;
     let mut c = GatewayConfig::new(&m.key(), pool);
+    c.uid = m.uid.clone();
     for (i, cidr) in sgc.spec.exclude_cidrs.iter().enumerate() {
         c.exclude.push(cidr.trim().parse().map_err(|e| format!("spec.excludeCidrs[{i}]: {e}"))?);
     }

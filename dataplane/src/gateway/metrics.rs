@@ -2,13 +2,12 @@
 //! rendered from the reports the workers publish a few times a second: the
 //! packet path never touches this.
 
+use super::http::Response;
 use super::worker::WorkerReport;
 use std::fmt::Write;
-use std::io::{Read, Write as _};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// What the gateway knows beyond the workers' reports.
 #[derive(Debug, Clone, Default)]
@@ -222,32 +221,14 @@ pub fn serve(
     info: Arc<Mutex<GatewayInfo>>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    std::thread::Builder::new().name("egret-metrics".into()).spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let Ok((mut conn, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            };
-            let _ = conn.set_nonblocking(false);
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut req = [0u8; 1024];
-            let n = conn.read(&mut req).unwrap_or(0);
-            let line = String::from_utf8_lossy(&req[..n]);
-            let (status, body) = if line.starts_with("GET /metrics") {
-                let rs: Vec<WorkerReport> = reports.iter().map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
-                let i = info.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                ("200 OK", render(&rs, &i))
-            } else {
-                ("404 Not Found", "try /metrics\n".to_string())
-            };
-            let _ = write!(
-                conn,
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+    super::http::serve(addr, "egret-metrics", stop, move |path| {
+        if path != "/metrics" {
+            return Response::text(404, "try /metrics\n");
         }
+        let rs: Vec<WorkerReport> =
+            reports.iter().map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
+        let i = info.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Response { status: 200, content_type: "text/plain; version=0.0.4", body: render(&rs, &i) }
     })
 }
 

@@ -4,8 +4,10 @@
 //! previous one keeps serving.
 
 pub mod forward_guard;
+pub mod http;
 pub mod metrics;
 pub mod nexthop;
+pub mod probe;
 pub mod service;
 pub mod source;
 pub mod worker;
@@ -129,10 +131,23 @@ pub struct NodeConfig {
     /// Prometheus `/metrics` listen address, e.g. "127.0.0.1:9464".
     #[serde(default)]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// The load balancer's health probe (kube-egress-gateway's: port
+    /// 8082, `GET /gw/<config UID>`), e.g. "0.0.0.0:8082"; none: no probe
+    /// and no drain.
+    #[serde(default)]
+    pub probe_address: Option<std::net::SocketAddr>,
+    /// With a probe: seconds of answering 503 while still forwarding,
+    /// after SIGTERM and before the workers stop.
+    #[serde(default = "default_drain_secs")]
+    pub drain_secs: u64,
     /// How often sessions are saved to `state_file` while running (a
     /// `kill -9` loses at most the sessions opened since).
     #[serde(default = "default_snapshot_secs")]
     pub snapshot_interval_secs: u64,
+}
+
+fn default_drain_secs() -> u64 {
+    probe::DEFAULT_DRAIN_SECS
 }
 
 fn default_snapshot_secs() -> u64 {
@@ -194,6 +209,9 @@ impl NodeConfig {
         }
         if c.sessions_per_worker == 0 {
             return Err(bad("sessions_per_worker must be at least 1".into()));
+        }
+        if c.drain_secs > 300 {
+            return Err(bad(format!("drain_secs = {} must be at most 300", c.drain_secs)));
         }
         Ok(c)
     }
@@ -276,6 +294,7 @@ fn reload_settings(path: &Path, cfg: &mut NodeConfig) {
         ("sessions_per_worker", new.sessions_per_worker != cfg.sessions_per_worker),
         ("nat_log", format!("{:?}", new.nat_log) != format!("{:?}", cfg.nat_log)),
         ("metrics_address", new.metrics_address != cfg.metrics_address),
+        ("probe_address", new.probe_address != cfg.probe_address),
         ("snapshot_interval_secs", new.snapshot_interval_secs != cfg.snapshot_interval_secs),
     ]
     .into_iter()
@@ -470,6 +489,23 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
         ),
         None => None,
     };
+    let probe_state = Arc::new(Mutex::new(probe::ProbeState {
+        serving: probe::ProbeState::serving_of(&plan, true),
+        draining: false,
+    }));
+    let mut probe_liveness = service::Liveness::new(liveness.beats());
+    let probe_thread = match cfg.probe_address {
+        Some(addr) => {
+            let st = Arc::clone(&probe_state);
+            Some(
+                http::serve(addr, "egret-probe", Arc::clone(&stop), move |path| {
+                    st.lock().unwrap_or_else(|e| e.into_inner()).answer(path)
+                })
+                .map_err(|e| format!("probe_address {addr}: {e}"))?,
+            )
+        }
+        None => None,
+    };
     tracing::info!(
         workers = workers_n,
         plan_version = plan.version,
@@ -520,6 +556,8 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
                     tracing::info!(version, configs = p.configs.len(), pods = p.pods.len(), "plan applied");
                     info.lock().unwrap_or_else(|e| e.into_inner()).plan_version = version;
                     let _ = service::notify(&format!("STATUS=serving plan {version}"));
+                    probe_state.lock().unwrap_or_else(|e| e.into_inner()).serving =
+                        probe::ProbeState::serving_of(&p, true);
                     shared_plan.store(Arc::new(p));
                 }
                 Err(e) => tracing::error!(error = %e, "plan rejected; the previous plan keeps serving"),
@@ -527,6 +565,9 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
         }
         if last_status.elapsed() >= Duration::from_secs(1) {
             last_status = Instant::now();
+            let alive = probe_liveness.all_alive();
+            probe_state.lock().unwrap_or_else(|e| e.into_inner()).serving =
+                probe::ProbeState::serving_of(&shared_plan.load(), alive);
             source.report(control_report(&reports));
             let xdp = steering.iter_mut().map(|s| (s.ifname.clone(), s.stats()));
             info.lock().unwrap_or_else(|e| e.into_inner()).xdp = xdp.collect();
@@ -545,6 +586,21 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
         }
     }
     let _ = service::notify("STOPPING=1");
+    if probe_thread.is_some() && cfg.drain_secs > 0 {
+        // The load balancer moves new flows away once it sees 503s; the
+        // workers keep forwarding what still comes meanwhile.
+        probe_state.lock().unwrap_or_else(|e| e.into_inner()).draining = true;
+        tracing::info!(seconds = cfg.drain_secs, "draining: the probe answers 503 before the workers stop");
+        let _ = service::notify(&format!("STATUS=draining for {} s", cfg.drain_secs));
+        let until = Instant::now() + Duration::from_secs(cfg.drain_secs);
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(100));
+            if let Some(path) = cfg.status_file.as_ref().filter(|_| last_status.elapsed() >= Duration::from_secs(1)) {
+                last_status = Instant::now();
+                write_status(path, &reports, &mut steering, guard.as_ref());
+            }
+        }
+    }
     tracing::info!("stopping");
     stop.store(true, Ordering::Relaxed);
     let mut snapshot = Vec::new();
@@ -554,7 +610,7 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
         }
     }
     let _ = resolver.join();
-    if let Some(t) = metrics_thread {
+    for t in [metrics_thread, probe_thread].into_iter().flatten() {
         let _ = t.join();
     }
     if let Some(path) = &cfg.status_file {

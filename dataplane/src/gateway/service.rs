@@ -47,6 +47,11 @@ impl Liveness {
         Liveness { beats, last }
     }
 
+    /// The same workers' heartbeats, for another watcher.
+    pub fn beats(&self) -> Vec<Arc<AtomicU64>> {
+        self.beats.clone()
+    }
+
     /// True when every worker moved since the previous call.
     pub fn all_alive(&mut self) -> bool {
         let mut ok = true;
