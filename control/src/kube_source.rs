@@ -1,6 +1,9 @@
 //! The Kubernetes source: list/watch StaticGatewayConfigurations, Pods
-//! (keeping those with the gateway annotation), gateway Nodes and Egret's
-//! EgressPolicies with kube-rs watchers, which resume from the last
+//! (keeping those with the gateway annotation), gateway Nodes, Egret's
+//! EgressPolicies, kube-egress-gateway's PodEndpoints (one per tunnelled
+//! pod) and the Secrets that hold configs' WireGuard keys (only in the
+//! add-on's namespaces, and only those with a `PrivateKey`: others are
+//! dropped as they arrive) with kube-rs watchers, which resume from the last
 //! resourceVersion after a disconnect, follow bookmarks, and re-list when the
 //! API server answers 410 Gone. Objects are read as untyped JSON and decoded
 //! into `egret_dataplane::cluster` types, so the objects of
@@ -8,8 +11,8 @@
 
 use crate::state::ControlState;
 use egret_dataplane::cluster::{
-    ClusterState, EgressPolicyObject, Node, Pod, StaticGatewayConfiguration, POLICY_KIND, SGC_GROUP, SGC_KIND,
-    SGC_VERSION,
+    ClusterState, EgressPolicyObject, Node, Pod, PodEndpoint, Secret, StaticGatewayConfiguration, POD_ENDPOINT_KIND,
+    POLICY_KIND, SGC_GROUP, SGC_KIND, SGC_VERSION,
 };
 use futures::{FutureExt, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -23,6 +26,27 @@ enum Kind {
     Pod,
     Node,
     Policy,
+    PodEndpoint,
+    /// Secrets of the n-th namespace in `Options::secret_namespaces`.
+    Secret(usize),
+}
+
+/// The namespaces kube-egress-gateway keeps its config Secrets in: its Helm
+/// chart's and the AKS add-on's.
+pub const SECRET_NAMESPACES: [&str; 2] = ["kube-egress-gateway-system", "aks-static-egress-gateway"];
+
+/// What the source watches beyond the fixed kinds.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where config Secrets (`sgw-<UID>`) live; RBAC grants Secret reads
+    /// in these namespaces only.
+    pub secret_namespaces: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { secret_namespaces: SECRET_NAMESPACES.iter().map(|s| s.to_string()).collect() }
+    }
 }
 
 fn resource(kind: Kind) -> ApiResource {
@@ -31,6 +55,8 @@ fn resource(kind: Kind) -> ApiResource {
         Kind::Pod => GroupVersionKind::gvk("", "v1", "Pod"),
         Kind::Node => GroupVersionKind::gvk("", "v1", "Node"),
         Kind::Policy => GroupVersionKind::gvk("egret.dev", "v1alpha1", POLICY_KIND),
+        Kind::PodEndpoint => GroupVersionKind::gvk(SGC_GROUP, SGC_VERSION, POD_ENDPOINT_KIND),
+        Kind::Secret(_) => GroupVersionKind::gvk("", "v1", "Secret"),
     };
     ApiResource::from_gvk(&gvk)
 }
@@ -41,6 +67,9 @@ struct Store {
     objects: BTreeMap<String, serde_json::Value>,
     relist: Option<BTreeMap<String, serde_json::Value>>,
     synced: bool,
+    /// The last list or watch failed (a CRD not installed, RBAC denying):
+    /// an optional kind then holds back nothing.
+    failed: bool,
 }
 
 fn key(o: &DynamicObject) -> String {
@@ -53,7 +82,8 @@ fn wanted(kind: Kind, v: &serde_json::Value) -> bool {
     match kind {
         Kind::Pod => serde_json::from_value::<Pod>(v.clone()).is_ok_and(|p| p.gateway_config().is_some()),
         Kind::Node => serde_json::from_value::<Node>(v.clone()).is_ok_and(|n| n.is_gateway()),
-        Kind::Config | Kind::Policy => true,
+        Kind::Secret(_) => v["data"].get("PrivateKey").is_some(),
+        Kind::Config | Kind::Policy | Kind::PodEndpoint => true,
     }
 }
 
@@ -71,6 +101,7 @@ impl Store {
             watcher::Event::InitDone => {
                 self.objects = self.relist.take().unwrap_or_default();
                 self.synced = true;
+                self.failed = false;
             }
             watcher::Event::Apply(o) => {
                 let v = value(&o);
@@ -107,17 +138,42 @@ fn cluster_state(stores: &BTreeMap<Kind, Store>) -> ClusterState {
         pods: decode::<Pod>(stores.get(&Kind::Pod), "Pod"),
         nodes: decode::<Node>(stores.get(&Kind::Node), "Node"),
         policies: decode::<EgressPolicyObject>(stores.get(&Kind::Policy), POLICY_KIND),
-        ..ClusterState::default()
+        pod_endpoints: decode::<PodEndpoint>(stores.get(&Kind::PodEndpoint), POD_ENDPOINT_KIND),
+        secrets: stores
+            .iter()
+            .filter(|(k, _)| matches!(k, Kind::Secret(_)))
+            .flat_map(|(_, s)| decode::<Secret>(Some(s), "Secret"))
+            .collect(),
     }
 }
 
-/// Watches the cluster forever, updating `state` after each burst of
-/// events. Plans are first published once configs, pods and nodes have all
-/// been listed (policies are optional: the CRD may not be installed).
+/// Plans wait until configs, pods and nodes are listed, and PodEndpoints and
+/// Secrets too unless watching them fails (a tunnelled config published
+/// before its key would be left out, cutting its pods off for a moment);
+/// policies are optional (the CRD may not be installed).
+fn ready(stores: &BTreeMap<Kind, Store>) -> bool {
+    stores.iter().all(|(k, s)| match k {
+        Kind::Config | Kind::Pod | Kind::Node => s.synced,
+        Kind::PodEndpoint | Kind::Secret(_) => s.synced || s.failed,
+        Kind::Policy => true,
+    })
+}
+
+/// Watches the cluster forever with the default options.
 pub async fn watch_kubernetes(state: Arc<ControlState>, client: kube::Client) {
-    let kinds = [Kind::Config, Kind::Pod, Kind::Node, Kind::Policy];
-    let streams = kinds.map(|kind| {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource(kind));
+    watch_kubernetes_with(state, client, Options::default()).await
+}
+
+/// Watches the cluster forever, updating `state` after each burst of
+/// events, once [`ready`].
+pub async fn watch_kubernetes_with(state: Arc<ControlState>, client: kube::Client, opts: Options) {
+    let mut kinds = vec![Kind::Config, Kind::Pod, Kind::Node, Kind::Policy, Kind::PodEndpoint];
+    kinds.extend((0..opts.secret_namespaces.len()).map(Kind::Secret));
+    let streams = kinds.iter().map(|&kind| {
+        let api: Api<DynamicObject> = match kind {
+            Kind::Secret(i) => Api::namespaced_with(client.clone(), &opts.secret_namespaces[i], &resource(kind)),
+            _ => Api::all_with(client.clone(), &resource(kind)),
+        };
         watcher(api, watcher::Config::default().any_semantic()).default_backoff().map(move |ev| (kind, ev)).boxed()
     });
     let mut events = futures::stream::select_all(streams);
@@ -129,8 +185,7 @@ pub async fn watch_kubernetes(state: Arc<ControlState>, client: kube::Client) {
         while let Some(Some((kind, ev))) = events.next().now_or_never() {
             handle(&mut stores, kind, ev);
         }
-        let ready = [Kind::Config, Kind::Pod, Kind::Node].iter().all(|k| stores[k].synced);
-        if ready {
+        if ready(&stores) {
             let generation = state.update(&cluster_state(&stores));
             if !published {
                 tracing::info!(generation, "cluster state listed; serving plans");
@@ -143,6 +198,11 @@ pub async fn watch_kubernetes(state: Arc<ControlState>, client: kube::Client) {
 fn handle(stores: &mut BTreeMap<Kind, Store>, kind: Kind, ev: Result<watcher::Event<DynamicObject>, watcher::Error>) {
     match ev {
         Ok(ev) => stores.get_mut(&kind).expect("every kind has a store").apply(kind, ev),
-        Err(e) => tracing::warn!(?kind, error = %e, "watch failed; retrying with backoff"),
+        Err(e) => {
+            // RBAC denying a Secret namespace, or a CRD not installed: a
+            // problem to report, not a reason to stop serving plans.
+            stores.get_mut(&kind).expect("every kind has a store").failed = true;
+            tracing::warn!(?kind, error = %e, "watch failed; retrying with backoff")
+        }
     }
 }

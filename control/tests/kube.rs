@@ -17,6 +17,11 @@ use tokio::sync::broadcast;
 const SGCS: &str = "/apis/egressgateway.kubernetes.azure.com/v1alpha1/staticgatewayconfigurations";
 const PODS: &str = "/api/v1/pods";
 const NODES: &str = "/api/v1/nodes";
+const POD_ENDPOINTS: &str = "/apis/egressgateway.kubernetes.azure.com/v1alpha1/podendpoints";
+/// kube-egress-gateway's Helm namespace: config Secrets live here.
+const SECRETS: &str = "/api/v1/namespaces/kube-egress-gateway-system/secrets";
+/// The AKS add-on's namespace, where this fake's RBAC says no (403).
+const DENIED: &str = "/api/v1/namespaces/aks-static-egress-gateway/secrets";
 
 #[derive(Clone, Debug)]
 enum Push {
@@ -122,7 +127,20 @@ impl Fake {
             let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
             let (path, query) = target.split_once('?').unwrap_or((&target, ""));
             let params: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
-            if ![SGCS, PODS, NODES].contains(&path) {
+            if path == DENIED {
+                let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                    "message": "secrets is forbidden: User \"system:serviceaccount:egret:egret-control\" cannot list resource \"secrets\""})
+                .to_string();
+                let head = format!(
+                    "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                if w.write_all(format!("{head}{body}").as_bytes()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            if ![SGCS, PODS, NODES, POD_ENDPOINTS, SECRETS].contains(&path) {
                 let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
                     "message": "the server could not find the requested resource"})
                 .to_string();
@@ -286,4 +304,87 @@ async fn list_watch_bookmarks_resume_and_relist_on_410() {
         .map(|n| snap.plans[*n].plan.configs.iter().map(|c| c.egress.len()).sum::<usize>())
         .sum();
     assert_eq!(held, 8, "both prefixes, split across both nodes");
+}
+
+/// A config as kube-egress-gateway's controller-manager leaves it once
+/// ready: its server profile names the key's Secret.
+fn tunnelled_sgc(name: &str, prefix: &str, public_key: &str) -> Value {
+    json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "StaticGatewayConfiguration",
+        "metadata": {"name": name, "namespace": "apps", "uid": format!("uid-{name}")},
+        "spec": {"gatewayNodepoolName": "gwpool", "provisionPublicIps": true, "defaultRoute": "staticEgressGateway"},
+        "status": {"egressIpPrefix": prefix, "gatewayServerProfile": {"ip": "198.18.50.100", "port": 6000,
+            "publicKey": public_key,
+            "privateKeySecretRef": {"apiVersion": "v1", "kind": "Secret", "name": format!("sgw-uid-{name}"),
+                "namespace": "kube-egress-gateway-system"}}}})
+}
+
+fn key_secret(config: &str, private_key: &str) -> Value {
+    use base64::Engine;
+    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": format!("sgw-uid-{config}"), "namespace": "kube-egress-gateway-system"},
+        "data": {"PrivateKey": b64(private_key)}})
+}
+
+/// What kube-egress-cni writes for a tunnelled pod.
+fn pod_endpoint(name: &str, ip: &str, config: &str, key: &str) -> Value {
+    json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "PodEndpoint",
+        "metadata": {"name": name, "namespace": "apps"},
+        "spec": {"staticGatewayConfiguration": config, "podIpAddress": format!("{ip}/32"), "podPublicKey": key}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_come_from_the_config_secret_and_pod_endpoints() {
+    let private = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+    let secret: egret_dataplane::plan::WgSecret = serde_json::from_value(json!(private)).unwrap();
+    let public = secret.public_key().to_string();
+    let pod_key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    let fake = Fake::new();
+    fake.put(NODES, node("gw-0"), false);
+    fake.put(SGCS, tunnelled_sgc("blue", "198.19.100.0/30", &public), false);
+    // A Secret without a PrivateKey is nothing Egret keeps.
+    fake.put(
+        SECRETS,
+        json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "unrelated", "namespace": "kube-egress-gateway-system"}, "data": {"token": "eA=="}}),
+        false,
+    );
+    fake.put(SECRETS, key_secret("blue", &format!("{private}\n")), false);
+    fake.put(POD_ENDPOINTS, pod_endpoint("web", "198.18.0.2", "blue", pod_key), false);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(fake.clone().serve(listener));
+
+    let state = ControlState::new();
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    tokio::spawn(watch_kubernetes(state.clone(), client));
+    let long = Duration::from_secs(10);
+
+    // Listed, with the add-on namespace's Secrets denied (403): that is
+    // reported and holds nothing back.
+    wait_binding(&state, "gw-0", "198.18.0.2", "apps/blue", long).await;
+    let plan = state.snapshot().plans["gw-0"].plan.clone();
+    let blue = &plan.configs[0];
+    assert_eq!(blue.uid.as_deref(), Some("uid-blue"), "the probe asks by the config's UID");
+    let tunnel = blue.tunnel.as_ref().expect("a tunnel from the server profile and its Secret");
+    assert_eq!((tunnel.address.to_string(), tunnel.port), ("198.18.50.100".to_string(), 6000));
+    assert_eq!(tunnel.private_key.public_key().to_string(), public);
+    let web = plan.bindings.iter().find(|b| b.pod_ip.to_string() == "198.18.0.2").unwrap();
+    assert_eq!(web.public_key.as_ref().map(|k| k.to_string()).as_deref(), Some(pod_key));
+
+    // A new tunnelled pod: its PodEndpoint lets it through within 2 s;
+    // deleting it cuts the pod off.
+    wait_until("PodEndpoint watch", long, || !fake.watches(POD_ENDPOINTS).is_empty()).await;
+    let batch = pod_endpoint("batch", "198.18.0.3", "blue", "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=");
+    fake.put(POD_ENDPOINTS, batch.clone(), true);
+    wait_binding(&state, "gw-0", "198.18.0.3", "apps/blue", Duration::from_secs(2)).await;
+    fake.delete(POD_ENDPOINTS, &batch, true);
+    wait_binding(&state, "gw-0", "198.18.0.3", "", Duration::from_secs(2)).await;
+
+    // The key's Secret goes away: the config is left out with a problem,
+    // and its pods with it (nothing tunnelled is served without its key).
+    wait_until("Secret watch", long, || !fake.watches(SECRETS).is_empty()).await;
+    fake.delete(SECRETS, &key_secret("blue", ""), true);
+    wait_binding(&state, "gw-0", "198.18.0.2", "", Duration::from_secs(2)).await;
+    assert!(state.snapshot().plans["gw-0"].plan.configs.is_empty());
 }

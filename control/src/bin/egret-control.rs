@@ -24,6 +24,10 @@ struct Args {
     /// `http://127.0.0.1:8001` of `kubectl proxy`).
     #[arg(long, requires = "kubernetes")]
     kube_api: Option<String>,
+    /// Namespace of kube-egress-gateway's config Secrets (sgw-<UID>);
+    /// repeat for several. Default: its Helm chart's and the AKS add-on's.
+    #[arg(long = "secret-namespace", requires = "kubernetes")]
+    secret_namespaces: Vec<String>,
     /// How often to check the manifests for changes, in milliseconds.
     #[arg(long, default_value_t = 500)]
     poll_ms: u64,
@@ -77,7 +81,11 @@ async fn run(a: Args) -> Result<(), String> {
             None => kube::Config::infer().await.map_err(|e| format!("Kubernetes configuration: {e}"))?,
         };
         let client = kube::Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
-        tokio::spawn(egret_control::kube_source::watch_kubernetes(state.clone(), client));
+        let mut opts = egret_control::kube_source::Options::default();
+        if !a.secret_namespaces.is_empty() {
+            opts.secret_namespaces = a.secret_namespaces.clone();
+        }
+        tokio::spawn(egret_control::kube_source::watch_kubernetes_with(state.clone(), client, opts));
     }
     let listener =
         tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("listen on {}: {e}", a.listen))?;
