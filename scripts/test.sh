@@ -21,7 +21,7 @@ grep -q '^test result:' "$log/cargo" || failed=$((failed + 1))
 grep -qE '^error(\[|:)' "$log/cargo" && failed=$((failed + 1))
 
 # Further stages, each a script that ends with "NAME: N passed, M failed".
-for stage in scripts/fuzz-smoke.sh scripts/e2e.sh scripts/e2e-policy.sh scripts/e2e-service.sh scripts/e2e-control.sh scripts/e2e-faults.sh scripts/e2e-hostile.sh scripts/e2e-conformance.sh scripts/e2e-tunnel.sh scripts/bench-smoke.sh; do
+for stage in scripts/fuzz-smoke.sh scripts/e2e.sh scripts/e2e-policy.sh scripts/e2e-service.sh scripts/e2e-control.sh scripts/e2e-faults.sh scripts/e2e-hostile.sh scripts/e2e-conformance.sh scripts/e2e-tunnel.sh scripts/deploy-check.sh scripts/bench-smoke.sh; do
   [ -x "$stage" ] || continue
   echo "== $stage"
   t0=$SECONDS
