@@ -1,7 +1,7 @@
 //! The Kubernetes source: list/watch StaticGatewayConfigurations, Pods
 //! (keeping those with the gateway annotation), gateway Nodes, Egret's
 //! EgressPolicies, kube-egress-gateway's PodEndpoints (one per tunnelled
-//! pod) and the Secrets that hold configs' WireGuard keys (only in the
+//! pod), its GatewayVMConfigurations (each node's own address per config) and the Secrets that hold configs' WireGuard keys (only in the
 //! add-on's namespaces, and only those with a `PrivateKey`: others are
 //! dropped as they arrive) with kube-rs watchers, which resume from the last
 //! resourceVersion after a disconnect, follow bookmarks, and re-list when the
@@ -11,8 +11,8 @@
 
 use crate::state::ControlState;
 use egret_dataplane::cluster::{
-    ClusterState, EgressPolicyObject, Node, Pod, PodEndpoint, Secret, StaticGatewayConfiguration, POD_ENDPOINT_KIND,
-    POLICY_KIND, SGC_GROUP, SGC_KIND, SGC_VERSION,
+    ClusterState, EgressPolicyObject, GatewayVmConfiguration, Node, Pod, PodEndpoint, Secret,
+    StaticGatewayConfiguration, POD_ENDPOINT_KIND, POLICY_KIND, SGC_GROUP, SGC_KIND, SGC_VERSION, VM_CONFIG_KIND,
 };
 use futures::{FutureExt, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -27,6 +27,7 @@ enum Kind {
     Node,
     Policy,
     PodEndpoint,
+    VmConfig,
     /// Secrets of the n-th namespace in `Options::secret_namespaces`.
     Secret(usize),
 }
@@ -56,6 +57,7 @@ fn resource(kind: Kind) -> ApiResource {
         Kind::Node => GroupVersionKind::gvk("", "v1", "Node"),
         Kind::Policy => GroupVersionKind::gvk("egret.dev", "v1alpha1", POLICY_KIND),
         Kind::PodEndpoint => GroupVersionKind::gvk(SGC_GROUP, SGC_VERSION, POD_ENDPOINT_KIND),
+        Kind::VmConfig => GroupVersionKind::gvk(SGC_GROUP, SGC_VERSION, VM_CONFIG_KIND),
         Kind::Secret(_) => GroupVersionKind::gvk("", "v1", "Secret"),
     };
     ApiResource::from_gvk(&gvk)
@@ -83,7 +85,7 @@ fn wanted(kind: Kind, v: &serde_json::Value) -> bool {
         Kind::Pod => serde_json::from_value::<Pod>(v.clone()).is_ok_and(|p| p.gateway_config().is_some()),
         Kind::Node => serde_json::from_value::<Node>(v.clone()).is_ok_and(|n| n.is_gateway()),
         Kind::Secret(_) => v["data"].get("PrivateKey").is_some(),
-        Kind::Config | Kind::Policy | Kind::PodEndpoint => true,
+        Kind::Config | Kind::Policy | Kind::PodEndpoint | Kind::VmConfig => true,
     }
 }
 
@@ -139,6 +141,7 @@ fn cluster_state(stores: &BTreeMap<Kind, Store>) -> ClusterState {
         nodes: decode::<Node>(stores.get(&Kind::Node), "Node"),
         policies: decode::<EgressPolicyObject>(stores.get(&Kind::Policy), POLICY_KIND),
         pod_endpoints: decode::<PodEndpoint>(stores.get(&Kind::PodEndpoint), POD_ENDPOINT_KIND),
+        vm_configs: decode::<GatewayVmConfiguration>(stores.get(&Kind::VmConfig), VM_CONFIG_KIND),
         secrets: stores
             .iter()
             .filter(|(k, _)| matches!(k, Kind::Secret(_)))
@@ -147,14 +150,14 @@ fn cluster_state(stores: &BTreeMap<Kind, Store>) -> ClusterState {
     }
 }
 
-/// Plans wait until configs, pods and nodes are listed, and PodEndpoints and
-/// Secrets too unless watching them fails (a tunnelled config published
+/// Plans wait until configs, pods and nodes are listed, and PodEndpoints,
+/// GatewayVMConfigurations and Secrets too unless watching them fails (a tunnelled config published
 /// before its key would be left out, cutting its pods off for a moment);
 /// policies are optional (the CRD may not be installed).
 fn ready(stores: &BTreeMap<Kind, Store>) -> bool {
     stores.iter().all(|(k, s)| match k {
         Kind::Config | Kind::Pod | Kind::Node => s.synced,
-        Kind::PodEndpoint | Kind::Secret(_) => s.synced || s.failed,
+        Kind::PodEndpoint | Kind::VmConfig | Kind::Secret(_) => s.synced || s.failed,
         Kind::Policy => true,
     })
 }
@@ -167,7 +170,7 @@ pub async fn watch_kubernetes(state: Arc<ControlState>, client: kube::Client) {
 /// Watches the cluster forever, updating `state` after each burst of
 /// events, once [`ready`].
 pub async fn watch_kubernetes_with(state: Arc<ControlState>, client: kube::Client, opts: Options) {
-    let mut kinds = vec![Kind::Config, Kind::Pod, Kind::Node, Kind::Policy, Kind::PodEndpoint];
+    let mut kinds = vec![Kind::Config, Kind::Pod, Kind::Node, Kind::Policy, Kind::PodEndpoint, Kind::VmConfig];
     kinds.extend((0..opts.secret_namespaces.len()).map(Kind::Secret));
     let streams = kinds.iter().map(|&kind| {
         let api: Api<DynamicObject> = match kind {

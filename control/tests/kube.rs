@@ -18,6 +18,7 @@ const SGCS: &str = "/apis/egressgateway.kubernetes.azure.com/v1alpha1/staticgate
 const PODS: &str = "/api/v1/pods";
 const NODES: &str = "/api/v1/nodes";
 const POD_ENDPOINTS: &str = "/apis/egressgateway.kubernetes.azure.com/v1alpha1/podendpoints";
+const VM_CONFIGS: &str = "/apis/egressgateway.kubernetes.azure.com/v1alpha1/gatewayvmconfigurations";
 /// kube-egress-gateway's Helm namespace: config Secrets live here.
 const SECRETS: &str = "/api/v1/namespaces/kube-egress-gateway-system/secrets";
 /// The AKS add-on's namespace, where this fake's RBAC says no (403).
@@ -140,7 +141,7 @@ impl Fake {
                 }
                 continue;
             }
-            if ![SGCS, PODS, NODES, POD_ENDPOINTS, SECRETS].contains(&path) {
+            if ![SGCS, PODS, NODES, POD_ENDPOINTS, SECRETS, VM_CONFIGS].contains(&path) {
                 let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
                     "message": "the server could not find the requested resource"})
                 .to_string();
@@ -351,6 +352,16 @@ async fn tunnels_come_from_the_config_secret_and_pod_endpoints() {
     );
     fake.put(SECRETS, key_secret("blue", &format!("{private}\n")), false);
     fake.put(POD_ENDPOINTS, pod_endpoint("web", "198.18.0.2", "blue", pod_key), false);
+    // The anchor's controller placed the config on gw-0 with a secondary IP.
+    fake.put(
+        VM_CONFIGS,
+        json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayVMConfiguration",
+        "metadata": {"name": "blue", "namespace": "apps"},
+        "spec": {"gatewayNodepoolName": "gwpool", "provisionPublicIps": true},
+        "status": {"egressIpPrefix": "198.19.100.0/30",
+            "gatewayVMProfiles": [{"nodeName": "gw-0", "primaryIP": "198.18.50.10", "secondaryIP": "198.18.50.11"}]}}),
+        false,
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(fake.clone().serve(listener));
@@ -369,6 +380,11 @@ async fn tunnels_come_from_the_config_secret_and_pod_endpoints() {
     let tunnel = blue.tunnel.as_ref().expect("a tunnel from the server profile and its Secret");
     assert_eq!((tunnel.address.to_string(), tunnel.port), ("198.18.50.100".to_string(), 6000));
     assert_eq!(tunnel.private_key.public_key().to_string(), public);
+    assert_eq!(
+        blue.egress.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        ["198.18.50.11/32"],
+        "gw-0 egresses from its secondary IP (GatewayVMConfiguration), which Azure maps to a public IP"
+    );
     let web = plan.bindings.iter().find(|b| b.pod_ip.to_string() == "198.18.0.2").unwrap();
     assert_eq!(web.public_key.as_ref().map(|k| k.to_string()).as_deref(), Some(pod_key));
 

@@ -15,6 +15,7 @@ pub const SGC_GROUP: &str = "egressgateway.kubernetes.azure.com";
 pub const SGC_VERSION: &str = "v1alpha1";
 pub const POLICY_KIND: &str = "EgressPolicy";
 pub const POD_ENDPOINT_KIND: &str = "PodEndpoint";
+pub const VM_CONFIG_KIND: &str = "GatewayVMConfiguration";
 /// Upstream kube-egress-gateway marks gateway nodes with this label = "true".
 pub const GATEWAY_MODE_LABEL: &str = "kubeegressgateway.azure.com/mode";
 /// AKS marks gateway node pools with this label = "gateway".
@@ -341,6 +342,39 @@ pub struct EgressPolicySpec {
     pub policy: crate::plan::EgressPolicy,
 }
 
+/// kube-egress-gateway's GatewayVMConfiguration: its controller makes one per
+/// StaticGatewayConfiguration (same name and namespace) and lists, per
+/// gateway node, the node's own address for the config (`secondaryIP`, a
+/// NIC IP configuration Azure maps 1:1 to a public IP of the prefix).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayVmConfiguration {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub status: GatewayVmConfigurationStatus,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayVmConfigurationStatus {
+    #[serde(default)]
+    pub egress_ip_prefix: Option<String>,
+    #[serde(default, rename = "gatewayVMProfiles")]
+    pub gateway_vm_profiles: Vec<GatewayVmProfile>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayVmProfile {
+    #[serde(default)]
+    pub node_name: String,
+    #[serde(default, rename = "primaryIP")]
+    pub primary_ip: Option<String>,
+    #[serde(default, rename = "secondaryIP")]
+    pub secondary_ip: Option<String>,
+}
+
 /// The objects of a cluster (or of a manifests file) that Egret reads.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterState {
@@ -350,6 +384,7 @@ pub struct ClusterState {
     pub policies: Vec<EgressPolicyObject>,
     pub secrets: Vec<Secret>,
     pub pod_endpoints: Vec<PodEndpoint>,
+    pub vm_configs: Vec<GatewayVmConfiguration>,
 }
 
 impl ClusterState {
@@ -412,6 +447,7 @@ impl ClusterState {
             POLICY_KIND => self.policies.push(de(v.clone(), named(&v))?),
             "Secret" => self.secrets.push(de(v.clone(), named(&v))?),
             POD_ENDPOINT_KIND => self.pod_endpoints.push(de(v.clone(), named(&v))?),
+            VM_CONFIG_KIND => self.vm_configs.push(de(v.clone(), named(&v))?),
             _ => {}
         }
         Ok(())
@@ -459,6 +495,7 @@ impl ClusterState {
         dedup_by(&mut self.policies, POLICY_KIND, |o| o.metadata.key(), problems);
         dedup_by(&mut self.secrets, "Secret", |o| o.metadata.key(), problems);
         dedup_by(&mut self.pod_endpoints, POD_ENDPOINT_KIND, |o| o.metadata.key(), problems);
+        dedup_by(&mut self.vm_configs, VM_CONFIG_KIND, |o| o.metadata.key(), problems);
     }
 }
 

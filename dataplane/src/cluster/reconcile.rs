@@ -477,6 +477,31 @@ pub fn split_prefix(prefix: Ipv4Cidr, nodes: &[&str]) -> BTreeMap<String, Vec<Ip
 }
 
 /// One plan per gateway node, the configs' statuses, and every problem.
+/// Each node's own egress address for a config, from its
+/// GatewayVMConfiguration (kube-egress-gateway's placement on Azure: the
+/// node's secondary IP, which Azure maps 1:1 to a public IP of the prefix),
+/// for the ready `members`; a member with no profile gets none.
+fn vm_shares(
+    vm: &GatewayVmConfiguration,
+    members: &[&str],
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, Vec<Ipv4Addr>> {
+    let mut shares: BTreeMap<String, Vec<Ipv4Addr>> = members.iter().map(|m| (m.to_string(), Vec::new())).collect();
+    for p in &vm.status.gateway_vm_profiles {
+        let Some(share) = shares.get_mut(&p.node_name) else { continue };
+        let Some(text) = p.secondary_ip.as_deref().filter(|t| !t.is_empty()) else { continue };
+        match text.trim().parse::<Ipv4Addr>() {
+            Ok(ip) => share.push(ip),
+            Err(_) => problems.push(Problem::new(
+                VM_CONFIG_KIND,
+                &vm.metadata.key(),
+                format!("node {}: secondaryIP '{text}' is not an IPv4 address", p.node_name),
+            )),
+        }
+    }
+    shares
+}
+
 pub fn reconcile(st: &ClusterState) -> Reconciled {
     let mut st = st.clone();
     let mut problems = Vec::new();
@@ -516,9 +541,19 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
             statuses.insert(c.config.name.clone(), status);
             continue;
         }
-        let shares = split_prefix(c.prefix, &members);
+        let vm = st.vm_configs.iter().find(|v| v.metadata.key() == c.config.name);
+        let shares = match vm {
+            Some(vm) => vm_shares(vm, &members, &mut problems),
+            None => split_prefix(c.prefix, &members),
+        };
         let idle: Vec<&str> = shares.iter().filter(|(_, a)| a.is_empty()).map(|(n, _)| n.as_str()).collect();
-        if !idle.is_empty() {
+        if let (Some(_), false) = (vm, idle.is_empty()) {
+            problems.push(Problem::new(
+                SGC_KIND,
+                &c.config.name,
+                format!("its GatewayVMConfiguration lists no secondaryIP for {}", idle.join(", ")),
+            ));
+        } else if !idle.is_empty() {
             problems.push(Problem::new(
                 SGC_KIND,
                 &c.config.name,

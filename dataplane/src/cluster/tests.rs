@@ -541,3 +541,58 @@ mod tunnels {
         assert!(problems.iter().any(|p| p.message.contains("does not match")), "{problems:?}");
     }
 }
+
+mod vm_profiles {
+    //! kube-egress-gateway's GatewayVMConfiguration: each node's own egress
+    //! address for a config, instead of a share of the prefix.
+    use super::*;
+
+    fn with_vm_config() -> ClusterState {
+        let mut st = aks();
+        let vm = ClusterState::parse(
+            &format!(
+                "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: GatewayVMConfiguration\n\
+                 metadata: {{name: web-egress, namespace: apps}}\n\
+                 spec: {{gatewayNodepoolName: gwpool1, provisionPublicIps: true}}\n\
+                 status:\n  egressIpPrefix: 198.19.100.0/29\n  gatewayVMProfiles:\n\
+                 \x20 - {{nodeName: {}, primaryIP: 10.224.0.10, secondaryIP: 10.224.0.110}}\n\
+                 \x20 - {{nodeName: {}, primaryIP: 10.224.0.11, secondaryIP: 10.224.0.111}}\n",
+                GW1[0], GW1[1]
+            ),
+            "inline",
+        )
+        .unwrap();
+        st.vm_configs = vm.vm_configs;
+        st
+    }
+
+    #[test]
+    fn each_node_egresses_from_its_own_secondary_ip() {
+        let r = reconcile(&with_vm_config());
+        let s = &shares(&r)["apps/web-egress"];
+        assert_eq!(s[GW1[0]], [ip("10.224.0.110")].into());
+        assert_eq!(s[GW1[1]], [ip("10.224.0.111")].into());
+        assert!(!s.contains_key(GW1[2]), "no profile, no share: {s:?}");
+    }
+
+    #[test]
+    fn a_node_without_a_profile_is_a_problem_reported() {
+        let r = reconcile(&with_vm_config());
+        assert!(
+            r.problems.iter().any(|p| p.message.contains("no secondaryIP") && p.message.contains(GW1[2])),
+            "{:?}",
+            r.problems
+        );
+    }
+
+    #[test]
+    fn configs_without_one_keep_splitting_their_prefix() {
+        let plain = shares(&reconcile(&aks()));
+        let with = shares(&reconcile(&with_vm_config()));
+        for (config, nodes) in &plain {
+            if config != "apps/web-egress" {
+                assert_eq!(&with[config], nodes, "{config}");
+            }
+        }
+    }
+}
