@@ -220,5 +220,77 @@ check "the gateway stops once the 4 s drain is over [after ${took} s]" \
 wait "$GATEWAY_PID" 2>/dev/null
 GATEWAY_PID=
 
+echo "== egret-control drives the tunnels from the cluster's objects"
+# What an AKS cluster holds: the configs with their public prefixes, their
+# key Secrets, the PodEndpoints, the gateway Node, and one
+# GatewayVMConfiguration per config giving the node its secondary IP.
+build_control || fail "egret-control builds"
+mkdir -p "$DIR/manifests"
+vm_config() { # vm_config CONFIG SECONDARY_IP
+  cat <<YAML
+---
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: GatewayVMConfiguration
+metadata: {name: $1, namespace: demo}
+spec: {gatewayNodepoolName: gwpool, provisionPublicIps: true}
+status:
+  gatewayVMProfiles:
+  - {nodeName: egt-gw-node, primaryIP: 198.18.50.10, secondaryIP: $2}
+YAML
+}
+{
+  sgc sgw-a $UID_A 198.19.100.1 6000 gw-a
+  sgc sgw-b $UID_B 198.19.101.1 6001 gw-b
+  pod_endpoint pod-a sgw-a 198.18.61.2 pa
+  echo ---
+  pod_endpoint pod-b sgw-b 198.18.62.2 pb
+  cat <<YAML
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: egt-gw-node
+  labels: {kubeegressgateway.azure.com/mode: "true", kubernetes.azure.com/agentpool: gwpool}
+status: {conditions: [{type: Ready, status: "True"}]}
+YAML
+  vm_config sgw-a 198.18.50.11
+  vm_config sgw-b 198.18.50.12
+} > "$DIR/manifests/cluster.yaml"
+grep -v '^plan_file' "$DIR/gateway.toml" > "$DIR/gateway-control.toml"
+printf '[control]\nurl = "http://127.0.0.1:50051"\nnode = "egt-gw-node"\n' >> "$DIR/gateway-control.toml"
+check "egret-control serves the objects" start_control "$DIR"
+ip netns exec egt-gw "$GATEWAY" --config "$DIR/gateway-control.toml" >>"$DIR/gateway.log" 2>&1 &
+GATEWAY_PID=$!
+rm -f "$STATUS_FILE"
+tunnels_peers() { python3 -c "import json; print(sorted((t['config'], t['peers']) for t in json.load(open('$STATUS_FILE'))['tunnels']))" 2>/dev/null; }
+for _ in $(seq 50); do [ "$(tunnels_peers)" = "[('demo/sgw-a', 1), ('demo/sgw-b', 1)]" ] && break; sleep 0.2; done
+check "the gateway takes its plan from egret-control: both tunnels, pod-a and pod-b as peers [$(tunnels_peers)]" \
+  sh -c "[ \"\$(python3 -c \"import json; print(sorted((t['config'], t['peers']) for t in json.load(open('$STATUS_FILE'))['tunnels']))\" 2>/dev/null)\" = \"[('demo/sgw-a', 1), ('demo/sgw-b', 1)]\" ]"
+# pod-a and pod-b start over with this gateway (it has no session of theirs).
+for p in a b; do
+  nsenter -t "$(wgpid egt-p$p)" -m -n wg set wg0 peer "$(cat "$DIR/gw-$p.pub")" remove
+  nsenter -t "$(wgpid egt-p$p)" -m -n wg set wg0 peer "$(cat "$DIR/gw-$p.pub")" endpoint 198.18.50.100:600$([ $p = a ] && echo 0 || echo 1) allowed-ips 0.0.0.0/0,::/0
+  x egt-p$p ip -4 route replace default via inet6 fe80::1 dev wg0
+done
+a=; for _ in 1 2 3; do a=$(x egt-pa curl -s -m 5 http://198.19.0.254/) && [ -n "$a" ] && break; done
+check "pod-a egresses from the node's secondary IP for sgw-a, seen as its public IP [$a]" test "$a" = 198.19.100.1
+b=; for _ in 1 2 3; do b=$(x egt-pb curl -s -m 5 http://198.19.0.254/) && [ -n "$b" ] && break; done
+check "pod-b likewise for sgw-b [$b]" test "$b" = 198.19.101.1
+pod_endpoint pod-x sgw-a 198.18.63.2 px > "$DIR/manifests/pod-x.yaml"
+t0=$(date +%s%N)
+peers_are() { [ "$(tstat demo/sgw-a peers)" = "$1" ]; }
+for _ in $(seq 40); do peers_are 2 && break; sleep 0.05; done
+ms=$((($(date +%s%N) - t0) / 1000000))
+check "a new PodEndpoint reaches the gateway's tunnel within 2 s [$ms ms]" sh -c "[ $ms -le 2000 ] && [ \"\$(python3 -c \"import json; print([t['peers'] for t in json.load(open('$STATUS_FILE'))['tunnels'] if t['config'] == 'demo/sgw-a'][0])\")\" = 2 ]"
+xs=; for _ in 1 2 3; do xs=$(x egt-px curl -s -m 6 http://198.19.0.254/) && [ -n "$xs" ] && break; done
+check "pod-x, whose key was no peer before, now gets through [$xs]" test "$xs" = 198.19.100.1
+rm -f "$DIR/manifests/pod-x.yaml"
+t0=$(date +%s%N)
+for _ in $(seq 40); do peers_are 1 && break; sleep 0.05; done
+ms=$((($(date +%s%N) - t0) / 1000000))
+check "deleting it cuts pod-x off [$ms ms to the gateway]" \
+  sh -c "[ $ms -le 2000 ] && ! ip netns exec egt-px curl -s -m 3 http://198.19.0.254/"
+check "nothing leaked meanwhile [edge leak counter $(leaked)]" test "$(leaked)" = 0
+
 echo "e2e-tunnel: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -15,6 +15,7 @@ TNS=(egt-pa egt-pb egt-px egt-vnet egt-gw egt-edge egt-net)
 WG_PIDS=()
 cleanup() {
   stop_gateway
+  stop_control
   stop_servers
   for p in "${WG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${WG_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done

@@ -466,12 +466,16 @@ impl ClusterState {
     }
 
     pub fn extend(&mut self, other: ClusterState) {
-        self.configs.extend(other.configs);
-        self.pods.extend(other.pods);
-        self.nodes.extend(other.nodes);
-        self.policies.extend(other.policies);
-        self.secrets.extend(other.secrets);
-        self.pod_endpoints.extend(other.pod_endpoints);
+        // Destructured, so that a kind added to the struct cannot be
+        // forgotten here (the compiler asks for it).
+        let ClusterState { configs, pods, nodes, policies, secrets, pod_endpoints, vm_configs } = other;
+        self.configs.extend(configs);
+        self.pods.extend(pods);
+        self.nodes.extend(nodes);
+        self.policies.extend(policies);
+        self.secrets.extend(secrets);
+        self.pod_endpoints.extend(pod_endpoints);
+        self.vm_configs.extend(vm_configs);
     }
 
     /// Objects of the same kind and `namespace/name` defined twice: the later
