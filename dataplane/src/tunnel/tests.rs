@@ -291,6 +291,14 @@ mod stage {
     }
 
     #[test]
+    fn a_packet_to_seal_shorter_than_an_ipv4_header_is_dropped_not_read_past() {
+        let mut st = TunnelStage::new(0, 1, SharedLimiters::default());
+        st.apply_plan(&plan());
+        let mut buf = vec![0x45u8; 2048];
+        assert_eq!(st.seal(&mut buf, 12), Outbound::Drop(crate::tunnel::TunnelDrop::Malformed));
+    }
+
+    #[test]
     fn a_pods_tunnel_through_the_stage_both_ways_from_the_tunnel_endpoint() {
         let mut st = TunnelStage::new(0, 1, SharedLimiters::default());
         st.apply_plan(&plan());
