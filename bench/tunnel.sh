@@ -104,10 +104,7 @@ egret_down() { stop_gateway; x egt-gw "$GATEWAY" remove-guard >/dev/null 2>&1; }
 
 # A fresh handshake with whichever gateway now answers (same key, new state).
 rehandshake() {
-  local pid; pid=$(wgpid egt-pa)
-  nsenter -t "$pid" -m -n wg set wg0 peer "$(cat "$DIR/gw-a.pub")" remove
-  nsenter -t "$pid" -m -n wg set wg0 peer "$(cat "$DIR/gw-a.pub")" endpoint 198.18.50.100:6000 allowed-ips 0.0.0.0/0,::/0
-  x egt-pa ip -4 route replace default via inet6 fe80::1 dev wg0
+  gateway_peer egt-pa "$DIR/gw-a.pub" 6000
   for _ in $(seq 50); do x egt-pa ping -c 1 -W 1 -q 198.19.0.254 >/dev/null 2>&1 && return 0; done
   return 1
 }

@@ -136,11 +136,22 @@ pod_wg() { # pod_wg NS KEY GW_PUB PORT
   local pid=$!
   WG_PIDS+=($pid)
   for _ in $(seq 50); do x "$ns" ip link show wg0 >/dev/null 2>&1 && nsenter -t "$pid" -m -n test -S /run/wireguard/wg0.sock && break; sleep 0.1; done
-  nsenter -t "$pid" -m -n wg set wg0 private-key "$2" peer "$(cat "$3")" endpoint "198.18.50.100:$4" allowed-ips 0.0.0.0/0,::/0
+  nsenter -t "$pid" -m -n wg set wg0 private-key "$2"
+  eval "WGPID_${ns//-/_}=$pid"
+  gateway_peer "$ns" "$3" "$4"
   x "$ns" ip addr add fe80::a/64 dev wg0
   x "$ns" ip link set wg0 up
   x "$ns" ip route add 198.18.50.100/32 via "$(x "$ns" ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1 | sed 's/\.2$/.1/')" dev eth0
-  x "$ns" ip -4 route add default via inet6 fe80::1 dev wg0
-  eval "WGPID_${ns//-/_}=$pid"
+  x "$ns" ip -4 route replace default via inet6 fe80::1 dev wg0
 }
 wgpid() { local v="WGPID_${1//-/_}"; echo "${!v}"; }
+# gateway_peer NS GW_PUB PORT: the pod's one peer, the gateway (set anew:
+# no session, so its next packet starts a handshake with whichever
+# gateway answers now).
+gateway_peer() {
+  local pid; pid=$(wgpid "$1")
+  nsenter -t "$pid" -m -n wg set wg0 peer "$(cat "$2")" remove 2>/dev/null
+  nsenter -t "$pid" -m -n wg set wg0 peer "$(cat "$2")" endpoint "198.18.50.100:$3" allowed-ips 0.0.0.0/0,::/0
+  # Removing the peer took its routes' next hop with it.
+  x "$1" ip -4 route replace default via inet6 fe80::1 dev wg0 2>/dev/null
+}

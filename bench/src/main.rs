@@ -51,7 +51,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use egret_bench::{checksum, Args};
+use egret_bench::{checksum, mac, run_tool, Args};
 
 static PROGRAMS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/loadgen.bpf.o"));
 
@@ -142,18 +142,6 @@ const COUNTERS: [&str; 10] = [
     "distinct_full",
     "pod_ack",
 ];
-
-fn mac(text: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = text.trim().split(':').collect();
-    if parts.len() != 6 {
-        return Err(format!("'{}' is not a MAC address", text.trim()));
-    }
-    let mut m = [0u8; 6];
-    for (i, p) in parts.iter().enumerate() {
-        m[i] = u8::from_str_radix(p, 16).map_err(|_| format!("'{}' is not a MAC address", text.trim()))?;
-    }
-    Ok(m)
-}
 
 fn ifindex(dev: &str) -> Result<u32, String> {
     let c = std::ffi::CString::new(dev).map_err(|_| format!("bad interface name '{dev}'"))?;
@@ -570,39 +558,23 @@ fn ping(a: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let (cmd, rest) = match argv.split_first() {
-        Some((c, r)) => (c.as_str(), Args(r.to_vec())),
-        None => ("", Args(Vec::new())),
-    };
-    let result = match cmd {
-        "gen" => gen(&rest),
-        "sink" => sink(&rest),
-        "pod-ack" => pod_ack(&rest),
-        "ping" => ping(&rest),
-        _ => {
-            eprintln!(
-                "usage: egret-loadgen gen --dev IF --dst-mac MAC --src IP --dst IP --seconds S [--proto udp|tcp]"
-            );
-            eprintln!("                         [--flows N | --new-flows] [--rate PPS] [--limit N] [--sport-base P]");
-            eprintln!("                         [--sport-count N] [--saddrs N] [--dport-base P] [--dport-count N]");
-            eprintln!("                         [--dport-by-saddr] [--size B]");
-            eprintln!(
-                "       egret-loadgen sink --dev IF [--echo PORT] [--distinct] [--warmup S] [--measure S] [--hold S]"
-            );
-            eprintln!("       egret-loadgen pod-ack --dev IF --seconds S");
-            eprintln!("       egret-loadgen ping --dst IP --port P [--count N] [--interval-us U] [--timeout-ms T]");
-            return ExitCode::from(2);
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("egret-loadgen {cmd}: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    run_tool("egret-loadgen", USAGE, |cmd, a| match cmd {
+        "gen" => Some(gen(a)),
+        "sink" => Some(sink(a)),
+        "pod-ack" => Some(pod_ack(a)),
+        "ping" => Some(ping(a)),
+        _ => None,
+    })
 }
+
+const USAGE: &str = "\
+usage: egret-loadgen gen --dev IF --dst-mac MAC --src IP --dst IP --seconds S [--proto udp|tcp]
+                         [--flows N | --new-flows] [--rate PPS] [--limit N] [--sport-base P]
+                         [--sport-count N] [--saddrs N] [--dport-base P] [--dport-count N]
+                         [--dport-by-saddr] [--size B]
+       egret-loadgen sink --dev IF [--echo PORT] [--distinct] [--warmup S] [--measure S] [--hold S]
+       egret-loadgen pod-ack --dev IF --seconds S
+       egret-loadgen ping --dst IP --port P [--count N] [--interval-us U] [--timeout-ms T]";
 
 #[cfg(test)]
 mod tests {

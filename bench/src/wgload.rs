@@ -43,7 +43,8 @@
 use base64::Engine;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
-use egret_bench::{checksum, Args};
+use egret_bench::{mac, run_tool, Args};
+use egret_dataplane::wire::udp;
 use std::io::BufRead;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -247,10 +248,7 @@ impl Load {
 
     fn initiate(&mut self, peer: usize, buf: &mut [u8]) -> bool {
         match self.tunns[peer].format_handshake_initiation(buf, true) {
-            TunnResult::WriteToNetwork(d) => {
-                let d = d.to_vec();
-                self.send(peer, &d)
-            }
+            TunnResult::WriteToNetwork(d) => self.send(peer, d),
             _ => false,
         }
     }
@@ -383,8 +381,7 @@ fn connect_all(load: &mut Load, within: Duration) -> usize {
             let r = load.tunns[p].decapsulate(None, &rx[..len], &mut scratch);
             match r {
                 TunnResult::WriteToNetwork(keepalive) if !up[p] => {
-                    let keepalive = keepalive.to_vec();
-                    load.send(p, &keepalive);
+                    load.send(p, keepalive);
                     up[p] = true;
                     sent_at[p] = None;
                     done += 1;
@@ -412,12 +409,7 @@ impl Inject {
     /// /run/netns names it); the process stays there afterwards.
     fn open(a: &Args) -> Result<Option<Inject>, String> {
         let Some(dev) = a.get("--inject") else { return Ok(None) };
-        let mac = |name: &str| -> Result<[u8; 6], String> {
-            let t = a.req(name)?;
-            let v: Vec<u8> = t.split(':').filter_map(|x| u8::from_str_radix(x, 16).ok()).collect();
-            v.try_into().map_err(|_| format!("{name} {t}: not a MAC address"))
-        };
-        let (src_mac, dst_mac) = (mac("--src-mac")?, mac("--dst-mac")?);
+        let (src_mac, dst_mac) = (mac(a.req("--src-mac")?)?, mac(a.req("--dst-mac")?)?);
         if let Some(ns) = a.get("--netns") {
             let f = std::fs::File::open(format!("/run/netns/{ns}")).map_err(|e| format!("netns {ns}: {e}"))?;
             // SAFETY: a namespace file descriptor; this process has one thread.
@@ -464,58 +456,14 @@ impl Inject {
         frame[..6].copy_from_slice(&self.dst_mac);
         frame[6..12].copy_from_slice(&self.src_mac);
         frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        let ip = &mut frame[14..];
-        let total = 28 + payload;
-        ip[..20].fill(0);
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        ip[8] = 64;
-        ip[9] = 17;
-        ip[12..16].copy_from_slice(&from.ip().octets());
-        ip[16..20].copy_from_slice(&to.ip().octets());
-        let sum = checksum(&ip[..20]);
-        ip[10..12].copy_from_slice(&sum.to_be_bytes());
-        ip[20..22].copy_from_slice(&from.port().to_be_bytes());
-        ip[22..24].copy_from_slice(&to.port().to_be_bytes());
-        ip[24..26].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
-        let sum = udp_checksum(&ip[12..20], &ip[20..total]);
-        ip[26..28].copy_from_slice(&sum.to_be_bytes());
+        udp::emit(&mut frame[14..], from, to, payload);
     }
 }
 
-/// The UDP checksum of `udp` (header with a zero checksum, and payload)
-/// between the addresses in `addrs` (source then destination).
-fn udp_checksum(addrs: &[u8], udp: &[u8]) -> u16 {
-    let mut pseudo = Vec::with_capacity(12 + udp.len());
-    pseudo.extend_from_slice(addrs);
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
-    pseudo.extend_from_slice(udp);
-    match checksum(&pseudo) {
-        0 => 0xffff,
-        s => s,
-    }
-}
-
-/// An IPv4/UDP packet of `len` bytes with valid checksums.
+/// An IPv4/UDP packet of `len` bytes (zero payload) with valid checksums.
 fn inner_packet(out: &mut [u8], src: Ipv4Addr, dst: SocketAddrV4, sport: u16, len: usize) {
-    let p = &mut out[..len];
-    p.fill(0);
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.ip().octets());
-    let ip_sum = checksum(&p[..20]);
-    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-    let udp_len = (len - 20) as u16;
-    p[20..22].copy_from_slice(&sport.to_be_bytes());
-    p[22..24].copy_from_slice(&dst.port().to_be_bytes());
-    p[24..26].copy_from_slice(&udp_len.to_be_bytes());
-    let (addrs, udp) = p.split_at_mut(20);
-    let sum = udp_checksum(&addrs[12..20], udp);
-    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    out[udp::HEADERS..len].fill(0);
+    udp::emit(out, SocketAddrV4::new(src, sport), dst, len - udp::HEADERS);
 }
 
 fn data(a: &Args) -> Result<(), String> {
@@ -614,33 +562,21 @@ fn data(a: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let (cmd, rest) = match argv.split_first() {
-        Some((c, r)) => (c.as_str(), Args(r.to_vec())),
-        None => ("", Args(Vec::new())),
-    };
-    let result = match cmd {
-        "peers" => peers(&rest),
-        "handshakes" => handshakes(&rest),
-        "data" => data(&rest),
-        _ => {
-            eprintln!("usage: egret-wgload peers --count N [--seed S] --pods IP --config NAME --out DIR");
-            eprintln!("       egret-wgload handshakes --count N [--seed S] --gateway IP:PORT --gateway-key B64");
-            eprintln!("                               [--sources IP] [--seconds T] [--window W]");
-            eprintln!("       egret-wgload data --count N [--seed S] --pods IP --gateway IP:PORT --gateway-key B64");
-            eprintln!("                         --dst IP:PORT --packets P [--inner-len L] [--new-flows]");
-            eprintln!("                         [--sources IP] [--seconds T] [--wait]");
-            return ExitCode::from(2);
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("egret-wgload {cmd}: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    run_tool("egret-wgload", USAGE, |cmd, a| match cmd {
+        "peers" => Some(peers(a)),
+        "handshakes" => Some(handshakes(a)),
+        "data" => Some(data(a)),
+        _ => None,
+    })
 }
+
+const USAGE: &str = "\
+usage: egret-wgload peers --count N [--seed S] --pods IP --config NAME --out DIR
+       egret-wgload handshakes --count N [--seed S] --gateway IP:PORT --gateway-key B64
+                               [--sources IP] [--seconds T] [--window W]
+       egret-wgload data --count N [--seed S] --pods IP --gateway IP:PORT --gateway-key B64
+                         --dst IP:PORT --packets P [--inner-len L] [--new-flows]
+                         [--sources IP] [--seconds T] [--wait]";
 
 #[cfg(test)]
 mod tests {
@@ -654,7 +590,7 @@ mod tests {
         let p = etherparse::SlicedPacket::from_ip(&b[..46]).expect("parses");
         let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else { panic!("not IPv4") };
         assert_eq!(ip.header().source_addr(), Ipv4Addr::new(198, 18, 128, 7));
-        assert_eq!(checksum(&b[..20]), 0, "IPv4 header checksum");
+        assert_eq!(egret_bench::checksum(&b[..20]), 0, "IPv4 header checksum");
         let Some(etherparse::TransportSlice::Udp(udp)) = p.transport else { panic!("not UDP") };
         let sum = udp.to_header().calc_checksum_ipv4_raw([198, 18, 128, 7], [198, 19, 0, 254], udp.payload()).unwrap();
         assert_eq!(sum, udp.checksum());

@@ -215,6 +215,17 @@ fn node(name: &str) -> Value {
         "status": {"conditions": [{"type": "Ready", "status": "True"}], "addresses": [{"type": "InternalIP", "address": "10.224.0.10"}]}})
 }
 
+/// Serves `fake` on a loopback port and a Kubernetes source watching it.
+async fn watched(fake: &Fake) -> Arc<ControlState> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(fake.clone().serve(listener));
+    let state = ControlState::new();
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    tokio::spawn(watch_kubernetes(state.clone(), client));
+    state
+}
+
 /// The config gw-0's plan binds `ip` to ("" when unbound), once it holds.
 async fn wait_binding(state: &ControlState, node: &str, ip: &str, want: &str, within: Duration) {
     let mut rx = state.watch();
@@ -256,13 +267,7 @@ async fn list_watch_bookmarks_resume_and_relist_on_410() {
     fake.put(SGCS, sgc("blue", "198.19.100.0/30"), false);
     fake.put(SGCS, sgc("green", "198.19.101.0/30"), false);
     fake.put(PODS, pod("web", "198.18.0.2", "blue"), false);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(fake.clone().serve(listener));
-
-    let state = ControlState::new();
-    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
-    tokio::spawn(watch_kubernetes(state.clone(), client));
+    let state = watched(&fake).await;
     let long = Duration::from_secs(10);
 
     // Listed: gw-0 gets both configs and the pod, with the EgressPolicy CRD
@@ -362,13 +367,7 @@ async fn tunnels_come_from_the_config_secret_and_pod_endpoints() {
             "gatewayVMProfiles": [{"nodeName": "gw-0", "primaryIP": "198.18.50.10", "secondaryIP": "198.18.50.11"}]}}),
         false,
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(fake.clone().serve(listener));
-
-    let state = ControlState::new();
-    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
-    tokio::spawn(watch_kubernetes(state.clone(), client));
+    let state = watched(&fake).await;
     let long = Duration::from_secs(10);
 
     // Listed, with the add-on namespace's Secrets denied (403): that is

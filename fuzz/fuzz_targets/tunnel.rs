@@ -8,6 +8,9 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use egret_dataplane::tunnel::{PeerConfig, Received, Tunnel};
 use libfuzzer_sys::fuzz_target;
+#[path = "shared/ops.rs"]
+mod shared;
+use shared::{mutate, ops};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 const GW: [u8; 32] = [7; 32];
@@ -44,23 +47,12 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // [selector][port][len][bytes]...: a real message mutated, or raw bytes.
-    let mut rest = data;
-    while rest.len() >= 3 {
-        let (sel, port, n) = (rest[0], rest[1], usize::from(rest[2]));
-        let take = n.min(rest.len() - 3);
-        let bytes = &rest[3..3 + take];
-        rest = &rest[3 + take..];
+    for (sel, port, bytes) in ops(data) {
         let datagram = match real.get(usize::from(sel % 4)) {
             Some(r) if sel & 0x80 != 0 => {
-                let mut m = r.clone();
-                for (i, b) in bytes.iter().enumerate() {
-                    let at = (usize::from(*b) + i * 31) % m.len().max(1);
-                    if let Some(x) = m.get_mut(at) {
-                        *x ^= bytes[(i + 1) % bytes.len()];
-                    }
-                }
+                let mut m = mutate(r, bytes);
                 if sel & 0x40 != 0 {
-                    m.truncate(take);
+                    m.truncate(bytes.len());
                 }
                 m
             }

@@ -13,6 +13,9 @@ use egret_dataplane::tunnel::stage::SharedLimiters;
 use egret_dataplane::tunnel::{Inbound, Outbound, TunnelStage};
 use egret_dataplane::wire::udp;
 use libfuzzer_sys::fuzz_target;
+#[path = "shared/ops.rs"]
+mod shared;
+use shared::{mutate, ops};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
@@ -68,12 +71,7 @@ fuzz_target!(|data: &[u8]| {
         real.push(init);
     }
     // [op][port][len][bytes]...
-    let mut rest = data;
-    while rest.len() >= 3 {
-        let (op, port, n) = (rest[0], rest[1], usize::from(rest[2]));
-        let take = n.min(rest.len() - 3);
-        let bytes = &rest[3..3 + take];
-        rest = &rest[3 + take..];
+    for (op, port, bytes) in ops(data) {
         let src = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2 + (port & 3)), 51820 + u16::from(port >> 2));
         match op % 4 {
             // Raw bytes as a whole packet.
@@ -90,14 +88,7 @@ fuzz_target!(|data: &[u8]| {
             // A real message of the pod's, with the bytes xored in.
             2 => {
                 let Some(r) = real.get(usize::from(op >> 4) % real.len().max(1)) else { continue };
-                let mut m = r.clone();
-                for (i, b) in bytes.iter().enumerate() {
-                    let at = (usize::from(*b) + i * 31) % m.len().max(1);
-                    if let Some(x) = m.get_mut(at) {
-                        *x ^= bytes[(i + 1) % bytes.len()];
-                    }
-                }
-                let n = datagram(&mut buf, &m, src);
+                let n = datagram(&mut buf, &mutate(r, bytes), src);
                 check(st.receive(&mut buf, n, false), &buf);
             }
             // A packet to seal for a tunnelled pod.

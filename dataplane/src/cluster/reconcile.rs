@@ -547,24 +547,18 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
             None => split_prefix(c.prefix, &members),
         };
         let idle: Vec<&str> = shares.iter().filter(|(_, a)| a.is_empty()).map(|(n, _)| n.as_str()).collect();
-        if let (Some(_), false) = (vm, idle.is_empty()) {
-            problems.push(Problem::new(
-                SGC_KIND,
-                &c.config.name,
-                format!("its GatewayVMConfiguration lists no secondaryIP for {}", idle.join(", ")),
-            ));
-        } else if !idle.is_empty() {
-            problems.push(Problem::new(
-                SGC_KIND,
-                &c.config.name,
-                format!(
+        if !idle.is_empty() {
+            let why = match vm {
+                Some(_) => format!("its GatewayVMConfiguration lists no secondaryIP for {}", idle.join(", ")),
+                None => format!(
                     "prefix {} has {} addresses for {} gateway nodes; no share for {}",
                     c.prefix,
                     c.prefix.size(),
                     members.len(),
                     idle.join(", ")
                 ),
-            ));
+            };
+            problems.push(Problem::new(SGC_KIND, &c.config.name, why));
         }
         status.shares = shares.iter().filter(|(_, a)| !a.is_empty()).map(|(n, a)| (n.clone(), a.clone())).collect();
         status.served = true;

@@ -214,12 +214,12 @@ impl TunnelStage {
     pub fn seal(&mut self, buf: &mut [u8], len: usize) -> Outbound {
         let Some(plan) = &self.plan else { return Outbound::Drop(TunnelDrop::NoSession) };
         let len = len.min(buf.len());
-        // The NAT core hands whole IPv4 packets; anything shorter than a
-        // header is dropped here rather than read past.
-        if crate::wire::Ipv4Packet::new_checked(&buf[..len]).is_err() {
+        // The NAT core hands whole IPv4 packets; anything else is dropped
+        // here rather than read past.
+        let Ok(ip) = crate::wire::Ipv4Packet::new_checked(&buf[..len]) else {
             return Outbound::Drop(TunnelDrop::Malformed);
-        }
-        let (_, pod) = udp::addrs(&buf[..len]);
+        };
+        let pod = ip.dst_addr();
         let owner = owner_of(u32::from(pod), self.workers);
         if owner != self.worker {
             return Outbound::Elsewhere { worker: owner };
