@@ -64,6 +64,28 @@ sleep 1.2
 fw1=$(guard_refused)
 check "nothing from the unbound pod reaches the internet, untranslated either (the forward guard refused $((fw1 - fw0)))" \
   bash -c "! grep -q '198.18.0.4' '$DIR/leak' && [ $((fw1 - fw0)) -ge 4 ]"
+# A subnet routed here as a whole (AKS userDefinedRouting, Egret as the
+# NVA): a config binding 198.18.0.0/24 as a fallback source CIDR gives
+# pod-c, which no annotation names, egress from that config's prefix;
+# bound pods keep their own configs. Taking the binding away cuts it off.
+cp "$DIR/plan.yaml" "$DIR/plan.bound"
+cat >> "$DIR/plan.yaml" <<'YAML'
+---
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: StaticGatewayConfiguration
+metadata: {name: node-subnet, namespace: infra, annotations: {egret.dev/source-cidrs: 198.18.0.0/24}}
+spec: {gatewayNodepoolName: gwpool}
+status: {egressIpPrefix: 198.19.101.16/28}
+YAML
+in_fallback() { [[ "$1" == 198.19.101.* ]] && [ "${1##*.}" -ge 16 ] && [ "${1##*.}" -lt 32 ]; }
+c=; for _ in $(seq 30); do c=$(ip netns exec egt-pc curl -s -m 1 http://198.19.0.254/) && in_fallback "$c" && break; sleep 0.2; done
+check "a fallback source CIDR gives the unannotated pod-c egress from its config's prefix [$c]" in_fallback "$c"
+a1=$(ip netns exec egt-pa curl -s -m 3 http://198.19.0.254/)
+check "a bound pod inside the fallback CIDR keeps its own config [$a1]" in_pool "$a1" 198.19.100
+check "ping from the fallback source through the gateway" ip netns exec egt-pc ping -c 2 -i 0.2 -W 1 -q 198.19.0.254
+cp "$DIR/plan.bound" "$DIR/plan.yaml"
+c=x; for _ in $(seq 30); do ip netns exec egt-pc curl -s -m 1 http://198.19.0.254/ >/dev/null || { c=; break; }; sleep 0.2; done
+check "without the fallback binding pod-c is cut off again" test -z "$c"
 x=$(ip netns exec egt-pa curl -s -m 3 http://198.19.200.5/)
 check "an excluded destination sees the pod's own address [$x]" test "$x" = 198.18.0.2
 u=$(udp_ask egt-pa 198.19.0.254 7007)

@@ -2,9 +2,10 @@
 // Egret's XDP steering program: hands Egret's traffic to the AF_XDP socket
 // of the receiving queue and leaves everything else to the kernel.
 //
-// Ours: IPv4 from a bound pod that is not addressed to the node itself,
-// IPv4 addressed to an egress address, IPv4 to a bound pod (returning
-// from an excluded destination), and UDP to a config's WireGuard tunnel. ARP, the node's own traffic and
+// Ours: IPv4 from a bound pod or a fallback source CIDR that is not
+// addressed to the node itself, IPv4 addressed to an egress address, IPv4
+// to a bound pod or source CIDR (returning from an excluded destination),
+// and UDP to a config's WireGuard tunnel. ARP, the node's own traffic and
 // anything else pass. NAT traffic never bypasses translation: when the
 // queue has no socket (the gateway is starting or stopping) it is dropped
 // and counted, not passed untranslated.
@@ -49,6 +50,26 @@ struct {
 	__type(key, __u32);
 	__type(value, __u8);
 } local SEC(".maps");
+
+// Fallback source CIDRs (a subnet routed here as a whole): longest match.
+struct source_key {
+	__u32 prefixlen;
+	__u32 addr;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct source_key);
+	__type(value, __u8);
+} sources SEC(".maps");
+
+static __always_inline int in_sources(__u32 addr)
+{
+	struct source_key k = { .prefixlen = 32, .addr = addr };
+	return bpf_map_lookup_elem(&sources, &k) != 0;
+}
 
 // WireGuard tunnels (tunnelled inside): UDP to a config's tunnel address
 // and port. Address and port in network byte order.
@@ -99,8 +120,10 @@ int egret_steer(struct xdp_md *ctx)
 	// Replies from excluded destinations come back to the pod's own
 	// address: ours too (the NAT core forwards them or drops them).
 	int ours = bpf_map_lookup_elem(&egress, &dst) != 0 ||
-		   (bpf_map_lookup_elem(&pods, &src) != 0 && bpf_map_lookup_elem(&local, &dst) == 0) ||
-		   (bpf_map_lookup_elem(&pods, &dst) != 0 && bpf_map_lookup_elem(&local, &src) == 0);
+		   ((bpf_map_lookup_elem(&pods, &src) != 0 || in_sources(src)) &&
+		    bpf_map_lookup_elem(&local, &dst) == 0) ||
+		   ((bpf_map_lookup_elem(&pods, &dst) != 0 || in_sources(dst)) &&
+		    bpf_map_lookup_elem(&local, &src) == 0);
 	if (!ours && ip->protocol == IPPROTO_UDP && ip->ihl == 5) {
 		struct udphdr *udp = (void *)(ip + 1);
 		if ((void *)(udp + 1) <= end) {

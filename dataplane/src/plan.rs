@@ -151,6 +151,10 @@ pub const DEFAULT_SESSION_LIMIT: u32 = 65536;
 /// Largest pool one config may hold.
 pub const MAX_POOL_ADDRS: u64 = 4096;
 
+/// Source CIDRs one plan may bind (the steering program's trie holds as
+/// many; the NAT core scans them only on a source's first packet).
+pub const MAX_SOURCE_CIDRS: usize = 1024;
+
 /// What a policy does with a new flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -411,6 +415,13 @@ pub struct GatewayConfig {
     /// (AKS Static Egress Gateway); none: its pods are routed in plain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelConfig>,
+    /// Source CIDRs bound as a fallback: a source in one of them that no
+    /// binding names egresses through this config (a route table sending a
+    /// whole subnet's egress here, the AKS `userDefinedRouting` NVA pattern:
+    /// unannotated pods, node IPs). The longest matching prefix wins; a
+    /// source nothing binds is dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<Ipv4Cidr>,
 }
 
 /// A config's WireGuard endpoint: kube-egress-gateway's
@@ -535,6 +546,7 @@ impl GatewayConfig {
             filtering: FilteringMode::default(),
             policy: None,
             tunnel: None,
+            sources: Vec::new(),
         }
     }
 }
@@ -593,6 +605,12 @@ pub enum PlanError {
     BadPolicy { config: String, problem: String },
     #[error("config '{config}' tunnel: {problem}")]
     BadTunnel { config: String, problem: String },
+    #[error("source CIDR {cidr} is bound by both '{a}' and '{b}'")]
+    DuplicateSource { cidr: Ipv4Cidr, a: String, b: String },
+    #[error("source CIDR {cidr} of config '{config}' holds egress address {addr}")]
+    SourceHoldsEgress { cidr: Ipv4Cidr, config: String, addr: Ipv4Addr },
+    #[error("the plan binds {count} source CIDRs; at most {MAX_SOURCE_CIDRS} are allowed")]
+    TooManySources { count: usize },
     #[error("pod {pod} has a WireGuard key but config '{config}' has no tunnel")]
     NoTunnel { pod: Ipv4Addr, config: String },
     #[error("pod {pod}: WireGuard key {key} is also pod {other}'s in config '{config}'")]
@@ -612,6 +630,22 @@ pub struct CompiledPlan {
     pub tunnelled: hashbrown::HashSet<u32>,
     /// (tunnel address, port) → config index.
     pub tunnels: HashMap<(u32, u16), u16>,
+    /// Fallback source CIDRs → config index, longest prefix first.
+    pub sources: Vec<(Ipv4Cidr, u16)>,
+}
+
+impl CompiledPlan {
+    /// The config a fallback source CIDR binds `src` to (the longest match).
+    #[inline]
+    pub fn source_config(&self, src: u32) -> Option<u16> {
+        self.sources.iter().find(|(c, _)| c.contains(src)).map(|&(_, ci)| ci)
+    }
+
+    /// The config `ip` egresses through: its binding, else a source CIDR.
+    #[inline]
+    pub fn config_of(&self, ip: u32) -> Option<u16> {
+        self.pods.get(&ip).copied().or_else(|| self.source_config(ip))
+    }
 }
 
 /// A config's tunnel with its peers, as the tunnel stage builds it.
@@ -808,7 +842,35 @@ impl Plan {
         for (c, t) in configs.iter_mut().zip(compiled_tunnels) {
             c.tunnel = t.map(Arc::new);
         }
-        Ok(CompiledPlan { version: self.version, configs, pods, egress, tunnelled, tunnels })
+        let sources = self.compile_sources(&egress)?;
+        Ok(CompiledPlan { version: self.version, configs, pods, egress, tunnelled, tunnels, sources })
+    }
+
+    fn compile_sources(&self, egress: &HashMap<u32, (u16, u16)>) -> Result<Vec<(Ipv4Cidr, u16)>, PlanError> {
+        let count = self.configs.iter().map(|c| c.sources.len()).sum();
+        if count > MAX_SOURCE_CIDRS {
+            return Err(PlanError::TooManySources { count });
+        }
+        let mut by_cidr: HashMap<Ipv4Cidr, u16> = HashMap::new();
+        for (ci, c) in self.configs.iter().enumerate() {
+            for &cidr in &c.sources {
+                // A source CIDR holding an egress address would translate
+                // the gateway's own replies as if a pod had sent them.
+                if let Some((&addr, _)) = egress.iter().find(|(&a, _)| cidr.contains(a)) {
+                    let addr = Ipv4Addr::from(addr);
+                    return Err(PlanError::SourceHoldsEgress { cidr, config: c.name.clone(), addr });
+                }
+                if let Some(other) = by_cidr.insert(cidr, ci as u16) {
+                    if usize::from(other) != ci {
+                        let a = self.configs[usize::from(other)].name.clone();
+                        return Err(PlanError::DuplicateSource { cidr, a, b: c.name.clone() });
+                    }
+                }
+            }
+        }
+        let mut sources: Vec<(Ipv4Cidr, u16)> = by_cidr.into_iter().collect();
+        sources.sort_by_key(|(c, _)| (std::cmp::Reverse(c.prefix_len()), c.addr()));
+        Ok(sources)
     }
 }
 
@@ -885,6 +947,47 @@ mod tests {
         p.configs[0].filtering = FilteringMode::EndpointIndependent;
         p.configs[0].mapping = MappingMode::PortReuse;
         assert!(p.compile().is_err());
+    }
+}
+
+#[cfg(test)]
+mod sources {
+    use super::*;
+
+    fn with_sources(a: &[&str], b: &[&str]) -> Plan {
+        let mut ca = GatewayConfig::new("a", vec!["198.19.100.0/28".parse().unwrap()]);
+        let mut cb = GatewayConfig::new("b", vec!["198.19.101.0/28".parse().unwrap()]);
+        ca.sources = a.iter().map(|s| s.parse().unwrap()).collect();
+        cb.sources = b.iter().map(|s| s.parse().unwrap()).collect();
+        Plan { version: 1, configs: vec![ca, cb], bindings: vec![] }
+    }
+
+    #[test]
+    fn the_longest_source_cidr_wins() {
+        let c = with_sources(&["198.18.0.0/16"], &["198.18.5.0/24"]).compile().unwrap();
+        assert_eq!(c.config_of(u32::from(Ipv4Addr::new(198, 18, 5, 9))), Some(1));
+        assert_eq!(c.config_of(u32::from(Ipv4Addr::new(198, 18, 6, 9))), Some(0));
+        assert_eq!(c.config_of(u32::from(Ipv4Addr::new(198, 20, 0, 1))), None);
+    }
+
+    #[test]
+    fn one_cidr_bound_by_two_configs_is_refused() {
+        let e = with_sources(&["198.18.0.0/16"], &["198.18.0.0/16"]).compile().unwrap_err();
+        assert_eq!(e.to_string(), "source CIDR 198.18.0.0/16 is bound by both 'a' and 'b'");
+    }
+
+    #[test]
+    fn a_source_cidr_holding_an_egress_address_is_refused() {
+        let e = with_sources(&["198.19.0.0/16"], &[]).compile().unwrap_err();
+        assert!(matches!(e, PlanError::SourceHoldsEgress { .. }), "{e}");
+    }
+
+    #[test]
+    fn sources_travel_in_the_plan_json_and_are_left_out_when_empty() {
+        let p = with_sources(&["198.18.0.0/16"], &[]);
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json.matches("\"sources\"").count(), 1, "{json}");
+        assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), p);
     }
 }
 

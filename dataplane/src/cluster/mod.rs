@@ -13,9 +13,10 @@
 //! Egret's knobs ride on a config as annotations, so the upstream CRD needs
 //! no change: `egret.dev/mapping` (`endpoint-independent` | `port-reuse`),
 //! `egret.dev/filtering` (`endpoint-dependent` | `endpoint-independent`),
-//! `egret.dev/port-quota` (ports per pod), and `egret.dev/timeouts` (a
+//! `egret.dev/port-quota` (ports per pod), `egret.dev/timeouts` (a
 //! YAML/JSON map: `tcpEstablished`, `tcpTransitory`, `udp`, `icmp`,
-//! `portCooldown`, in seconds).
+//! `portCooldown`, in seconds), and `egret.dev/source-cidrs` (fallback
+//! source CIDRs: a subnet routed to the gateway as a whole).
 //!
 //! YAML is read with `serde_norway`, the maintained fork of the archived
 //! `serde_yaml` (same API, YAML 1.2 via `unsafe-libyaml-norway`).

@@ -31,6 +31,7 @@ pub const ANN_FILTERING: &str = "egret.dev/filtering";
 pub const ANN_PORT_QUOTA: &str = "egret.dev/port-quota";
 pub const ANN_SESSION_LIMIT: &str = "egret.dev/session-limit";
 pub const ANN_TIMEOUTS: &str = "egret.dev/timeouts";
+pub const ANN_SOURCE_CIDRS: &str = "egret.dev/source-cidrs";
 
 /// What reconcile made of the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -112,9 +113,12 @@ impl Target {
 /// `egret.dev/mapping` (`endpoint-independent` | `port-reuse`),
 /// `egret.dev/filtering` (`endpoint-dependent` | `endpoint-independent`),
 /// `egret.dev/port-quota` (ports per pod), `egret.dev/session-limit`
-/// (sessions per pod) and `egret.dev/timeouts` (a
+/// (sessions per pod), `egret.dev/timeouts` (a
 /// YAML/JSON map of `tcpEstablished`, `tcpTransitory`, `udp`, `icmp`,
-/// `portCooldown` in seconds; unset ones keep their defaults).
+/// `portCooldown` in seconds; unset ones keep their defaults) and
+/// `egret.dev/source-cidrs` (comma-separated CIDRs bound as a fallback: a
+/// subnet routed to the gateway as a whole, for sources no pod annotation
+/// names).
 pub fn gateway_config(sgc: &StaticGatewayConfiguration, pool: Vec<Ipv4Cidr>) -> Result<GatewayConfig, String> {
     let m = &sgc.metadata;
     let mut c = GatewayConfig::new(&m.key(), pool);
@@ -141,6 +145,11 @@ pub fn gateway_config(sgc: &StaticGatewayConfiguration, pool: Vec<Ipv4Cidr>) -> 
     }
     if let Some(v) = a.get(ANN_TIMEOUTS) {
         c.timeouts = serde_norway::from_str::<Timeouts>(v).map_err(|e| format!("annotation {ANN_TIMEOUTS}: {e}"))?;
+    }
+    if let Some(v) = a.get(ANN_SOURCE_CIDRS) {
+        for s in v.split([',', ' ', '\n']).map(str::trim).filter(|s| !s.is_empty()) {
+            c.sources.push(s.parse().map_err(|e| format!("annotation {ANN_SOURCE_CIDRS}: {e}"))?);
+        }
     }
     Ok(c)
 }
@@ -288,10 +297,34 @@ fn candidates(st: &ClusterState, needs_target: bool, problems: &mut Vec<Problem>
             ));
             continue;
         }
+        if let Some(e) = source_conflict(&out, &config, prefix) {
+            problems.push(sgc_problem(sgc, e));
+            continue;
+        }
         out.push(Candidate { config, prefix, target });
     }
     attach_policies(st, &mut out, problems);
     out
+}
+
+/// Why `config`'s fallback source CIDRs clash with an older config's (the
+/// same CIDR bound twice, or a source CIDR holding the other's prefix).
+fn source_conflict(older: &[Candidate], config: &GatewayConfig, prefix: Ipv4Cidr) -> Option<String> {
+    for o in older {
+        if let Some(c) = config.sources.iter().find(|c| o.config.sources.contains(c)) {
+            return Some(format!(
+                "{ANN_SOURCE_CIDRS} {c} is also bound by {} (created earlier), which keeps it",
+                o.config.name
+            ));
+        }
+        if let Some(c) = config.sources.iter().find(|c| c.overlaps(&o.prefix)) {
+            return Some(format!("{ANN_SOURCE_CIDRS} {c} holds egress prefix {} of {}", o.prefix, o.config.name));
+        }
+        if let Some(c) = o.config.sources.iter().find(|c| c.overlaps(&prefix)) {
+            return Some(format!("status.egressIpPrefix {prefix} is inside source CIDR {c} of {}", o.config.name));
+        }
+    }
+    None
 }
 
 /// Attaches each EgressPolicy to its config. A config whose policy is invalid

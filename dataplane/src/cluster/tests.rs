@@ -596,3 +596,36 @@ mod vm_profiles {
         }
     }
 }
+
+#[test]
+fn source_cidrs_bind_a_subnet_and_a_clash_leaves_the_newer_config_out() {
+    let sgc = |name: &str, created: &str, prefix: &str, sources: &str| {
+        format!(
+            "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\n\
+             metadata: {{name: {name}, namespace: infra, creationTimestamp: '{created}', \
+             annotations: {{egret.dev/source-cidrs: '{sources}'}}}}\n\
+             spec: {{gatewayNodepoolName: gw}}\nstatus: {{egressIpPrefix: {prefix}}}\n---\n"
+        )
+    };
+    let text = [
+        sgc("nodes", "2026-01-01T00:00:00Z", "198.19.120.0/30", "198.18.0.0/16, 198.20.0.0/24"),
+        sgc("again", "2026-01-02T00:00:00Z", "198.19.121.0/30", "198.20.0.0/24"),
+        sgc("holds", "2026-01-03T00:00:00Z", "198.19.122.0/30", "198.19.120.0/24"),
+        sgc("typo", "2026-01-04T00:00:00Z", "198.19.123.0/30", "198.18.0.1/16"),
+    ]
+    .concat();
+    let (plan, problems) = plan_from_yaml_str(&text, "inline", 1).unwrap();
+    let got: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        got,
+        [
+            "StaticGatewayConfiguration infra/again: egret.dev/source-cidrs 198.20.0.0/24 is also bound by infra/nodes (created earlier), which keeps it",
+            "StaticGatewayConfiguration infra/holds: egret.dev/source-cidrs 198.19.120.0/24 holds egress prefix 198.19.120.0/30 of infra/nodes",
+            "StaticGatewayConfiguration infra/typo: annotation egret.dev/source-cidrs: invalid CIDR '198.18.0.1/16': host bits set",
+        ]
+    );
+    assert_eq!(plan.configs.len(), 1);
+    assert_eq!(plan.configs[0].sources, vec![cidr("198.18.0.0/16"), cidr("198.20.0.0/24")]);
+    let c = plan.compile().unwrap();
+    assert_eq!(c.config_of(u32::from(ip("198.18.3.4"))), Some(0));
+}

@@ -255,8 +255,29 @@ fn addresses_of(ifname: &str) -> Vec<Ipv4Addr> {
     links.iter().flat_map(|l| l.addr_info.iter().filter_map(|a| a.local.parse().ok())).collect()
 }
 
-fn plan_sets(p: &CompiledPlan) -> (HashSet<u32>, HashSet<u32>, HashSet<(u32, u16)>) {
-    (p.pods.keys().copied().collect(), p.egress.keys().copied().collect(), p.tunnels.keys().copied().collect())
+/// What the steering maps hold for a plan.
+struct SteeringSets {
+    pods: HashSet<u32>,
+    egress: HashSet<u32>,
+    tunnels: HashSet<(u32, u16)>,
+    sources: HashSet<crate::plan::Ipv4Cidr>,
+}
+
+impl SteeringSets {
+    fn of(p: &CompiledPlan) -> SteeringSets {
+        SteeringSets {
+            pods: p.pods.keys().copied().collect(),
+            egress: p.egress.keys().copied().collect(),
+            tunnels: p.tunnels.keys().copied().collect(),
+            sources: p.sources.iter().map(|&(c, _)| c).collect(),
+        }
+    }
+
+    fn apply(&self, s: &mut xdp::Steering) -> Result<(), xdp::XdpError> {
+        s.follow_plan(&self.pods, &self.egress)?;
+        s.follow_tunnels(&self.tunnels)?;
+        s.follow_sources(&self.sources)
+    }
 }
 
 fn mtime(p: &Path) -> Option<SystemTime> {
@@ -347,10 +368,9 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
         tracing::info!(interface = %i, mode = ?s.mode, "XDP program attached");
         steering.push(s);
     }
-    let (pods, egress, tunnels) = plan_sets(&plan);
+    let sets = SteeringSets::of(&plan);
     for s in &mut steering {
-        s.follow_plan(&pods, &egress).map_err(|e| e.to_string())?;
-        s.follow_tunnels(&tunnels).map_err(|e| e.to_string())?;
+        sets.apply(s).map_err(|e| e.to_string())?;
     }
     // What XDP leaves to the kernel must not be forwarded out untranslated.
     let guard = match forward_guard::ForwardGuard::install(&ifaces) {
@@ -544,12 +564,12 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
             match update {
                 Ok(p) => {
                     let version = p.version;
-                    let (pods, egress, tunnels) = plan_sets(&p);
+                    let sets = SteeringSets::of(&p);
                     // Maps first for additions would let traffic reach
                     // workers still on the old plan; that is harmless (they
                     // drop it as unbound), and removals follow at once.
                     for s in &mut steering {
-                        if let Err(e) = s.follow_plan(&pods, &egress).and_then(|_| s.follow_tunnels(&tunnels)) {
+                        if let Err(e) = sets.apply(s) {
                             tracing::error!(%e, "updating XDP maps");
                         }
                     }

@@ -3,6 +3,8 @@
 //! `kill -9`, so a crash never leaves an attached program that blocks the
 //! next start. The program's maps follow the plan.
 
+use crate::plan::Ipv4Cidr;
+use aya::maps::lpm_trie::{Key as TrieKey, LpmTrie};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpMode};
 use aya::Ebpf;
@@ -27,6 +29,7 @@ pub struct Steering {
     pods: HashSet<u32>,
     egress: HashSet<u32>,
     tunnels: HashSet<(u32, u16)>,
+    sources: HashSet<Ipv4Cidr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,7 @@ impl Steering {
             pods: HashSet::new(),
             egress: HashSet::new(),
             tunnels: HashSet::new(),
+            sources: HashSet::new(),
         };
         let mut m = s.map("local")?;
         for &a in local {
@@ -121,6 +125,23 @@ impl Steering {
             let _ = m.remove(&key(t));
         }
         self.tunnels = want.clone();
+        Ok(())
+    }
+
+    /// Makes the source trie hold exactly these fallback source CIDRs.
+    pub fn follow_sources(&mut self, want: &HashSet<Ipv4Cidr>) -> Result<(), XdpError> {
+        let have = self.sources.clone();
+        let m = self.ebpf.map_mut("sources").ok_or(XdpError::Map { map: "sources", reason: "missing".into() })?;
+        let mut m: LpmTrie<&mut MapData, u32, u8> =
+            LpmTrie::try_from(m).map_err(|e| XdpError::Map { map: "sources", reason: e.to_string() })?;
+        let key = |c: &Ipv4Cidr| TrieKey::new(u32::from(c.prefix_len()), key(c.addr()));
+        for c in want.difference(&have) {
+            m.insert(&key(c), 1u8, 0).map_err(|e| XdpError::Map { map: "sources", reason: e.to_string() })?;
+        }
+        for c in have.difference(want) {
+            let _ = m.remove(&key(c));
+        }
+        self.sources = want.clone();
         Ok(())
     }
 

@@ -154,6 +154,10 @@ struct PodState {
     sessions: u32,
     /// Reaches the gateway through a WireGuard tunnel only.
     tunnelled: bool,
+    /// Bound by a fallback source CIDR, not by name: adopted on its first
+    /// packet and forgotten once it holds nothing (so the map stays as
+    /// small as the sessions, whatever the CIDRs' size).
+    fallback: bool,
 }
 
 /// Per-egress-address state on this worker.
@@ -319,6 +323,7 @@ impl NatEngine {
                 egress: HashMap::new(),
                 tunnelled: hashbrown::HashSet::new(),
                 tunnels: HashMap::new(),
+                sources: Vec::new(),
             }),
             settings,
         };
@@ -527,20 +532,29 @@ impl NatEngine {
         let addrs = &self.addrs;
         self.cooling.retain_addrs(|a| addrs.contains_key(&a));
 
+        let old_pods = std::mem::take(&mut self.pods);
         self.pods = plan
             .pods
             .iter()
             .map(|(&p, &ci)| {
                 let preferred = rendezvous(p, &plan.configs[usize::from(ci)]);
                 let tunnelled = plan.tunnelled.contains(&p);
-                (p, PodState { config: ci, preferred, holdings: 0, sessions: 0, tunnelled })
+                (p, PodState { config: ci, preferred, holdings: 0, sessions: 0, tunnelled, fallback: false })
             })
             .collect();
+        // Sources the plan binds only by a source CIDR now keep their
+        // sessions under it; idle ones are forgotten below.
+        for &p in old_pods.keys().filter(|&p| !plan.pods.contains_key(p)) {
+            if let Some(ci) = plan.source_config(p) {
+                self.pods.insert(p, fallback_pod(p, ci, &plan));
+            }
+        }
+        drop(old_pods);
         self.any_tunnelled = !plan.tunnelled.is_empty();
 
         // Re-home or cut sessions, then mappings, recounting holdings.
         let keep = |pod: u32, egress: u32, old_ci: u16, plan: &CompiledPlan| -> Option<u16> {
-            let &ci = plan.pods.get(&pod)?;
+            let ci = plan.config_of(pod)?;
             let &(eci, _) = plan.egress.get(&egress)?;
             let (o, n) = (&old.configs[usize::from(old_ci)], &plan.configs[usize::from(ci)]);
             (eci == ci && o.name == n.name && o.mapping == n.mapping).then_some(ci)
@@ -655,6 +669,7 @@ impl NatEngine {
             }
             self.cooling.hold((addr, slot, off), until);
         }
+        self.pods.retain(|_, p| !p.fallback || p.sessions > 0 || p.holdings > 0);
         self.recount_live();
     }
 
@@ -784,19 +799,43 @@ impl NatEngine {
             // longer bound (a plan between) is no pod at all.
             return self.drop(DropReason::UnboundSource);
         }
+        if let Some(ci) = self.plan.source_config(src) {
+            if from == Some(Side::Outside) {
+                return self.drop(DropReason::WrongInterface);
+            }
+            return self.in2out_fallback(buf, total, src, ci, now);
+        }
         if self.plan.egress.contains_key(&dst) {
             if from == Some(Side::Inside) {
                 return self.drop(DropReason::WrongInterface);
             }
             return self.out2in(buf, total, now);
         }
-        if let Some(&pod) = self.pods.get(&dst) {
+        if let Some(ci) = self.pods.get(&dst).map(|p| p.config).or_else(|| self.plan.source_config(dst)) {
             if from == Some(Side::Inside) {
                 return self.drop(DropReason::WrongInterface);
             }
-            return self.excluded_return(buf, total, pod.config, src, now);
+            return self.excluded_return(buf, total, ci, src, now);
         }
         self.drop(DropReason::UnboundSource)
+    }
+
+    /// A source bound only by a fallback CIDR: adopted as a pod of its
+    /// config for this packet, kept while it holds a session or a port.
+    fn in2out_fallback(&mut self, buf: &mut [u8], len: usize, src: u32, ci: u16, now: Time) -> Verdict {
+        let pod = fallback_pod(src, ci, &self.plan);
+        self.pods.insert(src, pod);
+        let v = self.in2out(buf, len, ci, now);
+        self.forget_if_idle(src);
+        v
+    }
+
+    /// Forgets a fallback source that holds nothing any more.
+    #[inline]
+    fn forget_if_idle(&mut self, pod: u32) {
+        if self.pods.get(&pod).is_some_and(|p| p.fallback && p.sessions == 0 && p.holdings == 0) {
+            self.pods.remove(&pod);
+        }
     }
 
     /// Whether batch prefetching pays: once the session state outgrows the
@@ -1185,11 +1224,13 @@ impl NatEngine {
         if s.mapping != NONE {
             self.sessions.remove(i);
             self.release_mapping_ref(s.mapping, now);
+            self.forget_if_idle(s.pod);
             return;
         }
         if let Some(p) = self.pods.get_mut(&s.pod) {
             p.holdings -= 1;
         }
+        self.forget_if_idle(s.pod);
         if let Some(a) = self.addrs.get_mut(&s.egress) {
             a.sessions -= 1;
         }
@@ -1226,6 +1267,7 @@ impl NatEngine {
             a.ports[proto_slot(m.proto)].clear(u32::from(m.egress_port - self.slice.lo));
         }
         self.mappings.remove(mi);
+        self.forget_if_idle(m.pod);
     }
 
     /// Takes an ICMP-error token; tokens refill at `icmp_errors_per_sec`.
@@ -1246,6 +1288,12 @@ impl NatEngine {
         self.icmp_tokens -= 1;
         true
     }
+}
+
+/// The state of a source bound by a fallback CIDR of config `ci`.
+fn fallback_pod(src: u32, ci: u16, plan: &CompiledPlan) -> PodState {
+    let preferred = rendezvous(src, &plan.configs[usize::from(ci)]);
+    PodState { config: ci, preferred, holdings: 0, sessions: 0, tunnelled: false, fallback: true }
 }
 
 /// The pod's paired address: highest rendezvous score, so a pool change
@@ -1281,5 +1329,7 @@ fn ports(proto: u8, l4: &[u8]) -> (u16, u16) {
 mod conformance_tests;
 #[cfg(test)]
 mod port_reuse_tests;
+#[cfg(test)]
+mod source_cidr_tests;
 #[cfg(test)]
 mod tests;

@@ -77,6 +77,7 @@ impl NatEngine {
                 st.restored += 1;
             } else {
                 st.skipped += 1;
+                self.forget_if_idle(u32::from(r.pod));
             }
         }
         st
@@ -84,7 +85,11 @@ impl NatEngine {
 
     fn restore_one(&mut self, r: &SessionRecord, now: Time) -> bool {
         let (pod, egress, remote) = (u32::from(r.pod), u32::from(r.egress), u32::from(r.remote));
-        let Some(&ci) = self.plan.pods.get(&pod) else { return false };
+        let Some(ci) = self.plan.config_of(pod) else { return false };
+        if !self.pods.contains_key(&pod) {
+            // A source a fallback CIDR binds: adopted as its first packet would.
+            self.pods.insert(pod, super::fallback_pod(pod, ci, &self.plan));
+        }
         let cfg = self.config(ci);
         if cfg.name != r.config || self.plan.egress.get(&egress).map(|e| e.0) != Some(ci) {
             return false;
