@@ -7,7 +7,8 @@
 # the ConfigMap passes `egret-gateway check-config` with the generated
 # certificates, and the objects keep the promises the README makes (gateway
 # pool placement as kube-egress-gateway's daemon, a grace period longer than
-# the drain, least-privilege RBAC). Prints "deploy: N passed, M failed".
+# the drain, least-privilege RBAC: reads, plus Events and GatewayStatus).
+# Prints "deploy: N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -58,10 +59,10 @@ promise "its grace period outlasts the 10 s drain" \
   "ds['terminationGracePeriodSeconds'] > 10 and 'drain_secs = 10' in kind('ConfigMap', 'egret-gateway')['data']['gateway.toml']"
 promise "the gateway gets no Kubernetes API token (its plan comes from egret-control)" \
   "ds['automountServiceAccountToken'] is False"
-promise "egret-control's ClusterRole only reads, and reads no Secrets" \
-  "all(set(r['verbs']) <= {'get', 'list', 'watch'} and 'secrets' not in r['resources'] for r in kind('ClusterRole', 'egret-control')['rules'])"
-promise "Secrets are read only in the add-on's namespace" \
-  "[(d['metadata']['namespace'], d['rules'][0]['resources']) for d in docs if d['kind'] == 'Role'] == [('kube-egress-gateway-system', ['secrets'])]"
+promise "egret-control's ClusterRole only reads, reads no Secrets, and writes only Events" \
+  "all((set(r['verbs']) <= {'get', 'list', 'watch'} or (r['apiGroups'], r['resources']) == (['events.k8s.io'], ['events']) and set(r['verbs']) <= {'create', 'patch'}) and 'secrets' not in r['resources'] for r in kind('ClusterRole', 'egret-control')['rules'])"
+promise "Secrets are only read, and GatewayStatus only written (no delete), in the add-on's namespace" \
+  "sorted((d['metadata']['namespace'], r['apiGroups'], r['resources'], r['verbs']) for d in docs if d['kind'] == 'Role' for r in d['rules']) == [('kube-egress-gateway-system', [''], ['secrets'], ['get', 'list', 'watch']), ('kube-egress-gateway-system', ['egressgateway.kubernetes.azure.com'], ['gatewaystatuses'], ['create', 'get', 'patch'])]"
 promise "the TLS Secrets hold no CA or operator key" \
   "all(k not in ('ca-key.pem', 'admin-key.pem') for d in docs if d['kind'] == 'Secret' for k in d['data'])"
 echo "deploy: $passed passed, $failed failed"

@@ -2,10 +2,12 @@
 //! Kubernetes API), reconciles it into one plan per gateway node
 //! (`egret_dataplane::cluster::reconcile`), and streams the plans to the
 //! gateways over gRPC (`control/proto/egret.proto`). Operators query it with
-//! egretctl or grpcurl.
+//! egretctl or grpcurl. From the Kubernetes API it also writes each gateway
+//! node's GatewayStatus and an Event per problem ([`kube_status`]).
 
 pub mod authz;
 pub mod kube_source;
+pub mod kube_status;
 pub mod server;
 pub mod service;
 pub mod source;

@@ -183,10 +183,7 @@ fn handle(state: &ControlState, node: &str, m: api::GatewayMessage) -> Result<()
             } else {
                 tracing::warn!(node, version = a.version, error = %a.error, "gateway rejected plan");
             }
-            state.with_link(node, |l| {
-                l.applied_version = if a.error.is_empty() { a.version } else { l.applied_version };
-                l.applied_error = a.error;
-            });
+            state.applied(node, a.version, a.error);
         }
         Some(Msg::Report(r)) => {
             check_report(&r)?;

@@ -3,8 +3,10 @@
 //! [`ControlState::update`]; the gRPC services read [`Snapshot`]s.
 
 use egret_api::v1::Report;
-use egret_dataplane::cluster::{self, ClusterState, Problem, Reconciled};
-use egret_dataplane::plan::Plan;
+use egret_dataplane::cluster::{
+    self, ClusterState, Problem, Reconciled, POD_ENDPOINT_KIND, POLICY_KIND, SGC_KIND, VM_CONFIG_KIND,
+};
+use egret_dataplane::plan::{Plan, WgKey};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -21,7 +23,8 @@ pub struct NodePlan {
 /// An immutable view of everything reconciled, swapped whole on each change.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Bumped whenever any node's plan or any problem changes.
+    /// Bumped whenever any node's plan, any problem, or the names and UIDs
+    /// below change.
     pub generation: u64,
     pub reconciled: Reconciled,
     pub plans: BTreeMap<String, NodePlan>,
@@ -29,6 +32,12 @@ pub struct Snapshot {
     /// subscriber, whatever its node name, gets every config whole (the same
     /// plan a standalone gateway reads from the file).
     pub anyone: Option<NodePlan>,
+    /// (config `namespace/name`, pod public key) → the PodEndpoint's
+    /// `namespace/name`: the names GatewayStatus gives a config's peers.
+    pub peer_names: BTreeMap<(String, WgKey), String>,
+    /// `Kind namespace/name` (`Node name`), as [`Problem::object`] names
+    /// objects → the object's UID, for ownerReferences and Events.
+    pub object_uids: BTreeMap<String, String>,
 }
 
 impl Snapshot {
@@ -44,12 +53,18 @@ pub struct GatewayLink {
     pub connected: u32,
     pub applied_version: u64,
     pub applied_error: String,
+    /// The plan the gateway last applied, when it was the node's plan at
+    /// the time of the ack (what its GatewayStatus is written from).
+    pub applied: Option<NodePlan>,
     pub report: Option<(Instant, Report)>,
 }
 
 pub struct ControlState {
     snapshot: watch::Sender<Arc<Snapshot>>,
     links: Mutex<BTreeMap<String, GatewayLink>>,
+    /// Bumped whenever a link's `applied` plan changes, so writers of what
+    /// gateways applied wait on it instead of polling the links.
+    applied: watch::Sender<u64>,
     /// Serialises updates (versions must be assigned in order).
     update: Mutex<()>,
 }
@@ -59,6 +74,7 @@ impl Default for ControlState {
         ControlState {
             snapshot: watch::channel(Arc::new(Snapshot::default())).0,
             links: Mutex::default(),
+            applied: watch::channel(0).0,
             update: Mutex::default(),
         }
     }
@@ -75,6 +91,36 @@ impl ControlState {
 
     pub fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshot.subscribe()
+    }
+
+    /// Changes whenever some gateway's applied plan does.
+    pub fn watch_applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// A gateway's ack: it applied plan `version` (`error` empty) or
+    /// rejected it. A plan applied is remembered whole when it is the
+    /// node's current plan; an ack for an older one moves only the version.
+    pub fn applied(&self, node: &str, version: u64, error: String) {
+        let current = self.snapshot().plan_for(node).filter(|p| p.version == version).cloned();
+        let changed = self.with_link(node, |l| {
+            if !error.is_empty() {
+                l.applied_error = error;
+                return false;
+            }
+            l.applied_version = version;
+            l.applied_error = error;
+            match current {
+                Some(np) if l.applied.as_ref() != Some(&np) => {
+                    l.applied = Some(np);
+                    true
+                }
+                _ => false,
+            }
+        });
+        if changed {
+            self.applied.send_modify(|n| *n += 1);
+        }
     }
 
     /// Reconciles `st` and publishes what changed. A node's plan version
@@ -106,7 +152,12 @@ impl ControlState {
         for p in reconciled.problems.iter().filter(|p| !old.contains(p)) {
             tracing::warn!(object = %p.object, "{}", p.message);
         }
-        changed |= reconciled.problems != prev.reconciled.problems || reconciled.configs != prev.reconciled.configs;
+        let peer_names = peer_names(st);
+        let object_uids = object_uids(st);
+        changed |= reconciled.problems != prev.reconciled.problems
+            || reconciled.configs != prev.reconciled.configs
+            || peer_names != prev.peer_names
+            || object_uids != prev.object_uids;
         if !changed && prev.generation > 0 {
             return prev.generation;
         }
@@ -122,7 +173,14 @@ impl ControlState {
                 );
             }
         }
-        self.snapshot.send_replace(Arc::new(Snapshot { generation, reconciled, plans, anyone }));
+        self.snapshot.send_replace(Arc::new(Snapshot {
+            generation,
+            reconciled,
+            plans,
+            anyone,
+            peer_names,
+            object_uids,
+        }));
         generation
     }
 
@@ -137,6 +195,36 @@ impl ControlState {
     pub(crate) fn with_link<R>(&self, node: &str, f: impl FnOnce(&mut GatewayLink) -> R) -> R {
         f(self.links.lock().unwrap().entry(node.to_string()).or_default())
     }
+}
+
+/// Each PodEndpoint's name by its config and key; of two with the same
+/// config and key, the first by name (the one reconcile binds first).
+fn peer_names(st: &ClusterState) -> BTreeMap<(String, WgKey), String> {
+    let mut eps: Vec<_> = st.pod_endpoints.iter().collect();
+    eps.sort_by_key(|e| e.metadata.key());
+    let mut out = BTreeMap::new();
+    for e in eps {
+        let Ok(key) = e.spec.pod_public_key.parse::<WgKey>() else { continue };
+        let config = format!("{}/{}", e.metadata.ns(), e.spec.static_gateway_configuration);
+        out.entry((config, key)).or_insert_with(|| e.metadata.key());
+    }
+    out
+}
+
+/// The UIDs of the objects problems can name.
+fn object_uids(st: &ClusterState) -> BTreeMap<String, String> {
+    let namespaced = |kind: &str, m: &cluster::ObjectMeta| m.uid.clone().map(|u| (format!("{kind} {}", m.key()), u));
+    let nodes =
+        st.nodes.iter().filter_map(|n| n.metadata.uid.clone().map(|u| (format!("Node {}", n.metadata.name), u)));
+    st.configs
+        .iter()
+        .filter_map(|o| namespaced(SGC_KIND, &o.metadata))
+        .chain(st.pods.iter().filter_map(|o| namespaced("Pod", &o.metadata)))
+        .chain(st.policies.iter().filter_map(|o| namespaced(POLICY_KIND, &o.metadata)))
+        .chain(st.pod_endpoints.iter().filter_map(|o| namespaced(POD_ENDPOINT_KIND, &o.metadata)))
+        .chain(st.vm_configs.iter().filter_map(|o| namespaced(VM_CONFIG_KIND, &o.metadata)))
+        .chain(nodes)
+        .collect()
 }
 
 /// The previous entry if the plan is unchanged, else the plan at `version`.

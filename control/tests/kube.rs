@@ -3,14 +3,19 @@
 //! can be installed on this machine): lists with resourceVersions, chunked
 //! watch streams with ADDED/MODIFIED/DELETED and BOOKMARK events, a dropped
 //! watch resumed from the last resourceVersion without a re-list, a 410
-//! Gone answered with a re-list, and a CRD that is not installed (404).
+//! Gone answered with a re-list, and a CRD that is not installed (404); and
+//! what egret-control writes back: GatewayStatus objects by server-side
+//! apply (PATCH, `application/apply-patch+yaml`) and events.k8s.io Events
+//! (POST, PATCH for a series), stored as received and answered as the API
+//! server would.
 
+use egret_control::kube_status::{write_status, StatusOptions};
 use egret_control::{kube_source::watch_kubernetes, ControlState};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 
@@ -23,6 +28,10 @@ const VM_CONFIGS: &str = "/apis/egressgateway.kubernetes.azure.com/v1alpha1/gate
 const SECRETS: &str = "/api/v1/namespaces/kube-egress-gateway-system/secrets";
 /// The AKS add-on's namespace, where this fake's RBAC says no (403).
 const DENIED: &str = "/api/v1/namespaces/aks-static-egress-gateway/secrets";
+/// Where GatewayStatus objects are written (`<ns>/gatewaystatuses/<name>`).
+const STATUSES: &str = "/apis/egressgateway.kubernetes.azure.com/v1alpha1/namespaces/";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/";
+const STATUS_NS: &str = "kube-egress-gateway-system";
 
 #[derive(Clone, Debug)]
 enum Push {
@@ -37,6 +46,31 @@ struct Db {
     lists: BTreeMap<String, usize>,
     /// (path, resourceVersion asked) of every watch request.
     watches: Vec<(String, String)>,
+    /// Every POST and PATCH, in order, refused or not.
+    writes: Vec<Write>,
+    /// GatewayStatus objects by `namespace/name`.
+    statuses: BTreeMap<String, Value>,
+    /// Events as created (a PATCH to a series is only recorded in writes).
+    events: Vec<Value>,
+    /// GatewayStatus writes are refused (403), as RBAC would.
+    deny_statuses: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Write {
+    method: String,
+    path: String,
+    query: String,
+    content_type: String,
+    body: String,
+}
+
+fn status_reply(code: u16, reason: &str, message: &str) -> (u16, Value) {
+    (
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": reason, "code": code, "message": message}),
+    )
 }
 
 #[derive(Clone)]
@@ -110,6 +144,65 @@ impl Fake {
         }
     }
 
+    fn statuses_written(&self) -> usize {
+        self.db.lock().unwrap().writes.iter().filter(|w| w.path.contains("/gatewaystatuses/")).count()
+    }
+
+    fn status(&self, key: &str) -> Option<Value> {
+        self.db.lock().unwrap().statuses.get(key).cloned()
+    }
+
+    /// The Events created regarding `kind` `name`.
+    fn events_about(&self, kind: &str, name: &str) -> Vec<Value> {
+        let db = self.db.lock().unwrap();
+        db.events.iter().filter(|e| e["regarding"]["kind"] == kind && e["regarding"]["name"] == name).cloned().collect()
+    }
+
+    /// A POST or PATCH: GatewayStatus applies and Events; anything else is
+    /// not found.
+    fn write(&self, w: Write) -> (u16, Value) {
+        let mut db = self.db.lock().unwrap();
+        db.writes.push(w.clone());
+        db.rv += 1;
+        let rv = db.rv.to_string();
+        let Ok(mut body) = serde_json::from_str::<Value>(&w.body) else {
+            return status_reply(400, "BadRequest", "the body is not JSON");
+        };
+        if let Some(rest) = w.path.strip_prefix(STATUSES) {
+            let Some((ns, name)) = rest.split_once("/gatewaystatuses/") else {
+                return status_reply(404, "NotFound", "the server could not find the requested resource");
+            };
+            if w.method != "PATCH" || w.content_type != "application/apply-patch+yaml" {
+                return status_reply(415, "UnsupportedMediaType", "only server-side apply is served here");
+            }
+            if db.deny_statuses {
+                let message = "gatewaystatuses is forbidden: User \"system:serviceaccount:egret:egret-control\" \
+                               cannot patch resource \"gatewaystatuses\"";
+                return status_reply(403, "Forbidden", message);
+            }
+            body["metadata"]["resourceVersion"] = json!(rv);
+            let created = db.statuses.insert(format!("{ns}/{name}"), body.clone()).is_none();
+            return (if created { 201 } else { 200 }, body);
+        }
+        if let Some(rest) = w.path.strip_prefix(EVENTS) {
+            let parts: Vec<&str> = rest.split('/').collect();
+            match (w.method.as_str(), &parts[..]) {
+                ("POST", [_, "events"]) => {
+                    body["metadata"]["resourceVersion"] = json!(rv);
+                    db.events.push(body.clone());
+                    return (201, body);
+                }
+                ("PATCH", [_, "events", name]) => {
+                    if let Some(e) = db.events.iter().find(|e| e["metadata"]["name"] == *name) {
+                        return (200, e.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        status_reply(404, "NotFound", "the server could not find the requested resource")
+    }
+
     async fn connection(self, sock: TcpStream) {
         let (r, mut w) = sock.into_split();
         let mut r = BufReader::new(r);
@@ -118,35 +211,56 @@ impl Fake {
             if r.read_line(&mut line).await.unwrap_or(0) == 0 {
                 return;
             }
-            // Skip the headers (GET requests have no body).
+            let mut content_length = 0;
+            let mut content_type = String::new();
             loop {
                 let mut h = String::new();
                 if r.read_line(&mut h).await.unwrap_or(0) == 0 || h == "\r\n" {
                     break;
                 }
+                if let Some((name, value)) = h.split_once(':') {
+                    match name.trim().to_ascii_lowercase().as_str() {
+                        "content-length" => content_length = value.trim().parse().unwrap_or(0),
+                        "content-type" => content_type = value.trim().to_string(),
+                        _ => {}
+                    }
+                }
             }
-            let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let mut body = vec![0; content_length];
+            if r.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            let mut words = line.split_whitespace();
+            let method = words.next().unwrap_or("GET").to_string();
+            let target = words.next().unwrap_or("/").to_string();
             let (path, query) = target.split_once('?').unwrap_or((&target, ""));
             let params: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
-            if path == DENIED {
-                let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
-                    "message": "secrets is forbidden: User \"system:serviceaccount:egret:egret-control\" cannot list resource \"secrets\""})
-                .to_string();
+            let reply = if method == "POST" || method == "PATCH" {
+                let body = String::from_utf8_lossy(&body).into_owned();
+                Some(self.write(Write { method, path: path.into(), query: query.into(), content_type, body }))
+            } else if path == DENIED {
+                Some(status_reply(
+                    403,
+                    "Forbidden",
+                    "secrets is forbidden: User \"system:serviceaccount:egret:egret-control\" cannot list resource \"secrets\"",
+                ))
+            } else if ![SGCS, PODS, NODES, POD_ENDPOINTS, SECRETS, VM_CONFIGS].contains(&path) {
+                Some(status_reply(404, "NotFound", "the server could not find the requested resource"))
+            } else {
+                None
+            };
+            if let Some((code, body)) = reply {
+                let body = body.to_string();
+                let reason = match code {
+                    200 => "OK",
+                    201 => "Created",
+                    400 => "Bad Request",
+                    403 => "Forbidden",
+                    404 => "Not Found",
+                    _ => "Unsupported Media Type",
+                };
                 let head = format!(
-                    "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                    body.len()
-                );
-                if w.write_all(format!("{head}{body}").as_bytes()).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            if ![SGCS, PODS, NODES, POD_ENDPOINTS, SECRETS, VM_CONFIGS].contains(&path) {
-                let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
-                    "message": "the server could not find the requested resource"})
-                .to_string();
-                let head = format!(
-                    "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    "HTTP/1.1 {code} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
                     body.len()
                 );
                 if w.write_all(format!("{head}{body}").as_bytes()).await.is_err() {
@@ -211,18 +325,33 @@ fn pod(name: &str, ip: &str, config: &str) -> Value {
 
 fn node(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {"kubernetes.azure.com/agentpool": "gwpool", "kubeegressgateway.azure.com/mode": "true"}},
+        "metadata": {"name": name, "uid": format!("uid-{name}"), "labels": {"kubernetes.azure.com/agentpool": "gwpool", "kubeegressgateway.azure.com/mode": "true"}},
         "status": {"conditions": [{"type": "Ready", "status": "True"}], "addresses": [{"type": "InternalIP", "address": "10.224.0.10"}]}})
+}
+
+/// Serves `fake` on a loopback port, and a client of it.
+async fn serve(fake: &Fake) -> kube::Client {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(fake.clone().serve(listener));
+    kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
 }
 
 /// Serves `fake` on a loopback port and a Kubernetes source watching it.
 async fn watched(fake: &Fake) -> Arc<ControlState> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(fake.clone().serve(listener));
     let state = ControlState::new();
-    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
-    tokio::spawn(watch_kubernetes(state.clone(), client));
+    tokio::spawn(watch_kubernetes(state.clone(), serve(fake).await));
+    state
+}
+
+/// The same, with egret-control writing GatewayStatus and Events back
+/// (failed writes retried after 100 ms).
+async fn watched_writing_status(fake: &Fake) -> Arc<ControlState> {
+    let state = ControlState::new();
+    let client = serve(fake).await;
+    tokio::spawn(watch_kubernetes(state.clone(), client.clone()));
+    let opts = StatusOptions { retry: Duration::from_millis(100), ..Default::default() };
+    tokio::spawn(write_status(state.clone(), client, opts));
     state
 }
 
@@ -402,4 +531,132 @@ async fn tunnels_come_from_the_config_secret_and_pod_endpoints() {
     fake.delete(SECRETS, &key_secret("blue", ""), true);
     wait_binding(&state, "gw-0", "198.18.0.2", "", Duration::from_secs(2)).await;
     assert!(state.snapshot().plans["gw-0"].plan.configs.is_empty());
+}
+
+/// The readyPeerConfigurations of `node`'s GatewayStatus, if written.
+fn peers(fake: &Fake, node: &str) -> Option<Value> {
+    fake.status(&format!("{STATUS_NS}/{node}")).map(|s| s["spec"]["readyPeerConfigurations"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_status_is_written_from_the_plan_a_gateway_applied() {
+    let private = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+    let secret: egret_dataplane::plan::WgSecret = serde_json::from_value(json!(private)).unwrap();
+    let (web_key, batch_key) =
+        ("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=");
+    let fake = Fake::new();
+    fake.put(NODES, node("gw-0"), false);
+    fake.put(SGCS, tunnelled_sgc("blue", "198.19.100.0/30", &secret.public_key().to_string()), false);
+    fake.put(SECRETS, key_secret("blue", private), false);
+    fake.put(POD_ENDPOINTS, pod_endpoint("web", "198.18.0.2", "blue", web_key), false);
+    let batch = pod_endpoint("batch", "198.18.0.3", "blue", batch_key);
+    fake.put(POD_ENDPOINTS, batch.clone(), false);
+    let state = watched_writing_status(&fake).await;
+    let long = Duration::from_secs(10);
+    wait_binding(&state, "gw-0", "198.18.0.3", "apps/blue", long).await;
+    assert!(fake.status(&format!("{STATUS_NS}/gw-0")).is_none(), "nothing is written before the gateway acks");
+
+    // The gateway acks its plan: its GatewayStatus is the anchor daemon's,
+    // owned by the Node, with the tunnelled config and both peers.
+    state.applied("gw-0", state.snapshot().plans["gw-0"].version, String::new());
+    wait_until("gw-0's GatewayStatus", long, || peers(&fake, "gw-0").is_some()).await;
+    let status = fake.status(&format!("{STATUS_NS}/gw-0")).unwrap();
+    assert_eq!(
+        status["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "v1", "kind": "Node", "name": "gw-0", "uid": "uid-gw-0"}])
+    );
+    assert_eq!(
+        status["spec"],
+        json!({
+            "readyGatewayConfigurations": [{"staticGatewayConfiguration": "apps/blue", "interfaceName": "wg-6000"}],
+            "readyPeerConfigurations": [
+                {"podEndpoint": "apps/batch", "interfaceName": "wg-6000", "publicKey": batch_key},
+                {"podEndpoint": "apps/web", "interfaceName": "wg-6000", "publicKey": web_key},
+            ],
+        })
+    );
+    let write = fake.db.lock().unwrap().writes.iter().find(|w| w.path.contains("/gatewaystatuses/")).cloned().unwrap();
+    assert_eq!((write.method.as_str(), write.content_type.as_str()), ("PATCH", "application/apply-patch+yaml"));
+    assert!(
+        write.query.contains("fieldManager=egret-control") && write.query.contains("force=true"),
+        "{}",
+        write.query
+    );
+
+    // A PodEndpoint deleted: once the gateway applied the plan without it,
+    // its peer is gone from the GatewayStatus.
+    wait_until("PodEndpoint watch", long, || !fake.watches(POD_ENDPOINTS).is_empty()).await;
+    fake.delete(POD_ENDPOINTS, &batch, true);
+    wait_binding(&state, "gw-0", "198.18.0.3", "", long).await;
+    state.applied("gw-0", state.snapshot().plans["gw-0"].version, String::new());
+    let web_only = json!([{"podEndpoint": "apps/web", "interfaceName": "wg-6000", "publicKey": web_key}]);
+    wait_until("batch's peer removed", long, || peers(&fake, "gw-0").as_ref() == Some(&web_only)).await;
+    let db = fake.db.lock().unwrap();
+    assert!(db.writes.iter().all(|w| !w.body.contains(private)), "no private key is ever written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_problem_is_one_warning_event_on_its_object() {
+    let fake = Fake::new();
+    fake.put(NODES, node("gw-0"), false);
+    // A tunnelled config whose key Secret is not there: left out, reported.
+    let public = "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=";
+    fake.put(SGCS, tunnelled_sgc("blue", "198.19.100.0/30", public), false);
+    let state = watched_writing_status(&fake).await;
+    let long = Duration::from_secs(10);
+    wait_until("blue's Event", long, || !fake.events_about("StaticGatewayConfiguration", "blue").is_empty()).await;
+
+    // More reconciles, each with a problem of its own: once each has its
+    // Event the writer has gone over blue's problem again, and left it be.
+    wait_until("pod watch", long, || !fake.watches(PODS).is_empty()).await;
+    for i in 0..3 {
+        let name = format!("stray-{i}");
+        fake.put(PODS, pod(&name, &format!("198.18.0.{}", 10 + i), "nope"), true);
+        wait_until(&format!("{name}'s Event"), long, || !fake.events_about("Pod", &name).is_empty()).await;
+    }
+    assert!(state.snapshot().generation >= 4, "a reconcile per pod");
+    let events = fake.events_about("StaticGatewayConfiguration", "blue");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let e = &events[0];
+    assert_eq!((e["type"].as_str(), e["reason"].as_str()), (Some("Warning"), Some("EgretConfigProblem")));
+    assert_eq!(e["reportingController"], "egret-control");
+    assert_eq!(e["metadata"]["namespace"], "apps");
+    assert_eq!(
+        e["regarding"],
+        json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "StaticGatewayConfiguration",
+            "namespace": "apps", "name": "blue", "uid": "uid-blue"})
+    );
+    let note = e["note"].as_str().unwrap();
+    assert!(note.contains("sgw-uid-blue (the private key) is not there"), "{note}");
+    for i in 0..3 {
+        assert_eq!(fake.events_about("Pod", &format!("stray-{i}")).len(), 1);
+    }
+    assert!(fake.db.lock().unwrap().writes.iter().all(|w| w.method == "POST"), "no Event was sent again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_gateway_status_write_stops_nothing_and_is_retried() {
+    let fake = Fake::new();
+    fake.db.lock().unwrap().deny_statuses = true;
+    fake.put(NODES, node("gw-0"), false);
+    fake.put(SGCS, sgc("blue", "198.19.100.0/30"), false);
+    fake.put(PODS, pod("web", "198.18.0.2", "blue"), false);
+    let state = watched_writing_status(&fake).await;
+    let long = Duration::from_secs(10);
+    wait_binding(&state, "gw-0", "198.18.0.2", "apps/blue", long).await;
+    state.applied("gw-0", state.snapshot().plans["gw-0"].version, String::new());
+    wait_until("a refused GatewayStatus write", long, || fake.statuses_written() > 0).await;
+
+    // Plans keep following the cluster, and acks keep being taken.
+    wait_until("pod watch", long, || !fake.watches(PODS).is_empty()).await;
+    fake.put(PODS, pod("batch", "198.18.0.3", "blue"), true);
+    wait_binding(&state, "gw-0", "198.18.0.3", "apps/blue", Duration::from_secs(2)).await;
+    let version = state.snapshot().plans["gw-0"].version;
+    state.applied("gw-0", version, String::new());
+    assert_eq!(state.link("gw-0").applied.map(|p| p.version), Some(version));
+
+    // Once RBAC allows it, the next try writes it.
+    fake.db.lock().unwrap().deny_statuses = false;
+    wait_until("the GatewayStatus, retried", long, || fake.status(&format!("{STATUS_NS}/gw-0")).is_some()).await;
+    assert!(fake.statuses_written() >= 2);
 }

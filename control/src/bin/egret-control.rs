@@ -28,6 +28,10 @@ struct Args {
     /// repeat for several. Default: its Helm chart's and the AKS add-on's.
     #[arg(long = "secret-namespace", requires = "kubernetes")]
     secret_namespaces: Vec<String>,
+    /// Namespace to write each gateway node's GatewayStatus in (as
+    /// kube-egress-gateway's daemon does, in its own namespace).
+    #[arg(long, requires = "kubernetes", default_value = egret_control::kube_status::STATUS_NAMESPACE)]
+    status_namespace: String,
     /// How often to check the manifests for changes, in milliseconds.
     #[arg(long, default_value_t = 500)]
     poll_ms: u64,
@@ -85,7 +89,10 @@ async fn run(a: Args) -> Result<(), String> {
         if !a.secret_namespaces.is_empty() {
             opts.secret_namespaces = a.secret_namespaces.clone();
         }
-        tokio::spawn(egret_control::kube_source::watch_kubernetes_with(state.clone(), client, opts));
+        tokio::spawn(egret_control::kube_source::watch_kubernetes_with(state.clone(), client.clone(), opts));
+        let status =
+            egret_control::kube_status::StatusOptions { namespace: a.status_namespace.clone(), ..Default::default() };
+        tokio::spawn(egret_control::kube_status::write_status(state.clone(), client, status));
     }
     let listener =
         tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("listen on {}: {e}", a.listen))?;

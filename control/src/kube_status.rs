@@ -1,0 +1,456 @@
+//! What egret-control writes back to the cluster in `--kubernetes` mode:
+//! each gateway node's `GatewayStatus`, as kube-egress-gateway's daemon
+//! writes it (Egret's gateways hold no API token, so the control plane
+//! writes it for them, from what each gateway acknowledged applying), and a
+//! Warning Event for each problem reconcile finds, on the object it names.
+//!
+//! Writes that fail (RBAC denying, the GatewayStatus CRD not installed) are
+//! retried later and logged at most once a minute; they never stop plans
+//! being served. Nothing secret goes into either: a GatewayStatus holds
+//! config and PodEndpoint names, interface names and pod public keys.
+
+use crate::state::{ControlState, Snapshot};
+use egret_dataplane::cluster::{
+    Problem, POD_ENDPOINT_KIND, POLICY_KIND, SGC_GROUP, SGC_KIND, SGC_VERSION, VM_CONFIG_KIND,
+};
+use egret_dataplane::plan::{Plan, WgKey};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Where kube-egress-gateway's daemon (and so egret-control) keeps
+/// GatewayStatus objects: its Helm chart's namespace.
+pub const STATUS_NAMESPACE: &str = "kube-egress-gateway-system";
+pub const GATEWAY_STATUS_KIND: &str = "GatewayStatus";
+/// The field manager of server-side applies and the Events' reporting
+/// controller.
+pub const CONTROLLER: &str = "egret-control";
+/// The reason of every problem's Event.
+pub const PROBLEM_REASON: &str = "EgretConfigProblem";
+/// Longest Event note the API server accepts.
+const NOTE_MAX: usize = 1024;
+/// Events published per pass; the rest follow a second later, so a burst of
+/// problems (a start-up with many) does not flood the API server.
+const EVENTS_PER_PASS: usize = 50;
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// (config `namespace/name`, pod public key) → PodEndpoint `namespace/name`.
+pub type PeerNames = BTreeMap<(String, WgKey), String>;
+
+/// The anchor's WireGuard interface for a config: `wg-<port>`.
+pub fn interface_name(port: u16) -> String {
+    format!("wg-{port}")
+}
+
+/// Node `node`'s GatewayStatus in `namespace`, field for field as
+/// kube-egress-gateway's `api/v1alpha1` defines it, from the plan its
+/// gateway applied: each tunnelled config as a ready gateway configuration,
+/// each of their pods with a key as a ready peer, both sorted. A peer whose
+/// PodEndpoint is no longer known (deleted since the plan was applied, its
+/// gateway not yet on the next plan) is still listed, without
+/// `podEndpoint`, as the anchor's own peer clean-up writes the peers it
+/// keeps. The ownerReference to the Node (so the object goes with it) needs
+/// the Node's UID and is left out without one.
+pub fn gateway_status(
+    namespace: &str,
+    node: &str,
+    node_uid: Option<&str>,
+    applied: &Plan,
+    peer_names: &PeerNames,
+) -> Value {
+    let interfaces: BTreeMap<&str, String> = applied
+        .configs
+        .iter()
+        .filter_map(|c| c.tunnel.as_ref().map(|t| (c.name.as_str(), interface_name(t.port))))
+        .collect();
+    let configs: Vec<Value> = interfaces
+        .iter()
+        .map(|(config, interface)| json!({"staticGatewayConfiguration": config, "interfaceName": interface}))
+        .collect();
+    let mut peers: Vec<(Option<&str>, &str, String)> = applied
+        .bindings
+        .iter()
+        .filter_map(|b| {
+            let key = b.public_key?;
+            let interface = interfaces.get(b.config.as_str())?;
+            let name = peer_names.get(&(b.config.clone(), key)).map(String::as_str);
+            Some((name, interface.as_str(), key.to_string()))
+        })
+        .collect();
+    peers.sort();
+    let peers: Vec<Value> = peers
+        .into_iter()
+        .map(|(name, interface, key)| {
+            let mut p = json!({"interfaceName": interface, "publicKey": key});
+            if let Some(name) = name {
+                p["podEndpoint"] = json!(name);
+            }
+            p
+        })
+        .collect();
+    // The anchor's fields are omitempty: an empty list is left out, which a
+    // server-side apply then clears.
+    let mut spec = json!({});
+    if !configs.is_empty() {
+        spec["readyGatewayConfigurations"] = json!(configs);
+    }
+    if !peers.is_empty() {
+        spec["readyPeerConfigurations"] = json!(peers);
+    }
+    let mut metadata = json!({"name": node, "namespace": namespace});
+    if let Some(uid) = node_uid {
+        metadata["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}]);
+    }
+    json!({
+        "apiVersion": format!("{SGC_GROUP}/{SGC_VERSION}"),
+        "kind": GATEWAY_STATUS_KIND,
+        "metadata": metadata,
+        "spec": spec,
+    })
+}
+
+/// The API version of the kinds problems name; None for others.
+fn api_version(kind: &str) -> Option<String> {
+    match kind {
+        SGC_KIND | POD_ENDPOINT_KIND | VM_CONFIG_KIND => Some(format!("{SGC_GROUP}/{SGC_VERSION}")),
+        POLICY_KIND => Some("egret.dev/v1alpha1".into()),
+        "Pod" | "Node" | "Secret" => Some("v1".into()),
+        _ => None,
+    }
+}
+
+/// The Warning Event for a problem, regarding the object it names
+/// (`Kind namespace/name`, or `Kind name` for cluster-scoped ones), with
+/// `uid` when known. None when the problem names no object Events can
+/// regard.
+pub fn problem_event(p: &Problem, uid: Option<&str>) -> Option<(Event, ObjectReference)> {
+    let (kind, key) = p.object.split_once(' ')?;
+    let (namespace, name) = match key.split_once('/') {
+        Some((ns, name)) => (Some(ns.to_string()), name),
+        None => (None, key),
+    };
+    if name.is_empty() {
+        return None;
+    }
+    let regarding = ObjectReference {
+        api_version: Some(api_version(kind)?),
+        kind: Some(kind.to_string()),
+        name: Some(name.to_string()),
+        namespace,
+        uid: uid.map(str::to_string),
+        ..Default::default()
+    };
+    let mut note = p.message.clone();
+    if note.len() > NOTE_MAX {
+        let mut end = NOTE_MAX;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+    }
+    let event = Event {
+        type_: EventType::Warning,
+        reason: PROBLEM_REASON.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    Some((event, regarding))
+}
+
+#[derive(Clone, Debug)]
+pub struct StatusOptions {
+    /// Where GatewayStatus objects are written.
+    pub namespace: String,
+    /// How long a failed write waits before it is tried again.
+    pub retry: Duration,
+}
+
+impl Default for StatusOptions {
+    fn default() -> StatusOptions {
+        StatusOptions { namespace: STATUS_NAMESPACE.into(), retry: Duration::from_secs(5) }
+    }
+}
+
+/// One kind of write: after a failure it waits before trying again, and
+/// warns at most once a minute (a missing CRD or RBAC rule fails every try).
+struct Writes {
+    what: &'static str,
+    not_before: Option<Instant>,
+    warned: Option<Instant>,
+}
+
+impl Writes {
+    fn new(what: &'static str) -> Writes {
+        Writes { what, not_before: None, warned: None }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.not_before.is_none_or(|t| now >= t)
+    }
+
+    fn failed(&mut self, after: Duration, object: &str, e: &kube::Error) {
+        let now = Instant::now();
+        self.not_before = Some(now + after);
+        if self.warned.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
+            let retry_s = after.as_secs_f32();
+            tracing::warn!(object, error = %e, retry_s, "writing {} failed; retrying (this warning: once a minute)", self.what);
+            self.warned = Some(now);
+        } else {
+            tracing::debug!(object, error = %e, "writing {} failed", self.what);
+        }
+    }
+
+    /// A pass with no failure: the wait, if any, is over.
+    fn succeeded(&mut self, wrote: bool) {
+        if self.not_before.take().is_some() && wrote {
+            tracing::info!("writing {} works again", self.what);
+        }
+    }
+}
+
+/// What has been written, so that only changes are.
+struct Writer {
+    statuses: Api<DynamicObject>,
+    recorder: Recorder,
+    opts: StatusOptions,
+    /// Node → its GatewayStatus as last applied.
+    written: BTreeMap<String, Value>,
+    /// Problems already published (or naming nothing to publish on).
+    reported: BTreeSet<Problem>,
+    status_writes: Writes,
+    event_writes: Writes,
+}
+
+/// The GatewayStatus resource (`gatewaystatuses`).
+fn gateway_status_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(SGC_GROUP, SGC_VERSION, GATEWAY_STATUS_KIND))
+}
+
+impl Writer {
+    /// Applies every gateway node's GatewayStatus that changed; after a
+    /// failure the rest wait for the retry.
+    async fn write_statuses(&mut self, state: &ControlState, snap: &Snapshot) {
+        // Nodes no longer gateways are forgotten, so they are written whole
+        // should they come back (their objects go with the Node).
+        self.written.retain(|node, _| snap.plans.contains_key(node));
+        if !self.status_writes.due(Instant::now()) {
+            return;
+        }
+        let links = state.links();
+        let mut wrote = false;
+        for node in snap.plans.keys() {
+            let Some(applied) = links.get(node).and_then(|l| l.applied.as_ref()) else { continue };
+            let uid = snap.object_uids.get(&format!("Node {node}")).map(String::as_str);
+            let status = gateway_status(&self.opts.namespace, node, uid, &applied.plan, &snap.peer_names);
+            if self.written.get(node) == Some(&status) {
+                continue;
+            }
+            let params = PatchParams::apply(CONTROLLER).force();
+            match self.statuses.patch(node, &params, &Patch::Apply(&status)).await {
+                Ok(_) => {
+                    tracing::debug!(node, version = applied.version, "GatewayStatus written");
+                    self.written.insert(node.clone(), status);
+                    wrote = true;
+                }
+                Err(e) => {
+                    let object = format!("{GATEWAY_STATUS_KIND} {}/{node}", self.opts.namespace);
+                    self.status_writes.failed(self.opts.retry, &object, &e);
+                    return;
+                }
+            }
+        }
+        self.status_writes.succeeded(wrote);
+    }
+
+    /// Publishes an Event for each problem not published yet; after a
+    /// failure the rest wait for the retry. True when more are left than a
+    /// pass publishes.
+    async fn publish_events(&mut self, snap: &Snapshot) -> bool {
+        let current: BTreeSet<&Problem> = snap.reconciled.problems.iter().collect();
+        // A problem that went away is new again should it come back.
+        self.reported.retain(|p| current.contains(p));
+        if !self.event_writes.due(Instant::now()) {
+            return false;
+        }
+        let mut published = 0;
+        for p in current {
+            if self.reported.contains(p) {
+                continue;
+            }
+            if published == EVENTS_PER_PASS {
+                self.event_writes.succeeded(true);
+                return true;
+            }
+            if let Some((event, regarding)) = problem_event(p, snap.object_uids.get(&p.object).map(String::as_str)) {
+                if let Err(e) = self.recorder.publish(&event, &regarding).await {
+                    self.event_writes.failed(self.opts.retry, &p.object, &e);
+                    return false;
+                }
+                published += 1;
+            }
+            self.reported.insert(p.clone());
+        }
+        self.event_writes.succeeded(published > 0);
+        false
+    }
+}
+
+/// Writes GatewayStatus objects and problem Events forever: on every
+/// snapshot and every applied plan, and again after a failed write.
+pub async fn write_status(state: Arc<ControlState>, client: kube::Client, opts: StatusOptions) {
+    let mut w = Writer {
+        statuses: Api::namespaced_with(client.clone(), &opts.namespace, &gateway_status_resource()),
+        recorder: Recorder::new(client, Reporter::from(CONTROLLER)),
+        opts,
+        written: BTreeMap::new(),
+        reported: BTreeSet::new(),
+        status_writes: Writes::new("GatewayStatus"),
+        event_writes: Writes::new("problem Events"),
+    };
+    let mut snapshots = state.watch();
+    let mut applied = state.watch_applied();
+    loop {
+        let snap = snapshots.borrow_and_update().clone();
+        applied.borrow_and_update();
+        // Generation 0: the source has not listed the cluster yet.
+        let mut more_events = false;
+        if snap.generation > 0 {
+            w.write_statuses(&state, &snap).await;
+            more_events = w.publish_events(&snap).await;
+        }
+        let again = [
+            w.status_writes.not_before,
+            w.event_writes.not_before,
+            more_events.then(|| Instant::now() + Duration::from_secs(1)),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        tokio::select! {
+            r = snapshots.changed() => if r.is_err() { return },
+            r = applied.changed() => if r.is_err() { return },
+            _ = async {
+                match again {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egret_dataplane::plan::{Binding, GatewayConfig, TunnelConfig, WgSecret};
+
+    const PRIVATE: [u8; 32] = [7; 32];
+
+    fn key(b: u8) -> WgKey {
+        WgKey([b; 32])
+    }
+
+    fn plan() -> Plan {
+        let mut blue = GatewayConfig::new("apps/blue", vec!["198.19.100.1/32".parse().unwrap()]);
+        blue.tunnel = Some(TunnelConfig {
+            address: "198.18.50.100".parse().unwrap(),
+            port: 6000,
+            private_key: WgSecret(PRIVATE),
+        });
+        let plain = GatewayConfig::new("apps/plain", vec!["198.19.101.1/32".parse().unwrap()]);
+        let bind = |ip: &str, config: &str, k: Option<WgKey>| Binding {
+            pod_ip: ip.parse().unwrap(),
+            config: config.into(),
+            public_key: k,
+        };
+        Plan {
+            version: 3,
+            configs: vec![plain, blue],
+            bindings: vec![
+                bind("198.18.0.4", "apps/blue", Some(key(2))),
+                bind("198.18.0.3", "apps/blue", Some(key(1))),
+                bind("198.18.0.5", "apps/plain", None),
+            ],
+        }
+    }
+
+    #[test]
+    fn gateway_status_has_the_anchors_shape() {
+        let names: PeerNames = [(("apps/blue".to_string(), key(1)), "apps/web".to_string())].into();
+        let got = gateway_status("kube-egress-gateway-system", "gw-0", Some("uid-gw-0"), &plan(), &names);
+        let want = json!({
+            "apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1",
+            "kind": "GatewayStatus",
+            "metadata": {"name": "gw-0", "namespace": "kube-egress-gateway-system",
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "gw-0", "uid": "uid-gw-0"}]},
+            "spec": {
+                // Only the tunnelled config; the plain one has no interface.
+                "readyGatewayConfigurations": [{"staticGatewayConfiguration": "apps/blue", "interfaceName": "wg-6000"}],
+                // Sorted: the unnamed peer (its PodEndpoint gone) first, without podEndpoint.
+                "readyPeerConfigurations": [
+                    {"interfaceName": "wg-6000", "publicKey": key(2).to_string()},
+                    {"podEndpoint": "apps/web", "interfaceName": "wg-6000", "publicKey": key(1).to_string()},
+                ],
+            },
+        });
+        assert_eq!(got, want);
+        let text = got.to_string();
+        assert!(!text.contains(&WgSecret(PRIVATE).public_key().to_string()), "not even the config's own key");
+        use base64::Engine;
+        assert!(!text.contains(&base64::engine::general_purpose::STANDARD.encode(PRIVATE)), "no private key");
+    }
+
+    #[test]
+    fn gateway_status_without_tunnels_or_node_uid_leaves_out_what_is_empty() {
+        let mut p = plan();
+        p.configs.retain(|c| c.tunnel.is_none());
+        let got = gateway_status("ns", "gw-1", None, &p, &PeerNames::new());
+        assert_eq!(
+            got,
+            json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayStatus",
+                "metadata": {"name": "gw-1", "namespace": "ns"}, "spec": {}})
+        );
+    }
+
+    #[test]
+    fn problem_events_regard_the_object_named() {
+        let p = Problem::new(
+            SGC_KIND,
+            "apps/blue",
+            "Secret kube-egress-gateway-system/sgw-1 (the private key) is not there",
+        );
+        let (event, r) = problem_event(&p, Some("uid-blue")).unwrap();
+        assert_eq!(event.type_, EventType::Warning);
+        assert_eq!(event.reason, "EgretConfigProblem");
+        assert_eq!(event.note.as_deref(), Some(p.message.as_str()));
+        assert_eq!(
+            (r.api_version.as_deref(), r.kind.as_deref(), r.namespace.as_deref(), r.name.as_deref(), r.uid.as_deref()),
+            (
+                Some("egressgateway.kubernetes.azure.com/v1alpha1"),
+                Some(SGC_KIND),
+                Some("apps"),
+                Some("blue"),
+                Some("uid-blue")
+            )
+        );
+
+        let (_, r) = problem_event(&Problem::new("Node", "gw-0", "defined more than once"), None).unwrap();
+        assert_eq!((r.api_version.as_deref(), r.namespace, r.name.as_deref()), (Some("v1"), None, Some("gw-0")));
+        let (_, r) = problem_event(&Problem::new(POLICY_KIND, "apps/deny", "bad rule"), None).unwrap();
+        assert_eq!(r.api_version.as_deref(), Some("egret.dev/v1alpha1"));
+
+        let long = Problem::new("Pod", "apps/web", "é".repeat(NOTE_MAX));
+        let (event, _) = problem_event(&long, None).unwrap();
+        let note = event.note.unwrap();
+        assert!(note.len() <= NOTE_MAX && note.chars().all(|c| c == 'é'), "cut at a character boundary");
+
+        assert!(problem_event(&Problem::new("Widget", "apps/x", "?"), None).is_none(), "no API version known");
+        assert!(problem_event(&Problem { object: "nonsense".into(), message: "?".into() }, None).is_none());
+    }
+}
