@@ -288,5 +288,118 @@ check "deleting it cuts pod-x off [$ms ms to the gateway]" \
   within_2s sh -c "! ip netns exec egt-px curl -s -m 3 http://198.19.0.254/"
 check "nothing leaked meanwhile [edge leak counter $(leaked)]" test "$(leaked)" = 0
 
+echo "== failover: two gateway nodes behind the load balancer's stand-in"
+# A second node joins the pool with its own secondary IPs (its own
+# GatewayVMConfiguration profile, as on Azure). egret-control's plans are a
+# pure function of the objects, so the second node's gateway subscribes to an
+# egret-control of its own on the same manifests (each namespace has its own
+# loopback). The stand-in probes /gw/<UID> on both nodes every second (Azure:
+# every 5 s, one failure marks a backend down) and routes the ILB frontend
+# to the first healthy one.
+vm_profiles() { # vm_profiles CONFIG IP_NODE1 IP_NODE2
+  cat <<YAML
+---
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: GatewayVMConfiguration
+metadata: {name: $1, namespace: demo}
+spec: {gatewayNodepoolName: gwpool, provisionPublicIps: true}
+status:
+  gatewayVMProfiles:
+  - {nodeName: egt-gw-node, primaryIP: 198.18.50.10, secondaryIP: $2}
+  - {nodeName: egt-gw-node2, primaryIP: 198.18.52.10, secondaryIP: $3}
+YAML
+}
+{
+  sgc sgw-a $UID_A 198.19.100.1 6000 gw-a
+  sgc sgw-b $UID_B 198.19.101.1 6001 gw-b
+  pod_endpoint pod-a sgw-a 198.18.61.2 pa
+  echo ---
+  pod_endpoint pod-b sgw-b 198.18.62.2 pb
+  for n in egt-gw-node egt-gw-node2; do
+    cat <<YAML
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: $n
+  labels: {kubeegressgateway.azure.com/mode: "true", kubernetes.azure.com/agentpool: gwpool}
+status: {conditions: [{type: Ready, status: "True"}]}
+YAML
+  done
+  vm_profiles sgw-a 198.18.50.11 198.18.52.11
+  vm_profiles sgw-b 198.18.50.12 198.18.52.12
+} > "$DIR/manifests/cluster.next" && mv "$DIR/manifests/cluster.next" "$DIR/manifests/cluster.yaml"
+ip netns exec egt-gw2 "$CONTROL" --manifests "$DIR/manifests" --listen 127.0.0.1:50051 >>"$DIR/control2.log" 2>&1 9>&- &
+PIDS+=($!)
+sed -e 's/^router_ip = .*/router_ip = "198.18.52.10"/' -e "s#^status_file = .*#status_file = \"$DIR/status2.json\"#" \
+  -e 's/^node = .*/node = "egt-gw-node2"/' "$DIR/gateway-control.toml" > "$DIR/gateway2.toml"
+ip netns exec egt-gw2 "$GATEWAY" --config "$DIR/gateway2.toml" >>"$DIR/gateway2.log" 2>&1 9>&- &
+GW2_PID=$!
+PIDS+=($GW2_PID)
+probe_on() { x egt-vnet curl -s -o /dev/null -m 1 -w '%{http_code}' "http://$1:8082/gw/$2"; }
+both_up() { [ "$(probe_on 198.18.50.10 $UID_A)" = 200 ] && [ "$(probe_on 198.18.52.10 $UID_A)" = 200 ] && [ "$(probe_on 198.18.52.10 $UID_B)" = 200 ]; }
+for _ in $(seq 50); do both_up && break; sleep 0.2; done
+check "both nodes' probes answer 200 for both configs" both_up
+ip netns exec egt-vnet python3 scripts/lb_standin.py --frontend 198.18.50.100 --backend 198.18.50.10 --backend 198.18.52.10 \
+  --path /gw/$UID_A --path /gw/$UID_B --interval 1 >"$DIR/lb.jsonl" 2>>"$DIR/lb.err" 9>&- &
+LB_PID=$!
+PIDS+=($LB_PID)
+for _ in $(seq 30); do grep -q '"backend": "198.18.50.10"' "$DIR/lb.jsonl" 2>/dev/null && break; sleep 0.1; done
+a=$(x egt-pa curl -s -m 5 http://198.19.0.254/)
+check "before: pod-a leaves through node 1's public IP [$a]" test "$a" = 198.19.100.1
+# An established TCP connection and a UDP flow (probed every 100 ms) across
+# the failover.
+ip netns exec egt-pa python3 scripts/flow_probe.py 198.19.0.254 40 0.1 udp-only >"$DIR/fo-udp.json" 2>&1 9>&- &
+FO_UDP=$!
+ip netns exec egt-pa python3 scripts/flow_probe.py 198.19.0.254 40 0.3 >"$DIR/fo-tcp.json" 2>&1 9>&- &
+FO_TCP=$!
+sleep 2
+t_term=$(date +%s.%N)
+kill -TERM "$GATEWAY_PID"
+# Once the frontend has moved, a new flow from pod-b, as soon as it gets through.
+for _ in $(seq 50); do grep -q '"backend": "198.18.52.10"' "$DIR/lb.jsonl" && break; sleep 0.1; done
+b=; for _ in $(seq 40); do b=$(x egt-pb curl -s -m 1 http://198.19.0.254/) && [ -n "$b" ] && break; done
+t_b=$(date +%s.%N)
+# pod-a's tunnel resumes once it and node 2 have shaken hands; give the
+# probes a second more, then stop them (at most 30 s).
+for _ in $(seq 150); do STATUS_FILE=$DIR/status2.json tstat_ge 1 demo/sgw-a handshakes_completed 2>/dev/null && break; sleep 0.2; done
+sleep 1
+kill -TERM "$FO_UDP" "$FO_TCP" 2>/dev/null
+wait "$FO_UDP" "$FO_TCP" 2>/dev/null
+wait "$GATEWAY_PID" 2>/dev/null; GATEWAY_PID=
+fo=$(python3 - "$DIR/lb.jsonl" "$DIR/fo-udp.json" "$DIR/fo-tcp.json" "$t_term" "$t_b" <<'PY'
+import json, sys
+lb = [json.loads(l) for l in open(sys.argv[1])]
+udp, tcp = json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
+t_term, t_b = float(sys.argv[4]), float(sys.argv[5])
+moved = [e["t"] for e in lb if e["backend"] == "198.18.52.10" and e["t"] >= t_term]
+moved_at = moved[0] if moved else t_term
+resumed = [t for t, ip in udp["udp_changes"] if ip.split(":")[0] == "198.19.100.2"]
+print(json.dumps({
+    "lb_moved_s": round(moved[0] - t_term, 2) if moved else None,
+    "udp_resumed_s": round(resumed[0] - t_term, 2) if resumed else None,
+    "udp_seen": udp["udp_seen"],
+    "new_flow_after_move_s": round(t_b - moved_at, 2),
+    "tcp_error": tcp["tcp_error"],
+    "tcp_ok": tcp["tcp_ok"],
+}))
+PY
+)
+[ -n "$fo" ] || for f in lb.jsonl lb.err fo-udp.json fo-tcp.json; do echo "  $f: $(cat "$DIR/$f")"; done
+echo "  failover: $fo"
+fo_get() { python3 -c "import json,sys; v = json.loads(sys.argv[1])[sys.argv[2]]; print('' if v is None else v)" "$fo" "$1"; }
+le() { [ -n "$1" ] && python3 -c "import sys; sys.exit(not float(sys.argv[1]) <= float(sys.argv[2]))" "$1" "$2"; }
+check "the stand-in's probe moves the frontend to node 2 within one probe interval of SIGTERM [$(fo_get lb_moved_s) s]" \
+  le "$(fo_get lb_moved_s)" 1.5
+check "a new flow from pod-b gets through node 2, from its own public IP, within 5 s of the move [$b, $(fo_get new_flow_after_move_s) s]" \
+  sh -c "[ '$b' = 198.19.101.2 ] && python3 -c 'import sys; sys.exit(not $(fo_get new_flow_after_move_s) <= 5)'"
+# Without the gateway resuming tunnels this took 16 s: wireguard-go waits
+# 10 s (keepalive) + 5 s (rekey) without an answer before it handshakes again.
+check "pod-a's UDP flow resumes through node 2 (node 2 starts the handshake), seen from node 2's public IP [after $(fo_get udp_resumed_s) s, resumes $(STATUS_FILE=$DIR/status2.json tstat demo/sgw-a resumes)]" \
+  le "$(fo_get udp_resumed_s)" 5
+check "the established TCP connection does not survive (each node has its own egress IP, as with the anchor) [$(fo_get tcp_error)]" \
+  test -n "$(fo_get tcp_error)"
+check "nothing leaked across the failover [edge leak counter $(leaked)]" test "$(leaked)" = 0
+
 echo "e2e-tunnel: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -5,13 +5,16 @@
 # secondary IPs 198.18.50.11 / .12 to the gateway node egt-gw (one NIC gw0
 # 198.18.50.10, forwarding), an edge (egt-edge) that maps each secondary IP
 # 1:1 to a public IP (198.19.100.1, 198.19.101.1) and counts anything else
-# as a leak, and the internet (egt-net, 198.19.0.254). Keys (wg genkey) and
+# as a leak, and the internet (egt-net, 198.19.0.254). A second gateway node
+# egt-gw2 (gw0 198.18.52.10, secondary IPs 198.18.52.11 / .12 ↔ public
+# 198.19.100.2 / 198.19.101.2) stands by for the failover test; the VNet
+# routes the ILB frontend to whichever node the probe stand-in picks. Keys (wg genkey) and
 # the manifests plan (SGCs with gatewayServerProfile, Secrets, PodEndpoints
 # for pod-a and pod-b) land in $DIR; pod_wg sets a pod's wg0 up the way
 # kube-egress-cni does. Addresses only from 198.18.0.0/15.
 DIR=$(mktemp -d /tmp/egret-tunnel.XXXXXX)
 STATUS_FILE=$DIR/status.json
-TNS=(egt-pa egt-pb egt-px egt-vnet egt-gw egt-edge egt-net)
+TNS=(egt-pa egt-pb egt-px egt-vnet egt-gw egt-gw2 egt-edge egt-net)
 WG_PIDS=()
 cleanup() {
   stop_gateway
@@ -38,13 +41,16 @@ link() { # link NS_A IF_A ADDR_A NS_B IF_B ADDR_B
   x "$1" ethtool -K "$2" tx off >/dev/null; x "$4" ethtool -K "$5" tx off >/dev/null
 }
 link egt-gw gw0 198.18.50.10/24 egt-vnet vnet-gw 198.18.50.1/24
+link egt-gw2 gw0 198.18.52.10/24 egt-vnet vnet-gw2 198.18.52.1/24
 link egt-vnet vnet-edge 198.18.70.1/30 egt-edge edge-vnet 198.18.70.2/30
 link egt-edge edge-net 198.19.0.1/24 egt-net net0 198.19.0.254/24
 link egt-pa eth0 198.18.61.2/24 egt-vnet vnet-pa 198.18.61.1/24
 link egt-pb eth0 198.18.62.2/24 egt-vnet vnet-pb 198.18.62.1/24
 link egt-px eth0 198.18.63.2/24 egt-vnet vnet-px 198.18.63.1/24
-for ns in egt-gw egt-vnet egt-edge; do x "$ns" sysctl -qw net.ipv4.ip_forward=1; done
+for ns in egt-gw egt-gw2 egt-vnet egt-edge; do x "$ns" sysctl -qw net.ipv4.ip_forward=1; done
 x egt-gw ip route add default via 198.18.50.1
+x egt-gw2 ip route add default via 198.18.52.1
+for a in 198.18.52.11 198.18.52.12; do x egt-vnet ip route add $a/32 via 198.18.52.10; done
 x egt-vnet ip route add default via 198.18.70.2
 for a in 198.18.50.100 198.18.50.11 198.18.50.12; do x egt-vnet ip route add $a/32 via 198.18.50.10; done
 x egt-edge ip route add 198.18.0.0/15 via 198.18.70.1
@@ -56,15 +62,19 @@ table ip azure_edge {
     type nat hook prerouting priority dstnat; policy accept;
     ip daddr 198.19.100.1 dnat to 198.18.50.11
     ip daddr 198.19.101.1 dnat to 198.18.50.12
+    ip daddr 198.19.100.2 dnat to 198.18.52.11
+    ip daddr 198.19.101.2 dnat to 198.18.52.12
   }
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
     oifname "edge-net" ip saddr 198.18.50.11 snat to 198.19.100.1
     oifname "edge-net" ip saddr 198.18.50.12 snat to 198.19.101.1
+    oifname "edge-net" ip saddr 198.18.52.11 snat to 198.19.100.2
+    oifname "edge-net" ip saddr 198.18.52.12 snat to 198.19.101.2
   }
   chain forward {
     type filter hook forward priority filter; policy accept;
-    iifname "edge-vnet" oifname "edge-net" ip saddr != { 198.18.50.11, 198.18.50.12 } counter name leaked drop
+    iifname "edge-vnet" oifname "edge-net" ip saddr != { 198.18.50.11, 198.18.50.12, 198.18.52.11, 198.18.52.12 } counter name leaked drop
   }
 }
 NFT

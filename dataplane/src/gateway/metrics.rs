@@ -192,6 +192,12 @@ fn render_tunnels(o: &mut String, reports: &[WorkerReport]) {
     metric(o, "egret_tunnel_packets_total", "counter", "Tunnel data packets, by config and direction.");
     metric(o, "egret_tunnel_bytes_total", "counter", "Inner bytes through tunnels, by config and direction.");
     metric(o, "egret_tunnel_roams_total", "counter", "Peer endpoint changes learned from authenticated datagrams.");
+    metric(
+        o,
+        "egret_tunnel_resumes_total",
+        "counter",
+        "Handshakes started to resume a pod's tunnel after a failover or restart.",
+    );
     metric(o, "egret_tunnel_drops_total", "counter", "Tunnel datagrams dropped, by config and reason.");
     for t in &tunnels {
         let (c, n) = (&t.config, &t.counters);
@@ -208,6 +214,7 @@ fn render_tunnels(o: &mut String, reports: &[WorkerReport]) {
         let _ = writeln!(o, "egret_tunnel_bytes_total{{config=\"{c}\",direction=\"rx\"}} {}", n.rx_bytes);
         let _ = writeln!(o, "egret_tunnel_bytes_total{{config=\"{c}\",direction=\"tx\"}} {}", n.tx_bytes);
         let _ = writeln!(o, "egret_tunnel_roams_total{{config=\"{c}\"}} {}", n.roams);
+        let _ = writeln!(o, "egret_tunnel_resumes_total{{config=\"{c}\"}} {}", n.resumes);
         for r in crate::tunnel::TunnelDrop::ALL {
             let _ = writeln!(o, "egret_tunnel_drops_total{{config=\"{c}\",reason=\"{}\"}} {}", r.name(), n.dropped(r));
         }

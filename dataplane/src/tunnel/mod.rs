@@ -12,14 +12,17 @@
 //! receiver index of a data packet, by the initiator's static key of a
 //! handshake, which only the private key can reveal), cryptokey routing (a
 //! decrypted packet's source must be its peer's pod address), roaming from
-//! authenticated datagrams only, and counters for every outcome.
+//! authenticated datagrams only, resuming a pod's tunnel after a failover
+//! or restart (data for a session this node never held, from the pod's own
+//! address, makes it start the handshake: see `Tunnel::resume`), and
+//! counters for every outcome.
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
@@ -93,7 +96,7 @@ pub enum TunnelDrop {
     /// Not IPv4 inside (the pod side is IPv4 only).
     NotIpv4,
     /// A packet for a tunnelled pod whose peer has no session or endpoint
-    /// yet (the responder never starts a tunnel: the pod does).
+    /// yet (the pod starts its tunnel; the gateway only resumes one, see `Tunnel::resume`).
     NoSession,
     /// A message a responder does not take, or one boringtun refused
     /// otherwise (timestamps, expired sessions, under load without source).
@@ -139,6 +142,11 @@ pub struct TunnelCounters {
     pub tx_bytes: u64,
     /// Peers whose endpoint moved (roaming, from authenticated datagrams).
     pub roams: u64,
+    /// Handshakes this gateway started to resume a pod's tunnel: data for a
+    /// session it does not hold came from the pod's own address (the pod's
+    /// session is with a gateway that failed over, or with this one before
+    /// a restart).
+    pub resumes: u64,
     pub drops: [u64; TunnelDrop::ALL.len()],
 }
 
@@ -156,6 +164,7 @@ impl TunnelCounters {
         self.tx_packets += other.tx_packets;
         self.tx_bytes += other.tx_bytes;
         self.roams += other.roams;
+        self.resumes += other.resumes;
         for (x, y) in self.drops.iter_mut().zip(&other.drops) {
             *x += y;
         }
@@ -187,10 +196,15 @@ pub struct Tunnel {
     by_pod: HashMap<Ipv4Addr, u32>,
     /// Every peer of the config, this worker's or not: key → pod.
     all_keys: HashMap<[u8; 32], Ipv4Addr>,
+    /// Every peer's pod address, this worker's or not (resumes).
+    all_pods: HashSet<Ipv4Addr>,
     free: Vec<u32>,
     counters: TunnelCounters,
 }
 
+/// WireGuard message types (the first byte).
+const HANDSHAKE_RESPONSE: u8 = 2;
+const DATA_MESSAGE: u8 = 4;
 /// A handshake response's size; a cookie reply is 64 bytes.
 const HANDSHAKE_RESPONSE_LEN: usize = 92;
 /// Room boringtun needs in an output buffer whatever it writes (a
@@ -242,6 +256,7 @@ impl Tunnel {
             by_key: HashMap::new(),
             by_pod: HashMap::new(),
             all_keys: HashMap::new(),
+            all_pods: HashSet::new(),
             free: Vec::new(),
             counters: TunnelCounters::default(),
         };
@@ -272,6 +287,7 @@ impl Tunnel {
     /// session under the new address, the others come and go.
     pub fn set_peers(&mut self, peers: &[PeerConfig]) {
         self.all_keys = peers.iter().map(|p| (p.public_key, p.pod_ip)).collect();
+        self.all_pods = peers.iter().map(|p| p.pod_ip).collect();
         // A peer whose pod moved to another worker's share goes, and comes
         // back there: it re-handshakes, as after a gateway restart.
         let want: HashMap<[u8; 32], Ipv4Addr> =
@@ -375,17 +391,25 @@ impl Tunnel {
             Ok(Packet::HandshakeResponse(r)) => (r.receiver_idx, false),
             Ok(Packet::PacketCookieReply(c)) => (c.receiver_idx, false),
         };
+        let data = datagram.first() == Some(&DATA_MESSAGE);
         let slot = if initiation {
             slot
         } else {
             match self.split_index(slot) {
                 Ok(s) => s,
+                // Handed already: its session index names another worker,
+                // but its pod is ours (a session this gateway never held).
+                Err(Received::Elsewhere { .. }) if data && limited && self.by_pod.contains_key(src.ip()) => {
+                    return self.resume(src, out);
+                }
+                // An index no worker here hands out (the other gateway ran more).
+                Err(Received::Drop(_)) if data => return self.resume(src, out),
                 Err(Received::Drop(r)) => return self.drop(r),
                 Err(other) => return other,
             }
         };
         let Some(peer) = self.peers.get_mut(slot as usize).and_then(Option::as_mut) else {
-            return self.drop(TunnelDrop::UnknownPeer);
+            return if data { self.resume(src, out) } else { self.drop(TunnelDrop::UnknownPeer) };
         };
         let verdict = match peer.tunn.decapsulate(Some(IpAddr::V4(*src.ip())), datagram, out) {
             TunnResult::WriteToNetwork(reply) => {
@@ -393,6 +417,11 @@ impl Tunnel {
                 match (initiation, len) {
                     (true, HANDSHAKE_RESPONSE_LEN) => self.counters.handshakes_completed += 1,
                     (true, _) => self.counters.cookie_replies += 1,
+                    // A response to a handshake this gateway started (a
+                    // resume), answered with a keepalive.
+                    (false, _) if datagram.first() == Some(&HANDSHAKE_RESPONSE) => {
+                        self.counters.handshakes_completed += 1
+                    }
                     _ => {}
                 }
                 Received::Reply { len }
@@ -407,6 +436,9 @@ impl Tunnel {
             }
             TunnResult::WriteToTunnelV6(..) => return self.drop(TunnelDrop::NotIpv4),
             TunnResult::Done => Received::Consumed,
+            TunnResult::Err(e) if data && classify(&e) == TunnelDrop::UnknownPeer => {
+                return self.resume(src, out);
+            }
             TunnResult::Err(e) => return self.drop(classify(&e)),
         };
         // Authenticated: the peer is where this came from (roaming).
@@ -423,8 +455,8 @@ impl Tunnel {
     /// Encrypts `inner` (an IPv4 packet for `pod`) to the pod's peer; the
     /// datagram is written to `out`, to be sent to the returned endpoint.
     /// `None`: no peer for that pod, or it has no endpoint or session yet
-    /// (the responder never initiates: it has no address before the pod's
-    /// first handshake).
+    /// (the gateway starts a handshake only to resume a tunnel whose pod
+    /// it has heard from: it knows no endpoint before that).
     pub fn send(&mut self, pod: Ipv4Addr, inner: &[u8], out: &mut [u8]) -> Option<(usize, SocketAddrV4)> {
         if out.len() < (inner.len() + DATA_OVERHEAD).max(MIN_OUT) {
             self.counters.drops[TunnelDrop::Malformed as usize] += 1;
@@ -476,6 +508,41 @@ impl Tunnel {
     }
 
     /// Counts a drop the stage around the tunnel decided.
+    /// A data message for a session this gateway does not hold: counted as
+    /// `UnknownPeer`, and if it comes from the address of one of the
+    /// config's pods, this gateway starts a handshake with that pod's peer
+    /// (sent back to where the datagram came from), so the tunnel resumes in
+    /// a round trip instead of after the pod's own 15 s timeout (WireGuard's
+    /// keepalive + rekey timeouts). That is what a failover to this node, or
+    /// a restart of it, looks like. A spoofed datagram buys at most one
+    /// initiation per peer while one is in progress (boringtun resends it
+    /// every 5 s for up to 90 s), sent to the pod's own address only; the
+    /// pod answers only if it holds the config's key as its peer.
+    fn resume(&mut self, src: SocketAddrV4, out: &mut [u8]) -> Received {
+        let pod = *src.ip();
+        let Some(&slot) = self.by_pod.get(&pod) else {
+            // Another worker owns the pod's peer: there the datagram ends
+            // (its pod is that worker's), so it travels at most twice.
+            return match self.all_pods.contains(&pod) {
+                true => Received::Elsewhere { worker: owner_of(u32::from(pod), self.workers) },
+                false => self.drop(TunnelDrop::UnknownPeer),
+            };
+        };
+        // The datagram itself is dropped either way.
+        self.counters.drops[TunnelDrop::UnknownPeer as usize] += 1;
+        let peer = self.peers[slot as usize].as_mut().expect("indexed peer");
+        match peer.tunn.format_handshake_initiation(out, false) {
+            TunnResult::WriteToNetwork(init) => {
+                let len = init.len();
+                // Where boringtun's timers resend it if it is lost.
+                peer.endpoint.get_or_insert(src);
+                self.counters.resumes += 1;
+                Received::Reply { len }
+            }
+            _ => Received::Drop(TunnelDrop::UnknownPeer),
+        }
+    }
+
     pub fn count_drop(&mut self, r: TunnelDrop) {
         self.counters.drops[r as usize] += 1;
     }

@@ -312,6 +312,7 @@ impl TunnelReport {
             "tx_packets": c.tx_packets,
             "tx_bytes": c.tx_bytes,
             "roams": c.roams,
+            "resumes": c.resumes,
             "drops": drops,
         })
     }
