@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target for a bounded time from the committed corpus
-# (FUZZ_SECONDS each, default 15: four targets and one build take about
+# (FUZZ_SECONDS each, default 10: six targets and one build take about
 # two minutes, which keeps a cold CI run of the suite well under 20).
 # libFuzzer on stable Rust needs no sanitizer: a panic is the crash we
 # look for.
 set -uo pipefail
 cd "$(dirname "$0")/../fuzz"
-secs=${FUZZ_SECONDS:-15}
+secs=${FUZZ_SECONDS:-10}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet || { echo "fuzz: 0 passed, 1 failed (cargo-fuzz install)"; exit 1; }
 passed=0; failed=0
 # One build of every target (cargo links them in parallel) before the runs.
