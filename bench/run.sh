@@ -118,7 +118,8 @@ fi
 
 scripts/install-deps.sh
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-cargo build --release -q -p egret-dataplane -p egret-bench --bin egret-gateway --bin egret-loadgen
+# The same command as scripts/lib.sh build_release: one build for every script.
+cargo build --release -q --workspace --bins
 GATEWAY=$TARGET_DIR/release/egret-gateway
 LOADGEN=$TARGET_DIR/release/egret-loadgen
 NCPU=$(nproc)

@@ -31,7 +31,7 @@ TUNNEL_NAME=bench-tunnel
 ANCHOR_PIDS=()
 trap 'anchor_down; cleanup' EXIT
 trap 'exit 130' INT TERM
-(cd "$EGRET_ROOT" && cargo build --release -q -p egret-bench) || exit 1
+build_release || exit 1
 WGLOAD=$TARGET_DIR/release/egret-wgload
 LOADGEN=$TARGET_DIR/release/egret-loadgen
 

@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 TUNNEL_NAME=e2e-tunnel
 . scripts/tunnel-topology.sh
 # The flood's initiations come from egret-wgload (boringtun initiators).
-(cd "$EGRET_ROOT" && cargo build --release -q -p egret-bench) || { echo "e2e-tunnel: 0 passed, 1 failed (build)"; exit 1; }
+build_release || { echo "e2e-tunnel: 0 passed, 1 failed (build)"; exit 1; }
 
 # The load balancer's probe, as kube-egress-gateway's daemon serves it, with
 # a short drain for the SIGTERM check at the end.

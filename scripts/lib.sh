@@ -19,9 +19,14 @@ if [ -z "${EGRET_TOPOLOGY_LOCKED:-}" ]; then
   export EGRET_TOPOLOGY_LOCKED=1
 fi
 
-build_gateway() {
-  (cd "$EGRET_ROOT" && cargo build --release -q -p egret-dataplane --bin egret-gateway)
+# Every script builds the release binaries with this one command, so a cold
+# run compiles each crate once (per-package builds would each unify other
+# feature sets and compile shared crates again).
+build_release() {
+  (cd "$EGRET_ROOT" && cargo build --release -q --workspace --bins)
 }
+
+build_gateway() { build_release; }
 
 # write_plan FILE [EXTRA_YAML]: configs A (198.19.100.0/28) and B
 # (198.19.101.0/28), pod-a bound to A, pod-b to B, pod-c unbound.
@@ -61,9 +66,7 @@ CONTROL=$TARGET_DIR/release/egret-control
 EGRETCTL=$TARGET_DIR/release/egretctl
 CONTROL_PID=
 
-build_control() {
-  (cd "$EGRET_ROOT" && cargo build --release -q -p egret-control)
-}
+build_control() { build_release; }
 
 # start_control DIR: egret-control in egt-gw on DIR/manifests, loopback
 # only; waits until egretctl gets an answer.
