@@ -22,15 +22,15 @@ struct Args {
     kubernetes: bool,
     /// The API server's URL, overriding the inferred one (e.g. the
     /// `http://127.0.0.1:8001` of `kubectl proxy`).
-    #[arg(long, requires = "kubernetes")]
+    #[arg(long, conflicts_with = "manifests")]
     kube_api: Option<String>,
     /// Namespace of kube-egress-gateway's config Secrets (sgw-<UID>);
     /// repeat for several. Default: its Helm chart's and the AKS add-on's.
-    #[arg(long = "secret-namespace", requires = "kubernetes")]
+    #[arg(long = "secret-namespace", conflicts_with = "manifests")]
     secret_namespaces: Vec<String>,
     /// Namespace to write each gateway node's GatewayStatus in (as
     /// kube-egress-gateway's daemon does, in its own namespace).
-    #[arg(long, requires = "kubernetes", default_value = egret_control::kube_status::STATUS_NAMESPACE)]
+    #[arg(long, conflicts_with = "manifests", default_value = egret_control::kube_status::STATUS_NAMESPACE)]
     status_namespace: String,
     /// How often to check the manifests for changes, in milliseconds.
     #[arg(long, default_value_t = 500)]
@@ -118,4 +118,21 @@ async fn run(a: Args) -> Result<(), String> {
         tracing::info!("shutting down");
     };
     serve(listener, state, tls, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_options_are_refused_with_manifests() {
+        for extra in [["--kube-api", "http://127.0.0.1:8001"], ["--secret-namespace", "x"], ["--status-namespace", "x"]]
+        {
+            let args = ["egret-control", "--manifests", "/m"].into_iter().chain(extra);
+            let e = Args::try_parse_from(args).err().unwrap_or_else(|| panic!("{extra:?} accepted with --manifests"));
+            assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{extra:?}: {e}");
+        }
+        assert!(Args::try_parse_from(["egret-control", "--kubernetes", "--kube-api", "http://127.0.0.1:8001"]).is_ok());
+        assert!(Args::try_parse_from(["egret-control", "--manifests", "/m"]).is_ok());
+    }
 }
