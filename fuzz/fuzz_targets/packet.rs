@@ -1,7 +1,7 @@
 //! Arbitrary bytes through the NAT core, both directions, with live
 //! sessions of every protocol and both mapping modes, arrival sides known or
 //! not, and small MTUs (so fragmentation and fragmentation-needed run):
-//! never a panic, a forwarded packet fits its buffer, a released one its
+//! a fallback source CIDR's sources too: never a panic, a forwarded packet fits its buffer, a released one its
 //! MTU, and each carries a valid IP header.
 #![no_main]
 
@@ -22,6 +22,9 @@ fn engine(workers: u16, mtu: [usize; 2]) -> NatEngine {
     let mut b = GatewayConfig::new("b", vec!["198.19.101.0/31".parse().unwrap()]);
     b.mapping = MappingMode::PortReuse;
     b.port_quota = 8;
+    // A fallback source CIDR: sources adopted on a first packet, forgotten
+    // when idle.
+    b.sources = vec!["198.18.7.0/24".parse().unwrap()];
     let plan = Plan {
         version: 1,
         configs: vec![a, b],
@@ -73,11 +76,12 @@ fn fix_up(p: &mut [u8], src_sel: u8) {
     p[0] = 0x45;
     let tl = p.len() as u16;
     p[2..4].copy_from_slice(&tl.to_be_bytes());
-    match src_sel % 4 {
+    match src_sel % 5 {
         0 => p[12..16].copy_from_slice(&POD_A),
         1 => p[12..16].copy_from_slice(&POD_B),
         2 => p[16..20].copy_from_slice(&[198, 19, 100, src_sel >> 6]),
-        _ => p[16..20].copy_from_slice(&[198, 19, 101, src_sel >> 7]),
+        3 => p[16..20].copy_from_slice(&[198, 19, 101, src_sel >> 7]),
+        _ => p[12..16].copy_from_slice(&[198, 18, 7, src_sel >> 5]),
     }
     p[10] = 0;
     p[11] = 0;

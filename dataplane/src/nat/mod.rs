@@ -205,6 +205,9 @@ pub struct NatEngine {
     sessions: SessionTable,
     mappings: MappingTable,
     pods: HashMap<u32, PodState>,
+    /// Fallback sources that went idle, forgotten at the next safe point
+    /// (never in the middle of a packet that may still open a session).
+    idle_fallback: Vec<u32>,
     addrs: HashMap<u32, AddrState>,
     /// Per config: this worker's share of the per-pod quota.
     quotas: Vec<u32>,
@@ -299,6 +302,7 @@ impl NatEngine {
             rng: Rng::new(seed),
             slice,
             pods: HashMap::new(),
+            idle_fallback: Vec::new(),
             addrs: HashMap::new(),
             quotas: Vec::new(),
             session_limits: Vec::new(),
@@ -827,14 +831,26 @@ impl NatEngine {
         self.pods.insert(src, pod);
         let v = self.in2out(buf, len, ci, now);
         self.forget_if_idle(src);
+        self.forget_idle();
         v
     }
 
-    /// Forgets a fallback source that holds nothing any more.
+    /// Notes a fallback source that holds nothing any more; it is forgotten
+    /// at the next [`NatEngine::forget_idle`] (the packet being handled may
+    /// end its last session and open another).
     #[inline]
     fn forget_if_idle(&mut self, pod: u32) {
         if self.pods.get(&pod).is_some_and(|p| p.fallback && p.sessions == 0 && p.holdings == 0) {
-            self.pods.remove(&pod);
+            self.idle_fallback.push(pod);
+        }
+    }
+
+    /// Forgets the fallback sources noted idle that still are.
+    fn forget_idle(&mut self) {
+        while let Some(pod) = self.idle_fallback.pop() {
+            if self.pods.get(&pod).is_some_and(|p| p.fallback && p.sessions == 0 && p.holdings == 0) {
+                self.pods.remove(&pod);
+            }
         }
     }
 
@@ -956,6 +972,7 @@ impl NatEngine {
         }
         let timed_out = self.frags.expire(now.millis());
         self.counters.drops[DropReason::FragmentTimeout as usize] += timed_out;
+        self.forget_idle();
         closed
     }
 

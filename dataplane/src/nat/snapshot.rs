@@ -80,6 +80,7 @@ impl NatEngine {
                 self.forget_if_idle(u32::from(r.pod));
             }
         }
+        self.forget_idle();
         st
     }
 

@@ -111,3 +111,25 @@ fn a_pod_that_loses_its_binding_but_sits_in_a_fallback_cidr_keeps_its_flows_ther
     assert_eq!(back.run(&mut e, T0), Verdict::Forward { side: Side::Inside, len: back.len });
     assert_eq!(back.dst(), POD_A);
 }
+
+#[test]
+fn a_fallback_sources_expired_flow_seen_again_opens_a_new_session() {
+    // The packet ends the source's last (expired) session and opens the
+    // next: the source must not be forgotten in between (the fuzzer's find).
+    for mapping in [crate::plan::MappingMode::EndpointIndependent, crate::plan::MappingMode::PortReuse] {
+        let mut cfg = config("b", "198.19.101.0/28");
+        cfg.sources = vec!["198.18.0.0/16".parse().unwrap()];
+        cfg.mapping = mapping;
+        cfg.filtering = crate::plan::FilteringMode::EndpointDependent;
+        cfg.timeouts.port_cooldown = 0;
+        let plan = Plan { version: 1, configs: vec![cfg], bindings: vec![] };
+        let mut e = NatEngine::new(settings(), Arc::new(plan.compile().unwrap()));
+        udp(NODE, 5000, SERVER, 53, b"q").run(&mut e, T0);
+        let later = Time::from_secs(10 + 400);
+        let mut again = udp(NODE, 5000, SERVER, 53, b"q");
+        assert_eq!(again.run(&mut e, later), Verdict::Forward { side: Side::Outside, len: again.len }, "{mapping:?}");
+        assert_eq!(e.session_count(), 1);
+        e.expire(Time::from_secs(10 + 800), usize::MAX);
+        assert_eq!(e.pods.len(), 0);
+    }
+}
