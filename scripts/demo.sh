@@ -13,8 +13,7 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 echo "building egret-gateway, egret-control and egretctl (release)..."
-build_gateway
-build_control
+build_release
 
 DIR=$(mktemp -d /tmp/egret-demo.XXXXXX)
 cleanup() {

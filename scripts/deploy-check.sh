@@ -19,7 +19,7 @@ if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
   python3 -m venv "$VENV" && "$VENV/bin/pip" install -q "kubernetes-validate==$K8S_VERSION" pyyaml \
     || { echo "deploy: 0 passed, 1 failed (installing kubernetes-validate)"; exit 1; }
 fi
-build_gateway || { echo "deploy: 0 passed, 1 failed (build)"; exit 1; }
+build_release || { echo "deploy: 0 passed, 1 failed (build)"; exit 1; }
 DIR=$(mktemp -d /tmp/egret-deploy.XXXXXX)
 trap 'rm -rf "$DIR"' EXIT
 cp -r deploy "$DIR/deploy" && rm -rf "$DIR/deploy/tls"

@@ -20,7 +20,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-build_gateway || { echo "e2e-conformance: 0 passed, 1 failed (build)"; exit 1; }
+build_release || { echo "e2e-conformance: 0 passed, 1 failed (build)"; exit 1; }
 scripts/topology.sh up 1
 # The way out is narrower than the way in.
 ip netns exec egt-gw ip link set gw-out mtu 1400

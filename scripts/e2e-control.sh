@@ -19,7 +19,7 @@ cleanup() {
   rm -rf "$DIR"
 }
 trap cleanup EXIT
-build_gateway && build_control || { echo "e2e-control: 0 passed, 1 failed (build)"; exit 1; }
+build_release || { echo "e2e-control: 0 passed, 1 failed (build)"; exit 1; }
 
 scripts/topology.sh up 1
 mkdir -p "$DIR/manifests"

@@ -27,7 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT
 T_START=$(date +%s)
-build_gateway || { echo "e2e-faults: 0 passed, 1 failed (build)"; exit 1; }
+build_release || { echo "e2e-faults: 0 passed, 1 failed (build)"; exit 1; }
 
 # plan FILE [CONFIG_A_ANNOTATIONS] [WITH_CONFIG_B]: configs A and B; pod-a
 # and pod-c bound to A (so the flooding pod has a neighbour in its own

@@ -36,7 +36,7 @@ if [ -z "$PY" ]; then
   "$PY" -c 'import scapy' 2>/dev/null || { echo "e2e-hostile: 0 passed, 1 failed (no scapy)"; exit 1; }
 fi
 
-build_gateway || { echo "e2e-hostile: 0 passed, 1 failed (build)"; exit 1; }
+build_release || { echo "e2e-hostile: 0 passed, 1 failed (build)"; exit 1; }
 scripts/topology.sh up 1
 # The LAN bridge is a plain switch: with br_netfilter loaded it would check
 # IPv4 headers itself and drop the malformed ones before the gateway sees them.

@@ -18,7 +18,7 @@ cleanup() {
   rm -rf /etc/netns/egt-pa "$DIR"
 }
 trap cleanup EXIT
-build_gateway || { echo "e2e-policy: 0 passed, 1 failed (build)"; exit 1; }
+build_release || { echo "e2e-policy: 0 passed, 1 failed (build)"; exit 1; }
 
 write_policy_plan() { # $1: include the echo-web rule (yes/no); replaces the file atomically
   write_plan "$DIR/plan.next"

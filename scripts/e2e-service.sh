@@ -18,7 +18,7 @@ cleanup() {
   rm -rf "$DIR"
 }
 trap cleanup EXIT
-build_gateway || { echo "e2e-service: 0 passed, 1 failed (build)"; exit 1; }
+build_release || { echo "e2e-service: 0 passed, 1 failed (build)"; exit 1; }
 
 sed "s#/usr/local/bin/egret-gateway#$GATEWAY#g" scripts/egret-gateway.service > "$DIR/egret-gateway.service"
 if command -v systemd-analyze >/dev/null; then

@@ -222,9 +222,11 @@ echo "== egret-control drives the tunnels from the cluster's objects"
 # What an AKS cluster holds: the configs with their public prefixes, their
 # key Secrets, the PodEndpoints, the gateway Node, and one
 # GatewayVMConfiguration per config giving the node its secondary IP.
-build_control || fail "egret-control builds"
 mkdir -p "$DIR/manifests"
-vm_config() { # vm_config CONFIG SECONDARY_IP
+# Gateway node n: NAME:SUBNET (node 1 egt-gw-node on 198.18.50, node 2
+# egt-gw-node2 on 198.18.52; each node's primary IP is .10 there).
+gw_nodes() { echo egt-gw-node:198.18.50; [ "$1" -lt 2 ] || echo egt-gw-node2:198.18.52; }
+vm_config() { # vm_config CONFIG HOST NODES: node n's secondary IP is SUBNET.HOST
   cat <<YAML
 ---
 apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
@@ -233,27 +235,32 @@ metadata: {name: $1, namespace: demo}
 spec: {gatewayNodepoolName: gwpool, provisionPublicIps: true}
 status:
   gatewayVMProfiles:
-  - {nodeName: egt-gw-node, primaryIP: 198.18.50.10, secondaryIP: $2}
 YAML
+  for n in $(gw_nodes "$3"); do
+    echo "  - {nodeName: ${n%%:*}, primaryIP: ${n#*:}.10, secondaryIP: ${n#*:}.$2}"
+  done
 }
-{
+cluster_yaml() { # cluster_yaml NODES: the cluster's objects with 1 or 2 gateway nodes
   sgc sgw-a $UID_A 198.19.100.1 6000 gw-a
   sgc sgw-b $UID_B 198.19.101.1 6001 gw-b
   pod_endpoint pod-a sgw-a 198.18.61.2 pa
   echo ---
   pod_endpoint pod-b sgw-b 198.18.62.2 pb
-  cat <<YAML
+  for n in $(gw_nodes "$1"); do
+    cat <<YAML
 ---
 apiVersion: v1
 kind: Node
 metadata:
-  name: egt-gw-node
+  name: ${n%%:*}
   labels: {kubeegressgateway.azure.com/mode: "true", kubernetes.azure.com/agentpool: gwpool}
 status: {conditions: [{type: Ready, status: "True"}]}
 YAML
-  vm_config sgw-a 198.18.50.11
-  vm_config sgw-b 198.18.50.12
-} > "$DIR/manifests/cluster.yaml"
+  done
+  vm_config sgw-a 11 "$1"
+  vm_config sgw-b 12 "$1"
+}
+cluster_yaml 1 > "$DIR/manifests/cluster.yaml"
 grep -v '^plan_file' "$DIR/gateway.toml" > "$DIR/gateway-control.toml"
 printf '[control]\nurl = "http://127.0.0.1:50051"\nnode = "egt-gw-node"\n' >> "$DIR/gateway-control.toml"
 check "egret-control serves the objects" start_control "$DIR"
@@ -296,54 +303,20 @@ echo "== failover: two gateway nodes behind the load balancer's stand-in"
 # loopback). The stand-in probes /gw/<UID> on both nodes every second (Azure:
 # every 5 s, one failure marks a backend down) and routes the ILB frontend
 # to the first healthy one.
-vm_profiles() { # vm_profiles CONFIG IP_NODE1 IP_NODE2
-  cat <<YAML
----
-apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
-kind: GatewayVMConfiguration
-metadata: {name: $1, namespace: demo}
-spec: {gatewayNodepoolName: gwpool, provisionPublicIps: true}
-status:
-  gatewayVMProfiles:
-  - {nodeName: egt-gw-node, primaryIP: 198.18.50.10, secondaryIP: $2}
-  - {nodeName: egt-gw-node2, primaryIP: 198.18.52.10, secondaryIP: $3}
-YAML
-}
-{
-  sgc sgw-a $UID_A 198.19.100.1 6000 gw-a
-  sgc sgw-b $UID_B 198.19.101.1 6001 gw-b
-  pod_endpoint pod-a sgw-a 198.18.61.2 pa
-  echo ---
-  pod_endpoint pod-b sgw-b 198.18.62.2 pb
-  for n in egt-gw-node egt-gw-node2; do
-    cat <<YAML
----
-apiVersion: v1
-kind: Node
-metadata:
-  name: $n
-  labels: {kubeegressgateway.azure.com/mode: "true", kubernetes.azure.com/agentpool: gwpool}
-status: {conditions: [{type: Ready, status: "True"}]}
-YAML
-  done
-  vm_profiles sgw-a 198.18.50.11 198.18.52.11
-  vm_profiles sgw-b 198.18.50.12 198.18.52.12
-} > "$DIR/manifests/cluster.next" && mv "$DIR/manifests/cluster.next" "$DIR/manifests/cluster.yaml"
+cluster_yaml 2 > "$DIR/manifests/cluster.next" && mv "$DIR/manifests/cluster.next" "$DIR/manifests/cluster.yaml"
 ip netns exec egt-gw2 "$CONTROL" --manifests "$DIR/manifests" --listen 127.0.0.1:50051 >>"$DIR/control2.log" 2>&1 9>&- &
 PIDS+=($!)
 sed -e 's/^router_ip = .*/router_ip = "198.18.52.10"/' -e "s#^status_file = .*#status_file = \"$DIR/status2.json\"#" \
   -e 's/^node = .*/node = "egt-gw-node2"/' "$DIR/gateway-control.toml" > "$DIR/gateway2.toml"
 ip netns exec egt-gw2 "$GATEWAY" --config "$DIR/gateway2.toml" >>"$DIR/gateway2.log" 2>&1 9>&- &
-GW2_PID=$!
-PIDS+=($GW2_PID)
+PIDS+=($!)
 probe_on() { x egt-vnet curl -s -o /dev/null -m 1 -w '%{http_code}' "http://$1:8082/gw/$2"; }
 both_up() { [ "$(probe_on 198.18.50.10 $UID_A)" = 200 ] && [ "$(probe_on 198.18.52.10 $UID_A)" = 200 ] && [ "$(probe_on 198.18.52.10 $UID_B)" = 200 ]; }
 for _ in $(seq 50); do both_up && break; sleep 0.2; done
 check "both nodes' probes answer 200 for both configs" both_up
 ip netns exec egt-vnet python3 scripts/lb_standin.py --frontend 198.18.50.100 --backend 198.18.50.10 --backend 198.18.52.10 \
   --path /gw/$UID_A --path /gw/$UID_B --interval 1 >"$DIR/lb.jsonl" 2>>"$DIR/lb.err" 9>&- &
-LB_PID=$!
-PIDS+=($LB_PID)
+PIDS+=($!)
 for _ in $(seq 30); do grep -q '"backend": "198.18.50.10"' "$DIR/lb.jsonl" 2>/dev/null && break; sleep 0.1; done
 a=$(x egt-pa curl -s -m 5 http://198.19.0.254/)
 check "before: pod-a leaves through node 1's public IP [$a]" test "$a" = 198.19.100.1
@@ -391,8 +364,9 @@ fo_get() { python3 -c "import json,sys; v = json.loads(sys.argv[1])[sys.argv[2]]
 le() { [ -n "$1" ] && python3 -c "import sys; sys.exit(not float(sys.argv[1]) <= float(sys.argv[2]))" "$1" "$2"; }
 check "the stand-in's probe moves the frontend to node 2 within one probe interval of SIGTERM [$(fo_get lb_moved_s) s]" \
   le "$(fo_get lb_moved_s)" 1.5
+new_flow_ok() { [ "$b" = 198.19.101.2 ] && le "$(fo_get new_flow_after_move_s)" 5; }
 check "a new flow from pod-b gets through node 2, from its own public IP, within 5 s of the move [$b, $(fo_get new_flow_after_move_s) s]" \
-  sh -c "[ '$b' = 198.19.101.2 ] && python3 -c 'import sys; sys.exit(not $(fo_get new_flow_after_move_s) <= 5)'"
+  new_flow_ok
 # Without the gateway resuming tunnels this took 16 s: wireguard-go waits
 # 10 s (keepalive) + 5 s (rekey) without an answer before it handshakes again.
 check "pod-a's UDP flow resumes through node 2 (node 2 starts the handshake), seen from node 2's public IP [after $(fo_get udp_resumed_s) s, resumes $(STATUS_FILE=$DIR/status2.json tstat demo/sgw-a resumes)]" \

@@ -18,7 +18,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-build_gateway || { echo "e2e: 0 passed, 1 failed (build)"; exit 1; }
+build_release || { echo "e2e: 0 passed, 1 failed (build)"; exit 1; }
 in_pool() { [[ "$1" == $2.* ]] && [ "${1##*.}" -lt 16 ]; }
 udp_ask() { # ns dst port -> reply text
   ip netns exec "$1" python3 - "$2" "$3" <<'PY'

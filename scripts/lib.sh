@@ -26,8 +26,6 @@ build_release() {
   (cd "$EGRET_ROOT" && cargo build --release -q --workspace --bins)
 }
 
-build_gateway() { build_release; }
-
 # write_plan FILE [EXTRA_YAML]: configs A (198.19.100.0/28) and B
 # (198.19.101.0/28), pod-a bound to A, pod-b to B, pod-c unbound.
 write_plan() {
@@ -65,8 +63,6 @@ YAML
 CONTROL=$TARGET_DIR/release/egret-control
 EGRETCTL=$TARGET_DIR/release/egretctl
 CONTROL_PID=
-
-build_control() { build_release; }
 
 # start_control DIR: egret-control in egt-gw on DIR/manifests, loopback
 # only; waits until egretctl gets an answer.

@@ -29,7 +29,7 @@ trap cleanup EXIT
 x() { ip netns exec "$@"; }
 
 command -v wireguard-go >/dev/null && command -v wg >/dev/null || scripts/install-deps.sh
-build_gateway || { echo "${TUNNEL_NAME:-tunnel}: 0 passed, 1 failed (build)"; exit 1; }
+build_release || { echo "${TUNNEL_NAME:-tunnel}: 0 passed, 1 failed (build)"; exit 1; }
 
 for ns in "${TNS[@]}"; do ip netns del "$ns" 2>/dev/null || true; ip netns add "$ns"; x "$ns" ip link set lo up; done
 link() { # link NS_A IF_A ADDR_A NS_B IF_B ADDR_B

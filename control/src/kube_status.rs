@@ -146,13 +146,7 @@ pub fn problem_event(p: &Problem, uid: Option<&str>) -> Option<(Event, ObjectRef
         ..Default::default()
     };
     let mut note = p.message.clone();
-    if note.len() > NOTE_MAX {
-        let mut end = NOTE_MAX;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-    }
+    crate::truncate_utf8(&mut note, NOTE_MAX);
     let event = Event {
         type_: EventType::Warning,
         reason: PROBLEM_REASON.into(),
@@ -242,11 +236,10 @@ impl Writer {
         if !self.status_writes.due(Instant::now()) {
             return;
         }
-        let links = state.links();
         let mut wrote = false;
         for node in snap.plans.keys() {
-            let Some(applied) = links.get(node).and_then(|l| l.applied.as_ref()) else { continue };
-            let uid = snap.object_uids.get(&format!("Node {node}")).map(String::as_str);
+            let Some(applied) = state.applied_plan(node) else { continue };
+            let uid = snap.object_uids.get(&Problem::object_name("Node", node)).map(String::as_str);
             let status = gateway_status(&self.opts.namespace, node, uid, &applied.plan, &snap.peer_names);
             if self.written.get(node) == Some(&status) {
                 continue;

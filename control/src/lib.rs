@@ -15,3 +15,14 @@ pub mod state;
 
 pub use server::{serve, ServerTls};
 pub use state::ControlState;
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+pub(crate) fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}

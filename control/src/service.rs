@@ -171,13 +171,7 @@ fn check_report(r: &api::Report) -> Result<(), Status> {
 fn handle(state: &ControlState, node: &str, m: api::GatewayMessage) -> Result<(), Status> {
     match m.msg {
         Some(Msg::Ack(mut a)) => {
-            if a.error.len() > MAX_TEXT {
-                let mut end = MAX_TEXT;
-                while !a.error.is_char_boundary(end) {
-                    end -= 1;
-                }
-                a.error.truncate(end);
-            }
+            crate::truncate_utf8(&mut a.error, MAX_TEXT);
             if a.error.is_empty() {
                 tracing::info!(node, version = a.version, "gateway applied plan");
             } else {

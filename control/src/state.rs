@@ -184,6 +184,12 @@ impl ControlState {
         generation
     }
 
+    /// The plan `node`'s gateway last applied (not the rest of its link:
+    /// its report can be large).
+    pub fn applied_plan(&self, node: &str) -> Option<NodePlan> {
+        self.links.lock().unwrap().get(node).and_then(|l| l.applied.clone())
+    }
+
     pub fn link(&self, node: &str) -> GatewayLink {
         self.links.lock().unwrap().get(node).cloned().unwrap_or_default()
     }
@@ -213,9 +219,12 @@ fn peer_names(st: &ClusterState) -> BTreeMap<(String, WgKey), String> {
 
 /// The UIDs of the objects problems can name.
 fn object_uids(st: &ClusterState) -> BTreeMap<String, String> {
-    let namespaced = |kind: &str, m: &cluster::ObjectMeta| m.uid.clone().map(|u| (format!("{kind} {}", m.key()), u));
-    let nodes =
-        st.nodes.iter().filter_map(|n| n.metadata.uid.clone().map(|u| (format!("Node {}", n.metadata.name), u)));
+    let namespaced =
+        |kind: &str, m: &cluster::ObjectMeta| m.uid.clone().map(|u| (Problem::object_name(kind, &m.key()), u));
+    let nodes = st
+        .nodes
+        .iter()
+        .filter_map(|n| n.metadata.uid.clone().map(|u| (Problem::object_name("Node", &n.metadata.name), u)));
     st.configs
         .iter()
         .filter_map(|o| namespaced(SGC_KIND, &o.metadata))

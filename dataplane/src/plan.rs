@@ -47,6 +47,12 @@ impl Ipv4Cidr {
     pub fn contains(&self, ip: u32) -> bool {
         ip & self.mask() == u32::from(self.addr)
     }
+    /// The prefix of length `len` (at most 32) that holds `ip`.
+    #[inline]
+    pub fn covering(ip: u32, len: u8) -> Ipv4Cidr {
+        let c = Ipv4Cidr { addr: Ipv4Addr::UNSPECIFIED, len: len.min(32) };
+        Ipv4Cidr { addr: Ipv4Addr::from(ip & c.mask()), len: c.len }
+    }
     pub fn size(&self) -> u64 {
         1u64 << (32 - u32::from(self.len))
     }
@@ -630,15 +636,44 @@ pub struct CompiledPlan {
     pub tunnelled: hashbrown::HashSet<u32>,
     /// (tunnel address, port) → config index.
     pub tunnels: HashMap<(u32, u16), u16>,
-    /// Fallback source CIDRs → config index, longest prefix first.
-    pub sources: Vec<(Ipv4Cidr, u16)>,
+    /// Fallback source CIDRs → config index.
+    pub sources: SourceCidrs,
+}
+
+/// Fallback source CIDRs, looked up by longest match with one hash probe
+/// per prefix length in use (a plan uses few), not a scan of every CIDR:
+/// every packet whose source is no bound pod asks.
+#[derive(Debug, Clone, Default)]
+pub struct SourceCidrs {
+    by_cidr: HashMap<Ipv4Cidr, u16>,
+    /// The prefix lengths in `by_cidr`, longest first.
+    lens: Vec<u8>,
+}
+
+impl SourceCidrs {
+    fn new(by_cidr: HashMap<Ipv4Cidr, u16>) -> SourceCidrs {
+        let mut lens: Vec<u8> = by_cidr.keys().map(|c| c.prefix_len()).collect();
+        lens.sort_unstable_by(|a, b| b.cmp(a));
+        lens.dedup();
+        SourceCidrs { by_cidr, lens }
+    }
+
+    /// The config of the longest CIDR holding `ip`.
+    #[inline]
+    pub fn lookup(&self, ip: u32) -> Option<u16> {
+        self.lens.iter().find_map(|&len| self.by_cidr.get(&Ipv4Cidr::covering(ip, len)).copied())
+    }
+
+    pub fn cidrs(&self) -> impl Iterator<Item = Ipv4Cidr> + '_ {
+        self.by_cidr.keys().copied()
+    }
 }
 
 impl CompiledPlan {
     /// The config a fallback source CIDR binds `src` to (the longest match).
     #[inline]
     pub fn source_config(&self, src: u32) -> Option<u16> {
-        self.sources.iter().find(|(c, _)| c.contains(src)).map(|&(_, ci)| ci)
+        self.sources.lookup(src)
     }
 
     /// The config `ip` egresses through: its binding, else a source CIDR.
@@ -842,11 +877,11 @@ impl Plan {
         for (c, t) in configs.iter_mut().zip(compiled_tunnels) {
             c.tunnel = t.map(Arc::new);
         }
-        let sources = self.compile_sources(&egress)?;
+        let sources = self.compile_sources()?;
         Ok(CompiledPlan { version: self.version, configs, pods, egress, tunnelled, tunnels, sources })
     }
 
-    fn compile_sources(&self, egress: &HashMap<u32, (u16, u16)>) -> Result<Vec<(Ipv4Cidr, u16)>, PlanError> {
+    fn compile_sources(&self) -> Result<SourceCidrs, PlanError> {
         let count = self.configs.iter().map(|c| c.sources.len()).sum();
         if count > MAX_SOURCE_CIDRS {
             return Err(PlanError::TooManySources { count });
@@ -855,9 +890,11 @@ impl Plan {
         for (ci, c) in self.configs.iter().enumerate() {
             for &cidr in &c.sources {
                 // A source CIDR holding an egress address would translate
-                // the gateway's own replies as if a pod had sent them.
-                if let Some((&addr, _)) = egress.iter().find(|(&a, _)| cidr.contains(a)) {
-                    let addr = Ipv4Addr::from(addr);
+                // the gateway's own replies as if a pod had sent them. Two
+                // prefixes that overlap nest: the first shared address is
+                // the later of their starts.
+                if let Some(p) = self.configs.iter().flat_map(|c| &c.egress).find(|p| p.overlaps(&cidr)) {
+                    let addr = p.addr().max(cidr.addr());
                     return Err(PlanError::SourceHoldsEgress { cidr, config: c.name.clone(), addr });
                 }
                 if let Some(other) = by_cidr.insert(cidr, ci as u16) {
@@ -868,9 +905,7 @@ impl Plan {
                 }
             }
         }
-        let mut sources: Vec<(Ipv4Cidr, u16)> = by_cidr.into_iter().collect();
-        sources.sort_by_key(|(c, _)| (std::cmp::Reverse(c.prefix_len()), c.addr()));
-        Ok(sources)
+        Ok(SourceCidrs::new(by_cidr))
     }
 }
 

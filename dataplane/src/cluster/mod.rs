@@ -48,7 +48,12 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(kind: &str, key: &str, message: impl Into<String>) -> Problem {
-        Problem { object: format!("{kind} {key}"), message: message.into() }
+        Problem { object: Problem::object_name(kind, key), message: message.into() }
+    }
+
+    /// How a problem names an object: `Kind namespace/name`, or `Kind name`.
+    pub fn object_name(kind: &str, key: &str) -> String {
+        format!("{kind} {key}")
     }
 }
 

@@ -269,7 +269,7 @@ impl SteeringSets {
             pods: p.pods.keys().copied().collect(),
             egress: p.egress.keys().copied().collect(),
             tunnels: p.tunnels.keys().copied().collect(),
-            sources: p.sources.iter().map(|&(c, _)| c).collect(),
+            sources: p.sources.cidrs().collect(),
         }
     }
 

@@ -160,6 +160,14 @@ struct PodState {
     fallback: bool,
 }
 
+impl PodState {
+    /// A fallback source that holds no session and no port.
+    #[inline]
+    fn idle_fallback(&self) -> bool {
+        self.fallback && self.sessions == 0 && self.holdings == 0
+    }
+}
+
 /// Per-egress-address state on this worker.
 #[derive(Debug, Clone)]
 struct AddrState {
@@ -327,7 +335,7 @@ impl NatEngine {
                 egress: HashMap::new(),
                 tunnelled: hashbrown::HashSet::new(),
                 tunnels: HashMap::new(),
-                sources: Vec::new(),
+                sources: Default::default(),
             }),
             settings,
         };
@@ -673,7 +681,7 @@ impl NatEngine {
             }
             self.cooling.hold((addr, slot, off), until);
         }
-        self.pods.retain(|_, p| !p.fallback || p.sessions > 0 || p.holdings > 0);
+        self.pods.retain(|_, p| !p.idle_fallback());
         self.recount_live();
     }
 
@@ -840,7 +848,7 @@ impl NatEngine {
     /// end its last session and open another).
     #[inline]
     fn forget_if_idle(&mut self, pod: u32) {
-        if self.pods.get(&pod).is_some_and(|p| p.fallback && p.sessions == 0 && p.holdings == 0) {
+        if self.pods.get(&pod).is_some_and(PodState::idle_fallback) {
             self.idle_fallback.push(pod);
         }
     }
@@ -848,7 +856,7 @@ impl NatEngine {
     /// Forgets the fallback sources noted idle that still are.
     fn forget_idle(&mut self) {
         while let Some(pod) = self.idle_fallback.pop() {
-            if self.pods.get(&pod).is_some_and(|p| p.fallback && p.sessions == 0 && p.holdings == 0) {
+            if self.pods.get(&pod).is_some_and(PodState::idle_fallback) {
                 self.pods.remove(&pod);
             }
         }

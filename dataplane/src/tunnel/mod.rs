@@ -202,9 +202,15 @@ pub struct Tunnel {
     counters: TunnelCounters,
 }
 
-/// WireGuard message types (the first byte).
-const HANDSHAKE_RESPONSE: u8 = 2;
-const DATA_MESSAGE: u8 = 4;
+/// A received message's type, as boringtun parsed it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Initiation,
+    Response,
+    CookieReply,
+    Data,
+}
+
 /// A handshake response's size; a cookie reply is 64 bytes.
 const HANDSHAKE_RESPONSE_LEN: usize = 92;
 /// Room boringtun needs in an output buffer whatever it writes (a
@@ -361,7 +367,7 @@ impl Tunnel {
         if out.len() < datagram.len().max(MIN_OUT) {
             return self.drop(TunnelDrop::Malformed);
         }
-        let (slot, initiation) = match Tunn::parse_incoming_packet(datagram) {
+        let (slot, kind) = match Tunn::parse_incoming_packet(datagram) {
             Err(_) => return self.drop(TunnelDrop::Malformed),
             Ok(Packet::HandshakeInit(init)) => {
                 // MACs (and, under load, the cookie) before any DH work.
@@ -380,18 +386,18 @@ impl Tunnel {
                     return self.drop(TunnelDrop::DecryptFailed);
                 };
                 match self.by_key.get(&half.peer_static_public) {
-                    Some(&slot) => (slot, true),
+                    Some(&slot) => (slot, Kind::Initiation),
                     None => match self.all_keys.get(&half.peer_static_public) {
                         Some(&pod) => return Received::Elsewhere { worker: owner_of(u32::from(pod), self.workers) },
                         None => return self.drop(TunnelDrop::UnknownPeer),
                     },
                 }
             }
-            Ok(Packet::PacketData(d)) => (d.receiver_idx, false),
-            Ok(Packet::HandshakeResponse(r)) => (r.receiver_idx, false),
-            Ok(Packet::PacketCookieReply(c)) => (c.receiver_idx, false),
+            Ok(Packet::PacketData(d)) => (d.receiver_idx, Kind::Data),
+            Ok(Packet::HandshakeResponse(r)) => (r.receiver_idx, Kind::Response),
+            Ok(Packet::PacketCookieReply(c)) => (c.receiver_idx, Kind::CookieReply),
         };
-        let data = datagram.first() == Some(&DATA_MESSAGE);
+        let (initiation, data) = (kind == Kind::Initiation, kind == Kind::Data);
         let slot = if initiation {
             slot
         } else {
@@ -414,14 +420,12 @@ impl Tunnel {
         let verdict = match peer.tunn.decapsulate(Some(IpAddr::V4(*src.ip())), datagram, out) {
             TunnResult::WriteToNetwork(reply) => {
                 let len = reply.len();
-                match (initiation, len) {
-                    (true, HANDSHAKE_RESPONSE_LEN) => self.counters.handshakes_completed += 1,
-                    (true, _) => self.counters.cookie_replies += 1,
+                match (kind, len) {
+                    (Kind::Initiation, HANDSHAKE_RESPONSE_LEN) => self.counters.handshakes_completed += 1,
+                    (Kind::Initiation, _) => self.counters.cookie_replies += 1,
                     // A response to a handshake this gateway started (a
                     // resume), answered with a keepalive.
-                    (false, _) if datagram.first() == Some(&HANDSHAKE_RESPONSE) => {
-                        self.counters.handshakes_completed += 1
-                    }
+                    (Kind::Response, _) => self.counters.handshakes_completed += 1,
                     _ => {}
                 }
                 Received::Reply { len }
@@ -507,7 +511,6 @@ impl Tunnel {
         self.peers.iter().flatten().map(|p| &p.public_key)
     }
 
-    /// Counts a drop the stage around the tunnel decided.
     /// A data message for a session this gateway does not hold: counted as
     /// `UnknownPeer`, and if it comes from the address of one of the
     /// config's pods, this gateway starts a handshake with that pod's peer
@@ -543,6 +546,7 @@ impl Tunnel {
         }
     }
 
+    /// Counts a drop the stage around the tunnel decided.
     pub fn count_drop(&mut self, r: TunnelDrop) {
         self.counters.drops[r as usize] += 1;
     }

@@ -379,51 +379,50 @@ mod stage {
 /// Where the pod's datagrams come from on a VNet: its own address.
 const POD_A_SOCK: SocketAddrV4 = SocketAddrV4::new(POD_A, 51820);
 
-/// A pod whose tunnel is up with `gw1`, and its next data datagram.
-fn tunnel_with_first_gateway(a: &mut Tunn) -> Vec<u8> {
+/// Pod A with its tunnel up through a first gateway, its next data
+/// datagram (which that gateway never sees: it failed over), and a buffer.
+fn after_failover() -> (Tunn, Vec<u8>, Vec<u8>) {
+    let mut a = pod(1);
     let mut gw1 = gateway();
-    let data = connect(&mut gw1, a, POD_A_SOCK, &inner(POD_A, b"one"));
+    let data = connect(&mut gw1, &mut a, POD_A_SOCK, &inner(POD_A, b"one"));
     let mut out = vec![0u8; 2048];
     assert!(matches!(gw1.receive(POD_A_SOCK, &data, &mut out), Received::Inner { .. }));
+    let data = sealed(&mut a, &inner(POD_A, b"two"));
+    (a, data, out)
+}
+
+/// What the pod's WireGuard sends for `inner`.
+fn sealed(pod: &mut Tunn, inner: &[u8]) -> Vec<u8> {
     let mut buf = vec![0u8; 2048];
-    match a.encapsulate(&inner(POD_A, b"two"), &mut buf) {
-        TunnResult::WriteToNetwork(d) => d.to_vec(),
-        other => panic!("no data: {other:?}"),
-    }
+    let TunnResult::WriteToNetwork(d) = pod.encapsulate(inner, &mut buf) else { panic!("nothing to send") };
+    d.to_vec()
 }
 
 #[test]
 fn data_for_a_session_held_elsewhere_from_a_pods_address_resumes_its_tunnel_in_one_round_trip() {
-    let mut a = pod(1);
-    let data = tunnel_with_first_gateway(&mut a);
+    let (mut a, data, mut out) = after_failover();
     // Failover: the other node (same config key, same peers) gets it.
     let mut gw2 = gateway();
-    let mut out = vec![0u8; 2048];
     let Received::Reply { len } = gw2.receive(POD_A_SOCK, &data, &mut out) else { panic!("no initiation") };
     assert_eq!(len, 148, "a handshake initiation");
     assert_eq!((gw2.counters().resumes, gw2.counters().dropped(TunnelDrop::UnknownPeer)), (1, 1));
     let mut buf = vec![0u8; 2048];
-    let response = match a.decapsulate(None, &out[..len], &mut buf) {
-        TunnResult::WriteToNetwork(d) => d.to_vec(),
-        other => panic!("the pod did not answer: {other:?}"),
+    let TunnResult::WriteToNetwork(response) = a.decapsulate(None, &out[..len], &mut buf) else {
+        panic!("the pod did not answer")
     };
+    let response = response.to_vec();
     let Received::Reply { len } = gw2.receive(POD_A_SOCK, &response, &mut out) else { panic!("no keepalive") };
     assert_eq!(gw2.counters().handshakes_completed, 1);
     assert!(matches!(a.decapsulate(None, &out[..len], &mut buf), TunnResult::Done));
     let next = inner(POD_A, b"three");
-    let d = match a.encapsulate(&next, &mut buf) {
-        TunnResult::WriteToNetwork(d) => d.to_vec(),
-        other => panic!("no data: {other:?}"),
-    };
+    let d = sealed(&mut a, &next);
     assert_eq!(gw2.receive(POD_A_SOCK, &d, &mut out), Received::Inner { len: next.len(), pod: POD_A });
 }
 
 #[test]
 fn a_resume_in_progress_is_not_started_again() {
-    let mut a = pod(1);
-    let data = tunnel_with_first_gateway(&mut a);
+    let (_a, data, mut out) = after_failover();
     let mut gw2 = gateway();
-    let mut out = vec![0u8; 2048];
     assert!(matches!(gw2.receive(POD_A_SOCK, &data, &mut out), Received::Reply { .. }));
     for _ in 0..10 {
         assert_eq!(gw2.receive(POD_A_SOCK, &data, &mut out), Received::Drop(TunnelDrop::UnknownPeer));
@@ -433,24 +432,23 @@ fn a_resume_in_progress_is_not_started_again() {
 
 #[test]
 fn data_for_no_session_from_an_address_that_is_no_pods_starts_nothing() {
-    let mut a = pod(1);
-    let data = tunnel_with_first_gateway(&mut a);
+    let (_a, data, mut out) = after_failover();
     let mut gw2 = gateway();
-    let mut out = vec![0u8; 2048];
     assert_eq!(gw2.receive(FROM, &data, &mut out), Received::Drop(TunnelDrop::UnknownPeer));
     assert_eq!(gw2.counters().resumes, 0);
 }
 
 #[test]
 fn with_several_workers_the_resume_happens_where_the_pods_peer_lives() {
-    let mut a = pod(1);
-    let data = tunnel_with_first_gateway(&mut a);
+    let (_a, data, mut out) = after_failover();
     let peers = [PeerConfig { public_key: public(key(1)), pod_ip: POD_A }];
     let limiter = Tunnel::limiter(GW_KEY, 1000);
-    let mut workers: Vec<Tunnel> = (0..4).map(|w| Tunnel::for_worker(GW_KEY, &peers, limiter.clone(), w, 4)).collect();
+    let fresh =
+        || -> Vec<Tunnel> { (0..4).map(|w| Tunnel::for_worker(GW_KEY, &peers, limiter.clone(), w, 4)).collect() };
     let owner = usize::from(owner_of(u32::from(POD_A), 4));
-    let mut out = vec![0u8; 2048];
     for first in 0..4 {
+        // A fresh set each time, so each arrival worker is tried.
+        let mut workers = fresh();
         let (mut at, mut handed) = (first, false);
         let mut hops = 0;
         let r = loop {
@@ -468,7 +466,5 @@ fn with_several_workers_the_resume_happens_where_the_pods_peer_lives() {
         };
         assert!(matches!(r, Received::Reply { len: 148 }), "arriving at worker {first}: {r:?}");
         assert_eq!(at, owner, "arriving at worker {first}");
-        // Start over on a fresh set, so each arrival worker is tried.
-        workers = (0..4).map(|w| Tunnel::for_worker(GW_KEY, &peers, limiter.clone(), w, 4)).collect();
     }
 }
