@@ -20,6 +20,14 @@ echo "== cargo test took $((SECONDS - t0)) s"
 grep -q '^test result:' "$log/cargo" || failed=$((failed + 1))
 grep -qE '^error(\[|:)' "$log/cargo" && failed=$((failed + 1))
 
+# egret-control builds without the data plane (no clang, no aya/xdpilone):
+# its dependency tree must not reach egret-dataplane.
+if cargo tree -p egret-control -e normal,build --prefix none 2>/dev/null | grep -qE '^(egret-dataplane|aya|xdpilone) '; then
+  echo "FAIL: egret-control depends on the data plane"; failed=$((failed + 1))
+else
+  echo "ok: egret-control builds without the data plane"; passed=$((passed + 1))
+fi
+
 # Further stages, each a script that ends with "NAME: N passed, M failed".
 for stage in scripts/fuzz-smoke.sh scripts/e2e.sh scripts/e2e-policy.sh scripts/e2e-service.sh scripts/e2e-control.sh scripts/e2e-faults.sh scripts/e2e-hostile.sh scripts/e2e-conformance.sh scripts/e2e-tunnel.sh scripts/deploy-check.sh scripts/bench-smoke.sh; do
   [ -x "$stage" ] || continue

@@ -6,11 +6,11 @@
 //! dropped as they arrive) with kube-rs watchers, which resume from the last
 //! resourceVersion after a disconnect, follow bookmarks, and re-list when the
 //! API server answers 410 Gone. Objects are read as untyped JSON and decoded
-//! into `egret_dataplane::cluster` types, so the objects of
+//! into `egret_cluster` types, so the objects of
 //! Azure/kube-egress-gateway are accepted unchanged.
 
 use crate::state::ControlState;
-use egret_dataplane::cluster::{
+use egret_cluster::{
     ClusterState, EgressPolicyObject, GatewayVmConfiguration, Node, Pod, PodEndpoint, Secret,
     StaticGatewayConfiguration, POD_ENDPOINT_KIND, POLICY_KIND, SGC_GROUP, SGC_KIND, SGC_VERSION, VM_CONFIG_KIND,
 };

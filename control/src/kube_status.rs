@@ -10,10 +10,8 @@
 //! config and PodEndpoint names, interface names and pod public keys.
 
 use crate::state::{ControlState, Snapshot};
-use egret_dataplane::cluster::{
-    Problem, POD_ENDPOINT_KIND, POLICY_KIND, SGC_GROUP, SGC_KIND, SGC_VERSION, VM_CONFIG_KIND,
-};
-use egret_dataplane::plan::{Plan, WgKey};
+use egret_cluster::{Problem, POD_ENDPOINT_KIND, POLICY_KIND, SGC_GROUP, SGC_KIND, SGC_VERSION, VM_CONFIG_KIND};
+use egret_plan::{Plan, WgKey};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -341,7 +339,7 @@ pub async fn write_status(state: Arc<ControlState>, client: kube::Client, opts: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use egret_dataplane::plan::{Binding, GatewayConfig, TunnelConfig, WgSecret};
+    use egret_plan::{Binding, GatewayConfig, TunnelConfig, WgSecret};
 
     const PRIVATE: [u8; 32] = [7; 32];
 

@@ -1,6 +1,6 @@
 //! egret-control: reads cluster state (a manifests file or directory, or the
 //! Kubernetes API), reconciles it into one plan per gateway node
-//! (`egret_dataplane::cluster::reconcile`), and streams the plans to the
+//! (`egret_cluster::reconcile`), and streams the plans to the
 //! gateways over gRPC (`control/proto/egret.proto`). Operators query it with
 //! egretctl or grpcurl. From the Kubernetes API it also writes each gateway
 //! node's GatewayStatus and an Event per problem ([`kube_status`]).

@@ -389,7 +389,7 @@ impl AdminService for Admin {
         }
         let snap = self.state.snapshot();
         // A config's policy is the same in every node's plan: take the first.
-        let mut policies: std::collections::BTreeMap<String, egret_dataplane::plan::EgressPolicy> = Default::default();
+        let mut policies: std::collections::BTreeMap<String, egret_plan::EgressPolicy> = Default::default();
         for np in snap.plans.values().chain(snap.anyone.as_ref()) {
             for c in &np.plan.configs {
                 if let Some(p) = &c.policy {

@@ -5,7 +5,7 @@
 //! swapped by symlink).
 
 use crate::state::ControlState;
-use egret_dataplane::cluster::{manifest_files, ClusterState};
+use egret_cluster::{manifest_files, ClusterState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -3,10 +3,9 @@
 //! [`ControlState::update`]; the gRPC services read [`Snapshot`]s.
 
 use egret_api::v1::Report;
-use egret_dataplane::cluster::{
-    self, ClusterState, Problem, Reconciled, POD_ENDPOINT_KIND, POLICY_KIND, SGC_KIND, VM_CONFIG_KIND,
-};
-use egret_dataplane::plan::{Plan, WgKey};
+use egret_cluster as cluster;
+use egret_cluster::{ClusterState, Problem, Reconciled, POD_ENDPOINT_KIND, POLICY_KIND, SGC_KIND, VM_CONFIG_KIND};
+use egret_plan::{Plan, WgKey};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;

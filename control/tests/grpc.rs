@@ -6,7 +6,7 @@
 use egret_api::client::{subscribe, LinkState, Received, SubscribeConfig, Subscription, TlsFiles};
 use egret_api::v1::{admin_service_client::AdminServiceClient, GetPlanRequest, ListConfigsRequest, Report};
 use egret_control::{serve, source, ControlState, ServerTls};
-use egret_dataplane::plan::Plan;
+use egret_plan::Plan;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -115,7 +115,7 @@ async fn edit_the_yaml_and_the_gateway_gets_the_new_plan_within_2s() {
     let mut plans = sub.plans();
     let first = next_plan(&mut plans, Duration::from_secs(5)).await;
     assert_eq!(config_of(&first.plan, "198.18.0.2"), "apps/blue");
-    first.plan.compile().unwrap();
+    first.plan.validate().unwrap();
     sub.ack(first.version, Ok(()));
 
     // Rebind the pod to the other config: the new plan arrives within 2 s.
@@ -172,7 +172,7 @@ async fn edit_the_yaml_and_the_gateway_gets_the_new_plan_within_2s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_nodes_are_refused_clearly_and_health_and_reflection_answer() {
     let state = ControlState::new();
-    state.update(&egret_dataplane::cluster::ClusterState::parse(&manifests("blue"), "t").unwrap());
+    state.update(&egret_cluster::ClusterState::parse(&manifests("blue"), "t").unwrap());
     let ctl = Control::start(state, None, "127.0.0.1:0").await;
     let url = format!("http://{}", ctl.addr);
 
@@ -269,7 +269,7 @@ async fn tls_and_mutual_tls_accept_the_right_peers_and_reject_the_rest() {
         domain: Some("localhost".into()),
     };
     let state = ControlState::new();
-    state.update(&egret_dataplane::cluster::ClusterState::parse(&manifests("blue"), "t").unwrap());
+    state.update(&egret_cluster::ClusterState::parse(&manifests("blue"), "t").unwrap());
 
     // TLS: a client that trusts the CA gets in; one that trusts another CA,
     // or speaks plaintext, does not.
@@ -327,7 +327,7 @@ async fn tls_and_mutual_tls_accept_the_right_peers_and_reject_the_rest() {
 fn a_gateway_without_a_runtime_subscribes_from_a_thread() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let state = ControlState::new();
-    state.update(&egret_dataplane::cluster::ClusterState::parse(&manifests("blue"), "t").unwrap());
+    state.update(&egret_cluster::ClusterState::parse(&manifests("blue"), "t").unwrap());
     let ctl = rt.block_on(Control::start(state.clone(), None, "127.0.0.1:0"));
     let url = format!("http://{}", ctl.addr);
 
@@ -376,7 +376,7 @@ spec:
 "#;
     let text = manifests("blue").replace("  name: web\n", "  name: web\n  labels: {app: web}\n") + policy;
     let state = ControlState::new();
-    state.update(&egret_dataplane::cluster::ClusterState::parse(&text, "t").unwrap());
+    state.update(&egret_cluster::ClusterState::parse(&text, "t").unwrap());
     let ctl = Control::start(state.clone(), None, "127.0.0.1:0").await;
     let url = format!("http://{}", ctl.addr);
     let mut admin = AdminServiceClient::connect(url.clone()).await.unwrap();
@@ -398,7 +398,7 @@ spec:
     let sub: Subscription<Plan> = subscribe(fast(SubscribeConfig::new(&url, NODE)));
     let mut plans = sub.plans();
     let plan = next_plan(&mut plans, Duration::from_secs(5)).await;
-    plan.plan.compile().expect("the plan with a resolved selector compiles");
+    plan.plan.validate().expect("the plan with a resolved selector compiles");
     let hit =
         |rule: &str, index: u32, hits: u64| RuleHits { config: "apps/blue".into(), rule: rule.into(), index, hits };
     sub.report(Report {
@@ -450,7 +450,7 @@ async fn bad_inputs_get_invalid_argument_and_name_the_field() {
     use egret_api::v1::{gateway_message::Msg, plan_service_client::PlanServiceClient, GatewayMessage, Hello};
     use egret_api::v1::{ListRulesRequest, ListSessionsRequest};
     let state = ControlState::new();
-    state.update(&egret_dataplane::cluster::ClusterState::parse(&manifests("blue"), "t").unwrap());
+    state.update(&egret_cluster::ClusterState::parse(&manifests("blue"), "t").unwrap());
     let ctl = Control::start(state.clone(), None, "127.0.0.1:0").await;
     let url = format!("http://{}", ctl.addr);
     let mut admin = AdminServiceClient::connect(url.clone()).await.unwrap();
@@ -493,7 +493,7 @@ async fn single_gateway_mode_lists_configs_as_served_by_any_subscriber() {
     // The manifests name no gateway Node: every subscriber gets every config whole.
     let text = manifests("blue").split("---").skip(1).collect::<Vec<_>>().join("---");
     let state = ControlState::new();
-    state.update(&egret_dataplane::cluster::ClusterState::parse(&text, "t").unwrap());
+    state.update(&egret_cluster::ClusterState::parse(&text, "t").unwrap());
     let ctl = Control::start(state, None, "127.0.0.1:0").await;
     let mut admin = AdminServiceClient::connect(format!("http://{}", ctl.addr)).await.unwrap();
     let configs = admin.list_configs(ListConfigsRequest {}).await.unwrap().into_inner().configs;

@@ -471,7 +471,7 @@ fn pod_endpoint(name: &str, ip: &str, config: &str, key: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_come_from_the_config_secret_and_pod_endpoints() {
     let private = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
-    let secret: egret_dataplane::plan::WgSecret = serde_json::from_value(json!(private)).unwrap();
+    let secret: egret_plan::WgSecret = serde_json::from_value(json!(private)).unwrap();
     let public = secret.public_key().to_string();
     let pod_key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
     let fake = Fake::new();
@@ -541,7 +541,7 @@ fn peers(fake: &Fake, node: &str) -> Option<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_status_is_written_from_the_plan_a_gateway_applied() {
     let private = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
-    let secret: egret_dataplane::plan::WgSecret = serde_json::from_value(json!(private)).unwrap();
+    let secret: egret_plan::WgSecret = serde_json::from_value(json!(private)).unwrap();
     let (web_key, batch_key) =
         ("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=");
     let fake = Fake::new();

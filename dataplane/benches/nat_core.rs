@@ -5,7 +5,7 @@
 //!
 //! `cargo bench -p egret-dataplane --bench nat_core` (add `-- --quick` for a smoke run).
 
-use egret_dataplane::nat::{EngineSettings, NatEngine, Time, Verdict};
+use egret_dataplane::nat::{CompiledPlan, EngineSettings, NatEngine, Time, Verdict};
 use egret_dataplane::plan::{Binding, GatewayConfig, MappingMode, Plan};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -45,7 +45,7 @@ fn pod(i: u32) -> [u8; 4] {
     (u32::from(Ipv4Addr::new(198, 18, 0, 0)) + 16 + i % PODS).to_be_bytes()
 }
 
-fn plan(mode: MappingMode) -> Arc<egret_dataplane::plan::CompiledPlan> {
+fn plan(mode: MappingMode) -> Arc<CompiledPlan> {
     plan_with_policy(mode, None)
 }
 
@@ -62,7 +62,6 @@ fn policy(n: usize) -> egret_dataplane::plan::EgressPolicy {
         protocol: Some(Protocol::Udp),
         ports: vec!["443".parse().unwrap()],
         pods: None,
-        pod_selector: None,
     };
     let mut rules: Vec<PolicyRule> =
         (0..n - 1).map(|i| rule(i, format!("198.19.{}.{}/32", 1 + (i >> 8) % 250, i & 255))).collect();
@@ -77,17 +76,14 @@ fn policy(n: usize) -> egret_dataplane::plan::EgressPolicy {
     }
 }
 
-fn plan_with_policy(
-    mode: MappingMode,
-    policy: Option<egret_dataplane::plan::EgressPolicy>,
-) -> Arc<egret_dataplane::plan::CompiledPlan> {
+fn plan_with_policy(mode: MappingMode, policy: Option<egret_dataplane::plan::EgressPolicy>) -> Arc<CompiledPlan> {
     let mut c = GatewayConfig::new("bench", vec!["198.19.100.0/28".parse().unwrap()]);
     c.policy = policy;
     c.mapping = mode;
     c.port_quota = u32::MAX;
     let bindings =
         (0..PODS).map(|i| Binding { pod_ip: pod(i).into(), config: "bench".into(), public_key: None }).collect();
-    Arc::new(Plan { version: 1, configs: vec![c], bindings }.compile().unwrap())
+    Arc::new(CompiledPlan::new(&Plan { version: 1, configs: vec![c], bindings }).unwrap())
 }
 
 fn engine(mode: MappingMode, capacity: usize) -> NatEngine {

@@ -7,7 +7,7 @@
 //! addresses are the translation its flow's first fragment got.
 #![no_main]
 
-use egret_dataplane::nat::{EngineSettings, NatEngine, ReleaseTo, Time, Verdict};
+use egret_dataplane::nat::{CompiledPlan, EngineSettings, NatEngine, ReleaseTo, Time, Verdict};
 use egret_dataplane::plan::{Binding, GatewayConfig, Plan, Timeouts};
 use egret_dataplane::wire::{checksum, Ipv4Packet};
 use libfuzzer_sys::fuzz_target;
@@ -29,7 +29,7 @@ fn engines(workers: u16) -> Vec<NatEngine> {
         configs: vec![a],
         bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }],
     };
-    let plan = Arc::new(plan.compile().unwrap());
+    let plan = Arc::new(CompiledPlan::new(&plan).unwrap());
     (0..workers)
         .map(|worker| {
             let settings = EngineSettings {
@@ -214,7 +214,7 @@ impl Harness {
     }
 
     /// Delivers a packet to worker `w`, following handoffs; checks the result.
-    fn deliver(&mut self, mut w: usize, buf: &mut [u8], len: usize, now: Time, sent: Option<&Op>) {
+    fn deliver(&mut self, w: usize, buf: &mut [u8], len: usize, now: Time, sent: Option<&Op>) {
         self.deliver_from(w, buf, len, None, now, sent)
     }
 

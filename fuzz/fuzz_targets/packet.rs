@@ -5,7 +5,7 @@
 //! MTU, and each carries a valid IP header.
 #![no_main]
 
-use egret_dataplane::nat::{EngineSettings, NatEngine, ReleaseTo, Side, Time, Verdict};
+use egret_dataplane::nat::{CompiledPlan, EngineSettings, NatEngine, ReleaseTo, Side, Time, Verdict};
 use egret_dataplane::plan::{Binding, FilteringMode, GatewayConfig, MappingMode, Plan};
 use egret_dataplane::wire::{checksum, Ipv4Packet};
 use libfuzzer_sys::fuzz_target;
@@ -44,7 +44,7 @@ fn engine(workers: u16, mtu: [usize; 2]) -> NatEngine {
         mtu,
         ..Default::default()
     };
-    let mut e = NatEngine::new(settings, Arc::new(plan.compile().unwrap()));
+    let mut e = NatEngine::new(settings, Arc::new(CompiledPlan::new(&plan).unwrap()));
     // Live sessions the input can hit: UDP, TCP, echo from both pods.
     for (pod, proto) in [(POD_A, 17u8), (POD_A, 6), (POD_A, 1), (POD_B, 17), (POD_B, 6), (POD_B, 1)] {
         let mut b = [0u8; 128];

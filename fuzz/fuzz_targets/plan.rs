@@ -2,14 +2,14 @@
 //! that compiles can be served (an engine built on it survives a packet).
 #![no_main]
 
-use egret_dataplane::nat::{EngineSettings, NatEngine, Time};
+use egret_dataplane::nat::{CompiledPlan, EngineSettings, NatEngine, Time};
 use egret_dataplane::plan::Plan;
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(plan) = serde_json::from_slice::<Plan>(data) else { return };
-    let Ok(compiled) = plan.compile() else { return };
+    let Ok(compiled) = CompiledPlan::new(&plan) else { return };
     let settings =
         EngineSettings { session_capacity: 16, frag_datagrams: 4, frag_held: 2, seed: 1, ..Default::default() };
     let mut e = NatEngine::new(settings, Arc::new(compiled));

@@ -8,6 +8,7 @@
 
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
+use egret_dataplane::nat::CompiledPlan;
 use egret_dataplane::plan::{Binding, GatewayConfig, Plan, TunnelConfig, WgKey, WgSecret};
 use egret_dataplane::tunnel::stage::SharedLimiters;
 use egret_dataplane::tunnel::{Inbound, Outbound, TunnelStage};
@@ -39,7 +40,7 @@ fn stage() -> TunnelStage {
             public_key: Some(WgKey(public([i as u8 + 1; 32]))),
         })
         .collect();
-    let plan = Arc::new(Plan { version: 1, configs: vec![c], bindings }.compile().unwrap());
+    let plan = Arc::new(CompiledPlan::new(&Plan { version: 1, configs: vec![c], bindings }).unwrap());
     let mut st = TunnelStage::new(0, 2, SharedLimiters::with_limit(4));
     st.apply_plan(&plan);
     st

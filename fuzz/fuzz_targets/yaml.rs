@@ -4,8 +4,8 @@
 //! and reported, never served) and can be served by an engine.
 #![no_main]
 
-use egret_dataplane::cluster::plan_from_yaml_str;
-use egret_dataplane::nat::{EngineSettings, NatEngine, Time};
+use egret_cluster::plan_from_yaml_str;
+use egret_dataplane::nat::{CompiledPlan, EngineSettings, NatEngine, Time};
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     for p in &problems {
         assert!(!p.object.is_empty(), "a problem names its object: {p}");
     }
-    let compiled = match plan.compile() {
+    let compiled = match CompiledPlan::new(&plan) {
         Ok(c) => c,
         Err(e) => panic!("a plan the YAML source returned does not compile: {e}\n{plan:?}"),
     };

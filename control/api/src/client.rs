@@ -13,7 +13,7 @@
 //! use egret_api::client::{subscribe, SubscribeConfig};
 //! let cfg = SubscribeConfig::new("http://127.0.0.1:50051", "gw-0");
 //! // Any `serde::de::DeserializeOwned` plan type; egret-gateway uses
-//! // `egret_dataplane::plan::Plan`.
+//! // `egret_plan::Plan`.
 //! let sub = subscribe::<serde_json::Value>(cfg);
 //! let mut plans = sub.plans();
 //! while plans.changed().await.is_ok() {

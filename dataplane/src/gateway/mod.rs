@@ -14,11 +14,11 @@ pub mod worker;
 pub mod xdp;
 pub mod xsk;
 
-use crate::cluster;
+use crate::nat::CompiledPlan;
 use crate::nat::{EngineSettings, FqdnCache, NatEngine, SessionRecord};
-use crate::plan::CompiledPlan;
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
+use egret_cluster as cluster;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -230,7 +230,7 @@ pub fn load_plan(path: &Path, version: u64) -> Result<CompiledPlan, String> {
     for p in &problems {
         tracing::warn!(%p, "object left out of the plan");
     }
-    plan.compile().map_err(|e| format!("{}: {e}", path.display()))
+    CompiledPlan::new(&plan).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// An interface's MTU, as the kernel has it (read at start).

@@ -10,7 +10,7 @@
 //! workers keep forwarding, and only then stop.
 
 use super::http::Response;
-use crate::plan::CompiledPlan;
+use crate::nat::CompiledPlan;
 use std::collections::HashSet;
 
 /// The anchor's probe port.
@@ -109,7 +109,7 @@ mod tests {
         let mut with_uid = GatewayConfig::new("demo/a", vec!["198.19.100.1/32".parse().unwrap()]);
         with_uid.uid = Some(UID.into());
         let no_uid = GatewayConfig::new("demo/c", vec!["198.19.101.1/32".parse().unwrap()]);
-        let plan = Plan { version: 1, configs: vec![with_uid, no_uid], bindings: vec![] }.compile().unwrap();
+        let plan = CompiledPlan::new(&Plan { version: 1, configs: vec![with_uid, no_uid], bindings: vec![] }).unwrap();
         assert_eq!(ProbeState::serving_of(&plan, true), [UID.to_string()].into());
         assert!(ProbeState::serving_of(&plan, false).is_empty(), "a stuck worker serves nothing");
     }

@@ -4,7 +4,8 @@
 //! rejected whole while the previous one keeps serving.
 
 use super::{load_plan, mtime, ControlSettings};
-use crate::plan::{CompiledPlan, Plan};
+use crate::nat::CompiledPlan;
+use crate::plan::Plan;
 use egret_api::client::{subscribe_in_thread, Received, SubscribeConfig, Subscription, TlsFiles};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -82,7 +83,7 @@ impl PlanSource {
                 let r = plans.borrow_and_update().clone()?;
                 let mut plan = r.plan.clone();
                 plan.version = r.version;
-                let compiled = plan.compile().map_err(|e| e.to_string());
+                let compiled = CompiledPlan::new(&plan).map_err(|e| e.to_string());
                 sub.ack(r.version, compiled.as_ref().map(|_| ()).map_err(Clone::clone));
                 Some(compiled)
             }

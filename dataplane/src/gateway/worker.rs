@@ -6,8 +6,8 @@
 
 use super::nexthop::{Miss, NextHops};
 use super::xsk::WorkerIo;
+use crate::nat::CompiledPlan;
 use crate::nat::{NatEngine, ReleaseTo, Side, Time, Verdict};
-use crate::plan::CompiledPlan;
 use crate::tunnel::stage::TunnelReport;
 use crate::tunnel::{Inbound, Outbound, TunnelStage};
 use crate::wire::ethernet;

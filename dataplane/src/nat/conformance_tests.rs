@@ -68,7 +68,7 @@ fn a_plan_push_keeps_port_reuse_session_counts() {
             ],
         };
         next.version = v;
-        e.apply_plan(Arc::new(next.compile().unwrap()), T0);
+        e.apply_plan(Arc::new(CompiledPlan::new(&next).unwrap()), T0);
         assert_eq!(sessions(&e), 10, "after plan {v}");
     }
 }
@@ -139,7 +139,6 @@ fn endpoint_independent_filtering_obeys_the_policy_and_exclusions() {
             protocol: None,
             ports: Vec::new(),
             pods: None,
-            pod_selector: None,
         }],
         deny_response: crate::plan::DenyResponse::Drop,
         live_flows: crate::plan::LiveFlows::Cut,
@@ -197,7 +196,6 @@ mod dns_trust {
             protocol: Some(proto),
             ports: vec![port.parse().unwrap()],
             pods: None,
-            pod_selector: None,
         }
     }
 
@@ -255,10 +253,10 @@ mod dns_trust {
             dns_ttl_floor: 30,
             dns_resolvers: Vec::new(),
         };
-        let err = policy::CompiledPolicy::compile(&p).unwrap_err();
+        let err = p.validate().unwrap_err().to_string();
         assert!(err.contains("dnsResolvers"), "{err}");
         p.dns_resolvers = vec!["198.19.0.53/32".parse().unwrap()];
-        assert!(policy::CompiledPolicy::compile(&p).is_ok());
+        assert!(p.validate().is_ok());
     }
 
     /// Names kept per (pod, address) are bounded: a flood of names on one
@@ -409,7 +407,7 @@ mod plan_cooldown {
                 Binding { pod_ip: [198, 18, 0, 5].into(), config: "a".into(), public_key: None },
             ],
         };
-        Arc::new(plan.compile().unwrap())
+        Arc::new(CompiledPlan::new(&plan).unwrap())
     }
 
     /// RFC 6888 REQ-8: a port freed because a plan moved its pod away cools
@@ -616,7 +614,7 @@ mod mode_switch_cooldown {
                 Binding { pod_ip: [198, 18, 0, 5].into(), config: "a".into(), public_key: None },
             ],
         };
-        Arc::new(plan.compile().unwrap())
+        Arc::new(CompiledPlan::new(&plan).unwrap())
     }
 
     /// Switching a config from port reuse to endpoint-independent mapping

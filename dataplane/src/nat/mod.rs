@@ -8,6 +8,7 @@
 //! `out2in` (internet → pod), `icmp` (errors both ways and the errors the
 //! gateway itself sends), `frag` (shallow virtual reassembly).
 
+pub mod compiled;
 mod counters;
 mod flow_index;
 mod frag;
@@ -21,12 +22,13 @@ pub mod session;
 mod snapshot;
 pub mod tcp;
 
+pub use compiled::{CompiledConfig, CompiledPlan, CompiledTunnel, SourceCidrs};
 pub use counters::{Counters, DropReason};
 pub use frag::{ReleaseTo, Released};
 pub use policy::{Decision, FqdnCache};
 pub use snapshot::{RestoreStats, SessionRecord};
 
-use crate::plan::{CompiledConfig, CompiledPlan, MappingMode};
+use crate::plan::MappingMode;
 use crate::wire::ipv4::{self, Ipv4Packet};
 use crate::wire::{l4, Error as WireError};
 use frag::FragTable;

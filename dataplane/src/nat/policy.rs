@@ -1,11 +1,11 @@
-//! Egress policy, checked once per new flow (never per packet): an ordered
+//! Egress policy's lookup form, checked once per new flow (never per packet): an ordered
 //! rule set per config, first match wins, compiled so a lookup costs a walk
 //! down one prefix trie plus the rules that cover the destination. FQDN
 //! rules match the addresses a pod's own DNS answers tied to the name
 //! (learned from responses the gateway forwards to that pod); names that no
 //! pod resolved stay closed.
 
-use crate::plan::{DenyResponse, EgressPolicy, LiveFlows, PolicyAction, MAX_POLICY_RULES};
+use crate::plan::{normalise_fqdn, DenyResponse, EgressPolicy, LiveFlows, PolicyAction};
 use hashbrown::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -103,20 +103,10 @@ pub struct CompiledPolicy {
     wildcard: HashMap<String, Vec<u32>>,
 }
 
-fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 253
-        && n.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-        })
-}
-
 impl CompiledPolicy {
-    /// Validates and compiles; the error names the rule and what is wrong.
-    pub fn compile(p: &EgressPolicy) -> Result<CompiledPolicy, String> {
-        if p.rules.len() > MAX_POLICY_RULES {
-            return Err(format!("{} rules; at most {MAX_POLICY_RULES} are allowed", p.rules.len()));
-        }
+    /// Compiles a policy [`EgressPolicy::validate`] accepted (as every
+    /// policy of a plan that passed [`crate::plan::Plan::validate`] is).
+    pub fn new(p: &EgressPolicy) -> CompiledPolicy {
         let mut c = CompiledPolicy {
             default_action: p.default_action,
             deny_response: p.deny_response,
@@ -129,38 +119,17 @@ impl CompiledPolicy {
             exact: HashMap::new(),
             wildcard: HashMap::new(),
         };
-        let mut names = HashSet::new();
         for (i, r) in p.rules.iter().enumerate() {
             let idx = i as u32;
-            if r.name.is_empty() {
-                return Err(format!("rule #{} has no name", i + 1));
-            }
-            if !names.insert(r.name.as_str()) {
-                return Err(format!("rule '{}' is defined twice", r.name));
-            }
-            if !r.ports.is_empty() && r.protocol.is_some_and(|p| p == crate::plan::Protocol::Icmp) {
-                return Err(format!("rule '{}': ports need protocol tcp or udp", r.name));
-            }
             for &cidr in &r.cidrs {
                 c.trie.insert(u32::from(cidr.addr()), cidr.prefix_len(), idx);
             }
             for f in &r.fqdns {
-                let f = f.trim().trim_end_matches('.').to_ascii_lowercase();
-                let (table, name) = match f.strip_prefix("*.") {
-                    Some(rest) => (&mut c.wildcard, rest.to_string()),
-                    None => (&mut c.exact, f.clone()),
+                let (table, name) = match normalise_fqdn(f) {
+                    (true, name) => (&mut c.wildcard, name),
+                    (false, name) => (&mut c.exact, name),
                 };
-                if !valid_name(&name) {
-                    return Err(format!("rule '{}': '{f}' is not a DNS name", r.name));
-                }
                 table.entry(name).or_default().push(idx);
-            }
-            if r.pod_selector.is_some() {
-                return Err(format!(
-                    "rule '{}': podSelector must be resolved to pod IPs (pods) by the cluster source before a gateway \
-                     compiles the plan",
-                    r.name
-                ));
             }
             if r.cidrs.is_empty() && r.fqdns.is_empty() {
                 c.any_dst.push(idx);
@@ -173,10 +142,7 @@ impl CompiledPolicy {
                 pods: r.pods.as_ref().map(|v| v.iter().map(|&a| u32::from(a)).collect()),
             });
         }
-        if c.has_fqdns() && c.resolvers.is_empty() {
-            return Err("fqdns rules need dnsResolvers: the resolvers whose answers may open addresses".into());
-        }
-        Ok(c)
+        c
     }
 
     /// Whether DNS answers from `src` may teach FQDN rules.
@@ -338,7 +304,6 @@ mod tests {
             protocol: proto,
             ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
             pods: None,
-            pod_selector: None,
         }
     }
 
@@ -360,7 +325,7 @@ mod tests {
             dns_ttl_floor: 30,
             dns_resolvers: vec!["198.19.0.53/32".parse().unwrap()],
         };
-        let c = CompiledPolicy::compile(&p).unwrap();
+        let c = CompiledPolicy::new(&p);
         let pod = ip("198.18.0.2");
         let d = |dst: &str, proto, port| c.evaluate(pod, ip(dst), proto, port, &[]);
         assert_eq!(d("198.19.0.9", 6, 443), Decision { action: PolicyAction::Allow, rule: Some(1) });
@@ -384,7 +349,7 @@ mod tests {
             dns_ttl_floor: 30,
             dns_resolvers: vec!["198.19.0.53/32".parse().unwrap()],
         };
-        let c = CompiledPolicy::compile(&p).unwrap();
+        let c = CompiledPolicy::new(&p);
         assert!(c.wants_name("api.example.com") && c.wants_name("a.b.cdn.example.net"));
         assert!(!c.wants_name("cdn.example.net") && !c.wants_name("evil.com"));
         let (pod, dst) = (ip("198.18.0.2"), ip("198.19.0.10"));
@@ -397,27 +362,5 @@ mod tests {
         assert!(cache.names(pod, dst, 100).is_empty(), "expired");
         cache.expire(100);
         assert!(cache.is_empty());
-    }
-
-    #[test]
-    fn bad_policies_are_rejected_with_the_rule_named() {
-        let mut p = EgressPolicy {
-            default_action: PolicyAction::Deny,
-            rules: vec![rule("x", PolicyAction::Allow, &[], &["bad name!"], None, &[])],
-            deny_response: DenyResponse::Drop,
-            live_flows: LiveFlows::Cut,
-            dns_ttl_floor: 30,
-            dns_resolvers: vec!["198.19.0.53/32".parse().unwrap()],
-        };
-        assert_eq!(CompiledPolicy::compile(&p).unwrap_err(), "rule 'x': 'bad name!' is not a DNS name");
-        p.rules = vec![
-            rule("x", PolicyAction::Allow, &[], &[], None, &[]),
-            rule("x", PolicyAction::Deny, &[], &[], None, &[]),
-        ];
-        assert!(CompiledPolicy::compile(&p).unwrap_err().contains("twice"));
-        p.rules = vec![rule("x", PolicyAction::Allow, &[], &[], Some(Protocol::Icmp), &["80"])];
-        assert!(CompiledPolicy::compile(&p).is_err());
-        assert!("0".parse::<crate::plan::PortRange>().is_err());
-        assert!("90-80".parse::<crate::plan::PortRange>().is_err());
     }
 }

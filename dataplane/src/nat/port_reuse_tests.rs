@@ -22,7 +22,7 @@ fn engine() -> NatEngine {
         bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }],
     };
     let s = EngineSettings { session_capacity: 1 << 18, ports: 1024..=65535, ..settings() };
-    NatEngine::new(s, Arc::new(plan.compile().unwrap()))
+    NatEngine::new(s, Arc::new(CompiledPlan::new(&plan).unwrap()))
 }
 
 #[test]
@@ -64,7 +64,7 @@ fn exhaustion_is_claimed_only_when_every_tuple_is_taken() {
         bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }],
     };
     let s = EngineSettings { ports: 1024..=1039, ..settings() };
-    let mut e = NatEngine::new(s, Arc::new(plan.compile().unwrap()));
+    let mut e = NatEngine::new(s, Arc::new(CompiledPlan::new(&plan).unwrap()));
     // 4 addresses x 16 ports toward one destination: all 64 succeed.
     for p in 0..64u16 {
         assert!(matches!(udp(POD, 5000 + p, SERVER, 53, b"x").run(&mut e, T), Verdict::Forward { .. }), "flow {p}");

@@ -25,7 +25,7 @@ pub fn plan_with(a: GatewayConfig, b: GatewayConfig) -> Arc<CompiledPlan> {
             Binding { pod_ip: POD_B.into(), config: "b".into(), public_key: None },
         ],
     };
-    Arc::new(plan.compile().unwrap())
+    Arc::new(CompiledPlan::new(&plan).unwrap())
 }
 
 pub fn config(name: &str, pool: &str) -> GatewayConfig {
@@ -819,7 +819,7 @@ fn a_new_plan_moves_new_flows_and_cuts_sessions_it_no_longer_covers() {
             Binding { pod_ip: POD_B.into(), config: "b".into(), public_key: None },
         ],
     };
-    e.apply_plan(Arc::new(plan.compile().unwrap()), T0);
+    e.apply_plan(Arc::new(CompiledPlan::new(&plan).unwrap()), T0);
     assert_eq!(udp(SERVER, 53, a1.src(), a1.sport(), b"y").run(&mut e, T0), Verdict::Drop(DropReason::Unsolicited));
     assert!(matches!(udp(SERVER, 53, b1.src(), b1.sport(), b"y").run(&mut e, T0), Verdict::Forward { .. }));
     let mut a2 = udp(POD_A, 5000, SERVER, 53, b"x");
@@ -1002,7 +1002,6 @@ mod policy {
             protocol: proto,
             ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
             pods: None,
-            pod_selector: None,
         }
     }
 
@@ -1192,7 +1191,7 @@ mod tunnelled {
             ],
         };
         let s = EngineSettings { mtu: [inside_mtu, 1500], ..settings() };
-        NatEngine::new(s, Arc::new(plan.compile().unwrap()))
+        NatEngine::new(s, Arc::new(CompiledPlan::new(&plan).unwrap()))
     }
 
     #[test]

@@ -267,11 +267,11 @@ mod stage {
 
     const ILB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 50, 100), 6000);
 
-    fn plan() -> Arc<crate::plan::CompiledPlan> {
+    fn plan() -> Arc<crate::nat::CompiledPlan> {
         let mut c = GatewayConfig::new("a", vec!["198.19.100.0/30".parse().unwrap()]);
         c.tunnel = Some(TunnelConfig { address: *ILB.ip(), port: ILB.port(), private_key: WgSecret(GW_KEY) });
         let bindings = vec![Binding { pod_ip: POD_A, config: "a".into(), public_key: Some(WgKey(public(key(1)))) }];
-        Arc::new(Plan { version: 1, configs: vec![c], bindings }.compile().unwrap())
+        Arc::new(crate::nat::CompiledPlan::new(&Plan { version: 1, configs: vec![c], bindings }).unwrap())
     }
 
     fn datagram(payload: &[u8], from: SocketAddrV4, to: SocketAddrV4) -> Vec<u8> {

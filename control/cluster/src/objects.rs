@@ -338,8 +338,86 @@ pub struct EgressPolicyObject {
 pub struct EgressPolicySpec {
     /// The StaticGatewayConfiguration (same namespace) the rules apply to.
     pub gateway_configuration: String,
+    /// The rules as the object writes them (with `podSelector`); the plan's
+    /// `policy.rules` come from these once the selectors are resolved.
+    #[serde(default)]
+    pub rules: Vec<PolicyRuleSpec>,
+    /// Everything else of the policy, as the plan carries it.
     #[serde(flatten)]
-    pub policy: crate::plan::EgressPolicy,
+    pub policy: egret_plan::EgressPolicy,
+}
+
+/// A rule of an EgressPolicy object: a plan's rule plus the source pods by
+/// label, as in a NetworkPolicy. Only egret-control reads `podSelector`: it
+/// resolves it to `pods`, the pods bound to the config whose labels match,
+/// so a plan a gateway compiles never carries one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRuleSpec {
+    #[serde(flatten)]
+    pub rule: egret_plan::PolicyRule,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+}
+
+/// A Kubernetes label selector: every `matchLabels` pair and every
+/// `matchExpressions` requirement must hold. An empty selector selects all.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub match_labels: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<LabelRequirement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelRequirement {
+    pub key: String,
+    pub operator: LabelOperator,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LabelOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    /// Checks the selector is well formed, as the API server would: `In` and
+    /// `NotIn` need values, `Exists` and `DoesNotExist` take none.
+    pub fn validate(&self) -> Result<(), String> {
+        for r in &self.match_expressions {
+            match (r.operator, r.values.is_empty()) {
+                (LabelOperator::In | LabelOperator::NotIn, true) => {
+                    return Err(format!("podSelector: operator {:?} on '{}' needs values", r.operator, r.key))
+                }
+                (LabelOperator::Exists | LabelOperator::DoesNotExist, false) => {
+                    return Err(format!("podSelector: operator {:?} on '{}' takes no values", r.operator, r.key))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let v = labels.get(&r.key);
+                match r.operator {
+                    LabelOperator::In => v.is_some_and(|v| r.values.contains(v)),
+                    LabelOperator::NotIn => v.is_none_or(|v| !r.values.contains(v)),
+                    LabelOperator::Exists => v.is_some(),
+                    LabelOperator::DoesNotExist => v.is_none(),
+                }
+            })
+    }
 }
 
 /// kube-egress-gateway's GatewayVMConfiguration: its controller makes one per

@@ -16,8 +16,8 @@
 
 use super::objects::*;
 use super::Problem;
-use crate::plan::{
-    Binding, EgressPolicy, FilteringMode, GatewayConfig, Ipv4Cidr, MappingMode, Plan, Timeouts, TunnelConfig, WgKey,
+use egret_plan::{
+    Binding, FilteringMode, GatewayConfig, Ipv4Cidr, MappingMode, Plan, PolicyRule, Timeouts, TunnelConfig, WgKey,
     WgSecret,
 };
 use serde::{Deserialize, Serialize};
@@ -283,7 +283,7 @@ fn candidates(st: &ClusterState, needs_target: bool, problems: &mut Vec<Problem>
             }
         };
         let alone = Plan { version: 0, configs: vec![config.clone()], bindings: vec![] };
-        if let Err(e) = alone.compile() {
+        if let Err(e) = alone.validate() {
             problems.push(sgc_problem(sgc, e.to_string()));
             continue;
         }
@@ -351,14 +351,17 @@ fn attach_policies(st: &ClusterState, out: &mut Vec<Candidate>, problems: &mut V
             continue;
         }
         let mut policy = pol.spec.policy.clone();
-        if let Err(e) = resolve_pod_selectors(&mut policy, st, &target) {
-            problems.push(object(format!("{e}; {target} is not served until the policy is fixed")));
-            bad.insert(target);
-            continue;
+        match resolve_pod_selectors(&pol.spec.rules, st, &target) {
+            Ok(rules) => policy.rules = rules,
+            Err(e) => {
+                problems.push(object(format!("{e}; {target} is not served until the policy is fixed")));
+                bad.insert(target);
+                continue;
+            }
         }
         c.config.policy = Some(policy);
         let alone = Plan { version: 0, configs: vec![c.config.clone()], bindings: vec![] };
-        if let Err(e) = alone.compile() {
+        if let Err(e) = alone.validate() {
             problems.push(object(format!("{e}; {target} is not served until the policy is fixed")));
             bad.insert(target);
         }
@@ -370,9 +373,14 @@ fn attach_policies(st: &ClusterState, out: &mut Vec<Candidate>, problems: &mut V
 /// whose annotation names it) that the selector matches; with `pods` given
 /// too, a pod must be in both. Pods come and go with their labels, so this
 /// runs on every reconcile and a relabelled pod moves at the next plan.
-fn resolve_pod_selectors(policy: &mut EgressPolicy, st: &ClusterState, config: &str) -> Result<(), String> {
-    for rule in &mut policy.rules {
-        let Some(selector) = rule.pod_selector.take() else { continue };
+fn resolve_pod_selectors(rules: &[PolicyRuleSpec], st: &ClusterState, config: &str) -> Result<Vec<PolicyRule>, String> {
+    let mut out = Vec::with_capacity(rules.len());
+    for spec in rules {
+        let mut rule = spec.rule.clone();
+        let Some(selector) = &spec.pod_selector else {
+            out.push(rule);
+            continue;
+        };
         selector.validate().map_err(|e| format!("rule '{}': {e}", rule.name))?;
         let mut ips: Vec<Ipv4Addr> = st
             .pods
@@ -385,8 +393,9 @@ fn resolve_pod_selectors(policy: &mut EgressPolicy, st: &ClusterState, config: &
         ips.sort();
         ips.dedup();
         rule.pods = Some(ips);
+        out.push(rule);
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Step 3 whole: plain bindings from annotated pods for configs without a

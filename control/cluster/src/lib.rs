@@ -32,7 +32,7 @@ pub use reconcile::{
     ConfigStatus, GatewayNode, Reconciled,
 };
 
-use crate::plan::Plan;
+use egret_plan::Plan;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -105,7 +105,7 @@ mod from_str_tests {
         assert_eq!(plan.version, 3);
         assert_eq!(plan.configs.len(), 1);
         assert_eq!(plan.bindings.len(), 1);
-        plan.compile().unwrap();
+        plan.validate().unwrap();
         let err = plan_from_yaml_str("kind: [unclosed\n", "inline", 1).unwrap_err();
         assert!(err.to_string().starts_with("inline: document 1:"), "{err}");
     }

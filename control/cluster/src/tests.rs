@@ -3,13 +3,13 @@
 //! problem case.
 
 use super::*;
-use crate::plan::{Binding, Ipv4Cidr, MappingMode};
+use egret_plan::{Binding, Ipv4Cidr, MappingMode};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 fn testdata(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/cluster/testdata").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
 }
 
 fn aks() -> ClusterState {
@@ -90,7 +90,7 @@ fn aks_fixture_reconciles_to_one_plan_per_gateway_node() {
     assert_eq!(s["apps/web-egress"].len(), 3, "16 addresses reach all three nodes");
 
     for (node, plan) in &r.plans {
-        plan.compile().unwrap_or_else(|e| panic!("{node}: {e}"));
+        plan.validate().unwrap_or_else(|e| panic!("{node}: {e}"));
         let web = plan.configs.iter().find(|c| c.name == "apps/web-egress");
         if let Some(web) = web {
             assert_eq!(web.exclude, vec![cidr("10.0.0.0/8"), cidr("172.16.0.0/12"), cidr("169.254.169.254/32")]);
@@ -235,7 +235,7 @@ fn every_problem_is_reported_and_the_good_config_survives() {
     assert_eq!(plan.configs.len(), 1);
     assert_eq!(plan.configs[0].name, "apps/good");
     assert_eq!(plan.bindings, vec![Binding { pod_ip: ip("198.18.0.2"), config: "apps/good".into(), public_key: None }]);
-    plan.compile().unwrap();
+    plan.validate().unwrap();
     assert!(r.plans["gw-down"].configs.is_empty(), "an unready gateway node gets an empty plan");
     let unserved: Vec<&str> = r.configs.iter().filter(|c| !c.served).map(|c| c.name.as_str()).collect();
     assert_eq!(unserved.len(), 10);
@@ -255,7 +255,7 @@ fn a_small_prefix_leaves_some_nodes_idle_and_says_so() {
     let batch = &shares(&r)["apps/batch-egress"];
     assert_eq!(batch.values().map(|a| a.len()).sum::<usize>(), 2);
     for plan in r.plans.values() {
-        plan.compile().unwrap();
+        plan.validate().unwrap();
     }
 }
 
@@ -294,11 +294,11 @@ fn standalone_plan_serves_every_config_whole() {
     assert_eq!(names, ["apps/batch-egress", "apps/web-egress", "payments/pay-egress"]);
     assert_eq!(plan.configs[1].egress, vec![cidr("198.19.100.0/28")]);
     assert_eq!(plan.bindings.len(), 4);
-    plan.compile().unwrap();
+    plan.validate().unwrap();
 
     // Standalone needs no node pool, but still leaves bad objects out.
     let (plan, problems) = plan_from_yaml_path(&testdata("problems.yaml"), 1).unwrap();
-    plan.compile().unwrap();
+    plan.validate().unwrap();
     let names: Vec<&str> = plan.configs.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["apps/bothtargets", "apps/down", "apps/good", "apps/nowhere", "apps/untargeted"]);
     assert!(problems.iter().any(|p| p.object == "StaticGatewayConfiguration other/overlap"));
@@ -390,8 +390,9 @@ spec:
     assert_eq!(rules[0].pods, Some(vec![ip("198.18.0.2")]));
     assert_eq!(rules[1].pods, Some(vec![ip("198.18.0.3")]));
     assert_eq!(rules[2].pods, Some(vec![]), "a selector that matches nothing admits nobody");
-    assert!(rules.iter().all(|r| r.pod_selector.is_none()), "the plan carries IPs, not selectors");
-    plan.compile().expect("the resolved plan compiles");
+    let json = serde_json::to_string(&plan).unwrap();
+    assert!(!json.contains("podSelector"), "the plan carries IPs, not selectors: {json}");
+    plan.validate().expect("the resolved plan compiles");
     assert!(problems.iter().all(|p| !p.object.starts_with("EgressPolicy")), "{problems:?}");
 
     // A malformed selector fails the config closed, with the rule named.
@@ -402,12 +403,13 @@ spec:
     assert!(p.message.contains("rule 'not-front': podSelector: operator In on 'tier' needs values"), "{p}");
 
     // A plan that reaches a gateway with an unresolved selector is rejected.
-    let mut raw = plan_with_selector();
-    raw.configs[0].policy.as_mut().unwrap().rules[0].pod_selector = Some(Default::default());
-    assert!(raw.compile().unwrap_err().to_string().contains("podSelector must be resolved"));
+    let mut raw = serde_json::to_value(plan_with_selector()).unwrap();
+    raw["configs"][0]["policy"]["rules"][0]["podSelector"] = serde_json::json!({});
+    let e = serde_json::from_value::<egret_plan::Plan>(raw).unwrap_err().to_string();
+    assert!(e.contains("unknown field `podSelector`"), "{e}");
 }
 
-fn plan_with_selector() -> crate::plan::Plan {
+fn plan_with_selector() -> egret_plan::Plan {
     let text = r#"
 apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
 kind: StaticGatewayConfiguration
@@ -499,8 +501,8 @@ mod tunnels {
     //! kube-egress-gateway's tunnel objects: the SGC's gatewayServerProfile,
     //! its Secret, and PodEndpoints.
     use super::super::plan_from_yaml_str;
-    use crate::plan::WgSecret;
     use base64::Engine;
+    use egret_plan::WgSecret;
 
     fn manifests(secret_key: [u8; 32], profile_key: [u8; 32]) -> String {
         let b64 = |k: &[u8]| base64::engine::general_purpose::STANDARD.encode(k);
@@ -531,7 +533,7 @@ mod tunnels {
         assert_eq!((t.address.to_string(), t.port), ("198.18.50.100".to_string(), 6000));
         assert_eq!(plan.bindings.len(), 1, "the annotated pod is bound once, by its PodEndpoint");
         assert_eq!(plan.bindings[0].public_key, Some(WgSecret([9; 32]).public_key()));
-        plan.compile().unwrap();
+        plan.validate().unwrap();
     }
 
     #[test]
@@ -626,6 +628,5 @@ fn source_cidrs_bind_a_subnet_and_a_clash_leaves_the_newer_config_out() {
     );
     assert_eq!(plan.configs.len(), 1);
     assert_eq!(plan.configs[0].sources, vec![cidr("198.18.0.0/16"), cidr("198.20.0.0/24")]);
-    let c = plan.compile().unwrap();
-    assert_eq!(c.config_of(u32::from(ip("198.18.3.4"))), Some(0));
+    plan.validate().unwrap();
 }

@@ -1,0 +1,246 @@
+//! A validated plan in the shape the NAT core looks things up in: hash
+//! maps by pod, egress address and tunnel endpoint, exclusions longest
+//! first, policies compiled. Built only from a plan that
+//! [`Plan::validate`] accepted, so building cannot fail.
+
+use crate::nat::policy::CompiledPolicy;
+use crate::plan::{FilteringMode, Ipv4Cidr, MappingMode, Plan, PlanError, Timeouts, WgSecret};
+use crate::tunnel::PeerConfig;
+use hashbrown::{HashMap, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+/// A validated plan in lookup form.
+#[derive(Debug, Clone)]
+pub struct CompiledPlan {
+    pub version: u64,
+    pub configs: Vec<CompiledConfig>,
+    /// pod IP → index into `configs`.
+    pub pods: HashMap<u32, u16>,
+    /// egress IP → (config index, index into that config's `addrs`).
+    pub egress: HashMap<u32, (u16, u16)>,
+    /// Pods that reach the gateway through a tunnel (never in plain).
+    pub tunnelled: HashSet<u32>,
+    /// (tunnel address, port) → config index.
+    pub tunnels: HashMap<(u32, u16), u16>,
+    /// Fallback source CIDRs → config index.
+    pub sources: SourceCidrs,
+}
+
+/// Fallback source CIDRs, looked up by longest match with one hash probe
+/// per prefix length in use (a plan uses few), not a scan of every CIDR:
+/// every packet whose source is no bound pod asks.
+#[derive(Debug, Clone, Default)]
+pub struct SourceCidrs {
+    by_cidr: HashMap<Ipv4Cidr, u16>,
+    /// The prefix lengths in `by_cidr`, longest first.
+    lens: Vec<u8>,
+}
+
+impl SourceCidrs {
+    fn new(by_cidr: HashMap<Ipv4Cidr, u16>) -> SourceCidrs {
+        let mut lens: Vec<u8> = by_cidr.keys().map(|c| c.prefix_len()).collect();
+        lens.sort_unstable_by(|a, b| b.cmp(a));
+        lens.dedup();
+        SourceCidrs { by_cidr, lens }
+    }
+
+    /// The config of the longest CIDR holding `ip`.
+    #[inline]
+    pub fn lookup(&self, ip: u32) -> Option<u16> {
+        self.lens.iter().find_map(|&len| self.by_cidr.get(&Ipv4Cidr::covering(ip, len)).copied())
+    }
+
+    pub fn cidrs(&self) -> impl Iterator<Item = Ipv4Cidr> + '_ {
+        self.by_cidr.keys().copied()
+    }
+}
+
+impl CompiledPlan {
+    /// The config a fallback source CIDR binds `src` to (the longest match).
+    #[inline]
+    pub fn source_config(&self, src: u32) -> Option<u16> {
+        self.sources.lookup(src)
+    }
+
+    /// The config `ip` egresses through: its binding, else a source CIDR.
+    #[inline]
+    pub fn config_of(&self, ip: u32) -> Option<u16> {
+        self.pods.get(&ip).copied().or_else(|| self.source_config(ip))
+    }
+}
+
+/// A config's tunnel with its peers, as the tunnel stage builds it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CompiledTunnel {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub private_key: WgSecret,
+    pub peers: Vec<PeerConfig>,
+}
+
+impl fmt::Debug for CompiledTunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CompiledTunnel({}:{}, {} peers)", self.address, self.port, self.peers.len())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledConfig {
+    pub name: String,
+    /// Its object's UID: what the load balancer's probe asks by.
+    pub uid: Option<String>,
+    pub addrs: Vec<Ipv4Addr>,
+    /// Longest prefix first.
+    pub exclude: Vec<Ipv4Cidr>,
+    pub timeouts: Timeouts,
+    pub port_quota: u32,
+    pub session_limit: u32,
+    pub mapping: MappingMode,
+    pub filtering: FilteringMode,
+    pub policy: Option<Arc<CompiledPolicy>>,
+    pub tunnel: Option<Arc<CompiledTunnel>>,
+}
+
+impl CompiledConfig {
+    #[inline]
+    pub fn excludes(&self, dst: u32) -> bool {
+        self.exclude.iter().any(|c| c.contains(dst))
+    }
+}
+
+impl CompiledPlan {
+    /// Validates `plan` whole and compiles it; an invalid plan gives the
+    /// first problem and nothing.
+    pub fn new(plan: &Plan) -> Result<CompiledPlan, PlanError> {
+        plan.validate()?;
+        let mut configs = Vec::with_capacity(plan.configs.len());
+        let mut by_name: HashMap<&str, u16> = HashMap::new();
+        let mut egress: HashMap<u32, (u16, u16)> = HashMap::new();
+        let mut tunnels: HashMap<(u32, u16), u16> = HashMap::new();
+        let mut compiled_tunnels: Vec<Option<CompiledTunnel>> = Vec::new();
+        for (ci, c) in plan.configs.iter().enumerate() {
+            by_name.insert(&c.name, ci as u16);
+            let mut addrs = Vec::new();
+            for a in c.egress.iter().flat_map(|p| p.addrs()) {
+                egress.insert(u32::from(a), (ci as u16, addrs.len() as u16));
+                addrs.push(a);
+            }
+            let policy = c.policy.as_ref().map(|p| Arc::new(CompiledPolicy::new(p)));
+            compiled_tunnels.push(c.tunnel.as_ref().map(|t| {
+                tunnels.insert((u32::from(t.address), t.port), ci as u16);
+                CompiledTunnel {
+                    address: t.address,
+                    port: t.port,
+                    private_key: t.private_key.clone(),
+                    peers: Vec::new(),
+                }
+            }));
+            let mut exclude = c.exclude.clone();
+            exclude.sort_by_key(|c| std::cmp::Reverse(c.prefix_len()));
+            configs.push(CompiledConfig {
+                name: c.name.clone(),
+                uid: c.uid.clone(),
+                addrs,
+                exclude,
+                timeouts: c.timeouts,
+                port_quota: c.port_quota,
+                session_limit: c.session_limit,
+                mapping: c.mapping,
+                filtering: c.filtering,
+                policy,
+                tunnel: None,
+            });
+        }
+        let mut pods: HashMap<u32, u16> = HashMap::with_capacity(plan.bindings.len());
+        let mut tunnelled = HashSet::new();
+        for b in &plan.bindings {
+            let ci = by_name[b.config.as_str()];
+            pods.insert(u32::from(b.pod_ip), ci);
+            if let (Some(key), Some(t)) = (b.public_key, compiled_tunnels[usize::from(ci)].as_mut()) {
+                t.peers.push(PeerConfig { public_key: key.0, pod_ip: b.pod_ip });
+                tunnelled.insert(u32::from(b.pod_ip));
+            }
+        }
+        for (c, t) in configs.iter_mut().zip(compiled_tunnels) {
+            c.tunnel = t.map(Arc::new);
+        }
+        let mut by_cidr: HashMap<Ipv4Cidr, u16> = HashMap::new();
+        for (ci, c) in plan.configs.iter().enumerate() {
+            by_cidr.extend(c.sources.iter().map(|&cidr| (cidr, ci as u16)));
+        }
+        let sources = SourceCidrs::new(by_cidr);
+        Ok(CompiledPlan { version: plan.version, configs, pods, egress, tunnelled, tunnels, sources })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Binding, GatewayConfig, TunnelConfig, WgKey};
+
+    fn cidr(s: &str) -> Ipv4Cidr {
+        s.parse().unwrap()
+    }
+
+    fn ip(a: u8, b: u8, c: u8, d: u8) -> u32 {
+        u32::from(Ipv4Addr::new(a, b, c, d))
+    }
+
+    #[test]
+    fn pools_and_bindings_are_looked_up_by_address() {
+        let plan = Plan {
+            version: 1,
+            configs: vec![
+                GatewayConfig::new("a", vec![cidr("198.19.100.0/28")]),
+                GatewayConfig::new("b", vec![cidr("198.19.101.0/31"), cidr("198.19.102.7/32")]),
+            ],
+            bindings: vec![
+                Binding { pod_ip: "198.18.0.2".parse().unwrap(), config: "a".into(), public_key: None },
+                Binding { pod_ip: "198.18.0.3".parse().unwrap(), config: "b".into(), public_key: None },
+            ],
+        };
+        let c = CompiledPlan::new(&plan).unwrap();
+        assert_eq!(c.configs[0].addrs.len(), 16);
+        assert_eq!(c.configs[1].addrs.len(), 3);
+        assert_eq!(c.pods[&ip(198, 18, 0, 3)], 1);
+        assert_eq!(c.egress[&ip(198, 19, 102, 7)], (1, 2));
+    }
+
+    #[test]
+    fn an_invalid_plan_compiles_to_nothing() {
+        let mut plan = Plan {
+            version: 1,
+            configs: vec![GatewayConfig::new("a", vec![cidr("198.19.100.0/28")])],
+            bindings: vec![],
+        };
+        plan.configs[0].timeouts.udp = 0;
+        assert!(matches!(CompiledPlan::new(&plan), Err(PlanError::BadTimeout { field: "udp", .. })));
+    }
+
+    #[test]
+    fn the_longest_source_cidr_wins() {
+        let mut a = GatewayConfig::new("a", vec![cidr("198.19.100.0/28")]);
+        let mut b = GatewayConfig::new("b", vec![cidr("198.19.101.0/28")]);
+        a.sources = vec![cidr("198.18.0.0/16")];
+        b.sources = vec![cidr("198.18.5.0/24")];
+        let c = CompiledPlan::new(&Plan { version: 1, configs: vec![a, b], bindings: vec![] }).unwrap();
+        assert_eq!(c.config_of(ip(198, 18, 5, 9)), Some(1));
+        assert_eq!(c.config_of(ip(198, 18, 6, 9)), Some(0));
+        assert_eq!(c.config_of(ip(198, 20, 0, 1)), None);
+    }
+
+    #[test]
+    fn a_tunnelled_binding_makes_its_pod_a_peer_of_the_configs_tunnel() {
+        let mut a = GatewayConfig::new("a", vec![cidr("198.19.100.0/30")]);
+        a.tunnel =
+            Some(TunnelConfig { address: Ipv4Addr::new(198, 18, 50, 100), port: 6000, private_key: WgSecret([7; 32]) });
+        let pod =
+            Binding { pod_ip: Ipv4Addr::new(198, 18, 0, 2), config: "a".into(), public_key: Some(WgKey([1; 32])) };
+        let c = CompiledPlan::new(&Plan { version: 1, configs: vec![a], bindings: vec![pod] }).unwrap();
+        assert!(c.tunnelled.contains(&ip(198, 18, 0, 2)));
+        assert_eq!(c.tunnels[&(ip(198, 18, 50, 100), 6000)], 0);
+        assert_eq!(c.configs[0].tunnel.as_ref().unwrap().peers.len(), 1);
+    }
+}
