@@ -5,7 +5,7 @@
 use super::tests::*;
 use super::*;
 use crate::plan::{Binding, FilteringMode, GatewayConfig, MappingMode, Plan};
-use crate::wire::l4::tcp as tcpf;
+use crate::wire::tcp as tcpf;
 
 fn at(secs: u64) -> Time {
     Time::from_secs(T0.millis() / 1000 + secs)

@@ -5,6 +5,7 @@
 //! (copied, within a bound) and released once it comes. Fragments are never
 //! reassembled, only translated.
 
+use super::rewrite::Parsed;
 use super::{DropReason, NatEngine, Time};
 use super::{Side, Verdict};
 use crate::wire::ipv4::Ipv4Packet;
@@ -221,7 +222,7 @@ impl NatEngine {
         &mut self,
         buf: &mut [u8],
         len: usize,
-        p: &super::in2out::Parsed,
+        p: &Parsed,
         origin: Origin,
         now: Time,
     ) -> Verdict {
@@ -261,5 +262,13 @@ impl NatEngine {
                 Err(r) => self.drop(r),
             },
         }
+    }
+}
+
+impl Parsed {
+    /// The datagram a fragment belongs to.
+    #[inline]
+    pub(super) fn frag_key(&self) -> FragKey {
+        FragKey { src: self.src, dst: self.dst, id: self.ident, proto: self.proto }
     }
 }

@@ -2,10 +2,11 @@
 //! packet they quote, RFC 5508 section 4), and building the ones the gateway
 //! itself sends (time exceeded, destination unreachable).
 
-use super::in2out::{decrement_ttl, Parsed};
+use super::rewrite::{decrement_ttl, Parsed};
 use super::*;
-use crate::wire::checksum;
-use crate::wire::l4::icmp;
+use crate::wire::icmp::{self, IcmpPacket};
+use crate::wire::l4::Transport;
+use crate::wire::{Endpoint, IpProtocol};
 
 /// The packet an ICMP error quotes, as offsets into the ICMP message.
 struct Quoted {
@@ -13,100 +14,59 @@ struct Quoted {
     ip: usize,
     /// Offset of its transport header.
     l4: usize,
-    proto: u8,
+    proto: IpProtocol,
     src: u32,
     dst: u32,
     /// Source and destination ports, or (identifier, 0) for ICMP echo.
-    sport: u16,
-    dport: u16,
+    ports: (u16, u16),
 }
 
 fn parse_quoted(msg: &[u8]) -> Result<Quoted, DropReason> {
     let ip = icmp::HEADER_LEN;
-    if msg.len() < ip + ipv4::HEADER_LEN {
-        return Err(DropReason::IcmpErrorTruncated);
-    }
-    let q = &msg[ip..];
-    if q[0] >> 4 != 4 {
-        return Err(DropReason::Malformed);
-    }
-    let ihl = usize::from(q[0] & 0x0f) * 4;
-    if ihl < ipv4::HEADER_LEN {
-        return Err(DropReason::Malformed);
-    }
+    let q = Ipv4Packet::new_header_checked(&msg[ip..]).map_err(|e| match e {
+        WireError::Truncated => DropReason::IcmpErrorTruncated,
+        WireError::Malformed => DropReason::Malformed,
+    })?;
+    let ihl = q.header_len();
     // RFC 792: the header plus the first 8 bytes of the datagram.
-    if q.len() < ihl + 8 {
-        return Err(DropReason::IcmpErrorTruncated);
-    }
-    let proto = q[9];
-    let inner = &q[ihl..];
-    let (sport, dport) = match proto {
-        ipv4::PROTO_TCP | ipv4::PROTO_UDP => (l4::read16(inner, 0), l4::read16(inner, 2)),
-        ipv4::PROTO_ICMP => {
-            let ty = inner[icmp::TYPE];
-            if icmp::is_error(ty) {
-                return Err(DropReason::IcmpErrorNested);
-            }
-            if !icmp::is_query(ty) {
-                return Err(DropReason::IcmpUnsupportedType);
-            }
-            (l4::read16(inner, icmp::IDENT), 0)
+    let inner = msg.get(ip + ihl..).filter(|l| l.len() >= 8).ok_or(DropReason::IcmpErrorTruncated)?;
+    let Some(proto) = IpProtocol::from_number(q.protocol()) else { return Err(DropReason::UnsupportedProtocol) };
+    if proto == IpProtocol::Icmp {
+        let ty = IcmpPacket::new_unchecked(inner).msg_type();
+        if icmp::is_error(ty) {
+            return Err(DropReason::IcmpErrorNested);
         }
-        _ => return Err(DropReason::UnsupportedProtocol),
-    };
+        if !icmp::is_query(ty) {
+            return Err(DropReason::IcmpUnsupportedType);
+        }
+    }
     Ok(Quoted {
         ip,
         l4: ip + ihl,
         proto,
-        src: u32::from_be_bytes([q[12], q[13], q[14], q[15]]),
-        dst: u32::from_be_bytes([q[16], q[17], q[18], q[19]]),
-        sport,
-        dport,
+        src: u32::from_be_bytes(q.src()),
+        dst: u32::from_be_bytes(q.dst()),
+        ports: Transport::new_unchecked(inner, proto).ports(),
     })
 }
 
-/// Rewrites the quoted packet's source (`src`) or destination address and
-/// port, keeping its IP checksum and, where quoted, its transport checksum.
-fn rewrite_quoted(msg: &mut [u8], q: &Quoted, src: bool, new_ip: u32, new_port: u16) {
-    let mut ip = Ipv4Packet::new_unchecked(&mut msg[q.ip..]);
-    let old = if src { ip.src() } else { ip.dst() };
+/// Rewrites the quoted packet's address and port of `end`, keeping its IP
+/// checksum and, where quoted, its transport checksum.
+fn rewrite_quoted(msg: &mut [u8], q: &Quoted, end: Endpoint, new_ip: u32, new_port: u16) {
     let new = new_ip.to_be_bytes();
-    if src {
-        ip.set_src(new);
-    } else {
-        ip.set_dst(new);
-    }
-    let avail = msg.len() - q.l4;
-    let inner = &mut msg[q.l4..];
-    match q.proto {
-        ipv4::PROTO_ICMP => {
-            let old_id = l4::read16(inner, icmp::IDENT);
-            l4::write16(inner, icmp::IDENT, new_port);
-            let c = l4::read16(inner, icmp::CHECKSUM);
-            l4::write16(inner, icmp::CHECKSUM, checksum::update16(c, old_id, new_port));
-        }
-        proto => {
-            let at = if src { 0 } else { 2 };
-            let old_port = l4::read16(inner, at);
-            l4::write16(inner, at, new_port);
-            let c_at = l4::checksum_offset(proto);
-            if avail >= c_at + 2 {
-                let c = l4::read16(inner, c_at);
-                if !(proto == ipv4::PROTO_UDP && c == 0) {
-                    let n = checksum::update_addr_port(c, old, new, old_port, new_port);
-                    l4::write16(inner, c_at, if proto == ipv4::PROTO_UDP && n == 0 { 0xffff } else { n });
-                }
-            }
-        }
-    }
+    let mut ip = Ipv4Packet::new_unchecked(&mut msg[q.ip..]);
+    let old = match end {
+        Endpoint::Source => ip.src(),
+        Endpoint::Destination => ip.dst(),
+    };
+    ip.set_addr(end, new);
+    Transport::new_unchecked(&mut msg[q.l4..], q.proto).rewrite(end, old, new, new_port);
 }
 
 /// Recomputes an ICMP message's checksum from scratch (errors are rare and
 /// short; the quoted bytes changed in several places).
 fn reseal(msg: &mut [u8]) {
-    l4::write16(msg, icmp::CHECKSUM, 0);
-    let c = checksum::checksum(msg);
-    l4::write16(msg, icmp::CHECKSUM, c);
+    IcmpPacket::new_unchecked(msg).fill_checksum();
 }
 
 impl NatEngine {
@@ -118,7 +78,7 @@ impl NatEngine {
             return self.drop(DropReason::FragmentTooShort);
         }
         let msg = &buf[p.hl..len];
-        if checksum::checksum(msg) != 0 {
+        if !IcmpPacket::new_unchecked(msg).verify_checksum() {
             return self.drop(DropReason::IcmpBadChecksum);
         }
         let q = match parse_quoted(msg) {
@@ -128,13 +88,13 @@ impl NatEngine {
         if q.dst != p.src {
             return self.drop(DropReason::IcmpErrorNoSession);
         }
-        let (local_port, remote_port) = if q.proto == ipv4::PROTO_ICMP { (q.sport, 0) } else { (q.dport, q.sport) };
-        let owner = self.inside_owner(q.proto, q.dst, local_port);
-        if owner != self.settings.worker {
-            self.counters.handoffs += 1;
-            return Verdict::Handoff { worker: owner, from: Side::Inside };
+        // The quoted packet went remote → pod: the pod's endpoint is its
+        // destination.
+        let key = FlowKey::inbound(q.proto.number(), q.src, q.dst, q.ports);
+        let owner = self.inside_owner(key.proto, key.local, key.local_port);
+        if let Some(v) = self.hand_off(owner, Side::Inside, None, now) {
+            return v;
         }
-        let key = FlowKey { proto: q.proto, local: q.dst, local_port, remote: q.src, remote_port };
         let Some(i) = self.find_live_in(&key, now) else {
             return self.drop(DropReason::IcmpErrorNoSession);
         };
@@ -144,7 +104,7 @@ impl NatEngine {
         let s = *self.sessions.get(i);
         let hl = p.hl;
         let msg = &mut buf[hl..len];
-        rewrite_quoted(msg, &q, false, s.egress, s.egress_port);
+        rewrite_quoted(msg, &q, Endpoint::Destination, s.egress, s.egress_port);
         reseal(msg);
         Ipv4Packet::new_unchecked(&mut buf[..len]).set_src(s.egress.to_be_bytes());
         self.counters.in2out_packets += 1;
@@ -169,7 +129,7 @@ impl NatEngine {
             return self.drop(DropReason::FragmentTooShort);
         }
         let msg = &buf[p.hl..len];
-        if checksum::checksum(msg) != 0 {
+        if !IcmpPacket::new_unchecked(msg).verify_checksum() {
             return self.drop(DropReason::IcmpBadChecksum);
         }
         let q = match parse_quoted(msg) {
@@ -180,16 +140,13 @@ impl NatEngine {
         if q.src != p.dst {
             return self.drop(DropReason::IcmpErrorNoSession);
         }
-        let (local_port, remote_port) = if q.proto == ipv4::PROTO_ICMP { (q.sport, 0) } else { (q.sport, q.dport) };
-        match self.slice.owner(local_port) {
-            None => return self.drop(DropReason::IcmpErrorNoSession),
-            Some(w) if w != self.settings.worker => {
-                self.counters.handoffs += 1;
-                return Verdict::Handoff { worker: w, from: Side::Outside };
-            }
-            Some(_) => {}
+        let key = FlowKey::outbound(q.proto.number(), q.src, q.dst, q.ports);
+        let Some(owner) = self.slice.owner(key.local_port) else {
+            return self.drop(DropReason::IcmpErrorNoSession);
+        };
+        if let Some(v) = self.hand_off(owner, Side::Outside, None, now) {
+            return v;
         }
-        let key = FlowKey { proto: q.proto, local: q.src, local_port, remote: q.dst, remote_port };
         let Some(i) = self.find_live_out(&key, now) else {
             return self.drop(DropReason::IcmpErrorNoSession);
         };
@@ -199,7 +156,7 @@ impl NatEngine {
         let s = *self.sessions.get(i);
         let hl = p.hl;
         let msg = &mut buf[hl..len];
-        rewrite_quoted(msg, &q, true, s.pod, s.pod_port);
+        rewrite_quoted(msg, &q, Endpoint::Source, s.pod, s.pod_port);
         reseal(msg);
         Ipv4Packet::new_unchecked(&mut buf[..len]).set_dst(s.pod.to_be_bytes());
         decrement_ttl(buf, len);
@@ -239,7 +196,9 @@ impl NatEngine {
     ) -> Verdict {
         self.counters.drop(reason);
         let p = Parsed::read(buf, len);
-        let about_error = p.proto == ipv4::PROTO_ICMP && len > p.hl && icmp::is_error(buf[p.hl]);
+        let about_error = p.proto == ipv4::PROTO_ICMP
+            && len > p.hl
+            && icmp::is_error(IcmpPacket::new_unchecked(&buf[p.hl..len]).msg_type());
         if p.later_frag || about_error || from == 0 || is_martian_dst(p.src) || !self.icmp_token(now) {
             return Verdict::Drop(reason);
         }
@@ -260,10 +219,31 @@ impl NatEngine {
             from.to_be_bytes(),
             p.src.to_be_bytes(),
         );
-        let msg = &mut buf[ipv4::HEADER_LEN..total];
-        msg[..icmp::HEADER_LEN].copy_from_slice(&[ty, code, 0, 0, rest[0], rest[1], rest[2], rest[3]]);
-        reseal(msg);
+        let mut msg = IcmpPacket::new_unchecked(&mut buf[ipv4::HEADER_LEN..total]);
+        msg.emit_header(ty, code, rest);
+        msg.fill_checksum();
         self.counters.icmp_errors_sent += 1;
         Verdict::Reply { len: total }
+    }
+}
+
+impl NatEngine {
+    /// Takes an ICMP-error token; tokens refill at `icmp_errors_per_sec`.
+    pub(super) fn icmp_token(&mut self, now: Time) -> bool {
+        let rate = self.settings.icmp_errors_per_sec;
+        let elapsed = now.millis().saturating_sub(self.icmp_refill_ms);
+        if elapsed > 0 {
+            let add = (elapsed * u64::from(rate) / 1000) as u32;
+            if add > 0 {
+                self.icmp_tokens = (self.icmp_tokens + add).min(rate);
+                self.icmp_refill_ms = now.millis();
+            }
+        }
+        if self.icmp_tokens == 0 {
+            self.counters.icmp_rate_limited += 1;
+            return false;
+        }
+        self.icmp_tokens -= 1;
+        true
     }
 }

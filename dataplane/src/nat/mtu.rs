@@ -6,7 +6,7 @@
 
 use super::frag::Released;
 use super::*;
-use crate::wire::l4::icmp;
+use crate::wire::icmp;
 
 impl NatEngine {
     /// The MTU of the way out toward `side` for a packet to `to`: the

@@ -2,10 +2,13 @@
 //! back to the pod; everything else is unsolicited and dropped.
 
 use super::frag::{FragAction, Origin};
-use super::in2out::{rewrite, Parsed};
+use super::rewrite::{rewrite, Parsed};
 use super::*;
 use crate::plan::FilteringMode;
-use crate::wire::l4::icmp;
+use crate::wire::icmp::{self, IcmpPacket};
+use crate::wire::l4::Transport;
+use crate::wire::tcp::TcpPacket;
+use crate::wire::{Endpoint, IpProtocol};
 
 impl NatEngine {
     pub(super) fn out2in(&mut self, buf: &mut [u8], len: usize, now: Time) -> Verdict {
@@ -23,40 +26,31 @@ impl NatEngine {
             return self.follow_fragment(buf, len, &p, origin, now);
         }
         let l4b = &buf[p.hl..len];
-        if l4b.len() < l4::min_len(p.proto) {
+        let proto = IpProtocol::from_number(p.proto);
+        if l4b.len() < proto.map_or(icmp::HEADER_LEN, l4::min_len) {
             let r = if p.first_frag { DropReason::FragmentTooShort } else { DropReason::Truncated };
             return self.drop(r);
         }
-        match p.proto {
-            ipv4::PROTO_TCP | ipv4::PROTO_UDP => {}
-            ipv4::PROTO_ICMP => {
-                let ty = l4b[icmp::TYPE];
-                if icmp::is_error(ty) {
-                    return self.out2in_icmp_error(buf, len, &p, now);
-                }
-                if ty != icmp::ECHO_REPLY {
-                    return self.drop(DropReason::Unsolicited);
-                }
+        let Some(proto) = proto else { return self.drop(DropReason::UnsupportedProtocol) };
+        if proto == IpProtocol::Icmp {
+            let ty = IcmpPacket::new_unchecked(l4b).msg_type();
+            if icmp::is_error(ty) {
+                return self.out2in_icmp_error(buf, len, &p, now);
             }
-            _ => return self.drop(DropReason::UnsupportedProtocol),
+            if ty != icmp::ECHO_REPLY {
+                return self.drop(DropReason::Unsolicited);
+            }
         }
-        let (a, b) = ports(p.proto, l4b);
-        let (local_port, remote_port) = if p.proto == ipv4::PROTO_ICMP { (a, 0) } else { (b, a) };
-        let tcp_flags = (p.proto == ipv4::PROTO_TCP).then(|| l4b[l4::tcp::FLAGS]);
+        let key = FlowKey::inbound(p.proto, p.src, p.dst, Transport::new_unchecked(l4b, proto).ports());
+        let tcp_flags = (proto == IpProtocol::Tcp).then(|| TcpPacket::new_unchecked(l4b).flags());
 
-        match self.slice.owner(local_port) {
-            None => return self.drop(DropReason::Unsolicited),
-            Some(w) if w != self.settings.worker => {
-                if p.first_frag && !hairpin {
-                    self.record_fragment(p.frag_key(), FragAction::Handoff { worker: w, from: Side::Outside }, now);
-                }
-                self.counters.handoffs += 1;
-                return Verdict::Handoff { worker: w, from: Side::Outside };
-            }
-            Some(_) => {}
+        let Some(owner) = self.slice.owner(key.local_port) else { return self.drop(DropReason::Unsolicited) };
+        // A hairpinned packet's fragments are recorded under the pod's key.
+        let first_frag = (p.first_frag && !hairpin).then(|| p.frag_key());
+        if let Some(v) = self.hand_off(owner, Side::Outside, first_frag, now) {
+            return v;
         }
 
-        let key = FlowKey { proto: p.proto, local: p.dst, local_port, remote: p.src, remote_port };
         let i = match self.find_live_out(&key, now) {
             Some(i) => i,
             None => match self.open_from_mapping(&key, now) {
@@ -74,7 +68,7 @@ impl NatEngine {
             }
         }
         let s = self.touch(i, tcp_flags, false, now);
-        rewrite(buf, len, p.proto, false, s.pod, s.pod_port, true);
+        rewrite(buf, len, proto, Endpoint::Destination, s.pod, s.pod_port, true);
         if s.remote_port == 53 && p.proto != ipv4::PROTO_ICMP && !p.first_frag {
             self.learn_from_dns(buf, len, &p, &s, now);
         }
@@ -93,13 +87,10 @@ impl NatEngine {
     fn learn_from_dns(&mut self, buf: &[u8], len: usize, p: &Parsed, s: &Session, now: Time) {
         let l4b = &buf[p.hl..len];
         let msg = if p.proto == ipv4::PROTO_UDP {
-            &l4b[l4::udp::HEADER_LEN..]
+            &l4b[crate::wire::udp::HEADER_LEN..]
         } else {
-            let Some(data) = l4b.get(usize::from(l4b[12] >> 4) * 4..) else { return };
-            match data {
-                [hi, lo, rest @ ..] if usize::from(u16::from_be_bytes([*hi, *lo])) == rest.len() => rest,
-                _ => return,
-            }
+            let Some(msg) = crate::wire::dns::tcp_message(TcpPacket::new_unchecked(l4b).payload()) else { return };
+            msg
         };
         self.learn_dns(s, msg, now);
     }
@@ -141,21 +132,7 @@ impl NatEngine {
                 return Err(DropReason::PolicyDenied);
             }
         }
-        let s = Session {
-            pod: m.pod,
-            remote: key.remote,
-            egress: m.egress,
-            pod_port: m.pod_port,
-            remote_port: key.remote_port,
-            egress_port: m.egress_port,
-            proto: key.proto,
-            state: 0,
-            config: m.config,
-            deadline: 0,
-            mapping: mi,
-            created: now.secs(),
-            flags: if self.plan.egress.contains_key(&key.remote) { session::flags::HAIRPIN } else { 0 },
-        };
+        let s = self.new_session(&inside, (m.egress, m.egress_port), m.config, mi, now);
         let Some(i) = self.sessions.insert(s) else { return Err(DropReason::SessionTableFull) };
         self.mappings.get_mut(mi).refs += 1;
         if let Some(p) = self.pods.get_mut(&m.pod) {

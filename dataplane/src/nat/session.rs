@@ -22,6 +22,24 @@ pub struct FlowKey {
     pub remote_port: u16,
 }
 
+impl FlowKey {
+    /// The key of a packet from the inside: its source is the pod's
+    /// endpoint. `ports` as [`crate::wire::l4::Transport::ports`] reads them.
+    #[inline(always)]
+    pub fn outbound(proto: u8, src: u32, dst: u32, (sport, dport): (u16, u16)) -> FlowKey {
+        FlowKey { proto, local: src, local_port: sport, remote: dst, remote_port: dport }
+    }
+
+    /// The key of a packet from the outside: its destination is the egress
+    /// endpoint. For ICMP echo the identifier is the local "port" and the
+    /// remote one is 0, whichever way the message travels.
+    #[inline(always)]
+    pub fn inbound(proto: u8, src: u32, dst: u32, (a, b): (u16, u16)) -> FlowKey {
+        let (local_port, remote_port) = if proto == crate::wire::ipv4::PROTO_ICMP { (a, 0) } else { (b, a) };
+        FlowKey { proto, local: dst, local_port, remote: src, remote_port }
+    }
+}
+
 impl Hash for FlowKey {
     /// Two words instead of five fields: one hasher round each.
     #[inline]

@@ -2,7 +2,7 @@
 //! keeps established connections: each live session with its remaining
 //! idle time (engine clocks restart; remaining time does not).
 
-use super::session::{state, EndpointKey, FlowKey, Mapping, Session, NONE};
+use super::session::{state, EndpointKey, FlowKey, Mapping, NONE};
 use super::{proto_slot, NatEngine, Time};
 use crate::plan::MappingMode;
 use serde::{Deserialize, Serialize};
@@ -146,21 +146,10 @@ impl NatEngine {
             }
             MappingMode::PortReuse => NONE,
         };
-        let s = Session {
-            pod,
-            remote,
-            egress,
-            pod_port: r.pod_port,
-            remote_port: r.remote_port,
-            egress_port: r.egress_port,
-            proto: r.proto,
-            state: r.state,
-            flags: if self.plan.egress.contains_key(&remote) { super::session::flags::HAIRPIN } else { 0 },
-            config: ci,
-            deadline: now.secs().saturating_add(r.remaining.min(crate::plan::MAX_TIMEOUT)),
-            mapping,
-            created: now.secs(),
-        };
+        let inside = FlowKey::outbound(r.proto, pod, remote, (r.pod_port, r.remote_port));
+        let mut s = self.new_session(&inside, (egress, r.egress_port), ci, mapping, now);
+        s.state = r.state;
+        s.deadline = now.secs().saturating_add(r.remaining.min(crate::plan::MAX_TIMEOUT));
         if self.sessions.insert(s).is_none() {
             return false;
         }

@@ -4,7 +4,7 @@
 
 use super::session::state::*;
 use crate::plan::Timeouts;
-use crate::wire::l4::tcp;
+use crate::wire::tcp;
 
 /// Folds one segment's flags into the state. `outbound` is inside → outside.
 #[inline]

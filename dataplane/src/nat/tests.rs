@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::plan::{Binding, FilteringMode, GatewayConfig, MappingMode, Plan};
-use crate::wire::l4::{icmp, tcp as tcpf};
+use crate::wire::{icmp, tcp as tcpf};
 pub use etherparse::{Ipv4HeaderSlice, PacketBuilder, TcpHeaderSlice, UdpHeaderSlice};
 
 pub const POD_A: [u8; 4] = [198, 18, 0, 2];

@@ -67,6 +67,15 @@ fn read_name(m: &[u8], mut at: usize) -> Option<(String, usize)> {
 
 /// The A records a response gives for its question, following CNAMEs.
 /// Returns nothing for queries, errors, truncated or malformed messages.
+/// The DNS message a TCP segment's data holds when it holds exactly one,
+/// length-prefixed (RFC 1035 4.2.2); `None` for a partial or several.
+pub fn tcp_message(data: &[u8]) -> Option<&[u8]> {
+    match data {
+        [hi, lo, rest @ ..] if usize::from(u16::from_be_bytes([*hi, *lo])) == rest.len() => Some(rest),
+        _ => None,
+    }
+}
+
 pub fn answers(m: &[u8]) -> Vec<Answer> {
     parse(m).unwrap_or_default()
 }

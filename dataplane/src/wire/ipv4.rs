@@ -1,6 +1,7 @@
 //! A zero-copy view of an IPv4 header (smoltcp style): validated once by
 //! `new_checked`, after which accessors cannot go out of bounds.
 
+use super::ip::{Endpoint, IpProtocol};
 use super::{checksum, Error};
 use std::net::Ipv4Addr;
 
@@ -18,9 +19,10 @@ mod field {
 }
 
 pub const HEADER_LEN: usize = 20;
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
+/// Protocol numbers as patterns for the `protocol` field.
+pub const PROTO_ICMP: u8 = IpProtocol::Icmp.number();
+pub const PROTO_TCP: u8 = IpProtocol::Tcp.number();
+pub const PROTO_UDP: u8 = IpProtocol::Udp.number();
 
 #[derive(Debug)]
 pub struct Ipv4Packet<T: AsRef<[u8]>> {
@@ -51,6 +53,24 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
             return Err(Error::Malformed);
         }
         if b.len() < total {
+            return Err(Error::Truncated);
+        }
+        Ok(Ipv4Packet { buffer })
+    }
+
+    /// Validates the header alone (version, header length within the
+    /// buffer), not the total length: for a packet an ICMP error quotes,
+    /// cut after its first bytes, and for prefetch peeks.
+    #[inline]
+    pub fn new_header_checked(buffer: T) -> Result<Self, Error> {
+        let b = buffer.as_ref();
+        if b.len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        if b[field::VER_IHL] >> 4 != 4 || usize::from(b[field::VER_IHL] & 0x0f) * 4 < HEADER_LEN {
+            return Err(Error::Malformed);
+        }
+        if b.len() < usize::from(b[field::VER_IHL] & 0x0f) * 4 {
             return Err(Error::Truncated);
         }
         Ok(Ipv4Packet { buffer })
@@ -164,11 +184,22 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.bm()[field::DST].copy_from_slice(&new);
         self.set_checksum(c);
     }
-    /// Rewrites the source (`src`) or destination address and optionally
-    /// decrements the TTL, with one checksum update; returns the old address.
+    /// Rewrites the address of `end`, updating the header checksum.
+    #[inline]
+    pub fn set_addr(&mut self, end: Endpoint, new: [u8; 4]) {
+        match end {
+            Endpoint::Source => self.set_src(new),
+            Endpoint::Destination => self.set_dst(new),
+        }
+    }
+    /// Rewrites the address of `end` and optionally decrements the TTL,
+    /// with one checksum update; returns the old address.
     #[inline(always)]
-    pub fn translate_addr(&mut self, src: bool, new: [u8; 4], dec_ttl: bool) -> [u8; 4] {
-        let (field, old) = if src { (field::SRC, self.src()) } else { (field::DST, self.dst()) };
+    pub fn translate_addr(&mut self, end: Endpoint, new: [u8; 4], dec_ttl: bool) -> [u8; 4] {
+        let (field, old) = match end {
+            Endpoint::Source => (field::SRC, self.src()),
+            Endpoint::Destination => (field::DST, self.dst()),
+        };
         let (ttl, proto) = (self.ttl(), self.protocol());
         let mut acc = u32::from(!self.checksum())
             + u32::from(!u16::from_be_bytes([old[0], old[1]]))

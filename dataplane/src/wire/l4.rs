@@ -1,83 +1,127 @@
-//! Transport-header fields the NAT reads and rewrites: TCP and UDP ports,
-//! TCP flags, ICMP type/code/identifier, and each protocol's checksum.
-//! Callers check `min_len` before using the accessors.
+//! The transport header as the NAT treats every protocol alike: two
+//! "ports" to read and rewrite (TCP and UDP ports; for ICMP echo, the
+//! identifier as the local one), with the transport checksum kept right
+//! incrementally. The per-protocol views are [`super::tcp`], [`super::udp`]
+//! and [`super::icmp`].
 
-pub mod tcp {
-    pub const SRC_PORT: usize = 0;
-    pub const DST_PORT: usize = 2;
-    pub const FLAGS: usize = 13;
-    pub const CHECKSUM: usize = 16;
-    pub const HEADER_LEN: usize = 20;
+use super::checksum;
+use super::icmp::{self, IcmpPacket};
+use super::ip::{Endpoint, IpProtocol};
+use super::{tcp, udp};
 
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const ACK: u8 = 0x10;
-}
-
-pub mod udp {
-    pub const SRC_PORT: usize = 0;
-    pub const DST_PORT: usize = 2;
-    pub const LENGTH: usize = 4;
-    pub const CHECKSUM: usize = 6;
-    pub const HEADER_LEN: usize = 8;
-}
-
-pub mod icmp {
-    pub const TYPE: usize = 0;
-    pub const CODE: usize = 1;
-    pub const CHECKSUM: usize = 2;
-    pub const IDENT: usize = 4;
-    pub const HEADER_LEN: usize = 8;
-
-    pub const ECHO_REPLY: u8 = 0;
-    pub const DEST_UNREACHABLE: u8 = 3;
-    pub const ECHO_REQUEST: u8 = 8;
-    pub const TIME_EXCEEDED: u8 = 11;
-    pub const PARAMETER_PROBLEM: u8 = 12;
-
-    /// Destination unreachable codes Egret sends.
-    pub const CODE_FRAG_NEEDED: u8 = 4;
-    pub const CODE_ADMIN_PROHIBITED: u8 = 13;
-
-    /// Query messages carry an identifier that NAT translates like a port.
-    #[inline]
-    pub fn is_query(ty: u8) -> bool {
-        matches!(ty, ECHO_REQUEST | ECHO_REPLY)
-    }
-
-    /// Error messages carry the offending packet's header (RFC 792).
-    #[inline]
-    pub fn is_error(ty: u8) -> bool {
-        matches!(ty, DEST_UNREACHABLE | TIME_EXCEEDED | PARAMETER_PROBLEM)
-    }
-}
-
-/// Offset of the checksum field for a protocol, and the minimum header length.
-#[inline]
-pub fn checksum_offset(proto: u8) -> usize {
+/// Bytes of transport header the NAT needs of a protocol.
+#[inline(always)]
+pub fn min_len(proto: IpProtocol) -> usize {
     match proto {
-        super::ipv4::PROTO_TCP => tcp::CHECKSUM,
-        super::ipv4::PROTO_UDP => udp::CHECKSUM,
-        _ => icmp::CHECKSUM,
+        IpProtocol::Tcp => tcp::HEADER_LEN,
+        IpProtocol::Udp => udp::HEADER_LEN,
+        IpProtocol::Icmp => icmp::HEADER_LEN,
     }
 }
 
-#[inline]
-pub fn min_len(proto: u8) -> usize {
-    match proto {
-        super::ipv4::PROTO_TCP => tcp::HEADER_LEN,
-        super::ipv4::PROTO_UDP => udp::HEADER_LEN,
-        _ => icmp::HEADER_LEN,
-    }
+mod field {
+    pub type Field = core::ops::Range<usize>;
+    /// TCP and UDP share the place of their ports.
+    pub const SRC_PORT: Field = 0..2;
+    pub const DST_PORT: Field = 2..4;
 }
 
-#[inline]
-pub fn read16(b: &[u8], at: usize) -> u16 {
+/// A transport header of a known protocol, at least 8 bytes (what an ICMP
+/// error quotes; the TCP checksum may lie beyond).
+#[derive(Debug)]
+pub struct Transport<T: AsRef<[u8]>> {
+    buffer: T,
+    proto: IpProtocol,
+}
+
+#[inline(always)]
+fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-#[inline]
-pub fn write16(b: &mut [u8], at: usize, v: u16) {
+#[inline(always)]
+fn put16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+impl<T: AsRef<[u8]>> Transport<T> {
+    /// Wraps without checks; the caller saw at least 8 bytes.
+    #[inline(always)]
+    pub fn new_unchecked(buffer: T, proto: IpProtocol) -> Self {
+        Transport { buffer, proto }
+    }
+
+    /// Wraps a header of at least 8 bytes.
+    #[inline]
+    pub fn new_checked(buffer: T, proto: IpProtocol) -> Result<Self, super::Error> {
+        if buffer.as_ref().len() < 8 {
+            return Err(super::Error::Truncated);
+        }
+        Ok(Transport { buffer, proto })
+    }
+
+    /// (source port, destination port); for ICMP, (identifier, 0).
+    #[inline(always)]
+    pub fn ports(&self) -> (u16, u16) {
+        let b = self.buffer.as_ref();
+        match self.proto {
+            IpProtocol::Icmp => (IcmpPacket::new_unchecked(b).ident(), 0),
+            _ => (be16(b, field::SRC_PORT.start), be16(b, field::DST_PORT.start)),
+        }
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Transport<T> {
+    /// Rewrites the port of `end` (for ICMP, the identifier) to `new_port`
+    /// after the IP address of that endpoint went `old_addr` → `new_addr`,
+    /// updating the checksum where the header holds it (a quoted header
+    /// may end before it) and leaving a UDP datagram sent without one
+    /// (RFC 768) without one.
+    #[inline(always)]
+    pub fn rewrite(&mut self, end: Endpoint, old_addr: [u8; 4], new_addr: [u8; 4], new_port: u16) {
+        let b = self.buffer.as_mut();
+        let c_at = match self.proto {
+            IpProtocol::Icmp => return IcmpPacket::new_unchecked(b).set_ident(new_port),
+            IpProtocol::Tcp => tcp::CHECKSUM_AT,
+            IpProtocol::Udp => udp::CHECKSUM_AT,
+        };
+        let at = match end {
+            Endpoint::Source => field::SRC_PORT.start,
+            Endpoint::Destination => field::DST_PORT.start,
+        };
+        let old_port = be16(b, at);
+        put16(b, at, new_port);
+        if b.len() < c_at + 2 {
+            return;
+        }
+        let c = be16(b, c_at);
+        let udp = self.proto == IpProtocol::Udp;
+        if udp && c == 0 {
+            return;
+        }
+        let n = checksum::update_addr_port(c, old_addr, new_addr, old_port, new_port);
+        put16(b, c_at, if udp && n == 0 { 0xffff } else { n });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_udp_datagram_without_a_checksum_keeps_none() {
+        let mut b = [0x13, 0x88, 0, 53, 0, 8, 0, 0];
+        let mut t = Transport::new_checked(&mut b[..], IpProtocol::Udp).unwrap();
+        t.rewrite(Endpoint::Source, [198, 18, 0, 2], [198, 19, 0, 1], 1024);
+        assert_eq!(t.ports(), (1024, 53));
+        assert_eq!(&b[6..8], &[0, 0]);
+    }
+
+    #[test]
+    fn a_quoted_tcp_header_cut_before_its_checksum_still_gets_its_port() {
+        let mut b = [0u8; 8];
+        let mut t = Transport::new_checked(&mut b[..], IpProtocol::Tcp).unwrap();
+        t.rewrite(Endpoint::Destination, [0; 4], [1; 4], 4242);
+        assert_eq!(t.ports(), (0, 4242));
+    }
 }

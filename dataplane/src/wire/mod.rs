@@ -1,11 +1,21 @@
-//! Packet views over bytes: validated once, then read and rewritten in place.
+//! Packet views over bytes (smoltcp's `wire` shape): one view per header,
+//! its fields as ranges in a `mod field`, `new_checked` once, then
+//! accessors that cannot go out of bounds; `Repr`s for the few packets the
+//! gateway writes itself. Nothing outside this module reads a packet by
+//! index.
 
 pub mod checksum;
 pub mod dns;
+pub mod ethernet;
+pub mod icmp;
+pub mod ip;
 pub mod ipv4;
 pub mod l4;
+pub mod tcp;
 pub mod udp;
 
+pub use ethernet::EthernetFrame;
+pub use ip::{Endpoint, IpProtocol};
 pub use ipv4::Ipv4Packet;
 
 /// Why a buffer is not a packet we can handle.
@@ -15,16 +25,4 @@ pub enum Error {
     Truncated,
     /// Fields that contradict each other or the protocol.
     Malformed,
-}
-
-/// Ethernet framing, which the worker strips and rebuilds around the NAT core.
-pub mod ethernet {
-    pub const HEADER_LEN: usize = 14;
-    pub const ETHERTYPE_IPV4: u16 = 0x0800;
-    pub const ETHERTYPE_ARP: u16 = 0x0806;
-
-    #[inline]
-    pub fn ethertype(frame: &[u8]) -> Option<u16> {
-        (frame.len() >= HEADER_LEN).then(|| u16::from_be_bytes([frame[12], frame[13]]))
-    }
 }

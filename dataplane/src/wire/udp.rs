@@ -1,14 +1,93 @@
-//! Whole UDP datagrams over IPv4, as the tunnel stage reads and writes
-//! them: WireGuard rides in them between pods and the gateway.
+//! UDP: a view of the header (ports, length, checksum), and whole
+//! datagrams over IPv4 as the tunnel stage reads and writes them
+//! (WireGuard rides in them between pods and the gateway).
 
 use super::checksum;
+use super::ip::IpProtocol;
 use super::ipv4::{self, Ipv4Packet};
-use super::l4::{read16, udp, write16};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::Range;
 
+mod field {
+    pub type Field = core::ops::Range<usize>;
+    pub const SRC_PORT: Field = 0..2;
+    pub const DST_PORT: Field = 2..4;
+    pub const LENGTH: Field = 4..6;
+    pub const CHECKSUM: Field = 6..8;
+}
+
+pub const HEADER_LEN: usize = 8;
+/// Where the checksum sits (the NAT updates it in place; zero: none sent).
+pub const CHECKSUM_AT: usize = field::CHECKSUM.start;
+
 /// An IPv4 header without options and a UDP header.
-pub const HEADERS: usize = ipv4::HEADER_LEN + udp::HEADER_LEN;
+pub const HEADERS: usize = ipv4::HEADER_LEN + HEADER_LEN;
+
+#[derive(Debug)]
+pub struct UdpPacket<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+#[inline(always)]
+fn be16(b: &[u8], f: field::Field) -> u16 {
+    u16::from_be_bytes([b[f.start], b[f.start + 1]])
+}
+
+impl<T: AsRef<[u8]>> UdpPacket<T> {
+    /// Wraps a datagram of at least [`HEADER_LEN`] bytes.
+    #[inline]
+    pub fn new_checked(buffer: T) -> Result<Self, super::Error> {
+        if buffer.as_ref().len() < HEADER_LEN {
+            return Err(super::Error::Truncated);
+        }
+        Ok(UdpPacket { buffer })
+    }
+    #[inline]
+    pub fn src_port(&self) -> u16 {
+        be16(self.buffer.as_ref(), field::SRC_PORT)
+    }
+    #[inline]
+    pub fn dst_port(&self) -> u16 {
+        be16(self.buffer.as_ref(), field::DST_PORT)
+    }
+    /// The length field: header and payload.
+    #[inline]
+    pub fn len(&self) -> usize {
+        usize::from(be16(self.buffer.as_ref(), field::LENGTH))
+    }
+    /// Whether the length field claims no more than the header.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() <= HEADER_LEN
+    }
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        &self.buffer.as_ref()[HEADER_LEN..]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
+    /// Writes the header for a payload already in place after it, with the
+    /// checksum over the pseudo-header of `src` → `dst`.
+    pub fn emit(&mut self, src: SocketAddrV4, dst: SocketAddrV4, payload_len: usize) {
+        let ulen = (HEADER_LEN + payload_len) as u16;
+        let b = &mut self.buffer.as_mut()[..usize::from(ulen)];
+        b[field::SRC_PORT].copy_from_slice(&src.port().to_be_bytes());
+        b[field::DST_PORT].copy_from_slice(&dst.port().to_be_bytes());
+        b[field::LENGTH].copy_from_slice(&ulen.to_be_bytes());
+        b[field::CHECKSUM].copy_from_slice(&[0, 0]);
+        let acc = checksum::pseudo_header(src.ip().octets(), dst.ip().octets(), IpProtocol::Udp.number(), ulen);
+        let c = match checksum::finish(checksum::sum(acc, b)) {
+            0 => 0xffff, // RFC 768: a computed zero is sent as all ones
+            c => c,
+        };
+        b[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+    }
+    #[cfg(test)]
+    fn set_len(&mut self, n: u16) {
+        self.buffer.as_mut()[field::LENGTH].copy_from_slice(&n.to_be_bytes());
+    }
+}
 
 /// A received datagram: its endpoints and where its payload lies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +108,8 @@ pub fn peek_dst(ip: &[u8]) -> Option<(u32, u16)> {
     if p.protocol() != ipv4::PROTO_UDP || p.is_fragment() {
         return None;
     }
-    let l4 = ip.get(p.header_len()..p.header_len() + udp::HEADER_LEN)?;
-    Some((u32::from_be_bytes(p.dst()), read16(l4, udp::DST_PORT)))
+    let u = UdpPacket::new_checked(ip.get(p.header_len()..)?).ok()?;
+    Some((u32::from_be_bytes(p.dst()), u.dst_port()))
 }
 
 /// `ip[..len]` as a UDP datagram: the IPv4 header checked (checksum,
@@ -42,18 +121,15 @@ pub fn parse(ip: &[u8]) -> Option<Datagram> {
         return None;
     }
     let (hl, total) = (p.header_len(), p.total_len());
-    let l4 = &ip[hl..total];
-    if l4.len() < udp::HEADER_LEN {
-        return None;
-    }
-    let ulen = usize::from(read16(l4, udp::LENGTH));
-    if ulen < udp::HEADER_LEN || ulen > l4.len() {
+    let u = UdpPacket::new_checked(&ip[hl..total]).ok()?;
+    let ulen = u.len();
+    if ulen < HEADER_LEN || ulen > total - hl {
         return None;
     }
     Some(Datagram {
-        src: SocketAddrV4::new(p.src_addr(), read16(l4, udp::SRC_PORT)),
-        dst: SocketAddrV4::new(p.dst_addr(), read16(l4, udp::DST_PORT)),
-        payload: hl + udp::HEADER_LEN..hl + ulen,
+        src: SocketAddrV4::new(p.src_addr(), u.src_port()),
+        dst: SocketAddrV4::new(p.dst_addr(), u.dst_port()),
+        payload: hl + HEADER_LEN..hl + ulen,
     })
 }
 
@@ -62,20 +138,7 @@ pub fn parse(ip: &[u8]) -> Option<Datagram> {
 /// datagram's length.
 pub fn emit(buf: &mut [u8], src: SocketAddrV4, dst: SocketAddrV4, payload_len: usize) -> usize {
     let total = HEADERS + payload_len;
-    let ulen = (udp::HEADER_LEN + payload_len) as u16;
-    {
-        let l4 = &mut buf[ipv4::HEADER_LEN..total];
-        write16(l4, udp::SRC_PORT, src.port());
-        write16(l4, udp::DST_PORT, dst.port());
-        write16(l4, udp::LENGTH, ulen);
-        write16(l4, udp::CHECKSUM, 0);
-        let acc = checksum::pseudo_header(src.ip().octets(), dst.ip().octets(), ipv4::PROTO_UDP, ulen);
-        let c = match checksum::finish(checksum::sum(acc, l4)) {
-            0 => 0xffff, // RFC 768: a computed zero is sent as all ones
-            c => c,
-        };
-        write16(l4, udp::CHECKSUM, c);
-    }
+    UdpPacket { buffer: &mut buf[ipv4::HEADER_LEN..total] }.emit(src, dst, payload_len);
     Ipv4Packet::new_unchecked(&mut buf[..total]).emit_header(
         total as u16,
         0,
@@ -118,7 +181,7 @@ mod tests {
         let mut buf = vec![0u8; 64];
         let n = emit(&mut buf, "198.18.9.1:1".parse().unwrap(), "198.18.1.2:2".parse().unwrap(), 10);
         assert!(parse(&buf[..n - 1]).is_none(), "shorter than the IPv4 total length");
-        write16(&mut buf[ipv4::HEADER_LEN..], udp::LENGTH, 200);
+        UdpPacket { buffer: &mut buf[ipv4::HEADER_LEN..] }.set_len(200);
         assert!(parse(&buf[..n]).is_none(), "UDP length beyond the packet");
     }
 }

@@ -1,0 +1,169 @@
+//! Which worker owns a flow, and the ports it gets: the pod's paired
+//! address first (rendezvous hash), spill to the rest of the pool, quotas,
+//! endpoint-independent mappings and port-reuse tuples.
+
+use super::*;
+
+/// Destinations remembered as exhausted at once (beyond: scan as before).
+const EXHAUSTED_KEPT: usize = 4096;
+
+impl NatEngine {
+    /// The worker that owns an inside → outside flow of a pod endpoint. A
+    /// pod endpoint always lands on one worker, so its endpoint-independent
+    /// mapping is one mapping.
+    #[inline(always)]
+    pub fn inside_owner(&self, proto: u8, pod: u32, port: u16) -> u16 {
+        if self.settings.workers <= 1 {
+            return self.settings.worker;
+        }
+        if self.is_tunnelled(pod) {
+            // A tunnelled pod's flows live where its peer does: decrypt,
+            // translate and encrypt on one worker, no handoff.
+            return crate::tunnel::owner_of(pod, self.settings.workers);
+        }
+        let h = (u64::from(pod) << 24 | u64::from(port) << 8 | u64::from(proto)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        ((h >> 32) % u64::from(self.settings.workers)) as u16
+    }
+
+    /// The pod's paired address first, then the others in order.
+    #[inline]
+    pub(super) fn addr_order(&self, pod: u32, ci: u16) -> (u16, usize) {
+        let n = self.config(ci).addrs.len();
+        (self.pods.get(&pod).map_or(0, |p| p.preferred), n)
+    }
+
+    pub(super) fn check_quota(&self, pod: u32, ci: u16) -> Result<(), DropReason> {
+        let held = self.pods.get(&pod).map_or(0, |p| p.holdings);
+        if held >= self.quotas[usize::from(ci)] {
+            return Err(DropReason::QuotaExceeded);
+        }
+        Ok(())
+    }
+
+    pub(super) fn create_mapping(&mut self, k: &FlowKey, ci: u16, _now: Time) -> Result<u32, DropReason> {
+        self.check_quota(k.local, ci)?;
+        let (first, n) = self.addr_order(k.local, ci);
+        let slot = proto_slot(k.proto);
+        for step in 0..n {
+            let ai = (usize::from(first) + step) % n;
+            let addr = u32::from(self.plan.configs[usize::from(ci)].addrs[ai]);
+            let start = self.rng.next_u64() as u32;
+            let st = self.addrs.get_mut(&addr).expect("pool address");
+            if let Some(off) = st.ports[slot].take_from(start) {
+                let port = self.slice.lo + off as u16;
+                let m = Mapping {
+                    pod: k.local,
+                    egress: addr,
+                    pod_port: k.local_port,
+                    egress_port: port,
+                    proto: k.proto,
+                    free: false,
+                    config: ci,
+                    refs: 0,
+                    deadline: 0,
+                };
+                let Some(mi) = self.mappings.insert(m) else {
+                    st.ports[slot].clear(off);
+                    return Err(DropReason::SessionTableFull);
+                };
+                self.pods.get_mut(&k.local).expect("bound pod").holdings += 1;
+                self.counters.mappings_created += 1;
+                return Ok(mi);
+            }
+        }
+        Err(DropReason::PoolExhausted)
+    }
+
+    /// Port reuse: any port whose outside tuple toward this destination is
+    /// unused (live or cooling). Random probes on each address first (the
+    /// pod's paired address first), then an exhaustive scan so that
+    /// "exhausted" is never claimed while a port is free. Probing every
+    /// address before scanning any keeps a full paired address from costing
+    /// a scan of its whole port range for every new flow.
+    pub(super) fn alloc_port_reuse(&mut self, k: &FlowKey, ci: u16) -> Result<(u32, u16), DropReason> {
+        self.check_quota(k.local, ci)?;
+        let dest = (k.proto, k.remote, k.remote_port, ci);
+        if self.exhausted.contains(&dest) {
+            return Err(DropReason::PoolExhausted);
+        }
+        let (first, n) = self.addr_order(k.local, ci);
+        let (lo, len) = (self.slice.lo, self.slice.len() as u32);
+        let mut probe =
+            FlowKey { proto: k.proto, local: 0, local_port: 0, remote: k.remote, remote_port: k.remote_port };
+        for step in 0..n {
+            let ai = (usize::from(first) + step) % n;
+            probe.local = u32::from(self.plan.configs[usize::from(ci)].addrs[ai]);
+            for _ in 0..16 {
+                probe.local_port = lo + (self.rng.next_u64() as u32 % len) as u16;
+                if self.sessions.find_out(&probe).is_none() {
+                    return Ok((probe.local, probe.local_port));
+                }
+            }
+        }
+        self.counters.pool_scans += 1;
+        for step in 0..n {
+            let ai = (usize::from(first) + step) % n;
+            probe.local = u32::from(self.plan.configs[usize::from(ci)].addrs[ai]);
+            let start = self.rng.next_u64() as u32 % len;
+            for j in 0..len {
+                probe.local_port = lo + ((start + j) % len) as u16;
+                if self.sessions.find_out(&probe).is_none() {
+                    return Ok((probe.local, probe.local_port));
+                }
+            }
+        }
+        if self.exhausted.len() < EXHAUSTED_KEPT {
+            self.exhausted.insert(dest);
+        }
+        Err(DropReason::PoolExhausted)
+    }
+
+    pub(super) fn release_mapping_ref(&mut self, mi: u32, now: Time) {
+        let cooldown = self.config(self.mappings.get(mi).config).timeouts.port_cooldown;
+        let m = self.mappings.get_mut(mi);
+        m.refs -= 1;
+        if m.refs == 0 {
+            m.deadline = now.secs().saturating_add(cooldown);
+            if cooldown == 0 {
+                self.free_mapping(mi);
+            }
+        }
+    }
+
+    pub(super) fn free_mapping(&mut self, mi: u32) {
+        let m = *self.mappings.get(mi);
+        if let Some(p) = self.pods.get_mut(&m.pod) {
+            p.holdings -= 1;
+        }
+        if let Some(a) = self.addrs.get_mut(&m.egress) {
+            a.ports[proto_slot(m.proto)].clear(u32::from(m.egress_port - self.slice.lo));
+        }
+        self.mappings.remove(mi);
+        self.forget_if_idle(m.pod);
+    }
+}
+
+/// The state of a source bound by a fallback CIDR of config `ci`.
+pub(super) fn fallback_pod(src: u32, ci: u16, plan: &CompiledPlan) -> PodState {
+    let preferred = rendezvous(src, &plan.configs[usize::from(ci)]);
+    PodState { config: ci, preferred, holdings: 0, sessions: 0, tunnelled: false, fallback: true }
+}
+
+/// The pod's paired address: highest rendezvous score, so a pool change
+/// moves only the pods whose address came or went.
+pub(super) fn rendezvous(pod: u32, cfg: &CompiledConfig) -> u16 {
+    let score = |a: Ipv4Addr| {
+        (u64::from(pod) << 32 | u64::from(u32::from(a)))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29)
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9)
+    };
+    let mut best = (0u64, 0u16);
+    for (i, &a) in cfg.addrs.iter().enumerate() {
+        let s = score(a);
+        if i == 0 || s > best.0 {
+            best = (s, i as u16);
+        }
+    }
+    best.1
+}
