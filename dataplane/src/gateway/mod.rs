@@ -6,6 +6,7 @@
 pub mod forward_guard;
 pub mod http;
 pub mod metrics;
+pub mod netlink;
 pub mod nexthop;
 pub mod probe;
 pub mod service;

@@ -1,17 +1,21 @@
 //! Next hops from the kernel: the routing table and the neighbour table of
-//! the gateway's interfaces, re-read twice a second by a resolver thread and
-//! published to the workers as one immutable table (the kernel keeps doing
+//! the gateway's interfaces, kept by a resolver thread and published to the workers as one immutable table (the kernel keeps doing
 //! ARP). A packet whose next hop has no neighbour entry yet is counted by the
 //! worker, and the resolver makes the kernel resolve it (a datagram to the
 //! discard port, which triggers ARP), so the next packet goes through.
 //!
-//! The tables are read with `ip -json` (iproute2 speaks netlink for us);
-//! a native netlink reader can replace it behind the same `Table`.
+//! The tables come from route netlink (`netlink.rs`): dumped at start and
+//! again whenever the kernel announces a route or neighbour change, so a
+//! moved route or a new neighbour reaches the workers within milliseconds
+//! rather than at the next poll.
 
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
-use serde::Deserialize;
-use std::collections::HashMap;
+use super::netlink::{Changes, Dump, Tables};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteType};
+use netlink_packet_route::AddressFamily;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -58,73 +62,82 @@ impl Table {
     }
 }
 
-#[derive(Deserialize)]
-struct IpRoute {
-    dst: String,
-    #[serde(default)]
-    gateway: Option<String>,
-    #[serde(default)]
-    dev: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct IpNeigh {
-    dst: String,
-    #[serde(default)]
-    dev: Option<String>,
-    #[serde(default)]
-    lladdr: Option<String>,
-    #[serde(default)]
-    state: Vec<String>,
-}
-
 fn ifindex(dev: &str) -> Option<u32> {
     std::fs::read_to_string(format!("/sys/class/net/{dev}/ifindex")).ok()?.trim().parse().ok()
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut m = [0u8; 6];
-    let mut it = s.split(':');
-    for b in &mut m {
-        *b = u8::from_str_radix(it.next()?, 16).ok()?;
-    }
-    Some(m)
-}
+/// `RT_TABLE_MAIN`: the table `ip route` shows by default.
+const MAIN_TABLE: u32 = 254;
 
-fn ip_json<T: for<'de> Deserialize<'de>>(args: &[&str]) -> Vec<T> {
-    let out = std::process::Command::new("ip").args(args).output();
-    match out {
-        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap_or_default(),
-        _ => Vec::new(),
-    }
-}
-
-/// Reads the kernel's IPv4 routes and neighbours for `ifaces`.
-pub fn read_table(ifaces: &[String]) -> Table {
-    let mut t = Table::default();
-    for r in ip_json::<IpRoute>(&["-json", "-4", "route", "show", "table", "main"]) {
-        let Some(dev) = r.dev.filter(|d| ifaces.contains(d)) else { continue };
-        let Some(ifindex) = ifindex(&dev) else { continue };
-        let (dst, len) = if r.dst == "default" {
-            (0, 0)
-        } else {
-            let (a, l) = r.dst.split_once('/').unwrap_or((&r.dst, "32"));
-            let (Ok(a), Ok(l)) = (a.parse::<Ipv4Addr>(), l.parse::<u8>()) else { continue };
-            (u32::from(a), l.min(32))
-        };
-        let gateway = r.gateway.and_then(|g| g.parse::<Ipv4Addr>().ok()).map(u32::from);
-        t.routes.push(Route { ifindex, dst, len, gateway });
-    }
-    t.routes.sort_by_key(|r| std::cmp::Reverse(r.len));
-    for n in ip_json::<IpNeigh>(&["-json", "-4", "neigh", "show"]) {
-        if n.state.iter().any(|s| s == "FAILED" || s == "INCOMPLETE") {
-            continue;
+impl Table {
+    /// The next hops of a dump: unicast routes of the main table out of
+    /// `ifaces` (by index), longest prefix first, and their resolved
+    /// neighbours (not failed, not still resolving).
+    pub fn from_dump(dump: &Dump, ifaces: &HashSet<u32>) -> Table {
+        let mut t = Table::default();
+        for r in &dump.routes {
+            if r.header.address_family != AddressFamily::Inet || r.header.kind != RouteType::Unicast {
+                continue;
+            }
+            let mut table = u32::from(r.header.table);
+            let (mut dst, mut oif, mut gateway) = (0, None, None);
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Table(t) => table = *t,
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = u32::from(*d),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(u32::from(*g)),
+                    _ => {}
+                }
+            }
+            let Some(ifindex) = oif.filter(|i| ifaces.contains(i)) else { continue };
+            if table != MAIN_TABLE {
+                continue;
+            }
+            let len = r.header.destination_prefix_length.min(32);
+            t.routes.push(Route { ifindex, dst, len, gateway });
         }
-        let (Some(dev), Some(mac)) = (n.dev, n.lladdr.as_deref().and_then(parse_mac)) else { continue };
-        let (Some(ifindex), Ok(ip)) = (ifindex(&dev), n.dst.parse::<Ipv4Addr>()) else { continue };
-        t.neighbours.insert((ifindex, u32::from(ip)), mac);
+        t.routes.sort_by_key(|r| std::cmp::Reverse(r.len));
+        for n in &dump.neighbours {
+            let usable = !matches!(
+                n.header.state,
+                NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::Noarp | NeighbourState::None
+            );
+            if !usable || !ifaces.contains(&n.header.ifindex) {
+                continue;
+            }
+            let (mut ip, mut mac) = (None, None);
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => ip = Some(u32::from(*d)),
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
+                    _ => {}
+                }
+            }
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                t.neighbours.insert((n.header.ifindex, ip), mac);
+            }
+        }
+        t
     }
-    t
+}
+
+/// Reads the kernel's IPv4 routes and neighbours for `ifaces` (an empty
+/// table if netlink fails: every packet then counts as a miss).
+fn read_table(tables: &mut Option<Tables>, ifaces: &[String]) -> Table {
+    let indexes: HashSet<u32> = ifaces.iter().filter_map(|d| ifindex(d)).collect();
+    if tables.is_none() {
+        *tables = Tables::open().map_err(|e| tracing::warn!(error = %e, "route netlink socket")).ok();
+    }
+    let Some(t) = tables.as_mut() else { return Table::default() };
+    match t.dump() {
+        Ok(d) => Table::from_dump(&d, &indexes),
+        Err(e) => {
+            tracing::warn!(error = %e, "route netlink dump");
+            *tables = None;
+            Table::default()
+        }
+    }
 }
 
 /// The shared next-hop table and the queue of addresses to resolve.
@@ -135,7 +148,7 @@ pub struct NextHops {
 
 impl NextHops {
     pub fn new(ifaces: &[String]) -> Arc<NextHops> {
-        Arc::new(NextHops { table: ArcSwap::from_pointee(read_table(ifaces)), resolve: ArrayQueue::new(1024) })
+        Arc::new(NextHops { table: ArcSwap::from_pointee(read_table(&mut None, ifaces)), resolve: ArrayQueue::new(1024) })
     }
 
     /// The current table; workers load it once per batch.
@@ -150,50 +163,52 @@ impl NextHops {
         let _ = self.resolve.push((ifindex, hop));
     }
 
-    /// The resolver loop: re-reads the tables every 500 ms, sooner when a
-    /// resolution was requested, until `stop`.
+    /// The resolver loop, until `stop`: asks the kernel to resolve the
+    /// next hops workers missed, and publishes a fresh table whenever the
+    /// kernel announces a route or neighbour change (a resolution it was
+    /// asked for arrives as one). Without a subscription (netlink refused
+    /// it) it falls back to re-reading twice a second.
     pub fn run_resolver(self: Arc<Self>, ifaces: Vec<String>, stop: Arc<AtomicBool>) {
         let names: HashMap<u32, String> = ifaces.iter().filter_map(|d| Some((ifindex(d)?, d.clone()))).collect();
-        let mut last = Instant::now();
+        let changes = Changes::subscribe().map_err(|e| tracing::warn!(error = %e, "route netlink subscription")).ok();
+        let mut tables = None;
         let mut asked: HashMap<u32, Instant> = HashMap::new();
+        let mut ask = |hop: u32, ifx: u32| {
+            let now = Instant::now();
+            if asked.get(&hop).is_some_and(|t| now.duration_since(*t) < Duration::from_millis(200)) {
+                return;
+            }
+            asked.insert(hop, now);
+            if let Some(dev) = names.get(&ifx) {
+                trigger_arp(dev, hop);
+            }
+        };
+        // The first pass re-reads: changes between `new` and the subscription.
+        let (mut stale, mut last) = (true, Instant::now());
         while !stop.load(Ordering::Relaxed) {
-            let mut poke = false;
             while let Some((ifx, hop)) = self.resolve.pop() {
-                let now = Instant::now();
-                if asked.get(&hop).is_some_and(|t| now.duration_since(*t) < Duration::from_millis(200)) {
-                    continue;
-                }
-                asked.insert(hop, now);
-                if let Some(dev) = names.get(&ifx) {
-                    trigger_arp(dev, hop);
-                    poke = true;
+                ask(hop, ifx);
+            }
+            match &changes {
+                Some(c) => stale |= c.wait(Duration::from_millis(10)),
+                None => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    stale |= last.elapsed() >= Duration::from_millis(500);
                 }
             }
-            if poke {
-                std::thread::sleep(Duration::from_millis(20));
+            if !stale {
+                continue;
             }
-            if poke || last.elapsed() >= Duration::from_millis(500) {
-                let table = read_table(&ifaces);
-                // Routers are next hops for nearly everything: resolve them
-                // before the first packet needs them.
-                for r in &table.routes {
-                    let Some(gw) = r.gateway else { continue };
-                    if table.neighbours.contains_key(&(r.ifindex, gw)) {
-                        continue;
-                    }
-                    let now = Instant::now();
-                    if asked.get(&gw).is_some_and(|t| now.duration_since(*t) < Duration::from_millis(200)) {
-                        continue;
-                    }
-                    asked.insert(gw, now);
-                    if let Some(dev) = names.get(&r.ifindex) {
-                        trigger_arp(dev, gw);
-                    }
+            let table = read_table(&mut tables, &ifaces);
+            // Routers are next hops for nearly everything: resolve them
+            // before the first packet needs them.
+            for r in &table.routes {
+                if let Some(gw) = r.gateway.filter(|gw| !table.neighbours.contains_key(&(r.ifindex, *gw))) {
+                    ask(gw, r.ifindex);
                 }
-                self.table.store(Arc::new(table));
-                last = Instant::now();
             }
-            std::thread::sleep(Duration::from_millis(10));
+            self.table.store(Arc::new(table));
+            (stale, last) = (false, Instant::now());
         }
     }
 }
@@ -235,5 +250,65 @@ mod tests {
         assert_eq!(t.lookup(2, a("198.19.0.7")), Err(Miss::NoNeighbour(a("198.19.0.7"))));
         assert_eq!(t.lookup(3, a("198.18.0.2")), Ok([2; 6]));
         assert_eq!(t.lookup(3, a("198.19.0.7")), Err(Miss::NoRoute));
+    }
+
+    #[test]
+    fn a_dump_gives_main_table_routes_out_of_our_interfaces_and_resolved_neighbours() {
+        use netlink_packet_route::neighbour::NeighbourMessage;
+        use netlink_packet_route::route::RouteMessage;
+        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let route = |dst: Option<&str>, len: u8, oif: u32, gw: Option<&str>, table: u8| {
+            let mut r = RouteMessage::default();
+            r.header.address_family = AddressFamily::Inet;
+            r.header.kind = RouteType::Unicast;
+            r.header.table = table;
+            r.header.destination_prefix_length = len;
+            r.attributes.push(RouteAttribute::Oif(oif));
+            r.attributes.extend(dst.map(|d| RouteAttribute::Destination(RouteAddress::Inet(a(d)))));
+            r.attributes.extend(gw.map(|g| RouteAttribute::Gateway(RouteAddress::Inet(a(g)))));
+            r
+        };
+        let neigh = |ip: &str, ifindex: u32, state: NeighbourState| {
+            let mut n = NeighbourMessage::default();
+            n.header.family = AddressFamily::Inet;
+            n.header.ifindex = ifindex;
+            n.header.state = state;
+            n.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(a(ip))));
+            n.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, ifindex as u8]));
+            n
+        };
+        let dump = Dump {
+            routes: vec![
+                route(None, 0, 2, Some("198.19.0.254"), 254),
+                route(Some("198.19.0.0"), 24, 2, None, 254),
+                route(Some("198.20.0.0"), 16, 2, None, 100), // another table
+                route(Some("198.18.0.0"), 16, 9, None, 254), // not our interface
+            ],
+            neighbours: vec![
+                neigh("198.19.0.254", 2, NeighbourState::Stale),
+                neigh("198.19.0.7", 2, NeighbourState::Incomplete),
+                neigh("198.19.0.8", 9, NeighbourState::Reachable),
+            ],
+        };
+        let t = Table::from_dump(&dump, &HashSet::from([2]));
+        assert_eq!(t.lookup(2, u32::from(a("203.0.113.9"))), Ok([2, 0, 0, 0, 0, 2]), "default route via the router");
+        assert_eq!(t.lookup(2, u32::from(a("198.19.0.7"))), Err(Miss::NoNeighbour(u32::from(a("198.19.0.7")))));
+        assert_eq!(t.lookup(2, u32::from(a("198.20.0.1"))), Ok([2, 0, 0, 0, 0, 2]), "other tables are not ours");
+        assert_eq!(t.routes.len(), 2);
+        assert_eq!(t.neighbours.len(), 1);
+    }
+
+    #[test]
+    fn the_kernel_dump_holds_the_routes_iproute2_shows() {
+        let all: HashSet<u32> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .filter_map(|e| ifindex(e.ok()?.file_name().to_str()?))
+            .collect();
+        let t = Table::from_dump(&Tables::open().expect("route netlink").dump().expect("dump"), &all);
+        let out = std::process::Command::new("ip").args(["-json", "-4", "route", "show", "table", "main"]).output();
+        let shown: Vec<serde_json::Value> = serde_json::from_slice(&out.expect("ip").stdout).unwrap();
+        let unicast_with_dev =
+            shown.iter().filter(|r| r.get("dev").is_some() && r.get("type").is_none_or(|t| t == "unicast")).count();
+        assert_eq!(t.routes.len(), unicast_with_dev, "{shown:?}");
     }
 }
