@@ -3,7 +3,7 @@
 # (root). Quick when everything is already there.
 set -euo pipefail
 pkgs=(clang llvm libbpf-dev linux-libc-dev libelf-dev zlib1g-dev pkg-config make gcc m4 iproute2 iputils-ping ethtool
-      iperf3 traceroute iputils-tracepath curl wireguard-go wireguard-tools nftables python3 python3-scapy python3-venv openssl tcpdump procps)
+      iperf3 traceroute iputils-tracepath curl wireguard-go wireguard-tools nftables python3 python3-pytest python3-scapy python3-venv openssl tcpdump procps)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

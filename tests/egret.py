@@ -1,0 +1,346 @@
+"""The end-to-end harness: the namespace topology, the internet-side
+servers, egret-gateway and egret-control as objects that clean up after
+themselves, the gateway's status file read through one typed view, and
+polling instead of sleeping. The fixtures in conftest.py hand these to
+the tests; the benchmark and the bash suites use the same topology script.
+
+Addresses only from 198.18.0.0/15 (see scripts/topology.sh)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+RELEASE = TARGET / "release"
+SCRIPTS = ROOT / "scripts"
+
+T = TypeVar("T")
+
+
+def poll(probe: Callable[[], T], timeout: float = 5.0, interval: float = 0.05, what: str = "") -> T:
+    """Calls `probe` until it returns something truthy and returns that;
+    raises TimeoutError (naming `what`) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what or probe} not within {timeout}s (last: {got!r})")
+        time.sleep(interval)
+
+
+def build_release() -> None:
+    """The one release build every suite uses (scripts/lib.sh's build_release)."""
+    subprocess.run(["cargo", "build", "--release", "-q", "--workspace", "--bins"], cwd=ROOT, check=True)
+
+
+class Netns:
+    """One network namespace of the topology."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def cmd(self, args: Iterable[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def run(self, *args: str, timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess:
+        return subprocess.run(self.cmd(args), capture_output=True, text=True, timeout=timeout, check=check)
+
+    def ok(self, *args: str, timeout: float = 30) -> bool:
+        return self.run(*args, timeout=timeout).returncode == 0
+
+    def spawn(self, *args: str, log: Path | None = None) -> subprocess.Popen:
+        out = open(log, "ab") if log else subprocess.DEVNULL
+        return subprocess.Popen(self.cmd(args), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def curl(self, url: str, timeout: float = 3) -> str | None:
+        """The body of a GET, stripped, or None if it failed."""
+        r = self.run("curl", "-s", "-m", str(timeout), url, timeout=timeout + 5)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    def udp_ask(self, host: str, port: int, tries: int = 3) -> str | None:
+        """One UDP request/response (asked again up to `tries` times: UDP
+        has no retransmission of its own)."""
+        code = (
+            "import socket,sys\n"
+            "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(2)\n"
+            f"for _ in range({tries}):\n"
+            f"    s.sendto(b'ping',('{host}',{port}))\n"
+            "    try: print(s.recvfrom(200)[0].decode()); break\n"
+            "    except socket.timeout: pass\n"
+        )
+        out = self.run("python3", "-c", code, timeout=2 * tries + 5).stdout.strip()
+        return out or None
+
+
+def stop(p: subprocess.Popen | None, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; reaps. Only processes
+    this harness started."""
+    if p is None or p.poll() is not None:
+        return
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(grace)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+class Sniffer:
+    """tcpdump on one interface of a namespace, started before the traffic
+    it watches (it is waited for until it listens)."""
+
+    def __init__(self, ns: Netns, iface: str, expr: str, workdir: Path, seconds: float = 8):
+        self.log = workdir / f"sniff-{ns.name}-{iface}.txt"
+        self.log.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            ns.cmd(["timeout", str(seconds), "tcpdump", "-l", "-i", iface, "-n", "-c", "1", expr]),
+            stdout=open(self.log, "wb"),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # tcpdump says "listening on" on stderr once the capture is open.
+        seen = ""
+        while "listening on" not in seen:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise RuntimeError(f"tcpdump did not start: {seen}")
+            seen += line
+
+    def seen(self, timeout: float = 10) -> str:
+        """What was captured (empty if nothing matched before it ended)."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            stop(self.proc)
+        return self.log.read_text()
+
+
+class Topology:
+    """scripts/topology.sh's namespaces, held under the same lock the bash
+    suites take (/tmp/egret-topology.lock), torn down on close."""
+
+    NAMES = ("egt-pa", "egt-pb", "egt-pc", "egt-lan", "egt-gw", "egt-net", "egt-far")
+
+    def __init__(self, queues: int = 1):
+        self.queues = queues
+        self._lock = None
+
+    def __enter__(self) -> "Topology":
+        if not os.environ.get("EGRET_TOPOLOGY_LOCKED"):
+            self._lock = open("/tmp/egret-topology.lock", "w")
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+        subprocess.run([str(SCRIPTS / "topology.sh"), "up", str(self.queues)], check=True)
+        for n in self.NAMES:
+            setattr(self, n.removeprefix("egt-"), Netns(n))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run([str(SCRIPTS / "topology.sh"), "down"], check=False)
+        if self._lock:
+            self._lock.close()
+
+
+class Servers:
+    """The internet side: echo servers (HTTP answers with the source it
+    sees, UDP 7007 echoes "ip:port", TCP 7008 echoes lines) on the router,
+    the excluded host and the far host, and iperf3 on the router and the
+    far host."""
+
+    def __init__(self, topo: Topology, workdir: Path):
+        self.topo, self.workdir, self.procs = topo, workdir, []
+
+    def __enter__(self) -> "Servers":
+        net, far = self.topo.net, self.topo.far
+        echo = str(SCRIPTS / "echo_server.py")
+        for ns, addr in ((net, "198.19.0.254"), (net, "198.19.200.5"), (far, "198.19.60.2")):
+            self.procs.append(ns.spawn("python3", echo, addr, log=self.workdir / f"echo-{addr}.log"))
+        for ns, addr in ((net, "198.19.0.254"), (far, "198.19.60.2")):
+            self.procs.append(ns.spawn("iperf3", "-s", "-B", addr, "-p", "5201", log=self.workdir / f"iperf-{addr}.log"))
+        probe = "import socket; socket.create_connection(('198.19.0.254', 80), 0.2)"
+        poll(lambda: net.ok("python3", "-c", probe), timeout=10, what="the echo server")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            stop(p)
+
+
+@dataclass
+class Status:
+    """The gateway's status file (egret-gateway's `status_file`), read
+    through one place: the keys live here, not in every test."""
+
+    doc: dict
+
+    @property
+    def workers(self) -> list[dict]:
+        return self.doc["workers"]
+
+    @property
+    def plan_version(self) -> int:
+        return min(w["plan_version"] for w in self.workers)
+
+    def drops(self, reason: str) -> int:
+        """NAT drops for one reason (DropReason's name), over all workers."""
+        return sum(w["nat"]["drops"][reason] for w in self.workers)
+
+    def nat(self, counter: str) -> int:
+        return sum(w["nat"][counter] for w in self.workers)
+
+    def io(self, counter: str) -> int:
+        return sum(w["io"][counter] for w in self.workers)
+
+    @property
+    def guard_refused(self) -> int:
+        return self.doc["forward_guard"]["refused"] or 0
+
+    @property
+    def plan(self) -> dict:
+        """The plan's state: version served, last rejection, problems."""
+        return self.doc.get("plan", {})
+
+
+GATEWAY_TOML = """router_ip = "198.18.0.1"
+plan_file = "{dir}/plan.yaml"
+status_file = "{dir}/status.json"
+state_file = "{dir}/sessions.json"
+sessions_per_worker = 262144
+{extra}
+[interfaces]
+inside = "gw-in"
+outside = "gw-out"
+queues = {queues}
+[umem]
+frames = 8192
+frame_size = 4096
+ring = 2048
+"""
+
+
+class Gateway:
+    """egret-gateway in egt-gw on a manifests plan file. `start` waits
+    until it writes its status; `stop` is a graceful SIGTERM (XDP detached),
+    `kill` a SIGKILL."""
+
+    def __init__(self, topo: Topology, workdir: Path, plan: str, extra: str = ""):
+        self.topo, self.dir = topo, workdir
+        self.proc: subprocess.Popen | None = None
+        (self.dir / "plan.yaml").write_text(plan)
+        (self.dir / "gateway.toml").write_text(GATEWAY_TOML.format(dir=self.dir, queues=topo.queues, extra=extra))
+
+    @property
+    def status_file(self) -> Path:
+        return self.dir / "status.json"
+
+    def start(self) -> "Gateway":
+        self.status_file.unlink(missing_ok=True)
+        self.proc = self.topo.gw.spawn(
+            str(RELEASE / "egret-gateway"), "--config", str(self.dir / "gateway.toml"), log=self.dir / "gateway.log"
+        )
+
+        def up():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"egret-gateway exited {self.proc.returncode}: {self.log()[-2000:]}")
+            return self.status_file.exists() and self.status_file.stat().st_size > 0
+
+        poll(up, timeout=10, what="egret-gateway's first status")
+        return self
+
+    def stop(self) -> int | None:
+        stop(self.proc)
+        rc = self.proc.returncode if self.proc else None
+        self.proc = None
+        return rc
+
+    def kill(self) -> None:
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def log(self) -> str:
+        p = self.dir / "gateway.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def status(self) -> Status:
+        return Status(json.loads(self.status_file.read_text()))
+
+    def status_after(self, pred: Callable[[Status], bool], timeout: float = 5.0, what: str = "") -> Status:
+        """The first status (written every second) for which `pred` holds."""
+
+        def probe():
+            try:
+                s = self.status()
+            except (OSError, ValueError):
+                return None
+            return s if pred(s) else None
+
+        return poll(probe, timeout=timeout, interval=0.1, what=what or "a matching gateway status")
+
+    def next_status(self, timeout: float = 5.0) -> Status:
+        """A status written after this call (counters that include what
+        happened before it)."""
+        mtime = self.status_file.stat().st_mtime_ns
+        poll(lambda: self.status_file.stat().st_mtime_ns != mtime, timeout=timeout, interval=0.05, what="a new status")
+        return self.status_after(lambda s: True)
+
+    def write_plan(self, text: str) -> None:
+        """Replaces the plan file atomically (the gateway re-reads it)."""
+        tmp = self.dir / "plan.yaml.tmp"
+        tmp.write_text(text)
+        tmp.rename(self.dir / "plan.yaml")
+
+    def xdp_attached(self, iface: str) -> bool:
+        return "prog/xdp" in self.topo.gw.run("ip", "-d", "link", "show", iface).stdout
+
+
+def plan(a: str = "config-a", b: str = "config-b", extra: str = "") -> str:
+    """Configs A (198.19.100.0/28) and B (198.19.101.0/28), pod-a bound to A,
+    pod-b to B, pod-c unbound (scripts/lib.sh's write_plan)."""
+    return f"""apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: StaticGatewayConfiguration
+metadata: {{name: config-a, namespace: demo}}
+spec: {{gatewayNodepoolName: gwpool, excludeCidrs: [198.19.200.0/24]}}
+status: {{egressIpPrefix: 198.19.100.0/28}}
+---
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: StaticGatewayConfiguration
+metadata: {{name: config-b, namespace: demo}}
+spec: {{gatewayNodepoolName: gwpool}}
+status: {{egressIpPrefix: 198.19.101.0/28}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: pod-a, namespace: demo, annotations: {{kubernetes.azure.com/static-gateway-configuration: {a}}}}}
+status: {{phase: Running, podIP: 198.18.0.2, podIPs: [{{ip: 198.18.0.2}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: pod-b, namespace: demo, annotations: {{kubernetes.azure.com/static-gateway-configuration: {b}}}}}
+status: {{phase: Running, podIP: 198.18.0.3, podIPs: [{{ip: 198.18.0.3}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: pod-c, namespace: demo}}
+status: {{phase: Running, podIP: 198.18.0.4}}
+{extra}"""
+
+
+def in_pool(addr: str | None, prefix: str, lo: int = 0, hi: int = 16) -> bool:
+    """Whether `addr` (maybe "ip:port") is prefix.lo .. prefix.(hi-1)."""
+    if not addr:
+        return False
+    ip = addr.split(":")[0]
+    head, _, last = ip.rpartition(".")
+    return head == prefix and last.isdigit() and lo <= int(last) < hi
