@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -59,9 +60,10 @@ class Netns:
     def ok(self, *args: str, timeout: float = 30) -> bool:
         return self.run(*args, timeout=timeout).returncode == 0
 
-    def spawn(self, *args: str, log: Path | None = None) -> subprocess.Popen:
+    def spawn(self, *args: str, log: Path | None = None, env: dict | None = None) -> subprocess.Popen:
         out = open(log, "ab") if log else subprocess.DEVNULL
-        return subprocess.Popen(self.cmd(args), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, **env} if env else None
+        return subprocess.Popen(self.cmd(args), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
     def curl(self, url: str, timeout: float = 3) -> str | None:
         """The body of a GET, stripped, or None if it failed."""
@@ -94,6 +96,23 @@ def stop(p: subprocess.Popen | None, grace: float = 5.0) -> None:
     except subprocess.TimeoutExpired:
         p.kill()
         p.wait()
+
+
+class FlowProbe:
+    """scripts/flow_probe.py in a pod: one TCP connection and one UDP flow,
+    a round trip every 100 ms, for `seconds`; `result()` is its summary."""
+
+    def __init__(self, ns: Netns, seconds: float, workdir: Path):
+        self.out = workdir / f"probe-{ns.name}-{time.monotonic_ns()}.json"
+        self.proc = subprocess.Popen(
+            ns.cmd(["python3", str(SCRIPTS / "flow_probe.py"), "198.19.0.254", str(seconds)]),
+            stdout=open(self.out, "wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def result(self, timeout: float = 60) -> dict:
+        self.proc.wait(timeout)
+        return json.loads(self.out.read_text())
 
 
 class Sniffer:
@@ -211,6 +230,33 @@ class Status:
         return self.doc.get("plan", {})
 
 
+class Metrics:
+    """A Prometheus text exposition: samples by name and labels."""
+
+    def __init__(self, samples: list[tuple[str, dict, float]]):
+        self.samples = samples
+
+    @staticmethod
+    def parse(text: str) -> "Metrics":
+        out = []
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            head, _, value = line.rpartition(" ")
+            name, _, rest = head.partition("{")
+            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest))
+            out.append((name, labels, float(value)))
+        return Metrics(out)
+
+    def get(self, name: str, **labels: str) -> float | None:
+        """The value of the one sample of `name` whose labels include `labels`."""
+        hits = [v for n, l, v in self.samples if n == name and labels.items() <= l.items()]
+        return hits[0] if len(hits) == 1 else None
+
+    def names(self) -> set[str]:
+        return {n for n, _, _ in self.samples}
+
+
 GATEWAY_TOML = """router_ip = "198.18.0.1"
 plan_file = "{dir}/plan.yaml"
 status_file = "{dir}/status.json"
@@ -225,7 +271,7 @@ queues = {queues}
 frames = 8192
 frame_size = 4096
 ring = 2048
-"""
+{tail}"""
 
 
 class Gateway:
@@ -233,11 +279,14 @@ class Gateway:
     until it writes its status; `stop` is a graceful SIGTERM (XDP detached),
     `kill` a SIGKILL."""
 
-    def __init__(self, topo: Topology, workdir: Path, plan: str, extra: str = ""):
+    def __init__(self, topo: Topology, workdir: Path, plan: str, extra: str = "", tail: str = ""):
+        """`extra`: top-level settings (`metrics_address = ...`); `tail`:
+        tables after `[umem]` (`[nat_log]`...)."""
         self.topo, self.dir = topo, workdir
         self.proc: subprocess.Popen | None = None
+        self.env: dict = {}
         (self.dir / "plan.yaml").write_text(plan)
-        (self.dir / "gateway.toml").write_text(GATEWAY_TOML.format(dir=self.dir, queues=topo.queues, extra=extra))
+        (self.dir / "gateway.toml").write_text(GATEWAY_TOML.format(dir=self.dir, queues=topo.queues, extra=extra, tail=tail))
 
     @property
     def status_file(self) -> Path:
@@ -246,7 +295,13 @@ class Gateway:
     def start(self) -> "Gateway":
         self.status_file.unlink(missing_ok=True)
         self.proc = self.topo.gw.spawn(
-            str(RELEASE / "egret-gateway"), "--config", str(self.dir / "gateway.toml"), log=self.dir / "gateway.log"
+            str(RELEASE / "egret-gateway"),
+            "--config",
+            str(self.dir / "gateway.toml"),
+            "--log-format",
+            "json",
+            log=self.dir / "gateway.log",
+            env=self.env,
         )
 
         def up():
@@ -256,6 +311,9 @@ class Gateway:
 
         poll(up, timeout=10, what="egret-gateway's first status")
         return self
+
+    def flow_probe(self, ns: Netns, seconds: float) -> "FlowProbe":
+        return FlowProbe(ns, seconds, self.dir)
 
     def stop(self) -> int | None:
         stop(self.proc)
@@ -272,6 +330,22 @@ class Gateway:
     def log(self) -> str:
         p = self.dir / "gateway.log"
         return p.read_text(errors="replace") if p.exists() else ""
+
+    def log_records(self) -> list[dict]:
+        """The gateway's log (JSON lines): each record's fields, with its
+        message under "message", its level and its target."""
+        out = []
+        for line in self.log().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            out.append({**rec.get("fields", {}), "level": rec.get("level"), "target": rec.get("target")})
+        return out
+
+    def metrics(self, address: str = "127.0.0.1:9464") -> "Metrics":
+        r = self.topo.gw.run("curl", "-s", "-m", "2", f"http://{address}/metrics", check=True)
+        return Metrics.parse(r.stdout)
 
     def status(self) -> Status:
         return Status(json.loads(self.status_file.read_text()))
