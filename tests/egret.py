@@ -369,6 +369,15 @@ class Gateway:
         poll(lambda: self.status_file.stat().st_mtime_ns != mtime, timeout=timeout, interval=0.05, what="a new status")
         return self.status_after(lambda s: True)
 
+    def use_control(self, url: str = "http://127.0.0.1:50051", node: str = "gw-0", **tls: Path) -> None:
+        """Takes the plan from egret-control instead of the plan file;
+        `tls`: ca, cert, key for mutual TLS."""
+        toml = self.dir / "gateway.toml"
+        lines = toml.read_text().split("[control]")[0].splitlines()
+        lines = [l for l in lines if not l.startswith("plan_file = ")]
+        control = [f'url = "{url}"', f'node = "{node}"'] + [f'{k} = "{v}"' for k, v in tls.items()]
+        toml.write_text("\n".join(lines + ["[control]"] + control) + "\n")
+
     def write_plan(self, text: str) -> None:
         """Replaces the plan file atomically (the gateway re-reads it)."""
         tmp = self.dir / "plan.yaml.tmp"
@@ -377,6 +386,44 @@ class Gateway:
 
     def xdp_attached(self, iface: str) -> bool:
         return "prog/xdp" in self.topo.gw.run("ip", "-d", "link", "show", iface).stdout
+
+
+class Control:
+    """egret-control in egt-gw on a manifests directory (the file source),
+    loopback only unless `args` say otherwise; `start` waits until egretctl
+    gets an answer."""
+
+    def __init__(self, topo: Topology, workdir: Path):
+        self.topo, self.dir = topo, workdir
+        self.manifests = workdir / "manifests"
+        self.manifests.mkdir(exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+
+    def write(self, text: str) -> None:
+        """Replaces the manifests atomically (the source re-reads them)."""
+        tmp = self.dir / "cluster.yaml.tmp"
+        tmp.write_text(text)
+        tmp.rename(self.manifests / "cluster.yaml")
+
+    def start(self, *args: str, ready: Callable[[], bool] | None = None) -> "Control":
+        listen = () if "--listen" in args else ("--listen", "127.0.0.1:50051")
+        self.proc = self.topo.gw.spawn(
+            str(RELEASE / "egret-control"), "--manifests", str(self.manifests), *listen, *args, log=self.dir / "control.log"
+        )
+        poll(ready or (lambda: self.ctl("configs").returncode == 0), timeout=10, what="egret-control answering")
+        return self
+
+    def stop(self) -> None:
+        stop(self.proc)
+        self.proc = None
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        """egretctl against this control plane (plaintext loopback)."""
+        return self.topo.gw.run(str(RELEASE / "egretctl"), *args, timeout=15)
+
+    def ctl_json(self, *args: str):
+        r = self.ctl("-o", "json", *args)
+        return json.loads(r.stdout) if r.returncode == 0 else None
 
 
 def plan(a: str = "config-a", b: str = "config-b", extra: str = "") -> str:

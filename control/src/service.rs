@@ -329,13 +329,8 @@ impl AdminService for Admin {
         &self,
         _: Request<api::ListProblemsRequest>,
     ) -> Result<Response<api::ListProblemsResponse>, Status> {
-        let snap = self.state.snapshot();
-        let problems = snap
-            .reconciled
-            .problems
-            .iter()
-            .map(|p| api::Problem { object: p.object.clone(), message: p.message.clone() })
-            .collect();
+        let problems =
+            self.state.problems().into_iter().map(|p| api::Problem { object: p.object, message: p.message }).collect();
         Ok(Response::new(api::ListProblemsResponse { problems }))
     }
 

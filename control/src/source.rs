@@ -37,9 +37,16 @@ pub async fn watch_file(state: Arc<ControlState>, path: PathBuf, every: Duration
     loop {
         let fp = fingerprint(&path);
         if seen.as_ref() != Some(&fp) {
+            let what = format!("manifests {}", path.display());
             match load_file(&state, &path) {
-                Ok(generation) => tracing::info!(path = %path.display(), generation, "manifests loaded"),
-                Err(e) => tracing::error!(error = %e, "manifests not loaded; keeping the last good state"),
+                Ok(generation) => {
+                    state.set_source_error(&what, None);
+                    tracing::info!(path = %path.display(), generation, "manifests loaded")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "manifests not loaded; keeping the last good state");
+                    state.set_source_error(&what, Some(format!("not loaded, the last good state keeps serving: {e}")));
+                }
             }
             seen = Some(fp);
         }

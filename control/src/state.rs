@@ -66,6 +66,9 @@ pub struct ControlState {
     applied: watch::Sender<u64>,
     /// Serialises updates (versions must be assigned in order).
     update: Mutex<()>,
+    /// Why the source's latest read was refused (the last good state
+    /// keeps serving meanwhile); listed first among the problems.
+    source_error: Mutex<Option<Problem>>,
 }
 
 impl Default for ControlState {
@@ -75,6 +78,7 @@ impl Default for ControlState {
             links: Mutex::default(),
             applied: watch::channel(0).0,
             update: Mutex::default(),
+            source_error: Mutex::default(),
         }
     }
 }
@@ -86,6 +90,18 @@ impl ControlState {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
+    }
+
+    /// Records why the source's latest read was refused (`None`: it was
+    /// read), e.g. manifests that do not parse; `what` names the source.
+    pub fn set_source_error(&self, what: &str, error: Option<String>) {
+        *self.source_error.lock().unwrap() = error.map(|message| Problem { object: what.to_string(), message });
+    }
+
+    /// The reconcile's problems, after the source's own if it has one.
+    pub fn problems(&self) -> Vec<Problem> {
+        let own = self.source_error.lock().unwrap().clone();
+        own.into_iter().chain(self.snapshot().reconciled.problems.iter().cloned()).collect()
     }
 
     pub fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
@@ -248,4 +264,19 @@ fn carry_or_bump(prev: Option<&NodePlan>, plan: &Plan, version: u64) -> NodePlan
     plan.version = version;
     let json = serde_json::to_string(&plan).expect("a plan always serialises");
     NodePlan { version, plan: Arc::new(plan), json: Arc::new(json) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_source_read_is_the_first_problem_until_a_read_succeeds() {
+        let state = ControlState::new();
+        state.set_source_error("manifests /m", Some("document 1: bad".into()));
+        let p = state.problems();
+        assert_eq!((p[0].object.as_str(), p[0].message.as_str()), ("manifests /m", "document 1: bad"));
+        state.set_source_error("manifests /m", None);
+        assert!(state.problems().is_empty());
+    }
 }

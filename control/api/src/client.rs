@@ -114,6 +114,8 @@ pub fn endpoint(url: &str, tls: Option<&TlsFiles>, connect_timeout: Duration) ->
 pub struct Received<T> {
     pub version: u64,
     pub plan: T,
+    /// The plan as it came (what a resent plan is compared by).
+    pub json: String,
 }
 
 /// How the stream stands, for logs and health.
@@ -282,15 +284,18 @@ async fn once<T: DeserializeOwned + Send + Sync + 'static>(
                     Ok(None) => return "control plane closed the stream".into(),
                     Err(s) => return status_text(&s),
                 };
-                let current = plan_tx.borrow().as_ref().map(|p| p.version);
-                if current == Some(u.version) {
-                    // Same plan again after a reconnect: the last ack was resent.
+                // The same plan again after a reconnect (the last ack was
+                // resent). Compared by content too: a restarted control plane
+                // numbers its plans from 1 again, and its version 1 need not
+                // be the one this gateway holds.
+                let same = plan_tx.borrow().as_ref().is_some_and(|p| p.version == u.version && p.json == u.plan_json);
+                if same {
                     continue;
                 }
                 match serde_json::from_str::<T>(&u.plan_json) {
                     Ok(plan) => {
                         tracing::info!(version = u.version, "new plan from the control plane");
-                        plan_tx.send_replace(Some(Arc::new(Received { version: u.version, plan })));
+                        plan_tx.send_replace(Some(Arc::new(Received { version: u.version, plan, json: u.plan_json })));
                     }
                     Err(e) => {
                         tracing::error!(version = u.version, error = %e, "plan does not parse; keeping the last one");

@@ -9,9 +9,9 @@
 //! moved route or a new neighbour reaches the workers within milliseconds
 //! rather than at the next poll.
 
+use super::netlink::{Changes, Dump, Tables};
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
-use super::netlink::{Changes, Dump, Tables};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use netlink_packet_route::AddressFamily;
@@ -148,7 +148,10 @@ pub struct NextHops {
 
 impl NextHops {
     pub fn new(ifaces: &[String]) -> Arc<NextHops> {
-        Arc::new(NextHops { table: ArcSwap::from_pointee(read_table(&mut None, ifaces)), resolve: ArrayQueue::new(1024) })
+        Arc::new(NextHops {
+            table: ArcSwap::from_pointee(read_table(&mut None, ifaces)),
+            resolve: ArrayQueue::new(1024),
+        })
     }
 
     /// The current table; workers load it once per batch.
