@@ -1,4 +1,4 @@
-# Shared by demo.sh, e2e.sh and the benchmarks: build, plan and settings
+# Shared by demo.sh, the bash suites and the benchmarks: build, plan and settings
 # files, starting and stopping the gateway and the internet-side servers.
 # Sourced, not run.
 

@@ -28,17 +28,23 @@ else
   echo "ok: egret-control builds without the data plane"; passed=$((passed + 1))
 fi
 
-# Further stages, each a script that ends with "NAME: N passed, M failed".
-for stage in scripts/fuzz-smoke.sh scripts/e2e.sh scripts/e2e-policy.sh scripts/e2e-service.sh scripts/e2e-control.sh scripts/e2e-faults.sh scripts/e2e-hostile.sh scripts/e2e-conformance.sh scripts/e2e-tunnel.sh scripts/deploy-check.sh scripts/bench-smoke.sh; do
-  [ -x "$stage" ] || continue
-  echo "== $stage"
+# Further stages, each ending with "NAME: N passed, M failed": the
+# end-to-end tests in tests/ (pytest), and the suites still in scripts/.
+run_stage() {
+  echo "== $*"
   t0=$SECONDS
-  "$stage" 2>&1 | tee "$log/stage"
+  "$@" 2>&1 | tee "$log/stage"
   rc=${PIPESTATUS[0]}
-  echo "== $stage took $((SECONDS - t0)) s"
+  echo "== $* took $((SECONDS - t0)) s"
   read -r p f < <(grep -E '[0-9]+ passed, [0-9]+ failed' "$log/stage" | tail -n 1 | sed -E 's/.* ([0-9]+) passed, ([0-9]+) failed.*/\1 \2/')
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
   if [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then failed=$((failed + 1)); fi
+}
+run_stage scripts/fuzz-smoke.sh
+run_stage /usr/bin/python3 -m pytest tests/ -q -p no:cacheprovider
+for stage in scripts/e2e-faults.sh scripts/e2e-hostile.sh scripts/e2e-conformance.sh scripts/e2e-tunnel.sh scripts/deploy-check.sh scripts/bench-smoke.sh; do
+  [ -x "$stage" ] || continue
+  run_stage "$stage"
 done
 
 echo "suite took $SECONDS s"

@@ -6,60 +6,54 @@
 //! egret-gateway remove-guard                 remove the forward guard (Egret leaves the node)
 //! ```
 
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use egret_dataplane::gateway::{self, NodeConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-fn usage() -> ExitCode {
-    eprintln!(
-        "usage: egret-gateway --config FILE [--log-format text|json]\n       egret-gateway check-config FILE\n       egret-gateway remove-guard"
-    );
-    ExitCode::from(2)
+#[derive(Parser)]
+#[command(name = "egret-gateway", version, about = "The Egret egress NAT gateway node service")]
+struct Cli {
+    /// The node's settings (gateway.toml); runs until SIGINT or SIGTERM.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log lines as text or as JSON records.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the settings and what they point to (the plan, TLS files), then exit.
+    CheckConfig { file: PathBuf },
+    /// Remove the forward guard (Egret leaves the node).
+    RemoveGuard,
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut config = None;
-    let mut check = false;
-    let mut json = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--config" | "-c" => config = it.next().map(PathBuf::from),
-            "check-config" => {
-                check = true;
-                config = it.next().map(PathBuf::from);
-            }
-            "remove-guard" => {
-                return match gateway::forward_guard::ForwardGuard::remove() {
-                    Ok(true) => {
-                        println!("forward guard removed");
-                        ExitCode::SUCCESS
-                    }
-                    Ok(false) => {
-                        println!("no forward guard installed");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("egret-gateway: {e}");
-                        ExitCode::FAILURE
-                    }
-                };
-            }
-            "--log-format" => json = it.next().map(String::as_str) == Some("json"),
-            "-h" | "--help" => return usage(),
-            other => {
-                eprintln!("egret-gateway: unknown argument '{other}'");
-                return usage();
-            }
-        }
-    }
-    let Some(config) = config else { return usage() };
+    let cli = Cli::parse();
+    let (config, check) = match cli.command {
+        Some(Command::RemoveGuard) => return remove_guard(),
+        Some(Command::CheckConfig { file }) => (file, true),
+        None => match cli.config {
+            Some(c) => (c, false),
+            None => Cli::command()
+                .error(clap::error::ErrorKind::MissingRequiredArgument, "--config FILE is required to run")
+                .exit(),
+        },
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+    match cli.log_format {
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
     }
     let cfg = match NodeConfig::load(&config) {
         Ok(c) => c,
@@ -80,6 +74,18 @@ fn main() -> ExitCode {
     }
 }
 
+fn remove_guard() -> ExitCode {
+    match gateway::forward_guard::ForwardGuard::remove() {
+        Ok(true) => println!("forward guard removed"),
+        Ok(false) => println!("no forward guard installed"),
+        Err(e) => {
+            eprintln!("egret-gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 /// `check-config`: the settings were validated on load; this checks what
 /// they point to (the plan file, or the control plane's TLS material).
 fn check_config(cfg: &NodeConfig, config: &std::path::Path) -> ExitCode {
@@ -91,7 +97,7 @@ fn check_config(cfg: &NodeConfig, config: &std::path::Path) -> ExitCode {
     );
     let Some(plan) = cfg.plan_file.as_ref() else {
         // NodeConfig::load guarantees one plan source: here, [control].
-        let Some(ctl) = cfg.control.as_ref() else { return usage() };
+        let Some(ctl) = cfg.control.as_ref() else { return ExitCode::FAILURE };
         for (field, path) in [("control.ca", &ctl.ca), ("control.cert", &ctl.cert), ("control.key", &ctl.key)] {
             let Some(path) = path else { continue };
             match std::fs::read_to_string(path) {
@@ -110,7 +116,7 @@ fn check_config(cfg: &NodeConfig, config: &std::path::Path) -> ExitCode {
         return ExitCode::SUCCESS;
     };
     match gateway::load_plan(plan, 1) {
-        Ok(p) => {
+        Ok((p, _)) => {
             println!(
                 "{}: ok — {} configs, {} egress addresses, {} bound pods; {queues}",
                 config.display(),

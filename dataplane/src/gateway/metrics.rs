@@ -1,13 +1,22 @@
-//! Prometheus metrics over HTTP (`GET /metrics`, text exposition format),
+//! Prometheus metrics over HTTP (`GET /metrics`, OpenMetrics text by prometheus-client),
 //! rendered from the reports the workers publish a few times a second: the
 //! packet path never touches this.
 
 use super::http::Response;
-use super::worker::WorkerReport;
-use std::fmt::Write;
+use super::worker::{IoDrop, WorkerReport};
+use crate::wire::IpProtocol;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What the gateway knows beyond the workers' reports.
 #[derive(Debug, Clone, Default)]
@@ -19,32 +28,128 @@ pub struct GatewayInfo {
     pub xdp: Vec<(String, super::xdp::XdpStats)>,
 }
 
-const PROTOS: [&str; 3] = ["tcp", "udp", "icmp"];
-
-fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// The exposition's families, each declared once here: name (counters
+/// without the `_total` the encoder appends), type and help.
+mod family {
+    use prometheus_client::metrics::MetricType::{self, Counter, Gauge};
+    pub type Family = (&'static str, MetricType, &'static str);
+    pub const PLAN_VERSION: Family = ("egret_plan_version", Gauge, "Version of the plan being served.");
+    pub const MODE: Family = ("egret_mode", Gauge, "XDP and AF_XDP modes in use (1 per interface).");
+    pub const XDP_PACKETS: Family = ("egret_xdp_packets", Counter, "Packets seen by the XDP program, by verdict.");
+    pub const SESSIONS: Family = ("egret_sessions", Gauge, "Live sessions by config and protocol.");
+    pub const PORTS_IN_USE: Family =
+        ("egret_ports_in_use", Gauge, "Egress ports held, by address and protocol (mappings), or port-reuse sessions.");
+    pub const PORTS_FREE: Family = (
+        "egret_ports_free",
+        Gauge,
+        "Egress ports free for new endpoint-independent mappings, by address and protocol.",
+    );
+    pub const PACKETS: Family = ("egret_packets", Counter, "Packets translated, by worker and direction.");
+    pub const BYTES: Family = ("egret_bytes", Counter, "Bytes translated, by worker and direction.");
+    pub const DROPS: Family = ("egret_drops", Counter, "Packets dropped, by worker and reason.");
+    pub const ALLOC_FAILURES: Family = ("egret_alloc_failures", Counter, "New flows refused, by reason.");
+    pub const HANDOFF: Family = ("egret_handoff", Counter, "Frames handed to the worker owning their session.");
+    pub const HANDOFF_RING_DEPTH: Family =
+        ("egret_handoff_ring_depth", Gauge, "Frames waiting in a worker's handoff ring.");
+    pub const RULE_HITS: Family = (
+        "egret_policy_rule_hits",
+        Counter,
+        "New flows decided by each egress policy rule (\"default\": no rule matched).",
+    );
+    pub const DENY_LOGS_SUPPRESSED: Family = (
+        "egret_policy_deny_logs_suppressed",
+        Counter,
+        "Policy denials not logged (rate limit: 20 per second per worker).",
+    );
+    pub const SESSIONS_CREATED: Family = ("egret_sessions_created", Counter, "Sessions opened.");
+    pub const NAT_LOG_LOST: Family =
+        ("egret_nat_log_lost", Counter, "NAT log records lost because the logger fell behind.");
+    pub const DNS_UNTRUSTED: Family = (
+        "egret_dns_untrusted",
+        Counter,
+        "DNS answers not learned from: their source is not in the policy's dnsResolvers.",
+    );
+    pub const TUNNEL_PEERS: Family = ("egret_tunnel_peers", Gauge, "WireGuard peers (tunnelled pods), by config.");
+    pub const TUNNEL_LIVE_PEERS: Family =
+        ("egret_tunnel_live_peers", Gauge, "Peers with a session (a handshake within 180 s), by config.");
+    pub const TUNNEL_HANDSHAKES: Family =
+        ("egret_tunnel_handshakes", Counter, "Handshake initiations answered, by config and outcome.");
+    pub const TUNNEL_PACKETS: Family =
+        ("egret_tunnel_packets", Counter, "Tunnel data packets, by config and direction.");
+    pub const TUNNEL_BYTES: Family =
+        ("egret_tunnel_bytes", Counter, "Inner bytes through tunnels, by config and direction.");
+    pub const TUNNEL_ROAMS: Family =
+        ("egret_tunnel_roams", Counter, "Peer endpoint changes learned from authenticated datagrams.");
+    pub const TUNNEL_RESUMES: Family =
+        ("egret_tunnel_resumes", Counter, "Handshakes started to resume a pod's tunnel after a failover or restart.");
+    pub const TUNNEL_DROPS: Family = ("egret_tunnel_drops", Counter, "Tunnel datagrams dropped, by config and reason.");
 }
 
-/// The exposition text for these reports.
-pub fn render(reports: &[WorkerReport], info: &GatewayInfo) -> String {
-    let mut o = String::with_capacity(8192);
-    metric(&mut o, "egret_plan_version", "gauge", "Version of the plan being served.");
-    let _ = writeln!(o, "egret_plan_version {}", info.plan_version);
-    metric(&mut o, "egret_mode", "gauge", "XDP and AF_XDP modes in use (1 per interface).");
-    for (i, x, a) in &info.modes {
-        let _ = writeln!(o, "egret_mode{{interface=\"{i}\",xdp=\"{x}\",afxdp=\"{a}\"}} 1");
-    }
-    metric(&mut o, "egret_xdp_packets_total", "counter", "Packets seen by the XDP program, by verdict.");
-    for (i, st) in &info.xdp {
-        for (verdict, n) in
-            [("redirected", st.redirected), ("dropped_no_socket", st.dropped_no_socket), ("passed", st.passed)]
-        {
-            let _ = writeln!(o, "egret_xdp_packets_total{{interface=\"{i}\",verdict=\"{verdict}\"}} {n}");
+type Labels = Vec<(&'static str, String)>;
+
+/// Writes one family: its descriptor, then a sample per label set.
+fn emit(
+    enc: &mut DescriptorEncoder,
+    (name, kind, help): family::Family,
+    samples: impl IntoIterator<Item = (Labels, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in samples {
+        let sample = m.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(v).encode(sample)?,
+            _ => ConstGauge::new(v).encode(sample)?,
         }
     }
+    Ok(())
+}
 
-    metric(&mut o, "egret_sessions", "gauge", "Live sessions by config and protocol.");
-    let mut by_config: std::collections::BTreeMap<(String, usize), u64> = Default::default();
+fn one(v: u64) -> std::iter::Once<(Labels, u64)> {
+    std::iter::once((Vec::new(), v))
+}
+
+macro_rules! labels {
+    ($($k:expr => $v:expr),* $(,)?) => { vec![$(($k, $v.to_string())),*] };
+}
+
+/// The workers' reports as metric families, read at each scrape.
+#[derive(Debug)]
+struct ReportCollector {
+    reports: Vec<Arc<Mutex<WorkerReport>>>,
+    info: Arc<Mutex<GatewayInfo>>,
+}
+
+impl Collector for ReportCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let rs: Vec<WorkerReport> =
+            self.reports.iter().map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
+        let info = self.info.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        encode_reports(&mut enc, &rs, &info)
+    }
+}
+
+fn encode_reports(
+    enc: &mut DescriptorEncoder,
+    reports: &[WorkerReport],
+    info: &GatewayInfo,
+) -> Result<(), std::fmt::Error> {
+    use crate::nat::DropReason;
+    emit(enc, family::PLAN_VERSION, one(info.plan_version))?;
+    emit(
+        enc,
+        family::MODE,
+        info.modes.iter().map(|(i, x, a)| (labels!("interface" => i, "xdp" => x, "afxdp" => a), 1)),
+    )?;
+    emit(
+        enc,
+        family::XDP_PACKETS,
+        info.xdp.iter().flat_map(|(i, st)| {
+            [("redirected", st.redirected), ("dropped_no_socket", st.dropped_no_socket), ("passed", st.passed)]
+                .map(|(verdict, n)| (labels!("interface" => i, "verdict" => verdict), n))
+        }),
+    )?;
+
+    let mut by_config: BTreeMap<(String, usize), u64> = Default::default();
     for r in reports {
         for (c, counts) in &r.sessions_by_config {
             for (i, n) in counts.iter().enumerate() {
@@ -52,23 +157,14 @@ pub fn render(reports: &[WorkerReport], info: &GatewayInfo) -> String {
             }
         }
     }
-    for ((c, i), n) in &by_config {
-        let _ = writeln!(o, "egret_sessions{{config=\"{c}\",proto=\"{}\"}} {n}", PROTOS[*i]);
-    }
+    let proto = |i: usize| IpProtocol::ALL[i].name();
+    emit(
+        enc,
+        family::SESSIONS,
+        by_config.iter().map(|((c, i), n)| (labels!("config" => c, "proto" => proto(*i)), *n)),
+    )?;
 
-    metric(
-        &mut o,
-        "egret_ports_in_use",
-        "gauge",
-        "Egress ports held, by address and protocol (mappings), or port-reuse sessions.",
-    );
-    metric(
-        &mut o,
-        "egret_ports_free",
-        "gauge",
-        "Egress ports free for new endpoint-independent mappings, by address and protocol.",
-    );
-    let mut ports: std::collections::BTreeMap<(std::net::Ipv4Addr, String), ([u64; 3], u64, u64)> = Default::default();
+    let mut ports: BTreeMap<(std::net::Ipv4Addr, String), ([u64; 3], u64, u64)> = Default::default();
     for r in reports {
         for u in &r.ports {
             let e = ports.entry((u.addr, u.config.clone())).or_default();
@@ -79,70 +175,58 @@ pub fn render(reports: &[WorkerReport], info: &GatewayInfo) -> String {
             e.2 += u64::from(u.slice);
         }
     }
-    for ((a, c), (mapped, sessions, slice)) in &ports {
-        for (i, p) in PROTOS.iter().enumerate() {
-            let _ = writeln!(o, "egret_ports_in_use{{address=\"{a}\",config=\"{c}\",proto=\"{p}\"}} {}", mapped[i]);
-            let _ =
-                writeln!(o, "egret_ports_free{{address=\"{a}\",config=\"{c}\",proto=\"{p}\"}} {}", slice - mapped[i]);
-        }
-        let _ = writeln!(o, "egret_ports_in_use{{address=\"{a}\",config=\"{c}\",proto=\"port-reuse\"}} {sessions}");
-    }
+    let per_proto =
+        |(a, c): &(std::net::Ipv4Addr, String), i: usize| labels!("address" => a, "config" => c, "proto" => proto(i));
+    emit(
+        enc,
+        family::PORTS_IN_USE,
+        ports.iter().flat_map(|(k, (mapped, sessions, _))| {
+            (0..3).map(|i| (per_proto(k, i), mapped[i])).chain(std::iter::once((
+                labels!("address" => k.0, "config" => k.1, "proto" => "port-reuse"),
+                *sessions,
+            )))
+        }),
+    )?;
+    emit(
+        enc,
+        family::PORTS_FREE,
+        ports.iter().flat_map(|(k, (mapped, _, slice))| (0..3).map(move |i| (per_proto(k, i), slice - mapped[i]))),
+    )?;
 
-    metric(&mut o, "egret_packets_total", "counter", "Packets translated, by worker and direction.");
-    metric(&mut o, "egret_bytes_total", "counter", "Bytes translated, by worker and direction.");
-    for r in reports {
-        let w = r.worker;
-        let n = &r.nat;
-        let _ = writeln!(o, "egret_packets_total{{worker=\"{w}\",direction=\"in2out\"}} {}", n.in2out_packets);
-        let _ = writeln!(o, "egret_packets_total{{worker=\"{w}\",direction=\"out2in\"}} {}", n.out2in_packets);
-        let _ = writeln!(o, "egret_bytes_total{{worker=\"{w}\",direction=\"in2out\"}} {}", n.in2out_bytes);
-        let _ = writeln!(o, "egret_bytes_total{{worker=\"{w}\",direction=\"out2in\"}} {}", n.out2in_bytes);
-    }
-    metric(&mut o, "egret_drops_total", "counter", "Packets dropped, by worker and reason.");
-    for r in reports {
-        for reason in crate::nat::DropReason::ALL {
-            let _ = writeln!(
-                o,
-                "egret_drops_total{{worker=\"{}\",reason=\"{}\"}} {}",
-                r.worker,
-                reason.name(),
-                r.nat.dropped(reason)
-            );
-        }
-        let io = &r.io;
-        for (reason, v) in [
-            ("not_ipv4", io.not_ipv4),
-            ("no_route", io.no_route),
-            ("no_neighbour", io.no_neighbour),
-            ("tx_ring_full", io.tx_ring_full),
-            ("no_free_frame", io.no_free_frame),
-            ("handoff_overflow", io.handoff_overflow),
-        ] {
-            let _ = writeln!(o, "egret_drops_total{{worker=\"{}\",reason=\"{reason}\"}} {v}", r.worker);
-        }
-    }
-    metric(&mut o, "egret_alloc_failures_total", "counter", "New flows refused, by reason.");
-    for (reason, drop) in [
-        ("quota", crate::nat::DropReason::QuotaExceeded),
-        ("pool_exhausted", crate::nat::DropReason::PoolExhausted),
-        ("session_table_full", crate::nat::DropReason::SessionTableFull),
-    ] {
-        let v: u64 = reports.iter().map(|r| r.nat.dropped(drop)).sum();
-        let _ = writeln!(o, "egret_alloc_failures_total{{reason=\"{reason}\"}} {v}");
-    }
-    metric(&mut o, "egret_handoff_total", "counter", "Frames handed to the worker owning their session.");
-    metric(&mut o, "egret_handoff_ring_depth", "gauge", "Frames waiting in a worker's handoff ring.");
-    for r in reports {
-        let _ = writeln!(o, "egret_handoff_total{{worker=\"{}\"}} {}", r.worker, r.io.handoff_sent);
-        let _ = writeln!(o, "egret_handoff_ring_depth{{worker=\"{}\"}} {}", r.worker, r.io.handoff_ring_depth);
-    }
-    metric(
-        &mut o,
-        "egret_policy_rule_hits_total",
-        "counter",
-        "New flows decided by each egress policy rule (\"default\": no rule matched).",
-    );
-    let mut hits: std::collections::BTreeMap<(String, usize, String), u64> = Default::default();
+    let by_direction = |f: fn(&crate::nat::Counters) -> [u64; 2]| {
+        reports.iter().flat_map(move |r| {
+            let [i, o] = f(&r.nat);
+            [("in2out", i), ("out2in", o)].map(|(d, v)| (labels!("worker" => r.worker, "direction" => d), v))
+        })
+    };
+    emit(enc, family::PACKETS, by_direction(|n| [n.in2out_packets, n.out2in_packets]))?;
+    emit(enc, family::BYTES, by_direction(|n| [n.in2out_bytes, n.out2in_bytes]))?;
+    emit(
+        enc,
+        family::DROPS,
+        reports.iter().flat_map(|r| {
+            let nat = DropReason::ALL.map(|d| (labels!("worker" => r.worker, "reason" => d.name()), r.nat.dropped(d)));
+            let io = IoDrop::ALL.map(|d| (labels!("worker" => r.worker, "reason" => d.name()), r.io.dropped(d)));
+            nat.into_iter().chain(io)
+        }),
+    )?;
+    emit(
+        enc,
+        family::ALLOC_FAILURES,
+        [
+            ("quota", DropReason::QuotaExceeded),
+            ("pool_exhausted", DropReason::PoolExhausted),
+            ("session_table_full", DropReason::SessionTableFull),
+        ]
+        .map(|(reason, d)| (labels!("reason" => reason), reports.iter().map(|r| r.nat.dropped(d)).sum())),
+    )?;
+    emit(enc, family::HANDOFF, reports.iter().map(|r| (labels!("worker" => r.worker), r.io.handoff_sent)))?;
+    emit(
+        enc,
+        family::HANDOFF_RING_DEPTH,
+        reports.iter().map(|r| (labels!("worker" => r.worker), r.io.handoff_ring_depth)),
+    )?;
+    let mut hits: BTreeMap<(String, usize, String), u64> = Default::default();
     for r in reports {
         for h in &r.rule_hits {
             for (i, (rule, n)) in h.rules.iter().enumerate() {
@@ -150,75 +234,69 @@ pub fn render(reports: &[WorkerReport], info: &GatewayInfo) -> String {
             }
         }
     }
-    for ((c, _, rule), n) in &hits {
-        let _ = writeln!(o, "egret_policy_rule_hits_total{{config=\"{c}\",rule=\"{rule}\"}} {n}");
-    }
-    metric(
-        &mut o,
-        "egret_policy_deny_logs_suppressed_total",
-        "counter",
-        "Policy denials not logged (rate limit: 20 per second per worker).",
-    );
-    let v: u64 = reports.iter().map(|r| r.deny_logs_suppressed).sum();
-    let _ = writeln!(o, "egret_policy_deny_logs_suppressed_total {v}");
-    metric(&mut o, "egret_sessions_created_total", "counter", "Sessions opened.");
-    let v: u64 = reports.iter().map(|r| r.nat.sessions_created).sum();
-    let _ = writeln!(o, "egret_sessions_created_total {v}");
-    metric(&mut o, "egret_nat_log_lost_total", "counter", "NAT log records lost because the logger fell behind.");
-    let v: u64 = reports.iter().map(|r| r.nat.nat_events_lost).sum();
-    let _ = writeln!(o, "egret_nat_log_lost_total {v}");
-    metric(
-        &mut o,
-        "egret_dns_untrusted_total",
-        "counter",
-        "DNS answers not learned from: their source is not in the policy's dnsResolvers.",
-    );
-    let v: u64 = reports.iter().map(|r| r.nat.dns_untrusted).sum();
-    let _ = writeln!(o, "egret_dns_untrusted_total {v}");
-    render_tunnels(&mut o, reports);
-    o
+    emit(enc, family::RULE_HITS, hits.iter().map(|((c, _, rule), n)| (labels!("config" => c, "rule" => rule), *n)))?;
+    let sum = |f: fn(&WorkerReport) -> u64| one(reports.iter().map(f).sum());
+    emit(enc, family::DENY_LOGS_SUPPRESSED, sum(|r| r.deny_logs_suppressed))?;
+    emit(enc, family::SESSIONS_CREATED, sum(|r| r.nat.sessions_created))?;
+    emit(enc, family::NAT_LOG_LOST, sum(|r| r.nat.nat_events_lost + r.io.log_records_lost))?;
+    emit(enc, family::DNS_UNTRUSTED, sum(|r| r.nat.dns_untrusted))?;
+    encode_tunnels(enc, reports)
 }
 
 /// The WireGuard tunnels, per config (never a key: the public one is in
 /// the status file).
-fn render_tunnels(o: &mut String, reports: &[WorkerReport]) {
+fn encode_tunnels(enc: &mut DescriptorEncoder, reports: &[WorkerReport]) -> Result<(), std::fmt::Error> {
     let tunnels = crate::tunnel::stage::merge(reports.iter().flat_map(|r| &r.tunnels));
     if tunnels.is_empty() {
-        return;
+        return Ok(());
     }
-    metric(o, "egret_tunnel_peers", "gauge", "WireGuard peers (tunnelled pods), by config.");
-    metric(o, "egret_tunnel_live_peers", "gauge", "Peers with a session (a handshake within 180 s), by config.");
-    metric(o, "egret_tunnel_handshakes_total", "counter", "Handshake initiations answered, by config and outcome.");
-    metric(o, "egret_tunnel_packets_total", "counter", "Tunnel data packets, by config and direction.");
-    metric(o, "egret_tunnel_bytes_total", "counter", "Inner bytes through tunnels, by config and direction.");
-    metric(o, "egret_tunnel_roams_total", "counter", "Peer endpoint changes learned from authenticated datagrams.");
-    metric(
-        o,
-        "egret_tunnel_resumes_total",
-        "counter",
-        "Handshakes started to resume a pod's tunnel after a failover or restart.",
-    );
-    metric(o, "egret_tunnel_drops_total", "counter", "Tunnel datagrams dropped, by config and reason.");
-    for t in &tunnels {
-        let (c, n) = (&t.config, &t.counters);
-        let _ = writeln!(o, "egret_tunnel_peers{{config=\"{c}\"}} {}", t.peers);
-        let _ = writeln!(o, "egret_tunnel_live_peers{{config=\"{c}\"}} {}", t.live_peers);
-        let _ = writeln!(
-            o,
-            "egret_tunnel_handshakes_total{{config=\"{c}\",outcome=\"completed\"}} {}",
-            n.handshakes_completed
-        );
-        let _ = writeln!(o, "egret_tunnel_handshakes_total{{config=\"{c}\",outcome=\"cookie\"}} {}", n.cookie_replies);
-        let _ = writeln!(o, "egret_tunnel_packets_total{{config=\"{c}\",direction=\"rx\"}} {}", n.rx_packets);
-        let _ = writeln!(o, "egret_tunnel_packets_total{{config=\"{c}\",direction=\"tx\"}} {}", n.tx_packets);
-        let _ = writeln!(o, "egret_tunnel_bytes_total{{config=\"{c}\",direction=\"rx\"}} {}", n.rx_bytes);
-        let _ = writeln!(o, "egret_tunnel_bytes_total{{config=\"{c}\",direction=\"tx\"}} {}", n.tx_bytes);
-        let _ = writeln!(o, "egret_tunnel_roams_total{{config=\"{c}\"}} {}", n.roams);
-        let _ = writeln!(o, "egret_tunnel_resumes_total{{config=\"{c}\"}} {}", n.resumes);
-        for r in crate::tunnel::TunnelDrop::ALL {
-            let _ = writeln!(o, "egret_tunnel_drops_total{{config=\"{c}\",reason=\"{}\"}} {}", r.name(), n.dropped(r));
-        }
-    }
+    let per_config = |f: fn(&crate::tunnel::stage::TunnelReport) -> u64| {
+        tunnels.iter().map(move |t| (labels!("config" => t.config), f(t)))
+    };
+    let two =
+        |a: &'static str, b: &'static str, key: &'static str, f: fn(&crate::tunnel::TunnelCounters) -> [u64; 2]| {
+            tunnels.iter().flat_map(move |t| {
+                let [x, y] = f(&t.counters);
+                [(a, x), (b, y)].map(|(v, n)| (labels!("config" => t.config, key => v), n))
+            })
+        };
+    emit(enc, family::TUNNEL_PEERS, per_config(|t| t.peers as u64))?;
+    emit(enc, family::TUNNEL_LIVE_PEERS, per_config(|t| t.live_peers as u64))?;
+    emit(
+        enc,
+        family::TUNNEL_HANDSHAKES,
+        two("completed", "cookie", "outcome", |c| [c.handshakes_completed, c.cookie_replies]),
+    )?;
+    emit(enc, family::TUNNEL_PACKETS, two("rx", "tx", "direction", |c| [c.rx_packets, c.tx_packets]))?;
+    emit(enc, family::TUNNEL_BYTES, two("rx", "tx", "direction", |c| [c.rx_bytes, c.tx_bytes]))?;
+    emit(enc, family::TUNNEL_ROAMS, per_config(|t| t.counters.roams))?;
+    emit(enc, family::TUNNEL_RESUMES, per_config(|t| t.counters.resumes))?;
+    emit(
+        enc,
+        family::TUNNEL_DROPS,
+        tunnels.iter().flat_map(|t| {
+            crate::tunnel::TunnelDrop::ALL
+                .map(|r| (labels!("config" => t.config, "reason" => r.name()), t.counters.dropped(r)))
+        }),
+    )
+}
+
+/// The exposition (OpenMetrics text) for these reports.
+pub fn render(reports: &[WorkerReport], info: &GatewayInfo) -> String {
+    let collector = ReportCollector {
+        reports: reports.iter().map(|r| Arc::new(Mutex::new(r.clone()))).collect(),
+        info: Arc::new(Mutex::new(info.clone())),
+    };
+    encode_registry(collector)
+}
+
+fn encode_registry(collector: ReportCollector) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(collector));
+    let mut out = String::with_capacity(8192);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
 }
 
 /// Serves `/metrics` on `addr` until `stop`.
@@ -232,10 +310,8 @@ pub fn serve(
         if path != "/metrics" {
             return Response::text(404, "try /metrics\n");
         }
-        let rs: Vec<WorkerReport> =
-            reports.iter().map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
-        let i = info.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Response { status: 200, content_type: "text/plain; version=0.0.4", body: render(&rs, &i) }
+        let collector = ReportCollector { reports: reports.clone(), info: Arc::clone(&info) };
+        Response { status: 200, content_type: OPENMETRICS, body: encode_registry(collector) }
     })
 }
 
@@ -271,5 +347,10 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
+        for reason in crate::nat::DropReason::ALL.map(|r| r.name()).into_iter().chain(IoDrop::ALL.map(|r| r.name())) {
+            let prefix = format!("egret_drops_total{{worker=\"1\",reason=\"{reason}\"}} ");
+            assert!(text.lines().any(|l| l.starts_with(&prefix)), "no drop counter for {reason}");
+        }
+        assert!(text.ends_with("# EOF\n"), "an OpenMetrics exposition ends with # EOF");
     }
 }

@@ -3,7 +3,7 @@
 //! the gateway compiles what it gets, and a plan that does not compile is
 //! rejected whole while the previous one keeps serving.
 
-use super::{load_plan, mtime, ControlSettings};
+use super::{load_plan, mtime, ControlSettings, LoadedPlan};
 use crate::nat::CompiledPlan;
 use crate::plan::Plan;
 use egret_api::client::{subscribe_in_thread, Received, SubscribeConfig, Subscription, TlsFiles};
@@ -35,7 +35,7 @@ impl PlanSource {
 
     /// The first plan; from the control plane, waits until one arrives that
     /// compiles (logging while it waits), or `give_up` says stop.
-    pub fn first(&mut self, give_up: impl Fn() -> bool) -> Result<CompiledPlan, String> {
+    pub fn first(&mut self, give_up: impl Fn() -> bool) -> Result<LoadedPlan, String> {
         match self {
             PlanSource::File { path, version, .. } => {
                 *version = 1;
@@ -65,7 +65,7 @@ impl PlanSource {
     }
 
     /// A new plan if the source has one (compiled, or why it was rejected).
-    pub fn poll(&mut self, force: bool) -> Option<Result<CompiledPlan, String>> {
+    pub fn poll(&mut self, force: bool) -> Option<Result<LoadedPlan, String>> {
         match self {
             PlanSource::File { path, seen, version } => {
                 let now = mtime(path);
@@ -85,7 +85,8 @@ impl PlanSource {
                 plan.version = r.version;
                 let compiled = CompiledPlan::new(&plan).map_err(|e| e.to_string());
                 sub.ack(r.version, compiled.as_ref().map(|_| ()).map_err(Clone::clone));
-                Some(compiled)
+                // egret-control keeps the problems of its objects (egretctl problems).
+                Some(compiled.map(|p| (p, Vec::new())))
             }
         }
     }

@@ -4,6 +4,7 @@
 //! sessions go to it through a bounded lock-free ring; overflow is counted,
 //! never waited for.
 
+use super::natlog::{LogQueue, LogRecord};
 use super::nexthop::{Miss, NextHops};
 use super::xsk::WorkerIo;
 use crate::nat::CompiledPlan;
@@ -59,23 +60,40 @@ pub enum HandoffKind {
     Seal,
 }
 
-/// What the gateway itself counts around the NAT core.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct IoCounters {
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    pub not_ipv4: u64,
-    pub no_route: u64,
-    pub no_neighbour: u64,
-    pub tx_ring_full: u64,
-    pub no_free_frame: u64,
-    pub handoff_sent: u64,
-    pub handoff_received: u64,
-    pub handoff_overflow: u64,
-    pub handoff_ring_depth: u64,
-    /// Tunnel datagrams and packets for tunnelled pods handed to their
-    /// peer's worker.
-    pub tunnel_handoffs: u64,
+crate::counters::reasons! {
+    /// Why the worker dropped a frame around the NAT core.
+    pub enum IoDrop {
+        /// Not an IPv4 frame (ARP and IPv6 are the kernel's).
+        NotIpv4 = "not_ipv4",
+        /// No route toward the destination.
+        NoRoute = "no_route",
+        /// The next hop's MAC is not known (yet).
+        NoNeighbour = "no_neighbour",
+        /// The TX ring stayed full; the backlog beyond its bound was shed.
+        TxRingFull = "tx_ring_full",
+        /// No free UMEM frame to copy into.
+        NoFreeFrame = "no_free_frame",
+        /// The owning worker's handoff ring, or the frame pool, was full.
+        HandoffOverflow = "handoff_overflow",
+    }
+}
+
+crate::counters::counter_set! {
+    /// What the gateway itself counts around the NAT core.
+    pub struct IoCounters {
+        rx_packets,
+        tx_packets,
+        handoff_sent,
+        handoff_received,
+        /// A gauge: frames waiting in this worker's handoff ring.
+        handoff_ring_depth,
+        /// Tunnel datagrams and packets for tunnelled pods handed to their
+        /// peer's worker.
+        tunnel_handoffs,
+        /// NAT and deny log records dropped: the log thread fell behind.
+        log_records_lost,
+    }
+    drops: IoDrop
 }
 
 /// Sessions a worker samples for the control plane's session listing.
@@ -103,30 +121,30 @@ pub struct WorkerReport {
     pub tunnels: Vec<TunnelReport>,
 }
 
-impl Serialize for crate::nat::Counters {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("in2out_packets", &self.in2out_packets)?;
-        m.serialize_entry("out2in_packets", &self.out2in_packets)?;
-        m.serialize_entry("in2out_bytes", &self.in2out_bytes)?;
-        m.serialize_entry("out2in_bytes", &self.out2in_bytes)?;
-        m.serialize_entry("hairpin_packets", &self.hairpin_packets)?;
-        m.serialize_entry("bypass_packets", &self.bypass_packets)?;
-        m.serialize_entry("handoffs", &self.handoffs)?;
-        m.serialize_entry("sessions_created", &self.sessions_created)?;
-        m.serialize_entry("sessions_closed", &self.sessions_closed)?;
-        m.serialize_entry("icmp_errors_sent", &self.icmp_errors_sent)?;
-        m.serialize_entry("fragments_translated", &self.fragments_translated)?;
-        m.serialize_entry("fragments_held", &self.fragments_held)?;
-        m.serialize_entry("dns_untrusted", &self.dns_untrusted)?;
-        m.serialize_entry("pool_scans", &self.pool_scans)?;
-        m.serialize_entry("fragments_made", &self.fragments_made)?;
-        let drops: std::collections::BTreeMap<&str, u64> =
-            crate::nat::DropReason::ALL.iter().map(|r| (r.name(), self.dropped(*r))).collect();
-        m.serialize_entry("drops", &drops)?;
-        m.end()
-    }
+/// What every worker shares, built once before any starts.
+#[derive(Clone)]
+pub struct WorkerShared {
+    /// Each worker's handoff inbox, by worker index.
+    pub inboxes: Vec<Arc<ArrayQueue<Handoff>>>,
+    pub pool: Arc<ArrayQueue<Box<[u8; HANDOFF_BYTES]>>>,
+    pub nexthops: Arc<NextHops>,
+    pub plan: Arc<ArcSwap<CompiledPlan>>,
+    pub stop: Arc<AtomicBool>,
+    /// Whether snapshots hold every session (see [`Worker::full_snapshots`]).
+    pub full_snapshots: Arc<AtomicBool>,
+    pub log: LogQueue,
+    pub epoch: Instant,
+}
+
+/// One worker's fixed settings, filled before its loop starts (DPDK
+/// l3fwd's `lcore_conf`).
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    pub index: u16,
+    /// Port index for each side: `[inside, outside]` (the same in one-armed mode).
+    pub side_port: [usize; 2],
+    /// How often the session snapshot in the report is refreshed.
+    pub snapshot_every: Duration,
 }
 
 pub struct Worker {
@@ -152,6 +170,7 @@ pub struct Worker {
     /// millions of sessions only to show a thousand would stall the loop.
     pub full_snapshots: Arc<AtomicBool>,
     pub epoch: Instant,
+    log: LogQueue,
     pub io_counters: IoCounters,
     tx: Vec<Vec<XdpDesc>>,
     pending: Vec<Pending>,
@@ -164,39 +183,33 @@ pub struct Worker {
 const DENY_LOGS_PER_SEC: u32 = 20;
 
 impl Worker {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        index: u16,
+        conf: WorkerConfig,
         io: WorkerIo,
         engine: NatEngine,
         tunnels: TunnelStage,
-        side_port: [usize; 2],
-        inbox: Arc<ArrayQueue<Handoff>>,
-        peers: Vec<Arc<ArrayQueue<Handoff>>>,
-        pool: Arc<ArrayQueue<Box<[u8; HANDOFF_BYTES]>>>,
-        nexthops: Arc<NextHops>,
-        plan: Arc<ArcSwap<CompiledPlan>>,
-        stop: Arc<AtomicBool>,
-        epoch: Instant,
+        shared: &WorkerShared,
     ) -> Worker {
         let tx = (0..io.ports.len()).map(|_| Vec::with_capacity(4 * TX_BACKLOG)).collect();
+        let shared = shared.clone();
         Worker {
-            index,
+            index: conf.index,
             io,
             engine,
             tunnels,
-            side_port,
-            inbox,
-            peers,
-            pool,
-            nexthops,
-            plan,
-            stop,
+            side_port: conf.side_port,
+            inbox: Arc::clone(&shared.inboxes[usize::from(conf.index)]),
+            peers: shared.inboxes,
+            pool: shared.pool,
+            nexthops: shared.nexthops,
+            plan: shared.plan,
+            stop: shared.stop,
             report: Arc::new(Mutex::new(WorkerReport::default())),
             heartbeat: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            snapshot_every: Duration::from_secs(10),
-            full_snapshots: Arc::new(AtomicBool::new(true)),
-            epoch,
+            snapshot_every: conf.snapshot_every,
+            full_snapshots: shared.full_snapshots,
+            epoch: shared.epoch,
+            log: shared.log,
             io_counters: IoCounters::default(),
             tx,
             pending: Vec::with_capacity(PENDING_MAX),
@@ -272,7 +285,7 @@ impl Worker {
                     for d in self.tx[port].drain(..shed) {
                         self.io.release(d.addr);
                     }
-                    self.io_counters.tx_ring_full += shed as u64;
+                    self.io_counters.drops[IoDrop::TxRingFull as usize] += shed as u64;
                 }
                 work += usize::from(!self.tx[port].is_empty());
             }
@@ -323,32 +336,26 @@ impl Worker {
         }
     }
 
+    /// Hands the engine's log events to the log thread; denials past the
+    /// per-second budget are only counted.
     fn log_events(&mut self) {
         let sec = self.epoch.elapsed().as_secs();
         if self.deny_log_budget.0 != sec {
             self.deny_log_budget = (sec, DENY_LOGS_PER_SEC);
         }
-        let events: Vec<_> = self.engine.take_deny_events().collect();
-        for e in events {
+        let mut lost = 0;
+        for e in self.engine.take_deny_events() {
             if self.deny_log_budget.1 == 0 {
                 self.deny_logs_suppressed += 1;
                 continue;
             }
             self.deny_log_budget.1 -= 1;
-            tracing::info!(target: "egret::policy", pod = %e.pod, dst = %e.dst, proto = e.proto, port = e.port,
-                config = %e.config, reason = %e.rule.as_deref().map_or("no rule matched".to_string(), |r| format!("denied by rule {r}")),
-                "egress denied");
+            lost += u64::from(self.log.push(LogRecord::Deny(e)).is_err());
         }
         for e in self.engine.take_nat_events() {
-            let event = if e.open { "open" } else { "close" };
-            let (pod, egress) = (format!("{}:{}", e.pod, e.pod_port), format!("{}:{}", e.egress, e.egress_port));
-            match e.remote {
-                Some((a, p)) => tracing::info!(target: "egret::natlog", event = %event, proto = e.proto, pod = %pod,
-                    egress = %egress, dst = %format!("{a}:{p}"), at = e.at, "session"),
-                None => tracing::info!(target: "egret::natlog", event = %event, proto = e.proto, pod = %pod,
-                    egress = %egress, at = e.at, "session"),
-            }
+            lost += u64::from(self.log.push(LogRecord::Session(e)).is_err());
         }
+        self.io_counters.log_records_lost += lost;
     }
 
     /// Translates one received frame and queues what comes of it.
@@ -356,7 +363,7 @@ impl Worker {
         // SAFETY: a received frame is ours until we send or release it.
         let frame = unsafe { self.io.frame_mut(addr) };
         if len < ethernet::HEADER_LEN || ethernet::ethertype(frame) != Some(ethernet::ETHERTYPE_IPV4) {
-            self.io_counters.not_ipv4 += 1;
+            self.io_counters.drop(IoDrop::NotIpv4);
             self.io.release(addr);
             return;
         }
@@ -462,12 +469,12 @@ impl Worker {
                 if self.pending.len() < PENDING_MAX {
                     self.pending.push(Pending { port: out, addr, len, dst, since_ms: now.millis() });
                 } else {
-                    self.io_counters.no_neighbour += 1;
+                    self.io_counters.drop(IoDrop::NoNeighbour);
                     self.io.release(addr);
                 }
             }
             Err(Miss::NoRoute) => {
-                self.io_counters.no_route += 1;
+                self.io_counters.drop(IoDrop::NoRoute);
                 self.io.release(addr);
             }
         }
@@ -501,7 +508,7 @@ impl Worker {
         self.tunnels.tick(|d| out.push(d.to_vec()));
         for d in out {
             let Some(addr) = self.io.alloc() else {
-                self.io_counters.no_free_frame += 1;
+                self.io_counters.drop(IoDrop::NoFreeFrame);
                 continue;
             };
             // SAFETY: a frame just taken from the free pool is ours.
@@ -535,7 +542,7 @@ impl Worker {
                     self.pending.swap_remove(i);
                 }
                 Err(_) if now.millis().saturating_sub(p.since_ms) > PENDING_MS => {
-                    self.io_counters.no_neighbour += 1;
+                    self.io_counters.drop(IoDrop::NoNeighbour);
                     self.io.release(p.addr);
                     self.pending.swap_remove(i);
                 }
@@ -547,11 +554,11 @@ impl Worker {
     fn hand_off(&mut self, worker: u16, bytes: &[u8], kind: HandoffKind) {
         let Some(peer) = self.peers.get(usize::from(worker)) else { return };
         if bytes.len() > HANDOFF_BYTES {
-            self.io_counters.handoff_overflow += 1;
+            self.io_counters.drop(IoDrop::HandoffOverflow);
             return;
         }
         let Some(mut buf) = self.pool.pop() else {
-            self.io_counters.handoff_overflow += 1;
+            self.io_counters.drop(IoDrop::HandoffOverflow);
             return;
         };
         buf[..bytes.len()].copy_from_slice(bytes);
@@ -559,7 +566,7 @@ impl Worker {
             Ok(()) => self.io_counters.handoff_sent += 1,
             Err(h) => {
                 let _ = self.pool.push(h.buf);
-                self.io_counters.handoff_overflow += 1;
+                self.io_counters.drop(IoDrop::HandoffOverflow);
             }
         }
     }
@@ -582,7 +589,7 @@ impl Worker {
                     };
                     self.handle(self.side_port[side as usize], addr, len, h.kind, now);
                 }
-                None => self.io_counters.no_free_frame += 1,
+                None => self.io_counters.drop(IoDrop::NoFreeFrame),
             }
             let _ = self.pool.push(h.buf);
         }
@@ -601,7 +608,7 @@ impl Worker {
                 }
                 ReleaseTo::Side(side) => {
                     let Some(addr) = self.io.alloc() else {
-                        self.io_counters.no_free_frame += 1;
+                        self.io_counters.drop(IoDrop::NoFreeFrame);
                         continue;
                     };
                     // SAFETY: a frame just taken from the free pool is ours.

@@ -78,97 +78,51 @@ pub enum Received {
     Elsewhere { worker: u16 },
 }
 
-/// Why a datagram was dropped. Each has its own counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum TunnelDrop {
-    /// Not a WireGuard message (bad type or length).
-    Malformed,
-    /// A handshake from a key that is no peer, or data for no session.
-    UnknownPeer,
-    /// MAC, AEAD tag or handshake decryption failed.
-    DecryptFailed,
-    /// A counter already seen or outside the window (replay).
-    Replay,
-    /// The inner packet's source is not the peer's pod address
-    /// (cryptokey routing).
-    InnerSourceViolation,
-    /// Not IPv4 inside (the pod side is IPv4 only).
-    NotIpv4,
-    /// A packet for a tunnelled pod whose peer has no session or endpoint
-    /// yet (the pod starts its tunnel; the gateway only resumes one, see `Tunnel::resume`).
-    NoSession,
-    /// A message a responder does not take, or one boringtun refused
-    /// otherwise (timestamps, expired sessions, under load without source).
-    Refused,
-}
-
-impl TunnelDrop {
-    pub const ALL: [TunnelDrop; 8] = [
-        TunnelDrop::Malformed,
-        TunnelDrop::UnknownPeer,
-        TunnelDrop::DecryptFailed,
-        TunnelDrop::Replay,
-        TunnelDrop::InnerSourceViolation,
-        TunnelDrop::NotIpv4,
-        TunnelDrop::NoSession,
-        TunnelDrop::Refused,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TunnelDrop::Malformed => "tunnel_malformed",
-            TunnelDrop::UnknownPeer => "tunnel_unknown_peer",
-            TunnelDrop::DecryptFailed => "tunnel_decrypt_failed",
-            TunnelDrop::Replay => "tunnel_replay",
-            TunnelDrop::InnerSourceViolation => "tunnel_inner_source_violation",
-            TunnelDrop::NotIpv4 => "tunnel_not_ipv4",
-            TunnelDrop::NoSession => "tunnel_no_session",
-            TunnelDrop::Refused => "tunnel_refused",
-        }
+crate::counters::reasons! {
+    /// Why a datagram was dropped. Each has its own counter.
+    pub enum TunnelDrop {
+        /// Not a WireGuard message (bad type or length).
+        Malformed = "tunnel_malformed",
+        /// A handshake from a key that is no peer, or data for no session.
+        UnknownPeer = "tunnel_unknown_peer",
+        /// MAC, AEAD tag or handshake decryption failed.
+        DecryptFailed = "tunnel_decrypt_failed",
+        /// A counter already seen or outside the window (replay).
+        Replay = "tunnel_replay",
+        /// The inner packet's source is not the peer's pod address
+        /// (cryptokey routing).
+        InnerSourceViolation = "tunnel_inner_source_violation",
+        /// Not IPv4 inside (the pod side is IPv4 only).
+        NotIpv4 = "tunnel_not_ipv4",
+        /// A packet for a tunnelled pod whose peer has no session or endpoint
+        /// yet (the pod starts its tunnel; the gateway only resumes one, see `Tunnel::resume`).
+        NoSession = "tunnel_no_session",
+        /// A message a responder does not take, or one boringtun refused
+        /// otherwise (timestamps, expired sessions, under load without source).
+        Refused = "tunnel_refused",
     }
 }
 
-/// Counters of one config's tunnel on one worker.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TunnelCounters {
-    /// Handshake initiations answered with a response.
-    pub handshakes_completed: u64,
-    /// Cookie replies sent instead, under load.
-    pub cookie_replies: u64,
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    /// Peers whose endpoint moved (roaming, from authenticated datagrams).
-    pub roams: u64,
-    /// Handshakes this gateway started to resume a pod's tunnel: data for a
-    /// session it does not hold came from the pod's own address (the pod's
-    /// session is with a gateway that failed over, or with this one before
-    /// a restart).
-    pub resumes: u64,
-    pub drops: [u64; TunnelDrop::ALL.len()],
-}
-
-impl TunnelCounters {
-    pub fn dropped(&self, r: TunnelDrop) -> u64 {
-        self.drops[r as usize]
+crate::counters::counter_set! {
+    /// Counters of one config's tunnel on one worker.
+    pub struct TunnelCounters {
+        /// Handshake initiations answered with a response.
+        handshakes_completed,
+        /// Cookie replies sent instead, under load.
+        cookie_replies,
+        rx_packets,
+        rx_bytes,
+        tx_packets,
+        tx_bytes,
+        /// Peers whose endpoint moved (roaming, from authenticated datagrams).
+        roams,
+        /// Handshakes this gateway started to resume a pod's tunnel: data for a
+        /// session it does not hold came from the pod's own address (the pod's
+        /// session is with a gateway that failed over, or with this one before
+        /// a restart).
+        resumes,
     }
-
-    /// Adds `other` in, field by field (workers' and retired tunnels' sums).
-    pub fn add(&mut self, other: &TunnelCounters) {
-        self.handshakes_completed += other.handshakes_completed;
-        self.cookie_replies += other.cookie_replies;
-        self.rx_packets += other.rx_packets;
-        self.rx_bytes += other.rx_bytes;
-        self.tx_packets += other.tx_packets;
-        self.tx_bytes += other.tx_bytes;
-        self.roams += other.roams;
-        self.resumes += other.resumes;
-        for (x, y) in self.drops.iter_mut().zip(&other.drops) {
-            *x += y;
-        }
-    }
+    drops: TunnelDrop
 }
 
 struct Peer {

@@ -76,12 +76,15 @@ struct ConfigTunnel {
     tunnel: Tunnel,
 }
 
-/// One config's tunnel figures on one worker.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// One config's tunnel figures on one worker; serialized, the status
+/// file's form (the public key only: it is what pods are configured with).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TunnelReport {
     pub config: String,
     pub address: Option<SocketAddrV4>,
+    #[serde(serialize_with = "public_key_text")]
     pub public_key: [u8; 32],
+    #[serde(flatten)]
     pub counters: TunnelCounters,
     /// Peers this worker holds, and of those the ones with a live session.
     pub peers: usize,
@@ -293,28 +296,6 @@ pub fn merge<'a>(reports: impl IntoIterator<Item = &'a TunnelReport>) -> Vec<Tun
     out
 }
 
-impl TunnelReport {
-    /// The status file's form (the public key only: it is what pods are
-    /// configured with).
-    pub fn to_json(&self) -> serde_json::Value {
-        let c = &self.counters;
-        let drops: std::collections::BTreeMap<&str, u64> =
-            TunnelDrop::ALL.iter().map(|r| (r.name(), c.dropped(*r))).collect();
-        serde_json::json!({
-            "config": self.config,
-            "address": self.address.map(|a| a.to_string()),
-            "public_key": crate::plan::WgKey(self.public_key).to_string(),
-            "peers": self.peers,
-            "live_peers": self.live_peers,
-            "handshakes_completed": c.handshakes_completed,
-            "cookie_replies": c.cookie_replies,
-            "rx_packets": c.rx_packets,
-            "rx_bytes": c.rx_bytes,
-            "tx_packets": c.tx_packets,
-            "tx_bytes": c.tx_bytes,
-            "roams": c.roams,
-            "resumes": c.resumes,
-            "drops": drops,
-        })
-    }
+fn public_key_text<S: serde::Serializer>(key: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&crate::plan::WgKey(*key))
 }

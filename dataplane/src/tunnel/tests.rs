@@ -370,7 +370,7 @@ mod stage {
     fn reports_name_the_public_key_never_the_private_one() {
         let mut st = TunnelStage::new(0, 1, SharedLimiters::default());
         st.apply_plan(&plan());
-        let j = st.reports()[0].to_json().to_string();
+        let j = serde_json::to_string(&st.reports()[0]).unwrap();
         assert!(j.contains(&WgKey(public(GW_KEY)).to_string()));
         assert!(!j.contains(&WgKey(GW_KEY).to_string()));
     }

@@ -1,0 +1,239 @@
+//! `gateway.toml`: the node's settings, validated at load with errors that
+//! name the file and the field; SIGHUP reloads what can change live.
+
+use super::probe;
+use serde::Deserialize;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interfaces {
+    /// Faces the pods (one-armed mode: the only interface).
+    pub inside: String,
+    /// Faces the internet; absent in one-armed mode.
+    #[serde(default)]
+    pub outside: Option<String>,
+    /// Queues served on each interface: one worker per queue.
+    #[serde(default = "one")]
+    pub queues: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UmemSettings {
+    #[serde(default = "default_frames")]
+    pub frames: u32,
+    #[serde(default = "default_frame_size")]
+    pub frame_size: u32,
+    #[serde(default = "default_ring")]
+    pub ring: u32,
+}
+
+fn default_frames() -> u32 {
+    8192
+}
+fn default_frame_size() -> u32 {
+    4096
+}
+fn default_ring() -> u32 {
+    2048
+}
+
+impl Default for UmemSettings {
+    fn default() -> Self {
+        UmemSettings { frames: default_frames(), frame_size: default_frame_size(), ring: default_ring() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatLogSettings {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub destinations: bool,
+}
+
+/// Subscribing to egret-control instead of reading a plan file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSettings {
+    /// `http://host:port`, or `https://host:port` with `ca`.
+    pub url: String,
+    /// This gateway's node name (its Kubernetes Node).
+    pub node: String,
+    /// CA that signed the control plane's certificate (TLS).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// This gateway's client certificate and key (mutual TLS).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// `gateway.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub interfaces: Interfaces,
+    /// The gateway's inside address: the source of ICMP errors sent to pods.
+    pub router_ip: Ipv4Addr,
+    /// Worker cores, one per queue, in queue order; empty: no pinning.
+    #[serde(default)]
+    pub cores: Vec<usize>,
+    #[serde(default)]
+    pub umem: UmemSettings,
+    /// Session capacity per worker.
+    #[serde(default = "default_sessions")]
+    pub sessions_per_worker: usize,
+    /// Manifests file or directory (standalone mode).
+    #[serde(default)]
+    pub plan_file: Option<PathBuf>,
+    /// The control plane to subscribe to (instead of `plan_file`).
+    #[serde(default)]
+    pub control: Option<ControlSettings>,
+    /// Where sessions are saved on stop and restored from on start.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// Counters as JSON, rewritten every second.
+    #[serde(default)]
+    pub status_file: Option<PathBuf>,
+    #[serde(default)]
+    pub nat_log: NatLogSettings,
+    /// Prometheus `/metrics` listen address, e.g. "127.0.0.1:9464".
+    #[serde(default)]
+    pub metrics_address: Option<std::net::SocketAddr>,
+    /// The load balancer's health probe (kube-egress-gateway's: port
+    /// 8082, `GET /gw/<config UID>`), e.g. "0.0.0.0:8082"; none: no probe
+    /// and no drain.
+    #[serde(default)]
+    pub probe_address: Option<std::net::SocketAddr>,
+    /// With a probe: seconds of answering 503 while still forwarding,
+    /// after SIGTERM and before the workers stop.
+    #[serde(default = "default_drain_secs")]
+    pub drain_secs: u64,
+    /// How often sessions are saved to `state_file` while running (a
+    /// `kill -9` loses at most the sessions opened since).
+    #[serde(default = "default_snapshot_secs")]
+    pub snapshot_interval_secs: u64,
+}
+
+fn default_drain_secs() -> u64 {
+    probe::DEFAULT_DRAIN_SECS
+}
+
+fn default_snapshot_secs() -> u64 {
+    10
+}
+
+fn default_sessions() -> usize {
+    1 << 20
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl NodeConfig {
+    /// Reads and validates; errors name the file and the field.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let bad = |message: String| ConfigError::Invalid { path: path.display().to_string(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let c: NodeConfig =
+            toml::from_str(&text).map_err(|e| bad(e.to_string().replace('\n', " ").trim().to_string()))?;
+        if c.interfaces.queues == 0 || c.interfaces.queues > 64 {
+            return Err(bad(format!("interfaces.queues = {} must be 1..=64", c.interfaces.queues)));
+        }
+        if !c.umem.frame_size.is_power_of_two() || !(2048..=4096).contains(&c.umem.frame_size) {
+            return Err(bad(format!("umem.frame_size = {} must be 2048 or 4096", c.umem.frame_size)));
+        }
+        if !c.umem.ring.is_power_of_two() || c.umem.ring > c.umem.frames {
+            return Err(bad(format!("umem.ring = {} must be a power of two no larger than umem.frames", c.umem.ring)));
+        }
+        match (&c.plan_file, &c.control) {
+            (None, None) => return Err(bad("plan_file is required when no [control] is configured".into())),
+            (Some(_), Some(_)) => {
+                return Err(bad("plan_file and [control] exclude each other: choose one plan source".into()))
+            }
+            _ => {}
+        }
+        if let Some(ctl) = &c.control {
+            if !(ctl.url.starts_with("http://") || ctl.url.starts_with("https://")) {
+                return Err(bad(format!("control.url '{}' must start with http:// or https://", ctl.url)));
+            }
+            if ctl.node.is_empty() {
+                return Err(bad("control.node must name this gateway's node".into()));
+            }
+            if ctl.url.starts_with("https://") && ctl.ca.is_none() {
+                return Err(bad("control.ca is required for an https:// control.url".into()));
+            }
+            if ctl.cert.is_some() != ctl.key.is_some() {
+                return Err(bad("control.cert and control.key go together (mutual TLS)".into()));
+            }
+        }
+        if !c.cores.is_empty() && c.cores.len() < c.interfaces.queues as usize {
+            return Err(bad(format!("cores lists {} cores for {} queues", c.cores.len(), c.interfaces.queues)));
+        }
+        if c.snapshot_interval_secs == 0 {
+            return Err(bad("snapshot_interval_secs must be at least 1".into()));
+        }
+        if c.sessions_per_worker == 0 {
+            return Err(bad("sessions_per_worker must be at least 1".into()));
+        }
+        if c.drain_secs > 300 {
+            return Err(bad(format!("drain_secs = {} must be at most 300", c.drain_secs)));
+        }
+        Ok(c)
+    }
+
+    pub(super) fn ifaces(&self) -> Vec<String> {
+        let mut v = vec![self.interfaces.inside.clone()];
+        v.extend(self.interfaces.outside.clone());
+        v
+    }
+}
+
+/// Settings that SIGHUP can change without a restart.
+pub(super) fn reload_settings(path: &Path, cfg: &mut NodeConfig) {
+    let new = match NodeConfig::load(path) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: settings not reloaded");
+            return;
+        }
+    };
+    if new.plan_file != cfg.plan_file {
+        tracing::info!(plan_file = ?new.plan_file, "SIGHUP: plan file changed");
+        cfg.plan_file = new.plan_file.clone();
+    }
+    if new.status_file != cfg.status_file || new.state_file != cfg.state_file {
+        cfg.status_file = new.status_file.clone();
+        cfg.state_file = new.state_file.clone();
+        tracing::info!("SIGHUP: status and state file paths reloaded");
+    }
+    let restart: Vec<&str> = [
+        ("interfaces", format!("{:?}", new.interfaces) != format!("{:?}", cfg.interfaces)),
+        ("router_ip", new.router_ip != cfg.router_ip),
+        ("cores", new.cores != cfg.cores),
+        ("umem", format!("{:?}", new.umem) != format!("{:?}", cfg.umem)),
+        ("sessions_per_worker", new.sessions_per_worker != cfg.sessions_per_worker),
+        ("nat_log", format!("{:?}", new.nat_log) != format!("{:?}", cfg.nat_log)),
+        ("metrics_address", new.metrics_address != cfg.metrics_address),
+        ("probe_address", new.probe_address != cfg.probe_address),
+        ("snapshot_interval_secs", new.snapshot_interval_secs != cfg.snapshot_interval_secs),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect();
+    if !restart.is_empty() {
+        tracing::warn!(fields = ?restart, "SIGHUP: these settings changed and need a restart to apply");
+    }
+}

@@ -1,0 +1,97 @@
+//! What the gateway tells the control plane once a second.
+
+use super::worker::{self, WorkerReport};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+/// What the gateway tells the control plane once a second: counters, port
+/// usage, and a sample of sessions (the latest snapshot, at most 1000).
+pub fn control_report(reports: &[Arc<Mutex<WorkerReport>>]) -> egret_api::v1::Report {
+    use egret_api::v1;
+    let rs: Vec<WorkerReport> = reports.iter().map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
+    let mut total = crate::nat::Counters::default();
+    let mut io = worker::IoCounters::default();
+    for r in &rs {
+        total.add(&r.nat);
+        io.add(&r.io);
+    }
+    let mut counters: std::collections::HashMap<String, u64> = [
+        ("in2out_packets", total.in2out_packets),
+        ("out2in_packets", total.out2in_packets),
+        ("in2out_bytes", total.in2out_bytes),
+        ("out2in_bytes", total.out2in_bytes),
+        ("sessions_created", total.sessions_created),
+        ("sessions_closed", total.sessions_closed),
+        ("handoffs", io.handoff_sent),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for r in crate::nat::DropReason::ALL {
+        counters.insert(format!("drop_{}", r.name()), total.dropped(r));
+    }
+    for r in worker::IoDrop::ALL {
+        counters.insert(r.name().to_string(), io.dropped(r));
+    }
+    for t in crate::tunnel::stage::merge(rs.iter().flat_map(|r| &r.tunnels)) {
+        let c = &t.counters;
+        for (k, v) in [
+            ("handshakes_completed", c.handshakes_completed),
+            ("cookie_replies", c.cookie_replies),
+            ("rx_packets", c.rx_packets),
+            ("tx_packets", c.tx_packets),
+            ("live_peers", t.live_peers as u64),
+        ] {
+            *counters.entry(format!("tunnel_{k}")).or_default() += v;
+        }
+        for r in crate::tunnel::TunnelDrop::ALL {
+            *counters.entry(format!("drop_{}", r.name())).or_default() += c.dropped(r);
+        }
+    }
+    let mut ports: std::collections::BTreeMap<(Ipv4Addr, String), (u32, u32)> = Default::default();
+    for r in &rs {
+        for u in &r.ports {
+            let e = ports.entry((u.addr, u.config.clone())).or_default();
+            e.0 += u.mapped.iter().sum::<u32>() + u.sessions;
+            e.1 += u.slice * 3;
+        }
+    }
+    let sessions = rs
+        .iter()
+        .flat_map(|r| r.snapshot.iter())
+        .take(1000)
+        .map(|s| v1::Session {
+            protocol: crate::wire::IpProtocol::name_of(s.proto).into_owned(),
+            pod_ip: s.pod.to_string(),
+            pod_port: u32::from(s.pod_port),
+            egress_ip: s.egress.to_string(),
+            egress_port: u32::from(s.egress_port),
+            remote_ip: s.remote.to_string(),
+            remote_port: u32::from(s.remote_port),
+            config: s.config.clone(),
+            state: format!("{:#x}", s.state),
+            idle_ms: 0,
+        })
+        .collect();
+    // Workers count separately; the rule lists are the same plan's.
+    let mut hits: std::collections::BTreeMap<(String, u32), (String, u64)> = Default::default();
+    for r in &rs {
+        for h in &r.rule_hits {
+            for (i, (rule, n)) in h.rules.iter().enumerate() {
+                hits.entry((h.config.clone(), i as u32)).or_insert_with(|| (rule.clone(), 0)).1 += n;
+            }
+        }
+    }
+    let rule_hits =
+        hits.into_iter().map(|((config, index), (rule, hits))| v1::RuleHits { config, rule, index, hits }).collect();
+    v1::Report {
+        rule_hits,
+        counters,
+        ports: ports
+            .into_iter()
+            .map(|((a, c), (in_use, capacity))| v1::PortUsage { egress_ip: a.to_string(), config: c, in_use, capacity })
+            .collect(),
+        sessions,
+        sessions_total: rs.iter().map(|r| r.sessions as u64).sum(),
+    }
+}
