@@ -420,7 +420,8 @@ w = json.load(open(sys.argv[1]))["workers"][0]
 k = sys.argv[2]
 if k == "summary":
     drops = {k: v for k, v in w["nat"]["drops"].items() if v}
-    io = {k: v for k, v in w["io"].items() if v and k not in ("rx_packets", "tx_packets")}
+    io = {k: v for k, v in w["io"].items() if v and k not in ("rx_packets", "tx_packets", "drops")}
+    io.update({k: v for k, v in w["io"]["drops"].items() if v})
     print(f"sessions={w['sessions']} created={w['nat']['sessions_created']} closed={w['nat']['sessions_closed']}"
           f" rx={w['io']['rx_packets']} tx={w['io']['tx_packets']} drops={drops} io={io}".replace(" ", " ").replace(": ", ":"))
 elif k == "sessions":

@@ -51,7 +51,8 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use egret_bench::{checksum, mac, run_tool, Args};
+use clap::{Parser, ValueEnum};
+use egret_bench::{checksum, mac};
 
 static PROGRAMS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/loadgen.bpf.o"));
 
@@ -203,21 +204,20 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, String> {
 
 /// Flow layout from the command line: how flow numbers map onto source
 /// ports, source addresses and destination ports.
-fn layout(a: &Args) -> Result<GenConfig, String> {
-    let new_flows = a.has("--new-flows");
-    let flows: u64 = a.parse("--flows", 10_000)?;
-    let proto = match a.get("--proto").unwrap_or("udp") {
-        "udp" => 17,
-        "tcp" => 6,
-        p => return Err(format!("--proto {p}: udp or tcp")),
+fn layout(a: &LayoutArgs) -> Result<GenConfig, String> {
+    let new_flows = a.new_flows;
+    let flows = a.flows;
+    let proto = match a.proto {
+        Proto::Udp => 17,
+        Proto::Tcp => 6,
     };
-    let saddr_count: u32 = a.parse("--saddrs", 1)?;
-    let by_saddr = a.has("--dport-by-saddr");
-    let sport_base: u32 = a.parse("--sport-base", 1024)?;
+    let saddr_count = a.saddrs;
+    let by_saddr = a.dport_by_saddr;
+    let sport_base = a.sport_base;
     let max_sports = 65_536 - sport_base.min(65_535);
     let default_sports = if new_flows { PORTS } else { flows.min(u64::from(PORTS)) as u32 };
-    let sport_count: u32 = a.parse("--sport-count", default_sports.min(max_sports))?;
-    let dport_base: u32 = a.parse("--dport-base", 9)?;
+    let sport_count = a.sport_count.unwrap_or(default_sports.min(max_sports));
+    let dport_base = a.dport_base;
     let max_dports = 65_536 - dport_base.min(65_535);
     let per_dport = u64::from(sport_count) * u64::from(if by_saddr { 1 } else { saddr_count.max(1) });
     let default_dports = if new_flows || by_saddr {
@@ -229,7 +229,7 @@ fn layout(a: &Args) -> Result<GenConfig, String> {
     } else {
         flows.div_ceil(per_dport.max(1)).min(u64::from(max_dports)) as u32
     };
-    let dport_count: u32 = a.parse("--dport-count", default_dports)?;
+    let dport_count = a.dport_count.unwrap_or(default_dports);
     if !new_flows && flows == 0 {
         return Err("--flows must be at least 1".into());
     }
@@ -262,12 +262,12 @@ fn layout(a: &Args) -> Result<GenConfig, String> {
         saddr_count,
         dport_by_saddr: u32::from(by_saddr),
         flows: if new_flows { 0 } else { flows },
-        interval_ps: match a.parse::<u64>("--rate", 0)? {
+        interval_ps: match a.rate {
             0 => 0,
             r if r > 100_000_000 => return Err(format!("--rate {r}: at most 100,000,000 frames/s")),
             r => 1_000_000_000_000 / r,
         },
-        limit: a.parse("--limit", 0)?,
+        limit: a.limit,
     })
 }
 
@@ -287,14 +287,9 @@ fn flow(c: &GenConfig, n: u64) -> (u32, u16, u16) {
     (sa, (c.sport_base + sp) as u16, (c.dport_base + dp) as u16)
 }
 
-fn gen(a: &Args) -> Result<(), String> {
-    let dev = a.req("--dev")?;
-    let dst_mac = mac(a.req("--dst-mac")?)?;
-    let src: Ipv4Addr = a.req("--src")?.parse().map_err(|_| "--src: not an IPv4 address")?;
-    let dst: Ipv4Addr = a.req("--dst")?.parse().map_err(|_| "--dst: not an IPv4 address")?;
-    let size: usize = a.parse("--size", 60)?;
-    let seconds: f64 = a.parse("--seconds", 5.0)?;
-    let mut cfg = layout(a)?;
+fn gen(a: &GenArgs) -> Result<(), String> {
+    let (dev, dst_mac, src, dst, size, seconds) = (a.dev.as_str(), a.dst_mac, a.src, a.dst, a.size, a.seconds);
+    let mut cfg = layout(&a.layout)?;
     if !(60..=1500).contains(&size) {
         return Err(format!("--size {size}: must be 60..=1500"));
     }
@@ -406,8 +401,7 @@ fn attach(ebpf: &mut Ebpf, name: &str, dev: &str) -> Result<&'static str, String
     }
 }
 
-fn seconds_arg(a: &Args, name: &str, default: f64) -> Result<f64, String> {
-    let v: f64 = a.parse(name, default)?;
+fn seconds_arg(name: &str, v: f64) -> Result<f64, String> {
     if !(0.0..=MAX_SECONDS).contains(&v) {
         return Err(format!("{name} {v}: must be 0..={MAX_SECONDS} seconds"));
     }
@@ -433,21 +427,21 @@ fn nap(secs: f64) {
     }
 }
 
-fn sink(a: &Args) -> Result<(), String> {
-    let dev = a.req("--dev")?;
-    let warmup = seconds_arg(a, "--warmup", 1.5)?;
-    let measure = seconds_arg(a, "--measure", 3.0)?;
-    let hold = seconds_arg(a, "--hold", 1.0)?;
+fn sink(a: &SinkArgs) -> Result<(), String> {
+    let dev = a.dev.as_str();
+    let warmup = seconds_arg("--warmup", a.warmup)?;
+    let measure = seconds_arg("--measure", a.measure)?;
+    let hold = seconds_arg("--hold", a.hold)?;
     if measure <= 0.0 {
         return Err("--measure must be more than 0".into());
     }
-    let echo: u16 = a.parse("--echo", 0)?;
-    let mut ebpf = load(a.has("--distinct"))?;
+    let echo = a.echo;
+    let mut ebpf = load(a.distinct)?;
     {
         let m = ebpf.map_mut("sink_cfg").ok_or("map sink_cfg missing")?;
         let mut c: Array<&mut MapData, u32> = Array::try_from(m).map_err(|e| e.to_string())?;
         c.set(0, u32::from(echo), 0).map_err(|e| e.to_string())?;
-        c.set(1, u32::from(a.has("--distinct")), 0).map_err(|e| e.to_string())?;
+        c.set(1, u32::from(a.distinct), 0).map_err(|e| e.to_string())?;
     }
     let mode = attach(&mut ebpf, "sink", dev)?;
     // SAFETY: the handler only stores to an atomic.
@@ -478,9 +472,9 @@ fn sink(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn pod_ack(a: &Args) -> Result<(), String> {
-    let dev = a.req("--dev")?;
-    let seconds = seconds_arg(a, "--seconds", 5.0)?;
+fn pod_ack(a: &PodAckArgs) -> Result<(), String> {
+    let dev = a.dev.as_str();
+    let seconds = seconds_arg("--seconds", a.seconds)?;
     let mut ebpf = load(false)?;
     let mode = attach(&mut ebpf, "pod_ack", dev)?;
     eprintln!("pod-ack: answering SYN-ACKs on {dev} ({mode} XDP)");
@@ -500,12 +494,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn ping(a: &Args) -> Result<(), String> {
-    let dst: Ipv4Addr = a.req("--dst")?.parse().map_err(|_| "--dst: not an IPv4 address")?;
-    let port: u16 = a.parse("--port", 7)?;
-    let count: u32 = a.parse("--count", 1000)?;
-    let interval = Duration::from_micros(a.parse("--interval-us", 1000)?);
-    let timeout = Duration::from_millis(a.parse("--timeout-ms", 100)?);
+fn ping(a: &PingArgs) -> Result<(), String> {
+    let (dst, port, count) = (a.dst, a.port, a.count);
+    let interval = Duration::from_micros(a.interval_us);
+    let timeout = Duration::from_millis(a.timeout_ms);
     if count == 0 || count > 1_000_000 {
         return Err(format!("--count {count}: must be 1..=1000000"));
     }
@@ -557,32 +549,136 @@ fn ping(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn main() -> ExitCode {
-    run_tool("egret-loadgen", USAGE, |cmd, a| match cmd {
-        "gen" => Some(gen(a)),
-        "sink" => Some(sink(a)),
-        "pod-ack" => Some(pod_ack(a)),
-        "ping" => Some(ping(a)),
-        _ => None,
-    })
+#[derive(Parser)]
+#[command(name = "egret-loadgen", about = "Load generator, counting sink, reflector and latency probe of bench/run.sh")]
+enum Cli {
+    /// Send frames out of --dev with BPF_PROG_RUN live frames.
+    Gen(GenArgs),
+    /// Count (and optionally reflect) what arrives on --dev.
+    Sink(SinkArgs),
+    /// Answer SYN-ACKs on --dev with the handshake's ACK.
+    PodAck(PodAckArgs),
+    /// UDP ping-pong: round trips as percentiles.
+    Ping(PingArgs),
 }
 
-const USAGE: &str = "\
-usage: egret-loadgen gen --dev IF --dst-mac MAC --src IP --dst IP --seconds S [--proto udp|tcp]
-                         [--flows N | --new-flows] [--rate PPS] [--limit N] [--sport-base P]
-                         [--sport-count N] [--saddrs N] [--dport-base P] [--dport-count N]
-                         [--dport-by-saddr] [--size B]
-       egret-loadgen sink --dev IF [--echo PORT] [--distinct] [--warmup S] [--measure S] [--hold S]
-       egret-loadgen pod-ack --dev IF --seconds S
-       egret-loadgen ping --dst IP --port P [--count N] [--interval-us U] [--timeout-ms T]";
+#[derive(Clone, Copy, ValueEnum)]
+enum Proto {
+    Udp,
+    Tcp,
+}
+
+/// How flow numbers map onto source ports, addresses and destination ports.
+#[derive(clap::Args)]
+struct LayoutArgs {
+    #[arg(long, value_enum, default_value_t = Proto::Udp)]
+    proto: Proto,
+    /// Flows to cycle over.
+    #[arg(long, default_value_t = 10_000)]
+    flows: u64,
+    /// Every frame a flow of its own.
+    #[arg(long)]
+    new_flows: bool,
+    /// Frames per second (0: unpaced).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Stop after this many frames (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    limit: u64,
+    #[arg(long, default_value_t = 1024)]
+    sport_base: u32,
+    #[arg(long)]
+    sport_count: Option<u32>,
+    #[arg(long, default_value_t = 1)]
+    saddrs: u32,
+    #[arg(long, default_value_t = 9)]
+    dport_base: u32,
+    #[arg(long)]
+    dport_count: Option<u32>,
+    #[arg(long)]
+    dport_by_saddr: bool,
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    #[arg(long)]
+    dev: String,
+    #[arg(long, value_parser = mac)]
+    dst_mac: [u8; 6],
+    #[arg(long)]
+    src: Ipv4Addr,
+    #[arg(long)]
+    dst: Ipv4Addr,
+    /// Frame size in bytes.
+    #[arg(long, default_value_t = 60)]
+    size: usize,
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    #[command(flatten)]
+    layout: LayoutArgs,
+}
+
+#[derive(clap::Args)]
+struct SinkArgs {
+    #[arg(long)]
+    dev: String,
+    /// Reflect UDP to this port back to its sender (0: none).
+    #[arg(long, default_value_t = 0)]
+    echo: u16,
+    /// Also count distinct translated 5-tuples.
+    #[arg(long)]
+    distinct: bool,
+    #[arg(long, default_value_t = 1.5)]
+    warmup: f64,
+    #[arg(long, default_value_t = 3.0)]
+    measure: f64,
+    #[arg(long, default_value_t = 1.0)]
+    hold: f64,
+}
+
+#[derive(clap::Args)]
+struct PodAckArgs {
+    #[arg(long)]
+    dev: String,
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+}
+
+#[derive(clap::Args)]
+struct PingArgs {
+    #[arg(long)]
+    dst: Ipv4Addr,
+    #[arg(long, default_value_t = 7)]
+    port: u16,
+    #[arg(long, default_value_t = 1000)]
+    count: u32,
+    #[arg(long, default_value_t = 1000)]
+    interval_us: u64,
+    #[arg(long, default_value_t = 100)]
+    timeout_ms: u64,
+}
+
+fn main() -> ExitCode {
+    let (name, result) = match Cli::parse() {
+        Cli::Gen(a) => ("gen", gen(&a)),
+        Cli::Sink(a) => ("sink", sink(&a)),
+        Cli::PodAck(a) => ("pod-ack", pod_ack(&a)),
+        Cli::Ping(a) => ("ping", ping(&a)),
+    };
+    egret_bench::exit_with("egret-loadgen", name, result)
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    fn args(s: &str) -> Args {
-        Args(s.split_whitespace().map(String::from).collect())
+    fn args(s: &str) -> LayoutArgs {
+        let base = "egret-loadgen gen --dev x --dst-mac 02:00:00:00:00:01 --src 198.18.0.2 --dst 198.19.0.2";
+        match Cli::try_parse_from(format!("{base} {s}").split_whitespace()).unwrap() {
+            Cli::Gen(g) => g.layout,
+            _ => unreachable!(),
+        }
     }
 
     #[test]

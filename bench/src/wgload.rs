@@ -43,7 +43,8 @@
 use base64::Engine;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
-use egret_bench::{mac, run_tool, Args};
+use clap::Parser;
+use egret_bench::mac;
 use egret_dataplane::wire::udp;
 use std::io::BufRead;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -78,44 +79,119 @@ fn b64(k: &[u8; 32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(k)
 }
 
-fn key_arg(a: &Args, name: &str) -> Result<PublicKey, String> {
-    let text = a.req(name)?;
-    let bytes =
-        base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| format!("{name}: not base64"))?;
-    let k: [u8; 32] = bytes.try_into().map_err(|_| format!("{name}: not a 32-byte key"))?;
-    Ok(PublicKey::from(k))
+/// A WireGuard public key in base64, as `wg` prints it.
+fn key(text: &str) -> Result<[u8; 32], String> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| "not base64")?;
+    bytes.try_into().map_err(|_| "not a 32-byte key".to_string())
 }
 
+/// Which peers: `--count` of them, keys derived from `--seed`.
+#[derive(clap::Args)]
 struct Common {
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PEERS)))]
     count: u32,
+    #[arg(long, default_value_t = 1)]
     seed: u32,
 }
 
-fn common(a: &Args) -> Result<Common, String> {
-    let count: u32 = a.parse("--count", 1000)?;
-    if count == 0 || count > MAX_PEERS {
-        return Err(format!("--count {count}: must be 1..={MAX_PEERS}"));
-    }
-    Ok(Common { count, seed: a.parse("--seed", 1)? })
+/// Where the peers' datagrams go, and from where.
+#[derive(clap::Args)]
+struct Target {
+    #[arg(long)]
+    gateway: SocketAddrV4,
+    #[arg(long, value_parser = key)]
+    gateway_key: [u8; 32],
+    /// Peer i sends from this address + i (a pod's own, local on this host).
+    #[arg(long)]
+    sources: Option<Ipv4Addr>,
+}
+
+#[derive(Parser)]
+#[command(name = "egret-wgload", about = "Many WireGuard pods in one process (boringtun), for the tunnel benchmark")]
+enum Cli {
+    /// Write the gateway's view of the peers: peers.yaml and peers.conf.
+    Peers(PeersArgs),
+    /// Keep initiations in flight; count responses and cookie replies.
+    Handshakes(HandshakesArgs),
+    /// Handshake every peer, then send encrypted data as fast as it goes.
+    Data(DataArgs),
+}
+
+#[derive(clap::Args)]
+struct PeersArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The first peer's pod address (peer i: + i).
+    #[arg(long)]
+    pods: Ipv4Addr,
+    /// The StaticGatewayConfiguration the PodEndpoints name.
+    #[arg(long)]
+    config: String,
+    #[arg(long)]
+    out: std::path::PathBuf,
+}
+
+#[derive(clap::Args)]
+struct HandshakesArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    target: Target,
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Initiations in flight at most.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+}
+
+#[derive(clap::Args)]
+struct DataArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    pods: Ipv4Addr,
+    /// The inner packets' destination.
+    #[arg(long)]
+    dst: SocketAddrV4,
+    #[arg(long, default_value_t = 1_000_000)]
+    packets: usize,
+    #[arg(long, default_value_t = 46)]
+    inner_len: usize,
+    /// Each packet a new inner source port.
+    #[arg(long)]
+    new_flows: bool,
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Print "armed" and wait for a line on stdin before sending.
+    #[arg(long)]
+    wait: bool,
+    /// Send as frames on this interface (a packet socket) instead of UDP.
+    #[arg(long, requires_all = ["src_mac", "dst_mac"])]
+    inject: Option<String>,
+    #[arg(long, value_parser = mac)]
+    src_mac: Option<[u8; 6]>,
+    #[arg(long, value_parser = mac)]
+    dst_mac: Option<[u8; 6]>,
+    /// The network namespace (/run/netns) of the --inject interface.
+    #[arg(long)]
+    netns: Option<String>,
 }
 
 fn pod_ip(first: Ipv4Addr, i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(first) + i)
 }
 
-fn seconds(a: &Args, default: f64) -> Result<Duration, String> {
-    let s: f64 = a.parse("--seconds", default)?;
+fn seconds(s: f64) -> Result<Duration, String> {
     if !(s > 0.0 && s <= MAX_SECONDS) {
         return Err(format!("--seconds {s}: must be in (0, {MAX_SECONDS}]"));
     }
     Ok(Duration::from_secs_f64(s))
 }
 
-fn peers(a: &Args) -> Result<(), String> {
-    let c = common(a)?;
-    let first: Ipv4Addr = a.req("--pods")?.parse().map_err(|_| "--pods: not an IPv4 address")?;
-    let config = a.req("--config")?;
-    let out = std::path::Path::new(a.req("--out")?);
+fn peers(a: &PeersArgs) -> Result<(), String> {
+    let (c, first, config, out) = (&a.common, a.pods, a.config.as_str(), a.out.as_path());
     let mut yaml = String::new();
     let mut conf = String::new();
     for i in 0..c.count {
@@ -205,13 +281,8 @@ fn fill(m: &mut libc::msghdr, iov: &mut libc::iovec, to: Option<&libc::sockaddr_
 }
 
 impl Load {
-    fn new(a: &Args, c: &Common) -> Result<Load, String> {
-        let gateway: SocketAddrV4 = a.req("--gateway")?.parse().map_err(|_| "--gateway: not IP:PORT")?;
-        let gw_key = key_arg(a, "--gateway-key")?;
-        let sources = match a.get("--sources") {
-            None => None,
-            Some(t) => Some(t.parse::<Ipv4Addr>().map_err(|_| "--sources: not an IPv4 address")?),
-        };
+    fn new(a: &Target, c: &Common) -> Result<Load, String> {
+        let (gateway, gw_key, sources) = (a.gateway, PublicKey::from(a.gateway_key), a.sources);
         let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("binding a UDP socket: {e}"))?;
         socket.set_nonblocking(true).map_err(|e| e.to_string())?;
         let tunns = (0..c.count).map(|i| Tunn::new(secret(c.seed, i), gw_key, None, None, i, None)).collect();
@@ -264,11 +335,11 @@ struct Handshakes {
     lost: u64,
 }
 
-fn handshakes(a: &Args) -> Result<(), String> {
-    let c = common(a)?;
-    let run_for = seconds(a, 5.0)?;
-    let window: usize = a.parse("--window", 256)?;
-    let mut load = Load::new(a, &c)?;
+fn handshakes(a: &HandshakesArgs) -> Result<(), String> {
+    let c = &a.common;
+    let run_for = seconds(a.seconds)?;
+    let window = a.window;
+    let mut load = Load::new(&a.target, c)?;
     let n = load.tunns.len();
     let mut sent_at: Vec<Option<Instant>> = vec![None; n];
     let mut last_init = vec![Instant::now() - INITIATION_GAP; n];
@@ -407,10 +478,12 @@ struct Inject {
 impl Inject {
     /// A packet socket on `dev` in network namespace `netns` (as
     /// /run/netns names it); the process stays there afterwards.
-    fn open(a: &Args) -> Result<Option<Inject>, String> {
-        let Some(dev) = a.get("--inject") else { return Ok(None) };
-        let (src_mac, dst_mac) = (mac(a.req("--src-mac")?)?, mac(a.req("--dst-mac")?)?);
-        if let Some(ns) = a.get("--netns") {
+    fn open(a: &DataArgs) -> Result<Option<Inject>, String> {
+        let Some(dev) = a.inject.as_deref() else { return Ok(None) };
+        let (Some(src_mac), Some(dst_mac)) = (a.src_mac, a.dst_mac) else {
+            return Err("--inject needs --src-mac and --dst-mac".into());
+        };
+        if let Some(ns) = a.netns.as_deref() {
             let f = std::fs::File::open(format!("/run/netns/{ns}")).map_err(|e| format!("netns {ns}: {e}"))?;
             // SAFETY: a namespace file descriptor; this process has one thread.
             if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -466,21 +539,19 @@ fn inner_packet(out: &mut [u8], src: Ipv4Addr, dst: SocketAddrV4, sport: u16, le
     udp::emit(out, SocketAddrV4::new(src, sport), dst, len - udp::HEADERS);
 }
 
-fn data(a: &Args) -> Result<(), String> {
-    let c = common(a)?;
-    let first: Ipv4Addr = a.req("--pods")?.parse().map_err(|_| "--pods: not an IPv4 address")?;
-    let dst: SocketAddrV4 = a.req("--dst")?.parse().map_err(|_| "--dst: not IP:PORT")?;
-    let packets: usize = a.parse("--packets", 1_000_000)?;
+fn data(a: &DataArgs) -> Result<(), String> {
+    let c = &a.common;
+    let (first, dst, packets) = (a.pods, a.dst, a.packets);
     if packets == 0 || packets > MAX_PACKETS {
         return Err(format!("--packets {packets}: must be 1..={MAX_PACKETS}"));
     }
-    let inner_len: usize = a.parse("--inner-len", 46)?;
+    let inner_len = a.inner_len;
     if !(28..=1420).contains(&inner_len) {
         return Err(format!("--inner-len {inner_len}: must be 28..=1420"));
     }
-    let new_flows = a.has("--new-flows");
-    let run_for = seconds(a, 10.0)?;
-    let mut load = Load::new(a, &c)?;
+    let new_flows = a.new_flows;
+    let run_for = seconds(a.seconds)?;
+    let mut load = Load::new(&a.target, c)?;
     let n = load.tunns.len();
     let t0 = Instant::now();
     let up = connect_all(&mut load, Duration::from_secs(30));
@@ -517,7 +588,7 @@ fn data(a: &Args) -> Result<(), String> {
         lens[j] = (head + len) as u16;
     }
     let encrypt_secs = t0.elapsed().as_secs_f64() - connect_secs;
-    if a.has("--wait") {
+    if a.wait {
         println!("armed");
         let mut line = String::new();
         let _ = std::io::stdin().lock().read_line(&mut line);
@@ -562,21 +633,13 @@ fn data(a: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    run_tool("egret-wgload", USAGE, |cmd, a| match cmd {
-        "peers" => Some(peers(a)),
-        "handshakes" => Some(handshakes(a)),
-        "data" => Some(data(a)),
-        _ => None,
-    })
+    let (name, result) = match Cli::parse() {
+        Cli::Peers(a) => ("peers", peers(&a)),
+        Cli::Handshakes(a) => ("handshakes", handshakes(&a)),
+        Cli::Data(a) => ("data", data(&a)),
+    };
+    egret_bench::exit_with("egret-wgload", name, result)
 }
-
-const USAGE: &str = "\
-usage: egret-wgload peers --count N [--seed S] --pods IP --config NAME --out DIR
-       egret-wgload handshakes --count N [--seed S] --gateway IP:PORT --gateway-key B64
-                               [--sources IP] [--seconds T] [--window W]
-       egret-wgload data --count N [--seed S] --pods IP --gateway IP:PORT --gateway-key B64
-                         --dst IP:PORT --packets P [--inner-len L] [--new-flows]
-                         [--sources IP] [--seconds T] [--wait]";
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@ use crate::nat::CompiledPlan;
 use crate::nat::{NatEngine, ReleaseTo, Side, Time, Verdict};
 use crate::tunnel::stage::TunnelReport;
 use crate::tunnel::{Inbound, Outbound, TunnelStage};
-use crate::wire::ethernet;
+use crate::wire::ethernet::{self, EthernetFrame};
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
@@ -442,9 +442,8 @@ impl Worker {
     /// frame came from.
     fn reply(&mut self, port: usize, addr: u64, len: usize) {
         // SAFETY: the frame is ours (being handled).
-        let eth = unsafe { self.io.frame_mut(addr) };
-        eth.copy_within(6..12, 0);
-        eth[6..12].copy_from_slice(&self.io.ports[port].mac);
+        let own = self.io.ports[port].mac;
+        EthernetFrame::new_unchecked(unsafe { self.io.frame_mut(addr) }).reply_from(own);
         self.tx[port].push(WorkerIo::desc(addr, len + ethernet::HEADER_LEN));
     }
 
@@ -456,10 +455,7 @@ impl Worker {
             Ok(mac) => {
                 let src_mac = p.mac;
                 // SAFETY: the frame is ours until sent.
-                let eth = unsafe { self.io.frame_mut(addr) };
-                eth[0..6].copy_from_slice(&mac);
-                eth[6..12].copy_from_slice(&src_mac);
-                eth[12..14].copy_from_slice(&ethernet::ETHERTYPE_IPV4.to_be_bytes());
+                EthernetFrame::new_unchecked(unsafe { self.io.frame_mut(addr) }).emit(mac, src_mac);
                 self.tx[out].push(WorkerIo::desc(addr, len));
             }
             Err(Miss::NoNeighbour(hop)) => {
@@ -535,9 +531,7 @@ impl Worker {
             match table.lookup(port.ifindex, p.dst) {
                 Ok(mac) => {
                     // SAFETY: a held frame is ours until sent or released.
-                    let f = unsafe { self.io.frame_mut(p.addr) };
-                    f[0..6].copy_from_slice(&mac);
-                    f[6..12].copy_from_slice(&port.mac);
+                    EthernetFrame::new_unchecked(unsafe { self.io.frame_mut(p.addr) }).readdress(mac, port.mac);
                     self.tx[p.port].push(WorkerIo::desc(p.addr, p.len));
                     self.pending.swap_remove(i);
                 }
@@ -602,7 +596,7 @@ impl Worker {
             match r.to {
                 ReleaseTo::Worker { worker, from } => {
                     let mut f = vec![0u8; ethernet::HEADER_LEN];
-                    f[12..14].copy_from_slice(&ethernet::ETHERTYPE_IPV4.to_be_bytes());
+                    EthernetFrame::new_unchecked(&mut f[..]).set_ipv4();
                     f.extend_from_slice(&r.bytes);
                     self.hand_off(worker, &f, HandoffKind::Arrived(from));
                 }

@@ -35,6 +35,13 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
         Ok(EthernetFrame { buffer })
     }
 
+    /// Wraps a buffer known to hold a header: a whole UMEM frame, or one
+    /// the caller sized. Accessors panic on a shorter one.
+    #[inline]
+    pub fn new_unchecked(buffer: T) -> Self {
+        EthernetFrame { buffer }
+    }
+
     #[inline]
     pub fn dst(&self) -> MacAddr {
         self.buffer.as_ref()[field::DST].try_into().expect("6 bytes")
@@ -58,6 +65,20 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
         b[field::DST].copy_from_slice(&dst);
         b[field::SRC].copy_from_slice(&src);
         b[field::ETHERTYPE].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    }
+
+    /// Readdresses an IPv4 frame to its next hop (the ethertype stays).
+    #[inline]
+    pub fn readdress(&mut self, dst: MacAddr, src: MacAddr) {
+        let b = self.buffer.as_mut();
+        b[field::DST].copy_from_slice(&dst);
+        b[field::SRC].copy_from_slice(&src);
+    }
+
+    /// Marks the frame IPv4 (addresses left for the sending worker).
+    #[inline]
+    pub fn set_ipv4(&mut self) {
+        self.buffer.as_mut()[field::ETHERTYPE].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
     }
 
     /// Turns the frame back to its sender: the old source becomes the
