@@ -24,20 +24,31 @@ pub fn forwarding_on() -> bool {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|s| s.trim() == "1")
 }
 
-fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("interface name '{0}' cannot be used in a netfilter rule")]
+    BadInterfaceName(String),
+    #[error("running nft: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("nft {command}: {stderr}")]
+    Refused { command: String, stderr: String },
+}
+
+fn nft(args: &[&str], stdin: Option<&str>) -> Result<String, GuardError> {
     let mut child = Command::new("nft")
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("running nft: {e}"))?;
+        .map_err(GuardError::Spawn)?;
     if let (Some(text), Some(mut w)) = (stdin, child.stdin.take()) {
-        w.write_all(text.as_bytes()).map_err(|e| format!("writing to nft: {e}"))?;
+        w.write_all(text.as_bytes()).map_err(GuardError::Spawn)?;
     }
-    let out = child.wait_with_output().map_err(|e| format!("running nft: {e}"))?;
+    let out = child.wait_with_output().map_err(GuardError::Spawn)?;
     if !out.status.success() {
-        return Err(format!("nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(GuardError::Refused { command: args.join(" "), stderr });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -53,10 +64,10 @@ fn ruleset(ifaces: &[String]) -> String {
 
 impl ForwardGuard {
     /// Installs (or replaces) the guard for Egret's interfaces.
-    pub fn install(ifaces: &[String]) -> Result<ForwardGuard, String> {
+    pub fn install(ifaces: &[String]) -> Result<ForwardGuard, GuardError> {
         if let Some(bad) = ifaces.iter().find(|i| !i.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.@".contains(&c)))
         {
-            return Err(format!("interface name '{bad}' cannot be used in a netfilter rule"));
+            return Err(GuardError::BadInterfaceName(bad.clone()));
         }
         let _ = nft(&["delete", "table", "ip", TABLE], None);
         nft(&["-f", "-"], Some(&ruleset(ifaces)))?;
@@ -64,7 +75,7 @@ impl ForwardGuard {
     }
 
     /// Removes the guard (Egret leaves the node); Ok when there was none.
-    pub fn remove() -> Result<bool, String> {
+    pub fn remove() -> Result<bool, GuardError> {
         match nft(&["list", "table", "ip", TABLE], None) {
             Ok(_) => nft(&["delete", "table", "ip", TABLE], None).map(|_| true),
             Err(_) => Ok(false),

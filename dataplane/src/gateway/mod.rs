@@ -4,6 +4,7 @@
 //! previous one keeps serving.
 
 pub mod config;
+pub mod error;
 pub mod forward_guard;
 pub mod http;
 pub mod metrics;
@@ -21,6 +22,7 @@ pub mod xdp;
 pub mod xsk;
 
 pub use config::{ConfigError, ControlSettings, Interfaces, NatLogSettings, NodeConfig, UmemSettings};
+pub use error::{PlanRefused, StartError};
 
 use crate::nat::CompiledPlan;
 use egret_cluster as cluster;
@@ -32,7 +34,7 @@ use std::time::SystemTime;
 
 /// Runs the gateway until SIGINT or SIGTERM: the first plan, startup, the
 /// supervisor loop, the drain, the stop (XDP detached).
-pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
+pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), StartError> {
     let signals = supervisor::Signals::register()?;
     let mut source = match (&cfg.control, &cfg.plan_file) {
         (Some(c), _) => {
@@ -40,7 +42,8 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), String> {
             source::PlanSource::control(c)?
         }
         (None, Some(p)) => source::PlanSource::file(p.clone()),
-        (None, None) => return Err("no plan source".into()),
+        // NodeConfig::load refuses settings without a plan source.
+        (None, None) => unreachable!("NodeConfig::load requires plan_file or [control]"),
     };
     let (plan, problems) = source.first(|| signals.stopping())?;
     let mut gateway = supervisor::Gateway::start(&cfg, plan, problems)?;
@@ -55,21 +58,23 @@ pub type LoadedPlan = (CompiledPlan, Vec<String>);
 
 /// Reads and compiles the plan file; problems with single objects are
 /// logged and those objects left out.
-pub fn load_plan(path: &Path, version: u64) -> Result<LoadedPlan, String> {
-    let (plan, problems) = cluster::plan_from_yaml_path(path, version).map_err(|e| e.to_string())?;
+pub fn load_plan(path: &Path, version: u64) -> Result<LoadedPlan, PlanRefused> {
+    let (plan, problems) = cluster::plan_from_yaml_path(path, version)?;
     let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
     for p in &problems {
         tracing::warn!(%p, "object left out of the plan");
     }
-    let compiled = CompiledPlan::new(&plan).map_err(|e| format!("{}: {e}", path.display()))?;
+    let compiled = CompiledPlan::new(&plan)
+        .map_err(|error| PlanRefused::Invalid { source_name: path.display().to_string(), error })?;
     Ok((compiled, problems))
 }
 
 /// An interface's MTU, as the kernel has it (read at start).
-fn mtu_of(ifname: &str) -> Result<usize, String> {
+fn mtu_of(ifname: &str) -> Result<usize, StartError> {
     let path = format!("/sys/class/net/{ifname}/mtu");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-    text.trim().parse().map_err(|_| format!("{path}: '{}' is not an MTU", text.trim()))
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| StartError::Mtu { path: path.clone(), message: e.to_string() })?;
+    text.trim().parse().map_err(|_| StartError::Mtu { message: format!("'{}' is not an MTU", text.trim()), path })
 }
 
 fn addresses_of(ifname: &str) -> Vec<Ipv4Addr> {

@@ -3,7 +3,7 @@
 //! the gateway compiles what it gets, and a plan that does not compile is
 //! rejected whole while the previous one keeps serving.
 
-use super::{load_plan, mtime, ControlSettings, LoadedPlan};
+use super::{load_plan, mtime, ControlSettings, LoadedPlan, PlanRefused, StartError};
 use crate::nat::CompiledPlan;
 use crate::plan::Plan;
 use egret_api::client::{subscribe_in_thread, Received, SubscribeConfig, Subscription, TlsFiles};
@@ -22,24 +22,27 @@ impl PlanSource {
         PlanSource::File { seen: mtime(&path), path, version: 0 }
     }
 
-    pub fn control(c: &ControlSettings) -> Result<PlanSource, String> {
+    pub fn control(c: &ControlSettings) -> Result<PlanSource, StartError> {
         let mut cfg = SubscribeConfig::new(&c.url, &c.node);
         if let Some(ca) = &c.ca {
             let s = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-            cfg.tls = Some(TlsFiles::read(&ca.display().to_string(), s(&c.cert).as_deref(), s(&c.key).as_deref())?);
+            cfg.tls = Some(
+                TlsFiles::read(&ca.display().to_string(), s(&c.cert).as_deref(), s(&c.key).as_deref())
+                    .map_err(StartError::ControlTls)?,
+            );
         }
-        let sub = subscribe_in_thread::<Plan>(cfg).map_err(|e| format!("control client: {e}"))?;
+        let sub = subscribe_in_thread::<Plan>(cfg).map_err(StartError::ControlClient)?;
         let plans = sub.plans();
         Ok(PlanSource::Control { sub, plans })
     }
 
     /// The first plan; from the control plane, waits until one arrives that
     /// compiles (logging while it waits), or `give_up` says stop.
-    pub fn first(&mut self, give_up: impl Fn() -> bool) -> Result<LoadedPlan, String> {
+    pub fn first(&mut self, give_up: impl Fn() -> bool) -> Result<LoadedPlan, StartError> {
         match self {
             PlanSource::File { path, version, .. } => {
                 *version = 1;
-                load_plan(path, 1)
+                Ok(load_plan(path, 1)?)
             }
             PlanSource::Control { .. } => {
                 let started = Instant::now();
@@ -52,7 +55,7 @@ impl PlanSource {
                         }
                     }
                     if give_up() {
-                        return Err("stopped before the control plane sent a plan".into());
+                        return Err(StartError::StoppedBeforePlan);
                     }
                     if told.elapsed() >= Duration::from_secs(5) {
                         told = Instant::now();
@@ -65,7 +68,7 @@ impl PlanSource {
     }
 
     /// A new plan if the source has one (compiled, or why it was rejected).
-    pub fn poll(&mut self, force: bool) -> Option<Result<LoadedPlan, String>> {
+    pub fn poll(&mut self, force: bool) -> Option<Result<LoadedPlan, PlanRefused>> {
         match self {
             PlanSource::File { path, seen, version } => {
                 let now = mtime(path);
@@ -83,8 +86,10 @@ impl PlanSource {
                 let r = plans.borrow_and_update().clone()?;
                 let mut plan = r.plan.clone();
                 plan.version = r.version;
-                let compiled = CompiledPlan::new(&plan).map_err(|e| e.to_string());
-                sub.ack(r.version, compiled.as_ref().map(|_| ()).map_err(Clone::clone));
+                let compiled = CompiledPlan::new(&plan);
+                sub.ack(r.version, compiled.as_ref().map(|_| ()).map_err(ToString::to_string));
+                let source_name = format!("plan version {} from the control plane", r.version);
+                let compiled = compiled.map_err(|error| PlanRefused::Invalid { source_name, error });
                 // egret-control keeps the problems of its objects (egretctl problems).
                 Some(compiled.map(|p| (p, Vec::new())))
             }

@@ -4,6 +4,7 @@
 //! Nothing here touches packets; the workers do.
 
 use super::config::{reload_settings, NodeConfig};
+use super::error::StartError;
 use super::natlog::NatLogger;
 use super::source::PlanSource;
 use super::status::{GuardStatus, PlanStatus, Status, XdpStatus};
@@ -26,13 +27,13 @@ pub struct Signals {
 }
 
 impl Signals {
-    pub fn register() -> Result<Signals, String> {
+    pub fn register() -> Result<Signals, StartError> {
         let term = Arc::new(AtomicBool::new(false));
         let hup = Arc::new(AtomicBool::new(false));
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(sig, Arc::clone(&term)).map_err(|e| e.to_string())?;
+            signal_hook::flag::register(sig, Arc::clone(&term)).map_err(StartError::Signals)?;
         }
-        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).map_err(|e| e.to_string())?;
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)).map_err(StartError::Signals)?;
         Ok(Signals { term, hup })
     }
 
@@ -62,7 +63,7 @@ pub struct Gateway {
 impl Gateway {
     /// Attaches XDP, installs the forward guard, opens every queue's
     /// sockets and starts the workers on `plan`.
-    pub fn start(cfg: &NodeConfig, plan: CompiledPlan, problems: Vec<String>) -> Result<Gateway, String> {
+    pub fn start(cfg: &NodeConfig, plan: CompiledPlan, problems: Vec<String>) -> Result<Gateway, StartError> {
         let epoch = Instant::now();
         let plan = Arc::new(plan);
         let ifaces = cfg.ifaces();
@@ -74,13 +75,13 @@ impl Gateway {
         // passed.
         let mut steering = Vec::new();
         for i in &ifaces {
-            let s = xdp::Steering::attach(i, &local).map_err(|e| e.to_string())?;
+            let s = xdp::Steering::attach(i, &local).map_err(xdp_error(i))?;
             tracing::info!(interface = %i, mode = ?s.mode, "XDP program attached");
             steering.push(s);
         }
         let sets = SteeringSets::of(&plan);
         for s in &mut steering {
-            sets.apply(s).map_err(|e| e.to_string())?;
+            sets.apply(s).map_err(xdp_error(&s.ifname))?;
         }
         let guard = install_guard(&ifaces)?;
 
@@ -118,9 +119,9 @@ impl Gateway {
         for q in 0..cfg.interfaces.queues {
             let index = q as u16;
             let targets: Vec<(String, u32)> = ifaces.iter().map(|i| (i.clone(), q)).collect();
-            let io = xsk::WorkerIo::open(&targets, sizes).map_err(|e| format!("AF_XDP on queue {q}: {e}"))?;
+            let io = xsk::WorkerIo::open(&targets, sizes).map_err(|error| StartError::Afxdp { queue: q, error })?;
             for (pi, s) in steering.iter_mut().enumerate() {
-                s.register_socket(q, &io.socket_fd(pi)).map_err(|e| e.to_string())?;
+                s.register_socket(q, &io.socket_fd(pi)).map_err(xdp_error(&s.ifname))?;
             }
             for p in &io.ports {
                 tracing::info!(interface = %p.ifname, queue = p.queue, mode = if p.zero_copy { "zero-copy" } else { "copy" }, "AF_XDP socket bound");
@@ -180,7 +181,7 @@ impl Gateway {
         if let Some(addr) = cfg.metrics_address {
             side_threads.push(
                 metrics::serve(addr, reports.clone(), Arc::clone(&info), Arc::clone(&shared.stop))
-                    .map_err(|e| format!("metrics_address {addr}: {e}"))?,
+                    .map_err(|error| StartError::Listen { setting: "metrics_address", addr, error })?,
             );
         }
         let probe_state = Arc::new(Mutex::new(probe::ProbeState {
@@ -193,7 +194,7 @@ impl Gateway {
                 http::serve(addr, "egret-probe", Arc::clone(&shared.stop), move |path| {
                     st.lock().unwrap_or_else(|e| e.into_inner()).answer(path)
                 })
-                .map_err(|e| format!("probe_address {addr}: {e}"))?,
+                .map_err(|error| StartError::Listen { setting: "probe_address", addr, error })?,
             );
         }
         let mut plan_status = PlanStatus::default();
@@ -256,7 +257,7 @@ impl Gateway {
                 Some(Ok((plan, problems))) => self.apply(plan, problems),
                 Some(Err(e)) => {
                     tracing::error!(error = %e, "plan rejected; the previous plan keeps serving");
-                    self.plan_status.refused(e);
+                    self.plan_status.refused(e.to_string());
                 }
                 None => {}
             }
@@ -374,20 +375,22 @@ impl Gateway {
     }
 }
 
+fn xdp_error(interface: &str) -> impl FnOnce(xdp::XdpError) -> StartError + '_ {
+    move |error| StartError::Xdp { interface: interface.to_string(), error }
+}
+
 fn engine_time(epoch: Instant) -> Time {
     Time::from_millis(epoch.elapsed().as_millis() as u64)
 }
 
 /// What XDP leaves to the kernel must not be forwarded out untranslated.
-fn install_guard(ifaces: &[String]) -> Result<Option<forward_guard::ForwardGuard>, String> {
+fn install_guard(ifaces: &[String]) -> Result<Option<forward_guard::ForwardGuard>, StartError> {
     match forward_guard::ForwardGuard::install(ifaces) {
         Ok(g) => {
             tracing::info!(interfaces = ?ifaces, "forward guard installed");
             Ok(Some(g))
         }
-        Err(e) if forward_guard::forwarding_on() => {
-            Err(format!("this node forwards IPv4 and the forward guard could not be installed: {e}"))
-        }
+        Err(e) if forward_guard::forwarding_on() => Err(StartError::ForwardGuard(e)),
         Err(e) => {
             tracing::warn!(error = %e, "no forward guard (IPv4 forwarding is off here)");
             Ok(None)
