@@ -136,6 +136,9 @@ class Gateway:
                 if isinstance(v, int):
                     c["nat." + k] = c.get("nat." + k, 0) + v
             for k, v in w["io"].items():
+                if isinstance(v, int):
+                    c["io." + k] = c.get("io." + k, 0) + v
+            for k, v in w["io"]["drops"].items():
                 c["io." + k] = c.get("io." + k, 0) + v
         for x in d.get("xdp", []):
             for k in ("redirected", "passed", "dropped_no_socket"):
