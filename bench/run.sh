@@ -241,6 +241,7 @@ metadata:
   annotations:
     egret.dev/mapping: $mapping
     egret.dev/port-quota: "4000000000"
+    egret.dev/session-limit: "4000000000"
     egret.dev/timeouts: '{"udp": 3600, "tcpTransitory": 3600, "tcpEstablished": 7440}'
 spec: {gatewayNodepoolName: gwpool}
 status: {egressIpPrefix: 198.19.100.0/28}

@@ -100,19 +100,24 @@ def stop(p: subprocess.Popen | None, grace: float = 5.0) -> None:
 
 class FlowProbe:
     """scripts/flow_probe.py in a pod: one TCP connection and one UDP flow,
-    a round trip every 100 ms, for `seconds`; `result()` is its summary."""
+    a round trip every 100 ms, for `seconds` (or until `finish`);
+    `result()` is its summary."""
 
-    def __init__(self, ns: Netns, seconds: float, workdir: Path):
+    def __init__(self, ns: Netns, seconds: float, workdir: Path, udp_timeout: float | None = None):
         self.out = workdir / f"probe-{ns.name}-{time.monotonic_ns()}.json"
-        self.proc = subprocess.Popen(
-            ns.cmd(["python3", str(SCRIPTS / "flow_probe.py"), "198.19.0.254", str(seconds)]),
-            stdout=open(self.out, "wb"),
-            stderr=subprocess.STDOUT,
-        )
+        args = ["python3", str(SCRIPTS / "flow_probe.py"), "198.19.0.254", str(seconds)]
+        if udp_timeout is not None:
+            args.append(str(udp_timeout))
+        self.proc = subprocess.Popen(ns.cmd(args), stdout=open(self.out, "wb"), stderr=subprocess.STDOUT)
 
     def result(self, timeout: float = 60) -> dict:
         self.proc.wait(timeout)
         return json.loads(self.out.read_text())
+
+    def finish(self) -> dict:
+        """Ends it early (SIGTERM: it prints its summary) and returns that."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.result(timeout=10)
 
 
 class Sniffer:
@@ -312,8 +317,8 @@ class Gateway:
         poll(up, timeout=10, what="egret-gateway's first status")
         return self
 
-    def flow_probe(self, ns: Netns, seconds: float) -> "FlowProbe":
-        return FlowProbe(ns, seconds, self.dir)
+    def flow_probe(self, ns: Netns, seconds: float, udp_timeout: float | None = None) -> "FlowProbe":
+        return FlowProbe(ns, seconds, self.dir, udp_timeout)
 
     def stop(self) -> int | None:
         stop(self.proc)
