@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """RFC conformance checks against a running egret-gateway, with real
 sockets and scapy frames (tests/test_conformance.py sets up the topology
-and the gateway, then runs this).
+and the gateway, then calls these checks; the command line still works).
 
   conformance.py STATUS_FILE GATEWAY_PID GW_IN_MAC GW_OUT_MAC PC_MAC NET_MAC
 

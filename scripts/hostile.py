@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Hostile packets against a running egret-gateway (scripts/e2e-hostile.sh
-sets up the topology and the gateway, then runs this).
+"""Hostile packets against a running egret-gateway (tests/test_hostile.py
+sets up the topology and the gateway, then calls attack()).
 
   hostile.py attack STATUS_FILE GATEWAY_PID GW_IN_MAC GW_OUT_MAC PA_MAC PC_MAC NET_MAC
       Sends each class of hostile packet from the pod namespace (egt-pa,

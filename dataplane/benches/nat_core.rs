@@ -254,7 +254,11 @@ fn main() {
             MappingMode::PortReuse => "port reuse",
         };
         rows.push((format!("new sessions ({name}), {n} flows"), median(rates), "M/s"));
-        rows.push((format!("new sessions ({name}), {n} flows, batches of 32 as the worker runs"), median(batched), "M/s"));
+        rows.push((
+            format!("new sessions ({name}), {n} flows, batches of 32 as the worker runs"),
+            median(batched),
+            "M/s",
+        ));
     }
 
     // The cost of a 10k-rule egress policy, paid once per new flow.

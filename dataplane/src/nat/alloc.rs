@@ -51,6 +51,17 @@ impl NatEngine {
             let st = self.addrs.get_mut(&addr).expect("pool address");
             if let Some(off) = st.ports[slot].take_from(start) {
                 let port = self.slice.lo + off as u16;
+                // The two slots this flow inserts into that no lookup has
+                // warmed: load them together, while the mapping is written.
+                self.mappings.prefetch_egress(&EndpointKey { proto: k.proto, ip: addr, port });
+                let out = FlowKey {
+                    proto: k.proto,
+                    local: addr,
+                    local_port: port,
+                    remote: k.remote,
+                    remote_port: k.remote_port,
+                };
+                self.sessions.prefetch_out_slot(&out);
                 let m = Mapping {
                     pod: k.local,
                     egress: addr,
@@ -96,6 +107,7 @@ impl NatEngine {
             for _ in 0..16 {
                 probe.local_port = lo + (self.rng.next_u64() as u32 % len) as u16;
                 if self.sessions.find_out(&probe).is_none() {
+                    // The probe has just loaded the outside slot.
                     return Ok((probe.local, probe.local_port));
                 }
             }

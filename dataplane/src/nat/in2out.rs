@@ -50,6 +50,8 @@ impl NatEngine {
         let i = match self.find_live_in(&key, now) {
             Some(i) => i,
             None => {
+                // A new flow: its mapping's slot loads while policy decides.
+                self.prefetch_mapping(&key, ci);
                 // Exclusions are checked only for flows without a session: a
                 // plan that adds one cuts the sessions it covers.
                 if self.config(ci).excludes(p.dst) {

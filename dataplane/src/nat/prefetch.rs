@@ -28,11 +28,25 @@ impl NatEngine {
     }
 
     /// Batch stage 2 (then `process` each packet): starts loading the
-    /// session itself.
+    /// session itself, or for a new flow of an endpoint-independent config
+    /// the slot its mapping is looked up by.
     #[inline]
     pub fn prefetch_session(&self, pkt: &[u8]) {
         if let Some((k, inside)) = self.peek_key(pkt) {
-            self.sessions.prefetch_session(&k, inside);
+            if !self.sessions.prefetch_session(&k, inside) && inside {
+                if let Some(pod) = self.pods.get(&k.local) {
+                    self.prefetch_mapping(&k, pod.config);
+                }
+            }
+        }
+    }
+
+    /// A new inside flow's mapping slot, in config `ci` (endpoint-independent
+    /// configs only: port reuse has no mapping).
+    #[inline(always)]
+    pub(super) fn prefetch_mapping(&self, k: &FlowKey, ci: u16) {
+        if self.config(ci).mapping == MappingMode::EndpointIndependent {
+            self.mappings.prefetch_pod(&EndpointKey { proto: k.proto, ip: k.local, port: k.local_port });
         }
     }
 

@@ -1,11 +1,11 @@
 //! Sessions and endpoint-independent mappings, in slabs allocated up front
 //! and indexed twice each (one index per direction). Indexes hold only slab
-//! indices; nothing is allocated per packet. Sessions use `FlowIndex`, whose
-//! slots can be prefetched for a batch; mappings, touched only when a flow
-//! opens, use hashbrown.
+//! indices; nothing is allocated per packet. Both use `FlowIndex`, whose
+//! slots can be prefetched: a batch's sessions before it is processed, and
+//! a new flow's mapping and outside slots while it is being created.
 
 use super::flow_index::{prefetch, FlowIndex};
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::DefaultHashBuilder;
 use std::hash::{BuildHasher, Hash, Hasher};
 
 pub const NONE: u32 = u32::MAX;
@@ -131,7 +131,7 @@ pub struct Mapping {
     pub deadline: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EndpointKey {
     pub proto: u8,
     pub ip: u32,
@@ -242,13 +242,22 @@ impl SessionTable {
         }
     }
 
-    /// Batch stage 2: start loading the session a key finds.
+    /// Batch stage 2: start loading the session a key finds; false when
+    /// there is none (a new flow).
     #[inline]
-    pub fn prefetch_session(&self, k: &FlowKey, inside: bool) {
+    pub fn prefetch_session(&self, k: &FlowKey, inside: bool) -> bool {
         let found = if inside { self.find_in(k) } else { self.find_out(k) };
         if let Some(i) = found {
             prefetch(&self.items.slab[i as usize]);
         }
+        found.is_some()
+    }
+
+    /// A new session's outside slot, to load while the rest of its
+    /// creation goes on (the inside slot is warm from the failed lookup).
+    #[inline]
+    pub fn prefetch_out_slot(&self, k: &FlowKey) {
+        self.by_out.prefetch(self.hash(k));
     }
 
     /// Bytes held by the slab, free list and indexes.
@@ -301,12 +310,22 @@ impl SessionTable {
     }
 }
 
-/// Endpoint-independent mappings, findable by pod endpoint and by egress endpoint.
+/// Endpoint-independent mappings, findable by pod endpoint and by egress
+/// endpoint. Indexed like sessions (`FlowIndex`), so a new flow can load its
+/// mapping's slot ahead of the lookup.
 pub struct MappingTable {
     hasher: DefaultHashBuilder,
     items: Indexed<Mapping>,
-    by_pod: HashTable<u32>,
-    by_egress: HashTable<u32>,
+    by_pod: FlowIndex,
+    by_egress: FlowIndex,
+}
+
+impl Hash for EndpointKey {
+    /// One word: one hasher round.
+    #[inline]
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u64(u64::from(self.ip) << 32 | u64::from(self.proto) << 16 | u64::from(self.port));
+    }
 }
 
 impl MappingTable {
@@ -314,9 +333,12 @@ impl MappingTable {
         MappingTable {
             hasher: DefaultHashBuilder::default(),
             items: Indexed::new(capacity),
-            by_pod: HashTable::with_capacity(capacity),
-            by_egress: HashTable::with_capacity(capacity),
+            by_pod: FlowIndex::with_capacity(capacity),
+            by_egress: FlowIndex::with_capacity(capacity),
         }
+    }
+    pub fn capacity(&self) -> usize {
+        self.items.capacity
     }
     pub fn len(&self) -> usize {
         self.items.live
@@ -330,12 +352,22 @@ impl MappingTable {
     #[inline]
     pub fn find_pod(&self, k: &EndpointKey) -> Option<u32> {
         let slab = &self.items.slab;
-        self.by_pod.find(self.hasher.hash_one(k), |&i| slab[i as usize].pod_key() == *k).copied()
+        self.by_pod.find(self.hasher.hash_one(k), |i| slab[i as usize].pod_key() == *k)
     }
     #[inline]
     pub fn find_egress(&self, k: &EndpointKey) -> Option<u32> {
         let slab = &self.items.slab;
-        self.by_egress.find(self.hasher.hash_one(k), |&i| slab[i as usize].egress_key() == *k).copied()
+        self.by_egress.find(self.hasher.hash_one(k), |i| slab[i as usize].egress_key() == *k)
+    }
+    /// Starts loading the slot a pod endpoint's mapping is found by.
+    #[inline]
+    pub fn prefetch_pod(&self, k: &EndpointKey) {
+        self.by_pod.prefetch(self.hasher.hash_one(k));
+    }
+    /// Starts loading the slot a new mapping's egress endpoint goes in.
+    #[inline]
+    pub fn prefetch_egress(&self, k: &EndpointKey) {
+        self.by_egress.prefetch(self.hasher.hash_one(k));
     }
     #[inline]
     pub fn get(&self, idx: u32) -> &Mapping {
@@ -348,29 +380,22 @@ impl MappingTable {
     pub fn insert(&mut self, m: Mapping) -> Option<u32> {
         let (hp, he) = (self.hasher.hash_one(m.pod_key()), self.hasher.hash_one(m.egress_key()));
         let idx = self.items.insert(m)?;
-        let Self { items, by_pod, by_egress, hasher } = self;
-        let slab = &items.slab;
-        by_pod.insert_unique(hp, idx, |&i| hasher.hash_one(slab[i as usize].pod_key()));
-        by_egress.insert_unique(he, idx, |&i| hasher.hash_one(slab[i as usize].egress_key()));
+        self.by_pod.insert(hp, idx);
+        self.by_egress.insert(he, idx);
         Some(idx)
     }
     /// Bytes held by the slab, free list and indexes.
     pub fn bytes(&self) -> usize {
-        let index = |t: &HashTable<u32>| t.capacity().next_power_of_two() * 8 / 7 * 5;
         self.items.slab.capacity() * std::mem::size_of::<Mapping>()
             + self.items.free.capacity() * 4
-            + index(&self.by_pod)
-            + index(&self.by_egress)
+            + self.by_pod.bytes()
+            + self.by_egress.bytes()
     }
 
     pub fn remove(&mut self, idx: u32) {
         let m = self.items.slab[idx as usize];
-        if let Ok(e) = self.by_pod.find_entry(self.hasher.hash_one(m.pod_key()), |&i| i == idx) {
-            e.remove();
-        }
-        if let Ok(e) = self.by_egress.find_entry(self.hasher.hash_one(m.egress_key()), |&i| i == idx) {
-            e.remove();
-        }
+        self.by_pod.remove(self.hasher.hash_one(m.pod_key()), idx);
+        self.by_egress.remove(self.hasher.hash_one(m.egress_key()), idx);
         self.items.slab[idx as usize].free = true;
         self.items.release(idx);
     }
