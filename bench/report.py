@@ -18,6 +18,7 @@ SCENARIOS = {
     4: "Port pool",
     5: "Latency (round trip)",
     6: "Ceiling of this box",
+    7: "Bulk TCP (iperf3)",
 }
 # Metrics where less is better: the ratio is still Egret / kernel.
 LOWER_IS_BETTER = ("us", "bytes", "sessions")

@@ -20,6 +20,9 @@
 #   5  latency: UDP ping-pong round trip through the gateway, idle and with
 #      background load at 10% and 80% of that path's own 100k-flow capacity
 #   6  ceiling: the generator into an XDP_DROP sink on the gateway's inside veth
+#   7  bulk TCP: iperf3 through the gateway, upload and download, on a
+#      1500-byte path and with the hop beyond the gateway at 1280 bytes
+#      (not in --all: iperf3's client and server share core 0 here)
 #
 # Usage: bench/run.sh [--all | --scenarios 1,2,...] [--quick] [--runs K]
 #                     [--flows N[,N...]] [--one-core] [--out DIR] [--smoke]
@@ -104,8 +107,9 @@ POOL_PODS=24; POOL_PORTS=50000; POOL_RATE=250000; POOL_PASSES=2
 PING_COUNT=3000
 NEW_SESSIONS=4194304
 TCP_FIRST_RATE=60000; TCP_WARMUP=0.3; TCP_MEASURE=1
+BULK_SECONDS=5
 if [ "$QUICK" = 1 ]; then
-  MEASURE=2; NEW_MEASURE=1.5; SCALE_SESSIONS=1048576; PING_COUNT=1000
+  MEASURE=2; NEW_MEASURE=1.5; SCALE_SESSIONS=1048576; PING_COUNT=1000; BULK_SECONDS=3
 fi
 if [ "$SMOKE" = 1 ]; then WARMUP=1; MEASURE=1; fi
 
@@ -765,6 +769,56 @@ scenario_ceiling() {
   done
 }
 
+# ---------------------------------------------------------------- scenario 7
+# bulk_run DIRECTION: one iperf3 run (pod 198.18.0.2 ↔ 198.19.0.2 through the
+# gateway), both ends on core 0; prints Gbit/s received, or 0.
+bulk_run() {
+  local reverse=() srv
+  [ "$1" = down ] && reverse=(-R)
+  ip netns exec egt-b-sink taskset -c 0 iperf3 -s -1 -B 198.19.0.2 -p 5201 >"$DIR/iperf-s.log" 2>&1 &
+  srv=$!
+  BG_PIDS+=($srv)
+  for _ in $(seq 50); do x egt-b-sink ss -ltn 2>/dev/null | grep -q ':5201 ' && break; sleep 0.1; done
+  head -n 3 /proc/stat >"$DIR/stat0"; head -n 1 /proc/pressure/cpu >"$DIR/psi0" 2>/dev/null
+  x egt-b-gen taskset -c 0 timeout $((BULK_SECONDS + 15)) iperf3 -c 198.19.0.2 -p 5201 -t "$BULK_SECONDS" -O 1 -J \
+    "${reverse[@]}" >"$DIR/iperf.json" 2>"$DIR/iperf.err" || true
+  head -n 3 /proc/stat >"$DIR/stat1"; head -n 1 /proc/pressure/cpu >"$DIR/psi1" 2>/dev/null
+  wait "$srv" 2>/dev/null || true
+  python3 -c "import json,sys
+try: print(round(json.load(open(sys.argv[1]))['end']['sum_received']['bits_per_second'] / 1e9, 3))
+except Exception: print(0)" "$DIR/iperf.json"
+}
+
+scenario_bulk_tcp() {
+  local mtu dir i sys g cpu extra
+  for mtu in 1500 1280; do
+    for dir in up down; do
+      echo "== 7 bulk TCP: iperf3 $dir (pod $([ $dir = up ] && echo "→" || echo "←") internet), hop beyond the gateway at $mtu bytes, ${BULK_SECONDS}s"
+      for i in $(seq "$RUNS"); do
+        for sys in egret kernel; do
+          wait_quiet
+          setup "$sys" endpoint-independent 65536
+          x egt-b-gw ip link set b-out mtu "$mtu"
+          x egt-b-sink ip link set sink0 mtu "$mtu"
+          # The sink answers the egress addresses (the kernel's is on-link).
+          x egt-b-sink ip route add 198.19.100.0/24 via 198.19.0.1
+          MEASURE_NOW=$BULK_SECONDS
+          g=$(bulk_run "$dir")
+          cpu_use; cpu=$CPU_LINE
+          if [ "$sys" = egret ]; then
+            fresh_status; extra=$(egret_status summary 2>/dev/null || echo "no status")
+          else
+            extra="conntrack entries: $(ct_count)"
+          fi
+          echo "  run $i $(label $sys) $g Gbit/s   $cpu   ($extra)"
+          record 7 "iperf3 $dir, $mtu-byte hop" "Gbit/s" "$sys" "$g" "$extra"
+          teardown
+        done
+      done
+    done
+  done
+}
+
 echo "bench: scenarios $SCENARIOS, $RUNS run(s) each, interleaved; generator on core 0, gateway on core $GW_CORE$([ "$ONE_CORE" = 1 ] && echo ", Egret's RX copy on the gateway core too"); $(uname -r), $(nproc) cores"
 if has 1; then
   for f in ${FLOW_LIST//,/ }; do scenario_throughput "$f"; done
@@ -774,6 +828,7 @@ has 2 && { scenario_new_udp; scenario_new_tcp; }
 has 3 && scenario_scale
 has 4 && scenario_pool
 has 5 && scenario_latency
+has 7 && scenario_bulk_tcp
 down
 ELAPSED=$(( $(date +%s) - START_TIME ))
 
