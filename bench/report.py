@@ -29,7 +29,7 @@ def load(path):
     groups = OrderedDict()
     for r in rows:
         key = (r["scenario"], r["case"], r["metric"])
-        g = groups.setdefault(key, {"egret": [], "kernel": [], "ceiling": [], "contention": [], "notes": {}})
+        g = groups.setdefault(key, {"egret": [], "kernel": [], "ceiling": [], "floor": [], "contention": [], "notes": {}})
         if r["value"] is not None:
             g[r["system"]].append(r["value"])
         if r.get("contention", -1) >= 0:
@@ -120,6 +120,9 @@ def table(groups):
             if esc == sc and metric.startswith(emetric) and (sc, emetric) not in SEEN:
                 notes.append(text)
                 SEEN.add((sc, emetric))
+        f = stat(g["floor"])
+        if f and e:
+            notes.append(f"I/O floor (same AF_XDP sockets and rings, MAC swap only, no NAT) {fmt(f[0])}: Egret {100 * e[0] / f[0]:.0f}% of it")
         if sc == 1 and ceiling:
             parts = [f"{name} {100 * s[0] / ceiling[0]:.0f}%" for name, s in (("Egret", e), ("kernel", k)) if s]
             notes.append(" / ".join(parts) + " of the ceiling")

@@ -9,7 +9,8 @@
 #   (XDP live frames, core 0) nft masquerade + conntrack         (counts, reflects, drops)
 #
 # Scenarios (bench/README.md has the method and the latest table):
-#   1  throughput: 64 B UDP at 1k, 100k and 1M flows, Mpps per gateway core
+#   1  throughput: 64 B UDP at 1k, 100k and 1M flows, Mpps per gateway core,
+#      with the I/O floor (egret-xdpfwd: the same sockets, MAC swap only)
 #   2  new connections per second: every frame a new UDP flow; TCP handshakes
 #      (SYN from the generator, SYN-ACK from the sink, ACK from the pod side)
 #   3  scale: concurrent sessions held before anything is evicted or refused,
@@ -126,6 +127,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 cargo build --release -q --workspace --bins
 GATEWAY=$TARGET_DIR/release/egret-gateway
 LOADGEN=$TARGET_DIR/release/egret-loadgen
+XDPFWD=$TARGET_DIR/release/egret-xdpfwd
 NCPU=$(nproc)
 [ "$NCPU" -ge 2 ] || { echo "bench: needs at least 2 cores" >&2; exit 1; }
 GW_CORE=1
@@ -293,6 +295,23 @@ TOML
   if [ "$ONE_CORE" = 1 ]; then thread_napi; fi
 }
 
+# The I/O floor: egret-xdpfwd on the gateway core (Egret's steering
+# program, sockets and ring sizes; MAC swap only, no NAT).
+setup_floor() {
+  x egt-b-gw sysctl -qw net.ipv4.ip_forward=1
+  local sink_mac
+  sink_mac=$(x egt-b-sink cat /sys/class/net/sink0/address)
+  ip netns exec egt-b-gw "$XDPFWD" --inside b-in --outside b-out --pod 198.18.0.2 --dst-mac "$sink_mac" \
+    --seconds 110 --ring "${EGRET_BENCH_RING:-2048}" --core "$GW_CORE" >"$DIR/xdpfwd.out" 2>&1 &
+  GW_PID=$!
+  for _ in $(seq 100); do
+    grep -q ready "$DIR/xdpfwd.out" 2>/dev/null && break
+    kill -0 "$GW_PID" 2>/dev/null || { cat "$DIR/xdpfwd.out" >&2; return 1; }
+    sleep 0.1
+  done
+  if [ "$ONE_CORE" = 1 ]; then thread_napi; fi
+}
+
 # setup SYSTEM [egret args...]: a fresh topology with that path in it.
 setup() {
   local sys=$1; shift
@@ -300,6 +319,7 @@ setup() {
   case "$sys" in
     egret) setup_egret "$@" ;;
     kernel) setup_kernel ;;
+    floor) setup_floor ;;
     ceiling) ;;
   esac
 }
@@ -481,15 +501,17 @@ with open(path, "a") as f:
 PY
 }
 
-label() { case "$1" in egret) echo "egret   " ;; kernel) echo "nftables" ;; *) echo "$1" ;; esac; }
+label() { case "$1" in egret) echo "egret   " ;; kernel) echo "nftables" ;; floor) echo "floor   " ;; *) echo "$1" ;; esac; }
 
 # ---------------------------------------------------------------- scenario 1
 scenario_throughput() {
   local flows=$1 i sys r warm=$WARMUP
   [ "$flows" -ge 500000 ] && warm=$(python3 -c "print(max($WARMUP, 3))")
   echo "== 1 throughput: 64 B UDP ($SIZE B frames), $flows flows, ${MEASURE}s windows after ${warm}s"
+  local systems="egret kernel floor"
+  [ "$SMOKE" = 1 ] && systems="egret kernel"
   for i in $(seq "$RUNS"); do
-    for sys in egret kernel; do
+    for sys in $systems; do
       wait_quiet
       setup "$sys"
       WARMUP_NOW=$warm MEASURE_NOW=$MEASURE
@@ -498,9 +520,13 @@ scenario_throughput() {
       r=$(field translated_mpps "$DIR/sink.out")
       local leak cpu extra
       leak=$(field untranslated_mpps "$DIR/sink.out")
+      # The floor does not translate: all it moves arrives untranslated.
+      [ "$sys" = floor ] && { r=$leak; leak=n/a; }
       cpu_use; cpu=$CPU_LINE
       if [ "$sys" = egret ]; then
         fresh_status; extra=$(egret_status summary 2>/dev/null || echo "no status")
+      elif [ "$sys" = floor ]; then
+        extra="AF_XDP forwarder, no NAT"
       else
         extra="conntrack entries: $(ct_count), early drops: $(ct_stat early_drop)"
       fi

@@ -1,0 +1,140 @@
+//! egret-xdpfwd: the I/O floor of `bench/run.sh`. The gateway's own
+//! steering program and AF_XDP sockets (`egret_dataplane::gateway`'s
+//! `Steering` and `WorkerIo`, same UMEM and ring sizes, one worker on one
+//! core), but no NAT: every frame from the pod is readdressed to the sink's
+//! MAC and sent out of the outside interface. What this moves is what Egret
+//! could move at best on the same path; Egret's figure over this one is the
+//! share of the floor it reaches.
+//!
+//! ```text
+//! egret-xdpfwd --inside IF --outside IF --pod IP --dst-mac MAC --seconds S [--ring N] [--core C]
+//! ```
+
+use clap::Parser;
+use egret_bench::mac;
+use egret_dataplane::gateway::xdp::Steering;
+use egret_dataplane::gateway::xsk::{WorkerIo, XskSizes};
+use egret_dataplane::wire::ethernet::EthernetFrame;
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "egret-xdpfwd", about = "AF_XDP forwarder without NAT: the benchmark's I/O floor")]
+struct Cli {
+    /// Where the pod's frames arrive.
+    #[arg(long)]
+    inside: String,
+    /// Where they leave.
+    #[arg(long)]
+    outside: String,
+    /// The pod's address: the steering program redirects its frames.
+    #[arg(long)]
+    pod: Ipv4Addr,
+    /// The next hop's MAC on the outside.
+    #[arg(long, value_parser = mac)]
+    dst_mac: [u8; 6],
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// AF_XDP ring size (the gateway's `umem.ring`).
+    #[arg(long, default_value_t = 2048)]
+    ring: u32,
+    /// Core to pin to.
+    #[arg(long)]
+    core: Option<usize>,
+}
+
+const BATCH: u32 = 64;
+
+/// Set by SIGTERM or SIGINT: the loop ends and XDP is detached on the way out.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+const MAX_SECONDS: f64 = 120.0;
+
+fn run(cli: &Cli) -> Result<(), String> {
+    if !(cli.seconds > 0.0 && cli.seconds <= MAX_SECONDS) {
+        return Err(format!("--seconds {}: must be in (0, {MAX_SECONDS}]", cli.seconds));
+    }
+    if let Some(c) = cli.core {
+        if !core_affinity_set(c) {
+            return Err(format!("could not pin to core {c}"));
+        }
+    }
+    let mut steering = Vec::new();
+    for i in [&cli.inside, &cli.outside] {
+        steering.push(Steering::attach(i, &[]).map_err(|e| e.to_string())?);
+    }
+    let pods: HashSet<u32> = [u32::from(cli.pod)].into();
+    steering[0].follow_plan(&pods, &HashSet::new()).map_err(|e| e.to_string())?;
+    let sizes = XskSizes { frames: 8192, frame_size: 2048, ring: cli.ring };
+    let targets = [(cli.inside.clone(), 0), (cli.outside.clone(), 0)];
+    let mut io = WorkerIo::open(&targets, sizes).map_err(|e| format!("AF_XDP: {e}"))?;
+    for (pi, s) in steering.iter_mut().enumerate() {
+        s.register_socket(0, &io.socket_fd(pi)).map_err(|e| e.to_string())?;
+    }
+    let out_mac = io.ports[1].mac;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t);
+    }
+    println!("ready");
+    let (mut rx, mut tx) = (Vec::with_capacity(BATCH as usize), Vec::with_capacity(4 * BATCH as usize));
+    let (mut forwarded, mut shed) = (0u64, 0u64);
+    let end = Instant::now() + Duration::from_secs_f64(cli.seconds);
+    while Instant::now() < end && !STOP.load(Ordering::Relaxed) {
+        for port in 0..2 {
+            io.service(port);
+        }
+        rx.clear();
+        if tx.len() < 2 * BATCH as usize {
+            io.receive(0, &mut rx, BATCH);
+        }
+        for d in rx.drain(..) {
+            // SAFETY: a received descriptor is ours until sent or released.
+            EthernetFrame::new_unchecked(unsafe { io.frame_mut(d.addr) }).readdress(cli.dst_mac, out_mac);
+            tx.push(d);
+        }
+        let sent = io.transmit(1, &tx);
+        forwarded += sent as u64;
+        tx.drain(..sent);
+        if tx.len() > 8 * BATCH as usize {
+            // The kernel takes nothing: drop the oldest, as the gateway does.
+            let n = tx.len() - 4 * BATCH as usize;
+            for d in tx.drain(..n) {
+                io.release(d.addr);
+            }
+            shed += n as u64;
+        }
+        // Whatever the sink sends back is not forwarded.
+        io.receive(1, &mut rx, BATCH);
+        for d in rx.drain(..) {
+            io.release(d.addr);
+        }
+    }
+    println!("xdpfwd: forwarded={forwarded} shed={shed}");
+    Ok(())
+}
+
+fn core_affinity_set(core: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays in bounds
+    // for any core below CPU_SETSIZE, which the check ensures.
+    unsafe {
+        if core >= libc::CPU_SETSIZE as usize {
+            return false;
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    egret_bench::exit_with("egret-xdpfwd", "", run(&cli))
+}
