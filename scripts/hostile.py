@@ -150,13 +150,16 @@ class Run:
     def __init__(self, gw):
         self.gw = gw
         self.results = []
+        self.failures = []
 
     def report(self, name, good, why=""):
         alive = self.gw.alive()
         if good and alive:
             print("ok " + name, flush=True)
         else:
-            print("FAIL %s: %s" % (name, why if not good else "gateway process gone"), flush=True)
+            why = why if not good else "gateway process gone"
+            print("FAIL %s: %s" % (name, why), flush=True)
+            self.failures.append("%s: %s" % (name, why))
         self.results.append(good and alive)
 
     def expect(self, name, send, want, timeout=4.0):
@@ -605,7 +608,7 @@ def attack(status_file, gw_pid, gw_in, gw_out, pa_mac, pc_mac, net_mac):
     r = ask_live()
     run.report("the live UDP session still translates the same way after everything [%s]" % r.strip(),
                r.startswith("%s:%d" % (egress, eport)), "answer changed or missing")
-    return all(run.results)
+    return run
 
 
 def fix_ip(b, hl=20):
@@ -627,5 +630,5 @@ def fix_ip(b, hl=20):
 
 if __name__ == "__main__":
     if len(sys.argv) == 9 and sys.argv[1] == "attack":
-        sys.exit(0 if attack(sys.argv[2], int(sys.argv[3]), *sys.argv[4:9]) else 1)
+        sys.exit(0 if all(attack(sys.argv[2], int(sys.argv[3]), *sys.argv[4:9]).results) else 1)
     sys.exit("usage: hostile.py attack STATUS_FILE GATEWAY_PID GW_IN_MAC GW_OUT_MAC PA_MAC PC_MAC NET_MAC")

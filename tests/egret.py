@@ -65,6 +65,10 @@ class Netns:
         env = {**os.environ, **env} if env else None
         return subprocess.Popen(self.cmd(args), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
+    def mac(self, iface: str) -> str:
+        """The MAC address of one of the namespace's interfaces."""
+        return self.run("cat", f"/sys/class/net/{iface}/address", check=True).stdout.strip()
+
     def curl(self, url: str, timeout: float = 3) -> str | None:
         """The body of a GET, stripped, or None if it failed."""
         r = self.run("curl", "-s", "-m", str(timeout), url, timeout=timeout + 5)

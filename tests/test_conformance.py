@@ -101,44 +101,24 @@ def test_the_unbound_pods_own_traffic_is_refused_and_counted_by_the_guard(gatewa
     gateway.status_after(lambda s: s.guard_refused > before, what="the guard counting a refusal")
 
 
-class Checks(hostile.Run):
-    """conformance.py's reports, kept by name, so a failure says which."""
-
-    def __init__(self, gw):
-        super().__init__(gw)
-        self.failed = []
-
-    def report(self, name, good, why=""):
-        super().report(name, good, why)
-        if not self.results[-1]:
-            self.failed.append(f"{name}: {why}")
-
-
 def driver_gateway(gateway):
     return hostile.Gateway(str(gateway.status_file), gateway.proc.pid)
 
 
 def test_hairpinning_reaches_pod_bs_public_endpoint_both_ways_and_never_leaves(gateway, topo):
-    checks = Checks(driver_gateway(gateway))
+    checks = hostile.Run(driver_gateway(gateway))
     conformance.hairpin(checks, hostile.raw_socket("egt-net", "net-in"))
-    assert checks.results and not checks.failed, checks.failed
+    assert checks.results and not checks.failures, checks.failures
 
 
 def test_sources_arriving_on_the_wrong_interface_are_dropped_and_counted(gateway, topo):
-    mac = lambda ns, iface: ns.run("cat", f"/sys/class/net/{iface}/address", check=True).stdout.strip()  # noqa: E731
     gw = driver_gateway(gateway)
-    checks = Checks(gw)
+    checks = hostile.Run(gw)
     sockets = [hostile.raw_socket(ns, i) for ns, i in (("egt-net", "net-in"), ("egt-pc", "pc"), ("egt-pa", "pa"))]
     conformance.arrival(
-        checks,
-        gw,
-        *sockets,
-        mac(topo.gw, "gw-in"),
-        mac(topo.gw, "gw-out"),
-        mac(topo.pc, "pc"),
-        mac(topo.net, "net-in"),
+        checks, gw, *sockets, topo.gw.mac("gw-in"), topo.gw.mac("gw-out"), topo.pc.mac("pc"), topo.net.mac("net-in")
     )
-    assert checks.results and not checks.failed, checks.failed
+    assert checks.results and not checks.failures, checks.failures
 
 
 def test_the_gateway_logged_no_panic(gateway):

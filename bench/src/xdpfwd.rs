@@ -61,7 +61,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         return Err(format!("--seconds {}: must be in (0, {MAX_SECONDS}]", cli.seconds));
     }
     if let Some(c) = cli.core {
-        if !core_affinity_set(c) {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
             return Err(format!("could not pin to core {c}"));
         }
     }
@@ -119,19 +119,6 @@ fn run(cli: &Cli) -> Result<(), String> {
     }
     println!("xdpfwd: forwarded={forwarded} shed={shed}");
     Ok(())
-}
-
-fn core_affinity_set(core: usize) -> bool {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays in bounds
-    // for any core below CPU_SETSIZE, which the check ensures.
-    unsafe {
-        if core >= libc::CPU_SETSIZE as usize {
-            return false;
-        }
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    }
 }
 
 fn main() -> ExitCode {

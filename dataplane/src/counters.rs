@@ -67,7 +67,12 @@ macro_rules! counter_set {
 
             #[inline]
             pub fn drop(&mut self, reason: $reason) {
-                self.drops[reason as usize] += 1;
+                self.drop_n(reason, 1);
+            }
+
+            #[inline]
+            pub fn drop_n(&mut self, reason: $reason, n: u64) {
+                self.drops[reason as usize] += n;
             }
 
             pub fn dropped(&self, reason: $reason) -> u64 {

@@ -121,8 +121,7 @@ struct ReportCollector {
 
 impl Collector for ReportCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let rs: Vec<WorkerReport> =
-            self.reports.iter().map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
+        let rs: Vec<WorkerReport> = super::worker::read_reports(&self.reports);
         let info = self.info.lock().unwrap_or_else(|e| e.into_inner()).clone();
         encode_reports(&mut enc, &rs, &info)
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 /// usage, and a sample of sessions (the latest snapshot, at most 1000).
 pub fn control_report(reports: &[Arc<Mutex<WorkerReport>>]) -> egret_api::v1::Report {
     use egret_api::v1;
-    let rs: Vec<WorkerReport> = reports.iter().map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
+    let rs = worker::read_reports(reports);
     let mut total = crate::nat::Counters::default();
     let mut io = worker::IoCounters::default();
     for r in &rs {
@@ -56,10 +56,8 @@ pub fn control_report(reports: &[Arc<Mutex<WorkerReport>>]) -> egret_api::v1::Re
             e.1 += u.slice * 3;
         }
     }
-    let sessions = rs
+    let sessions = worker::sample_sessions(reports, worker::SESSION_SAMPLE)
         .iter()
-        .flat_map(|r| r.snapshot.iter())
-        .take(1000)
         .map(|s| v1::Session {
             protocol: crate::wire::IpProtocol::name_of(s.proto).into_owned(),
             pod_ip: s.pod.to_string(),

@@ -69,17 +69,17 @@ pub struct GuardStatus {
 }
 
 impl Status<'_> {
-    /// Writes the document to `path` through a rename, so a reader never
-    /// sees half of it.
     pub fn write(&self, path: &Path) {
-        let tmp = path.with_extension("tmp");
-        match serde_json::to_vec(self) {
-            Ok(b) => {
-                if std::fs::write(&tmp, b).and_then(|_| std::fs::rename(&tmp, path)).is_err() {
-                    tracing::warn!(path = %path.display(), "writing the status file failed");
-                }
-            }
-            Err(e) => tracing::error!(%e, "encoding the status file"),
+        if let Err(e) = write_json(path, self) {
+            tracing::warn!(path = %path.display(), error = %e, "writing the status file failed");
         }
     }
+}
+
+/// Writes `value` as JSON to `path` through a rename, so a reader never
+/// sees half of it (the status file, the saved sessions).
+pub fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(value)?)?;
+    std::fs::rename(&tmp, path)
 }

@@ -359,8 +359,7 @@ impl Gateway {
 
     fn write_status(&mut self, cfg: &NodeConfig) {
         let Some(path) = &cfg.status_file else { return };
-        let workers: Vec<WorkerReport> =
-            self.reports.iter().map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect();
+        let workers: Vec<WorkerReport> = super::worker::read_reports(&self.reports);
         let status = Status {
             plan: &self.plan_status,
             workers: &workers,
@@ -421,13 +420,7 @@ fn spawn_workers(workers: Vec<Worker>, cores: &[usize]) -> Vec<JoinHandle<NatEng
 }
 
 fn save_sessions(path: &Path, records: &[SessionRecord]) {
-    let tmp = path.with_extension("tmp");
-    match serde_json::to_vec(records) {
-        Ok(b) => {
-            if std::fs::write(&tmp, b).and_then(|_| std::fs::rename(&tmp, path)).is_err() {
-                tracing::error!(path = %path.display(), "saving sessions failed");
-            }
-        }
-        Err(e) => tracing::error!(%e, "encoding sessions"),
+    if let Err(e) = super::status::write_json(path, &records) {
+        tracing::error!(path = %path.display(), error = %e, "saving sessions failed");
     }
 }

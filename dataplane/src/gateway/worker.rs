@@ -121,6 +121,31 @@ pub struct WorkerReport {
     pub tunnels: Vec<TunnelReport>,
 }
 
+/// Every worker's figures, copied without the session snapshot: that may
+/// hold millions of sessions, and a worker waits on this lock to publish.
+pub fn read_reports(reports: &[Arc<Mutex<WorkerReport>>]) -> Vec<WorkerReport> {
+    reports
+        .iter()
+        .map(|r| {
+            let mut g = r.lock().unwrap_or_else(|e| e.into_inner());
+            let snapshot = std::mem::take(&mut g.snapshot);
+            let copy = g.clone();
+            g.snapshot = snapshot;
+            copy
+        })
+        .collect()
+}
+
+/// Up to `n` sessions of the workers' latest snapshots.
+pub fn sample_sessions(reports: &[Arc<Mutex<WorkerReport>>], n: usize) -> Vec<crate::nat::SessionRecord> {
+    let mut out = Vec::with_capacity(n);
+    for r in reports {
+        let g = r.lock().unwrap_or_else(|e| e.into_inner());
+        out.extend(g.snapshot.iter().take(n - out.len()).cloned());
+    }
+    out
+}
+
 /// What every worker shares, built once before any starts.
 #[derive(Clone)]
 pub struct WorkerShared {
@@ -285,7 +310,7 @@ impl Worker {
                     for d in self.tx[port].drain(..shed) {
                         self.io.release(d.addr);
                     }
-                    self.io_counters.drops[IoDrop::TxRingFull as usize] += shed as u64;
+                    self.io_counters.drop_n(IoDrop::TxRingFull, shed as u64);
                 }
                 work += usize::from(!self.tx[port].is_empty());
             }

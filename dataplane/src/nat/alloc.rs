@@ -54,14 +54,7 @@ impl NatEngine {
                 // The two slots this flow inserts into that no lookup has
                 // warmed: load them together, while the mapping is written.
                 self.mappings.prefetch_egress(&EndpointKey { proto: k.proto, ip: addr, port });
-                let out = FlowKey {
-                    proto: k.proto,
-                    local: addr,
-                    local_port: port,
-                    remote: k.remote,
-                    remote_port: k.remote_port,
-                };
-                self.sessions.prefetch_out_slot(&out);
+                self.sessions.prefetch_out_slot(&FlowKey { local: addr, local_port: port, ..*k });
                 let m = Mapping {
                     pod: k.local,
                     egress: addr,

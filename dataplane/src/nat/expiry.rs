@@ -67,7 +67,7 @@ impl NatEngine {
             self.fqdn.expire(secs);
         }
         let timed_out = self.frags.expire(now.millis());
-        self.counters.drops[DropReason::FragmentTimeout as usize] += timed_out;
+        self.counters.drop_n(DropReason::FragmentTimeout, timed_out);
         self.forget_idle();
         closed
     }

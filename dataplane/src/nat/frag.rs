@@ -214,7 +214,7 @@ impl NatEngine {
     /// counting the held followers whose TTL ran out while they waited.
     pub(super) fn record_fragment(&mut self, key: FragKey, action: FragAction, now: Time) {
         let expired = self.frags.record(key, action, now.millis());
-        self.counters.drops[DropReason::TtlExpired as usize] += expired;
+        self.counters.drop_n(DropReason::TtlExpired, expired);
     }
 
     /// A fragment after the first: translate as its first fragment was.

@@ -22,8 +22,8 @@ impl NatEngine {
     /// misses of a whole batch overlap instead of queueing (VPP-style).
     #[inline]
     pub fn prefetch_index(&self, pkt: &[u8]) {
-        if let Some((k, inside)) = self.peek_key(pkt) {
-            self.sessions.prefetch_slot(&k, inside);
+        if let Some((k, pod_config)) = self.peek_key(pkt) {
+            self.sessions.prefetch_slot(&k, pod_config.is_some());
         }
     }
 
@@ -32,11 +32,10 @@ impl NatEngine {
     /// the slot its mapping is looked up by.
     #[inline]
     pub fn prefetch_session(&self, pkt: &[u8]) {
-        if let Some((k, inside)) = self.peek_key(pkt) {
-            if !self.sessions.prefetch_session(&k, inside) && inside {
-                if let Some(pod) = self.pods.get(&k.local) {
-                    self.prefetch_mapping(&k, pod.config);
-                }
+        if let Some((k, pod_config)) = self.peek_key(pkt) {
+            let found = self.sessions.prefetch_session(&k, pod_config.is_some());
+            if let (false, Some(ci)) = (found, pod_config) {
+                self.prefetch_mapping(&k, ci);
             }
         }
     }
@@ -50,10 +49,11 @@ impl NatEngine {
         }
     }
 
-    /// The key a packet's session would be found by; bounds-checked only,
-    /// since it serves nothing but prefetching.
+    /// The key a packet's session would be found by, and for a packet from
+    /// a pod its config; bounds-checked only, since it serves nothing but
+    /// prefetching.
     #[inline]
-    pub(super) fn peek_key(&self, pkt: &[u8]) -> Option<(FlowKey, bool)> {
+    pub(super) fn peek_key(&self, pkt: &[u8]) -> Option<(FlowKey, Option<u16>)> {
         let ip = Ipv4Packet::new_header_checked(pkt).ok()?;
         if ip.is_fragment() {
             return None;
@@ -65,9 +65,9 @@ impl NatEngine {
         }
         let (src, dst) = (u32::from_be_bytes(ip.src()), u32::from_be_bytes(ip.dst()));
         let ports = Transport::new_unchecked(l4b, proto).ports();
-        if self.pods.contains_key(&src) {
-            return Some((FlowKey::outbound(proto.number(), src, dst, ports), true));
+        if let Some(pod) = self.pods.get(&src) {
+            return Some((FlowKey::outbound(proto.number(), src, dst, ports), Some(pod.config)));
         }
-        Some((FlowKey::inbound(proto.number(), src, dst, ports), false))
+        Some((FlowKey::inbound(proto.number(), src, dst, ports), None))
     }
 }

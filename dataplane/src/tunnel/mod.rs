@@ -417,7 +417,7 @@ impl Tunnel {
     /// it has heard from: it knows no endpoint before that).
     pub fn send(&mut self, pod: Ipv4Addr, inner: &[u8], out: &mut [u8]) -> Option<(usize, SocketAddrV4)> {
         if out.len() < (inner.len() + DATA_OVERHEAD).max(MIN_OUT) {
-            self.counters.drops[TunnelDrop::Malformed as usize] += 1;
+            self.counters.drop(TunnelDrop::Malformed);
             return None;
         }
         let sent = self.by_pod.get(&pod).and_then(|&slot| {
@@ -433,7 +433,7 @@ impl Tunnel {
                 self.counters.tx_packets += 1;
                 self.counters.tx_bytes += inner.len() as u64;
             }
-            None => self.counters.drops[TunnelDrop::NoSession as usize] += 1,
+            None => self.counters.drop(TunnelDrop::NoSession),
         }
         sent
     }
@@ -486,7 +486,7 @@ impl Tunnel {
             };
         };
         // The datagram itself is dropped either way.
-        self.counters.drops[TunnelDrop::UnknownPeer as usize] += 1;
+        self.counters.drop(TunnelDrop::UnknownPeer);
         let peer = self.peers[slot as usize].as_mut().expect("indexed peer");
         match peer.tunn.format_handshake_initiation(out, false) {
             TunnResult::WriteToNetwork(init) => {
@@ -502,11 +502,11 @@ impl Tunnel {
 
     /// Counts a drop the stage around the tunnel decided.
     pub fn count_drop(&mut self, r: TunnelDrop) {
-        self.counters.drops[r as usize] += 1;
+        self.counters.drop(r);
     }
 
     fn drop(&mut self, r: TunnelDrop) -> Received {
-        self.counters.drops[r as usize] += 1;
+        self.counters.drop(r);
         Received::Drop(r)
     }
 }
