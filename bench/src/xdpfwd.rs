@@ -1,17 +1,19 @@
 //! egret-xdpfwd: the I/O floor of `bench/run.sh`. The gateway's own
 //! steering program and AF_XDP sockets (`egret_dataplane::gateway`'s
 //! `Steering` and `WorkerIo`, same UMEM and ring sizes, one worker on one
-//! core), but no NAT: every frame from the pod is readdressed to the sink's
+//! core, the same RX latency bound), but no NAT: every frame from the pod is readdressed to the sink's
 //! MAC and sent out of the outside interface. What this moves is what Egret
 //! could move at best on the same path; Egret's figure over this one is the
 //! share of the floor it reaches.
 //!
 //! ```text
 //! egret-xdpfwd --inside IF --outside IF --pod IP --dst-mac MAC --seconds S [--ring N] [--core C]
+//!              [--rx-latency-budget-us US]
 //! ```
 
 use clap::Parser;
 use egret_bench::mac;
+use egret_dataplane::gateway::rx_bound::RxBound;
 use egret_dataplane::gateway::xdp::Steering;
 use egret_dataplane::gateway::xsk::{WorkerIo, XskSizes};
 use egret_dataplane::wire::ethernet::EthernetFrame;
@@ -44,6 +46,9 @@ struct Cli {
     /// Core to pin to.
     #[arg(long)]
     core: Option<usize>,
+    /// RX latency budget, as the gateway's `umem.rx_latency_budget_us`.
+    #[arg(long, default_value_t = 250)]
+    rx_latency_budget_us: u32,
 }
 
 const BATCH: u32 = 64;
@@ -86,15 +91,31 @@ fn run(cli: &Cli) -> Result<(), String> {
     println!("ready");
     let (mut rx, mut tx) = (Vec::with_capacity(BATCH as usize), Vec::with_capacity(4 * BATCH as usize));
     let (mut forwarded, mut shed) = (0u64, 0u64);
-    let end = Instant::now() + Duration::from_secs_f64(cli.seconds);
-    while Instant::now() < end && !STOP.load(Ordering::Relaxed) {
+    let (mut bound, mut turn_ns, mut turn_frames) = (RxBound::new(cli.rx_latency_budget_us, 1), 0u64, 0usize);
+    let (mut latency_shed, start) = (0u64, Instant::now());
+    let end = start + Duration::from_secs_f64(cli.seconds);
+    while !STOP.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        // The gateway's RX latency bound, so that the floor differs from
+        // Egret by the NAT alone.
+        let now_ns = (now - start).as_nanos() as u64;
+        bound.observe(turn_frames, now_ns - turn_ns);
+        turn_ns = now_ns;
         for port in 0..2 {
             io.service(port);
+        }
+        let excess = bound.excess(0, io.rx_queued(0), now_ns);
+        if excess > 0 {
+            latency_shed += u64::from(io.shed(0, excess));
         }
         rx.clear();
         if tx.len() < 2 * BATCH as usize {
             io.receive(0, &mut rx, BATCH);
         }
+        turn_frames = rx.len();
         for d in rx.drain(..) {
             // SAFETY: a received descriptor is ours until sent or released.
             EthernetFrame::new_unchecked(unsafe { io.frame_mut(d.addr) }).readdress(cli.dst_mac, out_mac);
@@ -117,7 +138,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             io.release(d.addr);
         }
     }
-    println!("xdpfwd: forwarded={forwarded} shed={shed}");
+    println!("xdpfwd: forwarded={forwarded} shed={shed} latency_shed={latency_shed}");
     Ok(())
 }
 

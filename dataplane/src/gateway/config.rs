@@ -32,6 +32,10 @@ pub struct UmemSettings {
     pub frame_size: u32,
     #[serde(default = "default_ring")]
     pub ring: u32,
+    /// How long a frame may wait in an RX ring under a standing overload
+    /// before the oldest are shed (see `rx_bound`); 0: as long as the ring holds.
+    #[serde(default = "default_rx_latency_budget_us")]
+    pub rx_latency_budget_us: u32,
 }
 
 fn default_frames() -> u32 {
@@ -43,10 +47,20 @@ fn default_frame_size() -> u32 {
 fn default_ring() -> u32 {
     2048
 }
+fn default_rx_latency_budget_us() -> u32 {
+    250
+}
+/// A budget beyond this is no bound at all (the ring is shorter).
+const MAX_RX_LATENCY_BUDGET_US: u32 = 100_000;
 
 impl Default for UmemSettings {
     fn default() -> Self {
-        UmemSettings { frames: default_frames(), frame_size: default_frame_size(), ring: default_ring() }
+        UmemSettings {
+            frames: default_frames(),
+            frame_size: default_frame_size(),
+            ring: default_ring(),
+            rx_latency_budget_us: default_rx_latency_budget_us(),
+        }
     }
 }
 
@@ -158,6 +172,12 @@ impl NodeConfig {
         if !c.umem.ring.is_power_of_two() || c.umem.ring > c.umem.frames {
             return Err(bad(format!("umem.ring = {} must be a power of two no larger than umem.frames", c.umem.ring)));
         }
+        if c.umem.rx_latency_budget_us > MAX_RX_LATENCY_BUDGET_US {
+            return Err(bad(format!(
+                "umem.rx_latency_budget_us = {} must be at most {MAX_RX_LATENCY_BUDGET_US} (0: no bound)",
+                c.umem.rx_latency_budget_us
+            )));
+        }
         match (&c.plan_file, &c.control) {
             (None, None) => return Err(bad("plan_file is required when no [control] is configured".into())),
             (Some(_), Some(_)) => {
@@ -235,5 +255,34 @@ pub(super) fn reload_settings(path: &Path, cfg: &mut NodeConfig) {
     .collect();
     if !restart.is_empty() {
         tracing::warn!(fields = ?restart, "SIGHUP: these settings changed and need a restart to apply");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loads `extra` appended to a minimal valid config.
+    fn load_with(extra: &str) -> Result<NodeConfig, ConfigError> {
+        let path = std::env::temp_dir().join(format!("egret-config-test-{}-{}.toml", std::process::id(), extra.len()));
+        let text = format!(
+            "router_ip = \"198.18.0.1\"\nplan_file = \"/nonexistent/plan.yaml\"\n[interfaces]\ninside = \"gw-in\"\n{extra}"
+        );
+        std::fs::write(&path, text).unwrap();
+        let c = NodeConfig::load(&path);
+        let _ = std::fs::remove_file(&path);
+        c
+    }
+
+    #[test]
+    fn the_rx_latency_budget_defaults_to_250_us() {
+        assert_eq!(load_with("").unwrap().umem.rx_latency_budget_us, 250);
+        assert_eq!(load_with("[umem]\nrx_latency_budget_us = 0\n").unwrap().umem.rx_latency_budget_us, 0);
+    }
+
+    #[test]
+    fn an_rx_latency_budget_past_100_ms_is_refused_by_name() {
+        let e = load_with("[umem]\nrx_latency_budget_us = 200000\n").unwrap_err().to_string();
+        assert!(e.contains("umem.rx_latency_budget_us = 200000 must be at most 100000"), "{e}");
     }
 }

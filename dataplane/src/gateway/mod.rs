@@ -13,6 +13,7 @@ pub mod netlink;
 pub mod nexthop;
 pub mod probe;
 pub mod report;
+pub mod rx_bound;
 pub mod service;
 pub mod source;
 pub mod status;

@@ -150,6 +150,7 @@ impl Gateway {
                 index,
                 side_port: [0, usize::from(ifaces.len() > 1)],
                 snapshot_every: Duration::from_secs(cfg.snapshot_interval_secs),
+                rx_latency_budget_us: cfg.umem.rx_latency_budget_us,
             };
             workers.push(Worker::new(conf, io, engine, tunnels, &shared));
         }

@@ -6,7 +6,8 @@
 
 use super::natlog::{LogQueue, LogRecord};
 use super::nexthop::{Miss, NextHops};
-use super::xsk::WorkerIo;
+use super::rx_bound::RxBound;
+use super::xsk::{SocketDrops, WorkerIo};
 use crate::nat::CompiledPlan;
 use crate::nat::{NatEngine, ReleaseTo, Side, Time, Verdict};
 use crate::tunnel::stage::TunnelReport;
@@ -24,6 +25,9 @@ pub const BATCH: usize = 64;
 pub const HANDOFF_BYTES: usize = 2048;
 /// Frames waiting for a TX ring beyond which a worker stops receiving.
 const TX_BACKLOG: usize = 512;
+/// How long a worker with nothing to do keeps polling its rings before it
+/// sleeps in poll().
+const SPIN_BEFORE_SLEEP_NS: u64 = 1_000_000;
 /// Frames held while the kernel resolves their next hop (Linux holds up
 /// to 101 per neighbour), and how long they wait.
 const PENDING_MAX: usize = 256;
@@ -75,6 +79,17 @@ crate::counters::reasons! {
         NoFreeFrame = "no_free_frame",
         /// The owning worker's handoff ring, or the frame pool, was full.
         HandoffOverflow = "handoff_overflow",
+        /// Lost in the kernel before the worker saw it: the AF_XDP socket
+        /// had no fill-ring buffer for the frame.
+        SocketNoBuffer = "socket_no_buffer",
+        /// Lost in the kernel: the AF_XDP socket's RX ring was full (the
+        /// worker fell behind).
+        SocketRxRingFull = "socket_rx_ring_full",
+        /// Descriptors the kernel refused on an AF_XDP ring.
+        SocketInvalidDesc = "socket_invalid_desc",
+        /// Shed unread from the head of an RX ring whose queue stood above
+        /// the latency budget (`umem.rx_latency_budget_us`) for an interval.
+        RxLatencyShed = "rx_latency_shed",
     }
 }
 
@@ -170,6 +185,8 @@ pub struct WorkerConfig {
     pub side_port: [usize; 2],
     /// How often the session snapshot in the report is refreshed.
     pub snapshot_every: Duration,
+    /// How long a frame may wait in an RX ring (0: no bound).
+    pub rx_latency_budget_us: u32,
 }
 
 pub struct Worker {
@@ -202,6 +219,9 @@ pub struct Worker {
     /// Deny log lines left this second, and the second they count for.
     deny_log_budget: (u64, u32),
     deny_logs_suppressed: u64,
+    /// The sockets' kernel drop counts as last read (they are cumulative).
+    socket_drops: SocketDrops,
+    rx_bound: RxBound,
 }
 
 /// Policy denials logged per worker per second; the rest are counted.
@@ -215,7 +235,8 @@ impl Worker {
         tunnels: TunnelStage,
         shared: &WorkerShared,
     ) -> Worker {
-        let tx = (0..io.ports.len()).map(|_| Vec::with_capacity(4 * TX_BACKLOG)).collect();
+        let io_ports = io.ports.len();
+        let tx = (0..io_ports).map(|_| Vec::with_capacity(4 * TX_BACKLOG)).collect();
         let shared = shared.clone();
         Worker {
             index: conf.index,
@@ -240,6 +261,8 @@ impl Worker {
             pending: Vec::with_capacity(PENDING_MAX),
             deny_log_budget: (0, DENY_LOGS_PER_SEC),
             deny_logs_suppressed: 0,
+            socket_drops: SocketDrops::default(),
+            rx_bound: RxBound::new(conf.rx_latency_budget_us, io_ports),
         }
     }
 
@@ -251,7 +274,9 @@ impl Worker {
     /// (including the session snapshot) published.
     pub fn run(mut self) -> NatEngine {
         let mut rx: Vec<XdpDesc> = Vec::with_capacity(BATCH);
-        let mut idle = 0u32;
+        // When this turn started, when the last one that had work did, and
+        // the frames the last turn received.
+        let (mut turn_ns, mut busy_ns, mut turn_frames) = (0u64, 0u64, 0usize);
         let mut last_report = Instant::now();
         let mut last_snapshot = Instant::now();
         let fds: Vec<libc::pollfd> = (0..self.io.ports.len())
@@ -259,7 +284,14 @@ impl Worker {
             .collect();
         while !self.stop.load(Ordering::Relaxed) {
             self.heartbeat.fetch_add(1, Ordering::Relaxed);
-            let now = self.now();
+            let elapsed = self.epoch.elapsed();
+            let now = Time::from_millis(elapsed.as_millis() as u64);
+            let now_ns = elapsed.as_nanos() as u64;
+            // A turn's cost, receive to transmit, is the time per frame the
+            // latency bound converts occupancy with.
+            self.rx_bound.observe(turn_frames, now_ns.saturating_sub(turn_ns));
+            turn_ns = now_ns;
+            turn_frames = 0;
             let plan = self.plan.load();
             if !Arc::ptr_eq(&plan, self.engine.plan()) {
                 self.engine.apply_plan(Arc::clone(&plan), now);
@@ -269,12 +301,18 @@ impl Worker {
             for port in 0..self.io.ports.len() {
                 self.io.service(port);
                 rx.clear();
+                let excess = self.rx_bound.excess(port, self.io.rx_queued(port), now_ns);
+                if excess > 0 {
+                    let shed = self.io.shed(port, excess);
+                    self.io_counters.drop_n(IoDrop::RxLatencyShed, u64::from(shed));
+                }
                 // Backpressure: while a TX backlog waits, leave packets in
                 // the kernel's RX ring rather than drop them here.
                 if self.tx.iter().all(|t| t.len() < TX_BACKLOG) {
                     self.io.receive(port, &mut rx, BATCH as u32);
                 }
                 work += rx.len();
+                turn_frames += rx.len();
                 self.io_counters.rx_packets += rx.len() as u64;
                 if self.engine.prefetch_worthwhile() {
                     for d in &rx {
@@ -326,15 +364,14 @@ impl Worker {
                 }
                 last_report = Instant::now();
             }
-            if work == 0 {
-                idle += 1;
-                if idle > 256 {
-                    // Nothing for a while: sleep in poll() until traffic or 1 ms.
-                    let mut f = fds.clone();
-                    unsafe { libc::poll(f.as_mut_ptr(), f.len() as libc::nfds_t, 1) };
-                }
-            } else {
-                idle = 0;
+            if work > 0 {
+                busy_ns = now_ns;
+            } else if now_ns.saturating_sub(busy_ns) > SPIN_BEFORE_SLEEP_NS {
+                // Nothing for a while: sleep in poll() until traffic or 1 ms.
+                // Spinning first keeps a wake-up (tens of µs) off every
+                // packet of a sparse flow.
+                let mut f = fds.clone();
+                unsafe { libc::poll(f.as_mut_ptr(), f.len() as libc::nfds_t, 1) };
             }
         }
         self.publish(true);
@@ -349,6 +386,15 @@ impl Worker {
         r.sessions = self.engine.session_count();
         r.sessions_by_config = self.engine.sessions_by_config();
         self.io_counters.handoff_ring_depth = self.inbox.len() as u64;
+        let s = self.io.socket_drops();
+        let was = std::mem::replace(&mut self.socket_drops, s);
+        for (reason, total, seen) in [
+            (IoDrop::SocketNoBuffer, s.no_buffer, was.no_buffer),
+            (IoDrop::SocketRxRingFull, s.rx_ring_full, was.rx_ring_full),
+            (IoDrop::SocketInvalidDesc, s.invalid_desc, was.invalid_desc),
+        ] {
+            self.io_counters.drop_n(reason, total.saturating_sub(seen));
+        }
         r.io = self.io_counters.clone();
         r.nat = self.engine.counters().clone();
         r.ports = self.engine.port_usage();

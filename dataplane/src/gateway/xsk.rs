@@ -23,6 +23,17 @@ pub struct XskSizes {
     pub ring: u32,
 }
 
+/// Frames an AF_XDP socket lost in the kernel (`XDP_STATISTICS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketDrops {
+    /// No fill-ring buffer for an arriving frame, or it did not fit one.
+    pub no_buffer: u64,
+    /// The RX ring was full: the worker fell behind.
+    pub rx_ring_full: u64,
+    /// Descriptors the kernel refused on the RX or TX ring.
+    pub invalid_desc: u64,
+}
+
 /// One AF_XDP socket bound to (interface, queue).
 pub struct Port {
     pub ifname: String,
@@ -211,7 +222,9 @@ impl WorkerIo {
         // Keep some frames back for TX of replies and handoffs.
         let spare = self.free.len().saturating_sub(64) as u32;
         if spare > 0 {
-            let mut f = p.device.fill(spare.min(256));
+            // As many as the ring takes: frames shed unread come back here
+            // faster than a batch a turn.
+            let mut f = p.device.fill(spare);
             let n = f.capacity() as usize;
             let start = self.free.len() - n.min(self.free.len());
             let inserted = f.insert(self.free[start..].iter().copied()) as usize;
@@ -231,6 +244,27 @@ impl WorkerIo {
             out.push(d);
         }
         r.release();
+    }
+
+    /// Frames waiting in `port`'s RX ring (advisory: the kernel may be adding).
+    #[inline]
+    pub fn rx_queued(&self, port: usize) -> u32 {
+        self.ports[port].rx.available()
+    }
+
+    /// Takes up to `n` frames from the head of `port`'s RX ring and frees
+    /// them unread; returns how many.
+    pub fn shed(&mut self, port: usize, n: u32) -> u32 {
+        let fs = u64::from(self.frame_size);
+        let p = &mut self.ports[port];
+        let mut r = p.rx.receive(n);
+        let mut shed = 0;
+        while let Some(d) = r.read() {
+            self.free.push(d.addr / fs * fs);
+            shed += 1;
+        }
+        r.release();
+        shed
     }
 
     /// Queues frames on `port`'s TX ring and kicks the kernel; returns how
@@ -255,6 +289,21 @@ impl WorkerIo {
             p.tx.wake();
         }
         sent
+    }
+
+    /// What the kernel dropped before the worker saw it, summed over this
+    /// worker's sockets (cumulative, as the kernel counts).
+    pub fn socket_drops(&self) -> SocketDrops {
+        let mut sum = SocketDrops::default();
+        for p in &self.ports {
+            // Kernels before 5.9 lack these: count nothing rather than fail.
+            if let Ok(s) = p.device.statistics_v2() {
+                sum.no_buffer += s.rx_dropped;
+                sum.rx_ring_full += s.rx_ring_full;
+                sum.invalid_desc += s.rx_invalid_descs + s.tx_invalid_descs;
+            }
+        }
+        sum
     }
 
     /// The descriptor for `len` bytes at the frame `addr` starts.

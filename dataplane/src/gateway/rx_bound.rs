@@ -1,0 +1,160 @@
+//! How long a frame may wait in an RX ring before the worker takes it.
+//!
+//! A 2,048-frame ring is milliseconds of queue at a veth's rate: under a
+//! standing overload every frame forwarded would have waited that long.
+//! AF_XDP stamps nothing, so the wait is estimated as the ring's occupancy
+//! times the worker's measured time per frame, and CoDel's rule (RFC 8289)
+//! decides what to shed: a queue above the budget that falls back within an
+//! interval (two budgets) is a burst and passes whole; one that stays above it
+//! for a whole interval is standing, and from then until it first falls back the oldest
+//! frames beyond the budget are shed at every turn (the head, not the tail,
+//! so what is forwarded is fresh). A frame forwarded has then waited about
+//! the budget, an interval at most more.
+
+/// Frames always allowed to queue, whatever the estimate: one receive batch
+/// and the next.
+const MIN_FRAMES: u64 = 2 * super::worker::BATCH as u64;
+/// Turns handling fewer frames than this say more about the loop's fixed
+/// cost than about the time per frame.
+const MIN_SAMPLE: usize = super::worker::BATCH / 2;
+/// How long, in budgets, a queue must stay above the budget to be standing:
+/// a burst that one worker turn after another drains within it passes.
+const INTERVAL_BUDGETS: u64 = 2;
+/// Time per frame assumed before any is measured: small, so nothing is shed
+/// on a guess.
+const INITIAL_NS_PER_FRAME: u64 = 100;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RingState {
+    /// When the queue was first seen above the budget, this time.
+    above_since: Option<u64>,
+    /// Standing: shed at every turn until the queue falls back.
+    shedding: bool,
+}
+
+/// The latency bound of one worker's RX rings.
+#[derive(Debug, Clone)]
+pub struct RxBound {
+    budget_ns: u64,
+    /// Time per frame, 1/8 EWMA of busy turns, in ns × 8 (fixed point).
+    ns_per_frame_x8: u64,
+    rings: Vec<RingState>,
+}
+
+impl RxBound {
+    /// A bound of `budget_us` microseconds (0: none) over `rings` rings.
+    pub fn new(budget_us: u32, rings: usize) -> RxBound {
+        RxBound {
+            budget_ns: u64::from(budget_us) * 1000,
+            ns_per_frame_x8: INITIAL_NS_PER_FRAME * 8,
+            rings: vec![RingState::default(); rings],
+        }
+    }
+
+    /// Learns the time per frame from a turn of the loop that handled
+    /// `frames` in `ns`.
+    #[inline]
+    pub fn observe(&mut self, frames: usize, ns: u64) {
+        if frames >= MIN_SAMPLE {
+            let sample = ns.saturating_mul(8) / frames as u64;
+            self.ns_per_frame_x8 = self.ns_per_frame_x8 - self.ns_per_frame_x8 / 8 + sample / 8;
+        }
+    }
+
+    /// The time per frame measured so far, in ns.
+    pub fn ns_per_frame(&self) -> u64 {
+        self.ns_per_frame_x8 / 8
+    }
+
+    /// Frames that fit in the budget at the measured time per frame.
+    pub fn limit(&self) -> u64 {
+        (self.budget_ns * 8 / self.ns_per_frame_x8.max(1)).max(MIN_FRAMES)
+    }
+
+    /// How many of the `queued` frames waiting in `ring` at `now_ns` to
+    /// shed from its head.
+    #[inline]
+    pub fn excess(&mut self, ring: usize, queued: u32, now_ns: u64) -> u32 {
+        if self.budget_ns == 0 {
+            return 0;
+        }
+        let limit = self.limit();
+        let interval = INTERVAL_BUDGETS * self.budget_ns;
+        let st = &mut self.rings[ring];
+        let queued = u64::from(queued);
+        if queued <= limit {
+            *st = RingState::default();
+            return 0;
+        }
+        if !st.shedding {
+            match st.above_since {
+                None => {
+                    st.above_since = Some(now_ns);
+                    return 0;
+                }
+                Some(t) if now_ns.saturating_sub(t) < interval => return 0,
+                Some(_) => st.shedding = true,
+            }
+        }
+        (queued - limit) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bound of 250 µs whose worker takes 1 µs per frame: 250 frames.
+    fn measured() -> RxBound {
+        let mut b = RxBound::new(250, 1);
+        for _ in 0..200 {
+            b.observe(64, 64_000);
+        }
+        b
+    }
+
+    #[test]
+    fn the_time_per_frame_is_learned_from_busy_turns_only() {
+        let mut b = measured();
+        assert_eq!(b.ns_per_frame(), 1000);
+        b.observe(1, 50_000);
+        assert_eq!(b.ns_per_frame(), 1000, "a one-frame turn is the loop's fixed cost, not a sample");
+        assert_eq!(b.limit(), 250);
+    }
+
+    #[test]
+    fn a_burst_that_drains_within_the_interval_is_not_shed() {
+        let mut b = measured();
+        assert_eq!(b.excess(0, 2000, 0), 0);
+        assert_eq!(b.excess(0, 1000, 100_000), 0);
+        assert_eq!(b.excess(0, 200, 200_000), 0, "back under the budget");
+        assert_eq!(b.excess(0, 2000, 300_000), 0, "a new burst starts a new interval");
+        assert_eq!(b.excess(0, 2000, 700_000), 0, "still within the new interval");
+    }
+
+    #[test]
+    fn a_standing_queue_is_shed_from_the_head_down_to_the_budget() {
+        let mut b = measured();
+        assert_eq!(b.excess(0, 2000, 0), 0);
+        assert_eq!(b.excess(0, 1800, 250_000), 0);
+        assert_eq!(b.excess(0, 1500, 500_000), 1250, "above the budget for a whole interval");
+        assert_eq!(b.excess(0, 300, 510_000), 50, "shedding goes on until the queue falls back");
+        assert_eq!(b.excess(0, 250, 520_000), 0);
+        assert_eq!(b.excess(0, 300, 530_000), 0, "fallen back: the next excess is a burst again");
+    }
+
+    #[test]
+    fn a_budget_of_zero_sheds_nothing() {
+        let mut b = RxBound::new(0, 1);
+        b.observe(64, 640_000);
+        assert_eq!(b.excess(0, 2048, 0), 0);
+        assert_eq!(b.excess(0, 2048, 10_000_000), 0);
+    }
+
+    #[test]
+    fn at_least_two_batches_may_always_queue() {
+        let mut b = RxBound::new(1, 1);
+        b.observe(64, 64_000_000);
+        assert_eq!(b.limit(), MIN_FRAMES);
+    }
+}
