@@ -5,8 +5,9 @@
 //! AF_XDP stamps nothing, so the wait is estimated as the ring's occupancy
 //! times the worker's measured time per frame, and CoDel's rule (RFC 8289)
 //! decides what to shed: a queue above the budget that falls back within an
-//! interval (two budgets) is a burst and passes whole; one that stays above it
-//! for a whole interval is standing, and from then until it first falls back the oldest
+//! interval (four budgets), or drains fast enough to within the next, is a
+//! burst and passes whole; one that stays above it for a whole interval
+//! and does not drain is standing, and from then until it first falls back the oldest
 //! frames beyond the budget are shed at every turn (the head, not the tail,
 //! so what is forwarded is fresh). A frame forwarded has then waited about
 //! the budget, an interval at most more.
@@ -18,16 +19,17 @@ const MIN_FRAMES: u64 = 2 * super::worker::BATCH as u64;
 /// cost than about the time per frame.
 const MIN_SAMPLE: usize = super::worker::BATCH / 2;
 /// How long, in budgets, a queue must stay above the budget to be standing:
-/// a burst that one worker turn after another drains within it passes.
-const INTERVAL_BUDGETS: u64 = 2;
+/// long enough that the backlog of a worker descheduled for a millisecond
+/// or two drains (at light load) before anything is shed.
+const INTERVAL_BUDGETS: u64 = 4;
 /// Time per frame assumed before any is measured: small, so nothing is shed
 /// on a guess.
 const INITIAL_NS_PER_FRAME: u64 = 100;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct RingState {
-    /// When the queue was first seen above the budget, this time.
-    above_since: Option<u64>,
+    /// When this interval above the budget began, and the queue then.
+    above_since: Option<(u64, u64)>,
     /// Standing: shed at every turn until the queue falls back.
     shedding: bool,
 }
@@ -89,10 +91,17 @@ impl RxBound {
         if !st.shedding {
             match st.above_since {
                 None => {
-                    st.above_since = Some(now_ns);
+                    st.above_since = Some((now_ns, queued));
                     return 0;
                 }
-                Some(t) if now_ns.saturating_sub(t) < interval => return 0,
+                Some((t, _)) if now_ns.saturating_sub(t) < interval => return 0,
+                // Draining fast enough to be back under the budget within
+                // another interval (a descheduled worker's backlog at light
+                // load): watch another interval.
+                Some((_, then)) if queued - limit <= then.saturating_sub(queued) => {
+                    st.above_since = Some((now_ns, queued));
+                    return 0;
+                }
                 Some(_) => st.shedding = true,
             }
         }
@@ -129,18 +138,27 @@ mod tests {
         assert_eq!(b.excess(0, 1000, 100_000), 0);
         assert_eq!(b.excess(0, 200, 200_000), 0, "back under the budget");
         assert_eq!(b.excess(0, 2000, 300_000), 0, "a new burst starts a new interval");
-        assert_eq!(b.excess(0, 2000, 700_000), 0, "still within the new interval");
+        assert_eq!(b.excess(0, 2000, 1_200_000), 0, "still within the new interval");
     }
 
     #[test]
     fn a_standing_queue_is_shed_from_the_head_down_to_the_budget() {
         let mut b = measured();
         assert_eq!(b.excess(0, 2000, 0), 0);
-        assert_eq!(b.excess(0, 1800, 250_000), 0);
-        assert_eq!(b.excess(0, 1500, 500_000), 1250, "above the budget for a whole interval");
-        assert_eq!(b.excess(0, 300, 510_000), 50, "shedding goes on until the queue falls back");
-        assert_eq!(b.excess(0, 250, 520_000), 0);
-        assert_eq!(b.excess(0, 300, 530_000), 0, "fallen back: the next excess is a burst again");
+        assert_eq!(b.excess(0, 1800, 999_000), 0);
+        assert_eq!(b.excess(0, 1500, 1_000_000), 1250, "above the budget for a whole interval");
+        assert_eq!(b.excess(0, 300, 1_010_000), 50, "shedding goes on until the queue falls back");
+        assert_eq!(b.excess(0, 250, 1_020_000), 0);
+        assert_eq!(b.excess(0, 300, 1_030_000), 0, "fallen back: the next excess is a burst again");
+    }
+
+    #[test]
+    fn a_backlog_draining_within_the_next_interval_is_not_shed() {
+        let mut b = measured();
+        assert_eq!(b.excess(0, 2000, 0), 0, "a worker back from a stall finds a backlog");
+        assert_eq!(b.excess(0, 1100, 1_000_000), 0, "900 drained in an interval, 850 to go: left to drain");
+        assert_eq!(b.excess(0, 800, 2_000_000), 550, "300 drained, 550 to go: too slow, shed");
+        assert_eq!(b.excess(0, 400, 2_010_000), 150, "and shed from then on");
     }
 
     #[test]
