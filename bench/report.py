@@ -4,6 +4,7 @@ markdown report and an SVG chart (written by hand: no plotting library).
 
 usage: bench/report.py RESULTS.jsonl [--md OUT.md] [--svg OUT.svg]
                        [--command CMD] [--machine TEXT] [--elapsed SECONDS]
+                       [--readme README.md]   (--all: the README's headline table)
 """
 import argparse
 import json
@@ -100,6 +101,7 @@ EXPLAIN = {
 
 
 SEEN = set()
+GROUPS = OrderedDict()
 
 
 def table(groups):
@@ -135,6 +137,7 @@ def table(groups):
         cont = max(g["contention"]) if g["contention"] else None
         out.append(
             {
+                "floor": f,
                 "scenario": sc,
                 "case": case,
                 "metric": metric,
@@ -172,6 +175,86 @@ def targets(groups):
     no_evict = ev is not None and ev[2] == 0
     res.append(("≥ 4× the kernel's concurrent sessions, no live session evicted", r, r is not None and r >= 4 and no_evict))
     return res
+
+
+def targets_16(groups):
+    """Issue 16's targets: the floor share, p99 under load, new flows."""
+    def find(sc, case_part, metric):
+        for (s, case, m), g in groups.items():
+            if s == sc and case_part in case and m == metric:
+                return g
+        return None
+
+    res = []
+    for flows in ("100000", "1000000"):
+        g = find(1, f"{flows} flows", "Mpps")
+        e, f = (stat(g["egret"]), stat(g["floor"])) if g else (None, None)
+        share = e[0] / f[0] if e and f else None
+        res.append((f"≥ 95% of the I/O floor at {int(flows):,} flows", share, share is not None and share >= 0.95, "%"))
+    g = find(2, "UDP", "new flows/s (k)")
+    r = ratio(stat(g["egret"]), stat(g["kernel"])) if g else None
+    res.append(("≥ 3× the kernel's new UDP flows per second", r, r is not None and r >= 3, "×"))
+    g = find(2, "TCP", "handshakes/s (k)")
+    r = ratio(stat(g["egret"]), stat(g["kernel"])) if g else None
+    res.append(("≥ 2× the kernel's TCP handshakes per second", r, r is not None and r >= 2, "×"))
+    g = find(5, "80% load", "p99 us")
+    if g and g["egret"] and g["kernel"] and len(g["egret"]) == len(g["kernel"]):
+        # Runs are interleaved: run i of each system shares the box's state.
+        worse = sum(e > k for e, k in zip(g["egret"], g["kernel"]))
+        r = ratio(stat(g["egret"]), stat(g["kernel"]))
+        res.append((f"p99 at 80% load at or below the kernel's in every run ({worse} of {len(g['egret'])} above)", r, worse == 0, "×"))
+    else:
+        res.append(("p99 at 80% load at or below the kernel's in every run", None, False, "×"))
+    return res
+
+
+def fmt_target(r, unit):
+    return f"{100 * r:.0f}%" if unit == "%" else f"{r:.2f}×"
+
+
+# The README's headline rows: (scenario, case contains, metric, label).
+HEADLINE = [
+    (1, "100000 flows", "Mpps", "64 B UDP, 100k flows (Mpps)"),
+    (1, "1000000 flows", "Mpps", "64 B UDP, 1M flows (Mpps)"),
+    (2, "UDP", "new flows/s (k)", "new UDP flows/s (k)"),
+    (2, "TCP", "handshakes/s (k)", "TCP handshakes/s (k)"),
+    (3, "concurrent sessions", "sessions held", "concurrent sessions, none evicted"),
+    (4, "port-reuse", "flows translated of 1200k", "flows translated of 1.2M, /28 port reuse vs one address"),
+    (5, "idle", "p99 us", "round trip p99, idle (µs)"),
+    (5, "80% load", "p50 us", "round trip p50 at 80% load (µs)"),
+    (5, "80% load", "p99 us", "round trip p99 at 80% load (µs)"),
+]
+README_BEGIN = "<!-- bench/report.py --readme: begin -->"
+README_END = "<!-- bench/report.py --readme: end -->"
+
+
+def readme_block(rows, t16, args):
+    out = [README_BEGIN, "", f"`{args.command}`, {args.machine}; medians of interleaved runs, written by `bench/report.py --readme`:", ""]
+    out.append("| | Egret | kernel | Egret ÷ kernel | I/O floor (no NAT) |")
+    out.append("|---|---|---|---|---|")
+    for sc, part, metric, label in HEADLINE:
+        row = next((r for r in rows if r["scenario"] == sc and part in r["case"] and r["metric"].startswith(metric)), None)
+        if not row:
+            continue
+        e = fmt(row["egret"][0]) if row["egret"] else "–"
+        k = fmt(row["kernel"][0]) if row["kernel"] and row["system2"] == "kernel" else "–"
+        ra = f"{row['ratio']:.2f}×" if row["ratio"] is not None else "–"
+        floor = row.get("floor")
+        fl = f"{fmt(floor[0])} (Egret {100 * row['egret'][0] / floor[0]:.0f}%)" if floor and row["egret"] else ""
+        out.append(f"| {label} | {e} | {k} | {ra} | {fl} |")
+    out.append("")
+    for name, r, ok, unit in t16:
+        out.append(f"- {'met' if ok else 'MISSED' if r is not None else 'not measured'}: {name}" + (f" — {fmt_target(r, unit)}" if r is not None else ""))
+    out += ["", README_END]
+    return "\n".join(out)
+
+
+def write_readme(path, block):
+    text = open(path).read()
+    a, b = text.find(README_BEGIN), text.find(README_END)
+    if a < 0 or b < a:
+        raise SystemExit(f"{path}: no {README_BEGIN} ... {README_END} block to replace")
+    open(path, "w").write(text[:a] + block + text[b + len(README_END):])
 
 
 def text_table(rows):
@@ -218,6 +301,11 @@ def markdown(rows, tg, args, runs):
             md.append(f"- not measured: {name}")
         else:
             md.append(f"- {'met' if ok else 'MISSED'}: {name} — {r:.2f}×")
+    md.append("")
+    md.append("## Targets (issue 16)")
+    md.append("")
+    for name, r, ok, unit in targets_16(GROUPS):
+        md.append(f"- {'met' if ok else 'MISSED' if r is not None else 'not measured'}: {name}" + (f" — {fmt_target(r, unit)}" if r is not None else ""))
     md.append("")
     md.append("![chart](latest.svg)" if args.svg and args.svg.endswith("latest.svg") else f"![chart]({args.svg.rsplit('/', 1)[-1]})" if args.svg else "")
     return "\n".join(md) + "\n"
@@ -355,8 +443,10 @@ def main():
     ap.add_argument("--command", default="")
     ap.add_argument("--machine", default="")
     ap.add_argument("--elapsed", type=float, default=0)
+    ap.add_argument("--readme", help="replace the headline block of this README with the run's")
     args = ap.parse_args()
     raw, groups = load(args.results)
+    GROUPS.update(groups)
     rows = table(groups)
     runs = max((len(g["egret"]) for g in groups.values()), default=0)
     tg = targets(groups)
@@ -367,6 +457,10 @@ def main():
             print(f"target not measured: {name}")
         else:
             print(f"target {'met' if ok else 'MISSED'}: {name}: {r:.2f}x")
+    for name, r, ok, unit in targets_16(groups):
+        print(f"target {'met' if ok else 'MISSED' if r is not None else 'not measured'}: {name}" + (f": {fmt_target(r, unit)}" if r is not None else ""))
+    if args.readme:
+        write_readme(args.readme, readme_block(rows, targets_16(groups), args))
     if args.svg:
         svg(groups, args.svg)
     if args.md:

@@ -910,5 +910,5 @@ cp "$RESULTS" "$OUT.jsonl"
 python3 bench/report.py "$OUT.jsonl" --md "$OUT.md" --svg "$OUT.svg" \
   --command "bench/run.sh $([ "$SCENARIOS" = 1,2,3,4,5,6 ] && echo --all || echo "--scenarios $SCENARIOS")$([ "$QUICK" = 1 ] && echo " --quick")$([ "$RUNS" != 3 ] && [ "$QUICK" = 0 ] && echo " --runs $RUNS")" \
   --machine "$(uname -r), $(nproc) vCPU, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')" \
-  --elapsed "$ELAPSED"
+  --elapsed "$ELAPSED" $([ "$SCENARIOS" = 1,2,3,4,5,6 ] && [ "$QUICK" = 0 ] && [ "$OUT" = bench/results/latest ] && echo --readme README.md)
 echo "bench: wrote $OUT.md, $OUT.svg, $OUT.jsonl, $OUT.log (${ELAPSED}s)"
