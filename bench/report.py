@@ -152,12 +152,18 @@ def table(groups):
     return out
 
 
+def find_group(groups, sc, case_part, metric):
+    """The group of scenario `sc` whose case contains `case_part`, if any."""
+    for (s, case, m), g in groups.items():
+        if s == sc and case_part in case and m == metric:
+            return g
+    return None
+
+
 def targets(groups):
     def find(sc, case_part, metric):
-        for (s, case, m), g in groups.items():
-            if s == sc and case_part in case and m == metric:
-                return stat(g["egret"]), stat(g["kernel"]), g
-        return None, None, None
+        g = find_group(groups, sc, case_part, metric)
+        return (stat(g["egret"]), stat(g["kernel"]), g) if g else (None, None, None)
 
     res = []
     e, k, _ = find(1, "100000 flows", "Mpps")
@@ -180,10 +186,7 @@ def targets(groups):
 def targets_16(groups):
     """Issue 16's targets: the floor share, p99 under load, new flows."""
     def find(sc, case_part, metric):
-        for (s, case, m), g in groups.items():
-            if s == sc and case_part in case and m == metric:
-                return g
-        return None
+        return find_group(groups, sc, case_part, metric)
 
     res = []
     for flows in ("100000", "1000000"):

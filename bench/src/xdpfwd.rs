@@ -91,8 +91,8 @@ fn run(cli: &Cli) -> Result<(), String> {
     println!("ready");
     let (mut rx, mut tx) = (Vec::with_capacity(BATCH as usize), Vec::with_capacity(4 * BATCH as usize));
     let (mut forwarded, mut shed) = (0u64, 0u64);
-    let (mut bound, mut turn_ns, mut turn_frames) = (RxBound::new(cli.rx_latency_budget_us, 1), 0u64, 0usize);
-    let (mut latency_shed, start) = (0u64, Instant::now());
+    let (mut bound, mut latency_shed) = (RxBound::new(cli.rx_latency_budget_us, 1), 0u64);
+    let start = Instant::now();
     let end = start + Duration::from_secs_f64(cli.seconds);
     while !STOP.load(Ordering::Relaxed) {
         let now = Instant::now();
@@ -102,20 +102,16 @@ fn run(cli: &Cli) -> Result<(), String> {
         // The gateway's RX latency bound, so that the floor differs from
         // Egret by the NAT alone.
         let now_ns = (now - start).as_nanos() as u64;
-        bound.observe(turn_frames, now_ns - turn_ns);
-        turn_ns = now_ns;
+        bound.begin_turn(now_ns);
         for port in 0..2 {
             io.service(port);
         }
-        let excess = bound.excess(0, io.rx_queued(0), now_ns);
-        if excess > 0 {
-            latency_shed += u64::from(io.shed(0, excess));
-        }
+        latency_shed += u64::from(io.shed_standing(0, &mut bound, now_ns));
         rx.clear();
         if tx.len() < 2 * BATCH as usize {
             io.receive(0, &mut rx, BATCH);
         }
-        turn_frames = rx.len();
+        bound.received(rx.len());
         for d in rx.drain(..) {
             // SAFETY: a received descriptor is ours until sent or released.
             EthernetFrame::new_unchecked(unsafe { io.frame_mut(d.addr) }).readdress(cli.dst_mac, out_mac);

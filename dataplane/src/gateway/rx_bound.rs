@@ -41,6 +41,10 @@ pub struct RxBound {
     /// Time per frame, 1/8 EWMA of busy turns, in ns × 8 (fixed point).
     ns_per_frame_x8: u64,
     rings: Vec<RingState>,
+    /// When the current turn of the worker's loop began, and the frames it
+    /// has received so far.
+    turn_ns: u64,
+    turn_frames: usize,
 }
 
 impl RxBound {
@@ -50,7 +54,24 @@ impl RxBound {
             budget_ns: u64::from(budget_us) * 1000,
             ns_per_frame_x8: INITIAL_NS_PER_FRAME * 8,
             rings: vec![RingState::default(); rings],
+            turn_ns: 0,
+            turn_frames: 0,
         }
+    }
+
+    /// Starts a turn of the worker's loop at `now_ns`: the last turn's cost,
+    /// receive to transmit, over the frames it received is a sample.
+    #[inline]
+    pub fn begin_turn(&mut self, now_ns: u64) {
+        self.observe(self.turn_frames, now_ns.saturating_sub(self.turn_ns));
+        self.turn_ns = now_ns;
+        self.turn_frames = 0;
+    }
+
+    /// Counts frames received in this turn.
+    #[inline]
+    pub fn received(&mut self, frames: usize) {
+        self.turn_frames += frames;
     }
 
     /// Learns the time per frame from a turn of the loop that handled

@@ -274,9 +274,8 @@ impl Worker {
     /// (including the session snapshot) published.
     pub fn run(mut self) -> NatEngine {
         let mut rx: Vec<XdpDesc> = Vec::with_capacity(BATCH);
-        // When this turn started, when the last one that had work did, and
-        // the frames the last turn received.
-        let (mut turn_ns, mut busy_ns, mut turn_frames) = (0u64, 0u64, 0usize);
+        // When the last turn that had work began.
+        let mut busy_ns = 0u64;
         let mut last_report = Instant::now();
         let mut last_snapshot = Instant::now();
         let fds: Vec<libc::pollfd> = (0..self.io.ports.len())
@@ -287,11 +286,7 @@ impl Worker {
             let elapsed = self.epoch.elapsed();
             let now = Time::from_millis(elapsed.as_millis() as u64);
             let now_ns = elapsed.as_nanos() as u64;
-            // A turn's cost, receive to transmit, is the time per frame the
-            // latency bound converts occupancy with.
-            self.rx_bound.observe(turn_frames, now_ns.saturating_sub(turn_ns));
-            turn_ns = now_ns;
-            turn_frames = 0;
+            self.rx_bound.begin_turn(now_ns);
             let plan = self.plan.load();
             if !Arc::ptr_eq(&plan, self.engine.plan()) {
                 self.engine.apply_plan(Arc::clone(&plan), now);
@@ -301,18 +296,15 @@ impl Worker {
             for port in 0..self.io.ports.len() {
                 self.io.service(port);
                 rx.clear();
-                let excess = self.rx_bound.excess(port, self.io.rx_queued(port), now_ns);
-                if excess > 0 {
-                    let shed = self.io.shed(port, excess);
-                    self.io_counters.drop_n(IoDrop::RxLatencyShed, u64::from(shed));
-                }
+                let shed = self.io.shed_standing(port, &mut self.rx_bound, now_ns);
+                self.io_counters.drop_n(IoDrop::RxLatencyShed, u64::from(shed));
                 // Backpressure: while a TX backlog waits, leave packets in
                 // the kernel's RX ring rather than drop them here.
                 if self.tx.iter().all(|t| t.len() < TX_BACKLOG) {
                     self.io.receive(port, &mut rx, BATCH as u32);
                 }
                 work += rx.len();
-                turn_frames += rx.len();
+                self.rx_bound.received(rx.len());
                 self.io_counters.rx_packets += rx.len() as u64;
                 if self.engine.prefetch_worthwhile() {
                     for d in &rx {

@@ -4,6 +4,7 @@
 //! inside and outside queue it serves), so a frame received on one
 //! interface is sent on the other without a copy.
 
+use super::rx_bound::RxBound;
 use core::num::NonZeroU32;
 use core::ptr::NonNull;
 use std::io;
@@ -69,6 +70,13 @@ pub fn mac_of(ifname: &str) -> io::Result<[u8; 6]> {
         mac[i] = u8::from_str_radix(part, 16).map_err(|_| io::Error::other("bad MAC"))?;
     }
     Ok(mac)
+}
+
+/// The start of the frame holding `addr`.
+#[inline]
+fn frame_base(addr: u64, frame_size: u32) -> u64 {
+    let fs = u64::from(frame_size);
+    addr / fs * fs
 }
 
 fn errno(e: xdpilone::Errno, what: &str) -> io::Error {
@@ -199,8 +207,7 @@ impl WorkerIo {
     /// Returns a frame (any address inside it).
     #[inline]
     pub fn release(&mut self, addr: u64) {
-        let fs = u64::from(self.frame_size);
-        self.free.push(addr / fs * fs);
+        self.free.push(frame_base(addr, self.frame_size));
     }
 
     pub fn free_frames(&self) -> usize {
@@ -213,8 +220,7 @@ impl WorkerIo {
         {
             let mut c = p.device.complete(p.in_flight.min(256));
             while let Some(addr) = c.read() {
-                let fs = u64::from(self.frame_size);
-                self.free.push(addr / fs * fs);
+                self.free.push(frame_base(addr, self.frame_size));
                 p.in_flight -= 1;
             }
             c.release();
@@ -246,21 +252,20 @@ impl WorkerIo {
         r.release();
     }
 
-    /// Frames waiting in `port`'s RX ring (advisory: the kernel may be adding).
+    /// Sheds unread what `bound` finds standing in `port`'s RX ring at
+    /// `now_ns`, oldest first; returns how many frames.
     #[inline]
-    pub fn rx_queued(&self, port: usize) -> u32 {
-        self.ports[port].rx.available()
-    }
-
-    /// Takes up to `n` frames from the head of `port`'s RX ring and frees
-    /// them unread; returns how many.
-    pub fn shed(&mut self, port: usize, n: u32) -> u32 {
-        let fs = u64::from(self.frame_size);
+    pub fn shed_standing(&mut self, port: usize, bound: &mut RxBound, now_ns: u64) -> u32 {
         let p = &mut self.ports[port];
-        let mut r = p.rx.receive(n);
+        // Advisory (the kernel may be adding), which is all the bound needs.
+        let excess = bound.excess(port, p.rx.available(), now_ns);
+        if excess == 0 {
+            return 0;
+        }
+        let mut r = p.rx.receive(excess);
         let mut shed = 0;
         while let Some(d) = r.read() {
-            self.free.push(d.addr / fs * fs);
+            self.free.push(frame_base(d.addr, self.frame_size));
             shed += 1;
         }
         r.release();
