@@ -3,7 +3,8 @@
 //! new-session creation, and bytes of memory per session. Prints a markdown
 //! table of medians over several runs.
 //!
-//! `cargo bench -p egret-dataplane --bench nat_core` (add `-- --quick` for a smoke run).
+//! `cargo bench -p egret-dataplane --bench nat_core` (add `-- --quick` for a smoke run,
+//! `-- --only new` for one group of rows).
 
 use egret_dataplane::nat::{CompiledPlan, EngineSettings, NatEngine, Time, Verdict};
 use egret_dataplane::plan::{Binding, GatewayConfig, MappingMode, Plan};
@@ -178,7 +179,7 @@ fn run(engine: &mut NatEngine, pkts: &[[u8; FRAME]], rounds: usize) -> f64 {
     (pkts.len() * rounds) as f64 / start.elapsed().as_secs_f64() / 1e6
 }
 
-/// The same in batches of 32 as the worker loop runs it: with the two
+/// The same in batches of 32 as the worker loop runs it: with the three
 /// prefetch stages first when the engine says they pay.
 fn run_batched(engine: &mut NatEngine, pkts: &[[u8; FRAME]], rounds: usize) -> f64 {
     const BATCH: usize = 32;
@@ -198,6 +199,7 @@ fn run_batched(engine: &mut NatEngine, pkts: &[[u8; FRAME]], rounds: usize) -> f
                 for b in &bufs[..chunk.len()] {
                     engine.prefetch_session(&b[..PKT_LEN]);
                 }
+                engine.prefetch_new_flows();
             }
             for b in &mut bufs[..chunk.len()] {
                 let v = engine.process(black_box(b), PKT_LEN, now);
@@ -215,14 +217,18 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--only established|new|policy|memory`: one group of rows (to profile it).
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let want = |group: &str| only.as_deref().is_none_or(|o| o == group);
     let runs = if quick { 1 } else { 5 };
     let mut rows: Vec<(String, (f64, f64, f64), &str)> = Vec::new();
 
     for (label, n, rounds) in
         [("10k", 10_000usize, if quick { 100 } else { 300 }), ("1M", 1_000_000, if quick { 1 } else { 5 })]
     {
-        if quick && n > 10_000 {
+        if (quick && n > 10_000) || !want("established") {
             continue;
         }
         let mut est = establish(n);
@@ -234,7 +240,7 @@ fn main() {
         rows.push((format!("established, inside → outside, {label}, no batch prefetch"), median(one), "Mpps"));
     }
 
-    for mode in [MappingMode::EndpointIndependent, MappingMode::PortReuse] {
+    for mode in [MappingMode::EndpointIndependent, MappingMode::PortReuse].into_iter().filter(|_| want("new")) {
         let n = if quick { 50_000 } else { 1_000_000 };
         let pkts: Vec<[u8; FRAME]> = order(n).into_iter().map(flow).collect();
         let rates: Vec<f64> = (0..runs)
@@ -262,7 +268,7 @@ fn main() {
     }
 
     // The cost of a 10k-rule egress policy, paid once per new flow.
-    {
+    if want("policy") {
         let n = if quick { 50_000 } else { 500_000 };
         let pkts: Vec<[u8; FRAME]> = order(n).into_iter().map(flow).collect();
         for (label, pol) in [("no policy", None), ("10k-rule policy", Some(policy(10_000)))] {
@@ -284,13 +290,16 @@ fn main() {
     }
 
     // Memory: bytes the engine allocates per session slot of capacity.
-    let cap = if quick { 100_000 } else { 4 << 20 };
-    let before = ALLOCATED.load(Ordering::Relaxed);
-    let e = engine(MappingMode::EndpointIndependent, cap);
-    let bytes = ALLOCATED.load(Ordering::Relaxed) - before;
-    let per = bytes as f64 / cap as f64;
-    drop(e);
-    rows.push((format!("memory per session (capacity {cap}, incl. its mapping)"), (per, per, per), "bytes"));
+    if want("memory") {
+        let cap = if quick { 100_000 } else { 4 << 20 };
+        let before = ALLOCATED.load(Ordering::Relaxed);
+        let e = engine(MappingMode::EndpointIndependent, cap);
+        // The tables are mappings of their own, not the allocator's.
+        let bytes = ALLOCATED.load(Ordering::Relaxed) - before + e.table_bytes();
+        let per = bytes as f64 / cap as f64;
+        drop(e);
+        rows.push((format!("memory per session (capacity {cap}, incl. its mapping)"), (per, per, per), "bytes"));
+    }
 
     println!("| NAT core, one core, no I/O | median | min | max | unit |");
     println!("|---|---:|---:|---:|---|");

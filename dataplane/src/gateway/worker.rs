@@ -320,6 +320,7 @@ impl Worker {
                             self.engine.prefetch_session(&f[ethernet::HEADER_LEN..d.len as usize]);
                         }
                     }
+                    self.engine.prefetch_new_flows();
                 }
                 for d in rx.drain(..) {
                     self.handle(port, d.addr, d.len as usize, HandoffKind::Arrived(Side::Inside), now);

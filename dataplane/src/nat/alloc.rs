@@ -40,19 +40,23 @@ impl NatEngine {
         Ok(())
     }
 
-    pub(super) fn create_mapping(&mut self, k: &FlowKey, ci: u16, _now: Time) -> Result<u32, DropReason> {
+    /// `draw` is the flow's own draw (see [`Draws`]): the start in its
+    /// first address, so the slots the batch prefetch loaded are the ones
+    /// it inserts into.
+    pub(super) fn create_mapping(&mut self, k: &FlowKey, ci: u16, draw: u32) -> Result<u32, DropReason> {
         self.check_quota(k.local, ci)?;
         let (first, n) = self.addr_order(k.local, ci);
         let slot = proto_slot(k.proto);
         for step in 0..n {
             let ai = (usize::from(first) + step) % n;
             let addr = u32::from(self.plan.configs[usize::from(ci)].addrs[ai]);
-            let start = self.rng.next_u64() as u32;
+            let start = if step == 0 { draw } else { self.draws.rng().next_u64() as u32 };
             let st = self.addrs.get_mut(&addr).expect("pool address");
             if let Some(off) = st.ports[slot].take_from(start) {
                 let port = self.slice.lo + off as u16;
-                // The two slots this flow inserts into that no lookup has
-                // warmed: load them together, while the mapping is written.
+                // The two slots this flow inserts into, loading together
+                // while the mapping is written (already on their way when
+                // the batch prefetch guessed this port).
                 self.mappings.prefetch_egress(&EndpointKey { proto: k.proto, ip: addr, port });
                 self.sessions.prefetch_out_slot(&FlowKey { local: addr, local_port: port, ..*k });
                 let m = Mapping {
@@ -84,7 +88,7 @@ impl NatEngine {
     /// "exhausted" is never claimed while a port is free. Probing every
     /// address before scanning any keeps a full paired address from costing
     /// a scan of its whole port range for every new flow.
-    pub(super) fn alloc_port_reuse(&mut self, k: &FlowKey, ci: u16) -> Result<(u32, u16), DropReason> {
+    pub(super) fn alloc_port_reuse(&mut self, k: &FlowKey, ci: u16, draw: u32) -> Result<(u32, u16), DropReason> {
         self.check_quota(k.local, ci)?;
         let dest = (k.proto, k.remote, k.remote_port, ci);
         if self.exhausted.contains(&dest) {
@@ -97,8 +101,10 @@ impl NatEngine {
         for step in 0..n {
             let ai = (usize::from(first) + step) % n;
             probe.local = u32::from(self.plan.configs[usize::from(ci)].addrs[ai]);
-            for _ in 0..16 {
-                probe.local_port = lo + (self.rng.next_u64() as u32 % len) as u16;
+            for j in 0..16 {
+                // The flow's own draw first: the batch prefetch loaded its slot.
+                let r = if step == 0 && j == 0 { draw } else { self.draws.rng().next_u64() as u32 };
+                probe.local_port = lo + (r % len) as u16;
                 if self.sessions.find_out(&probe).is_none() {
                     // The probe has just loaded the outside slot.
                     return Ok((probe.local, probe.local_port));
@@ -109,7 +115,7 @@ impl NatEngine {
         for step in 0..n {
             let ai = (usize::from(first) + step) % n;
             probe.local = u32::from(self.plan.configs[usize::from(ci)].addrs[ai]);
-            let start = self.rng.next_u64() as u32 % len;
+            let start = self.draws.rng().next_u64() as u32 % len;
             for j in 0..len {
                 probe.local_port = lo + ((start + j) % len) as u16;
                 if self.sessions.find_out(&probe).is_none() {

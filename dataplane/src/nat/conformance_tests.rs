@@ -447,12 +447,15 @@ fn an_exhausted_destination_is_not_rescanned_for_every_refused_flow() {
     for p in 0..32 {
         assert!(matches!(udp(POD_A, 5000 + p, SERVER, 53, b"x").run(&mut e, T0), Verdict::Forward { .. }));
     }
+    // Filling the last tuples may take scans (random probes miss); refusing
+    // may take one more, to find the destination full.
+    let filled = e.counters().pool_scans;
     for p in 0..1000 {
         assert!(matches!(udp(POD_A, 6000 + p, SERVER, 53, b"x").run(&mut e, T0), Verdict::Reply { .. }));
     }
     assert_eq!(e.counters().dropped(DropReason::PoolExhausted), 1000);
-    let scans = e.counters().pool_scans;
-    assert!(scans <= 2, "one scan found the destination full, not one per refusal: {scans}");
+    let scans = e.counters().pool_scans - filled;
+    assert!(scans <= 1, "one scan found the destination full, not one per refusal: {scans}");
     // Another destination is not affected.
     assert!(matches!(udp(POD_A, 5000, SERVER2, 53, b"x").run(&mut e, T0), Verdict::Forward { .. }));
     // One session to SERVER ends: the next flow gets its tuple.

@@ -5,10 +5,12 @@
 //! and DPDK do the same with their bihash/cuckoo tables). Deletion shifts
 //! entries back, so there are no tombstones and probes stay short.
 
+use super::huge_slice::HugeSlice;
+
 const EMPTY: u64 = u64::MAX;
 
 pub struct FlowIndex {
-    slots: Box<[u64]>,
+    slots: HugeSlice<u64>,
     mask: usize,
 }
 
@@ -21,7 +23,7 @@ impl FlowIndex {
     /// Room for `capacity` entries at a load factor of at most 3/4.
     pub fn with_capacity(capacity: usize) -> Self {
         let n = (capacity.max(8) * 4).div_ceil(3).next_power_of_two();
-        FlowIndex { slots: vec![EMPTY; n].into_boxed_slice(), mask: n - 1 }
+        FlowIndex { slots: HugeSlice::filled(n, EMPTY), mask: n - 1 }
     }
 
     #[inline]
@@ -101,7 +103,7 @@ impl FlowIndex {
 
     /// Bytes of memory the index holds.
     pub fn bytes(&self) -> usize {
-        self.slots.len() * 8
+        self.slots.bytes()
     }
 }
 

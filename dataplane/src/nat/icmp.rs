@@ -210,7 +210,7 @@ impl NatEngine {
         }
         buf.copy_within(0..quote, OUTER);
         let total = OUTER + quote;
-        let ident = self.rng.next_u64() as u16;
+        let ident = self.draws.rng().next_u64() as u16;
         Ipv4Packet::new_unchecked(&mut buf[..]).emit_header(
             total as u16,
             ident,

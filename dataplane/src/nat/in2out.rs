@@ -50,7 +50,10 @@ impl NatEngine {
         let i = match self.find_live_in(&key, now) {
             Some(i) => i,
             None => {
-                // A new flow: its mapping's slot loads while policy decides.
+                // A new flow takes its draw whatever becomes of it, so the
+                // batch prefetch's guesses stay in step with the flows.
+                let draw = self.draws.take();
+                // Its mapping's slot loads while policy decides.
                 self.prefetch_mapping(&key, ci);
                 // Exclusions are checked only for flows without a session: a
                 // plan that adds one cuts the sessions it covers.
@@ -78,7 +81,7 @@ impl NatEngine {
                         return self.deny(buf, len, &p, ci, now);
                     }
                 }
-                match self.create_session(&key, ci, now) {
+                match self.create_session(&key, ci, draw, now) {
                     Ok(i) => i,
                     Err(reason) => return self.refuse(buf, len, reason, now),
                 }

@@ -87,8 +87,9 @@ impl NatEngine {
     }
 
     /// Creates a session for a new inside → outside flow, allocating its
-    /// egress (address, port). Never evicts a live session.
-    pub(super) fn create_session(&mut self, k: &FlowKey, ci: u16, now: Time) -> Result<u32, DropReason> {
+    /// egress (address, port) from the flow's `draw`. Never evicts a live
+    /// session.
+    pub(super) fn create_session(&mut self, k: &FlowKey, ci: u16, draw: u32, now: Time) -> Result<u32, DropReason> {
         if self.sessions.is_full() {
             return Err(DropReason::SessionTableFull);
         }
@@ -100,14 +101,14 @@ impl NatEngine {
                 let ek = EndpointKey { proto: k.proto, ip: k.local, port: k.local_port };
                 let mi = match self.mappings.find_pod(&ek) {
                     Some(mi) => mi,
-                    None => self.create_mapping(k, ci, now)?,
+                    None => self.create_mapping(k, ci, draw)?,
                 };
                 let m = self.mappings.get_mut(mi);
                 m.refs += 1;
                 (m.egress, m.egress_port, mi)
             }
             MappingMode::PortReuse => {
-                let (a, p) = self.alloc_port_reuse(k, ci)?;
+                let (a, p) = self.alloc_port_reuse(k, ci, draw)?;
                 (a, p, NONE)
             }
         };

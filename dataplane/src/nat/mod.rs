@@ -24,6 +24,7 @@ mod expiry;
 mod flow_index;
 mod frag;
 mod handoff;
+mod huge_slice;
 mod icmp;
 mod in2out;
 mod lifecycle;
@@ -54,7 +55,7 @@ use alloc::{fallback_pod, rendezvous};
 use events::DENY_EVENTS_KEPT;
 use frag::FragTable;
 use hashbrown::HashMap;
-use port_pool::{PortSet, PortSlice, Rng};
+use port_pool::{Draws, PortSet, PortSlice, Rng};
 use session::{state, EndpointKey, FlowKey, Mapping, MappingTable, Session, SessionTable, NONE};
 use std::hash::{BuildHasher, Hasher};
 use std::net::Ipv4Addr;
@@ -244,7 +245,10 @@ pub struct NatEngine {
     quotas: Vec<u32>,
     /// Per config: this worker's share of the per-pod session limit.
     session_limits: Vec<u32>,
-    rng: Rng,
+    /// Port randomness; each new flow's first draw can be read ahead.
+    draws: Draws,
+    /// New flows the batch prefetch's stage 2 saw, for its stage 3.
+    new_flows: prefetch::NewFlows,
     counters: Counters,
     frags: FragTable,
     sweep_sessions: usize,
@@ -288,7 +292,8 @@ impl NatEngine {
                 f.set_timeout(settings.frag_timeout_ms);
                 f
             },
-            rng: Rng::new(seed),
+            draws: Draws::new(Rng::new(seed)),
+            new_flows: prefetch::NewFlows::new(),
             slice,
             pods: HashMap::new(),
             idle_fallback: Vec::new(),
@@ -383,8 +388,9 @@ impl NatEngine {
         v
     }
 
-    /// Bytes of session state held (slabs and indexes, allocated up front).
-    pub fn state_bytes(&self) -> usize {
+    /// Bytes of the session and mapping tables' own mappings (slabs and
+    /// indexes, touched up front; not the allocator's).
+    pub fn table_bytes(&self) -> usize {
         self.sessions.bytes() + self.mappings.bytes()
     }
 

@@ -95,6 +95,13 @@ impl PortSet {
 
     /// Takes a free index at or after a random start (wrapping); `None` when full.
     pub fn take_from(&mut self, start: u32) -> Option<u32> {
+        let i = self.free_from(start)?;
+        self.set(i);
+        Some(i)
+    }
+
+    /// The index `take_from(start)` would take, leaving it free.
+    pub fn free_from(&self, start: u32) -> Option<u32> {
         if self.used >= self.len {
             return None;
         }
@@ -115,7 +122,6 @@ impl PortSet {
                 let bit = free.trailing_zeros();
                 let i = w as u32 * 64 + bit;
                 if i < self.len {
-                    self.set(i);
                     return Some(i);
                 }
                 free &= free - 1;
@@ -144,9 +150,89 @@ impl Rng {
     }
 }
 
+/// Draws enough to read ahead of a whole receive batch.
+const AHEAD: usize = 64;
+
+/// Random draws that can be read ahead. Every new flow takes one draw for
+/// its port; the batch prefetch stage peeks the draws the batch's new flows
+/// will take, in order, so it can load the slots their ports go in before
+/// the flows are created. A wrong guess costs a cache miss, nothing else.
+#[derive(Debug)]
+pub struct Draws {
+    rng: Rng,
+    ahead: [u32; AHEAD],
+    head: usize,
+    /// Draws peeked since the last `settle`.
+    peeked: std::cell::Cell<usize>,
+}
+
+impl Draws {
+    pub fn new(mut rng: Rng) -> Self {
+        let ahead = std::array::from_fn(|_| rng.next_u64() as u32);
+        Draws { rng, ahead, head: 0, peeked: std::cell::Cell::new(0) }
+    }
+
+    /// The next new flow's draw.
+    #[inline]
+    pub fn take(&mut self) -> u32 {
+        let v = self.ahead[self.head];
+        self.ahead[self.head] = self.rng.next_u64() as u32;
+        self.head = (self.head + 1) % AHEAD;
+        v
+    }
+
+    /// The draw of the new flow after those already peeked; `None` past
+    /// the lookahead.
+    #[inline]
+    pub fn peek(&self) -> Option<u32> {
+        let j = self.peeked.get();
+        if j >= AHEAD {
+            return None;
+        }
+        self.peeked.set(j + 1);
+        Some(self.ahead[(self.head + j) % AHEAD])
+    }
+
+    /// The batch is being processed: the next peek starts at the next take.
+    #[inline(always)]
+    pub fn settle(&self) {
+        self.peeked.set(0);
+    }
+
+    /// Draws outside the one-per-new-flow sequence (further probes).
+    #[inline]
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peeks_see_the_draws_takes_will_return() {
+        let mut d = Draws::new(Rng::new(9));
+        let _ = d.take();
+        let peeked: Vec<u32> = (0..AHEAD).map(|_| d.peek().unwrap()).collect();
+        assert_eq!(d.peek(), None, "no further than the lookahead");
+        d.settle();
+        let taken: Vec<u32> = (0..AHEAD).map(|_| d.take()).collect();
+        assert_eq!(peeked, taken);
+        d.settle();
+        assert_eq!(d.peek(), Some(d.take()));
+    }
+
+    #[test]
+    fn free_from_names_what_take_from_takes() {
+        let mut set = PortSet::new(130);
+        for i in 0..70 {
+            set.set(i);
+        }
+        assert_eq!(set.free_from(3), Some(70));
+        assert_eq!(set.take_from(3), Some(70));
+        assert_eq!(set.free_from(3), Some(71));
+    }
 
     #[test]
     fn slices_cover_the_range_without_overlap() {

@@ -5,6 +5,7 @@
 //! a new flow's mapping and outside slots while it is being created.
 
 use super::flow_index::{prefetch, FlowIndex};
+use super::huge_slice::HugeSlice;
 use hashbrown::DefaultHashBuilder;
 use std::hash::{BuildHasher, Hash, Hasher};
 
@@ -90,6 +91,23 @@ pub struct Session {
 }
 
 impl Session {
+    /// An unused slab slot.
+    const BLANK: Session = Session {
+        pod: 0,
+        remote: 0,
+        egress: 0,
+        pod_port: 0,
+        remote_port: 0,
+        egress_port: 0,
+        proto: 0,
+        state: state::FREE,
+        flags: 0,
+        config: 0,
+        deadline: 0,
+        mapping: NONE,
+        created: 0,
+    };
+
     #[inline]
     pub fn in_key(&self) -> FlowKey {
         FlowKey {
@@ -139,6 +157,19 @@ pub struct EndpointKey {
 }
 
 impl Mapping {
+    /// An unused slab slot.
+    const BLANK: Mapping = Mapping {
+        pod: 0,
+        egress: 0,
+        pod_port: 0,
+        egress_port: 0,
+        proto: 0,
+        free: true,
+        config: 0,
+        refs: 0,
+        deadline: 0,
+    };
+
     pub fn pod_key(&self) -> EndpointKey {
         EndpointKey { proto: self.proto, ip: self.pod, port: self.pod_port }
     }
@@ -147,28 +178,40 @@ impl Mapping {
     }
 }
 
-/// A slab of `T` with a capacity fixed at creation, plus two index tables.
-struct Indexed<T> {
-    slab: Vec<T>,
+/// A slab of `T` with a capacity fixed (and memory touched) at creation:
+/// slots below `high` have been used, the rest are `blank`.
+struct Indexed<T: Copy> {
+    slab: HugeSlice<T>,
+    high: usize,
     free: Vec<u32>,
     capacity: usize,
     live: usize,
 }
 
-impl<T> Indexed<T> {
-    fn new(capacity: usize) -> Self {
-        Indexed { slab: Vec::with_capacity(capacity), free: Vec::with_capacity(capacity), capacity, live: 0 }
+impl<T: Copy> Indexed<T> {
+    fn new(capacity: usize, blank: T) -> Self {
+        Indexed {
+            slab: HugeSlice::filled(capacity, blank),
+            high: 0,
+            free: Vec::with_capacity(capacity),
+            capacity,
+            live: 0,
+        }
+    }
+    /// Slots ever used.
+    fn used(&self) -> &[T] {
+        &self.slab[..self.high]
     }
     fn insert(&mut self, v: T) -> Option<u32> {
         let idx = if let Some(i) = self.free.pop() {
-            self.slab[i as usize] = v;
             i
-        } else if self.slab.len() < self.capacity {
-            self.slab.push(v);
-            (self.slab.len() - 1) as u32
+        } else if self.high < self.capacity {
+            self.high += 1;
+            (self.high - 1) as u32
         } else {
             return None;
         };
+        self.slab[idx as usize] = v;
         self.live += 1;
         Some(idx)
     }
@@ -190,7 +233,7 @@ impl SessionTable {
     pub fn with_capacity(capacity: usize) -> Self {
         SessionTable {
             hasher: DefaultHashBuilder::default(),
-            items: Indexed::new(capacity),
+            items: Indexed::new(capacity, Session::BLANK),
             by_in: FlowIndex::with_capacity(capacity),
             by_out: FlowIndex::with_capacity(capacity),
         }
@@ -211,7 +254,7 @@ impl SessionTable {
     }
     /// Slots ever used: the range an expiry sweep walks.
     pub fn high_water(&self) -> usize {
-        self.items.slab.len()
+        self.items.high
     }
 
     #[inline(always)]
@@ -260,12 +303,10 @@ impl SessionTable {
         self.by_out.prefetch(self.hash(k));
     }
 
-    /// Bytes held by the slab, free list and indexes.
+    /// Bytes of the slab's and indexes' own mappings (the free list is on
+    /// the heap).
     pub fn bytes(&self) -> usize {
-        self.items.slab.capacity() * std::mem::size_of::<Session>()
-            + self.items.free.capacity() * 4
-            + self.by_in.bytes()
-            + self.by_out.bytes()
+        self.items.slab.bytes() + self.by_in.bytes() + self.by_out.bytes()
     }
 
     #[inline]
@@ -306,7 +347,7 @@ impl SessionTable {
 
     /// Every slot in use (live and cooling), with its index.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Session)> {
-        self.items.slab.iter().enumerate().filter(|(_, s)| s.state & state::FREE == 0).map(|(i, s)| (i as u32, s))
+        self.items.used().iter().enumerate().filter(|(_, s)| s.state & state::FREE == 0).map(|(i, s)| (i as u32, s))
     }
 }
 
@@ -332,7 +373,7 @@ impl MappingTable {
     pub fn with_capacity(capacity: usize) -> Self {
         MappingTable {
             hasher: DefaultHashBuilder::default(),
-            items: Indexed::new(capacity),
+            items: Indexed::new(capacity, Mapping::BLANK),
             by_pod: FlowIndex::with_capacity(capacity),
             by_egress: FlowIndex::with_capacity(capacity),
         }
@@ -347,7 +388,7 @@ impl MappingTable {
         self.items.live == 0
     }
     pub fn high_water(&self) -> usize {
-        self.items.slab.len()
+        self.items.high
     }
     #[inline]
     pub fn find_pod(&self, k: &EndpointKey) -> Option<u32> {
@@ -384,12 +425,10 @@ impl MappingTable {
         self.by_egress.insert(he, idx);
         Some(idx)
     }
-    /// Bytes held by the slab, free list and indexes.
+    /// Bytes of the slab's and indexes' own mappings (the free list is on
+    /// the heap).
     pub fn bytes(&self) -> usize {
-        self.items.slab.capacity() * std::mem::size_of::<Mapping>()
-            + self.items.free.capacity() * 4
-            + self.by_pod.bytes()
-            + self.by_egress.bytes()
+        self.items.slab.bytes() + self.by_pod.bytes() + self.by_egress.bytes()
     }
 
     pub fn remove(&mut self, idx: u32) {
@@ -400,6 +439,6 @@ impl MappingTable {
         self.items.release(idx);
     }
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Mapping)> {
-        self.items.slab.iter().enumerate().filter(|(_, m)| !m.free).map(|(i, m)| (i as u32, m))
+        self.items.used().iter().enumerate().filter(|(_, m)| !m.free).map(|(i, m)| (i as u32, m))
     }
 }
