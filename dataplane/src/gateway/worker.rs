@@ -345,7 +345,7 @@ impl Worker {
                 }
                 work += usize::from(!self.tx[port].is_empty());
             }
-            self.engine.expire(now, 256);
+            self.engine.expire_paced(now);
             self.log_events();
             if last_report.elapsed() >= Duration::from_millis(250) {
                 self.tick_tunnels(now);

@@ -253,6 +253,8 @@ pub struct NatEngine {
     frags: FragTable,
     sweep_sessions: usize,
     sweep_mappings: usize,
+    /// When `expire_paced` last visited slots (engine milliseconds).
+    swept_at_ms: u64,
     icmp_tokens: u32,
     icmp_refill_ms: u64,
     /// DNS-learned names, shared by all workers.
@@ -303,6 +305,7 @@ impl NatEngine {
             counters: Counters::default(),
             sweep_sessions: 0,
             sweep_mappings: 0,
+            swept_at_ms: 0,
             icmp_tokens: settings.icmp_errors_per_sec,
             icmp_refill_ms: 0,
             fqdn: FqdnCache::new(1 << 16),
