@@ -157,19 +157,6 @@ pub struct EndpointKey {
 }
 
 impl Mapping {
-    /// An unused slab slot.
-    const BLANK: Mapping = Mapping {
-        pod: 0,
-        egress: 0,
-        pod_port: 0,
-        egress_port: 0,
-        proto: 0,
-        free: true,
-        config: 0,
-        refs: 0,
-        deadline: 0,
-    };
-
     pub fn pod_key(&self) -> EndpointKey {
         EndpointKey { proto: self.proto, ip: self.pod, port: self.pod_port }
     }
@@ -178,8 +165,8 @@ impl Mapping {
     }
 }
 
-/// A slab of `T` with a capacity fixed (and memory touched) at creation:
-/// slots below `high` have been used, the rest are `blank`.
+/// A slab of `T` with a capacity fixed at creation: slots below `high`
+/// have been used; the rest are never read.
 struct Indexed<T: Copy> {
     slab: HugeSlice<T>,
     high: usize,
@@ -189,14 +176,9 @@ struct Indexed<T: Copy> {
 }
 
 impl<T: Copy> Indexed<T> {
-    fn new(capacity: usize, blank: T) -> Self {
-        Indexed {
-            slab: HugeSlice::filled(capacity, blank),
-            high: 0,
-            free: Vec::with_capacity(capacity),
-            capacity,
-            live: 0,
-        }
+    fn new(slab: HugeSlice<T>) -> Self {
+        let capacity = slab.len();
+        Indexed { slab, high: 0, free: Vec::with_capacity(capacity), capacity, live: 0 }
     }
     /// Slots ever used.
     fn used(&self) -> &[T] {
@@ -233,7 +215,9 @@ impl SessionTable {
     pub fn with_capacity(capacity: usize) -> Self {
         SessionTable {
             hasher: DefaultHashBuilder::default(),
-            items: Indexed::new(capacity, Session::BLANK),
+            // Touched up front: a slab grown on demand takes a page fault
+            // every hundred new sessions, in the data path.
+            items: Indexed::new(HugeSlice::filled(capacity, Session::BLANK)),
             by_in: FlowIndex::with_capacity(capacity),
             by_out: FlowIndex::with_capacity(capacity),
         }
@@ -373,7 +357,10 @@ impl MappingTable {
     pub fn with_capacity(capacity: usize) -> Self {
         MappingTable {
             hasher: DefaultHashBuilder::default(),
-            items: Indexed::new(capacity, Mapping::BLANK),
+            // Sized like the session slab, but most configs hold far fewer
+            // mappings than sessions: resident only as far as used.
+            // SAFETY: Mapping is integers and a bool; all-zero is valid.
+            items: Indexed::new(unsafe { HugeSlice::zeroed(capacity) }),
             by_pod: FlowIndex::with_capacity(capacity),
             by_egress: FlowIndex::with_capacity(capacity),
         }
