@@ -91,7 +91,7 @@ def ratio(e, k):
 EXPLAIN = {
     (1, "Mpps"): "translated frames the sink counted per second",
     (2, "new flows/s (k)"): "generator floods new 5-tuples; translated frames per second at the sink = sessions created per second",
-    (2, "handshakes/s (k)"): "most final ACKs per second at the sink, SYN rate raised 1.4x per step while >= 90% complete",
+    (2, "handshakes/s (k)"): "most final ACKs per second at the sink, SYN rate raised 1.4x per step while >= 90% complete, then one step between the last pass and the first miss",
     (3, "sessions held"): "Egret refuses new flows once full (never evicts); the kernel early-drops unreplied entries once full",
     (3, "bytes"): "Egret: RSS at full / sessions held (tables sized up front, UMEM, code); kernel: nf_conntrack slab object",
     (4, "flows translated"): "distinct translated 5-tuples the sink saw; each flow sent twice",
