@@ -26,28 +26,9 @@ unsafe impl<T: Copy + Send> Send for HugeSlice<T> {}
 unsafe impl<T: Copy + Sync> Sync for HugeSlice<T> {}
 
 impl<T: Copy> HugeSlice<T> {
-    /// `len` copies of `value`, touched now. Aborts, as a failed allocation
-    /// does, when the memory cannot be had.
+    /// `len` copies of `value`. Aborts, as a failed allocation does, when
+    /// the memory cannot be had.
     pub fn filled(len: usize, value: T) -> Self {
-        let s = Self::map(len);
-        for i in 0..len {
-            // SAFETY: i < len, within the mapping; page-aligned suits any T here.
-            unsafe { s.ptr.as_ptr().add(i).write(value) };
-        }
-        s
-    }
-
-    /// `len` zeroed `T`s, left to the kernel's zero pages until written:
-    /// memory becomes resident only as far as it is used.
-    ///
-    /// # Safety
-    /// All-zero bytes must be a valid `T`.
-    pub unsafe fn zeroed(len: usize) -> Self {
-        Self::map(len)
-    }
-
-    /// A fresh mapping for `len` Ts, zero-filled by the kernel.
-    fn map(len: usize) -> Self {
         let bytes = len.checked_mul(std::mem::size_of::<T>()).expect("table size overflows");
         // Whole huge pages from one up, so the kernel can place and back the
         // mapping with them; small tables take whole base pages.
@@ -74,6 +55,10 @@ impl<T: Copy> HugeSlice<T> {
             unsafe { libc::madvise(p, mapped, libc::MADV_HUGEPAGE) };
         }
         let ptr = NonNull::new(p.cast::<T>()).expect("mmap returned null");
+        for i in 0..len {
+            // SAFETY: i < len, within the mapping; page-aligned suits any T here.
+            unsafe { ptr.as_ptr().add(i).write(value) };
+        }
         HugeSlice { ptr, len, mapped }
     }
 
@@ -123,14 +108,5 @@ mod tests {
             }
             assert!(s.bytes() >= len * 8);
         }
-    }
-
-    #[test]
-    fn zeroed_reads_zero_until_written() {
-        // SAFETY: zero is a valid u32.
-        let mut s = unsafe { HugeSlice::<u32>::zeroed(HUGE_PAGE) };
-        assert!(s.iter().all(|&v| v == 0));
-        s[12345] = 9;
-        assert_eq!(s[12345], 9);
     }
 }

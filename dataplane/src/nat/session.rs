@@ -157,6 +157,19 @@ pub struct EndpointKey {
 }
 
 impl Mapping {
+    /// An unused slab slot.
+    const BLANK: Mapping = Mapping {
+        pod: 0,
+        egress: 0,
+        pod_port: 0,
+        egress_port: 0,
+        proto: 0,
+        free: true,
+        config: 0,
+        refs: 0,
+        deadline: 0,
+    };
+
     pub fn pod_key(&self) -> EndpointKey {
         EndpointKey { proto: self.proto, ip: self.pod, port: self.pod_port }
     }
@@ -165,8 +178,8 @@ impl Mapping {
     }
 }
 
-/// A slab of `T` with a capacity fixed at creation: slots below `high`
-/// have been used; the rest are never read.
+/// A slab of `T` with a capacity fixed (and memory touched) at creation:
+/// slots below `high` have been used, the rest are `blank`.
 struct Indexed<T: Copy> {
     slab: HugeSlice<T>,
     high: usize,
@@ -176,9 +189,14 @@ struct Indexed<T: Copy> {
 }
 
 impl<T: Copy> Indexed<T> {
-    fn new(slab: HugeSlice<T>) -> Self {
-        let capacity = slab.len();
-        Indexed { slab, high: 0, free: Vec::with_capacity(capacity), capacity, live: 0 }
+    fn new(capacity: usize, blank: T) -> Self {
+        Indexed {
+            slab: HugeSlice::filled(capacity, blank),
+            high: 0,
+            free: Vec::with_capacity(capacity),
+            capacity,
+            live: 0,
+        }
     }
     /// Slots ever used.
     fn used(&self) -> &[T] {
@@ -215,9 +233,7 @@ impl SessionTable {
     pub fn with_capacity(capacity: usize) -> Self {
         SessionTable {
             hasher: DefaultHashBuilder::default(),
-            // Touched up front: a slab grown on demand takes a page fault
-            // every hundred new sessions, in the data path.
-            items: Indexed::new(HugeSlice::filled(capacity, Session::BLANK)),
+            items: Indexed::new(capacity, Session::BLANK),
             by_in: FlowIndex::with_capacity(capacity),
             by_out: FlowIndex::with_capacity(capacity),
         }
@@ -357,10 +373,7 @@ impl MappingTable {
     pub fn with_capacity(capacity: usize) -> Self {
         MappingTable {
             hasher: DefaultHashBuilder::default(),
-            // Sized like the session slab, but most configs hold far fewer
-            // mappings than sessions: resident only as far as used.
-            // SAFETY: Mapping is integers and a bool; all-zero is valid.
-            items: Indexed::new(unsafe { HugeSlice::zeroed(capacity) }),
+            items: Indexed::new(capacity, Mapping::BLANK),
             by_pod: FlowIndex::with_capacity(capacity),
             by_egress: FlowIndex::with_capacity(capacity),
         }
