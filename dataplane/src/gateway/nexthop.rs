@@ -33,7 +33,8 @@ struct Route {
 #[derive(Debug, Default)]
 pub struct Table {
     routes: Vec<Route>,
-    neighbours: HashMap<(u32, u32), [u8; 6]>,
+    /// Looked up for every packet sent: hashbrown's hasher, not SipHash.
+    neighbours: hashbrown::HashMap<(u32, u32), [u8; 6]>,
 }
 
 /// Why a next hop could not be given.
@@ -154,10 +155,16 @@ impl NextHops {
         })
     }
 
-    /// The current table; workers load it once per batch.
+    /// The current table, for a one-off lookup.
     #[inline]
     pub fn table(&self) -> arc_swap::Guard<Arc<Table>> {
         self.table.load()
+    }
+
+    /// The current table, for a worker to keep for a turn.
+    #[inline]
+    pub fn current(&self) -> Arc<Table> {
+        self.table.load_full()
     }
 
     /// Asks the resolver to get `hop` resolved on `ifindex` (never blocks).

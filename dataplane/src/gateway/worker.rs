@@ -5,7 +5,7 @@
 //! never waited for.
 
 use super::natlog::{LogQueue, LogRecord};
-use super::nexthop::{Miss, NextHops};
+use super::nexthop::{Miss, NextHops, Table};
 use super::rx_bound::RxBound;
 use super::xsk::{SocketDrops, WorkerIo};
 use crate::nat::CompiledPlan;
@@ -200,6 +200,9 @@ pub struct Worker {
     pub peers: Vec<Arc<ArrayQueue<Handoff>>>,
     pub pool: Arc<ArrayQueue<Box<[u8; HANDOFF_BYTES]>>>,
     pub nexthops: Arc<NextHops>,
+    /// The next-hop table as of this turn's start (one load a turn, not
+    /// one a packet).
+    routes: Arc<Table>,
     pub plan: Arc<ArcSwap<CompiledPlan>>,
     pub stop: Arc<AtomicBool>,
     pub report: Arc<Mutex<WorkerReport>>,
@@ -247,6 +250,7 @@ impl Worker {
             inbox: Arc::clone(&shared.inboxes[usize::from(conf.index)]),
             peers: shared.inboxes,
             pool: shared.pool,
+            routes: shared.nexthops.current(),
             nexthops: shared.nexthops,
             plan: shared.plan,
             stop: shared.stop,
@@ -287,6 +291,7 @@ impl Worker {
             let now = Time::from_millis(elapsed.as_millis() as u64);
             let now_ns = elapsed.as_nanos() as u64;
             self.rx_bound.begin_turn(now_ns);
+            self.routes = self.nexthops.current();
             let plan = self.plan.load();
             if !Arc::ptr_eq(&plan, self.engine.plan()) {
                 self.engine.apply_plan(Arc::clone(&plan), now);
@@ -515,7 +520,7 @@ impl Worker {
     /// next hop, holding it while the kernel resolves the hop's MAC.
     fn route_out(&mut self, out: usize, addr: u64, len: usize, dst: u32, now: Time) {
         let p = &self.io.ports[out];
-        match self.nexthops.table().lookup(p.ifindex, dst) {
+        match self.routes.lookup(p.ifindex, dst) {
             Ok(mac) => {
                 let src_mac = p.mac;
                 // SAFETY: the frame is ours until sent.
