@@ -101,7 +101,6 @@ EXPLAIN = {
 
 
 SEEN = set()
-GROUPS = OrderedDict()
 
 
 def table(groups):
@@ -185,22 +184,19 @@ def targets(groups):
 
 def targets_16(groups):
     """Issue 16's targets: the floor share, p99 under load, new flows."""
-    def find(sc, case_part, metric):
-        return find_group(groups, sc, case_part, metric)
-
     res = []
     for flows in ("100000", "1000000"):
-        g = find(1, f"{flows} flows", "Mpps")
+        g = find_group(groups, 1, f"{flows} flows", "Mpps")
         e, f = (stat(g["egret"]), stat(g["floor"])) if g else (None, None)
         share = e[0] / f[0] if e and f else None
         res.append((f"≥ 95% of the I/O floor at {int(flows):,} flows", share, share is not None and share >= 0.95, "%"))
-    g = find(2, "UDP", "new flows/s (k)")
+    g = find_group(groups, 2, "UDP", "new flows/s (k)")
     r = ratio(stat(g["egret"]), stat(g["kernel"])) if g else None
     res.append(("≥ 3× the kernel's new UDP flows per second", r, r is not None and r >= 3, "×"))
-    g = find(2, "TCP", "handshakes/s (k)")
+    g = find_group(groups, 2, "TCP", "handshakes/s (k)")
     r = ratio(stat(g["egret"]), stat(g["kernel"])) if g else None
     res.append(("≥ 2× the kernel's TCP handshakes per second", r, r is not None and r >= 2, "×"))
-    g = find(5, "80% load", "p99 us")
+    g = find_group(groups, 5, "80% load", "p99 us")
     if g and g["egret"] and g["kernel"] and len(g["egret"]) == len(g["kernel"]):
         # Runs are interleaved: run i of each system shares the box's state.
         worse = sum(e > k for e, k in zip(g["egret"], g["kernel"]))
@@ -213,6 +209,12 @@ def targets_16(groups):
 
 def fmt_target(r, unit):
     return f"{100 * r:.0f}%" if unit == "%" else f"{r:.2f}×"
+
+
+def target_16_line(name, r, ok, unit, sep=" — "):
+    """One of issue 16's targets as a line: met / MISSED / not measured."""
+    verdict = "met" if ok else "MISSED" if r is not None else "not measured"
+    return f"{verdict}: {name}" + (f"{sep}{fmt_target(r, unit)}" if r is not None else "")
 
 
 # The README's headline rows: (scenario, case contains, metric, label).
@@ -246,8 +248,8 @@ def readme_block(rows, t16, args):
         fl = f"{fmt(floor[0])} (Egret {100 * row['egret'][0] / floor[0]:.0f}%)" if floor and row["egret"] else ""
         out.append(f"| {label} | {e} | {k} | {ra} | {fl} |")
     out.append("")
-    for name, r, ok, unit in t16:
-        out.append(f"- {'met' if ok else 'MISSED' if r is not None else 'not measured'}: {name}" + (f" — {fmt_target(r, unit)}" if r is not None else ""))
+    for t in t16:
+        out.append(f"- {target_16_line(*t)}")
     out += ["", README_END]
     return "\n".join(out)
 
@@ -277,7 +279,7 @@ def text_table(rows):
     return "\n".join(lines)
 
 
-def markdown(rows, tg, args, runs):
+def markdown(rows, tg, t16, args, runs):
     md = ["# Egret load benchmark: latest results", ""]
     if args.machine:
         md.append(f"Machine: {args.machine}. veth, copy-mode AF_XDP, one gateway core.")
@@ -307,8 +309,8 @@ def markdown(rows, tg, args, runs):
     md.append("")
     md.append("## Targets (issue 16)")
     md.append("")
-    for name, r, ok, unit in targets_16(GROUPS):
-        md.append(f"- {'met' if ok else 'MISSED' if r is not None else 'not measured'}: {name}" + (f" — {fmt_target(r, unit)}" if r is not None else ""))
+    for t in t16:
+        md.append(f"- {target_16_line(*t)}")
     md.append("")
     md.append("![chart](latest.svg)" if args.svg and args.svg.endswith("latest.svg") else f"![chart]({args.svg.rsplit('/', 1)[-1]})" if args.svg else "")
     return "\n".join(md) + "\n"
@@ -449,10 +451,9 @@ def main():
     ap.add_argument("--readme", help="replace the headline block of this README with the run's")
     args = ap.parse_args()
     raw, groups = load(args.results)
-    GROUPS.update(groups)
     rows = table(groups)
     runs = max((len(g["egret"]) for g in groups.values()), default=0)
-    tg = targets(groups)
+    tg, t16 = targets(groups), targets_16(groups)
     print(text_table(rows))
     print()
     for name, r, ok in tg:
@@ -460,14 +461,14 @@ def main():
             print(f"target not measured: {name}")
         else:
             print(f"target {'met' if ok else 'MISSED'}: {name}: {r:.2f}x")
-    for name, r, ok, unit in targets_16(groups):
-        print(f"target {'met' if ok else 'MISSED' if r is not None else 'not measured'}: {name}" + (f": {fmt_target(r, unit)}" if r is not None else ""))
+    for t in t16:
+        print(f"target {target_16_line(*t, sep=': ')}")
     if args.readme:
-        write_readme(args.readme, readme_block(rows, targets_16(groups), args))
+        write_readme(args.readme, readme_block(rows, t16, args))
     if args.svg:
         svg(groups, args.svg)
     if args.md:
-        open(args.md, "w").write(markdown(rows, tg, args, runs))
+        open(args.md, "w").write(markdown(rows, tg, t16, args, runs))
 
 
 if __name__ == "__main__":

@@ -155,12 +155,6 @@ impl NextHops {
         })
     }
 
-    /// The current table, for a one-off lookup.
-    #[inline]
-    pub fn table(&self) -> arc_swap::Guard<Arc<Table>> {
-        self.table.load()
-    }
-
     /// The current table, for a worker to keep for a turn.
     #[inline]
     pub fn current(&self) -> Arc<Table> {

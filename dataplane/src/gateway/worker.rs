@@ -592,7 +592,7 @@ impl Worker {
     /// Sends held frames whose next hop is now known; drops (and counts)
     /// those that waited too long.
     fn retry_pending(&mut self, now: Time) {
-        let table = self.nexthops.table();
+        let table = Arc::clone(&self.routes);
         let mut i = 0;
         while i < self.pending.len() {
             let p = self.pending[i];

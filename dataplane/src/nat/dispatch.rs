@@ -44,7 +44,6 @@ impl NatEngine {
         now: Time,
     ) -> Verdict {
         self.draws.settle();
-        self.new_flows.forget();
         let len = len.min(buf.len());
         let (src, dst, total) = match Ipv4Packet::new_checked(&buf[..len]) {
             Ok(ip) if ip.verify_checksum() => {

@@ -193,6 +193,12 @@ impl Draws {
         Some(self.ahead[(self.head + j) % AHEAD])
     }
 
+    /// Draws peeked since the last `settle`.
+    #[inline(always)]
+    pub fn peeked(&self) -> usize {
+        self.peeked.get()
+    }
+
     /// The batch is being processed: the next peek starts at the next take.
     #[inline(always)]
     pub fn settle(&self) {

@@ -22,8 +22,8 @@ impl NatEngine {
     /// misses of a whole batch overlap instead of queueing (VPP-style).
     #[inline]
     pub fn prefetch_index(&self, pkt: &[u8]) {
-        if let Some((k, pod_config)) = self.peek_key(pkt) {
-            self.sessions.prefetch_slot(&k, pod_config.is_some());
+        if let Some((k, pod)) = self.peek_key(pkt) {
+            self.sessions.prefetch_slot(&k, pod.is_some());
         }
     }
 
@@ -31,10 +31,10 @@ impl NatEngine {
     /// mapping slot starts loading and the flow is noted for stage 3.
     #[inline]
     pub fn prefetch_session(&self, pkt: &[u8]) {
-        if let Some((k, pod_config)) = self.peek_key(pkt) {
-            let found = self.sessions.prefetch_session(&k, pod_config.is_some());
-            if let (false, Some(ci)) = (found, pod_config) {
-                self.prefetch_new_flow(&k, ci);
+        if let Some((k, pod)) = self.peek_key(pkt) {
+            let found = self.sessions.prefetch_session(&k, pod.is_some());
+            if let (false, Some(pod)) = (found, pod) {
+                self.prefetch_new_flow(&k, pod);
             }
         }
     }
@@ -46,15 +46,21 @@ impl NatEngine {
     /// the batch's. The port is the one the flow's draw will pick on the
     /// pod's paired address, or its mapping's; the mapping's slot is only
     /// being loaded, so that guess waits for stage 3.
-    fn prefetch_new_flow(&self, k: &FlowKey, ci: u16) {
+    fn prefetch_new_flow(&self, k: &FlowKey, pod: PodState) {
+        let ci = pod.config;
         self.prefetch_mapping(k, ci);
         if self.inside_owner(k.proto, k.local, k.local_port) != self.settings.worker {
             return; // handed off before it takes a draw
         }
+        // The first new flow since the last packet was processed opens a
+        // batch: what stage 2 noted before is stale.
+        let first = self.draws.peeked() == 0;
         let Some(draw) = self.draws.peek() else { return };
-        let Some(addr) = self.paired_addr(k.local, ci) else { return };
+        let Some(addr) = self.config(ci).addrs.get(usize::from(pod.preferred)).map(|&a| u32::from(a)) else {
+            return;
+        };
         match self.config(ci).mapping {
-            MappingMode::EndpointIndependent => self.new_flows.note(*k, addr, draw),
+            MappingMode::EndpointIndependent => self.new_flows.note(*k, addr, draw, first),
             MappingMode::PortReuse => {
                 let port = self.slice.lo + (draw % self.slice.len() as u32) as u16;
                 self.sessions.prefetch_out_slot(&FlowKey { local: addr, local_port: port, ..*k });
@@ -86,11 +92,6 @@ impl NatEngine {
         });
     }
 
-    fn paired_addr(&self, pod: u32, ci: u16) -> Option<u32> {
-        let (first, _) = self.addr_order(pod, ci);
-        self.config(ci).addrs.get(usize::from(first)).map(|&a| u32::from(a))
-    }
-
     /// A new inside flow's mapping slot, in config `ci` (endpoint-independent
     /// configs only: port reuse has no mapping).
     #[inline(always)]
@@ -101,10 +102,10 @@ impl NatEngine {
     }
 
     /// The key a packet's session would be found by, and for a packet from
-    /// a pod its config; bounds-checked only, since it serves nothing but
-    /// prefetching.
+    /// a pod the pod's state; bounds-checked only, since it serves nothing
+    /// but prefetching.
     #[inline]
-    pub(super) fn peek_key(&self, pkt: &[u8]) -> Option<(FlowKey, Option<u16>)> {
+    pub(super) fn peek_key(&self, pkt: &[u8]) -> Option<(FlowKey, Option<PodState>)> {
         let ip = Ipv4Packet::new_header_checked(pkt).ok()?;
         if ip.is_fragment() {
             return None;
@@ -116,16 +117,17 @@ impl NatEngine {
         }
         let (src, dst) = (u32::from_be_bytes(ip.src()), u32::from_be_bytes(ip.dst()));
         let ports = Transport::new_unchecked(l4b, proto).ports();
-        if let Some(pod) = self.pods.get(&src) {
-            return Some((FlowKey::outbound(proto.number(), src, dst, ports), Some(pod.config)));
+        if let Some(&pod) = self.pods.get(&src) {
+            return Some((FlowKey::outbound(proto.number(), src, dst, ports), Some(pod)));
         }
         Some((FlowKey::inbound(proto.number(), src, dst, ports), None))
     }
 }
 
 /// Stage 2's new endpoint-independent flows, for stage 3, with the paired
-/// address and draw each will take: at most a batch's worth, forgotten when
-/// a packet is processed (a batch without stage 3 leaves none behind).
+/// address and draw each will take: at most a batch's worth, forgotten
+/// when the next batch notes its first (a batch whose stage 3 never ran
+/// leaves only guesses behind, worth a miss at most).
 pub(super) struct NewFlows(std::cell::RefCell<Vec<(FlowKey, u32, u32)>>);
 
 /// New flows stage 3 looks ahead for (a receive batch).
@@ -137,8 +139,11 @@ impl NewFlows {
     }
 
     #[inline]
-    fn note(&self, k: FlowKey, addr: u32, draw: u32) {
+    fn note(&self, k: FlowKey, addr: u32, draw: u32, first: bool) {
         let mut v = self.0.borrow_mut();
+        if first {
+            v.clear();
+        }
         if v.len() < NEW_FLOWS_KEPT {
             v.push((k, addr, draw));
         }
@@ -151,14 +156,6 @@ impl NewFlows {
             f(&k, addr, draw);
         }
         self.0.borrow_mut().clear();
-    }
-
-    #[inline(always)]
-    pub fn forget(&self) {
-        let mut v = self.0.borrow_mut();
-        if !v.is_empty() {
-            v.clear();
-        }
     }
 }
 

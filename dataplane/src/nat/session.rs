@@ -184,19 +184,15 @@ struct Indexed<T: Copy> {
     slab: HugeSlice<T>,
     high: usize,
     free: Vec<u32>,
-    capacity: usize,
     live: usize,
 }
 
 impl<T: Copy> Indexed<T> {
     fn new(capacity: usize, blank: T) -> Self {
-        Indexed {
-            slab: HugeSlice::filled(capacity, blank),
-            high: 0,
-            free: Vec::with_capacity(capacity),
-            capacity,
-            live: 0,
-        }
+        Indexed { slab: HugeSlice::filled(capacity, blank), high: 0, free: Vec::with_capacity(capacity), live: 0 }
+    }
+    fn capacity(&self) -> usize {
+        self.slab.len()
     }
     /// Slots ever used.
     fn used(&self) -> &[T] {
@@ -205,7 +201,7 @@ impl<T: Copy> Indexed<T> {
     fn insert(&mut self, v: T) -> Option<u32> {
         let idx = if let Some(i) = self.free.pop() {
             i
-        } else if self.high < self.capacity {
+        } else if self.high < self.capacity() {
             self.high += 1;
             (self.high - 1) as u32
         } else {
@@ -247,10 +243,10 @@ impl SessionTable {
         self.items.live == 0
     }
     pub fn is_full(&self) -> bool {
-        self.items.live >= self.items.capacity
+        self.items.live >= self.items.capacity()
     }
     pub fn capacity(&self) -> usize {
-        self.items.capacity
+        self.items.capacity()
     }
     /// Slots ever used: the range an expiry sweep walks.
     pub fn high_water(&self) -> usize {
@@ -379,7 +375,7 @@ impl MappingTable {
         }
     }
     pub fn capacity(&self) -> usize {
-        self.items.capacity
+        self.items.capacity()
     }
     pub fn len(&self) -> usize {
         self.items.live
