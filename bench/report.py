@@ -195,7 +195,12 @@ def targets_16(groups):
     res.append(("≥ 3× the kernel's new UDP flows per second", r, r is not None and r >= 3, "×"))
     g = find_group(groups, 2, "TCP", "handshakes/s (k)")
     r = ratio(stat(g["egret"]), stat(g["kernel"])) if g else None
-    res.append(("≥ 2× the kernel's TCP handshakes per second", r, r is not None and r >= 2, "×"))
+    name = "≥ 2× the kernel's TCP handshakes per second"
+    fr = ratio(stat(g["floor"]), stat(g["kernel"])) if g else None
+    if fr is not None:
+        # What no NAT on this I/O path could beat.
+        name += f" (the I/O floor itself: {fr:.2f}× the kernel)"
+    res.append((name, r, r is not None and r >= 2, "×"))
     g = find_group(groups, 5, "80% load", "p99 us")
     if g and g["egret"] and g["kernel"] and len(g["egret"]) == len(g["kernel"]):
         # Runs are interleaved: run i of each system shares the box's state.

@@ -298,13 +298,16 @@ TOML
 }
 
 # The I/O floor: egret-xdpfwd on the gateway core (Egret's steering
-# program, sockets and ring sizes; MAC swap only, no NAT).
+# program, sockets and ring sizes; MAC swap only, no NAT). With
+# FLOOR_TWO_WAY=1 it also forwards what comes back to the pod (the TCP
+# handshakes' SYN-ACKs).
 setup_floor() {
   x egt-b-gw sysctl -qw net.ipv4.ip_forward=1
-  local sink_mac
+  local sink_mac back=()
   sink_mac=$(x egt-b-sink cat /sys/class/net/sink0/address)
+  [ "${FLOOR_TWO_WAY:-0}" = 1 ] && back=(--pod-mac "$(x egt-b-gen cat /sys/class/net/gen0/address)")
   ip netns exec egt-b-gw "$XDPFWD" --inside b-in --outside b-out --pod 198.18.0.2 --dst-mac "$sink_mac" \
-    --seconds 110 --ring "${EGRET_BENCH_RING:-2048}" --core "$GW_CORE" >"$DIR/xdpfwd.out" 2>&1 &
+    --seconds 110 --ring "${EGRET_BENCH_RING:-2048}" --core "$GW_CORE" "${back[@]}" >"$DIR/xdpfwd.out" 2>&1 &
   GW_PID=$!
   for _ in $(seq 100); do
     grep -q ready "$DIR/xdpfwd.out" 2>/dev/null && break
@@ -598,11 +601,13 @@ scenario_new_tcp() {
   echo "== 2 new connections: TCP handshakes (SYN from the generator, SYN-ACK from the sink, ACK from the pod side)," \
     "SYN rate raised 1.4x per step while >= 90% complete, then one step between; ${TCP_MEASURE}s windows"
   for i in $(seq "$RUNS"); do
-    for sys in egret kernel; do
-      local rate=$TCP_FIRST_RATE best=0 best_note="" steps="" passed=0 refined=0
+    for sys in egret kernel floor; do
+      local rate=$TCP_FIRST_RATE best=0 best_note="" steps="" passed=0 refined=0 sink_extra=()
+      # The floor forwards both ways untranslated; the sink answers that.
+      [ "$sys" = floor ] && sink_extra=(--untranslated-tcp)
       while :; do
         wait_quiet
-        setup "$sys" endpoint-independent "$NEW_SESSIONS"
+        FLOOR_TWO_WAY=1 setup "$sys" endpoint-independent "$NEW_SESSIONS"
         local secs ack syn cpu extra done_pct
         secs=$(python3 -c "print($TCP_WARMUP + $TCP_MEASURE + 0.2)")
         # The pod side's work (answering SYN-ACKs) stays on the generator's
@@ -614,7 +619,7 @@ scenario_new_tcp() {
         for _ in $(seq 50); do grep -q ready "$DIR/podack.out" 2>/dev/null && break; sleep 0.1; done
         WARMUP_NOW=$TCP_WARMUP MEASURE_NOW=$TCP_MEASURE
         profile_to "$i" "2-tcp-$((rate / 1000))k-$sys"
-        traffic "$secs" --hold 0.3 -- --new-flows --proto tcp --rate "$rate"
+        traffic "$secs" --hold 0.3 "${sink_extra[@]}" -- --new-flows --proto tcp --rate "$rate"
         ack=$(python3 -c "print(round($(field ack_mpps "$DIR/sink.out") * 1e6))")
         syn=$(python3 -c "print(round($(field syn_mpps "$DIR/sink.out") * 1e6))")
         # Against what the generator really sent (the pacer loses time
@@ -625,6 +630,8 @@ scenario_new_tcp() {
         cpu_use; cpu=$CPU_LINE
         if [ "$sys" = egret ]; then
           fresh_status; extra="$(egret_status summary)"
+        elif [ "$sys" = floor ]; then
+          extra="AF_XDP forwarder both ways, no NAT"
         else
           extra="conntrack: $(ct_count) entries, early drops $(ct_stat early_drop), invalid $(ct_stat invalid)"
         fi

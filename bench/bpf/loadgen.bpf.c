@@ -106,10 +106,11 @@ struct {
 	__type(value, __u64);
 } sink_count SEC(".maps");
 
-/* 0: echo port (0 = none), 1: count distinct flows (0/1). */
+/* 0: echo port (0 = none), 1: count distinct flows (0/1), 2: answer
+ * untranslated SYNs too (0/1: the TCP floor, which does not translate). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, __u32);
 } sink_cfg SEC(".maps");
@@ -318,7 +319,10 @@ int sink(struct xdp_md *ctx)
 			return XDP_PASS;
 		if (!translated(ip)) {
 			count(C_TCP_UNTRANSLATED);
-			return XDP_DROP;
+			__u32 k2 = 2;
+			__u32 *floor = bpf_map_lookup_elem(&sink_cfg, &k2);
+			if (!floor || !*floor)
+				return XDP_DROP;
 		}
 		if (tcp->syn && !tcp->ack) {
 			count(C_SYN);

@@ -6,7 +6,7 @@
 //!                    [--proto udp|tcp] [--flows N | --new-flows] [--rate PPS] [--limit N]
 //!                    [--sport-base P] [--sport-count N] [--saddrs N] [--dport-base P]
 //!                    [--dport-count N] [--dport-by-saddr] [--size B]
-//! egret-loadgen sink --dev IF [--echo PORT] [--distinct] [--warmup S] [--measure S] [--hold S]
+//! egret-loadgen sink --dev IF [--echo PORT] [--distinct] [--untranslated-tcp] [--warmup S] [--measure S] [--hold S]
 //! egret-loadgen pod-ack --dev IF --seconds S
 //! egret-loadgen ping --dst IP --port P [--count N] [--interval-us U] [--timeout-ms T]
 //! ```
@@ -30,7 +30,9 @@
 //! source (translated 198.19.0.0/16, untranslated 198.18.0.0/16), TCP SYNs
 //! it answered with a SYN-ACK and final ACKs (handshakes done); `--echo`
 //! reflects UDP to that port back to its sender (the latency probe's far
-//! end); `--distinct` also counts distinct translated 5-tuples. At exit it
+//! end); `--distinct` also counts distinct translated 5-tuples;
+//! `--untranslated-tcp` answers and counts untranslated handshakes as well
+//! (the TCP floor, whose forwarder does not translate). At exit it
 //! prints totals since it attached. SIGTERM or SIGINT cuts its windows
 //! short: it reports what it has and exits.
 //!
@@ -442,6 +444,7 @@ fn sink(a: &SinkArgs) -> Result<(), String> {
         let mut c: Array<&mut MapData, u32> = Array::try_from(m).map_err(|e| e.to_string())?;
         c.set(0, u32::from(echo), 0).map_err(|e| e.to_string())?;
         c.set(1, u32::from(a.distinct), 0).map_err(|e| e.to_string())?;
+        c.set(2, u32::from(a.untranslated_tcp), 0).map_err(|e| e.to_string())?;
     }
     let mode = attach(&mut ebpf, "sink", dev)?;
     // SAFETY: the handler only stores to an atomic.
@@ -628,6 +631,10 @@ struct SinkArgs {
     /// Also count distinct translated 5-tuples.
     #[arg(long)]
     distinct: bool,
+    /// Answer untranslated SYNs and count their handshakes too (the TCP
+    /// floor: a forwarder that does not translate).
+    #[arg(long)]
+    untranslated_tcp: bool,
     #[arg(long, default_value_t = 1.5)]
     warmup: f64,
     #[arg(long, default_value_t = 3.0)]

@@ -4,11 +4,13 @@
 //! core, the same RX latency bound), but no NAT: every frame from the pod is readdressed to the sink's
 //! MAC and sent out of the outside interface. What this moves is what Egret
 //! could move at best on the same path; Egret's figure over this one is the
-//! share of the floor it reaches.
+//! share of the floor it reaches. With `--pod-mac`, frames from the outside
+//! to the pod are forwarded back the same way (the TCP handshakes' floor:
+//! SYN-ACKs reach the pod side as they do through Egret).
 //!
 //! ```text
 //! egret-xdpfwd --inside IF --outside IF --pod IP --dst-mac MAC --seconds S [--ring N] [--core C]
-//!              [--rx-latency-budget-us US]
+//!              [--rx-latency-budget-us US] [--pod-mac MAC]
 //! ```
 
 use clap::Parser;
@@ -49,6 +51,9 @@ struct Cli {
     /// RX latency budget, as the gateway's `umem.rx_latency_budget_us`.
     #[arg(long, default_value_t = 250)]
     rx_latency_budget_us: u32,
+    /// The pod's MAC: forward frames from the outside to the pod too.
+    #[arg(long, value_parser = mac)]
+    pod_mac: Option<[u8; 6]>,
 }
 
 const BATCH: u32 = 64;
@@ -76,21 +81,27 @@ fn run(cli: &Cli) -> Result<(), String> {
     }
     let pods: HashSet<u32> = [u32::from(cli.pod)].into();
     steering[0].follow_plan(&pods, &HashSet::new()).map_err(|e| e.to_string())?;
+    if cli.pod_mac.is_some() {
+        // Frames to the pod arrive at the outside socket too.
+        steering[1].follow_plan(&pods, &HashSet::new()).map_err(|e| e.to_string())?;
+    }
     let sizes = XskSizes { frames: 8192, frame_size: 2048, ring: cli.ring };
     let targets = [(cli.inside.clone(), 0), (cli.outside.clone(), 0)];
     let mut io = WorkerIo::open(&targets, sizes).map_err(|e| format!("AF_XDP: {e}"))?;
     for (pi, s) in steering.iter_mut().enumerate() {
         s.register_socket(0, &io.socket_fd(pi)).map_err(|e| e.to_string())?;
     }
-    let out_mac = io.ports[1].mac;
+    let (in_mac, out_mac) = (io.ports[0].mac, io.ports[1].mac);
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGTERM, on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t);
         libc::signal(libc::SIGINT, on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t);
     }
     println!("ready");
-    let (mut rx, mut tx) = (Vec::with_capacity(BATCH as usize), Vec::with_capacity(4 * BATCH as usize));
-    let (mut forwarded, mut shed) = (0u64, 0u64);
+    let mut rx = Vec::with_capacity(BATCH as usize);
+    // Frames waiting for each port's TX ring: to the outside, to the pod.
+    let mut tx = [Vec::with_capacity(4 * BATCH as usize), Vec::with_capacity(4 * BATCH as usize)];
+    let (mut forwarded, mut returned, mut shed) = (0u64, 0u64, 0u64);
     let (mut bound, mut latency_shed) = (RxBound::new(cli.rx_latency_budget_us, 1), 0u64);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(cli.seconds);
@@ -107,34 +118,44 @@ fn run(cli: &Cli) -> Result<(), String> {
             io.service(port);
         }
         latency_shed += u64::from(io.shed_standing(0, &mut bound, now_ns));
-        rx.clear();
-        if tx.len() < 2 * BATCH as usize {
-            io.receive(0, &mut rx, BATCH);
-        }
-        bound.received(rx.len());
-        for d in rx.drain(..) {
-            // SAFETY: a received descriptor is ours until sent or released.
-            EthernetFrame::new_unchecked(unsafe { io.frame_mut(d.addr) }).readdress(cli.dst_mac, out_mac);
-            tx.push(d);
-        }
-        let sent = io.transmit(1, &tx);
-        forwarded += sent as u64;
-        tx.drain(..sent);
-        if tx.len() > 8 * BATCH as usize {
-            // The kernel takes nothing: drop the oldest, as the gateway does.
-            let n = tx.len() - 4 * BATCH as usize;
-            for d in tx.drain(..n) {
-                io.release(d.addr);
+        for (from, to) in [(0usize, 1usize), (1, 0)] {
+            rx.clear();
+            if tx[to].len() < 2 * BATCH as usize {
+                io.receive(from, &mut rx, BATCH);
             }
-            shed += n as u64;
-        }
-        // Whatever the sink sends back is not forwarded.
-        io.receive(1, &mut rx, BATCH);
-        for d in rx.drain(..) {
-            io.release(d.addr);
+            if from == 0 {
+                bound.received(rx.len());
+            }
+            let (dst, src) = if to == 1 { (Some(cli.dst_mac), out_mac) } else { (cli.pod_mac, in_mac) };
+            for d in rx.drain(..) {
+                match dst {
+                    Some(dst) => {
+                        // SAFETY: a received descriptor is ours until sent or released.
+                        EthernetFrame::new_unchecked(unsafe { io.frame_mut(d.addr) }).readdress(dst, src);
+                        tx[to].push(d);
+                    }
+                    // One way only: what the sink sends back is not forwarded.
+                    None => io.release(d.addr),
+                }
+            }
+            let sent = io.transmit(to, &tx[to]);
+            if to == 1 {
+                forwarded += sent as u64;
+            } else {
+                returned += sent as u64;
+            }
+            tx[to].drain(..sent);
+            if tx[to].len() > 8 * BATCH as usize {
+                // The kernel takes nothing: drop the oldest, as the gateway does.
+                let n = tx[to].len() - 4 * BATCH as usize;
+                for d in tx[to].drain(..n) {
+                    io.release(d.addr);
+                }
+                shed += n as u64;
+            }
         }
     }
-    println!("xdpfwd: forwarded={forwarded} shed={shed} latency_shed={latency_shed}");
+    println!("xdpfwd: forwarded={forwarded} returned={returned} shed={shed} latency_shed={latency_shed}");
     Ok(())
 }
 
