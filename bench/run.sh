@@ -36,7 +36,9 @@
 #                the frames it lost by reason
 #   --profile    perf profiles (both cores, flat) of each case's first runs,
 #                written next to the results as OUT-perf/*.txt
-# EGRET_BENCH_RING sets Egret's AF_XDP ring size (default 2048).
+# EGRET_BENCH_RING sets Egret's AF_XDP ring size (default 2048), and
+# EGRET_BENCH_RX_BUDGET_US its RX latency budget (default 250; 0: none),
+# for Egret and the floor alike.
 # EGRET_BENCH_PERF_HZ sets --profile's sampling rate (default 499).
 # Each run gets a fresh topology (empty conntrack, fresh gateway). Addresses
 # only from 198.18.0.0/15; namespaces egt-b-*, removed on exit.
@@ -282,6 +284,7 @@ queues = 1
 frames = 8192
 frame_size = 2048
 ring = ${EGRET_BENCH_RING:-2048}
+rx_latency_budget_us = ${EGRET_BENCH_RX_BUDGET_US:-250}
 TOML
   rm -f "$DIR/status.json"
   # Not through x(): a function in the background is a subshell, and $!
@@ -307,7 +310,8 @@ setup_floor() {
   sink_mac=$(x egt-b-sink cat /sys/class/net/sink0/address)
   [ "${FLOOR_TWO_WAY:-0}" = 1 ] && back=(--pod-mac "$(x egt-b-gen cat /sys/class/net/gen0/address)")
   ip netns exec egt-b-gw "$XDPFWD" --inside b-in --outside b-out --pod 198.18.0.2 --dst-mac "$sink_mac" \
-    --seconds 110 --ring "${EGRET_BENCH_RING:-2048}" --core "$GW_CORE" "${back[@]}" >"$DIR/xdpfwd.out" 2>&1 &
+    --seconds 110 --ring "${EGRET_BENCH_RING:-2048}" \
+    --rx-latency-budget-us "${EGRET_BENCH_RX_BUDGET_US:-250}" --core "$GW_CORE" "${back[@]}" >"$DIR/xdpfwd.out" 2>&1 &
   GW_PID=$!
   for _ in $(seq 100); do
     grep -q ready "$DIR/xdpfwd.out" 2>/dev/null && break
@@ -856,19 +860,27 @@ scenario_bulk_tcp() {
   for mtu in 1500 1280; do
     for dir in up down; do
       echo "== 7 bulk TCP: iperf3 $dir (pod $([ $dir = up ] && echo "→" || echo "←") internet), hop beyond the gateway at $mtu bytes, ${BULK_SECONDS}s"
+      # The floor forwards untranslated and sends no ICMP: it cannot run
+      # PMTU discovery for the 1280-byte hop.
+      local systems="egret kernel floor"
+      [ "$mtu" = 1500 ] || systems="egret kernel"
       for i in $(seq "$RUNS"); do
-        for sys in egret kernel; do
+        for sys in $systems; do
           wait_quiet
-          setup "$sys" endpoint-independent 65536
+          FLOOR_TWO_WAY=1 setup "$sys" endpoint-independent 65536
           x egt-b-gw ip link set b-out mtu "$mtu"
           x egt-b-sink ip link set sink0 mtu "$mtu"
-          # The sink answers the egress addresses (the kernel's is on-link).
+          # The sink answers the egress addresses (the kernel's is on-link),
+          # and the pod's own through the floor.
           x egt-b-sink ip route add 198.19.100.0/24 via 198.19.0.1
+          [ "$sys" = floor ] && x egt-b-sink ip route add 198.18.0.0/16 via 198.19.0.1
           MEASURE_NOW=$BULK_SECONDS
           g=$(bulk_run "$dir")
           cpu_use; cpu=$CPU_LINE
           if [ "$sys" = egret ]; then
             fresh_status; extra=$(egret_status summary 2>/dev/null || echo "no status")
+          elif [ "$sys" = floor ]; then
+            extra="AF_XDP forwarder both ways, no NAT"
           else
             extra="conntrack entries: $(ct_count)"
           fi

@@ -102,7 +102,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     // Frames waiting for each port's TX ring: to the outside, to the pod.
     let mut tx = [Vec::with_capacity(4 * BATCH as usize), Vec::with_capacity(4 * BATCH as usize)];
     let (mut forwarded, mut returned, mut shed) = (0u64, 0u64, 0u64);
-    let (mut bound, mut latency_shed) = (RxBound::new(cli.rx_latency_budget_us, 1), 0u64);
+    let (mut bound, mut latency_shed) = (RxBound::new(cli.rx_latency_budget_us, 2), 0u64);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(cli.seconds);
     while !STOP.load(Ordering::Relaxed) {
@@ -117,15 +117,16 @@ fn run(cli: &Cli) -> Result<(), String> {
         for port in 0..2 {
             io.service(port);
         }
-        latency_shed += u64::from(io.shed_standing(0, &mut bound, now_ns));
+        // Both rings, as the gateway's worker bounds both.
+        for port in 0..2 {
+            latency_shed += u64::from(io.shed_standing(port, &mut bound, now_ns));
+        }
         for (from, to) in [(0usize, 1usize), (1, 0)] {
             rx.clear();
             if tx[to].len() < 2 * BATCH as usize {
                 io.receive(from, &mut rx, BATCH);
             }
-            if from == 0 {
-                bound.received(rx.len());
-            }
+            bound.received(rx.len());
             let (dst, src) = if to == 1 { (Some(cli.dst_mac), out_mac) } else { (cli.pod_mac, in_mac) };
             for d in rx.drain(..) {
                 match dst {

@@ -32,8 +32,8 @@ pub struct UmemSettings {
     pub frame_size: u32,
     #[serde(default = "default_ring")]
     pub ring: u32,
-    /// How long a frame may wait in an RX ring under a standing overload
-    /// before the oldest are shed (see `rx_bound`); 0: as long as the ring holds.
+    /// The wait in an RX ring a standing queue is held to (see `rx_bound`:
+    /// CoDel's drops above it, all beyond twice it); 0: as long as the ring holds.
     #[serde(default = "default_rx_latency_budget_us")]
     pub rx_latency_budget_us: u32,
 }
