@@ -101,7 +101,8 @@ fn run(cli: &Cli) -> Result<(), String> {
     let mut rx = Vec::with_capacity(BATCH as usize);
     // Frames waiting for each port's TX ring: to the outside, to the pod.
     let mut tx = [Vec::with_capacity(4 * BATCH as usize), Vec::with_capacity(4 * BATCH as usize)];
-    let (mut forwarded, mut returned, mut shed) = (0u64, 0u64, 0u64);
+    // Frames sent: to the pod (returned), to the outside (forwarded).
+    let (mut sent_to, mut shed) = ([0u64; 2], 0u64);
     let (mut bound, mut latency_shed) = (RxBound::new(cli.rx_latency_budget_us, 2), 0u64);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(cli.seconds);
@@ -128,23 +129,19 @@ fn run(cli: &Cli) -> Result<(), String> {
             }
             bound.received(rx.len());
             let (dst, src) = if to == 1 { (Some(cli.dst_mac), out_mac) } else { (cli.pod_mac, in_mac) };
-            for d in rx.drain(..) {
-                match dst {
-                    Some(dst) => {
+            match dst {
+                Some(dst) => {
+                    for d in rx.drain(..) {
                         // SAFETY: a received descriptor is ours until sent or released.
                         EthernetFrame::new_unchecked(unsafe { io.frame_mut(d.addr) }).readdress(dst, src);
                         tx[to].push(d);
                     }
-                    // One way only: what the sink sends back is not forwarded.
-                    None => io.release(d.addr),
                 }
+                // One way only: what the sink sends back is not forwarded.
+                None => rx.drain(..).for_each(|d| io.release(d.addr)),
             }
             let sent = io.transmit(to, &tx[to]);
-            if to == 1 {
-                forwarded += sent as u64;
-            } else {
-                returned += sent as u64;
-            }
+            sent_to[to] += sent as u64;
             tx[to].drain(..sent);
             if tx[to].len() > 8 * BATCH as usize {
                 // The kernel takes nothing: drop the oldest, as the gateway does.
@@ -156,6 +153,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             }
         }
     }
+    let [returned, forwarded] = sent_to;
     println!("xdpfwd: forwarded={forwarded} returned={returned} shed={shed} latency_shed={latency_shed}");
     Ok(())
 }

@@ -131,7 +131,7 @@ impl RxBound {
             *st = RingState::default();
             return 0;
         }
-        let Some(d) = &mut st.dropping else {
+        if st.dropping.is_none() {
             match st.above_since {
                 None => st.above_since = Some((now_ns, queued)),
                 Some((t, _)) if now_ns.saturating_sub(t) < interval => {}
@@ -141,15 +141,11 @@ impl RxBound {
                 Some((_, then)) if queued - limit <= then.saturating_sub(queued) => {
                     st.above_since = Some((now_ns, queued));
                 }
-                Some(_) => {
-                    let mut d = Dropping { count: 1, next_ns: 0 };
-                    d.schedule(now_ns, interval);
-                    st.dropping = Some(d);
-                    return (1 + queued.saturating_sub(HARD_BUDGETS * limit)) as u32;
-                }
+                // Standing: the law's first drop is due now.
+                Some(_) => st.dropping = Some(Dropping { count: 0, next_ns: now_ns }),
             }
-            return 0;
-        };
+        }
+        let Some(d) = &mut st.dropping else { return 0 };
         let mut shed = queued.saturating_sub(HARD_BUDGETS * limit);
         // The law's drops fall due at most one a turn: a turn is far
         // shorter than an interval / sqrt(count) until count is in the
