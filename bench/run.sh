@@ -40,6 +40,7 @@
 # EGRET_BENCH_RX_BUDGET_US its RX latency budget (default 250; 0: none),
 # for Egret and the floor alike.
 # EGRET_BENCH_PERF_HZ sets --profile's sampling rate (default 499).
+# EGRET_BENCH_GATEWAY runs another egret-gateway binary (A/B runs of a change).
 # Each run gets a fresh topology (empty conntrack, fresh gateway). Addresses
 # only from 198.18.0.0/15; namespaces egt-b-*, removed on exit.
 #
@@ -129,7 +130,7 @@ scripts/install-deps.sh
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 # The same command as scripts/lib.sh build_release: one build for every script.
 cargo build --release -q --workspace --bins
-GATEWAY=$TARGET_DIR/release/egret-gateway
+GATEWAY=${EGRET_BENCH_GATEWAY:-$TARGET_DIR/release/egret-gateway}
 LOADGEN=$TARGET_DIR/release/egret-loadgen
 XDPFWD=$TARGET_DIR/release/egret-xdpfwd
 NCPU=$(nproc)

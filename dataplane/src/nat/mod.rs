@@ -43,6 +43,7 @@ pub mod tcp;
 pub use compiled::{CompiledConfig, CompiledPlan, CompiledTunnel, SourceCidrs};
 pub use counters::{Counters, DropReason};
 pub use events::{DenyEvent, NatEvent};
+pub use flow_index::prefetch;
 pub use frag::{ReleaseTo, Released};
 pub use policy::{Decision, FqdnCache};
 pub use policy_check::RuleHits;
