@@ -1,7 +1,8 @@
 """Egress policy end to end: a default-deny config that allows DNS, one
 CIDR:port and one FQDN (answered by a DNS server on the internet side),
-denied flows answered with a TCP RST, a short DNS TTL expiring, and a rule
-change taking effect within 2 seconds."""
+denied flows answered with a TCP RST, a short DNS TTL expiring, a rule
+change taking effect within 2 seconds, and a flow it cuts reset when its
+server answers."""
 
 import shutil
 import time
@@ -15,13 +16,31 @@ from egret import SCRIPTS, in_pool, poll
 METRICS = 'metrics_address = "127.0.0.1:9464"'
 
 
-def policy_plan(echo_web: bool) -> str:
+SLOW = "198.19.0.254:8081"
+# Answers each request 3 s after it arrives, one thread per connection, and
+# notes each arrival on stdout.
+SLOW_SERVER = """
+import socket, sys, threading, time
+def serve(c):
+    c.recv(4096); print("request", flush=True); time.sleep(3)
+    try: c.sendall(b"HTTP/1.0 200 OK\\r\\nContent-Length: 5\\r\\n\\r\\nlate\\n")
+    except OSError: pass
+    c.close()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("198.19.0.254", 8081)); s.listen(16)
+while True: threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
+"""
+
+
+def policy_plan(echo_web: bool, slow: bool = False) -> str:
     rules = [
         "  - {name: dns, action: allow, cidrs: [198.19.0.53/32], protocol: udp, ports: [53]}",
         "  - {name: api, action: allow, fqdns: [api.example.com], protocol: tcp, ports: [80]}",
     ]
     if echo_web:
         rules.append("  - {name: echo-web, action: allow, cidrs: [198.19.0.254/32], protocol: tcp, ports: [80]}")
+    if slow:
+        rules.append("  - {name: slow, action: allow, cidrs: [198.19.0.254/32], protocol: tcp, ports: [8081]}")
     policy = """---
 apiVersion: egret.dev/v1alpha1
 kind: EgressPolicy
@@ -118,6 +137,35 @@ def test_denials_are_counted_logged_with_their_reason_and_hits_exported(gateway,
         what="rule hits exported per rule",
     )
     assert m
+
+
+def test_a_request_in_flight_when_its_rule_goes_is_reset_when_the_server_answers(gateway, topo, workdir):
+    """curl's request reached the server before the cut; the server's late
+    answer reaches curl as a reset (curl exits 56) instead of curl waiting
+    out its own 10 s timeout (28)."""
+    log = workdir / "slow.log"
+    server = topo.net.spawn("python3", "-c", SLOW_SERVER, log=log)
+    requests = lambda: log.read_text().count("request") if log.exists() else 0  # noqa: E731
+    try:
+        gateway.write_plan(policy_plan(echo_web=True, slow=True))
+        # Allowed: the server takes the connection and curl waits (28).
+        poll(lambda: not refused(topo.pa, f"http://{SLOW}/", max_time=0.5), timeout=5, what="the slow rule serving")
+        before = requests()
+        t0 = time.monotonic()
+        curl = topo.pa.spawn("curl", "-s", "-m", "10", f"http://{SLOW}/")
+        poll(lambda: requests() > before, timeout=3, interval=0.05, what="the request at the server")
+        gateway.write_plan(policy_plan(echo_web=True))
+        poll(lambda: refused(topo.pa, f"http://{SLOW}/", max_time=1), timeout=3, what="the slow rule gone")
+        rc = curl.wait(timeout=15)
+        assert rc == 56, f"curl exit {rc}: 56 is a reset, 28 its own timeout"
+        assert time.monotonic() - t0 < 6
+        gateway.status_after(lambda s: s.nat("cut_flow_resets") >= 1, what="cut_flow_resets counted")
+        poll(
+            lambda: ((m := gateway.metrics()) and m.get("egret_cut_flow_resets_total") or 0) >= 1,
+            what="egret_cut_flow_resets_total exported",
+        )
+    finally:
+        egret.stop(server)
 
 
 def test_removing_the_allow_rule_closes_the_destination_within_2_s(gateway, topo):

@@ -69,6 +69,11 @@ mod family {
         Counter,
         "DNS answers not learned from: their source is not in the policy's dnsResolvers.",
     );
+    pub const CUT_FLOW_RESETS: Family = (
+        "egret_cut_flow_resets",
+        Counter,
+        "Server segments of TCP flows a rejecting policy cut, sent on to the pod as resets.",
+    );
     pub const TUNNEL_PEERS: Family = ("egret_tunnel_peers", Gauge, "WireGuard peers (tunnelled pods), by config.");
     pub const TUNNEL_LIVE_PEERS: Family =
         ("egret_tunnel_live_peers", Gauge, "Peers with a session (a handshake within 180 s), by config.");
@@ -239,6 +244,7 @@ fn encode_reports(
     emit(enc, family::SESSIONS_CREATED, sum(|r| r.nat.sessions_created))?;
     emit(enc, family::NAT_LOG_LOST, sum(|r| r.nat.nat_events_lost + r.io.log_records_lost))?;
     emit(enc, family::DNS_UNTRUSTED, sum(|r| r.nat.dns_untrusted))?;
+    emit(enc, family::CUT_FLOW_RESETS, sum(|r| r.nat.cut_flow_resets))?;
     encode_tunnels(enc, reports)
 }
 

@@ -102,6 +102,9 @@ crate::counters::counter_set! {
         pool_scans,
         /// Pieces sent of packets the gateway fragmented for a smaller MTU.
         fragments_made,
+        /// Server segments of TCP flows a rejecting policy cut, sent on to
+        /// the pod as resets (each also counted as `policy_denied`).
+        cut_flow_resets,
     }
     drops: DropReason
 }

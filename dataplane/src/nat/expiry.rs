@@ -90,6 +90,7 @@ impl NatEngine {
             self.next_fqdn_sweep = secs + 1;
             self.fqdn.expire(secs);
         }
+        self.cut_resets.expire(now);
         let timed_out = self.frags.expire(now.millis());
         self.counters.drop_n(DropReason::FragmentTimeout, timed_out);
         self.forget_idle();

@@ -276,6 +276,8 @@ pub struct NatEngine {
     /// Whether the plan has tunnelled pods at all (spares the hot path a
     /// lookup when none are).
     any_tunnelled: bool,
+    /// TCP flows a rejecting policy cut, reset when their server sends.
+    cut_resets: policy_check::CutResets,
 }
 
 impl NatEngine {
@@ -318,6 +320,7 @@ impl NatEngine {
             cooling: port_pool::CoolingPorts::default(),
             exhausted: hashbrown::HashSet::new(),
             any_tunnelled: false,
+            cut_resets: policy_check::CutResets::default(),
             plan: Arc::new(CompiledPlan {
                 version: 0,
                 configs: Vec::new(),

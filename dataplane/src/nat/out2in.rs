@@ -55,7 +55,12 @@ impl NatEngine {
             Some(i) => i,
             None => match self.open_from_mapping(&key, now) {
                 Ok(i) => i,
-                Err(r) => return self.drop(r),
+                Err(r) => {
+                    if let Some(v) = self.reset_cut_flow(buf, len, p.hl, &key, now) {
+                        return v;
+                    }
+                    return self.drop(r);
+                }
             },
         };
         if p.ttl <= 1 {

@@ -3,6 +3,70 @@
 //! live sessions a changed policy cuts.
 
 use super::*;
+use crate::wire::tcp::{TcpPacket, TcpRepr};
+
+/// How long a TCP flow cut by a rejecting policy answers its server's
+/// segments with a reset to the pod.
+const CUT_RESET_SECS: u32 = 60;
+/// Cut flows remembered at most; a plan that cuts more leaves the rest to
+/// their applications' timeouts, as before.
+const CUT_RESETS_MAX: usize = 1 << 16;
+
+/// `(egress, egress port, remote, remote port)` of a TCP flow.
+type OutsideTuple = (u32, u16, u32, u16);
+
+/// A cut flow's pod endpoint, and until when its server's segments are
+/// reset (engine seconds).
+#[derive(Clone, Copy)]
+struct CutFlow {
+    pod: u32,
+    pod_port: u16,
+    until: u32,
+}
+
+/// TCP flows a rejecting policy (`denyResponse: reject`, `liveFlows: cut`)
+/// cut, by outside tuple `(egress, egress port, remote, remote port)`: the
+/// pod's endpoint and until when. A cut flow's pod learns of the cut from
+/// its own next segment (the policy answers it with a reset), but a pod that
+/// only waits for its server would wait for its own timeout: so the
+/// server's next segment, which carries the sequence number the pod
+/// expects, comes to the pod as a reset instead. (A reset made at the cut
+/// could not: the NAT tracks no sequence numbers.)
+#[derive(Default)]
+pub(super) struct CutResets {
+    flows: hashbrown::HashMap<OutsideTuple, CutFlow>,
+    /// When the next sweep of ended entries is due (engine seconds).
+    next_sweep: u32,
+}
+
+impl CutResets {
+    pub(super) fn record(&mut self, s: &Session, now: Time) {
+        if self.flows.len() < CUT_RESETS_MAX {
+            let until = now.secs().saturating_add(CUT_RESET_SECS);
+            let f = CutFlow { pod: s.pod, pod_port: s.pod_port, until };
+            self.flows.insert((s.egress, s.egress_port, s.remote, s.remote_port), f);
+        }
+    }
+
+    /// The pod endpoint of a cut flow that `k` (outside → inside) belongs to.
+    #[inline]
+    pub(super) fn find(&self, k: &FlowKey, now: Time) -> Option<(u32, u16)> {
+        if self.flows.is_empty() || k.proto != ipv4::PROTO_TCP {
+            return None;
+        }
+        let f = self.flows.get(&(k.local, k.local_port, k.remote, k.remote_port))?;
+        (f.until > now.secs()).then_some((f.pod, f.pod_port))
+    }
+
+    /// Forgets the flows whose time is up, once a second at most.
+    pub(super) fn expire(&mut self, now: Time) {
+        let secs = now.secs();
+        if !self.flows.is_empty() && secs >= self.next_sweep {
+            self.next_sweep = secs + 1;
+            self.flows.retain(|_, f| f.until > secs);
+        }
+    }
+}
 
 /// Policy rule hit counts of one config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +101,43 @@ impl NatEngine {
         }
         let names = if p.has_fqdns() { self.fqdn.names(s.pod, s.remote, now.secs()) } else { Vec::new() };
         p.evaluate(s.pod, s.remote, s.proto, s.remote_port, &names).action == crate::plan::PolicyAction::Deny
+    }
+
+    /// Whether a live session that `cfg`'s policy cuts is reset when its
+    /// server next sends: TCP, under a policy that rejects.
+    pub(super) fn resets_when_cut(cfg: &CompiledConfig, s: &Session) -> bool {
+        s.proto == ipv4::PROTO_TCP
+            && cfg.policy.as_ref().is_some_and(|p| p.deny_response == crate::plan::DenyResponse::Reject)
+    }
+
+    /// A segment from the server of a flow a rejecting policy cut, made
+    /// into the reset the server would send the pod (RFC 793: its sequence
+    /// number is the one the pod expects next). `None` when the segment
+    /// is a reset itself (a reset is never answered) or the pod is gone.
+    pub(super) fn reset_cut_flow(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        hl: usize,
+        k: &FlowKey,
+        now: Time,
+    ) -> Option<Verdict> {
+        let (pod, pod_port) = self.cut_resets.find(k, now)?;
+        let (flags, seq) = {
+            let seg = TcpPacket::new_unchecked(&buf[hl..len]);
+            (seg.flags(), seg.seq())
+        };
+        if flags & crate::wire::tcp::RST != 0 || !self.pods.contains_key(&pod) {
+            return None;
+        }
+        let rst = TcpRepr { src_port: k.remote_port, dst_port: pod_port, seq, ack: 0, flags: crate::wire::tcp::RST };
+        const TOTAL: usize = ipv4::HEADER_LEN + crate::wire::tcp::HEADER_LEN;
+        let (src, dst) = (k.remote.to_be_bytes(), pod.to_be_bytes());
+        Ipv4Packet::new_unchecked(&mut buf[..]).emit_header(TOTAL as u16, 0, 64, ipv4::PROTO_TCP, src, dst);
+        rst.emit(&mut buf[ipv4::HEADER_LEN..TOTAL], src, dst);
+        self.counters.drop(DropReason::PolicyDenied);
+        self.counters.cut_flow_resets += 1;
+        Some(Verdict::Forward { side: Side::Inside, len: TOTAL })
     }
 
     /// The policy decision for a new flow, counted per rule; `None` when the

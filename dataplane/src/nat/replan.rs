@@ -109,9 +109,16 @@ impl NatEngine {
         let idxs: Vec<u32> = self.sessions.iter().map(|(i, _)| i).collect();
         for i in idxs {
             let s = *self.sessions.get(i);
-            let kept = keep(s.pod, s.egress, s.config, &plan)
-                .filter(|&ci| !plan.configs[usize::from(ci)].excludes(s.remote))
-                .filter(|&ci| !s.is_live() || !self.policy_cuts(&plan.configs[usize::from(ci)], &s, now));
+            let staying =
+                keep(s.pod, s.egress, s.config, &plan).filter(|&ci| !plan.configs[usize::from(ci)].excludes(s.remote));
+            let kept = staying.filter(|&ci| !s.is_live() || !self.policy_cuts(&plan.configs[usize::from(ci)], &s, now));
+            if let (Some(ci), None) = (staying, kept) {
+                // Cut by the policy alone: under `reject`, its server's
+                // next segment resets the pod.
+                if Self::resets_when_cut(&plan.configs[usize::from(ci)], &s) {
+                    self.cut_resets.record(&s, now);
+                }
+            }
             match kept {
                 Some(ci) => {
                     let hairpin = plan.egress.contains_key(&s.remote);

@@ -1089,6 +1089,65 @@ mod policy {
         assert_eq!(tcp(POD_A, 40005, API, 443, tcpf::SYN).run(&mut e, t), Verdict::Drop(DropReason::PolicyDenied));
     }
 
+    /// An engine in `mode` whose pod-a has a live TCP flow to SERVER:443,
+    /// then a plan without the rule that allowed it (`deny`, live flows
+    /// cut). Returns the engine and the pod's SYN as it left.
+    fn cut_flow(mode: MappingMode, deny: DenyResponse) -> (NatEngine, Pkt) {
+        let with = |p: EgressPolicy| {
+            let mut a = config("a", "198.19.100.0/28");
+            a.mapping = mode;
+            a.policy = Some(p);
+            plan_with(a, config("b", "198.19.101.0/28"))
+        };
+        let mut e = NatEngine::new(settings(), with(policy(deny, LiveFlows::Cut)));
+        let mut syn = tcp(POD_A, 40000, SERVER, 443, tcpf::SYN);
+        assert!(matches!(syn.run(&mut e, T0), Verdict::Forward { .. }));
+        let mut p = policy(deny, LiveFlows::Cut);
+        p.rules.remove(0);
+        e.apply_plan(with(p), T0);
+        (e, syn)
+    }
+
+    #[test]
+    fn a_flow_a_rejecting_policy_cut_is_reset_to_the_pod_when_its_server_sends() {
+        for mode in [MappingMode::EndpointIndependent, MappingMode::PortReuse] {
+            let (mut e, syn) = cut_flow(mode, DenyResponse::Reject);
+            // The server answers a request the pod sent before the cut.
+            let mut data = tcp(SERVER, 443, syn.src(), syn.sport(), tcpf::ACK);
+            assert_eq!(data.run(&mut e, T0), Verdict::Forward { side: Side::Inside, len: 40 }, "{mode:?}");
+            assert_eq!((data.src(), data.dst(), data.sport(), data.dport()), (SERVER, POD_A, 443, 40000));
+            let t = data.l4();
+            assert_eq!(t[13], tcpf::RST, "a reset, no data");
+            assert_eq!(u32::from_be_bytes([t[4], t[5], t[6], t[7]]), 1000, "the sequence number the pod expects");
+            assert_checksums(data.bytes());
+            assert_eq!(e.counters().cut_flow_resets, 1);
+            assert_eq!(e.counters().dropped(DropReason::PolicyDenied), 1);
+        }
+    }
+
+    #[test]
+    fn a_cut_flow_is_only_reset_under_reject_and_never_in_answer_to_a_reset() {
+        let (mut e, syn) = cut_flow(MappingMode::EndpointIndependent, DenyResponse::Drop);
+        let v = tcp(SERVER, 443, syn.src(), syn.sport(), tcpf::ACK).run(&mut e, T0);
+        assert_eq!(v, Verdict::Drop(DropReason::Unsolicited), "drop: the server's segment is dropped");
+        let (mut e, syn) = cut_flow(MappingMode::EndpointIndependent, DenyResponse::Reject);
+        let v = tcp(SERVER, 443, syn.src(), syn.sport(), tcpf::RST).run(&mut e, T0);
+        assert_eq!(v, Verdict::Drop(DropReason::Unsolicited), "a reset is not answered");
+        assert_eq!(e.counters().cut_flow_resets, 0);
+    }
+
+    #[test]
+    fn a_cut_flow_is_reset_for_a_minute_then_forgotten() {
+        let (mut e, syn) = cut_flow(MappingMode::EndpointIndependent, DenyResponse::Reject);
+        let later = Time::from_secs(10 + 59);
+        let v = tcp(SERVER, 443, syn.src(), syn.sport(), tcpf::ACK).run(&mut e, later);
+        assert!(matches!(v, Verdict::Forward { side: Side::Inside, .. }), "{v:?}");
+        let gone = Time::from_secs(10 + 61);
+        e.expire(gone, usize::MAX);
+        let v = tcp(SERVER, 443, syn.src(), syn.sport(), tcpf::ACK).run(&mut e, gone);
+        assert_eq!(v, Verdict::Drop(DropReason::Unsolicited));
+    }
+
     #[test]
     fn rule_changes_cut_live_flows_they_deny_unless_told_to_keep() {
         for (live, survives) in [(LiveFlows::Cut, false), (LiveFlows::Keep, true)] {
