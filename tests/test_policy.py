@@ -20,7 +20,7 @@ SLOW = "198.19.0.254:8081"
 # Answers each request 3 s after it arrives, one thread per connection, and
 # notes each arrival on stdout.
 SLOW_SERVER = """
-import socket, sys, threading, time
+import socket, threading, time
 def serve(c):
     c.recv(4096); print("request", flush=True); time.sleep(3)
     try: c.sendall(b"HTTP/1.0 200 OK\\r\\nContent-Length: 5\\r\\n\\r\\nlate\\n")

@@ -2,7 +2,7 @@
 //! session's egress (address, port); excluded destinations pass untranslated.
 
 use super::frag::{FragAction, Origin};
-use super::rewrite::{decrement_ttl, rewrite, Parsed};
+use super::rewrite::{decrement_ttl, rewrite, write_bare_tcp, Parsed};
 use super::*;
 use crate::wire::icmp;
 use crate::wire::icmp::IcmpPacket;
@@ -134,9 +134,7 @@ impl NatEngine {
     /// A new flow the policy denies: dropped, or rejected (TCP RST from the
     /// destination; ICMP administratively prohibited otherwise).
     fn deny(&mut self, buf: &mut [u8], len: usize, p: &Parsed, ci: u16, now: Time) -> Verdict {
-        let reject =
-            self.config(ci).policy.as_ref().is_some_and(|x| x.deny_response == crate::plan::DenyResponse::Reject);
-        if !reject {
+        if !self.config(ci).policy.as_ref().is_some_and(|x| x.rejects()) {
             return self.drop(DropReason::PolicyDenied);
         }
         if p.proto == ipv4::PROTO_TCP {
@@ -158,9 +156,5 @@ impl NatEngine {
 /// "reset generation"): addresses and ports swapped, no payload.
 fn tcp_reset(buf: &mut [u8], len: usize, p: &Parsed) -> Verdict {
     let rst = TcpRepr::reset_for(&TcpPacket::new_unchecked(&buf[p.hl..len]));
-    const TOTAL: usize = ipv4::HEADER_LEN + crate::wire::tcp::HEADER_LEN;
-    let (src, dst) = (p.dst.to_be_bytes(), p.src.to_be_bytes());
-    Ipv4Packet::new_unchecked(&mut buf[..]).emit_header(TOTAL as u16, 0, 64, ipv4::PROTO_TCP, src, dst);
-    rst.emit(&mut buf[ipv4::HEADER_LEN..TOTAL], src, dst);
-    Verdict::Reply { len: TOTAL }
+    Verdict::Reply { len: write_bare_tcp(buf, &rst, p.dst, p.src) }
 }

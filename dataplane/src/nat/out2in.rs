@@ -55,12 +55,7 @@ impl NatEngine {
             Some(i) => i,
             None => match self.open_from_mapping(&key, now) {
                 Ok(i) => i,
-                Err(r) => {
-                    if let Some(v) = self.reset_cut_flow(buf, len, p.hl, &key, now) {
-                        return v;
-                    }
-                    return self.drop(r);
-                }
+                Err(r) => return self.reset_cut_flow(buf, len, p.hl, &key, now).unwrap_or_else(|| self.drop(r)),
             },
         };
         if p.ttl <= 1 {

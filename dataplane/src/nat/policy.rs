@@ -104,6 +104,11 @@ pub struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
+    /// Whether denied flows are answered (`denyResponse: reject`).
+    pub fn rejects(&self) -> bool {
+        self.deny_response == DenyResponse::Reject
+    }
+
     /// Compiles a policy [`EgressPolicy::validate`] accepted (as every
     /// policy of a plan that passed [`crate::plan::Plan::validate`] is).
     pub fn new(p: &EgressPolicy) -> CompiledPolicy {

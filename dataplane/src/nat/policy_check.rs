@@ -2,6 +2,7 @@
 //! per packet), hits per rule, DNS answers learned for FQDN rules, and the
 //! live sessions a changed policy cuts.
 
+use super::rewrite::write_bare_tcp;
 use super::*;
 use crate::wire::tcp::{TcpPacket, TcpRepr};
 
@@ -11,9 +12,6 @@ const CUT_RESET_SECS: u32 = 60;
 /// Cut flows remembered at most; a plan that cuts more leaves the rest to
 /// their applications' timeouts, as before.
 const CUT_RESETS_MAX: usize = 1 << 16;
-
-/// `(egress, egress port, remote, remote port)` of a TCP flow.
-type OutsideTuple = (u32, u16, u32, u16);
 
 /// A cut flow's pod endpoint, and until when its server's segments are
 /// reset (engine seconds).
@@ -25,16 +23,16 @@ struct CutFlow {
 }
 
 /// TCP flows a rejecting policy (`denyResponse: reject`, `liveFlows: cut`)
-/// cut, by outside tuple `(egress, egress port, remote, remote port)`: the
-/// pod's endpoint and until when. A cut flow's pod learns of the cut from
-/// its own next segment (the policy answers it with a reset), but a pod that
-/// only waits for its server would wait for its own timeout: so the
-/// server's next segment, which carries the sequence number the pod
-/// expects, comes to the pod as a reset instead. (A reset made at the cut
-/// could not: the NAT tracks no sequence numbers.)
+/// cut, by outside key (`Session::out_key`): the pod's endpoint and until
+/// when. A cut flow's pod learns of the cut from its own next segment (the
+/// policy answers it with a reset), but a pod that only waits for its
+/// server would wait for its own timeout: so the server's next segment,
+/// which carries the sequence number the pod expects, comes to the pod as
+/// a reset instead. (A reset made at the cut could not: the NAT tracks no
+/// sequence numbers.)
 #[derive(Default)]
 pub(super) struct CutResets {
-    flows: hashbrown::HashMap<OutsideTuple, CutFlow>,
+    flows: hashbrown::HashMap<FlowKey, CutFlow>,
     /// When the next sweep of ended entries is due (engine seconds).
     next_sweep: u32,
 }
@@ -44,17 +42,17 @@ impl CutResets {
         if self.flows.len() < CUT_RESETS_MAX {
             let until = now.secs().saturating_add(CUT_RESET_SECS);
             let f = CutFlow { pod: s.pod, pod_port: s.pod_port, until };
-            self.flows.insert((s.egress, s.egress_port, s.remote, s.remote_port), f);
+            self.flows.insert(s.out_key(), f);
         }
     }
 
     /// The pod endpoint of a cut flow that `k` (outside → inside) belongs to.
     #[inline]
     pub(super) fn find(&self, k: &FlowKey, now: Time) -> Option<(u32, u16)> {
-        if self.flows.is_empty() || k.proto != ipv4::PROTO_TCP {
+        if self.flows.is_empty() {
             return None;
         }
-        let f = self.flows.get(&(k.local, k.local_port, k.remote, k.remote_port))?;
+        let f = self.flows.get(k)?;
         (f.until > now.secs()).then_some((f.pod, f.pod_port))
     }
 
@@ -106,8 +104,7 @@ impl NatEngine {
     /// Whether a live session that `cfg`'s policy cuts is reset when its
     /// server next sends: TCP, under a policy that rejects.
     pub(super) fn resets_when_cut(cfg: &CompiledConfig, s: &Session) -> bool {
-        s.proto == ipv4::PROTO_TCP
-            && cfg.policy.as_ref().is_some_and(|p| p.deny_response == crate::plan::DenyResponse::Reject)
+        s.proto == ipv4::PROTO_TCP && cfg.policy.as_ref().is_some_and(|p| p.rejects())
     }
 
     /// A segment from the server of a flow a rejecting policy cut, made
@@ -131,13 +128,9 @@ impl NatEngine {
             return None;
         }
         let rst = TcpRepr { src_port: k.remote_port, dst_port: pod_port, seq, ack: 0, flags: crate::wire::tcp::RST };
-        const TOTAL: usize = ipv4::HEADER_LEN + crate::wire::tcp::HEADER_LEN;
-        let (src, dst) = (k.remote.to_be_bytes(), pod.to_be_bytes());
-        Ipv4Packet::new_unchecked(&mut buf[..]).emit_header(TOTAL as u16, 0, 64, ipv4::PROTO_TCP, src, dst);
-        rst.emit(&mut buf[ipv4::HEADER_LEN..TOTAL], src, dst);
         self.counters.drop(DropReason::PolicyDenied);
         self.counters.cut_flow_resets += 1;
-        Some(Verdict::Forward { side: Side::Inside, len: TOTAL })
+        Some(Verdict::Forward { side: Side::Inside, len: write_bare_tcp(buf, &rst, k.remote, pod) })
     }
 
     /// The policy decision for a new flow, counted per rule; `None` when the

@@ -4,7 +4,8 @@
 //! never on each other's files.
 
 use crate::wire::l4::Transport;
-use crate::wire::{Endpoint, IpProtocol, Ipv4Packet};
+use crate::wire::tcp::TcpRepr;
+use crate::wire::{ipv4, Endpoint, IpProtocol, Ipv4Packet};
 
 /// Where the fields the NAT rewrites sit in one packet.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +59,16 @@ pub(super) fn rewrite(
     let new = ip_new.to_be_bytes();
     let old = ip.translate_addr(end, new, ttl);
     Transport::new_unchecked(&mut buf[hl..len], proto).rewrite(end, old, new, port_new);
+}
+
+/// Replaces the packet in `buf` with a segment the gateway makes (a reset):
+/// `src` → `dst`, no options, no data. Returns its length.
+pub(super) fn write_bare_tcp(buf: &mut [u8], seg: &TcpRepr, src: u32, dst: u32) -> usize {
+    const TOTAL: usize = ipv4::HEADER_LEN + crate::wire::tcp::HEADER_LEN;
+    let (src, dst) = (src.to_be_bytes(), dst.to_be_bytes());
+    Ipv4Packet::new_unchecked(&mut buf[..]).emit_header(TOTAL as u16, 0, 64, ipv4::PROTO_TCP, src, dst);
+    seg.emit(&mut buf[ipv4::HEADER_LEN..TOTAL], src, dst);
+    TOTAL
 }
 
 #[inline]
