@@ -16,7 +16,7 @@ pub use cidr::Ipv4Cidr;
 pub use keys::{WgKey, WgSecret};
 pub use policy::{
     normalise_fqdn, DenyResponse, EgressPolicy, LiveFlows, PolicyAction, PolicyError, PolicyRule, PortRange, Protocol,
-    MAX_POLICY_RULES,
+    MAX_DNS_RESOLVERS, MAX_DNS_TTL, MAX_POLICY_RULES, MAX_RULE_ITEMS,
 };
 
 use serde::{Deserialize, Serialize};

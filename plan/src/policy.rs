@@ -172,6 +172,14 @@ fn default_ttl_floor() -> u32 {
 
 /// Most rules one policy may hold.
 pub const MAX_POLICY_RULES: usize = 100_000;
+/// Longest a learned DNS answer is trusted (a day), and so the highest
+/// `dnsTtlFloor`.
+pub const MAX_DNS_TTL: u32 = 86_400;
+/// Most destinations (`cidrs` + `fqdns`), port ranges or pods one rule may
+/// list, and most `dnsResolvers`: a plan is one tenant's input to every
+/// worker of the pool, so none of its lists is unbounded.
+pub const MAX_RULE_ITEMS: usize = 65_536;
+pub const MAX_DNS_RESOLVERS: usize = 64;
 
 /// What is wrong with a policy; the rule is named where one is at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -190,6 +198,12 @@ pub enum PolicyError {
     FqdnsWithoutResolvers,
     #[error("invalid port or port range '{0}' (1-65535, low-high)")]
     BadPort(String),
+    #[error("dnsTtlFloor {0} is above {MAX_DNS_TTL} (a day)")]
+    TtlFloorTooHigh(u32),
+    #[error("rule '{rule}' lists {count} {what}; at most {MAX_RULE_ITEMS} are allowed")]
+    RuleTooLarge { rule: String, what: &'static str, count: usize },
+    #[error("{0} dnsResolvers; at most {MAX_DNS_RESOLVERS} are allowed")]
+    TooManyResolvers(usize),
 }
 
 /// A DNS name as an FQDN rule may give it: trimmed, lower case, no final
@@ -216,6 +230,12 @@ impl EgressPolicy {
         if self.rules.len() > MAX_POLICY_RULES {
             return Err(PolicyError::TooManyRules(self.rules.len()));
         }
+        if self.dns_ttl_floor > MAX_DNS_TTL {
+            return Err(PolicyError::TtlFloorTooHigh(self.dns_ttl_floor));
+        }
+        if self.dns_resolvers.len() > MAX_DNS_RESOLVERS {
+            return Err(PolicyError::TooManyResolvers(self.dns_resolvers.len()));
+        }
         let mut names = HashSet::new();
         let mut has_fqdns = false;
         for (i, r) in self.rules.iter().enumerate() {
@@ -224,6 +244,15 @@ impl EgressPolicy {
             }
             if !names.insert(r.name.as_str()) {
                 return Err(PolicyError::DuplicateRule(r.name.clone()));
+            }
+            for (what, count) in [
+                ("destinations", r.cidrs.len() + r.fqdns.len()),
+                ("port ranges", r.ports.len()),
+                ("pods", r.pods.as_ref().map_or(0, Vec::len)),
+            ] {
+                if count > MAX_RULE_ITEMS {
+                    return Err(PolicyError::RuleTooLarge { rule: r.name.clone(), what, count });
+                }
             }
             if !r.ports.is_empty() && r.protocol == Some(Protocol::Icmp) {
                 return Err(PolicyError::PortsWithoutProtocol(r.name.clone()));

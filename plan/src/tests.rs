@@ -231,6 +231,22 @@ mod policies {
     }
 
     #[test]
+    fn every_list_and_number_of_a_policy_is_bounded() {
+        let mut p = policy(vec![rule("x", &[], None, &[])]);
+        p.dns_ttl_floor = MAX_DNS_TTL;
+        p.validate().unwrap();
+        p.dns_ttl_floor = 100_000;
+        assert_eq!(p.validate().unwrap_err(), PolicyError::TtlFloorTooHigh(100_000));
+        let mut p = policy(vec![rule("x", &[], None, &[])]);
+        p.dns_resolvers = vec!["198.19.0.53/32".parse().unwrap(); MAX_DNS_RESOLVERS + 1];
+        assert_eq!(p.validate().unwrap_err(), PolicyError::TooManyResolvers(MAX_DNS_RESOLVERS + 1));
+        let mut r = rule("big", &[], None, &[]);
+        r.pods = Some(vec![std::net::Ipv4Addr::new(198, 18, 0, 1); MAX_RULE_ITEMS + 1]);
+        let e = policy(vec![r]).validate().unwrap_err();
+        assert_eq!(e, PolicyError::RuleTooLarge { rule: "big".into(), what: "pods", count: MAX_RULE_ITEMS + 1 });
+    }
+
+    #[test]
     fn fqdn_rules_need_resolvers() {
         let mut p = policy(vec![rule("api", &["*.example.com"], None, &[])]);
         p.validate().unwrap();

@@ -39,6 +39,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    abort_on_panic();
     let cli = Cli::parse();
     let (config, check) = match cli.command {
         Some(Command::RemoveGuard) => return remove_guard(),
@@ -72,6 +73,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A panic anywhere ends the process, after the usual message: a worker
+/// thread that died alone would leave its queue's traffic dropped with
+/// the process still up, and nothing would restart it. Ended, systemd (or
+/// the DaemonSet) restarts it, its sessions restored from the state file,
+/// and the XDP program goes with it (bpf_link). The release profile sets
+/// `panic = "abort"` as well; this covers every build.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("egret-gateway: a thread panicked; aborting so that the service restarts");
+        std::process::abort();
+    }));
 }
 
 fn remove_guard() -> ExitCode {

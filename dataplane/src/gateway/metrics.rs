@@ -87,6 +87,11 @@ mod family {
         ("egret_tunnel_roams", Counter, "Peer endpoint changes learned from authenticated datagrams.");
     pub const TUNNEL_RESUMES: Family =
         ("egret_tunnel_resumes", Counter, "Handshakes started to resume a pod's tunnel after a failover or restart.");
+    pub const TUNNEL_HELD: Family = (
+        "egret_tunnel_held_for_handshake",
+        Counter,
+        "Packets for a pod held while the handshake renewing its expired session ran.",
+    );
     pub const TUNNEL_DROPS: Family = ("egret_tunnel_drops", Counter, "Tunnel datagrams dropped, by config and reason.");
 }
 
@@ -276,6 +281,7 @@ fn encode_tunnels(enc: &mut DescriptorEncoder, reports: &[WorkerReport]) -> Resu
     emit(enc, family::TUNNEL_BYTES, two("rx", "tx", "direction", |c| [c.rx_bytes, c.tx_bytes]))?;
     emit(enc, family::TUNNEL_ROAMS, per_config(|t| t.counters.roams))?;
     emit(enc, family::TUNNEL_RESUMES, per_config(|t| t.counters.resumes))?;
+    emit(enc, family::TUNNEL_HELD, per_config(|t| t.counters.held_for_handshake))?;
     emit(
         enc,
         family::TUNNEL_DROPS,

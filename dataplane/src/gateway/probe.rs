@@ -8,6 +8,10 @@
 //! On SIGTERM the gateway drains: every config answers 503 for the drain
 //! period (the anchor's is 10 s: two probe intervals of 5 s) while the
 //! workers keep forwarding, and only then stop.
+//!
+//! `GET /healthz` is the kubelet's liveness probe: 200 while every worker
+//! turns, 503 once one stops (a worker that panics takes the process down
+//! itself; this catches one that is stuck), draining or not.
 
 use super::http::Response;
 use crate::nat::CompiledPlan;
@@ -24,6 +28,8 @@ pub struct ProbeState {
     pub serving: HashSet<String>,
     /// Set on SIGTERM: every config answers 503.
     pub draining: bool,
+    /// Every worker turned in the last second.
+    pub workers_alive: bool,
 }
 
 impl ProbeState {
@@ -39,6 +45,9 @@ impl ProbeState {
 
     /// The probe's status code for `path`.
     pub fn status(&self, path: &str) -> u16 {
+        if path == "/healthz" {
+            return if self.workers_alive { 200 } else { 503 };
+        }
         // As the anchor: a path under /gw/ splits into exactly "", "gw", UID.
         if !path.starts_with("/gw/") {
             return 404;
@@ -59,6 +68,8 @@ impl ProbeState {
         Response::text(
             s,
             match s {
+                200 if path == "/healthz" => "ok\n",
+                503 if path == "/healthz" => "a worker stopped turning\n",
                 200 => "serving\n",
                 503 if self.draining => "draining\n",
                 503 => "not serving this config\n",
@@ -77,7 +88,7 @@ mod tests {
     const UID: &str = "0a0a0a0a-0000-0000-0000-00000000000a";
 
     fn serving() -> ProbeState {
-        ProbeState { serving: [UID.to_string()].into(), draining: false }
+        ProbeState { serving: [UID.to_string()].into(), draining: false, workers_alive: true }
     }
 
     #[test]
@@ -101,7 +112,18 @@ mod tests {
     #[test]
     fn a_malformed_path_answers_400_and_another_path_404() {
         assert_eq!(serving().status(&format!("/gw/{UID}/extra")), 400);
-        assert_eq!(serving().status("/healthz"), 404);
+        assert_eq!(serving().status("/health"), 404);
+    }
+
+    #[test]
+    fn healthz_answers_whether_every_worker_turns_draining_or_not() {
+        assert_eq!(serving().status("/healthz"), 200);
+        assert_eq!(ProbeState { draining: true, ..serving() }.status("/healthz"), 200);
+        let stuck = ProbeState { workers_alive: false, ..serving() };
+        assert_eq!(
+            (stuck.status("/healthz"), stuck.answer("/healthz").body.as_str()),
+            (503, "a worker stopped turning\n")
+        );
     }
 
     #[test]

@@ -188,6 +188,7 @@ impl Gateway {
         let probe_state = Arc::new(Mutex::new(probe::ProbeState {
             serving: probe::ProbeState::serving_of(&plan, true),
             draining: false,
+            workers_alive: true,
         }));
         if let Some(addr) = cfg.probe_address {
             let st = Arc::clone(&probe_state);
@@ -265,7 +266,10 @@ impl Gateway {
             if last_status.elapsed() >= Duration::from_secs(1) {
                 last_status = Instant::now();
                 let alive = self.probe_liveness.all_alive();
-                self.lock_probe().serving = probe::ProbeState::serving_of(&self.shared.plan.load(), alive);
+                let mut probe = self.lock_probe();
+                probe.serving = probe::ProbeState::serving_of(&self.shared.plan.load(), alive);
+                probe.workers_alive = alive;
+                drop(probe);
                 source.report(super::report::control_report(&self.reports));
                 let xdp = self.steering.iter_mut().map(|s| (s.ifname.clone(), s.stats())).collect();
                 self.info.lock().unwrap_or_else(|e| e.into_inner()).xdp = xdp;

@@ -198,7 +198,7 @@ impl NatEngine {
         let p = Parsed::read(buf, len);
         let about_error = p.proto == ipv4::PROTO_ICMP
             && len > p.hl
-            && icmp::is_error(IcmpPacket::new_unchecked(&buf[p.hl..len]).msg_type());
+            && icmp::is_error_message(IcmpPacket::new_unchecked(&buf[p.hl..len]).msg_type());
         if p.later_frag || about_error || from == 0 || is_martian_dst(p.src) || !self.icmp_token(now) {
             return Verdict::Drop(reason);
         }

@@ -173,7 +173,10 @@ impl NatEngine {
         }
         for a in crate::wire::dns::answers(dns) {
             if p.wants_name(&a.name) {
-                let until = now.secs().saturating_add(a.ttl.clamp(p.ttl_floor, 86_400));
+                // Floor first, cap last: `clamp` would panic on a floor
+                // above the cap, and a plan is not the place to trust that.
+                let ttl = a.ttl.max(p.ttl_floor).min(crate::plan::MAX_DNS_TTL);
+                let until = now.secs().saturating_add(ttl);
                 self.fqdn.learn(s.pod, u32::from_be_bytes(a.addr), &a.name, until);
             }
         }

@@ -550,6 +550,24 @@ fn ttl_expiry_is_answered_with_time_exceeded_from_the_gateway() {
 }
 
 #[test]
+fn no_icmp_error_type_is_ever_answered_with_an_icmp_error() {
+    // A redirect, source quench, unreachable, time exceeded or parameter
+    // problem that expires at the gateway is dropped, never answered.
+    let probe = udp(POD_A, 33434, SERVER, 33434, b"x");
+    for ty in [icmp::DEST_UNREACHABLE, 4, 5, icmp::TIME_EXCEEDED, icmp::PARAMETER_PROBLEM] {
+        let mut e = engine();
+        let mut err = icmp_error(POD_A, SERVER, ty, 0, probe.bytes());
+        err.buf[8] = 1;
+        err.buf[10] = 0;
+        err.buf[11] = 0;
+        let c = fold(&err.buf[..20]);
+        err.buf[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(err.run(&mut e, T0), Verdict::Drop(DropReason::TtlExpired), "ICMP type {ty}");
+        assert_eq!(e.counters().icmp_errors_sent, 0, "ICMP type {ty}");
+    }
+}
+
+#[test]
 fn icmp_errors_are_rate_limited() {
     let mut e = NatEngine::new(EngineSettings { icmp_errors_per_sec: 5, ..settings() }, default_plan());
     let mut replies = 0;
@@ -1063,6 +1081,21 @@ mod policy {
     fn dns_answer(name: &str, addr: [u8; 4], ttl: u32, q: &Pkt) -> Pkt {
         let m = crate::wire::dns::tests::response(name, &[(name, 1, addr.to_vec(), ttl)]);
         udp(DNS, 53, q.src(), q.sport(), &m)
+    }
+
+    #[test]
+    fn the_highest_dns_ttl_floor_learns_an_answer_for_a_day_and_no_longer() {
+        // A floor above a day is refused by validation (plan tests); at a
+        // day exactly, a week's TTL is still capped at a day.
+        let floor = crate::plan::MAX_DNS_TTL;
+        let mut e = engine_with(EgressPolicy { dns_ttl_floor: floor, ..policy(DenyResponse::Drop, LiveFlows::Cut) });
+        let mut q = udp(POD_A, 5353, DNS, 53, b"query");
+        assert!(matches!(q.run(&mut e, T0), Verdict::Forward { .. }));
+        assert!(matches!(dns_answer("api.example.com", API, 7 * floor, &q).run(&mut e, T0), Verdict::Forward { .. }));
+        let at = |secs: u32| Time::from_millis(T0.millis() + u64::from(secs) * 1000);
+        assert!(matches!(tcp(POD_A, 40001, API, 443, tcpf::SYN).run(&mut e, at(floor - 1)), Verdict::Forward { .. }));
+        let late = tcp(POD_A, 40002, API, 443, tcpf::SYN).run(&mut e, at(floor + 1));
+        assert_eq!(late, Verdict::Drop(DropReason::PolicyDenied));
     }
 
     #[test]

@@ -52,6 +52,12 @@ pub fn owner_of(pod: u32, workers: u16) -> u16 {
 /// cookie replies instead (WireGuard's own DoS defence, whitepaper §5.3).
 pub const HANDSHAKES_PER_SEC: u64 = 1000;
 
+/// Resumes (handshakes this gateway starts on unauthenticated data, see
+/// `Tunnel::resume`) one config's tunnel on one worker may start per timer
+/// tick (about 250 ms): each costs a Diffie-Hellman and an initiation sent,
+/// and any VNet host can ask for one by spoofing a pod's address.
+pub const RESUMES_PER_TICK: u32 = 64;
+
 /// One tunnelled pod: its WireGuard public key and the pod address its
 /// decrypted packets must come from (kube-egress-gateway's PodEndpoint).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +106,12 @@ crate::counters::reasons! {
         /// A message a responder does not take, or one boringtun refused
         /// otherwise (timestamps, expired sessions, under load without source).
         Refused = "tunnel_refused",
+        /// Data for no session that would have resumed a pod's tunnel, past
+        /// the resume budget of this tick (`RESUMES_PER_TICK`).
+        ResumeLimited = "tunnel_resume_limited",
+        /// A packet for a pod whose session is being re-established, past the
+        /// packets held for it (`HELD_PER_PEER`).
+        HeldFull = "tunnel_held_full",
     }
 }
 
@@ -121,6 +133,9 @@ crate::counters::counter_set! {
         /// session is with a gateway that failed over, or with this one before
         /// a restart).
         resumes,
+        /// Packets for a pod held while the handshake that re-establishes its
+        /// expired session runs; sent when it completes.
+        held_for_handshake,
     }
     drops: TunnelDrop
 }
@@ -131,7 +146,13 @@ struct Peer {
     pod_ip: Ipv4Addr,
     /// Where its last authenticated datagram came from: replies go there.
     endpoint: Option<SocketAddrV4>,
+    /// Packets boringtun holds for this peer until a handshake completes.
+    held: u16,
 }
+
+/// Packets held per peer while its session is re-established: boringtun's
+/// own queue depth, past which it drops without telling.
+const HELD_PER_PEER: u16 = 256;
 
 /// The WireGuard responder of one gateway config on one worker: it holds
 /// the sessions of the peers this worker owns ([`owner_of`]) and knows the
@@ -140,8 +161,16 @@ pub struct Tunnel {
     private: StaticSecret,
     public: PublicKey,
     /// Shared by the config's tunnels on every worker: one budget of
-    /// handshakes a second for the whole gateway.
+    /// handshakes a second for the whole gateway, checked before any DH
+    /// work is spent on an initiation.
     limiter: Arc<RateLimiter>,
+    /// What each peer's `Tunn` checks again inside `decapsulate`: MACs
+    /// only, never a cookie (the budget above is the one that answers with
+    /// cookies). One for all peers: a per-peer limiter would answer a
+    /// replayed initiation with a cookie of its own.
+    macs_only: Arc<RateLimiter>,
+    /// Resumes this tick may still start.
+    resume_budget: u32,
     worker: u16,
     workers: u16,
     /// Peer slot `i` owns local session indexes `(i << 6 | worker) << 8 ..`.
@@ -206,10 +235,13 @@ impl Tunnel {
         let private = StaticSecret::from(private_key);
         let public = PublicKey::from(&private);
         let workers = workers.clamp(1, MAX_WORKERS);
+        let macs_only = Arc::new(RateLimiter::new(&public, u64::MAX));
         let mut t = Tunnel {
             private,
             public,
             limiter,
+            macs_only,
+            resume_budget: RESUMES_PER_TICK,
             worker: worker.min(workers - 1),
             workers,
             peers: Vec::new(),
@@ -263,12 +295,7 @@ impl Tunnel {
         }
         for (key, pod_ip) in want {
             if let Some(&slot) = self.by_key.get(&key) {
-                let p = self.peers[slot as usize].as_mut().expect("indexed peer");
-                if p.pod_ip != pod_ip {
-                    self.by_pod.remove(&p.pod_ip);
-                    p.pod_ip = pod_ip;
-                    self.by_pod.insert(pod_ip, slot);
-                }
+                self.peers[slot as usize].as_mut().expect("indexed peer").pod_ip = pod_ip;
                 continue;
             }
             let slot = match self.free.pop() {
@@ -279,14 +306,20 @@ impl Tunnel {
                 }
                 None => continue,
             };
-            // Each peer keeps boringtun's own per-peer limiter too (it
-            // resets it in `update_timers`): the config-wide one below is
-            // checked first, before any DH work is spent on a datagram.
             let index = slot << WORKER_BITS | u32::from(self.worker);
-            let tunn = Tunn::new(self.private.clone(), PublicKey::from(key), None, None, index, None);
-            self.peers[slot as usize] = Some(Peer { tunn, public_key: key, pod_ip, endpoint: None });
+            let limiter = Some(Arc::clone(&self.macs_only));
+            let tunn = Tunn::new(self.private.clone(), PublicKey::from(key), None, None, index, limiter);
+            self.peers[slot as usize] = Some(Peer { tunn, public_key: key, pod_ip, endpoint: None, held: 0 });
             self.by_key.insert(key, slot);
-            self.by_pod.insert(pod_ip, slot);
+        }
+        // Rebuilt whole, not patched peer by peer: two peers trading pod
+        // addresses would otherwise remove each other's entries, in
+        // whatever order the map yields them.
+        self.by_pod.clear();
+        for (slot, p) in self.peers.iter().enumerate() {
+            if let Some(p) = p {
+                self.by_pod.insert(p.pod_ip, slot as u32);
+            }
         }
     }
 
@@ -371,12 +404,19 @@ impl Tunnel {
         let Some(peer) = self.peers.get_mut(slot as usize).and_then(Option::as_mut) else {
             return if data { self.resume(src, out) } else { self.drop(TunnelDrop::UnknownPeer) };
         };
+        // Whether the datagram proved it came from the peer: a completed
+        // handshake or data that decrypted. A cookie reply, sent or taken,
+        // proves nothing (anyone can replay a pod's initiation).
+        let mut authenticated = true;
         let verdict = match peer.tunn.decapsulate(Some(IpAddr::V4(*src.ip())), datagram, out) {
             TunnResult::WriteToNetwork(reply) => {
                 let len = reply.len();
                 match (kind, len) {
                     (Kind::Initiation, HANDSHAKE_RESPONSE_LEN) => self.counters.handshakes_completed += 1,
-                    (Kind::Initiation, _) => self.counters.cookie_replies += 1,
+                    (Kind::Initiation, _) => {
+                        self.counters.cookie_replies += 1;
+                        authenticated = false;
+                    }
                     // A response to a handshake this gateway started (a
                     // resume), answered with a keepalive.
                     (Kind::Response, _) => self.counters.handshakes_completed += 1,
@@ -393,7 +433,10 @@ impl Tunnel {
                 Received::Inner { len: packet.len(), pod: from }
             }
             TunnResult::WriteToTunnelV6(..) => return self.drop(TunnelDrop::NotIpv4),
-            TunnResult::Done => Received::Consumed,
+            TunnResult::Done => {
+                authenticated = kind == Kind::Data;
+                Received::Consumed
+            }
             TunnResult::Err(e) if data && classify(&e) == TunnelDrop::UnknownPeer => {
                 return self.resume(src, out);
             }
@@ -401,7 +444,7 @@ impl Tunnel {
         };
         // Authenticated: the peer is where this came from (roaming).
         let peer = self.peers[slot as usize].as_mut().expect("peer just used");
-        if peer.endpoint != Some(src) {
+        if authenticated && peer.endpoint != Some(src) {
             if peer.endpoint.is_some() {
                 self.counters.roams += 1;
             }
@@ -412,37 +455,53 @@ impl Tunnel {
 
     /// Encrypts `inner` (an IPv4 packet for `pod`) to the pod's peer; the
     /// datagram is written to `out`, to be sent to the returned endpoint.
-    /// `None`: no peer for that pod, or it has no endpoint or session yet
-    /// (the gateway starts a handshake only to resume a tunnel whose pod
-    /// it has heard from: it knows no endpoint before that).
+    /// With its session expired, the packet is held until the handshake
+    /// this starts completes (`out` then holds the initiation, or `None`
+    /// while one is already under way); `tick` sends what was held.
+    /// `None` too: no peer for that pod, or it has no endpoint yet (the
+    /// gateway starts a handshake only to resume a tunnel whose pod it has
+    /// heard from: it knows no endpoint before that).
     pub fn send(&mut self, pod: Ipv4Addr, inner: &[u8], out: &mut [u8]) -> Option<(usize, SocketAddrV4)> {
         if out.len() < (inner.len() + DATA_OVERHEAD).max(MIN_OUT) {
             self.counters.drop(TunnelDrop::Malformed);
             return None;
         }
-        let sent = self.by_pod.get(&pod).and_then(|&slot| {
-            let peer = self.peers[slot as usize].as_mut()?;
-            let endpoint = peer.endpoint?;
-            match peer.tunn.encapsulate(inner, out) {
-                TunnResult::WriteToNetwork(d) => Some((d.len(), endpoint)),
-                _ => None,
-            }
-        });
-        match sent {
-            Some(_) => {
-                self.counters.tx_packets += 1;
-                self.counters.tx_bytes += inner.len() as u64;
-            }
-            None => self.counters.drop(TunnelDrop::NoSession),
+        let Some(peer) = self.by_pod.get(&pod).and_then(|&slot| self.peers[slot as usize].as_mut()) else {
+            return self.no_send(TunnelDrop::NoSession);
+        };
+        let Some(endpoint) = peer.endpoint else { return self.no_send(TunnelDrop::NoSession) };
+        let live = peer.tunn.time_since_last_handshake().is_some();
+        if !live && peer.held >= HELD_PER_PEER {
+            return self.no_send(TunnelDrop::HeldFull);
+        }
+        // Without a session boringtun holds the packet and answers with an
+        // initiation (or nothing, one being under way).
+        let sent = match peer.tunn.encapsulate(inner, out) {
+            TunnResult::WriteToNetwork(d) => Some((d.len(), endpoint)),
+            _ => None,
+        };
+        if live {
+            self.counters.tx_packets += 1;
+            self.counters.tx_bytes += inner.len() as u64;
+        } else {
+            peer.held += 1;
+            self.counters.held_for_handshake += 1;
         }
         sent
+    }
+
+    fn no_send(&mut self, r: TunnelDrop) -> Option<(usize, SocketAddrV4)> {
+        self.counters.drop(r);
+        None
     }
 
     /// Runs every peer's timers (call about every 250 ms) and the rate
     /// limiter's second; `emit` gets each datagram to send (keepalives,
     /// rekeys) and its endpoint.
+    /// Sends the packets held for a peer whose handshake completed.
     pub fn tick(&mut self, out: &mut [u8], mut emit: impl FnMut(&[u8], SocketAddrV4)) {
         self.limiter.reset_count();
+        self.resume_budget = RESUMES_PER_TICK;
         if out.len() < MIN_OUT {
             return;
         }
@@ -451,6 +510,22 @@ impl Tunnel {
                 if let Some(ep) = peer.endpoint {
                     emit(d, ep);
                 }
+            }
+            // Held packets go once there is a session to seal them with (a
+            // flush without one would only turn the queue around).
+            if peer.held > 0 && peer.tunn.time_since_last_handshake().is_some() {
+                let Some(ep) = peer.endpoint else { continue };
+                for _ in 0..=HELD_PER_PEER {
+                    match peer.tunn.decapsulate(None, &[], out) {
+                        TunnResult::WriteToNetwork(d) => {
+                            self.counters.tx_packets += 1;
+                            self.counters.tx_bytes += d.len().saturating_sub(DATA_OVERHEAD) as u64;
+                            emit(d, ep);
+                        }
+                        _ => break,
+                    }
+                }
+                peer.held = 0;
             }
         }
     }
@@ -485,6 +560,9 @@ impl Tunnel {
                 false => self.drop(TunnelDrop::UnknownPeer),
             };
         };
+        if self.resume_budget == 0 {
+            return self.drop(TunnelDrop::ResumeLimited);
+        }
         // The datagram itself is dropped either way.
         self.counters.drop(TunnelDrop::UnknownPeer);
         let peer = self.peers[slot as usize].as_mut().expect("indexed peer");
@@ -494,6 +572,7 @@ impl Tunnel {
                 // Where boringtun's timers resend it if it is lost.
                 peer.endpoint.get_or_insert(src);
                 self.counters.resumes += 1;
+                self.resume_budget -= 1;
                 Received::Reply { len }
             }
             _ => Received::Drop(TunnelDrop::UnknownPeer),

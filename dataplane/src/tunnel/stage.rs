@@ -65,7 +65,9 @@ pub enum Outbound {
     Sealed { len: usize, to: SocketAddrV4 },
     /// The pod's peer lives on another worker: hand the packet over.
     Elsewhere { worker: u16 },
-    /// Dropped and counted (no session yet, or no room).
+    /// Not sent now: dropped and counted (no session yet, or no room), or
+    /// held by the tunnel until the handshake that renews the pod's
+    /// expired session completes (counted as `held_for_handshake`).
     Drop(TunnelDrop),
 }
 

@@ -468,3 +468,134 @@ fn with_several_workers_the_resume_happens_where_the_pods_peer_lives() {
         assert_eq!(at, owner, "arriving at worker {first}");
     }
 }
+
+mod hostile {
+    //! What a VNet host that knows the config's and a pod's public keys
+    //! (both published) can do to that pod's tunnel: nothing.
+    use super::*;
+
+    const FORGER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 66, 6), 51820);
+
+    /// Pod A's tunnel up from `FROM`, and the initiation it opened it with.
+    fn live_pod(gw: &mut Tunnel) -> (Tunn, Vec<u8>) {
+        let mut a = pod(1);
+        let mut buf = vec![0u8; 2048];
+        let TunnResult::WriteToNetwork(init) = a.encapsulate(&inner(POD_A, b"q"), &mut buf) else { panic!() };
+        let init = init.to_vec();
+        let mut out = vec![0u8; 2048];
+        let Received::Reply { len } = gw.receive(FROM, &init, &mut out) else { panic!("no response") };
+        let TunnResult::WriteToNetwork(keepalive) = a.decapsulate(None, &out[..len], &mut buf) else { panic!() };
+        let keepalive = keepalive.to_vec();
+        assert_eq!(gw.receive(FROM, &keepalive, &mut out), Received::Consumed);
+        (a, init)
+    }
+
+    #[test]
+    fn replayed_initiations_from_another_address_never_move_the_pods_endpoint() {
+        let mut gw = gateway();
+        let (mut a, init) = live_pod(&mut gw);
+        let mut out = vec![0u8; 2048];
+        // Dozens a second: past any per-peer budget, so cookies come back.
+        for _ in 0..50 {
+            let r = gw.receive(FORGER, &init, &mut out);
+            assert!(!matches!(r, Received::Inner { .. } | Received::Consumed), "{r:?}");
+        }
+        let reply = inner(Ipv4Addr::from(SERVER), b"for pod-a only");
+        let (len, to) = gw.send(POD_A, &reply, &mut out).expect("pod-a's session");
+        assert_eq!(to, FROM, "the pod's packets still go to the pod");
+        assert_eq!(gw.counters().roams, 0);
+        let mut buf = vec![0u8; 2048];
+        assert!(matches!(a.decapsulate(None, &out[..len], &mut buf), TunnResult::WriteToTunnelV4(..)));
+    }
+
+    #[test]
+    fn a_cookie_reply_under_the_configs_load_moves_no_endpoint() {
+        let mut gw =
+            Tunnel::with_handshake_limit(GW_KEY, &[PeerConfig { public_key: public(key(1)), pod_ip: POD_A }], 2);
+        let (_a, init) = live_pod(&mut gw);
+        let mut out = vec![0u8; 2048];
+        let mut cookies = 0;
+        for _ in 0..10 {
+            if gw.receive(FORGER, &init, &mut out) == (Received::Reply { len: 64 }) {
+                cookies += 1;
+            }
+        }
+        assert!(cookies > 0, "the config's budget answered with cookies");
+        let (_, to) = gw.send(POD_A, &inner(Ipv4Addr::from(SERVER), b"r"), &mut out).expect("session");
+        assert_eq!(to, FROM);
+    }
+
+    #[test]
+    fn peers_that_trade_pod_addresses_both_keep_their_replies() {
+        const FROM_B: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 3), 51820);
+        let mut gw = gateway();
+        let (mut a, mut b) = (pod(1), pod(2));
+        let da = connect(&mut gw, &mut a, FROM, &inner(POD_A, b"a"));
+        let db = connect(&mut gw, &mut b, FROM_B, &inner(POD_B, b"b"));
+        let mut out = vec![0u8; 2048];
+        gw.receive(FROM, &da, &mut out);
+        gw.receive(FROM_B, &db, &mut out);
+        // The pods' IPs are reused the other way round (each keeps its key).
+        gw.set_peers(&[
+            PeerConfig { public_key: public(key(1)), pod_ip: POD_B },
+            PeerConfig { public_key: public(key(2)), pod_ip: POD_A },
+        ]);
+        let r = inner(Ipv4Addr::from(SERVER), b"r");
+        assert_eq!(gw.send(POD_B, &r, &mut out).map(|s| s.1), Some(FROM), "POD_B is key 1's now");
+        assert_eq!(gw.send(POD_A, &r, &mut out).map(|s| s.1), Some(FROM_B), "POD_A is key 2's now");
+    }
+
+    /// `n` peers (keys 1..=n) on pods 198.18.2.1.., one worker.
+    fn many_peers(n: u8) -> Tunnel {
+        let peers: Vec<PeerConfig> =
+            (1..=n).map(|i| PeerConfig { public_key: public(key(i)), pod_ip: Ipv4Addr::new(198, 18, 2, i) }).collect();
+        Tunnel::new(GW_KEY, &peers)
+    }
+
+    #[test]
+    fn spoofed_data_from_every_pods_address_starts_a_bounded_number_of_resumes() {
+        let (_a, data, mut out) = after_failover();
+        let mut gw = many_peers(RESUMES_PER_TICK as u8 + 36);
+        let spoof = |i: u8| SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, i), 51820);
+        for i in 1..=RESUMES_PER_TICK as u8 + 36 {
+            gw.receive(spoof(i), &data, &mut out);
+        }
+        assert_eq!(gw.counters().resumes, u64::from(RESUMES_PER_TICK));
+        assert_eq!(gw.counters().dropped(TunnelDrop::ResumeLimited), 36);
+        // The next tick renews the budget.
+        gw.tick(&mut out.clone(), |_, _| {});
+        gw.receive(spoof(RESUMES_PER_TICK as u8 + 36), &data, &mut out);
+        assert_eq!(gw.counters().resumes, u64::from(RESUMES_PER_TICK) + 1);
+    }
+
+    #[test]
+    fn a_packet_for_a_pod_whose_session_is_being_renewed_is_sent_once_it_is() {
+        // The gateway resumes pod A's tunnel (it knows its endpoint, has no
+        // session): a reply from the server comes meanwhile.
+        let (mut a, data, mut out) = after_failover();
+        let mut gw = gateway();
+        let Received::Reply { len } = gw.receive(POD_A_SOCK, &data, &mut out) else { panic!("no initiation") };
+        let init = out[..len].to_vec();
+        let reply = inner(Ipv4Addr::from(SERVER), b"while renewing");
+        assert!(gw.send(POD_A, &reply, &mut out).is_none(), "held, an initiation being under way");
+        assert_eq!((gw.counters().held_for_handshake, gw.counters().tx_packets), (1, 0));
+        assert_eq!(gw.counters().total_drops(), 1, "only the datagram that asked for the resume");
+        // The handshake completes.
+        let mut buf = vec![0u8; 2048];
+        let TunnResult::WriteToNetwork(response) = a.decapsulate(None, &init, &mut buf) else { panic!() };
+        let response = response.to_vec();
+        assert!(matches!(gw.receive(POD_A_SOCK, &response, &mut out), Received::Reply { .. }));
+        let mut sent = Vec::new();
+        gw.tick(&mut out, |d, to| sent.push((d.to_vec(), to)));
+        let delivered: Vec<Vec<u8>> = sent
+            .iter()
+            .filter(|(_, to)| *to == POD_A_SOCK)
+            .filter_map(|(d, _)| match a.decapsulate(None, d, &mut buf) {
+                TunnResult::WriteToTunnelV4(p, _) => Some(p.to_vec()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delivered, vec![reply], "the held packet reached the pod");
+        assert_eq!(gw.counters().tx_packets, 1);
+    }
+}

@@ -33,7 +33,19 @@ pub fn is_query(ty: u8) -> bool {
     matches!(ty, ECHO_REQUEST | ECHO_REPLY)
 }
 
-/// Error messages carry the offending packet's header (RFC 792).
+/// Every ICMP error message type (RFC 792: destination unreachable,
+/// source quench, redirect, time exceeded, parameter problem). None is
+/// ever answered with an ICMP error (RFC 1812 §4.3.2.7, RFC 1122
+/// §3.2.2), whether or not the NAT translates it.
+#[inline]
+pub fn is_error_message(ty: u8) -> bool {
+    matches!(ty, DEST_UNREACHABLE | 4 | 5 | TIME_EXCEEDED | PARAMETER_PROBLEM)
+}
+
+/// Error messages the NAT translates: they carry the offending packet's
+/// header (RFC 792) and reach pods or the internet. Source quench is
+/// deprecated (RFC 6633) and a redirect names a link's router: both stop
+/// at the gateway.
 #[inline]
 pub fn is_error(ty: u8) -> bool {
     matches!(ty, DEST_UNREACHABLE | TIME_EXCEEDED | PARAMETER_PROBLEM)
