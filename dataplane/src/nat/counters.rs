@@ -89,6 +89,10 @@ crate::counters::counter_set! {
         icmp_rate_limited,
         fragments_translated,
         fragments_held,
+        /// First fragments whose datagram could not be noted (the fragment
+        /// table full, or for the internet its half or one source its eighth
+        /// of that): forwarded, but their later fragments are dropped.
+        fragment_notes_refused,
         /// Policy deny events not kept for logging because the queue was full.
         deny_events_lost,
         /// NAT log records dropped because the logger fell behind.

@@ -3,7 +3,9 @@
 //! for it is remembered under (src, dst, id, proto) and applied to the
 //! fragments that follow. Fragments that arrive before their first are held
 //! (copied, within a bound) and released once it comes. Fragments are never
-//! reassembled, only translated.
+//! reassembled, only translated. A datagram is forgotten once its
+//! fragments' payload covers it (in any order: first, last, middle is as
+//! good as in order), or at its timeout.
 
 use super::rewrite::Parsed;
 use super::{DropReason, NatEngine, Time};
@@ -59,12 +61,46 @@ struct Entry {
     /// `None` until the first fragment is seen.
     action: Option<FragAction>,
     deadline_ms: u64,
+    /// Payload bytes of the fragments seen so far, and the datagram's
+    /// payload length once its last fragment came.
+    covered: u32,
+    end: Option<u32>,
+    origin: Origin,
+}
+
+impl Entry {
+    fn add(&mut self, piece: Piece) {
+        self.covered = self.covered.saturating_add(piece.bytes);
+        self.end = piece.end.or(self.end);
+    }
+
+    fn complete(&self) -> bool {
+        self.end.is_some_and(|end| self.covered >= end)
+    }
+}
+
+/// A fragment's part of its datagram: the payload bytes it carries, and,
+/// for the last fragment, where the datagram's payload ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub bytes: u32,
+    pub end: Option<u32>,
+}
+
+impl Piece {
+    /// The part `buf[..len]` (an IPv4 fragment) is.
+    pub fn of(buf: &[u8], len: usize) -> Piece {
+        let ip = Ipv4Packet::new_unchecked(&buf[..len]);
+        let bytes = len.saturating_sub(ip.header_len()) as u32;
+        let end = (!ip.more_frags()).then(|| ip.frag_offset() as u32 + bytes);
+        Piece { bytes, end }
+    }
 }
 
 /// Where a fragment came from. The internet may hold at most half of the
-/// hold buffers, and one outside source an eighth of that half, so a flood
-/// of orphan fragments (random IDs, ~130 pps was enough before) cannot
-/// starve the pods' out-of-order fragments.
+/// hold buffers and half of the datagram notes, and one outside source an
+/// eighth of that half, so a flood of orphan or first fragments (random
+/// IDs, ~130 pps was enough before) cannot starve the pods' datagrams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     Pod,
@@ -74,6 +110,9 @@ pub enum Origin {
 pub(super) struct FragTable {
     entries: HashMap<FragKey, Entry>,
     max_entries: usize,
+    /// Notes of datagrams from the internet, in all and per source.
+    internet_entries: usize,
+    internet_by_source: HashMap<u32, u32>,
     /// Held fragments with their origin.
     held: Vec<(FragKey, Vec<u8>, Origin)>,
     max_held: usize,
@@ -89,6 +128,8 @@ impl FragTable {
         FragTable {
             entries: HashMap::with_capacity(max_entries),
             max_entries,
+            internet_entries: 0,
+            internet_by_source: HashMap::new(),
             held: Vec::with_capacity(max_held),
             max_held,
             released: VecDeque::with_capacity(max_held),
@@ -102,16 +143,63 @@ impl FragTable {
         self.timeout_ms = ms;
     }
 
-    /// Remembers what the first fragment got, and releases held followers.
-    /// Returns the held followers dropped instead because their TTL ran out.
-    #[must_use]
-    pub fn record(&mut self, key: FragKey, action: FragAction, now_ms: u64) -> u64 {
-        if self.entries.len() >= self.max_entries && !self.entries.contains_key(&key) {
-            // Full: the followers will be held or dropped and counted.
-            return 0;
+    /// Whether a new note for `key` fits: the table's room, and for the
+    /// internet its half and one source's eighth of that.
+    fn admits(&self, key: &FragKey, origin: Origin) -> bool {
+        if self.entries.len() >= self.max_entries {
+            return false;
+        }
+        if origin == Origin::Internet {
+            let share = (self.max_entries / 2).max(1);
+            let per_source = (share / 8).max(1);
+            let same = self.internet_by_source.get(&key.src).copied().unwrap_or(0) as usize;
+            return self.internet_entries < share && same < per_source;
+        }
+        true
+    }
+
+    fn insert_entry(&mut self, key: FragKey, entry: Entry) {
+        if entry.origin == Origin::Internet {
+            self.internet_entries += 1;
+            *self.internet_by_source.entry(key.src).or_default() += 1;
+        }
+        self.entries.insert(key, entry);
+    }
+
+    fn remove_entry(&mut self, key: &FragKey) {
+        if let Some(e) = self.entries.remove(key) {
+            if e.origin == Origin::Internet {
+                forget_internet(&mut self.internet_entries, &mut self.internet_by_source, key.src);
+            }
+        }
+    }
+
+    /// Remembers what the first fragment (`first`) got, and releases held
+    /// followers. Returns the held followers dropped instead because their
+    /// TTL ran out; `Err` when the table (or `origin`'s share of it) has no
+    /// room for the note: the followers will be held or dropped, counted.
+    pub fn record(
+        &mut self,
+        key: FragKey,
+        action: FragAction,
+        first: Piece,
+        origin: Origin,
+        now_ms: u64,
+    ) -> Result<u64, DropReason> {
+        let timeout_ms = self.timeout_ms;
+        if let Some(e) = self.entries.get_mut(&key) {
+            e.action = Some(action);
+            e.deadline_ms = now_ms + timeout_ms;
+            e.add(first);
+        } else {
+            if !self.admits(&key, origin) {
+                return Err(DropReason::FragmentTableFull);
+            }
+            let mut e = Entry { action: Some(action), deadline_ms: now_ms + timeout_ms, covered: 0, end: None, origin };
+            e.add(first);
+            self.insert_entry(key, e);
         }
         let mut ttl_expired = 0;
-        self.entries.insert(key, Entry { action: Some(action), deadline_ms: now_ms + self.timeout_ms });
         let mut i = 0;
         while i < self.held.len() {
             if self.held[i].0 != key {
@@ -140,22 +228,33 @@ impl FragTable {
             self.released_count += 1;
             self.released.push_back(Released { bytes, to });
         }
-        ttl_expired
+        if self.entries.get(&key).is_some_and(Entry::complete) {
+            self.remove_entry(&key);
+        }
+        Ok(ttl_expired)
     }
 
     /// The action for a later fragment (`None`: first not seen yet);
-    /// forgets the datagram after its last fragment.
-    pub fn lookup(&mut self, key: &FragKey, last: bool, now_ms: u64) -> Option<FragAction> {
-        let e = self.entries.get(key).filter(|e| e.deadline_ms > now_ms)?;
+    /// forgets the datagram once its fragments cover it.
+    pub fn lookup(&mut self, key: &FragKey, piece: Piece, now_ms: u64) -> Option<FragAction> {
+        let e = self.entries.get_mut(key).filter(|e| e.deadline_ms > now_ms)?;
         let a = e.action?;
-        if last && !self.held.iter().any(|(k, _, _)| k == key) {
-            self.entries.remove(key);
+        e.add(piece);
+        if e.complete() {
+            self.remove_entry(key);
         }
         Some(a)
     }
 
     /// Holds a fragment until its first fragment comes.
-    pub fn hold(&mut self, key: FragKey, packet: &[u8], origin: Origin, now_ms: u64) -> Result<(), DropReason> {
+    pub fn hold(
+        &mut self,
+        key: FragKey,
+        packet: &[u8],
+        piece: Piece,
+        origin: Origin,
+        now_ms: u64,
+    ) -> Result<(), DropReason> {
         if packet.len() > MAX_HELD_FRAGMENT {
             return Err(DropReason::FragmentTooLarge);
         }
@@ -176,11 +275,16 @@ impl FragTable {
                 return Err(DropReason::FragmentTableFull);
             }
         }
-        if !self.entries.contains_key(&key) {
-            if self.entries.len() >= self.max_entries {
+        if let Some(e) = self.entries.get_mut(&key) {
+            e.add(piece);
+        } else {
+            if !self.admits(&key, origin) {
                 return Err(DropReason::FragmentTableFull);
             }
-            self.entries.insert(key, Entry { action: None, deadline_ms: now_ms + self.timeout_ms });
+            let deadline_ms = now_ms + self.timeout_ms;
+            let mut e = Entry { action: None, deadline_ms, covered: 0, end: None, origin };
+            e.add(piece);
+            self.insert_entry(key, e);
         }
         self.held.push((key, packet.to_vec(), origin));
         Ok(())
@@ -201,7 +305,14 @@ impl FragTable {
             return 0;
         }
         self.next_sweep_ms = now_ms + 100;
-        self.entries.retain(|_, e| e.deadline_ms > now_ms);
+        let (count, by_source) = (&mut self.internet_entries, &mut self.internet_by_source);
+        self.entries.retain(|k, e| {
+            let keep = e.deadline_ms > now_ms;
+            if !keep && e.origin == Origin::Internet {
+                forget_internet(count, by_source, k.src);
+            }
+            keep
+        });
         let before = self.held.len();
         let entries = &self.entries;
         self.held.retain(|(k, _, _)| entries.get(k).is_some_and(|e| e.action.is_none()));
@@ -209,12 +320,31 @@ impl FragTable {
     }
 }
 
+fn forget_internet(count: &mut usize, by_source: &mut HashMap<u32, u32>, src: u32) {
+    *count = count.saturating_sub(1);
+    if let Some(n) = by_source.get_mut(&src) {
+        *n -= 1;
+        if *n == 0 {
+            by_source.remove(&src);
+        }
+    }
+}
+
 impl NatEngine {
-    /// Remembers what a first fragment got (see `FragTable::record`),
-    /// counting the held followers whose TTL ran out while they waited.
-    pub(super) fn record_fragment(&mut self, key: FragKey, action: FragAction, now: Time) {
-        let expired = self.frags.record(key, action, now.millis());
-        self.counters.drop_n(DropReason::TtlExpired, expired);
+    /// Remembers what a first fragment (`key`, `piece`) got (see
+    /// `FragTable::record`), counting the held followers whose TTL ran out
+    /// while they waited, and a note the table had no room for.
+    pub(super) fn record_fragment(
+        &mut self,
+        (key, piece): (FragKey, Piece),
+        action: FragAction,
+        origin: Origin,
+        now: Time,
+    ) {
+        match self.frags.record(key, action, piece, origin, now.millis()) {
+            Ok(expired) => self.counters.drop_n(DropReason::TtlExpired, expired),
+            Err(_) => self.counters.fragment_notes_refused += 1,
+        }
     }
 
     /// A fragment after the first: translate as its first fragment was.
@@ -232,7 +362,8 @@ impl NatEngine {
         if p.proto == crate::wire::ipv4::PROTO_TCP && Ipv4Packet::new_unchecked(&buf[..len]).frag_offset() == 8 {
             return self.drop(DropReason::FragmentTooShort);
         }
-        match self.frags.lookup(&p.frag_key(), !p.more_frags, now.millis()) {
+        let piece = Piece::of(buf, len);
+        match self.frags.lookup(&p.frag_key(), piece, now.millis()) {
             Some(FragAction::Translate { src, dst, side }) => {
                 if p.ttl <= 1 {
                     return self.drop(DropReason::TtlExpired);
@@ -254,7 +385,7 @@ impl NatEngine {
                 // Its return leg: an outside → inside packet on the owner.
                 Verdict::Handoff { worker, from: Side::Outside }
             }
-            None => match self.frags.hold(p.frag_key(), &buf[..len], origin, now.millis()) {
+            None => match self.frags.hold(p.frag_key(), &buf[..len], piece, origin, now.millis()) {
                 Ok(()) => {
                     self.counters.fragments_held += 1;
                     Verdict::Held
@@ -270,5 +401,12 @@ impl Parsed {
     #[inline]
     pub(super) fn frag_key(&self) -> FragKey {
         FragKey { src: self.src, dst: self.dst, id: self.ident, proto: self.proto }
+    }
+
+    /// The datagram a fragment (`buf[..len]`, read into `self`) belongs
+    /// to, and its part of it.
+    #[inline]
+    pub(super) fn fragment(&self, buf: &[u8], len: usize) -> (FragKey, Piece) {
+        (self.frag_key(), Piece::of(buf, len))
     }
 }

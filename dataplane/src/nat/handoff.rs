@@ -4,7 +4,7 @@
 //! is handed to it unchanged. The first fragment of a datagram leaves a
 //! note so its later fragments follow it.
 
-use super::frag::{FragAction, FragKey};
+use super::frag::{FragAction, FragKey, Origin, Piece};
 use super::*;
 
 impl NatEngine {
@@ -16,14 +16,17 @@ impl NatEngine {
         &mut self,
         owner: u16,
         from: Side,
-        first_frag: Option<FragKey>,
+        first_frag: Option<(FragKey, Piece)>,
         now: Time,
     ) -> Option<Verdict> {
         if owner == self.settings.worker {
             return None;
         }
-        if let Some(key) = first_frag {
-            self.record_fragment(key, FragAction::Handoff { worker: owner, from }, now);
+        if let Some(f) = first_frag {
+            // Noted before any session is looked up (the owner does that):
+            // so the internet's first fragments count against its share.
+            let origin = if from == Side::Outside { Origin::Internet } else { Origin::Pod };
+            self.record_fragment(f, FragAction::Handoff { worker: owner, from }, origin, now);
         }
         Some(self.handoff_to(owner, from))
     }

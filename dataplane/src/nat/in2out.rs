@@ -43,7 +43,7 @@ impl NatEngine {
         let tcp_flags = (proto == IpProtocol::Tcp).then(|| TcpPacket::new_unchecked(l4b).flags());
 
         let owner = self.inside_owner(key.proto, key.local, key.local_port);
-        if let Some(v) = self.hand_off(owner, Side::Inside, p.first_frag.then(|| p.frag_key()), now) {
+        if let Some(v) = self.hand_off(owner, Side::Inside, p.first_frag.then(|| p.fragment(buf, len)), now) {
             return v;
         }
 
@@ -67,7 +67,7 @@ impl NatEngine {
                     if p.first_frag {
                         // The rest of the datagram bypasses too, unchanged.
                         let action = FragAction::Translate { src: p.src, dst: p.dst, side: Side::Outside };
-                        self.record_fragment(p.frag_key(), action, now);
+                        self.record_fragment(p.fragment(buf, len), action, Origin::Pod, now);
                     }
                     return self.forward_fitted(buf, len, Side::Outside);
                 }
@@ -119,14 +119,14 @@ impl NatEngine {
                     _ => None,
                 };
                 if let Some(action) = action {
-                    self.record_fragment(p.frag_key(), action, now);
+                    self.record_fragment(p.fragment(buf, len), action, Origin::Pod, now);
                 }
             }
             return v;
         }
         if p.first_frag {
             let action = FragAction::Translate { src: s.egress, dst: p.dst, side: Side::Outside };
-            self.record_fragment(p.frag_key(), action, now);
+            self.record_fragment(p.fragment(buf, len), action, Origin::Pod, now);
         }
         self.forward_fitted(buf, len, Side::Outside)
     }

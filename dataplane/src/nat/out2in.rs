@@ -46,7 +46,7 @@ impl NatEngine {
 
         let Some(owner) = self.slice.owner(key.local_port) else { return self.drop(DropReason::Unsolicited) };
         // A hairpinned packet's fragments are recorded under the pod's key.
-        let first_frag = (p.first_frag && !hairpin).then(|| p.frag_key());
+        let first_frag = (p.first_frag && !hairpin).then(|| p.fragment(buf, len));
         if let Some(v) = self.hand_off(owner, Side::Outside, first_frag, now) {
             return v;
         }
@@ -76,7 +76,7 @@ impl NatEngine {
         self.counters.out2in_bytes += len as u64;
         if p.first_frag && !hairpin {
             let action = FragAction::Translate { src: p.src, dst: s.pod, side: Side::Inside };
-            self.record_fragment(p.frag_key(), action, now);
+            self.record_fragment(p.fragment(buf, len), action, Origin::Internet, now);
         }
         self.forward_fitted(buf, len, Side::Inside)
     }

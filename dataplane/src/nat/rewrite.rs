@@ -20,7 +20,6 @@ pub(super) struct Parsed {
     pub first_frag: bool,
     /// Offset > 0: no transport header.
     pub later_frag: bool,
-    pub more_frags: bool,
 }
 
 impl Parsed {
@@ -36,7 +35,6 @@ impl Parsed {
             ident: ip.ident(),
             first_frag: ip.more_frags() && ip.frag_offset() == 0,
             later_frag: ip.frag_offset() > 0,
-            more_frags: ip.more_frags(),
         }
     }
 }

@@ -56,7 +56,7 @@ impl Pkt {
     pub fn new(bytes: Vec<u8>) -> Pkt {
         let len = bytes.len();
         let mut buf = bytes;
-        buf.resize(2048, 0);
+        buf.resize(len.max(2048), 0);
         Pkt { buf, len }
     }
     pub fn bytes(&self) -> &[u8] {
@@ -652,6 +652,69 @@ fn fragments_follow_their_first_fragment_in_order_and_out_of_order() {
     r1.run(&mut e, T0);
     assert_eq!(r2.run(&mut e, T0), Verdict::Forward { side: Side::Inside, len: r2.len });
     assert_eq!((r1.dst(), r2.dst()), (POD_A, POD_A));
+}
+
+/// `p` with IP identification `id` (its checksum fixed).
+fn with_ident(mut p: Pkt, id: u16) -> Pkt {
+    p.buf[4..6].copy_from_slice(&id.to_be_bytes());
+    p.buf[10] = 0;
+    p.buf[11] = 0;
+    let c = fold(&p.buf[..20]);
+    p.buf[10..12].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+#[test]
+fn a_datagram_in_three_fragments_sent_first_last_middle_arrives_whole() {
+    // RFC 4787 REQ-14: any order. The last fragment used to end the
+    // datagram's note, so the middle one that came after it was lost.
+    let mut e = engine();
+    let big = udp(POD_A, 5000, SERVER, 9000, &[7u8; 2992]);
+    let first = fragment_of(&big, 0, 1480, true);
+    let middle = fragment_of(&big, 1480, 2960, true);
+    let last = fragment_of(&big, 2960, 3000, false);
+    let mut srcs = Vec::new();
+    for mut f in [first, last, middle] {
+        assert!(matches!(f.run(&mut e, T0), Verdict::Forward { side: Side::Outside, .. }));
+        srcs.push(f.src());
+    }
+    assert!(srcs.iter().all(|s| in_pool(*s, [198, 19, 100]) && *s == srcs[0]), "{srcs:?}");
+    // Complete: the note is gone, and a stray repeat is held, not sent.
+    let mut again = fragment_of(&big, 1480, 2960, true);
+    assert_eq!(again.run(&mut e, T0), Verdict::Held);
+}
+
+#[test]
+fn the_internets_first_fragments_take_at_most_their_share_of_datagram_notes() {
+    // Worker 0 of 2 notes first fragments for ports worker 1 owns before
+    // any session is looked up: one host, or the whole internet, must not
+    // fill those notes for the pods.
+    let s = EngineSettings { worker: 0, workers: 2, frag_datagrams: 64, ..settings() };
+    let mut e = NatEngine::new(s, default_plan());
+    let port = (1024..=65535u16).find(|p| e.slice.owner(*p) == Some(1)).unwrap();
+    let egress = [198, 19, 100, 1];
+    let notes = |e: &mut NatEngine, from: [u8; 4], id: u16| {
+        let p = with_ident(udp(from, 9000, egress, port, &[1u8; 600]), id);
+        let mut f = fragment_of(&p, 0, 304, true);
+        assert!(matches!(f.run(e, T0), Verdict::Handoff { worker: 1, .. }));
+    };
+    for id in 0..20 {
+        notes(&mut e, SERVER, id);
+    }
+    // One host: an eighth of the internet's half of 64.
+    assert_eq!(e.counters().fragment_notes_refused, 16);
+    for host in 1..=40u8 {
+        notes(&mut e, [198, 19, 9, host], 1);
+    }
+    // The internet: half of 64, 4 of them SERVER's.
+    assert_eq!(e.counters().fragment_notes_refused, 16 + 12);
+    // A pod's datagram is still noted and followed.
+    let big = udp(POD_A, 5000, SERVER, 9000, &[7u8; 600]);
+    let owner = e.inside_owner(17, u32::from_be_bytes(POD_A), 5000);
+    let (mut f1, mut f2) = fragment(&big, 304);
+    assert!(matches!(f1.run(&mut e, T0), Verdict::Handoff { .. } | Verdict::Forward { .. }), "owner {owner}");
+    assert!(matches!(f2.run(&mut e, T0), Verdict::Handoff { .. } | Verdict::Forward { .. }));
+    assert_eq!(e.counters().fragment_notes_refused, 28);
 }
 
 #[test]
