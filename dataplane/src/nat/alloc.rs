@@ -33,8 +33,11 @@ impl NatEngine {
     }
 
     pub(super) fn check_quota(&self, pod: u32, ci: u16) -> Result<(), DropReason> {
-        let held = self.pods.get(&pod).map_or(0, |p| p.holdings);
-        if held >= self.quotas[usize::from(ci)] {
+        let (held, whole) = self.pods.get(&pod).map_or((0, false), |p| (p.holdings, p.tunnelled));
+        // A tunnelled pod's flows all live on its peer's worker: its whole
+        // quota is here; a routed pod's spread over every worker.
+        let quota = if whole { self.config(ci).port_quota } else { self.quotas[usize::from(ci)] };
+        if held >= quota {
             return Err(DropReason::QuotaExceeded);
         }
         Ok(())

@@ -185,8 +185,10 @@ impl NatEngine {
 
     /// RFC 6888 REQ-5: one pod may not fill the session table for the rest.
     pub(super) fn check_session_limit(&self, pod: u32, ci: u16) -> Result<(), DropReason> {
-        let held = self.pods.get(&pod).map_or(0, |p| p.sessions);
-        if held >= self.session_limits[usize::from(ci)] {
+        let (held, whole) = self.pods.get(&pod).map_or((0, false), |p| (p.sessions, p.tunnelled));
+        // As `check_quota`: a tunnelled pod's sessions are all on one worker.
+        let limit = if whole { self.config(ci).session_limit } else { self.session_limits[usize::from(ci)] };
+        if held >= limit {
             return Err(DropReason::SessionLimit);
         }
         Ok(())

@@ -1334,7 +1334,10 @@ mod tunnelled {
     use crate::plan::{TunnelConfig, WgKey, WgSecret};
 
     fn tunnel_engine(inside_mtu: usize) -> NatEngine {
-        let mut a = config("a", "198.19.100.0/28");
+        tunnel_engine_on(EngineSettings { mtu: [inside_mtu, 1500], ..settings() }, config("a", "198.19.100.0/28"))
+    }
+
+    fn tunnel_engine_on(s: EngineSettings, mut a: GatewayConfig) -> NatEngine {
         a.tunnel =
             Some(TunnelConfig { address: [198, 18, 50, 100].into(), port: 6000, private_key: WgSecret([7; 32]) });
         let plan = Plan {
@@ -1345,8 +1348,32 @@ mod tunnelled {
                 Binding { pod_ip: POD_B.into(), config: "b".into(), public_key: None },
             ],
         };
-        let s = EngineSettings { mtu: [inside_mtu, 1500], ..settings() };
         NatEngine::new(s, Arc::new(CompiledPlan::new(&plan).unwrap()))
+    }
+
+    #[test]
+    fn a_tunnelled_pod_gets_its_whole_port_quota_and_session_limit_with_four_workers() {
+        // Its flows all live on its peer's worker: a quarter of each (the
+        // share of a routed pod, whose flows spread) would be all it got.
+        let owner = crate::tunnel::owner_of(u32::from_be_bytes(POD_A), 4);
+        let mut a = config("a", "198.19.100.0/28");
+        (a.port_quota, a.session_limit) = (40, 60);
+        let mut e = tunnel_engine_on(EngineSettings { worker: owner, workers: 4, ..settings() }, a);
+        for port in 0..40 {
+            let mut p = udp(POD_A, 5000 + port, SERVER, 53, b"q");
+            let v = e.process_tunnelled(&mut p.buf, p.len, T0);
+            assert!(matches!(v, Verdict::Forward { side: Side::Outside, .. }), "flow {port}: {v:?}");
+        }
+        let mut p = udp(POD_A, 6000, SERVER, 53, b"q");
+        assert!(!matches!(e.process_tunnelled(&mut p.buf, p.len, T0), Verdict::Forward { .. }));
+        assert_eq!(e.counters().dropped(DropReason::QuotaExceeded), 1);
+        // Endpoint-independent: one port, many destinations: the session limit.
+        for host in 1..=30u8 {
+            let mut p = udp(POD_A, 5000, [198, 19, 3, host], 53, b"q");
+            let _ = e.process_tunnelled(&mut p.buf, p.len, T0);
+        }
+        assert_eq!(e.session_count(), 60);
+        assert_eq!(e.counters().dropped(DropReason::SessionLimit), 10);
     }
 
     #[test]
