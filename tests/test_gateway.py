@@ -49,6 +49,15 @@ def test_a_fallback_source_cidr_gives_an_unannotated_pod_egress(restore_plan, to
     assert topo.pc.ok("ping", "-c", "2", "-i", "0.2", "-W", "1", "-q", "198.19.0.254"), "ping"
 
 
+def test_a_fallback_cidr_holding_the_nodes_address_leaves_the_node_its_own_traffic(restore_plan, topo):
+    # 198.18.0.0/24 holds the gateway's inside address: what is addressed
+    # to the node (kubelet, the control stream, here a ping) stays the node's.
+    restore_plan.write_plan(plan(extra=FALLBACK))
+    poll(lambda: topo.pc.curl(ECHO, 1), timeout=10, what="pod-c served by the fallback")
+    assert topo.pc.ok("ping", "-c", "2", "-i", "0.2", "-W", "1", "-q", "198.18.0.1"), "the node answers pod-c"
+    assert topo.pa.ok("ping", "-c", "2", "-i", "0.2", "-W", "1", "-q", "198.18.0.1"), "and a bound pod"
+
+
 def test_without_the_fallback_binding_the_pod_is_cut_off_again(restore_plan, topo):
     restore_plan.write_plan(plan(extra=FALLBACK))
     poll(lambda: topo.pc.curl(ECHO, 1), timeout=10, what="pod-c served by the fallback")

@@ -118,11 +118,14 @@ int egret_steer(struct xdp_md *ctx)
 	}
 	__u32 src = ip->saddr, dst = ip->daddr;
 	// Replies from excluded destinations come back to the pod's own
-	// address: ours too (the NAT core forwards them or drops them).
+	// address: ours too (the NAT core forwards them or drops them). The
+	// node's own addresses are never a pod's: a fallback source CIDR that
+	// holds one (a node subnet) must not divert the node's own traffic,
+	// from either direction.
+	int to_node = bpf_map_lookup_elem(&local, &dst) != 0;
 	int ours = bpf_map_lookup_elem(&egress, &dst) != 0 ||
-		   ((bpf_map_lookup_elem(&pods, &src) != 0 || in_sources(src)) &&
-		    bpf_map_lookup_elem(&local, &dst) == 0) ||
-		   ((bpf_map_lookup_elem(&pods, &dst) != 0 || in_sources(dst)) &&
+		   ((bpf_map_lookup_elem(&pods, &src) != 0 || in_sources(src)) && !to_node) ||
+		   ((bpf_map_lookup_elem(&pods, &dst) != 0 || in_sources(dst)) && !to_node &&
 		    bpf_map_lookup_elem(&local, &src) == 0);
 	if (!ours && ip->protocol == IPPROTO_UDP && ip->ihl == 5) {
 		struct udphdr *udp = (void *)(ip + 1);

@@ -79,6 +79,11 @@ crate::counters::reasons! {
         NoFreeFrame = "no_free_frame",
         /// The owning worker's handoff ring, or the frame pool, was full.
         HandoffOverflow = "handoff_overflow",
+        /// A tunnel datagram not yet authenticated (handed on by its receiver
+        /// index or key alone) found the owner's ring past the half such
+        /// datagrams may fill: a VNet host cannot crowd out the handoffs of
+        /// flows.
+        HandoffUnauthenticatedShare = "handoff_unauthenticated_share",
         /// Lost in the kernel before the worker saw it: the AF_XDP socket
         /// had no fill-ring buffer for the frame.
         SocketNoBuffer = "socket_no_buffer",
@@ -631,6 +636,10 @@ impl Worker {
             self.io_counters.drop(IoDrop::HandoffOverflow);
             return;
         }
+        if !admits_handoff(kind, peer.len(), peer.capacity()) {
+            self.io_counters.drop(IoDrop::HandoffUnauthenticatedShare);
+            return;
+        }
         let Some(mut buf) = self.pool.pop() else {
             self.io_counters.drop(IoDrop::HandoffOverflow);
             return;
@@ -701,6 +710,26 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Whether a handoff of `kind` may join a ring holding `depth` of
+/// `capacity`: unauthenticated tunnel datagrams only up to half of it.
+fn admits_handoff(kind: HandoffKind, depth: usize, capacity: usize) -> bool {
+    kind != HandoffKind::Datagram || depth < capacity / 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unauthenticated_datagrams_fill_at_most_half_a_handoff_ring() {
+        assert!(admits_handoff(HandoffKind::Datagram, 511, 1024));
+        assert!(!admits_handoff(HandoffKind::Datagram, 512, 1024));
+        for kind in [HandoffKind::Arrived(Side::Outside), HandoffKind::Tunnelled, HandoffKind::Seal] {
+            assert!(admits_handoff(kind, 1023, 1024), "{kind:?}");
         }
     }
 }

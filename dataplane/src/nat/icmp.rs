@@ -199,7 +199,7 @@ impl NatEngine {
         let about_error = p.proto == ipv4::PROTO_ICMP
             && len > p.hl
             && icmp::is_error_message(IcmpPacket::new_unchecked(&buf[p.hl..len]).msg_type());
-        if p.later_frag || about_error || from == 0 || is_martian_dst(p.src) || !self.icmp_token(now) {
+        if p.later_frag || about_error || from == 0 || is_martian_dst(p.src) || !self.icmp_token(p.src, now) {
             return Verdict::Drop(reason);
         }
         const OUTER: usize = ipv4::HEADER_LEN + icmp::HEADER_LEN;
@@ -227,23 +227,62 @@ impl NatEngine {
     }
 }
 
-impl NatEngine {
-    /// Takes an ICMP-error token; tokens refill at `icmp_errors_per_sec`.
-    pub(super) fn icmp_token(&mut self, now: Time) -> bool {
-        let rate = self.settings.icmp_errors_per_sec;
-        let elapsed = now.millis().saturating_sub(self.icmp_refill_ms);
-        if elapsed > 0 {
-            let add = (elapsed * u64::from(rate) / 1000) as u32;
-            if add > 0 {
-                self.icmp_tokens = (self.icmp_tokens + add).min(rate);
-                self.icmp_refill_ms = now.millis();
-            }
+/// A token bucket that refills `rate` tokens a second, up to `rate`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    tokens: u32,
+    refilled_ms: u64,
+}
+
+impl Bucket {
+    fn take(&mut self, rate: u32, now: Time) -> bool {
+        let elapsed = now.millis().saturating_sub(self.refilled_ms);
+        let add = (elapsed * u64::from(rate) / 1000).min(u64::from(rate)) as u32;
+        if add > 0 {
+            self.tokens = (self.tokens + add).min(rate);
+            self.refilled_ms = now.millis();
         }
-        if self.icmp_tokens == 0 {
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+/// Destination slots of the ICMP error budget: each destination hashes to
+/// one (a few share one, none takes another's).
+const ICMP_SLOTS: usize = 64;
+
+/// The ICMP errors a worker sends: `icmp_errors_per_sec` in all, and each
+/// destination (a pod, an outside host) at most a quarter of that, so one
+/// pod's TTL=1 packets cannot starve every other pod's fragmentation
+/// needed.
+pub(super) struct IcmpBudget {
+    all: Bucket,
+    by_destination: Box<[Bucket; ICMP_SLOTS]>,
+}
+
+impl IcmpBudget {
+    pub(super) fn new(rate: u32) -> IcmpBudget {
+        let full = Bucket { tokens: rate, refilled_ms: 0 };
+        let share = Bucket { tokens: (rate / 4).max(1), refilled_ms: 0 };
+        IcmpBudget { all: full, by_destination: Box::new([share; ICMP_SLOTS]) }
+    }
+}
+
+impl NatEngine {
+    /// Takes an ICMP-error token for an error to `to`.
+    pub(super) fn icmp_token(&mut self, to: u32, now: Time) -> bool {
+        let rate = self.settings.icmp_errors_per_sec;
+        let slot = (u64::from(to).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % ICMP_SLOTS;
+        let b = &mut self.icmp_budget;
+        // The destination's share first: a destination over it takes
+        // nothing from the others' budget.
+        if !b.by_destination[slot].take((rate / 4).max(1), now) || !b.all.take(rate, now) {
             self.counters.icmp_rate_limited += 1;
             return false;
         }
-        self.icmp_tokens -= 1;
         true
     }
 }

@@ -256,8 +256,7 @@ pub struct NatEngine {
     sweep_mappings: usize,
     /// When `expire_paced` last visited slots (engine milliseconds).
     swept_at_ms: u64,
-    icmp_tokens: u32,
-    icmp_refill_ms: u64,
+    icmp_budget: icmp::IcmpBudget,
     /// DNS-learned names, shared by all workers.
     fqdn: Arc<FqdnCache>,
     next_fqdn_sweep: u32,
@@ -309,8 +308,7 @@ impl NatEngine {
             sweep_sessions: 0,
             sweep_mappings: 0,
             swept_at_ms: 0,
-            icmp_tokens: settings.icmp_errors_per_sec,
-            icmp_refill_ms: 0,
+            icmp_budget: icmp::IcmpBudget::new(settings.icmp_errors_per_sec),
             fqdn: FqdnCache::new(1 << 16),
             next_fqdn_sweep: 0,
             policy_hits: Vec::new(),

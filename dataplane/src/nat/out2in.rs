@@ -119,6 +119,19 @@ impl NatEngine {
             return Err(DropReason::SessionTableFull);
         }
         self.check_session_limit(m.pod, m.config)?;
+        // Outside hosts may open sessions on a pod's mapping only while the
+        // pod holds less than half its limit: the other half stays for the
+        // flows the pod opens itself.
+        if let Some(p) = self.pods.get(&m.pod) {
+            let limit = if p.tunnelled {
+                self.config(m.config).session_limit
+            } else {
+                self.session_limits[usize::from(m.config)]
+            };
+            if p.sessions >= (limit / 2).max(1) {
+                return Err(DropReason::SessionLimit);
+            }
+        }
         // The session it opens is the pod's flow to that endpoint.
         let inside = FlowKey {
             proto: key.proto,

@@ -219,7 +219,7 @@ type LearnedName = (Arc<str>, u32);
 /// passes: never on the per-packet path of established flows.
 #[derive(Debug)]
 pub struct FqdnCache {
-    inner: RwLock<HashMap<(u32, u32), Vec<LearnedName>>>,
+    inner: RwLock<Learned>,
     capacity: usize,
     /// Answers not learned because the cache was full.
     pub full: AtomicU64,
@@ -230,10 +230,22 @@ pub struct FqdnCache {
 /// normal, unbounded lists are not.
 pub const NAMES_PER_ADDRESS: usize = 32;
 
+/// The part of the cache one pod may hold: a pod whose allowed wildcard
+/// name resolves to endless addresses (a domain its own team runs) fills
+/// its share, not every other pod's.
+pub const POD_SHARE_DIVISOR: usize = 16;
+
+#[derive(Debug, Default)]
+struct Learned {
+    by_pair: HashMap<(u32, u32), Vec<LearnedName>>,
+    /// (pod, address) pairs held per pod.
+    per_pod: HashMap<u32, u32>,
+}
+
 impl FqdnCache {
     pub fn new(capacity: usize) -> Arc<FqdnCache> {
         Arc::new(FqdnCache {
-            inner: RwLock::new(HashMap::new()),
+            inner: RwLock::new(Learned::default()),
             capacity,
             full: AtomicU64::new(0),
             learned: AtomicU64::new(0),
@@ -242,12 +254,17 @@ impl FqdnCache {
 
     /// Records that `pod` resolved `name` to `addr`, trusted until `until` (seconds).
     pub fn learn(&self, pod: u32, addr: u32, name: &str, until: u32) {
-        let mut m = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        if m.len() >= self.capacity && !m.contains_key(&(pod, addr)) {
-            self.full.fetch_add(1, Ordering::Relaxed);
-            return;
+        let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let l = &mut *guard;
+        if !l.by_pair.contains_key(&(pod, addr)) {
+            let held = l.per_pod.get(&pod).copied().unwrap_or(0) as usize;
+            if l.by_pair.len() >= self.capacity || held >= (self.capacity / POD_SHARE_DIVISOR).max(1) {
+                self.full.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            *l.per_pod.entry(pod).or_default() += 1;
         }
-        let v = m.entry((pod, addr)).or_default();
+        let v = l.by_pair.entry((pod, addr)).or_default();
         if let Some(e) = v.iter_mut().find(|(n, _)| &**n == name) {
             e.1 = e.1.max(until);
         } else if v.len() >= NAMES_PER_ADDRESS {
@@ -265,22 +282,33 @@ impl FqdnCache {
     /// The names still valid for (`pod`, `addr`) at `now`.
     pub fn names(&self, pod: u32, addr: u32, now: u32) -> Vec<Arc<str>> {
         let m = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        m.get(&(pod, addr))
+        m.by_pair
+            .get(&(pod, addr))
             .map(|v| v.iter().filter(|(_, t)| *t > now).map(|(n, _)| n.clone()).collect())
             .unwrap_or_default()
     }
 
     /// Forgets expired answers.
     pub fn expire(&self, now: u32) {
-        let mut m = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        m.retain(|_, v| {
+        let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let Learned { by_pair, per_pod } = &mut *guard;
+        by_pair.retain(|(pod, _), v| {
             v.retain(|(_, t)| *t > now);
-            !v.is_empty()
+            let keep = !v.is_empty();
+            if !keep {
+                if let Some(n) = per_pod.get_mut(pod) {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_pod.remove(pod);
+                    }
+                }
+            }
+            keep
         });
     }
 
     pub fn len(&self) -> usize {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).by_pair.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -367,5 +395,22 @@ mod tests {
         assert!(cache.names(pod, dst, 100).is_empty(), "expired");
         cache.expire(100);
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn one_pod_fills_only_its_share_of_the_fqdn_cache() {
+        let cache = FqdnCache::new(64);
+        let (greedy, other) = (ip("198.18.0.2"), ip("198.18.0.3"));
+        for a in 0..100u32 {
+            cache.learn(greedy, ip("198.19.0.0") + a, "x.example.org", 100);
+        }
+        assert_eq!(cache.len(), 64 / POD_SHARE_DIVISOR);
+        assert_eq!(cache.full.load(Ordering::Relaxed), 100 - 4);
+        cache.learn(other, ip("198.19.0.10"), "api.example.com", 100);
+        assert_eq!(cache.names(other, ip("198.19.0.10"), 50).len(), 1, "another pod still learns");
+        // Expired entries give the share back.
+        cache.expire(100);
+        cache.learn(greedy, ip("198.19.1.1"), "x.example.org", 200);
+        assert_eq!(cache.names(greedy, ip("198.19.1.1"), 150).len(), 1);
     }
 }

@@ -290,6 +290,26 @@ fn endpoint_independent_filtering_lets_new_udp_peers_reach_a_live_mapping() {
     assert_eq!(t.run(&mut e, T0), Verdict::Drop(DropReason::Unsolicited));
 }
 
+#[test]
+fn outside_hosts_fill_at_most_half_a_pods_sessions_on_its_open_mapping() {
+    let mut a = config("a", "198.19.100.0/28");
+    (a.filtering, a.session_limit) = (FilteringMode::EndpointIndependent, 20);
+    let mut e = NatEngine::new(settings(), plan_with(a, config("b", "198.19.101.0/28")));
+    let mut out = udp(POD_A, 5000, SERVER, 3478, b"stun");
+    out.run(&mut e, T0);
+    let reached = (1..=50u8)
+        .filter(|h| {
+            let mut peer = udp([198, 19, 7, *h], 9999, out.src(), out.sport(), b"hi");
+            matches!(peer.run(&mut e, T0), Verdict::Forward { .. })
+        })
+        .count();
+    assert_eq!(reached, 9, "up to half of 20, the pod's own session included");
+    // The pod's own new flows still open, to its limit.
+    let own = (0..20u16)
+        .filter(|i| matches!(udp(POD_A, 6000 + i, SERVER, 53, b"q").run(&mut e, T0), Verdict::Forward { .. }));
+    assert_eq!(own.count(), 10);
+}
+
 pub fn small_pool_engine(mapping: MappingMode, ports: RangeInclusive<u16>) -> NatEngine {
     let mut a = config("a", "198.19.100.0/31");
     a.mapping = mapping;
@@ -567,22 +587,37 @@ fn no_icmp_error_type_is_ever_answered_with_an_icmp_error() {
     }
 }
 
+/// Whether a TTL=1 UDP packet from `pod` is answered with time exceeded.
+fn expires_answered(e: &mut NatEngine, pod: [u8; 4]) -> bool {
+    let mut p = udp(pod, 1, SERVER, 1, b"x");
+    p.buf[8] = 1;
+    p.buf[10] = 0;
+    p.buf[11] = 0;
+    let c = fold(&p.buf[..20]);
+    p.buf[10..12].copy_from_slice(&c.to_be_bytes());
+    matches!(p.run(e, T0), Verdict::Reply { .. })
+}
+
 #[test]
 fn icmp_errors_are_rate_limited() {
-    let mut e = NatEngine::new(EngineSettings { icmp_errors_per_sec: 5, ..settings() }, default_plan());
-    let mut replies = 0;
-    for _ in 0..20 {
-        let mut p = udp(POD_A, 1, SERVER, 1, b"x");
-        p.buf[8] = 1;
-        p.buf[10] = 0;
-        p.buf[11] = 0;
-        let c = fold(&p.buf[..20]);
-        p.buf[10..12].copy_from_slice(&c.to_be_bytes());
-        replies += usize::from(matches!(p.run(&mut e, T0), Verdict::Reply { .. }));
-    }
-    assert_eq!(replies, 5);
-    assert_eq!(e.counters().icmp_rate_limited, 15);
+    // Twenty sources of a fallback CIDR.
+    let mut b = config("b", "198.19.101.0/28");
+    b.sources = vec!["198.18.1.0/24".parse().unwrap()];
+    let plan = plan_with(config("a", "198.19.100.0/28"), b);
+    let mut e = NatEngine::new(EngineSettings { icmp_errors_per_sec: 8, ..settings() }, plan);
+    // Twenty pods, one expiring packet each: eight answers in all.
+    let replies = (10..30u8).filter(|i| expires_answered(&mut e, [198, 18, 1, *i])).count();
+    assert_eq!(replies, 8);
+    assert_eq!(e.counters().icmp_rate_limited, 12);
     assert_eq!(e.counters().dropped(DropReason::TtlExpired), 20);
+}
+
+#[test]
+fn one_pods_expiring_packets_take_a_quarter_of_the_icmp_error_budget() {
+    let mut e = NatEngine::new(EngineSettings { icmp_errors_per_sec: 8, ..settings() }, default_plan());
+    let greedy = (0..20).filter(|_| expires_answered(&mut e, POD_A)).count();
+    assert_eq!(greedy, 2, "a quarter of 8");
+    assert!(expires_answered(&mut e, POD_B), "another pod is still answered");
 }
 
 /// Splits an IPv4 packet into two fragments at byte `at` of its payload.
