@@ -448,7 +448,7 @@ impl AdminService for Admin {
         let snap = self.state.snapshot();
         let mut out = api::GetStatsResponse {
             generation: snap.generation,
-            problems: snap.reconciled.problems.len() as u64,
+            problems: self.state.problems().len() as u64,
             ..Default::default()
         };
         for node in self.nodes(&snap, &r.node)? {

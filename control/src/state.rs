@@ -66,9 +66,10 @@ pub struct ControlState {
     applied: watch::Sender<u64>,
     /// Serialises updates (versions must be assigned in order).
     update: Mutex<()>,
-    /// Why the source's latest read was refused (the last good state
-    /// keeps serving meanwhile); listed first among the problems.
-    source_error: Mutex<Option<Problem>>,
+    /// What the source reports about its own reads, by what it names
+    /// (manifests refused, a Kubernetes kind not listed); listed first
+    /// among the problems.
+    source_errors: Mutex<BTreeMap<String, Problem>>,
 }
 
 impl Default for ControlState {
@@ -78,7 +79,7 @@ impl Default for ControlState {
             links: Mutex::default(),
             applied: watch::channel(0).0,
             update: Mutex::default(),
-            source_error: Mutex::default(),
+            source_errors: Mutex::default(),
         }
     }
 }
@@ -92,16 +93,27 @@ impl ControlState {
         self.snapshot.borrow().clone()
     }
 
-    /// Records why the source's latest read was refused (`None`: it was
-    /// read), e.g. manifests that do not parse; `what` names the source.
+    /// Records why the source's latest read of `what` (manifests, one
+    /// Kubernetes kind) was refused or left out (`None`: it was read), e.g.
+    /// manifests that do not parse, or a kind whose list fails.
     pub fn set_source_error(&self, what: &str, error: Option<String>) {
-        *self.source_error.lock().unwrap() = error.map(|message| Problem { object: what.to_string(), message });
+        let mut errors = self.source_errors.lock().unwrap();
+        match error {
+            Some(message) => errors.insert(what.to_string(), Problem { object: what.to_string(), message }),
+            None => errors.remove(what),
+        };
     }
 
-    /// The reconcile's problems, after the source's own if it has one.
+    /// The source's own problems, by what they name.
+    pub fn source_problems(&self) -> Vec<Problem> {
+        self.source_errors.lock().unwrap().values().cloned().collect()
+    }
+
+    /// The reconcile's problems, after the source's own.
     pub fn problems(&self) -> Vec<Problem> {
-        let own = self.source_error.lock().unwrap().clone();
-        own.into_iter().chain(self.snapshot().reconciled.problems.iter().cloned()).collect()
+        let mut all = self.source_problems();
+        all.extend(self.snapshot().reconciled.problems.iter().cloned());
+        all
     }
 
     pub fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
@@ -144,25 +156,22 @@ impl ControlState {
     pub fn update(&self, st: &ClusterState) -> u64 {
         let _serial = self.update.lock().unwrap();
         let prev = self.snapshot();
-        let reconciled = cluster::reconcile(st);
+        let mut reconciled = cluster::reconcile(st);
         let next_gen = prev.generation + 1;
         let mut changed = false;
-        let mut plans = BTreeMap::new();
-        for (node, plan) in &reconciled.plans {
-            let np = carry_or_bump(prev.plans.get(node), plan, next_gen);
-            changed |= np.version == next_gen;
-            plans.insert(node.clone(), np);
-        }
+        let plans = node_plans(&prev.plans, &mut reconciled, next_gen);
+        changed |= plans.values().any(|np| np.version == next_gen);
         changed |= plans.len() != prev.plans.len();
         let anyone = if reconciled.nodes.is_empty() {
             let (plan, _) = cluster::standalone_plan(st, 0);
-            let np = carry_or_bump(prev.anyone.as_ref(), &plan, next_gen);
-            changed |= np.version == next_gen;
-            Some(np)
+            let np = publishable(ANYONE, prev.anyone.as_ref(), &plan, next_gen, &mut reconciled.problems);
+            changed |= np.as_ref().is_some_and(|np| np.version == next_gen);
+            np
         } else {
             changed |= prev.anyone.is_some();
             None
         };
+        reconciled.problems.sort();
         let old: BTreeSet<&Problem> = prev.reconciled.problems.iter().collect();
         for p in reconciled.problems.iter().filter(|p| !old.contains(p)) {
             tracing::warn!(object = %p.object, "{}", p.message);
@@ -251,6 +260,54 @@ fn object_uids(st: &ClusterState) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// How a problem names the single-gateway plan (no node names it).
+const ANYONE: &str = "Plan for any gateway";
+
+/// Each node's plan to publish (see [`publishable`]); a node whose plan
+/// is refused keeps its previous one, if it had one.
+fn node_plans(
+    prev: &BTreeMap<String, NodePlan>,
+    reconciled: &mut Reconciled,
+    version: u64,
+) -> BTreeMap<String, NodePlan> {
+    let mut out = BTreeMap::new();
+    for (node, plan) in &reconciled.plans {
+        let object = Problem::object_name("Node", node);
+        if let Some(np) = publishable(&object, prev.get(node), plan, version, &mut reconciled.problems) {
+            out.insert(node.clone(), np);
+        }
+    }
+    out
+}
+
+/// `plan` as it is to be published, checked as its gateway will check it
+/// (Plan::validate): a gateway refuses an invalid plan whole, so sending
+/// one would freeze every tenant on the node. Reconcile leaves out every
+/// clash it knows of; should one get through anyway, the previous plan
+/// (if any) stays, and a problem on `object` names the error.
+fn publishable(
+    object: &str,
+    prev: Option<&NodePlan>,
+    plan: &Plan,
+    version: u64,
+    problems: &mut Vec<Problem>,
+) -> Option<NodePlan> {
+    match plan.validate() {
+        Ok(()) => Some(carry_or_bump(prev, plan, version)),
+        Err(e) => {
+            let keeps = match prev {
+                Some(p) => format!("version {} keeps serving", p.version),
+                None => "no plan is served".into(),
+            };
+            problems.push(Problem {
+                object: object.to_string(),
+                message: format!("plan not published, its gateway would refuse it: {e}; {keeps}"),
+            });
+            prev.cloned()
+        }
+    }
+}
+
 /// The previous entry if the plan is unchanged, else the plan at `version`.
 fn carry_or_bump(prev: Option<&NodePlan>, plan: &Plan, version: u64) -> NodePlan {
     if let Some(p) = prev {
@@ -278,5 +335,64 @@ mod tests {
         assert_eq!((p[0].object.as_str(), p[0].message.as_str()), ("manifests /m", "document 1: bad"));
         state.set_source_error("manifests /m", None);
         assert!(state.problems().is_empty());
+    }
+
+    #[test]
+    fn source_problems_are_kept_per_thing_read() {
+        let state = ControlState::new();
+        state.set_source_error("EgressPolicy list", Some("404".into()));
+        state.set_source_error("Secret list (namespace a)", Some("403".into()));
+        state.set_source_error("EgressPolicy list", None);
+        let p = state.problems();
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].object.as_str(), p[0].message.as_str()), ("Secret list (namespace a)", "403"));
+    }
+
+    fn cluster() -> ClusterState {
+        ClusterState::parse(
+            "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\n\
+             metadata: {name: a, namespace: demo}\nspec: {gatewayNodepoolName: gw}\n\
+             status: {egressIpPrefix: 198.19.100.0/30}\n---\n\
+             apiVersion: v1\nkind: Node\n\
+             metadata: {name: gw-0, labels: {kubeegressgateway.azure.com/mode: 'true', agentpool: gw}}\n",
+            "inline",
+        )
+        .unwrap()
+    }
+
+    /// Reconcile leaves out every clash it knows of, so a plan that fails
+    /// validation cannot be made from objects: the guard is tested on
+    /// what publishes plans.
+    #[test]
+    fn a_plan_its_gateway_would_refuse_is_not_published_and_the_previous_one_stays() {
+        let state = ControlState::new();
+        state.update(&cluster());
+        let prev = state.snapshot().plans.clone();
+        assert_eq!(prev["gw-0"].version, 1);
+
+        let mut r = cluster::reconcile(&cluster());
+        let plan = r.plans.get_mut("gw-0").unwrap();
+        plan.bindings.push(egret_plan::Binding {
+            pod_ip: "198.18.0.2".parse().unwrap(),
+            config: "demo/gone".into(),
+            public_key: None,
+        });
+        let expected = plan.validate().unwrap_err();
+        let plans = node_plans(&prev, &mut r, 2);
+        assert_eq!(plans["gw-0"], prev["gw-0"], "the previous plan, same version, keeps serving");
+        assert_eq!(
+            r.problems,
+            vec![Problem {
+                object: "Node gw-0".into(),
+                message: format!(
+                    "plan not published, its gateway would refuse it: {expected}; version 1 keeps serving"
+                ),
+            }]
+        );
+
+        // A node with no plan yet gets none rather than one it refuses.
+        let plans = node_plans(&BTreeMap::new(), &mut r, 2);
+        assert!(plans.is_empty());
+        assert!(r.problems.iter().any(|p| p.message.ends_with("no plan is served")), "{:?}", r.problems);
     }
 }

@@ -3,16 +3,19 @@
 //! can be installed on this machine): lists with resourceVersions, chunked
 //! watch streams with ADDED/MODIFIED/DELETED and BOOKMARK events, a dropped
 //! watch resumed from the last resourceVersion without a re-list, a 410
-//! Gone answered with a re-list, and a CRD that is not installed (404); and
+//! Gone answered with a re-list, a CRD that is not installed (404), and a
+//! kind whose list is made slow or made to fail with a given status; and
 //! what egret-control writes back: GatewayStatus objects by server-side
 //! apply (PATCH, `application/apply-patch+yaml`) and events.k8s.io Events
 //! (POST, PATCH for a series), stored as received and answered as the API
 //! server would.
 
+use egret_cluster::Problem;
+use egret_control::kube_source::{watch_kubernetes, watch_kubernetes_with, Options};
 use egret_control::kube_status::{write_status, StatusOptions};
-use egret_control::{kube_source::watch_kubernetes, ControlState};
+use egret_control::ControlState;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -24,6 +27,7 @@ const PODS: &str = "/api/v1/pods";
 const NODES: &str = "/api/v1/nodes";
 const POD_ENDPOINTS: &str = "/apis/egressgateway.kubernetes.azure.com/v1alpha1/podendpoints";
 const VM_CONFIGS: &str = "/apis/egressgateway.kubernetes.azure.com/v1alpha1/gatewayvmconfigurations";
+const POLICIES: &str = "/apis/egret.dev/v1alpha1/egresspolicies";
 /// kube-egress-gateway's Helm namespace: config Secrets live here.
 const SECRETS: &str = "/api/v1/namespaces/kube-egress-gateway-system/secrets";
 /// The AKS add-on's namespace, where this fake's RBAC says no (403).
@@ -54,6 +58,12 @@ struct Db {
     events: Vec<Value>,
     /// GatewayStatus writes are refused (403), as RBAC would.
     deny_statuses: bool,
+    /// Paths whose every GET is answered with this status instead.
+    fail: BTreeMap<String, u16>,
+    /// Paths whose lists are not answered while they are here.
+    held: BTreeSet<String>,
+    /// Every list request by path, answered, failed or held.
+    attempts: BTreeMap<String, usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -131,6 +141,29 @@ impl Fake {
 
     fn lists(&self, path: &str) -> usize {
         self.db.lock().unwrap().lists.get(path).copied().unwrap_or(0)
+    }
+
+    /// Answers every GET of `path` with `code` (None: as usual).
+    fn fail(&self, path: &str, code: Option<u16>) {
+        let mut db = self.db.lock().unwrap();
+        match code {
+            Some(code) => db.fail.insert(path.into(), code),
+            None => db.fail.remove(path),
+        };
+    }
+
+    /// Holds lists of `path` unanswered (or lets them go).
+    fn hold(&self, path: &str, held: bool) {
+        let mut db = self.db.lock().unwrap();
+        if held {
+            db.held.insert(path.into());
+        } else {
+            db.held.remove(path);
+        }
+    }
+
+    fn attempts(&self, path: &str) -> usize {
+        self.db.lock().unwrap().attempts.get(path).copied().unwrap_or(0)
     }
 
     fn watches(&self, path: &str) -> Vec<String> {
@@ -235,16 +268,27 @@ impl Fake {
             let target = words.next().unwrap_or("/").to_string();
             let (path, query) = target.split_once('?').unwrap_or((&target, ""));
             let params: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
+            let watch = params.get("watch").is_some_and(|v| *v == "true" || *v == "1");
+            if method == "GET" && !watch {
+                *self.db.lock().unwrap().attempts.entry(path.to_string()).or_default() += 1;
+            }
+            let fail = self.db.lock().unwrap().fail.get(path).copied();
             let reply = if method == "POST" || method == "PATCH" {
                 let body = String::from_utf8_lossy(&body).into_owned();
                 Some(self.write(Write { method, path: path.into(), query: query.into(), content_type, body }))
+            } else if let Some(code) = fail {
+                Some(match code {
+                    403 => status_reply(code, "Forbidden", "egresspolicies is forbidden"),
+                    404 => status_reply(code, "NotFound", "the server could not find the requested resource"),
+                    _ => status_reply(code, "InternalError", "etcdserver: request timed out"),
+                })
             } else if path == DENIED {
                 Some(status_reply(
                     403,
                     "Forbidden",
                     "secrets is forbidden: User \"system:serviceaccount:egret:egret-control\" cannot list resource \"secrets\"",
                 ))
-            } else if ![SGCS, PODS, NODES, POD_ENDPOINTS, SECRETS, VM_CONFIGS].contains(&path) {
+            } else if ![SGCS, PODS, NODES, POD_ENDPOINTS, SECRETS, VM_CONFIGS, POLICIES].contains(&path) {
                 Some(status_reply(404, "NotFound", "the server could not find the requested resource"))
             } else {
                 None
@@ -257,7 +301,8 @@ impl Fake {
                     400 => "Bad Request",
                     403 => "Forbidden",
                     404 => "Not Found",
-                    _ => "Unsupported Media Type",
+                    415 => "Unsupported Media Type",
+                    _ => "Internal Server Error",
                 };
                 let head = format!(
                     "HTTP/1.1 {code} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
@@ -268,7 +313,7 @@ impl Fake {
                 }
                 continue;
             }
-            if params.get("watch").is_some_and(|v| *v == "true" || *v == "1") {
+            if watch {
                 let mut rx = self.push.subscribe();
                 let rv = params.get("resourceVersion").unwrap_or(&"").to_string();
                 self.db.lock().unwrap().watches.push((path.to_string(), rv));
@@ -291,6 +336,10 @@ impl Fake {
                         Err(_) => return,
                     }
                 }
+            }
+            // A slow API server: the list is answered once let go.
+            while self.db.lock().unwrap().held.contains(path) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let body = {
                 let mut db = self.db.lock().unwrap();
@@ -396,6 +445,7 @@ async fn list_watch_bookmarks_resume_and_relist_on_410() {
     fake.put(SGCS, sgc("blue", "198.19.100.0/30"), false);
     fake.put(SGCS, sgc("green", "198.19.101.0/30"), false);
     fake.put(PODS, pod("web", "198.18.0.2", "blue"), false);
+    fake.fail(POLICIES, Some(404));
     let state = watched(&fake).await;
     let long = Duration::from_secs(10);
 
@@ -659,4 +709,230 @@ async fn a_refused_gateway_status_write_stops_nothing_and_is_retried() {
     fake.db.lock().unwrap().deny_statuses = false;
     wait_until("the GatewayStatus, retried", long, || fake.status(&format!("{STATUS_NS}/gw-0")).is_some()).await;
     assert!(fake.statuses_written() >= 2);
+}
+
+/// The same, retrying failed lists after 10 to 40 ms.
+async fn watched_fast(fake: &Fake) -> Arc<ControlState> {
+    let state = ControlState::new();
+    let opts =
+        Options { retry_min: Duration::from_millis(10), retry_max: Duration::from_millis(40), ..Default::default() };
+    tokio::spawn(watch_kubernetes_with(state.clone(), serve(fake).await, opts));
+    state
+}
+
+fn policy(config: &str) -> Value {
+    json!({"apiVersion": "egret.dev/v1alpha1", "kind": "EgressPolicy",
+        "metadata": {"name": config, "namespace": "apps", "uid": format!("uid-policy-{config}")},
+        "spec": {"gatewayConfiguration": config, "defaultAction": "deny"}})
+}
+
+const POD_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+
+/// One object of every kind a tunnelled, policed config needs: gw-0, apps/blue
+/// with its key's Secret, a PodEndpoint for 198.18.0.2, gw-0's secondary IP
+/// and an EgressPolicy denying everything.
+fn tunnelled_cluster(fake: &Fake) {
+    let private = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+    let secret: egret_plan::WgSecret = serde_json::from_value(json!(private)).unwrap();
+    fake.put(NODES, node("gw-0"), false);
+    fake.put(SGCS, tunnelled_sgc("blue", "198.19.100.0/30", &secret.public_key().to_string()), false);
+    fake.put(SECRETS, key_secret("blue", private), false);
+    fake.put(POD_ENDPOINTS, pod_endpoint("web", "198.18.0.2", "blue", POD_KEY), false);
+    fake.put(
+        VM_CONFIGS,
+        json!({"apiVersion": "egressgateway.kubernetes.azure.com/v1alpha1", "kind": "GatewayVMConfiguration",
+        "metadata": {"name": "blue", "namespace": "apps"},
+        "spec": {"gatewayNodepoolName": "gwpool", "provisionPublicIps": true},
+        "status": {"gatewayVMProfiles": [{"nodeName": "gw-0", "primaryIP": "198.18.50.10", "secondaryIP": "198.18.50.11"}]}}),
+        false,
+    );
+    fake.put(POLICIES, policy("blue"), false);
+}
+
+/// gw-0's plan holds everything `tunnelled_cluster` put there.
+fn assert_whole(state: &ControlState, what: &str) {
+    let snap = state.snapshot();
+    let plan = &snap.plans["gw-0"].plan;
+    let blue = plan.configs.iter().find(|c| c.name == "apps/blue").unwrap_or_else(|| panic!("{what}: no apps/blue"));
+    assert!(blue.policy.is_some(), "{what}: apps/blue served without its EgressPolicy");
+    assert!(blue.tunnel.is_some(), "{what}: apps/blue served without its key");
+    assert_eq!(blue.egress.iter().map(|c| c.to_string()).collect::<Vec<_>>(), ["198.18.50.11/32"], "{what}");
+    let web = plan.bindings.iter().find(|b| b.pod_ip.to_string() == "198.18.0.2");
+    assert_eq!(web.and_then(|b| b.public_key).map(|k| k.to_string()).as_deref(), Some(POD_KEY), "{what}");
+}
+
+/// The problem the Kubernetes source reports about `object`, if any.
+fn problem(state: &ControlState, object: &str) -> Option<Problem> {
+    state.problems().into_iter().find(|p| p.object == object)
+}
+
+const POLICY_LIST: &str = "EgressPolicy list (egret.dev/v1alpha1, all namespaces)";
+const POD_ENDPOINT_LIST: &str = "PodEndpoint list (egressgateway.kubernetes.azure.com/v1alpha1, all namespaces)";
+const VM_CONFIG_LIST: &str =
+    "GatewayVMConfiguration list (egressgateway.kubernetes.azure.com/v1alpha1, all namespaces)";
+const SECRET_LIST: &str = "Secret list (namespace kube-egress-gateway-system)";
+const DENIED_LIST: &str = "Secret list (namespace aks-static-egress-gateway)";
+const LISTED: [&str; 7] = [SGCS, PODS, NODES, POLICIES, POD_ENDPOINTS, VM_CONFIGS, SECRETS];
+
+/// Waits until every kind but `path` listed and the source went on to watch
+/// it (so it has taken the list in), and `path` was tried twice more.
+async fn wait_all_but(fake: &Fake, path: &str) {
+    let long = Duration::from_secs(5);
+    for p in LISTED.iter().filter(|p| **p != path) {
+        wait_until(&format!("{p} watched"), long, || !fake.watches(p).is_empty()).await;
+    }
+    let tries = fake.attempts(path);
+    wait_until(&format!("two more tries of {path}"), long, || fake.attempts(path) >= tries + 2).await;
+}
+
+/// `path` answering `code` holds back the first plan, and is reported,
+/// until it lists; the first plan published then has everything.
+async fn holds_back_the_first_plan(path: &str, object: &str, code: u16) {
+    let what = format!("{object} answering {code}");
+    let fake = Fake::new();
+    tunnelled_cluster(&fake);
+    fake.fail(path, Some(code));
+    let state = watched_fast(&fake).await;
+    wait_all_but(&fake, path).await;
+    let snap = state.snapshot();
+    assert!(snap.plans.is_empty() && snap.generation == 0, "{what}: a plan went out without it");
+    let p = problem(&state, object).unwrap_or_else(|| panic!("{what}: not reported: {:?}", state.problems()));
+    assert!(p.message.starts_with("not listed yet") && p.message.contains(&code.to_string()), "{p}");
+
+    fake.fail(path, None);
+    wait_binding(&state, "gw-0", "198.18.0.2", "apps/blue", Duration::from_secs(5)).await;
+    assert_eq!(state.snapshot().plans["gw-0"].version, 1, "{what}: one plan, made once everything listed");
+    assert_whole(&state, &what);
+    assert_eq!(problem(&state, object), None, "{what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_policy_list_holds_back_the_first_plan() {
+    holds_back_the_first_plan(POLICIES, POLICY_LIST, 500).await;
+}
+
+/// A policy that exists but cannot be read is not "no policy".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_policy_list_holds_back_the_first_plan() {
+    holds_back_the_first_plan(POLICIES, POLICY_LIST, 403).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pod_endpoint_list_holds_back_the_first_plan() {
+    holds_back_the_first_plan(POD_ENDPOINTS, POD_ENDPOINT_LIST, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_secret_list_holds_back_the_first_plan() {
+    holds_back_the_first_plan(SECRETS, SECRET_LIST, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_vm_config_list_holds_back_the_first_plan() {
+    holds_back_the_first_plan(VM_CONFIGS, VM_CONFIG_LIST, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_policy_list_holds_back_the_first_plan() {
+    let fake = Fake::new();
+    tunnelled_cluster(&fake);
+    fake.hold(POLICIES, true);
+    let state = watched_fast(&fake).await;
+    let long = Duration::from_secs(5);
+    for p in LISTED.iter().filter(|p| **p != POLICIES) {
+        wait_until(&format!("{p} watched"), long, || !fake.watches(p).is_empty()).await;
+    }
+    assert_eq!(fake.attempts(POLICIES), 1, "the list is in flight");
+    assert!(state.snapshot().plans.is_empty(), "a plan went out before the policies were listed");
+    fake.hold(POLICIES, false);
+    wait_binding(&state, "gw-0", "198.18.0.2", "apps/blue", long).await;
+    assert_eq!(state.snapshot().plans["gw-0"].version, 1);
+    assert_whole(&state, "after a slow policy list");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_crd_not_installed_lets_plans_out_and_is_reported() {
+    let fake = Fake::new();
+    tunnelled_cluster(&fake);
+    fake.fail(POLICIES, Some(404));
+    let state = watched_fast(&fake).await;
+    let long = Duration::from_secs(5);
+    wait_binding(&state, "gw-0", "198.18.0.2", "apps/blue", long).await;
+    let blue = state.snapshot().plans["gw-0"].plan.configs[0].clone();
+    assert!(blue.policy.is_none() && blue.tunnel.is_some());
+    let p = problem(&state, POLICY_LIST).expect("the missing CRD is reported");
+    assert!(p.message.starts_with("served as if there were none") && p.message.contains("404"), "{p}");
+    // The add-on namespace's Secrets (RBAC: 403) are reported the same way.
+    let p = problem(&state, DENIED_LIST).expect("the denied namespace is reported");
+    assert!(p.message.starts_with("served as if there were none") && p.message.contains("403"), "{p}");
+
+    // The CRD installed: the next retry lists it, the policy is served and
+    // the problem goes.
+    fake.fail(POLICIES, None);
+    wait_until("the policy served", long, || {
+        state.snapshot().plans["gw-0"].plan.configs[0].policy.is_some() && problem(&state, POLICY_LIST).is_none()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_published_a_failing_list_keeps_what_was_listed() {
+    let fake = Fake::new();
+    tunnelled_cluster(&fake);
+    let state = watched_fast(&fake).await;
+    let long = Duration::from_secs(5);
+    wait_binding(&state, "gw-0", "198.18.0.2", "apps/blue", long).await;
+    for p in LISTED {
+        wait_until(&format!("{p} watched"), long, || !fake.watches(p).is_empty()).await;
+    }
+
+    // Every kind's watch expires and its re-list fails (500, then 404 as
+    // if the CRD went away): nothing it listed before is dropped.
+    for code in [500, 404] {
+        for p in LISTED {
+            fake.fail(p, Some(code));
+        }
+        let tries: Vec<usize> = LISTED.iter().map(|p| fake.attempts(p)).collect();
+        for p in LISTED {
+            fake.gone(p);
+        }
+        for (p, t) in LISTED.iter().zip(tries) {
+            wait_until(&format!("{p} failing to list"), long, || fake.attempts(p) >= t + 2).await;
+        }
+        wait_until("the failing lists reported", long, || {
+            [POLICY_LIST, POD_ENDPOINT_LIST, VM_CONFIG_LIST, SECRET_LIST].iter().all(|o| {
+                problem(&state, o)
+                    .is_some_and(|p| p.message.starts_with("listing fails") && p.message.contains(&code.to_string()))
+            })
+        })
+        .await;
+        assert_whole(&state, &format!("re-lists answering {code}"));
+    }
+
+    // They list again: the problems go.
+    for p in LISTED {
+        fake.fail(p, None);
+    }
+    wait_until("the problems gone", long, || problem(&state, POLICY_LIST).is_none()).await;
+    assert_whole(&state, "listed again");
+}
+
+/// An EgressPolicy the API server accepts but Egret cannot read (here a
+/// default action it does not know) is not skipped, which would serve its
+/// config unpoliced: the config is left out and the policy reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_that_does_not_decode_leaves_its_config_unserved() {
+    let fake = Fake::new();
+    tunnelled_cluster(&fake);
+    let mut bad = policy("blue");
+    bad["spec"]["defaultAction"] = json!("maybe");
+    fake.put(POLICIES, bad, false);
+    fake.put(SGCS, sgc("green", "198.19.101.0/30"), false);
+    let state = watched_fast(&fake).await;
+    wait_until("gw-0's plan", Duration::from_secs(5), || state.snapshot().plans.contains_key("gw-0")).await;
+    let snap = state.snapshot();
+    let served: Vec<&str> = snap.plans["gw-0"].plan.configs.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(served, ["apps/green"], "the other config is served, blue is not");
+    let p = snap.reconciled.problems.iter().find(|p| p.object == "EgressPolicy apps/blue").expect("reported");
+    assert!(p.message.contains("apps/blue is not served"), "{p}");
 }

@@ -463,6 +463,18 @@ pub struct ClusterState {
     pub secrets: Vec<Secret>,
     pub pod_endpoints: Vec<PodEndpoint>,
     pub vm_configs: Vec<GatewayVmConfiguration>,
+    /// EgressPolicies read from the API server that do not decode: their
+    /// configs are not served (fail closed), rather than served unpoliced.
+    pub broken_policies: Vec<BrokenPolicy>,
+}
+
+/// An EgressPolicy that does not decode, and the config it names.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BrokenPolicy {
+    pub metadata: ObjectMeta,
+    /// `spec.gatewayConfiguration`, if it is a string.
+    pub gateway_configuration: Option<String>,
+    pub error: String,
 }
 
 impl ClusterState {
@@ -546,7 +558,8 @@ impl ClusterState {
     pub fn extend(&mut self, other: ClusterState) {
         // Destructured, so that a kind added to the struct cannot be
         // forgotten here (the compiler asks for it).
-        let ClusterState { configs, pods, nodes, policies, secrets, pod_endpoints, vm_configs } = other;
+        let ClusterState { configs, pods, nodes, policies, secrets, pod_endpoints, vm_configs, broken_policies } =
+            other;
         self.configs.extend(configs);
         self.pods.extend(pods);
         self.nodes.extend(nodes);
@@ -554,6 +567,7 @@ impl ClusterState {
         self.secrets.extend(secrets);
         self.pod_endpoints.extend(pod_endpoints);
         self.vm_configs.extend(vm_configs);
+        self.broken_policies.extend(broken_policies);
     }
 
     /// Objects of the same kind and `namespace/name` defined twice: the later

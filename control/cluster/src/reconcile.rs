@@ -18,7 +18,7 @@ use super::objects::*;
 use super::Problem;
 use egret_plan::{
     Binding, FilteringMode, GatewayConfig, Ipv4Cidr, MappingMode, Plan, PolicyRule, Timeouts, TunnelConfig, WgKey,
-    WgSecret,
+    WgSecret, MAX_POOL_ADDRS, MAX_SOURCE_CIDRS,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -201,18 +201,36 @@ pub fn tunnel_of(sgc: &StaticGatewayConfiguration, st: &ClusterState) -> Result<
     Ok(Some(TunnelConfig { address, port, private_key }))
 }
 
+/// Why a pod IP cannot be bound: it is an egress address (inside a served
+/// prefix, or a node's secondary IP in `given`), which Plan::validate
+/// refuses.
+fn egress_clash(
+    ip: Ipv4Addr,
+    served: &BTreeMap<String, Ipv4Cidr>,
+    given: &BTreeMap<Ipv4Addr, String>,
+) -> Option<String> {
+    if let Some((name, prefix)) = served.iter().find(|(_, p)| p.contains(u32::from(ip))) {
+        return Some(format!("pod IP {ip} is inside egress prefix {prefix} of {name}; not bound"));
+    }
+    given.get(&ip).map(|name| format!("pod IP {ip} is an egress address of {name}; not bound"))
+}
+
 /// Tunnelled pods: every PodEndpoint of a served config that has a tunnel
 /// (kube-egress-gateway programs every one as a peer). `taken`: addresses
-/// already bound in plain; a PodEndpoint for one of those is reported.
+/// already bound in plain; a PodEndpoint for one of those, for an egress
+/// address, or with a key an earlier PodEndpoint (by name) of its config
+/// holds is reported and left out: the gateway would refuse the whole plan.
 fn tunnel_bindings(
     st: &ClusterState,
     tunnelled: &BTreeSet<String>,
     taken: &BTreeSet<Ipv4Addr>,
+    egress: (&BTreeMap<String, Ipv4Cidr>, &BTreeMap<Ipv4Addr, String>),
     problems: &mut Vec<Problem>,
 ) -> Vec<Binding> {
     let mut eps: Vec<&PodEndpoint> = st.pod_endpoints.iter().collect();
     eps.sort_by_key(|e| e.metadata.key());
     let mut seen: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let mut keys: BTreeMap<(String, WgKey), String> = BTreeMap::new();
     let mut out = Vec::new();
     for e in eps {
         let key = e.metadata.key();
@@ -235,10 +253,22 @@ fn tunnel_bindings(
                 continue;
             }
         };
-        if taken.contains(&pod_ip) || !seen.insert(pod_ip) {
+        if let Some(why) = egress_clash(pod_ip, egress.0, egress.1) {
+            problems.push(problem(why));
+            continue;
+        }
+        if taken.contains(&pod_ip) || seen.contains(&pod_ip) {
             problems.push(problem(format!("pod IP {pod_ip} is already bound; not bound")));
             continue;
         }
+        if let Some(other) = keys.get(&(config.clone(), public_key)) {
+            problems.push(problem(format!(
+                "spec.podPublicKey {public_key} is also PodEndpoint {other}'s in {config}; not bound"
+            )));
+            continue;
+        }
+        seen.insert(pod_ip);
+        keys.insert((config.clone(), public_key), key.clone());
         out.push(Binding { pod_ip, config, public_key: Some(public_key) });
     }
     out
@@ -297,8 +327,22 @@ fn candidates(st: &ClusterState, needs_target: bool, problems: &mut Vec<Problem>
             ));
             continue;
         }
-        if let Some(e) = source_conflict(&out, &config, prefix) {
+        if let Some(e) = source_conflict(&out, &config, prefix).or_else(|| tunnel_conflict(&out, &config, prefix)) {
             problems.push(sgc_problem(sgc, e));
+            continue;
+        }
+        // Plan::validate bounds the source CIDRs of a whole plan: a node
+        // serving every config must stay under it.
+        let sources: usize = out.iter().map(|c| c.config.sources.len()).sum();
+        if sources + config.sources.len() > MAX_SOURCE_CIDRS {
+            problems.push(sgc_problem(
+                sgc,
+                format!(
+                    "{ANN_SOURCE_CIDRS}: its {} CIDRs and the {sources} of configs created earlier exceed \
+                     {MAX_SOURCE_CIDRS} per plan",
+                    config.sources.len()
+                ),
+            ));
             continue;
         }
         out.push(Candidate { config, prefix, target });
@@ -327,6 +371,36 @@ fn source_conflict(older: &[Candidate], config: &GatewayConfig, prefix: Ipv4Cidr
     None
 }
 
+/// Why `config`'s tunnel clashes with an older config (a gateway serving
+/// both would refuse its plan): the same endpoint, or a tunnel address that
+/// is the other's egress address.
+fn tunnel_conflict(older: &[Candidate], config: &GatewayConfig, prefix: Ipv4Cidr) -> Option<String> {
+    for o in older {
+        match (&config.tunnel, &o.config.tunnel) {
+            (Some(t), Some(ot)) if (t.address, t.port) == (ot.address, ot.port) => {
+                return Some(format!(
+                    "status.gatewayServerProfile {}:{} is also {}'s (created earlier), which keeps it",
+                    t.address, t.port, o.config.name
+                ));
+            }
+            (Some(t), _) if o.prefix.contains(u32::from(t.address)) => {
+                return Some(format!(
+                    "status.gatewayServerProfile.ip {} is inside egress prefix {} of {}",
+                    t.address, o.prefix, o.config.name
+                ));
+            }
+            (_, Some(ot)) if prefix.contains(u32::from(ot.address)) => {
+                return Some(format!(
+                    "status.egressIpPrefix {prefix} holds the tunnel address {} of {}",
+                    ot.address, o.config.name
+                ));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Attaches each EgressPolicy to its config. A config whose policy is invalid
 /// is not served at all (fail closed: its pods get no egress rather than
 /// egress the policy meant to deny).
@@ -334,6 +408,19 @@ fn attach_policies(st: &ClusterState, out: &mut Vec<Candidate>, problems: &mut V
     let mut policies: Vec<&EgressPolicyObject> = st.policies.iter().collect();
     policies.sort_by_key(|p| p.metadata.key());
     let mut bad = BTreeSet::new();
+    for b in &st.broken_policies {
+        let m = &b.metadata;
+        let message = match &b.gateway_configuration {
+            Some(c) => {
+                let target = format!("{}/{c}", m.ns());
+                let why = format!("does not decode ({}); {target} is not served until the policy is fixed", b.error);
+                bad.insert(target);
+                why
+            }
+            None => format!("does not decode ({})", b.error),
+        };
+        problems.push(Problem::new(POLICY_KIND, &m.key(), message));
+    }
     for pol in policies {
         let m = &pol.metadata;
         let target = format!("{}/{}", m.ns(), pol.spec.gateway_configuration);
@@ -407,14 +494,15 @@ fn all_bindings(
     cands: &[Candidate],
     served: &BTreeMap<String, Ipv4Cidr>,
     unserved: &BTreeMap<String, String>,
+    given: &BTreeMap<Ipv4Addr, String>,
     problems: &mut Vec<Problem>,
 ) -> (BTreeMap<String, Vec<Ipv4Addr>>, Vec<Binding>) {
-    let mut bound = bindings(st, served, unserved, problems);
+    let mut bound = bindings(st, served, unserved, given, problems);
     let with_tunnel: BTreeSet<String> =
         cands.iter().filter(|c| c.config.tunnel.is_some()).map(|c| c.config.name.clone()).collect();
     bound.retain(|config, _| !with_tunnel.contains(config));
     let taken: BTreeSet<Ipv4Addr> = bound.values().flatten().copied().collect();
-    let tunnelled = tunnel_bindings(st, &with_tunnel, &taken, problems);
+    let tunnelled = tunnel_bindings(st, &with_tunnel, &taken, (served, given), problems);
     (bound, tunnelled)
 }
 
@@ -424,6 +512,7 @@ fn bindings(
     st: &ClusterState,
     served: &BTreeMap<String, Ipv4Cidr>,
     unserved: &BTreeMap<String, String>,
+    given: &BTreeMap<Ipv4Addr, String>,
     problems: &mut Vec<Problem>,
 ) -> BTreeMap<String, Vec<Ipv4Addr>> {
     let mut pods: Vec<&Pod> = st.pods.iter().collect();
@@ -446,8 +535,8 @@ fn bindings(
             continue;
         }
         for ip in pod.ipv4s() {
-            if let Some((name, prefix)) = served.iter().find(|(_, p)| p.contains(u32::from(ip))) {
-                problems.push(problem(format!("pod IP {ip} is inside egress prefix {prefix} of {name}; not bound")));
+            if let Some(why) = egress_clash(ip, served, given) {
+                problems.push(problem(why));
                 continue;
             }
             if let Some(other) = owner.get(&ip) {
@@ -544,6 +633,60 @@ fn vm_shares(
     shares
 }
 
+/// Takes `c`'s shares out of what is still free, so that no node's plan is
+/// one its gateway refuses whole (Plan::validate): an address already given
+/// (to an older config, or twice by `c`'s own GatewayVMConfiguration), a
+/// config's tunnel address, one inside a config's source CIDRs, or more
+/// than a pool may hold is left out of its share and reported on the object
+/// that gave it. A split prefix can only meet an older config's secondary
+/// IPs: candidates() keeps prefixes clear of every other clash.
+fn claim_shares(
+    c: &Candidate,
+    vm: Option<&GatewayVmConfiguration>,
+    shares: &mut BTreeMap<String, Vec<Ipv4Addr>>,
+    given: &mut BTreeMap<Ipv4Addr, String>,
+    cands: &[Candidate],
+    problems: &mut Vec<Problem>,
+) {
+    let name = &c.config.name;
+    let problem = |m: String| match vm {
+        Some(vm) => Problem::new(VM_CONFIG_KIND, &vm.metadata.key(), m),
+        None => Problem::new(SGC_KIND, name, m),
+    };
+    for (node, addrs) in shares.iter_mut() {
+        let mut kept = Vec::with_capacity(addrs.len());
+        for &a in addrs.iter() {
+            let why = if let Some(other) = given.get(&a) {
+                Some(if other == name {
+                    format!("{a} is given twice")
+                } else {
+                    format!("{a} is already an egress address of {other}")
+                })
+            } else if vm.is_none() {
+                None
+            } else if let Some(t) = cands.iter().find(|o| o.config.tunnel.as_ref().is_some_and(|t| t.address == a)) {
+                Some(format!("{a} is the tunnel address of {}", t.config.name))
+            } else if let Some((o, s)) =
+                cands.iter().find_map(|o| o.config.sources.iter().find(|s| s.contains(u32::from(a))).map(|s| (o, s)))
+            {
+                Some(format!("{a} is inside source CIDR {s} of {}", o.config.name))
+            } else if kept.len() as u64 >= MAX_POOL_ADDRS {
+                Some(format!("{a} is more than the {MAX_POOL_ADDRS} addresses a pool holds"))
+            } else {
+                None
+            };
+            match why {
+                Some(why) => problems.push(problem(format!("node {node}: {why}; left out"))),
+                None => {
+                    given.insert(a, name.clone());
+                    kept.push(a);
+                }
+            }
+        }
+        *addrs = kept;
+    }
+}
+
 pub fn reconcile(st: &ClusterState) -> Reconciled {
     let mut st = st.clone();
     let mut problems = Vec::new();
@@ -566,6 +709,8 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
     let mut unserved: BTreeMap<String, String> = BTreeMap::new();
     let mut statuses: BTreeMap<String, ConfigStatus> = BTreeMap::new();
     let mut shares_of: BTreeMap<String, BTreeMap<String, Vec<Ipv4Addr>>> = BTreeMap::new();
+    // Every egress address given out, oldest config first → its config.
+    let mut given: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
     for c in &cands {
         let Ok(target) = &c.target else { continue };
         let members: Vec<&str> =
@@ -584,10 +729,11 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
             continue;
         }
         let vm = st.vm_configs.iter().find(|v| v.metadata.key() == c.config.name);
-        let shares = match vm {
+        let mut shares = match vm {
             Some(vm) => vm_shares(vm, &members, &mut problems),
             None => split_prefix(c.prefix, &members),
         };
+        claim_shares(c, vm, &mut shares, &mut given, &cands, &mut problems);
         let idle: Vec<&str> = shares.iter().filter(|(_, a)| a.is_empty()).map(|(n, _)| n.as_str()).collect();
         if !idle.is_empty() {
             let why = match vm {
@@ -630,7 +776,7 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
         }
     }
 
-    let (bound, tunnelled) = all_bindings(&st, &cands, &served, &unserved, &mut problems);
+    let (bound, tunnelled) = all_bindings(&st, &cands, &served, &unserved, &given, &mut problems);
     let mut plans: BTreeMap<String, Plan> = nodes.iter().map(|n| (n.name.clone(), Plan::default())).collect();
     for c in &cands {
         let Some(shares) = shares_of.get(&c.config.name) else { continue };
@@ -683,7 +829,7 @@ pub fn standalone_plan(st: &ClusterState, version: u64) -> (Plan, Vec<Problem>) 
             (k, why.unwrap_or_else(|| "its EgressPolicy is invalid".into()))
         })
         .collect();
-    let (bound, tunnelled) = all_bindings(&st, &cands, &served, &unserved, &mut problems);
+    let (bound, tunnelled) = all_bindings(&st, &cands, &served, &unserved, &BTreeMap::new(), &mut problems);
     let mut plan = Plan { version, ..Plan::default() };
     plan.configs = cands.into_iter().map(|c| c.config).collect();
     plan.configs.sort_by(|a, b| a.name.cmp(&b.name));

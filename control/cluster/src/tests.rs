@@ -630,3 +630,223 @@ fn source_cidrs_bind_a_subnet_and_a_clash_leaves_the_newer_config_out() {
     assert_eq!(plan.configs[0].sources, vec![cidr("198.18.0.0/16"), cidr("198.20.0.0/24")]);
     plan.validate().unwrap();
 }
+
+mod conflicts {
+    //! One object that clashes with another is left out, by a stable order,
+    //! and reported; every node's plan still passes Plan::validate (the
+    //! check each gateway runs, refusing a failing plan whole), so the other
+    //! tenants' changes keep flowing.
+    use super::*;
+    use base64::Engine;
+    use egret_plan::{WgSecret, MAX_SOURCE_CIDRS};
+
+    fn b64(b: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
+
+    fn pod_key(n: u8) -> String {
+        WgSecret([n; 32]).public_key().to_string()
+    }
+
+    /// Config `name` (namespace apps, pool gw), created on day `day`, with a
+    /// tunnel at `tunnel` keyed by `[key; 32]` (and that key's Secret).
+    fn sgc(name: &str, day: u32, prefix: &str, tunnel: Option<(&str, u16, u8)>) -> String {
+        let head = format!(
+            "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\n\
+             metadata: {{name: {name}, namespace: apps, creationTimestamp: '2026-01-{day:02}T00:00:00Z'}}\n\
+             spec: {{gatewayNodepoolName: gw}}\n"
+        );
+        let Some((ip, port, key)) = tunnel else {
+            return format!("{head}status: {{egressIpPrefix: {prefix}}}\n---\n");
+        };
+        let public = WgSecret([key; 32]).public_key();
+        format!(
+            "{head}status: {{egressIpPrefix: {prefix}, gatewayServerProfile: {{ip: {ip}, port: {port}, \
+             publicKey: {public}, privateKeySecretRef: {{name: sgw-{name}, namespace: kube-egress-gateway-system}}}}}}\n\
+             ---\napiVersion: v1\nkind: Secret\nmetadata: {{name: sgw-{name}, namespace: kube-egress-gateway-system}}\n\
+             data: {{PrivateKey: {}}}\n---\n",
+            b64(b64(&[key; 32]).as_bytes())
+        )
+    }
+
+    fn node(name: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{{GATEWAY_MODE_LABEL}: 'true', \
+             {}: gw}}}}\n---\n",
+            POOL_LABELS[0]
+        )
+    }
+
+    /// `config`'s GatewayVMConfiguration: (node, secondary IP) profiles.
+    fn vm(config: &str, profiles: &[(&str, &str)]) -> String {
+        let p: Vec<String> = profiles
+            .iter()
+            .map(|(n, ip)| format!("{{nodeName: {n}, primaryIP: 10.9.9.9, secondaryIP: {ip}}}"))
+            .collect();
+        format!(
+            "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: GatewayVMConfiguration\n\
+             metadata: {{name: {config}, namespace: apps}}\nspec: {{gatewayNodepoolName: gw}}\n\
+             status: {{gatewayVMProfiles: [{}]}}\n---\n",
+            p.join(", ")
+        )
+    }
+
+    fn endpoint(name: &str, config: &str, ip: &str, key: u8) -> String {
+        format!(
+            "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: PodEndpoint\n\
+             metadata: {{name: {name}, namespace: apps}}\n\
+             spec: {{staticGatewayConfiguration: {config}, podIpAddress: {ip}/32, podPublicKey: {}}}\n---\n",
+            pod_key(key)
+        )
+    }
+
+    fn pod(name: &str, config: &str, ip: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: apps, \
+             annotations: {{{POD_ANNOTATION}: {config}}}}}\nstatus: {{phase: Running, podIP: {ip}}}\n---\n"
+        )
+    }
+
+    /// Reconciles the manifests; every node's plan must pass validation.
+    fn run(docs: &[String]) -> Reconciled {
+        let st = ClusterState::parse(&docs.concat(), "inline").unwrap();
+        let r = reconcile(&st);
+        for (node, plan) in &r.plans {
+            plan.validate().unwrap_or_else(|e| panic!("{node}'s plan would be refused: {e}\n{:#?}", r.problems));
+        }
+        let (plan, _) = standalone_plan(&st, 1);
+        plan.validate().unwrap_or_else(|e| panic!("the standalone plan would be refused: {e}"));
+        r
+    }
+
+    fn problems(r: &Reconciled) -> Vec<String> {
+        r.problems.iter().map(|p| p.to_string()).collect()
+    }
+
+    /// (pod IP, config) of `node`'s bindings.
+    fn bound(r: &Reconciled, node: &str) -> Vec<(String, String)> {
+        r.plans[node].bindings.iter().map(|b| (b.pod_ip.to_string(), b.config.clone())).collect()
+    }
+
+    /// A second tenant whose pod must stay served whatever the first does.
+    fn bystander() -> Vec<String> {
+        vec![sgc("other", 9, "198.19.109.0/30", None), pod("calm", "other", "198.18.9.9")]
+    }
+
+    #[test]
+    fn two_pod_endpoints_with_one_key_in_a_config_keep_the_first_by_name() {
+        let mut docs = vec![node("gw-0"), sgc("blue", 1, "198.19.100.0/30", Some(("198.18.50.100", 6000, 5)))];
+        docs.push(endpoint("b-second", "blue", "198.18.0.3", 7));
+        docs.push(endpoint("a-first", "blue", "198.18.0.2", 7));
+        docs.push(endpoint("c-own-key", "blue", "198.18.0.4", 8));
+        docs.extend(bystander());
+        let r = run(&docs);
+        assert_eq!(
+            bound(&r, "gw-0"),
+            [("198.18.0.2", "apps/blue"), ("198.18.0.4", "apps/blue"), ("198.18.9.9", "apps/other")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        assert_eq!(
+            problems(&r),
+            [format!(
+                "PodEndpoint apps/b-second: spec.podPublicKey {} is also PodEndpoint apps/a-first's in apps/blue; not bound",
+                pod_key(7)
+            )]
+        );
+    }
+
+    #[test]
+    fn a_pod_endpoint_or_pod_on_an_egress_address_is_left_out() {
+        let mut docs = vec![node("gw-0"), sgc("blue", 1, "198.19.100.0/30", Some(("198.18.50.100", 6000, 5)))];
+        docs.push(vm("blue", &[("gw-0", "198.18.50.11")]));
+        // A node's secondary IP, and an address of another config's prefix.
+        docs.push(endpoint("on-secondary", "blue", "198.18.50.11", 7));
+        docs.push(endpoint("in-prefix", "blue", "198.19.109.1", 8));
+        docs.push(endpoint("fine", "blue", "198.18.0.2", 9));
+        docs.push(pod("plain-on-secondary", "other", "198.18.50.11"));
+        docs.extend(bystander());
+        let r = run(&docs);
+        assert_eq!(
+            bound(&r, "gw-0"),
+            [("198.18.0.2", "apps/blue"), ("198.18.9.9", "apps/other")].map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        assert_eq!(
+            problems(&r),
+            [
+                "Pod apps/plain-on-secondary: pod IP 198.18.50.11 is an egress address of apps/blue; not bound",
+                "PodEndpoint apps/in-prefix: pod IP 198.19.109.1 is inside egress prefix 198.19.109.0/30 of apps/other; not bound",
+                "PodEndpoint apps/on-secondary: pod IP 198.18.50.11 is an egress address of apps/blue; not bound",
+            ]
+        );
+    }
+
+    #[test]
+    fn two_vm_configs_giving_one_secondary_ip_leave_it_to_the_older_config() {
+        let mut docs = vec![node("gw-0"), node("gw-1")];
+        docs.push(sgc("new", 2, "198.19.101.0/30", None));
+        docs.push(sgc("old", 1, "198.19.100.0/30", None));
+        docs.push(vm("new", &[("gw-0", "198.18.50.11"), ("gw-1", "198.18.50.21")]));
+        docs.push(vm("old", &[("gw-0", "198.18.50.11"), ("gw-1", "198.18.50.12")]));
+        docs.extend(bystander());
+        let r = run(&docs);
+        let s = shares(&r);
+        assert_eq!(s["apps/old"]["gw-0"], [ip("198.18.50.11")].into());
+        assert!(!s["apps/new"].contains_key("gw-0"), "{s:?}");
+        assert_eq!(s["apps/new"]["gw-1"], [ip("198.18.50.21")].into(), "the rest of the newer one is served");
+        assert_eq!(
+            problems(&r),
+            [
+                "GatewayVMConfiguration apps/new: node gw-0: 198.18.50.11 is already an egress address of apps/old; left out",
+                "StaticGatewayConfiguration apps/new: its GatewayVMConfiguration lists no secondaryIP for gw-0",
+            ]
+        );
+        assert!(r.plans["gw-0"].bindings.iter().any(|b| b.config == "apps/other"));
+    }
+
+    /// The other clashes Plan::validate refuses, found by reading it: a
+    /// tunnel endpoint two configs share (SharedEndpoint), a tunnel address
+    /// that is another config's egress address (AddressIsEgress), a
+    /// secondary IP given twice in one config, that is a tunnel address or
+    /// inside a source CIDR (PoolOverlap, SourceHoldsEgress), and more
+    /// source CIDRs across configs than a plan may bind (TooManySources).
+    #[test]
+    fn every_other_clash_plan_validation_refuses_is_left_out_and_reported() {
+        let mut docs = vec![node("gw-0")];
+        docs.push(sgc("blue", 1, "198.19.100.0/30", Some(("198.18.50.100", 6000, 5))));
+        docs.push(sgc("same-endpoint", 2, "198.19.101.0/30", Some(("198.18.50.100", 6000, 6))));
+        docs.push(sgc("tunnel-in-prefix", 3, "198.19.102.0/30", Some(("198.19.100.1", 6001, 6))));
+        docs.push(sgc("prefix-holds-tunnel", 4, "198.18.50.100/30", None));
+        docs.push(
+            sgc("green", 5, "198.19.105.0/30", None).replace(
+                "creationTimestamp",
+                "annotations: {egret.dev/source-cidrs: '10.1.0.0/16'}, creationTimestamp",
+            ),
+        );
+        docs.push(vm("green", &[("gw-0", "198.18.60.1"), ("gw-0", "198.18.60.1"), ("gw-0", "198.18.50.100")]));
+        docs.push(sgc("red", 6, "198.19.106.0/30", None));
+        docs.push(vm("red", &[("gw-0", "10.1.2.3"), ("gw-0", "198.18.60.2")]));
+        let many: Vec<String> = (0..MAX_SOURCE_CIDRS).map(|i| format!("10.200.{}.{}/32", i / 256, i % 256)).collect();
+        docs.push(sgc("too-many-sources", 7, "198.19.107.0/30", None).replace(
+            "creationTimestamp",
+            &format!("annotations: {{egret.dev/source-cidrs: '{}'}}, creationTimestamp", many.join(",")),
+        ));
+        docs.extend(bystander());
+        let r = run(&docs);
+        let got = problems(&r);
+        let want = [
+            "GatewayVMConfiguration apps/green: node gw-0: 198.18.50.100 is the tunnel address of apps/blue; left out",
+            "GatewayVMConfiguration apps/green: node gw-0: 198.18.60.1 is given twice; left out",
+            "GatewayVMConfiguration apps/red: node gw-0: 10.1.2.3 is inside source CIDR 10.1.0.0/16 of apps/green; left out",
+            "StaticGatewayConfiguration apps/prefix-holds-tunnel: status.egressIpPrefix 198.18.50.100/30 holds the tunnel address 198.18.50.100 of apps/blue",
+            "StaticGatewayConfiguration apps/same-endpoint: status.gatewayServerProfile 198.18.50.100:6000 is also apps/blue's (created earlier), which keeps it",
+            "StaticGatewayConfiguration apps/too-many-sources: egret.dev/source-cidrs: its 1024 CIDRs and the 1 of configs created earlier exceed 1024 per plan",
+            "StaticGatewayConfiguration apps/tunnel-in-prefix: status.gatewayServerProfile.ip 198.19.100.1 is inside egress prefix 198.19.100.0/30 of apps/blue",
+        ];
+        assert_eq!(got, want);
+        let s = shares(&r);
+        assert_eq!(s["apps/green"]["gw-0"], [ip("198.18.60.1")].into());
+        assert_eq!(s["apps/red"]["gw-0"], [ip("198.18.60.2")].into());
+        let served: Vec<&str> = r.plans["gw-0"].configs.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(served, ["apps/blue", "apps/green", "apps/other", "apps/red"]);
+    }
+}
