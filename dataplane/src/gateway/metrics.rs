@@ -93,6 +93,11 @@ mod family {
         "Packets for a pod held while the handshake renewing its expired session ran.",
     );
     pub const TUNNEL_DROPS: Family = ("egret_tunnel_drops", Counter, "Tunnel datagrams dropped, by config and reason.");
+    pub const HTTP_REFUSED: Family = (
+        "egret_http_connections_refused",
+        Counter,
+        "Connections to the probe or metrics port closed at once: the server or that source held its share.",
+    );
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -144,6 +149,7 @@ fn encode_reports(
 ) -> Result<(), std::fmt::Error> {
     use crate::nat::DropReason;
     emit(enc, family::PLAN_VERSION, one(info.plan_version))?;
+    emit(enc, family::HTTP_REFUSED, one(super::http::CONNECTIONS_REFUSED.load(std::sync::atomic::Ordering::Relaxed)))?;
     emit(
         enc,
         family::MODE,
