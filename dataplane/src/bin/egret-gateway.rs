@@ -103,7 +103,8 @@ fn remove_guard() -> ExitCode {
 }
 
 /// `check-config`: the settings were validated on load; this checks what
-/// they point to (the plan file, or the control plane's TLS material).
+/// they point to (the plan file, or the control plane's TLS material and
+/// token file).
 fn check_config(cfg: &NodeConfig, config: &std::path::Path) -> ExitCode {
     let queues = format!(
         "{} queue(s) on {}{}",
@@ -114,19 +115,9 @@ fn check_config(cfg: &NodeConfig, config: &std::path::Path) -> ExitCode {
     let Some(plan) = cfg.plan_file.as_ref() else {
         // NodeConfig::load guarantees one plan source: here, [control].
         let Some(ctl) = cfg.control.as_ref() else { return ExitCode::FAILURE };
-        for (field, path) in [("control.ca", &ctl.ca), ("control.cert", &ctl.cert), ("control.key", &ctl.key)] {
-            let Some(path) = path else { continue };
-            match std::fs::read_to_string(path) {
-                Ok(text) if text.contains("-----BEGIN ") => {}
-                Ok(_) => {
-                    eprintln!("egret-gateway: {field} = {}: not a PEM file", path.display());
-                    return ExitCode::FAILURE;
-                }
-                Err(e) => {
-                    eprintln!("egret-gateway: {field} = {}: {e}", path.display());
-                    return ExitCode::FAILURE;
-                }
-            }
+        if let Err(e) = ctl.check_files() {
+            eprintln!("egret-gateway: {e}");
+            return ExitCode::FAILURE;
         }
         println!("{}: ok — plan from {} as node {}; {queues}", config.display(), ctl.url, ctl.node);
         return ExitCode::SUCCESS;

@@ -89,6 +89,50 @@ pub struct ControlSettings {
     pub cert: Option<PathBuf>,
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// A file holding this gateway's bearer token for egret-control's
+    /// `--gateway-auth=token`: the pod's projected ServiceAccount token
+    /// (audience `egret-control`). Read again on every (re)connect, as the
+    /// kubelet rotates it.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl ControlSettings {
+    /// What `check-config` checks beyond the settings: the files they name
+    /// exist and hold what they should (PEM for TLS, a token for
+    /// `token_file`).
+    pub fn check_files(&self) -> Result<(), String> {
+        for (field, path) in [("control.ca", &self.ca), ("control.cert", &self.cert), ("control.key", &self.key)] {
+            let Some(path) = path else { continue };
+            match std::fs::read_to_string(path) {
+                Ok(text) if text.contains("-----BEGIN ") => {}
+                Ok(_) => return Err(format!("{field} = {}: not a PEM file", path.display())),
+                Err(e) => return Err(format!("{field} = {}: {e}", path.display())),
+            }
+        }
+        if let Some(path) = &self.token_file {
+            let token = egret_api::client::read_token(path).map_err(|e| format!("control.token_file = {e}"))?;
+            // A ServiceAccount token is a JWT: header.payload.signature.
+            if token.split('.').count() != 3 || token.split('.').any(str::is_empty) {
+                return Err(format!(
+                    "control.token_file = {}: not a ServiceAccount token (a JWT: header.payload.signature)",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `url`'s host is this machine (a token may go there in the clear).
+fn loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `gateway.toml`.
@@ -198,6 +242,13 @@ impl NodeConfig {
             if ctl.cert.is_some() != ctl.key.is_some() {
                 return Err(bad("control.cert and control.key go together (mutual TLS)".into()));
             }
+            if ctl.token_file.is_some() && ctl.url.starts_with("http://") && !loopback_url(&ctl.url) {
+                return Err(bad(format!(
+                    "control.token_file needs an https:// control.url (or a loopback one): '{}' would send the \
+                     token in the clear",
+                    ctl.url
+                )));
+            }
         }
         if !c.cores.is_empty() && c.cores.len() < c.interfaces.queues as usize {
             return Err(bad(format!("cores lists {} cores for {} queues", c.cores.len(), c.interfaces.queues)));
@@ -278,6 +329,60 @@ mod tests {
     fn the_rx_latency_budget_defaults_to_250_us() {
         assert_eq!(load_with("").unwrap().umem.rx_latency_budget_us, 250);
         assert_eq!(load_with("[umem]\nrx_latency_budget_us = 0\n").unwrap().umem.rx_latency_budget_us, 0);
+    }
+
+    fn control(url: &str, token_file: &str) -> String {
+        format!(
+            "router_ip = \"198.18.0.1\"\n[interfaces]\ninside = \"gw-in\"\n[control]\nurl = \"{url}\"\nnode = \"gw-0\"\n\
+             ca = \"/etc/egret/tls/ca.pem\"\ntoken_file = \"{token_file}\"\n"
+        )
+    }
+
+    fn load_text(name: &str, text: &str) -> Result<NodeConfig, ConfigError> {
+        let path = std::env::temp_dir().join(format!("egret-config-test-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let c = NodeConfig::load(&path);
+        let _ = std::fs::remove_file(&path);
+        c
+    }
+
+    #[test]
+    fn a_token_file_is_read_from_control_and_never_sent_in_the_clear() {
+        let c = load_text("token-https", &control("https://ctl:50051", "/run/token")).unwrap();
+        assert_eq!(c.control.unwrap().token_file, Some(PathBuf::from("/run/token")));
+        for url in ["http://127.0.0.1:50051", "http://localhost:50051", "http://[::1]:50051"] {
+            assert!(load_text("token-loop", &control(url, "/run/token")).is_ok(), "{url}");
+        }
+        let e = load_text("token-http", &control("http://ctl:50051", "/run/token")).unwrap_err().to_string();
+        assert!(e.contains("control.token_file needs an https:// control.url"), "{e}");
+    }
+
+    #[test]
+    fn check_config_checks_the_token_file() {
+        let dir = std::env::temp_dir().join(format!("egret-token-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let token = dir.join("token");
+        let settings = ControlSettings {
+            url: "https://ctl:50051".into(),
+            node: "gw-0".into(),
+            ca: Some(ca),
+            cert: None,
+            key: None,
+            token_file: Some(token.clone()),
+        };
+        let e = settings.check_files().unwrap_err();
+        assert!(e.starts_with("control.token_file = ") && e.contains("No such file"), "{e}");
+        std::fs::write(&token, "\n").unwrap();
+        assert!(settings.check_files().unwrap_err().contains("empty token file"));
+        std::fs::write(&token, "not a jwt").unwrap();
+        assert!(settings.check_files().unwrap_err().contains("not a token"));
+        std::fs::write(&token, "opaque").unwrap();
+        assert!(settings.check_files().unwrap_err().contains("not a ServiceAccount token"));
+        std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsiZWdyZXQtY29udHJvbCJdfQ.c2ln\n").unwrap();
+        assert_eq!(settings.check_files(), Ok(()));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct GatewayInfo {
     pub modes: Vec<(String, String, String)>,
     /// (interface, redirected, dropped for want of a socket, passed)
     pub xdp: Vec<(String, super::xdp::XdpStats)>,
+    /// The workers' shared FQDN cache.
+    pub fqdn: Option<Arc<crate::nat::FqdnCache>>,
 }
 
 /// The exposition's families, each declared once here: name (counters
@@ -93,6 +95,14 @@ mod family {
         "Packets for a pod held while the handshake renewing its expired session ran.",
     );
     pub const TUNNEL_DROPS: Family = ("egret_tunnel_drops", Counter, "Tunnel datagrams dropped, by config and reason.");
+    pub const FQDN_ENTRIES: Family =
+        ("egret_fqdn_cache_entries", Gauge, "(pod, address) pairs the FQDN rules' DNS learning holds.");
+    pub const FQDN_LEARNED: Family = ("egret_fqdn_learned", Counter, "DNS answers learned for FQDN rules.");
+    pub const FQDN_REFUSED: Family = (
+        "egret_fqdn_refused",
+        Counter,
+        "DNS answers not learned (or a name displaced): the cache, or that pod's share of it, was full.",
+    );
     pub const HTTP_REFUSED: Family = (
         "egret_http_connections_refused",
         Counter,
@@ -150,6 +160,12 @@ fn encode_reports(
     use crate::nat::DropReason;
     emit(enc, family::PLAN_VERSION, one(info.plan_version))?;
     emit(enc, family::HTTP_REFUSED, one(super::http::CONNECTIONS_REFUSED.load(std::sync::atomic::Ordering::Relaxed)))?;
+    if let Some(f) = &info.fqdn {
+        use std::sync::atomic::Ordering::Relaxed;
+        emit(enc, family::FQDN_ENTRIES, one(f.len() as u64))?;
+        emit(enc, family::FQDN_LEARNED, one(f.learned.load(Relaxed)))?;
+        emit(enc, family::FQDN_REFUSED, one(f.full.load(Relaxed)))?;
+    }
     emit(
         enc,
         family::MODE,
@@ -349,8 +365,14 @@ mod tests {
             sessions: 0,
             slice: 64512,
         }];
-        let info =
-            GatewayInfo { plan_version: 3, modes: vec![("gw-in".into(), "Native".into(), "copy".into())], xdp: vec![] };
+        let fqdn = crate::nat::FqdnCache::new(16);
+        fqdn.learn(1, 2, "api.example.com", 100);
+        let info = GatewayInfo {
+            plan_version: 3,
+            modes: vec![("gw-in".into(), "Native".into(), "copy".into())],
+            xdp: vec![],
+            fqdn: Some(fqdn),
+        };
         let text = render(&[r], &info);
         for line in [
             "egret_plan_version 3",
@@ -361,6 +383,9 @@ mod tests {
             "egret_packets_total{worker=\"1\",direction=\"in2out\"} 5",
             "egret_drops_total{worker=\"1\",reason=\"quota_exceeded\"} 2",
             "egret_alloc_failures_total{reason=\"quota\"} 2",
+            "egret_fqdn_cache_entries 1",
+            "egret_fqdn_learned_total 1",
+            "egret_fqdn_refused_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

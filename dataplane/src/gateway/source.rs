@@ -31,6 +31,7 @@ impl PlanSource {
                     .map_err(StartError::ControlTls)?,
             );
         }
+        cfg.token_file = c.token_file.clone();
         let sub = subscribe_in_thread::<Plan>(cfg).map_err(StartError::ControlClient)?;
         let plans = sub.plans();
         Ok(PlanSource::Control { sub, plans })

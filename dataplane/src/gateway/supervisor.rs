@@ -165,6 +165,7 @@ impl Gateway {
                 })
                 .collect(),
             xdp: Vec::new(),
+            fqdn: Some(Arc::clone(&fqdn)),
         }));
         let reports: Vec<_> = workers.iter().map(|w| Arc::clone(&w.report)).collect();
         let liveness = service::Liveness::new(workers.iter().map(|w| Arc::clone(&w.heartbeat)).collect());

@@ -109,6 +109,9 @@ crate::counters::counter_set! {
         /// Server segments of TCP flows a rejecting policy cut, sent on to
         /// the pod as resets (each also counted as `policy_denied`).
         cut_flow_resets,
+        /// TCP flows a rejecting policy cut that the cut-flow table (65,536
+        /// per worker) had no room for: left to their applications' timeouts.
+        cut_flows_untracked,
     }
     drops: DropReason
 }

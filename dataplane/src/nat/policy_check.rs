@@ -38,12 +38,16 @@ pub(super) struct CutResets {
 }
 
 impl CutResets {
-    pub(super) fn record(&mut self, s: &Session, now: Time) {
-        if self.flows.len() < CUT_RESETS_MAX {
-            let until = now.secs().saturating_add(CUT_RESET_SECS);
-            let f = CutFlow { pod: s.pod, pod_port: s.pod_port, until };
-            self.flows.insert(s.out_key(), f);
+    /// Remembers a cut flow; `false` when the table is full (the flow is
+    /// left to its application's timeout, as before cuts were reset).
+    pub(super) fn record(&mut self, s: &Session, now: Time) -> bool {
+        if self.flows.len() >= CUT_RESETS_MAX {
+            return false;
         }
+        let until = now.secs().saturating_add(CUT_RESET_SECS);
+        let f = CutFlow { pod: s.pod, pod_port: s.pod_port, until };
+        self.flows.insert(s.out_key(), f);
+        true
     }
 
     /// The pod endpoint of a cut flow that `k` (outside → inside) belongs to.

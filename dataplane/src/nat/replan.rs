@@ -115,8 +115,8 @@ impl NatEngine {
             if let (Some(ci), None) = (staying, kept) {
                 // Cut by the policy alone: under `reject`, its server's
                 // next segment resets the pod.
-                if Self::resets_when_cut(&plan.configs[usize::from(ci)], &s) {
-                    self.cut_resets.record(&s, now);
+                if Self::resets_when_cut(&plan.configs[usize::from(ci)], &s) && !self.cut_resets.record(&s, now) {
+                    self.counters.cut_flows_untracked += 1;
                 }
             }
             match kept {
