@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Writes the mutual-TLS material of deploy/ into deploy/tls/ (or $TLS_DIR):
-# a CA, egret-control's server certificate, one client certificate per
-# gateway node (each names its node: a gateway may only subscribe to its own
-# plan) and an operator certificate for egretctl (egret-admin, kept out of
-# the cluster), plus the kustomization that turns them into the Secrets
-# egret-control-tls and egret-gateway-tls.
+# Writes the TLS material of deploy/ into deploy/tls/ (or $TLS_DIR): a CA,
+# egret-control's server certificate and an operator certificate for
+# egretctl (egret-admin, kept out of the cluster), plus the kustomization
+# that turns them into the Secrets egret-control-tls (its certificate and
+# key, the CA) and egret-gateway-tls (the CA only).
 #
-# Usage: deploy/make-tls.sh NODE_NAME...   (the gateway pool's Node names)
-# Every gateway pod mounts egret-gateway-tls, so each can read every node's
-# key; with cert-manager's csi-driver, issue per-pod certificates instead.
+# Usage: deploy/make-tls.sh [NODE_NAME...]
+# In the cluster gateways hold no client key: each proves its node with its
+# own pod's ServiceAccount token (egret-control --gateway-auth=token), which
+# no other node can present. NODE_NAMEs are for gateways outside Kubernetes
+# (egret-control --gateway-auth=certificate, the default): one client
+# certificate per node, naming it, written beside the rest but put in no
+# Secret — copy each to its own node only.
 set -euo pipefail
-[ $# -ge 1 ] || { echo "usage: $0 NODE_NAME..." >&2; exit 2; }
 out=${TLS_DIR:-$(dirname "$0")/tls}
 days=${TLS_DAYS:-365}
 mkdir -p "$out"
@@ -36,7 +38,8 @@ for node in "$@"; do
 extendedKeyUsage=clientAuth"
 done
 {
-  echo "# Written by deploy/make-tls.sh: the Secrets of deploy/'s mutual TLS."
+  echo "# Written by deploy/make-tls.sh: the Secrets of deploy/'s TLS (no gateway keys:"
+  echo "# gateways authenticate with their pods' ServiceAccount tokens)."
   echo "apiVersion: kustomize.config.k8s.io/v1beta1"
   echo "kind: Kustomization"
   echo "generatorOptions: {disableNameSuffixHash: true}"
@@ -46,8 +49,7 @@ done
   echo "  files: [ca.pem, control.pem, control-key.pem]"
   echo "- name: egret-gateway-tls"
   echo "  namespace: egret-system"
-  printf '  files: [ca.pem'
-  for node in "$@"; do printf ', %s.pem, %s-key.pem' "$node" "$node"; done
-  echo "]"
+  echo "  files: [ca.pem]"
 } > "$out/kustomization.yaml"
 echo "make-tls: $out (keep ca-key.pem and admin-key.pem out of the cluster)"
+[ $# -eq 0 ] || echo "make-tls: node certificates for --gateway-auth=certificate: $* (each to its own node only)"

@@ -7,7 +7,8 @@
 # the ConfigMap passes `egret-gateway check-config` with the generated
 # certificates, and the objects keep the promises the README makes (gateway
 # pool placement as kube-egress-gateway's daemon, a grace period longer than
-# the drain, least-privilege RBAC: reads, plus Events and GatewayStatus).
+# the drain, least-privilege RBAC: reads, plus Events, GatewayStatus and
+# TokenReviews; each gateway identified by its own pod's token, no shared key).
 # Prints "deploy: N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,14 +34,16 @@ check "every rendered object ($n) passes kubernetes-validate --strict against Ku
 sed 's/terminationGracePeriodSeconds:/terminationGracePeriod:/' "$DIR/all.yaml" > "$DIR/broken.yaml"
 check "a misspelled field fails validation (the validator bites)" \
   sh -c "! '$VENV/bin/kubernetes-validate' --strict --quiet -k $K8S_VERSION '$DIR/broken.yaml' >/dev/null 2>&1"
-"$VENV/bin/python" - "$DIR/all.yaml" "$DIR/deploy/tls" > "$DIR/gateway.toml" <<'PY'
+# What the kubelet would project: a token (a JWT's shape) for egret-control.
+mkdir -p "$DIR/identity" && echo "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsiZWdyZXQtY29udHJvbCJdfQ.c2ln" > "$DIR/identity/token"
+"$VENV/bin/python" - "$DIR/all.yaml" "$DIR/deploy/tls" "$DIR/identity" > "$DIR/gateway.toml" <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "egret-gateway")
 t = cm["data"]["gateway.toml"].replace("@NODE_NAME@", "aks-gwpool-0").replace("@NODE_IP@", "198.18.0.10")
-print(t.replace("/etc/egret/tls", sys.argv[2]))
+print(t.replace("/etc/egret/tls", sys.argv[2]).replace("/var/run/secrets/egret", sys.argv[3]))
 PY
-check "the ConfigMap's gateway.toml passes egret-gateway check-config with the generated certificates" \
+check "the ConfigMap's gateway.toml passes egret-gateway check-config with the generated certificates and a token" \
   sh -c "'$GATEWAY' check-config '$DIR/gateway.toml' >/dev/null"
 promise() { # promise WHAT PYTHON_EXPR (docs: the objects; kind(K, NAME): one)
   check "$1" "$VENV/bin/python" -c "
@@ -59,8 +62,10 @@ promise "its grace period outlasts the 10 s drain" \
   "ds['terminationGracePeriodSeconds'] > 10 and 'drain_secs = 10' in kind('ConfigMap', 'egret-gateway')['data']['gateway.toml']"
 promise "the gateway gets no Kubernetes API token (its plan comes from egret-control)" \
   "ds['automountServiceAccountToken'] is False"
-promise "egret-control's ClusterRole only reads, reads no Secrets, and writes only Events" \
-  "all((set(r['verbs']) <= {'get', 'list', 'watch'} or (r['apiGroups'], r['resources']) == (['events.k8s.io'], ['events']) and set(r['verbs']) <= {'create', 'patch'}) and 'secrets' not in r['resources'] for r in kind('ClusterRole', 'egret-control')['rules'])"
+promise "egret-control's ClusterRole only reads, reads no Secrets, and writes only Events (and TokenReviews)" \
+  "all((set(r['verbs']) <= {'get', 'list', 'watch'} or (r['apiGroups'], r['resources']) == (['events.k8s.io'], ['events']) and set(r['verbs']) <= {'create', 'patch'} or (r['apiGroups'], r['resources'], r['verbs']) == (['authentication.k8s.io'], ['tokenreviews'], ['create'])) and 'secrets' not in r['resources'] for r in kind('ClusterRole', 'egret-control')['rules'])"
+promise "each gateway proves its node with its own pod's token for egret-control, and mounts no client key" \
+  "any(s.get('serviceAccountToken', {}).get('audience') == 'egret-control' for v in ds['volumes'] for s in v.get('projected', {}).get('sources', [])) and '--gateway-auth=token' in kind('Deployment', 'egret-control')['spec']['template']['spec']['containers'][0]['args'] and list(kind('Secret', 'egret-gateway-tls')['data']) == ['ca.pem'] and 'key = ' not in kind('ConfigMap', 'egret-gateway')['data']['gateway.toml']"
 promise "Secrets are only read, and GatewayStatus only written (no delete), in the add-on's namespace" \
   "sorted((d['metadata']['namespace'], r['apiGroups'], r['resources'], r['verbs']) for d in docs if d['kind'] == 'Role' for r in d['rules']) == [('kube-egress-gateway-system', [''], ['secrets'], ['get', 'list', 'watch']), ('kube-egress-gateway-system', ['egressgateway.kubernetes.azure.com'], ['gatewaystatuses'], ['create', 'get', 'patch'])]"
 promise "the TLS Secrets hold no CA or operator key" \

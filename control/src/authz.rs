@@ -9,17 +9,37 @@
 //!   compromised gateway cannot read another node's plan;
 //! - the admin service (which shows every plan, session and pod) needs a
 //!   name listed with `--admin-identity`.
+//!
+//! With `--gateway-auth=token` gateways present no certificate: each sends
+//! its pod's bound ServiceAccount token, and may subscribe only as the node
+//! that pod runs on ([`crate::token`]). Client certificates are then
+//! optional at the TLS layer and open only the admin service.
 
+use crate::token::TokenAuth;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tonic::{Request, Status};
 use x509_parser::extensions::GeneralName;
 
+/// How gateways prove which node they are.
+#[derive(Debug, Clone, Default)]
+enum Gateways {
+    /// Anyone may subscribe as any node (no client certificates).
+    #[default]
+    Open,
+    /// By the names of their client certificate.
+    Certificate,
+    /// By their pod's ServiceAccount token.
+    Token(Arc<TokenAuth>),
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Authz {
-    /// Client certificates are required and checked.
+    /// Client certificates are checked by the TLS layer: admins are named
+    /// by theirs.
     mutual_tls: bool,
     admins: Arc<BTreeSet<String>>,
+    gateways: Gateways,
 }
 
 impl Authz {
@@ -30,22 +50,30 @@ impl Authz {
 
     /// Mutual TLS: nodes by certificate name, admins from `admins`.
     pub fn mutual_tls(admins: impl IntoIterator<Item = String>) -> Authz {
-        Authz { mutual_tls: true, admins: Arc::new(admins.into_iter().collect()) }
+        Authz { mutual_tls: true, admins: Arc::new(admins.into_iter().collect()), gateways: Gateways::Certificate }
+    }
+
+    /// Gateways by ServiceAccount token instead (admins as before).
+    pub fn with_tokens(self, tokens: Arc<TokenAuth>) -> Authz {
+        Authz { gateways: Gateways::Token(tokens), ..self }
     }
 
     /// May this caller subscribe to `node`'s plan?
-    pub fn check_node<T>(&self, req: &Request<T>, node: &str) -> Result<(), Status> {
-        if !self.mutual_tls {
-            return Ok(());
+    pub async fn check_node<T>(&self, req: &Request<T>, node: &str) -> Result<(), Status> {
+        match &self.gateways {
+            Gateways::Open => Ok(()),
+            Gateways::Token(t) => t.check_node(req.metadata(), node).await.map(|_| ()),
+            Gateways::Certificate => {
+                let names = peer_names(req);
+                if names.iter().any(|n| n == node) {
+                    return Ok(());
+                }
+                Err(Status::permission_denied(format!(
+                    "a gateway may read only its own node's plan: the client certificate names {}, not '{node}'",
+                    list(&names)
+                )))
+            }
         }
-        let names = peer_names(req);
-        if names.iter().any(|n| n == node) {
-            return Ok(());
-        }
-        Err(Status::permission_denied(format!(
-            "a gateway may read only its own node's plan: the client certificate names {}, not '{node}'",
-            list(&names)
-        )))
     }
 
     /// May this caller use the admin service?

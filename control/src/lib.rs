@@ -12,8 +12,9 @@ pub mod server;
 pub mod service;
 pub mod source;
 pub mod state;
+pub mod token;
 
-pub use server::{serve, ServerTls};
+pub use server::{serve, serve_with, ServeOptions, ServerTls};
 pub use state::ControlState;
 
 /// Cuts `s` to at most `max` bytes, on a character boundary.

@@ -1,9 +1,11 @@
 //! Serving: the plan and admin services, gRPC health and server reflection
-//! (so `grpcurl` works without the .proto), optionally over TLS or mutual TLS.
+//! (so `grpcurl` works without the .proto), optionally over TLS or mutual TLS,
+//! gateways by client certificate or by ServiceAccount token.
 
 use crate::authz::Authz;
 use crate::service::{Admin, Plans};
 use crate::state::ControlState;
+use crate::token::TokenAuth;
 use egret_api::v1::{
     admin_service_server::AdminServiceServer, plan_service_server::PlanServiceServer, FILE_DESCRIPTOR_SET,
 };
@@ -48,13 +50,34 @@ impl ServerTls {
 /// far smaller).
 pub const MAX_GATEWAY_MESSAGE: usize = 4 << 20;
 
-/// Serves on `listener` until `shutdown` resolves.
+/// Serves on `listener` until `shutdown` resolves; gateways by client
+/// certificate (with `tls.client_ca_pem`) or unchecked (without).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ControlState>,
     tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
+    serve_with(listener, state, ServeOptions { tls, tokens: None }, shutdown).await
+}
+
+/// How to serve: TLS, and how gateways are authenticated.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    pub tls: Option<ServerTls>,
+    /// Gateways by ServiceAccount token (`--gateway-auth=token`): client
+    /// certificates are then optional, and name only admins.
+    pub tokens: Option<Arc<TokenAuth>>,
+}
+
+/// [`serve`], with gateways by token when `opts.tokens` says so.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: Arc<ControlState>,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), String> {
+    let ServeOptions { tls, tokens } = opts;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<PlanServiceServer<Plans>>().await;
     health.set_serving::<AdminServiceServer<Admin>>().await;
@@ -67,12 +90,17 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)));
     if let Some(t) = &tls {
-        server = server.tls_config(t.config()).map_err(|e| format!("TLS configuration: {e}"))?;
+        // Gateways with tokens present no certificate; admins still do.
+        let config = t.config().client_auth_optional(tokens.is_some());
+        server = server.tls_config(config).map_err(|e| format!("TLS configuration: {e}"))?;
     }
-    let authz = match &tls {
+    let mut authz = match &tls {
         Some(t) if t.client_ca_pem.is_some() => Authz::mutual_tls(t.admin_identities.iter().cloned()),
         _ => Authz::open(),
     };
+    if let Some(t) = tokens {
+        authz = authz.with_tokens(t);
+    }
     let admin_authz = authz.clone();
     let admin = AdminServiceServer::with_interceptor(Admin { state: state.clone() }, move |req: tonic::Request<()>| {
         admin_authz.check_admin(&req)?;

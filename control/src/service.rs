@@ -46,8 +46,8 @@ impl PlanService for Plans {
         };
         check_name("Hello.node", &hello.node, NODE_NAME_MAX)?;
         let node = hello.node.clone();
-        authz.check_node(&Request::from_parts(meta, ext, ()), &node).inspect_err(|e| {
-            tracing::warn!(node, ?peer, certificate = ?names, "subscription refused: {}", e.message());
+        authz.check_node(&Request::from_parts(meta, ext, ()), &node).await.inspect_err(|e| {
+            tracing::warn!(node, ?peer, certificate = ?names, code = ?e.code(), "subscription refused: {}", e.message());
         })?;
         let mut snapshots = self.state.watch();
         if snapshots.borrow().plan_for(&node).is_none() {

@@ -8,7 +8,9 @@
 //! what egret-control writes back: GatewayStatus objects by server-side
 //! apply (PATCH, `application/apply-patch+yaml`) and events.k8s.io Events
 //! (POST, PATCH for a series), stored as received and answered as the API
-//! server would.
+//! server would. It also reviews ServiceAccount tokens (TokenReview, with
+//! audiences) and serves pods by name, for egret-control's
+//! `--gateway-auth=token`, tested end to end over gRPC.
 
 use egret_cluster::Problem;
 use egret_control::kube_source::{watch_kubernetes, watch_kubernetes_with, Options};
@@ -36,6 +38,9 @@ const DENIED: &str = "/api/v1/namespaces/aks-static-egress-gateway/secrets";
 const STATUSES: &str = "/apis/egressgateway.kubernetes.azure.com/v1alpha1/namespaces/";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/";
 const STATUS_NS: &str = "kube-egress-gateway-system";
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+/// One pod by name: `<PODS_IN><namespace>/pods/<name>`.
+const PODS_IN: &str = "/api/v1/namespaces/";
 
 #[derive(Clone, Debug)]
 enum Push {
@@ -64,6 +69,18 @@ struct Db {
     held: BTreeSet<String>,
     /// Every list request by path, answered, failed or held.
     attempts: BTreeMap<String, usize>,
+    /// Tokens the fake's authenticator knows: what a review of each says.
+    tokens: BTreeMap<String, FakeToken>,
+    /// TokenReviews asked for.
+    reviews: usize,
+}
+
+/// A token as the API server's authenticator knows it.
+#[derive(Clone, Debug)]
+struct FakeToken {
+    username: String,
+    audiences: Vec<String>,
+    extra: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Clone, Debug)]
@@ -201,6 +218,32 @@ impl Fake {
         let Ok(mut body) = serde_json::from_str::<Value>(&w.body) else {
             return status_reply(400, "BadRequest", "the body is not JSON");
         };
+        if w.path == TOKEN_REVIEWS && w.method == "POST" {
+            // As kube-apiserver: unknown tokens and tokens for none of the
+            // audiences asked are not authenticated; otherwise the user, and
+            // the audiences both sides name.
+            db.reviews += 1;
+            let token = body["spec"]["token"].as_str().unwrap_or_default();
+            let asked: Vec<String> = body["spec"]["audiences"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            body["status"] = match db.tokens.get(token) {
+                None => json!({"authenticated": false, "error": "invalid bearer token"}),
+                Some(t) => {
+                    let both: Vec<&String> = t.audiences.iter().filter(|a| asked.contains(a)).collect();
+                    if both.is_empty() && !asked.is_empty() {
+                        json!({"authenticated": false,
+                            "error": "invalid bearer token, token audiences is invalid for the target audiences"})
+                    } else {
+                        json!({"authenticated": true, "audiences": both,
+                            "user": {"username": t.username, "uid": "sa-uid", "extra": t.extra,
+                                "groups": ["system:serviceaccounts", "system:authenticated"]}})
+                    }
+                }
+            };
+            return (201, body);
+        }
         if let Some(rest) = w.path.strip_prefix(STATUSES) {
             let Some((ns, name)) = rest.split_once("/gatewaystatuses/") else {
                 return status_reply(404, "NotFound", "the server could not find the requested resource");
@@ -281,6 +324,14 @@ impl Fake {
                     403 => status_reply(code, "Forbidden", "egresspolicies is forbidden"),
                     404 => status_reply(code, "NotFound", "the server could not find the requested resource"),
                     _ => status_reply(code, "InternalError", "etcdserver: request timed out"),
+                })
+            } else if let Some((ns, name)) =
+                path.strip_prefix(PODS_IN).and_then(|r| r.split_once("/pods/")).filter(|_| method == "GET")
+            {
+                let db = self.db.lock().unwrap();
+                Some(match db.objects.get(PODS).and_then(|m| m.get(&format!("{ns}/{name}"))) {
+                    Some(p) => (200, p.clone()),
+                    None => status_reply(404, "NotFound", &format!("pods \"{name}\" not found")),
                 })
             } else if path == DENIED {
                 Some(status_reply(
@@ -935,4 +986,247 @@ async fn a_policy_that_does_not_decode_leaves_its_config_unserved() {
     assert_eq!(served, ["apps/green"], "the other config is served, blue is not");
     let p = snap.reconciled.problems.iter().find(|p| p.object == "EgressPolicy apps/blue").expect("reported");
     assert!(p.message.contains("apps/blue is not served"), "{p}");
+}
+
+// Gateways' identity by ServiceAccount token (--gateway-auth=token): the
+// fake API server reviews tokens it was told about, and serves pods by name.
+
+const GATEWAY_SA: &str = "system:serviceaccount:egret-system:egret-gateway";
+const BOUND_NODE: &str = "authentication.kubernetes.io/node-name";
+const BOUND_POD: &str = "authentication.kubernetes.io/pod-name";
+const BOUND_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
+
+impl Fake {
+    /// The authenticator knows `token` as `username`, for `audiences`,
+    /// with these extras.
+    fn token(&self, token: &str, username: &str, audiences: &[&str], extra: &[(&str, &str)]) {
+        let mut db = self.db.lock().unwrap();
+        let t = FakeToken {
+            username: username.into(),
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            extra: extra.iter().map(|(k, v)| (k.to_string(), vec![v.to_string()])).collect(),
+        };
+        db.tokens.insert(token.into(), t);
+    }
+
+    fn reviews(&self) -> usize {
+        self.db.lock().unwrap().reviews
+    }
+}
+
+/// A gateway pod of the DaemonSet, scheduled on `node`.
+fn gateway_pod(name: &str, node: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "egret-system", "uid": format!("uid-{name}")},
+        "spec": {"nodeName": node, "hostNetwork": true, "containers": [{"name": "egret-gateway", "image": "egret"}]},
+        "status": {"phase": "Running"}})
+}
+
+/// Two gateway nodes and a config with a pod, and the tokens the tests
+/// present: gw-0's gateway (Kubernetes ≥ 1.32: the review names the node),
+/// gw-1's (older: the pod is looked up), and the ones to refuse.
+fn token_cluster(fake: &Fake) {
+    fake.put(NODES, node("gw-0"), false);
+    fake.put(NODES, node("gw-1"), false);
+    fake.put(SGCS, sgc("blue", "198.19.100.0/30"), false);
+    fake.put(PODS, pod("web", "198.18.0.2", "blue"), false);
+    fake.put(PODS, gateway_pod("egret-gateway-b", "gw-1"), false);
+    fake.fail(POLICIES, Some(404));
+    let aud = &["egret-control"][..];
+    let a = [(BOUND_POD, "egret-gateway-a"), (BOUND_POD_UID, "uid-egret-gateway-a"), (BOUND_NODE, "gw-0")];
+    fake.token("token-a", GATEWAY_SA, aud, &a);
+    fake.token("token-b", GATEWAY_SA, aud, &[(BOUND_POD, "egret-gateway-b"), (BOUND_POD_UID, "uid-egret-gateway-b")]);
+    // Bound to a pod of that name that has since been replaced.
+    fake.token("token-stale", GATEWAY_SA, aud, &[(BOUND_POD, "egret-gateway-b"), (BOUND_POD_UID, "uid-replaced")]);
+    // An application pod's token, for our audience, on gw-0.
+    let web = [(BOUND_POD, "web"), (BOUND_POD_UID, "uid-web"), (BOUND_NODE, "gw-0")];
+    fake.token("token-web", "system:serviceaccount:apps:web", aud, &web);
+    // The gateway's own ServiceAccount, but a token for the API server.
+    fake.token("token-api", GATEWAY_SA, &["https://kubernetes.default.svc.cluster.local"], &a);
+    // A long-lived Secret token of the gateway's ServiceAccount: no pod.
+    fake.token("token-unbound", GATEWAY_SA, aud, &[]);
+}
+
+/// Serves the plan stream with gateways by token, reviewed by `fake`.
+async fn serve_tokens(
+    fake: &Fake,
+    state: Arc<ControlState>,
+    tls: Option<egret_control::ServerTls>,
+) -> (std::net::SocketAddr, Arc<egret_control::token::TokenAuth>) {
+    let tokens = Arc::new(egret_control::token::TokenAuth::new(serve(fake).await, Default::default()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let opts = egret_control::ServeOptions { tls, tokens: Some(tokens.clone()) };
+    tokio::spawn(egret_control::serve_with(listener, state, opts, std::future::pending()));
+    (addr, tokens)
+}
+
+/// Opens the plan stream by hand: Hello as `node`, with `token` as the
+/// bearer; the first update's version, or the status the server answered.
+async fn subscribe_as(
+    url: &str,
+    tls: Option<&egret_api::client::TlsFiles>,
+    token: Option<&str>,
+    node: &str,
+) -> Result<u64, tonic::Status> {
+    use egret_api::v1::{gateway_message::Msg, plan_service_client::PlanServiceClient, GatewayMessage, Hello};
+    let ch = egret_api::client::endpoint(url, tls, Duration::from_secs(2)).unwrap().connect().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(GatewayMessage { msg: Some(Msg::Hello(Hello { node: node.into(), serving_version: 0 })) }).await.unwrap();
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(t) = token {
+        req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let mut s = PlanServiceClient::new(ch).subscribe(req).await?.into_inner();
+    let first = s.message().await?.map(|u| u.version).unwrap_or_default();
+    drop(tx);
+    Ok(first)
+}
+
+fn refused(r: Result<u64, tonic::Status>, code: tonic::Code, says: &str) {
+    let e = r.expect_err("refused");
+    assert_eq!(e.code(), code, "{e:?}");
+    assert!(e.message().contains(says), "'{}' does not say '{says}'", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_token_opens_its_own_nodes_plan_and_no_other() {
+    use tonic::Code::{PermissionDenied, Unauthenticated};
+    let fake = Fake::new();
+    token_cluster(&fake);
+    let state = watched(&fake).await;
+    let long = Duration::from_secs(10);
+    wait_until("both nodes' plans", long, || {
+        let snap = state.snapshot();
+        snap.plans.contains_key("gw-0") && snap.plans.contains_key("gw-1")
+    })
+    .await;
+    let (addr, tokens) = serve_tokens(&fake, state.clone(), None).await;
+    let url = format!("http://{addr}");
+
+    // Node A's token gets node A's plan; asking for node B's is refused.
+    assert!(subscribe_as(&url, None, Some("token-a"), "gw-0").await.unwrap() > 0);
+    let a_said = "bound to pod egret-system/egret-gateway-a, which runs on node 'gw-0', not 'gw-1'";
+    refused(subscribe_as(&url, None, Some("token-a"), "gw-1").await, PermissionDenied, a_said);
+
+    // Before Kubernetes 1.32 the review names the pod only: its node comes
+    // from the pod, and the pod must be the one the token was issued to.
+    assert!(subscribe_as(&url, None, Some("token-b"), "gw-1").await.unwrap() > 0);
+    let b_said = "egret-gateway-b, which runs on node 'gw-1', not 'gw-0'";
+    refused(subscribe_as(&url, None, Some("token-b"), "gw-0").await, PermissionDenied, b_said);
+    refused(subscribe_as(&url, None, Some("token-stale"), "gw-1").await, Unauthenticated, "has been replaced");
+
+    // No token, one the API server does not know, another ServiceAccount's,
+    // one for another audience, one bound to no pod.
+    refused(subscribe_as(&url, None, None, "gw-0").await, Unauthenticated, "no token");
+    refused(subscribe_as(&url, None, Some("forged"), "gw-0").await, Unauthenticated, "invalid bearer token");
+    refused(subscribe_as(&url, None, Some("token-web"), "gw-0").await, PermissionDenied, "apps:web");
+    refused(subscribe_as(&url, None, Some("token-api"), "gw-0").await, Unauthenticated, "audiences is invalid");
+    refused(subscribe_as(&url, None, Some("token-unbound"), "gw-0").await, PermissionDenied, "not bound to a pod");
+
+    // Successful reviews are cached (a reconnect asks nothing); refusals
+    // are not.
+    let reviews = fake.reviews();
+    assert_eq!(tokens.cached(), 2, "token-a and token-b");
+    assert!(subscribe_as(&url, None, Some("token-a"), "gw-0").await.is_ok());
+    refused(subscribe_as(&url, None, Some("token-a"), "gw-1").await, PermissionDenied, a_said);
+    assert_eq!(fake.reviews(), reviews, "token-a was reviewed again");
+    refused(subscribe_as(&url, None, Some("forged"), "gw-0").await, Unauthenticated, "invalid bearer token");
+    assert_eq!(fake.reviews(), reviews + 1, "a refusal was cached");
+
+    // The gateway's subscriber reads its token file on every connect: one
+    // the kubelet has just rotated is used on the next retry.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "expired-token\n").unwrap();
+    let mut cfg = egret_api::client::SubscribeConfig::new(&url, "gw-0");
+    cfg.token_file = Some(file.clone());
+    cfg.backoff_min = Duration::from_millis(20);
+    cfg.backoff_max = Duration::from_millis(100);
+    let sub = egret_api::client::subscribe::<egret_plan::Plan>(cfg);
+    let link = sub.link();
+    wait_until(
+        "the expired token refused",
+        long,
+        || matches!(&*link.borrow(), egret_api::client::LinkState::Down(why) if why.contains("Unauthenticated")),
+    )
+    .await;
+    assert!(sub.plans().borrow().is_none());
+    std::fs::write(&file, "token-a\n").unwrap();
+    let plans = sub.plans();
+    wait_until("gw-0's plan with the rotated token", long, || plans.borrow().is_some()).await;
+    let got = plans.borrow().clone().unwrap();
+    assert_eq!(got.version, state.snapshot().plans["gw-0"].version);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_token_needs_no_client_certificate_and_admins_still_need_theirs() {
+    use egret_api::v1::{admin_service_client::AdminServiceClient, ListConfigsRequest};
+    let fake = Fake::new();
+    token_cluster(&fake);
+    let state = watched(&fake).await;
+    wait_until("gw-0's plan", Duration::from_secs(10), || state.snapshot().plans.contains_key("gw-0")).await;
+
+    let ca = rcgen_ca();
+    let (server_cert, server_key) = sign(&ca, "localhost", false);
+    let server = egret_control::ServerTls {
+        cert_pem: server_cert.into(),
+        key_pem: server_key.into(),
+        client_ca_pem: Some(ca.0.clone().into()),
+        admin_identities: vec!["ops".into()],
+    };
+    let (addr, _) = serve_tokens(&fake, state.clone(), Some(server)).await;
+    let url = format!("https://127.0.0.1:{}", addr.port());
+    let tls = |identity: Option<(String, String)>| egret_api::client::TlsFiles {
+        ca_pem: ca.0.clone().into_bytes(),
+        identity: identity.map(|(c, k)| (c.into_bytes(), k.into_bytes())),
+        domain: Some("localhost".into()),
+    };
+
+    // A gateway with its token and no client certificate.
+    let gateway = tls(None);
+    assert!(subscribe_as(&url, Some(&gateway), Some("token-a"), "gw-0").await.unwrap() > 0);
+    let e = subscribe_as(&url, Some(&gateway), None, "gw-0").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    // A client certificate naming gw-1 does not open gw-1's plan: the token decides.
+    let with_cert = tls(Some(sign(&ca, "gw-1", true)));
+    let e = subscribe_as(&url, Some(&with_cert), Some("token-a"), "gw-1").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+
+    // The admin service still needs an admin's certificate.
+    let admin = |t: egret_api::client::TlsFiles| {
+        let url = url.clone();
+        async move {
+            let ch = egret_api::client::endpoint(&url, Some(&t), Duration::from_secs(2)).unwrap().connect().await;
+            AdminServiceClient::new(ch.unwrap()).list_configs(ListConfigsRequest {}).await.map(|_| ())
+        }
+    };
+    assert_eq!(admin(tls(None)).await.unwrap_err().code(), tonic::Code::PermissionDenied);
+    assert_eq!(admin(with_cert.clone()).await.unwrap_err().code(), tonic::Code::PermissionDenied);
+    admin(tls(Some(sign(&ca, "ops", true)))).await.unwrap();
+}
+
+/// A CA: its PEM certificate and its issuer.
+fn rcgen_ca() -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name.push(rcgen::DnType::CommonName, "egret test CA");
+    p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    (cert.pem(), rcgen::Issuer::new(p, key))
+}
+
+/// A certificate `ca` signed for `name`: (PEM certificate, PEM key).
+fn sign(ca: &(String, rcgen::Issuer<'static, rcgen::KeyPair>), name: &str, client: bool) -> (String, String) {
+    let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    p.extended_key_usages = vec![if client {
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth
+    }];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca.1).unwrap();
+    (cert.pem(), key.serialize_pem())
 }

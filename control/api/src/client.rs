@@ -6,7 +6,9 @@
 //! plan while the control plane is away, so the gateway goes on serving it;
 //! the data plane reads the channel between batches and never touches gRPC.
 //! The gateway tells what it did with each plan through [`Subscription::ack`];
-//! acks and reports are (re)sent on every new stream.
+//! acks and reports are (re)sent on every new stream. With
+//! [`SubscribeConfig::token_file`] each stream carries the file's token as
+//! `authorization: Bearer ...`, read again on every connect.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -30,9 +32,11 @@ pub const MAX_PLAN_BYTES: usize = 64 << 20;
 
 use crate::v1::{gateway_message::Msg, plan_service_client::PlanServiceClient, Ack, GatewayMessage, Hello, Report};
 use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// Where and how to subscribe.
@@ -42,6 +46,10 @@ pub struct SubscribeConfig {
     pub endpoint: String,
     pub node: String,
     pub tls: Option<TlsFiles>,
+    /// A file holding this gateway's bearer token (its pod's projected
+    /// ServiceAccount token), sent as `authorization: Bearer ...`. Read
+    /// again on every connect: the kubelet rotates it.
+    pub token_file: Option<PathBuf>,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub connect_timeout: Duration,
@@ -53,6 +61,7 @@ impl SubscribeConfig {
             endpoint: endpoint.to_string(),
             node: node.to_string(),
             tls: None,
+            token_file: None,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
@@ -93,6 +102,26 @@ impl TlsFiles {
         }
         c
     }
+}
+
+/// Longest bearer token read from a token file.
+pub const MAX_TOKEN_BYTES: usize = 16 << 10;
+
+/// Reads a bearer token: the file's one line, which must be printable ASCII
+/// (it goes into a header).
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{}: empty token file", path.display()));
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(format!("{}: a token longer than {MAX_TOKEN_BYTES} bytes", path.display()));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("{}: not a token (one line of printable ASCII)", path.display()));
+    }
+    Ok(token.to_string())
 }
 
 /// An endpoint for `url`, with TLS when given.
@@ -236,6 +265,11 @@ async fn once<T: DeserializeOwned + Send + Sync + 'static>(
     self_tx: &mpsc::UnboundedSender<Msg>,
     resend: &Arc<Mutex<Resend>>,
 ) -> String {
+    // Read on every connect: a rotated token replaces the one that expired.
+    let token = match cfg.token_file.as_deref().map(read_token).transpose() {
+        Ok(t) => t,
+        Err(e) => return format!("token file: {e}"),
+    };
     let ep = match endpoint(&cfg.endpoint, cfg.tls.as_ref(), cfg.connect_timeout) {
         Ok(e) => e,
         Err(e) => return e,
@@ -255,8 +289,15 @@ async fn once<T: DeserializeOwned + Send + Sync + 'static>(
             let _ = tx.send(GatewayMessage { msg: Some(m) });
         }
     }
-    let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
-    let mut inbound = match client.subscribe(outbound).await {
+    let mut request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+    if let Some(t) = token {
+        let Ok(mut v) = MetadataValue::try_from(format!("Bearer {t}")) else {
+            return "token file: not a valid header value".into();
+        };
+        v.set_sensitive(true);
+        request.metadata_mut().insert("authorization", v);
+    }
+    let mut inbound = match client.subscribe(request).await {
         Ok(r) => r.into_inner(),
         Err(s) => return status_text(&s),
     };

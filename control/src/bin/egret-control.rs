@@ -1,7 +1,7 @@
 //! egret-control: cluster state in, one plan per gateway node out, over gRPC.
 
 use clap::Parser;
-use egret_control::{serve, source, ControlState, ServerTls};
+use egret_control::{serve_with, source, ControlState, ServeOptions, ServerTls};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -53,6 +53,32 @@ struct Args {
     /// connect may then read every plan and call the admin service.
     #[arg(long)]
     insecure_listen: bool,
+    /// How a gateway proves which node it is: `certificate` (the names of
+    /// its client certificate; needs --client-ca) or `token` (its pod's
+    /// bound ServiceAccount token, checked by TokenReview; needs
+    /// --kubernetes). With `token`, client certificates open only the admin
+    /// service.
+    #[arg(long, value_enum, default_value_t = GatewayAuth::Certificate)]
+    gateway_auth: GatewayAuth,
+    /// With --gateway-auth=token: the audience gateways' tokens are issued
+    /// for (their projected volume's `audience`).
+    #[arg(long, default_value = egret_control::token::DEFAULT_AUDIENCE)]
+    token_audience: String,
+    /// With --gateway-auth=token: the gateways' ServiceAccount,
+    /// `namespace:name`; tokens of any other account are refused.
+    #[arg(long, default_value = "egret-system:egret-gateway")]
+    gateway_service_account: String,
+    /// With --gateway-auth=token: seconds a successful TokenReview is
+    /// trusted before the token is reviewed again (less when it expires
+    /// sooner).
+    #[arg(long, default_value_t = 60)]
+    token_cache_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum GatewayAuth {
+    Certificate,
+    Token,
 }
 
 #[tokio::main]
@@ -66,7 +92,31 @@ async fn main() {
     }
 }
 
+/// What clap cannot say: the token options' needs.
+fn token_options(a: &Args) -> Result<Option<egret_control::token::TokenOptions>, String> {
+    if a.gateway_auth == GatewayAuth::Certificate {
+        return Ok(None);
+    }
+    if !a.kubernetes {
+        return Err("--gateway-auth=token needs --kubernetes: tokens are checked by the Kubernetes API \
+                    (TokenReview)"
+            .into());
+    }
+    if a.token_audience.is_empty() {
+        return Err("--token-audience must not be empty".into());
+    }
+    Ok(Some(egret_control::token::TokenOptions {
+        audience: a.token_audience.clone(),
+        service_account: egret_control::token::service_account_username(&a.gateway_service_account)
+            .map_err(|e| format!("--gateway-service-account: {e}"))?,
+        cache_ttl: Duration::from_secs(a.token_cache_secs),
+        ..Default::default()
+    }))
+}
+
 async fn run(a: Args) -> Result<(), String> {
+    let token_opts = token_options(&a)?;
+    let mut tokens = None;
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => Some(ServerTls {
             admin_identities: a.admin_identities.clone(),
@@ -92,22 +142,43 @@ async fn run(a: Args) -> Result<(), String> {
         tokio::spawn(egret_control::kube_source::watch_kubernetes_with(state.clone(), client.clone(), opts));
         let status =
             egret_control::kube_status::StatusOptions { namespace: a.status_namespace.clone(), ..Default::default() };
+        if let Some(opts) = token_opts {
+            tokens = Some(std::sync::Arc::new(egret_control::token::TokenAuth::new(client.clone(), opts)));
+        }
         tokio::spawn(egret_control::kube_status::write_status(state.clone(), client, status));
     }
     let listener =
         tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("listen on {}: {e}", a.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     if !local.ip().is_loopback() && a.client_ca.is_none() && !a.insecure_listen {
-        return Err(format!(
-            "refusing to serve {local} without mutual TLS: any client could read every node's plan and call the \
-             admin service. Use --tls-cert/--tls-key/--client-ca (and --admin-identity), or --insecure-listen on a \
-             network you trust"
-        ));
+        return Err(if tokens.is_some() {
+            format!(
+                "refusing to serve {local} without --client-ca: anyone could call the admin service (and \
+                 gateways' tokens would cross the network in the clear without --tls-cert). Use \
+                 --tls-cert/--tls-key/--client-ca (and --admin-identity), or --insecure-listen on a network you \
+                 trust"
+            )
+        } else {
+            format!(
+                "refusing to serve {local} without mutual TLS: any client could read every node's plan and call \
+                 the admin service. Use --tls-cert/--tls-key/--client-ca (and --admin-identity), or \
+                 --insecure-listen on a network you trust"
+            )
+        });
+    }
+    if tokens.is_some() && tls.is_none() && !local.ip().is_loopback() {
+        tracing::warn!("--gateway-auth=token without TLS: gateways' tokens cross the network in the clear");
     }
     if a.client_ca.is_some() && a.admin_identities.is_empty() {
         tracing::warn!("mutual TLS with no --admin-identity: admin calls (egretctl) are refused");
     }
-    tracing::info!(addr = %local, tls = tls.is_some(), mtls = a.client_ca.is_some(), "serving");
+    tracing::info!(
+        addr = %local,
+        tls = tls.is_some(),
+        mtls = a.client_ca.is_some(),
+        gateway_auth = ?a.gateway_auth,
+        "serving"
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("SIGTERM handler: {e}"))?;
     let shutdown = async move {
@@ -117,7 +188,7 @@ async fn run(a: Args) -> Result<(), String> {
         }
         tracing::info!("shutting down");
     };
-    serve(listener, state, tls, shutdown).await
+    serve_with(listener, state, ServeOptions { tls, tokens }, shutdown).await
 }
 
 #[cfg(test)]
@@ -134,5 +205,21 @@ mod tests {
         }
         assert!(Args::try_parse_from(["egret-control", "--kubernetes", "--kube-api", "http://127.0.0.1:8001"]).is_ok());
         assert!(Args::try_parse_from(["egret-control", "--manifests", "/m"]).is_ok());
+    }
+
+    #[test]
+    fn token_mode_needs_the_kubernetes_api_and_a_service_account() {
+        let parse = |args: &[&str]| Args::try_parse_from(["egret-control"].iter().chain(args)).unwrap();
+        assert!(token_options(&parse(&["--manifests", "/m"])).unwrap().is_none(), "certificate mode by default");
+        let e = token_options(&parse(&["--manifests", "/m", "--gateway-auth=token"])).unwrap_err();
+        assert!(e.contains("needs --kubernetes"), "{e}");
+        let o = token_options(&parse(&["--kubernetes", "--gateway-auth=token"])).unwrap().unwrap();
+        assert_eq!(o.audience, "egret-control");
+        assert_eq!(o.service_account, "system:serviceaccount:egret-system:egret-gateway");
+        let o = token_options(&parse(&["--kubernetes", "--gateway-auth=token", "--gateway-service-account=gw:sa"]));
+        assert_eq!(o.unwrap().unwrap().service_account, "system:serviceaccount:gw:sa");
+        let e = token_options(&parse(&["--kubernetes", "--gateway-auth=token", "--gateway-service-account=sa"]));
+        assert!(e.unwrap_err().contains("--gateway-service-account"));
+        assert!(Args::try_parse_from(["egret-control", "--kubernetes", "--gateway-auth=password"]).is_err());
     }
 }
