@@ -84,7 +84,7 @@ fn plan_with_policy(mode: MappingMode, policy: Option<egret_dataplane::plan::Egr
     c.port_quota = u32::MAX;
     let bindings =
         (0..PODS).map(|i| Binding { pod_ip: pod(i).into(), config: "bench".into(), public_key: None }).collect();
-    Arc::new(CompiledPlan::new(&Plan { version: 1, configs: vec![c], bindings }).unwrap())
+    Arc::new(CompiledPlan::new(&Plan { network_policies: Vec::new(), version: 1, configs: vec![c], bindings }).unwrap())
 }
 
 fn engine(mode: MappingMode, capacity: usize) -> NatEngine {

@@ -25,6 +25,7 @@ fn engines(workers: u16) -> Vec<NatEngine> {
     let mut a = GatewayConfig::new("a", vec!["198.19.100.0/30".parse().unwrap()]);
     a.timeouts = Timeouts { tcp_established: 6, tcp_transitory: 2, udp: 3, icmp: 2, port_cooldown: 1 };
     let plan = Plan {
+        network_policies: Vec::new(),
         version: 1,
         configs: vec![a],
         bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }],

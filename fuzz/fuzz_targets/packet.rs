@@ -35,8 +35,13 @@ fn policy(p: &[u8; 16]) -> EgressPolicy {
                 action: if b[0] & 1 == 0 { PolicyAction::Allow } else { PolicyAction::Deny },
                 cidrs: if b[0] & 2 != 0 { vec![format!("198.19.{}.0/24", b[1] & 3).parse().unwrap()] } else { vec![] },
                 fqdns: if b[0] & 4 != 0 { vec!["api.example.com".into(), "*.example.org".into()] } else { vec![] },
-                protocol: [None, Some(Protocol::Tcp), Some(Protocol::Udp), Some(Protocol::Icmp)][usize::from(b[0] >> 3 & 3)],
-                ports: if b[0] & 0x20 != 0 && b[0] >> 3 & 3 != 3 { vec![PortRange { lo, hi: lo.saturating_add(100) }] } else { vec![] },
+                protocol: [None, Some(Protocol::Tcp), Some(Protocol::Udp), Some(Protocol::Icmp)]
+                    [usize::from(b[0] >> 3 & 3)],
+                ports: if b[0] & 0x20 != 0 && b[0] >> 3 & 3 != 3 {
+                    vec![PortRange { lo, hi: lo.saturating_add(100) }]
+                } else {
+                    vec![]
+                },
                 pods: (b[0] & 0x40 != 0).then(|| vec![POD_A.into()]),
             }
         })
@@ -87,6 +92,7 @@ fn engine(workers: u16, mtu: [usize; 2], p: &[u8; 16], ttl: u32) -> Option<NatEn
     // when idle.
     b.sources = vec!["198.18.7.0/24".parse().unwrap()];
     let plan = Plan {
+        network_policies: Vec::new(),
         version: 1,
         configs: vec![a, b],
         bindings: vec![

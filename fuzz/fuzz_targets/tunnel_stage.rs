@@ -40,7 +40,9 @@ fn stage() -> TunnelStage {
             public_key: Some(WgKey(public([i as u8 + 1; 32]))),
         })
         .collect();
-    let plan = Arc::new(CompiledPlan::new(&Plan { version: 1, configs: vec![c], bindings }).unwrap());
+    let plan = Arc::new(
+        CompiledPlan::new(&Plan { version: 1, configs: vec![c], bindings, network_policies: Vec::new() }).unwrap(),
+    );
     let mut st = TunnelStage::new(0, 2, SharedLimiters::with_limit(4));
     st.apply_plan(&plan);
     st

@@ -8,12 +8,14 @@
 
 mod cidr;
 mod keys;
+pub mod network_policy;
 mod policy;
 #[cfg(test)]
 mod tests;
 
 pub use cidr::Ipv4Cidr;
 pub use keys::{WgKey, WgSecret};
+pub use network_policy::{IpBlock, NetworkPolicy, NetworkPolicyError, NetworkPolicyRule, NetworkPort, NetworkProtocol};
 pub use policy::{
     normalise_fqdn, DenyResponse, EgressPolicy, LiveFlows, PolicyAction, PolicyError, PolicyRule, PortRange, Protocol,
     MAX_DNS_RESOLVERS, MAX_DNS_TTL, MAX_POLICY_RULES, MAX_RULE_ITEMS,
@@ -178,10 +180,16 @@ pub struct Binding {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Plan {
     pub version: u64,
     pub configs: Vec<GatewayConfig>,
     pub bindings: Vec<Binding>,
+    /// Kubernetes NetworkPolicies' egress rules for the pods served here:
+    /// a flow leaves only if these (when they select its pod) and its
+    /// config's EgressPolicy both allow it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_policies: Vec<NetworkPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -226,6 +234,8 @@ pub enum PlanError {
     NoTunnel { pod: Ipv4Addr, config: String },
     #[error("pod {pod}: WireGuard key {key} is also pod {other}'s in config '{config}'")]
     DuplicatePeerKey { pod: Ipv4Addr, other: Ipv4Addr, key: String, config: String },
+    #[error("{0}")]
+    BadNetworkPolicy(NetworkPolicyError),
 }
 
 /// What is wrong with a config's tunnel.
@@ -329,7 +339,8 @@ impl Plan {
                 tunnelled.insert(b.pod_ip);
             }
         }
-        self.validate_sources()
+        self.validate_sources()?;
+        network_policy::validate(&self.network_policies).map_err(PlanError::BadNetworkPolicy)
     }
 
     fn validate_sources(&self) -> Result<(), PlanError> {

@@ -9,6 +9,7 @@ mod plans {
 
     fn plan() -> Plan {
         Plan {
+            network_policies: Vec::new(),
             version: 1,
             configs: vec![
                 GatewayConfig::new("a", vec![cidr("198.19.100.0/28")]),
@@ -79,7 +80,7 @@ mod sources {
         let mut cb = GatewayConfig::new("b", vec!["198.19.101.0/28".parse().unwrap()]);
         ca.sources = a.iter().map(|s| s.parse().unwrap()).collect();
         cb.sources = b.iter().map(|s| s.parse().unwrap()).collect();
-        Plan { version: 1, configs: vec![ca, cb], bindings: vec![] }
+        Plan { network_policies: Vec::new(), version: 1, configs: vec![ca, cb], bindings: vec![] }
     }
 
     #[test]
@@ -133,6 +134,7 @@ mod tunnels {
         c.tunnel =
             Some(TunnelConfig { address: Ipv4Addr::new(198, 18, 50, 100), port: 6000, private_key: WgSecret([7; 32]) });
         Plan {
+            network_policies: Vec::new(),
             version: 1,
             configs: vec![c, GatewayConfig::new("b", vec!["198.19.101.0/30".parse().unwrap()])],
             bindings: vec![Binding {

@@ -103,6 +103,11 @@ mod family {
         Counter,
         "DNS answers not learned (or a name displaced): the cache, or that pod's share of it, was full.",
     );
+    pub const NETWORK_POLICY_DENIED: Family = (
+        "egret_network_policy_denied",
+        Counter,
+        "New flows denied by Kubernetes NetworkPolicies, per policy (namespace/name) that selects the pod.",
+    );
     pub const HTTP_REFUSED: Family = (
         "egret_http_connections_refused",
         Counter,
@@ -266,6 +271,11 @@ fn encode_reports(
         }
     }
     emit(enc, family::RULE_HITS, hits.iter().map(|((c, _, rule), n)| (labels!("config" => c, "rule" => rule), *n)))?;
+    let mut denied: BTreeMap<String, u64> = Default::default();
+    for d in reports.iter().flat_map(|r| &r.network_policy_denials) {
+        *denied.entry(d.policy.clone()).or_default() += d.denied;
+    }
+    emit(enc, family::NETWORK_POLICY_DENIED, denied.iter().map(|(p, n)| (labels!("policy" => p), *n)))?;
     let sum = |f: fn(&WorkerReport) -> u64| one(reports.iter().map(f).sum());
     emit(enc, family::DENY_LOGS_SUPPRESSED, sum(|r| r.deny_logs_suppressed))?;
     emit(enc, family::SESSIONS_CREATED, sum(|r| r.nat.sessions_created))?;
@@ -358,6 +368,8 @@ mod tests {
         r.nat.in2out_packets = 5;
         r.nat.drops[crate::nat::DropReason::QuotaExceeded as usize] = 2;
         r.sessions_by_config = vec![("demo/a".into(), [1, 2, 0])];
+        r.network_policy_denials =
+            vec![crate::nat::NetworkPolicyDenials { policy: "team-a/default-deny".into(), denied: 7 }];
         r.ports = vec![crate::nat::PortUsage {
             addr: "198.19.100.3".parse().unwrap(),
             config: "demo/a".into(),
@@ -384,6 +396,7 @@ mod tests {
             "egret_drops_total{worker=\"1\",reason=\"quota_exceeded\"} 2",
             "egret_alloc_failures_total{reason=\"quota\"} 2",
             "egret_fqdn_cache_entries 1",
+            "egret_network_policy_denied_total{policy=\"team-a/default-deny\"} 7",
             "egret_fqdn_learned_total 1",
             "egret_fqdn_refused_total 0",
         ] {

@@ -131,7 +131,13 @@ mod tests {
         let mut with_uid = GatewayConfig::new("demo/a", vec!["198.19.100.1/32".parse().unwrap()]);
         with_uid.uid = Some(UID.into());
         let no_uid = GatewayConfig::new("demo/c", vec!["198.19.101.1/32".parse().unwrap()]);
-        let plan = CompiledPlan::new(&Plan { version: 1, configs: vec![with_uid, no_uid], bindings: vec![] }).unwrap();
+        let plan = CompiledPlan::new(&Plan {
+            network_policies: Vec::new(),
+            version: 1,
+            configs: vec![with_uid, no_uid],
+            bindings: vec![],
+        })
+        .unwrap();
         assert_eq!(ProbeState::serving_of(&plan, true), [UID.to_string()].into());
         assert!(ProbeState::serving_of(&plan, false).is_empty(), "a stuck worker serves nothing");
     }

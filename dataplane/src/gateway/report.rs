@@ -80,8 +80,22 @@ pub fn control_report(reports: &[Arc<Mutex<WorkerReport>>]) -> egret_api::v1::Re
             }
         }
     }
-    let rule_hits =
-        hits.into_iter().map(|((config, index), (rule, hits))| v1::RuleHits { config, rule, index, hits }).collect();
+    // NetworkPolicies' denials ride along as one "denied" row per policy,
+    // named `NetworkPolicy namespace/name` (egretctl rules shows them).
+    let mut denied: std::collections::BTreeMap<String, u64> = Default::default();
+    for d in rs.iter().flat_map(|r| &r.network_policy_denials) {
+        *denied.entry(d.policy.clone()).or_default() += d.denied;
+    }
+    let rule_hits = hits
+        .into_iter()
+        .map(|((config, index), (rule, hits))| v1::RuleHits { config, rule, index, hits })
+        .chain(denied.into_iter().map(|(policy, hits)| v1::RuleHits {
+            config: format!("NetworkPolicy {policy}"),
+            rule: "denied".into(),
+            index: 0,
+            hits,
+        }))
+        .collect();
     v1::Report {
         rule_hits,
         counters,

@@ -135,6 +135,8 @@ pub struct WorkerReport {
     pub snapshot: Vec<crate::nat::SessionRecord>,
     #[serde(skip)]
     pub rule_hits: Vec<crate::nat::RuleHits>,
+    #[serde(skip)]
+    pub network_policy_denials: Vec<crate::nat::NetworkPolicyDenials>,
     /// Policy denials not logged because of the log rate limit.
     pub deny_logs_suppressed: u64,
     #[serde(skip)]
@@ -413,6 +415,7 @@ impl Worker {
         r.nat = self.engine.counters().clone();
         r.ports = self.engine.port_usage();
         r.rule_hits = self.engine.rule_hits();
+        r.network_policy_denials = self.engine.network_policy_denials();
         r.deny_logs_suppressed = self.deny_logs_suppressed;
         r.tunnels = self.tunnels.reports();
         if with_snapshot {

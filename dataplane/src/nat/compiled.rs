@@ -26,6 +26,8 @@ pub struct CompiledPlan {
     pub tunnels: HashMap<(u32, u16), u16>,
     /// Fallback source CIDRs → config index.
     pub sources: SourceCidrs,
+    /// Kubernetes NetworkPolicies' egress rules, by pod.
+    pub network_policies: crate::nat::CompiledNetworkPolicies,
 }
 
 /// Fallback source CIDRs, looked up by longest match with one hash probe
@@ -171,7 +173,8 @@ impl CompiledPlan {
             by_cidr.extend(c.sources.iter().map(|&cidr| (cidr, ci as u16)));
         }
         let sources = SourceCidrs::new(by_cidr);
-        Ok(CompiledPlan { version: plan.version, configs, pods, egress, tunnelled, tunnels, sources })
+        let network_policies = crate::nat::CompiledNetworkPolicies::new(&plan.network_policies);
+        Ok(CompiledPlan { version: plan.version, configs, pods, egress, tunnelled, tunnels, sources, network_policies })
     }
 }
 
@@ -191,6 +194,7 @@ mod tests {
     #[test]
     fn pools_and_bindings_are_looked_up_by_address() {
         let plan = Plan {
+            network_policies: Vec::new(),
             version: 1,
             configs: vec![
                 GatewayConfig::new("a", vec![cidr("198.19.100.0/28")]),
@@ -211,6 +215,7 @@ mod tests {
     #[test]
     fn an_invalid_plan_compiles_to_nothing() {
         let mut plan = Plan {
+            network_policies: Vec::new(),
             version: 1,
             configs: vec![GatewayConfig::new("a", vec![cidr("198.19.100.0/28")])],
             bindings: vec![],
@@ -225,7 +230,13 @@ mod tests {
         let mut b = GatewayConfig::new("b", vec![cidr("198.19.101.0/28")]);
         a.sources = vec![cidr("198.18.0.0/16")];
         b.sources = vec![cidr("198.18.5.0/24")];
-        let c = CompiledPlan::new(&Plan { version: 1, configs: vec![a, b], bindings: vec![] }).unwrap();
+        let c = CompiledPlan::new(&Plan {
+            network_policies: Vec::new(),
+            version: 1,
+            configs: vec![a, b],
+            bindings: vec![],
+        })
+        .unwrap();
         assert_eq!(c.config_of(ip(198, 18, 5, 9)), Some(1));
         assert_eq!(c.config_of(ip(198, 18, 6, 9)), Some(0));
         assert_eq!(c.config_of(ip(198, 20, 0, 1)), None);
@@ -238,7 +249,13 @@ mod tests {
             Some(TunnelConfig { address: Ipv4Addr::new(198, 18, 50, 100), port: 6000, private_key: WgSecret([7; 32]) });
         let pod =
             Binding { pod_ip: Ipv4Addr::new(198, 18, 0, 2), config: "a".into(), public_key: Some(WgKey([1; 32])) };
-        let c = CompiledPlan::new(&Plan { version: 1, configs: vec![a], bindings: vec![pod] }).unwrap();
+        let c = CompiledPlan::new(&Plan {
+            network_policies: Vec::new(),
+            version: 1,
+            configs: vec![a],
+            bindings: vec![pod],
+        })
+        .unwrap();
         assert!(c.tunnelled.contains(&ip(198, 18, 0, 2)));
         assert_eq!(c.tunnels[&(ip(198, 18, 50, 100), 6000)], 0);
         assert_eq!(c.configs[0].tunnel.as_ref().unwrap().peers.len(), 1);

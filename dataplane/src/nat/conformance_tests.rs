@@ -60,6 +60,7 @@ fn a_plan_push_keeps_port_reuse_session_counts() {
     assert_eq!(sessions(&e), 10);
     for v in 2..5 {
         let mut next = Plan {
+            network_policies: Vec::new(),
             version: v,
             configs: vec![a.clone(), config("b", "198.19.101.0/28")],
             bindings: vec![
@@ -401,6 +402,7 @@ mod plan_cooldown {
         let mut a = config("a", "198.19.100.1/32");
         a.mapping = mapping;
         let plan = Plan {
+            network_policies: Vec::new(),
             version: 1,
             configs: vec![a, config("b", "198.19.101.0/28")],
             bindings: vec![
@@ -612,6 +614,7 @@ mod mode_switch_cooldown {
         let mut a = config("a", "198.19.100.1/32");
         a.mapping = mapping;
         let plan = Plan {
+            network_policies: Vec::new(),
             version: 1,
             configs: vec![a, config("b", "198.19.101.0/28")],
             bindings: vec![

@@ -54,6 +54,9 @@ crate::counters::reasons! {
         NoRoomForReply = "no_room_for_reply",
         /// A new flow the config's egress policy denies.
         PolicyDenied = "policy_denied",
+        /// A new flow of a pod that Kubernetes NetworkPolicies select and none
+        /// of them allows (counted per policy too).
+        NetworkPolicyDenied = "network_policy_denied",
         /// The pod holds its whole session limit (RFC 6888 REQ-5): its flows,
         /// and outside peers on its endpoint-independent mappings.
         SessionLimit = "session_limit",

@@ -81,6 +81,12 @@ impl NatEngine {
                         return self.deny(buf, len, &p, ci, now);
                     }
                 }
+                // Both layers must allow: the platform's EgressPolicy above,
+                // the namespace's NetworkPolicies here (dropped, as
+                // NetworkPolicy implementations do).
+                if self.network_policy_denies(&key) {
+                    return self.drop(DropReason::NetworkPolicyDenied);
+                }
                 match self.create_session(&key, ci, draw, now) {
                     Ok(i) => i,
                     Err(reason) => return self.refuse(buf, len, reason, now),

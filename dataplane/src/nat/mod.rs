@@ -29,6 +29,7 @@ mod icmp;
 mod in2out;
 mod lifecycle;
 mod mtu;
+pub mod network_policy;
 mod out2in;
 pub mod policy;
 mod policy_check;
@@ -45,6 +46,7 @@ pub use counters::{Counters, DropReason};
 pub use events::{DenyEvent, NatEvent};
 pub use flow_index::prefetch;
 pub use frag::{ReleaseTo, Released};
+pub use network_policy::{CompiledNetworkPolicies, NetworkPolicyDenials};
 pub use policy::{Decision, FqdnCache};
 pub use policy_check::RuleHits;
 pub use snapshot::{RestoreStats, SessionRecord};
@@ -262,6 +264,8 @@ pub struct NatEngine {
     next_fqdn_sweep: u32,
     /// Per config: hits per policy rule, then the default's hits last.
     policy_hits: Vec<Vec<u64>>,
+    /// New flows each NetworkPolicy of the plan denied, by index.
+    network_policy_denials: Vec<u64>,
     deny_events: std::collections::VecDeque<DenyEvent>,
     nat_events: std::collections::VecDeque<NatEvent>,
     /// Live sessions per config index and protocol slot.
@@ -312,6 +316,7 @@ impl NatEngine {
             fqdn: FqdnCache::new(1 << 16),
             next_fqdn_sweep: 0,
             policy_hits: Vec::new(),
+            network_policy_denials: Vec::new(),
             deny_events: std::collections::VecDeque::with_capacity(DENY_EVENTS_KEPT),
             nat_events: std::collections::VecDeque::new(),
             live: Vec::new(),
@@ -327,6 +332,7 @@ impl NatEngine {
                 tunnelled: hashbrown::HashSet::new(),
                 tunnels: HashMap::new(),
                 sources: Default::default(),
+                network_policies: Default::default(),
             }),
             settings,
         };

@@ -145,6 +145,9 @@ impl NatEngine {
                 return Err(DropReason::PolicyDenied);
             }
         }
+        if self.network_policy_denies(&inside) {
+            return Err(DropReason::NetworkPolicyDenied);
+        }
         let s = self.new_session(&inside, (m.egress, m.egress_port), m.config, mi, now);
         let Some(i) = self.sessions.insert(s) else { return Err(DropReason::SessionTableFull) };
         self.mappings.get_mut(mi).refs += 1;

@@ -17,6 +17,7 @@ fn engine() -> NatEngine {
     a.mapping = MappingMode::PortReuse;
     a.port_quota = 1 << 20;
     let plan = Plan {
+        network_policies: Vec::new(),
         version: 1,
         configs: vec![a],
         bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }],
@@ -59,6 +60,7 @@ fn exhaustion_is_claimed_only_when_every_tuple_is_taken() {
     let mut a = GatewayConfig::new("a", vec!["198.19.100.0/30".parse().unwrap()]);
     a.mapping = MappingMode::PortReuse;
     let plan = Plan {
+        network_policies: Vec::new(),
         version: 1,
         configs: vec![a],
         bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }],

@@ -51,6 +51,7 @@ impl NatEngine {
             .collect();
         drop(old_hits);
         self.policy_hits = policy_hits;
+        self.network_policy_denials = self.carry_network_policy_denials(&old, &plan);
 
         // Egress addresses: keep the port bitmaps of those that stay, in
         // whichever config: ports cut below cool down before reuse (RFC
@@ -111,9 +112,12 @@ impl NatEngine {
             let s = *self.sessions.get(i);
             let staying =
                 keep(s.pod, s.egress, s.config, &plan).filter(|&ci| !plan.configs[usize::from(ci)].excludes(s.remote));
-            let kept = staying.filter(|&ci| !s.is_live() || !self.policy_cuts(&plan.configs[usize::from(ci)], &s, now));
-            if let (Some(ci), None) = (staying, kept) {
-                // Cut by the policy alone: under `reject`, its server's
+            let egress_cut =
+                staying.is_some_and(|ci| s.is_live() && self.policy_cuts(&plan.configs[usize::from(ci)], &s, now));
+            let network_cut = staying.is_some() && s.is_live() && Self::network_policy_cuts(&plan, &s);
+            let kept = staying.filter(|_| !egress_cut && !network_cut);
+            if let (Some(ci), true) = (staying, egress_cut) {
+                // Cut by the EgressPolicy: under `reject`, its server's
                 // next segment resets the pod.
                 if Self::resets_when_cut(&plan.configs[usize::from(ci)], &s) && !self.cut_resets.record(&s, now) {
                     self.counters.cut_flows_untracked += 1;

@@ -18,6 +18,7 @@ pub const GW: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
 pub fn plan_with(a: GatewayConfig, b: GatewayConfig) -> Arc<CompiledPlan> {
     let plan = Plan {
+        network_policies: Vec::new(),
         version: 1,
         configs: vec![a, b],
         bindings: vec![
@@ -928,6 +929,7 @@ fn a_new_plan_moves_new_flows_and_cuts_sessions_it_no_longer_covers() {
     b1.run(&mut e, T0);
     // Rebind pod A to config b; b is unchanged.
     let plan = Plan {
+        network_policies: Vec::new(),
         version: 2,
         configs: vec![config("a", "198.19.100.0/28"), config("b", "198.19.101.0/28")],
         bindings: vec![
@@ -1376,6 +1378,7 @@ mod tunnelled {
         a.tunnel =
             Some(TunnelConfig { address: [198, 18, 50, 100].into(), port: 6000, private_key: WgSecret([7; 32]) });
         let plan = Plan {
+            network_policies: Vec::new(),
             version: 1,
             configs: vec![a, config("b", "198.19.101.0/28")],
             bindings: vec![
@@ -1459,5 +1462,132 @@ mod tunnelled {
         let icmp_msg = &big.buf[20..len];
         assert_eq!((icmp_msg[0], icmp_msg[1]), (icmp::DEST_UNREACHABLE, icmp::CODE_FRAG_NEEDED));
         assert_eq!(u16::from_be_bytes([icmp_msg[6], icmp_msg[7]]), 1420);
+    }
+}
+
+mod network_policy {
+    //! Kubernetes NetworkPolicy's egress rules, enforced on new flows.
+    use super::*;
+    use crate::plan::{
+        EgressPolicy, IpBlock, NetworkPolicy, NetworkPolicyRule, NetworkPort, NetworkProtocol, PolicyAction, PolicyRule,
+    };
+
+    const ECHO: [u8; 4] = [198, 19, 0, 254];
+
+    /// pod-a selected by "team/default-deny" (no rules) and by
+    /// "team/allow-echo" (TCP 8080 to the echo server's /32); pod-b by none.
+    fn policies() -> Vec<NetworkPolicy> {
+        vec![
+            NetworkPolicy { name: "team/default-deny".into(), pods: vec![POD_A.into()], egress: vec![] },
+            NetworkPolicy {
+                name: "team/allow-echo".into(),
+                pods: vec![POD_A.into()],
+                egress: vec![NetworkPolicyRule {
+                    to: Some(vec![IpBlock { cidr: "198.19.0.254/32".parse().unwrap(), except: vec![] }]),
+                    ports: Some(vec![NetworkPort { protocol: NetworkProtocol::Tcp, lo: 8080, hi: 8080 }]),
+                }],
+            },
+        ]
+    }
+
+    fn plan(a: GatewayConfig, network_policies: Vec<NetworkPolicy>) -> Arc<CompiledPlan> {
+        let plan = Plan {
+            version: 1,
+            configs: vec![a, config("b", "198.19.101.0/28")],
+            bindings: vec![
+                Binding { pod_ip: POD_A.into(), config: "a".into(), public_key: None },
+                Binding { pod_ip: POD_B.into(), config: "b".into(), public_key: None },
+            ],
+            network_policies,
+        };
+        Arc::new(CompiledPlan::new(&plan).unwrap())
+    }
+
+    fn forwarded(v: Verdict) -> bool {
+        matches!(v, Verdict::Forward { side: Side::Outside, .. })
+    }
+
+    #[test]
+    fn a_selected_pod_sends_only_what_one_of_its_policies_allows() {
+        let mut e = NatEngine::new(settings(), plan(config("a", "198.19.100.0/28"), policies()));
+        assert!(forwarded(tcp(POD_A, 40000, ECHO, 8080, tcpf::SYN).run(&mut e, T0)), "the allowed port");
+        let denied = Verdict::Drop(DropReason::NetworkPolicyDenied);
+        assert_eq!(tcp(POD_A, 40001, ECHO, 80, tcpf::SYN).run(&mut e, T0), denied, "another port");
+        assert_eq!(tcp(POD_A, 40002, SERVER, 8080, tcpf::SYN).run(&mut e, T0), denied, "another address");
+        assert_eq!(echo(POD_A, ECHO, 7, false).run(&mut e, T0), denied, "ping: ports name TCP only");
+        assert_eq!(udp(POD_A, 5000, ECHO, 8080, b"q").run(&mut e, T0), denied, "UDP to the TCP port");
+        assert_eq!(e.counters().dropped(DropReason::NetworkPolicyDenied), 4);
+        // Each selecting policy counts the flows none allowed.
+        let d = e.network_policy_denials();
+        assert_eq!(
+            d.iter().map(|d| (d.policy.as_str(), d.denied)).collect::<Vec<_>>(),
+            [("team/default-deny", 4), ("team/allow-echo", 4)]
+        );
+    }
+
+    #[test]
+    fn a_pod_no_policy_selects_is_not_restricted() {
+        let mut e = NatEngine::new(settings(), plan(config("a", "198.19.100.0/28"), policies()));
+        assert!(forwarded(tcp(POD_B, 40000, SERVER, 80, tcpf::SYN).run(&mut e, T0)));
+        assert!(forwarded(echo(POD_B, SERVER, 7, false).run(&mut e, T0)));
+    }
+
+    #[test]
+    fn an_egress_policy_deny_wins_over_a_network_policy_allow() {
+        let mut a = config("a", "198.19.100.0/28");
+        a.policy = Some(EgressPolicy {
+            default_action: PolicyAction::Allow,
+            rules: vec![PolicyRule {
+                name: "no-echo".into(),
+                action: PolicyAction::Deny,
+                cidrs: vec!["198.19.0.254/32".parse().unwrap()],
+                fqdns: vec![],
+                protocol: None,
+                ports: vec![],
+                pods: None,
+            }],
+            deny_response: crate::plan::DenyResponse::Drop,
+            live_flows: crate::plan::LiveFlows::Cut,
+            dns_ttl_floor: 30,
+            dns_resolvers: vec![],
+        });
+        let mut e = NatEngine::new(settings(), plan(a, policies()));
+        assert_eq!(tcp(POD_A, 40000, ECHO, 8080, tcpf::SYN).run(&mut e, T0), Verdict::Drop(DropReason::PolicyDenied));
+    }
+
+    #[test]
+    fn a_policy_change_cuts_the_live_flows_it_denies_and_keeps_the_others() {
+        let mut e = NatEngine::new(settings(), plan(config("a", "198.19.100.0/28"), vec![]));
+        let mut to_echo = tcp(POD_A, 40000, ECHO, 8080, tcpf::SYN);
+        assert!(forwarded(to_echo.run(&mut e, T0)));
+        let mut elsewhere = udp(POD_A, 5000, SERVER, 53, b"q");
+        assert!(forwarded(elsewhere.run(&mut e, T0)));
+        let mut b = udp(POD_B, 5000, SERVER, 53, b"q");
+        assert!(forwarded(b.run(&mut e, T0)));
+        // The SYN-ACK makes the TCP flow live.
+        let mut synack = tcp(ECHO, 8080, to_echo.src(), to_echo.sport(), tcpf::SYN | tcpf::ACK);
+        assert!(matches!(synack.run(&mut e, T0), Verdict::Forward { side: Side::Inside, .. }));
+        assert_eq!(e.session_count(), 3);
+        e.apply_plan(plan(config("a", "198.19.100.0/28"), policies()), T0);
+        assert_eq!(e.session_count(), 2, "pod-a's UDP flow to the server is cut; its echo flow and pod-b's stay");
+        let mut reply = udp(SERVER, 53, elsewhere.src(), elsewhere.sport(), b"a");
+        assert_eq!(reply.run(&mut e, T0), Verdict::Drop(DropReason::Unsolicited));
+        // Removing the policies restores egress.
+        e.apply_plan(plan(config("a", "198.19.100.0/28"), vec![]), T0);
+        assert!(forwarded(udp(POD_A, 5001, SERVER, 53, b"q").run(&mut e, T0)));
+    }
+
+    #[test]
+    fn denial_counts_follow_a_policy_by_name_across_plans() {
+        let mut e = NatEngine::new(settings(), plan(config("a", "198.19.100.0/28"), policies()));
+        let _ = tcp(POD_A, 40001, ECHO, 80, tcpf::SYN).run(&mut e, T0);
+        let mut reordered = policies();
+        reordered.reverse();
+        e.apply_plan(plan(config("a", "198.19.100.0/28"), reordered), T0);
+        let d = e.network_policy_denials();
+        assert_eq!(
+            d.iter().map(|d| (d.policy.as_str(), d.denied)).collect::<Vec<_>>(),
+            [("team/allow-echo", 1), ("team/default-deny", 1)]
+        );
     }
 }

@@ -271,7 +271,15 @@ mod stage {
         let mut c = GatewayConfig::new("a", vec!["198.19.100.0/30".parse().unwrap()]);
         c.tunnel = Some(TunnelConfig { address: *ILB.ip(), port: ILB.port(), private_key: WgSecret(GW_KEY) });
         let bindings = vec![Binding { pod_ip: POD_A, config: "a".into(), public_key: Some(WgKey(public(key(1)))) }];
-        Arc::new(crate::nat::CompiledPlan::new(&Plan { version: 1, configs: vec![c], bindings }).unwrap())
+        Arc::new(
+            crate::nat::CompiledPlan::new(&Plan {
+                network_policies: Vec::new(),
+                version: 1,
+                configs: vec![c],
+                bindings,
+            })
+            .unwrap(),
+        )
     }
 
     fn datagram(payload: &[u8], from: SocketAddrV4, to: SocketAddrV4) -> Vec<u8> {
