@@ -67,7 +67,7 @@ pub fn control_report(reports: &[Arc<Mutex<WorkerReport>>]) -> egret_api::v1::Re
             remote_ip: s.remote.to_string(),
             remote_port: u32::from(s.remote_port),
             config: s.config.clone(),
-            state: format!("{:#x}", s.state),
+            state: crate::nat::session::state::name(s.proto, s.state).into(),
             idle_ms: 0,
         })
         .collect();

@@ -68,6 +68,45 @@ pub mod state {
     pub const COOLDOWN: u8 = 64;
     /// Slab slot unused.
     pub const FREE: u8 = 128;
+
+    /// The state's name, as an operator reads it (conntrack's words): a
+    /// TCP session by the bits seen, any other protocol by whether it
+    /// ended.
+    pub fn name(proto: u8, bits: u8) -> &'static str {
+        if bits & FREE != 0 {
+            return "free";
+        }
+        if bits & COOLDOWN != 0 {
+            return "cooldown";
+        }
+        if proto != crate::wire::ipv4::PROTO_TCP {
+            return "active";
+        }
+        match (bits & RST != 0, bits & FIN_OUT != 0, bits & FIN_IN != 0) {
+            (true, _, _) => "reset",
+            (_, true, true) => "closing",
+            (_, true, false) => "fin-wait",
+            (_, false, true) => "close-wait",
+            _ if bits & ESTABLISHED != 0 => "established",
+            _ if bits & SYN_IN != 0 => "syn-received",
+            _ if bits & SYN_OUT != 0 => "syn-sent",
+            _ => "none",
+        }
+    }
+
+    #[cfg(test)]
+    #[test]
+    fn names_read_as_conntrack_states() {
+        let tcp = crate::wire::ipv4::PROTO_TCP;
+        assert_eq!(name(tcp, 0x2f), "closing", "what egretctl showed as 0x2f");
+        assert_eq!(name(tcp, SYN_OUT), "syn-sent");
+        assert_eq!(name(tcp, SYN_OUT | SYN_IN), "syn-received");
+        assert_eq!(name(tcp, SYN_OUT | SYN_IN | ESTABLISHED), "established");
+        assert_eq!(name(tcp, SYN_OUT | SYN_IN | ESTABLISHED | FIN_IN), "close-wait");
+        assert_eq!(name(tcp, SYN_OUT | ESTABLISHED | RST), "reset");
+        assert_eq!(name(tcp, COOLDOWN), "cooldown");
+        assert_eq!(name(17, 0), "active");
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
