@@ -77,14 +77,54 @@ fn policy(n: usize) -> egret_dataplane::plan::EgressPolicy {
     }
 }
 
+/// `n` NetworkPolicies of one rule each (UDP 443 to a /32 elsewhere);
+/// `selected`: each selects one of the benchmark's pods (round robin) and
+/// the last of a pod's policies allows the benchmark's destinations, so
+/// every new flow walks all of its pod's policies; otherwise they select
+/// pods that send nothing here.
+fn network_policies(n: usize, selected: bool) -> Vec<egret_dataplane::plan::NetworkPolicy> {
+    use egret_dataplane::plan::{IpBlock, NetworkPolicy, NetworkPolicyRule, NetworkPort, NetworkProtocol};
+    (0..n)
+        .map(|i| {
+            let last_of_pod = i + PODS as usize >= n;
+            let cidr = if selected && last_of_pod {
+                "198.19.0.0/24".to_string()
+            } else {
+                format!("198.19.{}.{}/32", 1 + (i >> 8) % 250, i & 255)
+            };
+            let pod_ip = if selected {
+                pod(i as u32).into()
+            } else {
+                Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 0)) + i as u32)
+            };
+            NetworkPolicy {
+                name: format!("ns{}/p{i}", i % 100),
+                pods: vec![pod_ip],
+                egress: vec![NetworkPolicyRule {
+                    to: Some(vec![IpBlock { cidr: cidr.parse().unwrap(), except: vec![] }]),
+                    ports: Some(vec![NetworkPort { protocol: NetworkProtocol::Udp, lo: 443, hi: 443 }]),
+                }],
+            }
+        })
+        .collect()
+}
+
 fn plan_with_policy(mode: MappingMode, policy: Option<egret_dataplane::plan::EgressPolicy>) -> Arc<CompiledPlan> {
+    plan_with(mode, policy, Vec::new())
+}
+
+fn plan_with(
+    mode: MappingMode,
+    policy: Option<egret_dataplane::plan::EgressPolicy>,
+    network_policies: Vec<egret_dataplane::plan::NetworkPolicy>,
+) -> Arc<CompiledPlan> {
     let mut c = GatewayConfig::new("bench", vec!["198.19.100.0/28".parse().unwrap()]);
     c.policy = policy;
     c.mapping = mode;
     c.port_quota = u32::MAX;
     let bindings =
         (0..PODS).map(|i| Binding { pod_ip: pod(i).into(), config: "bench".into(), public_key: None }).collect();
-    Arc::new(CompiledPlan::new(&Plan { network_policies: Vec::new(), version: 1, configs: vec![c], bindings }).unwrap())
+    Arc::new(CompiledPlan::new(&Plan { network_policies, version: 1, configs: vec![c], bindings }).unwrap())
 }
 
 fn engine(mode: MappingMode, capacity: usize) -> NatEngine {
@@ -219,7 +259,7 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only established|new|policy|memory`: one group of rows (to profile it).
+    // `--only established|new|policy|netpol|memory`: one group of rows (to profile it).
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let want = |group: &str| only.as_deref().is_none_or(|o| o == group);
     let runs = if quick { 1 } else { 5 };
@@ -273,6 +313,33 @@ fn main() {
         let pkts: Vec<[u8; FRAME]> = order(n).into_iter().map(flow).collect();
         for (label, pol) in [("no policy", None), ("10k-rule policy", Some(policy(10_000)))] {
             let plan = plan_with_policy(MappingMode::PortReuse, pol);
+            let rates: Vec<f64> = (0..runs)
+                .map(|_| {
+                    let s = EngineSettings {
+                        session_capacity: n + 1024,
+                        router_ip: Ipv4Addr::new(198, 18, 0, 1),
+                        seed: 1,
+                        ..Default::default()
+                    };
+                    let mut e = NatEngine::new(s, plan.clone());
+                    run(&mut e, &pkts, 1)
+                })
+                .collect();
+            rows.push((format!("new sessions (port reuse), {label}, {n} flows"), median(rates), "M/s"));
+        }
+    }
+
+    // Kubernetes NetworkPolicies: none; 10,000 that select other pods (the
+    // cost for a pod no policy selects); 10,000 over the benchmark's pods.
+    if want("netpol") {
+        let n = if quick { 50_000 } else { 500_000 };
+        let pkts: Vec<[u8; FRAME]> = order(n).into_iter().map(flow).collect();
+        for (label, nps) in [
+            ("no NetworkPolicy", Vec::new()),
+            ("10,000 NetworkPolicies selecting other pods", network_policies(10_000, false)),
+            ("10,000 NetworkPolicies, ~10 selecting each flow's pod", network_policies(10_000, true)),
+        ] {
+            let plan = plan_with(MappingMode::PortReuse, None, nps);
             let rates: Vec<f64> = (0..runs)
                 .map(|_| {
                     let s = EngineSettings {
