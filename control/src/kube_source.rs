@@ -1,17 +1,18 @@
 //! The Kubernetes source: list/watch StaticGatewayConfigurations, Pods
 //! (keeping those with the gateway annotation), gateway Nodes, Egret's
-//! EgressPolicies, kube-egress-gateway's PodEndpoints (one per tunnelled
-//! pod), its GatewayVMConfigurations (each node's own address per config) and the Secrets that hold configs' WireGuard keys (only in the
-//! add-on's namespaces, and only those with a `PrivateKey`: others are
-//! dropped as they arrive) with kube-rs watchers, which resume from the last
+//! EgressPolicies, NetworkPolicies (all namespaces), kube-egress-gateway's
+//! PodEndpoints (one per tunnelled pod), its GatewayVMConfigurations (each
+//! node's own address per config) and the Secrets that hold configs'
+//! WireGuard keys (only in the add-on's namespaces, and only those with a
+//! `PrivateKey`: others are dropped as they arrive) with kube-rs watchers, which resume from the last
 //! resourceVersion after a disconnect, follow bookmarks, and re-list when the
 //! API server answers 410 Gone. Objects are read as untyped JSON and decoded
 //! into `egret_cluster` types, so the objects of
 //! Azure/kube-egress-gateway are accepted unchanged.
 //!
 //! Fail closed: no plan is published until every kind has listed, because a
-//! plan made without a kind's objects allows more (no EgressPolicy: every
-//! destination) or cuts pods off (no PodEndpoints, Secrets or
+//! plan made without a kind's objects allows more (no EgressPolicy or
+//! NetworkPolicy: every destination) or cuts pods off (no PodEndpoints, Secrets or
 //! GatewayVMConfigurations). A failed list is retried with backoff; only an
 //! answer meaning "there are none" (`Kind::may_be_absent`) lets a kind go
 //! without, and that is reported as a problem. A list or watch that fails
@@ -19,8 +20,9 @@
 
 use crate::state::ControlState;
 use egret_cluster::{
-    BrokenPolicy, ClusterState, EgressPolicyObject, GatewayVmConfiguration, Node, Pod, PodEndpoint, Secret,
-    StaticGatewayConfiguration, POD_ENDPOINT_KIND, POLICY_KIND, SGC_GROUP, SGC_KIND, SGC_VERSION, VM_CONFIG_KIND,
+    BrokenPolicy, ClusterState, EgressPolicyObject, GatewayVmConfiguration, NetworkPolicyObject, Node, Pod,
+    PodEndpoint, Secret, StaticGatewayConfiguration, NETWORK_POLICY_GROUP, NETWORK_POLICY_KIND, NETWORK_POLICY_VERSION,
+    POD_ENDPOINT_KIND, POLICY_KIND, SGC_GROUP, SGC_KIND, SGC_VERSION, VM_CONFIG_KIND,
 };
 use futures::{FutureExt, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -37,6 +39,8 @@ enum Kind {
     Policy,
     PodEndpoint,
     VmConfig,
+    /// `networking.k8s.io/v1` NetworkPolicies, all namespaces.
+    NetworkPolicy,
     /// Secrets of the n-th namespace in `Options::secret_namespaces`.
     Secret(usize),
 }
@@ -47,15 +51,16 @@ pub const SECRET_NAMESPACES: [&str; 2] = ["kube-egress-gateway-system", "aks-sta
 
 impl Kind {
     /// Whether an API server answer with HTTP status `code` to this kind's
-    /// list means there are none to wait for. Configs, pods and nodes are
-    /// always needed. A 404 for EgressPolicies is the CRD not installed, so
+    /// list means there are none to wait for. Configs, pods, nodes and
+    /// NetworkPolicies (a built-in API: a 403 is RBAC missing, and a plan
+    /// without them allows what they deny) are always needed. A 404 for EgressPolicies is the CRD not installed, so
     /// no policy exists; a 403 is not: a policy that exists but cannot be
     /// read must not be served as none (allow-all). kube-egress-gateway's
     /// kinds may be missing (404) or not granted (403, e.g. one of the
     /// Secret namespaces): what needs them is then left out, fail closed.
     fn may_be_absent(self, code: u16) -> bool {
         match self {
-            Kind::Config | Kind::Pod | Kind::Node => false,
+            Kind::Config | Kind::Pod | Kind::Node | Kind::NetworkPolicy => false,
             Kind::Policy => code == 404,
             Kind::PodEndpoint | Kind::VmConfig | Kind::Secret(_) => code == 403 || code == 404,
         }
@@ -130,6 +135,7 @@ fn resource(kind: Kind) -> ApiResource {
         Kind::Policy => GroupVersionKind::gvk("egret.dev", "v1alpha1", POLICY_KIND),
         Kind::PodEndpoint => GroupVersionKind::gvk(SGC_GROUP, SGC_VERSION, POD_ENDPOINT_KIND),
         Kind::VmConfig => GroupVersionKind::gvk(SGC_GROUP, SGC_VERSION, VM_CONFIG_KIND),
+        Kind::NetworkPolicy => GroupVersionKind::gvk(NETWORK_POLICY_GROUP, NETWORK_POLICY_VERSION, NETWORK_POLICY_KIND),
         Kind::Secret(_) => GroupVersionKind::gvk("", "v1", "Secret"),
     };
     ApiResource::from_gvk(&gvk)
@@ -161,7 +167,7 @@ fn wanted(kind: Kind, v: &serde_json::Value) -> bool {
         Kind::Pod => serde_json::from_value::<Pod>(v.clone()).is_ok_and(|p| p.gateway_config().is_some()),
         Kind::Node => serde_json::from_value::<Node>(v.clone()).is_ok_and(|n| n.is_gateway()),
         Kind::Secret(_) => v["data"].get("PrivateKey").is_some(),
-        Kind::Config | Kind::Policy | Kind::PodEndpoint | Kind::VmConfig => true,
+        Kind::Config | Kind::Policy | Kind::PodEndpoint | Kind::VmConfig | Kind::NetworkPolicy => true,
     }
 }
 
@@ -238,6 +244,10 @@ fn cluster_state(stores: &BTreeMap<Kind, Store>) -> ClusterState {
         nodes: decode::<Node>(stores.get(&Kind::Node), "Node"),
         pod_endpoints: decode::<PodEndpoint>(stores.get(&Kind::PodEndpoint), POD_ENDPOINT_KIND),
         vm_configs: decode::<GatewayVmConfiguration>(stores.get(&Kind::VmConfig), VM_CONFIG_KIND),
+        // Only the metadata is decoded here (an API server's always
+        // decodes); reconcile reads the spec and fails an unreadable one
+        // closed.
+        network_policies: decode::<NetworkPolicyObject>(stores.get(&Kind::NetworkPolicy), NETWORK_POLICY_KIND),
         secrets: stores
             .iter()
             .filter(|(k, _)| matches!(k, Kind::Secret(_)))
@@ -300,7 +310,8 @@ pub async fn watch_kubernetes(state: Arc<ControlState>, client: kube::Client) {
 /// Watches the cluster forever, updating `state` after each burst of
 /// events, once [`ready`].
 pub async fn watch_kubernetes_with(state: Arc<ControlState>, client: kube::Client, opts: Options) {
-    let mut kinds = vec![Kind::Config, Kind::Pod, Kind::Node, Kind::Policy, Kind::PodEndpoint, Kind::VmConfig];
+    let mut kinds =
+        vec![Kind::Config, Kind::Pod, Kind::Node, Kind::Policy, Kind::PodEndpoint, Kind::VmConfig, Kind::NetworkPolicy];
     kinds.extend((0..opts.secret_namespaces.len()).map(Kind::Secret));
     let streams = kinds.iter().enumerate().map(|(i, &kind)| {
         let api: Api<DynamicObject> = match kind {

@@ -10,7 +10,10 @@
 //! config and PodEndpoint names, interface names and pod public keys.
 
 use crate::state::{ControlState, Snapshot};
-use egret_cluster::{Problem, POD_ENDPOINT_KIND, POLICY_KIND, SGC_GROUP, SGC_KIND, SGC_VERSION, VM_CONFIG_KIND};
+use egret_cluster::{
+    Problem, NETWORK_POLICY_GROUP, NETWORK_POLICY_KIND, NETWORK_POLICY_VERSION, POD_ENDPOINT_KIND, POLICY_KIND,
+    SGC_GROUP, SGC_KIND, SGC_VERSION, VM_CONFIG_KIND,
+};
 use egret_plan::{Plan, WgKey};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
@@ -117,6 +120,7 @@ fn api_version(kind: &str) -> Option<String> {
     match kind {
         SGC_KIND | POD_ENDPOINT_KIND | VM_CONFIG_KIND => Some(format!("{SGC_GROUP}/{SGC_VERSION}")),
         POLICY_KIND => Some("egret.dev/v1alpha1".into()),
+        NETWORK_POLICY_KIND => Some(format!("{NETWORK_POLICY_GROUP}/{NETWORK_POLICY_VERSION}")),
         "Pod" | "Node" | "Secret" => Some("v1".into()),
         _ => None,
     }
@@ -361,6 +365,7 @@ mod tests {
             public_key: k,
         };
         Plan {
+            network_policies: Vec::new(),
             version: 3,
             configs: vec![plain, blue],
             bindings: vec![
@@ -435,6 +440,11 @@ mod tests {
         assert_eq!((r.api_version.as_deref(), r.namespace, r.name.as_deref()), (Some("v1"), None, Some("gw-0")));
         let (_, r) = problem_event(&Problem::new(POLICY_KIND, "apps/deny", "bad rule"), None).unwrap();
         assert_eq!(r.api_version.as_deref(), Some("egret.dev/v1alpha1"));
+        let (_, r) = problem_event(&Problem::new(NETWORK_POLICY_KIND, "apps/lock", "bad cidr"), None).unwrap();
+        assert_eq!(
+            (r.api_version.as_deref(), r.kind.as_deref()),
+            (Some("networking.k8s.io/v1"), Some("NetworkPolicy"))
+        );
 
         let long = Problem::new("Pod", "apps/web", "é".repeat(NOTE_MAX));
         let (event, _) = problem_event(&long, None).unwrap();

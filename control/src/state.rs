@@ -4,7 +4,9 @@
 
 use egret_api::v1::Report;
 use egret_cluster as cluster;
-use egret_cluster::{ClusterState, Problem, Reconciled, POD_ENDPOINT_KIND, POLICY_KIND, SGC_KIND, VM_CONFIG_KIND};
+use egret_cluster::{
+    ClusterState, Problem, Reconciled, NETWORK_POLICY_KIND, POD_ENDPOINT_KIND, POLICY_KIND, SGC_KIND, VM_CONFIG_KIND,
+};
 use egret_plan::{Plan, WgKey};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -256,6 +258,7 @@ fn object_uids(st: &ClusterState) -> BTreeMap<String, String> {
         .chain(st.policies.iter().filter_map(|o| namespaced(POLICY_KIND, &o.metadata)))
         .chain(st.pod_endpoints.iter().filter_map(|o| namespaced(POD_ENDPOINT_KIND, &o.metadata)))
         .chain(st.vm_configs.iter().filter_map(|o| namespaced(VM_CONFIG_KIND, &o.metadata)))
+        .chain(st.network_policies.iter().filter_map(|o| namespaced(NETWORK_POLICY_KIND, &o.metadata)))
         .chain(nodes)
         .collect()
 }

@@ -30,6 +30,7 @@ const NODES: &str = "/api/v1/nodes";
 const POD_ENDPOINTS: &str = "/apis/egressgateway.kubernetes.azure.com/v1alpha1/podendpoints";
 const VM_CONFIGS: &str = "/apis/egressgateway.kubernetes.azure.com/v1alpha1/gatewayvmconfigurations";
 const POLICIES: &str = "/apis/egret.dev/v1alpha1/egresspolicies";
+const NETWORK_POLICIES: &str = "/apis/networking.k8s.io/v1/networkpolicies";
 /// kube-egress-gateway's Helm namespace: config Secrets live here.
 const SECRETS: &str = "/api/v1/namespaces/kube-egress-gateway-system/secrets";
 /// The AKS add-on's namespace, where this fake's RBAC says no (403).
@@ -339,7 +340,9 @@ impl Fake {
                     "Forbidden",
                     "secrets is forbidden: User \"system:serviceaccount:egret:egret-control\" cannot list resource \"secrets\"",
                 ))
-            } else if ![SGCS, PODS, NODES, POD_ENDPOINTS, SECRETS, VM_CONFIGS, POLICIES].contains(&path) {
+            } else if ![SGCS, PODS, NODES, POD_ENDPOINTS, SECRETS, VM_CONFIGS, POLICIES, NETWORK_POLICIES]
+                .contains(&path)
+            {
                 Some(status_reply(404, "NotFound", "the server could not find the requested resource"))
             } else {
                 None
@@ -823,7 +826,8 @@ const VM_CONFIG_LIST: &str =
     "GatewayVMConfiguration list (egressgateway.kubernetes.azure.com/v1alpha1, all namespaces)";
 const SECRET_LIST: &str = "Secret list (namespace kube-egress-gateway-system)";
 const DENIED_LIST: &str = "Secret list (namespace aks-static-egress-gateway)";
-const LISTED: [&str; 7] = [SGCS, PODS, NODES, POLICIES, POD_ENDPOINTS, VM_CONFIGS, SECRETS];
+const NETWORK_POLICY_LIST: &str = "NetworkPolicy list (networking.k8s.io/v1, all namespaces)";
+const LISTED: [&str; 8] = [SGCS, PODS, NODES, POLICIES, POD_ENDPOINTS, VM_CONFIGS, SECRETS, NETWORK_POLICIES];
 
 /// Waits until every kind but `path` listed and the source went on to watch
 /// it (so it has taken the list in), and `path` was tried twice more.
@@ -881,6 +885,72 @@ async fn a_failing_secret_list_holds_back_the_first_plan() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_vm_config_list_holds_back_the_first_plan() {
     holds_back_the_first_plan(VM_CONFIGS, VM_CONFIG_LIST, 500).await;
+}
+
+/// NetworkPolicy is a built-in API: a failing list (a 403 too, RBAC not
+/// granted) is never "there are none", which would allow what they deny.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_network_policy_list_holds_back_the_first_plan() {
+    holds_back_the_first_plan(NETWORK_POLICIES, NETWORK_POLICY_LIST, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_network_policy_list_holds_back_the_first_plan() {
+    holds_back_the_first_plan(NETWORK_POLICIES, NETWORK_POLICY_LIST, 403).await;
+}
+
+fn network_policy(name: &str, egress: Value) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": "apps", "uid": format!("uid-np-{name}")},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"], "egress": egress}})
+}
+
+/// gw-0's NetworkPolicies as (name, pods, egress JSON).
+fn network_policies(state: &ControlState) -> Vec<(String, Vec<String>, Value)> {
+    let snap = state.snapshot();
+    let Some(np) = snap.plans.get("gw-0") else { return vec![] };
+    np.plan
+        .network_policies
+        .iter()
+        .map(|p| {
+            (p.name.clone(), p.pods.iter().map(|ip| ip.to_string()).collect(), serde_json::to_value(&p.egress).unwrap())
+        })
+        .collect()
+}
+
+/// NetworkPolicies are listed with everything else, select the tunnelled
+/// pod by its Pod's labels, and follow the watch: an edit and a delete each
+/// make a new plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policies_are_listed_watched_and_reach_the_plan() {
+    let fake = Fake::new();
+    tunnelled_cluster(&fake);
+    let mut web = pod("web", "198.18.0.2", "blue");
+    web["metadata"]["labels"] = json!({"app": "web"});
+    fake.put(PODS, web, false);
+    let https =
+        json!([{"to": [{"ipBlock": {"cidr": "198.51.100.0/24"}}], "ports": [{"protocol": "TCP", "port": 443}]}]);
+    fake.put(NETWORK_POLICIES, network_policy("lock", https), false);
+    let state = watched_fast(&fake).await;
+    let long = Duration::from_secs(5);
+    wait_binding(&state, "gw-0", "198.18.0.2", "apps/blue", long).await;
+    assert_eq!(state.snapshot().plans["gw-0"].version, 1);
+    assert_whole(&state, "with a NetworkPolicy");
+    let want = json!([{"to": [{"cidr": "198.51.100.0/24"}], "ports": [{"protocol": "TCP", "lo": 443, "hi": 443}]}]);
+    assert_eq!(network_policies(&state), [("apps/lock".to_string(), vec!["198.18.0.2".to_string()], want)]);
+    wait_until("NetworkPolicies watched", long, || !fake.watches(NETWORK_POLICIES).is_empty()).await;
+
+    // Edited: default deny.
+    fake.put(NETWORK_POLICIES, network_policy("lock", json!([])), true);
+    wait_until("the edit in the plan", long, || {
+        network_policies(&state) == [("apps/lock".to_string(), vec!["198.18.0.2".to_string()], json!([]))]
+    })
+    .await;
+    assert!(state.snapshot().plans["gw-0"].version > 1, "a new plan version");
+    // Deleted: gone from the plan.
+    fake.delete(NETWORK_POLICIES, &network_policy("lock", json!([])), true);
+    wait_until("the delete in the plan", long, || network_policies(&state).is_empty()).await;
+    assert_whole(&state, "after the delete");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -951,7 +1021,7 @@ async fn once_published_a_failing_list_keeps_what_was_listed() {
             wait_until(&format!("{p} failing to list"), long, || fake.attempts(p) >= t + 2).await;
         }
         wait_until("the failing lists reported", long, || {
-            [POLICY_LIST, POD_ENDPOINT_LIST, VM_CONFIG_LIST, SECRET_LIST].iter().all(|o| {
+            [POLICY_LIST, POD_ENDPOINT_LIST, VM_CONFIG_LIST, SECRET_LIST, NETWORK_POLICY_LIST].iter().all(|o| {
                 problem(&state, o)
                     .is_some_and(|p| p.message.starts_with("listing fails") && p.message.contains(&code.to_string()))
             })

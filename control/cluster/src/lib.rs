@@ -3,12 +3,16 @@
 //! Azure/kube-egress-gateway's `api/v1alpha1`), Pods annotated with
 //! `kubernetes.azure.com/static-gateway-configuration`, gateway Nodes — plus
 //! Egret's own `EgressPolicy`, as `kubectl get -o yaml` prints them, and turns
-//! them into plans. Pure apart from reading files.
+//! them into plans, with the `networking.k8s.io/v1` NetworkPolicies that
+//! select the pods they bind. Pure apart from reading files.
 //!
 //! - [`objects`]: the object model and YAML/JSON parsing (single objects,
 //!   multi-document files, `kind: List`, directories; unknown kinds ignored).
 //! - [`reconcile`]: one plan per gateway node ([`reconcile()`]), or one plan
 //!   holding everything for a standalone gateway ([`standalone_plan`]).
+//! - `network_policies`: Kubernetes NetworkPolicies' egress rules compiled
+//!   for the pods each plan binds (fail closed: one that cannot be read
+//!   denies its pods everything).
 //!
 //! Egret's knobs ride on a config as annotations, so the upstream CRD needs
 //! no change: `egret.dev/mapping` (`endpoint-independent` | `port-reuse`),
@@ -21,6 +25,7 @@
 //! YAML is read with `serde_norway`, the maintained fork of the archived
 //! `serde_yaml` (same API, YAML 1.2 via `unsafe-libyaml-norway`).
 
+mod network_policies;
 pub mod objects;
 pub mod reconcile;
 #[cfg(test)]

@@ -16,6 +16,9 @@ pub const SGC_VERSION: &str = "v1alpha1";
 pub const POLICY_KIND: &str = "EgressPolicy";
 pub const POD_ENDPOINT_KIND: &str = "PodEndpoint";
 pub const VM_CONFIG_KIND: &str = "GatewayVMConfiguration";
+pub const NETWORK_POLICY_KIND: &str = "NetworkPolicy";
+pub const NETWORK_POLICY_GROUP: &str = "networking.k8s.io";
+pub const NETWORK_POLICY_VERSION: &str = "v1";
 /// Upstream kube-egress-gateway marks gateway nodes with this label = "true".
 pub const GATEWAY_MODE_LABEL: &str = "kubeegressgateway.azure.com/mode";
 /// AKS marks gateway node pools with this label = "gateway".
@@ -453,6 +456,20 @@ pub struct GatewayVmProfile {
     pub secondary_ip: Option<String>,
 }
 
+/// `networking.k8s.io/v1` NetworkPolicy. Its spec is kept as read and
+/// decoded by reconcile (`network_policies.rs`): one that Egret
+/// cannot read is then reported and fails closed (its pods may send
+/// nothing), rather than failing a whole manifests file or being skipped,
+/// which would allow what it denies.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicyObject {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: serde_json::Value,
+}
+
 /// The objects of a cluster (or of a manifests file) that Egret reads.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterState {
@@ -463,6 +480,7 @@ pub struct ClusterState {
     pub secrets: Vec<Secret>,
     pub pod_endpoints: Vec<PodEndpoint>,
     pub vm_configs: Vec<GatewayVmConfiguration>,
+    pub network_policies: Vec<NetworkPolicyObject>,
     /// EgressPolicies read from the API server that do not decode: their
     /// configs are not served (fail closed), rather than served unpoliced.
     pub broken_policies: Vec<BrokenPolicy>,
@@ -538,6 +556,7 @@ impl ClusterState {
             "Secret" => self.secrets.push(de(v.clone(), named(&v))?),
             POD_ENDPOINT_KIND => self.pod_endpoints.push(de(v.clone(), named(&v))?),
             VM_CONFIG_KIND => self.vm_configs.push(de(v.clone(), named(&v))?),
+            NETWORK_POLICY_KIND => self.network_policies.push(de(v.clone(), named(&v))?),
             _ => {}
         }
         Ok(())
@@ -558,8 +577,17 @@ impl ClusterState {
     pub fn extend(&mut self, other: ClusterState) {
         // Destructured, so that a kind added to the struct cannot be
         // forgotten here (the compiler asks for it).
-        let ClusterState { configs, pods, nodes, policies, secrets, pod_endpoints, vm_configs, broken_policies } =
-            other;
+        let ClusterState {
+            configs,
+            pods,
+            nodes,
+            policies,
+            secrets,
+            pod_endpoints,
+            vm_configs,
+            network_policies,
+            broken_policies,
+        } = other;
         self.configs.extend(configs);
         self.pods.extend(pods);
         self.nodes.extend(nodes);
@@ -567,7 +595,32 @@ impl ClusterState {
         self.secrets.extend(secrets);
         self.pod_endpoints.extend(pod_endpoints);
         self.vm_configs.extend(vm_configs);
+        self.network_policies.extend(network_policies);
         self.broken_policies.extend(broken_policies);
+    }
+
+    /// Whether [`ClusterState::dedup`] may drop anything; cheap (no
+    /// allocation per object), so that a state with no duplicates (an API
+    /// server's, always) is reconciled without a copy.
+    pub fn may_have_duplicates(&self) -> bool {
+        fn dup<'a>(metas: impl Iterator<Item = &'a ObjectMeta>, namespaced: bool) -> bool {
+            let mut seen = std::collections::HashSet::new();
+            for m in metas {
+                // A '/' in a name could make two keys alike: check the slow way.
+                if m.name.contains('/') || !seen.insert((if namespaced { m.ns() } else { "" }, m.name.as_str())) {
+                    return true;
+                }
+            }
+            false
+        }
+        dup(self.configs.iter().map(|o| &o.metadata), true)
+            || dup(self.pods.iter().map(|o| &o.metadata), true)
+            || dup(self.nodes.iter().map(|o| &o.metadata), false)
+            || dup(self.policies.iter().map(|o| &o.metadata), true)
+            || dup(self.secrets.iter().map(|o| &o.metadata), true)
+            || dup(self.pod_endpoints.iter().map(|o| &o.metadata), true)
+            || dup(self.vm_configs.iter().map(|o| &o.metadata), true)
+            || dup(self.network_policies.iter().map(|o| &o.metadata), true)
     }
 
     /// Objects of the same kind and `namespace/name` defined twice: the later
@@ -592,6 +645,7 @@ impl ClusterState {
         dedup_by(&mut self.secrets, "Secret", |o| o.metadata.key(), problems);
         dedup_by(&mut self.pod_endpoints, POD_ENDPOINT_KIND, |o| o.metadata.key(), problems);
         dedup_by(&mut self.vm_configs, VM_CONFIG_KIND, |o| o.metadata.key(), problems);
+        dedup_by(&mut self.network_policies, NETWORK_POLICY_KIND, |o| o.metadata.key(), problems);
     }
 }
 

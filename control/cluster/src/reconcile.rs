@@ -13,7 +13,10 @@
 //! 3. Pods bind to the config their annotation names (same namespace); every
 //!    node that serves a config gets all its pods, since the pods' traffic
 //!    may reach any gateway node of the pool.
+//! 4. NetworkPolicies with Egress are compiled once against every bound
+//!    pod (`network_policies.rs`) and cut to each plan's bindings.
 
+use super::network_policies::{self, BoundPod};
 use super::objects::*;
 use super::Problem;
 use egret_plan::{
@@ -220,15 +223,15 @@ fn egress_clash(
 /// already bound in plain; a PodEndpoint for one of those, for an egress
 /// address, or with a key an earlier PodEndpoint (by name) of its config
 /// holds is reported and left out: the gateway would refuse the whole plan.
-fn tunnel_bindings(
-    st: &ClusterState,
+fn tunnel_bindings<'a>(
+    st: &'a ClusterState,
     tunnelled: &BTreeSet<String>,
     taken: &BTreeSet<Ipv4Addr>,
     egress: (&BTreeMap<String, Ipv4Cidr>, &BTreeMap<Ipv4Addr, String>),
     problems: &mut Vec<Problem>,
-) -> Vec<Binding> {
+) -> Vec<(Binding, &'a PodEndpoint)> {
     let mut eps: Vec<&PodEndpoint> = st.pod_endpoints.iter().collect();
-    eps.sort_by_key(|e| e.metadata.key());
+    eps.sort_by_cached_key(|e| e.metadata.key());
     let mut seen: BTreeSet<Ipv4Addr> = BTreeSet::new();
     let mut keys: BTreeMap<(String, WgKey), String> = BTreeMap::new();
     let mut out = Vec::new();
@@ -269,7 +272,7 @@ fn tunnel_bindings(
         }
         seen.insert(pod_ip);
         keys.insert((config.clone(), public_key), key.clone());
-        out.push(Binding { pod_ip, config, public_key: Some(public_key) });
+        out.push((Binding { pod_ip, config, public_key: Some(public_key) }, e));
     }
     out
 }
@@ -312,7 +315,7 @@ fn candidates(st: &ClusterState, needs_target: bool, problems: &mut Vec<Problem>
                 continue;
             }
         };
-        let alone = Plan { version: 0, configs: vec![config.clone()], bindings: vec![] };
+        let alone = Plan { network_policies: Vec::new(), version: 0, configs: vec![config.clone()], bindings: vec![] };
         if let Err(e) = alone.validate() {
             problems.push(sgc_problem(sgc, e.to_string()));
             continue;
@@ -406,7 +409,7 @@ fn tunnel_conflict(older: &[Candidate], config: &GatewayConfig, prefix: Ipv4Cidr
 /// egress the policy meant to deny).
 fn attach_policies(st: &ClusterState, out: &mut Vec<Candidate>, problems: &mut Vec<Problem>) {
     let mut policies: Vec<&EgressPolicyObject> = st.policies.iter().collect();
-    policies.sort_by_key(|p| p.metadata.key());
+    policies.sort_by_cached_key(|p| p.metadata.key());
     let mut bad = BTreeSet::new();
     for b in &st.broken_policies {
         let m = &b.metadata;
@@ -447,7 +450,8 @@ fn attach_policies(st: &ClusterState, out: &mut Vec<Candidate>, problems: &mut V
             }
         }
         c.config.policy = Some(policy);
-        let alone = Plan { version: 0, configs: vec![c.config.clone()], bindings: vec![] };
+        let alone =
+            Plan { network_policies: Vec::new(), version: 0, configs: vec![c.config.clone()], bindings: vec![] };
         if let Err(e) = alone.validate() {
             problems.push(object(format!("{e}; {target} is not served until the policy is fixed")));
             bad.insert(target);
@@ -488,44 +492,60 @@ fn resolve_pod_selectors(rules: &[PolicyRuleSpec], st: &ClusterState, config: &s
 /// Step 3 whole: plain bindings from annotated pods for configs without a
 /// tunnel, tunnelled ones from PodEndpoints for configs with one (an
 /// annotated pod of a tunnelled config reaches the gateway only through
-/// its tunnel, once its CNI plugin has written its PodEndpoint).
-fn all_bindings(
-    st: &ClusterState,
+/// its tunnel, once its CNI plugin has written its PodEndpoint). Also
+/// every bound pod with its namespace and labels, for NetworkPolicies: a
+/// tunnelled pod's labels are its Pod's (same namespace and name as its
+/// PodEndpoint), else its PodEndpoint's own.
+fn all_bindings<'a>(
+    st: &'a ClusterState,
     cands: &[Candidate],
     served: &BTreeMap<String, Ipv4Cidr>,
     unserved: &BTreeMap<String, String>,
     given: &BTreeMap<Ipv4Addr, String>,
     problems: &mut Vec<Problem>,
-) -> (BTreeMap<String, Vec<Ipv4Addr>>, Vec<Binding>) {
-    let mut bound = bindings(st, served, unserved, given, problems);
+) -> (BTreeMap<String, Vec<Ipv4Addr>>, Vec<Binding>, Vec<BoundPod<'a>>) {
+    let (mut bound, owner) = bindings(st, served, unserved, given, problems);
     let with_tunnel: BTreeSet<String> =
         cands.iter().filter(|c| c.config.tunnel.is_some()).map(|c| c.config.name.clone()).collect();
     bound.retain(|config, _| !with_tunnel.contains(config));
     let taken: BTreeSet<Ipv4Addr> = bound.values().flatten().copied().collect();
     let tunnelled = tunnel_bindings(st, &with_tunnel, &taken, (served, given), problems);
-    (bound, tunnelled)
+    let mut pods: Vec<BoundPod> = taken
+        .iter()
+        .filter_map(|ip| owner.get(ip).map(|p| (ip, p)))
+        .map(|(&ip, p)| BoundPod { ip, namespace: p.metadata.ns(), labels: &p.metadata.labels })
+        .collect();
+    if !tunnelled.is_empty() {
+        let by_key: std::collections::HashMap<(&str, &str), &Pod> =
+            st.pods.iter().map(|p| ((p.metadata.ns(), p.metadata.name.as_str()), p)).collect();
+        pods.extend(tunnelled.iter().map(|(b, e)| {
+            let m = &e.metadata;
+            let pod = by_key.get(&(m.ns(), m.name.as_str()));
+            BoundPod { ip: b.pod_ip, namespace: m.ns(), labels: pod.map_or(&m.labels, |p| &p.metadata.labels) }
+        }));
+    }
+    (bound, tunnelled.into_iter().map(|(b, _)| b).collect(), pods)
 }
 
 /// Step 3: pod bindings for the served configs. `unserved`: configs that
 /// exist but are not served, with the reason, for clearer messages.
-fn bindings(
-    st: &ClusterState,
+fn bindings<'a>(
+    st: &'a ClusterState,
     served: &BTreeMap<String, Ipv4Cidr>,
     unserved: &BTreeMap<String, String>,
     given: &BTreeMap<Ipv4Addr, String>,
     problems: &mut Vec<Problem>,
-) -> BTreeMap<String, Vec<Ipv4Addr>> {
+) -> (BTreeMap<String, Vec<Ipv4Addr>>, BTreeMap<Ipv4Addr, &'a Pod>) {
     let mut pods: Vec<&Pod> = st.pods.iter().collect();
-    pods.sort_by_key(|p| p.metadata.key());
-    let mut owner: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    pods.sort_by_cached_key(|p| p.metadata.key());
+    let mut owner: BTreeMap<Ipv4Addr, &Pod> = BTreeMap::new();
     let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
     for pod in pods {
         let Some(config) = pod.gateway_config() else { continue };
         if pod.is_finished() {
             continue;
         }
-        let key = pod.metadata.key();
-        let problem = |message: String| Problem::new("Pod", &key, message);
+        let problem = |message: String| Problem::new("Pod", &pod.metadata.key(), message);
         if !served.contains_key(&config) {
             let message = match unserved.get(&config) {
                 Some(why) => format!("names StaticGatewayConfiguration '{config}', which is not served: {why}"),
@@ -540,17 +560,23 @@ fn bindings(
                 continue;
             }
             if let Some(other) = owner.get(&ip) {
+                let other = other.metadata.key();
                 problems.push(problem(format!("pod IP {ip} is already bound by Pod {other}; not bound")));
                 continue;
             }
-            owner.insert(ip, key.clone());
-            out.entry(config.clone()).or_default().push(ip);
+            owner.insert(ip, pod);
+            match out.get_mut(&config) {
+                Some(ips) => ips.push(ip),
+                None => {
+                    out.insert(config.clone(), vec![ip]);
+                }
+            }
         }
     }
     for ips in out.values_mut() {
         ips.sort();
     }
-    out
+    (out, owner)
 }
 
 /// Rendezvous weight of `node` for `addr`: FNV-1a over the node name and the
@@ -688,10 +714,9 @@ fn claim_shares(
 }
 
 pub fn reconcile(st: &ClusterState) -> Reconciled {
-    let mut st = st.clone();
     let mut problems = Vec::new();
-    st.dedup(&mut problems);
-    let cands = candidates(&st, true, &mut problems);
+    let st = &*deduped(st, &mut problems);
+    let cands = candidates(st, true, &mut problems);
 
     let mut gw: Vec<&Node> = st.nodes.iter().filter(|n| n.is_gateway()).collect();
     gw.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -776,7 +801,8 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
         }
     }
 
-    let (bound, tunnelled) = all_bindings(&st, &cands, &served, &unserved, &given, &mut problems);
+    let (bound, tunnelled, bound_pods) = all_bindings(st, &cands, &served, &unserved, &given, &mut problems);
+    let network_policies = network_policies::compile(st, &bound_pods, &mut problems);
     let mut plans: BTreeMap<String, Plan> = nodes.iter().map(|n| (n.name.clone(), Plan::default())).collect();
     for c in &cands {
         let Some(shares) = shares_of.get(&c.config.name) else { continue };
@@ -794,6 +820,7 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
     for plan in plans.values_mut() {
         plan.configs.sort_by(|a, b| a.name.cmp(&b.name));
         plan.bindings.sort_by(|a, b| (&a.config, a.pod_ip).cmp(&(&b.config, b.pod_ip)));
+        plan.network_policies = network_policies::for_plan(&network_policies, bound_pods.len(), plan);
     }
     for (name, ips) in &bound {
         if let Some(s) = statuses.get_mut(name) {
@@ -809,14 +836,24 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
     Reconciled { plans, configs: statuses.into_values().collect(), nodes, problems }
 }
 
+/// `st` without its duplicate objects (reported): a copy only when it has
+/// some.
+fn deduped<'a>(st: &'a ClusterState, problems: &mut Vec<Problem>) -> std::borrow::Cow<'a, ClusterState> {
+    if !st.may_have_duplicates() {
+        return std::borrow::Cow::Borrowed(st);
+    }
+    let mut st = st.clone();
+    st.dedup(problems);
+    std::borrow::Cow::Owned(st)
+}
+
 /// Standalone mode (one gateway, no control plane): every config with its
 /// whole prefix, whatever node pool it names, and every bound pod. Bad
 /// objects are left out and reported; the rest make a plan that compiles.
 pub fn standalone_plan(st: &ClusterState, version: u64) -> (Plan, Vec<Problem>) {
-    let mut st = st.clone();
     let mut problems = Vec::new();
-    st.dedup(&mut problems);
-    let cands = candidates(&st, false, &mut problems);
+    let st = &*deduped(st, &mut problems);
+    let cands = candidates(st, false, &mut problems);
     let served: BTreeMap<String, Ipv4Cidr> = cands.iter().map(|c| (c.config.name.clone(), c.prefix)).collect();
     let unserved: BTreeMap<String, String> = st
         .configs
@@ -829,7 +866,8 @@ pub fn standalone_plan(st: &ClusterState, version: u64) -> (Plan, Vec<Problem>) 
             (k, why.unwrap_or_else(|| "its EgressPolicy is invalid".into()))
         })
         .collect();
-    let (bound, tunnelled) = all_bindings(&st, &cands, &served, &unserved, &BTreeMap::new(), &mut problems);
+    let (bound, tunnelled, bound_pods) = all_bindings(st, &cands, &served, &unserved, &BTreeMap::new(), &mut problems);
+    let network_policies = network_policies::compile(st, &bound_pods, &mut problems);
     let mut plan = Plan { version, ..Plan::default() };
     plan.configs = cands.into_iter().map(|c| c.config).collect();
     plan.configs.sort_by(|a, b| a.name.cmp(&b.name));
@@ -841,6 +879,7 @@ pub fn standalone_plan(st: &ClusterState, version: u64) -> (Plan, Vec<Problem>) 
         }));
     }
     plan.bindings.extend(tunnelled);
+    plan.network_policies = network_policies::for_plan(&network_policies, bound_pods.len(), &plan);
     problems.sort();
     (plan, problems)
 }

@@ -850,3 +850,549 @@ mod conflicts {
         assert_eq!(served, ["apps/blue", "apps/green", "apps/other", "apps/red"]);
     }
 }
+
+mod network_policies {
+    //! Kubernetes NetworkPolicies (the documentation's egress examples,
+    //! copied as written) compiled into each plan's `network_policies`.
+    use super::*;
+    use base64::Engine;
+    use egret_plan::{IpBlock, NetworkPolicy, NetworkPolicyRule, NetworkPort, NetworkProtocol, WgSecret};
+
+    const TCP: NetworkProtocol = NetworkProtocol::Tcp;
+    const UDP: NetworkProtocol = NetworkProtocol::Udp;
+
+    /// gw-0 (pool gw) serves default/blue: pods web (role: frontend) and db
+    /// (role: db); gw-1 (pool gw2) serves shop/red: pod cart (role: db).
+    /// default/idle (role: db) is not annotated, so bound nowhere.
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: gw-0, labels: {kubeegressgateway.azure.com/mode: "true", kubernetes.azure.com/agentpool: gw}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: gw-1, labels: {kubeegressgateway.azure.com/mode: "true", kubernetes.azure.com/agentpool: gw2}}
+---
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: StaticGatewayConfiguration
+metadata: {name: blue, namespace: default}
+spec: {gatewayNodepoolName: gw}
+status: {egressIpPrefix: 198.19.100.0/30}
+---
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: StaticGatewayConfiguration
+metadata: {name: red, namespace: shop}
+spec: {gatewayNodepoolName: gw2}
+status: {egressIpPrefix: 198.19.101.0/30}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default, labels: {role: frontend},
+  annotations: {kubernetes.azure.com/static-gateway-configuration: blue}}
+status: {phase: Running, podIP: 198.18.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: default, labels: {role: db},
+  annotations: {kubernetes.azure.com/static-gateway-configuration: blue}}
+status: {phase: Running, podIP: 198.18.0.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: idle, namespace: default, labels: {role: db}}
+status: {phase: Running, podIP: 198.18.0.9}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cart, namespace: shop, labels: {role: db},
+  annotations: {kubernetes.azure.com/static-gateway-configuration: red}}
+status: {phase: Running, podIP: 198.18.1.2}
+"#;
+
+    /// The docs' "Default deny all egress traffic".
+    const DEFAULT_DENY_EGRESS: &str = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: default-deny-egress
+spec:
+  podSelector: {}
+  policyTypes:
+  - Egress
+"#;
+
+    /// The docs' "test-network-policy", its `ipBlock` with an `except`
+    /// given to the egress rule too.
+    const TEST_NETWORK_POLICY: &str = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: test-network-policy
+  namespace: default
+spec:
+  podSelector:
+    matchLabels:
+      role: db
+  policyTypes:
+  - Ingress
+  - Egress
+  ingress:
+  - from:
+    - ipBlock:
+        cidr: 172.17.0.0/16
+        except:
+        - 172.17.1.0/24
+    - namespaceSelector:
+        matchLabels:
+          project: myproject
+    - podSelector:
+        matchLabels:
+          role: frontend
+    ports:
+    - protocol: TCP
+      port: 6379
+  egress:
+  - to:
+    - ipBlock:
+        cidr: 10.0.0.0/24
+    ports:
+    - protocol: TCP
+      port: 5978
+  - to:
+    - ipBlock:
+        cidr: 172.17.0.0/16
+        except:
+        - 172.17.1.0/24
+"#;
+
+    /// The docs' "Targeting a range of ports".
+    const MULTI_PORT_EGRESS: &str = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: multi-port-egress
+  namespace: default
+spec:
+  podSelector:
+    matchLabels:
+      role: db
+  policyTypes:
+    - Egress
+  egress:
+    - to:
+        - ipBlock:
+            cidr: 10.0.0.0/24
+      ports:
+        - protocol: TCP
+          port: 32000
+          endPort: 32768
+"#;
+
+    fn block(cidr: &str, except: &[&str]) -> IpBlock {
+        IpBlock { cidr: cidr.parse().unwrap(), except: except.iter().map(|e| e.parse().unwrap()).collect() }
+    }
+
+    fn port(protocol: NetworkProtocol, lo: u16, hi: u16) -> NetworkPort {
+        NetworkPort { protocol, lo, hi }
+    }
+
+    fn policy(name: &str, pods: &[&str], egress: Vec<NetworkPolicyRule>) -> NetworkPolicy {
+        NetworkPolicy { name: name.into(), pods: pods.iter().map(|p| ip(p)).collect(), egress }
+    }
+
+    /// Reconciles `text` (every node's plan and the standalone plan must
+    /// validate): the reconcile, and the standalone plan's policies.
+    fn run(text: &str) -> (Reconciled, Vec<NetworkPolicy>) {
+        let st = ClusterState::parse(text, "inline").unwrap();
+        let r = reconcile(&st);
+        for (node, plan) in &r.plans {
+            plan.validate().unwrap_or_else(|e| panic!("{node}'s plan would be refused: {e}"));
+        }
+        let (plan, _) = standalone_plan(&st, 1);
+        plan.validate().unwrap_or_else(|e| panic!("the standalone plan would be refused: {e}"));
+        (r, plan.network_policies)
+    }
+
+    fn policies<'a>(r: &'a Reconciled, node: &str) -> &'a [NetworkPolicy] {
+        &r.plans[node].network_policies
+    }
+
+    fn problems(r: &Reconciled) -> Vec<String> {
+        r.problems.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn without_network_policies_plans_carry_none() {
+        let (r, standalone) = run(CLUSTER);
+        assert_eq!(problems(&r), Vec::<String>::new());
+        assert!(r.plans.values().all(|p| p.network_policies.is_empty()) && standalone.is_empty());
+    }
+
+    #[test]
+    fn default_deny_egress_selects_every_pod_served_of_its_namespace_with_no_rules() {
+        let (r, standalone) = run(&format!("{CLUSTER}{DEFAULT_DENY_EGRESS}"));
+        assert_eq!(problems(&r), Vec::<String>::new());
+        let want = vec![policy("default/default-deny-egress", &["198.18.0.2", "198.18.0.3"], vec![])];
+        assert_eq!(policies(&r, "gw-0"), want, "the unannotated pod is not served, so not listed");
+        assert_eq!(policies(&r, "gw-1"), [], "a policy in another namespace selects nothing there");
+        assert_eq!(standalone, want);
+    }
+
+    #[test]
+    fn docs_examples_compile_to_their_rules_and_two_policies_on_one_pod_both_apply() {
+        let text = format!("{CLUSTER}{DEFAULT_DENY_EGRESS}{TEST_NETWORK_POLICY}{MULTI_PORT_EGRESS}");
+        let (r, standalone) = run(&text);
+        assert_eq!(problems(&r), Vec::<String>::new());
+        let want = vec![
+            policy("default/default-deny-egress", &["198.18.0.2", "198.18.0.3"], vec![]),
+            policy(
+                "default/multi-port-egress",
+                &["198.18.0.3"],
+                vec![NetworkPolicyRule {
+                    to: Some(vec![block("10.0.0.0/24", &[])]),
+                    ports: Some(vec![port(TCP, 32000, 32768)]),
+                }],
+            ),
+            policy(
+                "default/test-network-policy",
+                &["198.18.0.3"],
+                vec![
+                    NetworkPolicyRule {
+                        to: Some(vec![block("10.0.0.0/24", &[])]),
+                        ports: Some(vec![port(TCP, 5978, 5978)]),
+                    },
+                    NetworkPolicyRule { to: Some(vec![block("172.17.0.0/16", &["172.17.1.0/24"])]), ports: None },
+                ],
+            ),
+        ];
+        assert_eq!(policies(&r, "gw-0"), want);
+        assert_eq!(standalone, want);
+        // What the gateway makes of them for db: the union of its policies.
+        let allows = |proto: u8, dst: &str, port: u16| {
+            want.iter()
+                .filter(|p| p.pods.contains(&ip("198.18.0.3")))
+                .any(|p| p.egress.iter().any(|rule| rule.allows(proto, u32::from(ip(dst)), port)))
+        };
+        assert!(allows(6, "10.0.0.7", 5978) && allows(6, "10.0.0.7", 32768) && allows(17, "172.17.9.9", 53));
+        assert!(!allows(6, "10.0.0.7", 443) && !allows(6, "172.17.1.9", 443) && !allows(6, "192.0.2.1", 5978));
+        // The shop namespace's pod, on gw-1, is selected by none of them.
+        assert_eq!(policies(&r, "gw-1"), []);
+    }
+
+    #[test]
+    fn a_policy_in_another_namespace_selects_nothing_here() {
+        let shop = DEFAULT_DENY_EGRESS.replace("name: default-deny-egress", "{name: lock, namespace: shop}");
+        let shop = shop.replace("metadata:\n  {name", "metadata: {name");
+        let nowhere = MULTI_PORT_EGRESS.replace("namespace: default", "namespace: empty");
+        let (r, standalone) = run(&format!("{CLUSTER}{shop}{nowhere}"));
+        assert_eq!(problems(&r), Vec::<String>::new());
+        assert_eq!(policies(&r, "gw-0"), [], "default's pods are not shop's");
+        assert_eq!(policies(&r, "gw-1"), [policy("shop/lock", &["198.18.1.2"], vec![])]);
+        assert_eq!(standalone, [policy("shop/lock", &["198.18.1.2"], vec![])], "a namespace with no pod served");
+    }
+
+    #[test]
+    fn policy_types_default_to_egress_only_when_the_spec_has_egress_rules() {
+        let np = |name: &str, spec: &str| {
+            format!(
+                "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                 metadata: {{name: {name}, namespace: default}}\nspec: {spec}\n"
+            )
+        };
+        let text = [
+            CLUSTER.to_string(),
+            np("ingress-only", "{podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}"),
+            np("empty-egress-no-types", "{podSelector: {}, egress: []}"),
+            np("explicit-ingress", "{podSelector: {}, policyTypes: [Ingress], egress: [{ports: [{port: 53}]}]}"),
+            np("defaulted", "{podSelector: {matchLabels: {role: db}}, egress: [{ports: [{port: 53, protocol: UDP}]}]}"),
+            np("egress-empty-types", "{podSelector: {}, policyTypes: [], egress: [{}]}"),
+            np("deny-by-type", "{podSelector: {matchLabels: {role: frontend}}, policyTypes: [Egress], egress: []}"),
+        ]
+        .concat();
+        let (r, _) = run(&text);
+        assert_eq!(problems(&r), Vec::<String>::new());
+        let everything = NetworkPolicyRule { to: None, ports: None };
+        assert_eq!(
+            policies(&r, "gw-0"),
+            [
+                policy(
+                    "default/defaulted",
+                    &["198.18.0.3"],
+                    vec![NetworkPolicyRule { to: None, ports: Some(vec![port(UDP, 53, 53)]) }]
+                ),
+                policy("default/deny-by-type", &["198.18.0.2"], vec![]),
+                policy("default/egress-empty-types", &["198.18.0.2", "198.18.0.3"], vec![everything]),
+            ],
+            "no policyTypes: Egress only with egress rules (egress: [] is Ingress only, as the API server defaults)"
+        );
+    }
+
+    #[test]
+    fn named_ports_and_sctp_add_nothing_and_selector_peers_reach_nothing_outside() {
+        let spec = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: mixed, namespace: default}
+spec:
+  podSelector: {matchExpressions: [{key: role, operator: In, values: [db, cache]}]}
+  policyTypes: [Egress]
+  egress:
+  - ports: [{port: http}, {protocol: SCTP, port: 9999}]
+  - ports: [{protocol: UDP, port: dns}, {protocol: UDP, port: 53}, {protocol: UDP}, {port: 443}]
+  - to: [{podSelector: {matchLabels: {app: dns}}}, {namespaceSelector: {}}]
+  - to:
+    - namespaceSelector: {matchLabels: {team: x}}
+    - ipBlock: {cidr: 192.0.2.0/24}
+    - ipBlock: {cidr: "2001:db8::/32", except: ["2001:db8:1::/48"]}
+  - to: [{ipBlock: {cidr: "2001:db8::/32"}}]
+    ports: []
+"#;
+        let (r, _) = run(&format!("{CLUSTER}{spec}"));
+        assert_eq!(problems(&r), Vec::<String>::new());
+        let want = policy(
+            "default/mixed",
+            &["198.18.0.3"],
+            vec![
+                NetworkPolicyRule { to: None, ports: Some(vec![]) },
+                NetworkPolicyRule {
+                    to: None,
+                    ports: Some(vec![port(UDP, 53, 53), port(UDP, 1, 65535), port(TCP, 443, 443)]),
+                },
+                NetworkPolicyRule { to: Some(vec![]), ports: None },
+                NetworkPolicyRule { to: Some(vec![block("192.0.2.0/24", &[])]), ports: None },
+                NetworkPolicyRule { to: Some(vec![]), ports: None },
+            ],
+        );
+        assert_eq!(policies(&r, "gw-0"), [want]);
+    }
+
+    #[test]
+    fn an_unreadable_policy_fails_closed_for_the_pods_it_selects() {
+        let np = |name: &str, spec: &str| {
+            format!(
+                "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                 metadata: {{name: {name}, namespace: default}}\nspec: {spec}\n"
+            )
+        };
+        let db = "podSelector: {matchLabels: {role: db}}";
+        let text = [
+            CLUSTER.to_string(),
+            np("bad-cidr", &format!("{{{db}, policyTypes: [Egress], egress: [{{to: [{{ipBlock: {{cidr: 10.0.0.0/33}}}}]}}]}}")),
+            np(
+                "bad-except",
+                &format!(
+                    "{{{db}, policyTypes: [Egress], egress: [{{to: [{{ipBlock: {{cidr: 10.0.0.0/24, except: [10.0.1.0/28]}}}}]}}]}}"
+                ),
+            ),
+            np("bad-range", &format!("{{{db}, egress: [{{ports: [{{port: 9000, endPort: 8000}}]}}]}}")),
+            np("bad-type", &format!("{{{db}, egress: nonsense}}")),
+            np("good", &format!("{{{db}, egress: [{{to: [{{ipBlock: {{cidr: 10.0.0.0/24}}}}]}}]}}")),
+        ]
+        .concat();
+        let (r, standalone) = run(&text);
+        assert_eq!(
+            problems(&r),
+            [
+                "NetworkPolicy default/bad-cidr: spec.egress[0].to[0].ipBlock.cidr: '10.0.0.0/33' is not a CIDR; \
+                 the pods it selects may send nothing through the gateway until it is fixed",
+                "NetworkPolicy default/bad-except: spec.egress[0].to[0].ipBlock.except[0]: 10.0.1.0/28 is not \
+                 strictly inside cidr 10.0.0.0/24; the pods it selects may send nothing through the gateway until it is fixed",
+                "NetworkPolicy default/bad-range: spec.egress[0].ports[0].endPort: 8000 is below port 9000; \
+                 the pods it selects may send nothing through the gateway until it is fixed",
+                "NetworkPolicy default/bad-type: spec.egress: invalid type: string \"nonsense\", expected a sequence; \
+                 the pods it selects may send nothing through the gateway until it is fixed",
+            ]
+        );
+        let deny = |name: &str| policy(name, &["198.18.0.3"], vec![]);
+        let good = policy(
+            "default/good",
+            &["198.18.0.3"],
+            vec![NetworkPolicyRule { to: Some(vec![block("10.0.0.0/24", &[])]), ports: None }],
+        );
+        let want = [
+            deny("default/bad-cidr"),
+            deny("default/bad-except"),
+            deny("default/bad-range"),
+            deny("default/bad-type"),
+            good,
+        ];
+        assert_eq!(policies(&r, "gw-0"), want, "each unreadable policy denies its pods; the plan is served");
+        assert_eq!(standalone, want);
+        assert_eq!(r.plans["gw-0"].configs.len(), 1, "the config is served");
+    }
+
+    #[test]
+    fn a_policy_whose_pod_selector_is_unreadable_denies_its_whole_namespace() {
+        let bad = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bad-selector, namespace: default}
+spec:
+  podSelector: {matchExpressions: [{key: role, operator: In}]}
+  policyTypes: [Egress]
+  egress: [{}]
+"#;
+        let (r, _) = run(&format!("{CLUSTER}{bad}"));
+        assert_eq!(
+            problems(&r),
+            ["NetworkPolicy default/bad-selector: spec.podSelector: operator In on 'role' needs values; every pod of \
+                 namespace default may send nothing through the gateway until it is fixed"]
+        );
+        assert_eq!(policies(&r, "gw-0"), [policy("default/bad-selector", &["198.18.0.2", "198.18.0.3"], vec![])]);
+        assert_eq!(policies(&r, "gw-1"), [], "other namespaces are untouched");
+        // Wrongly typed too (a string where a map belongs).
+        let typed = bad.replace("{matchExpressions: [{key: role, operator: In}]}", "{matchLabels: nope}");
+        let (r, _) = run(&format!("{CLUSTER}{typed}"));
+        assert_eq!(policies(&r, "gw-0"), [policy("default/bad-selector", &["198.18.0.2", "198.18.0.3"], vec![])]);
+        assert!(problems(&r)[0].starts_with("NetworkPolicy default/bad-selector: spec.podSelector.matchLabels: "));
+    }
+
+    #[test]
+    fn tunnelled_pods_are_selected_by_their_pods_labels() {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let public = WgSecret([5; 32]).public_key();
+        let endpoint = |name: &str, ip: &str, key: u8, labels: &str| {
+            format!(
+                "---\napiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: PodEndpoint\n\
+                 metadata: {{name: {name}, namespace: default, labels: {labels}}}\n\
+                 spec: {{staticGatewayConfiguration: tun, podIpAddress: {ip}/32, podPublicKey: {}}}\n",
+                WgSecret([key; 32]).public_key()
+            )
+        };
+        let text = format!(
+            "{CLUSTER}---\napiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\n\
+             metadata: {{name: tun, namespace: default}}\nspec: {{gatewayNodepoolName: gw}}\n\
+             status: {{egressIpPrefix: 198.19.102.0/30, gatewayServerProfile: {{ip: 198.18.50.100, port: 6000, \
+             publicKey: {public}, privateKeySecretRef: {{name: sgw-tun, namespace: kube-egress-gateway-system}}}}}}\n\
+             ---\napiVersion: v1\nkind: Secret\nmetadata: {{name: sgw-tun, namespace: kube-egress-gateway-system}}\n\
+             data: {{PrivateKey: {}}}\n\
+             ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: worker, namespace: default, labels: {{role: db}}, \
+             annotations: {{{POD_ANNOTATION}: tun}}}}\nstatus: {{phase: Running, podIP: 198.18.0.4}}\n\
+             {}{}{MULTI_PORT_EGRESS}",
+            b64(b64(&[5; 32]).as_bytes()),
+            endpoint("worker", "198.18.0.4", 7, "{}"),
+            endpoint("orphan", "198.18.0.5", 8, "{role: db}"),
+        );
+        let (r, standalone) = run(&text);
+        assert_eq!(problems(&r), Vec::<String>::new());
+        let tunnelled: Vec<_> = r.plans["gw-0"].bindings.iter().filter(|b| b.public_key.is_some()).collect();
+        assert_eq!(tunnelled.len(), 2, "both PodEndpoints are bound");
+        let got: Vec<&[Ipv4Addr]> = policies(&r, "gw-0").iter().map(|p| p.pods.as_slice()).collect();
+        // worker by its Pod's labels (its PodEndpoint has none), orphan (no
+        // Pod) by its PodEndpoint's own.
+        assert_eq!(got, [&[ip("198.18.0.3"), ip("198.18.0.4"), ip("198.18.0.5")][..]]);
+        assert_eq!(standalone[0].pods, got[0]);
+    }
+
+    #[test]
+    fn a_change_to_a_policy_or_a_pods_labels_changes_the_plan() {
+        let st = ClusterState::parse(&format!("{CLUSTER}{MULTI_PORT_EGRESS}"), "t").unwrap();
+        let before = reconcile(&st).plans["gw-0"].clone();
+        let mut relabelled = st.clone();
+        let web = relabelled.pods.iter_mut().find(|p| p.metadata.name == "web").unwrap();
+        web.metadata.labels.insert("role".into(), "db".into());
+        let after = reconcile(&relabelled).plans["gw-0"].clone();
+        assert_eq!(after.network_policies[0].pods, [ip("198.18.0.2"), ip("198.18.0.3")]);
+        let mut edited = st.clone();
+        edited.network_policies[0].spec["egress"][0]["ports"][0]["endPort"] = serde_json::json!(32100);
+        let after = reconcile(&edited).plans["gw-0"].clone();
+        assert_ne!(after, before);
+        assert_eq!(after.network_policies[0].egress[0].ports, Some(vec![port(TCP, 32000, 32100)]));
+        let mut gone = st.clone();
+        gone.network_policies.clear();
+        assert!(reconcile(&gone).plans["gw-0"].network_policies.is_empty());
+    }
+
+    #[test]
+    fn json_from_the_api_server_reads_the_same_and_duplicates_are_reported() {
+        let json = r#"{"kind": "NetworkPolicyList", "apiVersion": "networking.k8s.io/v1", "items": [
+            {"metadata": {"name": "p", "namespace": "default", "uid": "u1"},
+             "spec": {"podSelector": {}, "policyTypes": ["Egress"],
+                      "egress": [{"ports": [{"protocol": "TCP", "port": 443}]}]}},
+            {"metadata": {"name": "p", "namespace": "default", "uid": "u2"},
+             "spec": {"podSelector": {}, "policyTypes": ["Egress"]}}]}"#;
+        let st = ClusterState::parse(&format!("{CLUSTER}---\n{json}\n"), "t").unwrap();
+        assert_eq!(st.network_policies.len(), 2);
+        let r = reconcile(&st);
+        assert_eq!(problems(&r), ["NetworkPolicy default/p: defined more than once; the first definition is used"]);
+        assert_eq!(
+            policies(&r, "gw-0"),
+            [policy(
+                "default/p",
+                &["198.18.0.2", "198.18.0.3"],
+                vec![NetworkPolicyRule { to: None, ports: Some(vec![port(TCP, 443, 443)]) }]
+            )]
+        );
+    }
+
+    /// 10,000 NetworkPolicies over 100 namespaces and 100,000 pods: run
+    /// with `cargo test --release -p egret-cluster -- --ignored
+    /// ten_thousand_network_policies` (prints the time; not asserted).
+    #[test]
+    #[ignore]
+    fn ten_thousand_network_policies_over_a_hundred_thousand_pods() {
+        let mut st = ClusterState::default();
+        for n in 0..2 {
+            st.nodes.push(gateway_node(&format!("gw-{n}"), "gw"));
+        }
+        for ns in 0..100u32 {
+            let namespace = format!("ns-{ns}");
+            let mut sgc = StaticGatewayConfiguration::default();
+            sgc.metadata.name = "egress".into();
+            sgc.metadata.namespace = Some(namespace.clone());
+            sgc.spec.gateway_nodepool_name = Some("gw".into());
+            sgc.status =
+                Some(SgcStatus { egress_ip_prefix: Some(format!("198.19.{ns}.0/30")), gateway_server_profile: None });
+            st.configs.push(sgc);
+            for i in 0..1000u32 {
+                let mut pod = Pod::default();
+                pod.metadata.name = format!("pod-{i}");
+                pod.metadata.namespace = Some(namespace.clone());
+                pod.metadata.annotations.insert(POD_ANNOTATION.into(), "egress".into());
+                pod.metadata.labels.insert("app".into(), format!("app-{}", i % 100));
+                pod.metadata.labels.insert("tier".into(), format!("tier-{}", i % 3));
+                pod.status.phase = Some("Running".into());
+                pod.status.pod_ip = Some(Ipv4Addr::from(0x0a00_0000 + ns * 1000 + i).to_string());
+                st.pods.push(pod);
+            }
+            for p in 0..100u32 {
+                let selector = match p % 10 {
+                    0 => serde_json::json!({}),
+                    1 => {
+                        serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["tier-0"]}]})
+                    }
+                    _ => serde_json::json!({"matchLabels": {"app": format!("app-{p}")}}),
+                };
+                st.network_policies.push(NetworkPolicyObject {
+                    metadata: ObjectMeta {
+                        name: format!("np-{p}"),
+                        namespace: Some(namespace.clone()),
+                        ..Default::default()
+                    },
+                    spec: serde_json::json!({
+                        "podSelector": selector,
+                        "policyTypes": ["Egress"],
+                        "egress": [{"to": [{"ipBlock": {"cidr": "203.0.113.0/24", "except": ["203.0.113.128/25"]}}],
+                                    "ports": [{"protocol": "TCP", "port": 443}, {"port": 32000, "endPort": 32768}]}]
+                    }),
+                });
+            }
+        }
+        let t0 = std::time::Instant::now();
+        let r = reconcile(&st);
+        let took = t0.elapsed();
+        let plan = &r.plans["gw-0"];
+        assert_eq!((plan.bindings.len(), plan.network_policies.len()), (100_000, 10_000), "{:?}", r.problems.first());
+        plan.validate().unwrap();
+        let without_policies = ClusterState { network_policies: vec![], ..st.clone() };
+        let t1 = std::time::Instant::now();
+        let _ = reconcile(&without_policies);
+        let without = t1.elapsed();
+        eprintln!("reconcile: {took:?} with 10,000 NetworkPolicies, {without:?} without (100,000 pods, 2 nodes)");
+    }
+}

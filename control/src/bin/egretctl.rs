@@ -171,6 +171,17 @@ async fn run(cli: &Cli) -> Result<String, String> {
                 ]));
             }
             t.push_str(&table(rows));
+            let policies = plan["networkPolicies"].as_array().filter(|p| !p.is_empty());
+            if let Some(policies) = policies {
+                let mut rows = vec![row(["NETWORKPOLICY", "PODS", "EGRESS RULES"])];
+                for p in policies {
+                    let count = |k: &str| p[k].as_array().map_or(0, Vec::len).to_string();
+                    let rules = if count("egress") == "0" { "0 (deny all)".to_string() } else { count("egress") };
+                    rows.push(row([p["name"].as_str().unwrap_or_default(), &count("pods"), &rules]));
+                }
+                t.push('\n');
+                t.push_str(&table(rows));
+            }
             (v, t)
         }
         Cmd::Nodes => {
