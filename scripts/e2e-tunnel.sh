@@ -191,6 +191,49 @@ check "after pod-a's source port changes it still gets through [$a]" test "$a" =
 check "the gateway learned the new endpoint from an authenticated packet [roams $(tstat demo/sgw-a roams)]" \
   eventually tstat_ge $((r0 + 1)) demo/sgw-a roams
 
+echo "== forged initiations claiming pod-a (a VNet host that saw one of its initiations)"
+# pod-a starts a new handshake; its initiation is captured on its own NIC.
+x egt-pa timeout 15 tcpdump -i eth0 -c 1 -w "$DIR/init.pcap" 'udp dst port 6000 and udp[8] = 1' >/dev/null 2>&1 &
+cap=$!
+sleep 1
+gateway_peer egt-pa "$DIR/gw-a.pub" 6000
+x egt-pa curl -s -m 10 -o /dev/null http://198.19.0.254/
+wait "$cap"
+r0=$(tstat demo/sgw-a roams)
+# pod-a downloads (iperf3 -R) while pod-x replays the initiation 50 times a
+# second from its own address and counts what comes back to it.
+x egt-pa iperf3 -c 198.19.0.254 -t 4 -R -J >"$DIR/forged-iperf.json" 2>/dev/null &
+dl=$!
+forged=$(x egt-px python3 - "$DIR/init.pcap" <<'PY' 2>&1
+import socket, sys, time
+# The one captured frame (pcap: 24-byte file header, 16-byte record
+# header, Ethernet, IPv4, UDP): its UDP payload.
+frame = open(sys.argv[1], "rb").read()[24 + 16:]
+ip = frame[14:]
+init = ip[(ip[0] & 0xF) * 4 + 8:]
+assert init[0] == 1 and len(init) == 148, "a WireGuard initiation"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setblocking(False)
+got = {}
+end = time.time() + 4
+while time.time() < end:
+    s.sendto(init, ("198.18.50.100", 6000))
+    t = time.time() + 0.02
+    while time.time() < t:
+        try:
+            d = s.recv(4096)
+            got[d[0]] = got.get(d[0], 0) + 1
+        except BlockingIOError:
+            time.sleep(0.002)
+print(f"data {got.get(4, 0)} other {sum(got.values()) - got.get(4, 0)}")
+PY
+)
+wait "$dl"
+dlmbit=$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['end']['sum_received']['bits_per_second']/1e6))" "$DIR/forged-iperf.json" 2>/dev/null)
+check "none of pod-a's packets reach the forger [$forged]" grep -q "^data 0 " <<<"$forged"
+check "pod-a's download kept going meanwhile [${dlmbit:-0} Mbit/s]" test "${dlmbit:-0}" -gt 0
+check "pod-a's endpoint never moved [roams $r0 → $(tstat demo/sgw-a roams)]" test "$(tstat demo/sgw-a roams)" = "$r0"
+
 echo "== a plan change keeps other peers' tunnels"
 h0=$(tstat demo/sgw-b handshakes_completed)
 python3 - "$DIR/plan.yaml" <<'PY'
