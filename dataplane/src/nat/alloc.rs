@@ -160,7 +160,7 @@ impl NatEngine {
 /// The state of a source bound by a fallback CIDR of config `ci`.
 pub(super) fn fallback_pod(src: u32, ci: u16, plan: &CompiledPlan) -> PodState {
     let preferred = rendezvous(src, &plan.configs[usize::from(ci)]);
-    PodState { config: ci, preferred, holdings: 0, sessions: 0, tunnelled: false, fallback: true }
+    PodState { config: ci, preferred, holdings: 0, sessions: 0, tunnelled: false, fallback: true, policed: false }
 }
 
 /// The pod's paired address: highest rendezvous score, so a pool change

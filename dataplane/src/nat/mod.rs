@@ -182,6 +182,10 @@ struct PodState {
     /// packet and forgotten once it holds nothing (so the map stays as
     /// small as the sessions, whatever the CIDRs' size).
     fallback: bool,
+    /// Some NetworkPolicy of the plan selects it: its new flows are judged
+    /// (read here, where the packet's pod was just looked up, so a pod no
+    /// policy selects costs no lookup in the policies' own table).
+    policed: bool,
 }
 
 impl PodState {

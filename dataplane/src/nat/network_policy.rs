@@ -51,6 +51,11 @@ impl CompiledNetworkPolicies {
         self.by_pod.is_empty()
     }
 
+    /// Whether some policy selects `pod`.
+    pub fn selects(&self, pod: u32) -> bool {
+        self.by_pod.contains_key(&pod)
+    }
+
     pub fn len(&self) -> usize {
         self.names.len()
     }
@@ -87,6 +92,9 @@ impl NatEngine {
     /// Whether the NetworkPolicies deny the new flow `k` (outbound key:
     /// `local` is the pod); a denial is counted per selecting policy.
     pub(super) fn network_policy_denies(&mut self, k: &FlowKey) -> bool {
+        if !self.pods.get(&k.local).is_some_and(|p| p.policed) {
+            return false;
+        }
         let plan = &self.plan;
         match plan.network_policies.judge(k.local, k.proto, k.remote, k.remote_port) {
             Judgement::Unselected | Judgement::Allowed => false,

@@ -85,7 +85,8 @@ impl NatEngine {
             .map(|(&p, &ci)| {
                 let preferred = rendezvous(p, &plan.configs[usize::from(ci)]);
                 let tunnelled = plan.tunnelled.contains(&p);
-                (p, PodState { config: ci, preferred, holdings: 0, sessions: 0, tunnelled, fallback: false })
+                let policed = plan.network_policies.selects(p);
+                (p, PodState { config: ci, preferred, holdings: 0, sessions: 0, tunnelled, fallback: false, policed })
             })
             .collect();
         // Sources the plan binds only by a source CIDR now keep their
