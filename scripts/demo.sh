@@ -1,79 +1,138 @@
 #!/usr/bin/env bash
-# Egret demo: builds the namespace topology (three pods, the gateway node, an
-# "internet" with a server that answers with the source address it sees),
-# starts the control plane (egret-control, reading the cluster's objects from
-# a manifests directory) and the gateway (egret-gateway, subscribed to it over
-# gRPC), and shows each pod leaving through its own egress IP, like
-# `kubectl exec ... -- curl ifconfig.me` in the AKS docs. Then it rebinds a
-# pod by editing the manifests, and locks a config down with an EgressPolicy.
-# Everything is torn down on exit. Run as root.
-set -euo pipefail
+# Egret demo: the AKS Static Egress Gateway drop-in, end to end. Pods run
+# real WireGuard (wireguard-go, set up as kube-egress-cni sets it up), the
+# gateway node runs egret-gateway, and egret-control is fed the objects an
+# AKS cluster holds (StaticGatewayConfigurations with their
+# gatewayServerProfile, the key Secrets, PodEndpoints, the annotated Pods,
+# the gateway Node and its GatewayVMConfigurations) from a manifests
+# directory. Each pod leaves from its own config's egress IP (the edge maps
+# the node's secondary IPs to public ones, as Azure does); then a
+# Kubernetes NetworkPolicy locks one pod down, which AKS documents as not
+# working through its gateway, and egretctl shows the refusals and the
+# TCP sessions by state. Everything is torn down on exit. Run as root.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-scripts/install-deps.sh
+scripts/install-deps.sh >/dev/null
 echo "building egret-gateway, egret-control and egretctl (release)..."
-build_release
+TUNNEL_NAME=demo
+. scripts/tunnel-topology.sh
+PIDS=()
 
-DIR=$(mktemp -d /tmp/egret-demo.XXXXXX)
-cleanup() {
-  stop_gateway
-  stop_control
-  stop_servers
-  scripts/topology.sh down
-  rm -rf "$DIR"
+UID_A=0a0a0a0a-0000-0000-0000-00000000000a
+UID_B=0b0b0b0b-0000-0000-0000-00000000000b
+pod() { # pod NAME IP CONFIG APP: the annotated Pod the CNI plugin serves
+  cat <<YAML
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, namespace: demo, labels: {app: $4}, annotations: {kubernetes.azure.com/static-gateway-configuration: $3}}
+status: {phase: Running, podIP: $2, podIPs: [{ip: $2}]}
+YAML
 }
-trap cleanup EXIT
-ctl() { ip netns exec egt-gw "$EGRETCTL" "$@" | sed 's/^/  /'; }
-curl_from() { ip netns exec "egt-$1" curl -s -m "${2:-3}" http://198.19.0.254/ || echo "refused"; }
-
-scripts/topology.sh up 1
+vm_config() { # vm_config CONFIG SECONDARY_IP: the node's address for CONFIG
+  cat <<YAML
+---
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: GatewayVMConfiguration
+metadata: {name: $1, namespace: demo}
+spec: {gatewayNodepoolName: gwpool, provisionPublicIps: true}
+status:
+  gatewayVMProfiles:
+  - {nodeName: egt-gw-node, primaryIP: 198.18.50.10, secondaryIP: $2}
+YAML
+}
 mkdir -p "$DIR/manifests"
-write_plan "$DIR/manifests/cluster.yaml"
-write_settings "$DIR/gateway.toml" "$DIR" 1
-{ printf 'snapshot_interval_secs = 1\n'; cat "$DIR/gateway.toml"; } > "$DIR/gw.tmp" && mv "$DIR/gw.tmp" "$DIR/gateway.toml"
-use_control "$DIR/gateway.toml"
-start_servers "$DIR"
+{
+  sgc sgw-a $UID_A 198.19.100.1 6000 gw-a
+  sgc sgw-b $UID_B 198.19.101.1 6001 gw-b
+  pod_endpoint pod-a sgw-a 198.18.61.2 pa
+  echo ---
+  pod_endpoint pod-b sgw-b 198.18.62.2 pb
+  pod pod-a 198.18.61.2 sgw-a shop
+  pod pod-b 198.18.62.2 sgw-b batch
+  cat <<YAML
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: egt-gw-node
+  labels: {kubeegressgateway.azure.com/mode: "true", kubernetes.azure.com/agentpool: gwpool}
+status: {conditions: [{type: Ready, status: "True"}]}
+YAML
+  vm_config sgw-a 198.18.50.11
+  vm_config sgw-b 198.18.50.12
+} > "$DIR/manifests/cluster.yaml"
+# A session sample in every report (egretctl sessions), every second.
+{ echo 'snapshot_interval_secs = 1'; grep -v '^plan_file' "$DIR/gateway.toml"; } > "$DIR/gateway.tmp"
+printf '[control]\nurl = "http://127.0.0.1:50051"\nnode = "egt-gw-node"\n' >> "$DIR/gateway.tmp"
+mv "$DIR/gateway.tmp" "$DIR/gateway.toml"
+
+# The internet: a server that answers with the source it sees, on 80 and 8080.
+ip netns exec egt-net python3 scripts/echo_server.py 198.19.0.254 >"$DIR/echo.log" 2>&1 &
+PIDS+=($!)
+ip netns exec egt-net python3 -c '
+import http.server
+class Seen(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = (self.client_address[0] + "\n").encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(b))); self.end_headers(); self.wfile.write(b)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("198.19.0.254", 8080), Seen).serve_forever()' >"$DIR/http8080.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 50); do x egt-net python3 -c "import socket; socket.create_connection(('198.19.0.254', 80), 0.2); socket.create_connection(('198.19.0.254', 8080), 0.2)" 2>/dev/null && break; sleep 0.1; done
 start_control "$DIR" || { cat "$DIR/control.log"; exit 1; }
-echo "egret-control serving 127.0.0.1:50051 from $DIR/manifests"
-start_gateway "$DIR"
-grep -E "attached|bound|running|applied" "$DIR/gateway.log" | sed 's/\x1b\[[0-9;]*m//g' | sed 's/^/  gateway: /'
+echo "egret-control serving the cluster's objects from $DIR/manifests"
+start_gateway "$DIR" || exit 1
+grep -E "attached|bound|running" "$DIR/gateway.log" | sed 's/\x1b\[[0-9;]*m//g' | sed 's/^/  gateway: /'
+pod_wg egt-pa "$DIR/pa.key" "$DIR/gw-a.pub" 6000
+pod_wg egt-pb "$DIR/pb.key" "$DIR/gw-b.pub" 6001
+ctl() { x egt-gw "$EGRETCTL" "$@" | sed 's/^/  /'; }
+ask() { # ask NS URL: what the server saw, or "refused"
+  local out
+  out=$(x "egt-$1" curl -s -m "${3:-3}" "$2") && [ -n "$out" ] && { echo "$out" | head -c 60; return; }
+  echo refused
+}
+# The pods' first handshakes (wireguard-go starts one with the first packet).
+for _ in $(seq 30); do [ "$(ask pa http://198.19.0.254/ 1)" != refused ] && [ "$(ask pb http://198.19.0.254/ 1)" != refused ] && break; sleep 0.2; done
 
 echo
 echo "$ egretctl configs"
 ctl configs
 echo
-printf '%-8s %-12s %-10s %s\n' POD IP CONFIG "curl http://198.19.0.254/ (the server prints the source it sees)"
-for row in "pa pod-a 198.18.0.2 config-a" "pb pod-b 198.18.0.3 config-b" "pc pod-c 198.18.0.4 (none)"; do
-  set -- $row
-  seen=$(curl_from "$1")
-  [ "$seen" = refused ] && seen="refused: no egress (not bound to a config)"
-  printf '%-8s %-12s %-10s %s\n' "$2" "$3" "$4" "$seen"
-done
+printf '%-7s %-13s %-7s %s\n' POD "IP (wg0 in)" CONFIG "curl http://198.19.0.254/ (the server prints the source it sees)"
+printf '%-7s %-13s %-7s %s\n' pod-a 198.18.61.2 sgw-a "$(ask pa http://198.19.0.254/)"
+printf '%-7s %-13s %-7s %s\n' pod-b 198.18.62.2 sgw-b "$(ask pb http://198.19.0.254/)"
+echo "(each through its own WireGuard tunnel to the ILB frontend 198.18.50.100, from its config's public IP)"
+
 echo
-echo "pod-a to an excluded destination (198.19.200.5): seen as $(ip netns exec egt-pa curl -s -m 3 http://198.19.200.5/) (untranslated)"
-echo
-echo "Rebinding pod-b to config-a in the manifests (as kubectl annotate would)..."
-write_plan "$DIR/manifests/next.tmp" config-a config-a && mv "$DIR/manifests/next.tmp" "$DIR/manifests/cluster.yaml"
-for _ in $(seq 40); do [[ "$(curl_from pb 1)" == 198.19.100.* ]] && break; sleep 0.05; done
-echo "pod-b now leaves as $(curl_from pb)"
-echo
-echo "Locking config-a down: default deny, allow HTTP to 198.19.0.254 for pods labelled app=web (pod-a)..."
-write_web_lockdown "$DIR/manifests/next.tmp" web config-a config-a
-mv "$DIR/manifests/next.tmp" "$DIR/manifests/cluster.yaml"
-for _ in $(seq 40); do [ "$(curl_from pb 1)" = refused ] && break; sleep 0.05; done
-echo "pod-a (app=web):  $(curl_from pa)"
-echo "pod-b (no label): $(curl_from pb 1)"
+echo "Applying a NetworkPolicy (as kubectl apply would): pods app=shop may send only HTTP to 198.19.0.254:80"
+cat > "$DIR/manifests/netpol.yaml" <<'YAML'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: shop-egress, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: shop}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 198.19.0.254/32}}]
+    ports: [{protocol: TCP, port: 80}]
+YAML
+for _ in $(seq 40); do [ "$(ask pa http://198.19.0.254:8080/ 1)" = refused ] && break; sleep 0.05; done
+printf '%-28s %s\n' "pod-a (app=shop) :80" "$(ask pa http://198.19.0.254/)"
+printf '%-28s %s\n' "pod-a (app=shop) :8080" "$(ask pa http://198.19.0.254:8080/ 2)"
+printf '%-28s %s\n' "pod-b (app=batch) :8080" "$(ask pb http://198.19.0.254:8080/)"
 sleep 1.5
 echo
 echo "$ egretctl rules"
 ctl rules
 echo
-echo "$ egretctl sessions --pod 198.18.0.2"
-ctl sessions --pod 198.18.0.2
+echo "$ egretctl sessions --pod 198.18.61.2"
+ctl sessions --pod 198.18.61.2
 echo
 echo "stopping the gateway and the control plane..."
 stop_gateway
 stop_control
-if xdp_attached gw-in || xdp_attached gw-out; then echo "XDP still attached!"; exit 1; fi
+if xdp_attached gw0; then echo "XDP still attached!"; exit 1; fi
 echo "XDP detached. Done."

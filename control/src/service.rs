@@ -440,6 +440,36 @@ impl AdminService for Admin {
                 oldest_report_age_s: reports.iter().map(|(t, _)| t.elapsed().as_secs()).max(),
             });
         }
+        // Kubernetes NetworkPolicies, listed after the configs' policies as
+        // `NetworkPolicy namespace/name`: their egress rules allow, what none
+        // allows is denied (the gateways report those denials per policy).
+        if want.is_empty() {
+            let mut netpols: std::collections::BTreeMap<&str, (Vec<String>, &egret_plan::NetworkPolicy)> =
+                Default::default();
+            for np in snap.plans.values().chain(snap.anyone.as_ref()) {
+                for p in &np.plan.network_policies {
+                    let e = netpols.entry(p.name.as_str()).or_insert_with(|| (Vec::new(), p));
+                    e.0.extend(p.pods.iter().map(|a| a.to_string()));
+                }
+            }
+            for (name, (mut pods, p)) in netpols {
+                pods.sort();
+                pods.dedup();
+                let label = format!("NetworkPolicy {name}");
+                let denied = sums.get(&(label.as_str(), 0, "denied")).copied().unwrap_or(0);
+                let rules = p.egress.iter().enumerate().map(|(i, r)| network_policy_rule(i, r, &pods)).collect();
+                out.policies.push(api::PolicyInfo {
+                    config: label,
+                    default_action: "deny".into(),
+                    deny_response: "drop".into(),
+                    live_flows: "cut".into(),
+                    rules,
+                    default_hits: denied,
+                    reporting_nodes: reports.len() as u32,
+                    oldest_report_age_s: reports.iter().map(|(t, _)| t.elapsed().as_secs()).max(),
+                });
+            }
+        }
         Ok(Response::new(out))
     }
 
@@ -466,4 +496,51 @@ impl AdminService for Admin {
 /// A policy enum as its YAML spelling (kebab-case), for display.
 fn kebab<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// One NetworkPolicy egress rule as `egretctl rules` shows it: its
+/// destinations (`any` when it has no `to`, `none outside` when only
+/// in-cluster peers), its ports (`any` when none), the pods it serves here.
+/// Allowed flows are not counted per rule: its hits stay 0.
+fn network_policy_rule(i: usize, r: &egret_plan::NetworkPolicyRule, pods: &[String]) -> api::RuleInfo {
+    let cidrs = match &r.to {
+        None => Vec::new(),
+        Some(blocks) if blocks.is_empty() => vec!["none outside".into()],
+        Some(blocks) => blocks
+            .iter()
+            .map(|b| match b.except.as_slice() {
+                [] => b.cidr.to_string(),
+                ex => format!("{} except {}", b.cidr, ex.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(" ")),
+            })
+            .collect(),
+    };
+    let ports = match &r.ports {
+        None => Vec::new(),
+        Some(ps) if ps.is_empty() => vec!["none".into()],
+        Some(ps) => ps
+            .iter()
+            .map(|p| {
+                let proto = match p.protocol {
+                    egret_plan::NetworkProtocol::Tcp => "tcp",
+                    egret_plan::NetworkProtocol::Udp => "udp",
+                };
+                if p.lo == p.hi {
+                    format!("{proto}/{}", p.lo)
+                } else {
+                    format!("{proto}/{}-{}", p.lo, p.hi)
+                }
+            })
+            .collect(),
+    };
+    api::RuleInfo {
+        name: format!("egress-{}", i + 1),
+        action: "allow".into(),
+        cidrs,
+        fqdns: Vec::new(),
+        protocol: String::new(),
+        ports,
+        pods: pods.to_vec(),
+        any_pod: false,
+        hits: 0,
+    }
 }

@@ -429,6 +429,66 @@ spec:
     ctl.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_rules_shows_network_policies_with_the_gateways_denials() {
+    use egret_api::v1::{ListRulesRequest, RuleHits};
+    let netpol = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-egress, namespace: apps}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 198.19.0.0/24, except: [198.19.0.128/25]}}]
+    ports: [{protocol: TCP, port: 443}, {protocol: UDP, port: 32000, endPort: 32768}]
+"#;
+    let text = manifests("blue").replace(
+        "  name: web
+",
+        "  name: web
+  labels: {app: web}
+",
+    ) + netpol;
+    let state = ControlState::new();
+    state.update(&egret_cluster::ClusterState::parse(&text, "t").unwrap());
+    let ctl = Control::start(state.clone(), None, "127.0.0.1:0").await;
+    let url = format!("http://{}", ctl.addr);
+    let mut admin = AdminServiceClient::connect(url.clone()).await.unwrap();
+    let sub: Subscription<Plan> = subscribe(fast(SubscribeConfig::new(&url, NODE)));
+    let mut plans = sub.plans();
+    next_plan(&mut plans, Duration::from_secs(5)).await;
+    sub.report(Report {
+        rule_hits: vec![RuleHits {
+            config: "NetworkPolicy apps/web-egress".into(),
+            rule: "denied".into(),
+            index: 0,
+            hits: 4,
+        }],
+        ..Default::default()
+    });
+    let p = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            let r = admin.list_rules(ListRulesRequest::default()).await.unwrap().into_inner();
+            if let Some(p) =
+                r.policies.iter().find(|p| p.config == "NetworkPolicy apps/web-egress" && p.reporting_nodes == 1)
+            {
+                return p.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the policy and the report");
+    assert_eq!((p.default_action.as_str(), p.default_hits), ("deny", 4), "denials per policy");
+    assert_eq!(p.rules[0].cidrs, ["198.19.0.0/24 except 198.19.0.128/25"]);
+    assert_eq!(p.rules[0].ports, ["tcp/443", "udp/32000-32768"]);
+    assert_eq!(p.rules[0].pods, ["198.18.0.2"]);
+    drop(sub);
+    ctl.stop().await;
+}
+
 /// Opens the plan stream by hand with one Hello; returns the first update's
 /// version, or the status the server answered with.
 async fn raw_subscribe(url: &str, tls: Option<&TlsFiles>, node: &str) -> Result<u64, tonic::Status> {

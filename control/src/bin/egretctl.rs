@@ -281,7 +281,7 @@ async fn run(cli: &Cli) -> Result<String, String> {
             let mut t = String::new();
             let mut js = Vec::new();
             if r.policies.is_empty() {
-                t.push_str("no config has an egress policy (every destination is allowed)\n");
+                t.push_str("no config has an egress policy and no NetworkPolicy selects a pod (every destination is allowed)\n");
             }
             for p in &r.policies {
                 t.push_str(&format!(
