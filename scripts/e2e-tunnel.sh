@@ -338,6 +338,33 @@ check "deleting it cuts pod-x off [$ms ms to the gateway]" \
   within_2s sh -c "! ip netns exec egt-px curl -s -m 3 http://198.19.0.254/"
 check "nothing leaked meanwhile [edge leak counter $(leaked)]" test "$(leaked)" = 0
 
+echo "== a NetworkPolicy through the tunnels (AKS: not enforced through its gateway)"
+# The namespace's tunnelled pods may send only TCP 80 to the echo server.
+cat > "$DIR/manifests/netpol.yaml" <<'YAML'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: echo-only, namespace: demo}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 198.19.0.254/32}}]
+    ports: [{protocol: TCP, port: 80}]
+YAML
+tcp7008() { x "$1" python3 -c "import socket; socket.create_connection(('198.19.0.254', 7008), 1.5)" 2>/dev/null; }
+for _ in $(seq 40); do tcp7008 egt-pa || break; sleep 0.05; done
+a=$(x egt-pa curl -s -m 5 http://198.19.0.254/)
+check "pod-a's curl to the allowed address and port goes through its tunnel [$a]" test "$a" = 198.19.100.1
+check "another port is refused (TCP 7008)" sh -c "! ip netns exec egt-pa python3 -c \"import socket; socket.create_connection(('198.19.0.254', 7008), 1.5)\" 2>/dev/null"
+check "ping is refused" sh -c "! ip netns exec egt-pa ping -c 2 -i 0.2 -W 1 -q 198.19.0.254"
+denied_ge() { [ "$(status_sum nat drops network_policy_denied)" -ge "$1" ]; }
+check "the gateway counted the denials [$(status_sum nat drops network_policy_denied)]" eventually denied_ge 3
+rm -f "$DIR/manifests/netpol.yaml"
+t0=$(date +%s%N)
+for _ in $(seq 40); do tcp7008 egt-pa && break; sleep 0.05; done
+ms=$((($(date +%s%N) - t0) / 1000000))
+check "deleting the policy restores pod-a's egress within 2 s [$ms ms]" within_2s tcp7008 egt-pa
+
 echo "== failover: two gateway nodes behind the load balancer's stand-in"
 # A second node joins the pool with its own secondary IPs (its own
 # GatewayVMConfiguration profile, as on Azure). egret-control's plans are a

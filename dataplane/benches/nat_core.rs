@@ -256,6 +256,22 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
+/// New flows a second through a fresh engine on `plan`, once per run.
+fn new_flow_rates(plan: &Arc<CompiledPlan>, pkts: &[[u8; FRAME]], runs: usize) -> Vec<f64> {
+    (0..runs)
+        .map(|_| {
+            let s = EngineSettings {
+                session_capacity: pkts.len() + 1024,
+                router_ip: Ipv4Addr::new(198, 18, 0, 1),
+                seed: 1,
+                ..Default::default()
+            };
+            let mut e = NatEngine::new(s, plan.clone());
+            run(&mut e, pkts, 1)
+        })
+        .collect()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -312,19 +328,7 @@ fn main() {
         let n = if quick { 50_000 } else { 500_000 };
         let pkts: Vec<[u8; FRAME]> = order(n).into_iter().map(flow).collect();
         for (label, pol) in [("no policy", None), ("10k-rule policy", Some(policy(10_000)))] {
-            let plan = plan_with_policy(MappingMode::PortReuse, pol);
-            let rates: Vec<f64> = (0..runs)
-                .map(|_| {
-                    let s = EngineSettings {
-                        session_capacity: n + 1024,
-                        router_ip: Ipv4Addr::new(198, 18, 0, 1),
-                        seed: 1,
-                        ..Default::default()
-                    };
-                    let mut e = NatEngine::new(s, plan.clone());
-                    run(&mut e, &pkts, 1)
-                })
-                .collect();
+            let rates = new_flow_rates(&plan_with_policy(MappingMode::PortReuse, pol), &pkts, runs);
             rows.push((format!("new sessions (port reuse), {label}, {n} flows"), median(rates), "M/s"));
         }
     }
@@ -339,19 +343,7 @@ fn main() {
             ("10,000 NetworkPolicies selecting other pods", network_policies(10_000, false)),
             ("10,000 NetworkPolicies, ~10 selecting each flow's pod", network_policies(10_000, true)),
         ] {
-            let plan = plan_with(MappingMode::PortReuse, None, nps);
-            let rates: Vec<f64> = (0..runs)
-                .map(|_| {
-                    let s = EngineSettings {
-                        session_capacity: n + 1024,
-                        router_ip: Ipv4Addr::new(198, 18, 0, 1),
-                        seed: 1,
-                        ..Default::default()
-                    };
-                    let mut e = NatEngine::new(s, plan.clone());
-                    run(&mut e, &pkts, 1)
-                })
-                .collect();
+            let rates = new_flow_rates(&plan_with(MappingMode::PortReuse, None, nps), &pkts, runs);
             rows.push((format!("new sessions (port reuse), {label}, {n} flows"), median(rates), "M/s"));
         }
     }
