@@ -31,18 +31,6 @@ metadata: {name: $1, namespace: demo, labels: {app: $4}, annotations: {kubernete
 status: {phase: Running, podIP: $2, podIPs: [{ip: $2}]}
 YAML
 }
-vm_config() { # vm_config CONFIG SECONDARY_IP: the node's address for CONFIG
-  cat <<YAML
----
-apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
-kind: GatewayVMConfiguration
-metadata: {name: $1, namespace: demo}
-spec: {gatewayNodepoolName: gwpool, provisionPublicIps: true}
-status:
-  gatewayVMProfiles:
-  - {nodeName: egt-gw-node, primaryIP: 198.18.50.10, secondaryIP: $2}
-YAML
-}
 mkdir -p "$DIR/manifests"
 {
   sgc sgw-a $UID_A 198.19.100.1 6000 gw-a
@@ -61,8 +49,8 @@ metadata:
   labels: {kubeegressgateway.azure.com/mode: "true", kubernetes.azure.com/agentpool: gwpool}
 status: {conditions: [{type: Ready, status: "True"}]}
 YAML
-  vm_config sgw-a 198.18.50.11
-  vm_config sgw-b 198.18.50.12
+  vm_config sgw-a egt-gw-node=198.18.50.11
+  vm_config sgw-b egt-gw-node=198.18.50.12
 } > "$DIR/manifests/cluster.yaml"
 # A session sample in every report (egretctl sessions), every second.
 { echo 'snapshot_interval_secs = 1'; grep -v '^plan_file' "$DIR/gateway.toml"; } > "$DIR/gateway.tmp"

@@ -269,20 +269,8 @@ mkdir -p "$DIR/manifests"
 # Gateway node n: NAME:SUBNET (node 1 egt-gw-node on 198.18.50, node 2
 # egt-gw-node2 on 198.18.52; each node's primary IP is .10 there).
 gw_nodes() { echo egt-gw-node:198.18.50; [ "$1" -lt 2 ] || echo egt-gw-node2:198.18.52; }
-vm_config() { # vm_config CONFIG HOST NODES: node n's secondary IP is SUBNET.HOST
-  cat <<YAML
----
-apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
-kind: GatewayVMConfiguration
-metadata: {name: $1, namespace: demo}
-spec: {gatewayNodepoolName: gwpool, provisionPublicIps: true}
-status:
-  gatewayVMProfiles:
-YAML
-  for n in $(gw_nodes "$3"); do
-    echo "  - {nodeName: ${n%%:*}, primaryIP: ${n#*:}.10, secondaryIP: ${n#*:}.$2}"
-  done
-}
+# node_ips HOST NODES: NODE=SECONDARY_IP for each node, SUBNET.HOST.
+node_ips() { for n in $(gw_nodes "$2"); do echo "${n%%:*}=${n#*:}.$1"; done; }
 cluster_yaml() { # cluster_yaml NODES: the cluster's objects with 1 or 2 gateway nodes
   sgc sgw-a $UID_A 198.19.100.1 6000 gw-a
   sgc sgw-b $UID_B 198.19.101.1 6001 gw-b
@@ -300,8 +288,8 @@ metadata:
 status: {conditions: [{type: Ready, status: "True"}]}
 YAML
   done
-  vm_config sgw-a 11 "$1"
-  vm_config sgw-b 12 "$1"
+  vm_config sgw-a $(node_ips 11 "$1")
+  vm_config sgw-b $(node_ips 12 "$1")
 }
 cluster_yaml 1 > "$DIR/manifests/cluster.yaml"
 grep -v '^plan_file' "$DIR/gateway.toml" > "$DIR/gateway-control.toml"

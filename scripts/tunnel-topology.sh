@@ -155,6 +155,26 @@ pod_wg() { # pod_wg NS KEY GW_PUB PORT
   x "$ns" ip -4 route replace default via inet6 fe80::1 dev wg0
 }
 wgpid() { local v="WGPID_${1//-/_}"; echo "${!v}"; }
+# vm_config CONFIG NODE=SECONDARY_IP...: kube-egress-gateway's
+# GatewayVMConfiguration for CONFIG, each node's secondary IP (its primary
+# is .10 of the same subnet).
+vm_config() {
+  local config=$1 n ip
+  shift
+  cat <<YAML
+---
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: GatewayVMConfiguration
+metadata: {name: $config, namespace: demo}
+spec: {gatewayNodepoolName: gwpool, provisionPublicIps: true}
+status:
+  gatewayVMProfiles:
+YAML
+  for n in "$@"; do
+    ip=${n#*=}
+    echo "  - {nodeName: ${n%%=*}, primaryIP: ${ip%.*}.10, secondaryIP: $ip}"
+  done
+}
 # gateway_peer NS GW_PUB PORT: the pod's one peer, the gateway (set anew:
 # no session, so its next packet starts a handshake with whichever
 # gateway answers now).
