@@ -34,8 +34,14 @@ def udp_echo():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((addr, 7007))
     while True:
-        data, peer = s.recvfrom(65535)
-        s.sendto(f"{peer[0]}:{peer[1]} {len(data)}".encode(), peer)
+        # A flood can make one send fail (ENOBUFS, an unreachable peer):
+        # that answer is lost, the echo goes on (an uncaught error would
+        # end this thread and every later UDP probe would go unanswered).
+        try:
+            data, peer = s.recvfrom(65535)
+            s.sendto(f"{peer[0]}:{peer[1]} {len(data)}".encode(), peer)
+        except OSError:
+            continue
 
 
 def tcp_echo_client(conn):
