@@ -331,9 +331,12 @@ check "pod-b's old connection is gone (cut, not kept or drained) and its UDP flo
 # ---------------------------------------------------------------------------
 echo "== kill -9 under load, restart"
 probe pb 8 kill_pb
-ip netns exec egt-pa iperf3 -c 198.19.0.254 -t 7 -i 1 -J >"$DIR/iperf-kill.json" 2>&1 &
+ip netns exec egt-pa iperf3 -c 198.19.0.254 -t 8 -i 1 -J >"$DIR/iperf-kill.json" 2>&1 &
 IPERF=$!; BG+=($IPERF)
-sleep 2.5
+# pod-b's connection must be in the state file when the gateway dies: the
+# workers' sample and the supervisor's save each come once a second, so a
+# flow younger than about 2 s may not be there yet (seen once at 2.5 s).
+sleep 3.5
 kill -KILL "$GATEWAY_PID"; wait "$GATEWAY_PID" 2>/dev/null; GATEWAY_PID=
 t0=$(now)
 start_gateway "$DIR"
