@@ -245,7 +245,7 @@ impl AdminService for Admin {
                 Some((addrs, pods)) => api::ConfigInfo {
                     name: c.name.clone(),
                     target: format!("{} (single-gateway mode: any subscriber)", c.target),
-                    prefix: c.prefix.map(|p| p.to_string()).unwrap_or_default(),
+                    prefix: c.prefix.as_ref().map(|p| p.to_string()).unwrap_or_default(),
                     served: true,
                     shares: vec![api::NodeShare { node: "*".into(), addresses: addrs.clone() }],
                     pod_ips: pods.clone(),
@@ -253,7 +253,7 @@ impl AdminService for Admin {
                 None => api::ConfigInfo {
                     name: c.name.clone(),
                     target: c.target.clone(),
-                    prefix: c.prefix.map(|p| p.to_string()).unwrap_or_default(),
+                    prefix: c.prefix.as_ref().map(|p| p.to_string()).unwrap_or_default(),
                     served: c.served,
                     shares: c
                         .shares

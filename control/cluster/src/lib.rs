@@ -25,6 +25,7 @@
 //! YAML is read with `serde_norway`, the maintained fork of the archived
 //! `serde_yaml` (same API, YAML 1.2 via `unsafe-libyaml-norway`).
 
+pub mod egress_ips;
 mod network_policies;
 pub mod objects;
 pub mod reconcile;

@@ -16,6 +16,7 @@
 //! 4. NetworkPolicies with Egress are compiled once against every bound
 //!    pod (`network_policies.rs`) and cut to each plan's bindings.
 
+use super::egress_ips::EgressIps;
 use super::network_policies::{self, BoundPod};
 use super::objects::*;
 use super::Problem;
@@ -57,7 +58,7 @@ pub struct ConfigStatus {
     pub name: String,
     /// `pool NAME`, `vmss RG/NAME`, or empty when neither is set.
     pub target: String,
-    pub prefix: Option<Ipv4Cidr>,
+    pub prefix: Option<EgressIps>,
     /// Node → its share of the prefix.
     pub shares: BTreeMap<String, Vec<Ipv4Addr>>,
     /// Pod IPs bound to it.
@@ -158,7 +159,7 @@ pub fn gateway_config(sgc: &StaticGatewayConfiguration, pool: Vec<Ipv4Cidr>) -> 
 }
 
 /// A config's egress prefix, once kube-egress-gateway has provisioned it.
-pub fn egress_prefix(sgc: &StaticGatewayConfiguration) -> Result<Ipv4Cidr, String> {
+pub fn egress_prefix(sgc: &StaticGatewayConfiguration) -> Result<EgressIps, String> {
     let p = sgc.status.as_ref().and_then(|s| s.egress_ip_prefix.as_deref()).map(str::trim).filter(|p| !p.is_empty());
     let p = p.ok_or("status.egressIpPrefix is not set yet (prefix not provisioned)")?;
     p.parse().map_err(|e| format!("status.egressIpPrefix: {e}"))
@@ -209,7 +210,7 @@ pub fn tunnel_of(sgc: &StaticGatewayConfiguration, st: &ClusterState) -> Result<
 /// refuses.
 fn egress_clash(
     ip: Ipv4Addr,
-    served: &BTreeMap<String, Ipv4Cidr>,
+    served: &BTreeMap<String, EgressIps>,
     given: &BTreeMap<Ipv4Addr, String>,
 ) -> Option<String> {
     if let Some((name, prefix)) = served.iter().find(|(_, p)| p.contains(u32::from(ip))) {
@@ -227,7 +228,7 @@ fn tunnel_bindings<'a>(
     st: &'a ClusterState,
     tunnelled: &BTreeSet<String>,
     taken: &BTreeSet<Ipv4Addr>,
-    egress: (&BTreeMap<String, Ipv4Cidr>, &BTreeMap<Ipv4Addr, String>),
+    egress: (&BTreeMap<String, EgressIps>, &BTreeMap<Ipv4Addr, String>),
     problems: &mut Vec<Problem>,
 ) -> Vec<(Binding, &'a PodEndpoint)> {
     let mut eps: Vec<&PodEndpoint> = st.pod_endpoints.iter().collect();
@@ -280,7 +281,7 @@ fn tunnel_bindings<'a>(
 /// A config that passed every check on its own.
 struct Candidate {
     config: GatewayConfig,
-    prefix: Ipv4Cidr,
+    prefix: EgressIps,
     target: Result<Target, String>,
 }
 
@@ -304,7 +305,7 @@ fn candidates(st: &ClusterState, needs_target: bool, problems: &mut Vec<Problem>
             continue;
         }
         let built = egress_prefix(sgc).and_then(|p| {
-            let mut c = gateway_config(sgc, vec![p])?;
+            let mut c = gateway_config(sgc, p.cidrs().to_vec())?;
             c.tunnel = tunnel_of(sgc, st)?;
             Ok((p, c))
         });
@@ -330,7 +331,7 @@ fn candidates(st: &ClusterState, needs_target: bool, problems: &mut Vec<Problem>
             ));
             continue;
         }
-        if let Some(e) = source_conflict(&out, &config, prefix).or_else(|| tunnel_conflict(&out, &config, prefix)) {
+        if let Some(e) = source_conflict(&out, &config, &prefix).or_else(|| tunnel_conflict(&out, &config, &prefix)) {
             problems.push(sgc_problem(sgc, e));
             continue;
         }
@@ -356,7 +357,7 @@ fn candidates(st: &ClusterState, needs_target: bool, problems: &mut Vec<Problem>
 
 /// Why `config`'s fallback source CIDRs clash with an older config's (the
 /// same CIDR bound twice, or a source CIDR holding the other's prefix).
-fn source_conflict(older: &[Candidate], config: &GatewayConfig, prefix: Ipv4Cidr) -> Option<String> {
+fn source_conflict(older: &[Candidate], config: &GatewayConfig, prefix: &EgressIps) -> Option<String> {
     for o in older {
         if let Some(c) = config.sources.iter().find(|c| o.config.sources.contains(c)) {
             return Some(format!(
@@ -364,10 +365,10 @@ fn source_conflict(older: &[Candidate], config: &GatewayConfig, prefix: Ipv4Cidr
                 o.config.name
             ));
         }
-        if let Some(c) = config.sources.iter().find(|c| c.overlaps(&o.prefix)) {
+        if let Some(c) = config.sources.iter().find(|c| o.prefix.overlaps_cidr(c)) {
             return Some(format!("{ANN_SOURCE_CIDRS} {c} holds egress prefix {} of {}", o.prefix, o.config.name));
         }
-        if let Some(c) = o.config.sources.iter().find(|c| c.overlaps(&prefix)) {
+        if let Some(c) = o.config.sources.iter().find(|c| prefix.overlaps_cidr(c)) {
             return Some(format!("status.egressIpPrefix {prefix} is inside source CIDR {c} of {}", o.config.name));
         }
     }
@@ -377,7 +378,7 @@ fn source_conflict(older: &[Candidate], config: &GatewayConfig, prefix: Ipv4Cidr
 /// Why `config`'s tunnel clashes with an older config (a gateway serving
 /// both would refuse its plan): the same endpoint, or a tunnel address that
 /// is the other's egress address.
-fn tunnel_conflict(older: &[Candidate], config: &GatewayConfig, prefix: Ipv4Cidr) -> Option<String> {
+fn tunnel_conflict(older: &[Candidate], config: &GatewayConfig, prefix: &EgressIps) -> Option<String> {
     for o in older {
         match (&config.tunnel, &o.config.tunnel) {
             (Some(t), Some(ot)) if (t.address, t.port) == (ot.address, ot.port) => {
@@ -499,7 +500,7 @@ fn resolve_pod_selectors(rules: &[PolicyRuleSpec], st: &ClusterState, config: &s
 fn all_bindings<'a>(
     st: &'a ClusterState,
     cands: &[Candidate],
-    served: &BTreeMap<String, Ipv4Cidr>,
+    served: &BTreeMap<String, EgressIps>,
     unserved: &BTreeMap<String, String>,
     given: &BTreeMap<Ipv4Addr, String>,
     problems: &mut Vec<Problem>,
@@ -531,7 +532,7 @@ fn all_bindings<'a>(
 /// exist but are not served, with the reason, for clearer messages.
 fn bindings<'a>(
     st: &'a ClusterState,
-    served: &BTreeMap<String, Ipv4Cidr>,
+    served: &BTreeMap<String, EgressIps>,
     unserved: &BTreeMap<String, String>,
     given: &BTreeMap<Ipv4Addr, String>,
     problems: &mut Vec<Problem>,
@@ -611,7 +612,7 @@ pub fn rendezvous_owner<'a>(nodes: &[&'a str], addr: Ipv4Addr) -> Option<&'a str
     nodes.iter().copied().max_by_key(|n| (rendezvous_weight(n, addr), std::cmp::Reverse(*n)))
 }
 
-pub fn split_prefix(prefix: Ipv4Cidr, nodes: &[&str]) -> BTreeMap<String, Vec<Ipv4Addr>> {
+pub fn split_prefix(prefix: &EgressIps, nodes: &[&str]) -> BTreeMap<String, Vec<Ipv4Addr>> {
     let mut shares: BTreeMap<String, Vec<Ipv4Addr>> = nodes.iter().map(|n| (n.to_string(), Vec::new())).collect();
     if nodes.is_empty() {
         return shares;
@@ -730,7 +731,7 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
         })
         .collect();
 
-    let mut served: BTreeMap<String, Ipv4Cidr> = BTreeMap::new();
+    let mut served: BTreeMap<String, EgressIps> = BTreeMap::new();
     let mut unserved: BTreeMap<String, String> = BTreeMap::new();
     let mut statuses: BTreeMap<String, ConfigStatus> = BTreeMap::new();
     let mut shares_of: BTreeMap<String, BTreeMap<String, Vec<Ipv4Addr>>> = BTreeMap::new();
@@ -743,7 +744,7 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
         let mut status = ConfigStatus {
             name: c.config.name.clone(),
             target: target.describe(),
-            prefix: Some(c.prefix),
+            prefix: Some(c.prefix.clone()),
             ..Default::default()
         };
         if members.is_empty() {
@@ -756,7 +757,7 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
         let vm = st.vm_configs.iter().find(|v| v.metadata.key() == c.config.name);
         let mut shares = match vm {
             Some(vm) => vm_shares(vm, &members, &mut problems),
-            None => split_prefix(c.prefix, &members),
+            None => split_prefix(&c.prefix, &members),
         };
         claim_shares(c, vm, &mut shares, &mut given, &cands, &mut problems);
         let idle: Vec<&str> = shares.iter().filter(|(_, a)| a.is_empty()).map(|(n, _)| n.as_str()).collect();
@@ -775,7 +776,7 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
         }
         status.shares = shares.iter().filter(|(_, a)| !a.is_empty()).map(|(n, a)| (n.clone(), a.clone())).collect();
         status.served = true;
-        served.insert(c.config.name.clone(), c.prefix);
+        served.insert(c.config.name.clone(), c.prefix.clone());
         shares_of.insert(c.config.name.clone(), shares);
         statuses.insert(c.config.name.clone(), status);
     }
@@ -854,7 +855,7 @@ pub fn standalone_plan(st: &ClusterState, version: u64) -> (Plan, Vec<Problem>) 
     let mut problems = Vec::new();
     let st = &*deduped(st, &mut problems);
     let cands = candidates(st, false, &mut problems);
-    let served: BTreeMap<String, Ipv4Cidr> = cands.iter().map(|c| (c.config.name.clone(), c.prefix)).collect();
+    let served: BTreeMap<String, EgressIps> = cands.iter().map(|c| (c.config.name.clone(), c.prefix.clone())).collect();
     let unserved: BTreeMap<String, String> = st
         .configs
         .iter()

@@ -477,7 +477,7 @@ mod properties {
             let prefix = Ipv4Cidr::new(Ipv4Addr::new(198, 19, 0, 0), len).unwrap();
             let names: Vec<String> = (0..n).map(|i| format!("aks-gw-{i}")).collect();
             let nodes: Vec<&str> = names.iter().map(String::as_str).collect();
-            let s = split_prefix(prefix, &nodes);
+            let s = split_prefix(&prefix.to_string().parse().unwrap(), &nodes);
             let all: BTreeSet<Ipv4Addr> = s.values().flatten().copied().collect();
             prop_assert_eq!(s.values().map(Vec::len).sum::<usize>(), all.len());
             prop_assert_eq!(all.len() as u64, prefix.size());
@@ -490,7 +490,7 @@ mod properties {
     fn split_is_roughly_even() {
         let prefix = cidr("198.19.0.0/22");
         let nodes = ["a", "b", "c", "d"];
-        let s = split_prefix(prefix, &nodes);
+        let s = split_prefix(&prefix.to_string().parse().unwrap(), &nodes);
         for (n, a) in &s {
             assert!((180..=330).contains(&a.len()), "{n}: {} of 1024", a.len());
         }
@@ -585,6 +585,36 @@ mod vm_profiles {
             "{:?}",
             r.problems
         );
+    }
+
+    /// Private IP mode (`provisionPublicIps: false`): the controller writes
+    /// the pool's secondary IPs, comma-joined, as `egressIpPrefix`.
+    fn in_private_ip_mode(mut st: ClusterState) -> ClusterState {
+        let sgc = st.configs.iter_mut().find(|c| c.metadata.key() == "apps/web-egress").unwrap();
+        sgc.status.as_mut().unwrap().egress_ip_prefix = Some("10.224.0.110,10.224.0.111".into());
+        st
+    }
+
+    #[test]
+    fn in_private_ip_mode_each_node_egresses_from_its_secondary_ip() {
+        let r = reconcile(&in_private_ip_mode(with_vm_config()));
+        let s = &shares(&r)["apps/web-egress"];
+        assert_eq!(s[GW1[0]], [ip("10.224.0.110")].into());
+        assert_eq!(s[GW1[1]], [ip("10.224.0.111")].into());
+        let status = r.configs.iter().find(|c| c.name == "apps/web-egress").unwrap();
+        assert!(status.served);
+        assert_eq!(status.prefix.as_ref().map(|p| p.to_string()).as_deref(), Some("10.224.0.110,10.224.0.111"));
+        for (node, p) in &r.plans {
+            p.validate().unwrap_or_else(|e| panic!("{node}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_private_ip_list_without_a_vm_config_is_split_across_the_pool() {
+        let r = reconcile(&in_private_ip_mode(aks()));
+        let s = &shares(&r)["apps/web-egress"];
+        let all: BTreeSet<Ipv4Addr> = s.values().flatten().copied().collect();
+        assert_eq!(all, [ip("10.224.0.110"), ip("10.224.0.111")].into());
     }
 
     #[test]
