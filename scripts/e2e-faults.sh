@@ -152,6 +152,9 @@ IPERF=$!; BG+=($IPERF)
 sleep 1.5
 c0=$(cpu_ticks); sleep 1; c1=$(cpu_ticks)
 s0=$(sessions); u0=$(drops unsolicited); x0=$(m '^egret_xdp_packets_total\{interface="gw-out",verdict="redirected"')
+# What the worker could not take in time is counted too, before it parses.
+RING='(socket_rx_ring_full|rx_latency_shed)'
+r0=$(drops "$RING")
 # The live flows' egress address:port (from the 1 s session snapshot): half
 # the flood goes there, from endpoints that are not the flows' own.
 live=
@@ -174,6 +177,7 @@ wait $FLOOD; cB=$(cpu_ticks); el=$(secs_since "$tA")
 wait $IPERF
 sleep 0.5
 s1=$(sessions); u1=$(drops unsolicited); x1=$(m '^egret_xdp_packets_total\{interface="gw-out",verdict="redirected"')
+r1=$(drops "$RING")
 fl=$(cat "$DIR/flood-in.json")
 echo "    flood offered: $fl"
 echo "    gateway CPU: $(pct "$c0" "$c1" 1)% of a core with iperf3 alone, $(pct "$cA" "$cB" "$el")% during the flood (busy-poll worker: reported, not asserted)"
@@ -189,10 +193,12 @@ except Exception:
 PY
 )
 sent=$(jget "$fl" "['sent']"); sent=${sent:-0}
-echo "    sessions: $s0 before, at most $smax during, $s1 after; unsolicited drops +$((u1 - u0)) of $sent sent; XDP redirected on gw-out +$((x1 - x0))"
+echo "    sessions: $s0 before, at most $smax during, $s1 after; unsolicited drops +$((u1 - u0)) of $sent sent; XDP redirected on gw-out +$((x1 - x0)); shed or ring-full +$((r1 - r0))"
 check "the flood creates no state: sessions $s0 -> max $smax -> $s1" test "$smax" -le "$((s0 + 1))" -a "$s1" -le "$((s0 + 1))"
-check "flood packets are dropped as unsolicited (+$((u1 - u0)) of $sent offered; the rest lost before the gateway)" \
-  test "$((u1 - u0))" -ge "$((sent / 2))" -a "$sent" -gt 10000
+# How many the one worker parses depends on how fast the generator runs on
+# the same two cores; what must hold is that they are dropped and counted.
+check "flood packets are dropped as unsolicited or counted as shed (+$((u1 - u0)) unsolicited, +$((r1 - r0)) shed or ring-full, of $sent offered)" \
+  test "$((u1 - u0))" -ge "$((sent / 4))" -a "$((u1 - u0 + r1 - r0))" -ge "$((sent / 2))" -a "$sent" -gt 10000
 check "the established iperf3 flow keeps >= 50% of its rate [$base Mbit/s without, $flood_rate Mbit/s during the flood]" \
   test "$base" -gt 0 -a "$((flood_rate * 2))" -ge "$base"
 b=$(curl_from pb)

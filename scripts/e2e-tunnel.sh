@@ -347,6 +347,25 @@ check "another port is refused (TCP 7008)" sh -c "! ip netns exec egt-pa python3
 check "ping is refused" sh -c "! ip netns exec egt-pa ping -c 2 -i 0.2 -W 1 -q 198.19.0.254"
 denied_ge() { [ "$(status_sum nat drops network_policy_denied)" -ge "$1" ]; }
 check "the gateway counted the denials [$(status_sum nat drops network_policy_denied)]" eventually denied_ge 3
+# The platform's EgressPolicy on sgw-a denies the echo server: it wins over
+# the NetworkPolicy's allow.
+cat > "$DIR/manifests/egress-deny.yaml" <<'YAML'
+apiVersion: egret.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: no-echo, namespace: demo}
+spec:
+  gatewayConfiguration: sgw-a
+  defaultAction: allow
+  rules:
+  - {name: no-echo, action: deny, cidrs: [198.19.0.254/32]}
+YAML
+echo_refused() { ! x egt-pa curl -s -m 1 -o /dev/null http://198.19.0.254/; }
+for _ in $(seq 40); do echo_refused && break; sleep 0.05; done
+check "an EgressPolicy deny wins over the NetworkPolicy's allow" echo_refused
+rm -f "$DIR/manifests/egress-deny.yaml"
+for _ in $(seq 40); do echo_refused || break; sleep 0.05; done
+a=$(x egt-pa curl -s -m 5 http://198.19.0.254/)
+check "without it the NetworkPolicy's allow holds again [$a]" test "$a" = 198.19.100.1
 rm -f "$DIR/manifests/netpol.yaml"
 t0=$(date +%s%N)
 for _ in $(seq 40); do tcp7008 egt-pa && break; sleep 0.05; done
