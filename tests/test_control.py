@@ -126,8 +126,11 @@ def test_a_pod_selector_rule_follows_the_pods_labels(gateway, manifests, topo):
     manifests.write(lockdown("batch"))
     poll(lambda: not in_pool(topo.pa.curl(ECHO, 1), "198.19.100"), timeout=4, what="the relabelled pod denied")
     assert time.monotonic() - t0 <= 2.0
+    # Hits reach egret-control with the gateway's next report (each second);
+    # under the whole suite's load one came later than 5 s once.
     rules = poll(
         lambda: (r := manifests.ctl_json("rules", "--config", "demo/config-a")) and r[0]["defaultHits"] >= 2 and r,
+        timeout=10,
         what="hit counts in egretctl rules",
     )
     rule = rules[0]["rules"][0]
