@@ -155,17 +155,18 @@ pub(crate) fn for_plan(compiled: &[Compiled], bound: usize, plan: &Plan) -> Vec<
     if compiled.is_empty() || plan.bindings.is_empty() {
         return Vec::new();
     }
-    let whole = |c: &Compiled| NetworkPolicy { name: c.name.clone(), pods: c.pods.clone(), egress: c.egress.clone() };
+    let cut =
+        |c: &Compiled, pods: Vec<Ipv4Addr>| NetworkPolicy { name: c.name.clone(), pods, egress: c.egress.clone() };
     // A plan's bindings are bound pods, each once: as many means all.
     if plan.bindings.len() == bound {
-        return compiled.iter().map(whole).collect();
+        return compiled.iter().map(|c| cut(c, c.pods.clone())).collect();
     }
     let here: HashSet<Ipv4Addr> = plan.bindings.iter().map(|b| b.pod_ip).collect();
     compiled
         .iter()
         .filter_map(|c| {
             let pods: Vec<Ipv4Addr> = c.pods.iter().copied().filter(|ip| here.contains(ip)).collect();
-            (!pods.is_empty()).then(|| NetworkPolicy { name: c.name.clone(), pods, egress: c.egress.clone() })
+            (!pods.is_empty()).then(|| cut(c, pods))
         })
         .collect()
 }

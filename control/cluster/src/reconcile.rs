@@ -566,12 +566,7 @@ fn bindings<'a>(
                 continue;
             }
             owner.insert(ip, pod);
-            match out.get_mut(&config) {
-                Some(ips) => ips.push(ip),
-                None => {
-                    out.insert(config.clone(), vec![ip]);
-                }
-            }
+            out.entry(config.clone()).or_default().push(ip);
         }
     }
     for ips in out.values_mut() {

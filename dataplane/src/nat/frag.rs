@@ -158,12 +158,21 @@ impl FragTable {
         true
     }
 
-    fn insert_entry(&mut self, key: FragKey, entry: Entry) {
-        if entry.origin == Origin::Internet {
-            self.internet_entries += 1;
-            *self.internet_by_source.entry(key.src).or_default() += 1;
+    /// The datagram's note, made (empty, until the timeout) if `origin`
+    /// has room for one.
+    fn entry_for(&mut self, key: FragKey, origin: Origin, now_ms: u64) -> Result<&mut Entry, DropReason> {
+        if !self.entries.contains_key(&key) {
+            if !self.admits(&key, origin) {
+                return Err(DropReason::FragmentTableFull);
+            }
+            if origin == Origin::Internet {
+                self.internet_entries += 1;
+                *self.internet_by_source.entry(key.src).or_default() += 1;
+            }
+            let deadline_ms = now_ms + self.timeout_ms;
+            self.entries.insert(key, Entry { action: None, deadline_ms, covered: 0, end: None, origin });
         }
-        self.entries.insert(key, entry);
+        Ok(self.entries.get_mut(&key).expect("just made"))
     }
 
     fn remove_entry(&mut self, key: &FragKey) {
@@ -186,19 +195,11 @@ impl FragTable {
         origin: Origin,
         now_ms: u64,
     ) -> Result<u64, DropReason> {
-        let timeout_ms = self.timeout_ms;
-        if let Some(e) = self.entries.get_mut(&key) {
-            e.action = Some(action);
-            e.deadline_ms = now_ms + timeout_ms;
-            e.add(first);
-        } else {
-            if !self.admits(&key, origin) {
-                return Err(DropReason::FragmentTableFull);
-            }
-            let mut e = Entry { action: Some(action), deadline_ms: now_ms + timeout_ms, covered: 0, end: None, origin };
-            e.add(first);
-            self.insert_entry(key, e);
-        }
+        let deadline_ms = now_ms + self.timeout_ms;
+        let e = self.entry_for(key, origin, now_ms)?;
+        e.action = Some(action);
+        e.deadline_ms = deadline_ms;
+        e.add(first);
         let mut ttl_expired = 0;
         let mut i = 0;
         while i < self.held.len() {
@@ -275,17 +276,7 @@ impl FragTable {
                 return Err(DropReason::FragmentTableFull);
             }
         }
-        if let Some(e) = self.entries.get_mut(&key) {
-            e.add(piece);
-        } else {
-            if !self.admits(&key, origin) {
-                return Err(DropReason::FragmentTableFull);
-            }
-            let deadline_ms = now_ms + self.timeout_ms;
-            let mut e = Entry { action: None, deadline_ms, covered: 0, end: None, origin };
-            e.add(piece);
-            self.insert_entry(key, e);
-        }
+        self.entry_for(key, origin, now_ms)?.add(piece);
         self.held.push((key, packet.to_vec(), origin));
         Ok(())
     }

@@ -201,6 +201,8 @@ const HANDSHAKE_RESPONSE_LEN: usize = 92;
 const MIN_OUT: usize = 148;
 /// A data message's header and tag.
 pub const DATA_OVERHEAD: usize = 32;
+/// A data message's type, its first byte (whitepaper §5.4.6).
+const DATA_MESSAGE: u8 = 4;
 
 /// Local indexes carry the peer slot and the worker in their upper 24 bits
 /// (boringtun keeps the low 8 for its session ring).
@@ -470,15 +472,17 @@ impl Tunnel {
             return self.no_send(TunnelDrop::NoSession);
         };
         let Some(endpoint) = peer.endpoint else { return self.no_send(TunnelDrop::NoSession) };
-        let live = peer.tunn.time_since_last_handshake().is_some();
-        if !live && peer.held >= HELD_PER_PEER {
+        // Asked of the session only at the cap (it reads the clock): this is
+        // the per-packet path.
+        if peer.held >= HELD_PER_PEER && peer.tunn.time_since_last_handshake().is_none() {
             return self.no_send(TunnelDrop::HeldFull);
         }
         // Without a session boringtun holds the packet and answers with an
-        // initiation (or nothing, one being under way).
-        let sent = match peer.tunn.encapsulate(inner, out) {
-            TunnResult::WriteToNetwork(d) => Some((d.len(), endpoint)),
-            _ => None,
+        // initiation (or nothing, one being under way); with one, the packet
+        // is a data message.
+        let (sent, live) = match peer.tunn.encapsulate(inner, out) {
+            TunnResult::WriteToNetwork(d) => (Some((d.len(), endpoint)), d.first() == Some(&DATA_MESSAGE)),
+            _ => (None, false),
         };
         if live {
             self.counters.tx_packets += 1;
