@@ -28,6 +28,11 @@ pub struct GatewayInfo {
     pub xdp: Vec<(String, super::xdp::XdpStats)>,
     /// The workers' shared FQDN cache.
     pub fqdn: Option<Arc<crate::nat::FqdnCache>>,
+    /// Plans refused whole since start, and whether the latest one was.
+    pub plan_rejections: u64,
+    pub plan_rejected: bool,
+    /// Whether the stream from egret-control is up (None: plan from a file).
+    pub control_connected: Option<bool>,
 }
 
 /// The exposition's families, each declared once here: name (counters
@@ -38,13 +43,30 @@ mod family {
     pub const PLAN_VERSION: Family = ("egret_plan_version", Gauge, "Version of the plan being served.");
     pub const MODE: Family = ("egret_mode", Gauge, "XDP and AF_XDP modes in use (1 per interface).");
     pub const XDP_PACKETS: Family = ("egret_xdp_packets", Counter, "Packets seen by the XDP program, by verdict.");
+    pub const PLAN_REJECTIONS: Family =
+        ("egret_plan_rejections", Counter, "Plans refused whole (the previous plan kept serving).");
+    pub const PLAN_REJECTED: Family =
+        ("egret_plan_rejected", Gauge, "1 while the latest plan given was refused and an older one serves.");
+    pub const CONTROL_CONNECTED: Family =
+        ("egret_control_connected", Gauge, "1 while the plan stream from egret-control is up.");
     pub const SESSIONS: Family = ("egret_sessions", Gauge, "Live sessions by config and protocol.");
+    pub const SESSION_SLOTS: Family =
+        ("egret_session_slots", Gauge, "Session table slots in use (live and cooling), by worker.");
+    pub const SESSION_CAPACITY: Family =
+        ("egret_session_capacity", Gauge, "Session table capacity, by worker: new flows are refused at it.");
+    pub const WORKER_TURNS: Family =
+        ("egret_worker_turns", Counter, "Poll-loop turns, by worker (a worker that stops turning has hung).");
     pub const PORTS_IN_USE: Family =
         ("egret_ports_in_use", Gauge, "Egress ports held, by address and protocol (mappings), or port-reuse sessions.");
     pub const PORTS_FREE: Family = (
         "egret_ports_free",
         Gauge,
         "Egress ports free for new endpoint-independent mappings, by address and protocol.",
+    );
+    pub const PORTS_REFUSED: Family = (
+        "egret_ports_refused",
+        Counter,
+        "New flows refused for want of a port, by the address their pod is paired with and protocol.",
     );
     pub const PACKETS: Family = ("egret_packets", Counter, "Packets translated, by worker and direction.");
     pub const BYTES: Family = ("egret_bytes", Counter, "Bytes translated, by worker and direction.");
@@ -164,6 +186,15 @@ fn encode_reports(
 ) -> Result<(), std::fmt::Error> {
     use crate::nat::DropReason;
     emit(enc, family::PLAN_VERSION, one(info.plan_version))?;
+    emit(enc, family::PLAN_REJECTIONS, one(info.plan_rejections))?;
+    emit(enc, family::PLAN_REJECTED, one(u64::from(info.plan_rejected)))?;
+    if let Some(up) = info.control_connected {
+        emit(enc, family::CONTROL_CONNECTED, one(u64::from(up)))?;
+    }
+    let per_worker = |f: fn(&WorkerReport) -> u64| reports.iter().map(move |r| (labels!("worker" => r.worker), f(r)));
+    emit(enc, family::SESSION_SLOTS, per_worker(|r| r.session_slots as u64))?;
+    emit(enc, family::SESSION_CAPACITY, per_worker(|r| r.session_capacity as u64))?;
+    emit(enc, family::WORKER_TURNS, per_worker(|r| r.turns))?;
     emit(enc, family::HTTP_REFUSED, one(super::http::CONNECTIONS_REFUSED.load(std::sync::atomic::Ordering::Relaxed)))?;
     if let Some(f) = &info.fqdn {
         use std::sync::atomic::Ordering::Relaxed;
@@ -200,12 +231,13 @@ fn encode_reports(
         by_config.iter().map(|((c, i), n)| (labels!("config" => c, "proto" => proto(*i)), *n)),
     )?;
 
-    let mut ports: BTreeMap<(std::net::Ipv4Addr, String), ([u64; 3], u64, u64)> = Default::default();
+    let mut ports: BTreeMap<(std::net::Ipv4Addr, String), ([u64; 3], u64, u64, [u64; 3])> = Default::default();
     for r in reports {
         for u in &r.ports {
             let e = ports.entry((u.addr, u.config.clone())).or_default();
             for i in 0..3 {
                 e.0[i] += u64::from(u.mapped[i]);
+                e.3[i] += u.refused[i];
             }
             e.1 += u64::from(u.sessions);
             e.2 += u64::from(u.slice);
@@ -216,7 +248,7 @@ fn encode_reports(
     emit(
         enc,
         family::PORTS_IN_USE,
-        ports.iter().flat_map(|(k, (mapped, sessions, _))| {
+        ports.iter().flat_map(|(k, (mapped, sessions, _, _))| {
             (0..3).map(|i| (per_proto(k, i), mapped[i])).chain(std::iter::once((
                 labels!("address" => k.0, "config" => k.1, "proto" => "port-reuse"),
                 *sessions,
@@ -226,7 +258,12 @@ fn encode_reports(
     emit(
         enc,
         family::PORTS_FREE,
-        ports.iter().flat_map(|(k, (mapped, _, slice))| (0..3).map(move |i| (per_proto(k, i), slice - mapped[i]))),
+        ports.iter().flat_map(|(k, (mapped, _, slice, _))| (0..3).map(move |i| (per_proto(k, i), slice - mapped[i]))),
+    )?;
+    emit(
+        enc,
+        family::PORTS_REFUSED,
+        ports.iter().flat_map(|(k, (_, _, _, refused))| (0..3).map(move |i| (per_proto(k, i), refused[i]))),
     )?;
 
     let by_direction = |f: fn(&crate::nat::Counters) -> [u64; 2]| {
@@ -364,7 +401,7 @@ mod tests {
 
     #[test]
     fn renders_every_family_with_labels() {
-        let mut r = WorkerReport { worker: 1, ..Default::default() };
+        let mut r = WorkerReport { worker: 1, session_capacity: 1000, turns: 77, ..Default::default() };
         r.nat.in2out_packets = 5;
         r.nat.drops[crate::nat::DropReason::QuotaExceeded as usize] = 2;
         r.sessions_by_config = vec![("demo/a".into(), [1, 2, 0])];
@@ -376,6 +413,7 @@ mod tests {
             mapped: [1, 2, 0],
             sessions: 0,
             slice: 64512,
+            refused: [0, 4, 0],
         }];
         let fqdn = crate::nat::FqdnCache::new(16);
         fqdn.learn(1, 2, "api.example.com", 100);
@@ -384,14 +422,23 @@ mod tests {
             modes: vec![("gw-in".into(), "Native".into(), "copy".into())],
             xdp: vec![],
             fqdn: Some(fqdn),
+            plan_rejections: 2,
+            plan_rejected: true,
+            control_connected: Some(false),
         };
         let text = render(&[r], &info);
         for line in [
             "egret_plan_version 3",
+            "egret_plan_rejections_total 2",
+            "egret_plan_rejected 1",
+            "egret_control_connected 0",
             "egret_mode{interface=\"gw-in\",xdp=\"Native\",afxdp=\"copy\"} 1",
             "egret_sessions{config=\"demo/a\",proto=\"udp\"} 2",
             "egret_ports_in_use{address=\"198.19.100.3\",config=\"demo/a\",proto=\"udp\"} 2",
             "egret_ports_free{address=\"198.19.100.3\",config=\"demo/a\",proto=\"udp\"} 64510",
+            "egret_ports_refused_total{address=\"198.19.100.3\",config=\"demo/a\",proto=\"udp\"} 4",
+            "egret_session_capacity{worker=\"1\"} 1000",
+            "egret_worker_turns_total{worker=\"1\"} 77",
             "egret_packets_total{worker=\"1\",direction=\"in2out\"} 5",
             "egret_drops_total{worker=\"1\",reason=\"quota_exceeded\"} 2",
             "egret_alloc_failures_total{reason=\"quota\"} 2",

@@ -97,6 +97,14 @@ impl PlanSource {
         }
     }
 
+    /// Whether the stream from the control plane is up; `None` for a file.
+    pub fn connected(&self) -> Option<bool> {
+        match self {
+            PlanSource::File { .. } => None,
+            PlanSource::Control { sub, .. } => Some(*sub.link().borrow() == egret_api::client::LinkState::Connected),
+        }
+    }
+
     /// Sends the control plane what the gateway sees (no-op for a file).
     pub fn report(&self, report: egret_api::v1::Report) {
         if let PlanSource::Control { sub, .. } = self {

@@ -166,6 +166,7 @@ impl Gateway {
                 .collect(),
             xdp: Vec::new(),
             fqdn: Some(Arc::clone(&fqdn)),
+            ..Default::default()
         }));
         let reports: Vec<_> = workers.iter().map(|w| Arc::clone(&w.report)).collect();
         let liveness = service::Liveness::new(workers.iter().map(|w| Arc::clone(&w.heartbeat)).collect());
@@ -273,7 +274,12 @@ impl Gateway {
                 drop(probe);
                 source.report(super::report::control_report(&self.reports));
                 let xdp = self.steering.iter_mut().map(|s| (s.ifname.clone(), s.stats())).collect();
-                self.info.lock().unwrap_or_else(|e| e.into_inner()).xdp = xdp;
+                let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
+                info.xdp = xdp;
+                info.plan_rejections = self.plan_status.rejections;
+                info.plan_rejected = self.plan_status.rejected.is_some();
+                info.control_connected = source.connected();
+                drop(info);
                 self.write_status(cfg);
             }
             self.shared.full_snapshots.store(cfg.state_file.is_some(), Ordering::Relaxed);

@@ -125,6 +125,12 @@ pub struct WorkerReport {
     pub worker: u16,
     pub plan_version: u64,
     pub sessions: usize,
+    /// Session slots in use (live and cooling) and the table's capacity:
+    /// a new flow is refused once they meet.
+    pub session_slots: usize,
+    pub session_capacity: usize,
+    /// Poll-loop turns since start: a worker whose count stops has hung.
+    pub turns: u64,
     #[serde(skip)]
     pub sessions_by_config: Vec<(String, [u64; 3])>,
     pub io: IoCounters,
@@ -400,6 +406,9 @@ impl Worker {
         r.worker = self.index;
         r.plan_version = self.engine.plan().version;
         r.sessions = self.engine.session_count();
+        r.session_slots = self.engine.session_slots();
+        r.session_capacity = self.engine.settings().session_capacity;
+        r.turns = self.heartbeat.load(Ordering::Relaxed);
         r.sessions_by_config = self.engine.sessions_by_config();
         self.io_counters.handoff_ring_depth = self.inbox.len() as u64;
         let s = self.io.socket_drops();

@@ -82,7 +82,18 @@ impl NatEngine {
                 return Ok(mi);
             }
         }
+        self.count_refused(first, ci, k.proto);
         Err(DropReason::PoolExhausted)
+    }
+
+    /// A new flow refused for want of a port, counted on the pod's paired
+    /// address: the operator sees which addresses run out.
+    fn count_refused(&mut self, first: u16, ci: u16, proto: u8) {
+        let addrs = &self.plan.configs[usize::from(ci)].addrs;
+        let Some(&addr) = addrs.get(usize::from(first) % addrs.len().max(1)) else { return };
+        if let Some(st) = self.addrs.get_mut(&u32::from(addr)) {
+            st.refused[proto_slot(proto)] += 1;
+        }
     }
 
     /// Port reuse: any port whose outside tuple toward this destination is
@@ -94,10 +105,11 @@ impl NatEngine {
     pub(super) fn alloc_port_reuse(&mut self, k: &FlowKey, ci: u16, draw: u32) -> Result<(u32, u16), DropReason> {
         self.check_quota(k.local, ci)?;
         let dest = (k.proto, k.remote, k.remote_port, ci);
+        let (first, n) = self.addr_order(k.local, ci);
         if self.exhausted.contains(&dest) {
+            self.count_refused(first, ci, k.proto);
             return Err(DropReason::PoolExhausted);
         }
-        let (first, n) = self.addr_order(k.local, ci);
         let (lo, len) = (self.slice.lo, self.slice.len() as u32);
         let mut probe =
             FlowKey { proto: k.proto, local: 0, local_port: 0, remote: k.remote, remote_port: k.remote_port };
@@ -129,6 +141,7 @@ impl NatEngine {
         if self.exhausted.len() < EXHAUSTED_KEPT {
             self.exhausted.insert(dest);
         }
+        self.count_refused(first, ci, k.proto);
         Err(DropReason::PoolExhausted)
     }
 

@@ -204,6 +204,9 @@ struct AddrState {
     ports: [PortSet; 3],
     /// Live port-reuse sessions on this address.
     sessions: u32,
+    /// New flows refused for want of a port whose pod is paired with this
+    /// address (the one tried first), per protocol.
+    refused: [u64; 3],
 }
 
 /// Port usage of one egress address on this worker.
@@ -217,6 +220,9 @@ pub struct PortUsage {
     pub sessions: u32,
     /// Ports in this worker's slice of the address (per protocol).
     pub slice: u32,
+    /// New flows refused for want of a port, counted on the address of
+    /// the pods paired with it, per protocol.
+    pub refused: [u64; 3],
 }
 
 /// Index of a protocol in per-protocol arrays (TCP, UDP, ICMP); sessions
@@ -397,6 +403,7 @@ impl NatEngine {
                 mapped: [st.ports[0].used(), st.ports[1].used(), st.ports[2].used()],
                 sessions: st.sessions,
                 slice: self.slice.len() as u32,
+                refused: st.refused,
             })
             .collect();
         v.sort_by_key(|u| u.addr);

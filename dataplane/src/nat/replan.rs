@@ -67,7 +67,12 @@ impl NatEngine {
                 }
                 _ => {
                     let n = self.slice.len();
-                    AddrState { config: ci, ports: [PortSet::new(n), PortSet::new(n), PortSet::new(n)], sessions: 0 }
+                    AddrState {
+                        config: ci,
+                        ports: [PortSet::new(n), PortSet::new(n), PortSet::new(n)],
+                        sessions: 0,
+                        refused: [0; 3],
+                    }
                 }
             };
             addrs.insert(a, st);

@@ -353,6 +353,37 @@ fn exhausted_pool_refuses_with_icmp_admin_prohibited_and_evicts_nothing() {
 }
 
 #[test]
+fn refused_flows_are_counted_on_the_pods_paired_address_and_protocol() {
+    let mut e = small_pool_engine(MappingMode::EndpointIndependent, 1024..=1027);
+    let mut first = udp(POD_A, 6000, SERVER, 53, b"x");
+    first.run(&mut e, T0);
+    for port in 1..8 {
+        udp(POD_A, 6000 + port, SERVER, 53, b"x").run(&mut e, T0);
+    }
+    for port in 0..3 {
+        udp(POD_A, 7000 + port, SERVER, 53, b"x").run(&mut e, T0);
+    }
+    let paired = Ipv4Addr::from(first.src());
+    for u in e.port_usage() {
+        let want = if u.addr == paired { [0, 3, 0] } else { [0; 3] };
+        assert_eq!(u.refused, want, "{}", u.addr);
+    }
+}
+
+#[test]
+fn port_reuse_refusals_are_counted_also_once_a_destination_is_known_exhausted() {
+    let mut e = small_pool_engine(MappingMode::PortReuse, 1024..=1027);
+    for port in 0..8 {
+        udp(POD_A, 6000 + port, SERVER, 53, b"x").run(&mut e, T0);
+    }
+    for port in 0..2 {
+        udp(POD_A, 7000 + port, SERVER, 53, b"x").run(&mut e, T0);
+    }
+    let refused: u64 = e.port_usage().iter().map(|u| u.refused[1]).sum();
+    assert_eq!(refused, 2, "the scan's refusal and the remembered one");
+}
+
+#[test]
 fn port_reuse_serves_many_destinations_from_one_port() {
     // 2 addresses × 4 ports = 8 egress ports, 24 flows to 3 destinations.
     let mut e = small_pool_engine(MappingMode::PortReuse, 1024..=1027);
@@ -1120,6 +1151,9 @@ mod policy {
             protocol: proto,
             ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
             pods: None,
+            server_name: Default::default(),
+            tls_ports: vec![],
+            http_ports: vec![],
         }
     }
 
@@ -1545,6 +1579,9 @@ mod network_policy {
                 protocol: None,
                 ports: vec![],
                 pods: None,
+                server_name: Default::default(),
+                tls_ports: vec![],
+                http_ports: vec![],
             }],
             deny_response: crate::plan::DenyResponse::Drop,
             live_flows: crate::plan::LiveFlows::Cut,
