@@ -9,6 +9,7 @@
 //! being served. Nothing secret goes into either: a GatewayStatus holds
 //! config and PodEndpoint names, interface names and pod public keys.
 
+use crate::leader::Leadership;
 use crate::state::{ControlState, Snapshot};
 use egret_cluster::{
     Problem, NETWORK_POLICY_GROUP, NETWORK_POLICY_KIND, NETWORK_POLICY_VERSION, POD_ENDPOINT_KIND, POLICY_KIND,
@@ -165,11 +166,14 @@ pub struct StatusOptions {
     pub namespace: String,
     /// How long a failed write waits before it is tried again.
     pub retry: Duration,
+    /// Whether this replica may write, asked before every write (one
+    /// writer among replicas: [`crate::leader`]). Default: the only one.
+    pub leader: Leadership,
 }
 
 impl Default for StatusOptions {
     fn default() -> StatusOptions {
-        StatusOptions { namespace: STATUS_NAMESPACE.into(), retry: Duration::from_secs(5) }
+        StatusOptions { namespace: STATUS_NAMESPACE.into(), retry: Duration::from_secs(5), leader: Leadership::sole() }
     }
 }
 
@@ -246,6 +250,9 @@ impl Writer {
             if self.written.get(node) == Some(&status) {
                 continue;
             }
+            if !self.opts.leader.is_leader() {
+                return;
+            }
             let params = PatchParams::apply(CONTROLLER).force();
             match self.statuses.patch(node, &params, &Patch::Apply(&status)).await {
                 Ok(_) => {
@@ -283,6 +290,9 @@ impl Writer {
                 return true;
             }
             if let Some((event, regarding)) = problem_event(p, snap.object_uids.get(&p.object).map(String::as_str)) {
+                if !self.opts.leader.is_leader() {
+                    return false;
+                }
                 if let Err(e) = self.recorder.publish(&event, &regarding).await {
                     self.event_writes.failed(self.opts.retry, &p.object, &e);
                     return false;
@@ -297,8 +307,13 @@ impl Writer {
 }
 
 /// Writes GatewayStatus objects and problem Events forever: on every
-/// snapshot and every applied plan, and again after a failed write.
+/// snapshot and every applied plan, and again after a failed write; only
+/// while `opts.leader` says this replica leads. A replica that becomes
+/// leader writes every GatewayStatus and current problem's Event afresh
+/// (what another leader wrote is not known here; an apply of the same
+/// status changes nothing).
 pub async fn write_status(state: Arc<ControlState>, client: kube::Client, opts: StatusOptions) {
+    let mut leader = opts.leader.clone();
     let mut w = Writer {
         statuses: Api::namespaced_with(client.clone(), &opts.namespace, &gateway_status_resource()),
         recorder: Recorder::new(client, Reporter::from(CONTROLLER)),
@@ -311,6 +326,11 @@ pub async fn write_status(state: Arc<ControlState>, client: kube::Client, opts: 
     let mut snapshots = state.watch();
     let mut applied = state.watch_applied();
     loop {
+        if !leader.is_leader() {
+            w.written.clear();
+            w.reported.clear();
+            leader.until_leader().await;
+        }
         let snap = snapshots.borrow_and_update().clone();
         applied.borrow_and_update();
         // Generation 0: the source has not listed the cluster yet.
@@ -330,6 +350,7 @@ pub async fn write_status(state: Arc<ControlState>, client: kube::Client, opts: 
         tokio::select! {
             r = snapshots.changed() => if r.is_err() { return },
             r = applied.changed() => if r.is_err() { return },
+            _ = leader.until_lost() => {}
             _ = async {
                 match again {
                     Some(t) => tokio::time::sleep_until(t).await,

@@ -3,11 +3,13 @@
 //! (`egret_cluster::reconcile`), and streams the plans to the
 //! gateways over gRPC (`control/proto/egret.proto`). Operators query it with
 //! egretctl or grpcurl. From the Kubernetes API it also writes each gateway
-//! node's GatewayStatus and an Event per problem ([`kube_status`]).
+//! node's GatewayStatus and an Event per problem ([`kube_status`]); of
+//! several replicas, only the one holding the Lease writes ([`leader`]).
 
 pub mod authz;
 pub mod kube_source;
 pub mod kube_status;
+pub mod leader;
 pub mod server;
 pub mod service;
 pub mod source;

@@ -10,11 +10,16 @@
 //! (POST, PATCH for a series), stored as received and answered as the API
 //! server would. It also reviews ServiceAccount tokens (TokenReview, with
 //! audiences) and serves pods by name, for egret-control's
-//! `--gateway-auth=token`, tested end to end over gRPC.
+//! `--gateway-auth=token`, tested end to end over gRPC; and keeps
+//! `coordination.k8s.io/v1` Leases (get, create, update refused with 409
+//! Conflict unless it carries the stored resourceVersion) for two replicas'
+//! leader election, each replica on a listener of its own so that every
+//! write says who made it.
 
 use egret_cluster::Problem;
 use egret_control::kube_source::{watch_kubernetes, watch_kubernetes_with, Options};
 use egret_control::kube_status::{write_status, StatusOptions};
+use egret_control::leader::{elect, LeaderOptions, Leadership};
 use egret_control::ControlState;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +47,8 @@ const STATUS_NS: &str = "kube-egress-gateway-system";
 const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 /// One pod by name: `<PODS_IN><namespace>/pods/<name>`.
 const PODS_IN: &str = "/api/v1/namespaces/";
+/// Leases: `<LEASES><namespace>/leases[/<name>]`.
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/";
 
 #[derive(Clone, Debug)]
 enum Push {
@@ -74,6 +81,10 @@ struct Db {
     tokens: BTreeMap<String, FakeToken>,
     /// TokenReviews asked for.
     reviews: usize,
+    /// Leases by `namespace/name`.
+    leases: BTreeMap<String, Value>,
+    /// Lease calls are not answered while set (an API server gone quiet).
+    leases_silent: bool,
 }
 
 /// A token as the API server's authenticator knows it.
@@ -86,6 +97,8 @@ struct FakeToken {
 
 #[derive(Clone, Debug)]
 struct Write {
+    /// The listener the write came in on (`serve_as`): which replica.
+    who: String,
     method: String,
     path: String,
     query: String,
@@ -188,11 +201,70 @@ impl Fake {
         self.db.lock().unwrap().watches.iter().filter(|(p, _)| p == path).map(|(_, rv)| rv.clone()).collect()
     }
 
-    async fn serve(self, listener: TcpListener) {
+    async fn serve(self, listener: TcpListener, who: String) {
         loop {
             let (sock, _) = listener.accept().await.unwrap();
-            tokio::spawn(self.clone().connection(sock));
+            tokio::spawn(self.clone().connection(sock, who.clone()));
         }
+    }
+
+    /// A Lease call, answered as the API server would: GET one, POST
+    /// (409 AlreadyExists if there), PUT (404 if not there, 409 Conflict
+    /// unless its resourceVersion is the stored one).
+    fn lease_call(&self, method: &str, rest: &str, body: &str) -> (u16, Value) {
+        let mut db = self.db.lock().unwrap();
+        let parts: Vec<&str> = rest.split('/').collect();
+        let (ns, name) = match (method, &parts[..]) {
+            ("POST", [ns, "leases"]) => {
+                let Ok(v) = serde_json::from_str::<Value>(body) else {
+                    return status_reply(400, "BadRequest", "the body is not JSON");
+                };
+                (ns.to_string(), v["metadata"]["name"].as_str().unwrap_or_default().to_string())
+            }
+            (_, [ns, "leases", name]) => (ns.to_string(), name.to_string()),
+            _ => return status_reply(404, "NotFound", "the server could not find the requested resource"),
+        };
+        let key = format!("{ns}/{name}");
+        let stored_rv = db.leases.get(&key).map(|l| l["metadata"]["resourceVersion"].clone());
+        let not_found = || status_reply(404, "NotFound", &format!("leases.coordination.k8s.io \"{name}\" not found"));
+        match method {
+            "GET" => return db.leases.get(&key).map_or_else(not_found, |l| (200, l.clone())),
+            "POST" if stored_rv.is_some() => {
+                return status_reply(
+                    409,
+                    "AlreadyExists",
+                    &format!("leases.coordination.k8s.io \"{name}\" already exists"),
+                )
+            }
+            "PUT" if stored_rv.is_none() => return not_found(),
+            "POST" | "PUT" => {}
+            _ => return status_reply(405, "MethodNotAllowed", "not served here"),
+        }
+        let Ok(mut lease) = serde_json::from_str::<Value>(body) else {
+            return status_reply(400, "BadRequest", "the body is not JSON");
+        };
+        if method == "PUT" && Some(&lease["metadata"]["resourceVersion"]) != stored_rv.as_ref() {
+            let message = format!(
+                "Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been \
+                 modified; please apply your changes to the latest version and try again"
+            );
+            return status_reply(409, "Conflict", &message);
+        }
+        db.rv += 1;
+        lease["metadata"]["resourceVersion"] = json!(db.rv.to_string());
+        lease["metadata"]["namespace"] = json!(ns);
+        db.leases.insert(key, lease.clone());
+        (if method == "POST" { 201 } else { 200 }, lease)
+    }
+
+    fn lease(&self, key: &str) -> Option<Value> {
+        self.db.lock().unwrap().leases.get(key).cloned()
+    }
+
+    /// Who wrote each GatewayStatus, in order.
+    fn status_writers(&self) -> Vec<String> {
+        let db = self.db.lock().unwrap();
+        db.writes.iter().filter(|w| w.path.contains("/gatewaystatuses/")).map(|w| w.who.clone()).collect()
     }
 
     fn statuses_written(&self) -> usize {
@@ -280,7 +352,7 @@ impl Fake {
         status_reply(404, "NotFound", "the server could not find the requested resource")
     }
 
-    async fn connection(self, sock: TcpStream) {
+    async fn connection(self, sock: TcpStream, who: String) {
         let (r, mut w) = sock.into_split();
         let mut r = BufReader::new(r);
         loop {
@@ -317,9 +389,33 @@ impl Fake {
                 *self.db.lock().unwrap().attempts.entry(path.to_string()).or_default() += 1;
             }
             let fail = self.db.lock().unwrap().fail.get(path).copied();
-            let reply = if method == "POST" || method == "PATCH" {
+            let reply = if let Some(rest) = path.strip_prefix(LEASES).filter(|r| r.contains("/leases")) {
+                while self.db.lock().unwrap().leases_silent {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 let body = String::from_utf8_lossy(&body).into_owned();
-                Some(self.write(Write { method, path: path.into(), query: query.into(), content_type, body }))
+                if method != "GET" {
+                    let w = Write {
+                        who: who.clone(),
+                        method: method.clone(),
+                        path: path.into(),
+                        query: query.into(),
+                        content_type,
+                        body: body.clone(),
+                    };
+                    self.db.lock().unwrap().writes.push(w);
+                }
+                Some(self.lease_call(&method, rest, &body))
+            } else if method == "POST" || method == "PATCH" {
+                let body = String::from_utf8_lossy(&body).into_owned();
+                Some(self.write(Write {
+                    who: who.clone(),
+                    method,
+                    path: path.into(),
+                    query: query.into(),
+                    content_type,
+                    body,
+                }))
             } else if let Some(code) = fail {
                 Some(match code {
                     403 => status_reply(code, "Forbidden", "egresspolicies is forbidden"),
@@ -355,6 +451,7 @@ impl Fake {
                     400 => "Bad Request",
                     403 => "Forbidden",
                     404 => "Not Found",
+                    409 => "Conflict",
                     415 => "Unsupported Media Type",
                     _ => "Internal Server Error",
                 };
@@ -434,9 +531,14 @@ fn node(name: &str) -> Value {
 
 /// Serves `fake` on a loopback port, and a client of it.
 async fn serve(fake: &Fake) -> kube::Client {
+    serve_as(fake, "egret-control").await
+}
+
+/// The same, on a listener of its own whose writes are `who`'s.
+async fn serve_as(fake: &Fake, who: &str) -> kube::Client {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(fake.clone().serve(listener));
+    tokio::spawn(fake.clone().serve(listener, who.to_string()));
     kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
 }
 
@@ -763,6 +865,242 @@ async fn a_refused_gateway_status_write_stops_nothing_and_is_retried() {
     fake.db.lock().unwrap().deny_statuses = false;
     wait_until("the GatewayStatus, retried", long, || fake.status(&format!("{STATUS_NS}/gw-0")).is_some()).await;
     assert!(fake.statuses_written() >= 2);
+}
+
+/// One egret-control replica against the fake: its source, its election
+/// (Lease `egret-system/egret-control`, 2 s, renewed every 200 ms) and its
+/// status writer, on a listener of its own (writes are `name`'s).
+struct Replica {
+    name: &'static str,
+    state: Arc<ControlState>,
+    leader: Leadership,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+const LEASE: &str = "egret-system/egret-control";
+
+fn lease_options(identity: &str) -> LeaderOptions {
+    LeaderOptions {
+        lease_duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(1200),
+        retry_period: Duration::from_millis(200),
+        ..LeaderOptions::new("egret-system", identity)
+    }
+}
+
+impl Replica {
+    async fn start(fake: &Fake, name: &'static str) -> Replica {
+        let client = serve_as(fake, name).await;
+        let state = ControlState::new();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (leader, election) = elect(client.clone(), lease_options(name), async move {
+            let _ = stopped.await;
+        });
+        let opts = StatusOptions { retry: Duration::from_millis(100), leader: leader.clone(), ..Default::default() };
+        let tasks = vec![
+            tokio::spawn(watch_kubernetes(state.clone(), client.clone())),
+            tokio::spawn(election),
+            tokio::spawn(write_status(state.clone(), client, opts)),
+        ];
+        Replica { name, state, leader, stop: Some(stop), tasks }
+    }
+
+    /// As `kill -9`: everything stops where it is; the Lease is not released.
+    fn kill(mut self) {
+        self.stop.take();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    /// As SIGTERM: the election ends and releases the Lease.
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let election = self.tasks.remove(1);
+        tokio::time::timeout(Duration::from_secs(2), election).await.expect("the election ends").unwrap();
+        self.kill();
+    }
+
+    /// gw-0's gateway acks this replica's current plan (as if subscribed here).
+    fn ack(&self) {
+        self.state.applied("gw-0", self.state.snapshot().plans["gw-0"].version, String::new());
+    }
+}
+
+fn holder(fake: &Fake) -> Option<String> {
+    fake.lease(LEASE).and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+}
+
+/// Both replicas listed gw-0 with `ip` bound, and gw-0's gateway acked it on both.
+async fn both_acked(a: &Replica, b: &Replica, ip: &str) {
+    for r in [a, b] {
+        wait_binding(&r.state, "gw-0", ip, "apps/blue", Duration::from_secs(10)).await;
+        r.ack();
+    }
+}
+
+/// gw-0 with tunnelled config blue and web's PodEndpoint: its
+/// GatewayStatus lists a peer per PodEndpoint, so each one added changes it.
+fn tunnelled_gateway(fake: &Fake) {
+    let private = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+    let secret: egret_plan::WgSecret = serde_json::from_value(json!(private)).unwrap();
+    fake.put(NODES, node("gw-0"), false);
+    fake.put(SGCS, tunnelled_sgc("blue", "198.19.100.0/30", &secret.public_key().to_string()), false);
+    fake.put(SECRETS, key_secret("blue", private), false);
+    fake.put(POD_ENDPOINTS, pod_endpoint("web", "198.18.0.2", "blue", &peer_key(1)), false);
+}
+
+fn peer_key(n: u8) -> String {
+    egret_plan::WgKey([n; 32]).to_string()
+}
+
+/// Adds PodEndpoint `name` (a watch event), once `watchers` PodEndpoint
+/// watches are up (the fake replays no events to later ones).
+async fn add_pod_endpoint(fake: &Fake, watchers: usize, name: &str, ip: &str, key: u8) {
+    let up = || fake.watches(POD_ENDPOINTS).len() >= watchers;
+    wait_until("PodEndpoint watches", Duration::from_secs(10), up).await;
+    fake.put(POD_ENDPOINTS, pod_endpoint(name, ip, "blue", &peer_key(key)), true);
+}
+
+/// How many GatewayStatus writes came from `who`.
+fn status_writes_by(fake: &Fake, who: &str) -> usize {
+    fake.status_writers().iter().filter(|w| *w == who).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_replicas_only_the_lease_holder_writes_and_the_other_takes_over_when_it_dies() {
+    let fake = Fake::new();
+    tunnelled_gateway(&fake);
+    let a = Replica::start(&fake, "control-a").await;
+    let b = Replica::start(&fake, "control-b").await;
+    let long = Duration::from_secs(10);
+    both_acked(&a, &b, "198.18.0.2").await;
+    wait_until("a GatewayStatus", long, || fake.status(&format!("{STATUS_NS}/gw-0")).is_some()).await;
+    wait_until("a Lease holder", long, || holder(&fake).is_some()).await;
+    let (leader, follower) = if holder(&fake).as_deref() == Some("control-a") { (a, b) } else { (b, a) };
+    assert!(leader.leader.is_leader() && !follower.leader.is_leader(), "exactly one leads");
+
+    // A PodEndpoint added and acked on both: written again, by the leader alone.
+    add_pod_endpoint(&fake, 2, "batch", "198.18.0.3", 2).await;
+    both_acked(&leader, &follower, "198.18.0.3").await;
+    wait_until("the second GatewayStatus write", long, || fake.statuses_written() >= 2).await;
+    assert_eq!(status_writes_by(&fake, follower.name), 0, "the follower wrote: {:?}", fake.status_writers());
+    assert!(status_writes_by(&fake, leader.name) >= 2);
+
+    // The leader dies without a word: the follower takes the Lease once it
+    // has not been renewed for its duration (2 s, seen within one 200 ms
+    // retry), and writes.
+    let dead = leader.name;
+    let before = fake.statuses_written();
+    let killed = std::time::Instant::now();
+    leader.kill();
+    wait_until("the follower leading", Duration::from_secs(5), || follower.leader.is_leader()).await;
+    let takeover = killed.elapsed();
+    eprintln!("lease takeover after the leader was killed: {} ms", takeover.as_millis());
+    assert!(takeover <= Duration::from_millis(2000 + 2 * 200 + 100), "took {takeover:?}");
+    let lease = fake.lease(LEASE).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], follower.name);
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 2);
+
+    // The new leader writes what its gateway applied: everything afresh,
+    // then each change.
+    wait_until("the new leader's GatewayStatus write", long, || fake.statuses_written() > before).await;
+    add_pod_endpoint(&fake, 2, "cron", "198.18.0.4", 3).await;
+    wait_binding(&follower.state, "gw-0", "198.18.0.4", "apps/blue", long).await;
+    follower.ack();
+    let three =
+        |s: Option<Value>| s.is_some_and(|s| s["spec"]["readyPeerConfigurations"].as_array().unwrap().len() == 3);
+    wait_until("cron's peer in the GatewayStatus", long, || three(fake.status(&format!("{STATUS_NS}/gw-0")))).await;
+    let writers = fake.status_writers();
+    assert!(writers[before..].iter().all(|w| w == follower.name), "{writers:?}");
+    assert!(writers.iter().filter(|w| *w == dead).count() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_releases_the_lease_and_the_other_takes_it_at_its_next_try() {
+    let fake = Fake::new();
+    fake.put(NODES, node("gw-0"), false);
+    fake.put(SGCS, sgc("blue", "198.19.100.0/30"), false);
+    let a = Replica::start(&fake, "control-a").await;
+    wait_until("control-a leading", Duration::from_secs(5), || a.leader.is_leader()).await;
+    let b = Replica::start(&fake, "control-b").await;
+    // b has seen a's Lease: it follows.
+    wait_until("control-b's first look", Duration::from_secs(5), || {
+        fake.db.lock().unwrap().writes.iter().any(|w| w.who == "control-a" && w.method == "PUT")
+    })
+    .await;
+    assert!(!b.leader.is_leader());
+
+    let stopped = std::time::Instant::now();
+    a.stop().await;
+    assert_eq!(holder(&fake), None, "released: no holder");
+    wait_until("control-b leading", Duration::from_secs(5), || b.leader.is_leader()).await;
+    let takeover = stopped.elapsed();
+    eprintln!("lease takeover after the leader stopped: {} ms", takeover.as_millis());
+    assert!(takeover < Duration::from_secs(1), "well within the 2 s lease: {takeover:?}");
+    b.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lease_is_taken_stops_writing_at_once() {
+    let fake = Fake::new();
+    tunnelled_gateway(&fake);
+    let a = Replica::start(&fake, "control-a").await;
+    let long = Duration::from_secs(10);
+    wait_until("control-a leading", long, || a.leader.is_leader()).await;
+    wait_binding(&a.state, "gw-0", "198.18.0.2", "apps/blue", long).await;
+    a.ack();
+    wait_until("a GatewayStatus", long, || fake.statuses_written() == 1).await;
+
+    // Another replica holds the Lease now and keeps renewing it (as after
+    // a partition): a's next renewal finds it and steps down.
+    let intruder = {
+        let fake = fake.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut lease = fake.lease(LEASE).unwrap();
+                lease["spec"]["holderIdentity"] = json!("control-z");
+                lease["spec"]["renewTime"] = json!(k8s_openapi::jiff::Timestamp::now().to_string());
+                fake.lease_call("PUT", "egret-system/leases/egret-control", &lease.to_string());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    wait_until("control-a stepping down", Duration::from_secs(1), || !a.leader.is_leader()).await;
+
+    // A new plan acked: nothing is written.
+    add_pod_endpoint(&fake, 1, "batch", "198.18.0.3", 2).await;
+    wait_binding(&a.state, "gw-0", "198.18.0.3", "apps/blue", long).await;
+    a.ack();
+    // Time for a write to go out had a still led (its retry is 100 ms).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.statuses_written(), 1, "{:?}", fake.status_writers());
+    assert!(!a.leader.is_leader());
+    intruder.abort();
+    a.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_lease_stops_writing_by_its_renew_deadline() {
+    let fake = Fake::new();
+    fake.put(NODES, node("gw-0"), false);
+    fake.put(SGCS, sgc("blue", "198.19.100.0/30"), false);
+    let a = Replica::start(&fake, "control-a").await;
+    let long = Duration::from_secs(10);
+    wait_until("control-a leading", long, || a.leader.is_leader()).await;
+
+    // Lease calls hang (the API server unreachable for them): leadership
+    // ends by itself within the 1.2 s renew deadline of the last renewal,
+    // before the 2 s lease could pass to another replica.
+    fake.db.lock().unwrap().leases_silent = true;
+    let cut = std::time::Instant::now();
+    wait_until("control-a no longer leading", Duration::from_secs(2), || !a.leader.is_leader()).await;
+    assert!(cut.elapsed() <= Duration::from_millis(1200 + 50), "{:?}", cut.elapsed());
+    fake.db.lock().unwrap().leases_silent = false;
+    wait_until("control-a leading again", long, || a.leader.is_leader()).await;
+    a.kill();
 }
 
 /// The same, retrying failed lists after 10 to 40 ms.
