@@ -63,6 +63,9 @@ fn policy(n: usize) -> egret_dataplane::plan::EgressPolicy {
         protocol: Some(Protocol::Udp),
         ports: vec!["443".parse().unwrap()],
         pods: None,
+        server_name: Default::default(),
+        tls_ports: vec![],
+        http_ports: vec![],
     };
     let mut rules: Vec<PolicyRule> =
         (0..n - 1).map(|i| rule(i, format!("198.19.{}.{}/32", 1 + (i >> 8) % 250, i & 255))).collect();

@@ -51,10 +51,17 @@ macro_rules! counter_set {
         drops: $reason:ident
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        #[derive(Debug, Clone, PartialEq, Eq)]
         $vis struct $name {
             $( $(#[doc = $doc])* pub $field: u64, )+
             pub drops: [u64; $reason::COUNT],
+        }
+
+        // By hand: arrays longer than 32 have no `Default`.
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $( $field: 0, )+ drops: [0; $reason::COUNT] }
+            }
         }
 
         impl $name {

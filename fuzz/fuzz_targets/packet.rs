@@ -43,6 +43,9 @@ fn policy(p: &[u8; 16]) -> EgressPolicy {
                     vec![]
                 },
                 pods: (b[0] & 0x40 != 0).then(|| vec![POD_A.into()]),
+                server_name: Default::default(),
+                tls_ports: vec![],
+                http_ports: vec![],
             }
         })
         .collect();

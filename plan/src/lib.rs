@@ -18,7 +18,7 @@ pub use keys::{WgKey, WgSecret};
 pub use network_policy::{IpBlock, NetworkPolicy, NetworkPolicyError, NetworkPolicyRule, NetworkPort, NetworkProtocol};
 pub use policy::{
     normalise_fqdn, DenyResponse, EgressPolicy, LiveFlows, PolicyAction, PolicyError, PolicyRule, PortRange, Protocol,
-    MAX_DNS_RESOLVERS, MAX_DNS_TTL, MAX_POLICY_RULES, MAX_RULE_ITEMS,
+    ServerNameCheck, HTTP_PORT, MAX_DNS_RESOLVERS, MAX_DNS_TTL, MAX_POLICY_RULES, MAX_RULE_ITEMS, TLS_PORT,
 };
 
 use serde::{Deserialize, Serialize};

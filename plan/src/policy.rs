@@ -57,6 +57,29 @@ impl Protocol {
     }
 }
 
+/// Whether an FQDN rule also requires the name on the wire: the TLS
+/// ClientHello's `server_name` on TLS ports, the HTTP/1.x `Host` header on
+/// HTTP ports. One address serves many names (storage stamps, CDNs), so an
+/// address learned from DNS alone opens every name behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerNameCheck {
+    /// TCP flows to TLS and HTTP ports pass only once the name the client
+    /// sends matches one of the rule's names; QUIC (UDP on a TLS port),
+    /// whose name cannot be read without decrypting, is refused so that
+    /// clients fall back to TCP.
+    #[default]
+    Required,
+    /// DNS learning alone decides (the rule opens every name on the
+    /// addresses its names resolved to).
+    Unchecked,
+}
+
+/// The ports on which an FQDN rule reads the TLS server name, besides these.
+pub const TLS_PORT: u16 = 443;
+/// The ports on which an FQDN rule reads the HTTP Host header, besides these.
+pub const HTTP_PORT: u16 = 80;
+
 /// A port or an inclusive range, written `443` or `"8000-8080"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortRange {
@@ -142,6 +165,37 @@ pub struct PolicyRule {
     /// source fills it from an EgressPolicy's `podSelector`).
     #[serde(default)]
     pub pods: Option<Vec<Ipv4Addr>>,
+    /// With `fqdns`: whether the name on the wire must match them too.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub server_name: ServerNameCheck,
+    /// With `fqdns`: TLS ports besides 443 whose ClientHello is read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_ports: Vec<PortRange>,
+    /// With `fqdns`: HTTP ports besides 80 whose request Host is read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_ports: Vec<PortRange>,
+}
+
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
+}
+
+impl PolicyRule {
+    /// Whether this rule reads the name on the wire of a flow to `port`,
+    /// and how: `Some(true)` TLS, `Some(false)` HTTP.
+    pub fn reads_server_name(&self, port: u16) -> Option<bool> {
+        if self.fqdns.is_empty() || self.server_name == ServerNameCheck::Unchecked {
+            return None;
+        }
+        let listed = |ranges: &[PortRange]| ranges.iter().any(|r| (r.lo..=r.hi).contains(&port));
+        if port == TLS_PORT || listed(&self.tls_ports) {
+            Some(true)
+        } else if port == HTTP_PORT || listed(&self.http_ports) {
+            Some(false)
+        } else {
+            None
+        }
+    }
 }
 
 /// An ordered egress rule set for one config: first matching rule wins.
@@ -204,6 +258,10 @@ pub enum PolicyError {
     RuleTooLarge { rule: String, what: &'static str, count: usize },
     #[error("{0} dnsResolvers; at most {MAX_DNS_RESOLVERS} are allowed")]
     TooManyResolvers(usize),
+    #[error("rule '{0}': tlsPorts and httpPorts need fqdns (the names to check)")]
+    ServerNamePortsWithoutFqdns(String),
+    #[error("rule '{rule}': port {port} is both a TLS and an HTTP port")]
+    ServerNamePortsOverlap { rule: String, port: u16 },
 }
 
 /// A DNS name as an FQDN rule may give it: trimmed, lower case, no final
@@ -248,6 +306,7 @@ impl EgressPolicy {
             for (what, count) in [
                 ("destinations", r.cidrs.len() + r.fqdns.len()),
                 ("port ranges", r.ports.len()),
+                ("TLS and HTTP port ranges", r.tls_ports.len() + r.http_ports.len()),
                 ("pods", r.pods.as_ref().map_or(0, Vec::len)),
             ] {
                 if count > MAX_RULE_ITEMS {
@@ -256,6 +315,18 @@ impl EgressPolicy {
             }
             if !r.ports.is_empty() && r.protocol == Some(Protocol::Icmp) {
                 return Err(PolicyError::PortsWithoutProtocol(r.name.clone()));
+            }
+            if r.fqdns.is_empty() && !(r.tls_ports.is_empty() && r.http_ports.is_empty()) {
+                return Err(PolicyError::ServerNamePortsWithoutFqdns(r.name.clone()));
+            }
+            let tls = r.tls_ports.iter().map(|p| (p.lo, p.hi)).chain([(TLS_PORT, TLS_PORT)]);
+            let http: Vec<(u16, u16)> =
+                r.http_ports.iter().map(|p| (p.lo, p.hi)).chain([(HTTP_PORT, HTTP_PORT)]).collect();
+            for (lo, hi) in tls {
+                if let Some(&(hlo, hhi)) = http.iter().find(|&&(hlo, hhi)| lo <= hhi && hlo <= hi) {
+                    let port = lo.max(hlo).min(hi.min(hhi));
+                    return Err(PolicyError::ServerNamePortsOverlap { rule: r.name.clone(), port });
+                }
             }
             for f in &r.fqdns {
                 let (wild, name) = normalise_fqdn(f);

@@ -206,6 +206,9 @@ mod policies {
             protocol,
             ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
             pods: None,
+            server_name: Default::default(),
+            tls_ports: vec![],
+            http_ports: vec![],
         }
     }
 
@@ -254,6 +257,33 @@ mod policies {
         p.validate().unwrap();
         p.dns_resolvers.clear();
         assert_eq!(p.validate().unwrap_err(), PolicyError::FqdnsWithoutResolvers);
+    }
+
+    #[test]
+    fn server_name_settings_read_as_written_and_bad_ones_are_named() {
+        let json = r#"{"name": "blob", "action": "allow", "fqdns": ["acct.blob.example"], "protocol": "tcp",
+            "ports": [443, 8443, 8080], "tlsPorts": [8443], "httpPorts": ["8080-8081"]}"#;
+        let r: PolicyRule = serde_json::from_str(json).unwrap();
+        assert_eq!(r.server_name, crate::ServerNameCheck::Required, "on by default");
+        assert_eq!((r.reads_server_name(443), r.reads_server_name(8443)), (Some(true), Some(true)));
+        assert_eq!((r.reads_server_name(80), r.reads_server_name(8081)), (Some(false), Some(false)));
+        assert_eq!(r.reads_server_name(22), None, "other ports keep DNS learning alone");
+        let off: PolicyRule = serde_json::from_str(
+            r#"{"name": "b", "action": "allow", "fqdns": ["a.example"], "serverName": "unchecked"}"#,
+        )
+        .unwrap();
+        assert_eq!(off.reads_server_name(443), None);
+        let mut p = policy(vec![r.clone()]);
+        p.validate().unwrap();
+        p.rules[0].http_ports = vec!["440-450".parse().unwrap()];
+        assert_eq!(p.validate().unwrap_err(), PolicyError::ServerNamePortsOverlap { rule: "blob".into(), port: 443 });
+        let mut no_names = r;
+        no_names.fqdns.clear();
+        no_names.cidrs = vec!["198.19.0.0/24".parse().unwrap()];
+        assert_eq!(
+            policy(vec![no_names]).validate().unwrap_err(),
+            PolicyError::ServerNamePortsWithoutFqdns("blob".into())
+        );
     }
 
     #[test]

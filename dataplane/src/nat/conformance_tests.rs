@@ -141,6 +141,9 @@ fn endpoint_independent_filtering_obeys_the_policy_and_exclusions() {
             protocol: None,
             ports: Vec::new(),
             pods: None,
+            server_name: Default::default(),
+            tls_ports: vec![],
+            http_ports: vec![],
         }],
         deny_response: crate::plan::DenyResponse::Drop,
         live_flows: crate::plan::LiveFlows::Cut,
@@ -198,6 +201,9 @@ mod dns_trust {
             protocol: Some(proto),
             ports: vec![port.parse().unwrap()],
             pods: None,
+            server_name: Default::default(),
+            tls_ports: vec![],
+            http_ports: vec![],
         }
     }
 

@@ -70,6 +70,38 @@ crate::counters::reasons! {
         /// A plain packet from a pod that reaches the gateway only through its
         /// WireGuard tunnel (a spoofed source, or the pod's tunnel bypassed).
         NotTunnelled = "not_tunnelled",
+        /// A flow an FQDN rule allowed on a TLS port whose ClientHello named
+        /// a server no rule allows it (reset both ways; per rule too).
+        SniMismatch = "sni_mismatch",
+        /// A flow allowed on condition on a TLS port whose first bytes were
+        /// no ClientHello, or one without a server name (or with an
+        /// ambiguous one).
+        SniMissing = "sni_missing",
+        /// A flow allowed on condition on a TLS port that showed no server
+        /// name within the time (10 s) or byte bound.
+        SniTimeout = "sni_timeout",
+        /// A flow an FQDN rule allowed on an HTTP port whose request named a
+        /// Host no rule allows it.
+        HostMismatch = "host_mismatch",
+        /// A flow allowed on condition on an HTTP port whose first bytes were
+        /// no HTTP/1.x request, or one without Host (or naming two hosts).
+        HostMissing = "host_missing",
+        /// A flow allowed on condition on an HTTP port whose request head
+        /// did not end within the time (10 s) or byte bound (8 KiB).
+        HostTimeout = "host_timeout",
+        /// UDP on a TLS port (QUIC) under a rule that reads names: refused so
+        /// that the client falls back to TCP, where the name can be read.
+        QuicRefused = "quic_refused",
+        /// A segment before a flow's name verdict that is not the next in
+        /// order: a gap (sent again by the pod), or old bytes that differ
+        /// from those judged.
+        NameCheckUnordered = "name_check_unordered",
+        /// A new flow that needed its name read when this worker's flows
+        /// awaiting a name (or the pod's share of them) were at the bound.
+        NameChecksFull = "name_checks_full",
+        /// A flow awaiting its name whose reader was lost (a restart
+        /// restored the session): reset, since it cannot be judged.
+        NameCheckLost = "name_check_lost",
     }
 }
 
@@ -86,6 +118,10 @@ crate::counters::counter_set! {
         bypass_packets,
         handoffs,
         sessions_created,
+        /// Flows whose name on the wire (TLS SNI, HTTP Host) a rule allowed.
+        names_allowed,
+        /// Resets sent to pods whose flow a name check refused.
+        name_resets_to_pods,
         sessions_closed,
         mappings_created,
         icmp_errors_sent,

@@ -26,6 +26,8 @@ pub struct NatEvent {
     pub open: bool,
     /// Engine time, seconds.
     pub at: u32,
+    /// Engine time, milliseconds (IPFIX's observationTimeMilliseconds).
+    pub at_ms: u64,
     pub proto: u8,
     pub pod: Ipv4Addr,
     pub pod_port: u16,
@@ -35,7 +37,55 @@ pub struct NatEvent {
     pub remote: Option<(Ipv4Addr, u16)>,
 }
 
+/// A flow allowed for the name it showed (TLS SNI, HTTP Host), for the
+/// NAT log: which name an egress endpoint was used for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameEvent {
+    /// Engine time, seconds.
+    pub at: u32,
+    pub pod: Ipv4Addr,
+    pub pod_port: u16,
+    pub egress: Ipv4Addr,
+    pub egress_port: u16,
+    pub remote: (Ipv4Addr, u16),
+    pub config: String,
+    pub rule: String,
+    pub name: String,
+}
+
 impl NatEngine {
+    /// Names flows were allowed for since the last call (bounded as the
+    /// NAT log's queue is; the rest counted in `nat_events_lost`).
+    pub fn take_name_events(&mut self) -> impl Iterator<Item = NameEvent> + '_ {
+        self.name_events.drain(..)
+    }
+
+    pub(super) fn log_name(&mut self, s: &Session, rule: Option<u32>, name: &str, now: Time) {
+        if !self.settings.nat_log {
+            return;
+        }
+        if self.name_events.len() >= NAT_EVENTS_KEPT {
+            self.counters.nat_events_lost += 1;
+            return;
+        }
+        let cfg = &self.plan.configs[usize::from(s.config)];
+        let rule = match (cfg.policy.as_ref(), rule) {
+            (Some(p), Some(r)) if (r as usize) < p.rule_count() => p.rule_name(r).to_string(),
+            _ => "default".to_string(),
+        };
+        self.name_events.push_back(NameEvent {
+            at: now.secs(),
+            pod: Ipv4Addr::from(s.pod),
+            pod_port: s.pod_port,
+            egress: Ipv4Addr::from(s.egress),
+            egress_port: s.egress_port,
+            remote: (Ipv4Addr::from(s.remote), s.remote_port),
+            config: cfg.name.clone(),
+            rule,
+            name: name.to_string(),
+        });
+    }
+
     /// Policy deny events since the last call (at most 256 are kept; the
     /// rest are counted in `deny_events_lost`).
     pub fn take_deny_events(&mut self) -> impl Iterator<Item = DenyEvent> + '_ {
@@ -64,6 +114,7 @@ impl NatEngine {
         self.nat_events.push_back(NatEvent {
             open,
             at: now.secs(),
+            at_ms: now.millis(),
             proto: s.proto,
             pod: Ipv4Addr::from(s.pod),
             pod_port: s.pod_port,

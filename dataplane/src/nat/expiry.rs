@@ -91,6 +91,7 @@ impl NatEngine {
             self.fqdn.expire(secs);
         }
         self.cut_resets.expire(now);
+        self.expire_name_checks(now);
         let timed_out = self.frags.expire(now.millis());
         self.counters.drop_n(DropReason::FragmentTimeout, timed_out);
         self.forget_idle();

@@ -2,6 +2,7 @@
 //! session's egress (address, port); excluded destinations pass untranslated.
 
 use super::frag::{FragAction, Origin};
+use super::name_check::{self, NameRefusal};
 use super::rewrite::{decrement_ttl, rewrite, write_bare_tcp, Parsed};
 use super::*;
 use crate::wire::icmp;
@@ -76,9 +77,18 @@ impl NatEngine {
                         return self.drop(DropReason::TcpBadFlags);
                     }
                 }
+                let mut needs_name = None;
                 if let Some(d) = self.decide(ci, &key, now) {
                     if d.action == crate::plan::PolicyAction::Deny {
-                        return self.deny(buf, len, &p, ci, now);
+                        return self.deny(buf, len, &p, ci, DropReason::PolicyDenied, now);
+                    }
+                    match (d.needs, d.rule) {
+                        (Some(WireName::Quic), Some(rule)) => {
+                            self.count_refusal(ci, rule, NameRefusal::QuicRefused);
+                            return self.deny(buf, len, &p, ci, DropReason::QuicRefused, now);
+                        }
+                        (Some(needs), Some(rule)) => needs_name = Some((needs, rule)),
+                        _ => {}
                     }
                 }
                 // Both layers must allow: the platform's EgressPolicy above,
@@ -87,13 +97,33 @@ impl NatEngine {
                 if self.network_policy_denies(&key) {
                     return self.drop(DropReason::NetworkPolicyDenied);
                 }
-                match self.create_session(&key, ci, draw, now) {
+                let i = match self.create_session(&key, ci, draw, now) {
                     Ok(i) => i,
                     Err(reason) => return self.refuse(buf, len, reason, now),
+                };
+                if let Some((needs, rule)) = needs_name {
+                    // Fail closed: a flow that cannot be read is not let through unread.
+                    let seg = tcp_flags.map(|f| (f, TcpPacket::new_unchecked(&buf[p.hl..len]).seq()));
+                    if !self.expect_name(i, needs, rule, seg, now) {
+                        self.end_session(i, now);
+                        self.counters.drop(DropReason::NameChecksFull);
+                        return tcp_reset(buf, len, &p);
+                    }
                 }
+                i
             }
         };
-        let hairpin = self.sessions.get(i).flags & session::flags::HAIRPIN != 0;
+        let flags = self.sessions.get(i).flags;
+        if flags & session::flags::NAME_CHECK != 0 {
+            if p.first_frag {
+                // A segment in fragments cannot be read in one piece.
+                return self.drop(DropReason::NameCheckUnordered);
+            }
+            if let name_check::NameStep::Answer(v) = self.check_name(buf, len, &p, i, now) {
+                return v;
+            }
+        }
+        let hairpin = flags & session::flags::HAIRPIN != 0;
         if !hairpin {
             // Before the segment counts for the session (a refused FIN
             // closes nothing). A hairpinned packet came by the inside: it fits.
@@ -139,15 +169,15 @@ impl NatEngine {
 
     /// A new flow the policy denies: dropped, or rejected (TCP RST from the
     /// destination; ICMP administratively prohibited otherwise).
-    fn deny(&mut self, buf: &mut [u8], len: usize, p: &Parsed, ci: u16, now: Time) -> Verdict {
+    fn deny(&mut self, buf: &mut [u8], len: usize, p: &Parsed, ci: u16, reason: DropReason, now: Time) -> Verdict {
         if !self.config(ci).policy.as_ref().is_some_and(|x| x.rejects()) {
-            return self.drop(DropReason::PolicyDenied);
+            return self.drop(reason);
         }
         if p.proto == ipv4::PROTO_TCP {
-            self.counters.drop(DropReason::PolicyDenied);
+            self.counters.drop(reason);
             return tcp_reset(buf, len, p);
         }
-        self.refuse(buf, len, DropReason::PolicyDenied, now)
+        self.refuse(buf, len, reason, now)
     }
 
     /// A new flow that cannot get a session: drop, count, and tell the pod

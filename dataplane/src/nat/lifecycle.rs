@@ -146,6 +146,10 @@ impl NatEngine {
     /// notices.
     pub(super) fn end_session(&mut self, i: u32, now: Time) {
         let s = *self.sessions.get(i);
+        if s.flags & session::flags::NAME_CHECK != 0 {
+            self.name_checks.forget(i);
+            self.sessions.get_mut(i).flags &= !session::flags::NAME_CHECK;
+        }
         let now = Time::from_secs(u64::from(s.deadline.min(now.secs())));
         if s.state & state::COOLDOWN != 0 {
             self.sessions.remove(i);

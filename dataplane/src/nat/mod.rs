@@ -29,6 +29,7 @@ mod icmp;
 mod in2out;
 mod lifecycle;
 mod mtu;
+mod name_check;
 pub mod network_policy;
 mod out2in;
 pub mod policy;
@@ -43,11 +44,12 @@ pub mod tcp;
 
 pub use compiled::{CompiledConfig, CompiledPlan, CompiledTunnel, SourceCidrs};
 pub use counters::{Counters, DropReason};
-pub use events::{DenyEvent, NatEvent};
+pub use events::{DenyEvent, NameEvent, NatEvent};
 pub use flow_index::prefetch;
 pub use frag::{ReleaseTo, Released};
+pub use name_check::{NameRefusal, NAME_CHECKS_MAX, NAME_CHECKS_POD_SHARE_DIVISOR, NAME_VERDICT_MS};
 pub use network_policy::{CompiledNetworkPolicies, NetworkPolicyDenials};
-pub use policy::{Decision, FqdnCache};
+pub use policy::{Decision, FqdnCache, WireName};
 pub use policy_check::RuleHits;
 pub use snapshot::{RestoreStats, SessionRecord};
 
@@ -291,6 +293,12 @@ pub struct NatEngine {
     any_tunnelled: bool,
     /// TCP flows a rejecting policy cut, reset when their server sends.
     cut_resets: policy_check::CutResets,
+    /// Flows awaiting their name on the wire (TLS SNI, HTTP Host).
+    name_checks: name_check::NameChecks,
+    /// Flows refused for their name, by (config, rule, reason).
+    name_refusals: HashMap<name_check::RefusalKey, u64>,
+    /// Names flows were allowed for, for the NAT log.
+    name_events: std::collections::VecDeque<NameEvent>,
 }
 
 impl NatEngine {
@@ -334,6 +342,9 @@ impl NatEngine {
             exhausted: hashbrown::HashSet::new(),
             any_tunnelled: false,
             cut_resets: policy_check::CutResets::default(),
+            name_checks: name_check::NameChecks::default(),
+            name_refusals: HashMap::new(),
+            name_events: std::collections::VecDeque::new(),
             plan: Arc::new(CompiledPlan {
                 version: 0,
                 configs: Vec::new(),
@@ -430,6 +441,8 @@ impl NatEngine {
 
 #[cfg(test)]
 mod conformance_tests;
+#[cfg(test)]
+mod name_check_tests;
 #[cfg(test)]
 mod port_reuse_tests;
 #[cfg(test)]

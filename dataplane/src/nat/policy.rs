@@ -6,6 +6,7 @@
 //! pod resolved stay closed.
 
 use crate::plan::{normalise_fqdn, DenyResponse, EgressPolicy, LiveFlows, PolicyAction};
+
 use hashbrown::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -17,9 +18,39 @@ struct Rule {
     proto: Option<u8>,
     ports: Vec<(u16, u16)>,
     pods: Option<HashSet<u32>>,
+    /// An allow rule with names that reads the name on the wire: its TLS
+    /// and HTTP ports (443 and 80 included).
+    reads_names: Option<(PortRanges, PortRanges)>,
+}
+
+type PortRanges = Vec<(u16, u16)>;
+
+/// Which name on the wire a flow must show before its data passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireName {
+    /// The TLS ClientHello's `server_name` (TCP on a TLS port).
+    Tls,
+    /// The HTTP/1.x request's `Host` (TCP on an HTTP port).
+    Http,
+    /// UDP on a TLS port: QUIC, whose ClientHello is encrypted with keys
+    /// derived from the connection ID (RFC 9001 §5.2). Refused, so that
+    /// clients fall back to TCP, where the name can be read.
+    Quic,
 }
 
 impl Rule {
+    /// The name this rule reads on a flow of `proto` to `dport`, if any.
+    fn wire_name(&self, proto: u8, dport: u16) -> Option<WireName> {
+        let (tls, http) = self.reads_names.as_ref()?;
+        let has = |v: &[(u16, u16)]| v.iter().any(|&(lo, hi)| (lo..=hi).contains(&dport));
+        match proto {
+            6 if has(tls) => Some(WireName::Tls),
+            6 if has(http) => Some(WireName::Http),
+            17 if has(tls) => Some(WireName::Quic),
+            _ => None,
+        }
+    }
+
     #[inline]
     fn matches(&self, pod: u32, proto: u8, dport: u16) -> bool {
         if self.proto.is_some_and(|p| p != proto) {
@@ -85,6 +116,8 @@ impl PrefixTrie {
 pub struct Decision {
     pub action: PolicyAction,
     pub rule: Option<u32>,
+    /// An allow that holds only once the flow shows a name the rule lists.
+    pub needs: Option<WireName>,
 }
 
 #[derive(Debug)]
@@ -145,6 +178,15 @@ impl CompiledPolicy {
                 proto: r.protocol.map(|p| p.number()),
                 ports: r.ports.iter().map(|p| (p.lo, p.hi)).collect(),
                 pods: r.pods.as_ref().map(|v| v.iter().map(|&a| u32::from(a)).collect()),
+                reads_names: (r.action == PolicyAction::Allow
+                    && !r.fqdns.is_empty()
+                    && r.server_name == crate::plan::ServerNameCheck::Required)
+                    .then(|| {
+                        let ranges = |v: &[crate::plan::PortRange], dflt: u16| {
+                            v.iter().map(|p| (p.lo, p.hi)).chain([(dflt, dflt)]).collect::<Vec<_>>()
+                        };
+                        (ranges(&r.tls_ports, crate::plan::TLS_PORT), ranges(&r.http_ports, crate::plan::HTTP_PORT))
+                    }),
             });
         }
         c
@@ -189,12 +231,53 @@ impl CompiledPolicy {
     }
 
     /// The decision for a new flow from `pod` to `dst`; `names` are the
-    /// names the pod's DNS answers tied to `dst` (for FQDN rules).
+    /// names the pod's DNS answers tied to `dst` (for FQDN rules). An allow
+    /// by a rule that reads the name on the wire on this port says so in
+    /// `needs`: the flow's first bytes decide ([`Self::evaluate_named`]).
     pub fn evaluate(&self, pod: u32, dst: u32, proto: u8, dport: u16, names: &[Arc<str>]) -> Decision {
+        let best = self.first_match(pod, dst, proto, dport, names, None);
+        self.decision(best, proto, dport)
+    }
+
+    /// The decision for a flow that showed `wire` as its server name: a rule
+    /// that reads names on this port matches only if it lists `wire` too
+    /// (both the address, learned from DNS, and the name on the wire must be
+    /// the rule's); otherwise the next rule decides.
+    pub fn evaluate_named(
+        &self,
+        pod: u32,
+        dst: u32,
+        proto: u8,
+        dport: u16,
+        names: &[Arc<str>],
+        wire: &str,
+    ) -> Decision {
+        let best = self.first_match(pod, dst, proto, dport, names, Some(wire));
+        let mut d = self.decision(best, proto, dport);
+        d.needs = None;
+        d
+    }
+
+    fn decision(&self, best: u32, proto: u8, dport: u16) -> Decision {
+        if best == u32::MAX {
+            return Decision { action: self.default_action, rule: None, needs: None };
+        }
+        let r = &self.rules[best as usize];
+        Decision { action: r.action, rule: Some(best), needs: r.wire_name(proto, dport) }
+    }
+
+    fn first_match(&self, pod: u32, dst: u32, proto: u8, dport: u16, names: &[Arc<str>], wire: Option<&str>) -> u32 {
         let mut best = u32::MAX;
         let mut consider = |r: u32| {
-            if r < best && self.rules[r as usize].matches(pod, proto, dport) {
-                best = r;
+            let rule = &self.rules[r as usize];
+            if r < best && rule.matches(pod, proto, dport) {
+                let name_ok = match wire {
+                    Some(w) if rule.wire_name(proto, dport).is_some() => self.lists(r, w),
+                    _ => true,
+                };
+                if name_ok {
+                    best = r;
+                }
             }
         };
         self.trie.covering(dst, &mut consider);
@@ -202,11 +285,14 @@ impl CompiledPolicy {
         for n in names {
             self.name_rules(n, &mut consider);
         }
-        if best == u32::MAX {
-            Decision { action: self.default_action, rule: None }
-        } else {
-            Decision { action: self.rules[best as usize].action, rule: Some(best) }
-        }
+        best
+    }
+
+    /// Whether rule `r` lists `name` (exactly or under a wildcard).
+    fn lists(&self, r: u32, name: &str) -> bool {
+        let mut hit = false;
+        self.name_rules(name, |x| hit |= x == r);
+        hit
     }
 }
 
@@ -337,6 +423,9 @@ mod tests {
             protocol: proto,
             ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
             pods: None,
+            server_name: Default::default(),
+            tls_ports: vec![],
+            http_ports: vec![],
         }
     }
 
@@ -361,10 +450,10 @@ mod tests {
         let c = CompiledPolicy::new(&p);
         let pod = ip("198.18.0.2");
         let d = |dst: &str, proto, port| c.evaluate(pod, ip(dst), proto, port, &[]);
-        assert_eq!(d("198.19.0.9", 6, 443), Decision { action: PolicyAction::Allow, rule: Some(1) });
+        assert_eq!(d("198.19.0.9", 6, 443), Decision { action: PolicyAction::Allow, rule: Some(1), needs: None });
         assert_eq!(d("198.19.0.9", 6, 8080).action, PolicyAction::Allow);
-        assert_eq!(d("198.19.0.7", 6, 443), Decision { action: PolicyAction::Deny, rule: Some(0) });
-        assert_eq!(d("198.19.0.9", 6, 22), Decision { action: PolicyAction::Deny, rule: None });
+        assert_eq!(d("198.19.0.7", 6, 443), Decision { action: PolicyAction::Deny, rule: Some(0), needs: None });
+        assert_eq!(d("198.19.0.9", 6, 22), Decision { action: PolicyAction::Deny, rule: None, needs: None });
         assert_eq!(d("198.19.1.9", 17, 53).rule, Some(2));
         assert_eq!(d("198.19.0.9", 1, 0).rule, None);
     }

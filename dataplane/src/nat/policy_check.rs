@@ -76,6 +76,9 @@ pub struct RuleHits {
     pub config: String,
     /// `(rule name, hits)`, in rule order, then `("default", hits)`.
     pub rules: Vec<(String, u64)>,
+    /// Flows a rule allowed on condition and then refused for the name on
+    /// the wire: `(rule index, reason, flows)`, nonzero counts only.
+    pub refused: Vec<(u32, &'static str, u64)>,
 }
 
 impl NatEngine {
@@ -84,13 +87,21 @@ impl NatEngine {
         self.plan
             .configs
             .iter()
+            .enumerate()
             .zip(&self.policy_hits)
-            .filter_map(|(c, hits)| {
+            .filter_map(|((ci, c), hits)| {
                 let p = c.policy.as_ref()?;
                 let mut rules: Vec<(String, u64)> =
                     (0..p.rule_count()).map(|i| (p.rule_name(i as u32).to_string(), hits[i])).collect();
                 rules.push(("default".into(), hits[p.rule_count()]));
-                Some(RuleHits { config: c.name.clone(), rules })
+                let mut refused: Vec<(u32, &'static str, u64)> = self
+                    .name_refusals
+                    .iter()
+                    .filter(|((config, rule, _), _)| usize::from(*config) == ci && (*rule as usize) < p.rule_count())
+                    .map(|(&(_, rule, why), &n)| (rule, why.as_str(), n))
+                    .collect();
+                refused.sort_unstable();
+                Some(RuleHits { config: c.name.clone(), rules, refused })
             })
             .collect()
     }

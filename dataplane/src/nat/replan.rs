@@ -52,6 +52,7 @@ impl NatEngine {
         drop(old_hits);
         self.policy_hits = policy_hits;
         self.network_policy_denials = self.carry_network_policy_denials(&old, &plan);
+        self.carry_name_refusals(&old, &plan);
 
         // Egress addresses: keep the port bitmaps of those that stay, in
         // whichever config: ports cut below cool down before reuse (RFC

@@ -54,6 +54,9 @@ impl Hash for FlowKey {
 pub mod flags {
     /// The remote is an egress address of this gateway (RFC 4787 REQ-9).
     pub const HAIRPIN: u8 = 1;
+    /// Its data passes only once the name on the wire is judged
+    /// (`name_check`).
+    pub const NAME_CHECK: u8 = 2;
 }
 
 /// TCP state bits (RFC 7857 section 2 style tracking).

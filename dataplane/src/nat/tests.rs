@@ -1383,6 +1383,7 @@ fn the_nat_log_records_who_used_which_egress_port_when() {
         NatEvent {
             open: true,
             at: 10,
+            at_ms: T0.millis(),
             proto: 17,
             pod: POD_A.into(),
             pod_port: 5000,

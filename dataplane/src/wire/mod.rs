@@ -11,6 +11,7 @@ pub mod icmp;
 pub mod ip;
 pub mod ipv4;
 pub mod l4;
+pub mod server_name;
 pub mod tcp;
 pub mod udp;
 

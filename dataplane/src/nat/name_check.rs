@@ -1,0 +1,432 @@
+//! The server name check: a TCP flow that an FQDN rule allows on a TLS or
+//! HTTP port passes its handshake, then its first bytes decide. Each data
+//! segment from the pod is read (in order) before it is forwarded, until
+//! the TLS ClientHello's `server_name` or the HTTP request's `Host` is
+//! known; then the policy is evaluated again with that name
+//! ([`CompiledPolicy::evaluate_named`]). A refused flow is reset both ways:
+//! the segment in hand becomes the reset to the server, and a reset goes to
+//! the pod (through the engine's released queue).
+//!
+//! Only sessions flagged `NAME_CHECK` come here (one branch on the flags
+//! the in2out path reads anyway); their state is bounded per worker, and
+//! per pod a share of it, like every shared table.
+
+use super::frag::{ReleaseTo, Released};
+use super::policy::WireName;
+use super::rewrite::{write_bare_tcp, Parsed};
+use super::*;
+use crate::wire::server_name::{ClientHelloReader, HttpHostReader, NoName, Progress, MAX_NAME};
+use crate::wire::tcp::{self as tcpw, TcpPacket, TcpRepr};
+
+/// Flows awaiting their name on one worker, and the share one pod may hold.
+pub const NAME_CHECKS_MAX: usize = 16_384;
+pub const NAME_CHECKS_POD_SHARE_DIVISOR: usize = 16;
+/// Longest a flow may take from its first packet to its verdict.
+pub const NAME_VERDICT_MS: u64 = 10_000;
+/// Segments already forwarded whose retransmission passes unchanged.
+const FORWARDED_KEPT: usize = 4;
+
+/// Why a flow that needed a name was refused (counted per rule too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NameRefusal {
+    SniMismatch,
+    SniMissing,
+    SniTimeout,
+    HostMismatch,
+    HostMissing,
+    HostTimeout,
+    QuicRefused,
+}
+
+impl NameRefusal {
+    pub const ALL: [NameRefusal; 7] = [
+        NameRefusal::SniMismatch,
+        NameRefusal::SniMissing,
+        NameRefusal::SniTimeout,
+        NameRefusal::HostMismatch,
+        NameRefusal::HostMissing,
+        NameRefusal::HostTimeout,
+        NameRefusal::QuicRefused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        self.drop_reason().name()
+    }
+
+    pub fn drop_reason(self) -> DropReason {
+        match self {
+            NameRefusal::SniMismatch => DropReason::SniMismatch,
+            NameRefusal::SniMissing => DropReason::SniMissing,
+            NameRefusal::SniTimeout => DropReason::SniTimeout,
+            NameRefusal::HostMismatch => DropReason::HostMismatch,
+            NameRefusal::HostMissing => DropReason::HostMissing,
+            NameRefusal::HostTimeout => DropReason::HostTimeout,
+            NameRefusal::QuicRefused => DropReason::QuicRefused,
+        }
+    }
+
+    fn of(kind: WireName, no: Option<NoName>) -> NameRefusal {
+        match (kind, no) {
+            (WireName::Quic, _) => NameRefusal::QuicRefused,
+            (WireName::Tls, None) => NameRefusal::SniMismatch,
+            (WireName::Tls, Some(NoName::TooLong)) => NameRefusal::SniTimeout,
+            (WireName::Tls, Some(_)) => NameRefusal::SniMissing,
+            (WireName::Http, None) => NameRefusal::HostMismatch,
+            (WireName::Http, Some(NoName::TooLong)) => NameRefusal::HostTimeout,
+            (WireName::Http, Some(_)) => NameRefusal::HostMissing,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Reader {
+    Tls(Box<ClientHelloReader>),
+    Http(Box<HttpHostReader>),
+}
+
+/// One flow awaiting its name.
+struct Pending {
+    /// The flow (to tell a reused session slot from it).
+    pod: u32,
+    pod_port: u16,
+    remote: u32,
+    remote_port: u16,
+    config: u16,
+    /// The rule that allowed the flow on condition; refusals count there.
+    rule: u32,
+    kind: WireName,
+    reader: Reader,
+    /// Sequence number of the next stream byte the reader wants.
+    next_seq: u32,
+    /// Whether `next_seq` is known (a SYN or the first data seen).
+    anchored: bool,
+    /// The pod's last acknowledgment: the server's next sequence number,
+    /// which a reset to the pod must carry.
+    pod_ack: Option<u32>,
+    deadline_ms: u64,
+    /// (seq, length, hash) of segments forwarded before the verdict.
+    forwarded: [(u32, u32, u64); FORWARDED_KEPT],
+    forwarded_n: usize,
+}
+
+/// Flows awaiting their name, by session index.
+#[derive(Default)]
+pub(super) struct NameChecks {
+    pending: HashMap<u32, Pending>,
+    per_pod: HashMap<u32, u32>,
+    /// When the next sweep for flows past their time is due (engine ms).
+    next_sweep_ms: u64,
+}
+
+/// A name refusal counted against its rule: (config, rule, reason).
+pub(super) type RefusalKey = (u16, u32, NameRefusal);
+
+impl NameChecks {
+    pub(super) fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Room for one more flow of `pod`: the table's bound and the pod's share.
+    fn has_room(&self, pod: u32) -> bool {
+        let held = self.per_pod.get(&pod).copied().unwrap_or(0) as usize;
+        self.pending.len() < NAME_CHECKS_MAX && held < NAME_CHECKS_MAX / NAME_CHECKS_POD_SHARE_DIVISOR
+    }
+
+    fn insert(&mut self, i: u32, p: Pending) {
+        let pod = p.pod;
+        if let Some(old) = self.pending.insert(i, p) {
+            self.release(old.pod);
+        }
+        *self.per_pod.entry(pod).or_default() += 1;
+    }
+
+    pub(super) fn forget(&mut self, i: u32) {
+        if let Some(p) = self.pending.remove(&i) {
+            self.release(p.pod);
+        }
+    }
+
+    fn release(&mut self, pod: u32) {
+        if let Some(n) = self.per_pod.get_mut(&pod) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_pod.remove(&pod);
+            }
+        }
+    }
+}
+
+/// A digest of a segment's payload (FNV-1a), to tell a retransmission that
+/// changes bytes from one that does not. A pod could craft a collision, but
+/// only against bytes it sent itself, which were judged.
+fn digest(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// What the name check says of a segment.
+pub(super) enum NameStep {
+    /// Forward it as any segment of the session.
+    Pass,
+    /// The check answered instead (a drop or a reset).
+    Answer(Verdict),
+}
+
+impl NatEngine {
+    /// Flows on this worker awaiting their name on the wire.
+    pub fn name_checks_pending(&self) -> usize {
+        self.name_checks.len()
+    }
+
+    /// Notes that session `i` (just created) must show a name of the kind
+    /// `needs` before its data passes. `false` when there is no room: the
+    /// flow is refused rather than let through unread.
+    pub(super) fn expect_name(
+        &mut self,
+        i: u32,
+        needs: WireName,
+        rule: u32,
+        tcp_seq: Option<(u8, u32)>,
+        now: Time,
+    ) -> bool {
+        let s = *self.sessions.get(i);
+        if !self.name_checks.has_room(s.pod) {
+            return false;
+        }
+        let reader = match needs {
+            WireName::Http => Reader::Http(Box::default()),
+            _ => Reader::Tls(Box::default()),
+        };
+        // A SYN fixes where the stream starts; a flow picked up mid-stream
+        // is anchored at its first data, which then must be the start.
+        let (anchored, next_seq) = match tcp_seq {
+            Some((f, seq)) if f & tcpw::SYN != 0 => (true, seq.wrapping_add(1)),
+            _ => (false, 0),
+        };
+        let p = Pending {
+            pod: s.pod,
+            pod_port: s.pod_port,
+            remote: s.remote,
+            remote_port: s.remote_port,
+            config: s.config,
+            rule,
+            kind: needs,
+            reader,
+            next_seq,
+            anchored,
+            pod_ack: None,
+            deadline_ms: now.millis() + NAME_VERDICT_MS,
+            forwarded: [(0, 0, 0); FORWARDED_KEPT],
+            forwarded_n: 0,
+        };
+        self.name_checks.insert(i, p);
+        self.sessions.get_mut(i).flags |= session::flags::NAME_CHECK;
+        true
+    }
+
+    /// A segment from the pod on a session awaiting its name.
+    pub(super) fn check_name(&mut self, buf: &mut [u8], len: usize, p: &Parsed, i: u32, now: Time) -> NameStep {
+        let s = *self.sessions.get(i);
+        let seg = TcpPacket::new_unchecked(&buf[p.hl..len]);
+        let (flags, seq, ack) = (seg.flags(), seg.seq(), seg.ack());
+        let payload = seg.payload();
+        let same_flow = |q: &Pending| {
+            q.pod == s.pod && q.pod_port == s.pod_port && q.remote == s.remote && q.remote_port == s.remote_port
+        };
+        let Some(q) = self.name_checks.pending.get_mut(&i).filter(|q| same_flow(q)) else {
+            // Flagged without its reader (restored from a snapshot, say):
+            // it cannot be judged, so it does not pass.
+            self.sessions.get_mut(i).flags &= !session::flags::NAME_CHECK;
+            self.counters.drop(DropReason::NameCheckLost);
+            return NameStep::Answer(self.reset_both_ways(buf, i, seq, (flags & tcpw::ACK != 0).then_some(ack), now));
+        };
+        if flags & tcpw::ACK != 0 {
+            q.pod_ack = Some(ack);
+        }
+        let data_seq = seq.wrapping_add(u32::from(flags & tcpw::SYN != 0));
+        if flags & tcpw::SYN != 0 && !q.anchored {
+            q.anchored = true;
+            q.next_seq = data_seq;
+        }
+        if flags & tcpw::RST != 0 {
+            // The pod gives up: nothing left to judge.
+            self.sessions.get_mut(i).flags &= !session::flags::NAME_CHECK;
+            self.name_checks.forget(i);
+            return NameStep::Pass;
+        }
+        if payload.is_empty() {
+            return NameStep::Pass;
+        }
+        let (kind, rule) = (q.kind, q.rule);
+        if now.millis() >= q.deadline_ms {
+            return NameStep::Answer(self.refuse_name(
+                buf,
+                p,
+                i,
+                rule,
+                NameRefusal::of(kind, Some(NoName::TooLong)),
+                now,
+            ));
+        }
+        if !q.anchored {
+            q.anchored = true;
+            q.next_seq = data_seq;
+        }
+        let plen = payload.len() as u32;
+        let off = data_seq.wrapping_sub(q.next_seq) as i32;
+        if off != 0 {
+            // Before the verdict only the next bytes in order are read: a
+            // gap is dropped (the pod sends it again), old bytes pass only
+            // as the very segment already read (a retransmission), never as
+            // bytes that would change what was judged.
+            let resent = off < 0
+                && q.forwarded[..q.forwarded_n]
+                    .iter()
+                    .any(|&(s0, l0, h0)| s0 == data_seq && l0 == plen && h0 == digest(payload));
+            if resent {
+                return NameStep::Pass;
+            }
+            return NameStep::Answer(self.drop(DropReason::NameCheckUnordered));
+        }
+        let progress = match &mut q.reader {
+            Reader::Tls(r) => r.feed(payload),
+            Reader::Http(r) => r.feed(payload),
+        };
+        let name = match progress {
+            Progress::More => {
+                q.next_seq = q.next_seq.wrapping_add(plen);
+                let slot = q.forwarded_n % FORWARDED_KEPT;
+                q.forwarded[slot] = (data_seq, plen, digest(payload));
+                q.forwarded_n = (q.forwarded_n + 1).min(FORWARDED_KEPT);
+                return NameStep::Pass;
+            }
+            Progress::NoName(no) => {
+                return NameStep::Answer(self.refuse_name(buf, p, i, rule, NameRefusal::of(kind, Some(no)), now));
+            }
+            Progress::Name(n) => {
+                let mut copy = [0u8; MAX_NAME];
+                copy[..n.len()].copy_from_slice(n.as_bytes());
+                (copy, n.len())
+            }
+        };
+        let name = std::str::from_utf8(&name.0[..name.1]).unwrap_or_default();
+        // The policy again, with the name: the plan may have changed since
+        // the flow opened, and the name must be one the allowing rule lists.
+        let cfg = self.plan.configs[usize::from(s.config)].policy.clone();
+        let decided = cfg.as_ref().map(|pol| {
+            let names = if pol.has_fqdns() { self.fqdn.names(s.pod, s.remote, now.secs()) } else { Vec::new() };
+            pol.evaluate_named(s.pod, s.remote, s.proto, s.remote_port, &names, name)
+        });
+        if decided.is_some_and(|d| d.action == crate::plan::PolicyAction::Deny) {
+            return NameStep::Answer(self.refuse_name(buf, p, i, rule, NameRefusal::of(kind, None), now));
+        }
+        self.sessions.get_mut(i).flags &= !session::flags::NAME_CHECK;
+        self.name_checks.forget(i);
+        self.counters.names_allowed += 1;
+        self.log_name(&s, decided.and_then(|d| d.rule), name, now);
+        NameStep::Pass
+    }
+
+    /// Refuses a flow for its name: counted per rule and reason, reset both ways.
+    fn refuse_name(&mut self, buf: &mut [u8], p: &Parsed, i: u32, rule: u32, why: NameRefusal, now: Time) -> Verdict {
+        let s = *self.sessions.get(i);
+        self.count_refusal(s.config, rule, why);
+        self.counters.drop(why.drop_reason());
+        let (seq, ack) = {
+            let seg = TcpPacket::new_unchecked(&buf[p.hl..]);
+            (seg.seq().wrapping_add(u32::from(seg.flags() & tcpw::SYN != 0)), seg.ack())
+        };
+        let pod_ack = self.name_checks.pending.get(&i).and_then(|q| q.pod_ack).or(Some(ack));
+        self.reset_both_ways(buf, i, seq, pod_ack, now)
+    }
+
+    pub(super) fn count_refusal(&mut self, config: u16, rule: u32, why: NameRefusal) {
+        *self.name_refusals.entry((config, rule, why)).or_default() += 1;
+    }
+
+    /// Turns the pod's segment in `buf` into a reset to the server (at the
+    /// segment's own sequence number, which the server expects) and queues
+    /// a reset to the pod (at its last acknowledgment); ends the session.
+    fn reset_both_ways(&mut self, buf: &mut [u8], i: u32, seq: u32, pod_ack: Option<u32>, now: Time) -> Verdict {
+        let s = *self.sessions.get(i);
+        if let Some(ack) = pod_ack {
+            self.queue_reset_to_pod(&s, ack);
+        }
+        let rst = TcpRepr { src_port: s.egress_port, dst_port: s.remote_port, seq, ack: 0, flags: tcpw::RST };
+        let len = write_bare_tcp(buf, &rst, s.egress, s.remote);
+        self.name_checks.forget(i);
+        self.end_session(i, now);
+        Verdict::Forward { side: Side::Outside, len }
+    }
+
+    fn queue_reset_to_pod(&mut self, s: &Session, seq: u32) {
+        let mut bytes = vec![0u8; ipv4::HEADER_LEN + tcpw::HEADER_LEN];
+        let rst = TcpRepr { src_port: s.remote_port, dst_port: s.pod_port, seq, ack: 0, flags: tcpw::RST };
+        write_bare_tcp(&mut bytes, &rst, s.remote, s.pod);
+        self.counters.name_resets_to_pods += 1;
+        self.frags.release(Released { bytes, to: ReleaseTo::Side(Side::Inside) });
+    }
+
+    /// Moves name refusal counts and the rules of flows awaiting their name
+    /// to the new plan's positions (a rule is known by config and rule
+    /// name; counts of rules that are gone are dropped).
+    pub(super) fn carry_name_refusals(&mut self, old: &CompiledPlan, new: &CompiledPlan) {
+        let position = |config: u16, rule: u32| -> Option<(u16, u32)> {
+            let c = old.configs.get(usize::from(config))?;
+            let name = c.policy.as_ref().filter(|p| (rule as usize) < p.rule_count())?.rule_name(rule);
+            let (ci, nc) = new.configs.iter().enumerate().find(|(_, n)| n.name == c.name)?;
+            let p = nc.policy.as_ref()?;
+            let ri = (0..p.rule_count() as u32).find(|&r| p.rule_name(r) == name)?;
+            Some((ci as u16, ri))
+        };
+        let old_counts = std::mem::take(&mut self.name_refusals);
+        for ((config, rule, why), n) in old_counts {
+            if let Some((c, r)) = position(config, rule) {
+                *self.name_refusals.entry((c, r, why)).or_default() += n;
+            }
+        }
+        for q in self.name_checks.pending.values_mut() {
+            // A flow whose rule is gone is judged by the new plan at its
+            // verdict; its refusal then counts under the default.
+            let (c, r) = position(q.config, q.rule).unwrap_or((q.config, u32::MAX));
+            q.config = c;
+            q.rule = r;
+        }
+    }
+
+    /// Resets both ways the flows whose verdict is overdue (their pods went
+    /// quiet mid-ClientHello), once a second at most.
+    pub(super) fn expire_name_checks(&mut self, now: Time) {
+        if self.name_checks.pending.is_empty() || now.millis() < self.name_checks.next_sweep_ms {
+            return;
+        }
+        self.name_checks.next_sweep_ms = now.millis() + 1000;
+        let overdue: Vec<u32> =
+            self.name_checks.pending.iter().filter(|(_, q)| now.millis() >= q.deadline_ms).map(|(&i, _)| i).collect();
+        for i in overdue {
+            let Some(q) = self.name_checks.pending.remove(&i) else { continue };
+            self.name_checks.release(q.pod);
+            let s = *self.sessions.get(i);
+            if s.flags & session::flags::NAME_CHECK == 0 || s.state & state::FREE != 0 || s.pod != q.pod {
+                continue;
+            }
+            self.count_refusal(q.config, q.rule, NameRefusal::of(q.kind, Some(NoName::TooLong)));
+            self.counters.drop(NameRefusal::of(q.kind, Some(NoName::TooLong)).drop_reason());
+            if let Some(ack) = q.pod_ack {
+                self.queue_reset_to_pod(&s, ack);
+            }
+            if q.anchored {
+                let mut bytes = vec![0u8; ipv4::HEADER_LEN + tcpw::HEADER_LEN];
+                let rst = TcpRepr {
+                    src_port: s.egress_port,
+                    dst_port: s.remote_port,
+                    seq: q.next_seq,
+                    ack: 0,
+                    flags: tcpw::RST,
+                };
+                write_bare_tcp(&mut bytes, &rst, s.egress, s.remote);
+                self.frags.release(Released { bytes, to: ReleaseTo::Side(Side::Outside) });
+            }
+            self.end_session(i, now);
+        }
+    }
+}

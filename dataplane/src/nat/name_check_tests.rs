@@ -1,0 +1,403 @@
+//! The server name check as a pod and its server see it: which segments
+//! pass, which are answered with resets, and what is counted.
+
+use super::tests::{config, plan_with, settings, udp, PacketBuilder, Pkt, POD_A, T0};
+use super::*;
+use crate::plan::{DenyResponse, EgressPolicy, LiveFlows, PolicyAction, PolicyRule, Protocol, ServerNameCheck};
+use crate::wire::tcp as tcpf;
+
+/// One address, many names: a storage stamp, a CDN front.
+const SHARED: [u8; 4] = [198, 19, 0, 10];
+const DNS: [u8; 4] = [198, 19, 0, 53];
+const ISN: u32 = 1000;
+const SERVER_ISN: u32 = 50_000;
+
+const PQ_HELLO: &[u8] = include_bytes!("../wire/testdata/firefox-pq-clienthello.bin");
+
+fn rule(name: &str, fqdns: &[&str], proto: Option<Protocol>, ports: &[&str]) -> PolicyRule {
+    PolicyRule {
+        name: name.into(),
+        action: PolicyAction::Allow,
+        cidrs: vec![],
+        fqdns: fqdns.iter().map(|s| s.to_string()).collect(),
+        protocol: proto,
+        ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
+        pods: None,
+        server_name: ServerNameCheck::Required,
+        tls_ports: vec![],
+        http_ports: vec![],
+    }
+}
+
+fn policy(rules: Vec<PolicyRule>) -> EgressPolicy {
+    EgressPolicy {
+        default_action: PolicyAction::Deny,
+        rules: [
+            vec![PolicyRule {
+                cidrs: vec!["198.19.0.53/32".parse().unwrap()],
+                ..rule("dns", &[], Some(Protocol::Udp), &["53"])
+            }],
+            rules,
+        ]
+        .concat(),
+        deny_response: DenyResponse::Reject,
+        live_flows: LiveFlows::Cut,
+        dns_ttl_floor: 30,
+        dns_resolvers: vec!["198.19.0.53/32".parse().unwrap()],
+    }
+}
+
+fn engine_with(p: EgressPolicy) -> NatEngine {
+    let mut a = config("a", "198.19.100.0/28");
+    a.policy = Some(p);
+    let mut s = settings();
+    s.nat_log = true;
+    NatEngine::new(s, plan_with(a, config("b", "198.19.101.0/28")))
+}
+
+/// The good storage account's policy: `good.example` on TCP 443 and 80.
+fn storage() -> NatEngine {
+    engine_with(policy(vec![rule("storage", &["good.example"], Some(Protocol::Tcp), &["443", "80"])]))
+}
+
+/// The pod resolves `name` to the shared address through the trusted resolver.
+fn resolve(e: &mut NatEngine, pod: [u8; 4], name: &str) {
+    let mut q = udp(pod, 5353, DNS, 53, b"query");
+    assert!(matches!(q.run(e, T0), Verdict::Forward { .. }));
+    let m = crate::wire::dns::tests::response(name, &[(name, 1, SHARED.to_vec(), 300)]);
+    assert!(matches!(udp(DNS, 53, q.src(), q.sport(), &m).run(e, T0), Verdict::Forward { .. }));
+}
+
+/// A TCP segment with its own sequence numbers.
+fn seg((src, sport): ([u8; 4], u16), (dst, dport): ([u8; 4], u16), flags: u8, seq: u32, ack: u32, data: &[u8]) -> Pkt {
+    let mut v = Vec::new();
+    let mut b = PacketBuilder::ipv4(src, dst, 64).tcp(sport, dport, seq, 64240);
+    if flags & tcpf::SYN != 0 {
+        b = b.syn();
+    }
+    if flags & tcpf::ACK != 0 {
+        b = b.ack(ack);
+    }
+    if flags & tcpf::RST != 0 {
+        b = b.rst();
+    }
+    if flags & tcpf::FIN != 0 {
+        b = b.fin();
+    }
+    b.write(&mut v, data).unwrap();
+    Pkt::new(v)
+}
+
+/// A pod's connection through the gateway, after the handshake.
+struct Conn {
+    pod: [u8; 4],
+    port: u16,
+    dport: u16,
+    /// The egress endpoint the server sees.
+    egress: ([u8; 4], u16),
+    /// The pod's next sequence number.
+    next: u32,
+}
+
+impl Conn {
+    fn open(e: &mut NatEngine, pod: [u8; 4], port: u16, dport: u16) -> Conn {
+        let mut syn = seg((pod, port), (SHARED, dport), tcpf::SYN, ISN, 0, b"");
+        assert!(matches!(syn.run(e, T0), Verdict::Forward { side: Side::Outside, .. }), "the handshake passes");
+        let egress = (syn.src(), syn.sport());
+        let mut synack = seg((SHARED, dport), (egress.0, egress.1), tcpf::SYN | tcpf::ACK, SERVER_ISN, ISN + 1, b"");
+        assert!(matches!(synack.run(e, T0), Verdict::Forward { side: Side::Inside, .. }));
+        let mut ack = seg((pod, port), (SHARED, dport), tcpf::ACK, ISN + 1, SERVER_ISN + 1, b"");
+        assert!(matches!(ack.run(e, T0), Verdict::Forward { .. }));
+        Conn { pod, port, dport, egress, next: ISN + 1 }
+    }
+
+    /// The pod's next data segment.
+    fn send(&mut self, e: &mut NatEngine, data: &[u8], at: Time) -> (Verdict, Pkt) {
+        let mut p = seg((self.pod, self.port), (SHARED, self.dport), tcpf::ACK, self.next, SERVER_ISN + 1, data);
+        let v = p.run(e, at);
+        if matches!(v, Verdict::Forward { .. }) {
+            self.next += data.len() as u32;
+        }
+        (v, p)
+    }
+
+    /// A data segment at `seq` (out of order, or resent).
+    fn send_at(&self, e: &mut NatEngine, seq: u32, data: &[u8]) -> Verdict {
+        seg((self.pod, self.port), (SHARED, self.dport), tcpf::ACK, seq, SERVER_ISN + 1, data).run(e, T0)
+    }
+}
+
+/// A minimal ClientHello naming `name`, from testdata's captured curl hello
+/// with its name swapped (same length names keep its lengths right).
+fn hello(name: &str) -> Vec<u8> {
+    let curl = include_bytes!("../wire/testdata/curl-clienthello.bin");
+    let old = b"curl.example.com";
+    assert_eq!(name.len(), old.len(), "same length as the captured name");
+    let at = curl.windows(old.len()).position(|w| w == old).unwrap();
+    let mut h = curl.to_vec();
+    h[at..at + old.len()].copy_from_slice(name.as_bytes());
+    h
+}
+
+fn is_rst(p: &[u8], src: [u8; 4], dst: [u8; 4]) -> bool {
+    let ip = etherparse::Ipv4HeaderSlice::from_slice(p).unwrap();
+    let t = etherparse::TcpHeaderSlice::from_slice(&p[ip.slice().len()..]).unwrap();
+    ip.source() == src && ip.destination() == dst && t.rst()
+}
+
+fn seq_of(p: &[u8]) -> u32 {
+    let hl = usize::from(p[0] & 0xf) * 4;
+    u32::from_be_bytes(p[hl + 4..hl + 8].try_into().unwrap())
+}
+
+#[test]
+fn a_tls_flow_passes_once_its_client_hello_names_an_allowed_server() {
+    let mut e = engine_with(policy(vec![rule("storage", &["good.example.com"], Some(Protocol::Tcp), &["443"])]));
+    resolve(&mut e, POD_A, "good.example.com");
+    let mut c = Conn::open(&mut e, POD_A, 40000, 443);
+    let (v, p) = c.send(&mut e, &hello("good.example.com"), T0);
+    assert!(matches!(v, Verdict::Forward { side: Side::Outside, .. }));
+    assert!(!is_rst(p.bytes(), c.egress.0, SHARED));
+    assert_eq!(p.len, hello("good.example.com").len() + 40, "the ClientHello itself, translated");
+    let (v, _) = c.send(&mut e, b"application data", T0);
+    assert!(matches!(v, Verdict::Forward { side: Side::Outside, .. }));
+    assert_eq!(e.counters().names_allowed, 1);
+    let ev: Vec<_> = e.take_name_events().collect();
+    assert_eq!(
+        (ev[0].name.as_str(), ev[0].rule.as_str()),
+        ("good.example.com", "storage"),
+        "the NAT log says which name"
+    );
+}
+
+#[test]
+fn another_name_on_the_same_address_is_reset_both_ways_and_counted_on_the_rule() {
+    let mut e = engine_with(policy(vec![rule("storage", &["good.example.com"], Some(Protocol::Tcp), &["443"])]));
+    resolve(&mut e, POD_A, "good.example.com");
+    let mut c = Conn::open(&mut e, POD_A, 40000, 443);
+    let (v, p) = c.send(&mut e, &hello("evil.example.com"), T0);
+    assert!(matches!(v, Verdict::Forward { side: Side::Outside, .. }));
+    assert!(is_rst(p.bytes(), c.egress.0, SHARED), "the server's side is closed");
+    assert_eq!(seq_of(p.bytes()), ISN + 1, "at the sequence number the server expects");
+    let to_pod = e.take_released().expect("a reset for the pod");
+    assert_eq!(to_pod.to, ReleaseTo::Side(Side::Inside));
+    assert!(is_rst(&to_pod.bytes, SHARED, POD_A), "the pod's connection fails fast");
+    assert_eq!(seq_of(&to_pod.bytes), SERVER_ISN + 1, "at the sequence number the pod expects");
+    assert_eq!(e.counters().dropped(DropReason::SniMismatch), 1);
+    let hits = e.rule_hits();
+    assert_eq!(hits[0].refused, vec![(1, "sni_mismatch", 1)]);
+    // The session is gone: what the pod sends next is judged anew, and
+    // refused (it is no ClientHello).
+    let (_, p) = c.send(&mut e, b"exfiltrate", T0);
+    assert!(is_rst(p.bytes(), c.egress.0, SHARED));
+    assert_eq!(e.counters().names_allowed, 0);
+}
+
+#[test]
+fn a_post_quantum_hello_in_three_segments_is_judged_before_its_last_segment_passes() {
+    let mut e = engine_with(policy(vec![rule("jd", &["ja4db.com"], Some(Protocol::Tcp), &["443"])]));
+    resolve(&mut e, POD_A, "ja4db.com");
+    let mut c = Conn::open(&mut e, POD_A, 40000, 443);
+    let pieces: Vec<&[u8]> = PQ_HELLO.chunks(PQ_HELLO.len() / 3 + 1).collect();
+    assert_eq!(pieces.len(), 3);
+    for p in &pieces {
+        let (v, pkt) = c.send(&mut e, p, T0);
+        assert!(matches!(v, Verdict::Forward { side: Side::Outside, .. }));
+        assert!(!is_rst(pkt.bytes(), c.egress.0, SHARED));
+    }
+    assert_eq!(e.counters().names_allowed, 1);
+    // The same hello to a policy that names another server: refused, by the
+    // segment that completes its name at the latest.
+    let mut e = engine_with(policy(vec![rule("other", &["ja4db.org"], Some(Protocol::Tcp), &["443"])]));
+    resolve(&mut e, POD_A, "ja4db.org");
+    let mut c = Conn::open(&mut e, POD_A, 40000, 443);
+    let mut refused = false;
+    for p in &pieces {
+        let (_, pkt) = c.send(&mut e, p, T0);
+        if is_rst(pkt.bytes(), c.egress.0, SHARED) {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused);
+    assert_eq!(e.counters().dropped(DropReason::SniMismatch), 1);
+}
+
+#[test]
+fn before_the_verdict_a_gap_or_a_changed_resend_is_dropped_and_a_true_resend_passes() {
+    let mut e = engine_with(policy(vec![rule("jd", &["ja4db.com"], Some(Protocol::Tcp), &["443"])]));
+    resolve(&mut e, POD_A, "ja4db.com");
+    let mut c = Conn::open(&mut e, POD_A, 40000, 443);
+    let (first, second) = PQ_HELLO.split_at(100);
+    // The second piece before the first: a gap.
+    assert_eq!(c.send_at(&mut e, ISN + 1 + 100, &second[..100]), Verdict::Drop(DropReason::NameCheckUnordered));
+    let (v, _) = c.send(&mut e, first, T0);
+    assert!(matches!(v, Verdict::Forward { .. }));
+    assert!(matches!(c.send_at(&mut e, ISN + 1, first), Verdict::Forward { .. }), "the very same bytes again");
+    let mut changed = first.to_vec();
+    changed[50] ^= 0xff;
+    assert_eq!(c.send_at(&mut e, ISN + 1, &changed), Verdict::Drop(DropReason::NameCheckUnordered));
+    assert_eq!(
+        c.send_at(&mut e, ISN + 1, &first[..60]),
+        Verdict::Drop(DropReason::NameCheckUnordered),
+        "a part of them"
+    );
+    let (v, _) = c.send(&mut e, second, T0);
+    assert!(matches!(v, Verdict::Forward { .. }));
+    assert_eq!(e.counters().names_allowed, 1);
+    assert_eq!(e.counters().dropped(DropReason::NameCheckUnordered), 3);
+}
+
+#[test]
+fn http_host_decides_on_an_http_port() {
+    let mut e = storage();
+    resolve(&mut e, POD_A, "good.example");
+    let mut c = Conn::open(&mut e, POD_A, 40000, 80);
+    let (v, p) = c.send(&mut e, b"GET / HTTP/1.1\r\nHost: good.example\r\nAccept: */*\r\n\r\n", T0);
+    assert!(matches!(v, Verdict::Forward { .. }) && !is_rst(p.bytes(), c.egress.0, SHARED));
+    let mut c = Conn::open(&mut e, POD_A, 40001, 80);
+    let (_, p) = c.send(&mut e, b"GET / HTTP/1.1\r\nHost: evil.example\r\n\r\n", T0);
+    assert!(is_rst(p.bytes(), c.egress.0, SHARED));
+    let mut c = Conn::open(&mut e, POD_A, 40002, 80);
+    let (_, p) = c.send(&mut e, b"GET / HTTP/1.0\r\n\r\n", T0);
+    assert!(is_rst(p.bytes(), c.egress.0, SHARED));
+    assert_eq!(e.counters().dropped(DropReason::HostMismatch), 1);
+    assert_eq!(e.counters().dropped(DropReason::HostMissing), 1);
+}
+
+#[test]
+fn non_tls_bytes_on_a_tls_port_are_refused() {
+    let mut e = storage();
+    resolve(&mut e, POD_A, "good.example");
+    let mut c = Conn::open(&mut e, POD_A, 40000, 443);
+    let (_, p) = c.send(&mut e, b"GET / HTTP/1.1\r\nHost: good.example\r\n\r\n", T0);
+    assert!(is_rst(p.bytes(), c.egress.0, SHARED));
+    assert_eq!(e.counters().dropped(DropReason::SniMissing), 1);
+}
+
+#[test]
+fn quic_under_a_rule_that_reads_names_is_refused_so_clients_fall_back_to_tcp() {
+    let mut e = engine_with(policy(vec![rule("storage", &["good.example"], None, &["443"])]));
+    resolve(&mut e, POD_A, "good.example");
+    let mut initial = udp(POD_A, 50000, SHARED, 443, &[0xc3; 1200]);
+    let v = initial.run(&mut e, T0);
+    assert!(matches!(v, Verdict::Reply { .. }), "rejected: ICMP administratively prohibited, {v:?}");
+    assert_eq!(e.counters().dropped(DropReason::QuicRefused), 1);
+    assert_eq!(e.rule_hits()[0].refused, vec![(1, "quic_refused", 1)]);
+    // TCP to the same name still works.
+    let mut c = Conn::open(&mut e, POD_A, 40000, 443);
+    let (v, p) = c.send(&mut e, &hello("good.example1234"), T0);
+    assert!(
+        matches!(v, Verdict::Forward { .. }) && is_rst(p.bytes(), c.egress.0, SHARED),
+        "a name the rule lists only"
+    );
+}
+
+#[test]
+fn a_rule_that_does_not_check_names_lets_dns_decide_alone() {
+    let unchecked = PolicyRule {
+        server_name: ServerNameCheck::Unchecked,
+        ..rule("storage", &["good.example"], Some(Protocol::Tcp), &["443"])
+    };
+    let mut e = engine_with(policy(vec![unchecked]));
+    resolve(&mut e, POD_A, "good.example");
+    let mut c = Conn::open(&mut e, POD_A, 40000, 443);
+    let (_, p) = c.send(&mut e, &hello("evil.example.com"), T0);
+    assert!(!is_rst(p.bytes(), c.egress.0, SHARED));
+}
+
+#[test]
+fn other_ports_keep_dns_learning_alone() {
+    let mut e = engine_with(policy(vec![rule("ssh", &["good.example"], Some(Protocol::Tcp), &["22"])]));
+    resolve(&mut e, POD_A, "good.example");
+    let mut c = Conn::open(&mut e, POD_A, 40000, 22);
+    let (_, p) = c.send(&mut e, b"SSH-2.0-OpenSSH_9.2\r\n", T0);
+    assert!(!is_rst(p.bytes(), c.egress.0, SHARED));
+}
+
+#[test]
+fn listed_tls_and_http_ports_are_read_like_443_and_80() {
+    let r = PolicyRule {
+        tls_ports: vec!["8443".parse().unwrap()],
+        http_ports: vec!["8080".parse().unwrap()],
+        ..rule("storage", &["good.example.com"], Some(Protocol::Tcp), &["8443", "8080"])
+    };
+    let mut e = engine_with(policy(vec![r]));
+    resolve(&mut e, POD_A, "good.example.com");
+    let mut c = Conn::open(&mut e, POD_A, 40000, 8443);
+    let (_, p) = c.send(&mut e, &hello("evil.example.com"), T0);
+    assert!(is_rst(p.bytes(), c.egress.0, SHARED));
+    let mut c = Conn::open(&mut e, POD_A, 40001, 8080);
+    let (_, p) = c.send(&mut e, b"GET / HTTP/1.1\r\nHost: evil.example.com\r\n\r\n", T0);
+    assert!(is_rst(p.bytes(), c.egress.0, SHARED));
+}
+
+#[test]
+fn the_name_must_be_one_the_rule_that_allowed_the_address_lists() {
+    // Two rules, two names; the pod resolved only a.example. A ClientHello
+    // for b.example (allowed by another rule, not learned on this address)
+    // does not pass: address and name must both be one rule's.
+    let mut e = engine_with(policy(vec![
+        rule("a", &["a.example.com123"], Some(Protocol::Tcp), &["443"]),
+        rule("b", &["b.example.com123"], Some(Protocol::Tcp), &["443"]),
+    ]));
+    resolve(&mut e, POD_A, "a.example.com123");
+    let mut c = Conn::open(&mut e, POD_A, 40000, 443);
+    let (_, p) = c.send(&mut e, &hello("b.example.com123"), T0);
+    assert!(is_rst(p.bytes(), c.egress.0, SHARED));
+    // Once the pod resolved b.example to the same address, both hold.
+    resolve(&mut e, POD_A, "b.example.com123");
+    let mut c = Conn::open(&mut e, POD_A, 40001, 443);
+    let (_, p) = c.send(&mut e, &hello("b.example.com123"), T0);
+    assert!(!is_rst(p.bytes(), c.egress.0, SHARED));
+}
+
+#[test]
+fn a_flow_that_never_names_its_server_is_reset_both_ways_after_its_time() {
+    let mut e = storage();
+    resolve(&mut e, POD_A, "good.example");
+    let mut c = Conn::open(&mut e, POD_A, 40000, 443);
+    let (v, _) = c.send(&mut e, &hello("good.example1234")[..40], T0);
+    assert!(matches!(v, Verdict::Forward { .. }));
+    e.expire(Time::from_millis(T0.millis() + 5_000), 1024);
+    assert!(e.take_released().is_none(), "still in time");
+    e.expire(Time::from_millis(T0.millis() + NAME_VERDICT_MS + 1), 1024);
+    let resets: Vec<_> = std::iter::from_fn(|| e.take_released()).collect();
+    assert_eq!(resets.len(), 2);
+    assert!(resets.iter().any(|r| r.to == ReleaseTo::Side(Side::Inside) && is_rst(&r.bytes, SHARED, POD_A)));
+    assert!(resets.iter().any(|r| r.to == ReleaseTo::Side(Side::Outside)
+        && is_rst(&r.bytes, c.egress.0, SHARED)
+        && seq_of(&r.bytes) == ISN + 1 + 40));
+    assert_eq!(e.counters().dropped(DropReason::SniTimeout), 1);
+}
+
+#[test]
+fn one_pod_holds_at_most_its_share_of_flows_awaiting_their_name() {
+    let mut e = storage();
+    resolve(&mut e, POD_A, "good.example");
+    let share = (NAME_CHECKS_MAX / NAME_CHECKS_POD_SHARE_DIVISOR) as u16;
+    for i in 0..share {
+        let mut syn = seg((POD_A, 10_000 + i), (SHARED, 443), tcpf::SYN, ISN, 0, b"");
+        assert!(matches!(syn.run(&mut e, T0), Verdict::Forward { .. }));
+    }
+    let mut over = seg((POD_A, 10_000 + share), (SHARED, 443), tcpf::SYN, ISN, 0, b"");
+    assert!(matches!(over.run(&mut e, T0), Verdict::Reply { .. }), "refused with a reset, never let through unread");
+    assert_eq!(e.counters().dropped(DropReason::NameChecksFull), 1);
+    // A flow that ends gives its place back.
+    let mut rst = seg((POD_A, 10_000), (SHARED, 443), tcpf::RST, ISN + 1, 0, b"");
+    assert!(matches!(rst.run(&mut e, T0), Verdict::Forward { .. }));
+    let mut again = seg((POD_A, 20_000), (SHARED, 443), tcpf::SYN, ISN, 0, b"");
+    assert!(matches!(again.run(&mut e, T0), Verdict::Forward { .. }));
+}
+
+#[test]
+fn flows_without_a_name_rule_are_never_read() {
+    let mut e = engine_with(policy(vec![PolicyRule {
+        cidrs: vec!["198.19.0.0/24".parse().unwrap()],
+        ..rule("web", &[], Some(Protocol::Tcp), &["443"])
+    }]));
+    let mut c = Conn::open(&mut e, POD_A, 40000, 443);
+    let (_, p) = c.send(&mut e, b"not a client hello", T0);
+    assert!(!is_rst(p.bytes(), c.egress.0, SHARED));
+    assert_eq!(e.name_checks_pending(), 0);
+}
