@@ -10,6 +10,8 @@ pub mod authz;
 pub mod kube_source;
 pub mod kube_status;
 pub mod leader;
+pub mod peers;
+pub mod probe;
 pub mod server;
 pub mod service;
 pub mod source;

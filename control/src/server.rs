@@ -3,6 +3,7 @@
 //! gateways by client certificate or by ServiceAccount token.
 
 use crate::authz::Authz;
+use crate::leader::Leadership;
 use crate::service::{Admin, Plans};
 use crate::state::ControlState;
 use crate::token::TokenAuth;
@@ -13,7 +14,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
 
 /// PEM files for the server: its certificate and key, and with `client_ca`
 /// mutual TLS (clients must present a certificate that CA signed).
@@ -58,7 +61,7 @@ pub async fn serve(
     tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
-    serve_with(listener, state, ServeOptions { tls, tokens: None }, shutdown).await
+    serve_with(listener, state, ServeOptions { tls, ..Default::default() }, shutdown).await
 }
 
 /// How to serve: TLS, and how gateways are authenticated.
@@ -68,7 +71,35 @@ pub struct ServeOptions {
     /// Gateways by ServiceAccount token (`--gateway-auth=token`): client
     /// certificates are then optional, and name only admins.
     pub tokens: Option<Arc<TokenAuth>>,
+    /// This replica's name, as `egretctl nodes` shows it.
+    pub replica: String,
+    /// Whether this replica writes to the cluster (leader election).
+    pub leader: Option<Leadership>,
+    /// Set true while the server accepts, false from the moment it starts
+    /// shutting down (the readiness probe's "serving").
+    pub serving: Option<watch::Sender<bool>>,
 }
+
+/// gRPC health follows the plans: the plan service (and the server as a
+/// whole) is NOT_SERVING until the source has listed the cluster.
+async fn follow_sync(health: tonic_health::server::HealthReporter, state: Arc<ControlState>) {
+    let mut snapshots = state.watch();
+    let mut synced = None;
+    loop {
+        let now = snapshots.borrow_and_update().generation > 0;
+        if synced != Some(now) {
+            synced = Some(now);
+            let status = if now { ServingStatus::Serving } else { ServingStatus::NotServing };
+            health.set_service_status("", status).await;
+            health.set_service_status(PLAN_SERVICE, status).await;
+        }
+        if now || snapshots.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+const PLAN_SERVICE: &str = "egret.v1.PlanService";
 
 /// [`serve`], with gateways by token when `opts.tokens` says so.
 pub async fn serve_with(
@@ -77,10 +108,16 @@ pub async fn serve_with(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
-    let ServeOptions { tls, tokens } = opts;
+    let ServeOptions { tls, tokens, replica, leader, serving } = opts;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<PlanServiceServer<Plans>>().await;
     health.set_serving::<AdminServiceServer<Admin>>().await;
+    let synced = state.snapshot().generation > 0;
+    let status = if synced { ServingStatus::Serving } else { ServingStatus::NotServing };
+    health.set_service_status("", status).await;
+    health.set_service_status(PLAN_SERVICE, status).await;
+    if !synced {
+        tokio::spawn(follow_sync(health.clone(), state.clone()));
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -102,17 +139,26 @@ pub async fn serve_with(
         authz = authz.with_tokens(t);
     }
     let admin_authz = authz.clone();
-    let admin = AdminServiceServer::with_interceptor(Admin { state: state.clone() }, move |req: tonic::Request<()>| {
-        admin_authz.check_admin(&req)?;
-        Ok(req)
-    });
+    let admin = AdminServiceServer::with_interceptor(
+        Admin { state: state.clone(), replica, leader },
+        move |req: tonic::Request<()>| {
+            admin_authz.check_admin(&req)?;
+            Ok(req)
+        },
+    );
     let (stop_tx, stopping) = tokio::sync::watch::channel(false);
     let plans = PlanServiceServer::new(Plans { state, stopping, authz })
         .max_decoding_message_size(MAX_GATEWAY_MESSAGE)
         .max_encoding_message_size(egret_api::client::MAX_PLAN_BYTES);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    if let Some(s) = &serving {
+        s.send_replace(true);
+    }
     let shutdown = async move {
         shutdown.await;
+        if let Some(s) = &serving {
+            s.send_replace(false);
+        }
         stop_tx.send_replace(true);
     };
     server

@@ -192,6 +192,12 @@ fn handle(state: &ControlState, node: &str, m: api::GatewayMessage) -> Result<()
 #[derive(Clone)]
 pub struct Admin {
     pub state: Arc<ControlState>,
+    /// This replica's name (what `egretctl nodes` says a gateway here is
+    /// subscribed to).
+    pub replica: String,
+    /// Whether this replica writes to the cluster; None: no election (it
+    /// does not, or it is the only writer by construction).
+    pub leader: Option<crate::leader::Leadership>,
 }
 
 impl Admin {
@@ -210,6 +216,18 @@ impl Admin {
         }
         Ok(vec![node.to_string()])
     }
+}
+
+/// A node subscribed to another replica, as that replica says; its applied
+/// version in this replica's numbering when it applied what this replica
+/// would send it (`ours`).
+fn subscribed_elsewhere(info: &mut api::NodeInfo, p: &crate::state::PeerLink, ours: Option<&crate::state::NodePlan>) {
+    info.connected = true;
+    info.replica = p.replica.clone();
+    let same = p.applied.as_ref().zip(ours).is_some_and(|(a, o)| crate::state::same_content(&a.plan, &o.plan));
+    info.applied_version = if same { info.plan_version } else { p.applied_version };
+    info.applied_error = p.applied_error.clone();
+    info.report_age_s = p.report_age_s;
 }
 
 fn age(r: &Option<(Instant, api::Report)>) -> Option<u64> {
@@ -290,13 +308,14 @@ impl AdminService for Admin {
     async fn list_nodes(&self, _: Request<api::ListNodesRequest>) -> Result<Response<api::ListNodesResponse>, Status> {
         let snap = self.state.snapshot();
         let links = self.state.links();
+        let peers = self.state.peer_links();
         let mut nodes: Vec<api::NodeInfo> = snap
             .reconciled
             .nodes
             .iter()
             .map(|n| {
                 let l = links.get(&n.name).cloned().unwrap_or_default();
-                api::NodeInfo {
+                let mut info = api::NodeInfo {
                     name: n.name.clone(),
                     pool: n.pool.clone().unwrap_or_default(),
                     internal_ip: n.internal_ip.map(|i| i.to_string()).unwrap_or_default(),
@@ -306,12 +325,20 @@ impl AdminService for Admin {
                     applied_error: l.applied_error.clone(),
                     connected: l.connected > 0,
                     report_age_s: age(&l.report),
+                    replica: if l.connected > 0 { self.replica.clone() } else { String::new() },
+                };
+                if let Some(p) = peers.get(&n.name) {
+                    subscribed_elsewhere(&mut info, p, snap.plans.get(&n.name));
                 }
+                info
             })
             .collect();
-        // Subscribers served in single-gateway mode are not Nodes: list them too.
-        for (name, l) in links.iter().filter(|(n, _)| !snap.plans.contains_key(*n)) {
-            nodes.push(api::NodeInfo {
+        // Subscribers served in single-gateway mode are not Nodes: list them
+        // too, here or at a peer.
+        let names: std::collections::BTreeSet<&String> = links.keys().chain(peers.keys()).collect();
+        for name in names.into_iter().filter(|n| !snap.plans.contains_key(*n)) {
+            let l = links.get(name).cloned().unwrap_or_default();
+            let mut info = api::NodeInfo {
                 name: name.clone(),
                 ready: true,
                 plan_version: snap.anyone.as_ref().map_or(0, |p| p.version),
@@ -319,10 +346,19 @@ impl AdminService for Admin {
                 applied_error: l.applied_error.clone(),
                 connected: l.connected > 0,
                 report_age_s: age(&l.report),
+                replica: if l.connected > 0 { self.replica.clone() } else { String::new() },
                 ..Default::default()
-            });
+            };
+            if let Some(p) = peers.get(name) {
+                subscribed_elsewhere(&mut info, p, snap.anyone.as_ref());
+            }
+            nodes.push(info);
         }
-        Ok(Response::new(api::ListNodesResponse { nodes }))
+        Ok(Response::new(api::ListNodesResponse {
+            nodes,
+            replica: self.replica.clone(),
+            leader: self.leader.as_ref().is_some_and(|l| l.is_leader()),
+        }))
     }
 
     async fn list_problems(

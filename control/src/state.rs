@@ -1,6 +1,8 @@
 //! The control plane's state: the latest reconcile, each node's versioned
-//! plan, and what each gateway last said (acks, reports). Sources call
-//! [`ControlState::update`]; the gRPC services read [`Snapshot`]s.
+//! plan, and what each gateway last said (acks, reports), here or, for
+//! gateways subscribed to another replica, as that replica last told
+//! ([`PeerLink`]). Sources call [`ControlState::update`]; the gRPC
+//! services read [`Snapshot`]s.
 
 use egret_api::v1::Report;
 use egret_cluster as cluster;
@@ -60,9 +62,24 @@ pub struct GatewayLink {
     pub report: Option<(Instant, Report)>,
 }
 
+/// A gateway subscribed to another replica, as that replica last answered
+/// (`crate::peers`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerLink {
+    /// The replica it is subscribed to.
+    pub replica: String,
+    pub applied_version: u64,
+    pub applied_error: String,
+    /// The plan it applied, in that replica's numbering, when known.
+    pub applied: Option<NodePlan>,
+    pub report_age_s: Option<u64>,
+}
+
 pub struct ControlState {
     snapshot: watch::Sender<Arc<Snapshot>>,
     links: Mutex<BTreeMap<String, GatewayLink>>,
+    /// Gateways subscribed to other replicas, by node.
+    peer_links: Mutex<BTreeMap<String, PeerLink>>,
     /// Bumped whenever a link's `applied` plan changes, so writers of what
     /// gateways applied wait on it instead of polling the links.
     applied: watch::Sender<u64>,
@@ -79,6 +96,7 @@ impl Default for ControlState {
         ControlState {
             snapshot: watch::channel(Arc::new(Snapshot::default())).0,
             links: Mutex::default(),
+            peer_links: Mutex::default(),
             applied: watch::channel(0).0,
             update: Mutex::default(),
             source_errors: Mutex::default(),
@@ -211,9 +229,46 @@ impl ControlState {
     }
 
     /// The plan `node`'s gateway last applied (not the rest of its link:
-    /// its report can be large).
+    /// its report can be large): as it acked here while subscribed here,
+    /// else as the replica it is subscribed to says.
     pub fn applied_plan(&self, node: &str) -> Option<NodePlan> {
-        self.links.lock().unwrap().get(node).and_then(|l| l.applied.clone())
+        let here = self.links.lock().unwrap().get(node).map(|l| (l.connected > 0, l.applied.clone()));
+        match here {
+            Some((true, applied)) => applied,
+            here => {
+                let peer = self.peer_links.lock().unwrap().get(node).and_then(|p| p.applied.clone());
+                peer.or(here.and_then(|(_, applied)| applied))
+            }
+        }
+    }
+
+    /// Replaces what the other replicas said of their gateways; wakes the
+    /// writers of applied plans when one changed.
+    pub fn set_peer_links(&self, links: BTreeMap<String, PeerLink>) {
+        let changed = {
+            let mut old = self.peer_links.lock().unwrap();
+            let applied = |m: &BTreeMap<String, PeerLink>| -> Vec<(String, Option<u64>)> {
+                m.iter().map(|(n, l)| (n.clone(), l.applied.as_ref().map(|p| p.version))).collect()
+            };
+            let changed = applied(&old) != applied(&links)
+                || old.iter().zip(links.iter()).any(|((_, a), (_, b))| a.replica != b.replica);
+            *old = links;
+            changed
+        };
+        if changed {
+            self.applied.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Gateways subscribed to other replicas (not to this one), by node.
+    pub fn peer_links(&self) -> BTreeMap<String, PeerLink> {
+        let here = self.links.lock().unwrap();
+        let peers = self.peer_links.lock().unwrap();
+        peers
+            .iter()
+            .filter(|(n, _)| here.get(*n).is_none_or(|l| l.connected == 0))
+            .map(|(n, l)| (n.clone(), l.clone()))
+            .collect()
     }
 
     pub fn link(&self, node: &str) -> GatewayLink {
@@ -227,6 +282,16 @@ impl ControlState {
     pub(crate) fn with_link<R>(&self, node: &str, f: impl FnOnce(&mut GatewayLink) -> R) -> R {
         f(self.links.lock().unwrap().entry(node.to_string()).or_default())
     }
+}
+
+/// Whether two plans say the same, whatever their versions (each replica
+/// numbers its own) and with tunnel keys as operators see them (a peer's
+/// plans come redacted).
+pub fn same_content(a: &Plan, b: &Plan) -> bool {
+    let (mut a, mut b) = (a.redacted(), b.redacted());
+    a.version = 0;
+    b.version = 0;
+    a == b
 }
 
 /// Each PodEndpoint's name by its config and key; of two with the same

@@ -564,3 +564,136 @@ async fn single_gateway_mode_lists_configs_as_served_by_any_subscriber() {
     assert_eq!(blue.pod_ips, ["198.18.0.2"]);
     ctl.stop().await;
 }
+
+/// Two replicas of egret-control in one process, each with its own state
+/// (as two pods listing the same cluster), named as `egretctl nodes` shows.
+async fn replica(state: Arc<ControlState>, name: &str) -> Control {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = oneshot::channel();
+    let opts = egret_control::ServeOptions { replica: name.into(), ..Default::default() };
+    let task = tokio::spawn(egret_control::serve_with(listener, state, opts, async {
+        let _ = rx.await;
+    }));
+    Control { addr, stop: Some(stop), task }
+}
+
+/// gw-0 as `url`'s ListNodes shows it, and the replica that answered.
+async fn node_at(url: &str) -> (egret_api::v1::NodeInfo, String) {
+    let mut admin = AdminServiceClient::connect(url.to_string()).await.unwrap();
+    let r = admin.list_nodes(egret_api::v1::ListNodesRequest {}).await.unwrap().into_inner();
+    (r.nodes.into_iter().find(|n| n.name == NODE).unwrap(), r.replica)
+}
+
+async fn poll_until<F: std::future::Future<Output = bool>>(what: &str, within: Duration, mut f: impl FnMut() -> F) {
+    let t0 = std::time::Instant::now();
+    while !f().await {
+        assert!(t0.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Replica B has published the same content under version 3 (A: 1).
+fn two_states() -> (Arc<ControlState>, Arc<ControlState>) {
+    let parse = |c: &str| egret_cluster::ClusterState::parse(&manifests(c), "t").unwrap();
+    let (a, b) = (ControlState::new(), ControlState::new());
+    a.update(&parse("blue"));
+    for c in ["blue", "green", "blue"] {
+        b.update(&parse(c));
+    }
+    assert_eq!((a.snapshot().plans[NODE].version, b.snapshot().plans[NODE].version), (1, 3));
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_its_replica_stops_a_gateway_resubscribes_to_the_other_within_a_second_and_acks_its_plan_unrepublished() {
+    let (a, b) = two_states();
+    let ctl_a = replica(a.clone(), "control-a").await;
+    let ctl_b = replica(b.clone(), "control-b").await;
+    let urls = [format!("http://{}", ctl_a.addr), format!("http://{}", ctl_b.addr)];
+    let sub: Subscription<Plan> = subscribe(SubscribeConfig::new(&urls.join(","), NODE));
+    let mut plans = sub.plans();
+    let first = next_plan(&mut plans, Duration::from_secs(5)).await;
+    sub.ack(first.version, Ok(()));
+
+    // On whichever replica its name chose; acked there.
+    let (on, off) = if a.link(NODE).connected > 0 { ((ctl_a, a), (ctl_b, b)) } else { ((ctl_b, b), (ctl_a, a)) };
+    let (on_url, off_url) = (format!("http://{}", on.0.addr), format!("http://{}", off.0.addr));
+    let (n, answered) = node_at(&on_url).await;
+    assert_eq!((n.connected, n.replica.as_str()), (true, answered.as_str()), "{n:?}");
+    poll_until("the ack", Duration::from_secs(2), || {
+        let s = on.1.clone();
+        async move { s.link(NODE).applied_version == s.snapshot().plans[NODE].version }
+    })
+    .await;
+    // Up a while, as a steady stream is.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let t0 = std::time::Instant::now();
+    on.0.stop().await;
+    let off_version = off.1.snapshot().plans[NODE].version;
+    poll_until("the ack of the other replica's version", Duration::from_secs(1), || {
+        let s = off.1.clone();
+        async move { s.link(NODE).applied_version == off_version }
+    })
+    .await;
+    let gap = t0.elapsed();
+    eprintln!("resubscribed and acked on the other replica {} ms after its replica stopped", gap.as_millis());
+    let (n, answered) = node_at(&off_url).await;
+    assert_eq!((n.connected, n.replica, n.applied_version, n.plan_version), (true, answered, off_version, off_version));
+    assert!(!plans.has_changed().unwrap(), "the same content under another version is not published again");
+    assert_eq!(plans.borrow().as_ref().unwrap().version, off_version, "held under the new version");
+    off.0.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_learns_from_its_peer_which_gateways_are_subscribed_there_and_what_they_applied() {
+    let (a, b) = two_states();
+    let ctl_a = replica(a.clone(), "control-a").await;
+    let ctl_b = replica(b.clone(), "control-b").await;
+    let (url_a, url_b) = (format!("http://{}", ctl_a.addr), format!("http://{}", ctl_b.addr));
+    // Each asks both addresses (as a headless Service's name gives): itself is skipped.
+    for (state, me) in [(a.clone(), "control-a"), (b.clone(), "control-b")] {
+        let opts = egret_control::peers::PeerOptions {
+            urls: vec![url_a.clone(), url_b.clone()],
+            tls: None,
+            replica: me.into(),
+            every: Duration::from_millis(100),
+        };
+        tokio::spawn(egret_control::peers::follow_peers(state, opts));
+    }
+    let sub: Subscription<Plan> = subscribe(SubscribeConfig::new(&url_b, NODE));
+    let mut plans = sub.plans();
+    let p = next_plan(&mut plans, Duration::from_secs(5)).await;
+    sub.ack(p.version, Ok(()));
+
+    // A says gw-0 is on control-b, applied the plan A would send (same
+    // content: A's version), and holds that plan as applied (what its
+    // GatewayStatus is written from).
+    poll_until("A's view of gw-0", Duration::from_secs(3), || {
+        let url = url_a.clone();
+        async move {
+            let (n, _) = node_at(&url).await;
+            n.connected && n.replica == "control-b" && n.applied_version == 1
+        }
+    })
+    .await;
+    let applied = a.applied_plan(NODE).expect("the plan gw-0 applied, as B says");
+    assert!(egret_control::state::same_content(&applied.plan, &a.snapshot().plans[NODE].plan));
+    let (n, answered) = node_at(&url_b).await;
+    assert_eq!((n.replica.as_str(), answered.as_str()), ("control-b", "control-b"), "B's own view is unchanged");
+
+    // The gateway moves to A: B now says it is on control-a.
+    ctl_b.stop().await;
+    drop(sub);
+    let sub: Subscription<Plan> = subscribe(SubscribeConfig::new(&url_a, NODE));
+    let mut plans = sub.plans();
+    let p = next_plan(&mut plans, Duration::from_secs(5)).await;
+    sub.ack(p.version, Ok(()));
+    poll_until("A's own link", Duration::from_secs(3), || {
+        let url = url_a.clone();
+        async move { node_at(&url).await.0.replica == "control-a" }
+    })
+    .await;
+    ctl_a.stop().await;
+}

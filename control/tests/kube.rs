@@ -1464,7 +1464,7 @@ async fn serve_tokens(
     let tokens = Arc::new(egret_control::token::TokenAuth::new(serve(fake).await, Default::default()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let opts = egret_control::ServeOptions { tls, tokens: Some(tokens.clone()) };
+    let opts = egret_control::ServeOptions { tls, tokens: Some(tokens.clone()), ..Default::default() };
     tokio::spawn(egret_control::serve_with(listener, state, opts, std::future::pending()));
     (addr, tokens)
 }

@@ -1,8 +1,17 @@
 //! The gateway side of the plan stream.
 //!
 //! [`subscribe`] keeps one `PlanService/Subscribe` stream open to
-//! egret-control, reconnecting with exponential backoff, and publishes each
-//! new plan on a `tokio::sync::watch` channel. The channel keeps the last
+//! egret-control, and publishes each new plan on a `tokio::sync::watch`
+//! channel. egret-control may run as several replicas: the subscriber takes
+//! several addresses (or one Service address in front of them all) and,
+//! when its stream ends or its replica refuses, subscribes to the next at
+//! once; only after every address failed in a row does it back off
+//! (exponentially, to at most a second while the failures are refusals or
+//! closes, to `backoff_max` for anything else: an unknown node, a refused
+//! token, a bad certificate). Replicas number their plans each their own
+//! way; a plan that says the same as the one held under another version is
+//! acknowledged under the new version without being published again, so
+//! the data plane does not recompile it. The channel keeps the last
 //! plan while the control plane is away, so the gateway goes on serving it;
 //! the data plane reads the channel between batches and never touches gRPC.
 //! The gateway tells what it did with each plan through [`Subscription::ack`];
@@ -42,8 +51,10 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 /// Where and how to subscribe.
 #[derive(Debug, Clone)]
 pub struct SubscribeConfig {
-    /// `http://host:port`, or `https://host:port` with `tls`.
-    pub endpoint: String,
+    /// Each `http://host:port`, or `https://host:port` with `tls`: the
+    /// replicas of egret-control, or one Service address for them all.
+    /// The first tried is chosen by the node's name, so gateways spread.
+    pub endpoints: Vec<String>,
     pub node: String,
     pub tls: Option<TlsFiles>,
     /// A file holding this gateway's bearer token (its pod's projected
@@ -56,9 +67,10 @@ pub struct SubscribeConfig {
 }
 
 impl SubscribeConfig {
-    pub fn new(endpoint: &str, node: &str) -> Self {
+    /// `endpoints`: one address, or several separated by commas.
+    pub fn new(endpoints: &str, node: &str) -> Self {
         SubscribeConfig {
-            endpoint: endpoint.to_string(),
+            endpoints: split_endpoints(endpoints),
             node: node.to_string(),
             tls: None,
             token_file: None,
@@ -67,6 +79,11 @@ impl SubscribeConfig {
             connect_timeout: Duration::from_secs(3),
         }
     }
+}
+
+/// Addresses separated by commas, each trimmed; empty ones left out.
+pub fn split_endpoints(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_string).collect()
 }
 
 /// PEM material for TLS: the CA that signed the server, and for mutual TLS
@@ -241,42 +258,141 @@ async fn run<T: DeserializeOwned + Send + Sync + 'static>(
     self_tx: mpsc::UnboundedSender<Msg>,
 ) {
     let resend = Arc::new(Mutex::new(Resend::default()));
-    let mut backoff = cfg.backoff_min;
+    if cfg.endpoints.is_empty() {
+        link_tx.send_replace(LinkState::Down("no control-plane address".into()));
+        return;
+    }
+    let mut retry = Retry::new(&cfg);
     loop {
+        let endpoint = &cfg.endpoints[retry.next];
         link_tx.send_replace(LinkState::Connecting);
         let started = tokio::time::Instant::now();
-        let why = once(&cfg, &plan_tx, &link_tx, &mut out_rx, &self_tx, &resend).await;
-        tracing::warn!(endpoint = %cfg.endpoint, node = %cfg.node, error = %why, "plan stream down; keeping the last plan");
-        link_tx.send_replace(LinkState::Down(why));
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = cfg.backoff_min; // it was up a good while: start over
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(cfg.backoff_max);
+        let end = once(&cfg, endpoint, &plan_tx, &link_tx, &mut out_rx, &self_tx, &resend).await;
+        let up_for = end.up_since.map(|t| t.elapsed());
+        tracing::warn!(endpoint = %endpoint, node = %cfg.node, error = %end.why, up_s = up_for.map(|d| d.as_secs_f32()), "plan stream down; keeping the last plan");
+        link_tx.send_replace(LinkState::Down(end.why));
+        let wait = retry.after(up_for, end.transient, started.elapsed());
+        tokio::time::sleep(wait).await;
     }
 }
 
-/// One stream, from connect to its end; returns why it ended.
+/// When and where to subscribe next: the next address at once, until every
+/// address failed in a row; then backoff.
+struct Retry {
+    endpoints: usize,
+    next: usize,
+    /// Failures in a row since a stream was last up.
+    failures: usize,
+    backoff: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+/// A stream up at least this long, then gone, is a replica going away:
+/// the next is tried at once. A shorter one counts as a failure.
+const STEADY: Duration = Duration::from_secs(1);
+/// The most a subscriber waits while its failures are refusals and closes
+/// (a replica restarting, or the Service moving to another).
+const TRANSIENT_MAX: Duration = Duration::from_secs(1);
+
+impl Retry {
+    fn new(cfg: &SubscribeConfig) -> Retry {
+        // FNV-1a of the node name: gateways start on different replicas.
+        let hash = cfg.node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        Retry {
+            endpoints: cfg.endpoints.len(),
+            next: (hash % cfg.endpoints.len() as u64) as usize,
+            failures: 0,
+            backoff: cfg.backoff_min,
+            min: cfg.backoff_min,
+            max: cfg.backoff_max,
+        }
+    }
+
+    /// How long to wait after a stream that was up for `up_for` (None:
+    /// never up) ended, `transient` or not, `took` after it was begun; moves
+    /// to the next address.
+    fn after(&mut self, up_for: Option<Duration>, transient: bool, took: Duration) -> Duration {
+        self.next = (self.next + 1) % self.endpoints;
+        if up_for.is_some_and(|d| d >= STEADY) {
+            self.failures = 0;
+            self.backoff = self.min;
+            return Duration::ZERO;
+        }
+        self.failures += 1;
+        if self.failures % self.endpoints != 0 {
+            return Duration::ZERO;
+        }
+        let cap = if transient { TRANSIENT_MAX.max(self.min) } else { self.max };
+        let wait = self.backoff.min(cap);
+        self.backoff = (self.backoff * 2).min(self.max);
+        // A connect that timed out has waited already.
+        wait.saturating_sub(took.min(wait / 2))
+    }
+}
+
+/// How a stream ended.
+struct Ended {
+    why: String,
+    /// When it was up (subscribed), if it was.
+    up_since: Option<tokio::time::Instant>,
+    /// A refusal or close (a replica stopping or gone), not an error that
+    /// trying again soon would only repeat.
+    transient: bool,
+}
+
+impl Ended {
+    fn before_up(why: String, transient: bool) -> Ended {
+        Ended { why, up_since: None, transient }
+    }
+}
+
+/// Whether a status is a replica going away or not there yet.
+fn transient(s: &tonic::Status) -> bool {
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Aborted)
+}
+
+/// Whether two plans' JSON say the same but for their versions.
+pub fn same_but_version(a: &str, b: &str) -> bool {
+    let strip = |s: &str| {
+        serde_json::from_str::<serde_json::Value>(s).ok().map(|mut v| {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("version");
+            }
+            v
+        })
+    };
+    matches!((strip(a), strip(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// One stream, from connect to its end; says why it ended.
 async fn once<T: DeserializeOwned + Send + Sync + 'static>(
     cfg: &SubscribeConfig,
+    endpoint_url: &str,
     plan_tx: &watch::Sender<Option<Arc<Received<T>>>>,
     link_tx: &watch::Sender<LinkState>,
     out_rx: &mut mpsc::UnboundedReceiver<Msg>,
     self_tx: &mpsc::UnboundedSender<Msg>,
     resend: &Arc<Mutex<Resend>>,
-) -> String {
+) -> Ended {
     // Read on every connect: a rotated token replaces the one that expired.
     let token = match cfg.token_file.as_deref().map(read_token).transpose() {
         Ok(t) => t,
-        Err(e) => return format!("token file: {e}"),
+        Err(e) => return Ended::before_up(format!("token file: {e}"), false),
     };
-    let ep = match endpoint(&cfg.endpoint, cfg.tls.as_ref(), cfg.connect_timeout) {
+    let ep = match endpoint(endpoint_url, cfg.tls.as_ref(), cfg.connect_timeout) {
         Ok(e) => e,
-        Err(e) => return e,
+        Err(e) => return Ended::before_up(e, false),
     };
     let channel = match ep.connect().await {
         Ok(c) => c,
-        Err(e) => return format!("cannot connect to {}: {}", cfg.endpoint, error_chain(&e)),
+        Err(e) => {
+            let why = format!("cannot connect to {endpoint_url}: {}", error_chain(&e));
+            // Refused or timed out: a replica not (or no longer) there. A
+            // TLS failure is not.
+            let refused = !why.contains("certificate") && !why.contains("tls") && !why.contains("TLS");
+            return Ended::before_up(why, refused);
+        }
     };
     let mut client = PlanServiceClient::new(channel).max_decoding_message_size(MAX_PLAN_BYTES);
     let (tx, rx) = mpsc::unbounded_channel::<GatewayMessage>();
@@ -292,21 +408,23 @@ async fn once<T: DeserializeOwned + Send + Sync + 'static>(
     let mut request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
     if let Some(t) = token {
         let Ok(mut v) = MetadataValue::try_from(format!("Bearer {t}")) else {
-            return "token file: not a valid header value".into();
+            return Ended::before_up("token file: not a valid header value".into(), false);
         };
         v.set_sensitive(true);
         request.metadata_mut().insert("authorization", v);
     }
     let mut inbound = match client.subscribe(request).await {
         Ok(r) => r.into_inner(),
-        Err(s) => return status_text(&s),
+        Err(s) => return Ended::before_up(status_text(&s), transient(&s)),
     };
+    let up_since = Some(tokio::time::Instant::now());
+    let ended = |why: String, transient: bool| Ended { why, up_since, transient };
     link_tx.send_replace(LinkState::Connected);
-    tracing::info!(endpoint = %cfg.endpoint, node = %cfg.node, "plan stream up");
+    tracing::info!(endpoint = %endpoint_url, node = %cfg.node, "plan stream up");
     loop {
         tokio::select! {
             m = out_rx.recv() => {
-                let Some(m) = m else { return "subscription dropped".into() };
+                let Some(m) = m else { return ended("subscription dropped".into(), false) };
                 {
                     let mut r = resend.lock().unwrap();
                     match &m {
@@ -316,14 +434,17 @@ async fn once<T: DeserializeOwned + Send + Sync + 'static>(
                     }
                 }
                 if tx.send(GatewayMessage { msg: Some(m) }).is_err() {
-                    return "stream closed".into();
+                    return ended("stream closed".into(), true);
                 }
             }
             u = inbound.message() => {
                 let u = match u {
                     Ok(Some(u)) => u,
-                    Ok(None) => return "control plane closed the stream".into(),
-                    Err(s) => return status_text(&s),
+                    Ok(None) => return ended("control plane closed the stream".into(), true),
+                    Err(s) => {
+                        let t = transient(&s);
+                        return ended(status_text(&s), t);
+                    }
                 };
                 // The same plan again after a reconnect (the last ack was
                 // resent). Compared by content too: a restarted control plane
@@ -331,6 +452,9 @@ async fn once<T: DeserializeOwned + Send + Sync + 'static>(
                 // be the one this gateway holds.
                 let same = plan_tx.borrow().as_ref().is_some_and(|p| p.version == u.version && p.json == u.plan_json);
                 if same {
+                    continue;
+                }
+                if reack_same_content(plan_tx, &tx, resend, &u) {
                     continue;
                 }
                 match serde_json::from_str::<T>(&u.plan_json) {
@@ -346,6 +470,40 @@ async fn once<T: DeserializeOwned + Send + Sync + 'static>(
             }
         }
     }
+}
+
+/// Another replica's plan (or a restarted one's) that says what the plan
+/// held says, under another version: once the held plan was acknowledged,
+/// the new version is acknowledged the same way and held without waking
+/// the data plane (nothing to recompile, no session disturbed). True when
+/// done; false when the plan is to be published as new.
+fn reack_same_content<T: DeserializeOwned>(
+    plan_tx: &watch::Sender<Option<Arc<Received<T>>>>,
+    tx: &mpsc::UnboundedSender<GatewayMessage>,
+    resend: &Arc<Mutex<Resend>>,
+    u: &crate::v1::PlanUpdate,
+) -> bool {
+    let held = plan_tx.borrow().as_ref().map(|p| (p.version, p.json.clone()));
+    let Some((held_version, held_json)) = held else { return false };
+    if !same_but_version(&held_json, &u.plan_json) {
+        return false;
+    }
+    let mut r = resend.lock().unwrap();
+    let Some(ack) = r.ack.clone().filter(|a| a.version == held_version) else { return false };
+    let Ok(plan) = serde_json::from_str::<T>(&u.plan_json) else { return false };
+    let ack = Ack { version: u.version, error: ack.error };
+    r.ack = Some(ack.clone());
+    let _ = tx.send(GatewayMessage { msg: Some(Msg::Ack(ack)) });
+    plan_tx.send_if_modified(|p| {
+        *p = Some(Arc::new(Received { version: u.version, plan, json: u.plan_json.clone() }));
+        false
+    });
+    tracing::info!(
+        version = u.version,
+        was = held_version,
+        "the same plan under another version; acknowledged as applied"
+    );
+    true
 }
 
 /// A status as one line: code and message.
@@ -367,4 +525,76 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry(endpoints: &str, node: &str) -> Retry {
+        let mut cfg = SubscribeConfig::new(endpoints, node);
+        cfg.backoff_min = Duration::from_millis(100);
+        cfg.backoff_max = Duration::from_secs(10);
+        Retry::new(&cfg)
+    }
+
+    const NEVER_UP: Option<Duration> = None;
+    const NO_TIME: Duration = Duration::ZERO;
+
+    #[test]
+    fn addresses_are_split_on_commas() {
+        assert_eq!(split_endpoints(" http://a:1 , http://b:2,"), ["http://a:1", "http://b:2"]);
+        assert_eq!(split_endpoints("http://a:1"), ["http://a:1"]);
+    }
+
+    #[test]
+    fn a_stream_that_was_up_is_followed_at_once_by_the_next_address() {
+        let mut r = retry("http://a:1,http://b:2", "gw-0");
+        let first = r.next;
+        assert_eq!(r.after(Some(Duration::from_secs(30)), true, NO_TIME), Duration::ZERO);
+        assert_eq!(r.next, 1 - first);
+    }
+
+    #[test]
+    fn each_address_is_tried_at_once_before_any_backoff() {
+        let mut r = retry("http://a:1,http://b:2,http://c:3", "gw-0");
+        assert_eq!(r.after(NEVER_UP, true, NO_TIME), Duration::ZERO);
+        assert_eq!(r.after(NEVER_UP, true, NO_TIME), Duration::ZERO);
+        assert_eq!(r.after(NEVER_UP, true, NO_TIME), Duration::from_millis(100), "all three refused: back off");
+    }
+
+    #[test]
+    fn refusals_and_closes_back_off_to_at_most_a_second_and_other_errors_further() {
+        let mut r = retry("http://svc:1", "gw-0");
+        let waits: Vec<Duration> = (0..8).map(|_| r.after(NEVER_UP, true, NO_TIME)).collect();
+        assert_eq!(waits[0], Duration::from_millis(100));
+        assert!(waits.iter().all(|w| *w <= Duration::from_secs(1)), "{waits:?}");
+        assert_eq!(waits[7], Duration::from_secs(1));
+        let mut r = retry("http://svc:1", "gw-0");
+        let last = (0..8).map(|_| r.after(NEVER_UP, false, NO_TIME)).last().unwrap();
+        assert_eq!(last, Duration::from_secs(10), "an unknown node or a bad token is not retried each second");
+    }
+
+    #[test]
+    fn a_stream_up_only_briefly_counts_as_a_failure() {
+        let mut r = retry("http://svc:1", "gw-0");
+        assert_eq!(r.after(Some(Duration::from_millis(10)), true, NO_TIME), Duration::from_millis(100));
+        assert_eq!(r.after(Some(Duration::from_secs(5)), true, NO_TIME), Duration::ZERO, "steady: start over");
+        assert_eq!(r.after(NEVER_UP, true, NO_TIME), Duration::from_millis(100), "backoff reset");
+    }
+
+    #[test]
+    fn gateways_start_on_replicas_their_names_choose() {
+        let starts: std::collections::BTreeSet<usize> =
+            (0..16).map(|i| retry("http://a:1,http://b:2", &format!("gw-{i}")).next).collect();
+        assert_eq!(starts.len(), 2, "sixteen gateways spread over both");
+        assert_eq!(retry("http://a:1,http://b:2", "gw-3").next, retry("http://a:1,http://b:2", "gw-3").next);
+    }
+
+    #[test]
+    fn plans_that_differ_only_in_version_say_the_same() {
+        assert!(same_but_version(r#"{"version":1,"configs":[]}"#, r#"{"configs":[],"version":7}"#));
+        assert!(!same_but_version(r#"{"version":1,"configs":[]}"#, r#"{"version":1,"configs":[1]}"#));
+        assert!(!same_but_version("not json", "not json"));
+    }
 }

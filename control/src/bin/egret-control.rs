@@ -73,6 +73,50 @@ struct Args {
     /// sooner).
     #[arg(long, default_value_t = 60)]
     token_cache_secs: u64,
+    /// This replica's name: its Lease holder identity and what `egretctl
+    /// nodes` says gateways are subscribed to; unique per replica (the pod
+    /// name). Default: the host name and process id.
+    #[arg(long, env = "POD_NAME")]
+    replica_name: Option<String>,
+    /// The other replicas, asked each second which gateways are subscribed
+    /// to them (`http(s)://host:port`; a name with several addresses, such
+    /// as a headless Service, is each of them). Repeatable. Over TLS they
+    /// are called with --tls-cert/--tls-key (an --admin-identity there),
+    /// checked against --client-ca.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Serve plain-HTTP probes here: /readyz (200 once synced and serving)
+    /// and /livez, e.g. 0.0.0.0:8080.
+    #[arg(long)]
+    health_listen: Option<String>,
+    /// With --kubernetes: the namespace of the Lease whose holder alone
+    /// writes GatewayStatus and Events (egret-control's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "egret-system", conflicts_with = "manifests")]
+    lease_namespace: String,
+    #[arg(long, default_value = egret_control::leader::LEASE_NAME, conflicts_with = "manifests")]
+    lease_name: String,
+    /// Seconds a Lease not renewed stays its holder's; the holder stops
+    /// writing 2/3 of it after its last renewal, and tries every 2/15.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600), conflicts_with = "manifests")]
+    lease_duration_secs: u64,
+}
+
+/// The replica's name when none is given: host name and process id.
+fn default_replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    format!("{}-{}", if host.is_empty() { "egret-control" } else { host }, std::process::id())
+}
+
+fn lease_options(a: &Args, identity: &str) -> egret_control::leader::LeaderOptions {
+    let lease = Duration::from_secs(a.lease_duration_secs);
+    egret_control::leader::LeaderOptions {
+        name: a.lease_name.clone(),
+        lease_duration: lease,
+        renew_deadline: lease * 2 / 3,
+        retry_period: lease * 2 / 15,
+        ..egret_control::leader::LeaderOptions::new(&a.lease_namespace, identity)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -124,6 +168,14 @@ async fn run(a: Args) -> Result<(), String> {
         }),
         _ => None,
     };
+    let replica = a.replica_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(default_replica_name);
+    // Turns true on SIGTERM / ^C: the election releases the Lease.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut leader = None;
+    let mut election = None;
     let state = ControlState::new();
     if let Some(path) = &a.manifests {
         // The first load must work: a typo at start-up is an error, not an empty plan.
@@ -140,12 +192,44 @@ async fn run(a: Args) -> Result<(), String> {
             opts.secret_namespaces = a.secret_namespaces.clone();
         }
         tokio::spawn(egret_control::kube_source::watch_kubernetes_with(state.clone(), client.clone(), opts));
-        let status =
-            egret_control::kube_status::StatusOptions { namespace: a.status_namespace.clone(), ..Default::default() };
+        let lease = lease_options(&a, &replica);
+        lease.check().map_err(|e| format!("leader election: {e}"))?;
+        let (leadership, elect) = egret_control::leader::elect(client.clone(), lease, stopped(stopping.clone()));
+        election = Some(tokio::spawn(elect));
+        leader = Some(leadership.clone());
+        let status = egret_control::kube_status::StatusOptions {
+            namespace: a.status_namespace.clone(),
+            leader: leadership,
+            ..Default::default()
+        };
         if let Some(opts) = token_opts {
             tokens = Some(std::sync::Arc::new(egret_control::token::TokenAuth::new(client.clone(), opts)));
         }
         tokio::spawn(egret_control::kube_status::write_status(state.clone(), client, status));
+    }
+    if !a.peers.is_empty() {
+        for p in &a.peers {
+            egret_control::peers::split_url(p).map_err(|e| format!("--peer: {e}"))?;
+        }
+        let peer_tls = match (&a.tls_cert, &a.tls_key, &a.client_ca) {
+            (Some(c), Some(k), Some(ca)) => {
+                Some(egret_api::client::TlsFiles::read(ca, Some(c), Some(k)).map_err(|e| format!("--peer TLS: {e}"))?)
+            }
+            (Some(_), _, None) => return Err("--peer with --tls-cert needs --client-ca (to check the peers)".into()),
+            _ => None,
+        };
+        let opts = egret_control::peers::PeerOptions {
+            urls: a.peers.clone(),
+            tls: peer_tls,
+            replica: replica.clone(),
+            every: Duration::from_secs(1),
+        };
+        tokio::spawn(egret_control::peers::follow_peers(state.clone(), opts));
+    }
+    let (serving_tx, serving) = tokio::sync::watch::channel(false);
+    if let Some(addr) = &a.health_listen {
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("--health-listen {addr}: {e}"))?;
+        tokio::spawn(egret_control::probe::serve_probes(l, state.clone(), serving));
     }
     let listener =
         tokio::net::TcpListener::bind(&a.listen).await.map_err(|e| format!("listen on {}: {e}", a.listen))?;
@@ -174,6 +258,7 @@ async fn run(a: Args) -> Result<(), String> {
     }
     tracing::info!(
         addr = %local,
+        replica = %replica,
         tls = tls.is_some(),
         mtls = a.client_ca.is_some(),
         gateway_auth = ?a.gateway_auth,
@@ -187,8 +272,16 @@ async fn run(a: Args) -> Result<(), String> {
             _ = term.recv() => {}
         }
         tracing::info!("shutting down");
+        stopping_tx.send_replace(true);
     };
-    serve_with(listener, state, ServeOptions { tls, tokens }, shutdown).await
+    let opts = ServeOptions { tls, tokens, replica, leader, serving: Some(serving_tx) };
+    let served = serve_with(listener, state, opts, shutdown).await;
+    // The Lease released before exiting, so another replica takes it at
+    // its next try instead of after the lease duration.
+    if let Some(e) = election {
+        let _ = tokio::time::timeout(Duration::from_secs(5), e).await;
+    }
+    served
 }
 
 #[cfg(test)]

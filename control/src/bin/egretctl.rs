@@ -42,7 +42,8 @@ enum Cmd {
     Configs,
     /// A node's plan, its version, and what the gateway applied.
     Plan { node: String },
-    /// Gateway nodes: readiness, plan and applied versions, connection.
+    /// Gateway nodes: readiness, plan and applied versions, connection, and
+    /// the egret-control replica each is subscribed to (its reports are there).
     Nodes,
     /// Objects left out of the plans, and why.
     Problems,
@@ -186,7 +187,8 @@ async fn run(cli: &Cli) -> Result<String, String> {
         }
         Cmd::Nodes => {
             let r = c.list_nodes(api::ListNodesRequest {}).await.map_err(st)?.into_inner();
-            let mut rows = vec![row(["NODE", "POOL", "IP", "READY", "PLAN", "APPLIED", "CONNECTED", "REPORT AGE"])];
+            let mut rows =
+                vec![row(["NODE", "POOL", "IP", "READY", "PLAN", "APPLIED", "CONNECTED", "REPLICA", "REPORT AGE"])];
             for n in &r.nodes {
                 rows.push(row([
                     &n.name,
@@ -200,6 +202,7 @@ async fn run(cli: &Cli) -> Result<String, String> {
                         format!("{} (rejected)", n.applied_version)
                     },
                     yes(n.connected),
+                    if n.replica.is_empty() { "-" } else { &n.replica },
                     &n.report_age_s.map_or("-".into(), |a| format!("{a}s")),
                 ]));
             }
@@ -208,9 +211,15 @@ async fn run(cli: &Cli) -> Result<String, String> {
                 .iter()
                 .map(|n| json!({"name": n.name, "pool": n.pool, "internalIp": n.internal_ip,
                 "ready": n.ready, "planVersion": n.plan_version, "appliedVersion": n.applied_version,
-                "appliedError": n.applied_error, "connected": n.connected, "reportAgeSeconds": n.report_age_s}))
+                "appliedError": n.applied_error, "connected": n.connected, "replica": n.replica,
+                "reportAgeSeconds": n.report_age_s}))
                 .collect::<Vec<_>>());
-            (v, table(rows))
+            let mut t = table(rows);
+            if !r.replica.is_empty() {
+                let role = if r.leader { " (leader: writes GatewayStatus and Events)" } else { "" };
+                t.push_str(&format!("answered by replica {}{role}\n", r.replica));
+            }
+            (v, t)
         }
         Cmd::Problems => {
             let r = c.list_problems(api::ListProblemsRequest {}).await.map_err(st)?.into_inner();
@@ -325,6 +334,7 @@ async fn run(cli: &Cli) -> Result<String, String> {
                     "",
                     "",
                     &p.default_hits.to_string(),
+                    "",
                 ]));
                 t.push_str(&table(rows));
                 js.push(json!({"config": p.config, "defaultAction": p.default_action, "denyResponse": p.deny_response,

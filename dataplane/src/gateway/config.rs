@@ -77,7 +77,11 @@ pub struct NatLogSettings {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ControlSettings {
-    /// `http://host:port`, or `https://host:port` with `ca`.
+    /// `http://host:port`, or `https://host:port` with `ca`: one address
+    /// (egret-control's Service), or the replicas' addresses as a list
+    /// (kept here comma-separated). When a replica goes away the gateway
+    /// subscribes to the next at once.
+    #[serde(deserialize_with = "one_or_more_urls")]
     pub url: String,
     /// This gateway's node name (its Kubernetes Node).
     pub node: String,
@@ -95,6 +99,20 @@ pub struct ControlSettings {
     /// kubelet rotates it.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+}
+
+/// A URL, or a list of URLs joined with commas.
+fn one_or_more_urls<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Urls {
+        One(String),
+        More(Vec<String>),
+    }
+    Ok(match Urls::deserialize(d)? {
+        Urls::One(u) => u,
+        Urls::More(list) => list.join(","),
+    })
 }
 
 impl ControlSettings {
@@ -230,24 +248,29 @@ impl NodeConfig {
             _ => {}
         }
         if let Some(ctl) = &c.control {
-            if !(ctl.url.starts_with("http://") || ctl.url.starts_with("https://")) {
-                return Err(bad(format!("control.url '{}' must start with http:// or https://", ctl.url)));
+            let urls = egret_api::client::split_endpoints(&ctl.url);
+            if urls.is_empty() {
+                return Err(bad("control.url must name egret-control (http://host:port)".into()));
+            }
+            for url in &urls {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(bad(format!("control.url '{url}' must start with http:// or https://")));
+                }
+                if url.starts_with("https://") && ctl.ca.is_none() {
+                    return Err(bad("control.ca is required for an https:// control.url".into()));
+                }
+                if ctl.token_file.is_some() && url.starts_with("http://") && !loopback_url(url) {
+                    return Err(bad(format!(
+                        "control.token_file needs an https:// control.url (or a loopback one): '{url}' would send \
+                         the token in the clear"
+                    )));
+                }
             }
             if ctl.node.is_empty() {
                 return Err(bad("control.node must name this gateway's node".into()));
             }
-            if ctl.url.starts_with("https://") && ctl.ca.is_none() {
-                return Err(bad("control.ca is required for an https:// control.url".into()));
-            }
             if ctl.cert.is_some() != ctl.key.is_some() {
                 return Err(bad("control.cert and control.key go together (mutual TLS)".into()));
-            }
-            if ctl.token_file.is_some() && ctl.url.starts_with("http://") && !loopback_url(&ctl.url) {
-                return Err(bad(format!(
-                    "control.token_file needs an https:// control.url (or a loopback one): '{}' would send the \
-                     token in the clear",
-                    ctl.url
-                )));
             }
         }
         if !c.cores.is_empty() && c.cores.len() < c.interfaces.queues as usize {
@@ -383,6 +406,25 @@ mod tests {
         std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsiZWdyZXQtY29udHJvbCJdfQ.c2ln\n").unwrap();
         assert_eq!(settings.check_files(), Ok(()));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn control_urls(urls: &str) -> String {
+        format!(
+            "router_ip = \"198.18.0.1\"\n[interfaces]\ninside = \"gw-in\"\n[control]\nurl = {urls}\nnode = \"gw-0\"\n"
+        )
+    }
+
+    #[test]
+    fn control_url_takes_the_replicas_as_a_list() {
+        let c = load_text("urls", &control_urls(r#"["http://127.0.0.1:50051", "http://127.0.0.1:50052"]"#)).unwrap();
+        let url = c.control.unwrap().url;
+        assert_eq!(egret_api::client::split_endpoints(&url), ["http://127.0.0.1:50051", "http://127.0.0.1:50052"]);
+        let e = load_text("urls-bad", &control_urls(r#"["http://a:1", "a:2"]"#)).unwrap_err().to_string();
+        assert!(e.contains("control.url 'a:2' must start with http://"), "{e}");
+        let e = load_text("urls-empty", &control_urls("[]")).unwrap_err().to_string();
+        assert!(e.contains("control.url must name egret-control"), "{e}");
+        let e = load_text("urls-tls", &control_urls(r#"["http://a:1", "https://b:2"]"#)).unwrap_err().to_string();
+        assert!(e.contains("control.ca is required"), "{e}");
     }
 
     #[test]
