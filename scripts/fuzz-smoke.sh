@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target for a bounded time from the committed corpus
-# (FUZZ_SECONDS each, default 10: six targets and one build take about
+# (FUZZ_SECONDS each, default 10: seven targets and one build take about
 # two minutes, which keeps a cold CI run of the suite well under 20).
 # libFuzzer on stable Rust needs no sanitizer: a panic is the crash we
 # look for.

@@ -444,8 +444,14 @@ impl AdminService for Admin {
         // report from a gateway still on an older rule list does not count
         // toward a renamed rule.
         let mut sums: std::collections::HashMap<(&str, u32, &str), u64> = Default::default();
+        let mut refusals: std::collections::HashMap<(&str, u32, &str), std::collections::HashMap<String, u64>> =
+            Default::default();
         for h in reports.iter().flat_map(|(_, r)| &r.rule_hits) {
             *sums.entry((h.config.as_str(), h.index, h.rule.as_str())).or_default() += h.hits;
+            let by_reason = refusals.entry((h.config.as_str(), h.index, h.rule.as_str())).or_default();
+            for (why, n) in &h.refused {
+                *by_reason.entry(why.clone()).or_default() += n;
+            }
         }
         for (name, p) in policies.iter().filter(|(n, _)| want.is_empty() || **n == want) {
             let hits = |index: usize, rule: &str| sums.get(&(name.as_str(), index as u32, rule)).copied().unwrap_or(0);
@@ -463,6 +469,12 @@ impl AdminService for Admin {
                     pods: r.pods.iter().flatten().map(|a| a.to_string()).collect(),
                     any_pod: r.pods.is_none(),
                     hits: hits(i, &r.name),
+                    refused: refusals.get(&(name.as_str(), i as u32, r.name.as_str())).cloned().unwrap_or_default(),
+                    server_name: if r.reads_server_name(egret_plan::TLS_PORT).is_some() {
+                        "required".into()
+                    } else {
+                        String::new()
+                    },
                 })
                 .collect();
             out.policies.push(api::PolicyInfo {
@@ -578,5 +590,7 @@ fn network_policy_rule(i: usize, r: &egret_plan::NetworkPolicyRule, pods: &[Stri
         pods: pods.to_vec(),
         any_pod: false,
         hits: 0,
+        refused: Default::default(),
+        server_name: String::new(),
     }
 }

@@ -399,12 +399,16 @@ spec:
     let mut plans = sub.plans();
     let plan = next_plan(&mut plans, Duration::from_secs(5)).await;
     plan.plan.validate().expect("the plan with a resolved selector compiles");
-    let hit =
-        |rule: &str, index: u32, hits: u64| RuleHits { config: "apps/blue".into(), rule: rule.into(), index, hits };
-    sub.report(Report {
-        rule_hits: vec![hit("web-https", 0, 7), hit("dns", 1, 3), hit("default", 2, 5)],
-        ..Default::default()
-    });
+    let hit = |rule: &str, index: u32, hits: u64| RuleHits {
+        config: "apps/blue".into(),
+        rule: rule.into(),
+        index,
+        hits,
+        refused: Default::default(),
+    };
+    let mut web = hit("web-https", 0, 7);
+    web.refused.insert("sni_mismatch".into(), 2);
+    sub.report(Report { rule_hits: vec![web, hit("dns", 1, 3), hit("default", 2, 5)], ..Default::default() });
     let p = tokio::time::timeout(Duration::from_secs(3), async {
         loop {
             let r = admin.list_rules(ListRulesRequest { config: "apps/blue".into() }).await.unwrap().into_inner();
@@ -418,6 +422,7 @@ spec:
     .expect("the report arrives");
     assert_eq!(p.rules.iter().map(|r| r.hits).collect::<Vec<_>>(), [7, 3]);
     assert_eq!(p.default_hits, 5);
+    assert_eq!(p.rules[0].refused.get("sni_mismatch"), Some(&2), "name refusals show against their rule");
 
     // Clear answers for a config without a policy and one that does not exist.
     let e = admin.list_rules(ListRulesRequest { config: "apps/green".into() }).await.unwrap_err();
@@ -465,6 +470,7 @@ spec:
             rule: "denied".into(),
             index: 0,
             hits: 4,
+            refused: Default::default(),
         }],
         ..Default::default()
     });

@@ -304,7 +304,8 @@ async fn run(cli: &Cli) -> Result<String, String> {
                     p.oldest_report_age_s.map_or(String::new(), |a| format!(", oldest report {a}s"))
                 ));
                 let any = |v: &[String]| if v.is_empty() { "any".to_string() } else { v.join(",") };
-                let mut rows = vec![row(["#", "RULE", "ACTION", "DESTINATIONS", "PROTO", "PORTS", "PODS", "HITS"])];
+                let mut rows =
+                    vec![row(["#", "RULE", "ACTION", "DESTINATIONS", "PROTO", "PORTS", "PODS", "HITS", "NAME REFUSED"])];
                 for (i, rule) in p.rules.iter().enumerate() {
                     let dst: Vec<String> = rule.cidrs.iter().chain(&rule.fqdns).cloned().collect();
                     let pods = if rule.any_pod {
@@ -323,6 +324,7 @@ async fn run(cli: &Cli) -> Result<String, String> {
                         &any(&rule.ports),
                         &pods,
                         &rule.hits.to_string(),
+                        &refused_cell(rule),
                     ]));
                 }
                 rows.push(row([
@@ -342,7 +344,7 @@ async fn run(cli: &Cli) -> Result<String, String> {
                     "oldestReportAgeSeconds": p.oldest_report_age_s,
                     "rules": p.rules.iter().map(|x| json!({"name": x.name, "action": x.action, "cidrs": x.cidrs,
                         "fqdns": x.fqdns, "protocol": x.protocol, "ports": x.ports, "pods": if x.any_pod { Value::Null } else { json!(x.pods) },
-                        "hits": x.hits})).collect::<Vec<_>>()}));
+                        "hits": x.hits, "serverName": x.server_name, "nameRefused": x.refused})).collect::<Vec<_>>()}));
             }
             (json!(js), t)
         }
@@ -417,6 +419,17 @@ fn yes(b: bool) -> &'static str {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_string)).collect()
+}
+
+/// A rule's name refusals as `reason=n`, most first; `-` when none (or the
+/// rule reads no name).
+fn refused_cell(rule: &api::RuleInfo) -> String {
+    let mut v: Vec<(&String, &u64)> = rule.refused.iter().filter(|(_, n)| **n > 0).collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    if v.is_empty() {
+        return if rule.server_name.is_empty() { "-".into() } else { "0".into() };
+    }
+    v.iter().map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(",")
 }
 
 fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {

@@ -3,7 +3,7 @@
 //! through a bounded queue, so a slow log sink never stalls a poll loop.
 //! What does not fit is counted (`log_records_lost`), not waited for.
 
-use crate::nat::{DenyEvent, NatEvent};
+use crate::nat::{DenyEvent, NameEvent, NatEvent};
 use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,6 +12,8 @@ use std::time::Duration;
 pub enum LogRecord {
     Deny(DenyEvent),
     Session(NatEvent),
+    /// The name (TLS SNI, HTTP Host) a flow was allowed for.
+    Name(NameEvent),
 }
 
 pub type LogQueue = Arc<ArrayQueue<LogRecord>>;
@@ -73,5 +75,8 @@ fn write(r: &LogRecord) {
                     egress = %egress, at = e.at, "session"),
             }
         }
+        LogRecord::Name(e) => tracing::info!(target: "egret::natlog", event = "name", pod = %format!("{}:{}", e.pod, e.pod_port),
+            egress = %format!("{}:{}", e.egress, e.egress_port), dst = %format!("{}:{}", e.remote.0, e.remote.1),
+            name = %e.name, config = %e.config, rule = %e.rule, at = e.at, "session allowed for name"),
     }
 }

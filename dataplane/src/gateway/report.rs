@@ -73,10 +73,14 @@ pub fn control_report(reports: &[Arc<Mutex<WorkerReport>>]) -> egret_api::v1::Re
         .collect();
     // Workers count separately; the rule lists are the same plan's.
     let mut hits: std::collections::BTreeMap<(String, u32), (String, u64)> = Default::default();
+    let mut refused: std::collections::HashMap<(String, u32), std::collections::HashMap<String, u64>> = Default::default();
     for r in &rs {
         for h in &r.rule_hits {
             for (i, (rule, n)) in h.rules.iter().enumerate() {
                 hits.entry((h.config.clone(), i as u32)).or_insert_with(|| (rule.clone(), 0)).1 += n;
+            }
+            for &(i, why, n) in &h.refused {
+                *refused.entry((h.config.clone(), i)).or_default().entry(why.to_string()).or_default() += n;
             }
         }
     }
@@ -88,12 +92,16 @@ pub fn control_report(reports: &[Arc<Mutex<WorkerReport>>]) -> egret_api::v1::Re
     }
     let rule_hits = hits
         .into_iter()
-        .map(|((config, index), (rule, hits))| v1::RuleHits { config, rule, index, hits })
+        .map(|((config, index), (rule, hits))| {
+            let refused = refused.remove(&(config.clone(), index)).unwrap_or_default();
+            v1::RuleHits { config, rule, index, hits, refused }
+        })
         .chain(denied.into_iter().map(|(policy, hits)| v1::RuleHits {
             config: format!("NetworkPolicy {policy}"),
             rule: "denied".into(),
             index: 0,
             hits,
+            refused: Default::default(),
         }))
         .collect();
     v1::Report {
