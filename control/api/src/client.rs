@@ -320,7 +320,7 @@ impl Retry {
             return Duration::ZERO;
         }
         self.failures += 1;
-        if self.failures % self.endpoints != 0 {
+        if !self.failures.is_multiple_of(self.endpoints) {
             return Duration::ZERO;
         }
         let cap = if transient { TRANSIENT_MAX.max(self.min) } else { self.max };

@@ -91,7 +91,7 @@ struct Args {
     health_listen: Option<String>,
     /// With --kubernetes: the namespace of the Lease whose holder alone
     /// writes GatewayStatus and Events (egret-control's own).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "egret-system", conflicts_with = "manifests")]
+    #[arg(long, default_value = "egret-system", conflicts_with = "manifests")]
     lease_namespace: String,
     #[arg(long, default_value = egret_control::leader::LEASE_NAME, conflicts_with = "manifests")]
     lease_name: String,
@@ -290,14 +290,39 @@ mod tests {
 
     #[test]
     fn kubernetes_options_are_refused_with_manifests() {
-        for extra in [["--kube-api", "http://127.0.0.1:8001"], ["--secret-namespace", "x"], ["--status-namespace", "x"]]
-        {
+        for extra in [
+            ["--kube-api", "http://127.0.0.1:8001"],
+            ["--secret-namespace", "x"],
+            ["--status-namespace", "x"],
+            ["--lease-namespace", "x"],
+            ["--lease-duration-secs", "30"],
+        ] {
             let args = ["egret-control", "--manifests", "/m"].into_iter().chain(extra);
             let e = Args::try_parse_from(args).err().unwrap_or_else(|| panic!("{extra:?} accepted with --manifests"));
             assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{extra:?}: {e}");
         }
         assert!(Args::try_parse_from(["egret-control", "--kubernetes", "--kube-api", "http://127.0.0.1:8001"]).is_ok());
         assert!(Args::try_parse_from(["egret-control", "--manifests", "/m"]).is_ok());
+    }
+
+    #[test]
+    fn the_lease_renews_well_within_its_duration() {
+        let a = Args::try_parse_from(["egret-control", "--kubernetes", "--lease-duration-secs", "15"]).unwrap();
+        let o = lease_options(&a, "control-0");
+        assert_eq!(
+            (o.lease_duration, o.renew_deadline, o.retry_period),
+            (Duration::from_secs(15), Duration::from_secs(10), Duration::from_secs(2)),
+            "client-go's defaults"
+        );
+        assert_eq!(
+            (o.namespace.as_str(), o.name.as_str(), o.identity.as_str()),
+            ("egret-system", "egret-control", "control-0")
+        );
+        o.check().unwrap();
+        let shortest = Args::try_parse_from(["egret-control", "--kubernetes", "--lease-duration-secs", "3"]).unwrap();
+        lease_options(&shortest, "x").check().unwrap();
+        assert!(Args::try_parse_from(["egret-control", "--kubernetes", "--lease-duration-secs", "2"]).is_err());
+        assert!(!default_replica_name().is_empty());
     }
 
     #[test]
