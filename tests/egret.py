@@ -154,6 +154,58 @@ class Sniffer:
         return self.log.read_text()
 
 
+class IpfixCollector:
+    """Debian's nfcapd in a namespace of its own (egt-ipfix), linked to the
+    gateway's namespace by a veth outside the topology's XDP interfaces:
+    gw-ipfix 198.19.250.1/30 in egt-gw, ipfix 198.19.250.2/30 here. `stop`
+    ends nfcapd (it writes its file on SIGTERM); `records` decodes what it
+    received with nfdump, one dict per record."""
+
+    ADDRESS, PORT = "198.19.250.2", 4739
+
+    def __init__(self, topo: "Topology", workdir: Path):
+        self.topo, self.dir = topo, workdir / "nfcapd"
+        self.ns = Netns("egt-ipfix")
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "IpfixCollector":
+        self.dir.mkdir(exist_ok=True)
+        subprocess.run(["ip", "netns", "add", self.ns.name], check=True)
+        subprocess.run(
+            ["ip", "link", "add", "gw-ipfix", "netns", "egt-gw", "type", "veth", "peer", "name", "ipfix", "netns", self.ns.name],
+            check=True,
+        )
+        self.topo.gw.run("ip", "addr", "add", "198.19.250.1/30", "dev", "gw-ipfix", check=True)
+        self.topo.gw.run("ip", "link", "set", "gw-ipfix", "up", check=True)
+        self.ns.run("ip", "addr", "add", f"{self.ADDRESS}/30", "dev", "ipfix", check=True)
+        self.ns.run("ip", "link", "set", "ipfix", "up", check=True)
+        self.ns.run("ip", "link", "set", "lo", "up", check=True)
+        return self
+
+    def start(self) -> None:
+        """nfcapd, listening before this returns (its socket is bound)."""
+        for f in self.dir.iterdir():
+            f.unlink()
+        self.proc = self.ns.spawn(
+            "nfcapd", "-b", self.ADDRESS, "-p", str(self.PORT), "-w", str(self.dir), "-t", "3600", "-B", "33554432",
+            log=self.dir.parent / "nfcapd.log",
+        )
+        poll(lambda: f":{self.PORT} " in self.ns.run("ss", "-Hulpn").stdout, timeout=5, what="nfcapd listening")
+
+    def stop(self) -> None:
+        stop(self.proc, grace=10)
+        self.proc = None
+
+    def records(self) -> list[dict]:
+        r = subprocess.run(["nfdump", "-R", str(self.dir), "-o", "json"], capture_output=True, text=True, timeout=60)
+        text = r.stdout.strip()
+        return json.loads(text) if text.startswith("[") else []
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        subprocess.run(["ip", "netns", "del", self.ns.name], check=False)
+
+
 class Topology:
     """scripts/topology.sh's namespaces, held under the same lock the bash
     suites take (/tmp/egret-topology.lock), torn down on close."""

@@ -73,6 +73,28 @@ pub struct NatLogSettings {
     pub destinations: bool,
 }
 
+/// The NAT log over IPFIX to a collector (see `ipfix`); `[nat_log]`'s
+/// `destinations` decides whether records carry the destination.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IpfixSettings {
+    /// The collector's `ip:port` (UDP; IANA's IPFIX port is 4739).
+    pub collector: std::net::SocketAddr,
+    /// How often the template is sent again (RFC 7011 section 8.4: over UDP
+    /// a collector that restarted learns it no other way).
+    #[serde(default = "default_template_refresh_secs")]
+    pub template_refresh_secs: u64,
+    #[serde(default = "default_observation_domain")]
+    pub observation_domain: u32,
+}
+
+fn default_template_refresh_secs() -> u64 {
+    20
+}
+fn default_observation_domain() -> u32 {
+    1
+}
+
 /// Subscribing to egret-control instead of reading a plan file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -182,6 +204,10 @@ pub struct NodeConfig {
     pub status_file: Option<PathBuf>,
     #[serde(default)]
     pub nat_log: NatLogSettings,
+    /// Export the NAT log over IPFIX too (or instead: `[nat_log]` need not
+    /// be enabled).
+    #[serde(default)]
+    pub ipfix: Option<IpfixSettings>,
     /// Prometheus `/metrics` listen address, e.g. "127.0.0.1:9464".
     #[serde(default)]
     pub metrics_address: Option<std::net::SocketAddr>,
@@ -282,6 +308,9 @@ impl NodeConfig {
         if c.sessions_per_worker == 0 {
             return Err(bad("sessions_per_worker must be at least 1".into()));
         }
+        if c.ipfix.as_ref().is_some_and(|i| !(1..=3600).contains(&i.template_refresh_secs)) {
+            return Err(bad("ipfix.template_refresh_secs must be 1..=3600".into()));
+        }
         if c.drain_secs > 300 {
             return Err(bad(format!("drain_secs = {} must be at most 300", c.drain_secs)));
         }
@@ -320,6 +349,7 @@ pub(super) fn reload_settings(path: &Path, cfg: &mut NodeConfig) {
         ("umem", format!("{:?}", new.umem) != format!("{:?}", cfg.umem)),
         ("sessions_per_worker", new.sessions_per_worker != cfg.sessions_per_worker),
         ("nat_log", format!("{:?}", new.nat_log) != format!("{:?}", cfg.nat_log)),
+        ("ipfix", new.ipfix != cfg.ipfix),
         ("metrics_address", new.metrics_address != cfg.metrics_address),
         ("probe_address", new.probe_address != cfg.probe_address),
         ("snapshot_interval_secs", new.snapshot_interval_secs != cfg.snapshot_interval_secs),
@@ -380,6 +410,25 @@ mod tests {
         assert!(e.contains("control.token_file needs an https:// control.url"), "{e}");
     }
 
+    fn control_urls(urls: &str) -> String {
+        format!(
+            "router_ip = \"198.18.0.1\"\n[interfaces]\ninside = \"gw-in\"\n[control]\nurl = {urls}\nnode = \"gw-0\"\n"
+        )
+    }
+
+    #[test]
+    fn control_url_takes_the_replicas_as_a_list() {
+        let c = load_text("urls", &control_urls(r#"["http://127.0.0.1:50051", "http://127.0.0.1:50052"]"#)).unwrap();
+        let url = c.control.unwrap().url;
+        assert_eq!(egret_api::client::split_endpoints(&url), ["http://127.0.0.1:50051", "http://127.0.0.1:50052"]);
+        let e = load_text("urls-bad", &control_urls(r#"["http://a:1", "a:2"]"#)).unwrap_err().to_string();
+        assert!(e.contains("control.url 'a:2' must start with http://"), "{e}");
+        let e = load_text("urls-empty", &control_urls("[]")).unwrap_err().to_string();
+        assert!(e.contains("control.url must name egret-control"), "{e}");
+        let e = load_text("urls-tls", &control_urls(r#"["http://a:1", "https://b:2"]"#)).unwrap_err().to_string();
+        assert!(e.contains("control.ca is required"), "{e}");
+    }
+
     #[test]
     fn check_config_checks_the_token_file() {
         let dir = std::env::temp_dir().join(format!("egret-token-test-{}", std::process::id()));
@@ -406,25 +455,6 @@ mod tests {
         std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsiZWdyZXQtY29udHJvbCJdfQ.c2ln\n").unwrap();
         assert_eq!(settings.check_files(), Ok(()));
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn control_urls(urls: &str) -> String {
-        format!(
-            "router_ip = \"198.18.0.1\"\n[interfaces]\ninside = \"gw-in\"\n[control]\nurl = {urls}\nnode = \"gw-0\"\n"
-        )
-    }
-
-    #[test]
-    fn control_url_takes_the_replicas_as_a_list() {
-        let c = load_text("urls", &control_urls(r#"["http://127.0.0.1:50051", "http://127.0.0.1:50052"]"#)).unwrap();
-        let url = c.control.unwrap().url;
-        assert_eq!(egret_api::client::split_endpoints(&url), ["http://127.0.0.1:50051", "http://127.0.0.1:50052"]);
-        let e = load_text("urls-bad", &control_urls(r#"["http://a:1", "a:2"]"#)).unwrap_err().to_string();
-        assert!(e.contains("control.url 'a:2' must start with http://"), "{e}");
-        let e = load_text("urls-empty", &control_urls("[]")).unwrap_err().to_string();
-        assert!(e.contains("control.url must name egret-control"), "{e}");
-        let e = load_text("urls-tls", &control_urls(r#"["http://a:1", "https://b:2"]"#)).unwrap_err().to_string();
-        assert!(e.contains("control.ca is required"), "{e}");
     }
 
     #[test]

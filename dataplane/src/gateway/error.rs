@@ -40,4 +40,6 @@ pub enum StartError {
     Afxdp { queue: u32, error: std::io::Error },
     #[error("{setting} {addr}: {error}")]
     Listen { setting: &'static str, addr: SocketAddr, error: std::io::Error },
+    #[error("ipfix.collector {collector}: {error}")]
+    Ipfix { collector: SocketAddr, error: std::io::Error },
 }

@@ -33,6 +33,8 @@ pub struct GatewayInfo {
     pub plan_rejected: bool,
     /// Whether the stream from egret-control is up (None: plan from a file).
     pub control_connected: Option<bool>,
+    /// The IPFIX exporter's figures, when it runs.
+    pub ipfix: Option<Arc<super::ipfix::IpfixCounters>>,
 }
 
 /// The exposition's families, each declared once here: name (counters
@@ -88,6 +90,17 @@ mod family {
     pub const SESSIONS_CREATED: Family = ("egret_sessions_created", Counter, "Sessions opened.");
     pub const NAT_LOG_LOST: Family =
         ("egret_nat_log_lost", Counter, "NAT log records lost because the logger fell behind.");
+    pub const IPFIX_RECORDS: Family =
+        ("egret_ipfix_records_exported", Counter, "NAT event records sent to the IPFIX collector.");
+    pub const IPFIX_MESSAGES: Family = ("egret_ipfix_messages", Counter, "IPFIX messages sent.");
+    pub const IPFIX_TEMPLATES: Family = ("egret_ipfix_templates", Counter, "IPFIX template sets sent.");
+    pub const IPFIX_SEND_ERRORS: Family =
+        ("egret_ipfix_send_errors", Counter, "IPFIX messages the socket refused to send.");
+    pub const IPFIX_DROPPED: Family = (
+        "egret_ipfix_records_dropped",
+        Counter,
+        "NAT event records not exported, by reason (the queue full, or in a failed send).",
+    );
     pub const DNS_UNTRUSTED: Family = (
         "egret_dns_untrusted",
         Counter,
@@ -124,6 +137,16 @@ mod family {
         "egret_fqdn_refused",
         Counter,
         "DNS answers not learned (or a name displaced): the cache, or that pod's share of it, was full.",
+    );
+    pub const NAME_REFUSED: Family = (
+        "egret_policy_name_refused",
+        Counter,
+        "Flows an FQDN rule allowed on condition, then refused for the name on the wire (TLS SNI, HTTP Host), by rule and reason.",
+    );
+    pub const NAME_CHECKS_PENDING: Family = (
+        "egret_name_checks_pending",
+        Gauge,
+        "Flows awaiting their name on the wire, per worker (bound: 16384 per worker, 1/16 of it per pod).",
     );
     pub const NETWORK_POLICY_DENIED: Family = (
         "egret_network_policy_denied",
@@ -231,16 +254,24 @@ fn encode_reports(
         by_config.iter().map(|((c, i), n)| (labels!("config" => c, "proto" => proto(*i)), *n)),
     )?;
 
-    let mut ports: BTreeMap<(std::net::Ipv4Addr, String), ([u64; 3], u64, u64, [u64; 3])> = Default::default();
+    /// One (address, config)'s ports summed over workers.
+    #[derive(Default)]
+    struct Ports {
+        mapped: [u64; 3],
+        sessions: u64,
+        slice: u64,
+        refused: [u64; 3],
+    }
+    let mut ports: BTreeMap<(std::net::Ipv4Addr, String), Ports> = Default::default();
     for r in reports {
         for u in &r.ports {
             let e = ports.entry((u.addr, u.config.clone())).or_default();
             for i in 0..3 {
-                e.0[i] += u64::from(u.mapped[i]);
-                e.3[i] += u.refused[i];
+                e.mapped[i] += u64::from(u.mapped[i]);
+                e.refused[i] += u.refused[i];
             }
-            e.1 += u64::from(u.sessions);
-            e.2 += u64::from(u.slice);
+            e.sessions += u64::from(u.sessions);
+            e.slice += u64::from(u.slice);
         }
     }
     let per_proto =
@@ -248,22 +279,22 @@ fn encode_reports(
     emit(
         enc,
         family::PORTS_IN_USE,
-        ports.iter().flat_map(|(k, (mapped, sessions, _, _))| {
-            (0..3).map(|i| (per_proto(k, i), mapped[i])).chain(std::iter::once((
+        ports.iter().flat_map(|(k, p)| {
+            (0..3).map(|i| (per_proto(k, i), p.mapped[i])).chain(std::iter::once((
                 labels!("address" => k.0, "config" => k.1, "proto" => "port-reuse"),
-                *sessions,
+                p.sessions,
             )))
         }),
     )?;
     emit(
         enc,
         family::PORTS_FREE,
-        ports.iter().flat_map(|(k, (mapped, _, slice, _))| (0..3).map(move |i| (per_proto(k, i), slice - mapped[i]))),
+        ports.iter().flat_map(|(k, p)| (0..3).map(move |i| (per_proto(k, i), p.slice - p.mapped[i]))),
     )?;
     emit(
         enc,
         family::PORTS_REFUSED,
-        ports.iter().flat_map(|(k, (_, _, _, refused))| (0..3).map(move |i| (per_proto(k, i), refused[i]))),
+        ports.iter().flat_map(|(k, p)| (0..3).map(move |i| (per_proto(k, i), p.refused[i]))),
     )?;
 
     let by_direction = |f: fn(&crate::nat::Counters) -> [u64; 2]| {
@@ -308,6 +339,23 @@ fn encode_reports(
         }
     }
     emit(enc, family::RULE_HITS, hits.iter().map(|((c, _, rule), n)| (labels!("config" => c, "rule" => rule), *n)))?;
+    let mut refused: BTreeMap<(String, String, &str), u64> = Default::default();
+    for h in reports.iter().flat_map(|r| &r.rule_hits) {
+        for &(i, why, n) in &h.refused {
+            let rule = h.rules.get(i as usize).map_or("default", |(name, _)| name.as_str());
+            *refused.entry((h.config.clone(), rule.to_string(), why)).or_default() += n;
+        }
+    }
+    emit(
+        enc,
+        family::NAME_REFUSED,
+        refused.iter().map(|((c, rule, why), n)| (labels!("config" => c, "rule" => rule, "reason" => *why), *n)),
+    )?;
+    emit(
+        enc,
+        family::NAME_CHECKS_PENDING,
+        reports.iter().map(|r| (labels!("worker" => r.worker), r.name_checks_pending as u64)),
+    )?;
     let mut denied: BTreeMap<String, u64> = Default::default();
     for d in reports.iter().flat_map(|r| &r.network_policy_denials) {
         *denied.entry(d.policy.clone()).or_default() += d.denied;
@@ -317,6 +365,20 @@ fn encode_reports(
     emit(enc, family::DENY_LOGS_SUPPRESSED, sum(|r| r.deny_logs_suppressed))?;
     emit(enc, family::SESSIONS_CREATED, sum(|r| r.nat.sessions_created))?;
     emit(enc, family::NAT_LOG_LOST, sum(|r| r.nat.nat_events_lost + r.io.log_records_lost))?;
+    if let Some(x) = &info.ipfix {
+        use std::sync::atomic::Ordering::Relaxed;
+        emit(enc, family::IPFIX_RECORDS, one(x.records_exported.load(Relaxed)))?;
+        emit(enc, family::IPFIX_MESSAGES, one(x.messages_sent.load(Relaxed)))?;
+        emit(enc, family::IPFIX_TEMPLATES, one(x.templates_sent.load(Relaxed)))?;
+        emit(enc, family::IPFIX_SEND_ERRORS, one(x.send_errors.load(Relaxed)))?;
+        let queue_full: u64 = reports.iter().map(|r| r.io.ipfix_records_lost).sum();
+        emit(
+            enc,
+            family::IPFIX_DROPPED,
+            [("queue_full", queue_full), ("send_failed", x.records_send_failed.load(Relaxed))]
+                .map(|(reason, n)| (labels!("reason" => reason), n)),
+        )?;
+    }
     emit(enc, family::DNS_UNTRUSTED, sum(|r| r.nat.dns_untrusted))?;
     emit(enc, family::CUT_FLOW_RESETS, sum(|r| r.nat.cut_flow_resets))?;
     encode_tunnels(enc, reports)
@@ -403,6 +465,7 @@ mod tests {
     fn renders_every_family_with_labels() {
         let mut r = WorkerReport { worker: 1, session_capacity: 1000, turns: 77, ..Default::default() };
         r.nat.in2out_packets = 5;
+        r.io.ipfix_records_lost = 3;
         r.nat.drops[crate::nat::DropReason::QuotaExceeded as usize] = 2;
         r.sessions_by_config = vec![("demo/a".into(), [1, 2, 0])];
         r.network_policy_denials =
@@ -425,6 +488,7 @@ mod tests {
             plan_rejections: 2,
             plan_rejected: true,
             control_connected: Some(false),
+            ipfix: Some(Arc::new(crate::gateway::ipfix::IpfixCounters::default())),
         };
         let text = render(&[r], &info);
         for line in [
@@ -432,6 +496,7 @@ mod tests {
             "egret_plan_rejections_total 2",
             "egret_plan_rejected 1",
             "egret_control_connected 0",
+            "egret_ipfix_records_dropped_total{reason=\"queue_full\"} 3",
             "egret_mode{interface=\"gw-in\",xdp=\"Native\",afxdp=\"copy\"} 1",
             "egret_sessions{config=\"demo/a\",proto=\"udp\"} 2",
             "egret_ports_in_use{address=\"198.19.100.3\",config=\"demo/a\",proto=\"udp\"} 2",

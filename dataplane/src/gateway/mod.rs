@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod forward_guard;
 pub mod http;
+pub mod ipfix;
 pub mod metrics;
 pub mod natlog;
 pub mod netlink;
@@ -22,7 +23,7 @@ pub mod worker;
 pub mod xdp;
 pub mod xsk;
 
-pub use config::{ConfigError, ControlSettings, Interfaces, NatLogSettings, NodeConfig, UmemSettings};
+pub use config::{ConfigError, ControlSettings, Interfaces, IpfixSettings, NatLogSettings, NodeConfig, UmemSettings};
 pub use error::{PlanRefused, StartError};
 
 use crate::nat::CompiledPlan;

@@ -9,7 +9,9 @@ use super::natlog::NatLogger;
 use super::source::PlanSource;
 use super::status::{GuardStatus, PlanStatus, Status, XdpStatus};
 use super::worker::{Worker, WorkerConfig, WorkerReport, WorkerShared, HANDOFF_BYTES};
-use super::{addresses_of, forward_guard, http, metrics, mtu_of, nexthop, probe, service, xdp, xsk, SteeringSets};
+use super::{
+    addresses_of, forward_guard, http, ipfix, metrics, mtu_of, nexthop, probe, service, xdp, xsk, SteeringSets,
+};
 use crate::nat::{CompiledPlan, EngineSettings, FqdnCache, NatEngine, SessionRecord, Time};
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
@@ -58,6 +60,7 @@ pub struct Gateway {
     handles: Vec<JoinHandle<NatEngine>>,
     side_threads: Vec<JoinHandle<()>>,
     logger: NatLogger,
+    ipfix: Option<ipfix::IpfixExporter>,
 }
 
 impl Gateway {
@@ -92,6 +95,21 @@ impl Gateway {
         tracing::info!(inside = inside_mtu, outside = outside_mtu, "interface MTUs");
         let workers_n = cfg.interfaces.queues as u16;
         let logger = NatLogger::spawn();
+        let ipfix = match &cfg.ipfix {
+            Some(i) => {
+                let settings = ipfix::ExportSettings {
+                    collector: i.collector,
+                    template_refresh: Duration::from_secs(i.template_refresh_secs),
+                    observation_domain: i.observation_domain,
+                    destinations: cfg.nat_log.destinations,
+                };
+                let ex = ipfix::IpfixExporter::spawn(settings, epoch)
+                    .map_err(|error| StartError::Ipfix { collector: i.collector, error })?;
+                tracing::info!(collector = %i.collector, "IPFIX NAT log export started");
+                Some(ex)
+            }
+            None => None,
+        };
         let pool = Arc::new(ArrayQueue::new(4096));
         for _ in 0..4096 {
             let _ = pool.push(Box::new([0u8; HANDOFF_BYTES]));
@@ -104,6 +122,8 @@ impl Gateway {
             stop: Arc::new(AtomicBool::new(false)),
             full_snapshots: Arc::new(AtomicBool::new(cfg.state_file.is_some())),
             log: Arc::clone(&logger.queue),
+            journal_sessions: cfg.nat_log.enabled,
+            ipfix: ipfix.as_ref().map(|x| Arc::clone(&x.queue)),
             epoch,
         };
         let fqdn = FqdnCache::new(1 << 18);
@@ -131,7 +151,7 @@ impl Gateway {
                 workers: workers_n,
                 session_capacity: cfg.sessions_per_worker,
                 router_ip: cfg.router_ip,
-                nat_log: cfg.nat_log.enabled,
+                nat_log: cfg.nat_log.enabled || ipfix.is_some(),
                 nat_log_destinations: cfg.nat_log.destinations,
                 mtu: [inside_mtu, outside_mtu],
                 ..EngineSettings::default()
@@ -166,6 +186,7 @@ impl Gateway {
                 .collect(),
             xdp: Vec::new(),
             fqdn: Some(Arc::clone(&fqdn)),
+            ipfix: ipfix.as_ref().map(|x| Arc::clone(&x.counters)),
             ..Default::default()
         }));
         let reports: Vec<_> = workers.iter().map(|w| Arc::clone(&w.report)).collect();
@@ -225,6 +246,7 @@ impl Gateway {
             handles,
             side_threads,
             logger,
+            ipfix,
         })
     }
 
@@ -356,8 +378,11 @@ impl Gateway {
             save_sessions(p, &snapshot);
             tracing::info!(sessions = snapshot.len(), path = %p.display(), "sessions saved");
         }
-        let Gateway { steering, guard, logger, .. } = self;
+        let Gateway { steering, guard, logger, ipfix, .. } = self;
         logger.finish();
+        if let Some(x) = ipfix {
+            x.finish();
+        }
         drop(steering);
         if guard.is_some() {
             tracing::info!("forward guard left in place until the next start (egret-gateway remove-guard removes it)");

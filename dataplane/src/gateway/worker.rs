@@ -112,6 +112,8 @@ crate::counters::counter_set! {
         tunnel_handoffs,
         /// NAT and deny log records dropped: the log thread fell behind.
         log_records_lost,
+        /// NAT events the IPFIX exporter's queue had no room for.
+        ipfix_records_lost,
     }
     drops: IoDrop
 }
@@ -147,6 +149,8 @@ pub struct WorkerReport {
     pub deny_logs_suppressed: u64,
     #[serde(skip)]
     pub tunnels: Vec<TunnelReport>,
+    /// Flows awaiting their name on the wire (TLS SNI, HTTP Host).
+    pub name_checks_pending: usize,
 }
 
 /// Every worker's figures, copied without the session snapshot: that may
@@ -186,6 +190,10 @@ pub struct WorkerShared {
     /// Whether snapshots hold every session (see [`Worker::full_snapshots`]).
     pub full_snapshots: Arc<AtomicBool>,
     pub log: LogQueue,
+    /// Whether session events go to the journal NAT log (`[nat_log]`).
+    pub journal_sessions: bool,
+    /// The IPFIX exporter's queue, when `[ipfix]` is configured.
+    pub ipfix: Option<super::ipfix::IpfixQueue>,
     pub epoch: Instant,
 }
 
@@ -229,6 +237,8 @@ pub struct Worker {
     pub full_snapshots: Arc<AtomicBool>,
     pub epoch: Instant,
     log: LogQueue,
+    journal_sessions: bool,
+    ipfix: Option<super::ipfix::IpfixQueue>,
     pub io_counters: IoCounters,
     tx: Vec<Vec<XdpDesc>>,
     pending: Vec<Pending>,
@@ -273,6 +283,8 @@ impl Worker {
             full_snapshots: shared.full_snapshots,
             epoch: shared.epoch,
             log: shared.log,
+            journal_sessions: shared.journal_sessions,
+            ipfix: shared.ipfix,
             io_counters: IoCounters::default(),
             tx,
             pending: Vec::with_capacity(PENDING_MAX),
@@ -424,6 +436,7 @@ impl Worker {
         r.nat = self.engine.counters().clone();
         r.ports = self.engine.port_usage();
         r.rule_hits = self.engine.rule_hits();
+        r.name_checks_pending = self.engine.name_checks_pending();
         r.network_policy_denials = self.engine.network_policy_denials();
         r.deny_logs_suppressed = self.deny_logs_suppressed;
         r.tunnels = self.tunnels.reports();
@@ -449,10 +462,22 @@ impl Worker {
             self.deny_log_budget.1 -= 1;
             lost += u64::from(self.log.push(LogRecord::Deny(e)).is_err());
         }
+        let mut ipfix_lost = 0;
         for e in self.engine.take_nat_events() {
-            lost += u64::from(self.log.push(LogRecord::Session(e)).is_err());
+            if let Some(q) = &self.ipfix {
+                ipfix_lost += u64::from(q.push(e).is_err());
+            }
+            if self.journal_sessions {
+                lost += u64::from(self.log.push(LogRecord::Session(e)).is_err());
+            }
+        }
+        for e in self.engine.take_name_events() {
+            if self.journal_sessions {
+                lost += u64::from(self.log.push(LogRecord::Name(e)).is_err());
+            }
         }
         self.io_counters.log_records_lost += lost;
+        self.io_counters.ipfix_records_lost += ipfix_lost;
     }
 
     /// Translates one received frame and queues what comes of it.
