@@ -28,6 +28,15 @@ else
   echo "ok: egret-control builds without the data plane"; passed=$((passed + 1))
 fi
 
+# The pure core (egret-core: wire, nat, tunnel) has no I/O stack and no
+# build script: the fuzz targets and the NAT core benchmark build on it alone.
+core_io=$(cargo tree -p egret-core -e normal,build --prefix none 2>/dev/null | grep -oE '^(egret-dataplane|egret-api|egret-cluster|aya|aya-obj|xdpilone|tokio|hyper|tonic|kube|kube-client|netlink-sys|netlink-packet-route) ' | sort -u | tr '\n' ' ')
+if [ -n "$core_io" ] || [ -e core/build.rs ] || ! cargo tree -p egret-core >/dev/null 2>&1; then
+  echo "FAIL: egret-core reaches the I/O stack or has a build script: ${core_io:-build.rs}"; failed=$((failed + 1))
+else
+  echo "ok: egret-core builds without the I/O stack"; passed=$((passed + 1))
+fi
+
 # Further stages, each ending with "NAME: N passed, M failed": the
 # end-to-end tests in tests/ (pytest), and the suites still in scripts/.
 run_stage() {

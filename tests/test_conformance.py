@@ -1,5 +1,5 @@
 """RFC conformance end to end (the NAT core's unit tests in
-dataplane/src/nat/conformance_tests.rs hold the rest): the gateway's outside
+core/src/nat/conformance_tests.rs hold the rest): the gateway's outside
 MTU is 1400, its inside 1500, and real clients check DF handling (ping -M
 do / dont, tracepath); hairpinning with real UDP sockets and the arrival
 interface with scapy frames (scripts/conformance.py's checks). The node

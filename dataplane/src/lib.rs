@@ -1,11 +1,9 @@
-//! Egret's data plane, read top-down: packet views (`wire`) → the plan
-//! (`plan`) → the pure NAT core (`nat`) → workers and AF_XDP I/O at the edge.
+//! Egret's data plane: AF_XDP workers, XDP steering, netlink, the HTTP and
+//! gRPC edges and the egret-gateway binary (`gateway`), on top of the pure
+//! core (crate `egret-core`: `wire`, `nat`, `tunnel`, re-exported here).
 
-pub(crate) mod counters;
 pub mod gateway;
-pub mod nat;
-pub mod tunnel;
-pub mod wire;
+pub use egret_core::{counters, nat, tunnel, wire};
 
 /// The plan schema, shared with egret-control (crate `egret-plan`).
 pub use egret_plan as plan;

@@ -7,9 +7,9 @@
 //! addresses are the translation its flow's first fragment got.
 #![no_main]
 
-use egret_dataplane::nat::{CompiledPlan, EngineSettings, NatEngine, ReleaseTo, Time, Verdict};
-use egret_dataplane::plan::{Binding, GatewayConfig, Plan, Timeouts};
-use egret_dataplane::wire::{checksum, Ipv4Packet};
+use egret_core::nat::{CompiledPlan, EngineSettings, NatEngine, ReleaseTo, Time, Verdict};
+use egret_core::plan::{Binding, GatewayConfig, Plan, Timeouts};
+use egret_core::wire::{checksum, Ipv4Packet};
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -224,7 +224,7 @@ impl Harness {
         mut w: usize,
         buf: &mut [u8],
         len: usize,
-        mut from: Option<egret_dataplane::nat::Side>,
+        mut from: Option<egret_core::nat::Side>,
         now: Time,
         sent: Option<&Op>,
     ) {
@@ -236,7 +236,7 @@ impl Harness {
                     // Handed off unchanged, except a hairpinned packet's
                     // return leg: its source already translated, its
                     // destination (an egress address) and TTL as they came.
-                    let hairpin = next == egret_dataplane::nat::Side::Outside
+                    let hairpin = next == egret_core::nat::Side::Outside
                         && from != Some(next)
                         && buf[16..20] == input[16..20]
                         && buf[8] == input[8];
@@ -246,7 +246,7 @@ impl Harness {
                 }
                 Verdict::Forward { side, len } => {
                     assert!(len <= buf.len());
-                    let outside = side == egret_dataplane::nat::Side::Outside;
+                    let outside = side == egret_core::nat::Side::Outside;
                     self.check_out(&buf[..len], outside, sent.map(|o| (o, &input[..])));
                     return;
                 }
@@ -273,7 +273,7 @@ impl Harness {
                     any = true;
                     match r.to {
                         ReleaseTo::Side(side) => {
-                            let outside = side == egret_dataplane::nat::Side::Outside;
+                            let outside = side == egret_core::nat::Side::Outside;
                             self.check_out(&r.bytes, outside, None);
                         }
                         ReleaseTo::Worker { worker: to, from } => {

@@ -8,12 +8,12 @@
 //! input picks learned through it before the packets run.
 #![no_main]
 
-use egret_dataplane::nat::{CompiledPlan, EngineSettings, NatEngine, ReleaseTo, Side, Time, Verdict};
-use egret_dataplane::plan::{
+use egret_core::nat::{CompiledPlan, EngineSettings, NatEngine, ReleaseTo, Side, Time, Verdict};
+use egret_core::plan::{
     Binding, DenyResponse, EgressPolicy, FilteringMode, GatewayConfig, LiveFlows, MappingMode, Plan, PolicyAction,
     PolicyRule, PortRange, Protocol,
 };
-use egret_dataplane::wire::{checksum, Ipv4Packet};
+use egret_core::wire::{checksum, Ipv4Packet};
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 

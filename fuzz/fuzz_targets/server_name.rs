@@ -6,12 +6,12 @@
 //! and a flow is only ever allowed for a name the rule lists.
 #![no_main]
 
-use egret_dataplane::nat::{CompiledPlan, EngineSettings, NatEngine, Time, Verdict};
-use egret_dataplane::plan::{
+use egret_core::nat::{CompiledPlan, EngineSettings, NatEngine, Time, Verdict};
+use egret_core::plan::{
     Binding, DenyResponse, EgressPolicy, GatewayConfig, LiveFlows, Plan, PolicyAction, PolicyRule, Protocol,
 };
-use egret_dataplane::wire::server_name::{ClientHelloReader, HttpHostReader, Progress};
-use egret_dataplane::wire::{checksum, Ipv4Packet};
+use egret_core::wire::server_name::{ClientHelloReader, HttpHostReader, Progress};
+use egret_core::wire::{checksum, Ipv4Packet};
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 

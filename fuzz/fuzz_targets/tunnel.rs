@@ -6,7 +6,7 @@
 
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
-use egret_dataplane::tunnel::{PeerConfig, Received, Tunnel};
+use egret_core::tunnel::{PeerConfig, Received, Tunnel};
 use libfuzzer_sys::fuzz_target;
 #[path = "shared/ops.rs"]
 mod shared;

@@ -8,11 +8,11 @@
 
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
-use egret_dataplane::nat::CompiledPlan;
-use egret_dataplane::plan::{Binding, GatewayConfig, Plan, TunnelConfig, WgKey, WgSecret};
-use egret_dataplane::tunnel::stage::SharedLimiters;
-use egret_dataplane::tunnel::{Inbound, Outbound, TunnelStage};
-use egret_dataplane::wire::udp;
+use egret_core::nat::CompiledPlan;
+use egret_core::plan::{Binding, GatewayConfig, Plan, TunnelConfig, WgKey, WgSecret};
+use egret_core::tunnel::stage::SharedLimiters;
+use egret_core::tunnel::{Inbound, Outbound, TunnelStage};
+use egret_core::wire::udp;
 use libfuzzer_sys::fuzz_target;
 #[path = "shared/ops.rs"]
 mod shared;

@@ -5,7 +5,7 @@
 #![no_main]
 
 use egret_cluster::plan_from_yaml_str;
-use egret_dataplane::nat::{CompiledPlan, EngineSettings, NatEngine, Time};
+use egret_core::nat::{CompiledPlan, EngineSettings, NatEngine, Time};
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // The same plan through JSON (the control plane's wire form) compiles too.
     let json = serde_json::to_vec(&plan).expect("plans serialise");
-    let back: egret_dataplane::plan::Plan = serde_json::from_slice(&json).expect("plans deserialise");
+    let back: egret_core::plan::Plan = serde_json::from_slice(&json).expect("plans deserialise");
     assert_eq!(back, plan, "JSON round trip");
     let settings =
         EngineSettings { session_capacity: 16, frag_datagrams: 4, frag_held: 2, seed: 1, ..Default::default() };
@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 198, 19, 0, 1, 0x13, 0x88, 0, 53, 0, 8, 0, 0,
     ]);
     buf[12..16].copy_from_slice(&src);
-    let c = egret_dataplane::wire::checksum::checksum(&buf[..20]);
+    let c = egret_core::wire::checksum::checksum(&buf[..20]);
     buf[10..12].copy_from_slice(&c.to_be_bytes());
     let _ = e.process(&mut buf, 28, Time::from_secs(1));
     e.expire(Time::from_secs(1000), 64);

@@ -304,8 +304,17 @@ async fn run(cli: &Cli) -> Result<String, String> {
                     p.oldest_report_age_s.map_or(String::new(), |a| format!(", oldest report {a}s"))
                 ));
                 let any = |v: &[String]| if v.is_empty() { "any".to_string() } else { v.join(",") };
-                let mut rows =
-                    vec![row(["#", "RULE", "ACTION", "DESTINATIONS", "PROTO", "PORTS", "PODS", "HITS", "NAME REFUSED"])];
+                let mut rows = vec![row([
+                    "#",
+                    "RULE",
+                    "ACTION",
+                    "DESTINATIONS",
+                    "PROTO",
+                    "PORTS",
+                    "PODS",
+                    "HITS",
+                    "NAME REFUSED",
+                ])];
                 for (i, rule) in p.rules.iter().enumerate() {
                     let dst: Vec<String> = rule.cidrs.iter().chain(&rule.fqdns).cloned().collect();
                     let pods = if rule.any_pod {

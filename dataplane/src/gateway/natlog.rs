@@ -75,8 +75,10 @@ fn write(r: &LogRecord) {
                     egress = %egress, at = e.at, "session"),
             }
         }
-        LogRecord::Name(e) => tracing::info!(target: "egret::natlog", event = "name", pod = %format!("{}:{}", e.pod, e.pod_port),
+        LogRecord::Name(e) => {
+            tracing::info!(target: "egret::natlog", event = "name", pod = %format!("{}:{}", e.pod, e.pod_port),
             egress = %format!("{}:{}", e.egress, e.egress_port), dst = %format!("{}:{}", e.remote.0, e.remote.1),
-            name = %e.name, config = %e.config, rule = %e.rule, at = e.at, "session allowed for name"),
+            name = %e.name, config = %e.config, rule = %e.rule, at = e.at, "session allowed for name")
+        }
     }
 }

@@ -73,7 +73,8 @@ pub fn control_report(reports: &[Arc<Mutex<WorkerReport>>]) -> egret_api::v1::Re
         .collect();
     // Workers count separately; the rule lists are the same plan's.
     let mut hits: std::collections::BTreeMap<(String, u32), (String, u64)> = Default::default();
-    let mut refused: std::collections::HashMap<(String, u32), std::collections::HashMap<String, u64>> = Default::default();
+    let mut refused: std::collections::HashMap<(String, u32), std::collections::HashMap<String, u64>> =
+        Default::default();
     for r in &rs {
         for h in &r.rule_hits {
             for (i, (rule, n)) in h.rules.iter().enumerate() {

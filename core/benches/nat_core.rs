@@ -3,11 +3,11 @@
 //! new-session creation, and bytes of memory per session. Prints a markdown
 //! table of medians over several runs.
 //!
-//! `cargo bench -p egret-dataplane --bench nat_core` (add `-- --quick` for a smoke run,
+//! `cargo bench -p egret-core --bench nat_core` (add `-- --quick` for a smoke run,
 //! `-- --only new` for one group of rows).
 
-use egret_dataplane::nat::{CompiledPlan, EngineSettings, NatEngine, Time, Verdict};
-use egret_dataplane::plan::{Binding, GatewayConfig, MappingMode, Plan};
+use egret_core::nat::{CompiledPlan, EngineSettings, NatEngine, Time, Verdict};
+use egret_core::plan::{Binding, GatewayConfig, MappingMode, Plan};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -53,8 +53,8 @@ fn plan(mode: MappingMode) -> Arc<CompiledPlan> {
 /// A default-deny policy of `n` rules: n-1 /32 allows elsewhere, then one
 /// allow for the benchmark's destinations, so every flow walks the trie
 /// and is allowed by the last rule.
-fn policy(n: usize) -> egret_dataplane::plan::EgressPolicy {
-    use egret_dataplane::plan::{EgressPolicy, PolicyAction, PolicyRule, Protocol};
+fn policy(n: usize) -> egret_core::plan::EgressPolicy {
+    use egret_core::plan::{EgressPolicy, PolicyAction, PolicyRule, Protocol};
     let rule = |i: usize, cidr: String| PolicyRule {
         name: format!("r{i}"),
         action: PolicyAction::Allow,
@@ -85,8 +85,8 @@ fn policy(n: usize) -> egret_dataplane::plan::EgressPolicy {
 /// the last of a pod's policies allows the benchmark's destinations, so
 /// every new flow walks all of its pod's policies; otherwise they select
 /// pods that send nothing here.
-fn network_policies(n: usize, selected: bool) -> Vec<egret_dataplane::plan::NetworkPolicy> {
-    use egret_dataplane::plan::{IpBlock, NetworkPolicy, NetworkPolicyRule, NetworkPort, NetworkProtocol};
+fn network_policies(n: usize, selected: bool) -> Vec<egret_core::plan::NetworkPolicy> {
+    use egret_core::plan::{IpBlock, NetworkPolicy, NetworkPolicyRule, NetworkPort, NetworkProtocol};
     (0..n)
         .map(|i| {
             let last_of_pod = i + PODS as usize >= n;
@@ -112,14 +112,14 @@ fn network_policies(n: usize, selected: bool) -> Vec<egret_dataplane::plan::Netw
         .collect()
 }
 
-fn plan_with_policy(mode: MappingMode, policy: Option<egret_dataplane::plan::EgressPolicy>) -> Arc<CompiledPlan> {
+fn plan_with_policy(mode: MappingMode, policy: Option<egret_core::plan::EgressPolicy>) -> Arc<CompiledPlan> {
     plan_with(mode, policy, Vec::new())
 }
 
 fn plan_with(
     mode: MappingMode,
-    policy: Option<egret_dataplane::plan::EgressPolicy>,
-    network_policies: Vec<egret_dataplane::plan::NetworkPolicy>,
+    policy: Option<egret_core::plan::EgressPolicy>,
+    network_policies: Vec<egret_core::plan::NetworkPolicy>,
 ) -> Arc<CompiledPlan> {
     let mut c = GatewayConfig::new("bench", vec!["198.19.100.0/28".parse().unwrap()]);
     c.policy = policy;
@@ -150,14 +150,14 @@ fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> [u8; FRAME] {
     b[9] = 17;
     b[12..16].copy_from_slice(&src);
     b[16..20].copy_from_slice(&dst);
-    let c = egret_dataplane::wire::checksum::checksum(&b[..20]);
+    let c = egret_core::wire::checksum::checksum(&b[..20]);
     b[10..12].copy_from_slice(&c.to_be_bytes());
     b[20..22].copy_from_slice(&sport.to_be_bytes());
     b[22..24].copy_from_slice(&dport.to_be_bytes());
     b[24..26].copy_from_slice(&((len - 20) as u16).to_be_bytes());
-    let mut acc = egret_dataplane::wire::checksum::pseudo_header(src, dst, 17, (len - 20) as u16);
-    acc = egret_dataplane::wire::checksum::sum(acc, &b[20..len]);
-    let c = egret_dataplane::wire::checksum::finish(acc);
+    let mut acc = egret_core::wire::checksum::pseudo_header(src, dst, 17, (len - 20) as u16);
+    acc = egret_core::wire::checksum::sum(acc, &b[20..len]);
+    let c = egret_core::wire::checksum::finish(acc);
     b[26..28].copy_from_slice(&c.to_be_bytes());
     b
 }

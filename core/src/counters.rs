@@ -7,6 +7,7 @@
 /// Declares why-dropped reasons: `Variant = "label"`, each with its doc
 /// comment, which is also its help text. Generates the enum (`repr(u8)`, a
 /// slot per reason), `COUNT`, `ALL`, `name()` and `help()`.
+#[macro_export]
 macro_rules! reasons {
     (
         $(#[$meta:meta])*
@@ -42,6 +43,7 @@ macro_rules! reasons {
 /// `$reason`. Generates the struct, `NAMES`, `values()`, `add()` (workers'
 /// sums), `drop()`/`dropped()`/`total_drops()` and a `Serialize` that writes
 /// every counter by name and the drops as `"drops": {reason: n}`.
+#[macro_export]
 macro_rules! counter_set {
     (
         $(#[$meta:meta])*
@@ -115,7 +117,7 @@ macro_rules! counter_set {
     };
 }
 
-pub(crate) use {counter_set, reasons};
+pub use crate::{counter_set, reasons};
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,13 @@
+//! Egret's pure core, read top-down: packet views (`wire`) → the plan
+//! (`plan`) → the NAT engine (`nat`) and the WireGuard tunnel stage
+//! (`tunnel`). Bytes, a clock and a plan in; verdicts out. No sockets, no
+//! threads, no build script: AF_XDP, netlink, HTTP and gRPC live in
+//! egret-dataplane's `gateway`, on top of this crate.
+
+pub mod counters;
+pub mod nat;
+pub mod tunnel;
+pub mod wire;
+
+/// The plan schema, shared with egret-control (crate `egret-plan`).
+pub use egret_plan as plan;
