@@ -112,7 +112,7 @@ def test_killing_the_gateways_replica_interrupts_no_download_and_the_other_serve
         time.sleep(max(0.0, killed + 2.0 - time.monotonic()))
         edited = time.monotonic()
         replicas[other].write(with_pod_c_bound("config-b"))
-        poll(lambda: in_pool(topo.pc.curl(ECHO, 0.5), "198.19.101"), timeout=4, interval=0.02, what="pod-c's egress")
+        poll(lambda: in_pool(topo.pc.curl(ECHO, 0.2), "198.19.101"), timeout=4, interval=0.02, what="pod-c's egress")
         new_pod_s = time.monotonic() - edited
 
         out, _ = download.communicate(timeout=20)
