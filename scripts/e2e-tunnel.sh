@@ -372,6 +372,53 @@ for _ in $(seq 40); do tcp7008 egt-pa && break; sleep 0.05; done
 ms=$((($(date +%s%N) - t0) / 1000000))
 check "deleting the policy restores pod-a's egress within 2 s [$ms ms]" within_2s tcp7008 egt-pa
 
+echo "== names on the wire through the tunnels: one address, two TLS names, one allowed"
+x egt-net ip addr add 198.19.0.20/32 dev lo
+x egt-net ip addr add 198.19.0.53/32 dev lo
+mkdir -p "$DIR/certs" /etc/netns/egt-pa
+for n in good.example evil.example; do
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj "/CN=$n" \
+    -addext "subjectAltName=DNS:$n" -keyout "$DIR/certs/$n.key" -out "$DIR/certs/$n.crt" >/dev/null 2>&1
+done
+ip netns exec egt-net python3 tests/tls_server.py 198.19.0.20 443 "$DIR/certs" good.example evil.example >"$DIR/tls.log" 2>&1 &
+PIDS+=($!)
+ip netns exec egt-net python3 scripts/dns_server.py 198.19.0.53 good.example=198.19.0.20@300 evil.example=198.19.0.20@300 >"$DIR/dns.log" 2>&1 &
+PIDS+=($!)
+echo "nameserver 198.19.0.53" > /etc/netns/egt-pa/resolv.conf
+cat > "$DIR/manifests/names.yaml" <<'YAML'
+apiVersion: egret.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: storage, namespace: demo}
+spec:
+  gatewayConfiguration: sgw-a
+  defaultAction: deny
+  denyResponse: reject
+  dnsResolvers: [198.19.0.53/32]
+  rules:
+  - {name: dns, action: allow, cidrs: [198.19.0.53/32], protocol: udp, ports: [53]}
+  - {name: storage, action: allow, fqdns: [good.example], protocol: tcp, ports: [443]}
+YAML
+tls() { # tls NAME: curl https://NAME/ on the shared address from pod-a
+  x egt-pa curl -s -m 5 --cacert "$DIR/certs/$1.crt" --resolve "$1:443:198.19.0.20" "https://$1/"
+}
+resolved() { x egt-pa getent hosts good.example >/dev/null && tls good.example >/dev/null; }
+nat_drops() { python3 -c "import json, sys; print(sum(w['nat']['drops'][sys.argv[1]] for w in json.load(open('$STATUS_FILE'))['workers']))" "$1"; }
+# The policy is in force once the echo server (no rule for it) is refused.
+eventually echo_refused
+eventually resolved
+g=$(tls good.example)
+check "pod-a reaches good.example through its tunnel, by its ClientHello [$g]" test "$g" = "tls good.example 198.19.100.1"
+sni_before=$(nat_drops sni_mismatch)
+t0=$(date +%s%N); tls evil.example >/dev/null; rc=$?; ms=$((($(date +%s%N) - t0) / 1000000))
+fast_reset() { { [ "$rc" = 35 ] || [ "$rc" = 56 ]; } && [ "$ms" -lt 1500 ]; }
+check "evil.example on the same address fails fast with a reset [curl exit $rc in $ms ms]" fast_reset
+check "its ClientHello never reached the server [$(grep -c reset "$DIR/tls.log") resets seen there]" \
+  sh -c "! grep -q 'sni evil.example' '$DIR/tls.log' && grep -q reset '$DIR/tls.log'"
+sni_counted() { [ "$(nat_drops sni_mismatch)" -gt "$sni_before" ]; }
+check "the refusal is counted as sni_mismatch [$sni_before before]" eventually sni_counted
+rm -f "$DIR/manifests/names.yaml" /etc/netns/egt-pa/resolv.conf; rmdir /etc/netns/egt-pa 2>/dev/null
+for _ in $(seq 40); do tcp7008 egt-pa && break; sleep 0.05; done
+
 echo "== failover: two gateway nodes behind the load balancer's stand-in"
 # A second node joins the pool with its own secondary IPs (its own
 # GatewayVMConfiguration profile, as on Azure). egret-control's plans are a
