@@ -275,10 +275,112 @@ fn new_flow_rates(plan: &Arc<CompiledPlan>, pkts: &[[u8; FRAME]], runs: usize) -
         .collect()
 }
 
+/// TLS flows to one shared address under an FQDN rule, reading the name on
+/// the wire (`required`) or not (`unchecked`): what a new flow costs when
+/// its ClientHello is judged. Each flow is a SYN then curl's captured
+/// 517-byte ClientHello (naming `curl.example.com`), after every pod
+/// resolved the name through the trusted resolver.
+mod names {
+    use super::*;
+    use egret_core::plan::{EgressPolicy, PolicyAction, PolicyRule, Protocol, ServerNameCheck};
+    use etherparse::PacketBuilder;
+
+    const SHARED: [u8; 4] = [198, 19, 0, 10];
+    const RESOLVER: [u8; 4] = [198, 19, 0, 53];
+    const NAME: &str = "curl.example.com";
+    const HELLO: &[u8] = include_bytes!("../src/wire/testdata/curl-clienthello.bin");
+    const ISN: u32 = 1000;
+
+    pub fn plan(check: ServerNameCheck) -> Arc<CompiledPlan> {
+        let rule = |name: &str, cidrs: Vec<&str>, fqdns: Vec<&str>, proto, port: &str| PolicyRule {
+            name: name.into(),
+            action: PolicyAction::Allow,
+            cidrs: cidrs.into_iter().map(|c| c.parse().unwrap()).collect(),
+            fqdns: fqdns.into_iter().map(String::from).collect(),
+            protocol: Some(proto),
+            ports: vec![port.parse().unwrap()],
+            pods: None,
+            server_name: check,
+            tls_ports: vec![],
+            http_ports: vec![],
+        };
+        let mut pol: EgressPolicy = serde_json::from_str(r#"{"defaultAction": "deny"}"#).unwrap();
+        pol.dns_resolvers = vec!["198.19.0.53/32".parse().unwrap()];
+        pol.rules = vec![
+            rule("dns", vec!["198.19.0.53/32"], vec![], Protocol::Udp, "53"),
+            rule("storage", vec![], vec![NAME], Protocol::Tcp, "443"),
+        ];
+        plan_with_policy(MappingMode::PortReuse, Some(pol))
+    }
+
+    macro_rules! packet {
+        ($b:expr, $payload:expr) => {{
+            let mut v = Vec::with_capacity(2048);
+            $b.write(&mut v, $payload).unwrap();
+            v
+        }};
+    }
+
+    fn dns_answer() -> Vec<u8> {
+        let mut m = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        for label in NAME.split('.') {
+            m.push(label.len() as u8);
+            m.extend(label.as_bytes());
+        }
+        m.extend([0, 0, 1, 0, 1, 0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4]);
+        m.extend(SHARED);
+        m
+    }
+
+    /// Every pod resolves the name (its query passes, the answer teaches).
+    pub fn resolve_all(e: &mut NatEngine, now: Time) {
+        for i in 0..PODS {
+            let mut q = packet!(PacketBuilder::ipv4(pod(i), RESOLVER, 64).udp(5353, 53), b"query");
+            let len = q.len();
+            assert!(matches!(e.process(&mut q, len, now), Verdict::Forward { .. }));
+            let (egress, port) = ([q[12], q[13], q[14], q[15]], u16::from_be_bytes([q[20], q[21]]));
+            let mut a = packet!(PacketBuilder::ipv4(RESOLVER, egress, 64).udp(53, port), &dns_answer());
+            let len = a.len();
+            assert!(matches!(e.process(&mut a, len, now), Verdict::Forward { .. }));
+        }
+    }
+
+    /// Flow `i`'s SYN and its hello segment.
+    pub fn flow(i: u32) -> [Vec<u8>; 2] {
+        let sport = 1024 + (i / PODS) as u16;
+        let syn = PacketBuilder::ipv4(pod(i), SHARED, 64).tcp(sport, 443, ISN, 64240).syn();
+        let hello = PacketBuilder::ipv4(pod(i), SHARED, 64).tcp(sport, 443, ISN + 1, 64240).ack(1).psh();
+        [packet!(syn, &[]), packet!(hello, HELLO)]
+    }
+
+    /// New TLS flows a second: SYN and hello, each flow's hello allowed.
+    pub fn rate(plan: &Arc<CompiledPlan>, flows: &[[Vec<u8>; 2]]) -> f64 {
+        let s = EngineSettings {
+            session_capacity: flows.len() + 4096,
+            router_ip: Ipv4Addr::new(198, 18, 0, 1),
+            seed: 1,
+            ..Default::default()
+        };
+        let mut e = NatEngine::new(s, plan.clone());
+        let now = Time::from_secs(1);
+        resolve_all(&mut e, now);
+        let mut buf = vec![0u8; 2048];
+        let start = Instant::now();
+        for f in flows {
+            for p in f {
+                buf[..p.len()].copy_from_slice(p);
+                let v = e.process(black_box(&mut buf), p.len(), now);
+                assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+            }
+        }
+        flows.len() as f64 / start.elapsed().as_secs_f64() / 1e6
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only established|new|policy|netpol|memory`: one group of rows (to profile it).
+    // `--only established|new|policy|netpol|names|memory`: one group of rows (to profile it).
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let want = |group: &str| only.as_deref().is_none_or(|o| o == group);
     let runs = if quick { 1 } else { 5 };
@@ -348,6 +450,24 @@ fn main() {
         ] {
             let rates = new_flow_rates(&plan_with(MappingMode::PortReuse, None, nps), &pkts, runs);
             rows.push((format!("new sessions (port reuse), {label}, {n} flows"), median(rates), "M/s"));
+        }
+    }
+
+    // TLS flows under an FQDN rule: the ClientHello read and judged, or not.
+    if want("names") {
+        let n = if quick { 20_000 } else { 200_000 };
+        let flows: Vec<[Vec<u8>; 2]> = order(n).into_iter().map(names::flow).collect();
+        for (label, check) in [
+            ("DNS alone (serverName: unchecked)", egret_core::plan::ServerNameCheck::Unchecked),
+            ("ClientHello judged (serverName: required)", egret_core::plan::ServerNameCheck::Required),
+        ] {
+            let plan = names::plan(check);
+            let rates: Vec<f64> = (0..runs).map(|_| names::rate(&plan, &flows)).collect();
+            rows.push((
+                format!("new TLS flows (SYN + 517 B hello), FQDN rule, {label}, {n} flows"),
+                median(rates),
+                "M/s",
+            ));
         }
     }
 
