@@ -50,7 +50,7 @@ run_stage() {
   if [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then failed=$((failed + 1)); fi
 }
 run_stage scripts/fuzz-smoke.sh
-run_stage /usr/bin/python3 -m pytest tests/ -q -p no:cacheprovider
+run_stage /usr/bin/python3 -m pytest tests/ -q -p no:cacheprovider --durations=15
 for stage in scripts/e2e-faults.sh scripts/e2e-tunnel.sh scripts/deploy-check.sh scripts/bench-smoke.sh; do
   [ -x "$stage" ] || continue
   run_stage "$stage"
