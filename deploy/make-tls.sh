@@ -29,8 +29,10 @@ issue() {
   openssl x509 -req -in "$work/$2.csr" -CA "$out/ca.pem" -CAkey "$out/ca-key.pem" -CAcreateserial \
     -CAserial "$work/ca.srl" -days "$days" -extfile "$work/$2.ext" -out "$out/$2.pem" 2>/dev/null
 }
-issue egret-control control "subjectAltName=DNS:egret-control.egret-system.svc,DNS:egret-control.egret-system.svc.cluster.local
-extendedKeyUsage=serverAuth"
+# egret-control's replicas serve under both Services' names and call each
+# other (--peer) with this same certificate: server and client.
+issue egret-control control "subjectAltName=DNS:egret-control.egret-system.svc,DNS:egret-control.egret-system.svc.cluster.local,DNS:egret-control-peers.egret-system.svc,DNS:egret-control-peers.egret-system.svc.cluster.local
+extendedKeyUsage=serverAuth,clientAuth"
 issue egret-admin admin "subjectAltName=DNS:egret-admin
 extendedKeyUsage=clientAuth"
 for node in "$@"; do
