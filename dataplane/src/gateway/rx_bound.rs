@@ -18,12 +18,16 @@
 //! - What no control law slows (a UDP flood) is held at twice the budget:
 //!   beyond that, a standing queue is shed at every turn.
 
+/// Frames a worker takes from one RX ring per turn. Defined here, the
+/// lowest of the worker's modules, so that the bound's sample sizes and the
+/// worker's receive loop read one constant without importing each other.
+pub const BATCH: usize = 64;
 /// Frames always allowed to queue, whatever the estimate: one receive batch
 /// and the next.
-const MIN_FRAMES: u64 = 2 * super::worker::BATCH as u64;
+const MIN_FRAMES: u64 = 2 * BATCH as u64;
 /// Turns handling fewer frames than this say more about the loop's fixed
 /// cost than about the time per frame.
-const MIN_SAMPLE: usize = super::worker::BATCH / 2;
+const MIN_SAMPLE: usize = BATCH / 2;
 /// How long, in budgets, a queue must stay above the budget to be standing:
 /// long enough that the backlog of a worker descheduled for a millisecond
 /// or two drains (at light load) before anything is shed.

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use xdpilone::xdp::XdpDesc;
 
-pub const BATCH: usize = 64;
+pub use super::rx_bound::BATCH;
 pub const HANDOFF_BYTES: usize = 2048;
 /// Frames waiting for a TX ring beyond which a worker stops receiving.
 const TX_BACKLOG: usize = 512;
