@@ -199,7 +199,17 @@ class IpfixCollector:
     def records(self) -> list[dict]:
         r = subprocess.run(["nfdump", "-R", str(self.dir), "-o", "json"], capture_output=True, text=True, timeout=60)
         text = r.stdout.strip()
-        return json.loads(text) if text.startswith("[") else []
+        # nfdump 1.7 prints "[\nNo matching flows\n]" when there are none.
+        if not text.startswith("[") or "No matching flows" in text:
+            return []
+        return json.loads(text)
+
+    def udp_receive_errors(self) -> int:
+        """Datagrams the collector namespace's kernel dropped for a full
+        socket buffer (/proc/net/snmp's Udp RcvbufErrors): loss nfcapd
+        never saw and the exporter cannot count."""
+        lines = [l.split() for l in self.ns.run("cat", "/proc/net/snmp", check=True).stdout.splitlines() if l.startswith("Udp:")]
+        return int(dict(zip(lines[0], lines[1]))["RcvbufErrors"])
 
     def __exit__(self, *exc) -> None:
         self.stop()
