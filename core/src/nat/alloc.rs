@@ -19,7 +19,7 @@ impl NatEngine {
         if self.is_tunnelled(pod) {
             // A tunnelled pod's flows live where its peer does: decrypt,
             // translate and encrypt on one worker, no handoff.
-            return crate::tunnel::owner_of(pod, self.settings.workers);
+            return crate::compiled::owner_of(pod, self.settings.workers);
         }
         let h = (u64::from(pod) << 24 | u64::from(port) << 8 | u64::from(proto)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         ((h >> 32) % u64::from(self.settings.workers)) as u16

@@ -16,7 +16,6 @@
 //! plan's lookup form (`compiled`).
 
 mod alloc;
-pub mod compiled;
 mod counters;
 mod dispatch;
 mod events;
@@ -42,7 +41,7 @@ pub mod session;
 mod snapshot;
 pub mod tcp;
 
-pub use compiled::{CompiledConfig, CompiledPlan, CompiledTunnel, SourceCidrs};
+pub use crate::compiled::{CompiledConfig, CompiledPlan, CompiledTunnel, SourceCidrs};
 pub use counters::{Counters, DropReason};
 pub use events::{DenyEvent, NameEvent, NatEvent};
 pub use flow_index::prefetch;

@@ -16,7 +16,7 @@ impl NatEngine {
     pub(super) fn mtu(&self, side: Side, to: u32) -> usize {
         let mtu = self.settings.mtu[side as usize];
         if side == Side::Inside && self.is_tunnelled(to) {
-            return mtu.min(crate::tunnel::TUNNEL_MTU);
+            return mtu.min(crate::compiled::TUNNEL_MTU);
         }
         mtu
     }

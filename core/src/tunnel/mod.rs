@@ -26,27 +26,14 @@ use hashbrown::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
-/// The inner MTU of a pod's tunnel: kube-egress-cni never sets one, so
-/// `wg0` has WireGuard's default (1500 less the 80 bytes of an IPv6 outer
-/// header, UDP and WireGuard's own).
-pub const TUNNEL_MTU: usize = 1420;
+/// Shared with the NAT engine through the compiled plan.
+pub use crate::compiled::{owner_of, PeerConfig, TUNNEL_MTU};
 
 /// Bits of a local session index that name the owning worker (above
 /// boringtun's 8 bits of session ring, below the peer slot).
 const WORKER_BITS: u32 = 6;
 /// Most workers a tunnel can be spread over.
 pub const MAX_WORKERS: u16 = 1 << WORKER_BITS;
-
-/// The worker that owns a tunnelled pod's peer (and its flows): a function
-/// of the pod's address alone, so every worker can tell without asking.
-#[inline]
-pub fn owner_of(pod: u32, workers: u16) -> u16 {
-    if workers <= 1 {
-        return 0;
-    }
-    let h = u64::from(pod).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    ((h >> 32) % u64::from(workers)) as u16
-}
 
 /// Handshake initiations per second above which the responder answers with
 /// cookie replies instead (WireGuard's own DoS defence, whitepaper §5.3).
@@ -57,14 +44,6 @@ pub const HANDSHAKES_PER_SEC: u64 = 1000;
 /// tick (about 250 ms): each costs a Diffie-Hellman and an initiation sent,
 /// and any VNet host can ask for one by spoofing a pod's address.
 pub const RESUMES_PER_TICK: u32 = 64;
-
-/// One tunnelled pod: its WireGuard public key and the pod address its
-/// decrypted packets must come from (kube-egress-gateway's PodEndpoint).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerConfig {
-    pub public_key: [u8; 32],
-    pub pod_ip: Ipv4Addr,
-}
 
 /// What became of one received datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

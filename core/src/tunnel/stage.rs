@@ -10,7 +10,7 @@
 //! NAT core sends to a tunnelled pod is encrypted to its peer, in place.
 
 use super::{owner_of, PeerConfig, Received, Tunnel, TunnelCounters, TunnelDrop, HANDSHAKES_PER_SEC};
-use crate::nat::CompiledPlan;
+use crate::compiled::CompiledPlan;
 use crate::plan::WgSecret;
 use crate::wire::udp;
 use boringtun::noise::rate_limiter::RateLimiter;

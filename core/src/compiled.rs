@@ -1,15 +1,41 @@
-//! A validated plan in the shape the NAT core looks things up in: hash
-//! maps by pod, egress address and tunnel endpoint, exclusions longest
-//! first, policies compiled. Built only from a plan that
-//! [`Plan::validate`] accepted, so building cannot fail.
+//! A validated plan in the shape the pipeline's stages look things up in:
+//! hash maps by pod, egress address and tunnel endpoint, exclusions longest
+//! first, policies compiled, each config's tunnel with its peers. Built
+//! only from a plan that [`Plan::validate`] accepted, so building cannot
+//! fail. Both the tunnel stage and the NAT engine read it; neither reads
+//! the other: what both must agree on (which worker owns a tunnelled pod,
+//! the MTU inside its tunnel) is said here once.
 
 use crate::nat::policy::CompiledPolicy;
 use crate::plan::{FilteringMode, Ipv4Cidr, MappingMode, Plan, PlanError, Timeouts, WgSecret};
-use crate::tunnel::PeerConfig;
 use hashbrown::{HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+
+/// The inner MTU of a pod's tunnel: kube-egress-cni never sets one, so
+/// `wg0` has WireGuard's default (1500 less the 80 bytes of an IPv6 outer
+/// header, UDP and WireGuard's own).
+pub const TUNNEL_MTU: usize = 1420;
+
+/// The worker that owns a tunnelled pod's peer (and its flows): a function
+/// of the pod's address alone, so every worker can tell without asking.
+#[inline]
+pub fn owner_of(pod: u32, workers: u16) -> u16 {
+    if workers <= 1 {
+        return 0;
+    }
+    let h = u64::from(pod).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    ((h >> 32) % u64::from(workers)) as u16
+}
+
+/// One tunnelled pod: its WireGuard public key and the pod address its
+/// decrypted packets must come from (kube-egress-gateway's PodEndpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub public_key: [u8; 32],
+    pub pod_ip: Ipv4Addr,
+}
 
 /// A validated plan in lookup form.
 #[derive(Debug, Clone)]
@@ -27,7 +53,7 @@ pub struct CompiledPlan {
     /// Fallback source CIDRs → config index.
     pub sources: SourceCidrs,
     /// Kubernetes NetworkPolicies' egress rules, by pod.
-    pub network_policies: crate::nat::CompiledNetworkPolicies,
+    pub network_policies: crate::nat::network_policy::CompiledNetworkPolicies,
 }
 
 /// Fallback source CIDRs, looked up by longest match with one hash probe
@@ -173,7 +199,7 @@ impl CompiledPlan {
             by_cidr.extend(c.sources.iter().map(|&cidr| (cidr, ci as u16)));
         }
         let sources = SourceCidrs::new(by_cidr);
-        let network_policies = crate::nat::CompiledNetworkPolicies::new(&plan.network_policies);
+        let network_policies = crate::nat::network_policy::CompiledNetworkPolicies::new(&plan.network_policies);
         Ok(CompiledPlan { version: plan.version, configs, pods, egress, tunnelled, tunnels, sources, network_policies })
     }
 }
