@@ -13,31 +13,25 @@ const FIREFOX_PQ: &[u8] = include_bytes!("../testdata/firefox-pq-clienthello.bin
 const CHROME: &[u8] = include_bytes!("../testdata/chrome-clienthello.bin");
 const FIREFOX: &[u8] = include_bytes!("../testdata/firefox-clienthello.bin");
 
-/// What a reader says after all of `pieces`, in order, as an owned value.
-fn hello_in(pieces: &[&[u8]]) -> Answer {
-    let mut r = ClientHelloReader::default();
-    let mut last = Err(None);
-    for p in pieces {
-        last = match r.feed(p) {
-            Progress::More => Err(None),
-            Progress::Name(n) => return Ok(n.to_string()),
-            Progress::NoName(no) => return Err(Some(no)),
-        };
+/// A reader's answer as an owned value; `None` while it needs more.
+fn answer(p: Progress<'_>) -> Option<Answer> {
+    match p {
+        Progress::More => None,
+        Progress::Name(n) => Some(Ok(n.to_string())),
+        Progress::NoName(no) => Some(Err(Some(no))),
     }
-    last
 }
 
+/// What a ClientHello reader says after all of `pieces`, in order.
+fn hello_in(pieces: &[&[u8]]) -> Answer {
+    let mut r = ClientHelloReader::default();
+    pieces.iter().find_map(|p| answer(r.feed(p))).unwrap_or(Err(None))
+}
+
+/// What an HTTP Host reader says after all of `pieces`, in order.
 fn host_in(pieces: &[&[u8]]) -> Answer {
     let mut r = HttpHostReader::default();
-    let mut last = Err(None);
-    for p in pieces {
-        last = match r.feed(p) {
-            Progress::More => Err(None),
-            Progress::Name(n) => return Ok(n.to_string()),
-            Progress::NoName(no) => return Err(Some(no)),
-        };
-    }
-    last
+    pieces.iter().find_map(|p| answer(r.feed(p))).unwrap_or(Err(None))
 }
 
 /// The same answer whole, split in two at every byte, and byte by byte.
