@@ -244,6 +244,12 @@ impl Harness {
                     w = usize::from(worker);
                     from = Some(next);
                 }
+                // Sealed: to a tunnelled pod, the inside.
+                Verdict::Seal { len } => {
+                    assert!(len <= buf.len());
+                    self.check_out(&buf[..len], false, sent.map(|o| (o, &input[..])));
+                    return;
+                }
                 Verdict::Forward { side, len } => {
                     assert!(len <= buf.len());
                     let outside = side == egret_core::nat::Side::Outside;
@@ -276,6 +282,7 @@ impl Harness {
                             let outside = side == egret_core::nat::Side::Outside;
                             self.check_out(&r.bytes, outside, None);
                         }
+                        ReleaseTo::Seal => self.check_out(&r.bytes, false, None),
                         ReleaseTo::Worker { worker: to, from } => {
                             let to = usize::from(to);
                             assert!(to < self.engines.len() && to != w, "released to a real other worker");

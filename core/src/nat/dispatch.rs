@@ -35,6 +35,9 @@ impl NatEngine {
         self.any_tunnelled && self.pods.get(&pod).is_some_and(|p| p.tunnelled)
     }
 
+    /// Where a packet goes next is the verdict's to say, sealing included:
+    /// what leaves toward a tunnelled pod goes through its tunnel.
+    #[inline(always)]
     pub(super) fn process_arrival(
         &mut self,
         buf: &mut [u8],
@@ -43,6 +46,21 @@ impl NatEngine {
         tunnelled: bool,
         now: Time,
     ) -> Verdict {
+        let v = self.translate(buf, len, from, tunnelled, now);
+        if !self.any_tunnelled {
+            return v;
+        }
+        match v {
+            Verdict::Forward { side: Side::Inside, len } | Verdict::Reply { len }
+                if self.is_tunnelled(Self::dst_of(buf)) =>
+            {
+                Verdict::Seal { len }
+            }
+            v => v,
+        }
+    }
+
+    fn translate(&mut self, buf: &mut [u8], len: usize, from: Option<Side>, tunnelled: bool, now: Time) -> Verdict {
         self.draws.settle();
         let len = len.min(buf.len());
         let (src, dst, total) = match Ipv4Packet::new_checked(&buf[..len]) {

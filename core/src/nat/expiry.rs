@@ -101,12 +101,16 @@ impl NatEngine {
     /// Fragments held for reassembly order that can now go out.
     pub fn take_released(&mut self) -> Option<Released> {
         let r = self.frags.take_released()?;
-        match r.to {
+        let mut r = match r.to {
             ReleaseTo::Side(side) if r.bytes.len() > self.mtu(side, Self::dst_of(&r.bytes)) => {
-                self.fit_released(r, side)
+                self.fit_released(r, side)?
             }
-            _ => Some(r),
+            _ => r,
+        };
+        if r.to == ReleaseTo::Side(Side::Inside) && self.is_tunnelled(Self::dst_of(&r.bytes)) {
+            r.to = ReleaseTo::Seal;
         }
+        Some(r)
     }
 }
 

@@ -42,6 +42,8 @@ pub enum FragAction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReleaseTo {
     Side(Side),
+    /// To a tunnelled pod: through the tunnel stage's encryption.
+    Seal,
     /// Hand to `worker`, which takes it as arriving on `from`.
     Worker {
         worker: u16,

@@ -107,6 +107,9 @@ pub enum Verdict {
     /// The buffer now holds an ICMP error for the sender: send `len` bytes
     /// back out of the interface the packet came in on, to the sender.
     Reply { len: usize },
+    /// For a tunnelled pod (forwarded to it, or an error replied to it):
+    /// the tunnel stage encrypts the `len` bytes to the pod's peer.
+    Seal { len: usize },
     /// Belongs to another worker's sessions: hand it over, for the owner to
     /// process as arriving on `from` (a hairpinned packet's return leg is
     /// an outside → inside packet).

@@ -1470,6 +1470,25 @@ mod tunnelled {
     }
 
     #[test]
+    fn the_verdict_says_what_goes_through_a_tunnel_and_what_is_routed() {
+        let mut e = tunnel_engine(1500);
+        for (pod, sealed) in [(POD_A, true), (POD_B, false)] {
+            let mut p = udp(pod, 5000, SERVER, 7000, b"q");
+            let v = if sealed { e.process_tunnelled(&mut p.buf, p.len, T0) } else { e.process(&mut p.buf, p.len, T0) };
+            assert!(matches!(v, Verdict::Forward { side: Side::Outside, .. }), "{v:?}");
+            let (eaddr, eport) = (p.src(), p.sport());
+            let mut answer = udp(SERVER, 7000, eaddr, eport, b"a");
+            let v = e.process(&mut answer.buf, answer.len, T0);
+            if sealed {
+                assert!(matches!(v, Verdict::Seal { .. }), "to the tunnelled pod: {v:?}");
+            } else {
+                assert!(matches!(v, Verdict::Forward { side: Side::Inside, .. }), "to the routed pod: {v:?}");
+            }
+            assert_eq!(answer.dst(), pod, "translated back either way");
+        }
+    }
+
+    #[test]
     fn a_routed_pod_cannot_come_through_a_tunnel() {
         let mut e = tunnel_engine(1500);
         let mut p = udp(POD_B, 5000, SERVER, 53, b"q");

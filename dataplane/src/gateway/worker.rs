@@ -512,18 +512,11 @@ impl Worker {
         match verdict {
             Verdict::Forward { side, len } => {
                 let dst = Self::dst_of(addr, &self.io);
-                if side == Side::Inside && self.engine.is_tunnelled(dst) {
-                    return self.seal_and_send(addr, len, now);
-                }
                 let out = self.side_port[side as usize];
                 self.route_out(out, addr, len + ethernet::HEADER_LEN, dst, now);
             }
-            Verdict::Reply { len } => {
-                if self.engine.is_tunnelled(Self::dst_of(addr, &self.io)) {
-                    return self.seal_and_send(addr, len, now);
-                }
-                self.reply(port, addr, len);
-            }
+            Verdict::Seal { len } => self.seal_and_send(addr, len, now),
+            Verdict::Reply { len } => self.reply(port, addr, len),
             Verdict::Handoff { worker, from } => {
                 // A tunnelled pod's inner packet stays one (its new worker
                 // must not take it for a plain packet from a tunnelled pod).
@@ -726,7 +719,7 @@ impl Worker {
                     f.extend_from_slice(&r.bytes);
                     self.hand_off(worker, &f, HandoffKind::Arrived(from));
                 }
-                ReleaseTo::Side(side) => {
+                to @ (ReleaseTo::Side(_) | ReleaseTo::Seal) => {
                     let Some(addr) = self.io.alloc() else {
                         self.io_counters.drop(IoDrop::NoFreeFrame);
                         continue;
@@ -739,11 +732,12 @@ impl Worker {
                         continue;
                     }
                     f[ethernet::HEADER_LEN..total].copy_from_slice(&r.bytes);
-                    let dst = Self::dst_of(addr, &self.io);
-                    if side == Side::Inside && self.engine.is_tunnelled(dst) {
-                        self.seal_and_send(addr, r.bytes.len(), now);
-                    } else {
-                        self.route_out(self.side_port[side as usize], addr, total, dst, now);
+                    match to {
+                        ReleaseTo::Side(side) => {
+                            let dst = Self::dst_of(addr, &self.io);
+                            self.route_out(self.side_port[side as usize], addr, total, dst, now);
+                        }
+                        _ => self.seal_and_send(addr, r.bytes.len(), now),
                     }
                 }
             }
