@@ -1,5 +1,5 @@
 //! Defects found against RFC 4787, 5382, 5508, 7857, 6888 and RFC 1812,
-//! each pinned by the behaviour a user would notice (issue 14). The README's
+//! each pinned by the behaviour a user would notice (issue 14). docs/nat-core.md's
 //! conformance table names these tests.
 
 use super::tests::*;
