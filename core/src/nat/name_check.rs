@@ -25,6 +25,10 @@ pub const NAME_CHECKS_POD_SHARE_DIVISOR: usize = 16;
 pub const NAME_VERDICT_MS: u64 = 10_000;
 /// Segments already forwarded whose retransmission passes unchanged.
 const FORWARDED_KEPT: usize = 4;
+/// TCP's URG flag: the byte the urgent pointer marks leaves the stream a
+/// server's application reads (unless SO_OOBINLINE), so the gateway and
+/// the server would read different bytes.
+const URG: u8 = 0x20;
 
 /// Why a flow that needed a name was refused (counted per rule too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,15 +102,39 @@ struct Pending {
     reader: Reader,
     /// Sequence number of the next stream byte the reader wants.
     next_seq: u32,
-    /// Whether `next_seq` is known (a SYN or the first data seen).
+    /// Whether `next_seq` is known (a SYN seen), and where the stream
+    /// starts (the SYN's sequence number + 1).
     anchored: bool,
+    start: u32,
+    /// The server answered that SYN (a SYN-ACK acknowledging `start`): the
+    /// bytes the reader reads from `start` are the ones the server's
+    /// connection reads. Before, data is not read (a SYN to a connection
+    /// the server already holds is answered by a bare ACK, and bytes at a
+    /// sequence number the pod chose would land anywhere in that stream).
+    confirmed: bool,
+    /// After an allowed verdict: the end of the judged bytes. The check
+    /// holds until the server acknowledges them: until then a judged byte
+    /// may have never reached it (a segment sent with a TTL that expires
+    /// past the gateway, a bad checksum or an acknowledgment the server
+    /// drops), and only the very segments judged may be sent again.
+    judged_end: Option<u32>,
+    /// The end of the bytes forwarded so far (`judged_end` and beyond).
+    sent_end: u32,
     /// The pod's last acknowledgment: the server's next sequence number,
     /// which a reset to the pod must carry.
     pod_ack: Option<u32>,
     deadline_ms: u64,
-    /// (seq, length, hash) of segments forwarded before the verdict.
+    /// (seq, length, hash) of the last segments judged and forwarded, and
+    /// how many there were.
     forwarded: [(u32, u32, u64); FORWARDED_KEPT],
     forwarded_n: usize,
+}
+
+impl Pending {
+    fn remember(&mut self, seq: u32, len: u32, hash: u64) {
+        self.forwarded[self.forwarded_n % FORWARDED_KEPT] = (seq, len, hash);
+        self.forwarded_n += 1;
+    }
 }
 
 /// Flows awaiting their name, by session index.
@@ -114,6 +142,9 @@ struct Pending {
 pub(super) struct NameChecks {
     pending: HashMap<u32, Pending>,
     per_pod: HashMap<u32, u32>,
+    /// Keys of the digest of forwarded segments (random per engine: a pod
+    /// must not be able to craft two payloads with one digest).
+    digest_keys: std::collections::hash_map::RandomState,
     /// When the next sweep for flows past their time is due (engine ms).
     next_sweep_ms: u64,
 }
@@ -156,11 +187,18 @@ impl NameChecks {
     }
 }
 
-/// A digest of a segment's payload (FNV-1a), to tell a retransmission that
-/// changes bytes from one that does not. A pod could craft a collision, but
-/// only against bytes it sent itself, which were judged.
-fn digest(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+/// A digest of a segment's payload, to tell a retransmission that changes
+/// bytes from one that does not: keyed (SipHash with the engine's random
+/// keys), as the pod chooses both payloads and the first may never have
+/// reached the server.
+fn digest(keys: &std::collections::hash_map::RandomState, bytes: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    keys.hash_one(bytes)
+}
+
+/// `a` is at or after `b` in sequence space.
+fn seq_ge(a: u32, b: u32) -> bool {
+    a.wrapping_sub(b) as i32 >= 0
 }
 
 /// What the name check says of a segment.
@@ -196,8 +234,9 @@ impl NatEngine {
             WireName::Http => Reader::Http(Box::default()),
             _ => Reader::Tls(Box::default()),
         };
-        // A SYN fixes where the stream starts; a flow picked up mid-stream
-        // is anchored at its first data, which then must be the start.
+        // A SYN fixes where the stream starts (and the server's SYN-ACK
+        // confirms it); a flow picked up mid-stream cannot be judged: its
+        // first data is refused.
         let (anchored, next_seq) = match tcp_seq {
             Some((f, seq)) if f & tcpw::SYN != 0 => (true, seq.wrapping_add(1)),
             _ => (false, 0),
@@ -213,6 +252,10 @@ impl NatEngine {
             reader,
             next_seq,
             anchored,
+            start: next_seq,
+            confirmed: false,
+            judged_end: None,
+            sent_end: next_seq,
             pod_ack: None,
             deadline_ms: now.millis() + NAME_VERDICT_MS,
             forwarded: [(0, 0, 0); FORWARDED_KEPT],
@@ -242,16 +285,33 @@ impl NatEngine {
         if flags & tcpw::ACK != 0 {
             q.pod_ack = Some(ack);
         }
-        let data_seq = seq.wrapping_add(u32::from(flags & tcpw::SYN != 0));
-        if flags & tcpw::SYN != 0 && !q.anchored {
-            q.anchored = true;
-            q.next_seq = data_seq;
-        }
         if flags & tcpw::RST != 0 {
-            // The pod gives up: nothing left to judge.
-            self.sessions.get_mut(i).flags &= !session::flags::NAME_CHECK;
+            // The pod gives up: its reset goes on and the session ends with
+            // it. A reset the server ignores (out of its window) must not
+            // leave the session open with nothing left to read its data.
             self.name_checks.forget(i);
-            return NameStep::Pass;
+            self.sessions.get_mut(i).flags &= !session::flags::NAME_CHECK;
+            let rst = TcpRepr {
+                src_port: s.egress_port,
+                dst_port: s.remote_port,
+                seq,
+                ack: if flags & tcpw::ACK != 0 { ack } else { 0 },
+                flags: flags & (tcpw::RST | tcpw::ACK),
+            };
+            let len = write_bare_tcp(buf, &rst, s.egress, s.remote);
+            self.end_session(i, now);
+            return NameStep::Answer(Verdict::Forward { side: Side::Outside, len });
+        }
+        let data_seq = seq.wrapping_add(u32::from(flags & tcpw::SYN != 0));
+        if flags & tcpw::SYN != 0 {
+            if !q.anchored {
+                q.anchored = true;
+                (q.next_seq, q.start, q.sent_end) = (data_seq, data_seq, data_seq);
+            } else if data_seq != q.start {
+                // Another SYN on the tuple: the server may answer either;
+                // the stream judged is the first one's.
+                return NameStep::Answer(self.drop(DropReason::NameCheckUnordered));
+            }
         }
         if payload.is_empty() {
             return NameStep::Pass;
@@ -268,21 +328,56 @@ impl NatEngine {
             ));
         }
         if !q.anchored {
-            q.anchored = true;
-            q.next_seq = data_seq;
+            // Picked up mid-stream (no SYN seen): where the server's stream
+            // stands is unknown, so no bytes here can be judged as its start.
+            return NameStep::Answer(self.refuse_name(
+                buf,
+                p,
+                i,
+                rule,
+                NameRefusal::of(kind, Some(NoName::Malformed)),
+                now,
+            ));
         }
         let plen = payload.len() as u32;
+        // Urgent data (its last byte leaves the stream the server's
+        // application reads) is not read; nor is data before the server's
+        // SYN-ACK, but for the SYN's own (TCP Fast Open) and the judged
+        // bytes again: data to a connection the server never answered
+        // would land anywhere in the stream it holds.
+        let judged_again = q.judged_end.is_some_and(|end| !seq_ge(data_seq, end));
+        if flags & URG != 0 || (!q.confirmed && flags & tcpw::SYN == 0 && !judged_again) {
+            return NameStep::Answer(self.drop(DropReason::NameCheckUnordered));
+        }
+        let h = digest(&self.name_checks.digest_keys, payload);
+        let resent = |q: &Pending| {
+            q.forwarded[..q.forwarded_n.min(FORWARDED_KEPT)]
+                .iter()
+                .any(|&(s0, l0, h0)| s0 == data_seq && l0 == plen && h0 == h)
+        };
+        if let Some(end) = q.judged_end {
+            // Allowed, but not yet acknowledged by the server: data past
+            // the judged bytes passes, a judged byte only as the very
+            // segment that carried it.
+            if seq_ge(data_seq, end) {
+                let e = data_seq.wrapping_add(plen);
+                if seq_ge(e, q.sent_end) {
+                    q.sent_end = e;
+                }
+                return NameStep::Pass;
+            }
+            if resent(q) {
+                return NameStep::Pass;
+            }
+            return NameStep::Answer(self.drop(DropReason::NameCheckUnordered));
+        }
         let off = data_seq.wrapping_sub(q.next_seq) as i32;
         if off != 0 {
             // Before the verdict only the next bytes in order are read: a
             // gap is dropped (the pod sends it again), old bytes pass only
             // as the very segment already read (a retransmission), never as
             // bytes that would change what was judged.
-            let resent = off < 0
-                && q.forwarded[..q.forwarded_n]
-                    .iter()
-                    .any(|&(s0, l0, h0)| s0 == data_seq && l0 == plen && h0 == digest(payload));
-            if resent {
+            if off < 0 && resent(q) {
                 return NameStep::Pass;
             }
             return NameStep::Answer(self.drop(DropReason::NameCheckUnordered));
@@ -294,9 +389,8 @@ impl NatEngine {
         let name = match progress {
             Progress::More => {
                 q.next_seq = q.next_seq.wrapping_add(plen);
-                let slot = q.forwarded_n % FORWARDED_KEPT;
-                q.forwarded[slot] = (data_seq, plen, digest(payload));
-                q.forwarded_n = (q.forwarded_n + 1).min(FORWARDED_KEPT);
+                q.sent_end = q.next_seq;
+                q.remember(data_seq, plen, h);
                 return NameStep::Pass;
             }
             Progress::NoName(no) => {
@@ -319,11 +413,62 @@ impl NatEngine {
         if decided.is_some_and(|d| d.action == crate::plan::PolicyAction::Deny) {
             return NameStep::Answer(self.refuse_name(buf, p, i, rule, NameRefusal::of(kind, None), now));
         }
-        self.sessions.get_mut(i).flags &= !session::flags::NAME_CHECK;
-        self.name_checks.forget(i);
+        // The check holds until the server acknowledges the judged bytes.
+        if let Some(q) = self.name_checks.pending.get_mut(&i) {
+            let end = data_seq.wrapping_add(plen);
+            q.remember(data_seq, plen, h);
+            (q.next_seq, q.sent_end, q.judged_end) = (end, end, Some(end));
+            q.deadline_ms = now.millis() + NAME_VERDICT_MS;
+        }
         self.counters.names_allowed += 1;
         self.log_name(&s, decided.and_then(|d| d.rule), name, now);
         NameStep::Pass
+    }
+
+    /// A segment from the server on a session under the name check: its
+    /// SYN-ACK confirms where the stream starts; its acknowledgment of the
+    /// judged bytes (and of no more than was sent) ends the check.
+    pub(super) fn name_check_from_server(&mut self, buf: &[u8], len: usize, hl: usize, i: u32) {
+        let s = *self.sessions.get(i);
+        let seg = TcpPacket::new_unchecked(&buf[hl..len]);
+        let (flags, ack) = (seg.flags(), seg.ack());
+        if flags & tcpw::ACK == 0 || flags & tcpw::RST != 0 {
+            return;
+        }
+        let Some(q) = self.name_checks.pending.get_mut(&i) else { return };
+        if q.pod != s.pod || q.pod_port != s.pod_port || q.remote != s.remote || q.remote_port != s.remote_port {
+            return;
+        }
+        if flags & tcpw::SYN != 0 {
+            // Acknowledging the SYN, or the SYN and its data (TCP Fast Open).
+            if q.anchored && (ack == q.start || ack == q.next_seq) {
+                q.confirmed = true;
+            }
+            return;
+        }
+        if let Some(end) = q.judged_end {
+            if q.confirmed && seq_ge(ack, end) && seq_ge(q.sent_end, ack) {
+                self.name_checks.forget(i);
+                self.sessions.get_mut(i).flags &= !session::flags::NAME_CHECK;
+            }
+        }
+    }
+
+    /// A SYN from the pod on a session not under the name check: a new
+    /// connection on the same tuple (after a FIN or a reset, or beside one
+    /// the server still holds) is judged again, as its rule says. `false`
+    /// when there is no room to judge it.
+    pub(super) fn name_check_new_connection(&mut self, i: u32, seq: u32, now: Time) -> bool {
+        let s = *self.sessions.get(i);
+        let Some(pol) = self.plan.configs[usize::from(s.config)].policy.clone() else { return true };
+        let names = if pol.has_fqdns() { self.fqdn.names(s.pod, s.remote, now.secs()) } else { Vec::new() };
+        let d = pol.evaluate(s.pod, s.remote, s.proto, s.remote_port, &names);
+        match (d.action, d.needs, d.rule) {
+            (crate::plan::PolicyAction::Allow, Some(needs @ (WireName::Tls | WireName::Http)), Some(rule)) => {
+                self.expect_name(i, needs, rule, Some((tcpw::SYN, seq)), now)
+            }
+            _ => true,
+        }
     }
 
     /// Refuses a flow for its name: counted per rule and reason, reset both ways.

@@ -116,7 +116,7 @@ impl Conn {
         let mut p = seg((self.pod, self.port), (SHARED, self.dport), tcpf::ACK, self.next, SERVER_ISN + 1, data);
         let v = p.run(e, at);
         if matches!(v, Verdict::Forward { .. }) {
-            self.next += data.len() as u32;
+            self.next = self.next.wrapping_add(data.len() as u32);
         }
         (v, p)
     }
@@ -399,5 +399,269 @@ fn flows_without_a_name_rule_are_never_read() {
     let mut c = Conn::open(&mut e, POD_A, 40000, 443);
     let (_, p) = c.send(&mut e, b"not a client hello", T0);
     assert!(!is_rst(p.bytes(), c.egress.0, SHARED));
+    assert_eq!(e.name_checks_pending(), 0);
+}
+
+/// `good.example.com` (a name as long as the captured hello's) on TCP 443
+/// and 80, resolved by POD_A.
+fn good_com() -> NatEngine {
+    let mut e = engine_with(policy(vec![rule("storage", &["good.example.com"], Some(Protocol::Tcp), &["443", "80"])]));
+    resolve(&mut e, POD_A, "good.example.com");
+    e
+}
+
+/// Whether a pod's segment went on to the server as it was (not turned
+/// into a reset, not dropped).
+fn passed(v: Verdict, p: &Pkt, egress: [u8; 4]) -> bool {
+    matches!(v, Verdict::Forward { side: Side::Outside, .. }) && !is_rst(p.bytes(), egress, SHARED)
+}
+
+impl Conn {
+    /// A segment from the server acknowledging the pod's bytes up to `ack`.
+    fn server_acks(&self, e: &mut NatEngine, ack: u32) {
+        let mut p = seg((SHARED, self.dport), self.egress, tcpf::ACK, SERVER_ISN + 1, ack, b"");
+        assert!(matches!(p.run(e, T0), Verdict::Forward { side: Side::Inside, .. }));
+    }
+}
+
+#[test]
+fn a_reset_the_server_ignores_does_not_end_the_check() {
+    // An RST out of the server's window: the server keeps the connection;
+    // the gateway must not keep it with no check left.
+    let mut e = good_com();
+    let c = Conn::open(&mut e, POD_A, 40000, 443);
+    let mut rst = seg((POD_A, c.port), (SHARED, 443), tcpf::RST, ISN + 1 + 1_000_000, 0, b"");
+    assert!(matches!(rst.run(&mut e, T0), Verdict::Forward { side: Side::Outside, .. }), "the reset goes on");
+    let mut evil = seg((POD_A, c.port), (SHARED, 443), tcpf::ACK, ISN + 1, SERVER_ISN + 1, &hello("evil.example.com"));
+    let v = evil.run(&mut e, T0);
+    assert!(!passed(v, &evil, c.egress.0), "an unjudged hello reached the server: {v:?}");
+}
+
+#[test]
+fn a_new_connection_on_a_tuple_once_judged_is_judged_again() {
+    let mut e = good_com();
+    let mut c = Conn::open(&mut e, POD_A, 40000, 443);
+    let h = hello("good.example.com");
+    let (v, p) = c.send(&mut e, &h, T0);
+    assert!(passed(v, &p, c.egress.0));
+    c.server_acks(&mut e, c.next);
+    assert_eq!(e.name_checks_pending(), 0, "acknowledged: the check is over");
+    // The pod closes and opens a new connection from the same port: the
+    // session lives on (TIME_WAIT), the new SYN reuses it.
+    for (src, dst, f, seq, ack) in [
+        ((POD_A, c.port), (SHARED, 443), tcpf::FIN | tcpf::ACK, c.next, SERVER_ISN + 1),
+        ((SHARED, 443), c.egress, tcpf::FIN | tcpf::ACK, SERVER_ISN + 1, c.next + 1),
+        ((POD_A, c.port), (SHARED, 443), tcpf::ACK, c.next + 1, SERVER_ISN + 2),
+    ] {
+        assert!(matches!(seg(src, dst, f, seq, ack, b"").run(&mut e, T0), Verdict::Forward { .. }));
+    }
+    let isn2 = 7_000_000;
+    let mut syn = seg((POD_A, c.port), (SHARED, 443), tcpf::SYN, isn2, 0, b"");
+    assert!(matches!(syn.run(&mut e, T0), Verdict::Forward { side: Side::Outside, .. }));
+    assert_eq!((syn.src(), syn.sport()), c.egress, "the same session");
+    let mut synack = seg((SHARED, 443), c.egress, tcpf::SYN | tcpf::ACK, 9_000_000, isn2 + 1, b"");
+    assert!(matches!(synack.run(&mut e, T0), Verdict::Forward { .. }));
+    let mut evil = seg((POD_A, c.port), (SHARED, 443), tcpf::ACK, isn2 + 1, 9_000_001, &hello("evil.example.com"));
+    let v = evil.run(&mut e, T0);
+    assert!(!passed(v, &evil, c.egress.0), "the second connection's hello went unjudged: {v:?}");
+    assert_eq!(e.counters().dropped(DropReason::SniMismatch), 1);
+}
+
+#[test]
+fn judged_bytes_the_server_never_took_cannot_be_replaced() {
+    // The pod's good hello carries an acknowledgment of data the server
+    // never sent (or a TTL that expires past the gateway, or a bad
+    // checksum): the server drops it. The gateway judged it: the bytes the
+    // server then takes at that place must be the judged ones.
+    let mut e = good_com();
+    let c = Conn::open(&mut e, POD_A, 40000, 443);
+    let good = hello("good.example.com");
+    let mut g = seg((POD_A, c.port), (SHARED, 443), tcpf::ACK, ISN + 1, SERVER_ISN + 1_000_001, &good);
+    let v = g.run(&mut e, T0);
+    assert!(passed(v, &g, c.egress.0));
+    let mut evil = seg((POD_A, c.port), (SHARED, 443), tcpf::ACK, ISN + 1, SERVER_ISN + 1, &hello("evil.example.com"));
+    let v = evil.run(&mut e, T0);
+    assert!(!passed(v, &evil, c.egress.0), "other bytes in place of the judged ones: {v:?}");
+    // The judged bytes themselves may be sent again; once the server has
+    // them, the check is over and data flows.
+    assert!(matches!(c.send_at(&mut e, ISN + 1, &good), Verdict::Forward { side: Side::Outside, .. }));
+    let end = ISN + 1 + good.len() as u32;
+    c.server_acks(&mut e, end);
+    assert_eq!(e.name_checks_pending(), 0);
+    assert!(matches!(c.send_at(&mut e, end, b"application data"), Verdict::Forward { side: Side::Outside, .. }));
+}
+
+#[test]
+fn an_acknowledgment_beyond_what_was_sent_does_not_end_the_check() {
+    let mut e = good_com();
+    let c = Conn::open(&mut e, POD_A, 40000, 443);
+    let good = hello("good.example.com");
+    assert!(matches!(c.send_at(&mut e, ISN + 1, &good), Verdict::Forward { side: Side::Outside, .. }));
+    c.server_acks(&mut e, ISN + 1 + 1_000_000);
+    assert_eq!(e.name_checks_pending(), 1);
+    c.server_acks(&mut e, ISN + 1);
+    assert_eq!(e.name_checks_pending(), 1, "not yet the judged bytes");
+}
+
+#[test]
+fn a_flow_picked_up_mid_stream_is_not_judged_at_a_place_the_pod_chooses() {
+    // No SYN through the gateway (the session opens with an ACK): the pod
+    // would anchor the check at a good hello the server drops (out of its
+    // window), then send its real bytes elsewhere.
+    let mut e = good_com();
+    let (sport, mut seq) = (40000, 5_000_000u32);
+    let mut ack = seg((POD_A, sport), (SHARED, 443), tcpf::ACK, seq, SERVER_ISN + 1, b"");
+    assert!(matches!(ack.run(&mut e, T0), Verdict::Forward { .. }));
+    let egress = ack.src();
+    let good = hello("good.example.com");
+    let mut g = seg((POD_A, sport), (SHARED, 443), tcpf::ACK, seq, SERVER_ISN + 1, &good);
+    let _ = g.run(&mut e, T0);
+    seq = seq.wrapping_add(100_000);
+    let mut evil = seg((POD_A, sport), (SHARED, 443), tcpf::ACK, seq, SERVER_ISN + 1, &hello("evil.example.com"));
+    let v = evil.run(&mut e, T0);
+    assert!(!passed(v, &evil, egress), "bytes at another place went unjudged: {v:?}");
+}
+
+#[test]
+fn data_before_the_servers_syn_ack_is_not_read() {
+    // A second SYN on a tuple whose server connection already exists is
+    // answered with a bare ACK: bytes at the new SYN's place would land
+    // anywhere in the server's stream.
+    let mut e = good_com();
+    let mut syn = seg((POD_A, 40000), (SHARED, 443), tcpf::SYN, ISN, 0, b"");
+    assert!(matches!(syn.run(&mut e, T0), Verdict::Forward { .. }));
+    let egress = (syn.src(), syn.sport());
+    let mut challenge = seg((SHARED, 443), egress, tcpf::ACK, SERVER_ISN + 1, 77, b"");
+    assert!(matches!(challenge.run(&mut e, T0), Verdict::Forward { .. }));
+    let mut g = seg((POD_A, 40000), (SHARED, 443), tcpf::ACK, ISN + 1, SERVER_ISN + 1, &hello("good.example.com"));
+    assert_eq!(g.run(&mut e, T0), Verdict::Drop(DropReason::NameCheckUnordered));
+    // Nor does a SYN with another sequence number move the place.
+    let mut other = seg((POD_A, 40000), (SHARED, 443), tcpf::SYN, ISN + 500, 0, b"");
+    assert_eq!(other.run(&mut e, T0), Verdict::Drop(DropReason::NameCheckUnordered));
+}
+
+#[test]
+fn urgent_data_is_not_read_before_the_verdict() {
+    // The byte an urgent pointer marks leaves the stream the server's
+    // application reads: the gateway would judge a hello one byte longer
+    // than the server's.
+    let mut e = good_com();
+    let c = Conn::open(&mut e, POD_A, 40000, 443);
+    let mut v = Vec::new();
+    PacketBuilder::ipv4(POD_A, SHARED, 64)
+        .tcp(c.port, 443, ISN + 1, 64240)
+        .ack(SERVER_ISN + 1)
+        .urg(40)
+        .write(&mut v, &hello("good.example.com"))
+        .unwrap();
+    assert_eq!(Pkt::new(v).run(&mut e, T0), Verdict::Drop(DropReason::NameCheckUnordered));
+    assert_eq!(e.counters().names_allowed, 0);
+}
+
+#[test]
+#[ignore = "known limit (README): only an HTTP/1.x connection's first request is read; a pipelined or \
+            keep-alive second request names any Host, and front ends route each request by its Host. \
+            Reading every request means following Content-Length/chunked bodies: not a small fix"]
+fn a_second_http_request_on_the_connection_cannot_name_another_host() {
+    let mut e = good_com();
+    let mut c = Conn::open(&mut e, POD_A, 40000, 80);
+    let (v, p) = c.send(
+        &mut e,
+        b"GET / HTTP/1.1\r\nHost: good.example.com\r\n\r\nPUT /x HTTP/1.1\r\nHost: evil.example.com\r\nContent-Length: 6\r\n\r\nsecret",
+        T0,
+    );
+    assert!(!passed(v, &p, c.egress.0), "a pipelined request to another host passed");
+}
+
+#[test]
+#[ignore = "ECH: the outer SNI is judged, but a client-facing server that holds ECH keys for many sites \
+            (a CDN) routes by the encrypted inner name whatever outer name the pod writes; GREASE ECH \
+            (Chrome sends it always) cannot be told from real ECH on the wire, so refusing 0xfe0d would \
+            refuse every Chrome connection. A design decision, not a small fix"]
+fn an_encrypted_client_hello_cannot_reach_another_name_behind_an_allowed_outer_one() {
+    let mut e = good_com();
+    let mut c = Conn::open(&mut e, POD_A, 40000, 443);
+    // The captured hello plus an encrypted_client_hello (outer) extension.
+    let mut h = hello("good.example.com");
+    let ech = [0xfe, 0x0d, 0x00, 0x04, 0x00, 0x00, 0x01, 0x00];
+    let ext_at = 5 + 4 + 2 + 32 + 1 + usize::from(h[5 + 4 + 2 + 32]);
+    let cs = usize::from(u16::from_be_bytes([h[ext_at], h[ext_at + 1]]));
+    let comp = ext_at + 2 + cs;
+    let exts = comp + 1 + usize::from(h[comp]);
+    h.splice(exts + 2..exts + 2, ech);
+    for (at, add) in [(3usize, 2usize), (6, 3), (exts, 2)] {
+        let n = if add == 3 {
+            (u32::from_be_bytes([0, h[at], h[at + 1], h[at + 2]]) + ech.len() as u32).to_be_bytes()[1..].to_vec()
+        } else {
+            (u16::from_be_bytes([h[at], h[at + 1]]) + ech.len() as u16).to_be_bytes().to_vec()
+        };
+        h[at..at + add].copy_from_slice(&n);
+    }
+    let (v, p) = c.send(&mut e, &h, T0);
+    assert!(!passed(v, &p, c.egress.0), "a hello with ECH passed on its outer name");
+}
+
+#[test]
+#[ignore = "the table is shared per worker and bounded per pod only: 16 pods (one tenant) that open flows \
+            and never send a hello hold all NAME_CHECKS_MAX places for NAME_VERDICT_MS at a time, and every \
+            other tenant's name-checked flow is reset (name_checks_full). A share per config (tenant) as well \
+            as per pod needs a sizing decision"]
+fn one_tenant_cannot_take_every_place_awaiting_a_name() {
+    let pods: Vec<[u8; 4]> = (0..=NAME_CHECKS_POD_SHARE_DIVISOR as u8).map(|k| [198, 18, 1, 1 + k]).collect();
+    let mut a = config("a", "198.19.100.0/28");
+    a.policy = Some(policy(vec![rule("storage", &["good.example"], Some(Protocol::Tcp), &["443"])]));
+    let plan = crate::plan::Plan {
+        network_policies: Vec::new(),
+        version: 1,
+        configs: vec![a],
+        bindings: pods
+            .iter()
+            .map(|p| crate::plan::Binding { pod_ip: (*p).into(), config: "a".into(), public_key: None })
+            .collect(),
+    };
+    let mut e = NatEngine::new(settings(), Arc::new(CompiledPlan::new(&plan).unwrap()));
+    let share = NAME_CHECKS_MAX / NAME_CHECKS_POD_SHARE_DIVISOR;
+    for pod in &pods {
+        resolve(&mut e, *pod, "good.example");
+    }
+    // Sixteen pods of one tenant open flows and never send a hello.
+    for pod in &pods[1..] {
+        for i in 0..share as u16 {
+            let mut syn = seg((*pod, 10_000 + i), (SHARED, 443), tcpf::SYN, ISN, 0, b"");
+            assert!(matches!(syn.run(&mut e, T0), Verdict::Forward { side: Side::Outside, .. }));
+        }
+    }
+    // Another pod (standing for another tenant's) finds no place.
+    let mut other = seg((pods[0], 9_999), (SHARED, 443), tcpf::SYN, ISN, 0, b"");
+    assert!(
+        matches!(other.run(&mut e, T0), Verdict::Forward { side: Side::Outside, .. }),
+        "one tenant's pods hold the whole table: {} pending",
+        e.name_checks_pending()
+    );
+}
+
+#[test]
+fn a_hello_across_the_sequence_wrap_is_judged_and_released_like_any() {
+    let mut e = good_com();
+    let isn = u32::MAX - 50;
+    let mut syn = seg((POD_A, 40000), (SHARED, 443), tcpf::SYN, isn, 0, b"");
+    assert!(matches!(syn.run(&mut e, T0), Verdict::Forward { .. }));
+    let egress = (syn.src(), syn.sport());
+    let mut synack = seg((SHARED, 443), egress, tcpf::SYN | tcpf::ACK, SERVER_ISN, isn.wrapping_add(1), b"");
+    assert!(matches!(synack.run(&mut e, T0), Verdict::Forward { .. }));
+    let mut c = Conn { pod: POD_A, port: 40000, dport: 443, egress, next: isn.wrapping_add(1) };
+    let h = hello("good.example.com");
+    let (a, b) = h.split_at(30);
+    let (v, p) = c.send(&mut e, a, T0);
+    assert!(passed(v, &p, egress.0));
+    let mut changed = a.to_vec();
+    changed[3] ^= 1;
+    assert_eq!(c.send_at(&mut e, isn.wrapping_add(1), &changed), Verdict::Drop(DropReason::NameCheckUnordered));
+    let (v, p) = c.send(&mut e, b, T0);
+    assert!(passed(v, &p, egress.0));
+    assert_eq!(e.counters().names_allowed, 1);
+    c.server_acks(&mut e, c.next.wrapping_sub(1));
+    assert_eq!(e.name_checks_pending(), 1, "one judged byte short");
+    c.server_acks(&mut e, c.next);
     assert_eq!(e.name_checks_pending(), 0);
 }

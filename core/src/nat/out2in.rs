@@ -67,6 +67,9 @@ impl NatEngine {
                 return v;
             }
         }
+        if tcp_flags.is_some() && self.sessions.get(i).flags & session::flags::NAME_CHECK != 0 {
+            self.name_check_from_server(buf, len, p.hl, i);
+        }
         let s = self.touch(i, tcp_flags, false, now);
         rewrite(buf, len, proto, Endpoint::Destination, s.pod, s.pod_port, true);
         if s.remote_port == 53 && p.proto != ipv4::PROTO_ICMP && !p.first_frag {

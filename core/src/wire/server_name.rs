@@ -4,10 +4,12 @@
 //! and hold only counters and the name itself (at most 255 bytes), never the
 //! message: a ClientHello with a post-quantum key share spans segments.
 //!
-//! A reader answers as soon as it can: a ClientHello at its `server_name`
-//! extension (what follows cannot change it: a server refuses a second
-//! one), an HTTP request at the end of its header section (a second `Host`
-//! or an absolute-form target naming another host would change it).
+//! A reader answers at the end of what could change its answer: a
+//! ClientHello at the end of its extensions (a second `server_name`
+//! extension, or a second entry in it, is refused: servers differ on which
+//! one counts, so the gateway must not pick one), an HTTP request at the
+//! end of its header section (a second `Host` or an absolute-form target
+//! naming another host would change it).
 
 /// Longest DNS name (RFC 1035), and so longest name a reader keeps.
 pub const MAX_NAME: usize = 253;
@@ -121,6 +123,8 @@ pub struct ClientHelloReader {
     sni_left: u32,
     fed: u32,
     name: NameBuf,
+    /// The `server_name` extension was read: another one is refused.
+    have_name: bool,
     answer: Option<NoName>,
 }
 
@@ -140,6 +144,7 @@ impl Default for ClientHelloReader {
             sni_left: 0,
             fed: 0,
             name: NameBuf::EMPTY,
+            have_name: false,
             answer: None,
         }
     }
@@ -294,6 +299,8 @@ impl ClientHelloReader {
         match after {
             // No extensions at all (TLS 1.0 allows it): no server_name.
             Hello::ExtensionsLen if self.hello_left == 0 => self.answer = Some(NoName::Missing),
+            // The end of the extensions: the name read, if any, holds.
+            Hello::ExtensionType if self.exts_left == 0 && self.have_name => self.at = Hello::Done,
             Hello::ExtensionType if self.exts_left == 0 => self.answer = Some(NoName::Missing),
             Hello::NameType if self.sni_left == 0 => self.answer = Some(NoName::Missing),
             _ => self.next(after),
@@ -329,6 +336,9 @@ impl ClientHelloReader {
                 self.ext_type = v as u16;
                 self.next(Hello::ExtensionLen);
             }
+            // A second server_name extension: which one a server takes
+            // differs (most refuse the hello, some take either).
+            Hello::ExtensionLen if self.ext_type == 0 && self.have_name => self.answer = Some(NoName::Malformed),
             Hello::ExtensionLen if self.ext_type == 0 => {
                 self.sni_left = v;
                 self.next(Hello::NameListLen);
@@ -340,14 +350,20 @@ impl ClientHelloReader {
                 self.ext_type = v as u16;
                 self.next(Hello::NameLen);
             }
-            // Only host_name (0) is defined; another type is skipped.
-            Hello::NameLen if self.ext_type != 0 => self.skip(v, Hello::NameType),
+            // Only host_name (0) is defined, and servers (OpenSSL, Go,
+            // rustls) take one entry, of that type: another type, or a
+            // second entry, is refused rather than guessed at.
+            Hello::NameLen if self.ext_type != 0 => self.answer = Some(NoName::Malformed),
             Hello::NameLen if v == 0 || v as usize > MAX_NAME + 1 => self.answer = Some(NoName::Malformed),
             Hello::NameLen => {
                 self.at = Hello::Name;
                 self.want = v;
             }
-            Hello::Name => self.at = Hello::Done,
+            Hello::Name if self.sni_left != 0 => self.answer = Some(NoName::Malformed),
+            Hello::Name => {
+                self.have_name = true;
+                self.after_skip(Hello::ExtensionType);
+            }
             Hello::Skip => self.after_skip(self.after),
             Hello::Done => {}
         }
@@ -393,6 +409,8 @@ pub struct HttpHostReader {
     in_port: bool,
     value_ended: bool,
     authority: Option<NameBuf>,
+    /// The last byte was a CR: only an LF may follow.
+    cr: bool,
     fed: u32,
     answer: Option<NoName>,
 }
@@ -411,6 +429,7 @@ impl Default for HttpHostReader {
             in_port: false,
             value_ended: false,
             authority: None,
+            cr: false,
             fed: 0,
             answer: None,
         }
@@ -434,6 +453,14 @@ impl HttpHostReader {
                 break;
             }
             self.fed += 1;
+            // A bare CR ends a line for some servers and not for others
+            // (RFC 9112 §2.2): a line the gateway reads as one could be
+            // two there, the second a Host. Refused.
+            if self.cr && b != b'\n' {
+                self.fail();
+                break;
+            }
+            self.cr = b == b'\r';
             self.step(b);
         }
         match self.answer {

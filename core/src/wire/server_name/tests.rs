@@ -237,3 +237,45 @@ fn an_http_head_without_end_gets_no_verdict_past_the_bound() {
     }
     assert_eq!(answer, Progress::NoName(NoName::TooLong));
 }
+
+/// A `server_name` extension body with these (type, name) entries.
+fn sni_entries(entries: &[(u8, &str)]) -> (u16, Vec<u8>) {
+    let mut list = Vec::new();
+    for (t, name) in entries {
+        list.push(*t);
+        list.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        list.extend_from_slice(name.as_bytes());
+    }
+    let mut body = (list.len() as u16).to_be_bytes().to_vec();
+    body.extend_from_slice(&list);
+    (0, body)
+}
+
+#[test]
+fn a_second_server_name_extension_or_entry_is_refused_not_guessed_at() {
+    // The gateway judged the first; a server (or an SNI router in front of
+    // it) that takes the last, or skips unknown types, routes elsewhere.
+    let two_extensions = hello(&[sni("good.example"), (10, vec![0, 2, 0, 29]), sni("evil.example")]);
+    assert_eq!(same_at_every_split(&two_extensions, hello_in), Err(Some(NoName::Malformed)));
+    let two_entries = hello(&[sni_entries(&[(0, "good.example"), (0, "evil.example")])]);
+    assert_eq!(same_at_every_split(&two_entries, hello_in), Err(Some(NoName::Malformed)));
+    let other_type_first = hello(&[sni_entries(&[(1, "evil.example"), (0, "good.example")])]);
+    assert_eq!(hello_in(&[&other_type_first]), Err(Some(NoName::Malformed)));
+    // One name, whatever follows it, holds.
+    let one = hello(&[sni("good.example"), (10, vec![0, 2, 0, 29]), (0xfe0d, vec![0; 40])]);
+    assert_eq!(same_at_every_split(&one, hello_in), Ok("good.example".into()));
+}
+
+#[test]
+fn a_bare_cr_in_an_http_head_is_refused() {
+    // Servers that end a line at a bare CR see `Host: evil.example` as a
+    // header of its own (the first Host, for those that take the first).
+    let cases: [&[u8]; 3] = [
+        b"GET / HTTP/1.1\rHost: evil.example\r\nHost: good.example\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-A: 1\rHost: evil.example\r\nHost: good.example\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: good.example\r\tX: evil.example\r\n\r\n",
+    ];
+    for r in cases {
+        assert_eq!(host_in(&[r]), Err(Some(NoName::Malformed)), "{}", String::from_utf8_lossy(r));
+    }
+}
