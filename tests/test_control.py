@@ -82,6 +82,20 @@ def test_egretctl_shows_the_applied_plan_version_and_the_gateways_sessions(gatew
     assert nodes
     poll(lambda: "198.18.0.2" in control.ctl("-o", "json", "sessions", "--pod", "198.18.0.2").stdout, what="pod-a's sessions")
 
+    def tcp_ports():
+        rows = control.ctl_json("ports") or []
+        return [
+            p
+            for r in rows
+            if r["node"] == "gw-0" and r["config"] == "demo/config-a"
+            for p in r.get("protocols", [])
+            if p["protocol"] == "tcp" and p["inUse"] >= 1 and p["capacity"] > 0
+        ]
+
+    poll(tcp_ports, what="pod-a's TCP port in egretctl ports")
+    pools = control.ctl("ports").stdout.split("pools")[-1]
+    assert any(l.split()[:3] == ["gw-0", "demo/config-a", "tcp"] for l in pools.splitlines()), pools
+
 
 def test_traffic_keeps_flowing_on_the_last_plan_without_the_control_plane(gateway, manifests, topo):
     manifests.stop()

@@ -56,7 +56,8 @@ enum Cmd {
         #[arg(long)]
         egress: Option<String>,
     },
-    /// Port usage per egress address.
+    /// Port usage per config, egress address and protocol, and each
+    /// config's pool per node (flagged past 90%, as the alert fires).
     Ports {
         #[arg(long)]
         node: Option<String>,
@@ -264,22 +265,7 @@ async fn run(cli: &Cli) -> Result<String, String> {
                 .await
                 .map_err(st)?
                 .into_inner();
-            let mut rows = vec![row(["NODE", "EGRESS", "CONFIG", "IN USE", "CAPACITY", "USED"])];
-            let mut js = Vec::new();
-            for p in &r.ports {
-                let Some(u) = &p.usage else { continue };
-                let pct = if u.capacity == 0 { 0.0 } else { 100.0 * f64::from(u.in_use) / f64::from(u.capacity) };
-                rows.push(row([
-                    &p.node,
-                    &u.egress_ip,
-                    &u.config,
-                    &u.in_use.to_string(),
-                    &u.capacity.to_string(),
-                    &format!("{pct:.1}%"),
-                ]));
-                js.push(json!({"node": p.node, "egressIp": u.egress_ip, "config": u.config, "inUse": u.in_use, "capacity": u.capacity}));
-            }
-            (json!(js), table(rows))
+            ports_view(&r)
         }
         Cmd::Rules { config } => {
             let r = c
@@ -445,6 +431,84 @@ fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
     cells.iter().map(|c| c.to_string()).collect()
 }
 
+/// A pool used past this share on a node is flagged (as the
+/// EgretPortPoolNearlyFull alert fires).
+const POOL_NEARLY_FULL: f64 = 0.9;
+
+fn percent(in_use: u64, capacity: u64) -> String {
+    if capacity == 0 {
+        "-".into()
+    } else {
+        format!("{:.1}%", 100.0 * in_use as f64 / capacity as f64)
+    }
+}
+
+/// `egretctl ports`: a row per node, egress address, config and protocol
+/// (mappings against the ports the node hands out on the address; port-reuse
+/// sessions share ports and have no capacity), then each config's pool per
+/// node and protocol, its addresses together, flagged past 90%. Gateways
+/// older than per-protocol reports give one row per address ("all").
+fn ports_view(r: &api::ListPortsResponse) -> (Value, String) {
+    let mut rows = vec![row(["NODE", "CONFIG", "EGRESS", "PROTO", "IN USE", "CAPACITY", "USED", "REFUSED"])];
+    let mut pools: std::collections::BTreeMap<(&str, &str, &str), (u64, u64)> = Default::default();
+    let mut js = Vec::new();
+    let mut usages: Vec<(&str, &api::PortUsage)> =
+        r.ports.iter().filter_map(|p| Some((p.node.as_str(), p.usage.as_ref()?))).collect();
+    usages.sort_by(|a, b| (a.0, &a.1.config, &a.1.egress_ip).cmp(&(b.0, &b.1.config, &b.1.egress_ip)));
+    for (node, u) in usages {
+        let mut protocols = Vec::new();
+        if u.in_use_by_protocol.is_empty() {
+            let (n, cap) = (u64::from(u.in_use), u64::from(u.capacity));
+            rows.push(row([
+                node,
+                &u.config,
+                &u.egress_ip,
+                "all",
+                &n.to_string(),
+                &cap.to_string(),
+                &percent(n, cap),
+                "-",
+            ]));
+        }
+        for proto in ["tcp", "udp", "icmp", "port-reuse"] {
+            let Some(&n) = u.in_use_by_protocol.get(proto) else { continue };
+            let n = u64::from(n);
+            let cap = if proto == "port-reuse" { 0 } else { u64::from(u.capacity_per_protocol) };
+            let refused = u.refused_by_protocol.get(proto).copied().unwrap_or(0);
+            if cap > 0 {
+                let e = pools.entry((node, u.config.as_str(), proto)).or_default();
+                e.0 += n;
+                e.1 += cap;
+            }
+            rows.push(row([
+                node,
+                &u.config,
+                &u.egress_ip,
+                proto,
+                &n.to_string(),
+                &if cap == 0 { "-".into() } else { cap.to_string() },
+                &percent(n, cap),
+                &if proto == "port-reuse" { "-".into() } else { refused.to_string() },
+            ]));
+            protocols.push(json!({"protocol": proto, "inUse": n, "capacity": cap, "refused": refused}));
+        }
+        js.push(json!({"node": node, "egressIp": u.egress_ip, "config": u.config, "inUse": u.in_use,
+            "capacity": u.capacity, "protocols": protocols}));
+    }
+    let mut t = table(rows);
+    if !pools.is_empty() {
+        let mut rows = vec![row(["NODE", "CONFIG", "PROTO", "IN USE", "CAPACITY", "USED", ""])];
+        for ((node, config, proto), (n, cap)) in pools {
+            let full = n as f64 > POOL_NEARLY_FULL * cap as f64;
+            let flag = if full { "NEARLY FULL" } else { "" };
+            rows.push(row([node, config, proto, &n.to_string(), &cap.to_string(), &percent(n, cap), flag]));
+        }
+        t.push_str("\npools (a config's addresses together, per node and protocol; flagged past 90%):\n");
+        t.push_str(&table(rows));
+    }
+    (json!(js), t)
+}
+
 /// Left-aligned columns, two spaces apart.
 fn table(rows: Vec<Vec<String>>) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -457,4 +521,79 @@ fn table(rows: Vec<Vec<String>>) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(node: &str, ip: &str, udp: u32, cap: u32) -> api::NodePorts {
+        api::NodePorts {
+            node: node.into(),
+            usage: Some(api::PortUsage {
+                egress_ip: ip.into(),
+                config: "demo/a".into(),
+                in_use: udp + 1,
+                capacity: 3 * cap,
+                in_use_by_protocol: [
+                    ("tcp".into(), 1),
+                    ("udp".into(), udp),
+                    ("icmp".into(), 0),
+                    ("port-reuse".into(), 0),
+                ]
+                .into(),
+                capacity_per_protocol: cap,
+                refused_by_protocol: [("udp".into(), 7)].into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn ports_show_each_protocol_and_flag_a_pool_past_90_percent() {
+        let r = api::ListPortsResponse {
+            ports: vec![
+                usage("gw-0", "198.19.100.1", 95, 100),
+                usage("gw-0", "198.19.100.2", 90, 100),
+                usage("gw-1", "198.19.100.1", 10, 100),
+            ],
+        };
+        let (v, t) = ports_view(&r);
+        let line = |prefix: &[&str]| {
+            t.lines().find(|l| l.split_whitespace().take(prefix.len()).eq(prefix.iter().copied())).map(str::to_string)
+        };
+        let udp = line(&["gw-0", "demo/a", "198.19.100.1", "udp"]).expect(&t);
+        assert_eq!(udp.split_whitespace().skip(4).collect::<Vec<_>>(), ["95", "100", "95.0%", "7"]);
+        let reuse = line(&["gw-0", "demo/a", "198.19.100.1", "port-reuse"]).expect(&t);
+        assert_eq!(reuse.split_whitespace().skip(4).collect::<Vec<_>>(), ["0", "-", "-", "-"]);
+        // gw-0's pool: 185 of 200 UDP ports (92.5%) is flagged; gw-1's is not.
+        let pool = line(&["gw-0", "demo/a", "udp"]).expect(&t);
+        assert_eq!(pool.split_whitespace().skip(3).collect::<Vec<_>>(), ["185", "200", "92.5%", "NEARLY", "FULL"]);
+        assert!(!line(&["gw-1", "demo/a", "udp"]).expect(&t).contains("NEARLY"));
+        assert!(!line(&["gw-0", "demo/a", "tcp"]).expect(&t).contains("NEARLY"));
+        assert_eq!(v[0]["protocols"][1], json!({"protocol": "udp", "inUse": 95, "capacity": 100, "refused": 7}));
+    }
+
+    #[test]
+    fn an_older_gateways_ports_show_as_one_row_per_address() {
+        let mut p = usage("gw-0", "198.19.100.1", 0, 100);
+        let u = p.usage.as_mut().unwrap();
+        (u.in_use, u.capacity, u.capacity_per_protocol) = (30, 300, 0);
+        u.in_use_by_protocol.clear();
+        u.refused_by_protocol.clear();
+        let (_, t) = ports_view(&api::ListPortsResponse { ports: vec![p] });
+        assert!(
+            t.lines().any(|l| l.split_whitespace().eq([
+                "gw-0",
+                "demo/a",
+                "198.19.100.1",
+                "all",
+                "30",
+                "300",
+                "10.0%",
+                "-"
+            ])),
+            "{t}"
+        );
+        assert!(!t.contains("pools"), "no per-protocol pool without per-protocol rows");
+    }
 }

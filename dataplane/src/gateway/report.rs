@@ -48,12 +48,18 @@ pub fn control_report(reports: &[Arc<Mutex<WorkerReport>>]) -> egret_api::v1::Re
             *counters.entry(format!("drop_{}", r.name())).or_default() += c.dropped(r);
         }
     }
-    let mut ports: std::collections::BTreeMap<(Ipv4Addr, String), (u32, u32)> = Default::default();
+    let mut ports: std::collections::BTreeMap<(Ipv4Addr, String), v1::PortUsage> = Default::default();
     for r in &rs {
         for u in &r.ports {
             let e = ports.entry((u.addr, u.config.clone())).or_default();
-            e.0 += u.mapped.iter().sum::<u32>() + u.sessions;
-            e.1 += u.slice * 3;
+            e.in_use += u.mapped.iter().sum::<u32>() + u.sessions;
+            e.capacity += u.slice * 3;
+            e.capacity_per_protocol += u.slice;
+            for (i, p) in crate::wire::IpProtocol::ALL.iter().enumerate() {
+                *e.in_use_by_protocol.entry(p.name().to_string()).or_default() += u.mapped[i];
+                *e.refused_by_protocol.entry(p.name().to_string()).or_default() += u.refused[i];
+            }
+            *e.in_use_by_protocol.entry("port-reuse".into()).or_default() += u.sessions;
         }
     }
     let sessions = worker::sample_sessions(reports, worker::SESSION_SAMPLE)
@@ -110,9 +116,42 @@ pub fn control_report(reports: &[Arc<Mutex<WorkerReport>>]) -> egret_api::v1::Re
         counters,
         ports: ports
             .into_iter()
-            .map(|((a, c), (in_use, capacity))| v1::PortUsage { egress_ip: a.to_string(), config: c, in_use, capacity })
+            .map(|((a, c), u)| v1::PortUsage { egress_ip: a.to_string(), config: c, ..u })
             .collect(),
         sessions,
         sessions_total: rs.iter().map(|r| r.sessions as u64).sum(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_usage_is_summed_over_workers_per_address_and_protocol() {
+        let usage = |mapped, sessions, refused| crate::nat::PortUsage {
+            addr: "198.19.100.3".parse().unwrap(),
+            config: "demo/a".into(),
+            mapped,
+            sessions,
+            slice: 100,
+            refused,
+        };
+        let workers: Vec<_> = [usage([1, 90, 0], 0, [0, 4, 0]), usage([2, 3, 1], 5, [0, 1, 0])]
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| Arc::new(Mutex::new(WorkerReport { worker: i as u16, ports: vec![u], ..Default::default() })))
+            .collect();
+        let r = control_report(&workers);
+        assert_eq!(r.ports.len(), 1, "one row per address and config");
+        let p = &r.ports[0];
+        assert_eq!((p.egress_ip.as_str(), p.config.as_str()), ("198.19.100.3", "demo/a"));
+        assert_eq!((p.in_use, p.capacity, p.capacity_per_protocol), (1 + 90 + 2 + 3 + 1 + 5, 600, 200));
+        let by = |m: &std::collections::HashMap<String, u32>, k: &str| m.get(k).copied();
+        assert_eq!(
+            ["tcp", "udp", "icmp", "port-reuse"].map(|k| by(&p.in_use_by_protocol, k)),
+            [Some(3), Some(93), Some(1), Some(5)]
+        );
+        assert_eq!(p.refused_by_protocol.get("udp"), Some(&5));
     }
 }
