@@ -120,6 +120,9 @@ struct Pending {
     judged_end: Option<u32>,
     /// The end of the bytes forwarded so far (`judged_end` and beyond).
     sent_end: u32,
+    /// The ClientHello's `server_name` was read, and allowed, before the
+    /// hello's end.
+    name_seen: bool,
     /// The pod's last acknowledgment: the server's next sequence number,
     /// which a reset to the pod must carry.
     pod_ack: Option<u32>,
@@ -256,6 +259,7 @@ impl NatEngine {
             confirmed: false,
             judged_end: None,
             sent_end: next_seq,
+            name_seen: false,
             pod_ack: None,
             deadline_ms: now.millis() + NAME_VERDICT_MS,
             forwarded: [(0, 0, 0); FORWARDED_KEPT],
@@ -386,23 +390,38 @@ impl NatEngine {
             Reader::Tls(r) => r.feed(payload),
             Reader::Http(r) => r.feed(payload),
         };
-        let name = match progress {
+        let mut copy = [0u8; MAX_NAME];
+        let (name_len, hello_done) = match progress {
             Progress::More => {
-                q.next_seq = q.next_seq.wrapping_add(plen);
-                q.sent_end = q.next_seq;
-                q.remember(data_seq, plen, h);
-                return NameStep::Pass;
+                // A ClientHello's name is judged as soon as it is read, not
+                // at the hello's end: the segment that carries a name no
+                // rule allows never passes (an SNI router may act on it
+                // before the hello ends).
+                let early = match &q.reader {
+                    Reader::Tls(r) if !q.name_seen => r.name_so_far().map(|n| {
+                        copy[..n.len()].copy_from_slice(n.as_bytes());
+                        n.len()
+                    }),
+                    _ => None,
+                };
+                let Some(n) = early else {
+                    q.next_seq = q.next_seq.wrapping_add(plen);
+                    q.sent_end = q.next_seq;
+                    q.remember(data_seq, plen, h);
+                    return NameStep::Pass;
+                };
+                q.name_seen = true;
+                (n, false)
             }
             Progress::NoName(no) => {
                 return NameStep::Answer(self.refuse_name(buf, p, i, rule, NameRefusal::of(kind, Some(no)), now));
             }
             Progress::Name(n) => {
-                let mut copy = [0u8; MAX_NAME];
                 copy[..n.len()].copy_from_slice(n.as_bytes());
-                (copy, n.len())
+                (n.len(), true)
             }
         };
-        let name = std::str::from_utf8(&name.0[..name.1]).unwrap_or_default();
+        let name = std::str::from_utf8(&copy[..name_len]).unwrap_or_default();
         // The policy again, with the name: the plan may have changed since
         // the flow opened, and the name must be one the allowing rule lists.
         let cfg = self.plan.configs[usize::from(s.config)].policy.clone();
@@ -412,6 +431,15 @@ impl NatEngine {
         });
         if decided.is_some_and(|d| d.action == crate::plan::PolicyAction::Deny) {
             return NameStep::Answer(self.refuse_name(buf, p, i, rule, NameRefusal::of(kind, None), now));
+        }
+        if !hello_done {
+            // Allowed so far: the rest of the hello is read, in order.
+            if let Some(q) = self.name_checks.pending.get_mut(&i) {
+                q.next_seq = q.next_seq.wrapping_add(plen);
+                q.sent_end = q.next_seq;
+                q.remember(data_seq, plen, h);
+            }
+            return NameStep::Pass;
         }
         // The check holds until the server acknowledges the judged bytes.
         if let Some(q) = self.name_checks.pending.get_mut(&i) {

@@ -665,3 +665,26 @@ fn a_hello_across_the_sequence_wrap_is_judged_and_released_like_any() {
     c.server_acks(&mut e, c.next);
     assert_eq!(e.name_checks_pending(), 0);
 }
+
+#[test]
+fn the_segment_that_names_a_refused_server_never_passes_though_the_hello_goes_on() {
+    // The name is read before the hello's end (extensions follow it): an
+    // SNI router may act on that segment, so it must not reach the server.
+    let mut e = good_com();
+    let mut c = Conn::open(&mut e, POD_A, 40000, 443);
+    let h = hello("evil.example.com");
+    let at = h.windows(16).position(|w| w == b"evil.example.com").unwrap() + 16;
+    assert!(at + 10 < h.len(), "extensions follow the name");
+    let (v, p) = c.send(&mut e, &h[..at], T0);
+    assert!(!passed(v, &p, c.egress.0), "the segment naming another server was forwarded: {v:?}");
+    assert_eq!(e.counters().dropped(DropReason::SniMismatch), 1);
+    // Allowed, the same split passes, and the hello's end decides the rest.
+    let mut c = Conn::open(&mut e, POD_A, 40001, 443);
+    let h = hello("good.example.com");
+    let (v, p) = c.send(&mut e, &h[..at], T0);
+    assert!(passed(v, &p, c.egress.0));
+    assert_eq!(e.counters().names_allowed, 0, "not before the hello's end");
+    let (v, p) = c.send(&mut e, &h[at..], T0);
+    assert!(passed(v, &p, c.egress.0));
+    assert_eq!(e.counters().names_allowed, 1);
+}

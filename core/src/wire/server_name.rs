@@ -203,6 +203,12 @@ impl ClientHelloReader {
         self.progress()
     }
 
+    /// The `server_name` read so far, before the hello's end: what the
+    /// rest of the hello can still do is refuse it, not change it.
+    pub fn name_so_far(&self) -> Option<&str> {
+        (self.have_name && self.answer.is_none()).then(|| self.name.name()).flatten()
+    }
+
     fn progress(&self) -> Progress<'_> {
         match self.answer {
             Some(no) => Progress::NoName(no),
