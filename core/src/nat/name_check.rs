@@ -7,6 +7,13 @@
 //! the segment in hand becomes the reset to the server, and a reset goes to
 //! the pod (through the engine's released queue).
 //!
+//! What the gateway judged must be what the server reads: data is read
+//! only from the place the server's SYN-ACK confirmed, and after an
+//! allowed verdict the check holds until the server acknowledges the
+//! judged bytes (a judged segment the server dropped, for its TTL, its
+//! checksum or a bogus acknowledgment, may only be sent again as it was).
+//! A new connection on the tuple is judged again.
+//!
 //! Only sessions flagged `NAME_CHECK` come here (one branch on the flags
 //! the in2out path reads anyway); their state is bounded per worker, and
 //! per pod a share of it, like every shared table.
