@@ -46,7 +46,9 @@ pub use counters::{Counters, DropReason};
 pub use events::{DenyEvent, NameEvent, NatEvent};
 pub use flow_index::prefetch;
 pub use frag::{ReleaseTo, Released};
-pub use name_check::{NameRefusal, NAME_CHECKS_MAX, NAME_CHECKS_POD_SHARE_DIVISOR, NAME_VERDICT_MS};
+pub use name_check::{
+    NameRefusal, NAME_CHECKS_CONFIG_SHARE_DIVISOR, NAME_CHECKS_MAX, NAME_CHECKS_POD_SHARE_DIVISOR, NAME_VERDICT_MS,
+};
 pub use network_policy::{CompiledNetworkPolicies, NetworkPolicyDenials};
 pub use policy::{Decision, FqdnCache, WireName};
 pub use policy_check::RuleHits;

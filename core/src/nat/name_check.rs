@@ -25,9 +25,11 @@ use super::*;
 use crate::wire::server_name::{ClientHelloReader, HttpHostReader, NoName, Progress, MAX_NAME};
 use crate::wire::tcp::{self as tcpw, TcpPacket, TcpRepr};
 
-/// Flows awaiting their name on one worker, and the share one pod may hold.
+/// Flows awaiting their name on one worker, and the shares one pod and
+/// one config (a tenant: all its pods together) may hold.
 pub const NAME_CHECKS_MAX: usize = 16_384;
 pub const NAME_CHECKS_POD_SHARE_DIVISOR: usize = 16;
+pub const NAME_CHECKS_CONFIG_SHARE_DIVISOR: usize = 4;
 /// Longest a flow may take from its first packet to its verdict.
 pub const NAME_VERDICT_MS: u64 = 10_000;
 /// Segments already forwarded whose retransmission passes unchanged.
@@ -152,6 +154,7 @@ impl Pending {
 pub(super) struct NameChecks {
     pending: HashMap<u32, Pending>,
     per_pod: HashMap<u32, u32>,
+    per_config: HashMap<u16, u32>,
     /// Keys of the digest of forwarded segments (random per engine: a pod
     /// must not be able to craft two payloads with one digest).
     digest_keys: std::collections::hash_map::RandomState,
@@ -167,33 +170,42 @@ impl NameChecks {
         self.pending.len()
     }
 
-    /// Room for one more flow of `pod`: the table's bound and the pod's share.
-    fn has_room(&self, pod: u32) -> bool {
-        let held = self.per_pod.get(&pod).copied().unwrap_or(0) as usize;
-        self.pending.len() < NAME_CHECKS_MAX && held < NAME_CHECKS_MAX / NAME_CHECKS_POD_SHARE_DIVISOR
+    /// Room for one more flow of `pod` in `config`: the table's bound, the
+    /// pod's share and its config's.
+    fn has_room(&self, pod: u32, config: u16) -> bool {
+        let by_pod = self.per_pod.get(&pod).copied().unwrap_or(0) as usize;
+        let by_config = self.per_config.get(&config).copied().unwrap_or(0) as usize;
+        self.pending.len() < NAME_CHECKS_MAX
+            && by_pod < NAME_CHECKS_MAX / NAME_CHECKS_POD_SHARE_DIVISOR
+            && by_config < NAME_CHECKS_MAX / NAME_CHECKS_CONFIG_SHARE_DIVISOR
     }
 
     fn insert(&mut self, i: u32, p: Pending) {
-        let pod = p.pod;
+        let (pod, config) = (p.pod, p.config);
         if let Some(old) = self.pending.insert(i, p) {
-            self.release(old.pod);
+            self.release(old.pod, old.config);
         }
         *self.per_pod.entry(pod).or_default() += 1;
+        *self.per_config.entry(config).or_default() += 1;
     }
 
     pub(super) fn forget(&mut self, i: u32) {
         if let Some(p) = self.pending.remove(&i) {
-            self.release(p.pod);
+            self.release(p.pod, p.config);
         }
     }
 
-    fn release(&mut self, pod: u32) {
-        if let Some(n) = self.per_pod.get_mut(&pod) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_pod.remove(&pod);
+    fn release(&mut self, pod: u32, config: u16) {
+        fn down<K: std::hash::Hash + Eq>(m: &mut HashMap<K, u32>, k: K) {
+            if let Some(n) = m.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&k);
+                }
             }
         }
+        down(&mut self.per_pod, pod);
+        down(&mut self.per_config, config);
     }
 }
 
@@ -237,7 +249,7 @@ impl NatEngine {
         now: Time,
     ) -> bool {
         let s = *self.sessions.get(i);
-        if !self.name_checks.has_room(s.pod) {
+        if !self.name_checks.has_room(s.pod, s.config) {
             return false;
         }
         let reader = match needs {
@@ -571,6 +583,12 @@ impl NatEngine {
             q.config = c;
             q.rule = r;
         }
+        // Config shares are counted by the new plan's positions.
+        let checks = &mut self.name_checks;
+        checks.per_config.clear();
+        for q in checks.pending.values() {
+            *checks.per_config.entry(q.config).or_default() += 1;
+        }
     }
 
     /// Resets both ways the flows whose verdict is overdue (their pods went
@@ -584,7 +602,7 @@ impl NatEngine {
             self.name_checks.pending.iter().filter(|(_, q)| now.millis() >= q.deadline_ms).map(|(&i, _)| i).collect();
         for i in overdue {
             let Some(q) = self.name_checks.pending.remove(&i) else { continue };
-            self.name_checks.release(q.pod);
+            self.name_checks.release(q.pod, q.config);
             let s = *self.sessions.get(i);
             if s.flags & session::flags::NAME_CHECK == 0 || s.state & state::FREE != 0 || s.pod != q.pod {
                 continue;

@@ -602,42 +602,39 @@ fn an_encrypted_client_hello_cannot_reach_another_name_behind_an_allowed_outer_o
 }
 
 #[test]
-#[ignore = "the table is shared per worker and bounded per pod only: 16 pods (one tenant) that open flows \
-            and never send a hello hold all NAME_CHECKS_MAX places for NAME_VERDICT_MS at a time, and every \
-            other tenant's name-checked flow is reset (name_checks_full). A share per config (tenant) as well \
-            as per pod needs a sizing decision"]
-fn one_tenant_cannot_take_every_place_awaiting_a_name() {
+fn one_tenant_holds_at_most_its_configs_share_of_flows_awaiting_a_name() {
+    // Sixteen pods of config a (one tenant), one pod of config b (another).
     let pods: Vec<[u8; 4]> = (0..=NAME_CHECKS_POD_SHARE_DIVISOR as u8).map(|k| [198, 18, 1, 1 + k]).collect();
+    let storage = || Some(policy(vec![rule("storage", &["good.example"], Some(Protocol::Tcp), &["443"])]));
     let mut a = config("a", "198.19.100.0/28");
-    a.policy = Some(policy(vec![rule("storage", &["good.example"], Some(Protocol::Tcp), &["443"])]));
+    let mut b = config("b", "198.19.101.0/28");
+    (a.policy, b.policy) = (storage(), storage());
+    let bind = |p: &[u8; 4], c: &str| crate::plan::Binding { pod_ip: (*p).into(), config: c.into(), public_key: None };
     let plan = crate::plan::Plan {
         network_policies: Vec::new(),
         version: 1,
-        configs: vec![a],
-        bindings: pods
-            .iter()
-            .map(|p| crate::plan::Binding { pod_ip: (*p).into(), config: "a".into(), public_key: None })
-            .collect(),
+        configs: vec![a, b],
+        bindings: pods.iter().enumerate().map(|(k, p)| bind(p, if k == 0 { "b" } else { "a" })).collect(),
     };
     let mut e = NatEngine::new(settings(), Arc::new(CompiledPlan::new(&plan).unwrap()));
-    let share = NAME_CHECKS_MAX / NAME_CHECKS_POD_SHARE_DIVISOR;
     for pod in &pods {
         resolve(&mut e, *pod, "good.example");
     }
-    // Sixteen pods of one tenant open flows and never send a hello.
+    // Each of config a's pods opens its own share of flows and never sends
+    // a hello: together they stop at the config's share.
+    let pod_share = NAME_CHECKS_MAX / NAME_CHECKS_POD_SHARE_DIVISOR;
     for pod in &pods[1..] {
-        for i in 0..share as u16 {
-            let mut syn = seg((*pod, 10_000 + i), (SHARED, 443), tcpf::SYN, ISN, 0, b"");
-            assert!(matches!(syn.run(&mut e, T0), Verdict::Forward { side: Side::Outside, .. }));
+        for i in 0..pod_share as u16 {
+            let _ = seg((*pod, 10_000 + i), (SHARED, 443), tcpf::SYN, ISN, 0, b"").run(&mut e, T0);
         }
     }
-    // Another pod (standing for another tenant's) finds no place.
+    let config_share = NAME_CHECKS_MAX / NAME_CHECKS_CONFIG_SHARE_DIVISOR;
+    assert_eq!(e.name_checks_pending(), config_share);
+    assert_eq!(e.counters().dropped(DropReason::NameChecksFull), (16 * pod_share - config_share) as u64);
+    // Config b's pod still gets its place.
     let mut other = seg((pods[0], 9_999), (SHARED, 443), tcpf::SYN, ISN, 0, b"");
-    assert!(
-        matches!(other.run(&mut e, T0), Verdict::Forward { side: Side::Outside, .. }),
-        "one tenant's pods hold the whole table: {} pending",
-        e.name_checks_pending()
-    );
+    assert!(matches!(other.run(&mut e, T0), Verdict::Forward { side: Side::Outside, .. }));
+    assert_eq!(e.name_checks_pending(), config_share + 1);
 }
 
 #[test]
