@@ -146,7 +146,7 @@ mod family {
     pub const NAME_CHECKS_PENDING: Family = (
         "egret_name_checks_pending",
         Gauge,
-        "Flows awaiting their name on the wire, per worker (bound: 16384 per worker, 1/16 of it per pod).",
+        "Flows awaiting their name on the wire, per worker (bound: 16384 per worker, 1/16 of it per pod, 1/4 per config).",
     );
     pub const NETWORK_POLICY_DENIED: Family = (
         "egret_network_policy_denied",
