@@ -324,6 +324,11 @@ class Metrics:
         hits = [v for n, l, v in self.samples if n == name and labels.items() <= l.items()]
         return hits[0] if len(hits) == 1 else None
 
+    def sum(self, name: str, **labels: str) -> float:
+        """The sum of the samples of `name` whose labels include `labels`
+        (0 if there are none)."""
+        return sum(v for n, l, v in self.samples if n == name and labels.items() <= l.items())
+
     def names(self) -> set[str]:
         return {n for n, _, _ in self.samples}
 
@@ -331,8 +336,8 @@ class Metrics:
 GATEWAY_TOML = """router_ip = "198.18.0.1"
 plan_file = "{dir}/plan.yaml"
 status_file = "{dir}/status.json"
-state_file = "{dir}/sessions.json"
-sessions_per_worker = 262144
+state_file = "{dir}/{state_file}"
+sessions_per_worker = {sessions_per_worker}
 {extra}
 [interfaces]
 inside = "gw-in"
@@ -350,14 +355,32 @@ class Gateway:
     until it writes its status; `stop` is a graceful SIGTERM (XDP detached),
     `kill` a SIGKILL."""
 
-    def __init__(self, topo: Topology, workdir: Path, plan: str, extra: str = "", tail: str = ""):
+    def __init__(
+        self,
+        topo: Topology,
+        workdir: Path,
+        plan: str,
+        extra: str = "",
+        tail: str = "",
+        sessions_per_worker: int = 262144,
+        state_file: str = "sessions.json",
+    ):
         """`extra`: top-level settings (`metrics_address = ...`); `tail`:
-        tables after `[umem]` (`[nat_log]`...)."""
+        tables after `[umem]` (`[nat_log]`...); `state_file`: the session
+        snapshot's name in `workdir`."""
         self.topo, self.dir = topo, workdir
         self.proc: subprocess.Popen | None = None
         self.env: dict = {}
         (self.dir / "plan.yaml").write_text(plan)
-        (self.dir / "gateway.toml").write_text(GATEWAY_TOML.format(dir=self.dir, queues=topo.queues, extra=extra, tail=tail))
+        toml = GATEWAY_TOML.format(
+            dir=self.dir,
+            queues=topo.queues,
+            extra=extra,
+            tail=tail,
+            sessions_per_worker=sessions_per_worker,
+            state_file=state_file,
+        )
+        (self.dir / "gateway.toml").write_text(toml)
 
     @property
     def status_file(self) -> Path:
@@ -497,21 +520,38 @@ class Control:
         return json.loads(r.stdout) if r.returncode == 0 else None
 
 
-def plan(a: str = "config-a", b: str = "config-b", extra: str = "") -> str:
+def plan(
+    a: str = "config-a",
+    b: str = "config-b",
+    extra: str = "",
+    c: str | None = None,
+    annotations: str = "",
+    with_b: bool = True,
+) -> str:
     """Configs A (198.19.100.0/28) and B (198.19.101.0/28), pod-a bound to A,
-    pod-b to B, pod-c unbound (scripts/lib.sh's write_plan)."""
-    return f"""apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
-kind: StaticGatewayConfiguration
-metadata: {{name: config-a, namespace: demo}}
-spec: {{gatewayNodepoolName: gwpool, excludeCidrs: [198.19.200.0/24]}}
-status: {{egressIpPrefix: 198.19.100.0/28}}
----
+    pod-b to B, pod-c unbound (scripts/lib.sh's write_plan). `c`: pod-c's
+    config; `annotations`: config-a's (YAML flow mapping entries, e.g.
+    'egret.dev/port-quota: "64"'); `with_b`: False leaves config B out (its
+    pod stays bound to it)."""
+    meta_a = f"{{name: config-a, namespace: demo, annotations: {{{annotations}}}}}" if annotations else "{name: config-a, namespace: demo}"
+    config_b = (
+        """---
 apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
 kind: StaticGatewayConfiguration
-metadata: {{name: config-b, namespace: demo}}
-spec: {{gatewayNodepoolName: gwpool}}
-status: {{egressIpPrefix: 198.19.101.0/28}}
----
+metadata: {name: config-b, namespace: demo}
+spec: {gatewayNodepoolName: gwpool}
+status: {egressIpPrefix: 198.19.101.0/28}
+"""
+        if with_b
+        else ""
+    )
+    meta_c = f"{{name: pod-c, namespace: demo, annotations: {{kubernetes.azure.com/static-gateway-configuration: {c}}}}}" if c else "{name: pod-c, namespace: demo}"
+    return f"""apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: StaticGatewayConfiguration
+metadata: {meta_a}
+spec: {{gatewayNodepoolName: gwpool, excludeCidrs: [198.19.200.0/24]}}
+status: {{egressIpPrefix: 198.19.100.0/28}}
+{config_b}---
 apiVersion: v1
 kind: Pod
 metadata: {{name: pod-a, namespace: demo, annotations: {{kubernetes.azure.com/static-gateway-configuration: {a}}}}}
@@ -524,7 +564,7 @@ status: {{phase: Running, podIP: 198.18.0.3, podIPs: [{{ip: 198.18.0.3}}]}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: pod-c, namespace: demo}}
+metadata: {meta_c}
 status: {{phase: Running, podIP: 198.18.0.4}}
 {extra}"""
 

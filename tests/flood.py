@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Bounded packet floods for the fault tests (scripts/e2e-faults.sh), from a
+"""Bounded packet floods for the fault tests (tests/test_faults.py), from a
 raw IPv4 socket: no scapy, no hping3. Every flood stops after SECONDS and
 after COUNT packets, whichever comes first, and paces itself to RATE packets
 a second (0: as fast as the socket takes them). Addresses only from
