@@ -7,8 +7,10 @@
 # the ConfigMap passes `egret-gateway check-config` with the generated
 # certificates, and the objects keep the promises the README makes (gateway
 # pool placement as kube-egress-gateway's daemon, a grace period longer than
-# the drain, least-privilege RBAC: reads, plus Events, GatewayStatus and
-# TokenReviews; each gateway identified by its own pod's token, no shared key;
+# the drain, least-privilege RBAC: reads, plus Events, GatewayStatus,
+# TokenReviews and patches of StaticGatewayConfigurations (the port pool
+# pressure annotation); each gateway identified by its own pod's token, no
+# shared key;
 # egret-control as two replicas: a PodDisruptionBudget, spread over nodes,
 # ready only when synced and serving, each named by its pod, peers through a
 # headless Service, the Lease granted in its own namespace only). The
@@ -83,8 +85,8 @@ promise "its grace period outlasts the 10 s drain" \
   "ds['terminationGracePeriodSeconds'] > 10 and 'drain_secs = 10' in kind('ConfigMap', 'egret-gateway')['data']['gateway.toml']"
 promise "the gateway gets no Kubernetes API token (its plan comes from egret-control)" \
   "ds['automountServiceAccountToken'] is False"
-promise "egret-control's ClusterRole only reads, reads no Secrets, and writes only Events (and TokenReviews)" \
-  "all((set(r['verbs']) <= {'get', 'list', 'watch'} or (r['apiGroups'], r['resources']) == (['events.k8s.io'], ['events']) and set(r['verbs']) <= {'create', 'patch'} or (r['apiGroups'], r['resources'], r['verbs']) == (['authentication.k8s.io'], ['tokenreviews'], ['create'])) and 'secrets' not in r['resources'] for r in kind('ClusterRole', 'egret-control')['rules'])"
+promise "egret-control's ClusterRole only reads, reads no Secrets, and writes only Events (and TokenReviews, and patches configs' pressure annotation)" \
+  "all((set(r['verbs']) <= {'get', 'list', 'watch'} or (r['apiGroups'], r['resources']) == (['events.k8s.io'], ['events']) and set(r['verbs']) <= {'create', 'patch'} or (r['apiGroups'], r['resources'], r['verbs']) == (['authentication.k8s.io'], ['tokenreviews'], ['create']) or (r['apiGroups'], r['resources'], r['verbs']) == (['egressgateway.kubernetes.azure.com'], ['staticgatewayconfigurations'], ['patch'])) and 'secrets' not in r['resources'] for r in kind('ClusterRole', 'egret-control')['rules'])"
 promise "each gateway proves its node with its own pod's token for egret-control, and mounts no client key" \
   "any(s.get('serviceAccountToken', {}).get('audience') == 'egret-control' for v in ds['volumes'] for s in v.get('projected', {}).get('sources', [])) and '--gateway-auth=token' in kind('Deployment', 'egret-control')['spec']['template']['spec']['containers'][0]['args'] and list(kind('Secret', 'egret-gateway-tls')['data']) == ['ca.pem'] and 'key = ' not in kind('ConfigMap', 'egret-gateway')['data']['gateway.toml']"
 promise "Secrets are only read, and GatewayStatus only written (no delete), in the add-on's namespace" \

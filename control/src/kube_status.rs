@@ -1,8 +1,16 @@
 //! What egret-control writes back to the cluster in `--kubernetes` mode:
 //! each gateway node's `GatewayStatus`, as kube-egress-gateway's daemon
 //! writes it (Egret's gateways hold no API token, so the control plane
-//! writes it for them, from what each gateway acknowledged applying), and a
-//! Warning Event for each problem reconcile finds, on the object it names.
+//! writes it for them, from what each gateway acknowledged applying), a
+//! Warning Event for each problem reconcile finds, on the object it names,
+//! and each StaticGatewayConfiguration's port pool pressure
+//! ([`crate::pressure`]): a Warning Event (`PortPoolNearlyFull`) when its
+//! pool passes 90% on some node, a Normal one (`PortPoolRelieved`) once
+//! every pool is below 85% again, and meanwhile the condition as the
+//! annotation `egret.dev/port-pool-pressure`. An annotation, because
+//! kube-egress-gateway's CRD has no `status.conditions` (the API server
+//! would prune them) and Egret has no object of its own per config; the
+//! GatewayStatus is per node and has none either.
 //!
 //! Writes that fail (RBAC denying, the GatewayStatus CRD not installed) are
 //! retried later and logged at most once a minute; they never stop plans
@@ -10,6 +18,7 @@
 //! config and PodEndpoint names, interface names and pod public keys.
 
 use crate::leader::Leadership;
+use crate::pressure::{fullest, Change, PoolUse, Pressure, NEARLY_FULL_PERCENT, RELIEVED_PERCENT};
 use crate::state::{ControlState, Snapshot};
 use egret_cluster::{
     Problem, NETWORK_POLICY_GROUP, NETWORK_POLICY_KIND, NETWORK_POLICY_VERSION, POD_ENDPOINT_KIND, POLICY_KIND,
@@ -17,6 +26,7 @@ use egret_cluster::{
 };
 use egret_plan::{Plan, WgKey};
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::{json, Value};
@@ -34,12 +44,23 @@ pub const GATEWAY_STATUS_KIND: &str = "GatewayStatus";
 pub const CONTROLLER: &str = "egret-control";
 /// The reason of every problem's Event.
 pub const PROBLEM_REASON: &str = "EgretConfigProblem";
+/// A config's port pool passed 90% on some node: the Warning Event's
+/// reason, and the condition's type and reason.
+pub const NEARLY_FULL_REASON: &str = "PortPoolNearlyFull";
+/// Every pool of the config is below 85% again: the Normal Event's reason.
+pub const RELIEVED_REASON: &str = "PortPoolRelieved";
+/// The annotation on a StaticGatewayConfiguration while its port pool is
+/// nearly full: a condition, as JSON; absent otherwise.
+pub const ANN_PORT_POOL_PRESSURE: &str = "egret.dev/port-pool-pressure";
 /// Longest Event note the API server accepts.
 const NOTE_MAX: usize = 1024;
 /// Events published per pass; the rest follow a second later, so a burst of
 /// problems (a start-up with many) does not flood the API server.
 const EVENTS_PER_PASS: usize = 50;
 const LOG_EVERY: Duration = Duration::from_secs(60);
+/// How long an annotation written is taken as written, before the watch
+/// shows it.
+const PENDING_FOR: Duration = Duration::from_secs(10);
 
 /// (config `namespace/name`, pod public key) → PodEndpoint `namespace/name`.
 pub type PeerNames = BTreeMap<(String, WgKey), String>;
@@ -132,22 +153,7 @@ fn api_version(kind: &str) -> Option<String> {
 /// `uid` when known. None when the problem names no object Events can
 /// regard.
 pub fn problem_event(p: &Problem, uid: Option<&str>) -> Option<(Event, ObjectReference)> {
-    let (kind, key) = p.object.split_once(' ')?;
-    let (namespace, name) = match key.split_once('/') {
-        Some((ns, name)) => (Some(ns.to_string()), name),
-        None => (None, key),
-    };
-    if name.is_empty() {
-        return None;
-    }
-    let regarding = ObjectReference {
-        api_version: Some(api_version(kind)?),
-        kind: Some(kind.to_string()),
-        name: Some(name.to_string()),
-        namespace,
-        uid: uid.map(str::to_string),
-        ..Default::default()
-    };
+    let regarding = object_reference(&p.object, uid)?;
     let mut note = p.message.clone();
     crate::truncate_utf8(&mut note, NOTE_MAX);
     let event = Event {
@@ -160,6 +166,70 @@ pub fn problem_event(p: &Problem, uid: Option<&str>) -> Option<(Event, ObjectRef
     Some((event, regarding))
 }
 
+/// A reference to `Kind namespace/name` (`Kind name`), with `uid` when
+/// known; None for kinds of unknown API version and names empty.
+fn object_reference(object: &str, uid: Option<&str>) -> Option<ObjectReference> {
+    let (kind, key) = object.split_once(' ')?;
+    let (namespace, name) = match key.split_once('/') {
+        Some((ns, name)) => (Some(ns.to_string()), name),
+        None => (None, key),
+    };
+    if name.is_empty() {
+        return None;
+    }
+    Some(ObjectReference {
+        api_version: Some(api_version(kind)?),
+        kind: Some(kind.to_string()),
+        name: Some(name.to_string()),
+        namespace,
+        uid: uid.map(str::to_string),
+        ..Default::default()
+    })
+}
+
+/// The `egret.dev/port-pool-pressure` annotation while `pool` is nearly
+/// full (since `since`): a condition, as JSON.
+pub fn pressure_condition(pool: &PoolUse, since: Timestamp) -> String {
+    json!({
+        "type": NEARLY_FULL_REASON,
+        "status": "True",
+        "reason": NEARLY_FULL_REASON,
+        "message": format!("{}, past {NEARLY_FULL_PERCENT}%", pool.describe()),
+        "lastTransitionTime": since.to_string(),
+    })
+    .to_string()
+}
+
+/// The Event on config `config` (`namespace/name`): Warning when its pool
+/// is nearly full (`pool`: the one that passed 90%), Normal when relieved
+/// (`pool`: the fullest now, when known).
+pub fn pressure_event(
+    config: &str,
+    uid: Option<&str>,
+    nearly_full: bool,
+    pool: Option<&PoolUse>,
+) -> Option<(Event, ObjectReference)> {
+    let regarding = object_reference(&Problem::object_name(SGC_KIND, config), uid)?;
+    let fullest = pool.map(PoolUse::describe);
+    let (type_, reason, mut note) = if nearly_full {
+        let note = format!(
+            "port pool nearly full: {}, past {NEARLY_FULL_PERCENT}%; new flows are refused once it is full \
+             (egretctl ports; more egress addresses or gateway nodes make room)",
+            fullest.unwrap_or_default()
+        );
+        (EventType::Warning, NEARLY_FULL_REASON, note)
+    } else {
+        let mut note = format!("port pool below {RELIEVED_PERCENT}% on every node again");
+        if let Some(f) = fullest {
+            note += &format!(" (fullest: {f})");
+        }
+        (EventType::Normal, RELIEVED_REASON, note)
+    };
+    crate::truncate_utf8(&mut note, NOTE_MAX);
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Monitor".into(), secondary: None };
+    Some((event, regarding))
+}
+
 #[derive(Clone, Debug)]
 pub struct StatusOptions {
     /// Where GatewayStatus objects are written.
@@ -169,11 +239,18 @@ pub struct StatusOptions {
     /// Whether this replica may write, asked before every write (one
     /// writer among replicas: [`crate::leader`]). Default: the only one.
     pub leader: Leadership,
+    /// How often port pool pressure is taken from the gateways' reports.
+    pub pressure_every: Duration,
 }
 
 impl Default for StatusOptions {
     fn default() -> StatusOptions {
-        StatusOptions { namespace: STATUS_NAMESPACE.into(), retry: Duration::from_secs(5), leader: Leadership::sole() }
+        StatusOptions {
+            namespace: STATUS_NAMESPACE.into(),
+            retry: Duration::from_secs(5),
+            leader: Leadership::sole(),
+            pressure_every: Duration::from_secs(5),
+        }
     }
 }
 
@@ -216,6 +293,7 @@ impl Writes {
 
 /// What has been written, so that only changes are.
 struct Writer {
+    client: kube::Client,
     statuses: Api<DynamicObject>,
     recorder: Recorder,
     opts: StatusOptions,
@@ -225,6 +303,15 @@ struct Writer {
     reported: BTreeSet<Problem>,
     status_writes: Writes,
     event_writes: Writes,
+    /// Port pool pressure, followed whether leading or not.
+    pressure: Pressure,
+    /// Each config's fullest pool, as last reported.
+    latest: BTreeMap<String, PoolUse>,
+    /// Config → the annotation this leader last wrote (None: removed), and
+    /// when: trusted over the snapshot until the watch shows it, or for
+    /// [`PENDING_FOR`].
+    pending: BTreeMap<String, (Option<String>, Instant)>,
+    pressure_writes: Writes,
 }
 
 /// The GatewayStatus resource (`gatewaystatuses`).
@@ -233,6 +320,88 @@ fn gateway_status_resource() -> ApiResource {
 }
 
 impl Writer {
+    /// Takes port pool pressure from the gateways' latest reports.
+    fn follow_pressure(&mut self, state: &ControlState) {
+        let usage = state.port_usage();
+        self.latest = fullest(usage.iter().map(|(node, u)| (node.as_str(), u)));
+        let snap = state.snapshot();
+        let exists = |config: &str| snap.generation == 0 || snap.reconciled.configs.iter().any(|c| c.name == config);
+        for (config, change) in self.pressure.update(&self.latest, exists) {
+            match change {
+                Change::NearlyFull(p) => tracing::warn!(config, "port pool nearly full: {}", p.describe()),
+                Change::Relieved(p) => tracing::info!(config, "port pool relieved: {}", p.describe()),
+            }
+        }
+    }
+
+    /// Publishes each config's pressure where its annotation, as the
+    /// cluster has it (or as this leader just wrote it), says otherwise:
+    /// the annotation is set (a Warning Event) or removed (a Normal one).
+    /// The annotation is the state leaders share: a new leader neither
+    /// warns again of a pool its predecessor warned of nor misses the
+    /// relief of one. True when more are left than a pass writes.
+    async fn write_pressure(&mut self, snap: &Snapshot) -> bool {
+        let known: BTreeSet<&str> = snap.reconciled.configs.iter().map(|c| c.name.as_str()).collect();
+        let now = Instant::now();
+        self.pending.retain(|c, (value, at)| {
+            known.contains(c.as_str())
+                && now.duration_since(*at) < PENDING_FOR
+                && snap.pressure_annotations.get(c) != value.as_ref()
+        });
+        if !self.pressure_writes.due(now) {
+            return false;
+        }
+        let sgcs = ApiResource::from_gvk(&GroupVersionKind::gvk(SGC_GROUP, SGC_VERSION, SGC_KIND));
+        let mut wrote = 0;
+        for config in known {
+            let full = self.pressure.nearly_full().get(config);
+            let annotated = match self.pending.get(config) {
+                Some((value, _)) => value.is_some(),
+                None => snap.pressure_annotations.contains_key(config),
+            };
+            if annotated == full.is_some() {
+                continue;
+            }
+            if wrote == EVENTS_PER_PASS {
+                self.pressure_writes.succeeded(true);
+                return true;
+            }
+            let Some((namespace, name)) = config.split_once('/') else { continue };
+            if !self.opts.leader.is_leader() {
+                return false;
+            }
+            let value = full.map(|(pool, since)| pressure_condition(pool, *since));
+            let patch = json!({"metadata": {"annotations": {ANN_PORT_POOL_PRESSURE: value}}});
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &sgcs);
+            let object = Problem::object_name(SGC_KIND, config);
+            match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {}
+                // Deleted since: nothing to publish on.
+                Err(kube::Error::Api(s)) if s.code == 404 => continue,
+                Err(e) => {
+                    self.pressure_writes.failed(self.opts.retry, &object, &e);
+                    return false;
+                }
+            }
+            wrote += 1;
+            let uid = snap.object_uids.get(&object).map(String::as_str);
+            let pool = full.map(|(pool, _)| pool).or(self.latest.get(config));
+            if let Some((event, regarding)) = pressure_event(config, uid, full.is_some(), pool) {
+                if !self.opts.leader.is_leader() {
+                    return false;
+                }
+                if let Err(e) = self.recorder.publish(&event, &regarding).await {
+                    // Tried again with the annotation (the same value).
+                    self.pressure_writes.failed(self.opts.retry, &object, &e);
+                    return false;
+                }
+            }
+            self.pending.insert(config.to_string(), (value, Instant::now()));
+        }
+        self.pressure_writes.succeeded(wrote > 0);
+        false
+    }
+
     /// Applies every gateway node's GatewayStatus that changed; after a
     /// failure the rest wait for the retry.
     async fn write_statuses(&mut self, state: &ControlState, snap: &Snapshot) {
@@ -316,12 +485,17 @@ pub async fn write_status(state: Arc<ControlState>, client: kube::Client, opts: 
     let mut leader = opts.leader.clone();
     let mut w = Writer {
         statuses: Api::namespaced_with(client.clone(), &opts.namespace, &gateway_status_resource()),
-        recorder: Recorder::new(client, Reporter::from(CONTROLLER)),
+        recorder: Recorder::new(client.clone(), Reporter::from(CONTROLLER)),
+        client,
         opts,
         written: BTreeMap::new(),
         reported: BTreeSet::new(),
         status_writes: Writes::new("GatewayStatus"),
         event_writes: Writes::new("problem Events"),
+        pressure: Pressure::default(),
+        latest: BTreeMap::new(),
+        pending: BTreeMap::new(),
+        pressure_writes: Writes::new("port pool pressure"),
     };
     let mut snapshots = state.watch();
     let mut applied = state.watch_applied();
@@ -329,20 +503,31 @@ pub async fn write_status(state: Arc<ControlState>, client: kube::Client, opts: 
         if !leader.is_leader() {
             w.written.clear();
             w.reported.clear();
-            leader.until_leader().await;
+            w.pending.clear();
+            // Pressure is followed meanwhile, so a new leader knows it.
+            loop {
+                tokio::select! {
+                    _ = leader.until_leader() => break,
+                    _ = tokio::time::sleep(w.opts.pressure_every) => w.follow_pressure(&state),
+                }
+            }
         }
         let snap = snapshots.borrow_and_update().clone();
         applied.borrow_and_update();
+        w.follow_pressure(&state);
         // Generation 0: the source has not listed the cluster yet.
         let mut more_events = false;
         if snap.generation > 0 {
             w.write_statuses(&state, &snap).await;
             more_events = w.publish_events(&snap).await;
+            more_events |= w.write_pressure(&snap).await;
         }
         let again = [
             w.status_writes.not_before,
             w.event_writes.not_before,
+            w.pressure_writes.not_before,
             more_events.then(|| Instant::now() + Duration::from_secs(1)),
+            Some(Instant::now() + w.opts.pressure_every),
         ]
         .into_iter()
         .flatten()

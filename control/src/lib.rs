@@ -11,6 +11,7 @@ pub mod kube_source;
 pub mod kube_status;
 pub mod leader;
 pub mod peers;
+pub mod pressure;
 pub mod probe;
 pub mod server;
 pub mod service;

@@ -7,6 +7,10 @@
 //! each gateway is subscribed, and the leader writes the GatewayStatus of
 //! gateways subscribed to the others too.
 //!
+//! Each gateway's port usage comes along (`ListPorts`, when any reported
+//! lately), so every replica follows the port pool pressure of them all
+//! ([`crate::pressure`]) and the leader writes it.
+//!
 //! A peer URL's host may name several addresses (a headless Service): each
 //! is asked, and the one that answers with this replica's own name is
 //! itself and is skipped. Over TLS, peers are called with this replica's
@@ -15,7 +19,7 @@
 
 use crate::state::{ControlState, NodePlan, PeerLink};
 use egret_api::client::{endpoint, error_chain, TlsFiles};
-use egret_api::v1::{admin_service_client::AdminServiceClient, GetPlanRequest, ListNodesRequest};
+use egret_api::v1::{admin_service_client::AdminServiceClient, GetPlanRequest, ListNodesRequest, ListPortsRequest};
 use egret_plan::{Plan, WgSecret};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -158,8 +162,19 @@ async fn ask(
                     applied_error: n.applied_error,
                     applied: fetched.get(&key).cloned(),
                     report_age_s: n.report_age_s,
+                    ports: Vec::new(),
                 },
             );
+        }
+        let fresh = |age: Option<u64>| age.is_some_and(|s| s < crate::state::REPORT_FRESH.as_secs());
+        if out.values().any(|l| fresh(l.report_age_s)) {
+            let ports = admin.list_ports(ListPortsRequest { node: String::new() }).await;
+            for p in ports.map_err(|s| egret_api::client::status_text(&s))?.into_inner().ports {
+                let (Some(link), Some(usage)) = (out.get_mut(&p.node), p.usage) else { continue };
+                if fresh(link.report_age_s) {
+                    link.ports.push(usage);
+                }
+            }
         }
         Ok(out)
     };

@@ -181,7 +181,7 @@ fn handle(state: &ControlState, node: &str, m: api::GatewayMessage) -> Result<()
         }
         Some(Msg::Report(r)) => {
             check_report(&r)?;
-            state.with_link(node, |l| l.report = Some((Instant::now(), r)));
+            state.reported(node, r);
         }
         Some(Msg::Hello(_)) => return Err(Status::invalid_argument("Hello comes once, first")),
         None => {}

@@ -4,7 +4,7 @@
 //! ([`PeerLink`]). Sources call [`ControlState::update`]; the gRPC
 //! services read [`Snapshot`]s.
 
-use egret_api::v1::Report;
+use egret_api::v1::{PortUsage, Report};
 use egret_cluster as cluster;
 use egret_cluster::{
     ClusterState, Problem, Reconciled, NETWORK_POLICY_KIND, POD_ENDPOINT_KIND, POLICY_KIND, SGC_KIND, VM_CONFIG_KIND,
@@ -12,7 +12,7 @@ use egret_cluster::{
 use egret_plan::{Plan, WgKey};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// One node's plan at one version, encoded once for every subscriber.
@@ -41,6 +41,9 @@ pub struct Snapshot {
     /// `Kind namespace/name` (`Node name`), as [`Problem::object`] names
     /// objects → the object's UID, for ownerReferences and Events.
     pub object_uids: BTreeMap<String, String>,
+    /// Config `namespace/name` → its `egret.dev/port-pool-pressure`
+    /// annotation, on the configs that carry one.
+    pub pressure_annotations: BTreeMap<String, String>,
 }
 
 impl Snapshot {
@@ -73,7 +76,14 @@ pub struct PeerLink {
     /// The plan it applied, in that replica's numbering, when known.
     pub applied: Option<NodePlan>,
     pub report_age_s: Option<u64>,
+    /// Its port usage as that replica last had it reported (empty when
+    /// that report is older than [`REPORT_FRESH`]).
+    pub ports: Vec<PortUsage>,
 }
+
+/// Reports older than this are not counted in port pool pressure (gateways
+/// report every second).
+pub const REPORT_FRESH: Duration = Duration::from_secs(30);
 
 pub struct ControlState {
     snapshot: watch::Sender<Arc<Snapshot>>,
@@ -198,6 +208,15 @@ impl ControlState {
         }
         let peer_names = peer_names(st);
         let object_uids = object_uids(st);
+        let pressure_annotations: BTreeMap<String, String> = st
+            .configs
+            .iter()
+            .filter_map(|c| {
+                let value = c.metadata.annotations.get(crate::kube_status::ANN_PORT_POOL_PRESSURE)?;
+                Some((c.metadata.key(), value.clone()))
+            })
+            .collect();
+        changed |= pressure_annotations != prev.pressure_annotations;
         changed |= reconciled.problems != prev.reconciled.problems
             || reconciled.configs != prev.reconciled.configs
             || peer_names != prev.peer_names
@@ -224,6 +243,7 @@ impl ControlState {
             anyone,
             peer_names,
             object_uids,
+            pressure_annotations,
         }));
         generation
     }
@@ -269,6 +289,29 @@ impl ControlState {
             .filter(|(n, _)| here.get(*n).is_none_or(|l| l.connected == 0))
             .map(|(n, l)| (n.clone(), l.clone()))
             .collect()
+    }
+
+    /// A gateway's report, as it arrived.
+    pub fn reported(&self, node: &str, report: Report) {
+        self.with_link(node, |l| l.report = Some((Instant::now(), report)));
+    }
+
+    /// Every gateway's port usage, a row per config and egress address:
+    /// from its report here when younger than [`REPORT_FRESH`], or, for a
+    /// gateway subscribed to another replica, as that replica says.
+    pub fn port_usage(&self) -> Vec<(String, PortUsage)> {
+        let peers = self.peer_links();
+        let mut out = Vec::new();
+        for (node, l) in self.links.lock().unwrap().iter() {
+            let Some((at, r)) = &l.report else { continue };
+            if !peers.contains_key(node) && at.elapsed() < REPORT_FRESH {
+                out.extend(r.ports.iter().map(|u| (node.clone(), u.clone())));
+            }
+        }
+        for (node, p) in peers {
+            out.extend(p.ports.into_iter().map(|u| (node.clone(), u)));
+        }
+        out
     }
 
     pub fn link(&self, node: &str) -> GatewayLink {

@@ -686,6 +686,25 @@ async fn a_replica_learns_from_its_peer_which_gateways_are_subscribed_there_and_
     .await;
     let applied = a.applied_plan(NODE).expect("the plan gw-0 applied, as B says");
     assert!(egret_control::state::same_content(&applied.plan, &a.snapshot().plans[NODE].plan));
+
+    // Its port usage, reported to B, comes along: A follows the pressure
+    // on its pool too (and would publish it, leading).
+    let usage = egret_api::v1::PortUsage {
+        egress_ip: "198.19.100.1".into(),
+        config: "apps/blue".into(),
+        in_use_by_protocol: [("tcp".to_string(), 95)].into(),
+        capacity_per_protocol: 100,
+        ..Default::default()
+    };
+    assert!(a.port_usage().is_empty());
+    sub.report(Report { ports: vec![usage.clone()], ..Default::default() });
+    poll_until("gw-0's ports at A", Duration::from_secs(3), || {
+        let a = a.clone();
+        let want = vec![(NODE.to_string(), usage.clone())];
+        async move { a.port_usage() == want }
+    })
+    .await;
+    assert_eq!(b.port_usage().len(), 1, "B's own, from the report");
     let (n, answered) = node_at(&url_b).await;
     assert_eq!((n.replica.as_str(), answered.as_str()), ("control-b", "control-b"), "B's own view is unchanged");
 

@@ -8,7 +8,8 @@
 //! what egret-control writes back: GatewayStatus objects by server-side
 //! apply (PATCH, `application/apply-patch+yaml`) and events.k8s.io Events
 //! (POST, PATCH for a series), stored as received and answered as the API
-//! server would. It also reviews ServiceAccount tokens (TokenReview, with
+//! server would, and StaticGatewayConfiguration annotations by JSON merge
+//! patch (watchers see the object modified). It also reviews ServiceAccount tokens (TokenReview, with
 //! audiences) and serves pods by name, for egret-control's
 //! `--gateway-auth=token`, tested end to end over gRPC; and keeps
 //! `coordination.k8s.io/v1` Leases (get, create, update refused with 409
@@ -16,10 +17,12 @@
 //! leader election, each replica on a listener of its own so that every
 //! write says who made it.
 
+use egret_api::v1::{PortUsage, Report};
 use egret_cluster::Problem;
 use egret_control::kube_source::{watch_kubernetes, watch_kubernetes_with, Options};
-use egret_control::kube_status::{write_status, StatusOptions};
+use egret_control::kube_status::{write_status, StatusOptions, ANN_PORT_POOL_PRESSURE};
 use egret_control::leader::{elect, LeaderOptions, Leadership};
+use egret_control::state::PeerLink;
 use egret_control::ControlState;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -316,6 +319,36 @@ impl Fake {
                 }
             };
             return (201, body);
+        }
+        if let Some((ns, name)) =
+            w.path.strip_prefix(STATUSES).and_then(|r| r.split_once("/staticgatewayconfigurations/"))
+        {
+            if w.method != "PATCH" || w.content_type != "application/merge-patch+json" {
+                return status_reply(415, "UnsupportedMediaType", "only merge patches are served here");
+            }
+            let key = format!("{ns}/{name}");
+            let Some(mut o) = db.objects.get(SGCS).and_then(|m| m.get(&key)).cloned() else {
+                return status_reply(404, "NotFound", "staticgatewayconfigurations not found");
+            };
+            let keys: Vec<&str> = body.as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
+            assert_eq!(keys, ["metadata"], "only metadata is patched: {body}");
+            for (k, v) in body["metadata"]["annotations"].as_object().cloned().unwrap_or_default() {
+                let annotations = &mut o["metadata"]["annotations"];
+                if annotations.is_null() {
+                    *annotations = json!({});
+                }
+                let annotations = annotations.as_object_mut().unwrap();
+                if v.is_null() {
+                    annotations.remove(&k);
+                } else {
+                    annotations.insert(k, v);
+                }
+            }
+            o["metadata"]["resourceVersion"] = json!(rv);
+            db.objects.get_mut(SGCS).unwrap().insert(key, o.clone());
+            let line = json!({"type": "MODIFIED", "object": o}).to_string();
+            let _ = self.push.send(Push::Event { path: SGCS.into(), line });
+            return (200, o);
         }
         if let Some(rest) = w.path.strip_prefix(STATUSES) {
             let Some((ns, name)) = rest.split_once("/gatewaystatuses/") else {
@@ -897,7 +930,12 @@ impl Replica {
         let (leader, election) = elect(client.clone(), lease_options(name), async move {
             let _ = stopped.await;
         });
-        let opts = StatusOptions { retry: Duration::from_millis(100), leader: leader.clone(), ..Default::default() };
+        let opts = StatusOptions {
+            retry: Duration::from_millis(100),
+            leader: leader.clone(),
+            pressure_every: Duration::from_millis(50),
+            ..Default::default()
+        };
         let tasks = vec![
             tokio::spawn(watch_kubernetes(state.clone(), client.clone())),
             tokio::spawn(election),
@@ -1637,4 +1675,164 @@ fn sign(ca: &(String, rcgen::Issuer<'static, rcgen::KeyPair>), name: &str, clien
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = p.signed_by(&key, &ca.1).unwrap();
     (cert.pem(), key.serialize_pem())
+}
+
+/// A config's ports on one node: two addresses of 100 ports per protocol,
+/// `tcp` of them held by TCP mappings in all, as a gateway reports.
+fn ports(config: &str, tcp: u32) -> Vec<PortUsage> {
+    ["198.19.100.1", "198.19.100.2"]
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| PortUsage {
+            egress_ip: ip.to_string(),
+            config: config.into(),
+            in_use_by_protocol: [("tcp".to_string(), if i == 0 { tcp.min(100) } else { tcp.saturating_sub(100) })]
+                .into(),
+            capacity_per_protocol: 100,
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn sgc_annotation(fake: &Fake, key: &str) -> Option<Value> {
+    let db = fake.db.lock().unwrap();
+    let value =
+        db.objects.get(SGCS)?.get(key)?["metadata"]["annotations"][ANN_PORT_POOL_PRESSURE].as_str()?.to_string();
+    Some(serde_json::from_str(&value).expect("the annotation is JSON"))
+}
+
+fn sgc_patches(fake: &Fake) -> usize {
+    fake.db.lock().unwrap().writes.iter().filter(|w| w.path.contains("/staticgatewayconfigurations/")).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_pool_past_90_percent_is_one_warning_and_an_annotation_until_it_falls_below_85() {
+    let fake = Fake::new();
+    fake.put(NODES, node("gw-0"), false);
+    fake.put(SGCS, sgc("blue", "198.19.100.0/30"), false);
+    fake.put(PODS, pod("web", "198.18.0.2", "blue"), false);
+    let state = ControlState::new();
+    let client = serve(&fake).await;
+    tokio::spawn(watch_kubernetes(state.clone(), client.clone()));
+    let opts = StatusOptions {
+        retry: Duration::from_millis(100),
+        pressure_every: Duration::from_millis(50),
+        ..Default::default()
+    };
+    tokio::spawn(write_status(state.clone(), client, opts));
+    let long = Duration::from_secs(10);
+    wait_binding(&state, "gw-0", "198.18.0.2", "apps/blue", long).await;
+    wait_until("the config watch", long, || !fake.watches(SGCS).is_empty()).await;
+    let report = |tcp| Report { ports: ports("apps/blue", tcp), ..Default::default() };
+
+    // 180 of 200: 90%, not past it. Nothing is written.
+    state.reported("gw-0", report(180));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sgc_patches(&fake), 0);
+    assert!(fake.events_about("StaticGatewayConfiguration", "blue").is_empty());
+
+    // 185 of 200 (92.5%): a Warning Event and the annotation.
+    state.reported("gw-0", report(185));
+    wait_until("the Warning", long, || !fake.events_about("StaticGatewayConfiguration", "blue").is_empty()).await;
+    let events = fake.events_about("StaticGatewayConfiguration", "blue");
+    let e = &events[0];
+    assert_eq!((e["type"].as_str(), e["reason"].as_str()), (Some("Warning"), Some("PortPoolNearlyFull")));
+    assert_eq!(e["regarding"]["uid"], "uid-blue");
+    let note = e["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("port pool nearly full: node gw-0, tcp: 185/200 ports in use (92.5%), past 90%"),
+        "{note}"
+    );
+    let condition = sgc_annotation(&fake, "apps/blue").expect("the annotation");
+    assert_eq!((condition["type"].as_str(), condition["status"].as_str()), (Some("PortPoolNearlyFull"), Some("True")));
+    assert_eq!(condition["message"], "node gw-0, tcp: 185/200 ports in use (92.5%), past 90%");
+    assert!(condition["lastTransitionTime"].as_str().unwrap().ends_with('Z'), "{condition}");
+    wait_until("the annotation watched", long, || state.snapshot().pressure_annotations.contains_key("apps/blue"))
+        .await;
+
+    // Fuller, then 88%, then 92% again: still nearly full, nothing new.
+    for tcp in [199, 176, 184] {
+        state.reported("gw-0", report(tcp));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(fake.events_about("StaticGatewayConfiguration", "blue").len(), 1);
+    assert_eq!(sgc_patches(&fake), 1);
+
+    // 160 of 200 (80%): relieved, a Normal Event, the annotation removed.
+    state.reported("gw-0", report(160));
+    wait_until("the Normal Event", long, || fake.events_about("StaticGatewayConfiguration", "blue").len() == 2).await;
+    let e = &fake.events_about("StaticGatewayConfiguration", "blue")[1];
+    assert_eq!((e["type"].as_str(), e["reason"].as_str()), (Some("Normal"), Some("PortPoolRelieved")));
+    assert_eq!(
+        e["note"],
+        "port pool below 85% on every node again (fullest: node gw-0, tcp: 160/200 ports in use (80.0%))"
+    );
+    assert!(sgc_annotation(&fake, "apps/blue").is_none());
+    wait_until("the removal watched", long, || state.snapshot().pressure_annotations.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sgc_patches(&fake), 2);
+    assert_eq!(fake.events_about("StaticGatewayConfiguration", "blue").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_publishes_the_pressure_of_a_gateway_on_the_other_replica_and_its_successor_carries_on() {
+    let fake = Fake::new();
+    fake.put(NODES, node("gw-0"), false);
+    fake.put(SGCS, sgc("blue", "198.19.100.0/30"), false);
+    let a = Replica::start(&fake, "control-a").await;
+    let b = Replica::start(&fake, "control-b").await;
+    let long = Duration::from_secs(10);
+    wait_until("a Lease holder", long, || holder(&fake).is_some()).await;
+    let (leader, follower) = if holder(&fake).as_deref() == Some("control-a") { (a, b) } else { (b, a) };
+    wait_until("both config watches", long, || fake.watches(SGCS).len() >= 2).await;
+    // gw-0's gateway is subscribed to the follower, which reports its
+    // ports; each replica holds them as peers.rs fetches them (the leader
+    // from the follower; the follower as the leader would pass them on).
+    let on = |r: &Replica, replica: &str, tcp| {
+        let link = PeerLink {
+            replica: replica.into(),
+            applied_version: 0,
+            applied_error: String::new(),
+            applied: None,
+            report_age_s: Some(0),
+            ports: ports("apps/blue", tcp),
+        };
+        r.state.set_peer_links([("gw-0".to_string(), link)].into());
+    };
+    on(&leader, follower.name, 190);
+    on(&follower, leader.name, 190);
+    wait_until("the Warning", long, || !fake.events_about("StaticGatewayConfiguration", "blue").is_empty()).await;
+    let writers: Vec<String> =
+        fake.db.lock().unwrap().writes.iter().filter(|w| w.path.contains("/events")).map(|w| w.who.clone()).collect();
+    assert_eq!(writers, [leader.name]);
+    assert!(sgc_annotation(&fake, "apps/blue").is_some());
+    wait_until("the annotation watched", long, || {
+        follower.state.snapshot().pressure_annotations.contains_key("apps/blue")
+    })
+    .await;
+
+    // The leader dies: its successor finds the annotation and says nothing
+    // new while the pool stays full, then the relief.
+    let dead = leader.name;
+    leader.kill();
+    wait_until("the follower leading", Duration::from_secs(5), || follower.leader.is_leader()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.events_about("StaticGatewayConfiguration", "blue").len(), 1, "no second Warning");
+    assert_eq!(sgc_patches(&fake), 1);
+    on(&follower, "control-z", 100);
+    wait_until("the Normal Event", long, || fake.events_about("StaticGatewayConfiguration", "blue").len() == 2).await;
+    let e = &fake.events_about("StaticGatewayConfiguration", "blue")[1];
+    assert_eq!((e["type"].as_str(), e["reason"].as_str()), (Some("Normal"), Some("PortPoolRelieved")));
+    assert!(sgc_annotation(&fake, "apps/blue").is_none());
+    let writers: Vec<String> = fake
+        .db
+        .lock()
+        .unwrap()
+        .writes
+        .iter()
+        .filter(|w| w.path.contains("/events") || w.path.contains("/staticgatewayconfigurations/"))
+        .map(|w| w.who.clone())
+        .collect();
+    assert_eq!(writers, [dead, dead, follower.name, follower.name], "annotation and Event, by each leader");
+    follower.kill();
 }
