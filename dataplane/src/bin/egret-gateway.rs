@@ -69,7 +69,12 @@ fn main() -> ExitCode {
     match gateway::run(cfg, &config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("egret-gateway: {e}");
+            // One line, the one a crash-looping pod shows: what failed and,
+            // where a capability is missing, which.
+            match e.capability_hint() {
+                Some(hint) => eprintln!("egret-gateway: {e}: {hint}"),
+                None => eprintln!("egret-gateway: {e}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -3,6 +3,7 @@
 //! re-read when it changes. An invalid plan is rejected whole and the
 //! previous one keeps serving.
 
+pub mod caps;
 pub mod config;
 pub mod error;
 pub mod forward_guard;

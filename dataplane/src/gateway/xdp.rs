@@ -42,6 +42,22 @@ pub enum XdpError {
     Map { map: &'static str, reason: String },
 }
 
+/// An error and its causes ("failed to create map `xsks`: Operation not
+/// permitted"): aya's own message leaves the kernel's answer out. A cause
+/// that only repeats the message before it is skipped.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 fn key(a: Ipv4Addr) -> u32 {
     // Keys are the address bytes as the packet carries them.
     u32::from_ne_bytes(a.octets())
@@ -52,7 +68,7 @@ impl Steering {
     /// generic when the driver has no XDP support. `local` are the node's
     /// own addresses.
     pub fn attach(ifname: &str, local: &[Ipv4Addr]) -> Result<Steering, XdpError> {
-        let mut ebpf = Ebpf::load(PROGRAM).map_err(|e| XdpError::Load(e.to_string()))?;
+        let mut ebpf = Ebpf::load(PROGRAM).map_err(|e| XdpError::Load(with_sources(&e)))?;
         let prog: &mut Xdp = ebpf
             .program_mut("egret_steer")
             .ok_or_else(|| XdpError::Load("program egret_steer missing".into()))?
