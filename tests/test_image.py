@@ -177,7 +177,8 @@ ring = 2048
 class ImageGateway:
     """egret-gateway from the image, as deploy/gateway.yaml runs it, in
     egt-gw: the ConfigMap's template (router_ip from @NODE_IP@) mounted
-    read-only, /run/egret and /var/lib/egret as the pod's volumes, bpffs."""
+    read-only, /run/egret and /var/lib/egret as the pod's volumes (no
+    bpffs: nothing is pinned, the program lives as long as its link)."""
 
     def __init__(self, podman: Podman, topo: egret.Topology, workdir: Path, name: str):
         self.podman, self.topo, self.name = podman, topo, name
@@ -200,7 +201,7 @@ class ImageGateway:
             opts += ["--read-only", "--read-only-tmpfs=false"]
         opts += ["-e", "NODE_NAME=gw-0", "-e", "NODE_IP=198.18.0.1"]
         opts += ["-v", f"{self.template}:/etc/egret/template:ro", "-v", f"{self.run_dir}:/run/egret"]
-        opts += ["-v", f"{self.state}:/var/lib/egret", "-v", "/sys/fs/bpf:/sys/fs/bpf"]
+        opts += ["-v", f"{self.state}:/var/lib/egret"]
         opts += ["--entrypoint", json.dumps(c["command"])]
         return opts
 
