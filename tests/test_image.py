@@ -4,17 +4,19 @@ binaries pytest built, exports it as an OCI archive, and the image loaded
 back from that archive runs with podman in the topology's gateway namespace
 (the node's host network) with the DaemonSet's own command, capabilities,
 seccomp profile, read-only root and no privilege escalation, all read from
-deploy/gateway.yaml. Pods' traffic goes through it; without any one of
-its capabilities, or under the runtime's default seccomp profile, it stops
-at start with a line that names what is missing.
+deploy/gateway.yaml, on the plan egret-control serves it from the same
+image, run as deploy/control.yaml runs it (its user, no capabilities, a
+read-only root). Pods' traffic goes through it; without any one of its
+capabilities, or under the runtime's default seccomp profile, it stops at
+start with a line that names what is missing.
 
 Two things of this machine (a VM without CAP_SYS_RESOURCE in its bounding
 set, cgroup v1 with the v2 hierarchy holding a controller) are worked
 around here, not in the image: runc instead of crun (crun 1.8 refuses such
 hybrid cgroups), and ulimits podman does not have to raise. The image's
-storage is this module's own (vfs, under its temporary directory), removed
-after it; podman never sets up a network of its own (each container joins
-egt-gw's namespace or none)."""
+storage is this module's own (vfs, in a temporary directory), removed after
+it; podman never sets up a network of its own (each container joins egt-gw's
+namespace or none)."""
 
 import json
 import os
@@ -154,12 +156,42 @@ def image(podman, workdir):
     yield name, archive
 
 
-# The ConfigMap's gateway.toml on the topology: its paths, @NODE_IP@ filled
-# in by the DaemonSet's sed, a plan file beside it instead of egret-control,
-# the test suites' UMEM (32 MiB: more than the 8 MiB memlock limit).
+def security(sc: dict, caps: list[str] | None = None, seccomp: str | None = "manifest") -> list[str]:
+    """podman's options for a Kubernetes securityContext (the pod's and the
+    container's merged): its user, capabilities (`caps` instead of the
+    added ones when given), seccomp profile (`seccomp` instead, None for the
+    runtime's default), escalation and read-only root."""
+    opts = [f"--user={sc['runAsUser']}"] if "runAsUser" in sc else []
+    c = sc.get("capabilities", {})
+    opts += [f"--cap-drop={d}" for d in c.get("drop", [])]
+    opts += [f"--cap-add={a}" for a in (c.get("add", []) if caps is None else caps)]
+    profile = sc.get("seccompProfile", {}).get("type") if seccomp == "manifest" else seccomp
+    if profile == "Unconfined":
+        opts.append("--security-opt=seccomp=unconfined")
+    if sc.get("allowPrivilegeEscalation") is False:
+        opts.append("--security-opt=no-new-privileges")
+    if sc.get("readOnlyRootFilesystem"):
+        opts += ["--read-only", "--read-only-tmpfs=false"]
+    return opts
+
+
+def control_security() -> dict:
+    pod = control_pod()
+    return {**pod["securityContext"], **pod["containers"][0]["securityContext"]}
+
+
+def egret_in(podman: Podman, image, *args: str, network: str = "none") -> subprocess.CompletedProcess:
+    """A command in the image as control.yaml runs egret-control (its user,
+    a read-only root, no capabilities); no network unless given."""
+    return podman.run(image[0], *args, opts=["--network", network, *security(control_security())])
+
+
+# The ConfigMap's gateway.toml on the topology: its paths, @NODE_NAME@ and
+# @NODE_IP@ filled in by the DaemonSet's sed, egret-control (from the image
+# too) on loopback without TLS, the suites' UMEM (32 MiB: more than the
+# 8 MiB memlock limit).
 TEMPLATE = """router_ip = "@NODE_IP@"
 drain_secs = 0
-plan_file = "/etc/egret/template/plan.yaml"
 status_file = "/run/egret/status.json"
 state_file = "/var/lib/egret/sessions.json"
 sessions_per_worker = 262144
@@ -171,44 +203,55 @@ queues = {queues}
 frames = 8192
 frame_size = 4096
 ring = 2048
+[control]
+url = "http://127.0.0.1:50051"
+node = "@NODE_NAME@"
 """
 
 
 class ImageGateway:
     """egret-gateway from the image, as deploy/gateway.yaml runs it, in
-    egt-gw: the ConfigMap's template (router_ip from @NODE_IP@) mounted
-    read-only, /run/egret and /var/lib/egret as the pod's volumes (no
-    bpffs: nothing is pinned, the program lives as long as its link)."""
+    egt-gw (its host network): the ConfigMap's template mounted read-only,
+    /run/egret and /var/lib/egret as the pod's volumes (no bpffs: nothing
+    is pinned, the program lives as long as its link); its plan from
+    egret-control, run from the image as control.yaml runs it, on the
+    manifests of egret.plan()."""
 
-    def __init__(self, podman: Podman, topo: egret.Topology, workdir: Path, name: str):
-        self.podman, self.topo, self.name = podman, topo, name
+    def __init__(self, podman: Podman, topo: egret.Topology, workdir: Path, image: str):
+        self.podman, self.topo, self.image = podman, topo, image
+        self.name, self.control = f"egret-gateway-test-{os.getpid()}", f"egret-control-test-{os.getpid()}"
+        self.network = f"ns:/run/netns/{topo.gw.name}"
         self.template, self.run_dir, self.state = workdir / "template", workdir / "run", workdir / "state"
-        for d in (self.template, self.run_dir, self.state):
+        self.manifests = workdir / "image-manifests"
+        for d in (self.template, self.run_dir, self.state, self.manifests):
             d.mkdir(exist_ok=True)
         (self.template / "gateway.toml").write_text(TEMPLATE.format(queues=topo.queues))
-        (self.template / "plan.yaml").write_text(egret.plan())
+        (self.manifests / "cluster.yaml").write_text(egret.plan())
 
-    def options(self, caps: list[str], seccomp: str | None) -> list[str]:
+    def start_control(self) -> None:
+        opts = ["--network", self.network, *security(control_security()), "-v", f"{self.manifests}:/manifests:ro"]
+        r = self.podman.run(
+            self.image, "egret-control", "--manifests", "/manifests", "--listen", "127.0.0.1:50051",
+            opts=opts, name=self.control, detach=True,
+        )
+        assert r.returncode == 0, r.stderr
+        egret.poll(lambda: self.ctl("configs").returncode == 0, timeout=10, what="egret-control from the image answering")
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        """egretctl from the image, in egt-gw."""
+        return egret_in(self.podman, (self.image, None), "egretctl", *args, network=self.network)
+
+    def start(self, caps: list[str] | None = None, seccomp: str | None = "manifest") -> subprocess.CompletedProcess:
+        """The DaemonSet's container: its command, env and security context
+        (`caps` and `seccomp` instead of its own when given)."""
         c = gateway_container()
-        sc = c["securityContext"]
-        opts = ["--network", f"ns:/run/netns/{self.topo.gw.name}", "--cap-drop", "ALL"]
-        opts += [f"--cap-add={cap}" for cap in caps]
-        if seccomp == "Unconfined":
-            opts.append("--security-opt=seccomp=unconfined")
-        if sc.get("allowPrivilegeEscalation") is False:
-            opts.append("--security-opt=no-new-privileges")
-        if sc.get("readOnlyRootFilesystem"):
-            opts += ["--read-only", "--read-only-tmpfs=false"]
+        opts = ["--network", self.network, *security(c["securityContext"], caps, seccomp)]
         opts += ["-e", "NODE_NAME=gw-0", "-e", "NODE_IP=198.18.0.1"]
         opts += ["-v", f"{self.template}:/etc/egret/template:ro", "-v", f"{self.run_dir}:/run/egret"]
-        opts += ["-v", f"{self.state}:/var/lib/egret"]
-        opts += ["--entrypoint", json.dumps(c["command"])]
-        return opts
-
-    def start(self, image: str, caps: list[str], seccomp: str | None) -> subprocess.CompletedProcess:
+        opts += ["-v", f"{self.state}:/var/lib/egret", "--entrypoint", json.dumps(c["command"])]
         (self.run_dir / "status.json").unlink(missing_ok=True)
         self.podman("rm", "-f", self.name)
-        return self.podman.run(image, *gateway_container()["args"], opts=self.options(caps, seccomp), name=self.name, detach=True)
+        return self.podman.run(self.image, *c["args"], opts=opts, name=self.name, detach=True)
 
     def status(self) -> egret.Status | None:
         try:
@@ -221,17 +264,10 @@ class ImageGateway:
 
 
 @pytest.fixture(scope="module")
-def image_gateway(podman, topo, servers, workdir):
-    return ImageGateway(podman, topo, workdir, f"egret-gateway-test-{os.getpid()}")
-
-
-def egret_in(podman: Podman, image, *args: str) -> subprocess.CompletedProcess:
-    """A command in the image, no network, as control.yaml runs
-    egret-control: its user, a read-only root, no capabilities."""
-    name, _ = image
-    user = control_pod()["securityContext"]["runAsUser"]
-    opts = ["--network", "none", "--user", str(user), "--read-only", "--read-only-tmpfs=false", "--cap-drop", "ALL"]
-    return podman.run(name, *args, opts=opts)
+def image_gateway(podman, image, topo, servers, workdir):
+    gw = ImageGateway(podman, topo, workdir, image[0])
+    gw.start_control()
+    return gw
 
 
 def test_the_manifests_name_the_image_the_build_makes(image, podman):
@@ -261,49 +297,54 @@ def test_the_oci_archive_is_small_and_holds_only_what_runs(image, podman):
     assert lines[3:] == [], f"tools a scratch image should not hold: {lines[3:]}"
 
 
-def test_the_gateway_runs_from_the_image_with_the_daemonsets_capabilities(image, image_gateway, topo):
-    name, _ = image
-    sc = gateway_container()["securityContext"]
-    assert sc["capabilities"]["drop"] == ["ALL"]
-    r = image_gateway.start(name, GATEWAY_CAPS, sc.get("seccompProfile", {}).get("type"))
+def test_the_gateway_runs_from_the_image_with_the_daemonsets_capabilities(image_gateway, topo):
+    gw = image_gateway
+    assert gateway_container()["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    r = gw.start()
     assert r.returncode == 0, r.stderr
     try:
-        status = egret.poll(image_gateway.status, timeout=15, what="the image's gateway status")
-        filled = (image_gateway.run_dir / "gateway.toml").read_text()
-        assert 'router_ip = "198.18.0.1"' in filled, "the DaemonSet's sh and sed filled the template in"
+        status = egret.poll(gw.status, timeout=15, what="the image's gateway status")
+        filled = (gw.run_dir / "gateway.toml").read_text()
+        assert 'router_ip = "198.18.0.1"' in filled and 'node = "gw-0"' in filled, "sh and sed filled the template in"
         assert status.doc["forward_guard"]["installed"], "nft from the image installed the forward guard"
         # The process holds exactly the DaemonSet's capabilities.
-        proc = Path(f"/proc/{image_gateway.pid()}/status").read_text().splitlines()
+        proc = Path(f"/proc/{gw.pid()}/status").read_text().splitlines()
         eff = next(l for l in proc if l.startswith("CapEff:"))
         bits = {"NET_ADMIN": 12, "NET_RAW": 13, "IPC_LOCK": 14, "SYS_ADMIN": 21, "SYS_RESOURCE": 24, "BPF": 39}
         assert int(eff.split()[1], 16) == sum(1 << bits[c] for c in GATEWAY_CAPS), eff
-        # Pods egress through it, each from its config's pool.
+        # Pods egress through it, each from its config's pool, on the plan
+        # egret-control (from the image) served it.
         a = egret.poll(lambda: topo.pa.curl("http://198.19.0.254/", 2), timeout=10, what="pod-a through the image")
         assert egret.in_pool(a, "198.19.100"), a
         assert egret.in_pool(topo.pb.curl("http://198.19.0.254/"), "198.19.101")
         assert topo.pc.curl("http://198.19.0.254/", 1) is None, "an unbound pod is not forwarded"
+        nodes = gw.ctl("-o", "json", "nodes")
+        assert nodes.returncode == 0 and "gw-0" in nodes.stdout, nodes.stdout + nodes.stderr
     finally:
-        log = image_gateway.podman.logs(image_gateway.name)
-        image_gateway.podman("stop", "-t", "15", image_gateway.name)
-    assert image_gateway.podman.wait_exit(image_gateway.name) == 0, log[-2000:]
+        log = gw.podman.logs(gw.name)
+        gw.podman("stop", "-t", "15", gw.name)
+    assert gw.podman.wait_exit(gw.name) == 0, log[-2000:]
     assert "prog/xdp" not in topo.gw.run("ip", "-d", "link", "show", "gw-in").stdout, "XDP detached on stop"
 
 
+def last_line(gw: ImageGateway) -> str:
+    """The gateway's exit status and the last line it wrote."""
+    code = gw.podman.wait_exit(gw.name)
+    return f"{code} {gw.podman.logs(gw.name).strip().splitlines()[-1]}"
+
+
 @pytest.mark.parametrize("cap", GATEWAY_CAPS)
-def test_without_each_capability_the_gateway_says_which_is_missing(image, image_gateway, cap):
-    name, _ = image
-    r = image_gateway.start(name, [c for c in GATEWAY_CAPS if c != cap], "Unconfined")
+def test_without_each_capability_the_gateway_says_which_is_missing(image_gateway, cap):
+    r = image_gateway.start(caps=[c for c in GATEWAY_CAPS if c != cap])
     assert r.returncode == 0, r.stderr
-    assert image_gateway.podman.wait_exit(image_gateway.name) == 1
-    last = image_gateway.podman.logs(image_gateway.name).strip().splitlines()[-1]
-    assert last.startswith("egret-gateway: ") and f"this process lacks CAP_{cap} (" in last, last
+    last = last_line(image_gateway)
+    assert last.startswith("1 egret-gateway: ") and f"this process lacks CAP_{cap} (" in last, last
     assert image_gateway.status() is None
 
 
-def test_under_the_runtimes_default_seccomp_profile_it_says_so(image, image_gateway):
-    name, _ = image
-    r = image_gateway.start(name, GATEWAY_CAPS, None)
+def test_under_the_runtimes_default_seccomp_profile_it_says_so(image_gateway):
+    r = image_gateway.start(seccomp=None)
     assert r.returncode == 0, r.stderr
-    assert image_gateway.podman.wait_exit(image_gateway.name) == 1
-    last = image_gateway.podman.logs(image_gateway.name).strip().splitlines()[-1]
-    assert "Operation not permitted" in last and "seccomp Unconfined" in last, last
+    last = last_line(image_gateway)
+    assert last.startswith("1 egret-gateway: ") and "Operation not permitted" in last, last
+    assert "seccomp Unconfined" in last, last
