@@ -2,10 +2,11 @@
 # Builds the one Egret image (egret-gateway, egret-control, egretctl; deploy/
 # runs it as both) with buildah FROM scratch: nothing is pulled, so no
 # registry or container daemon is needed. Into an empty root go the release
-# binaries (debug info stripped), every shared library they load (ldd, at
-# the same paths), and the programs the gateway runs: nft (the forward
-# guard), ip (interface addresses) and /bin/sh with sed (the DaemonSet fills
-# its node name into gateway.toml at start).
+# binaries (debug info stripped), every shared library they load (ldd; in
+# Debian's merged /usr layout), and the programs the gateway runs: nft (the
+# forward guard), ip (interface addresses) and /bin/sh with sed (the
+# DaemonSet fills its node name into gateway.toml at start).
+# tests/test_image.py builds it this way and runs it.
 #
 #   deploy/build-image.sh [--no-build] [IMAGE [OCI_ARCHIVE]]
 #
@@ -16,12 +17,12 @@
 # --no-build uses the binaries already in target/release. buildah's storage
 # is the default one unless CONTAINERS_STORAGE_CONF names another.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 build=1
 if [ "${1:-}" = --no-build ]; then build=0; shift; fi
+archive=${2:+$(realpath -m "$2")}
+cd "$(dirname "$0")/.."
 default=$(awk '$1 == "newName:" { n = $2 } $1 == "newTag:" { t = $2 } END { print n ":" t }' deploy/kustomization.yaml)
 image=${1:-$default}
-archive=${2:-}
 release=${CARGO_TARGET_DIR:-$PWD/target}/release
 command -v buildah >/dev/null || { echo "build-image: buildah is not installed (apt-get install buildah)" >&2; exit 1; }
 if [ "$build" = 1 ]; then cargo build --release -q --workspace --bins; fi
