@@ -190,6 +190,11 @@ pub struct NodeConfig {
     /// Session capacity per worker.
     #[serde(default = "default_sessions")]
     pub sessions_per_worker: usize,
+    /// The ports every egress address hands out, `"LO-HI"` (default
+    /// 1024-65535), split among the workers: narrower to keep them clear of
+    /// a range something else on the address uses.
+    #[serde(default = "default_egress_ports", deserialize_with = "port_range")]
+    pub egress_ports: (u16, u16),
     /// Manifests file or directory (standalone mode).
     #[serde(default)]
     pub plan_file: Option<PathBuf>,
@@ -232,6 +237,21 @@ fn default_drain_secs() -> u64 {
 
 fn default_snapshot_secs() -> u64 {
     10
+}
+
+fn default_egress_ports() -> (u16, u16) {
+    (1024, 65535)
+}
+
+fn port_range<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(u16, u16), D::Error> {
+    let s = String::deserialize(d)?;
+    let bad = || serde::de::Error::custom(format!("egress_ports '{s}' must be \"LO-HI\" with 1 <= LO <= HI <= 65535"));
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    let (lo, hi): (u16, u16) = (lo.trim().parse().map_err(|_| bad())?, hi.trim().parse().map_err(|_| bad())?);
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
 }
 
 fn default_sessions() -> usize {
@@ -308,6 +328,14 @@ impl NodeConfig {
         if c.sessions_per_worker == 0 {
             return Err(bad("sessions_per_worker must be at least 1".into()));
         }
+        let (lo, hi) = c.egress_ports;
+        let per_worker = (u32::from(hi) - u32::from(lo) + 1) / c.interfaces.queues.max(1);
+        if per_worker < MIN_PORTS_PER_WORKER {
+            return Err(bad(format!(
+                "egress_ports {lo}-{hi} leaves {per_worker} ports to each of {} workers; each needs at least {MIN_PORTS_PER_WORKER}",
+                c.interfaces.queues
+            )));
+        }
         if c.ipfix.as_ref().is_some_and(|i| !(1..=3600).contains(&i.template_refresh_secs)) {
             return Err(bad("ipfix.template_refresh_secs must be 1..=3600".into()));
         }
@@ -323,6 +351,9 @@ impl NodeConfig {
         v
     }
 }
+
+/// Egress ports a worker needs at least (its slice of `egress_ports`).
+const MIN_PORTS_PER_WORKER: u32 = 16;
 
 /// Settings that SIGHUP can change without a restart.
 pub(super) fn reload_settings(path: &Path, cfg: &mut NodeConfig) {
@@ -348,6 +379,7 @@ pub(super) fn reload_settings(path: &Path, cfg: &mut NodeConfig) {
         ("cores", new.cores != cfg.cores),
         ("umem", format!("{:?}", new.umem) != format!("{:?}", cfg.umem)),
         ("sessions_per_worker", new.sessions_per_worker != cfg.sessions_per_worker),
+        ("egress_ports", new.egress_ports != cfg.egress_ports),
         ("nat_log", format!("{:?}", new.nat_log) != format!("{:?}", cfg.nat_log)),
         ("ipfix", new.ipfix != cfg.ipfix),
         ("metrics_address", new.metrics_address != cfg.metrics_address),
@@ -455,6 +487,28 @@ mod tests {
         std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsiZWdyZXQtY29udHJvbCJdfQ.c2ln\n").unwrap();
         assert_eq!(settings.check_files(), Ok(()));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn with_egress_ports(ports: &str, queues: u32) -> Result<NodeConfig, ConfigError> {
+        let text = format!(
+            "router_ip = \"198.18.0.1\"\nplan_file = \"/nonexistent/plan.yaml\"\negress_ports = \"{ports}\"\n[interfaces]\ninside = \"gw-in\"\nqueues = {queues}\n"
+        );
+        load_text("egress-ports", &text)
+    }
+
+    #[test]
+    fn egress_ports_narrow_the_range_each_address_hands_out() {
+        assert_eq!(with_egress_ports("40000-40999", 2).unwrap().egress_ports, (40000, 40999));
+        assert_eq!(load_with("").unwrap().egress_ports, (1024, 65535), "the default");
+        for bad in ["40000", "0-100", "500-400", "1-70000", "a-b"] {
+            let e = with_egress_ports(bad, 1).unwrap_err().to_string();
+            assert!(e.contains(&format!("egress_ports '{bad}' must be \"LO-HI\"")), "{e}");
+        }
+        let e = with_egress_ports("40000-40030", 2).unwrap_err().to_string();
+        assert!(
+            e.contains("egress_ports 40000-40030 leaves 15 ports to each of 2 workers; each needs at least 16"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -150,6 +150,7 @@ impl Gateway {
                 worker: index,
                 workers: workers_n,
                 session_capacity: cfg.sessions_per_worker,
+                ports: cfg.egress_ports.0..=cfg.egress_ports.1,
                 router_ip: cfg.router_ip,
                 nat_log: cfg.nat_log.enabled || ipfix.is_some(),
                 nat_log_destinations: cfg.nat_log.destinations,
