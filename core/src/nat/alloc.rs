@@ -108,6 +108,7 @@ impl NatEngine {
         let (first, n) = self.addr_order(k.local, ci);
         if self.exhausted.contains(&dest) {
             self.count_refused(first, ci, k.proto);
+            self.note_busy(dest, 0, 1);
             return Err(DropReason::PoolExhausted);
         }
         let (lo, len) = (self.slice.lo, self.slice.len() as u32);
@@ -127,6 +128,7 @@ impl NatEngine {
             }
         }
         self.counters.pool_scans += 1;
+        self.note_busy(dest, 1, 0);
         for step in 0..n {
             let ai = (usize::from(first) + step) % n;
             probe.local = u32::from(self.plan.configs[usize::from(ci)].addrs[ai]);
@@ -142,7 +144,19 @@ impl NatEngine {
             self.exhausted.insert(dest);
         }
         self.count_refused(first, ci, k.proto);
+        self.note_busy(dest, 0, 1);
         Err(DropReason::PoolExhausted)
+    }
+
+    /// Counts a scan or a refusal toward a port-reuse destination (the
+    /// slow path only; a bounded table, new destinations beyond it unfollowed).
+    fn note_busy(&mut self, dest: (u8, u32, u16, u16), scans: u64, refused: u64) {
+        let room = self.busy.len() < super::BUSY_DESTINATIONS_KEPT;
+        if let Some(e) = self.busy.get_mut(&dest) {
+            *e = (e.0 + scans, e.1 + refused);
+        } else if room {
+            self.busy.insert(dest, (scans, refused));
+        }
     }
 
     pub(super) fn release_mapping_ref(&mut self, mi: u32, now: Time) {

@@ -231,6 +231,23 @@ pub struct PortUsage {
     pub refused: [u64; 3],
 }
 
+/// Under port reuse, a destination whose tuples are getting scarce: new
+/// flows to it found no free port in their random probes and scanned
+/// (a sign it is ~85% taken or more), or found none at all and were refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusyDestination {
+    pub config: String,
+    pub proto: u8,
+    pub remote: Ipv4Addr,
+    pub remote_port: u16,
+    pub scans: u64,
+    pub refused: u64,
+}
+
+/// Busy destinations kept per worker (beyond: not followed), and reported.
+pub const BUSY_DESTINATIONS_KEPT: usize = 256;
+pub const BUSY_DESTINATIONS_REPORTED: usize = 10;
+
 /// Index of a protocol in per-protocol arrays (TCP, UDP, ICMP); sessions
 /// hold only these three.
 #[inline]
@@ -292,6 +309,8 @@ pub struct NatEngine {
     /// tuple was taken at the last exhaustive scan, until one of theirs is
     /// freed; refused new flows to them cost a lookup, not a scan.
     exhausted: hashbrown::HashSet<(u8, u32, u16, u16)>,
+    /// Port reuse: (scans, refusals) by destination, for `busy_destinations`.
+    busy: hashbrown::HashMap<(u8, u32, u16, u16), (u64, u64)>,
     /// Whether the plan has tunnelled pods at all (spares the hot path a
     /// lookup when none are).
     any_tunnelled: bool,
@@ -344,6 +363,7 @@ impl NatEngine {
             live: Vec::new(),
             cooling: port_pool::CoolingPorts::default(),
             exhausted: hashbrown::HashSet::new(),
+            busy: hashbrown::HashMap::new(),
             any_tunnelled: false,
             cut_resets: policy_check::CutResets::default(),
             name_checks: name_check::NameChecks::default(),
@@ -422,6 +442,29 @@ impl NatEngine {
             })
             .collect();
         v.sort_by_key(|u| u.addr);
+        v
+    }
+
+    /// Under port reuse, the destinations whose tuples ran scarcest since the
+    /// plan was applied: most refusals, then most scans, at most
+    /// `BUSY_DESTINATIONS_REPORTED`.
+    pub fn busy_destinations(&self) -> Vec<BusyDestination> {
+        let mut v: Vec<BusyDestination> = self
+            .busy
+            .iter()
+            .map(|(&(proto, remote, remote_port, ci), &(scans, refused))| BusyDestination {
+                config: self.plan.configs[usize::from(ci)].name.clone(),
+                proto,
+                remote: Ipv4Addr::from(remote),
+                remote_port,
+                scans,
+                refused,
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            (b.refused, b.scans, a.remote, a.remote_port).cmp(&(a.refused, a.scans, b.remote, b.remote_port))
+        });
+        v.truncate(BUSY_DESTINATIONS_REPORTED);
         v
     }
 

@@ -76,3 +76,32 @@ fn exhaustion_is_claimed_only_when_every_tuple_is_taken() {
     // Another destination still has every port.
     assert!(matches!(udp(POD, 6000, [198, 19, 0, 101], 53, b"x").run(&mut e, T), Verdict::Forward { .. }));
 }
+
+#[test]
+fn the_destinations_whose_tuples_run_scarce_are_reported_busiest_first() {
+    let mut a = GatewayConfig::new("a", vec!["198.19.100.0/30".parse().unwrap()]);
+    a.mapping = MappingMode::PortReuse;
+    let plan = Plan {
+        network_policies: Vec::new(),
+        version: 1,
+        configs: vec![a],
+        bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }],
+    };
+    let s = EngineSettings { ports: 1024..=1039, ..settings() };
+    let mut e = NatEngine::new(s, Arc::new(CompiledPlan::new(&plan).unwrap()));
+    let quiet = [198, 19, 0, 101];
+    for p in 0..8u16 {
+        let _ = udp(POD, 5000 + p, quiet, 53, b"x").run(&mut e, T);
+    }
+    assert!(e.busy_destinations().is_empty(), "a destination with free tuples is not busy");
+    // 64 tuples toward SERVER taken, then three flows more: refused.
+    for p in 0..67u16 {
+        let _ = udp(POD, 6000 + p, SERVER, 53, b"x").run(&mut e, T);
+    }
+    let busy = e.busy_destinations();
+    assert_eq!(busy.len(), 1, "{busy:?}");
+    let b = &busy[0];
+    assert_eq!((b.config.as_str(), b.proto, b.remote, b.remote_port), ("a", 17, Ipv4Addr::from(SERVER), 53));
+    assert_eq!(b.refused, 3);
+    assert!(b.scans >= 1, "the first refusal scanned; later ones know it is exhausted");
+}

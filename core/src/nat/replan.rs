@@ -81,6 +81,8 @@ impl NatEngine {
         self.addrs = addrs;
         // Pools may have changed: every destination gets a fresh scan.
         self.exhausted.clear();
+        // Keyed by config position, which the new plan may change.
+        self.busy.clear();
         let addrs = &self.addrs;
         self.cooling.retain_addrs(|a| addrs.contains_key(&a));
 

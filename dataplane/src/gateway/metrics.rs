@@ -70,6 +70,16 @@ mod family {
         Counter,
         "New flows refused for want of a port, by the address their pod is paired with and protocol.",
     );
+    pub const BUSY_SCANS: Family = (
+        "egret_port_reuse_busy_scans",
+        Counter,
+        "Port reuse: new flows to a destination that found no free port by random probes and scanned (its tuples ~85% taken or more), for the busiest destinations.",
+    );
+    pub const BUSY_REFUSED: Family = (
+        "egret_port_reuse_busy_refused",
+        Counter,
+        "Port reuse: new flows to a destination refused because every tuple toward it was taken, for the busiest destinations.",
+    );
     pub const PACKETS: Family = ("egret_packets", Counter, "Packets translated, by worker and direction.");
     pub const BYTES: Family = ("egret_bytes", Counter, "Bytes translated, by worker and direction.");
     pub const DROPS: Family = ("egret_drops", Counter, "Packets dropped, by worker and reason.");
@@ -296,6 +306,16 @@ fn encode_reports(
         family::PORTS_REFUSED,
         ports.iter().flat_map(|(k, p)| (0..3).map(move |i| (per_proto(k, i), p.refused[i]))),
     )?;
+    // Port reuse's busiest destinations, summed over workers.
+    let mut busy: BTreeMap<(String, &str, String), (u64, u64)> = Default::default();
+    for b in reports.iter().flat_map(|r| &r.busy_destinations) {
+        let name = IpProtocol::from_number(b.proto).map_or("other", |p| p.name());
+        let e = busy.entry((b.config.clone(), name, format!("{}:{}", b.remote, b.remote_port))).or_default();
+        (e.0, e.1) = (e.0 + b.scans, e.1 + b.refused);
+    }
+    let busy_labels = |(c, p, d): &(String, &str, String)| labels!("config" => c, "proto" => *p, "destination" => d);
+    emit(enc, family::BUSY_SCANS, busy.iter().map(|(k, v)| (busy_labels(k), v.0)))?;
+    emit(enc, family::BUSY_REFUSED, busy.iter().map(|(k, v)| (busy_labels(k), v.1)))?;
 
     let by_direction = |f: fn(&crate::nat::Counters) -> [u64; 2]| {
         reports.iter().flat_map(move |r| {
@@ -466,6 +486,14 @@ mod tests {
         let mut r = WorkerReport { worker: 1, session_capacity: 1000, turns: 77, ..Default::default() };
         r.nat.in2out_packets = 5;
         r.io.ipfix_records_lost = 3;
+        r.busy_destinations = vec![crate::nat::BusyDestination {
+            config: "demo/a".into(),
+            proto: 17,
+            remote: std::net::Ipv4Addr::new(198, 19, 0, 53),
+            remote_port: 53,
+            scans: 4,
+            refused: 9,
+        }];
         r.nat.drops[crate::nat::DropReason::QuotaExceeded as usize] = 2;
         r.sessions_by_config = vec![("demo/a".into(), [1, 2, 0])];
         r.network_policy_denials =
@@ -497,6 +525,7 @@ mod tests {
             "egret_plan_rejected 1",
             "egret_control_connected 0",
             "egret_ipfix_records_dropped_total{reason=\"queue_full\"} 3",
+            "egret_port_reuse_busy_refused_total{config=\"demo/a\",proto=\"udp\",destination=\"198.19.0.53:53\"} 9",
             "egret_mode{interface=\"gw-in\",xdp=\"Native\",afxdp=\"copy\"} 1",
             "egret_sessions{config=\"demo/a\",proto=\"udp\"} 2",
             "egret_ports_in_use{address=\"198.19.100.3\",config=\"demo/a\",proto=\"udp\"} 2",

@@ -149,6 +149,9 @@ pub struct WorkerReport {
     pub deny_logs_suppressed: u64,
     #[serde(skip)]
     pub tunnels: Vec<TunnelReport>,
+    /// Port reuse: the destinations whose tuples ran scarcest.
+    #[serde(skip)]
+    pub busy_destinations: Vec<crate::nat::BusyDestination>,
     /// Flows awaiting their name on the wire (TLS SNI, HTTP Host).
     pub name_checks_pending: usize,
 }
@@ -435,6 +438,7 @@ impl Worker {
         r.io = self.io_counters.clone();
         r.nat = self.engine.counters().clone();
         r.ports = self.engine.port_usage();
+        r.busy_destinations = self.engine.busy_destinations();
         r.rule_hits = self.engine.rule_hits();
         r.name_checks_pending = self.engine.name_checks_pending();
         r.network_policy_denials = self.engine.network_policy_denials();
