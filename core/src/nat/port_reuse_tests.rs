@@ -55,8 +55,8 @@ fn a_full_paired_address_spills_without_scanning_it_for_every_flow() {
     assert!(last < first * 50.0, "first flows {:.1} us each, last {:.1} us", first * 1e6, last * 1e6);
 }
 
-#[test]
-fn exhaustion_is_claimed_only_when_every_tuple_is_taken() {
+/// Four addresses of 16 ports each: 64 tuples toward any one destination.
+fn small_pool() -> NatEngine {
     let mut a = GatewayConfig::new("a", vec!["198.19.100.0/30".parse().unwrap()]);
     a.mapping = MappingMode::PortReuse;
     let plan = Plan {
@@ -66,7 +66,12 @@ fn exhaustion_is_claimed_only_when_every_tuple_is_taken() {
         bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }],
     };
     let s = EngineSettings { ports: 1024..=1039, ..settings() };
-    let mut e = NatEngine::new(s, Arc::new(CompiledPlan::new(&plan).unwrap()));
+    NatEngine::new(s, Arc::new(CompiledPlan::new(&plan).unwrap()))
+}
+
+#[test]
+fn exhaustion_is_claimed_only_when_every_tuple_is_taken() {
+    let mut e = small_pool();
     // 4 addresses x 16 ports toward one destination: all 64 succeed.
     for p in 0..64u16 {
         assert!(matches!(udp(POD, 5000 + p, SERVER, 53, b"x").run(&mut e, T), Verdict::Forward { .. }), "flow {p}");
@@ -79,16 +84,7 @@ fn exhaustion_is_claimed_only_when_every_tuple_is_taken() {
 
 #[test]
 fn the_destinations_whose_tuples_run_scarce_are_reported_busiest_first() {
-    let mut a = GatewayConfig::new("a", vec!["198.19.100.0/30".parse().unwrap()]);
-    a.mapping = MappingMode::PortReuse;
-    let plan = Plan {
-        network_policies: Vec::new(),
-        version: 1,
-        configs: vec![a],
-        bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }],
-    };
-    let s = EngineSettings { ports: 1024..=1039, ..settings() };
-    let mut e = NatEngine::new(s, Arc::new(CompiledPlan::new(&plan).unwrap()));
+    let mut e = small_pool();
     let quiet = [198, 19, 0, 101];
     for p in 0..8u16 {
         let _ = udp(POD, 5000 + p, quiet, 53, b"x").run(&mut e, T);
