@@ -418,7 +418,7 @@ mod names {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only established|new|policy|netpol|names|memory`: one group of rows (to profile it).
+    // `--only established|new|policy|netpol|names|pauses|memory`: one group of rows (to profile it).
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let want = |group: &str| only.as_deref().is_none_or(|o| o == group);
     let runs = if quick { 1 } else { 5 };
@@ -507,6 +507,33 @@ fn main() {
                 median(rates),
                 "M/s",
             ));
+        }
+    }
+
+    // The pause a plan change or a session snapshot puts in a worker's
+    // loop: both walk every session (issue 31 asks for under 1 ms).
+    if want("pauses") {
+        for n in if quick { vec![100_000usize] } else { vec![1_000_000, 4_000_000] } {
+            let mut est = establish(n);
+            let now = Time::from_secs(2);
+            let replans: Vec<f64> = (0..runs)
+                .map(|_| {
+                    let next = plan_with(MappingMode::EndpointIndependent, None, Vec::new());
+                    let t = Instant::now();
+                    est.engine.apply_plan(next, now);
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            let snaps: Vec<f64> = (0..runs)
+                .map(|_| {
+                    let t = Instant::now();
+                    black_box(est.engine.snapshot(now));
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            let label = if n >= 1_000_000 { format!("{}M", n / 1_000_000) } else { format!("{}k", n / 1000) };
+            rows.push((format!("plan applied over {label} live sessions (the worker's pause)"), median(replans), "ms"));
+            rows.push((format!("session snapshot of {label} sessions (the worker's pause)"), median(snaps), "ms"));
         }
     }
 
