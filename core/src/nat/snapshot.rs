@@ -43,24 +43,41 @@ impl NatEngine {
 
     /// At most `limit` live sessions (a sample, in table order).
     pub fn snapshot_at_most(&self, now: Time, limit: usize) -> Vec<SessionRecord> {
-        self.sessions
-            .iter()
-            .map(|(_, s)| s)
-            .filter(|s| s.is_live() && s.deadline > now.secs())
-            .take(limit)
-            .map(|s| SessionRecord {
-                config: self.config(s.config).name.clone(),
-                proto: s.proto,
-                pod: Ipv4Addr::from(s.pod),
-                pod_port: s.pod_port,
-                remote: Ipv4Addr::from(s.remote),
-                remote_port: s.remote_port,
-                egress: Ipv4Addr::from(s.egress),
-                egress_port: s.egress_port,
-                state: s.state,
-                remaining: s.deadline - now.secs(),
-            })
-            .collect()
+        let mut out = Vec::new();
+        self.snapshot_step(0, usize::MAX, limit, now, &mut out);
+        out
+    }
+
+    /// One bounded step of a snapshot taken across turns of the worker's
+    /// loop (a whole one of millions of sessions is a pause of hundreds of
+    /// ms): appends the live sessions of `slots` table slots from `from`,
+    /// `out` holding at most `limit`; returns where the next step starts,
+    /// or `None` once the table (or the limit) is done. Sessions that open
+    /// behind the cursor wait for the next snapshot, as those that open
+    /// after a whole one do.
+    pub fn snapshot_step(
+        &self,
+        from: usize,
+        slots: usize,
+        limit: usize,
+        now: Time,
+        out: &mut Vec<SessionRecord>,
+    ) -> Option<usize> {
+        let live = self.sessions.in_slots(from, slots).filter(|s| s.is_live() && s.deadline > now.secs());
+        out.extend(live.take(limit.saturating_sub(out.len())).map(|s| SessionRecord {
+            config: self.config(s.config).name.clone(),
+            proto: s.proto,
+            pod: Ipv4Addr::from(s.pod),
+            pod_port: s.pod_port,
+            remote: Ipv4Addr::from(s.remote),
+            remote_port: s.remote_port,
+            egress: Ipv4Addr::from(s.egress),
+            egress_port: s.egress_port,
+            state: s.state,
+            remaining: s.deadline - now.secs(),
+        }));
+        let next = from.saturating_add(slots);
+        (next < self.sessions.slots_used() && out.len() < limit).then_some(next)
     }
 
     /// The worker a record belongs to under this engine's worker layout.

@@ -1370,6 +1370,27 @@ fn sessions_survive_a_snapshot_and_restore_into_a_new_engine() {
 }
 
 #[test]
+fn a_snapshot_taken_in_bounded_steps_holds_what_a_whole_one_does() {
+    let mut e = engine();
+    for port in 0..50 {
+        udp(POD_A, 5000 + port, SERVER, 53, b"x").run(&mut e, T0);
+    }
+    let now = Time::from_secs(u64::from(T0.secs()) + 1);
+    let whole = e.snapshot(now);
+    let (mut stepped, mut from, mut steps) = (Vec::new(), Some(0), 0);
+    while let Some(f) = from {
+        from = e.snapshot_step(f, 7, usize::MAX, now, &mut stepped);
+        steps += 1;
+    }
+    assert_eq!(stepped, whole);
+    assert_eq!(steps, 50usize.div_ceil(7), "7 slots a step");
+    // A sample's limit ends it early.
+    let mut sample = Vec::new();
+    assert_eq!(e.snapshot_step(0, 7, 5, now, &mut sample), None);
+    assert_eq!(sample.len(), 5);
+}
+
+#[test]
 fn the_nat_log_records_who_used_which_egress_port_when() {
     let mut e = NatEngine::new(EngineSettings { nat_log: true, ..settings() }, default_plan());
     let mut u = udp(POD_A, 5000, SERVER, 53, b"x");

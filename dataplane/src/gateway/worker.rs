@@ -120,6 +120,10 @@ crate::counters::counter_set! {
 
 /// Sessions a worker samples for the control plane's session listing.
 pub const SESSION_SAMPLE: usize = 1000;
+/// Session table slots a periodic snapshot copies per turn of the loop:
+/// about half a millisecond here, so a snapshot of 4M sessions spreads
+/// over a thousand turns instead of stalling one for half a second.
+const SNAPSHOT_SLOTS_PER_TURN: usize = 4096;
 
 /// A worker's figures, published a few times a second.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -240,6 +244,8 @@ pub struct Worker {
     pub full_snapshots: Arc<AtomicBool>,
     pub epoch: Instant,
     log: LogQueue,
+    /// A periodic snapshot being taken: the next slot, what it has, its limit.
+    snapshot_building: Option<(usize, Vec<crate::nat::SessionRecord>, usize)>,
     journal_sessions: bool,
     ipfix: Option<super::ipfix::IpfixQueue>,
     pub io_counters: IoCounters,
@@ -286,6 +292,7 @@ impl Worker {
             full_snapshots: shared.full_snapshots,
             epoch: shared.epoch,
             log: shared.log,
+            snapshot_building: None,
             journal_sessions: shared.journal_sessions,
             ipfix: shared.ipfix,
             io_counters: IoCounters::default(),
@@ -364,15 +371,20 @@ impl Worker {
                 work += usize::from(!self.tx[port].is_empty());
             }
             self.engine.expire_paced(now);
+            self.snapshot_step(now);
             self.log_events();
             if last_report.elapsed() >= Duration::from_millis(250) {
                 self.tick_tunnels(now);
                 // Periodic snapshots bound what a crash loses.
-                let snap = last_snapshot.elapsed() >= self.snapshot_every;
-                self.publish(snap);
-                if snap {
+                if last_snapshot.elapsed() >= self.snapshot_every && self.snapshot_building.is_none() {
+                    let limit = if self.full_snapshots.load(Ordering::Relaxed) { usize::MAX } else { SESSION_SAMPLE };
+                    // Room up front: a growing vector's copy of millions
+                    // of records would be the very pause this avoids.
+                    let room = self.engine.session_count().saturating_mul(9) / 8;
+                    self.snapshot_building = Some((0, Vec::with_capacity(room.min(limit)), limit));
                     last_snapshot = Instant::now();
                 }
+                self.publish(false);
                 last_report = Instant::now();
             }
             if work > 0 {
@@ -413,6 +425,19 @@ impl Worker {
         packets().for_each(|p| self.engine.prefetch_index(p));
         packets().for_each(|p| self.engine.prefetch_session(p));
         self.engine.prefetch_new_flows();
+    }
+
+    /// Advances a periodic session snapshot by one bounded step (a whole
+    /// one of millions of sessions would stall forwarding for hundreds of
+    /// ms); the report gets it once it is complete.
+    fn snapshot_step(&mut self, now: Time) {
+        let Some((from, out, limit)) = &mut self.snapshot_building else { return };
+        if let Some(next) = self.engine.snapshot_step(*from, SNAPSHOT_SLOTS_PER_TURN, *limit, now, out) {
+            *from = next;
+            return;
+        }
+        let Some((_, done, _)) = self.snapshot_building.take() else { return };
+        self.report.lock().unwrap_or_else(|e| e.into_inner()).snapshot = done;
     }
 
     fn publish(&mut self, with_snapshot: bool) {
