@@ -38,7 +38,7 @@ else
 fi
 
 # Further stages, each ending with "NAME: N passed, M failed": the
-# end-to-end tests in tests/ (pytest), and the suites still in scripts/.
+# end-to-end tests in tests/ (pytest), and the checks still in scripts/.
 run_stage() {
   echo "== $*"
   t0=$SECONDS
@@ -51,7 +51,7 @@ run_stage() {
 }
 run_stage scripts/fuzz-smoke.sh
 run_stage /usr/bin/python3 -m pytest tests/ -q -p no:cacheprovider --durations=15
-for stage in scripts/e2e-tunnel.sh scripts/deploy-check.sh scripts/bench-smoke.sh; do
+for stage in scripts/deploy-check.sh scripts/bench-smoke.sh; do
   [ -x "$stage" ] || continue
   run_stage "$stage"
 done

@@ -1,6 +1,6 @@
-# The Azure-shaped topology of the AKS drop-in, shared by
-# scripts/e2e-tunnel.sh and bench/tunnel.sh (sourced after lib.sh, from the
-# repository root): pods egt-pa / egt-pb / egt-px with eth0, a VNet
+# The Azure-shaped topology of the AKS drop-in, shared by scripts/demo.sh
+# and bench/tunnel.sh (sourced after lib.sh, from the repository root;
+# tests/tunnel_topology.py builds the same one for tests/test_tunnel.py): pods egt-pa / egt-pb / egt-px with eth0, a VNet
 # (egt-vnet) that routes the ILB frontend 198.18.50.100 and the node's
 # secondary IPs 198.18.50.11 / .12 to the gateway node egt-gw (one NIC gw0
 # 198.18.50.10, forwarding), an edge (egt-edge) that maps each secondary IP

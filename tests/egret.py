@@ -2,7 +2,7 @@
 servers, egret-gateway and egret-control as objects that clean up after
 themselves, the gateway's status file read through one typed view, and
 polling instead of sleeping. The fixtures in conftest.py hand these to
-the tests; the benchmark and the bash suites use the same topology script.
+the tests; the benchmark and demo.sh use the same topology scripts.
 
 Addresses only from 198.18.0.0/15 (see scripts/topology.sh)."""
 
@@ -216,6 +216,17 @@ class IpfixCollector:
         subprocess.run(["ip", "netns", "del", self.ns.name], check=False)
 
 
+def topology_lock():
+    """The lock every user of the egt-* namespaces holds (scripts/lib.sh
+    takes the same one): an open file to close when done, or None when the
+    caller already holds it (EGRET_TOPOLOGY_LOCKED)."""
+    if os.environ.get("EGRET_TOPOLOGY_LOCKED"):
+        return None
+    lock = open("/tmp/egret-topology.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
 class Topology:
     """scripts/topology.sh's namespaces, held under the same lock the bash
     suites take (/tmp/egret-topology.lock), torn down on close."""
@@ -227,9 +238,7 @@ class Topology:
         self._lock = None
 
     def __enter__(self) -> "Topology":
-        if not os.environ.get("EGRET_TOPOLOGY_LOCKED"):
-            self._lock = open("/tmp/egret-topology.lock", "w")
-            fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self._lock = topology_lock()
         subprocess.run([str(SCRIPTS / "topology.sh"), "up", str(self.queues)], check=True)
         for n in self.NAMES:
             setattr(self, n.removeprefix("egt-"), Netns(n))
@@ -299,6 +308,20 @@ class Status:
     def plan(self) -> dict:
         """The plan's state: version served, last rejection, problems."""
         return self.doc.get("plan", {})
+
+    @property
+    def tunnels(self) -> list[dict]:
+        return self.doc.get("tunnels", [])
+
+    def tunnel(self, config: str, field: str, drop: str | None = None) -> int:
+        """One tunnel figure of a config ("ns/name"): `field`
+        (handshakes_completed, peers, roams...) or, with `drop`, one of
+        its drops[]; 0 when the config has no tunnel."""
+        t = [t for t in self.tunnels if t["config"] == config]
+        if not t:
+            return 0
+        v = t[0][field]
+        return v[drop] if drop else v
 
 
 class Metrics:
@@ -371,6 +394,11 @@ class Gateway:
         self.topo, self.dir = topo, workdir
         self.proc: subprocess.Popen | None = None
         self.env: dict = {}
+        # Where it runs and its files (a subclass may place them elsewhere).
+        self.ns = topo.gw
+        self.config = self.dir / "gateway.toml"
+        self.log_file = self.dir / "gateway.log"
+        self.status_file = self.dir / "status.json"
         (self.dir / "plan.yaml").write_text(plan)
         toml = GATEWAY_TOML.format(
             dir=self.dir,
@@ -380,21 +408,17 @@ class Gateway:
             sessions_per_worker=sessions_per_worker,
             state_file=state_file,
         )
-        (self.dir / "gateway.toml").write_text(toml)
-
-    @property
-    def status_file(self) -> Path:
-        return self.dir / "status.json"
+        self.config.write_text(toml)
 
     def start(self) -> "Gateway":
         self.status_file.unlink(missing_ok=True)
-        self.proc = self.topo.gw.spawn(
+        self.proc = self.ns.spawn(
             str(RELEASE / "egret-gateway"),
             "--config",
-            str(self.dir / "gateway.toml"),
+            str(self.config),
             "--log-format",
             "json",
-            log=self.dir / "gateway.log",
+            log=self.log_file,
             env=self.env,
         )
 
@@ -422,7 +446,7 @@ class Gateway:
             self.proc = None
 
     def log(self) -> str:
-        p = self.dir / "gateway.log"
+        p = self.log_file
         return p.read_text(errors="replace") if p.exists() else ""
 
     def log_records(self) -> list[dict]:
@@ -438,7 +462,7 @@ class Gateway:
         return out
 
     def metrics(self, address: str = "127.0.0.1:9464") -> "Metrics":
-        r = self.topo.gw.run("curl", "-s", "-m", "2", f"http://{address}/metrics", check=True)
+        r = self.ns.run("curl", "-s", "-m", "2", f"http://{address}/metrics", check=True)
         return Metrics.parse(r.stdout)
 
     def status(self) -> Status:
@@ -466,7 +490,7 @@ class Gateway:
     def use_control(self, url: str = "http://127.0.0.1:50051", node: str = "gw-0", **tls: Path) -> None:
         """Takes the plan from egret-control instead of the plan file;
         `tls`: ca, cert, key for mutual TLS."""
-        toml = self.dir / "gateway.toml"
+        toml = self.config
         lines = toml.read_text().split("[control]")[0].splitlines()
         lines = [l for l in lines if not l.startswith("plan_file = ")]
         control = [f'url = "{url}"', f'node = "{node}"'] + [f'{k} = "{v}"' for k, v in tls.items()]
@@ -479,7 +503,7 @@ class Gateway:
         tmp.rename(self.dir / "plan.yaml")
 
     def xdp_attached(self, iface: str) -> bool:
-        return "prog/xdp" in self.topo.gw.run("ip", "-d", "link", "show", iface).stdout
+        return "prog/xdp" in self.ns.run("ip", "-d", "link", "show", iface).stdout
 
 
 class Control:

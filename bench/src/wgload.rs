@@ -1,5 +1,5 @@
 //! egret-wgload: a thousand WireGuard pods in one process, for
-//! `bench/tunnel.sh` and the handshake-flood check of `scripts/e2e-tunnel.sh`.
+//! `bench/tunnel.sh` and the handshake-flood check of `tests/test_tunnel.py`.
 //! Every peer is a boringtun `noise::Tunn`, the crate Egret's tunnel stage
 //! uses, so the load is real Noise IK and real transport data.
 //!
