@@ -550,11 +550,7 @@ fn main() {
                 })
                 .collect();
             let label = if n >= 1_000_000 { format!("{}M", n / 1_000_000) } else { format!("{}k", n / 1000) };
-            rows.push((
-                format!("p99 step of that snapshot taken 4,096 slots a turn, {label}"),
-                median(steps),
-                "ms",
-            ));
+            rows.push((format!("p99 step of that snapshot taken 4,096 slots a turn, {label}"), median(steps), "ms"));
             rows.push((format!("plan applied over {label} live sessions (the worker's pause)"), median(replans), "ms"));
             rows.push((format!("session snapshot of {label} sessions (the worker's pause)"), median(snaps), "ms"));
         }
