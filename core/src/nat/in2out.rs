@@ -51,14 +51,7 @@ impl NatEngine {
         let i = match self.find_live_in(&key, now) {
             Some(i) => {
                 if let Some(f) = tcp_flags {
-                    // A new connection on a tuple whose name check is over
-                    // is judged again (a SYN retransmission is not one).
-                    use session::state::*;
-                    let st = self.sessions.get(i);
-                    if f & (crate::wire::tcp::SYN | crate::wire::tcp::ACK) == crate::wire::tcp::SYN
-                        && st.flags & session::flags::NAME_CHECK == 0
-                        && st.state & (SYN_IN | FIN_OUT | FIN_IN | RST | ESTABLISHED) != 0
-                    {
+                    if self.reopens_judged_connection(i, f) {
                         let seq = TcpPacket::new_unchecked(&buf[p.hl..len]).seq();
                         if !self.name_check_new_connection(i, seq, now) {
                             self.end_session(i, now);

@@ -34,10 +34,6 @@ pub const NAME_CHECKS_CONFIG_SHARE_DIVISOR: usize = 4;
 pub const NAME_VERDICT_MS: u64 = 10_000;
 /// Segments already forwarded whose retransmission passes unchanged.
 const FORWARDED_KEPT: usize = 4;
-/// TCP's URG flag: the byte the urgent pointer marks leaves the stream a
-/// server's application reads (unless SO_OOBINLINE), so the gateway and
-/// the server would read different bytes.
-const URG: u8 = 0x20;
 
 /// Why a flow that needed a name was refused (counted per rule too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -143,6 +139,11 @@ struct Pending {
 }
 
 impl Pending {
+    /// Whether this check is `s`'s (a session slot may have been reused).
+    fn is_of(&self, s: &Session) -> bool {
+        self.pod == s.pod && self.pod_port == s.pod_port && self.remote == s.remote && self.remote_port == s.remote_port
+    }
+
     fn remember(&mut self, seq: u32, len: u32, hash: u64) {
         self.forwarded[self.forwarded_n % FORWARDED_KEPT] = (seq, len, hash);
         self.forwarded_n += 1;
@@ -295,10 +296,7 @@ impl NatEngine {
         let seg = TcpPacket::new_unchecked(&buf[p.hl..len]);
         let (flags, seq, ack) = (seg.flags(), seg.seq(), seg.ack());
         let payload = seg.payload();
-        let same_flow = |q: &Pending| {
-            q.pod == s.pod && q.pod_port == s.pod_port && q.remote == s.remote && q.remote_port == s.remote_port
-        };
-        let Some(q) = self.name_checks.pending.get_mut(&i).filter(|q| same_flow(q)) else {
+        let Some(q) = self.name_checks.pending.get_mut(&i).filter(|q| q.is_of(&s)) else {
             // Flagged without its reader (restored from a snapshot, say):
             // it cannot be judged, so it does not pass.
             self.sessions.get_mut(i).flags &= !session::flags::NAME_CHECK;
@@ -363,13 +361,14 @@ impl NatEngine {
             ));
         }
         let plen = payload.len() as u32;
-        // Urgent data (its last byte leaves the stream the server's
-        // application reads) is not read; nor is data before the server's
-        // SYN-ACK, but for the SYN's own (TCP Fast Open) and the judged
-        // bytes again: data to a connection the server never answered
-        // would land anywhere in the stream it holds.
+        // Urgent data (the byte the urgent pointer marks leaves the stream
+        // the server's application reads, unless SO_OOBINLINE) is not read;
+        // nor is data before the server's SYN-ACK, but for the SYN's own
+        // (TCP Fast Open) and the judged bytes again: data to a connection
+        // the server never answered would land anywhere in the stream it
+        // holds.
         let judged_again = q.judged_end.is_some_and(|end| !seq_ge(data_seq, end));
-        if flags & URG != 0 || (!q.confirmed && flags & tcpw::SYN == 0 && !judged_again) {
+        if flags & tcpw::URG != 0 || (!q.confirmed && flags & tcpw::SYN == 0 && !judged_again) {
             return NameStep::Answer(self.drop(DropReason::NameCheckUnordered));
         }
         let h = digest(&self.name_checks.digest_keys, payload);
@@ -445,7 +444,7 @@ impl NatEngine {
         // the flow opened, and the name must be one the allowing rule lists.
         let cfg = self.plan.configs[usize::from(s.config)].policy.clone();
         let decided = cfg.as_ref().map(|pol| {
-            let names = if pol.has_fqdns() { self.fqdn.names(s.pod, s.remote, now.secs()) } else { Vec::new() };
+            let names = self.learned_names(pol, s.pod, s.remote, now);
             pol.evaluate_named(s.pod, s.remote, s.proto, s.remote_port, &names, name)
         });
         if decided.is_some_and(|d| d.action == crate::plan::PolicyAction::Deny) {
@@ -482,10 +481,7 @@ impl NatEngine {
         if flags & tcpw::ACK == 0 || flags & tcpw::RST != 0 {
             return;
         }
-        let Some(q) = self.name_checks.pending.get_mut(&i) else { return };
-        if q.pod != s.pod || q.pod_port != s.pod_port || q.remote != s.remote || q.remote_port != s.remote_port {
-            return;
-        }
+        let Some(q) = self.name_checks.pending.get_mut(&i).filter(|q| q.is_of(&s)) else { return };
         if flags & tcpw::SYN != 0 {
             // Acknowledging the SYN, or the SYN and its data (TCP Fast Open).
             if q.anchored && (ack == q.start || ack == q.next_seq) {
@@ -501,6 +497,19 @@ impl NatEngine {
         }
     }
 
+    /// Whether a pod's segment with `flags` opens a new connection on
+    /// session `i`, whose name check (if any) is over: a SYN after the
+    /// server answered, or after a FIN or a reset (a SYN retransmission is
+    /// not one).
+    #[inline]
+    pub(super) fn reopens_judged_connection(&self, i: u32, flags: u8) -> bool {
+        use session::state::*;
+        let s = self.sessions.get(i);
+        flags & (tcpw::SYN | tcpw::ACK) == tcpw::SYN
+            && s.flags & session::flags::NAME_CHECK == 0
+            && s.state & (SYN_IN | FIN_OUT | FIN_IN | RST | ESTABLISHED) != 0
+    }
+
     /// A SYN from the pod on a session not under the name check: a new
     /// connection on the same tuple (after a FIN or a reset, or beside one
     /// the server still holds) is judged again, as its rule says. `false`
@@ -508,7 +517,7 @@ impl NatEngine {
     pub(super) fn name_check_new_connection(&mut self, i: u32, seq: u32, now: Time) -> bool {
         let s = *self.sessions.get(i);
         let Some(pol) = self.plan.configs[usize::from(s.config)].policy.clone() else { return true };
-        let names = if pol.has_fqdns() { self.fqdn.names(s.pod, s.remote, now.secs()) } else { Vec::new() };
+        let names = self.learned_names(&pol, s.pod, s.remote, now);
         let d = pol.evaluate(s.pod, s.remote, s.proto, s.remote_port, &names);
         match (d.action, d.needs, d.rule) {
             (crate::plan::PolicyAction::Allow, Some(needs @ (WireName::Tls | WireName::Http)), Some(rule)) => {

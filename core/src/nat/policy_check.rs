@@ -2,6 +2,7 @@
 //! per packet), hits per rule, DNS answers learned for FQDN rules, and the
 //! live sessions a changed policy cuts.
 
+use super::policy::CompiledPolicy;
 use super::rewrite::write_bare_tcp;
 use super::*;
 use crate::wire::tcp::{TcpPacket, TcpRepr};
@@ -106,13 +107,23 @@ impl NatEngine {
             .collect()
     }
 
+    /// The names `pod`'s DNS answers resolved `remote` from, for a policy
+    /// with FQDN rules (none looked up for one without).
+    pub(super) fn learned_names(&self, p: &CompiledPolicy, pod: u32, remote: u32, now: Time) -> Vec<Arc<str>> {
+        if p.has_fqdns() {
+            self.fqdn.names(pod, remote, now.secs())
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Whether a changed policy cuts this live session.
     pub(super) fn policy_cuts(&self, cfg: &CompiledConfig, s: &Session, now: Time) -> bool {
         let Some(p) = &cfg.policy else { return false };
         if p.live_flows == crate::plan::LiveFlows::Keep {
             return false;
         }
-        let names = if p.has_fqdns() { self.fqdn.names(s.pod, s.remote, now.secs()) } else { Vec::new() };
+        let names = self.learned_names(p, s.pod, s.remote, now);
         p.evaluate(s.pod, s.remote, s.proto, s.remote_port, &names).action == crate::plan::PolicyAction::Deny
     }
 
@@ -153,7 +164,7 @@ impl NatEngine {
     pub(super) fn decide(&mut self, ci: u16, k: &FlowKey, now: Time) -> Option<Decision> {
         let plan = self.plan.clone();
         let p = plan.configs[usize::from(ci)].policy.as_ref()?;
-        let names = if p.has_fqdns() { self.fqdn.names(k.local, k.remote, now.secs()) } else { Vec::new() };
+        let names = self.learned_names(p, k.local, k.remote, now);
         let d = p.evaluate(k.local, k.remote, k.proto, k.remote_port, &names);
         let slot = d.rule.map_or(p.rule_count(), |r| r as usize);
         self.policy_hits[usize::from(ci)][slot] += 1;

@@ -388,12 +388,7 @@ impl SessionTable {
         self.items.used().iter().enumerate().filter(|(_, s)| s.state & state::FREE == 0).map(|(i, s)| (i as u32, s))
     }
 
-    /// Slots ever used (the bound of `in_slots`).
-    pub fn slots_used(&self) -> usize {
-        self.items.used().len()
-    }
-
-    /// The sessions in slots `from..from + n` (fewer past the end).
+    /// The sessions in slots `from..from + n` (fewer past `high_water`).
     pub fn in_slots(&self, from: usize, n: usize) -> impl Iterator<Item = &Session> {
         let used = self.items.used();
         let (a, b) = (from.min(used.len()), from.saturating_add(n).min(used.len()));

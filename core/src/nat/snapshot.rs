@@ -77,7 +77,7 @@ impl NatEngine {
             remaining: s.deadline - now.secs(),
         }));
         let next = from.saturating_add(slots);
-        (next < self.sessions.slots_used() && out.len() < limit).then_some(next)
+        (next < self.sessions.high_water() && out.len() < limit).then_some(next)
     }
 
     /// The worker a record belongs to under this engine's worker layout.

@@ -264,26 +264,7 @@ fn encode_reports(
         by_config.iter().map(|((c, i), n)| (labels!("config" => c, "proto" => proto(*i)), *n)),
     )?;
 
-    /// One (address, config)'s ports summed over workers.
-    #[derive(Default)]
-    struct Ports {
-        mapped: [u64; 3],
-        sessions: u64,
-        slice: u64,
-        refused: [u64; 3],
-    }
-    let mut ports: BTreeMap<(std::net::Ipv4Addr, String), Ports> = Default::default();
-    for r in reports {
-        for u in &r.ports {
-            let e = ports.entry((u.addr, u.config.clone())).or_default();
-            for i in 0..3 {
-                e.mapped[i] += u64::from(u.mapped[i]);
-                e.refused[i] += u.refused[i];
-            }
-            e.sessions += u64::from(u.sessions);
-            e.slice += u64::from(u.slice);
-        }
-    }
+    let ports = super::worker::ports_by_address(reports);
     let per_proto =
         |(a, c): &(std::net::Ipv4Addr, String), i: usize| labels!("address" => a, "config" => c, "proto" => proto(i));
     emit(

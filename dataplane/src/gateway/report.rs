@@ -1,7 +1,6 @@
 //! What the gateway tells the control plane once a second.
 
 use super::worker::{self, WorkerReport};
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 /// What the gateway tells the control plane once a second: counters, port
@@ -48,20 +47,21 @@ pub fn control_report(reports: &[Arc<Mutex<WorkerReport>>]) -> egret_api::v1::Re
             *counters.entry(format!("drop_{}", r.name())).or_default() += c.dropped(r);
         }
     }
-    let mut ports: std::collections::BTreeMap<(Ipv4Addr, String), v1::PortUsage> = Default::default();
-    for r in &rs {
-        for u in &r.ports {
-            let e = ports.entry((u.addr, u.config.clone())).or_default();
-            e.in_use += u.mapped.iter().sum::<u32>() + u.sessions;
-            e.capacity += u.slice * 3;
-            e.capacity_per_protocol += u.slice;
-            for (i, p) in crate::wire::IpProtocol::ALL.iter().enumerate() {
-                *e.in_use_by_protocol.entry(p.name().to_string()).or_default() += u.mapped[i];
-                *e.refused_by_protocol.entry(p.name().to_string()).or_default() += u.refused[i];
-            }
-            *e.in_use_by_protocol.entry("port-reuse".into()).or_default() += u.sessions;
+    let ports = worker::ports_by_address(&rs).into_iter().map(|((a, c), t)| {
+        let protocols = crate::wire::IpProtocol::ALL.iter().map(|p| p.name().to_string());
+        let mut in_use_by_protocol: std::collections::HashMap<String, u32> =
+            protocols.clone().zip(t.mapped.map(|n| n as u32)).collect();
+        in_use_by_protocol.insert("port-reuse".into(), t.sessions as u32);
+        v1::PortUsage {
+            egress_ip: a.to_string(),
+            config: c,
+            in_use: (t.mapped.iter().sum::<u64>() + t.sessions) as u32,
+            capacity: (t.slice * 3) as u32,
+            capacity_per_protocol: t.slice as u32,
+            in_use_by_protocol,
+            refused_by_protocol: protocols.zip(t.refused).collect(),
         }
-    }
+    });
     let sessions = worker::sample_sessions(reports, worker::SESSION_SAMPLE)
         .iter()
         .map(|s| v1::Session {
@@ -114,10 +114,7 @@ pub fn control_report(reports: &[Arc<Mutex<WorkerReport>>]) -> egret_api::v1::Re
     v1::Report {
         rule_hits,
         counters,
-        ports: ports
-            .into_iter()
-            .map(|((a, c), u)| v1::PortUsage { egress_ip: a.to_string(), config: c, ..u })
-            .collect(),
+        ports: ports.collect(),
         sessions,
         sessions_total: rs.iter().map(|r| r.sessions as u64).sum(),
     }

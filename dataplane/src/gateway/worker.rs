@@ -125,6 +125,13 @@ pub const SESSION_SAMPLE: usize = 1000;
 /// over a thousand turns instead of stalling one for half a second.
 const SNAPSHOT_SLOTS_PER_TURN: usize = 4096;
 
+/// A periodic session snapshot taken a step a turn.
+struct SnapshotInProgress {
+    next_slot: usize,
+    records: Vec<crate::nat::SessionRecord>,
+    limit: usize,
+}
+
 /// A worker's figures, published a few times a second.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WorkerReport {
@@ -173,6 +180,37 @@ pub fn read_reports(reports: &[Arc<Mutex<WorkerReport>>]) -> Vec<WorkerReport> {
             copy
         })
         .collect()
+}
+
+/// One egress address's ports (in one config), summed over workers.
+#[derive(Debug, Default)]
+pub struct PortTotals {
+    /// Ports held by endpoint-independent mappings, per protocol.
+    pub mapped: [u64; 3],
+    /// Port-reuse sessions.
+    pub sessions: u64,
+    /// Ports the workers' slices hold, per protocol.
+    pub slice: u64,
+    /// New flows refused for want of a port, per protocol.
+    pub refused: [u64; 3],
+}
+
+/// The workers' port usage by (egress address, config): what `/metrics`
+/// and the control plane's report both show.
+pub fn ports_by_address(
+    reports: &[WorkerReport],
+) -> std::collections::BTreeMap<(std::net::Ipv4Addr, String), PortTotals> {
+    let mut ports: std::collections::BTreeMap<_, PortTotals> = Default::default();
+    for u in reports.iter().flat_map(|r| &r.ports) {
+        let e = ports.entry((u.addr, u.config.clone())).or_default();
+        for i in 0..3 {
+            e.mapped[i] += u64::from(u.mapped[i]);
+            e.refused[i] += u.refused[i];
+        }
+        e.sessions += u64::from(u.sessions);
+        e.slice += u64::from(u.slice);
+    }
+    ports
 }
 
 /// Up to `n` sessions of the workers' latest snapshots.
@@ -244,8 +282,8 @@ pub struct Worker {
     pub full_snapshots: Arc<AtomicBool>,
     pub epoch: Instant,
     log: LogQueue,
-    /// A periodic snapshot being taken: the next slot, what it has, its limit.
-    snapshot_building: Option<(usize, Vec<crate::nat::SessionRecord>, usize)>,
+    /// A periodic snapshot being taken across turns.
+    snapshot_building: Option<SnapshotInProgress>,
     journal_sessions: bool,
     ipfix: Option<super::ipfix::IpfixQueue>,
     pub io_counters: IoCounters,
@@ -381,7 +419,8 @@ impl Worker {
                     // Room up front: a growing vector's copy of millions
                     // of records would be the very pause this avoids.
                     let room = self.engine.session_count().saturating_mul(9) / 8;
-                    self.snapshot_building = Some((0, Vec::with_capacity(room.min(limit)), limit));
+                    let records = Vec::with_capacity(room.min(limit));
+                    self.snapshot_building = Some(SnapshotInProgress { next_slot: 0, records, limit });
                     last_snapshot = Instant::now();
                 }
                 self.publish(false);
@@ -431,13 +470,15 @@ impl Worker {
     /// one of millions of sessions would stall forwarding for hundreds of
     /// ms); the report gets it once it is complete.
     fn snapshot_step(&mut self, now: Time) {
-        let Some((from, out, limit)) = &mut self.snapshot_building else { return };
-        if let Some(next) = self.engine.snapshot_step(*from, SNAPSHOT_SLOTS_PER_TURN, *limit, now, out) {
-            *from = next;
+        let Some(b) = &mut self.snapshot_building else { return };
+        if let Some(next) =
+            self.engine.snapshot_step(b.next_slot, SNAPSHOT_SLOTS_PER_TURN, b.limit, now, &mut b.records)
+        {
+            b.next_slot = next;
             return;
         }
-        let Some((_, done, _)) = self.snapshot_building.take() else { return };
-        self.report.lock().unwrap_or_else(|e| e.into_inner()).snapshot = done;
+        let Some(done) = self.snapshot_building.take() else { return };
+        self.report.lock().unwrap_or_else(|e| e.into_inner()).snapshot = done.records;
     }
 
     fn publish(&mut self, with_snapshot: bool) {
