@@ -52,9 +52,13 @@ impl PoolUse {
     }
 }
 
-/// Each config's fullest pool, from `(node, usage)` rows (one per node,
-/// config and egress address).
-pub fn fullest<'a>(usages: impl IntoIterator<Item = (&'a str, &'a PortUsage)>) -> BTreeMap<String, PoolUse> {
+/// Pools from `(node, usage)` rows (one per node, config and egress
+/// address): (config, node, protocol) → (ports used, capacity), a config's
+/// addresses together. Rows of gateways older than per-protocol reports
+/// make one "all" pool.
+pub fn pools<'a>(
+    usages: impl IntoIterator<Item = (&'a str, &'a PortUsage)>,
+) -> BTreeMap<(&'a str, &'a str, &'a str), (u64, u64)> {
     let mut pools: BTreeMap<(&str, &str, &str), (u64, u64)> = BTreeMap::new();
     for (node, u) in usages {
         let mut add = |protocol: &'a str, used: u32, capacity: u32| {
@@ -73,6 +77,18 @@ pub fn fullest<'a>(usages: impl IntoIterator<Item = (&'a str, &'a PortUsage)>) -
             }
         }
     }
+    pools
+}
+
+/// Whether `used` of `capacity` is past `NEARLY_FULL_PERCENT`.
+pub fn nearly_full(used: u64, capacity: u64) -> bool {
+    u128::from(used) * 100 > u128::from(capacity) * u128::from(NEARLY_FULL_PERCENT)
+}
+
+/// Each config's fullest pool, from `(node, usage)` rows (one per node,
+/// config and egress address).
+pub fn fullest<'a>(usages: impl IntoIterator<Item = (&'a str, &'a PortUsage)>) -> BTreeMap<String, PoolUse> {
+    let pools = pools(usages);
     let mut out: BTreeMap<String, PoolUse> = BTreeMap::new();
     for ((config, node, protocol), (used, capacity)) in pools {
         let pool = PoolUse { node: node.into(), protocol: protocol.into(), used, capacity };

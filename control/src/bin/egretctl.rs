@@ -431,10 +431,6 @@ fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
     cells.iter().map(|c| c.to_string()).collect()
 }
 
-/// A pool used past this share on a node is flagged (as the
-/// EgretPortPoolNearlyFull alert fires).
-const POOL_NEARLY_FULL: f64 = 0.9;
-
 fn percent(in_use: u64, capacity: u64) -> String {
     if capacity == 0 {
         "-".into()
@@ -450,12 +446,11 @@ fn percent(in_use: u64, capacity: u64) -> String {
 /// older than per-protocol reports give one row per address ("all").
 fn ports_view(r: &api::ListPortsResponse) -> (Value, String) {
     let mut rows = vec![row(["NODE", "CONFIG", "EGRESS", "PROTO", "IN USE", "CAPACITY", "USED", "REFUSED"])];
-    let mut pools: std::collections::BTreeMap<(&str, &str, &str), (u64, u64)> = Default::default();
     let mut js = Vec::new();
     let mut usages: Vec<(&str, &api::PortUsage)> =
         r.ports.iter().filter_map(|p| Some((p.node.as_str(), p.usage.as_ref()?))).collect();
     usages.sort_by(|a, b| (a.0, &a.1.config, &a.1.egress_ip).cmp(&(b.0, &b.1.config, &b.1.egress_ip)));
-    for (node, u) in usages {
+    for &(node, u) in &usages {
         let mut protocols = Vec::new();
         if u.in_use_by_protocol.is_empty() {
             let (n, cap) = (u64::from(u.in_use), u64::from(u.capacity));
@@ -475,11 +470,6 @@ fn ports_view(r: &api::ListPortsResponse) -> (Value, String) {
             let n = u64::from(n);
             let cap = if proto == "port-reuse" { 0 } else { u64::from(u.capacity_per_protocol) };
             let refused = u.refused_by_protocol.get(proto).copied().unwrap_or(0);
-            if cap > 0 {
-                let e = pools.entry((node, u.config.as_str(), proto)).or_default();
-                e.0 += n;
-                e.1 += cap;
-            }
             rows.push(row([
                 node,
                 &u.config,
@@ -496,10 +486,17 @@ fn ports_view(r: &api::ListPortsResponse) -> (Value, String) {
             "capacity": u.capacity, "protocols": protocols}));
     }
     let mut t = table(rows);
+    // The pools egret-control judges pressure by (the same sum), by node;
+    // older gateways' "all" rows have none per protocol.
+    let pools: std::collections::BTreeMap<_, _> = egret_control::pressure::pools(usages)
+        .into_iter()
+        .filter(|((_, _, proto), _)| *proto != "all")
+        .map(|((config, node, proto), v)| ((node, config, proto), v))
+        .collect();
     if !pools.is_empty() {
         let mut rows = vec![row(["NODE", "CONFIG", "PROTO", "IN USE", "CAPACITY", "USED", ""])];
         for ((node, config, proto), (n, cap)) in pools {
-            let full = n as f64 > POOL_NEARLY_FULL * cap as f64;
+            let full = egret_control::pressure::nearly_full(n, cap);
             let flag = if full { "NEARLY FULL" } else { "" };
             rows.push(row([node, config, proto, &n.to_string(), &cap.to_string(), &percent(n, cap), flag]));
         }
