@@ -15,17 +15,28 @@
 # runs on core 0, the gateway (Egret's worker, or wireguard-go with
 # GOMAXPROCS=1) on core 1.
 #
+# The small-packet loads are built ahead (a handshake per peer, then every
+# packet encrypted with its own counter) into a BPF array and replayed as
+# live frames by XDP (egret-wgload data --xdp) onto the VNet's link to the
+# node, several Mpps: more than either gateway forwards, so the figure is
+# the gateway's. In the same round the same generator sends the same
+# frames unencrypted from a routed subnet (config sgw-c, source CIDR
+# 198.18.96.0/20, no tunnel): Egret's plain forwarding on the same node, to
+# read the tunnel's cost against.
+#
 # Usage: bench/tunnel.sh [RUNS] [SECONDS]   (defaults 3 and 5)
 # EGRET_TUNNEL_PEERS (default 1000, at most 4096), EGRET_TUNNEL_PACKETS
-# (default 2000000).
-# Prints a markdown table; raw figures in bench/results/tunnel.jsonl.
+# (default 8000000: frames per small-packet load, 128 B each in the BPF
+# array; about 2 s at the generator's rate).
+# Prints a markdown table (also bench/results/tunnel.md); raw figures in
+# bench/results/tunnel.jsonl.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 RUNS=${1:-3}
 SECS=${2:-5}
 PEERS=${EGRET_TUNNEL_PEERS:-1000}
-PACKETS=${EGRET_TUNNEL_PACKETS:-2000000}
+PACKETS=${EGRET_TUNNEL_PACKETS:-8000000}
 TUNNEL_NAME=bench-tunnel
 . scripts/tunnel-topology.sh
 ANCHOR_PIDS=()
@@ -51,6 +62,16 @@ x egt-vnet ip route add 198.18.80.0/20 via 198.18.64.2
 "$WGLOAD" peers --count "$PEERS" --pods 198.18.128.0 --config sgw-b --out "$DIR" >/dev/null || exit 1
 sed -i 's|egressIpPrefix: 198.18.50.12/32|egressIpPrefix: 198.18.50.128/26|' "$DIR/plan.yaml"
 cat "$DIR/peers.yaml" >> "$DIR/plan.yaml"
+# A routed config for the plain comparison: sources 198.18.96.0/20 (no
+# pod annotation, no tunnel) leave from 198.18.50.192/27.
+cat >> "$DIR/plan.yaml" <<'YAML'
+---
+apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
+kind: StaticGatewayConfiguration
+metadata: {name: sgw-c, namespace: demo, uid: 0c0c0c0c-0000-0000-0000-00000000000c, annotations: {egret.dev/source-cidrs: 198.18.96.0/20}}
+spec: {gatewayNodepoolName: gwpool}
+status: {egressIpPrefix: 198.18.50.192/27}
+YAML
 # Room for every new flow of a run; the worker on core 1; no snapshots
 # of millions of sessions within a run.
 sed -i 's/^sessions_per_worker = .*/sessions_per_worker = 4194304\nsnapshot_interval_secs = 3600\ncores = [1]/' "$DIR/gateway.toml"
@@ -72,6 +93,9 @@ wg_anchor() {
 
 anchor_up() {
   x egt-gw ip addr add 198.18.50.100/32 dev gw0
+  # Frames XDP redirects into a veth need NAPI on it: Egret's XDP program
+  # gives gw0 that; for the kernel path, GRO (AFXDP-NOTES.md).
+  x egt-gw ethtool -K gw0 gro on >/dev/null
   wg_anchor 6000 "$DIR/gw-a.key"
   nsenter -t "$ANCHOR_PID" -m -n wg set wg-6000 peer "$(cat "$DIR/pa.pub")" allowed-ips 198.18.61.2/32
   x egt-gw ip route add 198.18.61.2/32 dev wg-6000
@@ -97,6 +121,7 @@ anchor_down() {
   ANCHOR_PIDS=()
   x egt-gw nft delete table ip keg_anchor 2>/dev/null
   x egt-gw ip addr del 198.18.50.100/32 dev gw0 2>/dev/null
+  x egt-gw ethtool -K gw0 gro off >/dev/null 2>&1
 }
 
 egret_up() { start_gateway "$DIR" >/dev/null; }
@@ -116,18 +141,20 @@ try:
 except Exception:
     print(0)"; }
 
-# load SYSTEM ROUND CASE [--new-flows]: PACKETS encrypted 46-byte inner
-# packets (64 B frames once they leave the gateway) from PEERS pods, each
-# from its own address; the handshakes go through the VNet, the data
-# frames are written straight onto vnet-gw (the VNet's link to the node)
-# so the generator's UDP stack and the VNet's forwarding do not pace them.
-# The sink on vnet-gw counts what the gateway sends on.
+# load SYSTEM ROUND CASE [--new-flows | --plain IP]: PACKETS encrypted
+# 46-byte inner packets (64 B frames once they leave the gateway) from
+# PEERS pods, each from its own address; the handshakes go through the
+# VNet, the data frames are replayed by XDP straight onto vnet-gw (the
+# VNet's link to the node) so the generator's UDP stack and the VNet's
+# forwarding do not pace them. With --plain the same inner packets go
+# unencrypted from IP + i. The sink on vnet-gw counts what the gateway
+# sends on; the figure is that over the generator's first-to-last frame.
 load() {
   local sys=$1 r=$2 c=$3; shift 3
   rm -f "$DIR/go"; mkfifo "$DIR/go"
   ip netns exec egt-lg taskset -c 0 "$WGLOAD" data --count "$PEERS" --pods 198.18.128.0 --gateway 198.18.50.100:6001 \
     --gateway-key "$(cat "$DIR/gw-b.pub")" --sources 198.18.80.0 --dst 198.19.0.254:9 --packets "$PACKETS" --seconds 60 --wait "$@" \
-    --inject vnet-gw --netns egt-vnet --src-mac "$(x egt-vnet cat /sys/class/net/vnet-gw/address)" \
+    --inject vnet-gw --netns egt-vnet --xdp --src-mac "$(x egt-vnet cat /sys/class/net/vnet-gw/address)" \
     --dst-mac "$(x egt-gw cat /sys/class/net/gw0/address)" \
     <"$DIR/go" >"$DIR/load.out" 2>"$DIR/load.err" 9>&- &
   local gen=$!
@@ -172,6 +199,8 @@ measure() { # measure SYSTEM ROUND: one line of JSON per case
   echo "{\"system\":\"$sys\",\"round\":$r,\"case\":\"udp64_kpps\",\"value\":$(pick "(d['sum']['packets'] - d['sum']['lost_packets']) / d['sum']['seconds'] / 1e3" <<<"$j")}"
   handshakes "$sys" "$r"
   load "$sys" "$r" peers_udp64_mpps
+  # Egret's plain forwarding of the same frames, next to the tunnelled.
+  [ "$sys" = egret ] && load "$sys" "$r" plain_udp64_mpps --plain 198.18.96.0
   load "$sys" "$r" peers_new_flows_mps --new-flows
 }
 
@@ -184,20 +213,37 @@ for r in $(seq "$RUNS"); do
   anchor_up && rehandshake && measure anchor "$r" >> "$out"
   anchor_down
 done
-python3 - "$out" "$RUNS" "$SECS" "$PEERS" <<'PY'
+python3 - "$out" "$RUNS" "$SECS" "$PEERS" "$PACKETS" <<'PY' | tee bench/results/tunnel.md
 import json, statistics, sys
-peers = sys.argv[4]
+peers, packets = sys.argv[4], int(sys.argv[5])
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def vals(s, c, key="value"):
+    return [r[key] for r in rows if r["system"] == s and r["case"] == c]
+def fmt(v):
+    return f"{v:.3f}" if v < 10 else f"{v:.0f}"
+def cell(v):
+    if not v:
+        return "—"
+    m = statistics.median(v)
+    return fmt(m) + (f" ({fmt(min(v))}–{fmt(max(v))})" if len(v) > 1 else "")
 cases = [("tcp_up_mbps", "bulk TCP pod → internet (Mbit/s)"), ("tcp_down_mbps", "bulk TCP internet → pod (Mbit/s)"),
          ("udp64_kpps", "64 B UDP pod → internet, received (kpps)"),
          ("handshakes_per_sec", f"handshakes a second, {peers} peers (one process, boringtun)"),
          ("peers_udp64_mpps", f"64 B UDP from {peers} peers, forwarded (Mpps)"),
+         ("plain_udp64_mpps", f"same frames unencrypted from {peers} routed sources, forwarded (Mpps)"),
          ("peers_new_flows_mps", f"new flows inside tunnels from {peers} peers (M/s)")]
-print(f"| tunnelled egress, 1 gateway worker, {sys.argv[2]} interleaved runs of {sys.argv[3]} s (median) | Egret | anchor path (wireguard-go + nft SNAT) | ratio |")
+print(f"| tunnelled egress, 1 gateway worker, {sys.argv[2]} interleaved runs of {sys.argv[3]} s; small packets: {packets:,} frames replayed by XDP per load (median, min–max) | Egret | anchor path (wireguard-go + nft SNAT) | ratio |")
 print("|---|---|---|---|")
 for c, name in cases:
-    m = {s: statistics.median([r["value"] for r in rows if r["system"] == s and r["case"] == c] or [0]) for s in ("egret", "anchor")}
-    ratio = f"{m['egret'] / m['anchor']:.2f}×" if m["anchor"] else "—"
-    fmt = (lambda v: f"{v:.3f}") if m["egret"] < 10 else (lambda v: f"{v:.0f}")
-    print(f"| {name} | {fmt(m['egret'])} | {fmt(m['anchor'])} | {ratio} |")
+    e, a = vals("egret", c), vals("anchor", c)
+    ratio = f"{statistics.median(e) / statistics.median(a):.2f}×" if e and a and statistics.median(a) else "—"
+    print(f"| {name} | {cell(e)} | {cell(a)} | {ratio} |")
+    if c in ("peers_udp64_mpps", "plain_udp64_mpps", "peers_new_flows_mps"):
+        print(f"| ↳ offered by the generator (Mpps) | {cell(vals('egret', c, 'sent_mpps'))} | {cell(vals('anchor', c, 'sent_mpps'))} | |")
+# Tunnelled over plain, round by round (both Egret, same round).
+t = {r["round"]: r["value"] for r in rows if r["system"] == "egret" and r["case"] == "peers_udp64_mpps"}
+p = {r["round"]: r["value"] for r in rows if r["system"] == "egret" and r["case"] == "plain_udp64_mpps"}
+per = [t[k] / p[k] for k in sorted(t) if p.get(k)]
+if per:
+    print(f"| Egret tunnelled ÷ plain 64 B, same round | {statistics.median(per):.0%} ({min(per):.0%}–{max(per):.0%}) | | |")
 PY

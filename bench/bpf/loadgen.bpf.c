@@ -22,6 +22,14 @@
 //
 // pod_ack: attached to the generator's veth, it answers each SYN-ACK that
 // comes back through the gateway with the handshake's ACK.
+//
+// replay: run by BPF_PROG_RUN in live-frames mode like gen, for the tunnel
+// benchmark (egret-wgload data --xdp). Frame n is a copy of entry n of
+// replay_frames, built ahead by user space (each a WireGuard data message
+// with its own counter, already encrypted, or a plain frame): entry n is
+// written over the frame and the frame redirected out of the configured
+// veth. With cycle set the entries repeat (plain frames); without, the run
+// stops at the last entry, since a WireGuard counter may be used once.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -371,6 +379,86 @@ int pod_ack(struct xdp_md *ctx)
 	tcp_csum(ip, tcp);
 	count(C_POD_ACK);
 	return send_back(ctx);
+}
+
+/* replay: frames built ahead, copied out one per run (see the top). */
+#define REPLAY_FRAME 128
+#ifndef BPF_F_MMAPABLE
+#define BPF_F_MMAPABLE (1U << 10)
+#endif
+
+struct replay_config {
+	__u32 ifindex;
+	__u32 len;    /* every frame's length, at most REPLAY_FRAME */
+	__u64 frames; /* entries filled in replay_frames */
+	__u64 limit;  /* frames to send in all (cycle) or frames (no cycle) */
+	__u32 cycle;  /* 1: entries repeat; 0: stop after the last */
+	__u32 _pad;
+};
+
+struct replay_state {
+	__u64 seq;  /* frames sent */
+	__u64 idx;  /* next entry */
+	__u64 done; /* runs after the last frame (dropped) */
+	__u64 first_ns, last_ns; /* when the first and the latest frame went */
+};
+
+struct replay_frame {
+	__u8 b[REPLAY_FRAME];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct replay_config);
+} replay_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct replay_state);
+} replay_state SEC(".maps");
+
+/* Sized at load (egret-wgload), filled through mmap. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct replay_frame);
+} replay_frames SEC(".maps");
+
+SEC("xdp")
+int replay(struct xdp_md *ctx)
+{
+	__u32 k0 = 0;
+	struct replay_config *c = bpf_map_lookup_elem(&replay_cfg, &k0);
+	struct replay_state *st = bpf_map_lookup_elem(&replay_state, &k0);
+	if (!c || !st)
+		return XDP_ABORTED;
+	if (st->seq >= c->limit || (!c->cycle && st->idx >= c->frames)) {
+		st->done += 1;
+		return XDP_DROP;
+	}
+	__u32 k = (__u32)st->idx;
+	struct replay_frame *f = bpf_map_lookup_elem(&replay_frames, &k);
+	if (!f)
+		return XDP_ABORTED;
+	__u32 len = c->len;
+	if (len < 14 || len > REPLAY_FRAME)
+		return XDP_ABORTED;
+	if (bpf_xdp_store_bytes(ctx, 0, f->b, len))
+		return XDP_ABORTED;
+	__u64 now = bpf_ktime_get_ns();
+	if (st->seq == 0)
+		st->first_ns = now;
+	st->last_ns = now;
+	st->seq += 1;
+	if (++st->idx == c->frames && c->cycle)
+		st->idx = 0;
+	return bpf_redirect(c->ifindex, 0);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -9,7 +9,8 @@
 //!                         [--sources IP] [--seconds T] [--window W]
 //! egret-wgload data --count N [--seed S] --pods IP --gateway IP:PORT --gateway-key B64
 //!                   --dst IP:PORT --packets P [--inner-len L] [--new-flows] [--sources IP]
-//!                   [--seconds T] [--wait]
+//!                   [--seconds T] [--wait] [--inject DEV --src-mac M --dst-mac M [--netns NS] [--xdp]]
+//!                   [--plain IP]
 //! ```
 //!
 //! Peer i's key is derived from (seed, i) and its pod IP is `--pods` + i, so
@@ -37,9 +38,22 @@
 //! `--seconds`). With `--wait` it prints "armed" and waits for a line on
 //! stdin first (the benchmark attaches its sink in between).
 //!
+//! With `--inject DEV --xdp` the frames are built straight into a BPF array
+//! (mapped into this process) and sent by the `replay` XDP program run with
+//! `BPF_PROG_RUN` in live-frames mode, out of DEV, one entry per frame in
+//! order: no entry is sent twice (a WireGuard counter may be used once), so
+//! `--packets` bounds the run. This outruns the gateway (several Mpps on one
+//! core, where `sendmmsg` on a packet socket reached 0.5–0.6 Mpps). With
+//! `--plain IP` the same frames carry the inner packets unencrypted, from
+//! IP + i instead of peer i's pod address and no handshake: a routed
+//! config's plain forwarding, to compare with in the same run.
+//!
 //! Each prints one line of JSON. Everything is bounded: at most 65,536
 //! peers, 120 s, 16 M packets.
 
+use aya::maps::{Array, Map, MapData};
+use aya::programs::Xdp;
+use aya::{Ebpf, EbpfLoader};
 use base64::Engine;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
@@ -48,7 +62,7 @@ use egret_bench::mac;
 use egret_dataplane::wire::udp;
 use std::io::BufRead;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -62,6 +76,15 @@ const LOST_AFTER: Duration = Duration::from_secs(1);
 /// Every this many responses, one is completed to check it is genuine.
 const VERIFY_EVERY: u64 = 16;
 const BATCH: usize = 64;
+
+static PROGRAMS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/loadgen.bpf.o"));
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+/// `REPLAY_FRAME` in loadgen.bpf.c: one entry of `replay_frames`.
+const REPLAY_FRAME: usize = 128;
+/// Frames per `BPF_PROG_RUN` call (a call runs them all; past the last
+/// entry each is a cheap drop).
+const REPLAY_REPEAT: u32 = 1 << 18;
 
 /// WireGuard message types (the first byte; the next three are zero).
 const MSG_RESPONSE: u8 = 2;
@@ -177,6 +200,13 @@ struct DataArgs {
     /// The network namespace (/run/netns) of the --inject interface.
     #[arg(long)]
     netns: Option<String>,
+    /// With --inject: send by XDP live frames (the `replay` program) instead
+    /// of a packet socket.
+    #[arg(long, requires = "inject")]
+    xdp: bool,
+    /// Plain frames (no tunnel, no handshake) from this address + i.
+    #[arg(long)]
+    plain: Option<Ipv4Addr>,
 }
 
 fn pod_ip(first: Ipv4Addr, i: u32) -> Ipv4Addr {
@@ -471,6 +501,7 @@ fn connect_all(load: &mut Load, within: Duration) -> usize {
 /// forwarding so that the generator outruns the gateway.
 struct Inject {
     fd: std::os::fd::OwnedFd,
+    ifindex: u32,
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
 }
@@ -519,7 +550,7 @@ impl Inject {
             {
                 return Err(format!("binding to {dev}: {}", std::io::Error::last_os_error()));
             }
-            Ok(Some(Inject { fd, src_mac, dst_mac }))
+            Ok(Some(Inject { fd, ifindex, src_mac, dst_mac }))
         }
     }
 
@@ -530,6 +561,167 @@ impl Inject {
         frame[6..12].copy_from_slice(&self.src_mac);
         frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
         udp::emit(&mut frame[14..], from, to, payload);
+    }
+}
+
+/// `struct replay_config` in loadgen.bpf.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct ReplayConfig {
+    ifindex: u32,
+    len: u32,
+    frames: u64,
+    limit: u64,
+    cycle: u32,
+    _pad: u32,
+}
+
+/// `struct replay_state` in loadgen.bpf.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct ReplayState {
+    seq: u64,
+    idx: u64,
+    done: u64,
+    first_ns: u64,
+    last_ns: u64,
+}
+
+// SAFETY: plain C structs of integers, no padding the kernel could leak.
+unsafe impl aya::Pod for ReplayConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ReplayState {}
+
+/// `bpf_attr` for BPF_PROG_TEST_RUN (as in egret-loadgen).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// The `replay` program with room for `frames` entries of `REPLAY_FRAME`
+/// bytes, its array mapped into this process to be filled in place.
+struct Replay {
+    ebpf: Ebpf,
+    mem: *mut u8,
+    size: usize,
+    frames: usize,
+}
+
+impl Replay {
+    fn new(frames: usize) -> Result<Replay, String> {
+        let entries = u32::try_from(frames).map_err(|_| "too many frames")?;
+        let ebpf = EbpfLoader::new()
+            .map_max_entries("replay_frames", entries)
+            .map_max_entries("sink_seen", 1)
+            .load(PROGRAMS)
+            .map_err(|e| format!("loading the replay program: {e}"))?;
+        let fd = match ebpf.map("replay_frames") {
+            Some(Map::Array(d)) => d.fd().as_fd().as_raw_fd(),
+            _ => return Err("map replay_frames missing".into()),
+        };
+        let size = (frames * REPLAY_FRAME).div_ceil(4096) * 4096;
+        // SAFETY: maps a BPF_F_MMAPABLE array of exactly this many entries;
+        // unmapped in Drop, before the map closes.
+        let mem = unsafe {
+            libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+        };
+        if mem == libc::MAP_FAILED {
+            return Err(format!("mapping replay_frames ({size} B): {}", std::io::Error::last_os_error()));
+        }
+        Ok(Replay { ebpf, mem: mem.cast(), size, frames })
+    }
+
+    /// All entries, `REPLAY_FRAME` bytes each.
+    fn entries(&mut self) -> &mut [u8] {
+        // SAFETY: `mem` maps `size` >= frames * REPLAY_FRAME bytes, this
+        // process's only view of them while `self` is borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.mem, self.frames * REPLAY_FRAME) }
+    }
+
+    fn state(&mut self) -> Result<ReplayState, String> {
+        let m = self.ebpf.map_mut("replay_state").ok_or("map replay_state missing")?;
+        let a: Array<&mut MapData, ReplayState> = Array::try_from(m).map_err(|e| e.to_string())?;
+        a.get(&0, 0).map_err(|e| e.to_string())
+    }
+
+    /// Sends the entries once each, in order, each `len` bytes long, out
+    /// of `ifindex`, until the last or until `run_for`. Returns the frames
+    /// sent and the seconds from the first to the last.
+    fn run(&mut self, ifindex: u32, len: usize, run_for: Duration) -> Result<(u64, f64), String> {
+        let cfg = ReplayConfig {
+            ifindex,
+            len: len as u32,
+            frames: self.frames as u64,
+            limit: self.frames as u64,
+            cycle: 0,
+            _pad: 0,
+        };
+        {
+            let m = self.ebpf.map_mut("replay_cfg").ok_or("map replay_cfg missing")?;
+            let mut a: Array<&mut MapData, ReplayConfig> = Array::try_from(m).map_err(|e| e.to_string())?;
+            a.set(0, cfg, 0).map_err(|e| e.to_string())?;
+        }
+        let first = self.entries()[..len].to_vec();
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut("replay")
+            .ok_or("program replay missing")?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        prog.load().map_err(|e| format!("loading replay: {e:?}"))?;
+        let fd = prog.fd().map_err(|e| e.to_string())?.as_fd().as_raw_fd();
+        let start = Instant::now();
+        loop {
+            let attr = TestRunAttr {
+                prog_fd: fd as u32,
+                data_size_in: len as u32,
+                data_in: first.as_ptr() as u64,
+                repeat: REPLAY_REPEAT,
+                flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+                batch_size: 64,
+                ..TestRunAttr::default()
+            };
+            // SAFETY: `attr` and the frame it points at outlive the call.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_PROG_TEST_RUN,
+                    &attr as *const TestRunAttr,
+                    std::mem::size_of::<TestRunAttr>(),
+                )
+            };
+            if rc != 0 {
+                return Err(format!("BPF_PROG_RUN (live frames): {}", std::io::Error::last_os_error()));
+            }
+            let st = self.state()?;
+            if st.done > 0 || start.elapsed() >= run_for {
+                let secs = st.last_ns.saturating_sub(st.first_ns) as f64 / 1e9;
+                return Ok((st.seq, secs));
+            }
+        }
+    }
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, used no more.
+        unsafe { libc::munmap(self.mem.cast(), self.size) };
     }
 }
 
@@ -554,30 +746,61 @@ fn data(a: &DataArgs) -> Result<(), String> {
     let mut load = Load::new(&a.target, c)?;
     let n = load.tunns.len();
     let t0 = Instant::now();
-    let up = connect_all(&mut load, Duration::from_secs(30));
+    let up = if a.plain.is_some() { n } else { connect_all(&mut load, Duration::from_secs(30)) };
     let connect_secs = t0.elapsed().as_secs_f64();
     if up < n {
         return Err(format!("only {up} of {n} peers completed a handshake within 30 s"));
     }
     let inject = Inject::open(a)?;
-    if inject.is_some() && load.sources.is_none() {
+    if inject.is_some() && load.sources.is_none() && a.plain.is_none() {
         return Err("--inject needs --sources (the frames' source addresses)".into());
+    }
+    if a.plain.is_some() && (inject.is_none() || !a.xdp) {
+        return Err("--plain needs --inject and --xdp".into());
     }
     let port = load.socket.local_addr().map_err(|e| e.to_string())?.port();
 
     // Encrypt everything first: packet j is peer j % n's (j / n)-th. A
     // data message is the inner packet (padded to 16 bytes) plus 32; a
-    // frame puts 42 bytes of headers in front.
-    let head = if inject.is_some() { 42 } else { 0 };
-    let stride = (head + inner_len.div_ceil(16) * 16 + 32).div_ceil(64) * 64;
-    let mut wire = vec![0u8; packets * stride];
+    // frame puts 42 bytes of headers in front. Plain frames put 14 in
+    // front of the inner packet.
+    let head = match (&inject, a.plain) {
+        (None, _) => 0,
+        (Some(_), None) => 42,
+        (Some(_), Some(_)) => 14,
+    };
+    let msg_len = if a.plain.is_some() { inner_len } else { inner_len.div_ceil(16) * 16 + 32 };
+    let mut replay = None;
+    let mut heap = Vec::new();
+    let stride = if a.xdp {
+        if head + msg_len > REPLAY_FRAME {
+            return Err(format!("--xdp: a frame of {} B does not fit {REPLAY_FRAME} B", head + msg_len));
+        }
+        REPLAY_FRAME
+    } else {
+        (head + msg_len).div_ceil(64) * 64
+    };
+    let wire: &mut [u8] = if a.xdp {
+        replay.insert(Replay::new(packets)?).entries()
+    } else {
+        heap.resize(packets * stride, 0u8);
+        &mut heap
+    };
     let mut lens = vec![0u16; packets];
     let mut inner = [0u8; 1500];
     for j in 0..packets {
         let p = j % n;
         let sport = if new_flows { 1024 + ((j / n) % 64_512) as u16 } else { 1024 + (p % 64_512) as u16 };
-        inner_packet(&mut inner, pod_ip(first, p as u32), dst, sport, inner_len);
         let frame = &mut wire[j * stride..(j + 1) * stride];
+        if let (Some(i), Some(base)) = (&inject, a.plain) {
+            inner_packet(&mut frame[14..], pod_ip(base, p as u32), dst, sport, inner_len);
+            frame[..6].copy_from_slice(&i.dst_mac);
+            frame[6..12].copy_from_slice(&i.src_mac);
+            frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+            lens[j] = (14 + inner_len) as u16;
+            continue;
+        }
+        inner_packet(&mut inner, pod_ip(first, p as u32), dst, sport, inner_len);
         let len = match load.tunns[p].encapsulate(&inner[..inner_len], &mut frame[head..]) {
             TunnResult::WriteToNetwork(d) => d.len(),
             other => return Err(format!("encrypting for peer {p}: {other:?}")),
@@ -594,8 +817,42 @@ fn data(a: &DataArgs) -> Result<(), String> {
         let _ = std::io::stdin().lock().read_line(&mut line);
     }
 
+    let (sent, refused, secs, mode) = match (&mut replay, &inject) {
+        (Some(r), Some(i)) => {
+            if lens.iter().any(|&l| l != lens[0]) {
+                return Err("--xdp: frames of different lengths".into());
+            }
+            let (sent, secs) = r.run(i.ifindex, usize::from(lens[0]), run_for)?;
+            (sent as usize, 0, secs, "xdp")
+        }
+        _ => {
+            let (sent, refused, secs) = send_all(&load, inject.as_ref(), &heap, stride, &lens, run_for);
+            (sent, refused, secs, if inject.is_some() { "packet" } else { "udp" })
+        }
+    };
+    println!(
+        "{{\"peers\":{n},\"packets\":{packets},\"sent\":{sent},\"refused_calls\":{refused},\"seconds\":{secs:.3},\
+         \"sent_pps\":{:.0},\"inner_len\":{inner_len},\"new_flows\":{new_flows},\"plain\":{},\"mode\":\"{mode}\",\
+         \"connect_secs\":{connect_secs:.2},\"encrypt_secs\":{encrypt_secs:.2}}}",
+        sent as f64 / secs.max(1e-9),
+        a.plain.is_some()
+    );
+    Ok(())
+}
+
+/// Sends the frames (or datagrams) in `wire` with `sendmmsg`, in order,
+/// until the last or `run_for`: (sent, refused calls, seconds).
+fn send_all(
+    load: &Load,
+    inject: Option<&Inject>,
+    wire: &[u8],
+    stride: usize,
+    lens: &[u16],
+    run_for: Duration,
+) -> (usize, u64, f64) {
+    let (n, packets) = (load.tunns.len(), lens.len());
     let to = sockaddr(load.gateway);
-    let (fd, to, infos) = match &inject {
+    let (fd, to, infos) = match inject {
         Some(i) => (i.fd.as_raw_fd(), None, vec![None; n]),
         None => (load.socket.as_raw_fd(), Some(&to), (0..n).map(|p| load.pktinfo(p)).collect()),
     };
@@ -608,10 +865,11 @@ fn data(a: &DataArgs) -> Result<(), String> {
         let m = (packets - next).min(BATCH);
         for i in 0..m {
             let j = next + i;
-            iov[i] = libc::iovec { iov_base: wire[j * stride..].as_mut_ptr().cast(), iov_len: usize::from(lens[j]) };
+            iov[i] = libc::iovec { iov_base: wire[j * stride..].as_ptr().cast_mut().cast(), iov_len: usize::from(lens[j]) };
             fill(&mut msgs[i].msg_hdr, &mut iov[i], to, infos[j % n].as_ref());
         }
-        // SAFETY: `m` headers pointing at live iovecs, names and buffers.
+        // SAFETY: `m` headers pointing at live iovecs, names and buffers
+        // (the kernel only reads them).
         let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), m as u32, 0) };
         if r > 0 {
             sent += r as usize;
@@ -622,14 +880,7 @@ fn data(a: &DataArgs) -> Result<(), String> {
             std::thread::yield_now();
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "{{\"peers\":{n},\"packets\":{packets},\"sent\":{sent},\"refused_calls\":{refused},\"seconds\":{secs:.3},\
-         \"sent_pps\":{:.0},\"inner_len\":{inner_len},\"new_flows\":{new_flows},\"connect_secs\":{connect_secs:.2},\
-         \"encrypt_secs\":{encrypt_secs:.2}}}",
-        sent as f64 / secs
-    );
-    Ok(())
+    (sent, refused, start.elapsed().as_secs_f64())
 }
 
 fn main() -> ExitCode {
