@@ -69,6 +69,8 @@ impl NatEngine {
                     egress_port: port,
                     proto: k.proto,
                     free: false,
+                    plan_parity: self.plan_parity,
+                    unlinked: false,
                     config: ci,
                     refs: 0,
                     deadline: 0,
@@ -163,11 +165,11 @@ impl NatEngine {
         let cooldown = self.config(self.mappings.get(mi).config).timeouts.port_cooldown;
         let m = self.mappings.get_mut(mi);
         m.refs -= 1;
-        if m.refs == 0 {
-            m.deadline = now.secs().saturating_add(cooldown);
-            if cooldown == 0 {
-                self.free_mapping(mi);
-            }
+        // The cooldown counts from the last of its sessions to end, in
+        // whatever order they are noticed (a sweep, a plan's walk).
+        m.deadline = m.deadline.max(now.secs().saturating_add(cooldown));
+        if m.refs == 0 && cooldown == 0 {
+            self.free_mapping(mi);
         }
     }
 

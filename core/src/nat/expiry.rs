@@ -61,6 +61,7 @@ impl NatEngine {
             }
             let i = self.sweep_sessions as u32;
             self.sweep_sessions += 1;
+            self.freshen_session(i);
             let s = self.sessions.get(i);
             if s.state & state::FREE == 0 && s.deadline <= secs {
                 closed += usize::from(s.is_live());
@@ -74,6 +75,7 @@ impl NatEngine {
             }
             let i = self.sweep_mappings as u32;
             self.sweep_mappings += 1;
+            self.freshen_mapping(i);
             let m = self.mappings.get(i);
             if !m.free && m.refs == 0 && m.deadline <= secs {
                 self.free_mapping(i);

@@ -29,7 +29,8 @@ impl NatEngine {
             deadline: 0,
             mapping,
             created: now.secs(),
-            flags: if self.plan.egress.contains_key(&inside.remote) { session::flags::HAIRPIN } else { 0 },
+            flags: self.parity_flag()
+                | if self.plan.egress.contains_key(&inside.remote) { session::flags::HAIRPIN } else { 0 },
         }
     }
 
@@ -48,7 +49,12 @@ impl NatEngine {
     /// idled past its deadline (the sweep may not have reached it yet).
     #[inline(always)]
     pub(super) fn find_live_in(&mut self, k: &FlowKey, now: Time) -> Option<u32> {
-        let i = self.sessions.find_in(k)?;
+        let mut i = self.sessions.find_in(k)?;
+        if self.session_stale(i) {
+            // Not yet checked against the plan applied last: checked now.
+            self.freshen_session(i);
+            i = self.sessions.find_in(k)?;
+        }
         if self.sessions.get(i).deadline <= now.secs() {
             self.end_session(i, now);
             return None;
@@ -58,7 +64,11 @@ impl NatEngine {
 
     #[inline(always)]
     pub(super) fn find_live_out(&mut self, k: &FlowKey, now: Time) -> Option<u32> {
-        let i = self.sessions.find_out(k)?;
+        let mut i = self.sessions.find_out(k)?;
+        if self.session_stale(i) {
+            self.freshen_session(i);
+            i = self.sessions.find_out(k)?;
+        }
         let s = self.sessions.get(i);
         if !s.is_live() {
             return None;
@@ -99,7 +109,7 @@ impl NatEngine {
         let (egress, egress_port, mapping) = match mapping_mode {
             MappingMode::EndpointIndependent => {
                 let ek = EndpointKey { proto: k.proto, ip: k.local, port: k.local_port };
-                let mi = match self.mappings.find_pod(&ek) {
+                let mi = match self.find_mapping_of_pod(&ek) {
                     Some(mi) => mi,
                     None => self.create_mapping(k, ci, draw)?,
                 };

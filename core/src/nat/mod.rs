@@ -322,6 +322,10 @@ pub struct NatEngine {
     name_refusals: HashMap<name_check::RefusalKey, u64>,
     /// Names flows were allowed for, for the NAT log.
     name_events: std::collections::VecDeque<NameEvent>,
+    /// The parity of the plan applied last (see `replan`).
+    plan_parity: bool,
+    /// A plan change's walk still under way.
+    replan: Option<replan::Walk>,
 }
 
 impl NatEngine {
@@ -369,6 +373,8 @@ impl NatEngine {
             name_checks: name_check::NameChecks::default(),
             name_refusals: HashMap::new(),
             name_events: std::collections::VecDeque::new(),
+            plan_parity: false,
+            replan: None,
             plan: Arc::new(CompiledPlan {
                 version: 0,
                 configs: Vec::new(),
@@ -492,6 +498,8 @@ mod conformance_tests;
 mod name_check_tests;
 #[cfg(test)]
 mod port_reuse_tests;
+#[cfg(test)]
+mod replan_tests;
 #[cfg(test)]
 mod source_cidr_tests;
 #[cfg(test)]

@@ -612,6 +612,7 @@ impl NatEngine {
         for i in overdue {
             let Some(q) = self.name_checks.pending.remove(&i) else { continue };
             self.name_checks.release(q.pod, q.config);
+            self.freshen_session(i);
             let s = *self.sessions.get(i);
             if s.flags & session::flags::NAME_CHECK == 0 || s.state & state::FREE != 0 || s.pod != q.pod {
                 continue;

@@ -193,6 +193,20 @@ fn another_name_on_the_same_address_is_reset_both_ways_and_counted_on_the_rule()
     assert_eq!(e.counters().names_allowed, 0);
 }
 
+/// A plan change while a flow awaits its name (any tenant's object can
+/// cause one) does not let the flow pass unjudged.
+#[test]
+fn a_plan_change_does_not_end_a_flows_wait_for_its_name() {
+    let mut e = engine_with(policy(vec![rule("storage", &["good.example.com"], Some(Protocol::Tcp), &["443"])]));
+    resolve(&mut e, POD_A, "good.example.com");
+    let mut c = Conn::open(&mut e, POD_A, 40000, 443);
+    let same = Arc::new((**e.plan()).clone());
+    e.apply_plan(same, T0);
+    let (_, p) = c.send(&mut e, &hello("evil.example.com"), T0);
+    assert!(is_rst(p.bytes(), c.egress.0, SHARED), "judged, and refused");
+    assert_eq!(e.counters().dropped(DropReason::SniMismatch), 1);
+}
+
 #[test]
 fn a_post_quantum_hello_in_three_segments_is_judged_before_its_last_segment_passes() {
     let mut e = engine_with(policy(vec![rule("jd", &["ja4db.com"], Some(Protocol::Tcp), &["443"])]));

@@ -113,9 +113,10 @@ impl NatEngine {
             return Err(DropReason::Unsolicited);
         }
         let ek = EndpointKey { proto: key.proto, ip: key.local, port: key.local_port };
-        let Some(mi) = self.mappings.find_egress(&ek) else { return Err(DropReason::Unsolicited) };
+        let excluded = cfg.excludes(key.remote);
+        let Some(mi) = self.find_mapping_of_egress(&ek) else { return Err(DropReason::Unsolicited) };
         let m = *self.mappings.get(mi);
-        if m.refs == 0 || cfg.excludes(key.remote) {
+        if m.refs == 0 || excluded {
             return Err(DropReason::Unsolicited);
         }
         if self.sessions.is_full() {

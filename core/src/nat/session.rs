@@ -57,6 +57,9 @@ pub mod flags {
     /// Its data passes only once the name on the wire is judged
     /// (`name_check`).
     pub const NAME_CHECK: u8 = 2;
+    /// The parity of the plan it was last checked against: one that differs
+    /// from the engine's is checked before its next use (`replan`).
+    pub const PLAN_PARITY: u8 = 4;
 }
 
 /// TCP state bits (RFC 7857 section 2 style tracking).
@@ -185,6 +188,11 @@ pub struct Mapping {
     pub egress_port: u16,
     pub proto: u8,
     pub free: bool,
+    /// The parity of the plan it was last checked against (`replan`).
+    pub plan_parity: bool,
+    /// Cut by a plan while sessions still used it: out of both indexes,
+    /// freed when the last of them is cut.
+    pub unlinked: bool,
     pub config: u16,
     /// Sessions using it; at zero it cools down until `deadline`.
     pub refs: u32,
@@ -207,6 +215,8 @@ impl Mapping {
         egress_port: 0,
         proto: 0,
         free: true,
+        plan_parity: false,
+        unlinked: false,
         config: 0,
         refs: 0,
         deadline: 0,
@@ -476,11 +486,24 @@ impl MappingTable {
         self.items.slab.bytes() + self.by_pod.bytes() + self.by_egress.bytes()
     }
 
-    pub fn remove(&mut self, idx: u32) {
+    /// Takes a mapping out of both indexes, keeping its slot (and index)
+    /// for the sessions that still refer to it.
+    pub fn unlink(&mut self, idx: u32) {
         let m = self.items.slab[idx as usize];
+        if m.unlinked {
+            return;
+        }
         self.by_pod.remove(self.hasher.hash_one(m.pod_key()), idx);
         self.by_egress.remove(self.hasher.hash_one(m.egress_key()), idx);
-        self.items.slab[idx as usize].free = true;
+        self.items.slab[idx as usize].unlinked = true;
+    }
+
+    /// Removes whatever keys remain and frees the slot.
+    pub fn remove(&mut self, idx: u32) {
+        self.unlink(idx);
+        let m = &mut self.items.slab[idx as usize];
+        m.free = true;
+        m.unlinked = false;
         self.items.release(idx);
     }
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Mapping)> {

@@ -65,7 +65,7 @@ impl NatEngine {
     ) -> Option<usize> {
         let live = self.sessions.in_slots(from, slots).filter(|s| s.is_live() && s.deadline > now.secs());
         out.extend(live.take(limit.saturating_sub(out.len())).map(|s| SessionRecord {
-            config: self.config(s.config).name.clone(),
+            config: self.config_of_session(s).name.clone(),
             proto: s.proto,
             pod: Ipv4Addr::from(s.pod),
             pod_port: s.pod_port,
@@ -88,6 +88,7 @@ impl NatEngine {
     /// Restores saved sessions that this worker owns and the plan still
     /// covers (same config name, pod bound to it, address in its pool).
     pub fn restore(&mut self, records: &[SessionRecord], now: Time) -> RestoreStats {
+        self.finish_replan();
         let mut st = RestoreStats::default();
         for r in records {
             if self.restore_one(r, now) {
@@ -150,6 +151,8 @@ impl NatEngine {
                             egress_port: r.egress_port,
                             proto: r.proto,
                             free: false,
+                            plan_parity: self.plan_parity,
+                            unlinked: false,
                             config: ci,
                             refs: 0,
                             deadline: 0,

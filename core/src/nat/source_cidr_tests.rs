@@ -87,6 +87,8 @@ fn a_plan_that_drops_the_cidr_cuts_its_sessions_and_one_that_keeps_it_keeps_them
     let mut back = udp(SERVER, 53, out.src(), out.sport(), b"a");
     assert_eq!(back.run(&mut e, T0), Verdict::Forward { side: Side::Inside, len: back.len });
     e.apply_plan(plan(&[]), T0);
+    // Counts follow the walk over the sessions.
+    e.finish_replan();
     assert_eq!(e.session_count(), 0);
     assert_eq!(e.pods.len(), 1, "only the bound pod");
     let mut back = udp(SERVER, 53, out.src(), out.sport(), b"a");

@@ -1647,6 +1647,7 @@ mod network_policy {
         assert!(matches!(synack.run(&mut e, T0), Verdict::Forward { side: Side::Inside, .. }));
         assert_eq!(e.session_count(), 3);
         e.apply_plan(plan(config("a", "198.19.100.0/28"), policies()), T0);
+        e.finish_replan();
         assert_eq!(e.session_count(), 2, "pod-a's UDP flow to the server is cut; its echo flow and pod-b's stay");
         let mut reply = udp(SERVER, 53, elsewhere.src(), elsewhere.sport(), b"a");
         assert_eq!(reply.run(&mut e, T0), Verdict::Drop(DropReason::Unsolicited));

@@ -124,6 +124,9 @@ pub const SESSION_SAMPLE: usize = 1000;
 /// about half a millisecond here, so a snapshot of 4M sessions spreads
 /// over a thousand turns instead of stalling one for half a second.
 const SNAPSHOT_SLOTS_PER_TURN: usize = 4096;
+/// Session and mapping slots a plan change checks per turn (about 40 ns
+/// each: a turn's share well under a millisecond).
+const REPLAN_SLOTS_PER_TURN: usize = 8192;
 
 /// A periodic session snapshot taken a step a turn.
 struct SnapshotInProgress {
@@ -365,8 +368,10 @@ impl Worker {
             let now_ns = elapsed.as_nanos() as u64;
             self.rx_bound.begin_turn(now_ns);
             self.routes = self.nexthops.current();
+            // A plan's walk over the sessions goes a bounded step a turn;
+            // a newer plan waits for it to end.
             let plan = self.plan.load();
-            if !Arc::ptr_eq(&plan, self.engine.plan()) {
+            if !self.engine.replan_step(REPLAN_SLOTS_PER_TURN) && !Arc::ptr_eq(&plan, self.engine.plan()) {
                 self.engine.apply_plan(Arc::clone(&plan), now);
                 self.tunnels.apply_plan(&plan);
             }
