@@ -104,6 +104,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     // Frames sent: to the pod (returned), to the outside (forwarded).
     let (mut sent_to, mut shed) = ([0u64; 2], 0u64);
     let (mut bound, mut latency_shed) = (RxBound::new(cli.rx_latency_budget_us, 2), 0u64);
+    let mut marked = [Vec::new(), Vec::new()];
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(cli.seconds);
     while !STOP.load(Ordering::Relaxed) {
@@ -118,12 +119,14 @@ fn run(cli: &Cli) -> Result<(), String> {
         for port in 0..2 {
             io.service(port);
         }
-        // Both rings, as the gateway's worker bounds both.
-        for port in 0..2 {
-            latency_shed += u64::from(io.shed_standing(port, &mut bound, now_ns));
+        // Both rings, as the gateway's worker bounds both (ECN-capable
+        // frames the law picks are marked and forwarded first, as there).
+        for (port, marked) in marked.iter_mut().enumerate() {
+            latency_shed += u64::from(io.shed_standing(port, &mut bound, now_ns, marked));
         }
         for (from, to) in [(0usize, 1usize), (1, 0)] {
             rx.clear();
+            rx.append(&mut marked[from]);
             if tx[to].len() < 2 * BATCH as usize {
                 io.receive(from, &mut rx, BATCH);
             }

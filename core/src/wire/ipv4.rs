@@ -8,6 +8,8 @@ use std::net::Ipv4Addr;
 mod field {
     pub type Field = core::ops::Range<usize>;
     pub const VER_IHL: usize = 0;
+    /// DSCP and ECN (RFC 3168: the low two bits).
+    pub const TOS: usize = 1;
     pub const LENGTH: Field = 2..4;
     pub const IDENT: Field = 4..6;
     pub const FLG_OFF: Field = 6..8;
@@ -19,6 +21,11 @@ mod field {
 }
 
 pub const HEADER_LEN: usize = 20;
+/// The ECN field's codepoints (RFC 3168 section 5).
+const ECN_MASK: u8 = 0b11;
+const ECN_ECT1: u8 = 0b01;
+const ECN_ECT0: u8 = 0b10;
+const ECN_CE: u8 = 0b11;
 /// Protocol numbers as patterns for the `protocol` field.
 pub const PROTO_ICMP: u8 = IpProtocol::Icmp.number();
 pub const PROTO_TCP: u8 = IpProtocol::Tcp.number();
@@ -217,6 +224,22 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         old
     }
 
+    /// Marks an ECN-capable packet Congestion Experienced (RFC 3168),
+    /// updating the checksum; false (and unchanged) when it is not
+    /// ECN-capable, or already marked.
+    #[inline]
+    pub fn mark_congestion(&mut self) -> bool {
+        let (vi, tos) = (self.b()[field::VER_IHL], self.b()[field::TOS]);
+        if !matches!(tos & ECN_MASK, ECN_ECT0 | ECN_ECT1) {
+            return false;
+        }
+        let c =
+            checksum::update16(self.checksum(), u16::from_be_bytes([vi, tos]), u16::from_be_bytes([vi, tos | ECN_CE]));
+        self.bm()[field::TOS] = tos | ECN_CE;
+        self.set_checksum(c);
+        true
+    }
+
     /// Decrements the TTL, updating the checksum (RFC 1624).
     #[inline]
     pub fn decrement_ttl(&mut self) {
@@ -343,6 +366,22 @@ mod tests {
         assert!(ip.dont_frag() && !ip.is_fragment());
         assert!(ip.verify_checksum());
         assert_eq!(ip.payload().len(), 8);
+    }
+
+    /// ECN-capable packets (either ECT codepoint) are marked CE with a
+    /// valid checksum; packets that are not ECN-capable are left alone.
+    #[test]
+    fn congestion_marks_only_ecn_capable_packets() {
+        for (tos, marked) in [(0x00u8, false), (0x01, true), (0x02, true), (0x03, false), (0xb8, false), (0xba, true)] {
+            let mut p = PKT;
+            p[1] = tos;
+            let c = checksum::checksum(&p[..20]);
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+            let mut ip = Ipv4Packet::new_checked(&mut p[..]).unwrap();
+            assert_eq!(ip.mark_congestion(), marked, "tos {tos:#x}");
+            assert!(ip.verify_checksum(), "tos {tos:#x}");
+            assert_eq!(p[1], if marked { tos | 0b11 } else { tos }, "DSCP kept");
+        }
     }
 
     #[test]

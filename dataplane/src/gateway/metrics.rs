@@ -87,6 +87,11 @@ mod family {
     pub const HANDOFF: Family = ("egret_handoff", Counter, "Frames handed to the worker owning their session.");
     pub const HANDOFF_RING_DEPTH: Family =
         ("egret_handoff_ring_depth", Gauge, "Frames waiting in a worker's handoff ring.");
+    pub const RX_LATENCY_MARKED: Family = (
+        "egret_rx_latency_marked",
+        Counter,
+        "ECN-capable frames the RX latency bound marked Congestion Experienced and forwarded instead of shedding.",
+    );
     pub const RULE_HITS: Family = (
         "egret_policy_rule_hits",
         Counter,
@@ -331,6 +336,11 @@ fn encode_reports(
         family::HANDOFF_RING_DEPTH,
         reports.iter().map(|r| (labels!("worker" => r.worker), r.io.handoff_ring_depth)),
     )?;
+    emit(
+        enc,
+        family::RX_LATENCY_MARKED,
+        reports.iter().map(|r| (labels!("worker" => r.worker), r.io.rx_latency_marked)),
+    )?;
     let mut hits: BTreeMap<(String, usize, String), u64> = Default::default();
     for r in reports {
         for h in &r.rule_hits {
@@ -467,6 +477,7 @@ mod tests {
         let mut r = WorkerReport { worker: 1, session_capacity: 1000, turns: 77, ..Default::default() };
         r.nat.in2out_packets = 5;
         r.io.ipfix_records_lost = 3;
+        r.io.rx_latency_marked = 11;
         r.busy_destinations = vec![crate::nat::BusyDestination {
             config: "demo/a".into(),
             proto: 17,
@@ -515,6 +526,7 @@ mod tests {
             "egret_session_capacity{worker=\"1\"} 1000",
             "egret_worker_turns_total{worker=\"1\"} 77",
             "egret_packets_total{worker=\"1\",direction=\"in2out\"} 5",
+            "egret_rx_latency_marked_total{worker=\"1\"} 11",
             "egret_drops_total{worker=\"1\",reason=\"quota_exceeded\"} 2",
             "egret_alloc_failures_total{reason=\"quota\"} 2",
             "egret_fqdn_cache_entries 1",

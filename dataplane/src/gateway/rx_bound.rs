@@ -17,6 +17,9 @@
 //!   cost bulk TCP 40–60% of its rate (`bench/run.sh --scenarios 7`).
 //! - What no control law slows (a UDP flood) is held at twice the budget:
 //!   beyond that, a standing queue is shed at every turn.
+//! - The control law's frame, when ECN-capable, is marked Congestion
+//!   Experienced and forwarded instead (RFC 8289 section 5.2, RFC 3168):
+//!   an ECN-capable TCP flow slows down without losing a segment.
 
 /// Frames a worker takes from one RX ring per turn. Defined here, the
 /// lowest of the worker's modules, so that the bound's sample sizes and the
@@ -57,6 +60,22 @@ impl Dropping {
     /// The next drop time after `now_ns`: an interval / sqrt(count) on.
     fn schedule(&mut self, now_ns: u64, interval_ns: u64) {
         self.next_ns = now_ns + (interval_ns as f64 / f64::from(self.count).sqrt()) as u64;
+    }
+}
+
+/// What to take from the head of a ring whose queue stands: `hard`
+/// frames to shed, then, when `law` is set, one frame the control law
+/// drops, or marks when it is ECN-capable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Excess {
+    pub hard: u32,
+    pub law: bool,
+}
+
+impl Excess {
+    /// Frames taken from the head in all.
+    pub fn total(self) -> u32 {
+        self.hard + u32::from(self.law)
     }
 }
 
@@ -120,12 +139,12 @@ impl RxBound {
         (self.budget_ns * 8 / self.ns_per_frame_x8.max(1)).max(MIN_FRAMES)
     }
 
-    /// How many of the `queued` frames waiting in `ring` at `now_ns` to
-    /// shed from its head.
+    /// Which of the `queued` frames waiting in `ring` at `now_ns` to take
+    /// from its head.
     #[inline]
-    pub fn excess(&mut self, ring: usize, queued: u32, now_ns: u64) -> u32 {
+    pub fn excess(&mut self, ring: usize, queued: u32, now_ns: u64) -> Excess {
         if self.budget_ns == 0 {
-            return 0;
+            return Excess::default();
         }
         let limit = self.limit();
         let interval = INTERVAL_BUDGETS * self.budget_ns;
@@ -133,7 +152,7 @@ impl RxBound {
         let queued = u64::from(queued);
         if queued <= limit {
             *st = RingState::default();
-            return 0;
+            return Excess::default();
         }
         if st.dropping.is_none() {
             match st.above_since {
@@ -149,17 +168,17 @@ impl RxBound {
                 Some(_) => st.dropping = Some(Dropping { count: 0, next_ns: now_ns }),
             }
         }
-        let Some(d) = &mut st.dropping else { return 0 };
-        let mut shed = queued.saturating_sub(HARD_BUDGETS * limit);
+        let Some(d) = &mut st.dropping else { return Excess::default() };
+        let hard = queued.saturating_sub(HARD_BUDGETS * limit);
         // The law's drops fall due at most one a turn: a turn is far
         // shorter than an interval / sqrt(count) until count is in the
         // thousands, and by then the hard bound sheds.
-        if now_ns >= d.next_ns && shed < queued - limit {
-            shed += 1;
+        let law = now_ns >= d.next_ns && hard < queued - limit;
+        if law {
             d.count = d.count.saturating_add(1);
             d.schedule(now_ns, interval);
         }
-        shed as u32
+        Excess { hard: hard as u32, law }
     }
 }
 
@@ -188,58 +207,73 @@ mod tests {
     #[test]
     fn a_burst_that_drains_within_the_interval_is_not_shed() {
         let mut b = measured();
-        assert_eq!(b.excess(0, 2000, 0), 0);
-        assert_eq!(b.excess(0, 1000, 100_000), 0);
-        assert_eq!(b.excess(0, 200, 200_000), 0, "back under the budget");
-        assert_eq!(b.excess(0, 2000, 300_000), 0, "a new burst starts a new interval");
-        assert_eq!(b.excess(0, 2000, 1_200_000), 0, "still within the new interval");
+        assert_eq!(b.excess(0, 2000, 0).total(), 0);
+        assert_eq!(b.excess(0, 1000, 100_000).total(), 0);
+        assert_eq!(b.excess(0, 200, 200_000).total(), 0, "back under the budget");
+        assert_eq!(b.excess(0, 2000, 300_000).total(), 0, "a new burst starts a new interval");
+        assert_eq!(b.excess(0, 2000, 1_200_000).total(), 0, "still within the new interval");
     }
 
     #[test]
     fn a_standing_queue_above_twice_the_budget_is_shed_down_to_it_at_once() {
         let mut b = measured();
-        assert_eq!(b.excess(0, 2000, 0), 0);
-        assert_eq!(b.excess(0, 1800, 999_000), 0);
-        assert_eq!(b.excess(0, 1500, 1_000_000), 1001, "standing: down to 2 x 250 frames, and the law's first drop");
-        assert_eq!(b.excess(0, 900, 1_010_000), 400, "held at twice the budget at every turn");
+        assert_eq!(b.excess(0, 2000, 0).total(), 0);
+        assert_eq!(b.excess(0, 1800, 999_000).total(), 0);
+        assert_eq!(
+            b.excess(0, 1500, 1_000_000).total(),
+            1001,
+            "standing: down to 2 x 250 frames, and the law's first drop"
+        );
+        assert_eq!(b.excess(0, 900, 1_010_000).total(), 400, "held at twice the budget at every turn");
     }
 
     #[test]
     fn a_standing_queue_within_twice_the_budget_is_shed_one_frame_at_a_time() {
         let mut b = measured();
-        assert_eq!(b.excess(0, 400, 0), 0);
-        assert_eq!(b.excess(0, 400, 1_000_000), 1, "standing: CoDel's first drop");
-        assert_eq!(b.excess(0, 400, 1_010_000), 0, "the next is an interval later");
-        assert_eq!(b.excess(0, 400, 1_999_000), 0);
-        assert_eq!(b.excess(0, 400, 2_000_000), 1, "count 1: one interval");
-        assert_eq!(b.excess(0, 400, 2_700_000), 0, "count 2: interval / sqrt(2) = 707 us");
-        assert_eq!(b.excess(0, 400, 2_708_000), 1);
-        assert_eq!(b.excess(0, 250, 2_710_000), 0, "fallen back under the budget");
-        assert_eq!(b.excess(0, 400, 2_720_000), 0, "the next excess is a burst again");
+        assert_eq!(b.excess(0, 400, 0).total(), 0);
+        assert_eq!(b.excess(0, 400, 1_000_000).total(), 1, "standing: CoDel's first drop");
+        assert_eq!(b.excess(0, 400, 1_010_000).total(), 0, "the next is an interval later");
+        assert_eq!(b.excess(0, 400, 1_999_000).total(), 0);
+        assert_eq!(b.excess(0, 400, 2_000_000).total(), 1, "count 1: one interval");
+        assert_eq!(b.excess(0, 400, 2_700_000).total(), 0, "count 2: interval / sqrt(2) = 707 us");
+        assert_eq!(b.excess(0, 400, 2_708_000).total(), 1);
+        assert_eq!(b.excess(0, 250, 2_710_000).total(), 0, "fallen back under the budget");
+        assert_eq!(b.excess(0, 400, 2_720_000).total(), 0, "the next excess is a burst again");
     }
 
     #[test]
     fn a_queue_over_twice_the_budget_that_is_a_burst_passes_whole() {
         let mut b = measured();
-        assert_eq!(b.excess(0, 2000, 0), 0);
-        assert_eq!(b.excess(0, 1200, 500_000), 0, "within the interval: nothing is shed, however far above");
+        assert_eq!(b.excess(0, 2000, 0).total(), 0);
+        assert_eq!(b.excess(0, 1200, 500_000).total(), 0, "within the interval: nothing is shed, however far above");
     }
 
     #[test]
     fn a_backlog_draining_within_the_next_interval_is_not_shed() {
         let mut b = measured();
-        assert_eq!(b.excess(0, 2000, 0), 0, "a worker back from a stall finds a backlog");
-        assert_eq!(b.excess(0, 1100, 1_000_000), 0, "900 drained in an interval, 850 to go: left to drain");
-        assert_eq!(b.excess(0, 800, 2_000_000), 301, "300 drained, 550 to go: too slow, shed");
-        assert_eq!(b.excess(0, 600, 2_010_000), 100, "and held at twice the budget from then on");
+        assert_eq!(b.excess(0, 2000, 0).total(), 0, "a worker back from a stall finds a backlog");
+        assert_eq!(b.excess(0, 1100, 1_000_000).total(), 0, "900 drained in an interval, 850 to go: left to drain");
+        assert_eq!(b.excess(0, 800, 2_000_000).total(), 301, "300 drained, 550 to go: too slow, shed");
+        assert_eq!(b.excess(0, 600, 2_010_000).total(), 100, "and held at twice the budget from then on");
+    }
+
+    #[test]
+    fn the_control_laws_frame_is_told_apart_from_the_hard_bounds() {
+        let mut b = measured();
+        assert_eq!(b.excess(0, 400, 0), Excess::default());
+        assert_eq!(b.excess(0, 400, 1_000_000), Excess { hard: 0, law: true }, "the law's first: markable");
+        let mut b = measured();
+        assert_eq!(b.excess(0, 2000, 0), Excess::default());
+        assert_eq!(b.excess(0, 1500, 1_000_000), Excess { hard: 1000, law: true }, "past twice the budget: shed");
+        assert_eq!(b.excess(0, 900, 1_010_000), Excess { hard: 400, law: false });
     }
 
     #[test]
     fn a_budget_of_zero_sheds_nothing() {
         let mut b = RxBound::new(0, 1);
         b.observe(64, 640_000);
-        assert_eq!(b.excess(0, 2048, 0), 0);
-        assert_eq!(b.excess(0, 2048, 10_000_000), 0);
+        assert_eq!(b.excess(0, 2048, 0).total(), 0);
+        assert_eq!(b.excess(0, 2048, 10_000_000).total(), 0);
     }
 
     #[test]

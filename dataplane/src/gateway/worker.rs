@@ -114,6 +114,9 @@ crate::counters::counter_set! {
         log_records_lost,
         /// NAT events the IPFIX exporter's queue had no room for.
         ipfix_records_lost,
+        /// ECN-capable frames the RX latency bound marked Congestion
+        /// Experienced and forwarded where it would have shed them.
+        rx_latency_marked,
     }
     drops: IoDrop
 }
@@ -379,8 +382,9 @@ impl Worker {
             for port in 0..self.io.ports.len() {
                 self.io.service(port);
                 rx.clear();
-                let shed = self.io.shed_standing(port, &mut self.rx_bound, now_ns);
+                let shed = self.io.shed_standing(port, &mut self.rx_bound, now_ns, &mut rx);
                 self.io_counters.drop_n(IoDrop::RxLatencyShed, u64::from(shed));
+                self.io_counters.rx_latency_marked += rx.len() as u64;
                 // Backpressure: while a TX backlog waits, leave packets in
                 // the kernel's RX ring rather than drop them here.
                 if self.tx.iter().all(|t| t.len() < TX_BACKLOG) {

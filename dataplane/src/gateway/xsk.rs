@@ -5,6 +5,7 @@
 //! interface is sent on the other without a copy.
 
 use super::rx_bound::RxBound;
+use crate::wire::{ethernet, ipv4};
 use core::num::NonZeroU32;
 use core::ptr::NonNull;
 use std::io;
@@ -266,24 +267,49 @@ impl WorkerIo {
         r.release();
     }
 
-    /// Sheds unread what `bound` finds standing in `port`'s RX ring at
-    /// `now_ns`, oldest first; returns how many frames.
+    /// Takes from the head of `port`'s RX ring what `bound` finds standing
+    /// at `now_ns`, oldest first: the frames it sheds are freed unread; the
+    /// control law's frame, when ECN-capable, is marked Congestion
+    /// Experienced and pushed to `marked` to be forwarded (RFC 8289 5.2).
+    /// Returns how many frames were shed.
     #[inline]
-    pub fn shed_standing(&mut self, port: usize, bound: &mut RxBound, now_ns: u64) -> u32 {
-        let p = &mut self.ports[port];
-        // Advisory (the kernel may be adding), which is all the bound needs.
-        let excess = bound.excess(port, p.rx.available(), now_ns);
-        if excess == 0 {
-            return 0;
-        }
-        let mut r = p.rx.receive(excess);
+    pub fn shed_standing(&mut self, port: usize, bound: &mut RxBound, now_ns: u64, marked: &mut Vec<XdpDesc>) -> u32 {
+        let start = marked.len();
+        let excess = {
+            let p = &mut self.ports[port];
+            // Advisory (the kernel may be adding), which is all the bound needs.
+            let excess = bound.excess(port, p.rx.available(), now_ns);
+            if excess.total() == 0 {
+                return 0;
+            }
+            let mut r = p.rx.receive(excess.total());
+            while let Some(d) = r.read() {
+                marked.push(d);
+            }
+            r.release();
+            excess
+        };
+        // The law's frame is the last taken (the hard bound's go first).
+        let law = if excess.law && marked.len() > start { marked.pop() } else { None };
+        // SAFETY: a received frame is ours until we send or release it.
+        let keep = law.filter(|d| Self::mark_congestion(unsafe { self.frame_mut(d.addr) }, d.len as usize));
         let mut shed = 0;
-        while let Some(d) = r.read() {
+        for d in marked.drain(start..).chain(law.filter(|_| keep.is_none())) {
             self.free.push(frame_base(d.addr, self.frame_size));
             shed += 1;
         }
-        r.release();
+        marked.extend(keep);
         shed
+    }
+
+    /// Marks the IPv4 packet of an Ethernet frame Congestion Experienced;
+    /// false when it is not one, or not ECN-capable.
+    fn mark_congestion(frame: &mut [u8], len: usize) -> bool {
+        let Some(frame) = frame.get_mut(..len) else { return false };
+        if ethernet::ethertype(frame) != Some(ethernet::ETHERTYPE_IPV4) {
+            return false;
+        }
+        ipv4::Ipv4Packet::new_checked(&mut frame[ethernet::HEADER_LEN..]).is_ok_and(|mut ip| ip.mark_congestion())
     }
 
     /// Queues frames on `port`'s TX ring and kicks the kernel; returns how
