@@ -151,13 +151,21 @@ impl NatEngine {
     }
 
     /// Counts a scan or a refusal toward a port-reuse destination (the
-    /// slow path only; a bounded table, new destinations beyond it unfollowed).
+    /// slow path only). A bounded table of which one config holds at most
+    /// its share: new destinations beyond either are unfollowed, and counted.
     fn note_busy(&mut self, dest: (u8, u32, u16, u16), scans: u64, refused: u64) {
-        let room = self.busy.len() < super::BUSY_DESTINATIONS_KEPT;
         if let Some(e) = self.busy.get_mut(&dest) {
             *e = (e.0 + scans, e.1 + refused);
-        } else if room {
+            return;
+        }
+        let config = dest.3;
+        let of_config = self.busy.keys().filter(|k| k.3 == config).count();
+        if self.busy.len() < super::BUSY_DESTINATIONS_KEPT
+            && of_config < super::BUSY_DESTINATIONS_KEPT / super::BUSY_DESTINATIONS_CONFIG_SHARE_DIVISOR
+        {
             self.busy.insert(dest, (scans, refused));
+        } else {
+            self.counters.busy_destinations_unfollowed += 1;
         }
     }
 

@@ -151,6 +151,10 @@ crate::counters::counter_set! {
         /// TCP flows a rejecting policy cut that the cut-flow table (65,536
         /// per worker) had no room for: left to their applications' timeouts.
         cut_flows_untracked,
+        /// Port reuse: scans and refusals toward destinations not followed
+        /// as busy because the table (256 per worker) or the config's
+        /// quarter of it was full.
+        busy_destinations_unfollowed,
     }
     drops: DropReason
 }

@@ -246,6 +246,9 @@ pub struct BusyDestination {
 
 /// Busy destinations kept per worker (beyond: not followed), and reported.
 pub const BUSY_DESTINATIONS_KEPT: usize = 256;
+/// One config follows at most this share of them (a tenant whose pods
+/// hammer many destinations leaves the others room).
+pub const BUSY_DESTINATIONS_CONFIG_SHARE_DIVISOR: usize = 4;
 pub const BUSY_DESTINATIONS_REPORTED: usize = 10;
 
 /// Index of a protocol in per-protocol arrays (TCP, UDP, ICMP); sessions

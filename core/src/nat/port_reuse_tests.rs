@@ -101,3 +101,44 @@ fn the_destinations_whose_tuples_run_scarce_are_reported_busiest_first() {
     assert_eq!(b.refused, 3);
     assert!(b.scans >= 1, "the first refusal scanned; later ones know it is exhausted");
 }
+
+/// One tenant whose pods run many destinations out of tuples follows at
+/// most its quarter of the busy-destinations table; another tenant's busy
+/// destination is still followed.
+#[test]
+fn one_config_follows_at_most_its_share_of_busy_destinations() {
+    let pool = |name: &str, cidr: &str| {
+        let mut c = GatewayConfig::new(name, vec![cidr.parse().unwrap()]);
+        c.mapping = MappingMode::PortReuse;
+        c
+    };
+    let other_pod = [198, 18, 0, 3];
+    let plan = Plan {
+        network_policies: Vec::new(),
+        version: 1,
+        configs: vec![pool("a", "198.19.100.0/30"), pool("b", "198.19.101.0/30")],
+        bindings: vec![
+            Binding { pod_ip: POD.into(), config: "a".into(), public_key: None },
+            Binding { pod_ip: other_pod.into(), config: "b".into(), public_key: None },
+        ],
+    };
+    let s = EngineSettings { ports: 1024..=1039, ..settings() };
+    let mut e = NatEngine::new(s, Arc::new(CompiledPlan::new(&plan).unwrap()));
+    let share = BUSY_DESTINATIONS_KEPT / BUSY_DESTINATIONS_CONFIG_SHARE_DIVISOR;
+    // Each destination: 64 tuples taken, then one flow refused.
+    let exhaust = |e: &mut NatEngine, pod: [u8; 4], dst: [u8; 4]| {
+        for p in 0..65u16 {
+            let _ = udp(pod, 5000 + p, dst, 53, b"x").run(e, T);
+        }
+    };
+    for d in 0..share as u8 + 10 {
+        exhaust(&mut e, POD, [198, 19, 1, d]);
+    }
+    assert_eq!(e.busy.len(), share, "config a follows its share");
+    assert!(
+        e.counters().busy_destinations_unfollowed >= 10,
+        "each unfollowed destination's scans and refusals are counted"
+    );
+    exhaust(&mut e, other_pod, SERVER);
+    assert!(e.busy_destinations().iter().any(|b| b.config == "b"), "config b's busy destination is followed");
+}

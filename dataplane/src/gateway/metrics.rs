@@ -87,6 +87,11 @@ mod family {
     pub const HANDOFF: Family = ("egret_handoff", Counter, "Frames handed to the worker owning their session.");
     pub const HANDOFF_RING_DEPTH: Family =
         ("egret_handoff_ring_depth", Gauge, "Frames waiting in a worker's handoff ring.");
+    pub const BUSY_UNFOLLOWED: Family = (
+        "egret_port_reuse_busy_unfollowed",
+        Counter,
+        "Port-reuse scans and refusals toward destinations not followed as busy: the table, or the config's quarter of it, was full.",
+    );
     pub const RX_LATENCY_MARKED: Family = (
         "egret_rx_latency_marked",
         Counter,
@@ -391,6 +396,7 @@ fn encode_reports(
         )?;
     }
     emit(enc, family::DNS_UNTRUSTED, sum(|r| r.nat.dns_untrusted))?;
+    emit(enc, family::BUSY_UNFOLLOWED, sum(|r| r.nat.busy_destinations_unfollowed))?;
     emit(enc, family::CUT_FLOW_RESETS, sum(|r| r.nat.cut_flow_resets))?;
     encode_tunnels(enc, reports)
 }
@@ -478,6 +484,7 @@ mod tests {
         r.nat.in2out_packets = 5;
         r.io.ipfix_records_lost = 3;
         r.io.rx_latency_marked = 11;
+        r.nat.busy_destinations_unfollowed = 6;
         r.busy_destinations = vec![crate::nat::BusyDestination {
             config: "demo/a".into(),
             proto: 17,
@@ -527,6 +534,7 @@ mod tests {
             "egret_worker_turns_total{worker=\"1\"} 77",
             "egret_packets_total{worker=\"1\",direction=\"in2out\"} 5",
             "egret_rx_latency_marked_total{worker=\"1\"} 11",
+            "egret_port_reuse_busy_unfollowed_total 6",
             "egret_drops_total{worker=\"1\",reason=\"quota_exceeded\"} 2",
             "egret_alloc_failures_total{reason=\"quota\"} 2",
             "egret_fqdn_cache_entries 1",
