@@ -73,12 +73,14 @@ def gateway(topo, servers, collector, workdir):
 
 
 def exported(gateway) -> tuple[float, float, float, float]:
-    """(records exported, dropped for a full queue, dropped in failed
-    sends, lost in the engine's own event buffer before the queue)."""
+    """(records exported, dropped for a full queue or the pod's share of
+    it, dropped in failed sends, lost in the engine's own event buffer
+    before the queue)."""
     m = gateway.metrics()
     return (
         m.get("egret_ipfix_records_exported_total") or 0,
-        m.get("egret_ipfix_records_dropped_total", reason="queue_full") or 0,
+        (m.get("egret_ipfix_records_dropped_total", reason="queue_full") or 0)
+        + (m.get("egret_ipfix_records_dropped_total", reason="pod_share") or 0),
         m.get("egret_ipfix_records_dropped_total", reason="send_failed") or 0,
         m.get("egret_nat_log_lost_total") or 0,
     )

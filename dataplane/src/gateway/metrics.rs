@@ -119,7 +119,7 @@ mod family {
     pub const IPFIX_DROPPED: Family = (
         "egret_ipfix_records_dropped",
         Counter,
-        "NAT event records not exported, by reason (the queue full, or in a failed send).",
+        "NAT event records not exported, by reason (the queue full, the pod's share of it full, or in a failed send).",
     );
     pub const DNS_UNTRUSTED: Family = (
         "egret_dns_untrusted",
@@ -388,11 +388,16 @@ fn encode_reports(
         emit(enc, family::IPFIX_TEMPLATES, one(x.templates_sent.load(Relaxed)))?;
         emit(enc, family::IPFIX_SEND_ERRORS, one(x.send_errors.load(Relaxed)))?;
         let queue_full: u64 = reports.iter().map(|r| r.io.ipfix_records_lost).sum();
+        let pod_share: u64 = reports.iter().map(|r| r.io.ipfix_records_over_share).sum();
         emit(
             enc,
             family::IPFIX_DROPPED,
-            [("queue_full", queue_full), ("send_failed", x.records_send_failed.load(Relaxed))]
-                .map(|(reason, n)| (labels!("reason" => reason), n)),
+            [
+                ("queue_full", queue_full),
+                ("pod_share", pod_share),
+                ("send_failed", x.records_send_failed.load(Relaxed)),
+            ]
+            .map(|(reason, n)| (labels!("reason" => reason), n)),
         )?;
     }
     emit(enc, family::DNS_UNTRUSTED, sum(|r| r.nat.dns_untrusted))?;

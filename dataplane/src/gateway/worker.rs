@@ -114,6 +114,9 @@ crate::counters::counter_set! {
         log_records_lost,
         /// NAT events the IPFIX exporter's queue had no room for.
         ipfix_records_lost,
+        /// NAT events left out of the IPFIX queue because their pod's share
+        /// of it (a sixteenth) was full.
+        ipfix_records_over_share,
         /// ECN-capable frames the RX latency bound marked Congestion
         /// Experienced and forwarded where it would have shed them.
         rx_latency_marked,
@@ -541,10 +544,14 @@ impl Worker {
             self.deny_log_budget.1 -= 1;
             lost += u64::from(self.log.push(LogRecord::Deny(e)).is_err());
         }
-        let mut ipfix_lost = 0;
+        let (mut ipfix_lost, mut ipfix_over_share) = (0, 0);
         for e in self.engine.take_nat_events() {
             if let Some(q) = &self.ipfix {
-                ipfix_lost += u64::from(q.push(e).is_err());
+                match q.push(e) {
+                    Ok(()) => {}
+                    Err(super::ipfix::Refused::Full) => ipfix_lost += 1,
+                    Err(super::ipfix::Refused::PodShare) => ipfix_over_share += 1,
+                }
             }
             if self.journal_sessions {
                 lost += u64::from(self.log.push(LogRecord::Session(e)).is_err());
@@ -557,6 +564,7 @@ impl Worker {
         }
         self.io_counters.log_records_lost += lost;
         self.io_counters.ipfix_records_lost += ipfix_lost;
+        self.io_counters.ipfix_records_over_share += ipfix_over_share;
     }
 
     /// Translates one received frame and queues what comes of it.
