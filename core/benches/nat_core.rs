@@ -585,6 +585,44 @@ fn main() {
         }
     }
 
+    // A plan the size of a large cluster's: applying it costs the plan's
+    // size in the worker's loop, whatever the sessions.
+    if want("pauses") {
+        let (pods, configs) = if quick { (10_000u32, 100u32) } else { (100_000, 1_000) };
+        let big = |version: u64| {
+            let pools = u32::from(Ipv4Addr::new(198, 19, 192, 0));
+            let configs: Vec<GatewayConfig> = (0..configs)
+                .map(|c| {
+                    let pool = format!("{}/28", Ipv4Addr::from(pools + c * 16));
+                    GatewayConfig::new(&format!("ns{c}/gw"), vec![pool.parse().unwrap()])
+                })
+                .collect();
+            let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
+            let bindings = (0..pods)
+                .map(|i| Binding {
+                    pod_ip: Ipv4Addr::from(base + i),
+                    config: configs[(i % configs.len() as u32) as usize].name.clone(),
+                    public_key: None,
+                })
+                .collect();
+            Arc::new(CompiledPlan::new(&Plan { network_policies: Vec::new(), version, configs, bindings }).unwrap())
+        };
+        let mut e = NatEngine::new(EngineSettings { session_capacity: 1 << 16, ..Default::default() }, big(1));
+        let applies: Vec<f64> = (0..runs)
+            .map(|i| {
+                let next = big(2 + i as u64);
+                let t = Instant::now();
+                e.apply_plan(next, Time::from_secs(2));
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        rows.push((
+            format!("plan of {}k pods in {configs} configs applied (the worker's part)", pods / 1000),
+            median(applies),
+            "ms",
+        ));
+    }
+
     // Memory: bytes the engine allocates per session slot of capacity.
     if want("memory") {
         let cap = if quick { 100_000 } else { 4 << 20 };

@@ -37,13 +37,55 @@ pub struct PeerConfig {
     pub pod_ip: Ipv4Addr,
 }
 
+/// What the plan says of one pod the NAT core sees: worked out once per
+/// plan, here, rather than by every worker at every plan change (for 100k
+/// pods that was milliseconds in each worker's loop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodInfo {
+    /// Index into the plan's `configs`.
+    pub config: u16,
+    /// Index of the pod's paired egress address in its config (rendezvous hash).
+    pub preferred: u16,
+    /// Reaches the gateway through a WireGuard tunnel only.
+    pub tunnelled: bool,
+    /// Some NetworkPolicy of the plan selects it: its new flows are judged.
+    pub policed: bool,
+}
+
+impl PodInfo {
+    /// A source bound only by the fallback source CIDR of config `ci`.
+    pub fn fallback(src: u32, ci: u16, plan: &CompiledPlan) -> PodInfo {
+        let preferred = rendezvous(src, &plan.configs[usize::from(ci)]);
+        PodInfo { config: ci, preferred, tunnelled: false, policed: false }
+    }
+}
+
+/// The pod's paired address: highest rendezvous score, so a pool change
+/// moves only the pods whose address came or went.
+pub fn rendezvous(pod: u32, cfg: &CompiledConfig) -> u16 {
+    let score = |a: Ipv4Addr| {
+        (u64::from(pod) << 32 | u64::from(u32::from(a)))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29)
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9)
+    };
+    let mut best = (0u64, 0u16);
+    for (i, &a) in cfg.addrs.iter().enumerate() {
+        let s = score(a);
+        if i == 0 || s > best.0 {
+            best = (s, i as u16);
+        }
+    }
+    best.1
+}
+
 /// A validated plan in lookup form.
 #[derive(Debug, Clone)]
 pub struct CompiledPlan {
     pub version: u64,
     pub configs: Vec<CompiledConfig>,
-    /// pod IP → index into `configs`.
-    pub pods: HashMap<u32, u16>,
+    /// pod IP → what the plan says of it.
+    pub pods: HashMap<u32, PodInfo>,
     /// egress IP → (config index, index into that config's `addrs`).
     pub egress: HashMap<u32, (u16, u16)>,
     /// Pods that reach the gateway through a tunnel (never in plain).
@@ -95,7 +137,7 @@ impl CompiledPlan {
     /// The config `ip` egresses through: its binding, else a source CIDR.
     #[inline]
     pub fn config_of(&self, ip: u32) -> Option<u16> {
-        self.pods.get(&ip).copied().or_else(|| self.source_config(ip))
+        self.pods.get(&ip).map(|p| p.config).or_else(|| self.source_config(ip))
     }
 }
 
@@ -181,15 +223,24 @@ impl CompiledPlan {
                 tunnel: None,
             });
         }
-        let mut pods: HashMap<u32, u16> = HashMap::with_capacity(plan.bindings.len());
+        let network_policies = crate::nat::network_policy::CompiledNetworkPolicies::new(&plan.network_policies);
+        let mut pods: HashMap<u32, PodInfo> = HashMap::with_capacity(plan.bindings.len());
         let mut tunnelled = HashSet::new();
         for b in &plan.bindings {
             let ci = by_name[b.config.as_str()];
-            pods.insert(u32::from(b.pod_ip), ci);
+            let ip = u32::from(b.pod_ip);
+            let mut info = PodInfo {
+                config: ci,
+                preferred: rendezvous(ip, &configs[usize::from(ci)]),
+                tunnelled: false,
+                policed: network_policies.selects(ip),
+            };
             if let (Some(key), Some(t)) = (b.public_key, compiled_tunnels[usize::from(ci)].as_mut()) {
                 t.peers.push(PeerConfig { public_key: key.0, pod_ip: b.pod_ip });
-                tunnelled.insert(u32::from(b.pod_ip));
+                tunnelled.insert(ip);
+                info.tunnelled = true;
             }
+            pods.insert(ip, info);
         }
         for (c, t) in configs.iter_mut().zip(compiled_tunnels) {
             c.tunnel = t.map(Arc::new);
@@ -199,7 +250,6 @@ impl CompiledPlan {
             by_cidr.extend(c.sources.iter().map(|&cidr| (cidr, ci as u16)));
         }
         let sources = SourceCidrs::new(by_cidr);
-        let network_policies = crate::nat::network_policy::CompiledNetworkPolicies::new(&plan.network_policies);
         Ok(CompiledPlan { version: plan.version, configs, pods, egress, tunnelled, tunnels, sources, network_policies })
     }
 }
@@ -234,7 +284,7 @@ mod tests {
         let c = CompiledPlan::new(&plan).unwrap();
         assert_eq!(c.configs[0].addrs.len(), 16);
         assert_eq!(c.configs[1].addrs.len(), 3);
-        assert_eq!(c.pods[&ip(198, 18, 0, 3)], 1);
+        assert_eq!(c.pods[&ip(198, 18, 0, 3)].config, 1);
         assert_eq!(c.egress[&ip(198, 19, 102, 7)], (1, 2));
     }
 

@@ -29,11 +29,11 @@ impl NatEngine {
     #[inline]
     pub(super) fn addr_order(&self, pod: u32, ci: u16) -> (u16, usize) {
         let n = self.config(ci).addrs.len();
-        (self.pods.get(&pod).map_or(0, |p| p.preferred), n)
+        (self.pod(pod).map_or(0, |p| p.preferred), n)
     }
 
     pub(super) fn check_quota(&self, pod: u32, ci: u16) -> Result<(), DropReason> {
-        let (held, whole) = self.pods.get(&pod).map_or((0, false), |p| (p.holdings, p.tunnelled));
+        let (held, whole) = (self.held(pod).holdings, self.pod(pod).is_some_and(|p| p.tunnelled));
         // A tunnelled pod's flows all live on its peer's worker: its whole
         // quota is here; a routed pod's spread over every worker.
         let quota = if whole { self.config(ci).port_quota } else { self.quotas[usize::from(ci)] };
@@ -79,7 +79,7 @@ impl NatEngine {
                     st.ports[slot].clear(off);
                     return Err(DropReason::SessionTableFull);
                 };
-                self.pods.get_mut(&k.local).expect("bound pod").holdings += 1;
+                self.held_mut(k.local).holdings += 1;
                 self.counters.mappings_created += 1;
                 return Ok(mi);
             }
@@ -183,38 +183,10 @@ impl NatEngine {
 
     pub(super) fn free_mapping(&mut self, mi: u32) {
         let m = *self.mappings.get(mi);
-        if let Some(p) = self.pods.get_mut(&m.pod) {
-            p.holdings -= 1;
-        }
         if let Some(a) = self.addrs.get_mut(&m.egress) {
             a.ports[proto_slot(m.proto)].clear(u32::from(m.egress_port - self.slice.lo));
         }
         self.mappings.remove(mi);
-        self.forget_if_idle(m.pod);
+        self.release_held(m.pod, 1, 0);
     }
-}
-
-/// The state of a source bound by a fallback CIDR of config `ci`.
-pub(super) fn fallback_pod(src: u32, ci: u16, plan: &CompiledPlan) -> PodState {
-    let preferred = rendezvous(src, &plan.configs[usize::from(ci)]);
-    PodState { config: ci, preferred, holdings: 0, sessions: 0, tunnelled: false, fallback: true, policed: false }
-}
-
-/// The pod's paired address: highest rendezvous score, so a pool change
-/// moves only the pods whose address came or went.
-pub(super) fn rendezvous(pod: u32, cfg: &CompiledConfig) -> u16 {
-    let score = |a: Ipv4Addr| {
-        (u64::from(pod) << 32 | u64::from(u32::from(a)))
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            .rotate_left(29)
-            .wrapping_mul(0xbf58_476d_1ce4_e5b9)
-    };
-    let mut best = (0u64, 0u16);
-    for (i, &a) in cfg.addrs.iter().enumerate() {
-        let s = score(a);
-        if i == 0 || s > best.0 {
-            best = (s, i as u16);
-        }
-    }
-    best.1
 }

@@ -32,7 +32,7 @@ impl NatEngine {
     /// what the engine forwards to it).
     #[inline]
     pub fn is_tunnelled(&self, pod: u32) -> bool {
-        self.any_tunnelled && self.pods.get(&pod).is_some_and(|p| p.tunnelled)
+        self.any_tunnelled && self.pod(pod).is_some_and(|p| p.tunnelled)
     }
 
     /// Where a packet goes next is the verdict's to say, sealing included:
@@ -71,7 +71,7 @@ impl NatEngine {
             Err(WireError::Truncated) => return self.drop(DropReason::Truncated),
             Err(WireError::Malformed) => return self.drop(DropReason::Malformed),
         };
-        if let Some(&pod) = self.pods.get(&src) {
+        if let Some(pod) = self.pod(src) {
             if from == Some(Side::Outside) {
                 return self.drop(DropReason::WrongInterface);
             }
@@ -97,7 +97,7 @@ impl NatEngine {
             }
             return self.out2in(buf, total, now);
         }
-        if let Some(ci) = self.pods.get(&dst).map(|p| p.config).or_else(|| self.plan.source_config(dst)) {
+        if let Some(ci) = self.pod(dst).map(|p| p.config).or_else(|| self.plan.source_config(dst)) {
             if from == Some(Side::Inside) {
                 return self.drop(DropReason::WrongInterface);
             }
@@ -109,8 +109,8 @@ impl NatEngine {
     /// A source bound only by a fallback CIDR: adopted as a pod of its
     /// config for this packet, kept while it holds a session or a port.
     pub(super) fn in2out_fallback(&mut self, buf: &mut [u8], len: usize, src: u32, ci: u16, now: Time) -> Verdict {
-        let pod = fallback_pod(src, ci, &self.plan);
-        self.pods.insert(src, pod);
+        let pod = PodInfo::fallback(src, ci, &self.plan);
+        self.fallbacks.insert(src, pod);
         let v = self.in2out(buf, len, ci, now);
         self.forget_if_idle(src);
         self.forget_idle();

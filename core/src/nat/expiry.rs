@@ -12,21 +12,23 @@ const SWEEP_PERIOD_MS: u64 = 1000;
 const SWEEP_BURST: usize = 1 << 16;
 
 impl NatEngine {
-    /// Notes a fallback source that holds nothing any more; it is forgotten
-    /// at the next [`NatEngine::forget_idle`] (the packet being handled may
-    /// end its last session and open another).
+    /// Notes a pod (or a fallback source) that holds nothing any more; it
+    /// is forgotten at the next [`NatEngine::forget_idle`] (the packet
+    /// being handled may end its last session and open another).
     #[inline]
     pub(super) fn forget_if_idle(&mut self, pod: u32) {
-        if self.pods.get(&pod).is_some_and(PodState::idle_fallback) {
-            self.idle_fallback.push(pod);
+        if self.held(pod).is_zero() {
+            self.idle_pods.push(pod);
         }
     }
 
-    /// Forgets the fallback sources noted idle that still are.
+    /// Forgets the pods noted idle that still are: their counts, and the
+    /// adoption of a fallback source.
     pub(super) fn forget_idle(&mut self) {
-        while let Some(pod) = self.idle_fallback.pop() {
-            if self.pods.get(&pod).is_some_and(PodState::idle_fallback) {
-                self.pods.remove(&pod);
+        while let Some(pod) = self.idle_pods.pop() {
+            if self.held(pod).is_zero() {
+                self.pod_counts.remove(&pod);
+                self.fallbacks.remove(&pod);
             }
         }
     }

@@ -130,7 +130,7 @@ impl NatEngine {
             }
             return Err(DropReason::SessionTableFull);
         };
-        let pod = self.pods.get_mut(&k.local).expect("bound pod");
+        let pod = self.held_mut(k.local);
         pod.sessions += 1;
         if mapping == NONE {
             pod.holdings += 1;
@@ -169,19 +169,13 @@ impl NatEngine {
         self.counters.sessions_closed += 1;
         self.count_live(s.config, s.proto, false);
         self.log_session(false, &s, now);
-        if let Some(p) = self.pods.get_mut(&s.pod) {
-            p.sessions = p.sessions.saturating_sub(1);
-        }
         if s.mapping != NONE {
+            self.release_held(s.pod, 0, 1);
             self.sessions.remove(i);
             self.release_mapping_ref(s.mapping, now);
-            self.forget_if_idle(s.pod);
             return;
         }
-        if let Some(p) = self.pods.get_mut(&s.pod) {
-            p.holdings -= 1;
-        }
-        self.forget_if_idle(s.pod);
+        self.release_held(s.pod, 1, 1);
         if let Some(a) = self.addrs.get_mut(&s.egress) {
             a.sessions -= 1;
         }
@@ -199,7 +193,7 @@ impl NatEngine {
 
     /// RFC 6888 REQ-5: one pod may not fill the session table for the rest.
     pub(super) fn check_session_limit(&self, pod: u32, ci: u16) -> Result<(), DropReason> {
-        let (held, whole) = self.pods.get(&pod).map_or((0, false), |p| (p.sessions, p.tunnelled));
+        let (held, whole) = (self.held(pod).sessions, self.pod(pod).is_some_and(|p| p.tunnelled));
         // As `check_quota`: a tunnelled pod's sessions are all on one worker.
         let limit = if whole { self.config(ci).session_limit } else { self.session_limits[usize::from(ci)] };
         if held >= limit {

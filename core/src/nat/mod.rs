@@ -41,7 +41,7 @@ pub mod session;
 mod snapshot;
 pub mod tcp;
 
-pub use crate::compiled::{CompiledConfig, CompiledPlan, CompiledTunnel, SourceCidrs};
+pub use crate::compiled::{CompiledConfig, CompiledPlan, CompiledTunnel, PodInfo, SourceCidrs};
 pub use counters::{Counters, DropReason};
 pub use events::{DenyEvent, NameEvent, NatEvent};
 pub use flow_index::prefetch;
@@ -57,7 +57,6 @@ pub use snapshot::{RestoreStats, SessionRecord};
 use crate::plan::MappingMode;
 use crate::wire::ipv4::{self, Ipv4Packet};
 use crate::wire::{l4, Error as WireError, IpProtocol};
-use alloc::{fallback_pod, rendezvous};
 use events::DENY_EVENTS_KEPT;
 use frag::FragTable;
 use hashbrown::HashMap;
@@ -172,33 +171,19 @@ impl Default for EngineSettings {
     }
 }
 
-/// Per-pod state on this worker.
-#[derive(Debug, Clone, Copy)]
-struct PodState {
-    config: u16,
-    /// Index of the pod's paired egress address in its config (rendezvous hash).
-    preferred: u16,
+/// What this worker holds for one pod (the plan says the rest: `PodInfo`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct PodCounts {
     /// Ports held: mappings (endpoint-independent) or sessions (port reuse).
     holdings: u32,
     /// Live sessions of the pod's, however they were opened.
     sessions: u32,
-    /// Reaches the gateway through a WireGuard tunnel only.
-    tunnelled: bool,
-    /// Bound by a fallback source CIDR, not by name: adopted on its first
-    /// packet and forgotten once it holds nothing (so the map stays as
-    /// small as the sessions, whatever the CIDRs' size).
-    fallback: bool,
-    /// Some NetworkPolicy of the plan selects it: its new flows are judged
-    /// (read here, where the packet's pod was just looked up, so a pod no
-    /// policy selects costs no lookup in the policies' own table).
-    policed: bool,
 }
 
-impl PodState {
-    /// A fallback source that holds no session and no port.
+impl PodCounts {
     #[inline]
-    fn idle_fallback(&self) -> bool {
-        self.fallback && self.sessions == 0 && self.holdings == 0
+    fn is_zero(&self) -> bool {
+        self.holdings == 0 && self.sessions == 0
     }
 }
 
@@ -275,10 +260,15 @@ pub struct NatEngine {
     slice: PortSlice,
     sessions: SessionTable,
     mappings: MappingTable,
-    pods: HashMap<u32, PodState>,
-    /// Fallback sources that went idle, forgotten at the next safe point
-    /// (never in the middle of a packet that may still open a session).
-    idle_fallback: Vec<u32>,
+    /// What this worker holds per pod, for the pods that hold anything.
+    pod_counts: HashMap<u32, PodCounts>,
+    /// Sources a fallback source CIDR binds, adopted on their first packet
+    /// and forgotten once they hold nothing (so the map stays as small as
+    /// the sessions, whatever the CIDRs' size).
+    fallbacks: HashMap<u32, PodInfo>,
+    /// Pods that went idle, forgotten at the next safe point (never in the
+    /// middle of a packet that may still open a session).
+    idle_pods: Vec<u32>,
     addrs: HashMap<u32, AddrState>,
     /// Per config: this worker's share of the per-pod quota.
     quotas: Vec<u32>,
@@ -351,8 +341,9 @@ impl NatEngine {
             draws: Draws::new(Rng::new(seed)),
             new_flows: prefetch::NewFlows::new(),
             slice,
-            pods: HashMap::new(),
-            idle_fallback: Vec::new(),
+            pod_counts: HashMap::new(),
+            fallbacks: HashMap::new(),
+            idle_pods: Vec::new(),
             addrs: HashMap::new(),
             quotas: Vec::new(),
             session_limits: Vec::new(),
@@ -492,6 +483,39 @@ impl NatEngine {
     #[inline]
     fn config(&self, ci: u16) -> &CompiledConfig {
         &self.plan.configs[usize::from(ci)]
+    }
+
+    /// What the plan says of pod `ip`, or of a source adopted under a
+    /// fallback source CIDR.
+    #[inline(always)]
+    fn pod(&self, ip: u32) -> Option<PodInfo> {
+        match self.plan.pods.get(&ip) {
+            Some(p) => Some(*p),
+            None if self.fallbacks.is_empty() => None,
+            None => self.fallbacks.get(&ip).copied(),
+        }
+    }
+
+    /// What this worker holds for pod `ip`.
+    #[inline]
+    fn held(&self, ip: u32) -> PodCounts {
+        self.pod_counts.get(&ip).copied().unwrap_or_default()
+    }
+
+    #[inline]
+    fn held_mut(&mut self, ip: u32) -> &mut PodCounts {
+        self.pod_counts.entry(ip).or_default()
+    }
+
+    /// Lowers what pod `ip` holds (a session ended, a port freed) and notes
+    /// it for forgetting when that was all.
+    #[inline]
+    fn release_held(&mut self, ip: u32, holdings: u32, sessions: u32) {
+        if let Some(c) = self.pod_counts.get_mut(&ip) {
+            c.holdings = c.holdings.saturating_sub(holdings);
+            c.sessions = c.sessions.saturating_sub(sessions);
+        }
+        self.forget_if_idle(ip);
     }
 }
 

@@ -92,7 +92,7 @@ impl NatEngine {
     /// Whether the NetworkPolicies deny the new flow `k` (outbound key:
     /// `local` is the pod); a denial is counted per selecting policy.
     pub(super) fn network_policy_denies(&mut self, k: &FlowKey) -> bool {
-        if !self.pods.get(&k.local).is_some_and(|p| p.policed) {
+        if !self.pod(k.local).is_some_and(|p| p.policed) {
             return false;
         }
         let plan = &self.plan;

@@ -126,13 +126,13 @@ impl NatEngine {
         // Outside hosts may open sessions on a pod's mapping only while the
         // pod holds less than half its limit: the other half stays for the
         // flows the pod opens itself.
-        if let Some(p) = self.pods.get(&m.pod) {
+        if let Some(p) = self.pod(m.pod) {
             let limit = if p.tunnelled {
                 self.config(m.config).session_limit
             } else {
                 self.session_limits[usize::from(m.config)]
             };
-            if p.sessions >= (limit / 2).max(1) {
+            if self.held(m.pod).sessions >= (limit / 2).max(1) {
                 return Err(DropReason::SessionLimit);
             }
         }
@@ -155,9 +155,7 @@ impl NatEngine {
         let s = self.new_session(&inside, (m.egress, m.egress_port), m.config, mi, now);
         let Some(i) = self.sessions.insert(s) else { return Err(DropReason::SessionTableFull) };
         self.mappings.get_mut(mi).refs += 1;
-        if let Some(p) = self.pods.get_mut(&m.pod) {
-            p.sessions += 1;
-        }
+        self.held_mut(m.pod).sessions += 1;
         self.counters.sessions_created += 1;
         self.count_live(s.config, s.proto, true);
         self.log_session(true, &s, now);

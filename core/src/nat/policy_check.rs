@@ -150,7 +150,7 @@ impl NatEngine {
             let seg = TcpPacket::new_unchecked(&buf[hl..len]);
             (seg.flags(), seg.seq())
         };
-        if flags & crate::wire::tcp::RST != 0 || !self.pods.contains_key(&pod) {
+        if flags & crate::wire::tcp::RST != 0 || self.pod(pod).is_none() {
             return None;
         }
         let rst = TcpRepr { src_port: k.remote_port, dst_port: pod_port, seq, ack: 0, flags: crate::wire::tcp::RST };

@@ -46,7 +46,7 @@ impl NatEngine {
     /// the batch's. The port is the one the flow's draw will pick on the
     /// pod's paired address, or its mapping's; the mapping's slot is only
     /// being loaded, so that guess waits for stage 3.
-    fn prefetch_new_flow(&self, k: &FlowKey, pod: PodState) {
+    fn prefetch_new_flow(&self, k: &FlowKey, pod: PodInfo) {
         let ci = pod.config;
         self.prefetch_mapping(k, ci);
         if self.inside_owner(k.proto, k.local, k.local_port) != self.settings.worker {
@@ -105,7 +105,7 @@ impl NatEngine {
     /// a pod the pod's state; bounds-checked only, since it serves nothing
     /// but prefetching.
     #[inline]
-    pub(super) fn peek_key(&self, pkt: &[u8]) -> Option<(FlowKey, Option<PodState>)> {
+    pub(super) fn peek_key(&self, pkt: &[u8]) -> Option<(FlowKey, Option<PodInfo>)> {
         let ip = Ipv4Packet::new_header_checked(pkt).ok()?;
         if ip.is_fragment() {
             return None;
@@ -117,7 +117,7 @@ impl NatEngine {
         }
         let (src, dst) = (u32::from_be_bytes(ip.src()), u32::from_be_bytes(ip.dst()));
         let ports = Transport::new_unchecked(l4b, proto).ports();
-        if let Some(&pod) = self.pods.get(&src) {
+        if let Some(pod) = self.pod(src) {
             return Some((FlowKey::outbound(proto.number(), src, dst, ports), Some(pod)));
         }
         Some((FlowKey::inbound(proto.number(), src, dst, ports), None))

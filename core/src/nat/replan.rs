@@ -111,30 +111,23 @@ impl NatEngine {
         let addrs = &self.addrs;
         self.cooling.retain_addrs(|a| addrs.contains_key(&a));
 
-        // Pods keep their counts; the walk lowers them as it cuts.
-        let old_pods = std::mem::take(&mut self.pods);
-        let held = |p: &u32| old_pods.get(p).map_or((0, 0), |o| (o.holdings, o.sessions));
-        self.pods = plan
-            .pods
-            .iter()
-            .map(|(&p, &ci)| {
-                let preferred = rendezvous(p, &plan.configs[usize::from(ci)]);
-                let tunnelled = plan.tunnelled.contains(&p);
-                let policed = plan.network_policies.selects(p);
-                let (holdings, sessions) = held(&p);
-                (p, PodState { config: ci, preferred, holdings, sessions, tunnelled, fallback: false, policed })
-            })
-            .collect();
-        // Sources the plan binds only by a source CIDR now keep their
-        // sessions under it; idle ones are forgotten at the next safe point.
-        for &p in old_pods.keys().filter(|&p| !plan.pods.contains_key(p)) {
-            if let Some(ci) = plan.source_config(p) {
-                let (holdings, sessions) = held(&p);
-                self.pods.insert(p, PodState { holdings, sessions, ..fallback_pod(p, ci, &plan) });
-                self.forget_if_idle(p);
+        // Pods keep their counts (the walk lowers them as it cuts); what
+        // the plan says of each is the plan's own (`PodInfo`, worked out
+        // once per plan). Adopted fallback sources follow their CIDR's
+        // config; a pod the plan now binds only by a CIDR is adopted again
+        // on its next packet.
+        self.fallbacks.retain(|&p, info| {
+            if plan.pods.contains_key(&p) {
+                return false;
             }
-        }
-        drop(old_pods);
+            match plan.source_config(p) {
+                Some(ci) => {
+                    *info = PodInfo::fallback(p, ci, &plan);
+                    true
+                }
+                None => false,
+            }
+        });
         self.any_tunnelled = !plan.tunnelled.is_empty();
 
         // Live counts move to the config sessions are kept under (same
@@ -328,11 +321,8 @@ impl NatEngine {
                 a.ports[slot].clear(off);
             }
         }
-        if let Some(p) = self.pods.get_mut(&m.pod) {
-            p.holdings = p.holdings.saturating_sub(1);
-        }
-        self.forget_if_idle(m.pod);
         self.mappings.remove(mi);
+        self.release_held(m.pod, 1, 0);
     }
 
     /// Holds a port in its address's bitmap until `until`.
@@ -400,18 +390,13 @@ impl NatEngine {
                 let slot = &mut l[proto_slot(s.proto)];
                 *slot = slot.saturating_sub(1);
             }
-            if let Some(p) = self.pods.get_mut(&s.pod) {
-                p.sessions = p.sessions.saturating_sub(1);
-                if s.mapping == NONE {
-                    p.holdings = p.holdings.saturating_sub(1);
-                }
-            }
-            if s.mapping == NONE {
+            let port = u32::from(s.mapping == NONE);
+            if port == 1 {
                 if let Some(a) = self.addrs.get_mut(&s.egress) {
                     a.sessions = a.sessions.saturating_sub(1);
                 }
             }
-            self.forget_if_idle(s.pod);
+            self.release_held(s.pod, port, 1);
         }
         if s.mapping != NONE {
             // The mapping cools down (its port's cooldown), or goes with

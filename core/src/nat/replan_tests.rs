@@ -147,7 +147,8 @@ proptest! {
         prop_assert_eq!(eager.mapping_count(), lazy.mapping_count());
         prop_assert_eq!(eager.port_usage(), lazy.port_usage());
         let pods = |e: &NatEngine| {
-            let mut v: Vec<_> = e.pods.iter().map(|(&p, s)| (p, s.holdings, s.sessions)).collect();
+            let mut v: Vec<_> =
+                e.pod_counts.iter().filter(|(_, c)| !c.is_zero()).map(|(&p, c)| (p, c.holdings, c.sessions)).collect();
             v.sort();
             v
         };

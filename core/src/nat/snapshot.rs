@@ -3,7 +3,7 @@
 //! idle time (engine clocks restart; remaining time does not).
 
 use super::session::{state, EndpointKey, FlowKey, Mapping, NONE};
-use super::{proto_slot, NatEngine, Time};
+use super::{proto_slot, NatEngine, PodInfo, Time};
 use crate::plan::MappingMode;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -105,9 +105,9 @@ impl NatEngine {
     fn restore_one(&mut self, r: &SessionRecord, now: Time) -> bool {
         let (pod, egress, remote) = (u32::from(r.pod), u32::from(r.egress), u32::from(r.remote));
         let Some(ci) = self.plan.config_of(pod) else { return false };
-        if !self.pods.contains_key(&pod) {
+        if self.pod(pod).is_none() {
             // A source a fallback CIDR binds: adopted as its first packet would.
-            self.pods.insert(pod, super::fallback_pod(pod, ci, &self.plan));
+            self.fallbacks.insert(pod, PodInfo::fallback(pod, ci, &self.plan));
         }
         let cfg = self.config(ci);
         if cfg.name != r.config || self.plan.egress.get(&egress).map(|e| e.0) != Some(ci) {
@@ -159,7 +159,7 @@ impl NatEngine {
                         };
                         let Some(mi) = self.mappings.insert(m) else { return false };
                         set.set(off);
-                        self.pods.get_mut(&pod).expect("bound pod").holdings += 1;
+                        self.held_mut(pod).holdings += 1;
                         mi
                     }
                 }
@@ -174,9 +174,9 @@ impl NatEngine {
             return false;
         }
         self.count_live(ci, r.proto, true);
-        self.pods.get_mut(&pod).expect("bound pod").sessions += 1;
+        self.held_mut(pod).sessions += 1;
         if mapping == NONE {
-            self.pods.get_mut(&pod).expect("bound pod").holdings += 1;
+            self.held_mut(pod).holdings += 1;
             self.addrs.get_mut(&egress).expect("pool address").sessions += 1;
         } else {
             self.mappings.get_mut(mapping).refs += 1;

@@ -230,7 +230,9 @@ impl TunnelStage {
         if owner != self.worker {
             return Outbound::Elsewhere { worker: owner };
         }
-        let Some(&ci) = plan.pods.get(&u32::from(pod)) else { return Outbound::Drop(TunnelDrop::NoSession) };
+        let Some(ci) = plan.pods.get(&u32::from(pod)).map(|p| p.config) else {
+            return Outbound::Drop(TunnelDrop::NoSession);
+        };
         let Some(t) = self.tunnels.get_mut(usize::from(ci)).and_then(Option::as_mut) else {
             return Outbound::Drop(TunnelDrop::NoSession);
         };
