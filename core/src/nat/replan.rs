@@ -80,30 +80,29 @@ impl NatEngine {
         // whichever config (ports cut by the walk cool down before reuse,
         // RFC 6888 REQ-8, even when the address moves to another config),
         // and their session counts, which the walk lowers as it cuts.
-        let mut addrs = HashMap::with_capacity(plan.egress.len());
+        // In place: most addresses stay, and a large pool has thousands.
+        self.addrs.retain(|a, _| plan.egress.contains_key(a));
         let mut to_mappings = false;
         for (&a, &(ci, _)) in &plan.egress {
-            let st = match self.addrs.remove(&a) {
-                Some(mut st) => {
+            match self.addrs.get_mut(&a) {
+                Some(st) => {
                     let (was, is) =
                         (old.configs[usize::from(st.config)].mapping, plan.configs[usize::from(ci)].mapping);
                     to_mappings |= was == MappingMode::PortReuse && is == MappingMode::EndpointIndependent;
                     st.config = ci;
-                    st
                 }
-                _ => {
+                None => {
                     let n = self.slice.len();
-                    AddrState {
+                    let st = AddrState {
                         config: ci,
                         ports: [PortSet::new(n), PortSet::new(n), PortSet::new(n)],
                         sessions: 0,
                         refused: [0; 3],
-                    }
+                    };
+                    self.addrs.insert(a, st);
                 }
-            };
-            addrs.insert(a, st);
+            }
         }
-        self.addrs = addrs;
         // Pools may have changed: every destination gets a fresh scan.
         self.exhausted.clear();
         // Keyed by config position, which the new plan may change.
