@@ -24,10 +24,10 @@ use egret_cluster::{
     PodEndpoint, Secret, StaticGatewayConfiguration, NETWORK_POLICY_GROUP, NETWORK_POLICY_KIND, NETWORK_POLICY_VERSION,
     POD_ENDPOINT_KIND, POLICY_KIND, SGC_GROUP, SGC_KIND, SGC_VERSION, VM_CONFIG_KIND,
 };
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{watcher, WatchStreamExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,12 +141,14 @@ fn resource(kind: Kind) -> ApiResource {
     ApiResource::from_gvk(&gvk)
 }
 
-/// One kind's objects, and its list in progress while a (re)list runs.
+/// One kind's bookkeeping: which objects it holds in the [`Mirror`], and
+/// its list in progress while a (re)list runs.
 #[derive(Default)]
 struct Store {
-    /// As last listed and watched; a failure never clears them.
-    objects: BTreeMap<String, serde_json::Value>,
-    relist: Option<BTreeMap<String, serde_json::Value>>,
+    /// The keys of the objects it holds, as last listed and watched; a
+    /// failure never clears them.
+    keys: BTreeSet<String>,
+    relist: Option<Vec<(String, Option<Decoded>)>>,
     /// Listed at least once.
     synced: bool,
     /// The latest list was answered "there are none" for this kind
@@ -160,99 +162,186 @@ fn key(o: &DynamicObject) -> String {
     format!("{}/{}", o.metadata.namespace.as_deref().unwrap_or(""), o.metadata.name.as_deref().unwrap_or(""))
 }
 
-/// Whether Egret needs the object at all (pods without the annotation and
-/// nodes that are not gateways are not kept).
-fn wanted(kind: Kind, v: &serde_json::Value) -> bool {
-    match kind {
-        Kind::Pod => serde_json::from_value::<Pod>(v.clone()).is_ok_and(|p| p.gateway_config().is_some()),
-        Kind::Node => serde_json::from_value::<Node>(v.clone()).is_ok_and(|n| n.is_gateway()),
-        Kind::Secret(_) => v["data"].get("PrivateKey").is_some(),
-        Kind::Config | Kind::Policy | Kind::PodEndpoint | Kind::VmConfig | Kind::NetworkPolicy => true,
+/// An object decoded into its cluster type, once, as it arrives.
+enum Decoded {
+    Config(StaticGatewayConfiguration),
+    Pod(Pod),
+    Node(Node),
+    /// An EgressPolicy that does not decode is kept as broken, so its config
+    /// is not served (skipped, it would leave its config unpoliced).
+    Policy(Result<EgressPolicyObject, BrokenPolicy>),
+    PodEndpoint(PodEndpoint),
+    VmConfig(GatewayVmConfiguration),
+    NetworkPolicy(NetworkPolicyObject),
+    Secret(Secret),
+}
+
+/// `v` decoded, if Egret needs it at all (pods without the annotation and
+/// nodes that are not gateways are not kept); an object that does not
+/// decode is logged and left out (it cannot take the others down), except
+/// an EgressPolicy (see [`Decoded::Policy`]).
+fn decode(kind: Kind, k: &str, v: serde_json::Value) -> Option<Decoded> {
+    fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value, what: &str, k: &str) -> Option<T> {
+        serde_json::from_value(v)
+            .inspect_err(|e| tracing::warn!(object = %format!("{what} {k}"), error = %e, "object does not decode"))
+            .ok()
+    }
+    Some(match kind {
+        // Only pods that decode and carry the annotation are wanted.
+        Kind::Pod => Decoded::Pod(serde_json::from_value::<Pod>(v).ok().filter(|p| p.gateway_config().is_some())?),
+        Kind::Node => Decoded::Node(serde_json::from_value::<Node>(v).ok().filter(|n| n.is_gateway())?),
+        Kind::Secret(_) if v["data"].get("PrivateKey").is_none() => return None,
+        Kind::Secret(_) => Decoded::Secret(typed(v, "Secret", k)?),
+        Kind::Config => Decoded::Config(typed(v, SGC_KIND, k)?),
+        Kind::PodEndpoint => Decoded::PodEndpoint(typed(v, POD_ENDPOINT_KIND, k)?),
+        Kind::VmConfig => Decoded::VmConfig(typed(v, VM_CONFIG_KIND, k)?),
+        // Only the metadata is decoded here (an API server's always
+        // decodes); reconcile reads the spec and fails an unreadable one
+        // closed.
+        Kind::NetworkPolicy => Decoded::NetworkPolicy(typed(v, NETWORK_POLICY_KIND, k)?),
+        Kind::Policy => Decoded::Policy(serde_json::from_value::<EgressPolicyObject>(v.clone()).map_err(|e| {
+            tracing::warn!(object = %format!("{POLICY_KIND} {k}"), error = %e, "object does not decode");
+            BrokenPolicy {
+                metadata: serde_json::from_value(v["metadata"].clone()).unwrap_or_default(),
+                gateway_configuration: v["spec"]["gatewayConfiguration"].as_str().map(str::to_string),
+                error: e.to_string(),
+            }
+        })),
+    })
+}
+
+/// Where each object sits in one of the cluster state's lists, so that a
+/// watch event changes one entry in place (the lists' order carries no
+/// meaning: reconcile sorts what it needs sorted).
+#[derive(Default)]
+struct Slot {
+    keys: Vec<String>,
+    at: HashMap<String, usize>,
+}
+
+impl Slot {
+    fn put<T>(&mut self, list: &mut Vec<T>, k: &str, o: T) {
+        match self.at.get(k) {
+            Some(&i) => list[i] = o,
+            None => {
+                self.at.insert(k.to_string(), list.len());
+                self.keys.push(k.to_string());
+                list.push(o);
+            }
+        }
+    }
+
+    fn remove<T>(&mut self, list: &mut Vec<T>, k: &str) {
+        let Some(i) = self.at.remove(k) else { return };
+        list.swap_remove(i);
+        self.keys.swap_remove(i);
+        if let Some(moved) = self.keys.get(i) {
+            self.at.insert(moved.clone(), i);
+        }
+    }
+}
+
+/// The cluster state every kind's stores make, kept up to date event by
+/// event rather than decoded whole again on each change.
+#[derive(Default)]
+struct Mirror {
+    st: ClusterState,
+    /// One per list of `st`: configs, pods, nodes, policies, broken
+    /// policies, PodEndpoints, VM configs, NetworkPolicies, Secrets.
+    slots: [Slot; 9],
+}
+
+impl Mirror {
+    fn remove(&mut self, kind: Kind, k: &str) {
+        let st = &mut self.st;
+        let s = &mut self.slots;
+        match kind {
+            Kind::Config => s[0].remove(&mut st.configs, k),
+            Kind::Pod => s[1].remove(&mut st.pods, k),
+            Kind::Node => s[2].remove(&mut st.nodes, k),
+            Kind::Policy => {
+                s[3].remove(&mut st.policies, k);
+                s[4].remove(&mut st.broken_policies, k);
+            }
+            Kind::PodEndpoint => s[5].remove(&mut st.pod_endpoints, k),
+            Kind::VmConfig => s[6].remove(&mut st.vm_configs, k),
+            Kind::NetworkPolicy => s[7].remove(&mut st.network_policies, k),
+            Kind::Secret(_) => s[8].remove(&mut st.secrets, k),
+        }
+    }
+
+    fn put(&mut self, k: &str, o: Decoded) {
+        let st = &mut self.st;
+        let s = &mut self.slots;
+        match o {
+            Decoded::Config(o) => s[0].put(&mut st.configs, k, o),
+            Decoded::Pod(o) => s[1].put(&mut st.pods, k, o),
+            Decoded::Node(o) => s[2].put(&mut st.nodes, k, o),
+            Decoded::Policy(Ok(o)) => {
+                s[4].remove(&mut st.broken_policies, k);
+                s[3].put(&mut st.policies, k, o)
+            }
+            Decoded::Policy(Err(b)) => {
+                s[3].remove(&mut st.policies, k);
+                s[4].put(&mut st.broken_policies, k, b)
+            }
+            Decoded::PodEndpoint(o) => s[5].put(&mut st.pod_endpoints, k, o),
+            Decoded::VmConfig(o) => s[6].put(&mut st.vm_configs, k, o),
+            Decoded::NetworkPolicy(o) => s[7].put(&mut st.network_policies, k, o),
+            Decoded::Secret(o) => s[8].put(&mut st.secrets, k, o),
+        }
     }
 }
 
 impl Store {
-    fn apply(&mut self, kind: Kind, ev: watcher::Event<DynamicObject>) {
+    fn apply(&mut self, mirror: &mut Mirror, kind: Kind, ev: watcher::Event<DynamicObject>) {
         let value = |o: &DynamicObject| serde_json::to_value(o).unwrap_or_default();
         match ev {
-            watcher::Event::Init => self.relist = Some(BTreeMap::new()),
+            watcher::Event::Init => self.relist = Some(Vec::new()),
             watcher::Event::InitApply(o) => {
-                let v = value(&o);
-                if wanted(kind, &v) {
-                    self.relist.get_or_insert_with(BTreeMap::new).insert(key(&o), v);
-                }
+                let k = key(&o);
+                let d = decode(kind, &k, value(&o));
+                self.relist.get_or_insert_with(Vec::new).push((k, d));
             }
             watcher::Event::InitDone => {
-                self.objects = self.relist.take().unwrap_or_default();
+                let listed = self.relist.take().unwrap_or_default();
+                let mut keys = BTreeSet::new();
+                for (k, d) in listed {
+                    match d {
+                        Some(d) => {
+                            mirror.put(&k, d);
+                            keys.insert(k);
+                        }
+                        None => mirror.remove(kind, &k),
+                    }
+                }
+                for gone in self.keys.difference(&keys) {
+                    mirror.remove(kind, gone);
+                }
+                self.keys = keys;
                 self.synced = true;
                 self.absent = false;
                 self.error = None;
             }
             watcher::Event::Apply(o) => {
-                let v = value(&o);
-                if wanted(kind, &v) {
-                    self.objects.insert(key(&o), v);
-                } else {
-                    self.objects.remove(&key(&o));
+                let k = key(&o);
+                match decode(kind, &k, value(&o)) {
+                    Some(d) => {
+                        mirror.put(&k, d);
+                        self.keys.insert(k);
+                    }
+                    None => {
+                        mirror.remove(kind, &k);
+                        self.keys.remove(&k);
+                    }
                 }
             }
             watcher::Event::Delete(o) => {
-                self.objects.remove(&key(&o));
+                let k = key(&o);
+                mirror.remove(kind, &k);
+                self.keys.remove(&k);
             }
         }
-    }
-}
-
-/// Decodes the stores into cluster state; an object that does not decode is
-/// logged and skipped (it cannot take the others down), except an
-/// EgressPolicy: skipped, it would leave its config unpoliced, so it is
-/// kept as broken and its config is not served.
-fn cluster_state(stores: &BTreeMap<Kind, Store>) -> ClusterState {
-    fn decode<T: serde::de::DeserializeOwned>(s: Option<&Store>, what: &str) -> Vec<T> {
-        decode_or(s, what, |_, _| {})
-    }
-    fn decode_or<T: serde::de::DeserializeOwned>(
-        s: Option<&Store>,
-        what: &str,
-        mut broken: impl FnMut(&serde_json::Value, String),
-    ) -> Vec<T> {
-        let mut out = Vec::new();
-        for (k, v) in s.map(|s| &s.objects).into_iter().flatten() {
-            match serde_json::from_value(v.clone()) {
-                Ok(o) => out.push(o),
-                Err(e) => {
-                    tracing::warn!(object = %format!("{what} {k}"), error = %e, "object does not decode");
-                    broken(v, e.to_string());
-                }
-            }
-        }
-        out
-    }
-    let mut broken_policies = Vec::new();
-    let policies = decode_or::<EgressPolicyObject>(stores.get(&Kind::Policy), POLICY_KIND, |v, error| {
-        broken_policies.push(BrokenPolicy {
-            metadata: serde_json::from_value(v["metadata"].clone()).unwrap_or_default(),
-            gateway_configuration: v["spec"]["gatewayConfiguration"].as_str().map(str::to_string),
-            error,
-        })
-    });
-    ClusterState {
-        broken_policies,
-        policies,
-        configs: decode::<StaticGatewayConfiguration>(stores.get(&Kind::Config), SGC_KIND),
-        pods: decode::<Pod>(stores.get(&Kind::Pod), "Pod"),
-        nodes: decode::<Node>(stores.get(&Kind::Node), "Node"),
-        pod_endpoints: decode::<PodEndpoint>(stores.get(&Kind::PodEndpoint), POD_ENDPOINT_KIND),
-        vm_configs: decode::<GatewayVmConfiguration>(stores.get(&Kind::VmConfig), VM_CONFIG_KIND),
-        // Only the metadata is decoded here (an API server's always
-        // decodes); reconcile reads the spec and fails an unreadable one
-        // closed.
-        network_policies: decode::<NetworkPolicyObject>(stores.get(&Kind::NetworkPolicy), NETWORK_POLICY_KIND),
-        secrets: stores
-            .iter()
-            .filter(|(k, _)| matches!(k, Kind::Secret(_)))
-            .flat_map(|(_, s)| decode::<Secret>(Some(s), "Secret"))
-            .collect(),
     }
 }
 
@@ -321,15 +410,38 @@ pub async fn watch_kubernetes_with(state: Arc<ControlState>, client: kube::Clien
         let backoff = Backoff::new(&opts, i as u64);
         watcher(api, watcher::Config::default().any_semantic()).backoff(backoff).map(move |ev| (kind, ev)).boxed()
     });
+    // The watch streams are read by a task of their own, so that events
+    // keep arriving while a reconcile runs: each reconcile then takes every
+    // event that came in meanwhile, rather than the one event an HTTP body
+    // hands over at a time (one reconcile per event falls behind a churn).
     let mut events = futures::stream::select_all(streams);
-    let mut stores: BTreeMap<Kind, Store> = kinds.iter().map(|k| (*k, Store::default())).collect();
-    let mut published = false;
-    while let Some((kind, ev)) = events.next().await {
-        handle(&mut stores, kind, ev);
-        // Drain whatever else is ready, then reconcile once.
-        while let Some(Some((kind, ev))) = events.next().now_or_never() {
-            handle(&mut stores, kind, ev);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Some(ev) = events.next().await {
+            if tx.send(ev).is_err() {
+                return;
+            }
         }
+    });
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _reader = AbortOnDrop(reader);
+    let mut stores: BTreeMap<Kind, Store> = kinds.iter().map(|k| (*k, Store::default())).collect();
+    let mut mirror = Mirror::default();
+    let mut published = false;
+    while let Some((kind, ev)) = rx.recv().await {
+        handle(&mut stores, &mut mirror, kind, ev);
+        // Drain whatever else is ready, then reconcile once.
+        let mut batch = 1;
+        while let Ok((kind, ev)) = rx.try_recv() {
+            handle(&mut stores, &mut mirror, kind, ev);
+            batch += 1;
+        }
+        let started = std::time::Instant::now();
         for (&kind, s) in &stores {
             state.set_source_error(&list_name(kind, &opts), list_problem(s));
         }
@@ -337,7 +449,8 @@ pub async fn watch_kubernetes_with(state: Arc<ControlState>, client: kube::Clien
         // never has, what it held at the first publish): later failures
         // hold nothing back.
         if published || ready(&stores) {
-            let generation = state.update(&cluster_state(&stores));
+            let generation = state.update(&mirror.st);
+            tracing::debug!(batch, generation, ms = started.elapsed().as_millis() as u64, "reconciled");
             if !published {
                 tracing::info!(generation, "cluster state listed; serving plans");
                 published = true;
@@ -346,10 +459,15 @@ pub async fn watch_kubernetes_with(state: Arc<ControlState>, client: kube::Clien
     }
 }
 
-fn handle(stores: &mut BTreeMap<Kind, Store>, kind: Kind, ev: Result<watcher::Event<DynamicObject>, watcher::Error>) {
+fn handle(
+    stores: &mut BTreeMap<Kind, Store>,
+    mirror: &mut Mirror,
+    kind: Kind,
+    ev: Result<watcher::Event<DynamicObject>, watcher::Error>,
+) {
     let s = stores.get_mut(&kind).expect("every kind has a store");
     let e = match ev {
-        Ok(ev) => return s.apply(kind, ev),
+        Ok(ev) => return s.apply(mirror, kind, ev),
         Err(e) => e,
     };
     let code = api_code(&e);

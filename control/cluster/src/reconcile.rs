@@ -205,18 +205,42 @@ pub fn tunnel_of(sgc: &StaticGatewayConfiguration, st: &ClusterState) -> Result<
     Ok(Some(TunnelConfig { address, port, private_key }))
 }
 
-/// Why a pod IP cannot be bound: it is an egress address (inside a served
-/// prefix, or a node's secondary IP in `given`), which Plan::validate
-/// refuses.
-fn egress_clash(
-    ip: Ipv4Addr,
-    served: &BTreeMap<String, EgressIps>,
-    given: &BTreeMap<Ipv4Addr, String>,
-) -> Option<String> {
-    if let Some((name, prefix)) = served.iter().find(|(_, p)| p.contains(u32::from(ip))) {
-        return Some(format!("pod IP {ip} is inside egress prefix {prefix} of {name}; not bound"));
+/// The served prefixes by address, so a pod IP is checked against them in
+/// O(log configs) rather than one by one (100,000 pods × 1,000 configs).
+struct EgressIndex<'a> {
+    /// (first, last, config, prefix) of every CIDR of every served prefix,
+    /// by first address. Served prefixes never overlap (`candidates`
+    /// leaves the younger of two out).
+    ranges: Vec<(u32, u32, &'a str, &'a EgressIps)>,
+    given: &'a BTreeMap<Ipv4Addr, String>,
+}
+
+impl<'a> EgressIndex<'a> {
+    fn new(served: &'a BTreeMap<String, EgressIps>, given: &'a BTreeMap<Ipv4Addr, String>) -> EgressIndex<'a> {
+        let mut ranges: Vec<_> = served
+            .iter()
+            .flat_map(|(name, p)| {
+                p.cidrs().iter().map(move |c| {
+                    let first = u32::from(c.addr()) & c.mask();
+                    (first, first + (c.size() - 1) as u32, name.as_str(), p)
+                })
+            })
+            .collect();
+        ranges.sort_unstable_by_key(|r| (r.0, r.1));
+        EgressIndex { ranges, given }
     }
-    given.get(&ip).map(|name| format!("pod IP {ip} is an egress address of {name}; not bound"))
+
+    /// Why a pod IP cannot be bound: it is an egress address (inside a
+    /// served prefix, or a node's secondary IP in `given`), which
+    /// Plan::validate refuses.
+    fn clash(&self, ip: Ipv4Addr) -> Option<String> {
+        let a = u32::from(ip);
+        let i = self.ranges.partition_point(|r| r.0 <= a);
+        if let Some((_, _, name, prefix)) = i.checked_sub(1).map(|i| &self.ranges[i]).filter(|r| r.1 >= a) {
+            return Some(format!("pod IP {ip} is inside egress prefix {prefix} of {name}; not bound"));
+        }
+        self.given.get(&ip).map(|name| format!("pod IP {ip} is an egress address of {name}; not bound"))
+    }
 }
 
 /// Tunnelled pods: every PodEndpoint of a served config that has a tunnel
@@ -235,6 +259,7 @@ fn tunnel_bindings<'a>(
     eps.sort_by_cached_key(|e| e.metadata.key());
     let mut seen: BTreeSet<Ipv4Addr> = BTreeSet::new();
     let mut keys: BTreeMap<(String, WgKey), String> = BTreeMap::new();
+    let egress = EgressIndex::new(egress.0, egress.1);
     let mut out = Vec::new();
     for e in eps {
         let key = e.metadata.key();
@@ -257,7 +282,7 @@ fn tunnel_bindings<'a>(
                 continue;
             }
         };
-        if let Some(why) = egress_clash(pod_ip, egress.0, egress.1) {
+        if let Some(why) = egress.clash(pod_ip) {
             problems.push(problem(why));
             continue;
         }
@@ -541,6 +566,7 @@ fn bindings<'a>(
     pods.sort_by_cached_key(|p| p.metadata.key());
     let mut owner: BTreeMap<Ipv4Addr, &Pod> = BTreeMap::new();
     let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    let egress = EgressIndex::new(served, given);
     for pod in pods {
         let Some(config) = pod.gateway_config() else { continue };
         if pod.is_finished() {
@@ -556,7 +582,7 @@ fn bindings<'a>(
             continue;
         }
         for ip in pod.ipv4s() {
-            if let Some(why) = egress_clash(ip, served, given) {
+            if let Some(why) = egress.clash(ip) {
                 problems.push(problem(why));
                 continue;
             }
