@@ -137,7 +137,8 @@ NCPU=$(nproc)
 [ "$NCPU" -ge 2 ] || { echo "bench: needs at least 2 cores" >&2; exit 1; }
 GW_CORE=1
 
-NS=(egt-b-gen egt-b-gw egt-b-sink)
+# The harness (tests/egret.py) writes the topology and gateway.toml.
+HARNESS="python3 $ROOT/tests/egret.py"
 DIR=$(mktemp -d /tmp/egret-bench.XXXXXX)
 RESULTS=$DIR/results.jsonl
 : >"$RESULTS"
@@ -145,7 +146,7 @@ GW_PID=
 BG_PIDS=()
 START_TIME=$(date +%s)
 x() { ip netns exec "$@"; }
-down() { for ns in "${NS[@]}"; do ip netns del "$ns" 2>/dev/null || true; done; }
+down() { $HARNESS bench-topology down; }
 stop_gw() {
   if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
     kill -TERM "$GW_PID"
@@ -165,34 +166,9 @@ cleanup() { stop_bg; stop_gw; down; rm -rf "$DIR"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-up() {
-  down
-  for ns in "${NS[@]}"; do ip netns add "$ns"; x "$ns" ip link set lo up; done
-  ip link add gen0 netns egt-b-gen type veth peer name b-in netns egt-b-gw
-  ip link add b-out netns egt-b-gw type veth peer name sink0 netns egt-b-sink
-  x egt-b-gen ip addr add 198.18.0.2/16 dev gen0
-  x egt-b-gen ip link set gen0 up
-  x egt-b-gen ethtool -K gen0 tx off >/dev/null
-  x egt-b-gen ip route add 198.19.0.0/16 via 198.18.0.1
-  x egt-b-gw ip addr add 198.18.0.1/16 dev b-in
-  x egt-b-gw ip addr add 198.19.0.1/24 dev b-out
-  x egt-b-gw ip link set b-in up
-  x egt-b-gw ip link set b-out up
-  # Frames redirected into a veth need its NAPI: GRO on (kernel path) or an
-  # XDP program (Egret's). b-out gets frames the sink sends back (XDP_TX).
-  x egt-b-gw ethtool -K b-in gro on >/dev/null
-  x egt-b-gw ethtool -K b-out gro on >/dev/null
-  x egt-b-gen ethtool -K gen0 gro on >/dev/null
-  x egt-b-sink ip addr add 198.19.0.2/24 dev sink0
-  x egt-b-sink ip link set sink0 up
-  x egt-b-sink ethtool -K sink0 tx off >/dev/null
-  local sink_mac gen_mac
-  sink_mac=$(x egt-b-sink cat /sys/class/net/sink0/address)
-  gen_mac=$(x egt-b-gen cat /sys/class/net/gen0/address)
-  x egt-b-gw ip neigh replace 198.19.0.2 lladdr "$sink_mac" dev b-out nud permanent
-  x egt-b-gw ip neigh replace 198.18.0.2 lladdr "$gen_mac" dev b-in nud permanent
-  for k in all default b-in b-out; do x egt-b-gw sysctl -qw "net.ipv4.conf.$k.rp_filter=0"; done
-}
+# A fresh topology (the picture above): egt-b-gen, egt-b-gw, egt-b-sink,
+# static neighbours, no reverse-path filter.
+up() { $HARNESS bench-topology up; }
 
 # The kernel path's work past the receive: RPS hands b-in's packets to the
 # gateway core's backlog, so forwarding, conntrack, NAT and transmit run
@@ -270,23 +246,11 @@ YAML
   # snapshot_interval_secs: the worker copies every session into its report
   # that often (for the state file and the control plane's sample); with
   # millions of sessions that stalls it, so not within a run.
-  cat >"$DIR/gateway.toml" <<TOML
-router_ip = "198.18.0.1"
-plan_file = "$DIR/plan.yaml"
-status_file = "$DIR/status.json"
-sessions_per_worker = $sessions
-snapshot_interval_secs = 3600
-cores = [$GW_CORE]
-[interfaces]
-inside = "b-in"
-outside = "b-out"
-queues = 1
-[umem]
-frames = 8192
-frame_size = 2048
-ring = ${EGRET_BENCH_RING:-2048}
-rx_latency_budget_us = ${EGRET_BENCH_RX_BUDGET_US:-250}
-TOML
+  $HARNESS gateway-toml "$DIR/gateway.toml" router_ip=198.18.0.1 plan_file="$DIR/plan.yaml" \
+    status_file="$DIR/status.json" sessions_per_worker="$sessions" snapshot_interval_secs=3600 cores="[$GW_CORE]" \
+    interfaces.inside=b-in interfaces.outside=b-out interfaces.queues=1 \
+    umem.frames=8192 umem.frame_size=2048 umem.ring="${EGRET_BENCH_RING:-2048}" \
+    umem.rx_latency_budget_us="${EGRET_BENCH_RX_BUDGET_US:-250}"
   rm -f "$DIR/status.json"
   # Not through x(): a function in the background is a subshell, and $!
   # must be the gateway itself for stop_gw to reach it.

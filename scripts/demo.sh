@@ -20,42 +20,11 @@ TUNNEL_NAME=demo
 . scripts/tunnel-topology.sh
 PIDS=()
 
-UID_A=0a0a0a0a-0000-0000-0000-00000000000a
-UID_B=0b0b0b0b-0000-0000-0000-00000000000b
-pod() { # pod NAME IP CONFIG APP: the annotated Pod the CNI plugin serves
-  cat <<YAML
----
-apiVersion: v1
-kind: Pod
-metadata: {name: $1, namespace: demo, labels: {app: $4}, annotations: {kubernetes.azure.com/static-gateway-configuration: $3}}
-status: {phase: Running, podIP: $2, podIPs: [{ip: $2}]}
-YAML
-}
 mkdir -p "$DIR/manifests"
-{
-  sgc sgw-a $UID_A 198.19.100.1 6000 gw-a
-  sgc sgw-b $UID_B 198.19.101.1 6001 gw-b
-  pod_endpoint pod-a sgw-a 198.18.61.2 pa
-  echo ---
-  pod_endpoint pod-b sgw-b 198.18.62.2 pb
-  pod pod-a 198.18.61.2 sgw-a shop
-  pod pod-b 198.18.62.2 sgw-b batch
-  cat <<YAML
----
-apiVersion: v1
-kind: Node
-metadata:
-  name: egt-gw-node
-  labels: {kubeegressgateway.azure.com/mode: "true", kubernetes.azure.com/agentpool: gwpool}
-status: {conditions: [{type: Ready, status: "True"}]}
-YAML
-  vm_config sgw-a egt-gw-node=198.18.50.11
-  vm_config sgw-b egt-gw-node=198.18.50.12
-} > "$DIR/manifests/cluster.yaml"
-# A session sample in every report (egretctl sessions), every second.
-{ echo 'snapshot_interval_secs = 1'; grep -v '^plan_file' "$DIR/gateway.toml"; } > "$DIR/gateway.tmp"
-printf '[control]\nurl = "http://127.0.0.1:50051"\nnode = "egt-gw-node"\n' >> "$DIR/gateway.tmp"
-mv "$DIR/gateway.tmp" "$DIR/gateway.toml"
+cluster 1 pod-a=shop pod-b=batch > "$DIR/manifests/cluster.yaml"
+# On egret-control, with a session sample in every report (egretctl
+# sessions), every second.
+gateway_toml plan_file= snapshot_interval_secs=1 control.url=http://127.0.0.1:50051 control.node=egt-gw-node
 
 # The internet: a server that answers with the source it sees, on 80 and 8080.
 ip netns exec egt-net python3 scripts/echo_server.py 198.19.0.254 >"$DIR/echo.log" 2>&1 &

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 RELEASE = TARGET / "release"
 SCRIPTS = ROOT / "scripts"
+TESTS = ROOT / "tests"
 
 T = TypeVar("T")
 
@@ -56,6 +58,14 @@ class Netns:
 
     def run(self, *args: str, timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess:
         return subprocess.run(self.cmd(args), capture_output=True, text=True, timeout=timeout, check=check)
+
+    def do(self, *args: str, timeout: float = 30) -> str:
+        """A command that must succeed (CalledProcessError with its stderr
+        otherwise); its output."""
+        r = self.run(*args, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"in {self.name}: {' '.join(args)}: exit {r.returncode}: {r.stderr.strip()}")
+        return r.stdout
 
     def ok(self, *args: str, timeout: float = 30) -> bool:
         return self.run(*args, timeout=timeout).returncode == 0
@@ -103,13 +113,13 @@ def stop(p: subprocess.Popen | None, grace: float = 5.0) -> None:
 
 
 class FlowProbe:
-    """scripts/flow_probe.py in a pod: one TCP connection and one UDP flow,
+    """tests/flow_probe.py in a pod: one TCP connection and one UDP flow,
     a round trip every 100 ms, for `seconds` (or until `finish`);
     `result()` is its summary."""
 
     def __init__(self, ns: Netns, seconds: float, workdir: Path, udp_timeout: float | None = None):
         self.out = workdir / f"probe-{ns.name}-{time.monotonic_ns()}.json"
-        args = ["python3", str(SCRIPTS / "flow_probe.py"), "198.19.0.254", str(seconds)]
+        args = ["python3", str(TESTS / "flow_probe.py"), "198.19.0.254", str(seconds)]
         if udp_timeout is not None:
             args.append(str(udp_timeout))
         self.proc = subprocess.Popen(ns.cmd(args), stdout=open(self.out, "wb"), stderr=subprocess.STDOUT)
@@ -227,27 +237,156 @@ def topology_lock():
     return lock
 
 
+def sh(*args: str, input: str | None = None) -> str:
+    """A command that must succeed; its output."""
+    return subprocess.run(args, input=input, capture_output=True, text=True, check=True).stdout
+
+
+# -- Topologies: the one library the suites, demo.sh (tunnel_topology.py)
+# and the benchmarks (bench/run.sh, bench/tunnel.sh) build theirs with.
+
+
+def fresh_namespaces(names: Iterable[str]) -> None:
+    """The namespaces anew (deleted first if left over), loopback up."""
+    for n in names:
+        subprocess.run(["ip", "netns", "del", n], capture_output=True)
+        sh("ip", "netns", "add", n)
+        Netns(n).do("ip", "link", "set", "lo", "up")
+
+
+def delete_namespaces(names: Iterable[str]) -> None:
+    for n in names:
+        subprocess.run(["ip", "netns", "del", n], capture_output=True)
+
+
+def veth(ns_a: str, if_a: str, ns_b: str, if_b: str, queues: int | None = None) -> None:
+    """A veth pair between two namespaces (with `queues` RX and TX queues
+    each end: one worker per queue)."""
+    q = ["numtxqueues", str(queues), "numrxqueues", str(queues)] if queues else []
+    sh("ip", "link", "add", if_a, "netns", ns_a, *q, "type", "veth", "peer", "name", if_b, "netns", ns_b, *q)
+
+
+def iface(ns: str, dev: str, *addrs: str, mtu: int | None = None, tx_csum: bool = True, gro: bool = False) -> None:
+    """One end of a link: addresses, MTU, up. `tx_csum=False`: full
+    checksums on the wire (AF_XDP sees veth's CHECKSUM_PARTIAL packets
+    unfinished, AFXDP-NOTES.md); `gro`: frames redirected into a veth need
+    its NAPI (GRO on, or an XDP program)."""
+    n = Netns(ns)
+    for a in addrs:
+        n.do("ip", "addr", "add", a, "dev", dev)
+    n.do("ip", "link", "set", dev, *(("mtu", str(mtu)) if mtu else ()), "up")
+    offload = (["tx", "off"] if not tx_csum else []) + (["gro", "on"] if gro else [])
+    if offload:
+        n.do("ethtool", "-K", dev, *offload)
+
+
 class Topology:
-    """scripts/topology.sh's namespaces, held under the same lock the bash
-    suites take (/tmp/egret-topology.lock), torn down on close."""
+    """The suites' topology (scripts/topology.sh runs the same), held under
+    the lock every user of the egt-* namespaces takes
+    (/tmp/egret-topology.lock), torn down on close:
+
+      egt-pa 198.18.0.2 ─┐                                   ┌─ egt-net (internet router)
+      egt-pb 198.18.0.3 ─┼─ egt-lan (bridge) ── gw-in │ egt-gw │ gw-out ── 198.19.0.254
+      egt-pc 198.18.0.4 ─┘          198.18.0.1/16 (inside)   198.19.0.1/24 (outside)
+                                                           egt-net: echo server 198.19.0.254,
+                                                           excluded host 198.19.200.5,
+                                                           egt-far 198.19.60.2 behind MTU 1280
+    """
 
     NAMES = ("egt-pa", "egt-pb", "egt-pc", "egt-lan", "egt-gw", "egt-net", "egt-far")
 
     def __init__(self, queues: int = 1):
         self.queues = queues
         self._lock = None
+        for n in self.NAMES:
+            setattr(self, n.removeprefix("egt-"), Netns(n))
 
     def __enter__(self) -> "Topology":
         self._lock = topology_lock()
-        subprocess.run([str(SCRIPTS / "topology.sh"), "up", str(self.queues)], check=True)
-        for n in self.NAMES:
-            setattr(self, n.removeprefix("egt-"), Netns(n))
+        try:
+            self.up()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
+    def up(self) -> None:
+        q = self.queues
+        fresh_namespaces(self.NAMES)
+        self.lan.do("ip", "link", "add", "br0", "type", "bridge")
+        self.lan.do("ip", "link", "set", "br0", "up")
+        for i, p in enumerate(("pa", "pb", "pc"), start=2):
+            veth(f"egt-{p}", p, "egt-lan", f"lan-{p}", q)
+            iface(f"egt-{p}", p, f"198.18.0.{i}/16", tx_csum=False)
+            Netns(f"egt-{p}").do("ip", "route", "add", "default", "via", "198.18.0.1")
+            self.lan.do("ip", "link", "set", f"lan-{p}", "master", "br0", "up")
+        veth("egt-gw", "gw-in", "egt-lan", "lan-gw", q)
+        self.lan.do("ip", "link", "set", "lan-gw", "master", "br0", "up")
+        self.lan.do("ethtool", "-K", "lan-gw", "tx", "off", "gro", "on")
+        iface("egt-gw", "gw-in", "198.18.0.1/16")
+        veth("egt-gw", "gw-out", "egt-net", "net-in", q)
+        iface("egt-gw", "gw-out", "198.19.0.1/24")
+        self.gw.do("ip", "route", "add", "default", "via", "198.19.0.254")
+        # The gateway forwards, as every Kubernetes node does; Egret must
+        # still let nothing it refuses leave untranslated.
+        self.gw.do("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        iface("egt-net", "net-in", "198.19.0.254/24", tx_csum=False, gro=True)
+        self.net.do("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # The egress prefixes and the pod network are routed to the
+        # gateway, as a cloud or BGP would; the excluded destination lives
+        # here too.
+        for dst in ("198.19.100.0/24", "198.19.101.0/24", "198.18.0.0/16"):
+            self.net.do("ip", "route", "add", dst, "via", "198.19.0.1")
+        self.net.do("ip", "addr", "add", "198.19.200.5/32", "dev", "lo")
+        # One more hop, with a smaller MTU: traceroute and PMTU discovery.
+        veth("egt-net", "far-gw", "egt-far", "far")
+        iface("egt-net", "far-gw", "198.19.60.1/24", mtu=1280)
+        iface("egt-far", "far", "198.19.60.2/24", mtu=1280, tx_csum=False)
+        self.far.do("ip", "route", "add", "default", "via", "198.19.60.1")
+
+    def down(self) -> None:
+        delete_namespaces(self.NAMES)
+
     def __exit__(self, *exc) -> None:
-        subprocess.run([str(SCRIPTS / "topology.sh"), "down"], check=False)
+        self.down()
         if self._lock:
             self._lock.close()
+            self._lock = None
+
+
+class BenchTopology:
+    """bench/run.sh's topology (its own namespaces, egt-b-*; the generator,
+    sink and core placement are the benchmark's):
+
+      egt-b-gen                 egt-b-gw                          egt-b-sink
+      gen0 198.18.0.2 ──veth── b-in 198.18.0.1 │ b-out 198.19.0.1 ──veth── sink0 198.19.0.2
+
+    No bridge between the generator and the gateway, static neighbours,
+    no reverse-path filter."""
+
+    NAMES = ("egt-b-gen", "egt-b-gw", "egt-b-sink")
+
+    def up(self) -> None:
+        gen, gw, sink = (Netns(n) for n in self.NAMES)
+        fresh_namespaces(self.NAMES)
+        veth("egt-b-gen", "gen0", "egt-b-gw", "b-in")
+        veth("egt-b-gw", "b-out", "egt-b-sink", "sink0")
+        iface("egt-b-gen", "gen0", "198.18.0.2/16", tx_csum=False)
+        gen.do("ip", "route", "add", "198.19.0.0/16", "via", "198.18.0.1")
+        # Frames redirected into a veth need its NAPI: GRO on (kernel path)
+        # or an XDP program (Egret's). b-out gets frames the sink sends
+        # back (XDP_TX).
+        iface("egt-b-gw", "b-in", "198.18.0.1/16", gro=True)
+        iface("egt-b-gw", "b-out", "198.19.0.1/24", gro=True)
+        gen.do("ethtool", "-K", "gen0", "gro", "on")
+        iface("egt-b-sink", "sink0", "198.19.0.2/24", tx_csum=False)
+        gw.do("ip", "neigh", "replace", "198.19.0.2", "lladdr", sink.mac("sink0"), "dev", "b-out", "nud", "permanent")
+        gw.do("ip", "neigh", "replace", "198.18.0.2", "lladdr", gen.mac("gen0"), "dev", "b-in", "nud", "permanent")
+        for k in ("all", "default", "b-in", "b-out"):
+            gw.do("sysctl", "-qw", f"net.ipv4.conf.{k}.rp_filter=0")
+
+    def down(self) -> None:
+        delete_namespaces(self.NAMES)
 
 
 class Servers:
@@ -356,21 +495,53 @@ class Metrics:
         return {n for n, _, _ in self.samples}
 
 
-GATEWAY_TOML = """router_ip = "198.18.0.1"
-plan_file = "{dir}/plan.yaml"
-status_file = "{dir}/status.json"
-state_file = "{dir}/{state_file}"
-sessions_per_worker = {sessions_per_worker}
-{extra}
-[interfaces]
-inside = "gw-in"
-outside = "gw-out"
-queues = {queues}
-[umem]
-frames = 8192
-frame_size = 4096
-ring = 2048
-{tail}"""
+UMEM = {"frames": 8192, "frame_size": 4096, "ring": 2048}
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(i) for i in v) + "]"
+    return json.dumps(str(v))
+
+
+def gateway_toml(settings: dict, extra: str = "", tail: str = "") -> str:
+    """The one writer of egret-gateway's settings (gateway.toml) for the
+    suites, demo.sh and the benchmarks (bash calls it as `python3
+    tests/egret.py gateway-toml`): `settings`' top-level keys in their
+    order, then `extra` (raw top-level lines), then each dict value as a
+    table, then `tail` (raw tables). None leaves a key out."""
+    lines = [f"{k} = {toml_value(v)}" for k, v in settings.items() if v is not None and not isinstance(v, dict)]
+    if extra:
+        lines.append(extra.rstrip("\n"))
+    for name, keys in settings.items():
+        if isinstance(keys, dict):
+            lines.append(f"[{name}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in keys.items() if v is not None]
+    return "\n".join(lines) + "\n" + tail
+
+
+def with_settings(settings: dict, args: Iterable[str]) -> dict:
+    """`settings` with command-line changes: KEY=VALUE or TABLE.KEY=VALUE,
+    VALUE as JSON where it parses (numbers, lists, booleans), else a
+    string; KEY= removes the key."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in settings.items()}
+    for arg in args:
+        key, _, raw = arg.partition("=")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *table, key = key.split(".", 1)
+        target = out.setdefault(table[0], {}) if table else out
+        if raw == "":
+            target.pop(key, None)
+        else:
+            target[key] = value
+    return out
 
 
 class Gateway:
@@ -400,14 +571,16 @@ class Gateway:
         self.log_file = self.dir / "gateway.log"
         self.status_file = self.dir / "status.json"
         (self.dir / "plan.yaml").write_text(plan)
-        toml = GATEWAY_TOML.format(
-            dir=self.dir,
-            queues=topo.queues,
-            extra=extra,
-            tail=tail,
-            sessions_per_worker=sessions_per_worker,
-            state_file=state_file,
-        )
+        settings = {
+            "router_ip": "198.18.0.1",
+            "plan_file": f"{self.dir}/plan.yaml",
+            "status_file": f"{self.dir}/status.json",
+            "state_file": f"{self.dir}/{state_file}",
+            "sessions_per_worker": sessions_per_worker,
+            "interfaces": {"inside": "gw-in", "outside": "gw-out", "queues": topo.queues},
+            "umem": UMEM,
+        }
+        toml = gateway_toml(settings, extra, tail)
         self.config.write_text(toml)
 
     def start(self) -> "Gateway":
@@ -553,7 +726,7 @@ def plan(
     with_b: bool = True,
 ) -> str:
     """Configs A (198.19.100.0/28) and B (198.19.101.0/28), pod-a bound to A,
-    pod-b to B, pod-c unbound (scripts/lib.sh's write_plan). `c`: pod-c's
+    pod-b to B, pod-c unbound. `c`: pod-c's
     config; `annotations`: config-a's (YAML flow mapping entries, e.g.
     'egret.dev/port-quota: "64"'); `with_b`: False leaves config B out (its
     pod stays bound to it)."""
@@ -600,3 +773,32 @@ def in_pool(addr: str | None, prefix: str, lo: int = 0, hi: int = 16) -> bool:
     ip = addr.split(":")[0]
     head, _, last = ip.rpartition(".")
     return head == prefix and last.isdigit() and lo <= int(last) < hi
+
+
+USAGE = """usage: egret.py COMMAND ... (run as root)
+  topology up [QUEUES] | down       the suites' topology (scripts/topology.sh)
+  bench-topology up | down          bench/run.sh's topology
+  gateway-toml FILE [KEY=VALUE | TABLE.KEY=VALUE]...   egret-gateway's settings"""
+
+
+def main(argv: list[str]) -> int:
+    """For bash: scripts/topology.sh, bench/run.sh, the tunnel topology."""
+    cmd, args = (argv[0], argv[1:]) if argv else ("", [])
+    if cmd == "topology" and args[:1] == ["up"] and len(args) <= 2:
+        Topology(int(args[1]) if len(args) == 2 else 1).up()
+    elif cmd == "topology" and args == ["down"]:
+        Topology().down()
+    elif cmd == "bench-topology" and args == ["up"]:
+        BenchTopology().up()
+    elif cmd == "bench-topology" and args == ["down"]:
+        BenchTopology().down()
+    elif cmd == "gateway-toml" and args:
+        Path(args[0]).write_text(gateway_toml(with_settings({}, args[1:])))
+    else:
+        print(USAGE, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

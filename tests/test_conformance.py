@@ -2,20 +2,17 @@
 core/src/nat/conformance_tests.rs hold the rest): the gateway's outside
 MTU is 1400, its inside 1500, and real clients check DF handling (ping -M
 do / dont, tracepath); hairpinning with real UDP sockets and the arrival
-interface with scapy frames (scripts/conformance.py's checks). The node
+interface with scapy frames (conformance.py's checks). The node
 forwards, so a DNATed service address still works through the forward
 guard while the unbound pod stays cut off."""
-
-import sys
 
 import pytest
 
 import egret
 from egret import Gateway, plan, poll
 
-sys.path.insert(0, str(egret.SCRIPTS))
-import conformance  # noqa: E402
-import hostile  # noqa: E402
+import conformance
+import hostile
 
 SERVER = "198.19.0.254"
 

@@ -29,7 +29,7 @@ spec:
 
 def lockdown(label: str) -> str:
     """pod-a labelled app=LABEL, config-a locked down: default deny, HTTP to
-    198.19.0.254 allowed for pods labelled app=web (lib.sh's write_web_lockdown)."""
+    198.19.0.254 allowed for pods labelled app=web."""
     p = egret.plan(extra=LOCKDOWN)
     return p.replace("{name: pod-a, namespace: demo,", f"{{name: pod-a, namespace: demo, labels: {{app: {label}}},")
 

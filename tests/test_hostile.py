@@ -1,4 +1,4 @@
-"""Hostile packets against egret-gateway: scapy (scripts/hostile.py's
+"""Hostile packets against egret-gateway: scapy (hostile.py's
 attack, called in-process) writes malformed, truncated, lying, fragmented,
 martian and unsolicited frames from the pod, the unbound pod and the
 internet, and checks each class lands under its own drop counter in the
@@ -8,15 +8,12 @@ legitimate TCP and UDP flow, started before, must keep working; after it
 the gateway must be up and translating. Addresses only from 198.18.0.0/15
 (plus the martian ones under test, which never leave the egt-* namespaces)."""
 
-import sys
-
 import pytest
 
 import egret
 from egret import Gateway, plan
 
-sys.path.insert(0, str(egret.SCRIPTS))
-import hostile  # noqa: E402
+import hostile
 
 SERVER = "198.19.0.254"
 

@@ -190,23 +190,19 @@ def egret_in(podman: Podman, image, *args: str, network: str = "none") -> subpro
 # @NODE_IP@ filled in by the DaemonSet's sed, egret-control (from the image
 # too) on loopback without TLS, the suites' UMEM (32 MiB: more than the
 # 8 MiB memlock limit).
-TEMPLATE = """router_ip = "@NODE_IP@"
-drain_secs = 0
-status_file = "/run/egret/status.json"
-state_file = "/var/lib/egret/sessions.json"
-sessions_per_worker = 262144
-[interfaces]
-inside = "gw-in"
-outside = "gw-out"
-queues = {queues}
-[umem]
-frames = 8192
-frame_size = 4096
-ring = 2048
-[control]
-url = "http://127.0.0.1:50051"
-node = "@NODE_NAME@"
-"""
+def template(queues: int) -> str:
+    return egret.gateway_toml(
+        {
+            "router_ip": "@NODE_IP@",
+            "drain_secs": 0,
+            "status_file": "/run/egret/status.json",
+            "state_file": "/var/lib/egret/sessions.json",
+            "sessions_per_worker": 262144,
+            "interfaces": {"inside": "gw-in", "outside": "gw-out", "queues": queues},
+            "umem": egret.UMEM,
+            "control": {"url": "http://127.0.0.1:50051", "node": "@NODE_NAME@"},
+        }
+    )
 
 
 class ImageGateway:
@@ -225,7 +221,7 @@ class ImageGateway:
         self.manifests = workdir / "image-manifests"
         for d in (self.template, self.run_dir, self.state, self.manifests):
             d.mkdir(exist_ok=True)
-        (self.template / "gateway.toml").write_text(TEMPLATE.format(queues=topo.queues))
+        (self.template / "gateway.toml").write_text(template(topo.queues))
         (self.manifests / "cluster.yaml").write_text(egret.plan())
 
     def start_control(self) -> None:

@@ -90,7 +90,7 @@ def gateway(topo, servers, workdir):
     extra.append(
         topo.net.spawn(
             "python3",
-            str(SCRIPTS / "dns_server.py"),
+            str(egret.TESTS / "dns_server.py"),
             "198.19.0.53",
             "api.example.com=198.19.0.10@2",
             "other.example.com=198.19.0.11@300",

@@ -774,7 +774,7 @@ def names(tt, bg, control, gw_control, netpol):
         )
     tls_log = d / "tls.log"
     bg.append(tt.net.spawn("python3", str(TESTS / "tls_server.py"), "198.19.0.20", "443", str(certs), "good.example", "evil.example", log=tls_log))
-    bg.append(tt.net.spawn("python3", str(SCRIPTS / "dns_server.py"), "198.19.0.53", "good.example=198.19.0.20@300", "evil.example=198.19.0.20@300", log=d / "dns.log"))
+    bg.append(tt.net.spawn("python3", str(TESTS / "dns_server.py"), "198.19.0.53", "good.example=198.19.0.20@300", "evil.example=198.19.0.20@300", log=d / "dns.log"))
     RESOLV.mkdir(parents=True, exist_ok=True)
     (RESOLV / "resolv.conf").write_text("nameserver 198.19.0.53\n")
     try:
@@ -863,7 +863,7 @@ def failover(tt, bg, control, gw_control, names):
     r.before = tt.pa.curl(ECHO, 5)
     # An established TCP connection and a UDP flow (probed every 100 ms)
     # across the failover.
-    flow = str(SCRIPTS / "flow_probe.py")
+    flow = str(TESTS / "flow_probe.py")
     fo_udp = subprocess.Popen(tt.pa.cmd(["python3", flow, SERVER, "40", "0.1", "udp-only"]), stdout=open(d / "fo-udp.json", "wb"), stderr=subprocess.STDOUT)
     fo_tcp = subprocess.Popen(tt.pa.cmd(["python3", flow, SERVER, "40", "0.3"]), stdout=open(d / "fo-tcp.json", "wb"), stderr=subprocess.STDOUT)
     bg.extend([fo_udp, fo_tcp])

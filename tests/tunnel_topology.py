@@ -1,26 +1,33 @@
-"""The Azure-shaped topology of the AKS drop-in for tests/test_tunnel.py
-(scripts/tunnel-topology.sh builds the same one for demo.sh and
-bench/tunnel.sh): pods egt-pa / egt-pb / egt-px with eth0, a VNet
-(egt-vnet) that routes the ILB frontend 198.18.50.100 and node 1's
-secondary IPs 198.18.50.11 / .12 to the gateway node egt-gw (one NIC gw0
-198.18.50.10, forwarding), an edge (egt-edge) that maps each secondary IP
-1:1 to a public IP and counts anything else as a leak, and the internet
-(egt-net, 198.19.0.254). A second gateway node egt-gw2 (gw0 198.18.52.10,
-secondary IPs 198.18.52.11 / .12 ↔ public 198.19.100.2 / 198.19.101.2)
-stands by for the failover. Keys (wg genkey) and kube-egress-gateway's
-objects (SGCs with gatewayServerProfile, Secrets, PodEndpoints,
-GatewayVMConfigurations) are written here; `pod_wg` sets a pod's wg0 up
-the way kube-egress-cni does. Addresses only from 198.18.0.0/15."""
+"""The Azure-shaped topology of the AKS drop-in, its one writer: for
+tests/test_tunnel.py as a context manager, for scripts/demo.sh and
+bench/tunnel.sh through scripts/tunnel-topology.sh, which calls this
+file's command line (`python3 tests/tunnel_topology.py up DIR` ...).
+Pods egt-pa / egt-pb / egt-px with eth0, a VNet (egt-vnet) that routes
+the ILB frontend 198.18.50.100 and node 1's secondary IPs 198.18.50.11 /
+.12 to the gateway node egt-gw (one NIC gw0 198.18.50.10, forwarding), an
+edge (egt-edge) that maps each secondary IP 1:1 to a public IP and counts
+anything else as a leak, and the internet (egt-net, 198.19.0.254). A
+second gateway node egt-gw2 (gw0 198.18.52.10, secondary IPs 198.18.52.11
+/ .12 ↔ public 198.19.100.2 / 198.19.101.2) stands by for the failover.
+Keys (wg genkey) and kube-egress-gateway's objects (SGCs with
+gatewayServerProfile, Secrets, PodEndpoints, GatewayVMConfigurations) are
+written here, and so is the gateway's gateway.toml (egret.gateway_toml);
+`pod_wg` sets a pod's wg0 up the way kube-egress-cni does. Addresses only
+from 198.18.0.0/15."""
 
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-import egret
-from egret import Netns, poll
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import egret  # noqa: E402
+from egret import Netns, poll, sh  # noqa: E402
 
 UID_A = "0a0a0a0a-0000-0000-0000-00000000000a"
 UID_B = "0b0b0b0b-0000-0000-0000-00000000000b"
@@ -59,27 +66,56 @@ EDGE_NFT = """table ip azure_edge {
 }
 """
 
-GATEWAY_TOML = """router_ip = "{router}"
-{source}
-status_file = "{status}"
-sessions_per_worker = 65536
-probe_address = "0.0.0.0:8082"
-drain_secs = 4
-[interfaces]
-inside = "gw0"
-queues = 1
-[umem]
-frames = 8192
-frame_size = 4096
-ring = 2048
-{tail}"""
+
+def gateway_settings(workdir: Path, router: str = "198.18.50.10", node: str | None = None, status_file: Path | None = None, **top) -> dict:
+    """egret-gateway's settings on a node of this topology (gw0, one
+    armed), for egret.gateway_toml: on the plan file workdir/plan.yaml, or
+    with `node` on egret-control (loopback); `top`: more top-level keys."""
+    settings = {
+        "router_ip": router,
+        "plan_file": None if node else f"{workdir}/plan.yaml",
+        "status_file": str(status_file or workdir / "status.json"),
+        "sessions_per_worker": 65536,
+        **top,
+        "interfaces": {"inside": "gw0", "queues": 1},
+        "umem": egret.UMEM,
+    }
+    if node:
+        settings["control"] = {"url": "http://127.0.0.1:50051", "node": node}
+    return settings
+
 
 # Gateway nodes: name, subnet (each node's primary IP is .10 there).
 NODES = (("egt-gw-node", "198.18.50"), ("egt-gw-node2", "198.18.52"))
 
 
-def sh(*args: str, input: str | None = None) -> str:
-    return subprocess.run(args, input=input, capture_output=True, text=True, check=True).stdout
+def link(ns_a: str, if_a: str, addr_a: str, ns_b: str, if_b: str, addr_b: str) -> None:
+    """A veth pair between two namespaces, both ends addressed and up, full
+    checksums on the wire."""
+    egret.veth(ns_a, if_a, ns_b, if_b)
+    egret.iface(ns_a, if_a, addr_a, tx_csum=False)
+    egret.iface(ns_b, if_b, addr_b, tx_csum=False)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie does not: what a pod_wg command
+    started is reparented, and may stay unreaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stop_pid(pid: int, grace: float = 5.0) -> None:
+    """egret.stop for a process this topology started in an earlier
+    command (its pid file): SIGTERM, SIGKILL after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+        if not alive(pid):
+            return
+        os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 class TunnelTopology:
@@ -93,32 +129,24 @@ class TunnelTopology:
         self.dir = workdir
         self.wg_procs: dict[str, subprocess.Popen] = {}
         self._lock = None
+        # The namespaces by short name: self.gw is egt-gw, self.pa egt-pa.
+        for n in self.NAMES:
+            setattr(self, n.removeprefix("egt-"), Netns(n))
 
     def __enter__(self) -> "TunnelTopology":
         self._lock = egret.topology_lock()
         try:
-            self._up()
+            self.up()
         except BaseException:
             self.__exit__()
             raise
         return self
 
-    def _up(self) -> None:
-        for n in self.NAMES:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True)
-            sh("ip", "netns", "add", n)
-            ns = Netns(n)
-            setattr(self, n.removeprefix("egt-").replace("-", "_"), ns)
-            ns.run("ip", "link", "set", "lo", "up", check=True)
-        for na, ia, aa, nb, ib, ab in LINKS:
-            sh("ip", "link", "add", ia, "netns", na, "type", "veth", "peer", "name", ib, "netns", nb)
-            for n, i, a in ((na, ia, aa), (nb, ib, ab)):
-                x = Netns(n)
-                x.run("ip", "addr", "add", a, "dev", i, check=True)
-                x.run("ip", "link", "set", i, "up", check=True)
-                # Full checksums on the wire: AF_XDP sees veth's
-                # CHECKSUM_PARTIAL packets unfinished (AFXDP-NOTES.md).
-                x.run("ethtool", "-K", i, "tx", "off")
+    def up(self) -> None:
+        """The namespaces, links, routes, the edge's NAT and the keys."""
+        egret.fresh_namespaces(self.NAMES)
+        for spec in LINKS:
+            link(*spec)
         for n in ("egt-gw", "egt-gw2", "egt-vnet", "egt-edge"):
             Netns(n).run("sysctl", "-qw", "net.ipv4.ip_forward=1", check=True)
         routes = (
@@ -143,11 +171,20 @@ class TunnelTopology:
             (self.dir / f"{k}.key").chmod(0o600)
             (self.dir / f"{k}.pub").write_text(sh("wg", "pubkey", input=key))
 
-    def __exit__(self, *exc) -> None:
+    def down(self) -> None:
+        """The pods' wireguard-go (the ones this topology started: its
+        handles, or the pid files `pod_wg` left in `dir`) and the namespaces."""
         for p in self.wg_procs.values():
             egret.stop(p)
-        for n in self.NAMES:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+        for f in self.dir.glob("wg-*.pid"):
+            pid = int(f.read_text())
+            f.unlink()
+            if pid not in {p.pid for p in self.wg_procs.values()}:
+                stop_pid(pid)
+        egret.delete_namespaces(self.NAMES)
+
+    def __exit__(self, *exc) -> None:
+        self.down()
         if self._lock:
             self._lock.close()
             self._lock = None
@@ -220,13 +257,23 @@ status:
             + self.pod_endpoint("pod-b", "sgw-b", "198.18.62.2", "pb")
         )
 
-    def cluster(self, nodes: int) -> str:
+    def cluster(self, nodes: int, apps: dict[str, str] | None = None) -> str:
         """What an AKS cluster holds, with 1 or 2 gateway nodes: the configs
         with their public prefixes, their key Secrets, the PodEndpoints, the
-        gateway Nodes, one GatewayVMConfiguration per config."""
+        gateway Nodes, one GatewayVMConfiguration per config; with `apps`
+        (pod-a / pod-b: an app label) also the annotated Pods."""
         out = self.sgc("sgw-a", UID_A, "198.19.100.1", 6000, "gw-a") + self.sgc("sgw-b", UID_B, "198.19.101.1", 6001, "gw-b")
         out += self.pod_endpoint("pod-a", "sgw-a", "198.18.61.2", "pa") + "---\n"
         out += self.pod_endpoint("pod-b", "sgw-b", "198.18.62.2", "pb")
+        pods = {"pod-a": ("198.18.61.2", "sgw-a"), "pod-b": ("198.18.62.2", "sgw-b")}
+        for name, app in (apps or {}).items():
+            ip, config = pods[name]
+            out += f"""---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: demo, labels: {{app: {app}}}, annotations: {{kubernetes.azure.com/static-gateway-configuration: {config}}}}}
+status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}
+"""
         for n, _ in NODES[:nodes]:
             out += f"""---
 apiVersion: v1
@@ -252,6 +299,7 @@ status: {{conditions: [{{type: Ready, status: "True"}}]}}
         )
         p = ns.spawn("unshare", "-m", "sh", "-c", run, log=self.dir / f"wg-{ns.name}.log")
         self.wg_procs[ns.name] = p
+        (self.dir / f"wg-{ns.name}.pid").write_text(str(p.pid))
         poll(
             lambda: ns.ok("ip", "link", "show", "wg0") and self.wg(ns, "test", "-S", "/run/wireguard/wg0.sock").returncode == 0,
             timeout=5,
@@ -268,7 +316,8 @@ status: {{conditions: [{{type: Ready, status: "True"}}]}}
 
     def wg(self, ns: Netns, *args: str, check: bool = False) -> subprocess.CompletedProcess:
         """A command in the pod's network and mount namespaces (wg)."""
-        pid = str(self.wg_procs[ns.name].pid)
+        p = self.wg_procs.get(ns.name)
+        pid = str(p.pid) if p else (self.dir / f"wg-{ns.name}.pid").read_text()
         return subprocess.run(["nsenter", "-t", pid, "-m", "-n", *args], capture_output=True, text=True, check=check, timeout=10)
 
     def gateway_peer(self, ns: Netns, gw: str, port: int) -> None:
@@ -301,10 +350,8 @@ class TunnelGateway(egret.Gateway):
         self.status_file = self.dir / ("status.json" if name == "gateway" or node == "egt-gw-node" else f"status-{name}.json")
         if plan is not None:
             (self.dir / "plan.yaml").write_text(plan)
-            source, tail = f'plan_file = "{self.dir}/plan.yaml"', ""
-        else:
-            source, tail = "", f'[control]\nurl = "http://127.0.0.1:50051"\nnode = "{node}"\n'
-        self.config.write_text(GATEWAY_TOML.format(router=router, source=source, status=self.status_file, tail=tail))
+        settings = gateway_settings(self.dir, router, node, self.status_file, probe_address="0.0.0.0:8082", drain_secs=4)
+        self.config.write_text(egret.gateway_toml(settings))
 
     def tstat(self, config: str, field: str, drop: str | None = None) -> int:
         """A tunnel figure from the status file (0 when unreadable)."""
@@ -326,3 +373,49 @@ def eventually(probe, timeout: float = 3.0, interval: float = 0.2) -> bool:
 
 def ms_since(t0: float) -> int:
     return int((time.time() - t0) * 1000)
+
+
+USAGE = """usage: tunnel_topology.py COMMAND ... (run as root, from scripts/tunnel-topology.sh)
+  names                               the topology's namespaces
+  up DIR                              namespaces, links, keys; DIR/plan.yaml, DIR/gateway.toml
+  down DIR                            the pods' wireguard-go and the namespaces
+  link NS_A IF_A ADDR_A NS_B IF_B ADDR_B
+  pod-wg DIR NS KEY GW_PUB PORT       a pod's wg0 (KEY, GW_PUB: key names or files in DIR)
+  gateway-peer DIR NS GW_PUB PORT     the pod's one peer set anew
+  cluster DIR NODES [POD=APP...]      the cluster's objects, on stdout
+  gateway-toml DIR [KEY=VALUE | TABLE.KEY=VALUE]...   DIR/gateway.toml, changed"""
+
+
+def main(argv: list[str]) -> int:
+    cmd, args = (argv[0], argv[1:]) if argv else ("", [])
+    name = lambda f: Path(f).name.removesuffix(".key").removesuffix(".pub")  # noqa: E731
+    if cmd == "names":
+        print(" ".join(TunnelTopology.NAMES))
+    elif cmd == "up" and len(args) == 1:
+        t = TunnelTopology(Path(args[0]))
+        t.up()
+        (t.dir / "plan.yaml").write_text(t.plan())
+        (t.dir / "gateway.toml").write_text(egret.gateway_toml(gateway_settings(t.dir)))
+    elif cmd == "down" and len(args) == 1:
+        TunnelTopology(Path(args[0])).down()
+    elif cmd == "link" and len(args) == 6:
+        link(*args)
+    elif cmd == "pod-wg" and len(args) == 5:
+        t = TunnelTopology(Path(args[0]))
+        t.pod_wg(Netns(args[1]), name(args[2]), name(args[3]), int(args[4]))
+    elif cmd == "gateway-peer" and len(args) == 4:
+        TunnelTopology(Path(args[0])).gateway_peer(Netns(args[1]), name(args[2]), int(args[3]))
+    elif cmd == "cluster" and len(args) >= 2:
+        apps = dict(a.split("=", 1) for a in args[2:])
+        print(TunnelTopology(Path(args[0])).cluster(int(args[1]), apps), end="")
+    elif cmd == "gateway-toml" and len(args) >= 1:
+        d = Path(args[0])
+        (d / "gateway.toml").write_text(egret.gateway_toml(egret.with_settings(gateway_settings(d), args[1:])))
+    else:
+        print(USAGE, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
