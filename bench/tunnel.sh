@@ -28,6 +28,8 @@
 # EGRET_TUNNEL_PEERS (default 1000, at most 4096), EGRET_TUNNEL_PACKETS
 # (default 8000000: frames per small-packet load, 128 B each in the BPF
 # array; about 2 s at the generator's rate).
+# EGRET_TUNNEL_PROFILE=1: perf profiles (flat, per core) of Egret's
+# small-packet loads in round 1, in bench/results/tunnel-perf/.
 # Prints a markdown table (also bench/results/tunnel.md); raw figures in
 # bench/results/tunnel.jsonl.
 set -uo pipefail
@@ -165,9 +167,30 @@ load() {
   local sink=$!
   PIDS+=($sink)
   for _ in $(seq 50); do grep -q ready "$DIR/sink.out" 2>/dev/null && break; sleep 0.1; done
+  local prof=""
+  if [ "${EGRET_TUNNEL_PROFILE:-0}" = 1 ] && [ "$sys" = egret ] && [ "$r" = 1 ]; then
+    prof=$DIR/perf-$c.data
+    # The first ~1.2 s of the replay (8M frames last ~2 s), both cores.
+    (sleep 0.2; perf record -q -a -F 999 -o "$prof" -- sleep 1.2 >/dev/null 2>&1) &
+    local sampler=$!
+  fi
   # (the generator may have given up already: no SIGPIPE for us then)
   (trap '' PIPE; echo >&8) 2>/dev/null; exec 8>&-
   wait $gen
+  if [ -n "$prof" ]; then
+    wait "$sampler"
+    mkdir -p bench/results/tunnel-perf
+    { echo "# $c, Egret: perf record -a -F 999, 1.2 s of the replay; flat, per core"
+      for core in 0 1; do
+        echo; echo "## core $core: by program and object"
+        perf report -i "$prof" --cpu "$core" --no-children --sort comm,dso --stdio 2>/dev/null \
+          | grep -v '^#' | grep -v '^$' | head -n 8 || true
+        echo; echo "## core $core: by symbol"
+        perf report -i "$prof" --cpu "$core" --no-children --sort comm,dso,sym --stdio 2>/dev/null \
+          | grep -v '^#' | grep -v '^$' | head -n 40 || true
+      done; } >"bench/results/tunnel-perf/$c.txt"
+    rm -f "$prof"
+  fi
   sleep 1
   kill -TERM $sink 2>/dev/null; wait $sink
   python3 - "$sys" "$r" "$c" "$DIR/load.out" "$DIR/sink.out" <<'PY'

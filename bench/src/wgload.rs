@@ -865,7 +865,8 @@ fn send_all(
         let m = (packets - next).min(BATCH);
         for i in 0..m {
             let j = next + i;
-            iov[i] = libc::iovec { iov_base: wire[j * stride..].as_ptr().cast_mut().cast(), iov_len: usize::from(lens[j]) };
+            iov[i] =
+                libc::iovec { iov_base: wire[j * stride..].as_ptr().cast_mut().cast(), iov_len: usize::from(lens[j]) };
             fill(&mut msgs[i].msg_hdr, &mut iov[i], to, infos[j % n].as_ref());
         }
         // SAFETY: `m` headers pointing at live iovecs, names and buffers
