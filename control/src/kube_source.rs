@@ -449,7 +449,14 @@ pub async fn watch_kubernetes_with(state: Arc<ControlState>, client: kube::Clien
         // never has, what it held at the first publish): later failures
         // hold nothing back.
         if published || ready(&stores) {
-            let generation = state.update(&mirror.st);
+            // A reconcile of a large cluster holds its thread for a while:
+            // on a multi-threaded runtime the thread's other tasks (the
+            // watch reader, the plan streams) move to another meanwhile.
+            let update = || state.update(&mirror.st);
+            let generation = match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(update),
+                _ => update(),
+            };
             tracing::debug!(batch, generation, ms = started.elapsed().as_millis() as u64, "reconciled");
             if !published {
                 tracing::info!(generation, "cluster state listed; serving plans");

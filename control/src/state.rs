@@ -10,7 +10,7 @@ use egret_cluster::{
     ClusterState, Problem, Reconciled, NETWORK_POLICY_KIND, POD_ENDPOINT_KIND, POLICY_KIND, SGC_KIND, VM_CONFIG_KIND,
 };
 use egret_plan::{Plan, WgKey};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -194,7 +194,7 @@ impl ControlState {
         changed |= plans.len() != prev.plans.len();
         let anyone = if reconciled.nodes.is_empty() {
             let (plan, _) = cluster::standalone_plan(st, 0);
-            let np = publishable(ANYONE, prev.anyone.as_ref(), &plan, next_gen, &mut reconciled.problems);
+            let np = publishable(ANYONE, prev.anyone.as_ref(), plan, next_gen, &mut reconciled.problems);
             changed |= np.as_ref().is_some_and(|np| np.version == next_gen);
             np
         } else {
@@ -207,7 +207,7 @@ impl ControlState {
             tracing::warn!(object = %p.object, "{}", p.message);
         }
         let peer_names = peer_names(st);
-        let object_uids = object_uids(st);
+        let object_uids = object_uids(st, &reconciled.problems);
         let pressure_annotations: BTreeMap<String, String> = st
             .configs
             .iter()
@@ -351,41 +351,68 @@ fn peer_names(st: &ClusterState) -> BTreeMap<(String, WgKey), String> {
     out
 }
 
-/// The UIDs of the objects problems can name.
-fn object_uids(st: &ClusterState) -> BTreeMap<String, String> {
-    let namespaced =
-        |kind: &str, m: &cluster::ObjectMeta| m.uid.clone().map(|u| (Problem::object_name(kind, &m.key()), u));
+/// The UIDs of the objects GatewayStatus, Events and annotations name:
+/// every config and gateway node, and the other objects that `problems`
+/// name (not every pod: at 100,000 pods that map would be rebuilt and
+/// compared on every change for nothing).
+fn object_uids(st: &ClusterState, problems: &[Problem]) -> BTreeMap<String, String> {
+    // (kind, namespace, name) of each object a problem names.
+    let named: HashSet<(&str, &str, &str)> = problems
+        .iter()
+        .filter_map(|p| {
+            let (kind, key) = p.object.split_once(' ')?;
+            let (ns, name) = key.split_once('/')?;
+            Some((kind, ns, name))
+        })
+        .collect();
+    let uid = |kind: &str, m: &cluster::ObjectMeta| m.uid.clone().map(|u| (Problem::object_name(kind, &m.key()), u));
+    let problem_uid = |kind: &'static str| {
+        let named = &named;
+        move |m: &cluster::ObjectMeta| {
+            if named.contains(&(kind, m.ns(), m.name.as_str())) {
+                uid(kind, m)
+            } else {
+                None
+            }
+        }
+    };
     let nodes = st
         .nodes
         .iter()
         .filter_map(|n| n.metadata.uid.clone().map(|u| (Problem::object_name("Node", &n.metadata.name), u)));
-    st.configs
-        .iter()
-        .filter_map(|o| namespaced(SGC_KIND, &o.metadata))
-        .chain(st.pods.iter().filter_map(|o| namespaced("Pod", &o.metadata)))
-        .chain(st.policies.iter().filter_map(|o| namespaced(POLICY_KIND, &o.metadata)))
-        .chain(st.pod_endpoints.iter().filter_map(|o| namespaced(POD_ENDPOINT_KIND, &o.metadata)))
-        .chain(st.vm_configs.iter().filter_map(|o| namespaced(VM_CONFIG_KIND, &o.metadata)))
-        .chain(st.network_policies.iter().filter_map(|o| namespaced(NETWORK_POLICY_KIND, &o.metadata)))
-        .chain(nodes)
-        .collect()
+    let mut out: BTreeMap<String, String> =
+        st.configs.iter().filter_map(|o| uid(SGC_KIND, &o.metadata)).chain(nodes).collect();
+    if named.is_empty() {
+        return out;
+    }
+    out.extend(
+        st.pods
+            .iter()
+            .filter_map(|o| problem_uid("Pod")(&o.metadata))
+            .chain(st.policies.iter().filter_map(|o| problem_uid(POLICY_KIND)(&o.metadata)))
+            .chain(st.pod_endpoints.iter().filter_map(|o| problem_uid(POD_ENDPOINT_KIND)(&o.metadata)))
+            .chain(st.vm_configs.iter().filter_map(|o| problem_uid(VM_CONFIG_KIND)(&o.metadata)))
+            .chain(st.network_policies.iter().filter_map(|o| problem_uid(NETWORK_POLICY_KIND)(&o.metadata))),
+    );
+    out
 }
 
 /// How a problem names the single-gateway plan (no node names it).
 const ANYONE: &str = "Plan for any gateway";
 
 /// Each node's plan to publish (see [`publishable`]); a node whose plan
-/// is refused keeps its previous one, if it had one.
+/// is refused keeps its previous one, if it had one. The plans are moved
+/// out of `reconciled` (the snapshot keeps them once, as [`NodePlan`]s).
 fn node_plans(
     prev: &BTreeMap<String, NodePlan>,
     reconciled: &mut Reconciled,
     version: u64,
 ) -> BTreeMap<String, NodePlan> {
     let mut out = BTreeMap::new();
-    for (node, plan) in &reconciled.plans {
-        let object = Problem::object_name("Node", node);
-        if let Some(np) = publishable(&object, prev.get(node), plan, version, &mut reconciled.problems) {
-            out.insert(node.clone(), np);
+    for (node, plan) in std::mem::take(&mut reconciled.plans) {
+        let object = Problem::object_name("Node", &node);
+        if let Some(np) = publishable(&object, prev.get(&node), plan, version, &mut reconciled.problems) {
+            out.insert(node, np);
         }
     }
     out
@@ -395,16 +422,21 @@ fn node_plans(
 /// (Plan::validate): a gateway refuses an invalid plan whole, so sending
 /// one would freeze every tenant on the node. Reconcile leaves out every
 /// clash it knows of; should one get through anyway, the previous plan
-/// (if any) stays, and a problem on `object` names the error.
+/// (if any) stays, and a problem on `object` names the error. A plan that
+/// says what the previous one says is that one, version and all (it was
+/// checked when it was published).
 fn publishable(
     object: &str,
     prev: Option<&NodePlan>,
-    plan: &Plan,
+    plan: Plan,
     version: u64,
     problems: &mut Vec<Problem>,
 ) -> Option<NodePlan> {
+    if let Some(p) = prev.filter(|p| same_but_version(&p.plan, &plan)) {
+        return Some(p.clone());
+    }
     match plan.validate() {
-        Ok(()) => Some(carry_or_bump(prev, plan, version)),
+        Ok(()) => Some(bump(plan, version)),
         Err(e) => {
             let keeps = match prev {
                 Some(p) => format!("version {} keeps serving", p.version),
@@ -419,16 +451,14 @@ fn publishable(
     }
 }
 
-/// The previous entry if the plan is unchanged, else the plan at `version`.
-fn carry_or_bump(prev: Option<&NodePlan>, plan: &Plan, version: u64) -> NodePlan {
-    if let Some(p) = prev {
-        let mut same = plan.clone();
-        same.version = p.version;
-        if *p.plan == same {
-            return p.clone();
-        }
-    }
-    let mut plan = plan.clone();
+/// Whether two plans say the same, whatever their versions.
+fn same_but_version(a: &Plan, b: &Plan) -> bool {
+    let Plan { version: _, configs, bindings, network_policies } = a;
+    *configs == b.configs && *bindings == b.bindings && *network_policies == b.network_policies
+}
+
+/// `plan` at `version`, encoded once for every subscriber.
+fn bump(mut plan: Plan, version: u64) -> NodePlan {
     plan.version = version;
     let json = serde_json::to_string(&plan).expect("a plan always serialises");
     NodePlan { version, plan: Arc::new(plan), json: Arc::new(json) }
@@ -489,6 +519,7 @@ mod tests {
             public_key: None,
         });
         let expected = plan.validate().unwrap_err();
+        let mut fresh = r.clone();
         let plans = node_plans(&prev, &mut r, 2);
         assert_eq!(plans["gw-0"], prev["gw-0"], "the previous plan, same version, keeps serving");
         assert_eq!(
@@ -502,8 +533,8 @@ mod tests {
         );
 
         // A node with no plan yet gets none rather than one it refuses.
-        let plans = node_plans(&BTreeMap::new(), &mut r, 2);
+        let plans = node_plans(&BTreeMap::new(), &mut fresh, 2);
         assert!(plans.is_empty());
-        assert!(r.problems.iter().any(|p| p.message.ends_with("no plan is served")), "{:?}", r.problems);
+        assert!(fresh.problems.iter().any(|p| p.message.ends_with("no plan is served")), "{:?}", fresh.problems);
     }
 }
