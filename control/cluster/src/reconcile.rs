@@ -826,6 +826,11 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
     let (bound, tunnelled, bound_pods) = all_bindings(st, &cands, &served, &unserved, &given, &mut problems);
     let network_policies = network_policies::compile(st, &bound_pods, &mut problems);
     let mut plans: BTreeMap<String, Plan> = nodes.iter().map(|n| (n.name.clone(), Plan::default())).collect();
+    // Tunnelled bindings by config, once (not every binding per config).
+    let mut tunnelled_of: BTreeMap<&str, Vec<&Binding>> = BTreeMap::new();
+    for b in &tunnelled {
+        tunnelled_of.entry(b.config.as_str()).or_default().push(b);
+    }
     for c in &cands {
         let Some(shares) = shares_of.get(&c.config.name) else { continue };
         for (node, addrs) in shares.iter().filter(|(_, a)| !a.is_empty()) {
@@ -836,7 +841,7 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
             for ip in bound.get(&c.config.name).into_iter().flatten() {
                 plan.bindings.push(Binding { pod_ip: *ip, config: c.config.name.clone(), public_key: None });
             }
-            plan.bindings.extend(tunnelled.iter().filter(|b| b.config == c.config.name).cloned());
+            plan.bindings.extend(tunnelled_of.get(c.config.name.as_str()).into_iter().flatten().map(|b| (*b).clone()));
         }
     }
     for plan in plans.values_mut() {
