@@ -22,7 +22,7 @@ SCENARIOS = {
     7: "Bulk TCP (iperf3)",
 }
 # Metrics where less is better: the ratio is still Egret / kernel.
-LOWER_IS_BETTER = ("us", "bytes", "sessions")
+LOWER_IS_BETTER = ("us", "bytes", "sessions", "retransmits")
 
 
 def load(path):

@@ -40,6 +40,8 @@
 # EGRET_BENCH_RX_BUDGET_US its RX latency budget (default 250; 0: none),
 # for Egret and the floor alike.
 # EGRET_BENCH_PERF_HZ sets --profile's sampling rate (default 499).
+# EGRET_BENCH_ECN=1 has scenario 7's pod and server negotiate ECN (both:
+# each case without and with, interleaved).
 # EGRET_BENCH_GATEWAY runs another egret-gateway binary (A/B runs of a change).
 # Each run gets a fresh topology (empty conntrack, fresh gateway). Addresses
 # only from 198.18.0.0/15; namespaces egt-b-*, removed on exit.
@@ -802,7 +804,8 @@ scenario_ceiling() {
 
 # ---------------------------------------------------------------- scenario 7
 # bulk_run DIRECTION: one iperf3 run (pod 198.18.0.2 ↔ 198.19.0.2 through the
-# gateway), both ends on core 0; prints Gbit/s received, or 0.
+# gateway), both ends on core 0; prints Gbit/s received (or 0) and the
+# sender's retransmits (or -1).
 bulk_run() {
   local reverse=() srv
   [ "$1" = down ] && reverse=(-R)
@@ -816,15 +819,23 @@ bulk_run() {
   head -n 3 /proc/stat >"$DIR/stat1"; head -n 1 /proc/pressure/cpu >"$DIR/psi1" 2>/dev/null
   wait "$srv" 2>/dev/null || true
   python3 -c "import json,sys
-try: print(round(json.load(open(sys.argv[1]))['end']['sum_received']['bits_per_second'] / 1e9, 3))
-except Exception: print(0)" "$DIR/iperf.json"
+try:
+    end = json.load(open(sys.argv[1]))['end']
+    print(round(end['sum_received']['bits_per_second'] / 1e9, 3), end['sum_sent'].get('retransmits', -1))
+except Exception: print(0, -1)" "$DIR/iperf.json"
 }
 
 scenario_bulk_tcp() {
-  local mtu dir i sys g cpu extra
+  local mtu dir i sys g cpu extra ecn retr tag
+  # EGRET_BENCH_ECN: 0 (the default: Linux clients do not ask for ECN),
+  # 1 (pod and server negotiate ECN, net.ipv4.tcp_ecn=1), or both.
+  local ecns=${EGRET_BENCH_ECN:-0}
+  [ "$ecns" = both ] && ecns="0 1"
   for mtu in 1500 1280; do
     for dir in up down; do
-      echo "== 7 bulk TCP: iperf3 $dir (pod $([ $dir = up ] && echo "→" || echo "←") internet), hop beyond the gateway at $mtu bytes, ${BULK_SECONDS}s"
+    for ecn in $ecns; do
+      tag=""; [ "$ecn" = 1 ] && tag=", ECN"
+      echo "== 7 bulk TCP: iperf3 $dir (pod $([ $dir = up ] && echo "→" || echo "←") internet), hop beyond the gateway at $mtu bytes$tag, ${BULK_SECONDS}s"
       # The floor forwards untranslated and sends no ICMP: it cannot run
       # PMTU discovery for the 1280-byte hop.
       local systems="egret kernel floor"
@@ -839,8 +850,10 @@ scenario_bulk_tcp() {
           # and the pod's own through the floor.
           x egt-b-sink ip route add 198.19.100.0/24 via 198.19.0.1
           [ "$sys" = floor ] && x egt-b-sink ip route add 198.18.0.0/16 via 198.19.0.1
+          x egt-b-gen sysctl -qw net.ipv4.tcp_ecn="$([ "$ecn" = 1 ] && echo 1 || echo 2)"
+          x egt-b-sink sysctl -qw net.ipv4.tcp_ecn="$([ "$ecn" = 1 ] && echo 1 || echo 2)"
           MEASURE_NOW=$BULK_SECONDS
-          g=$(bulk_run "$dir")
+          read -r g retr <<<"$(bulk_run "$dir")"
           cpu_use; cpu=$CPU_LINE
           if [ "$sys" = egret ]; then
             fresh_status; extra=$(egret_status summary 2>/dev/null || echo "no status")
@@ -849,11 +862,13 @@ scenario_bulk_tcp() {
           else
             extra="conntrack entries: $(ct_count)"
           fi
-          echo "  run $i $(label $sys) $g Gbit/s   $cpu   ($extra)"
-          record 7 "iperf3 $dir, $mtu-byte hop" "Gbit/s" "$sys" "$g" "$extra"
+          echo "  run $i $(label $sys) $g Gbit/s, $retr retransmits   $cpu   ($extra)"
+          record 7 "iperf3 $dir, $mtu-byte hop$tag" "Gbit/s" "$sys" "$g" "$extra"
+          record 7 "iperf3 $dir, $mtu-byte hop$tag" "retransmits" "$sys" "$retr" "$extra"
           teardown
         done
       done
+    done
     done
   done
 }
