@@ -2,9 +2,12 @@
 servers, egret-gateway and egret-control as objects that clean up after
 themselves, the gateway's status file read through one typed view, and
 polling instead of sleeping. The fixtures in conftest.py hand these to
-the tests; the benchmark and demo.sh use the same topology scripts.
+the tests. It is also the one writer of the topologies (the suites',
+bench/run.sh's; tunnel_topology.py builds the WireGuard one with it) and
+of gateway.toml: bash reaches them through its command line
+(scripts/topology.sh, bench/run.sh, scripts/tunnel-topology.sh).
 
-Addresses only from 198.18.0.0/15 (see scripts/topology.sh)."""
+Addresses only from 198.18.0.0/15 (see Topology)."""
 
 from __future__ import annotations
 
