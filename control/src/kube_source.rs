@@ -294,14 +294,20 @@ impl Mirror {
 }
 
 impl Store {
-    fn apply(&mut self, mirror: &mut Mirror, kind: Kind, ev: watcher::Event<DynamicObject>) {
+    /// Applies `ev`; whether the mirror changed (a list starting or in
+    /// progress changes nothing until it is done).
+    fn apply(&mut self, mirror: &mut Mirror, kind: Kind, ev: watcher::Event<DynamicObject>) -> bool {
         let value = |o: &DynamicObject| serde_json::to_value(o).unwrap_or_default();
         match ev {
-            watcher::Event::Init => self.relist = Some(Vec::new()),
+            watcher::Event::Init => {
+                self.relist = Some(Vec::new());
+                return false;
+            }
             watcher::Event::InitApply(o) => {
                 let k = key(&o);
                 let d = decode(kind, &k, value(&o));
                 self.relist.get_or_insert_with(Vec::new).push((k, d));
+                return false;
             }
             watcher::Event::InitDone => {
                 let listed = self.relist.take().unwrap_or_default();
@@ -342,6 +348,7 @@ impl Store {
                 self.keys.remove(&k);
             }
         }
+        true
     }
 }
 
@@ -434,11 +441,11 @@ pub async fn watch_kubernetes_with(state: Arc<ControlState>, client: kube::Clien
     let mut mirror = Mirror::default();
     let mut published = false;
     while let Some((kind, ev)) = rx.recv().await {
-        handle(&mut stores, &mut mirror, kind, ev);
+        let mut changed = handle(&mut stores, &mut mirror, kind, ev);
         // Drain whatever else is ready, then reconcile once.
         let mut batch = 1;
         while let Ok((kind, ev)) = rx.try_recv() {
-            handle(&mut stores, &mut mirror, kind, ev);
+            changed |= handle(&mut stores, &mut mirror, kind, ev);
             batch += 1;
         }
         let started = std::time::Instant::now();
@@ -448,7 +455,10 @@ pub async fn watch_kubernetes_with(state: Arc<ControlState>, client: kube::Clien
         // Once published, every kind holds what it last listed (or, if it
         // never has, what it held at the first publish): later failures
         // hold nothing back.
-        if published || ready(&stores) {
+        // Once published, only objects listed or watched change plans: a
+        // batch of failures alone (a kind that is not installed, retried
+        // with backoff) reports them above and reconciles nothing.
+        if (published && changed) || (!published && ready(&stores)) {
             // A reconcile of a large cluster holds its thread for a while:
             // on a multi-threaded runtime the thread's other tasks (the
             // watch reader, the plan streams) move to another meanwhile.
@@ -471,7 +481,7 @@ fn handle(
     mirror: &mut Mirror,
     kind: Kind,
     ev: Result<watcher::Event<DynamicObject>, watcher::Error>,
-) {
+) -> bool {
     let s = stores.get_mut(&kind).expect("every kind has a store");
     let e = match ev {
         Ok(ev) => return s.apply(mirror, kind, ev),
@@ -495,4 +505,5 @@ fn handle(
         // serving while the watcher resumes.
         _ => tracing::warn!(?kind, ?code, error = %e, "watch failed; retrying with backoff"),
     }
+    false
 }
