@@ -96,6 +96,10 @@ pub struct CompiledPlan {
     pub sources: SourceCidrs,
     /// Kubernetes NetworkPolicies' egress rules, by pod.
     pub network_policies: crate::nat::network_policy::CompiledNetworkPolicies,
+    /// A digest of the egress addresses, their configs' positions and
+    /// mapping modes: equal digests, equal pools (a plan that changed only
+    /// pods spares each worker a pass over thousands of addresses).
+    pub pools_digest: u64,
 }
 
 /// Fallback source CIDRs, looked up by longest match with one hash probe
@@ -250,7 +254,28 @@ impl CompiledPlan {
             by_cidr.extend(c.sources.iter().map(|&cidr| (cidr, ci as u16)));
         }
         let sources = SourceCidrs::new(by_cidr);
-        Ok(CompiledPlan { version: plan.version, configs, pods, egress, tunnelled, tunnels, sources, network_policies })
+        let pools_digest = {
+            use std::hash::{BuildHasher, Hash, Hasher};
+            // Fixed keys: digests of two plans must compare.
+            let mut h =
+                std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
+            for c in &configs {
+                c.addrs.hash(&mut h);
+                (c.mapping as u8).hash(&mut h);
+            }
+            h.finish()
+        };
+        Ok(CompiledPlan {
+            version: plan.version,
+            configs,
+            pods,
+            egress,
+            tunnelled,
+            tunnels,
+            sources,
+            network_policies,
+            pools_digest,
+        })
     }
 }
 

@@ -378,6 +378,7 @@ impl NatEngine {
                 tunnels: HashMap::new(),
                 sources: Default::default(),
                 network_policies: Default::default(),
+                pools_digest: 0,
             }),
             settings,
         };

@@ -80,10 +80,14 @@ impl NatEngine {
         // whichever config (ports cut by the walk cool down before reuse,
         // RFC 6888 REQ-8, even when the address moves to another config),
         // and their session counts, which the walk lowers as it cuts.
-        // In place: most addresses stay, and a large pool has thousands.
-        self.addrs.retain(|a, _| plan.egress.contains_key(a));
+        // In place: most addresses stay, and a large pool has thousands;
+        // a plan whose pools did not change (a pod came or went) skips it.
+        let pools_changed = old.pools_digest != plan.pools_digest || old.configs.is_empty();
+        if pools_changed {
+            self.addrs.retain(|a, _| plan.egress.contains_key(a));
+        }
         let mut to_mappings = false;
-        for (&a, &(ci, _)) in &plan.egress {
+        for (&a, &(ci, _)) in plan.egress.iter().filter(|_| pools_changed) {
             match self.addrs.get_mut(&a) {
                 Some(st) => {
                     let (was, is) =
