@@ -58,8 +58,6 @@ use egret_bench::{checksum, mac};
 
 static PROGRAMS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/loadgen.bpf.o"));
 
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 /// Frames in the first `BPF_PROG_RUN` call (~10 ms at 5 Mpps); later calls
 /// are sized from the measured rate to last about `CALL_SECONDS`.
 const REPEAT_FIRST: u32 = 1 << 16;
@@ -72,28 +70,6 @@ const HEADER_LEN: usize = 54;
 const DISTINCT_FLOWS: u32 = 1 << 22;
 /// Ports a source address offers: 1024..=65535.
 const PORTS: u32 = 64_512;
-
-/// `union bpf_attr`'s `test` member (BPF_PROG_TEST_RUN), as in linux/bpf.h.
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
 
 /// `struct gen_config` in loadgen.bpf.c.
 #[repr(C)]
@@ -325,23 +301,7 @@ fn gen(a: &GenArgs) -> Result<(), String> {
     let mut repeat = REPEAT_FIRST;
     let mut state = GenState::default();
     while start.elapsed() < deadline {
-        let attr = TestRunAttr {
-            prog_fd: fd as u32,
-            data_size_in: frame.len() as u32,
-            data_in: frame.as_ptr() as u64,
-            repeat,
-            flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-            batch_size: 64,
-            ..TestRunAttr::default()
-        };
-        // SAFETY: `attr` and the frame it points at outlive the call; the
-        // kernel reads `size_of::<TestRunAttr>()` bytes and zero-fills the rest.
-        let rc = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &attr as *const TestRunAttr, size_of::<TestRunAttr>())
-        };
-        if rc != 0 {
-            return Err(format!("BPF_PROG_RUN (live frames): {}", std::io::Error::last_os_error()));
-        }
+        egret_bench::run_live_frames(fd, &frame, repeat)?;
         runs += u64::from(repeat);
         let elapsed = start.elapsed().as_secs_f64();
         state = gen_state(&mut ebpf)?;

@@ -78,8 +78,6 @@ const VERIFY_EVERY: u64 = 16;
 const BATCH: usize = 64;
 
 static PROGRAMS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/loadgen.bpf.o"));
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 /// `REPLAY_FRAME` in loadgen.bpf.c: one entry of `replay_frames`.
 const REPLAY_FRAME: usize = 128;
 /// Frames per `BPF_PROG_RUN` call at most. A call sets up and tears down
@@ -593,28 +591,6 @@ unsafe impl aya::Pod for ReplayConfig {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ReplayState {}
 
-/// `bpf_attr` for BPF_PROG_TEST_RUN (as in egret-loadgen).
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
 /// The `replay` program with room for `frames` entries of `REPLAY_FRAME`
 /// bytes, its array mapped into this process to be filled in place.
 struct Replay {
@@ -689,27 +665,8 @@ impl Replay {
         let fd = prog.fd().map_err(|e| e.to_string())?.as_fd().as_raw_fd();
         let start = Instant::now();
         loop {
-            let attr = TestRunAttr {
-                prog_fd: fd as u32,
-                data_size_in: len as u32,
-                data_in: first.as_ptr() as u64,
-                repeat: (self.frames as u32).clamp(1, REPLAY_REPEAT_MAX),
-                flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-                batch_size: 64,
-                ..TestRunAttr::default()
-            };
-            // SAFETY: `attr` and the frame it points at outlive the call.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_PROG_TEST_RUN,
-                    &attr as *const TestRunAttr,
-                    std::mem::size_of::<TestRunAttr>(),
-                )
-            };
-            if rc != 0 {
-                return Err(format!("BPF_PROG_RUN (live frames): {}", std::io::Error::last_os_error()));
-            }
+            let repeat = (self.frames as u32).clamp(1, REPLAY_REPEAT_MAX);
+            egret_bench::run_live_frames(fd, &first, repeat)?;
             let st = self.state()?;
             if st.done > 0 || st.seq >= self.frames as u64 || start.elapsed() >= run_for {
                 let secs = st.last_ns.saturating_sub(st.first_ns) as f64 / 1e9;
