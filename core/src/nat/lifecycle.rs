@@ -109,7 +109,7 @@ impl NatEngine {
         let (egress, egress_port, mapping) = match mapping_mode {
             MappingMode::EndpointIndependent => {
                 let ek = EndpointKey { proto: k.proto, ip: k.local, port: k.local_port };
-                let mi = match self.find_mapping_of_pod(&ek) {
+                let mi = match self.find_fresh_mapping(|t| t.find_pod(&ek)) {
                     Some(mi) => mi,
                     None => self.create_mapping(k, ci, draw)?,
                 };

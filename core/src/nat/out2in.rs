@@ -114,7 +114,7 @@ impl NatEngine {
         }
         let ek = EndpointKey { proto: key.proto, ip: key.local, port: key.local_port };
         let excluded = cfg.excludes(key.remote);
-        let Some(mi) = self.find_mapping_of_egress(&ek) else { return Err(DropReason::Unsolicited) };
+        let Some(mi) = self.find_fresh_mapping(|t| t.find_egress(&ek)) else { return Err(DropReason::Unsolicited) };
         let m = *self.mappings.get(mi);
         if m.refs == 0 || excluded {
             return Err(DropReason::Unsolicited);

@@ -223,17 +223,21 @@ impl NatEngine {
     /// The config a session was made or last checked under.
     pub(super) fn config_of_session(&self, s: &Session) -> &CompiledConfig {
         match &self.replan {
-            Some(w) if s.flags & session::flags::PLAN_PARITY != self.parity_flag() => {
-                &w.old.configs[usize::from(s.config)]
-            }
+            Some(w) if self.is_stale(s) => &w.old.configs[usize::from(s.config)],
             _ => self.config(s.config),
         }
+    }
+
+    /// Whether `s` has not been checked against the current plan.
+    #[inline(always)]
+    fn is_stale(&self, s: &Session) -> bool {
+        self.replan.is_some() && s.flags & session::flags::PLAN_PARITY != self.parity_flag()
     }
 
     /// Whether session `i` has not been checked against the current plan.
     #[inline(always)]
     pub(super) fn session_stale(&self, i: u32) -> bool {
-        self.replan.is_some() && self.sessions.get(i).flags & session::flags::PLAN_PARITY != self.parity_flag()
+        self.is_stale(self.sessions.get(i))
     }
 
     /// Checks session `i` against the current plan if it was not yet (a
@@ -258,25 +262,15 @@ impl NatEngine {
         }
     }
 
-    /// A pod endpoint's mapping, checked against the current plan (a
-    /// mapping the plan cut is no longer found).
-    pub(super) fn find_mapping_of_pod(&mut self, ek: &EndpointKey) -> Option<u32> {
-        let mi = self.mappings.find_pod(ek)?;
+    /// The mapping `find` finds, checked against the current plan first
+    /// (a mapping the plan cut is no longer found).
+    pub(super) fn find_fresh_mapping(&mut self, find: impl Fn(&MappingTable) -> Option<u32>) -> Option<u32> {
+        let mi = find(&self.mappings)?;
         if self.replan.is_none() {
             return Some(mi);
         }
         self.freshen_mapping(mi);
-        self.mappings.find_pod(ek)
-    }
-
-    /// An egress endpoint's mapping, checked against the current plan.
-    pub(super) fn find_mapping_of_egress(&mut self, ek: &EndpointKey) -> Option<u32> {
-        let mi = self.mappings.find_egress(ek)?;
-        if self.replan.is_none() {
-            return Some(mi);
-        }
-        self.freshen_mapping(mi);
-        self.mappings.find_egress(ek)
+        find(&self.mappings)
     }
 
     /// The config position a session or mapping keeps under the current
