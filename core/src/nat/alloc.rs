@@ -33,11 +33,15 @@ impl NatEngine {
     }
 
     pub(super) fn check_quota(&self, pod: u32, ci: u16) -> Result<(), DropReason> {
-        let (held, whole) = (self.held(pod).holdings, self.pod(pod).is_some_and(|p| p.tunnelled));
         // A tunnelled pod's flows all live on its peer's worker: its whole
-        // quota is here; a routed pod's spread over every worker.
-        let quota = if whole { self.config(ci).port_quota } else { self.quotas[usize::from(ci)] };
-        if held >= quota {
+        // quota is here; a routed pod's spread over every worker (a share
+        // never above the whole, so only a pod past it is looked up).
+        let held = self.held(pod).holdings;
+        if held < self.quotas[usize::from(ci)] {
+            return Ok(());
+        }
+        let whole = self.pod(pod).is_some_and(|p| p.tunnelled);
+        if !whole || held >= self.config(ci).port_quota {
             return Err(DropReason::QuotaExceeded);
         }
         Ok(())

@@ -193,10 +193,13 @@ impl NatEngine {
 
     /// RFC 6888 REQ-5: one pod may not fill the session table for the rest.
     pub(super) fn check_session_limit(&self, pod: u32, ci: u16) -> Result<(), DropReason> {
-        let (held, whole) = (self.held(pod).sessions, self.pod(pod).is_some_and(|p| p.tunnelled));
         // As `check_quota`: a tunnelled pod's sessions are all on one worker.
-        let limit = if whole { self.config(ci).session_limit } else { self.session_limits[usize::from(ci)] };
-        if held >= limit {
+        let held = self.held(pod).sessions;
+        if held < self.session_limits[usize::from(ci)] {
+            return Ok(());
+        }
+        let whole = self.pod(pod).is_some_and(|p| p.tunnelled);
+        if !whole || held >= self.config(ci).session_limit {
             return Err(DropReason::SessionLimit);
         }
         Ok(())

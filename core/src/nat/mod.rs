@@ -512,11 +512,14 @@ impl NatEngine {
     /// it for forgetting when that was all.
     #[inline]
     fn release_held(&mut self, ip: u32, holdings: u32, sessions: u32) {
-        if let Some(c) = self.pod_counts.get_mut(&ip) {
+        let idle = self.pod_counts.get_mut(&ip).is_none_or(|c| {
             c.holdings = c.holdings.saturating_sub(holdings);
             c.sessions = c.sessions.saturating_sub(sessions);
+            c.is_zero()
+        });
+        if idle {
+            self.idle_pods.push(ip);
         }
-        self.forget_if_idle(ip);
     }
 }
 

@@ -83,27 +83,27 @@ impl NatEngine {
         // In place: most addresses stay, and a large pool has thousands;
         // a plan whose pools did not change (a pod came or went) skips it.
         let pools_changed = old.pools_digest != plan.pools_digest || old.configs.is_empty();
+        let mut to_mappings = false;
         if pools_changed {
             self.addrs.retain(|a, _| plan.egress.contains_key(a));
-        }
-        let mut to_mappings = false;
-        for (&a, &(ci, _)) in plan.egress.iter().filter(|_| pools_changed) {
-            match self.addrs.get_mut(&a) {
-                Some(st) => {
-                    let (was, is) =
-                        (old.configs[usize::from(st.config)].mapping, plan.configs[usize::from(ci)].mapping);
-                    to_mappings |= was == MappingMode::PortReuse && is == MappingMode::EndpointIndependent;
-                    st.config = ci;
-                }
-                None => {
-                    let n = self.slice.len();
-                    let st = AddrState {
-                        config: ci,
-                        ports: [PortSet::new(n), PortSet::new(n), PortSet::new(n)],
-                        sessions: 0,
-                        refused: [0; 3],
-                    };
-                    self.addrs.insert(a, st);
+            for (&a, &(ci, _)) in &plan.egress {
+                match self.addrs.get_mut(&a) {
+                    Some(st) => {
+                        let (was, is) =
+                            (old.configs[usize::from(st.config)].mapping, plan.configs[usize::from(ci)].mapping);
+                        to_mappings |= was == MappingMode::PortReuse && is == MappingMode::EndpointIndependent;
+                        st.config = ci;
+                    }
+                    None => {
+                        let n = self.slice.len();
+                        let st = AddrState {
+                            config: ci,
+                            ports: [PortSet::new(n), PortSet::new(n), PortSet::new(n)],
+                            sessions: 0,
+                            refused: [0; 3],
+                        };
+                        self.addrs.insert(a, st);
+                    }
                 }
             }
         }
@@ -383,9 +383,8 @@ impl NatEngine {
             self.log_session(false, s, now);
             self.counters.sessions_closed += 1;
             let under = self.replan.as_ref().and_then(|w| w.kept_under.get(usize::from(s.config)).copied().flatten());
-            if let Some(l) = under.and_then(|t| self.live.get_mut(usize::from(t))) {
-                let slot = &mut l[proto_slot(s.proto)];
-                *slot = slot.saturating_sub(1);
+            if let Some(t) = under {
+                self.count_live(t, s.proto, false);
             }
             let port = u32::from(s.mapping == NONE);
             if port == 1 {

@@ -99,8 +99,8 @@ impl RecordQueue {
             return Err(Refused::PodShare);
         }
         slot.fetch_add(1, Ordering::Relaxed);
-        self.records.push(e).map_err(|e| {
-            self.slot(&e).fetch_sub(1, Ordering::Relaxed);
+        self.records.push(e).map_err(|_| {
+            slot.fetch_sub(1, Ordering::Relaxed);
             Refused::Full
         })
     }
