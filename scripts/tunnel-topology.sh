@@ -32,8 +32,6 @@ $TUNNEL_PY up "$DIR" || exit 1
 link() { $TUNNEL_PY link "$@"; }
 # pod_wg NS KEY GW_PUB PORT: the pod's wg0, its one peer the gateway.
 pod_wg() { $TUNNEL_PY pod-wg "$DIR" "$@"; }
-# wgpid NS: the pod's wireguard-go (its mount namespace holds wg's socket).
-wgpid() { cat "$DIR/wg-$1.pid"; }
 # gateway_peer NS GW_PUB PORT: the pod's one peer, the gateway, set anew
 # (no session: its next packet starts a handshake with whichever gateway
 # answers now).

@@ -148,7 +148,7 @@ struct Store {
     /// The keys of the objects it holds, as last listed and watched; a
     /// failure never clears them.
     keys: BTreeSet<String>,
-    relist: Option<Vec<(String, Option<Decoded>)>>,
+    relist: Option<Vec<(String, Decoded)>>,
     /// Listed at least once.
     synced: bool,
     /// The latest list was answered "there are none" for this kind
@@ -294,6 +294,12 @@ impl Mirror {
 }
 
 impl Store {
+    /// Drops object `k` from the mirror; whether it was kept.
+    fn forget(&mut self, mirror: &mut Mirror, kind: Kind, k: &str) -> bool {
+        mirror.remove(kind, k);
+        self.keys.remove(k)
+    }
+
     /// Applies `ev`; whether the mirror changed (a list starting or in
     /// progress changes nothing until it is done).
     fn apply(&mut self, mirror: &mut Mirror, kind: Kind, ev: watcher::Event<DynamicObject>) -> bool {
@@ -305,21 +311,20 @@ impl Store {
             }
             watcher::Event::InitApply(o) => {
                 let k = key(&o);
-                let d = decode(kind, &k, value(&o));
-                self.relist.get_or_insert_with(Vec::new).push((k, d));
+                let relist = self.relist.get_or_insert_with(Vec::new);
+                // What Egret does not keep is gone below with whatever
+                // else the list no longer holds.
+                if let Some(d) = decode(kind, &k, value(&o)) {
+                    relist.push((k, d));
+                }
                 return false;
             }
             watcher::Event::InitDone => {
                 let listed = self.relist.take().unwrap_or_default();
                 let mut keys = BTreeSet::new();
                 for (k, d) in listed {
-                    match d {
-                        Some(d) => {
-                            mirror.put(&k, d);
-                            keys.insert(k);
-                        }
-                        None => mirror.remove(kind, &k),
-                    }
+                    mirror.put(&k, d);
+                    keys.insert(k);
                 }
                 for gone in self.keys.difference(&keys) {
                     mirror.remove(kind, gone);
@@ -336,21 +341,19 @@ impl Store {
                         mirror.put(&k, d);
                         self.keys.insert(k);
                     }
-                    None => {
-                        mirror.remove(kind, &k);
-                        self.keys.remove(&k);
-                    }
+                    // An object Egret does not keep (a pod without the
+                    // annotation): a change only if it was kept before.
+                    None => return self.forget(mirror, kind, &k),
                 }
             }
-            watcher::Event::Delete(o) => {
-                let k = key(&o);
-                mirror.remove(kind, &k);
-                self.keys.remove(&k);
-            }
+            watcher::Event::Delete(o) => return self.forget(mirror, kind, &key(&o)),
         }
         true
     }
 }
+
+/// Watch events read ahead of the reconcile at most.
+const WATCH_EVENTS_QUEUED: usize = 4096;
 
 /// The first plans wait until every kind has listed, or been answered that
 /// there are none (`Kind::may_be_absent`); any other failure (a 500, a
@@ -422,10 +425,12 @@ pub async fn watch_kubernetes_with(state: Arc<ControlState>, client: kube::Clien
     // event that came in meanwhile, rather than the one event an HTTP body
     // hands over at a time (one reconcile per event falls behind a churn).
     let mut events = futures::stream::select_all(streams);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Bounded: a reconcile that falls behind holds the watches back (the
+    // API server's streams wait), rather than queueing events without end.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(WATCH_EVENTS_QUEUED);
     let reader = tokio::spawn(async move {
         while let Some(ev) = events.next().await {
-            if tx.send(ev).is_err() {
+            if tx.send(ev).await.is_err() {
                 return;
             }
         }
