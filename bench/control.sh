@@ -5,7 +5,8 @@
 #   bench/control.sh            full: 100,000 pods, 1,000 configs, 10 nodes, 200/s for 60 s
 #   bench/control.sh --short    10,000 pods, 10 quiet events, 10 s churn
 # Extra arguments go to the driver (control/examples/scale.rs): --pods N
-# --configs N --nodes N --quiet-events N --churn-rate N --churn-secs N.
+# --configs N --nodes N --quiet-events N --churn-rate N --churn-secs N
+# --deltas on|off (off: subscribers take every version whole).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 args=()

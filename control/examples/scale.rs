@@ -18,6 +18,7 @@
 //! `cargo run --release -p egret-control --example scale -- --control target/release/egret-control`
 
 use egret_api::v1::{gateway_message::Msg, plan_service_client::PlanServiceClient, Ack, GatewayMessage, Hello};
+use egret_plan::{Plan, PlanDelta};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::process::{Child, Command};
@@ -43,6 +44,9 @@ struct Args {
     quiet_events: usize,
     churn_rate: u32,
     churn_secs: u64,
+    /// Whether the subscribers ask for plan deltas (`--deltas off`: every
+    /// version whole, as gateways before deltas).
+    deltas: bool,
 }
 
 fn args() -> Args {
@@ -54,6 +58,7 @@ fn args() -> Args {
         quiet_events: 30,
         churn_rate: 200,
         churn_secs: 60,
+        deltas: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -67,6 +72,7 @@ fn args() -> Args {
             "--quiet-events" => a.quiet_events = n(),
             "--churn-rate" => a.churn_rate = n() as u32,
             "--churn-secs" => a.churn_secs = n() as u64,
+            "--deltas" => a.deltas = v != "off",
             _ => panic!("unknown option {k}"),
         }
     }
@@ -280,23 +286,35 @@ struct Seen {
     plans: Vec<Vec<(Instant, u64, usize)>>,
 }
 
-/// The pod IPs a plan's JSON binds (`"podIp":"a.b.c.d"`), without decoding
-/// the rest of it.
-fn bound_ips(json: &str) -> HashSet<u32> {
-    const KEY: &str = "\"podIp\":\"";
-    let mut out = HashSet::new();
-    let mut rest = json;
-    while let Some(i) = rest.find(KEY) {
-        rest = &rest[i + KEY.len()..];
-        let end = rest.find('"').unwrap_or(rest.len());
-        if let Ok(ip) = rest[..end].parse::<Ipv4Addr>() {
-            out.insert(u32::from(ip));
-        }
-    }
-    out
+/// One gateway's view of its plan stream: the plan held (as a gateway
+/// holds it, decoded) and the pod IPs it binds.
+#[derive(Default)]
+struct Held {
+    plan: Plan,
+    ips: HashSet<u32>,
 }
 
-async fn subscriber(url: String, node: usize, seen: Arc<Mutex<Seen>>) {
+impl Held {
+    /// Takes an update as a gateway does: a whole plan decoded, or a delta
+    /// applied to the plan held. False when a delta does not follow.
+    fn take(&mut self, u: &egret_api::v1::PlanUpdate) -> bool {
+        if u.delta_json.is_empty() {
+            self.plan = serde_json::from_str(&u.plan_json).expect("the plan decodes");
+            self.ips = self.plan.bindings.iter().map(|b| u32::from(b.pod_ip)).collect();
+            return true;
+        }
+        let delta: PlanDelta = serde_json::from_str(&u.delta_json).expect("the delta decodes");
+        let Ok(plan) = delta.apply(&self.plan) else { return false };
+        for ip in &delta.unbind {
+            self.ips.remove(&u32::from(*ip));
+        }
+        self.ips.extend(delta.bind.iter().map(|b| u32::from(b.pod_ip)));
+        self.plan = plan;
+        true
+    }
+}
+
+async fn subscriber(url: String, node: usize, deltas: bool, seen: Arc<Mutex<Seen>>) {
     let name = format!("gw-{node}");
     loop {
         let Ok(ch) = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await else {
@@ -304,22 +322,26 @@ async fn subscriber(url: String, node: usize, seen: Arc<Mutex<Seen>>) {
             continue;
         };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let hello = GatewayMessage { msg: Some(Msg::Hello(Hello { node: name.clone(), serving_version: 0 })) };
-        tx.send(hello).await.unwrap();
+        let hello = Hello { node: name.clone(), serving_version: 0, accepts_deltas: deltas };
+        tx.send(GatewayMessage { msg: Some(Msg::Hello(hello)) }).await.unwrap();
         let mut client = PlanServiceClient::new(ch).max_decoding_message_size(egret_api::client::MAX_PLAN_BYTES);
         let Ok(stream) = client.subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)).await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
         let mut stream = stream.into_inner();
+        let mut held = Held::default();
         while let Ok(Some(u)) = stream.message().await {
+            if !held.take(&u) {
+                eprintln!("gw-{node}: delta to version {} does not follow; subscribing again", u.version);
+                break;
+            }
             let now = Instant::now();
-            let ips = bound_ips(&u.plan_json);
             {
                 let mut s = seen.lock().unwrap();
-                s.plans[node].push((now, u.version, ips.len()));
+                s.plans[node].push((now, u.version, held.ips.len()));
                 for e in s.events.iter_mut().filter(|e| e.seen[node].is_none() && e.at <= now) {
-                    if ips.contains(&e.ip) == e.present {
+                    if held.ips.contains(&e.ip) == e.present {
                         e.seen[node] = Some(now);
                     }
                 }
@@ -415,7 +437,7 @@ async fn main() {
 
     let seen = Arc::new(Mutex::new(Seen { events: Vec::new(), plans: vec![Vec::new(); a.nodes] }));
     for n in 0..a.nodes {
-        tokio::spawn(subscriber(format!("http://{grpc}"), n, seen.clone()));
+        tokio::spawn(subscriber(format!("http://{grpc}"), n, a.deltas, seen.clone()));
     }
     // First plans.
     let first = loop {
@@ -506,7 +528,8 @@ async fn main() {
     let (c50, c99, cmax, cn, cun) = delays(&s, churn_from, churn_end);
     let plans: usize = s.plans.iter().map(|p| p.len()).sum();
     let mib = |k: u64| k as f64 / 1024.0;
-    println!("control-plane scale: {} pods, {} configs, {} nodes", a.pods, a.configs, a.nodes);
+    let deltas = if a.deltas { "plan deltas" } else { "whole plans" };
+    println!("control-plane scale: {} pods, {} configs, {} nodes, {deltas}", a.pods, a.configs, a.nodes);
     println!("| measure | value |");
     println!("|---|---|");
     println!("| first plan on every node | {:.2} s ({bindings} bindings per plan) |", first.as_secs_f64());

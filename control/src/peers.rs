@@ -150,8 +150,7 @@ async fn ask(
                 // Its current plan is the one applied, or it moved on: asked again next round.
                 if p.applied_version == p.version && p.version == n.applied_version {
                     let plan = parse_redacted(&p.plan_json).map_err(|e| format!("{}'s plan: {e}", n.name))?;
-                    let json = Arc::new(p.plan_json);
-                    fetched.insert(key.clone(), NodePlan { version: p.version, plan: Arc::new(plan), json });
+                    fetched.insert(key.clone(), NodePlan::with_json(p.version, plan, p.plan_json));
                 }
             }
             out.insert(

@@ -1,7 +1,7 @@
 //! The gRPC services: the plan stream gateways subscribe to, and the admin
 //! calls operators make.
 
-use crate::state::{ControlState, Snapshot};
+use crate::state::{ControlState, NodePlan, Snapshot};
 use egret_api::v1::{
     self as api, admin_service_server::AdminService, gateway_message::Msg, plan_service_server::PlanService,
 };
@@ -64,26 +64,28 @@ impl PlanService for Plans {
             let mut shutting_down = false;
             let mut refused = None;
             loop {
-                let update = {
+                let updates = {
                     let snap = snapshots.borrow_and_update();
                     match snap.plan_for(&node) {
                         Some(p) if p.version != sent => {
+                            let updates = plan_updates(&node, p, sent, hello.accepts_deltas);
                             sent = p.version;
-                            Some(Ok(api::PlanUpdate {
-                                node: node.clone(),
-                                version: p.version,
-                                plan_json: (*p.json).clone(),
-                            }))
+                            updates
                         }
-                        Some(_) => None,
-                        None => Some(Err(Status::not_found(format!("node '{node}' is no longer a gateway node")))),
+                        Some(_) => Vec::new(),
+                        None => vec![Err(Status::not_found(format!("node '{node}' is no longer a gateway node")))],
                     }
                 };
-                if let Some(u) = update {
+                let mut closed = false;
+                for u in updates {
                     let last = u.is_err();
                     if tx.send(u).await.is_err() || last {
+                        closed = true;
                         break;
                     }
+                }
+                if closed {
+                    break;
                 }
                 tokio::select! {
                     c = snapshots.changed() => if c.is_err() { break },
@@ -221,7 +223,35 @@ impl Admin {
 /// A node subscribed to another replica, as that replica says; its applied
 /// version in this replica's numbering when it applied what this replica
 /// would send it (`ours`).
-fn subscribed_elsewhere(info: &mut api::NodeInfo, p: &crate::state::PeerLink, ours: Option<&crate::state::NodePlan>) {
+/// What takes a subscriber from version `sent` (0: nothing yet) to `p`: the
+/// deltas between, when it accepts them and they are all kept, else the
+/// plan whole.
+fn plan_updates(node: &str, p: &NodePlan, sent: u64, accepts_deltas: bool) -> Vec<Result<api::PlanUpdate, Status>> {
+    let deltas = p.deltas_since(sent).filter(|_| accepts_deltas && sent != 0);
+    match deltas {
+        Some(deltas) => deltas
+            .iter()
+            .map(|d| {
+                Ok(api::PlanUpdate {
+                    node: node.to_string(),
+                    version: d.version,
+                    plan_json: String::new(),
+                    delta_json: d.json.clone(),
+                    base_version: d.base,
+                })
+            })
+            .collect(),
+        None => vec![Ok(api::PlanUpdate {
+            node: node.to_string(),
+            version: p.version,
+            plan_json: p.json().to_string(),
+            delta_json: String::new(),
+            base_version: 0,
+        })],
+    }
+}
+
+fn subscribed_elsewhere(info: &mut api::NodeInfo, p: &crate::state::PeerLink, ours: Option<&NodePlan>) {
     info.connected = true;
     info.replica = p.replica.clone();
     let same = p.applied.as_ref().zip(ours).is_some_and(|(a, o)| crate::state::same_content(&a.plan, &o.plan));

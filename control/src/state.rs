@@ -9,18 +9,80 @@ use egret_cluster as cluster;
 use egret_cluster::{
     ClusterState, Problem, Reconciled, NETWORK_POLICY_KIND, POD_ENDPOINT_KIND, POLICY_KIND, SGC_KIND, VM_CONFIG_KIND,
 };
-use egret_plan::{Plan, WgKey};
+use egret_plan::{Plan, PlanDelta, WgKey};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// One node's plan at one version, encoded once for every subscriber.
-#[derive(Debug, Clone, PartialEq)]
+/// One node's plan at one version, encoded (whole, when a subscriber needs
+/// it whole) once for every subscriber, with the changes that led to it.
+#[derive(Debug, Clone)]
 pub struct NodePlan {
     pub version: u64,
     pub plan: Arc<Plan>,
-    pub json: Arc<String>,
+    json: Arc<OnceLock<String>>,
+    /// The last [`MAX_DELTAS`] versions' changes, oldest first, contiguous
+    /// up to this version (empty when the last change could not be put as
+    /// a delta).
+    deltas: Arc<[Arc<EncodedDelta>]>,
+}
+
+/// A [`PlanDelta`] in the JSON form the plan stream carries.
+#[derive(Debug)]
+pub struct EncodedDelta {
+    pub base: u64,
+    pub version: u64,
+    pub json: String,
+}
+
+/// How many versions back a subscriber may be and still be sent deltas
+/// (a slow subscriber misses versions: the snapshot watch keeps the latest).
+pub const MAX_DELTAS: usize = 32;
+
+impl NodePlan {
+    /// `plan` at `version`, with no changes before it.
+    pub fn new(version: u64, mut plan: Plan) -> NodePlan {
+        plan.version = version;
+        NodePlan { version, plan: Arc::new(plan), json: Arc::default(), deltas: Arc::new([]) }
+    }
+
+    /// As [`NodePlan::new`], with the plan's JSON form as it came.
+    pub fn with_json(version: u64, plan: Plan, json: String) -> NodePlan {
+        let np = NodePlan::new(version, plan);
+        let _ = np.json.set(json);
+        np
+    }
+
+    /// `plan` at `version`, the change from `self` being `delta`.
+    fn next(&self, version: u64, plan: Plan, mut delta: PlanDelta) -> NodePlan {
+        delta.version = version;
+        let json = serde_json::to_string(&delta).expect("a delta always serialises");
+        let delta = Arc::new(EncodedDelta { base: delta.base, version, json });
+        let keep = self.deltas.len().min(MAX_DELTAS - 1);
+        let deltas = self.deltas[self.deltas.len() - keep..].iter().cloned().chain([delta]).collect();
+        NodePlan { deltas, ..NodePlan::new(version, plan) }
+    }
+
+    /// The plan whole, as JSON (encoded on first use).
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| serde_json::to_string(&*self.plan).expect("a plan always serialises"))
+    }
+
+    /// The changes from version `sent` to this one, in order, when they
+    /// are all still kept.
+    pub fn deltas_since(&self, sent: u64) -> Option<&[Arc<EncodedDelta>]> {
+        let first = self.deltas.iter().position(|d| d.base == sent)?;
+        Some(&self.deltas[first..])
+    }
+}
+
+/// Equal versions of one node's plan are one plan (compared by pointer
+/// first: acks compare them on every version).
+impl PartialEq for NodePlan {
+    fn eq(&self, other: &NodePlan) -> bool {
+        self.version == other.version && (Arc::ptr_eq(&self.plan, &other.plan) || self.plan == other.plan)
+    }
 }
 
 /// An immutable view of everything reconciled, swapped whole on each change.
@@ -432,11 +494,19 @@ fn publishable(
     version: u64,
     problems: &mut Vec<Problem>,
 ) -> Option<NodePlan> {
-    if let Some(p) = prev.filter(|p| same_but_version(&p.plan, &plan)) {
-        return Some(p.clone());
+    let delta = prev.and_then(|p| PlanDelta::between(&p.plan, &plan));
+    let same = match &delta {
+        Some(d) => d.is_empty(),
+        None => prev.is_some_and(|p| p.plan.same_but_version(&plan)),
+    };
+    if same {
+        return prev.cloned();
     }
     match plan.validate() {
-        Ok(()) => Some(bump(plan, version)),
+        Ok(()) => Some(match (prev, delta) {
+            (Some(p), Some(d)) => p.next(version, plan, d),
+            _ => NodePlan::new(version, plan),
+        }),
         Err(e) => {
             let keeps = match prev {
                 Some(p) => format!("version {} keeps serving", p.version),
@@ -449,19 +519,6 @@ fn publishable(
             prev.cloned()
         }
     }
-}
-
-/// Whether two plans say the same, whatever their versions.
-fn same_but_version(a: &Plan, b: &Plan) -> bool {
-    let Plan { version: _, configs, bindings, network_policies } = a;
-    *configs == b.configs && *bindings == b.bindings && *network_policies == b.network_policies
-}
-
-/// `plan` at `version`, encoded once for every subscriber.
-fn bump(mut plan: Plan, version: u64) -> NodePlan {
-    plan.version = version;
-    let json = serde_json::to_string(&plan).expect("a plan always serialises");
-    NodePlan { version, plan: Arc::new(plan), json: Arc::new(json) }
 }
 
 #[cfg(test)]
@@ -536,5 +593,54 @@ mod tests {
         let plans = node_plans(&BTreeMap::new(), &mut fresh, 2);
         assert!(plans.is_empty());
         assert!(fresh.problems.iter().any(|p| p.message.ends_with("no plan is served")), "{:?}", fresh.problems);
+    }
+
+    fn with_pods(n: u8) -> ClusterState {
+        let pods: String = (1..=n)
+            .map(|i| {
+                format!(
+                    "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: demo, \
+                     annotations: {{kubernetes.azure.com/static-gateway-configuration: a}}}}\n\
+                     status: {{phase: Running, podIP: 198.18.0.{i}}}\n"
+                )
+            })
+            .collect();
+        let mut st = cluster();
+        st.extend(ClusterState::parse(&pods, "pods").unwrap());
+        st
+    }
+
+    #[test]
+    fn each_new_version_keeps_the_changes_since_older_ones_in_order() {
+        let state = ControlState::new();
+        state.update(&with_pods(1));
+        let first = state.snapshot().plans["gw-0"].clone();
+        for n in 2..=4 {
+            state.update(&with_pods(n));
+        }
+        let last = state.snapshot().plans["gw-0"].clone();
+        let deltas = last.deltas_since(first.version).expect("three changes are kept");
+        assert_eq!(deltas.len(), 3);
+        let mut plan = (*first.plan).clone();
+        for d in deltas {
+            let delta: PlanDelta = serde_json::from_str(&d.json).unwrap();
+            assert_eq!((delta.base, delta.bind.len()), (plan.version, 1), "one pod each");
+            plan = delta.apply(&plan).unwrap();
+        }
+        assert_eq!(plan, *last.plan);
+        assert!(last.deltas_since(last.version).is_none(), "nothing follows the latest");
+    }
+
+    #[test]
+    fn a_subscriber_too_far_behind_gets_no_deltas() {
+        let state = ControlState::new();
+        state.update(&with_pods(1));
+        let first = state.snapshot().plans["gw-0"].version;
+        for n in 2..=(MAX_DELTAS as u8 + 2) {
+            state.update(&with_pods(n));
+        }
+        let last = state.snapshot().plans["gw-0"].clone();
+        assert!(last.deltas_since(first).is_none());
+        assert_eq!(last.deltas_since(last.version - MAX_DELTAS as u64).map(<[_]>::len), Some(MAX_DELTAS));
     }
 }

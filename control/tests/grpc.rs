@@ -69,10 +69,7 @@ impl Control {
     }
 }
 
-async fn next_plan(
-    rx: &mut tokio::sync::watch::Receiver<Option<Arc<Received<Plan>>>>,
-    within: Duration,
-) -> Arc<Received<Plan>> {
+async fn next_plan(rx: &mut tokio::sync::watch::Receiver<Option<Arc<Received>>>, within: Duration) -> Arc<Received> {
     tokio::time::timeout(within, async {
         loop {
             rx.changed().await.unwrap();
@@ -111,7 +108,7 @@ async fn edit_the_yaml_and_the_gateway_gets_the_new_plan_within_2s() {
     let ctl = Control::start(state.clone(), None, "127.0.0.1:0").await;
     let url = format!("http://{}", ctl.addr);
 
-    let sub: Subscription<Plan> = subscribe(fast(SubscribeConfig::new(&url, NODE)));
+    let sub: Subscription = subscribe(fast(SubscribeConfig::new(&url, NODE)));
     let mut plans = sub.plans();
     let first = next_plan(&mut plans, Duration::from_secs(5)).await;
     assert_eq!(config_of(&first.plan, "198.18.0.2"), "apps/blue");
@@ -176,7 +173,7 @@ async fn unknown_nodes_are_refused_clearly_and_health_and_reflection_answer() {
     let ctl = Control::start(state, None, "127.0.0.1:0").await;
     let url = format!("http://{}", ctl.addr);
 
-    let sub: Subscription<Plan> = subscribe(fast(SubscribeConfig::new(&url, "stranger")));
+    let sub: Subscription = subscribe(fast(SubscribeConfig::new(&url, "stranger")));
     let mut link = sub.link();
     let down = tokio::time::timeout(Duration::from_secs(5), link.wait_for(|l| matches!(l, LinkState::Down(_))))
         .await
@@ -314,7 +311,7 @@ async fn tls_and_mutual_tls_accept_the_right_peers_and_reject_the_rest() {
     // And the plan stream works over mutual TLS.
     let mut cfg = fast(SubscribeConfig::new(&url, NODE));
     cfg.tls = Some(tls(Some((&client_cert, &client_key)), &ca.cert_pem));
-    let sub: Subscription<Plan> = subscribe(cfg);
+    let sub: Subscription = subscribe(cfg);
     let mut plans = sub.plans();
     let p = next_plan(&mut plans, Duration::from_secs(5)).await;
     assert_eq!(config_of(&p.plan, "198.18.0.2"), "apps/blue");
@@ -331,7 +328,7 @@ fn a_gateway_without_a_runtime_subscribes_from_a_thread() {
     let ctl = rt.block_on(Control::start(state.clone(), None, "127.0.0.1:0"));
     let url = format!("http://{}", ctl.addr);
 
-    let sub = egret_api::client::subscribe_in_thread::<Plan>(fast(SubscribeConfig::new(&url, NODE))).unwrap();
+    let sub = egret_api::client::subscribe_in_thread(fast(SubscribeConfig::new(&url, NODE))).unwrap();
     let mut plans = sub.plans();
     let t0 = std::time::Instant::now();
     let p = loop {
@@ -395,7 +392,7 @@ spec:
     assert_eq!(p.reporting_nodes, 0);
 
     // A gateway reports its hits; they show against the right rules.
-    let sub: Subscription<Plan> = subscribe(fast(SubscribeConfig::new(&url, NODE)));
+    let sub: Subscription = subscribe(fast(SubscribeConfig::new(&url, NODE)));
     let mut plans = sub.plans();
     let plan = next_plan(&mut plans, Duration::from_secs(5)).await;
     plan.plan.validate().expect("the plan with a resolved selector compiles");
@@ -461,7 +458,7 @@ spec:
     let ctl = Control::start(state.clone(), None, "127.0.0.1:0").await;
     let url = format!("http://{}", ctl.addr);
     let mut admin = AdminServiceClient::connect(url.clone()).await.unwrap();
-    let sub: Subscription<Plan> = subscribe(fast(SubscribeConfig::new(&url, NODE)));
+    let sub: Subscription = subscribe(fast(SubscribeConfig::new(&url, NODE)));
     let mut plans = sub.plans();
     next_plan(&mut plans, Duration::from_secs(5)).await;
     sub.report(Report {
@@ -500,7 +497,9 @@ spec:
 async fn raw_subscribe(url: &str, tls: Option<&TlsFiles>, node: &str) -> Result<u64, tonic::Status> {
     use egret_api::v1::{gateway_message::Msg, plan_service_client::PlanServiceClient, GatewayMessage, Hello};
     let ch = egret_api::client::endpoint(url, tls, Duration::from_secs(2)).unwrap().connect().await.unwrap();
-    let hello = GatewayMessage { msg: Some(Msg::Hello(Hello { node: node.into(), serving_version: 0 })) };
+    let hello = GatewayMessage {
+        msg: Some(Msg::Hello(Hello { node: node.into(), serving_version: 0, accepts_deltas: false })),
+    };
     // Keep the sending side open so the server does not see the stream end.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(hello).await.unwrap();
@@ -509,6 +508,53 @@ async fn raw_subscribe(url: &str, tls: Option<&TlsFiles>, node: &str) -> Result<
     let first = s.message().await?.map(|u| u.version).unwrap_or_default();
     drop(tx);
     Ok(first)
+}
+
+/// Opens the plan stream by hand, saying whether it accepts deltas.
+async fn raw_stream(
+    url: &str,
+    accepts_deltas: bool,
+) -> (tokio::sync::mpsc::Sender<egret_api::v1::GatewayMessage>, tonic::Streaming<egret_api::v1::PlanUpdate>) {
+    use egret_api::v1::{gateway_message::Msg, plan_service_client::PlanServiceClient, GatewayMessage, Hello};
+    let ch = egret_api::client::endpoint(url, None, Duration::from_secs(2)).unwrap().connect().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hello = Hello { node: NODE.into(), serving_version: 0, accepts_deltas };
+    tx.send(GatewayMessage { msg: Some(Msg::Hello(hello)) }).await.unwrap();
+    let s = PlanServiceClient::new(ch).subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap();
+    (tx, s.into_inner())
+}
+
+async fn next(s: &mut tonic::Streaming<egret_api::v1::PlanUpdate>) -> egret_api::v1::PlanUpdate {
+    tokio::time::timeout(Duration::from_secs(3), s.message()).await.unwrap().unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_first_whole_plan_a_gateway_that_accepts_deltas_is_sent_each_change() {
+    let cluster = |config: &str| egret_cluster::ClusterState::parse(&manifests(config), "t").unwrap();
+    let state = ControlState::new();
+    state.update(&cluster("blue"));
+    let ctl = Control::start(state.clone(), None, "127.0.0.1:0").await;
+    let url = format!("http://{}", ctl.addr);
+    let (_keep, mut deltas) = raw_stream(&url, true).await;
+    let (_keep_too, mut whole) = raw_stream(&url, false).await;
+    let first = next(&mut deltas).await;
+    assert!(first.delta_json.is_empty(), "the first plan is whole");
+    let held: Plan = serde_json::from_str(&first.plan_json).unwrap();
+    assert_eq!(next(&mut whole).await.version, first.version);
+
+    state.update(&cluster("green"));
+    let second = next(&mut deltas).await;
+    assert!(second.plan_json.is_empty(), "the change comes as a delta, not the plan whole");
+    assert_eq!(second.base_version, first.version);
+    let delta: egret_plan::PlanDelta = serde_json::from_str(&second.delta_json).unwrap();
+    assert_eq!((delta.bind.len(), delta.unbind.len()), (1, 0), "one pod moved config");
+    let served = state.snapshot().plans[NODE].plan.clone();
+    assert_eq!(delta.apply(&held).unwrap(), *served);
+
+    let other = next(&mut whole).await;
+    assert!(other.delta_json.is_empty(), "a gateway that did not ask for deltas gets the plan whole");
+    assert_eq!(serde_json::from_str::<Plan>(&other.plan_json).unwrap(), *served);
+    ctl.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,7 +584,11 @@ async fn bad_inputs_get_invalid_argument_and_name_the_field() {
     // A report past the bounds ends that gateway's stream with a clear status.
     let ch = egret_api::client::endpoint(&url, None, Duration::from_secs(2)).unwrap().connect().await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(GatewayMessage { msg: Some(Msg::Hello(Hello { node: NODE.into(), serving_version: 0 })) }).await.unwrap();
+    tx.send(GatewayMessage {
+        msg: Some(Msg::Hello(Hello { node: NODE.into(), serving_version: 0, accepts_deltas: false })),
+    })
+    .await
+    .unwrap();
     let mut s = PlanServiceClient::new(ch)
         .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
@@ -617,7 +667,7 @@ async fn when_its_replica_stops_a_gateway_resubscribes_to_the_other_within_a_sec
     let ctl_a = replica(a.clone(), "control-a").await;
     let ctl_b = replica(b.clone(), "control-b").await;
     let urls = [format!("http://{}", ctl_a.addr), format!("http://{}", ctl_b.addr)];
-    let sub: Subscription<Plan> = subscribe(SubscribeConfig::new(&urls.join(","), NODE));
+    let sub: Subscription = subscribe(SubscribeConfig::new(&urls.join(","), NODE));
     let mut plans = sub.plans();
     let first = next_plan(&mut plans, Duration::from_secs(5)).await;
     sub.ack(first.version, Ok(()));
@@ -668,7 +718,7 @@ async fn a_replica_learns_from_its_peer_which_gateways_are_subscribed_there_and_
         };
         tokio::spawn(egret_control::peers::follow_peers(state, opts));
     }
-    let sub: Subscription<Plan> = subscribe(SubscribeConfig::new(&url_b, NODE));
+    let sub: Subscription = subscribe(SubscribeConfig::new(&url_b, NODE));
     let mut plans = sub.plans();
     let p = next_plan(&mut plans, Duration::from_secs(5)).await;
     sub.ack(p.version, Ok(()));
@@ -711,7 +761,7 @@ async fn a_replica_learns_from_its_peer_which_gateways_are_subscribed_there_and_
     // The gateway moves to A: B now says it is on control-a.
     ctl_b.stop().await;
     drop(sub);
-    let sub: Subscription<Plan> = subscribe(SubscribeConfig::new(&url_a, NODE));
+    let sub: Subscription = subscribe(SubscribeConfig::new(&url_a, NODE));
     let mut plans = sub.plans();
     let p = next_plan(&mut plans, Duration::from_secs(5)).await;
     sub.ack(p.version, Ok(()));

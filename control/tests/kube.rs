@@ -1518,7 +1518,11 @@ async fn subscribe_as(
     use egret_api::v1::{gateway_message::Msg, plan_service_client::PlanServiceClient, GatewayMessage, Hello};
     let ch = egret_api::client::endpoint(url, tls, Duration::from_secs(2)).unwrap().connect().await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(GatewayMessage { msg: Some(Msg::Hello(Hello { node: node.into(), serving_version: 0 })) }).await.unwrap();
+    tx.send(GatewayMessage {
+        msg: Some(Msg::Hello(Hello { node: node.into(), serving_version: 0, accepts_deltas: false })),
+    })
+    .await
+    .unwrap();
     let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     if let Some(t) = token {
         req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
@@ -1589,7 +1593,7 @@ async fn a_gateway_token_opens_its_own_nodes_plan_and_no_other() {
     cfg.token_file = Some(file.clone());
     cfg.backoff_min = Duration::from_millis(20);
     cfg.backoff_max = Duration::from_millis(100);
-    let sub = egret_api::client::subscribe::<egret_plan::Plan>(cfg);
+    let sub = egret_api::client::subscribe(cfg);
     let link = sub.link();
     wait_until(
         "the expired token refused",

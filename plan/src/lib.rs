@@ -7,6 +7,7 @@
 //! form lives in the NAT core (`egret_dataplane::nat::CompiledPlan`).
 
 mod cidr;
+mod delta;
 mod keys;
 pub mod network_policy;
 mod policy;
@@ -14,6 +15,7 @@ mod policy;
 mod tests;
 
 pub use cidr::Ipv4Cidr;
+pub use delta::{DeltaError, PlanDelta};
 pub use keys::{WgKey, WgSecret};
 pub use network_policy::{IpBlock, NetworkPolicy, NetworkPolicyError, NetworkPolicyRule, NetworkPort, NetworkProtocol};
 pub use policy::{
@@ -260,6 +262,12 @@ impl Plan {
             t.private_key = WgSecret::REDACTED;
         }
         p
+    }
+
+    /// Whether `other` says what this plan says, whatever their versions.
+    pub fn same_but_version(&self, other: &Plan) -> bool {
+        let Plan { version: _, configs, bindings, network_policies } = self;
+        *configs == other.configs && *bindings == other.bindings && *network_policies == other.network_policies
     }
 
     /// Validates the whole plan: either every part is valid or it is

@@ -11,7 +11,12 @@
 //! token, a bad certificate). Replicas number their plans each their own
 //! way; a plan that says the same as the one held under another version is
 //! acknowledged under the new version without being published again, so
-//! the data plane does not recompile it. The channel keeps the last
+//! the data plane does not recompile it. The subscriber says it accepts
+//! deltas: after the first whole plan each version comes as the change from
+//! the one before (`egret_plan::PlanDelta`), applied here to the plan held,
+//! so the channel always carries whole plans; a delta that does not follow
+//! the plan held ends the stream, and subscribing again sends the plan
+//! whole. The channel keeps the last
 //! plan while the control plane is away, so the gateway goes on serving it;
 //! the data plane reads the channel between batches and never touches gRPC.
 //! The gateway tells what it did with each plan through [`Subscription::ack`];
@@ -23,9 +28,7 @@
 //! # async fn demo() {
 //! use egret_api::client::{subscribe, SubscribeConfig};
 //! let cfg = SubscribeConfig::new("http://127.0.0.1:50051", "gw-0");
-//! // Any `serde::de::DeserializeOwned` plan type; egret-gateway uses
-//! // `egret_plan::Plan`.
-//! let sub = subscribe::<serde_json::Value>(cfg);
+//! let sub = subscribe(cfg);
 //! let mut plans = sub.plans();
 //! while plans.changed().await.is_ok() {
 //!     let Some(p) = plans.borrow_and_update().clone() else { continue };
@@ -40,7 +43,7 @@
 pub const MAX_PLAN_BYTES: usize = 64 << 20;
 
 use crate::v1::{gateway_message::Msg, plan_service_client::PlanServiceClient, Ack, GatewayMessage, Hello, Report};
-use serde::de::DeserializeOwned;
+use egret_plan::{Plan, PlanDelta};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -155,13 +158,11 @@ pub fn endpoint(url: &str, tls: Option<&TlsFiles>, connect_timeout: Duration) ->
     Ok(e)
 }
 
-/// One plan as received.
+/// One plan as received (whole, or made from the one before by a delta).
 #[derive(Debug)]
-pub struct Received<T> {
+pub struct Received {
     pub version: u64,
-    pub plan: T,
-    /// The plan as it came (what a resent plan is compared by).
-    pub json: String,
+    pub plan: Plan,
 }
 
 /// How the stream stands, for logs and health.
@@ -174,17 +175,17 @@ pub enum LinkState {
 }
 
 /// A running subscription. Dropping it stops the background task.
-pub struct Subscription<T> {
-    plans: watch::Receiver<Option<Arc<Received<T>>>>,
+pub struct Subscription {
+    plans: watch::Receiver<Option<Arc<Received>>>,
     link: watch::Receiver<LinkState>,
     out: mpsc::UnboundedSender<Msg>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl<T> Subscription<T> {
+impl Subscription {
     /// The latest plan (None until the first one arrives); it stays when the
     /// control plane goes away.
-    pub fn plans(&self) -> watch::Receiver<Option<Arc<Received<T>>>> {
+    pub fn plans(&self) -> watch::Receiver<Option<Arc<Received>>> {
         self.plans.clone()
     }
     pub fn link(&self) -> watch::Receiver<LinkState> {
@@ -203,18 +204,16 @@ impl<T> Subscription<T> {
     }
 }
 
-impl<T> Drop for Subscription<T> {
+impl Drop for Subscription {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
 /// Starts subscribing on the current Tokio runtime. Plans that do not parse
-/// as `T` are rejected (acked with the parse error) and never published.
-pub fn subscribe<T>(cfg: SubscribeConfig) -> Subscription<T>
-where
-    T: DeserializeOwned + Send + Sync + 'static,
-{
+/// as a [`Plan`] are rejected (acked with the parse error) and never
+/// published.
+pub fn subscribe(cfg: SubscribeConfig) -> Subscription {
     let (plan_tx, plans) = watch::channel(None);
     let (link_tx, link) = watch::channel(LinkState::Connecting);
     let (out, out_rx) = mpsc::unbounded_channel();
@@ -225,15 +224,12 @@ where
 /// For a gateway without a Tokio runtime: runs [`subscribe`] on a thread of
 /// its own. The returned receivers are usable from plain threads
 /// (`has_changed`, `borrow_and_update`).
-pub fn subscribe_in_thread<T>(cfg: SubscribeConfig) -> std::io::Result<Subscription<T>>
-where
-    T: DeserializeOwned + Send + Sync + 'static,
-{
+pub fn subscribe_in_thread(cfg: SubscribeConfig) -> std::io::Result<Subscription> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("egret-control-client".into()).spawn(move || {
         rt.block_on(async move {
-            let sub = subscribe::<T>(cfg);
+            let sub = subscribe(cfg);
             let done = sub.out.clone();
             let _ = tx.send(sub);
             // Live until the Subscription (and so its sender) is dropped.
@@ -250,9 +246,9 @@ struct Resend {
     report: Option<Report>,
 }
 
-async fn run<T: DeserializeOwned + Send + Sync + 'static>(
+async fn run(
     cfg: SubscribeConfig,
-    plan_tx: watch::Sender<Option<Arc<Received<T>>>>,
+    plan_tx: watch::Sender<Option<Arc<Received>>>,
     link_tx: watch::Sender<LinkState>,
     mut out_rx: mpsc::UnboundedReceiver<Msg>,
     self_tx: mpsc::UnboundedSender<Msg>,
@@ -352,24 +348,11 @@ fn transient(s: &tonic::Status) -> bool {
     matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Aborted)
 }
 
-/// Whether two plans' JSON say the same but for their versions.
-pub fn same_but_version(a: &str, b: &str) -> bool {
-    let strip = |s: &str| {
-        serde_json::from_str::<serde_json::Value>(s).ok().map(|mut v| {
-            if let Some(o) = v.as_object_mut() {
-                o.remove("version");
-            }
-            v
-        })
-    };
-    matches!((strip(a), strip(b)), (Some(x), Some(y)) if x == y)
-}
-
 /// One stream, from connect to its end; says why it ended.
-async fn once<T: DeserializeOwned + Send + Sync + 'static>(
+async fn once(
     cfg: &SubscribeConfig,
     endpoint_url: &str,
-    plan_tx: &watch::Sender<Option<Arc<Received<T>>>>,
+    plan_tx: &watch::Sender<Option<Arc<Received>>>,
     link_tx: &watch::Sender<LinkState>,
     out_rx: &mut mpsc::UnboundedReceiver<Msg>,
     self_tx: &mpsc::UnboundedSender<Msg>,
@@ -397,8 +380,9 @@ async fn once<T: DeserializeOwned + Send + Sync + 'static>(
     let mut client = PlanServiceClient::new(channel).max_decoding_message_size(MAX_PLAN_BYTES);
     let (tx, rx) = mpsc::unbounded_channel::<GatewayMessage>();
     let serving = plan_tx.borrow().as_ref().map_or(0, |p| p.version);
-    let _ =
-        tx.send(GatewayMessage { msg: Some(Msg::Hello(Hello { node: cfg.node.clone(), serving_version: serving })) });
+    let _ = tx.send(GatewayMessage {
+        msg: Some(Msg::Hello(Hello { node: cfg.node.clone(), serving_version: serving, accepts_deltas: true })),
+    });
     {
         let r = resend.lock().unwrap();
         for m in [r.ack.clone().map(Msg::Ack), r.report.clone().map(Msg::Report)].into_iter().flatten() {
@@ -446,30 +430,61 @@ async fn once<T: DeserializeOwned + Send + Sync + 'static>(
                         return ended(status_text(&s), t);
                     }
                 };
+                let plan = match received_plan(plan_tx, &u) {
+                    Ok(plan) => plan,
+                    Err(Refused::Parse(e)) => {
+                        tracing::error!(version = u.version, error = %e, "plan does not parse; keeping the last one");
+                        let _ = self_tx.send(Msg::Ack(Ack { version: u.version, error: format!("plan does not parse: {e}") }));
+                        continue;
+                    }
+                    // The stream's plans no longer follow the one held:
+                    // subscribing again sends the plan whole.
+                    Err(Refused::Delta(e)) => return ended(format!("plan version {}: {e}", u.version), true),
+                };
                 // The same plan again after a reconnect (the last ack was
                 // resent). Compared by content too: a restarted control plane
                 // numbers its plans from 1 again, and its version 1 need not
                 // be the one this gateway holds.
-                let same = plan_tx.borrow().as_ref().is_some_and(|p| p.version == u.version && p.json == u.plan_json);
+                let same = plan_tx.borrow().as_ref().is_some_and(|p| p.version == u.version && p.plan == plan);
                 if same {
                     continue;
                 }
-                if reack_same_content(plan_tx, &tx, resend, &u) {
+                if reack_same_content(plan_tx, &tx, resend, u.version, &plan) {
                     continue;
                 }
-                match serde_json::from_str::<T>(&u.plan_json) {
-                    Ok(plan) => {
-                        tracing::info!(version = u.version, "new plan from the control plane");
-                        plan_tx.send_replace(Some(Arc::new(Received { version: u.version, plan, json: u.plan_json })));
-                    }
-                    Err(e) => {
-                        tracing::error!(version = u.version, error = %e, "plan does not parse; keeping the last one");
-                        let _ = self_tx.send(Msg::Ack(Ack { version: u.version, error: format!("plan does not parse: {e}") }));
-                    }
-                }
+                tracing::info!(version = u.version, delta = !u.delta_json.is_empty(), "new plan from the control plane");
+                plan_tx.send_replace(Some(Arc::new(Received { version: u.version, plan })));
             }
         }
     }
+}
+
+/// Why an update gave no plan.
+enum Refused {
+    /// A whole plan that does not parse (acked as rejected).
+    Parse(String),
+    /// A delta that does not parse or does not follow the plan held.
+    Delta(String),
+}
+
+/// The plan an update carries: whole, or the plan held changed by its delta.
+fn received_plan(plan_tx: &watch::Sender<Option<Arc<Received>>>, u: &crate::v1::PlanUpdate) -> Result<Plan, Refused> {
+    if u.delta_json.is_empty() {
+        return serde_json::from_str::<Plan>(&u.plan_json).map_err(|e| Refused::Parse(e.to_string()));
+    }
+    let delta: PlanDelta = serde_json::from_str(&u.delta_json).map_err(|e| Refused::Delta(format!("delta: {e}")))?;
+    if delta.version != u.version || delta.base != u.base_version {
+        return Err(Refused::Delta("the delta's versions are not the update's".into()));
+    }
+    let held = plan_tx.borrow().clone();
+    let Some(held) = held.filter(|h| h.version == u.base_version) else {
+        let held = plan_tx.borrow().as_ref().map_or(0, |h| h.version);
+        return Err(Refused::Delta(format!(
+            "delta from version {} does not follow the plan held, version {held}",
+            u.base_version
+        )));
+    };
+    delta.apply(&held.plan).map_err(|e| Refused::Delta(e.to_string()))
 }
 
 /// Another replica's plan (or a restarted one's) that says what the plan
@@ -477,32 +492,28 @@ async fn once<T: DeserializeOwned + Send + Sync + 'static>(
 /// the new version is acknowledged the same way and held without waking
 /// the data plane (nothing to recompile, no session disturbed). True when
 /// done; false when the plan is to be published as new.
-fn reack_same_content<T: DeserializeOwned>(
-    plan_tx: &watch::Sender<Option<Arc<Received<T>>>>,
+fn reack_same_content(
+    plan_tx: &watch::Sender<Option<Arc<Received>>>,
     tx: &mpsc::UnboundedSender<GatewayMessage>,
     resend: &Arc<Mutex<Resend>>,
-    u: &crate::v1::PlanUpdate,
+    version: u64,
+    plan: &Plan,
 ) -> bool {
-    let held = plan_tx.borrow().as_ref().map(|p| (p.version, p.json.clone()));
-    let Some((held_version, held_json)) = held else { return false };
-    if !same_but_version(&held_json, &u.plan_json) {
+    let held = plan_tx.borrow().clone();
+    let Some(held) = held else { return false };
+    if !held.plan.same_but_version(plan) {
         return false;
     }
     let mut r = resend.lock().unwrap();
-    let Some(ack) = r.ack.clone().filter(|a| a.version == held_version) else { return false };
-    let Ok(plan) = serde_json::from_str::<T>(&u.plan_json) else { return false };
-    let ack = Ack { version: u.version, error: ack.error };
+    let Some(ack) = r.ack.clone().filter(|a| a.version == held.version) else { return false };
+    let ack = Ack { version, error: ack.error };
     r.ack = Some(ack.clone());
     let _ = tx.send(GatewayMessage { msg: Some(Msg::Ack(ack)) });
     plan_tx.send_if_modified(|p| {
-        *p = Some(Arc::new(Received { version: u.version, plan, json: u.plan_json.clone() }));
+        *p = Some(Arc::new(Received { version, plan: plan.clone() }));
         false
     });
-    tracing::info!(
-        version = u.version,
-        was = held_version,
-        "the same plan under another version; acknowledged as applied"
-    );
+    tracing::info!(version, was = held.version, "the same plan under another version; acknowledged as applied");
     true
 }
 
@@ -589,12 +600,5 @@ mod tests {
             (0..16).map(|i| retry("http://a:1,http://b:2", &format!("gw-{i}")).next).collect();
         assert_eq!(starts.len(), 2, "sixteen gateways spread over both");
         assert_eq!(retry("http://a:1,http://b:2", "gw-3").next, retry("http://a:1,http://b:2", "gw-3").next);
-    }
-
-    #[test]
-    fn plans_that_differ_only_in_version_say_the_same() {
-        assert!(same_but_version(r#"{"version":1,"configs":[]}"#, r#"{"configs":[],"version":7}"#));
-        assert!(!same_but_version(r#"{"version":1,"configs":[]}"#, r#"{"version":1,"configs":[1]}"#));
-        assert!(!same_but_version("not json", "not json"));
     }
 }

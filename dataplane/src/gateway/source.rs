@@ -5,7 +5,6 @@
 
 use super::{load_plan, mtime, ControlSettings, LoadedPlan, PlanRefused, StartError};
 use crate::nat::CompiledPlan;
-use crate::plan::Plan;
 use egret_api::client::{subscribe_in_thread, Received, SubscribeConfig, Subscription, TlsFiles};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use tokio::sync::watch;
 
 pub enum PlanSource {
     File { path: PathBuf, seen: Option<SystemTime>, version: u64 },
-    Control { sub: Subscription<Plan>, plans: watch::Receiver<Option<Arc<Received<Plan>>>> },
+    Control { sub: Subscription, plans: watch::Receiver<Option<Arc<Received>>> },
 }
 
 impl PlanSource {
@@ -32,7 +31,7 @@ impl PlanSource {
             );
         }
         cfg.token_file = c.token_file.clone();
-        let sub = subscribe_in_thread::<Plan>(cfg).map_err(StartError::ControlClient)?;
+        let sub = subscribe_in_thread(cfg).map_err(StartError::ControlClient)?;
         let plans = sub.plans();
         Ok(PlanSource::Control { sub, plans })
     }

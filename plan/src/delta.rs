@@ -1,0 +1,233 @@
+//! A plan as the change from the one before it (version N → N+1), what
+//! egret-control streams once a gateway holds a full plan: a pod coming or
+//! going costs a few bindings on the wire, not the node's whole plan.
+//!
+//! Bindings are keyed by pod IP. A delta is made only between plans whose
+//! bindings are in their canonical order, (config, pod IP), with each pod IP
+//! once, which is how reconcile writes them; applying it to the base plan
+//! rebuilds the new plan exactly, in that order. Configs and
+//! NetworkPolicies are few and travel whole when they change.
+
+use crate::{Binding, GatewayConfig, NetworkPolicy, Plan};
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanDelta {
+    /// The version this delta applies to.
+    pub base: u64,
+    /// The version it makes.
+    pub version: u64,
+    /// The new plan's configs, whole, when they changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configs: Option<Vec<GatewayConfig>>,
+    /// The new plan's NetworkPolicies, whole, when they changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policies: Option<Vec<NetworkPolicy>>,
+    /// Bindings new or changed (a pod moved to another config, a new key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bind: Vec<Binding>,
+    /// Pod IPs no longer bound.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unbind: Vec<Ipv4Addr>,
+}
+
+/// Why a delta cannot be applied; the receiver asks for the full plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeltaError {
+    #[error("delta from version {base} does not follow the plan held, version {held}")]
+    Gap { base: u64, held: u64 },
+    #[error("the plan held does not bind each pod IP once, in order")]
+    HeldNotCanonical,
+    #[error("the delta binds pod {0} twice")]
+    Twice(Ipv4Addr),
+}
+
+fn key(b: &Binding) -> (&str, Ipv4Addr) {
+    (b.config.as_str(), b.pod_ip)
+}
+
+/// Whether `bindings` are in (config, pod IP) order with each pod IP once
+/// (checked in the same pass as the diff: IPs of one config are adjacent,
+/// and a plan that passed validation binds an IP to one config only).
+fn canonical(bindings: &[Binding]) -> bool {
+    bindings.windows(2).all(|w| key(&w[0]) < key(&w[1]))
+}
+
+impl PlanDelta {
+    /// `new` as a change from `old`; `None` when either plan's bindings are
+    /// not canonical (the full plan is sent instead).
+    pub fn between(old: &Plan, new: &Plan) -> Option<PlanDelta> {
+        if !canonical(&old.bindings) || !canonical(&new.bindings) {
+            return None;
+        }
+        let mut delta = PlanDelta {
+            base: old.version,
+            version: new.version,
+            configs: (old.configs != new.configs).then(|| new.configs.clone()),
+            network_policies: (old.network_policies != new.network_policies).then(|| new.network_policies.clone()),
+            ..Default::default()
+        };
+        let (mut old_iter, mut new_iter) = (old.bindings.iter().peekable(), new.bindings.iter().peekable());
+        loop {
+            let order = match (old_iter.peek(), new_iter.peek()) {
+                (None, None) => break,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(x), Some(y)) => key(x).cmp(&key(y)),
+            };
+            match order {
+                Ordering::Less => delta.unbind.extend(old_iter.next().map(|x| x.pod_ip)),
+                Ordering::Greater => delta.bind.extend(new_iter.next().cloned()),
+                Ordering::Equal => {
+                    let (x, y) = (old_iter.next(), new_iter.next());
+                    if x != y {
+                        delta.bind.extend(y.cloned());
+                    }
+                }
+            }
+        }
+        // A pod that moved config is unbound from one and bound to the
+        // other: the bind says it all.
+        if !delta.unbind.is_empty() && !delta.bind.is_empty() {
+            let bound: HashSet<Ipv4Addr> = delta.bind.iter().map(|b| b.pod_ip).collect();
+            delta.unbind.retain(|ip| !bound.contains(ip));
+        }
+        Some(delta)
+    }
+
+    /// Whether the delta changes nothing but the version.
+    pub fn is_empty(&self) -> bool {
+        self.configs.is_none() && self.network_policies.is_none() && self.bind.is_empty() && self.unbind.is_empty()
+    }
+
+    /// The plan this delta makes of `held`, which must be its base.
+    pub fn apply(&self, held: &Plan) -> Result<Plan, DeltaError> {
+        if held.version != self.base {
+            return Err(DeltaError::Gap { base: self.base, held: held.version });
+        }
+        if !canonical(&held.bindings) {
+            return Err(DeltaError::HeldNotCanonical);
+        }
+        let mut touched: HashSet<Ipv4Addr> = self.unbind.iter().copied().collect();
+        for b in &self.bind {
+            if !touched.insert(b.pod_ip) {
+                return Err(DeltaError::Twice(b.pod_ip));
+            }
+        }
+        let mut added: Vec<&Binding> = self.bind.iter().collect();
+        added.sort_unstable_by(|x, y| key(x).cmp(&key(y)));
+        let kept = held.bindings.iter().filter(|b| !touched.contains(&b.pod_ip));
+        // Merge two sorted runs into the canonical order.
+        let mut bindings = Vec::with_capacity(held.bindings.len() + added.len());
+        let mut added = added.into_iter().peekable();
+        for b in kept {
+            while let Some(a) = added.next_if(|a| key(a) < key(b)) {
+                bindings.push(a.clone());
+            }
+            bindings.push(b.clone());
+        }
+        bindings.extend(added.cloned());
+        Ok(Plan {
+            version: self.version,
+            configs: self.configs.clone().unwrap_or_else(|| held.configs.clone()),
+            bindings,
+            network_policies: self.network_policies.clone().unwrap_or_else(|| held.network_policies.clone()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn plan(version: u64, configs: &[&str], bindings: &[(u8, usize)]) -> Plan {
+        let mut p = Plan {
+            version,
+            configs: configs
+                .iter()
+                .enumerate()
+                .map(|(i, n)| GatewayConfig::new(n, vec![format!("198.19.{i}.0/30").parse().unwrap()]))
+                .collect(),
+            bindings: bindings
+                .iter()
+                .map(|&(ip, c)| Binding {
+                    pod_ip: Ipv4Addr::new(198, 18, 0, ip),
+                    config: configs[c].to_string(),
+                    public_key: None,
+                })
+                .collect(),
+            network_policies: Vec::new(),
+        };
+        let mut seen = HashSet::new();
+        p.bindings.retain(|b| seen.insert(b.pod_ip));
+        p.bindings.sort_by(|a, b| key(a).cmp(&key(b)));
+        p
+    }
+
+    #[test]
+    fn a_pod_added_is_one_binding_on_the_wire() {
+        let old = plan(1, &["a/x", "b/y"], &[(1, 0), (2, 1)]);
+        let new = plan(2, &["a/x", "b/y"], &[(1, 0), (2, 1), (3, 1)]);
+        let d = PlanDelta::between(&old, &new).unwrap();
+        assert_eq!((d.base, d.version, d.bind.len(), d.unbind.len()), (1, 2, 1, 0));
+        assert!(d.configs.is_none() && d.network_policies.is_none());
+        assert_eq!(d.apply(&old).unwrap(), new);
+    }
+
+    #[test]
+    fn a_pod_moved_to_another_config_is_bound_not_also_unbound() {
+        let old = plan(1, &["a/x", "b/y"], &[(1, 0)]);
+        let new = plan(2, &["a/x", "b/y"], &[(1, 1)]);
+        let d = PlanDelta::between(&old, &new).unwrap();
+        assert_eq!((d.bind.len(), d.unbind.len()), (1, 0));
+        assert_eq!(d.apply(&old).unwrap(), new);
+    }
+
+    #[test]
+    fn a_delta_refuses_a_base_it_does_not_follow() {
+        let old = plan(1, &["a/x"], &[(1, 0)]);
+        let new = plan(3, &["a/x"], &[]);
+        let d = PlanDelta::between(&old, &new).unwrap();
+        let other = plan(2, &["a/x"], &[(1, 0)]);
+        assert_eq!(d.apply(&other), Err(DeltaError::Gap { base: 1, held: 2 }));
+    }
+
+    #[test]
+    fn plans_with_a_pod_ip_twice_in_a_config_get_no_delta() {
+        let mut old = plan(1, &["a/x"], &[(1, 0)]);
+        old.bindings.push(old.bindings[0].clone());
+        let new = plan(2, &["a/x"], &[(1, 0)]);
+        assert_eq!(PlanDelta::between(&old, &new), None);
+    }
+
+    #[test]
+    fn a_delta_survives_its_json_form() {
+        let old = plan(1, &["a/x", "b/y"], &[(1, 0), (2, 1)]);
+        let new = plan(2, &["a/x"], &[(1, 0)]);
+        let d = PlanDelta::between(&old, &new).unwrap();
+        let back: PlanDelta = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(back.apply(&old).unwrap(), new);
+    }
+
+    proptest! {
+        /// Any canonical plan to any other: the delta rebuilds it exactly.
+        #[test]
+        fn applying_the_delta_rebuilds_the_new_plan(
+            old in proptest::collection::vec((0u8..40, 0usize..3), 0..30),
+            new in proptest::collection::vec((0u8..40, 0usize..3), 0..30),
+            more_configs in any::<bool>(),
+        ) {
+            let old = plan(4, &["a/x", "b/y", "c/z"], &old);
+            let names: &[&str] = if more_configs { &["a/x", "b/y", "c/z", "d/w"] } else { &["a/x", "b/y", "c/z"] };
+            let new = plan(9, names, &new);
+            let d = PlanDelta::between(&old, &new).unwrap();
+            prop_assert_eq!(d.apply(&old).unwrap(), new.clone());
+            prop_assert_eq!(d.is_empty(), old.configs == new.configs && old.bindings == new.bindings);
+        }
+    }
+}
