@@ -502,7 +502,12 @@ fn publishable(
     if same {
         return prev.cloned();
     }
-    match plan.validate() {
+    let checked = match (prev, &delta) {
+        // The previous plan was checked when it was published.
+        (Some(_), Some(d)) => d.validate(&plan),
+        _ => plan.validate(),
+    };
+    match checked {
         Ok(()) => Some(match (prev, delta) {
             (Some(p), Some(d)) => p.next(version, plan, d),
             _ => NodePlan::new(version, plan),

@@ -8,7 +8,7 @@
 //! rebuilds the new plan exactly, in that order. Configs and
 //! NetworkPolicies are few and travel whole when they change.
 
-use crate::{Binding, GatewayConfig, NetworkPolicy, Plan};
+use crate::{Binding, GatewayConfig, NetworkPolicy, Plan, PlanError};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::HashSet;
@@ -102,6 +102,30 @@ impl PlanDelta {
     /// Whether the delta changes nothing but the version.
     pub fn is_empty(&self) -> bool {
         self.configs.is_none() && self.network_policies.is_none() && self.bind.is_empty() && self.unbind.is_empty()
+    }
+
+    /// Validates `new`, the plan this delta makes of its base, a plan that
+    /// passed [`Plan::validate`]: as that would, but in time bounded by the
+    /// delta when only plain bindings changed. Then the configs (and every
+    /// check of them alone) are the base's; each pod IP is bound once,
+    /// since the base's were and every IP the delta binds was taken out of
+    /// the base first; unbinding never makes a plan invalid; so only what
+    /// each new binding says is left to check. Otherwise the whole plan.
+    pub fn validate(&self, new: &Plan) -> Result<(), PlanError> {
+        let plain = self.bind.iter().all(|b| b.public_key.is_none());
+        if self.configs.is_some() || self.network_policies.is_some() || !plain {
+            return new.validate();
+        }
+        for b in &self.bind {
+            if !new.configs.iter().any(|c| c.name == b.config) {
+                return Err(PlanError::UnknownConfig { pod: b.pod_ip, config: b.config.clone() });
+            }
+            let ip = u32::from(b.pod_ip);
+            if let Some(c) = new.configs.iter().find(|c| c.egress.iter().any(|p| p.contains(ip))) {
+                return Err(PlanError::PodIsEgress { pod: b.pod_ip, config: c.name.clone() });
+            }
+        }
+        Ok(())
     }
 
     /// The plan this delta makes of `held`, which must be its base.
@@ -228,6 +252,35 @@ mod tests {
             let d = PlanDelta::between(&old, &new).unwrap();
             prop_assert_eq!(d.apply(&old).unwrap(), new.clone());
             prop_assert_eq!(d.is_empty(), old.configs == new.configs && old.bindings == new.bindings);
+        }
+
+        /// From a valid plan, the delta's check says what checking the
+        /// whole new plan says.
+        #[test]
+        fn a_deltas_check_agrees_with_the_whole_plans(
+            old in proptest::collection::vec((0u8..12, 0usize..3), 0..12),
+            new in proptest::collection::vec((0u8..12, 0usize..3), 0..12),
+            stray in proptest::option::of((0u8..12, prop_oneof![Just("gone/x"), Just("a/x")])),
+            egress in any::<bool>(),
+        ) {
+            let names = ["a/x", "b/y", "c/z"];
+            let mut old = plan(1, &names, &old);
+            let mut new = plan(2, &names, &new);
+            if egress {
+                // A pod IP inside c/z's pool.
+                for p in [&mut old, &mut new] {
+                    p.configs[2].egress = vec!["198.18.0.8/30".parse().unwrap()];
+                }
+                old.bindings.retain(|b| !(8..12).contains(&b.pod_ip.octets()[3]));
+            }
+            if let Some((ip, config)) = stray {
+                new.bindings.retain(|b| b.pod_ip.octets()[3] != ip);
+                new.bindings.push(Binding { pod_ip: Ipv4Addr::new(198, 18, 0, ip), config: config.into(), public_key: None });
+                new.bindings.sort_by(|a, b| key(a).cmp(&key(b)));
+            }
+            prop_assume!(old.validate().is_ok());
+            let d = PlanDelta::between(&old, &new).unwrap();
+            prop_assert_eq!(d.validate(&new).is_ok(), new.validate().is_ok());
         }
     }
 }
