@@ -444,6 +444,8 @@ pub async fn watch_kubernetes_with(state: Arc<ControlState>, client: kube::Clien
     let _reader = AbortOnDrop(reader);
     let mut stores: BTreeMap<Kind, Store> = kinds.iter().map(|k| (*k, Store::default())).collect();
     let mut mirror = Mirror::default();
+    // Each kind is kept by namespace/name (`Slot`).
+    mirror.st.keys_unique = true;
     let mut published = false;
     while let Some((kind, ev)) = rx.recv().await {
         let mut changed = handle(&mut stores, &mut mirror, kind, ev);

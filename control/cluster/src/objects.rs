@@ -484,6 +484,11 @@ pub struct ClusterState {
     /// EgressPolicies read from the API server that do not decode: their
     /// configs are not served (fail closed), rather than served unpoliced.
     pub broken_policies: Vec<BrokenPolicy>,
+    /// Set by a source that keeps each kind's objects by `namespace/name`
+    /// (the Kubernetes watch): no object can be defined twice, so reconcile
+    /// skips looking for duplicates (a pass over every object on every
+    /// change).
+    pub keys_unique: bool,
 }
 
 /// An EgressPolicy that does not decode, and the config it names.
@@ -587,7 +592,10 @@ impl ClusterState {
             vm_configs,
             network_policies,
             broken_policies,
+            keys_unique: _,
         } = other;
+        // Two sets of unique keys together may hold one twice.
+        self.keys_unique = false;
         self.configs.extend(configs);
         self.pods.extend(pods);
         self.nodes.extend(nodes);
@@ -603,6 +611,9 @@ impl ClusterState {
     /// allocation per object), so that a state with no duplicates (an API
     /// server's, always) is reconciled without a copy.
     pub fn may_have_duplicates(&self) -> bool {
+        if self.keys_unique {
+            return false;
+        }
         fn dup<'a>(metas: impl Iterator<Item = &'a ObjectMeta>, namespaced: bool) -> bool {
             let mut seen = std::collections::HashSet::new();
             for m in metas {
