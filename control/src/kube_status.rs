@@ -100,8 +100,8 @@ pub fn gateway_status(
         .iter()
         .filter_map(|b| {
             let key = b.public_key?;
-            let interface = interfaces.get(b.config.as_str())?;
-            let name = peer_names.get(&(b.config.clone(), key)).map(String::as_str);
+            let interface = interfaces.get(&*b.config)?;
+            let name = peer_names.get(&(b.config.to_string(), key)).map(String::as_str);
             Some((name, interface.as_str(), key.to_string()))
         })
         .collect();

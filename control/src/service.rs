@@ -279,8 +279,13 @@ impl AdminService for Admin {
             .flat_map(|np| {
                 np.plan.configs.iter().map(|c| {
                     let addrs = c.egress.iter().flat_map(|p| p.addrs()).map(|a| a.to_string()).collect();
-                    let pods =
-                        np.plan.bindings.iter().filter(|b| b.config == c.name).map(|b| b.pod_ip.to_string()).collect();
+                    let pods = np
+                        .plan
+                        .bindings
+                        .iter()
+                        .filter(|b| *b.config == *c.name)
+                        .map(|b| b.pod_ip.to_string())
+                        .collect();
                     (c.name.as_str(), (addrs, pods))
                 })
             })

@@ -83,7 +83,7 @@ async fn next_plan(rx: &mut tokio::sync::watch::Receiver<Option<Arc<Received>>>,
 }
 
 fn config_of(plan: &Plan, pod: &str) -> String {
-    plan.bindings.iter().find(|b| b.pod_ip.to_string() == pod).map(|b| b.config.clone()).unwrap_or_default()
+    plan.bindings.iter().find(|b| b.pod_ip.to_string() == pod).map(|b| b.config.to_string()).unwrap_or_default()
 }
 
 fn write(path: &Path, text: &str) {

@@ -602,7 +602,7 @@ fn main() {
             let bindings = (0..pods)
                 .map(|i| Binding {
                     pod_ip: Ipv4Addr::from(base + i),
-                    config: configs[(i % configs.len() as u32) as usize].name.clone(),
+                    config: configs[(i % configs.len() as u32) as usize].name.as_str().into(),
                     public_key: None,
                 })
                 .collect();

@@ -231,7 +231,7 @@ impl CompiledPlan {
         let mut pods: HashMap<u32, PodInfo> = HashMap::with_capacity(plan.bindings.len());
         let mut tunnelled = HashSet::new();
         for b in &plan.bindings {
-            let ci = by_name[b.config.as_str()];
+            let ci = by_name[&*b.config];
             let ip = u32::from(b.pod_ip);
             let mut info = PodInfo {
                 config: ci,

@@ -47,7 +47,7 @@ pub enum DeltaError {
 }
 
 fn key(b: &Binding) -> (&str, Ipv4Addr) {
-    (b.config.as_str(), b.pod_ip)
+    (&*b.config, b.pod_ip)
 }
 
 /// Whether `bindings` are in (config, pod IP) order with each pod IP once
@@ -117,8 +117,8 @@ impl PlanDelta {
             return new.validate();
         }
         for b in &self.bind {
-            if !new.configs.iter().any(|c| c.name == b.config) {
-                return Err(PlanError::UnknownConfig { pod: b.pod_ip, config: b.config.clone() });
+            if !new.configs.iter().any(|c| *c.name == *b.config) {
+                return Err(PlanError::UnknownConfig { pod: b.pod_ip, config: b.config.to_string() });
             }
             let ip = u32::from(b.pod_ip);
             if let Some(c) = new.configs.iter().find(|c| c.egress.iter().any(|p| p.contains(ip))) {
@@ -181,7 +181,7 @@ mod tests {
                 .iter()
                 .map(|&(ip, c)| Binding {
                     pod_ip: Ipv4Addr::new(198, 18, 0, ip),
-                    config: configs[c].to_string(),
+                    config: configs[c].into(),
                     public_key: None,
                 })
                 .collect(),

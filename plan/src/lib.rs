@@ -173,7 +173,7 @@ impl GatewayConfig {
 #[serde(rename_all = "camelCase")]
 pub struct Binding {
     pub pod_ip: Ipv4Addr,
-    pub config: String,
+    pub config: std::sync::Arc<str>,
     /// The pod's WireGuard key (kube-egress-gateway's PodEndpoint): the pod
     /// reaches the gateway only through its config's tunnel, and plain
     /// packets from its address are dropped.
@@ -317,8 +317,8 @@ impl Plan {
         let mut tunnelled = HashSet::new();
         let mut peer_keys: HashMap<(usize, WgKey), Ipv4Addr> = HashMap::new();
         for b in &self.bindings {
-            let Some(&ci) = by_name.get(b.config.as_str()) else {
-                return Err(PlanError::UnknownConfig { pod: b.pod_ip, config: b.config.clone() });
+            let Some(&ci) = by_name.get(&*b.config) else {
+                return Err(PlanError::UnknownConfig { pod: b.pod_ip, config: b.config.to_string() });
             };
             if let Some(&eci) = egress.get(&b.pod_ip) {
                 let config = self.configs[eci].name.clone();
@@ -329,19 +329,19 @@ impl Plan {
                 // (which key would it be?).
                 if prev != ci || b.public_key.is_some() || tunnelled.contains(&b.pod_ip) {
                     let a = self.configs[prev].name.clone();
-                    return Err(PlanError::DuplicateBinding { pod: b.pod_ip, a, b: b.config.clone() });
+                    return Err(PlanError::DuplicateBinding { pod: b.pod_ip, a, b: b.config.to_string() });
                 }
             }
             if let Some(key) = b.public_key {
                 if self.configs[ci].tunnel.is_none() {
-                    return Err(PlanError::NoTunnel { pod: b.pod_ip, config: b.config.clone() });
+                    return Err(PlanError::NoTunnel { pod: b.pod_ip, config: b.config.to_string() });
                 }
                 if let Some(other) = peer_keys.insert((ci, key), b.pod_ip) {
                     return Err(PlanError::DuplicatePeerKey {
                         pod: b.pod_ip,
                         other,
                         key: key.to_string(),
-                        config: b.config.clone(),
+                        config: b.config.to_string(),
                     });
                 }
                 tunnelled.insert(b.pod_ip);

@@ -231,8 +231,11 @@ pub struct PodIp {
 impl Pod {
     /// The config key (`namespace/name`) the pod's annotation names, if any.
     pub fn gateway_config(&self) -> Option<String> {
-        let name = self.metadata.annotations.get(POD_ANNOTATION)?.trim();
-        (!name.is_empty()).then(|| format!("{}/{name}", self.metadata.ns()))
+        self.config_name().map(|name| format!("{}/{name}", self.metadata.ns()))
+    }
+    /// The config name the pod's annotation gives (in the pod's namespace).
+    pub fn config_name(&self) -> Option<&str> {
+        Some(self.metadata.annotations.get(POD_ANNOTATION)?.trim()).filter(|n| !n.is_empty())
     }
     /// Finished pods hold no IP any more (it may already be reused).
     pub fn is_finished(&self) -> bool {

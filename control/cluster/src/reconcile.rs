@@ -25,7 +25,8 @@ use egret_plan::{
     WgSecret, MAX_POOL_ADDRS, MAX_SOURCE_CIDRS,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 /// Egret's own knobs on a StaticGatewayConfiguration, as annotations (the
@@ -250,8 +251,8 @@ impl<'a> EgressIndex<'a> {
 /// holds is reported and left out: the gateway would refuse the whole plan.
 fn tunnel_bindings<'a>(
     st: &'a ClusterState,
-    tunnelled: &BTreeSet<String>,
-    taken: &BTreeSet<Ipv4Addr>,
+    tunnelled: &BTreeSet<&str>,
+    taken: impl Fn(Ipv4Addr) -> bool,
     egress: (&BTreeMap<String, EgressIps>, &BTreeMap<Ipv4Addr, String>),
     problems: &mut Vec<Problem>,
 ) -> Vec<(Binding, &'a PodEndpoint)> {
@@ -265,7 +266,7 @@ fn tunnel_bindings<'a>(
         let key = e.metadata.key();
         let problem = |m: String| Problem::new(POD_ENDPOINT_KIND, &key, m);
         let config = format!("{}/{}", e.metadata.ns(), e.spec.static_gateway_configuration);
-        if !tunnelled.contains(&config) {
+        if !tunnelled.contains(config.as_str()) {
             problems.push(problem(format!("names {config}, which is not served with a tunnel")));
             continue;
         }
@@ -286,7 +287,7 @@ fn tunnel_bindings<'a>(
             problems.push(problem(why));
             continue;
         }
-        if taken.contains(&pod_ip) || seen.contains(&pod_ip) {
+        if taken(pod_ip) || seen.contains(&pod_ip) {
             problems.push(problem(format!("pod IP {pod_ip} is already bound; not bound")));
             continue;
         }
@@ -298,7 +299,7 @@ fn tunnel_bindings<'a>(
         }
         seen.insert(pod_ip);
         keys.insert((config.clone(), public_key), key.clone());
-        out.push((Binding { pod_ip, config, public_key: Some(public_key) }, e));
+        out.push((Binding { pod_ip, config: config.into(), public_key: Some(public_key) }, e));
     }
     out
 }
@@ -518,10 +519,10 @@ fn resolve_pod_selectors(rules: &[PolicyRuleSpec], st: &ClusterState, config: &s
 /// Step 3 whole: plain bindings from annotated pods for configs without a
 /// tunnel, tunnelled ones from PodEndpoints for configs with one (an
 /// annotated pod of a tunnelled config reaches the gateway only through
-/// its tunnel, once its CNI plugin has written its PodEndpoint). Also
-/// every bound pod with its namespace and labels, for NetworkPolicies: a
-/// tunnelled pod's labels are its Pod's (same namespace and name as its
-/// PodEndpoint), else its PodEndpoint's own.
+/// its tunnel, once its CNI plugin has written its PodEndpoint). Also, when
+/// the cluster has NetworkPolicies, every bound pod with its namespace and
+/// labels: a tunnelled pod's labels are its Pod's (same namespace and name
+/// as its PodEndpoint), else its PodEndpoint's own.
 fn all_bindings<'a>(
     st: &'a ClusterState,
     cands: &[Candidate],
@@ -530,75 +531,108 @@ fn all_bindings<'a>(
     given: &BTreeMap<Ipv4Addr, String>,
     problems: &mut Vec<Problem>,
 ) -> (BTreeMap<String, Vec<Ipv4Addr>>, Vec<Binding>, Vec<BoundPod<'a>>) {
-    let (mut bound, owner) = bindings(st, served, unserved, given, problems);
-    let with_tunnel: BTreeSet<String> =
-        cands.iter().filter(|c| c.config.tunnel.is_some()).map(|c| c.config.name.clone()).collect();
-    bound.retain(|config, _| !with_tunnel.contains(config));
-    let taken: BTreeSet<Ipv4Addr> = bound.values().flatten().copied().collect();
-    let tunnelled = tunnel_bindings(st, &with_tunnel, &taken, (served, given), problems);
-    let mut pods: Vec<BoundPod> = taken
-        .iter()
-        .filter_map(|ip| owner.get(ip).map(|p| (ip, p)))
-        .map(|(&ip, p)| BoundPod { ip, namespace: p.metadata.ns(), labels: &p.metadata.labels })
+    let owner = bindings(st, served, unserved, given, problems);
+    let with_tunnel: BTreeSet<&str> =
+        cands.iter().filter(|c| c.config.tunnel.is_some()).map(|c| c.config.name.as_str()).collect();
+    let plain = |config: &str| !with_tunnel.contains(config);
+    let mut by_config: HashMap<&str, Vec<Ipv4Addr>> = HashMap::new();
+    for (&ip, &(_, config)) in owner.iter().filter(|(_, (_, c))| plain(c)) {
+        by_config.entry(config).or_default().push(ip);
+    }
+    let bound: BTreeMap<String, Vec<Ipv4Addr>> = by_config
+        .into_iter()
+        .map(|(config, mut ips)| {
+            ips.sort_unstable();
+            (config.to_string(), ips)
+        })
         .collect();
-    if !tunnelled.is_empty() {
-        let by_key: std::collections::HashMap<(&str, &str), &Pod> =
-            st.pods.iter().map(|p| ((p.metadata.ns(), p.metadata.name.as_str()), p)).collect();
-        pods.extend(tunnelled.iter().map(|(b, e)| {
-            let m = &e.metadata;
-            let pod = by_key.get(&(m.ns(), m.name.as_str()));
-            BoundPod { ip: b.pod_ip, namespace: m.ns(), labels: pod.map_or(&m.labels, |p| &p.metadata.labels) }
+    let taken = |ip: Ipv4Addr| owner.get(&ip).is_some_and(|(_, c)| plain(c));
+    let tunnelled = tunnel_bindings(st, &with_tunnel, taken, (served, given), problems);
+    // Only NetworkPolicies look at bound pods' labels.
+    let mut pods: Vec<BoundPod> = Vec::new();
+    if !st.network_policies.is_empty() {
+        pods.extend(owner.iter().filter(|(_, (_, c))| plain(c)).map(|(&ip, (p, _))| BoundPod {
+            ip,
+            namespace: p.metadata.ns(),
+            labels: &p.metadata.labels,
         }));
+        if !tunnelled.is_empty() {
+            let by_key: HashMap<(&str, &str), &Pod> =
+                st.pods.iter().map(|p| ((p.metadata.ns(), p.metadata.name.as_str()), p)).collect();
+            pods.extend(tunnelled.iter().map(|(b, e)| {
+                let m = &e.metadata;
+                let pod = by_key.get(&(m.ns(), m.name.as_str()));
+                BoundPod { ip: b.pod_ip, namespace: m.ns(), labels: pod.map_or(&m.labels, |p| &p.metadata.labels) }
+            }));
+        }
     }
     (bound, tunnelled.into_iter().map(|(b, _)| b).collect(), pods)
 }
 
-/// Step 3: pod bindings for the served configs. `unserved`: configs that
-/// exist but are not served, with the reason, for clearer messages.
-fn bindings<'a>(
+/// Step 3: pod bindings for the served configs, as pod IP → (pod, config).
+/// An IP that several pods claim is the pod's first by `namespace/name`,
+/// whatever order the pods come in, and the others are told (so no pass
+/// sorts every pod: names are compared only for an IP claimed twice).
+/// `unserved`: configs that exist but are not served, with the reason,
+/// for clearer messages.
+fn bindings<'a, 's>(
     st: &'a ClusterState,
-    served: &BTreeMap<String, EgressIps>,
+    served: &'s BTreeMap<String, EgressIps>,
     unserved: &BTreeMap<String, String>,
     given: &BTreeMap<Ipv4Addr, String>,
     problems: &mut Vec<Problem>,
-) -> (BTreeMap<String, Vec<Ipv4Addr>>, BTreeMap<Ipv4Addr, &'a Pod>) {
-    let mut pods: Vec<&Pod> = st.pods.iter().collect();
-    pods.sort_by_cached_key(|p| p.metadata.key());
-    let mut owner: BTreeMap<Ipv4Addr, &Pod> = BTreeMap::new();
-    let mut out: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+) -> HashMap<Ipv4Addr, (&'a Pod, &'s str)> {
     let egress = EgressIndex::new(served, given);
-    for pod in pods {
-        let Some(config) = pod.gateway_config() else { continue };
+    // (namespace, annotation) → the served config it names; pods share a few.
+    let mut names: HashMap<(&'a str, &'a str), Option<&'s str>> = HashMap::new();
+    let mut owner: HashMap<Ipv4Addr, (&'a Pod, &'s str)> = HashMap::with_capacity(st.pods.len());
+    let mut refused: Vec<(Ipv4Addr, &'a Pod)> = Vec::new();
+    for pod in &st.pods {
+        let Some(name) = pod.config_name() else { continue };
         if pod.is_finished() {
             continue;
         }
+        let ns = pod.metadata.ns();
+        let config = *names
+            .entry((ns, name))
+            .or_insert_with(|| served.get_key_value(&format!("{ns}/{name}")).map(|(k, _)| k.as_str()));
         let problem = |message: String| Problem::new("Pod", &pod.metadata.key(), message);
-        if !served.contains_key(&config) {
+        let Some(config) = config else {
+            let config = format!("{ns}/{name}");
             let message = match unserved.get(&config) {
                 Some(why) => format!("names StaticGatewayConfiguration '{config}', which is not served: {why}"),
                 None => format!("names StaticGatewayConfiguration '{config}', which does not exist"),
             };
             problems.push(problem(message));
             continue;
-        }
+        };
         for ip in pod.ipv4s() {
             if let Some(why) = egress.clash(ip) {
                 problems.push(problem(why));
                 continue;
             }
-            if let Some(other) = owner.get(&ip) {
-                let other = other.metadata.key();
-                problems.push(problem(format!("pod IP {ip} is already bound by Pod {other}; not bound")));
-                continue;
+            match owner.entry(ip) {
+                Entry::Vacant(v) => {
+                    v.insert((pod, config));
+                }
+                Entry::Occupied(mut o) => {
+                    let other = o.get().0;
+                    if pod.metadata.key() < other.metadata.key() {
+                        refused.push((ip, other));
+                        o.insert((pod, config));
+                    } else {
+                        refused.push((ip, pod));
+                    }
+                }
             }
-            owner.insert(ip, pod);
-            out.entry(config.clone()).or_default().push(ip);
         }
     }
-    for ips in out.values_mut() {
-        ips.sort();
+    for (ip, pod) in refused {
+        let other = owner[&ip].0.metadata.key();
+        let message = format!("pod IP {ip} is already bound by Pod {other}; not bound");
+        problems.push(Problem::new("Pod", &pod.metadata.key(), message));
     }
-    (out, owner)
+    owner
 }
 
 /// Rendezvous weight of `node` for `addr`: FNV-1a over the node name and the
@@ -829,17 +863,23 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
     // Tunnelled bindings by config, once (not every binding per config).
     let mut tunnelled_of: BTreeMap<&str, Vec<&Binding>> = BTreeMap::new();
     for b in &tunnelled {
-        tunnelled_of.entry(b.config.as_str()).or_default().push(b);
+        tunnelled_of.entry(&*b.config).or_default().push(b);
     }
-    for c in &cands {
+    // By name, so that each plan's bindings come nearly in order (the sort
+    // below then has little to do).
+    let mut by_name: Vec<&Candidate> = cands.iter().collect();
+    by_name.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+    for c in by_name {
         let Some(shares) = shares_of.get(&c.config.name) else { continue };
+        // One name for every binding of every node (a count, not a copy).
+        let name: std::sync::Arc<str> = c.config.name.as_str().into();
         for (node, addrs) in shares.iter().filter(|(_, a)| !a.is_empty()) {
             let plan = plans.get_mut(node).expect("members are gateway nodes");
             let mut config = c.config.clone();
             config.egress = addrs.iter().map(|a| Ipv4Cidr::new(*a, 32).expect("a /32 is valid")).collect();
             plan.configs.push(config);
             for ip in bound.get(&c.config.name).into_iter().flatten() {
-                plan.bindings.push(Binding { pod_ip: *ip, config: c.config.name.clone(), public_key: None });
+                plan.bindings.push(Binding { pod_ip: *ip, config: name.clone(), public_key: None });
             }
             plan.bindings.extend(tunnelled_of.get(c.config.name.as_str()).into_iter().flatten().map(|b| (*b).clone()));
         }
@@ -855,7 +895,7 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
         }
     }
     for b in &tunnelled {
-        if let Some(s) = statuses.get_mut(&b.config) {
+        if let Some(s) = statuses.get_mut(&*b.config) {
             s.pods.push(b.pod_ip);
         }
     }
@@ -899,6 +939,7 @@ pub fn standalone_plan(st: &ClusterState, version: u64) -> (Plan, Vec<Problem>) 
     plan.configs = cands.into_iter().map(|c| c.config).collect();
     plan.configs.sort_by(|a, b| a.name.cmp(&b.name));
     for (config, ips) in bound {
+        let config: std::sync::Arc<str> = config.into();
         plan.bindings.extend(ips.into_iter().map(|pod_ip| Binding {
             pod_ip,
             config: config.clone(),

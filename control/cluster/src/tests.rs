@@ -197,7 +197,7 @@ fn pods_joining_and_leaving_change_bindings_not_addresses() {
     assert_eq!(shares(&before), shares(&after));
     for node in GW1 {
         let p = &after.plans[node];
-        let bound = p.bindings.iter().any(|b| b.pod_ip == ip("198.18.0.20") && b.config == "apps/web-egress");
+        let bound = p.bindings.iter().any(|b| b.pod_ip == ip("198.18.0.20") && &*b.config == "apps/web-egress");
         assert_eq!(bound, p.configs.iter().any(|c| c.name == "apps/web-egress"), "{node}");
     }
     let mut left = st.clone();
@@ -205,6 +205,33 @@ fn pods_joining_and_leaving_change_bindings_not_addresses() {
     let after = reconcile(&left);
     assert!(after.plans[GW2[0]].bindings.is_empty());
     assert_eq!(shares(&before), shares(&after));
+}
+
+/// An IP claimed by several pods is the first's by name, in whatever
+/// order the source lists the pods (an API server's order is its own).
+#[test]
+fn a_contended_pod_ip_goes_to_the_first_pod_by_name_whatever_the_order() {
+    let mut st = ClusterState::read_path(&testdata("problems.yaml")).unwrap();
+    let ok = st.pods.iter().find(|p| p.metadata.name == "ok").unwrap().clone();
+    for name in ["a-first", "zz-last"] {
+        let mut pod = ok.clone();
+        pod.metadata.name = name.into();
+        st.pods.push(pod);
+    }
+    let r = reconcile(&st);
+    for order in 0..3 {
+        let mut shuffled = st.clone();
+        shuffled.pods.rotate_left(order * 2 + 1);
+        shuffled.pods.reverse();
+        assert_eq!(reconcile(&shuffled), r, "rotation {order}");
+    }
+    let told: Vec<&str> = r
+        .problems
+        .iter()
+        .filter(|p| p.message.contains("already bound by Pod apps/a-first"))
+        .map(|p| p.object.as_str())
+        .collect();
+    assert_eq!(told, ["Pod apps/ok", "Pod apps/zz-last", "Pod apps/zz-sameip"]);
 }
 
 #[test]
@@ -755,7 +782,7 @@ mod conflicts {
 
     /// (pod IP, config) of `node`'s bindings.
     fn bound(r: &Reconciled, node: &str) -> Vec<(String, String)> {
-        r.plans[node].bindings.iter().map(|b| (b.pod_ip.to_string(), b.config.clone())).collect()
+        r.plans[node].bindings.iter().map(|b| (b.pod_ip.to_string(), b.config.to_string())).collect()
     }
 
     /// A second tenant whose pod must stay served whatever the first does.
@@ -830,7 +857,7 @@ mod conflicts {
                 "StaticGatewayConfiguration apps/new: its GatewayVMConfiguration lists no secondaryIP for gw-0",
             ]
         );
-        assert!(r.plans["gw-0"].bindings.iter().any(|b| b.config == "apps/other"));
+        assert!(r.plans["gw-0"].bindings.iter().any(|b| &*b.config == "apps/other"));
     }
 
     /// The other clashes Plan::validate refuses, found by reading it: a

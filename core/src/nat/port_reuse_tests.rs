@@ -97,7 +97,7 @@ fn the_destinations_whose_tuples_run_scarce_are_reported_busiest_first() {
     let busy = e.busy_destinations();
     assert_eq!(busy.len(), 1, "{busy:?}");
     let b = &busy[0];
-    assert_eq!((b.config.as_str(), b.proto, b.remote, b.remote_port), ("a", 17, Ipv4Addr::from(SERVER), 53));
+    assert_eq!((&*b.config, b.proto, b.remote, b.remote_port), ("a", 17, Ipv4Addr::from(SERVER), 53));
     assert_eq!(b.refused, 3);
     assert!(b.scans >= 1, "the first refusal scanned; later ones know it is exhausted");
 }
@@ -140,5 +140,5 @@ fn one_config_follows_at_most_its_share_of_busy_destinations() {
         "each unfollowed destination's scans and refusals are counted"
     );
     exhaust(&mut e, other_pod, SERVER);
-    assert!(e.busy_destinations().iter().any(|b| b.config == "b"), "config b's busy destination is followed");
+    assert!(e.busy_destinations().iter().any(|b| &*b.config == "b"), "config b's busy destination is followed");
 }
