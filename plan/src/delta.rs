@@ -46,15 +46,39 @@ pub enum DeltaError {
     Twice(Ipv4Addr),
 }
 
+#[cfg(test)]
 fn key(b: &Binding) -> (&str, Ipv4Addr) {
-    (&*b.config, b.pod_ip)
+    (&b.config, b.pod_ip)
+}
+
+/// Compares the config names of two plans' bindings, which are runs of
+/// one shared name each: the names are compared once per pair of runs,
+/// not once per binding.
+#[derive(Default)]
+struct ConfigOrder {
+    last: Option<(*const u8, *const u8, Ordering)>,
+}
+
+impl ConfigOrder {
+    fn cmp(&mut self, a: &Binding, b: &Binding) -> Ordering {
+        let ptrs = (a.config.as_ptr(), b.config.as_ptr());
+        let by_config = match self.last {
+            Some((x, y, o)) if (x, y) == ptrs => o,
+            _ => {
+                let o = a.config.cmp(&b.config);
+                self.last = Some((ptrs.0, ptrs.1, o));
+                o
+            }
+        };
+        by_config.then(a.pod_ip.cmp(&b.pod_ip))
+    }
 }
 
 /// Whether `bindings` are in (config, pod IP) order with each pod IP once
 /// (checked in the same pass as the diff: IPs of one config are adjacent,
 /// and a plan that passed validation binds an IP to one config only).
 fn canonical(bindings: &[Binding]) -> bool {
-    bindings.windows(2).all(|w| key(&w[0]) < key(&w[1]))
+    bindings.windows(2).all(|w| w[0].canonical_cmp(&w[1]) == Ordering::Less)
 }
 
 impl PlanDelta {
@@ -72,19 +96,21 @@ impl PlanDelta {
             ..Default::default()
         };
         let (mut old_iter, mut new_iter) = (old.bindings.iter().peekable(), new.bindings.iter().peekable());
+        let mut order = ConfigOrder::default();
         loop {
             let order = match (old_iter.peek(), new_iter.peek()) {
                 (None, None) => break,
                 (Some(_), None) => Ordering::Less,
                 (None, Some(_)) => Ordering::Greater,
-                (Some(x), Some(y)) => key(x).cmp(&key(y)),
+                (Some(x), Some(y)) => order.cmp(x, y),
             };
             match order {
                 Ordering::Less => delta.unbind.extend(old_iter.next().map(|x| x.pod_ip)),
                 Ordering::Greater => delta.bind.extend(new_iter.next().cloned()),
                 Ordering::Equal => {
                     let (x, y) = (old_iter.next(), new_iter.next());
-                    if x != y {
+                    // Same config and IP: only the key can differ.
+                    if x.map(|x| x.public_key) != y.map(|y| y.public_key) {
                         delta.bind.extend(y.cloned());
                     }
                 }
@@ -143,13 +169,13 @@ impl PlanDelta {
             }
         }
         let mut added: Vec<&Binding> = self.bind.iter().collect();
-        added.sort_unstable_by(|x, y| key(x).cmp(&key(y)));
+        added.sort_unstable_by(|x, y| x.canonical_cmp(y));
         let kept = held.bindings.iter().filter(|b| !touched.contains(&b.pod_ip));
         // Merge two sorted runs into the canonical order.
         let mut bindings = Vec::with_capacity(held.bindings.len() + added.len());
         let mut added = added.into_iter().peekable();
         for b in kept {
-            while let Some(a) = added.next_if(|a| key(a) < key(b)) {
+            while let Some(a) = added.next_if(|a| a.canonical_cmp(b) == Ordering::Less) {
                 bindings.push(a.clone());
             }
             bindings.push(b.clone());

@@ -181,6 +181,19 @@ pub struct Binding {
     pub public_key: Option<WgKey>,
 }
 
+impl Binding {
+    /// The order of a plan's bindings as reconcile writes them: by config,
+    /// then pod IP. Bindings of one config share its name, so the names
+    /// are compared by pointer first.
+    pub fn canonical_cmp(&self, other: &Binding) -> std::cmp::Ordering {
+        let by_config = match std::sync::Arc::ptr_eq(&self.config, &other.config) {
+            true => std::cmp::Ordering::Equal,
+            false => self.config.cmp(&other.config),
+        };
+        by_config.then(self.pod_ip.cmp(&other.pod_ip))
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Plan {

@@ -886,7 +886,7 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
     }
     for plan in plans.values_mut() {
         plan.configs.sort_by(|a, b| a.name.cmp(&b.name));
-        plan.bindings.sort_by(|a, b| (&a.config, a.pod_ip).cmp(&(&b.config, b.pod_ip)));
+        plan.bindings.sort_by(Binding::canonical_cmp);
         plan.network_policies = network_policies::for_plan(&network_policies, bound_pods.len(), plan);
     }
     for (name, ips) in &bound {
