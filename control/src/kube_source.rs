@@ -249,10 +249,33 @@ struct Mirror {
     /// One per list of `st`: configs, pods, nodes, policies, broken
     /// policies, PodEndpoints, VM configs, NetworkPolicies, Secrets.
     slots: [Slot; 9],
+    /// What changed since the last reconcile: the pods by key, and whether
+    /// anything else did (then the whole cluster is reconciled).
+    changed_pods: BTreeSet<String>,
+    changed_other: bool,
 }
 
 impl Mirror {
+    /// Pod changes since the last reconcile, with each pod as it is now;
+    /// `None` when anything but pods changed.
+    fn pod_changes(&self) -> Option<Vec<(String, Option<&egret_cluster::Pod>)>> {
+        if self.changed_other {
+            return None;
+        }
+        let now = |k: &str| self.slots[1].at.get(k).map(|&i| &self.st.pods[i]);
+        Some(self.changed_pods.iter().map(|k| (k.clone(), now(k))).collect())
+    }
+
+    fn note(&mut self, pod: bool, k: &str) {
+        if pod {
+            self.changed_pods.insert(k.to_string());
+        } else {
+            self.changed_other = true;
+        }
+    }
+
     fn remove(&mut self, kind: Kind, k: &str) {
+        self.note(kind == Kind::Pod, k);
         let st = &mut self.st;
         let s = &mut self.slots;
         match kind {
@@ -271,6 +294,7 @@ impl Mirror {
     }
 
     fn put(&mut self, k: &str, o: Decoded) {
+        self.note(matches!(o, Decoded::Pod(_)), k);
         let st = &mut self.st;
         let s = &mut self.slots;
         match o {
@@ -469,12 +493,19 @@ pub async fn watch_kubernetes_with(state: Arc<ControlState>, client: kube::Clien
             // A reconcile of a large cluster holds its thread for a while:
             // on a multi-threaded runtime the thread's other tasks (the
             // watch reader, the plan streams) move to another meanwhile.
-            let update = || state.update(&mirror.st);
+            // Pods alone changed: applied to the last reconcile where that
+            // holds (ControlState::update_pods), else reconciled whole.
+            let update = || match mirror.pod_changes().filter(|_| published) {
+                Some(changes) => state.update_pods(&mirror.st, &changes),
+                None => state.update(&mirror.st),
+            };
             let generation = match tokio::runtime::Handle::current().runtime_flavor() {
                 tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(update),
                 _ => update(),
             };
             tracing::debug!(batch, generation, ms = started.elapsed().as_millis() as u64, "reconciled");
+            mirror.changed_pods.clear();
+            mirror.changed_other = false;
             if !published {
                 tracing::info!(generation, "cluster state listed; serving plans");
                 published = true;

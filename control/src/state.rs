@@ -155,8 +155,12 @@ pub struct ControlState {
     /// Bumped whenever a link's `applied` plan changes, so writers of what
     /// gateways applied wait on it instead of polling the links.
     applied: watch::Sender<u64>,
-    /// Serialises updates (versions must be assigned in order).
-    update: Mutex<()>,
+    /// Serialises updates (versions must be assigned in order), and holds
+    /// what lets pod changes be applied to the last reconcile.
+    update: Mutex<Option<cluster::PodIndex>>,
+    /// Pod changes applied to the last reconcile rather than reconciled
+    /// whole (how often the cheap path holds).
+    pod_updates_alone: std::sync::atomic::AtomicU64,
     /// What the source reports about its own reads, by what it names
     /// (manifests refused, a Kubernetes kind not listed); listed first
     /// among the problems.
@@ -171,6 +175,7 @@ impl Default for ControlState {
             peer_links: Mutex::default(),
             applied: watch::channel(0).0,
             update: Mutex::default(),
+            pod_updates_alone: Default::default(),
             source_errors: Mutex::default(),
         }
     }
@@ -246,12 +251,62 @@ impl ControlState {
     /// moves only when its plan does; problems new since the last update are
     /// logged. Returns the generation now current.
     pub fn update(&self, st: &ClusterState) -> u64 {
-        let _serial = self.update.lock().unwrap();
+        let mut index = self.update.lock().unwrap();
+        let (reconciled, new_index) = cluster::reconcile_indexed(st);
+        *index = new_index;
+        self.publish(st, reconciled, None, &mut index)
+    }
+
+    /// As [`ControlState::update`], after only the pods `changes` names
+    /// changed (each as it is now; `None`: gone): applied to the last
+    /// reconcile, in work bounded by the changes, where
+    /// [`cluster::PodIndex`] allows; else the whole cluster is reconciled.
+    pub fn update_pods(&self, st: &ClusterState, changes: &[(String, Option<&cluster::Pod>)]) -> u64 {
+        let mut index = self.update.lock().unwrap();
+        let applied = index.as_mut().map(|ix| ix.apply(changes));
+        match applied {
+            Some(Ok((reconciled, deltas))) => {
+                self.pod_updates_alone.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.publish(st, reconciled, Some(deltas), &mut index)
+            }
+            Some(Err(why)) => {
+                tracing::debug!(why = why.0, "pod changes need a full reconcile");
+                drop(index);
+                self.update(st)
+            }
+            None => {
+                drop(index);
+                self.update(st)
+            }
+        }
+    }
+
+    /// How many pod changes were applied to the last reconcile alone.
+    pub fn pod_updates_alone(&self) -> u64 {
+        self.pod_updates_alone.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Publishes what `reconciled` changed (the caller holds the update
+    /// lock). `pods_only`: nothing but pods changed since the last
+    /// publish, so what is made of other objects is kept.
+    fn publish(
+        &self,
+        st: &ClusterState,
+        mut reconciled: Reconciled,
+        known: Option<BTreeMap<String, PlanDelta>>,
+        index: &mut Option<cluster::PodIndex>,
+    ) -> u64 {
+        let pods_only = known.is_some();
         let prev = self.snapshot();
-        let mut reconciled = cluster::reconcile(st);
         let next_gen = prev.generation + 1;
         let mut changed = false;
-        let plans = node_plans(&prev.plans, &mut reconciled, next_gen);
+        let problems = reconciled.problems.len();
+        let plans = node_plans(&prev.plans, &mut reconciled, next_gen, known);
+        if reconciled.problems.len() != problems {
+            // A plan not published: the index's plans are no longer the
+            // ones served, so the next pod change is reconciled whole.
+            *index = None;
+        }
         changed |= plans.values().any(|np| np.version == next_gen);
         changed |= plans.len() != prev.plans.len();
         let anyone = if reconciled.nodes.is_empty() {
@@ -268,16 +323,20 @@ impl ControlState {
         for p in reconciled.problems.iter().filter(|p| !old.contains(p)) {
             tracing::warn!(object = %p.object, "{}", p.message);
         }
-        let peer_names = peer_names(st);
+        // PodEndpoints and configs are as they were when only pods changed.
+        let peer_names = if pods_only { prev.peer_names.clone() } else { peer_names(st) };
         let object_uids = object_uids(st, &reconciled.problems);
-        let pressure_annotations: BTreeMap<String, String> = st
-            .configs
-            .iter()
-            .filter_map(|c| {
-                let value = c.metadata.annotations.get(crate::kube_status::ANN_PORT_POOL_PRESSURE)?;
-                Some((c.metadata.key(), value.clone()))
-            })
-            .collect();
+        let pressure_annotations: BTreeMap<String, String> = if pods_only {
+            prev.pressure_annotations.clone()
+        } else {
+            st.configs
+                .iter()
+                .filter_map(|c| {
+                    let value = c.metadata.annotations.get(crate::kube_status::ANN_PORT_POOL_PRESSURE)?;
+                    Some((c.metadata.key(), value.clone()))
+                })
+                .collect()
+        };
         changed |= pressure_annotations != prev.pressure_annotations;
         changed |= reconciled.problems != prev.reconciled.problems
             || reconciled.configs != prev.reconciled.configs
@@ -465,19 +524,69 @@ const ANYONE: &str = "Plan for any gateway";
 /// Each node's plan to publish (see [`publishable`]); a node whose plan
 /// is refused keeps its previous one, if it had one. The plans are moved
 /// out of `reconciled` (the snapshot keeps them once, as [`NodePlan`]s).
+///
+/// `known`: every change from `prev`, as deltas by node, when the caller
+/// knows them (pod changes applied alone): a node without one keeps its
+/// plan, and no plan is compared whole.
 fn node_plans(
     prev: &BTreeMap<String, NodePlan>,
     reconciled: &mut Reconciled,
     version: u64,
+    mut known: Option<BTreeMap<String, PlanDelta>>,
 ) -> BTreeMap<String, NodePlan> {
     let mut out = BTreeMap::new();
     for (node, plan) in std::mem::take(&mut reconciled.plans) {
         let object = Problem::object_name("Node", &node);
-        if let Some(np) = publishable(&object, prev.get(&node), plan, version, &mut reconciled.problems) {
+        let before = prev.get(&node);
+        let np = match (known.as_mut(), before) {
+            (Some(known), Some(p)) => match known.remove(&node) {
+                None => Some(p.clone()),
+                Some(mut d) => {
+                    d.base = p.version;
+                    publish_delta(&object, p, plan, d, version, &mut reconciled.problems)
+                }
+            },
+            _ => publishable(&object, before, plan, version, &mut reconciled.problems),
+        };
+        if let Some(np) = np {
             out.insert(node, np);
         }
     }
     out
+}
+
+/// `plan`, which `delta` makes of `prev`'s plan, as [`publishable`]
+/// would publish it, without comparing the plans whole.
+fn publish_delta(
+    object: &str,
+    prev: &NodePlan,
+    plan: Plan,
+    delta: PlanDelta,
+    version: u64,
+    problems: &mut Vec<Problem>,
+) -> Option<NodePlan> {
+    if delta.is_empty() {
+        return Some(prev.clone());
+    }
+    match delta.validate(&plan) {
+        Ok(()) => Some(prev.next(version, plan, delta)),
+        Err(e) => {
+            problems.push(refused(object, Some(prev), &e));
+            Some(prev.clone())
+        }
+    }
+}
+
+/// The problem a plan not published is reported as.
+fn refused(object: &str, prev: Option<&NodePlan>, e: &egret_plan::PlanError) -> Problem {
+    let keeps = match prev {
+        Some(p) => format!("version {} keeps serving", p.version),
+        None => "no plan is served".into(),
+    };
+    Problem {
+        object: object.to_string(),
+        message: format!("plan not published, its gateway would refuse it: {e}; {keeps}"),
+    }
 }
 
 /// `plan` as it is to be published, checked as its gateway will check it
@@ -513,14 +622,7 @@ fn publishable(
             _ => NodePlan::new(version, plan),
         }),
         Err(e) => {
-            let keeps = match prev {
-                Some(p) => format!("version {} keeps serving", p.version),
-                None => "no plan is served".into(),
-            };
-            problems.push(Problem {
-                object: object.to_string(),
-                message: format!("plan not published, its gateway would refuse it: {e}; {keeps}"),
-            });
+            problems.push(refused(object, prev, &e));
             prev.cloned()
         }
     }
@@ -582,7 +684,7 @@ mod tests {
         });
         let expected = plan.validate().unwrap_err();
         let mut fresh = r.clone();
-        let plans = node_plans(&prev, &mut r, 2);
+        let plans = node_plans(&prev, &mut r, 2, None);
         assert_eq!(plans["gw-0"], prev["gw-0"], "the previous plan, same version, keeps serving");
         assert_eq!(
             r.problems,
@@ -595,7 +697,7 @@ mod tests {
         );
 
         // A node with no plan yet gets none rather than one it refuses.
-        let plans = node_plans(&BTreeMap::new(), &mut fresh, 2);
+        let plans = node_plans(&BTreeMap::new(), &mut fresh, 2, None);
         assert!(plans.is_empty());
         assert!(fresh.problems.iter().any(|p| p.message.ends_with("no plan is served")), "{:?}", fresh.problems);
     }
@@ -647,5 +749,26 @@ mod tests {
         let last = state.snapshot().plans["gw-0"].clone();
         assert!(last.deltas_since(first).is_none());
         assert_eq!(last.deltas_since(last.version - MAX_DELTAS as u64).map(<[_]>::len), Some(MAX_DELTAS));
+    }
+
+    #[test]
+    fn pod_changes_applied_alone_publish_what_a_full_update_publishes() {
+        let keyed = |n| ClusterState { keys_unique: true, ..with_pods(n) };
+        let (alone, whole) = (ControlState::new(), ControlState::new());
+        for s in [&alone, &whole] {
+            s.update(&keyed(2));
+        }
+        let st = keyed(3);
+        let p3 = st.pods.iter().find(|p| p.metadata.name == "p3");
+        alone.update_pods(&st, &[("demo/p3".into(), p3)]);
+        whole.update(&st);
+        assert_eq!(alone.pod_updates_alone(), 1, "applied without a full reconcile");
+        let (a, w) = (alone.snapshot(), whole.snapshot());
+        assert_eq!(a.plans, w.plans);
+        assert_eq!(a.plans["gw-0"].plan.bindings.len(), 3);
+        assert_eq!(a.reconciled.configs, w.reconciled.configs);
+        assert_eq!(a.reconciled.problems, w.reconciled.problems);
+        let deltas = a.plans["gw-0"].deltas_since(a.plans["gw-0"].version - 1).unwrap();
+        assert!(deltas[0].json.contains("198.18.0.3"), "the change is the new pod: {}", deltas[0].json);
     }
 }

@@ -28,14 +28,16 @@
 pub mod egress_ips;
 mod network_policies;
 pub mod objects;
+mod pod_index;
 pub mod reconcile;
 #[cfg(test)]
 mod tests;
 
 pub use objects::*;
+pub use pod_index::{NeedsFull, PodIndex};
 pub use reconcile::{
-    egress_prefix, gateway_config, reconcile, rendezvous_owner, rendezvous_weight, split_prefix, standalone_plan,
-    ConfigStatus, GatewayNode, Reconciled,
+    egress_prefix, gateway_config, reconcile, reconcile_indexed, rendezvous_owner, rendezvous_weight, split_prefix,
+    standalone_plan, ConfigStatus, GatewayNode, Reconciled,
 };
 
 use egret_plan::Plan;

@@ -19,6 +19,7 @@
 use super::egress_ips::EgressIps;
 use super::network_policies::{self, BoundPod};
 use super::objects::*;
+use super::pod_index::PodIndex;
 use super::Problem;
 use egret_plan::{
     Binding, FilteringMode, GatewayConfig, Ipv4Cidr, MappingMode, Plan, PolicyRule, Timeouts, TunnelConfig, WgKey,
@@ -208,7 +209,7 @@ pub fn tunnel_of(sgc: &StaticGatewayConfiguration, st: &ClusterState) -> Result<
 
 /// The served prefixes by address, so a pod IP is checked against them in
 /// O(log configs) rather than one by one (100,000 pods × 1,000 configs).
-struct EgressIndex<'a> {
+pub(crate) struct EgressIndex<'a> {
     /// (first, last, config, prefix) of every CIDR of every served prefix,
     /// by first address. Served prefixes never overlap (`candidates`
     /// leaves the younger of two out).
@@ -217,7 +218,10 @@ struct EgressIndex<'a> {
 }
 
 impl<'a> EgressIndex<'a> {
-    fn new(served: &'a BTreeMap<String, EgressIps>, given: &'a BTreeMap<Ipv4Addr, String>) -> EgressIndex<'a> {
+    pub(crate) fn new(
+        served: &'a BTreeMap<String, EgressIps>,
+        given: &'a BTreeMap<Ipv4Addr, String>,
+    ) -> EgressIndex<'a> {
         let mut ranges: Vec<_> = served
             .iter()
             .flat_map(|(name, p)| {
@@ -234,7 +238,7 @@ impl<'a> EgressIndex<'a> {
     /// Why a pod IP cannot be bound: it is an egress address (inside a
     /// served prefix, or a node's secondary IP in `given`), which
     /// Plan::validate refuses.
-    fn clash(&self, ip: Ipv4Addr) -> Option<String> {
+    pub(crate) fn clash(&self, ip: Ipv4Addr) -> Option<String> {
         let a = u32::from(ip);
         let i = self.ranges.partition_point(|r| r.0 <= a);
         if let Some((_, _, name, prefix)) = i.checked_sub(1).map(|i| &self.ranges[i]).filter(|r| r.1 >= a) {
@@ -583,34 +587,12 @@ fn bindings<'a, 's>(
     problems: &mut Vec<Problem>,
 ) -> HashMap<Ipv4Addr, (&'a Pod, &'s str)> {
     let egress = EgressIndex::new(served, given);
-    // (namespace, annotation) → the served config it names; pods share a few.
-    let mut names: HashMap<(&'a str, &'a str), Option<&'s str>> = HashMap::new();
+    let mut names = ConfigNames::new();
     let mut owner: HashMap<Ipv4Addr, (&'a Pod, &'s str)> = HashMap::with_capacity(st.pods.len());
     let mut refused: Vec<(Ipv4Addr, &'a Pod)> = Vec::new();
     for pod in &st.pods {
-        let Some(name) = pod.config_name() else { continue };
-        if pod.is_finished() {
-            continue;
-        }
-        let ns = pod.metadata.ns();
-        let config = *names
-            .entry((ns, name))
-            .or_insert_with(|| served.get_key_value(&format!("{ns}/{name}")).map(|(k, _)| k.as_str()));
-        let problem = |message: String| Problem::new("Pod", &pod.metadata.key(), message);
-        let Some(config) = config else {
-            let config = format!("{ns}/{name}");
-            let message = match unserved.get(&config) {
-                Some(why) => format!("names StaticGatewayConfiguration '{config}', which is not served: {why}"),
-                None => format!("names StaticGatewayConfiguration '{config}', which does not exist"),
-            };
-            problems.push(problem(message));
-            continue;
-        };
-        for ip in pod.ipv4s() {
-            if let Some(why) = egress.clash(ip) {
-                problems.push(problem(why));
-                continue;
-            }
+        let Some((config, ips)) = pod_claim(pod, &mut names, served, unserved, &egress, problems) else { continue };
+        for ip in ips {
             match owner.entry(ip) {
                 Entry::Vacant(v) => {
                     v.insert((pod, config));
@@ -633,6 +615,50 @@ fn bindings<'a, 's>(
         problems.push(Problem::new("Pod", &pod.metadata.key(), message));
     }
     owner
+}
+
+/// (namespace, annotation) → the served config it names: pods share a few.
+pub(crate) type ConfigNames<'a, 's> = HashMap<(&'a str, &'a str), Option<&'s str>>;
+
+/// What `pod` claims: the served config its annotation names and its IPs
+/// outside every egress address (each one inside is reported); `None` for
+/// a pod without the annotation, finished, or naming a config not served
+/// (reported). Whether it gets each IP depends on the other pods.
+pub(crate) fn pod_claim<'a, 's>(
+    pod: &'a Pod,
+    names: &mut ConfigNames<'a, 's>,
+    served: &'s BTreeMap<String, EgressIps>,
+    unserved: &BTreeMap<String, String>,
+    egress: &EgressIndex,
+    problems: &mut Vec<Problem>,
+) -> Option<(&'s str, Vec<Ipv4Addr>)> {
+    let name = pod.config_name()?;
+    if pod.is_finished() {
+        return None;
+    }
+    let ns = pod.metadata.ns();
+    let config = *names
+        .entry((ns, name))
+        .or_insert_with(|| served.get_key_value(&format!("{ns}/{name}")).map(|(k, _)| k.as_str()));
+    let problem = |message: String| Problem::new("Pod", &pod.metadata.key(), message);
+    let Some(config) = config else {
+        let config = format!("{ns}/{name}");
+        let message = match unserved.get(&config) {
+            Some(why) => format!("names StaticGatewayConfiguration '{config}', which is not served: {why}"),
+            None => format!("names StaticGatewayConfiguration '{config}', which does not exist"),
+        };
+        problems.push(problem(message));
+        return None;
+    };
+    let mut ips = pod.ipv4s();
+    ips.retain(|&ip| match egress.clash(ip) {
+        Some(why) => {
+            problems.push(problem(why));
+            false
+        }
+        None => true,
+    });
+    Some((config, ips))
 }
 
 /// Rendezvous weight of `node` for `addr`: FNV-1a over the node name and the
@@ -770,6 +796,16 @@ fn claim_shares(
 }
 
 pub fn reconcile(st: &ClusterState) -> Reconciled {
+    reconcile_inner(st, false).0
+}
+
+/// [`reconcile`], with the index that lets pod changes be applied to its
+/// result ([`PodIndex::apply`]) when the cluster allows that.
+pub fn reconcile_indexed(st: &ClusterState) -> (Reconciled, Option<PodIndex>) {
+    reconcile_inner(st, true)
+}
+
+fn reconcile_inner(st: &ClusterState, want_index: bool) -> (Reconciled, Option<PodIndex>) {
     let mut problems = Vec::new();
     let st = &*deduped(st, &mut problems);
     let cands = candidates(st, true, &mut problems);
@@ -900,7 +936,14 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
         }
     }
     problems.sort();
-    Reconciled { plans, configs: statuses.into_values().collect(), nodes, problems }
+    let reconciled = Reconciled { plans, configs: statuses.into_values().collect(), nodes, problems };
+    let index = want_index
+        .then(|| {
+            let tunnelled = cands.iter().filter(|c| c.config.tunnel.is_some()).map(|c| c.config.name.clone()).collect();
+            PodIndex::build(st, tunnelled, served, unserved, given, &reconciled)
+        })
+        .flatten();
+    (reconciled, index)
 }
 
 /// `st` without its duplicate objects (reported): a copy only when it has
