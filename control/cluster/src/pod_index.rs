@@ -303,7 +303,10 @@ spec: {gatewayNodepoolName: gw}
         assert!(ix.apply(&[(key, st.pods.last())]).is_err());
     }
 
-    fn change() -> impl Strategy<Value = (u8, Option<(Option<&'static str>, &'static str, bool)>)> {
+    /// Pod `p{n}` put as (config, IP, finished), or removed.
+    type Change = (u8, Option<(Option<&'static str>, &'static str, bool)>);
+
+    fn change() -> impl Strategy<Value = Change> {
         let config =
             prop_oneof![Just(Some("a")), Just(Some("b")), Just(Some("pending")), Just(Some("nosuch")), Just(None)];
         let ip = prop_oneof![
