@@ -22,9 +22,10 @@ pub struct NodePlan {
     pub version: u64,
     pub plan: Arc<Plan>,
     json: Arc<OnceLock<String>>,
-    /// The last [`MAX_DELTAS`] versions' changes, oldest first, contiguous
-    /// up to this version (empty when the last change could not be put as
-    /// a delta).
+    /// The last [`MAX_DELTAS`] versions' changes (at most
+    /// [`MAX_DELTA_BYTES`] of them), oldest first, contiguous up to this
+    /// version (empty when the last change could not be put as a delta or
+    /// was larger than that).
     deltas: Arc<[Arc<EncodedDelta>]>,
 }
 
@@ -39,6 +40,11 @@ pub struct EncodedDelta {
 /// How many versions back a subscriber may be and still be sent deltas
 /// (a slow subscriber misses versions: the snapshot watch keeps the latest).
 pub const MAX_DELTAS: usize = 32;
+
+/// The most bytes of deltas a node's plan keeps: a change as large as a
+/// plan (a relist, a config renamed) is sent whole rather than kept 32
+/// times per node.
+pub const MAX_DELTA_BYTES: usize = 1 << 20;
 
 impl NodePlan {
     /// `plan` at `version`, with no changes before it.
@@ -59,9 +65,20 @@ impl NodePlan {
         delta.version = version;
         let json = serde_json::to_string(&delta).expect("a delta always serialises");
         let delta = Arc::new(EncodedDelta { base: delta.base, version, json });
-        let keep = self.deltas.len().min(MAX_DELTAS - 1);
-        let deltas = self.deltas[self.deltas.len() - keep..].iter().cloned().chain([delta]).collect();
-        NodePlan { deltas, ..NodePlan::new(version, plan) }
+        // The newest changes that fit both bounds, oldest first.
+        let mut bytes = 0;
+        let kept = std::iter::once(&delta)
+            .chain(self.deltas.iter().rev())
+            .take(MAX_DELTAS)
+            .take_while(|d| {
+                bytes += d.json.len();
+                bytes <= MAX_DELTA_BYTES
+            })
+            .count();
+        let mut deltas: Vec<Arc<EncodedDelta>> =
+            std::iter::once(delta).chain(self.deltas.iter().rev().cloned()).take(kept).collect();
+        deltas.reverse();
+        NodePlan { deltas: deltas.into(), ..NodePlan::new(version, plan) }
     }
 
     /// The plan whole, as JSON (encoded on first use).
@@ -271,6 +288,8 @@ impl ControlState {
             }
             Some(Err(why)) => {
                 tracing::debug!(why = why.0, "pod changes need a full reconcile");
+                // Half applied: never used again.
+                *index = None;
                 drop(index);
                 self.update(st)
             }
@@ -534,7 +553,8 @@ fn node_plans(
     version: u64,
     mut known: Option<BTreeMap<String, PlanDelta>>,
 ) -> BTreeMap<String, NodePlan> {
-    let mut out = BTreeMap::new();
+    // Pod changes applied alone name only the plans they changed.
+    let mut out = if known.is_some() { prev.clone() } else { BTreeMap::new() };
     for (node, plan) in std::mem::take(&mut reconciled.plans) {
         let object = Problem::object_name("Node", &node);
         let before = prev.get(&node);
@@ -770,5 +790,29 @@ mod tests {
         assert_eq!(a.reconciled.problems, w.reconciled.problems);
         let deltas = a.plans["gw-0"].deltas_since(a.plans["gw-0"].version - 1).unwrap();
         assert!(deltas[0].json.contains("198.18.0.3"), "the change is the new pod: {}", deltas[0].json);
+    }
+
+    #[test]
+    fn a_change_larger_than_the_delta_budget_is_sent_whole() {
+        let state = ControlState::new();
+        state.update(&with_pods(1));
+        let first = state.snapshot().plans["gw-0"].clone();
+        let mut plan = (*first.plan).clone();
+        plan.configs[0].name = "x".repeat(MAX_DELTA_BYTES);
+        let delta = PlanDelta::between(&first.plan, &plan).unwrap();
+        let next = first.next(first.version + 1, plan, delta);
+        assert!(next.deltas_since(first.version).is_none(), "a subscriber at the first version gets the plan whole");
+    }
+
+    #[test]
+    fn a_pod_change_that_binds_nothing_new_publishes_no_version() {
+        let state = ControlState::new();
+        let st = ClusterState { keys_unique: true, ..with_pods(2) };
+        let generation = state.update(&st);
+        let mut relabelled = st.clone();
+        relabelled.pods[0].metadata.labels.insert("x".into(), "y".into());
+        let key = relabelled.pods[0].metadata.key();
+        assert_eq!(state.update_pods(&relabelled, &[(key, relabelled.pods.first())]), generation);
+        assert_eq!(state.pod_updates_alone(), 1);
     }
 }

@@ -404,6 +404,8 @@ async fn once(
     let up_since = Some(tokio::time::Instant::now());
     let ended = |why: String, transient: bool| Ended { why, up_since, transient };
     link_tx.send_replace(LinkState::Connected);
+    // The version of this stream's last plan that did not parse, if any.
+    let mut unparsed: Option<u64> = None;
     tracing::info!(endpoint = %endpoint_url, node = %cfg.node, "plan stream up");
     loop {
         tokio::select! {
@@ -430,10 +432,20 @@ async fn once(
                         return ended(status_text(&s), t);
                     }
                 };
+                // A delta on a version that did not parse is refused the
+                // same way, without a resubscribe that would only fetch
+                // the same plan again.
+                if !u.delta_json.is_empty() && unparsed == Some(u.base_version) {
+                    unparsed = Some(u.version);
+                    let error = format!("builds on version {}, which did not parse", u.base_version);
+                    let _ = self_tx.send(Msg::Ack(Ack { version: u.version, error }));
+                    continue;
+                }
                 let plan = match received_plan(plan_tx, &u) {
                     Ok(plan) => plan,
                     Err(Refused::Parse(e)) => {
                         tracing::error!(version = u.version, error = %e, "plan does not parse; keeping the last one");
+                        unparsed = Some(u.version);
                         let _ = self_tx.send(Msg::Ack(Ack { version: u.version, error: format!("plan does not parse: {e}") }));
                         continue;
                     }

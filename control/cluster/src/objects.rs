@@ -248,6 +248,7 @@ impl Pod {
         if v.is_empty() {
             v.extend(self.status.pod_ip.as_deref().and_then(|x| x.parse::<Ipv4Addr>().ok()));
         }
+        v.sort_unstable();
         v.dedup();
         v
     }

@@ -95,6 +95,8 @@ impl PodIndex {
             else {
                 continue;
             };
+            let mut ips = ips;
+            ips.sort_unstable();
             for ip in &ips {
                 *ix.claimants.entry(*ip).or_default() += 1;
             }
@@ -106,8 +108,9 @@ impl PodIndex {
     /// The reconcile's result after `changes`: each pod by `namespace/name`,
     /// with what it is now (`None`: gone). On `Err` the index is stale: the
     /// caller reconciles whole and takes the new index.
-    /// Also returns each changed node plan as the delta from its previous
-    /// one (versions 0: the caller numbers them).
+    /// The result holds only the node plans that changed; each is also
+    /// returned as the delta from its previous one (versions 0: the caller
+    /// numbers them).
     pub fn apply(
         &mut self,
         changes: &[(String, Option<&Pod>)],
@@ -120,13 +123,26 @@ impl PodIndex {
         // Node → pod IP → its binding now (None: unbound).
         let mut edits: BTreeMap<&str, BTreeMap<Ipv4Addr, Option<Binding>>> = BTreeMap::new();
         let mut statuses: BTreeMap<&str, BTreeMap<Ipv4Addr, bool>> = BTreeMap::new();
-        let mut touched_problems = false;
+        // The changed pods' problems go, in one pass; their problems now
+        // come back below.
+        let objects: HashSet<String> = changes.iter().map(|(key, _)| Problem::object_name("Pod", key)).collect();
+        let before = self.last.problems.len();
+        self.last.problems.retain(|p| !objects.contains(&p.object));
+        let mut touched_problems = before != self.last.problems.len();
         for (key, pod) in changes {
             let mut problems = Vec::new();
-            let new = pod.and_then(|p| pod_claim(p, &mut names, &self.served, &self.unserved, &egress, &mut problems));
+            let mut new =
+                pod.and_then(|p| pod_claim(p, &mut names, &self.served, &self.unserved, &egress, &mut problems));
+            if let Some((_, ips)) = new.as_mut() {
+                ips.sort_unstable();
+            }
+            touched_problems |= !problems.is_empty();
+            self.last.problems.extend(problems);
             let old = self.claims.get(key);
             let (old_config, old_ips) = old.map_or((None, &[][..]), |(c, ips)| (Some(c.as_str()), &ips[..]));
             let (new_config, new_ips) = new.as_ref().map_or((None, &[][..]), |(c, ips)| (Some(*c), &ips[..]));
+            // Checked before anything else: a contended IP's problems
+            // (name the winner) come only from a full reconcile.
             for ip in old_ips.iter().chain(new_ips) {
                 let others = self.claimants.get(ip).copied().unwrap_or(0) - old_ips.contains(ip) as u32;
                 if others > 0 {
@@ -136,12 +152,11 @@ impl PodIndex {
                     return Err(NeedsFull("a pod IP a PodEndpoint names"));
                 }
             }
-            // Its problems now, in place of its problems before.
-            let object = Problem::object_name("Pod", key);
-            let before = self.last.problems.len();
-            self.last.problems.retain(|p| p.object != object);
-            touched_problems |= before != self.last.problems.len() || !problems.is_empty();
-            self.last.problems.extend(problems);
+            if (old_config, old_ips) == (new_config, new_ips) {
+                // A label or status change that binds nothing new: no
+                // edit, so no new plan version.
+                continue;
+            }
             // Unbind what it held, bind what it claims.
             let mut edit = |config: &str, ip: Ipv4Addr, bind: bool| {
                 let Some(name) = self.plain.get(config) else { return };
@@ -176,16 +191,27 @@ impl PodIndex {
             };
         }
         let mut deltas = BTreeMap::new();
+        let mut changed = BTreeMap::new();
         for (node, edits) in edits {
             let plan = self.last.plans.get_mut(node).expect("nodes_of names planned nodes");
             let mut delta = PlanDelta { base: plan.version, version: plan.version, ..Default::default() };
             for (ip, b) in edits {
                 match b {
+                    // Bound as it was (unbound and bound again): no change.
+                    Some(b)
+                        if plan
+                            .bindings
+                            .binary_search_by(|x| x.canonical_cmp(&b))
+                            .is_ok_and(|i| plan.bindings[i] == b) => {}
                     Some(b) => delta.bind.push(b),
                     None => delta.unbind.push(ip),
                 }
             }
+            if delta.is_empty() {
+                continue;
+            }
             *plan = delta.apply(plan).map_err(|_| NeedsFull("a plan not in canonical order"))?;
+            changed.insert(node.to_string(), plan.clone());
             deltas.insert(node.to_string(), delta);
         }
         let statuses: Vec<(String, BTreeMap<Ipv4Addr, bool>)> =
@@ -206,7 +232,10 @@ impl PodIndex {
         if touched_problems {
             self.last.problems.sort();
         }
-        Ok((self.last.clone(), deltas))
+        let Reconciled { configs, nodes, problems, .. } = &self.last;
+        let r =
+            Reconciled { plans: changed, configs: configs.clone(), nodes: nodes.clone(), problems: problems.clone() };
+        Ok((r, deltas))
     }
 }
 
@@ -290,7 +319,7 @@ spec: {gatewayNodepoolName: gw}
         let key = put(&mut st, 2, Some(pod(2, Some("b"), "198.18.0.2", false)));
         let (r, deltas) = ix.apply(&[(key, st.pods.last())]).expect("applied alone");
         assert_eq!(deltas.len(), 3, "a delta for each node");
-        assert_eq!(r, reconcile(&st));
+        assert_eq!(r.plans, reconcile(&st).plans);
         assert!(r.plans.values().all(|p| p.bindings.len() == 2), "every node serves both configs");
     }
 
@@ -344,13 +373,16 @@ spec: {gatewayNodepoolName: gw}
                     keys.iter().map(|k| (k.clone(), st.pods.iter().find(|p| p.metadata.key() == *k))).collect();
                 let before = ix.as_ref().map(|ix| ix.last.plans.clone()).unwrap_or_default();
                 match ix.as_mut().map(|ix| ix.apply(&changes)) {
-                    Some(Ok((r, deltas))) => {
-                        for (node, plan) in &r.plans {
+                    Some(Ok((mut r, deltas))) => {
+                        prop_assert_eq!(r.plans.keys().collect::<Vec<_>>(), deltas.keys().collect::<Vec<_>>());
+                        for (node, plan) in &full.plans {
                             let made = match deltas.get(node) {
                                 Some(d) => d.apply(&before[node]).unwrap(),
                                 None => before[node].clone(),
                             };
                             prop_assert_eq!(&made, plan, "node {}'s delta", node);
+                            prop_assert!(deltas.get(node).is_none_or(|d| !d.is_empty()), "no empty delta");
+                            r.plans.entry(node.clone()).or_insert(made);
                         }
                         prop_assert_eq!(r, full);
                     }
