@@ -495,7 +495,7 @@ pub async fn watch_kubernetes_with(state: Arc<ControlState>, client: kube::Clien
             // watch reader, the plan streams) move to another meanwhile.
             // Pods alone changed: applied to the last reconcile where that
             // holds (ControlState::update_pods), else reconciled whole.
-            let update = || match mirror.pod_changes().filter(|_| published) {
+            let update = || match published.then(|| mirror.pod_changes()).flatten() {
                 Some(changes) => state.update_pods(&mirror.st, &changes),
                 None => state.update(&mirror.st),
             };

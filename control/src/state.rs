@@ -67,16 +67,14 @@ impl NodePlan {
         let delta = Arc::new(EncodedDelta { base: delta.base, version, json });
         // The newest changes that fit both bounds, oldest first.
         let mut bytes = 0;
-        let kept = std::iter::once(&delta)
-            .chain(self.deltas.iter().rev())
+        let mut deltas: Vec<Arc<EncodedDelta>> = std::iter::once(delta)
+            .chain(self.deltas.iter().rev().cloned())
             .take(MAX_DELTAS)
             .take_while(|d| {
                 bytes += d.json.len();
                 bytes <= MAX_DELTA_BYTES
             })
-            .count();
-        let mut deltas: Vec<Arc<EncodedDelta>> =
-            std::iter::once(delta).chain(self.deltas.iter().rev().cloned()).take(kept).collect();
+            .collect();
         deltas.reverse();
         NodePlan { deltas: deltas.into(), ..NodePlan::new(version, plan) }
     }

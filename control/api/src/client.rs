@@ -488,14 +488,9 @@ fn received_plan(plan_tx: &watch::Sender<Option<Arc<Received>>>, u: &crate::v1::
     if delta.version != u.version || delta.base != u.base_version {
         return Err(Refused::Delta("the delta's versions are not the update's".into()));
     }
-    let held = plan_tx.borrow().clone();
-    let Some(held) = held.filter(|h| h.version == u.base_version) else {
-        let held = plan_tx.borrow().as_ref().map_or(0, |h| h.version);
-        return Err(Refused::Delta(format!(
-            "delta from version {} does not follow the plan held, version {held}",
-            u.base_version
-        )));
-    };
+    // The plan held carries its version: `apply` refuses one that is not
+    // the delta's base.
+    let held = plan_tx.borrow().clone().ok_or_else(|| Refused::Delta("a delta before any plan".into()))?;
     delta.apply(&held.plan).map_err(|e| Refused::Delta(e.to_string()))
 }
 

@@ -188,6 +188,14 @@ pub struct PodEndpoint {
     pub spec: PodEndpointSpec,
 }
 
+impl PodEndpoint {
+    /// `spec.podIpAddress` as an address (`x.x.x.x/32` or `x.x.x.x`).
+    pub fn pod_ipv4(&self) -> Option<Ipv4Addr> {
+        let ip = self.spec.pod_ip_address.trim();
+        ip.strip_suffix("/32").unwrap_or(ip).parse().ok()
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodEndpointSpec {

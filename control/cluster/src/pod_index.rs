@@ -11,7 +11,7 @@
 //! index. `reconcile_tests` proves that both ways give the same result.
 
 use super::egress_ips::EgressIps;
-use super::objects::Pod;
+use super::objects::{Pod, PodEndpoint};
 use super::reconcile::{pod_claim, ConfigNames, EgressIndex, Reconciled};
 use super::{ClusterState, Problem};
 use egret_plan::{Binding, PlanDelta};
@@ -63,25 +63,18 @@ impl PodIndex {
         if !st.keys_unique || !st.network_policies.is_empty() || selects_pods || r.nodes.is_empty() {
             return None;
         }
+        let plain = served.keys().filter(|c| !tunnelled.contains(*c)).map(|c| (c.clone(), c.as_str().into())).collect();
         let mut ix = PodIndex {
-            plain: served.keys().filter(|c| !tunnelled.contains(*c)).map(|c| (c.clone(), c.as_str().into())).collect(),
-            served: BTreeMap::new(),
+            plain,
+            served,
             unserved,
             given,
             claims: HashMap::with_capacity(st.pods.len()),
             claimants: HashMap::with_capacity(st.pods.len()),
-            endpoint_ips: st
-                .pod_endpoints
-                .iter()
-                .filter_map(|e| {
-                    let ip = e.spec.pod_ip_address.trim();
-                    ip.strip_suffix("/32").unwrap_or(ip).parse().ok()
-                })
-                .collect(),
+            endpoint_ips: st.pod_endpoints.iter().filter_map(PodEndpoint::pod_ipv4).collect(),
             nodes_of: HashMap::new(),
             last: r.clone(),
         };
-        ix.served = served;
         for (node, plan) in &r.plans {
             for c in &plan.configs {
                 ix.nodes_of.entry(c.name.clone()).or_default().push(node.clone());
@@ -106,11 +99,10 @@ impl PodIndex {
     }
 
     /// The reconcile's result after `changes`: each pod by `namespace/name`,
-    /// with what it is now (`None`: gone). On `Err` the index is stale: the
-    /// caller reconciles whole and takes the new index.
-    /// The result holds only the node plans that changed; each is also
-    /// returned as the delta from its previous one (versions 0: the caller
-    /// numbers them).
+    /// with what it is now (`None`: gone). The result holds only the node
+    /// plans that changed; each is also returned as the delta from its
+    /// previous one (versions 0: the caller numbers them). On `Err` the
+    /// index is stale: the caller reconciles whole and takes the new index.
     pub fn apply(
         &mut self,
         changes: &[(String, Option<&Pod>)],
@@ -122,7 +114,8 @@ impl PodIndex {
         let mut names = ConfigNames::new();
         // Node → pod IP → its binding now (None: unbound).
         let mut edits: BTreeMap<&str, BTreeMap<Ipv4Addr, Option<Binding>>> = BTreeMap::new();
-        let mut statuses: BTreeMap<&str, BTreeMap<Ipv4Addr, bool>> = BTreeMap::new();
+        // Config status (by position) → pod IP → bound now.
+        let mut statuses: BTreeMap<usize, BTreeMap<Ipv4Addr, bool>> = BTreeMap::new();
         // The changed pods' problems go, in one pass; their problems now
         // come back below.
         let objects: HashSet<String> = changes.iter().map(|(key, _)| Problem::object_name("Pod", key)).collect();
@@ -164,9 +157,8 @@ impl PodIndex {
                 for node in self.nodes_of.get(config).into_iter().flatten() {
                     edits.entry(node).or_default().insert(ip, binding.clone());
                 }
-                let status = self.last.configs.binary_search_by(|s| s.name.as_str().cmp(config));
-                if let Ok(i) = status {
-                    statuses.entry(self.last.configs[i].name.as_str()).or_default().insert(ip, bind);
+                if let Ok(i) = self.last.configs.binary_search_by(|s| s.name.as_str().cmp(config)) {
+                    statuses.entry(i).or_default().insert(ip, bind);
                 }
             };
             for &ip in old_ips {
@@ -214,10 +206,7 @@ impl PodIndex {
             changed.insert(node.to_string(), plan.clone());
             deltas.insert(node.to_string(), delta);
         }
-        let statuses: Vec<(String, BTreeMap<Ipv4Addr, bool>)> =
-            statuses.into_iter().map(|(c, e)| (c.to_string(), e)).collect();
-        for (config, edits) in statuses {
-            let i = self.last.configs.binary_search_by(|s| s.name.cmp(&config)).expect("found above");
+        for (i, edits) in statuses {
             let pods = &mut self.last.configs[i].pods;
             for (ip, bound) in edits {
                 match (pods.binary_search(&ip), bound) {
@@ -245,36 +234,29 @@ mod tests {
     use crate::reconcile::{reconcile, reconcile_indexed};
     use proptest::prelude::*;
 
-    const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: gw-0, labels: {kubeegressgateway.azure.com/mode: "true", agentpool: gw}}
----
-apiVersion: v1
-kind: Node
-metadata: {name: gw-1, labels: {kubeegressgateway.azure.com/mode: "true", agentpool: gw}}
----
-apiVersion: v1
-kind: Node
-metadata: {name: gw-2, labels: {kubeegressgateway.azure.com/mode: "true", agentpool: gw}}
----
-apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
-kind: StaticGatewayConfiguration
-metadata: {name: a, namespace: apps}
-spec: {gatewayNodepoolName: gw}
-status: {egressIpPrefix: 198.19.100.0/28}
----
-apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
-kind: StaticGatewayConfiguration
-metadata: {name: b, namespace: apps}
-spec: {gatewayNodepoolName: gw}
-status: {egressIpPrefix: 198.19.101.0/28}
----
-apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
-kind: StaticGatewayConfiguration
-metadata: {name: pending, namespace: apps}
-spec: {gatewayNodepoolName: gw}
-"#;
+    /// Three gateway nodes in pool gw; configs a and b served on them,
+    /// pending without a prefix.
+    fn cluster_yaml() -> String {
+        let nodes = (0..3).map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: gw-{i}, \
+                 labels: {{kubeegressgateway.azure.com/mode: 'true', agentpool: gw}}}}\n"
+            )
+        });
+        let configs = [
+            ("a", "status: {egressIpPrefix: 198.19.100.0/28}"),
+            ("b", "status: {egressIpPrefix: 198.19.101.0/28}"),
+            ("pending", ""),
+        ]
+        .into_iter()
+        .map(|(name, status)| {
+            format!(
+                "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\n\
+                     metadata: {{name: {name}, namespace: apps}}\nspec: {{gatewayNodepoolName: gw}}\n{status}\n"
+            )
+        });
+        nodes.chain(configs).collect::<Vec<_>>().join("---\n")
+    }
 
     /// A pod `p{n}` of namespace apps naming `config` (none: no
     /// annotation), at `ip`, finished or not.
@@ -290,7 +272,7 @@ spec: {gatewayNodepoolName: gw}
     }
 
     fn cluster() -> ClusterState {
-        let mut st = ClusterState::parse(CLUSTER, "cluster").unwrap();
+        let mut st = ClusterState::parse(&cluster_yaml(), "cluster").unwrap();
         st.keys_unique = true;
         st
     }

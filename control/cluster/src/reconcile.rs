@@ -274,9 +274,7 @@ fn tunnel_bindings<'a>(
             problems.push(problem(format!("names {config}, which is not served with a tunnel")));
             continue;
         }
-        let ip = e.spec.pod_ip_address.trim();
-        let ip = ip.strip_suffix("/32").unwrap_or(ip);
-        let Ok(pod_ip) = ip.parse::<Ipv4Addr>() else {
+        let Some(pod_ip) = e.pod_ipv4() else {
             problems.push(problem(format!("spec.podIpAddress '{}' is not an IPv4 /32", e.spec.pod_ip_address)));
             continue;
         };
