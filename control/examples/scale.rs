@@ -284,6 +284,8 @@ struct Seen {
     events: Vec<Event>,
     /// Per node: (arrival, version) of every plan.
     plans: Vec<Vec<(Instant, u64, usize)>>,
+    /// Plans received whole (the rest came as deltas).
+    whole: usize,
 }
 
 /// One gateway's view of its plan stream: the plan held (as a gateway
@@ -340,6 +342,7 @@ async fn subscriber(url: String, node: usize, deltas: bool, seen: Arc<Mutex<Seen
             {
                 let mut s = seen.lock().unwrap();
                 s.plans[node].push((now, u.version, held.ips.len()));
+                s.whole += u.delta_json.is_empty() as usize;
                 for e in s.events.iter_mut().filter(|e| e.seen[node].is_none() && e.at <= now) {
                     if held.ips.contains(&e.ip) == e.present {
                         e.seen[node] = Some(now);
@@ -435,7 +438,7 @@ async fn main() {
     let pid = child.id();
     let _child = Killed(child);
 
-    let seen = Arc::new(Mutex::new(Seen { events: Vec::new(), plans: vec![Vec::new(); a.nodes] }));
+    let seen = Arc::new(Mutex::new(Seen { events: Vec::new(), plans: vec![Vec::new(); a.nodes], whole: 0 }));
     for n in 0..a.nodes {
         tokio::spawn(subscriber(format!("http://{grpc}"), n, a.deltas, seen.clone()));
     }
@@ -538,7 +541,7 @@ async fn main() {
         "| churn {}/s for {} s: event → every node, p50 / p99 / max | {c50:.0} / {c99:.0} / {cmax:.0} ms ({cn} events, {cun} unseen) |",
         a.churn_rate, a.churn_secs
     );
-    println!("| plans received (all nodes) | {plans} |");
+    println!("| plans received (all nodes) | {plans} ({} whole) |", s.whole);
     println!(
         "| control RSS: first plan / after quiet / churn max / end / peak (VmHWM) | {:.0} / {:.0} / {:.0} / {:.0} / {:.0} MiB |",
         mib(rss_first),

@@ -18,14 +18,15 @@
 //! without, and that is reported as a problem. A list or watch that fails
 //! later never empties a kind: its last listed objects keep serving.
 
+use crate::raw_object::RawObject;
 use crate::state::ControlState;
 use egret_cluster::{
     BrokenPolicy, ClusterState, EgressPolicyObject, GatewayVmConfiguration, NetworkPolicyObject, Node, Pod,
     PodEndpoint, Secret, StaticGatewayConfiguration, NETWORK_POLICY_GROUP, NETWORK_POLICY_KIND, NETWORK_POLICY_VERSION,
-    POD_ENDPOINT_KIND, POLICY_KIND, SGC_GROUP, SGC_KIND, SGC_VERSION, VM_CONFIG_KIND,
+    POD_ANNOTATION, POD_ENDPOINT_KIND, POLICY_KIND, SGC_GROUP, SGC_KIND, SGC_VERSION, VM_CONFIG_KIND,
 };
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{Api, ApiResource, GroupVersionKind};
 use kube::runtime::{watcher, WatchStreamExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -158,10 +159,6 @@ struct Store {
     error: Option<String>,
 }
 
-fn key(o: &DynamicObject) -> String {
-    format!("{}/{}", o.metadata.namespace.as_deref().unwrap_or(""), o.metadata.name.as_deref().unwrap_or(""))
-}
-
 /// An object decoded into its cluster type, once, as it arrives.
 enum Decoded {
     Config(StaticGatewayConfiguration),
@@ -176,31 +173,41 @@ enum Decoded {
     Secret(Secret),
 }
 
-/// `v` decoded, if Egret needs it at all (pods without the annotation and
-/// nodes that are not gateways are not kept); an object that does not
+/// `json` decoded, if Egret needs it at all (pods without the annotation
+/// and nodes that are not gateways are not kept); an object that does not
 /// decode is logged and left out (it cannot take the others down), except
-/// an EgressPolicy (see [`Decoded::Policy`]).
-fn decode(kind: Kind, k: &str, v: serde_json::Value) -> Option<Decoded> {
-    fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value, what: &str, k: &str) -> Option<T> {
-        serde_json::from_value(v)
+/// an EgressPolicy (see [`Decoded::Policy`]). Each kind decodes straight
+/// from the text into its cluster type: fields Egret does not read (a
+/// pod's spec, managedFields) are skipped, never built.
+fn decode(kind: Kind, k: &str, json: &str) -> Option<Decoded> {
+    fn typed<T: serde::de::DeserializeOwned>(json: &str, what: &str, k: &str) -> Option<T> {
+        serde_json::from_str(json)
             .inspect_err(|e| tracing::warn!(object = %format!("{what} {k}"), error = %e, "object does not decode"))
             .ok()
     }
     Some(match kind {
-        // Only pods that decode and carry the annotation are wanted.
-        Kind::Pod => Decoded::Pod(serde_json::from_value::<Pod>(v).ok().filter(|p| p.gateway_config().is_some())?),
-        Kind::Node => Decoded::Node(serde_json::from_value::<Node>(v).ok().filter(|n| n.is_gateway())?),
-        Kind::Secret(_) if v["data"].get("PrivateKey").is_none() => return None,
-        Kind::Secret(_) => Decoded::Secret(typed(v, "Secret", k)?),
-        Kind::Config => Decoded::Config(typed(v, SGC_KIND, k)?),
-        Kind::PodEndpoint => Decoded::PodEndpoint(typed(v, POD_ENDPOINT_KIND, k)?),
-        Kind::VmConfig => Decoded::VmConfig(typed(v, VM_CONFIG_KIND, k)?),
+        // Only pods that decode and carry the annotation are wanted, and of
+        // their annotations only that one (the rest can be large, e.g.
+        // kubectl's last-applied-configuration, and every such pod is kept).
+        Kind::Pod => {
+            let mut pod = serde_json::from_str::<Pod>(json).ok().filter(|p| p.gateway_config().is_some())?;
+            pod.metadata.annotations.retain(|k| k == POD_ANNOTATION);
+            Decoded::Pod(pod)
+        }
+        Kind::Node => Decoded::Node(serde_json::from_str::<Node>(json).ok().filter(|n| n.is_gateway())?),
+        Kind::Secret(_) => {
+            Decoded::Secret(typed::<Secret>(json, "Secret", k).filter(|s| s.data.contains_key("PrivateKey"))?)
+        }
+        Kind::Config => Decoded::Config(typed(json, SGC_KIND, k)?),
+        Kind::PodEndpoint => Decoded::PodEndpoint(typed(json, POD_ENDPOINT_KIND, k)?),
+        Kind::VmConfig => Decoded::VmConfig(typed(json, VM_CONFIG_KIND, k)?),
         // Only the metadata is decoded here (an API server's always
         // decodes); reconcile reads the spec and fails an unreadable one
         // closed.
-        Kind::NetworkPolicy => Decoded::NetworkPolicy(typed(v, NETWORK_POLICY_KIND, k)?),
-        Kind::Policy => Decoded::Policy(serde_json::from_value::<EgressPolicyObject>(v.clone()).map_err(|e| {
+        Kind::NetworkPolicy => Decoded::NetworkPolicy(typed(json, NETWORK_POLICY_KIND, k)?),
+        Kind::Policy => Decoded::Policy(serde_json::from_str::<EgressPolicyObject>(json).map_err(|e| {
             tracing::warn!(object = %format!("{POLICY_KIND} {k}"), error = %e, "object does not decode");
+            let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
             BrokenPolicy {
                 metadata: serde_json::from_value(v["metadata"].clone()).unwrap_or_default(),
                 gateway_configuration: v["spec"]["gatewayConfiguration"].as_str().map(str::to_string),
@@ -326,19 +333,18 @@ impl Store {
 
     /// Applies `ev`; whether the mirror changed (a list starting or in
     /// progress changes nothing until it is done).
-    fn apply(&mut self, mirror: &mut Mirror, kind: Kind, ev: watcher::Event<DynamicObject>) -> bool {
-        let value = |o: &DynamicObject| serde_json::to_value(o).unwrap_or_default();
+    fn apply(&mut self, mirror: &mut Mirror, kind: Kind, ev: watcher::Event<RawObject>) -> bool {
         match ev {
             watcher::Event::Init => {
                 self.relist = Some(Vec::new());
                 return false;
             }
             watcher::Event::InitApply(o) => {
-                let k = key(&o);
+                let k = o.key();
                 let relist = self.relist.get_or_insert_with(Vec::new);
                 // What Egret does not keep is gone below with whatever
                 // else the list no longer holds.
-                if let Some(d) = decode(kind, &k, value(&o)) {
+                if let Some(d) = decode(kind, &k, o.json.get()) {
                     relist.push((k, d));
                 }
                 return false;
@@ -359,8 +365,8 @@ impl Store {
                 self.error = None;
             }
             watcher::Event::Apply(o) => {
-                let k = key(&o);
-                match decode(kind, &k, value(&o)) {
+                let k = o.key();
+                match decode(kind, &k, o.json.get()) {
                     Some(d) => {
                         mirror.put(&k, d);
                         self.keys.insert(k);
@@ -370,7 +376,7 @@ impl Store {
                     None => return self.forget(mirror, kind, &k),
                 }
             }
-            watcher::Event::Delete(o) => return self.forget(mirror, kind, &key(&o)),
+            watcher::Event::Delete(o) => return self.forget(mirror, kind, &o.key()),
         }
         true
     }
@@ -437,7 +443,7 @@ pub async fn watch_kubernetes_with(state: Arc<ControlState>, client: kube::Clien
         vec![Kind::Config, Kind::Pod, Kind::Node, Kind::Policy, Kind::PodEndpoint, Kind::VmConfig, Kind::NetworkPolicy];
     kinds.extend((0..opts.secret_namespaces.len()).map(Kind::Secret));
     let streams = kinds.iter().enumerate().map(|(i, &kind)| {
-        let api: Api<DynamicObject> = match kind {
+        let api: Api<RawObject> = match kind {
             Kind::Secret(i) => Api::namespaced_with(client.clone(), &opts.secret_namespaces[i], &resource(kind)),
             _ => Api::all_with(client.clone(), &resource(kind)),
         };
@@ -518,7 +524,7 @@ fn handle(
     stores: &mut BTreeMap<Kind, Store>,
     mirror: &mut Mirror,
     kind: Kind,
-    ev: Result<watcher::Event<DynamicObject>, watcher::Error>,
+    ev: Result<watcher::Event<RawObject>, watcher::Error>,
 ) -> bool {
     let s = stores.get_mut(&kind).expect("every kind has a store");
     let e = match ev {
@@ -544,4 +550,20 @@ fn handle(
         _ => tracing::warn!(?kind, ?code, error = %e, "watch failed; retrying with backoff"),
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_is_kept_with_only_the_annotation_egret_reads() {
+        let json = r#"{"metadata":{"name":"p","namespace":"apps","annotations":{
+            "kubernetes.azure.com/static-gateway-configuration":"egress",
+            "kubectl.kubernetes.io/last-applied-configuration":"{\"a\":1}"}},
+            "spec":{"containers":[{"name":"c"}]},"status":{"podIP":"198.18.0.2"}}"#;
+        let Some(Decoded::Pod(p)) = decode(Kind::Pod, "apps/p", json) else { panic!("an annotated pod is kept") };
+        assert_eq!(p.gateway_config().as_deref(), Some("apps/egress"));
+        assert_eq!(p.metadata.annotations.iter().count(), 1);
+    }
 }

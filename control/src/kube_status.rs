@@ -578,7 +578,8 @@ mod tests {
                 bind("198.18.0.4", "apps/blue", Some(key(2))),
                 bind("198.18.0.3", "apps/blue", Some(key(1))),
                 bind("198.18.0.5", "apps/plain", None),
-            ],
+            ]
+            .into(),
         }
     }
 

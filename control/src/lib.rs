@@ -13,6 +13,7 @@ pub mod leader;
 pub mod peers;
 pub mod pressure;
 pub mod probe;
+mod raw_object;
 pub mod server;
 pub mod service;
 pub mod source;

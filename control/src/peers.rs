@@ -150,7 +150,7 @@ async fn ask(
                 // Its current plan is the one applied, or it moved on: asked again next round.
                 if p.applied_version == p.version && p.version == n.applied_version {
                     let plan = parse_redacted(&p.plan_json).map_err(|e| format!("{}'s plan: {e}", n.name))?;
-                    fetched.insert(key.clone(), NodePlan::with_json(p.version, plan, p.plan_json));
+                    fetched.insert(key.clone(), NodePlan::new(p.version, plan));
                 }
             }
             out.insert(
@@ -205,7 +205,7 @@ mod tests {
             port: 6000,
             private_key: WgSecret([7; 32]),
         });
-        let plan = Plan { version: 4, configs: vec![c], bindings: Vec::new(), network_policies: Vec::new() };
+        let plan = Plan { version: 4, configs: vec![c], bindings: Default::default(), network_policies: Vec::new() };
         let shown = serde_json::to_string(&plan.redacted()).unwrap();
         assert!(shown.contains("<redacted>"));
         let parsed = parse_redacted(&shown).unwrap();

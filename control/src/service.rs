@@ -244,7 +244,7 @@ fn plan_updates(node: &str, p: &NodePlan, sent: u64, accepts_deltas: bool) -> Ve
         None => vec![Ok(api::PlanUpdate {
             node: node.to_string(),
             version: p.version,
-            plan_json: p.json().to_string(),
+            plan_json: p.json(),
             delta_json: String::new(),
             base_version: 0,
         })],

@@ -11,17 +11,15 @@ use egret_cluster::{
 };
 use egret_plan::{Plan, PlanDelta, WgKey};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// One node's plan at one version, encoded (whole, when a subscriber needs
-/// it whole) once for every subscriber, with the changes that led to it.
+/// One node's plan at one version, with the changes that led to it.
 #[derive(Debug, Clone)]
 pub struct NodePlan {
     pub version: u64,
     pub plan: Arc<Plan>,
-    json: Arc<OnceLock<String>>,
     /// The last [`MAX_DELTAS`] versions' changes (at most
     /// [`MAX_DELTA_BYTES`] of them), oldest first, contiguous up to this
     /// version (empty when the last change could not be put as a delta or
@@ -50,14 +48,7 @@ impl NodePlan {
     /// `plan` at `version`, with no changes before it.
     pub fn new(version: u64, mut plan: Plan) -> NodePlan {
         plan.version = version;
-        NodePlan { version, plan: Arc::new(plan), json: Arc::default(), deltas: Arc::new([]) }
-    }
-
-    /// As [`NodePlan::new`], with the plan's JSON form as it came.
-    pub fn with_json(version: u64, plan: Plan, json: String) -> NodePlan {
-        let np = NodePlan::new(version, plan);
-        let _ = np.json.set(json);
-        np
+        NodePlan { version, plan: Arc::new(plan), deltas: Arc::new([]) }
     }
 
     /// `plan` at `version`, the change from `self` being `delta`.
@@ -79,9 +70,11 @@ impl NodePlan {
         NodePlan { deltas: deltas.into(), ..NodePlan::new(version, plan) }
     }
 
-    /// The plan whole, as JSON (encoded on first use).
-    pub fn json(&self) -> &str {
-        self.json.get_or_init(|| serde_json::to_string(&*self.plan).expect("a plan always serialises"))
+    /// The plan whole, as JSON. Encoded for each subscriber that needs it
+    /// whole (rare once plans travel as deltas), not kept: at 100,000 pods
+    /// it is ~5 MB per node, held for as long as the version is served.
+    pub fn json(&self) -> String {
+        serde_json::to_string(&*self.plan).expect("a plan always serialises")
     }
 
     /// The changes from version `sent` to this one, in order, when they
@@ -695,7 +688,7 @@ mod tests {
 
         let mut r = cluster::reconcile(&cluster());
         let plan = r.plans.get_mut("gw-0").unwrap();
-        plan.bindings.push(egret_plan::Binding {
+        plan.bindings.make_mut().push(egret_plan::Binding {
             pod_ip: "198.18.0.2".parse().unwrap(),
             config: "demo/gone".into(),
             public_key: None,

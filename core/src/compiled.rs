@@ -304,7 +304,8 @@ mod tests {
             bindings: vec![
                 Binding { pod_ip: "198.18.0.2".parse().unwrap(), config: "a".into(), public_key: None },
                 Binding { pod_ip: "198.18.0.3".parse().unwrap(), config: "b".into(), public_key: None },
-            ],
+            ]
+            .into(),
         };
         let c = CompiledPlan::new(&plan).unwrap();
         assert_eq!(c.configs[0].addrs.len(), 16);
@@ -319,7 +320,7 @@ mod tests {
             network_policies: Vec::new(),
             version: 1,
             configs: vec![GatewayConfig::new("a", vec![cidr("198.19.100.0/28")])],
-            bindings: vec![],
+            bindings: Default::default(),
         };
         plan.configs[0].timeouts.udp = 0;
         assert!(matches!(CompiledPlan::new(&plan), Err(PlanError::BadTimeout { field: "udp", .. })));
@@ -335,7 +336,7 @@ mod tests {
             network_policies: Vec::new(),
             version: 1,
             configs: vec![a, b],
-            bindings: vec![],
+            bindings: Default::default(),
         })
         .unwrap();
         assert_eq!(c.config_of(ip(198, 18, 5, 9)), Some(1));
@@ -354,7 +355,7 @@ mod tests {
             network_policies: Vec::new(),
             version: 1,
             configs: vec![a],
-            bindings: vec![pod],
+            bindings: vec![pod].into(),
         })
         .unwrap();
         assert!(c.tunnelled.contains(&ip(198, 18, 0, 2)));

@@ -192,7 +192,7 @@ impl PlanDelta {
         Ok(Plan {
             version: self.version,
             configs: self.configs.clone().unwrap_or_else(|| held.configs.clone()),
-            bindings,
+            bindings: bindings.into(),
             network_policies: self.network_policies.clone().unwrap_or_else(|| held.network_policies.clone()),
         })
     }
@@ -222,8 +222,8 @@ mod tests {
             network_policies: Vec::new(),
         };
         let mut seen = HashSet::new();
-        p.bindings.retain(|b| seen.insert(b.pod_ip));
-        p.bindings.sort_by(|a, b| key(a).cmp(&key(b)));
+        p.bindings.make_mut().retain(|b| seen.insert(b.pod_ip));
+        p.bindings.make_mut().sort_by(|a, b| key(a).cmp(&key(b)));
         p
     }
 
@@ -258,7 +258,8 @@ mod tests {
     #[test]
     fn plans_with_a_pod_ip_twice_in_a_config_get_no_delta() {
         let mut old = plan(1, &["a/x"], &[(1, 0)]);
-        old.bindings.push(old.bindings[0].clone());
+        let first = old.bindings[0].clone();
+        old.bindings.make_mut().push(first);
         let new = plan(2, &["a/x"], &[(1, 0)]);
         assert_eq!(PlanDelta::between(&old, &new), None);
     }
@@ -305,12 +306,12 @@ mod tests {
                 for p in [&mut old, &mut new] {
                     p.configs[2].egress = vec!["198.18.0.8/30".parse().unwrap()];
                 }
-                old.bindings.retain(|b| !(8..12).contains(&b.pod_ip.octets()[3]));
+                old.bindings.make_mut().retain(|b| !(8..12).contains(&b.pod_ip.octets()[3]));
             }
             if let Some((ip, config)) = stray {
-                new.bindings.retain(|b| b.pod_ip.octets()[3] != ip);
-                new.bindings.push(Binding { pod_ip: Ipv4Addr::new(198, 18, 0, ip), config: config.into(), public_key: None });
-                new.bindings.sort_by(|a, b| key(a).cmp(&key(b)));
+                new.bindings.make_mut().retain(|b| b.pod_ip.octets()[3] != ip);
+                new.bindings.make_mut().push(Binding { pod_ip: Ipv4Addr::new(198, 18, 0, ip), config: config.into(), public_key: None });
+                new.bindings.make_mut().sort_by(|a, b| key(a).cmp(&key(b)));
             }
             prop_assume!(old.validate().is_ok());
             let d = PlanDelta::between(&old, &new).unwrap();

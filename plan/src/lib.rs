@@ -194,12 +194,60 @@ impl Binding {
     }
 }
 
+/// A plan's bindings, shared by the plans that hold the same ones: the
+/// nodes of one pool serve the same configs, and egret-control keeps a
+/// plan per node and version, so a list of 100,000 pods is held once, not
+/// once per node. Read as a `Vec`; [`Bindings::make_mut`] copies it first
+/// if another plan holds it too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Bindings(std::sync::Arc<Vec<Binding>>);
+
+impl Bindings {
+    pub fn make_mut(&mut self) -> &mut Vec<Binding> {
+        std::sync::Arc::make_mut(&mut self.0)
+    }
+    /// Whether both are the same list (not just equal ones).
+    pub fn same(&self, other: &Bindings) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::ops::Deref for Bindings {
+    type Target = Vec<Binding>;
+    fn deref(&self) -> &Vec<Binding> {
+        &self.0
+    }
+}
+
+impl From<Vec<Binding>> for Bindings {
+    fn from(v: Vec<Binding>) -> Bindings {
+        Bindings(v.into())
+    }
+}
+
+impl FromIterator<Binding> for Bindings {
+    fn from_iter<I: IntoIterator<Item = Binding>>(it: I) -> Bindings {
+        Bindings(std::sync::Arc::new(it.into_iter().collect()))
+    }
+}
+
+impl<'a> IntoIterator for &'a Bindings {
+    type Item = &'a Binding;
+    type IntoIter = std::slice::Iter<'a, Binding>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Plan {
     pub version: u64,
     pub configs: Vec<GatewayConfig>,
-    pub bindings: Vec<Binding>,
+    /// Shared: the nodes of one pool serve the same configs, so their plans
+    /// hold one list (egret-control keeps a plan per node and version).
+    pub bindings: Bindings,
     /// Kubernetes NetworkPolicies' egress rules for the pods served here:
     /// a flow leaves only if these (when they select its pod) and its
     /// config's EgressPolicy both allow it.

@@ -18,7 +18,8 @@ mod plans {
             bindings: vec![
                 Binding { pod_ip: "198.18.0.2".parse().unwrap(), config: "a".into(), public_key: None },
                 Binding { pod_ip: "198.18.0.3".parse().unwrap(), config: "b".into(), public_key: None },
-            ],
+            ]
+            .into(),
         }
     }
 
@@ -47,14 +48,22 @@ mod plans {
         );
 
         let mut p = plan();
-        p.bindings.push(Binding { pod_ip: "198.18.0.9".parse().unwrap(), config: "zz".into(), public_key: None });
+        p.bindings.make_mut().push(Binding {
+            pod_ip: "198.18.0.9".parse().unwrap(),
+            config: "zz".into(),
+            public_key: None,
+        });
         assert_eq!(
             p.validate().unwrap_err().to_string(),
             "pod 198.18.0.9 is bound to config 'zz', which does not exist"
         );
 
         let mut p = plan();
-        p.bindings.push(Binding { pod_ip: "198.18.0.2".parse().unwrap(), config: "b".into(), public_key: None });
+        p.bindings.make_mut().push(Binding {
+            pod_ip: "198.18.0.2".parse().unwrap(),
+            config: "b".into(),
+            public_key: None,
+        });
         assert!(matches!(p.validate(), Err(PlanError::DuplicateBinding { .. })));
 
         let mut p = plan();
@@ -80,7 +89,7 @@ mod sources {
         let mut cb = GatewayConfig::new("b", vec!["198.19.101.0/28".parse().unwrap()]);
         ca.sources = a.iter().map(|s| s.parse().unwrap()).collect();
         cb.sources = b.iter().map(|s| s.parse().unwrap()).collect();
-        Plan { network_policies: Vec::new(), version: 1, configs: vec![ca, cb], bindings: vec![] }
+        Plan { network_policies: Vec::new(), version: 1, configs: vec![ca, cb], bindings: Default::default() }
     }
 
     #[test]
@@ -141,7 +150,8 @@ mod tunnels {
                 pod_ip: Ipv4Addr::new(198, 18, 0, 2),
                 config: "a".into(),
                 public_key: Some(WgKey([1; 32])),
-            }],
+            }]
+            .into(),
         }
     }
 
@@ -153,7 +163,7 @@ mod tunnels {
     #[test]
     fn a_pod_key_for_a_config_without_a_tunnel_is_refused() {
         let mut p = tunnelled_plan();
-        p.bindings[0].config = "b".into();
+        p.bindings.make_mut()[0].config = "b".into();
         assert!(matches!(p.validate(), Err(PlanError::NoTunnel { .. })));
     }
 
@@ -162,7 +172,7 @@ mod tunnels {
         let mut p = tunnelled_plan();
         let mut second = p.bindings[0].clone();
         second.pod_ip = Ipv4Addr::new(198, 18, 0, 3);
-        p.bindings.push(second);
+        p.bindings.make_mut().push(second);
         assert!(matches!(p.validate(), Err(PlanError::DuplicatePeerKey { .. })));
     }
 

@@ -35,7 +35,7 @@ use egret_plan::network_policy::MAX_NETWORK_POLICY_ITEMS;
 use egret_plan::{IpBlock, Ipv4Cidr, NetworkPolicy, NetworkPolicyRule, NetworkPort, NetworkProtocol, Plan};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// A pod bound on some plan: its address, namespace and labels.
@@ -43,7 +43,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 pub(crate) struct BoundPod<'a> {
     pub ip: Ipv4Addr,
     pub namespace: &'a str,
-    pub labels: &'a BTreeMap<String, String>,
+    pub labels: &'a crate::objects::Tags,
 }
 
 /// One namespace's bound pods, and an index of them by label pair so that

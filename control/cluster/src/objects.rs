@@ -27,6 +27,86 @@ pub const AKS_MODE_GATEWAY: &str = "gateway";
 /// Node pool labels, AKS's first.
 pub const POOL_LABELS: [&str; 2] = ["kubernetes.azure.com/agentpool", "agentpool"];
 
+/// An object's labels or annotations: a few short pairs, kept as a list
+/// sorted by key. A `BTreeMap` allocates a node for eleven pairs even for
+/// one (~540 bytes), and the control plane holds every annotated pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tags(Vec<(String, String)>);
+
+impl Tags {
+    pub fn get(&self, key: &str) -> Option<&String> {
+        let i = self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
+        Some(&self.0[i].1)
+    }
+    /// Sets `key`, replacing its value if it has one.
+    pub fn insert(&mut self, key: String, value: String) {
+        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (key, value)),
+        }
+    }
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.0.retain(|(k, _)| keep(k));
+        self.0.shrink_to_fit();
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl<'a> IntoIterator for &'a Tags {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (String, String)>, fn(&(String, String)) -> (&String, &String)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl FromIterator<(String, String)> for Tags {
+    /// A key given twice keeps its last value, as a JSON object's would.
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Tags {
+        let mut v: Vec<(String, String)> = pairs.into_iter().collect();
+        v.reverse();
+        // Stable: of equal keys, the last given comes first and is kept.
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.dedup_by(|later, first| later.0 == first.0);
+        v.shrink_to_fit();
+        Tags(v)
+    }
+}
+
+impl Serialize for Tags {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Tags {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Tags, D::Error> {
+        struct Pairs;
+        impl<'de> serde::de::Visitor<'de> for Pairs {
+            type Value = Tags;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_unit<E>(self) -> Result<Tags, E> {
+                Ok(Tags::default())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Tags, A::Error> {
+                let mut pairs = Vec::with_capacity(m.size_hint().unwrap_or(0).min(64));
+                while let Some(pair) = m.next_entry::<String, String>()? {
+                    pairs.push(pair);
+                }
+                Ok(pairs.into_iter().collect())
+            }
+        }
+        d.deserialize_map(Pairs)
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
@@ -34,10 +114,10 @@ pub struct ObjectMeta {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Tags::is_empty")]
+    pub annotations: Tags,
+    #[serde(default, skip_serializing_if = "Tags::is_empty")]
+    pub labels: Tags,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -316,7 +396,7 @@ impl Node {
     }
     /// The node pool, from the agentpool labels.
     pub fn pool(&self) -> Option<&str> {
-        POOL_LABELS.iter().find_map(|k| self.metadata.labels.get(*k)).map(String::as_str)
+        POOL_LABELS.iter().find_map(|k| self.metadata.labels.get(k)).map(String::as_str)
     }
     /// Ready unless its Ready condition says otherwise (manifest files often
     /// carry no conditions), and not being deleted.
@@ -421,7 +501,7 @@ impl LabelSelector {
         Ok(())
     }
 
-    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+    pub fn matches(&self, labels: &Tags) -> bool {
         self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|r| {
                 let v = labels.get(&r.key);
@@ -691,4 +771,16 @@ pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ClusterError> {
     }
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tags_tests {
+    use super::Tags;
+
+    #[test]
+    fn a_key_given_twice_keeps_its_last_value_as_a_map_would() {
+        let t: Tags = serde_json::from_str(r#"{"b":"1","a":"2","b":"3"}"#).unwrap();
+        assert_eq!((t.get("a").map(String::as_str), t.get("b").map(String::as_str)), (Some("2"), Some("3")));
+        assert_eq!(serde_json::to_string(&t).unwrap(), r#"{"a":"2","b":"3"}"#);
+    }
 }

@@ -14,7 +14,7 @@ use super::egress_ips::EgressIps;
 use super::objects::{Pod, PodEndpoint};
 use super::reconcile::{pod_claim, ConfigNames, EgressIndex, Reconciled};
 use super::{ClusterState, Problem};
-use egret_plan::{Binding, PlanDelta};
+use egret_plan::{Binding, Bindings, PlanDelta};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -184,27 +184,43 @@ impl PodIndex {
         }
         let mut deltas = BTreeMap::new();
         let mut changed = BTreeMap::new();
-        for (node, edits) in edits {
-            let plan = self.last.plans.get_mut(node).expect("nodes_of names planned nodes");
-            let mut delta = PlanDelta { base: plan.version, version: plan.version, ..Default::default() };
-            for (ip, b) in edits {
-                match b {
-                    // Bound as it was (unbound and bound again): no change.
-                    Some(b)
-                        if plan
-                            .bindings
-                            .binary_search_by(|x| x.canonical_cmp(&b))
-                            .is_ok_and(|i| plan.bindings[i] == b) => {}
-                    Some(b) => delta.bind.push(b),
-                    None => delta.unbind.push(ip),
+        // The nodes of a pool hold one list of bindings and get the same
+        // edits: each new list is made once and shared (`None`: no change).
+        type Made<'e> = (Bindings, &'e BTreeMap<Ipv4Addr, Option<Binding>>, Option<(PlanDelta, Bindings)>);
+        let mut made: Vec<Made> = Vec::new();
+        for (node, edits) in &edits {
+            let plan = self.last.plans.get_mut(*node).expect("nodes_of names planned nodes");
+            let i = match made.iter().position(|(old, e, _)| old.same(&plan.bindings) && *e == edits) {
+                Some(i) => i,
+                None => {
+                    let mut delta = PlanDelta { base: plan.version, version: plan.version, ..Default::default() };
+                    for (ip, b) in edits {
+                        match b {
+                            // Bound as it was (unbound and bound again): no change.
+                            Some(b)
+                                if plan
+                                    .bindings
+                                    .binary_search_by(|x| x.canonical_cmp(b))
+                                    .is_ok_and(|i| plan.bindings[i] == *b) => {}
+                            Some(b) => delta.bind.push(b.clone()),
+                            None => delta.unbind.push(*ip),
+                        }
+                    }
+                    let new = match delta.is_empty() {
+                        true => None,
+                        false => {
+                            let new = delta.apply(plan).map_err(|_| NeedsFull("a plan not in canonical order"))?;
+                            Some((delta, new.bindings))
+                        }
+                    };
+                    made.push((plan.bindings.clone(), edits, new));
+                    made.len() - 1
                 }
-            }
-            if delta.is_empty() {
-                continue;
-            }
-            *plan = delta.apply(plan).map_err(|_| NeedsFull("a plan not in canonical order"))?;
+            };
+            let Some((delta, bindings)) = &made[i].2 else { continue };
+            plan.bindings = bindings.clone();
             changed.insert(node.to_string(), plan.clone());
-            deltas.insert(node.to_string(), delta);
+            deltas.insert(node.to_string(), delta.clone());
         }
         for (i, edits) in statuses {
             let pods = &mut self.last.configs[i].pods;
@@ -303,6 +319,22 @@ mod tests {
         assert_eq!(deltas.len(), 3, "a delta for each node");
         assert_eq!(r.plans, reconcile(&st).plans);
         assert!(r.plans.values().all(|p| p.bindings.len() == 2), "every node serves both configs");
+    }
+
+    #[test]
+    fn the_nodes_of_a_pool_hold_one_list_of_bindings_before_and_after_a_pod_change() {
+        let mut st = cluster();
+        put(&mut st, 1, Some(pod(1, Some("a"), "198.18.0.1", false)));
+        let (full, ix) = reconcile_indexed(&st);
+        let shared = |plans: &BTreeMap<String, egret_plan::Plan>| {
+            let lists: Vec<&Bindings> = plans.values().map(|p| &p.bindings).collect();
+            lists.len() == 3 && lists.iter().all(|l| l.same(lists[0]))
+        };
+        assert!(shared(&full.plans), "one list, not one per node");
+        let key = put(&mut st, 2, Some(pod(2, Some("b"), "198.18.0.2", false)));
+        let (r, _) = ix.expect("indexed").apply(&[(key, st.pods.last())]).expect("applied alone");
+        assert!(shared(&r.plans), "the changed list is made once for the pool");
+        assert_eq!(r.plans["gw-0"].bindings.len(), 2);
     }
 
     #[test]

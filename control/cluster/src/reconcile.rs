@@ -22,8 +22,8 @@ use super::objects::*;
 use super::pod_index::PodIndex;
 use super::Problem;
 use egret_plan::{
-    Binding, FilteringMode, GatewayConfig, Ipv4Cidr, MappingMode, Plan, PolicyRule, Timeouts, TunnelConfig, WgKey,
-    WgSecret, MAX_POOL_ADDRS, MAX_SOURCE_CIDRS,
+    Binding, Bindings, FilteringMode, GatewayConfig, Ipv4Cidr, MappingMode, Plan, PolicyRule, Timeouts, TunnelConfig,
+    WgKey, WgSecret, MAX_POOL_ADDRS, MAX_SOURCE_CIDRS,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::hash_map::Entry;
@@ -344,7 +344,12 @@ fn candidates(st: &ClusterState, needs_target: bool, problems: &mut Vec<Problem>
                 continue;
             }
         };
-        let alone = Plan { network_policies: Vec::new(), version: 0, configs: vec![config.clone()], bindings: vec![] };
+        let alone = Plan {
+            network_policies: Vec::new(),
+            version: 0,
+            configs: vec![config.clone()],
+            bindings: Default::default(),
+        };
         if let Err(e) = alone.validate() {
             problems.push(sgc_problem(sgc, e.to_string()));
             continue;
@@ -479,8 +484,12 @@ fn attach_policies(st: &ClusterState, out: &mut Vec<Candidate>, problems: &mut V
             }
         }
         c.config.policy = Some(policy);
-        let alone =
-            Plan { network_policies: Vec::new(), version: 0, configs: vec![c.config.clone()], bindings: vec![] };
+        let alone = Plan {
+            network_policies: Vec::new(),
+            version: 0,
+            configs: vec![c.config.clone()],
+            bindings: Default::default(),
+        };
         if let Err(e) = alone.validate() {
             problems.push(object(format!("{e}; {target} is not served until the policy is fixed")));
             bad.insert(target);
@@ -903,24 +912,40 @@ fn reconcile_inner(st: &ClusterState, want_index: bool) -> (Reconciled, Option<P
     // below then has little to do).
     let mut by_name: Vec<&Candidate> = cands.iter().collect();
     by_name.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+    // Node → the configs it serves, by name.
+    let mut serves: BTreeMap<&str, Vec<&Candidate>> = BTreeMap::new();
     for c in by_name {
         let Some(shares) = shares_of.get(&c.config.name) else { continue };
-        // One name for every binding of every node (a count, not a copy).
-        let name: std::sync::Arc<str> = c.config.name.as_str().into();
         for (node, addrs) in shares.iter().filter(|(_, a)| !a.is_empty()) {
             let plan = plans.get_mut(node).expect("members are gateway nodes");
             let mut config = c.config.clone();
             config.egress = addrs.iter().map(|a| Ipv4Cidr::new(*a, 32).expect("a /32 is valid")).collect();
             plan.configs.push(config);
-            for ip in bound.get(&c.config.name).into_iter().flatten() {
-                plan.bindings.push(Binding { pod_ip: *ip, config: name.clone(), public_key: None });
-            }
-            plan.bindings.extend(tunnelled_of.get(c.config.name.as_str()).into_iter().flatten().map(|b| (*b).clone()));
+            serves.entry(node).or_default().push(c);
         }
+    }
+    // Nodes that serve the same configs (a pool's) hold one list of
+    // bindings, made once.
+    let mut lists: HashMap<Vec<&str>, Bindings> = HashMap::new();
+    for (node, configs) in serves {
+        let names: Vec<&str> = configs.iter().map(|c| c.config.name.as_str()).collect();
+        let list = lists.entry(names).or_insert_with(|| {
+            let mut list = Vec::new();
+            for c in &configs {
+                // One name for every binding of the config (a count, not a copy).
+                let name: std::sync::Arc<str> = c.config.name.as_str().into();
+                for ip in bound.get(&c.config.name).into_iter().flatten() {
+                    list.push(Binding { pod_ip: *ip, config: name.clone(), public_key: None });
+                }
+                list.extend(tunnelled_of.get(c.config.name.as_str()).into_iter().flatten().map(|b| (*b).clone()));
+            }
+            list.sort_by(Binding::canonical_cmp);
+            list.into()
+        });
+        plans.get_mut(node).expect("members are gateway nodes").bindings = list.clone();
     }
     for plan in plans.values_mut() {
         plan.configs.sort_by(|a, b| a.name.cmp(&b.name));
-        plan.bindings.sort_by(Binding::canonical_cmp);
         plan.network_policies = network_policies::for_plan(&network_policies, bound_pods.len(), plan);
     }
     for (name, ips) in &bound {
@@ -981,13 +1006,13 @@ pub fn standalone_plan(st: &ClusterState, version: u64) -> (Plan, Vec<Problem>) 
     plan.configs.sort_by(|a, b| a.name.cmp(&b.name));
     for (config, ips) in bound {
         let config: std::sync::Arc<str> = config.into();
-        plan.bindings.extend(ips.into_iter().map(|pod_ip| Binding {
+        plan.bindings.make_mut().extend(ips.into_iter().map(|pod_ip| Binding {
             pod_ip,
             config: config.clone(),
             public_key: None,
         }));
     }
-    plan.bindings.extend(tunnelled);
+    plan.bindings.make_mut().extend(tunnelled);
     plan.network_policies = network_policies::for_plan(&network_policies, bound_pods.len(), &plan);
     problems.sort();
     (plan, problems)

@@ -106,7 +106,7 @@ fn aks_fixture_reconciles_to_one_plan_per_gateway_node() {
     let pay_node = &r.plans[GW2[0]];
     assert_eq!(
         pay_node.bindings,
-        vec![Binding { pod_ip: ip("198.18.1.2"), config: "payments/pay-egress".into(), public_key: None }]
+        vec![Binding { pod_ip: ip("198.18.1.2"), config: "payments/pay-egress".into(), public_key: None }].into()
     );
     let web_node = r.plans.iter().find(|(n, p)| GW1.contains(&n.as_str()) && p.configs.len() == 2).unwrap().1;
     assert_eq!(
@@ -115,7 +115,8 @@ fn aks_fixture_reconciles_to_one_plan_per_gateway_node() {
             Binding { pod_ip: ip("198.18.0.4"), config: "apps/batch-egress".into(), public_key: None },
             Binding { pod_ip: ip("198.18.0.2"), config: "apps/web-egress".into(), public_key: None },
             Binding { pod_ip: ip("198.18.0.3"), config: "apps/web-egress".into(), public_key: None },
-        ],
+        ]
+        .into(),
         "IPv4 only; finished, pending and unannotated pods left out"
     );
 
@@ -261,7 +262,10 @@ fn every_problem_is_reported_and_the_good_config_survives() {
     let plan = &r.plans["gw-0"];
     assert_eq!(plan.configs.len(), 1);
     assert_eq!(plan.configs[0].name, "apps/good");
-    assert_eq!(plan.bindings, vec![Binding { pod_ip: ip("198.18.0.2"), config: "apps/good".into(), public_key: None }]);
+    assert_eq!(
+        *plan.bindings,
+        vec![Binding { pod_ip: ip("198.18.0.2"), config: "apps/good".into(), public_key: None }]
+    );
     plan.validate().unwrap();
     assert!(r.plans["gw-down"].configs.is_empty(), "an unready gateway node gets an empty plan");
     let unserved: Vec<&str> = r.configs.iter().filter(|c| !c.served).map(|c| c.name.as_str()).collect();
@@ -294,7 +298,10 @@ fn vmss_profile_matches_nodes_by_provider_id() {
     assert_eq!(p.configs[0].name, "default/sgw1");
     assert_eq!(p.configs[0].egress.len(), 2);
     assert_eq!(p.configs[0].exclude, vec![cidr("10.244.0.0/16"), cidr("10.0.0.0/16")]);
-    assert_eq!(p.bindings, vec![Binding { pod_ip: ip("198.18.3.3"), config: "default/sgw1".into(), public_key: None }]);
+    assert_eq!(
+        *p.bindings,
+        vec![Binding { pod_ip: ip("198.18.3.3"), config: "default/sgw1".into(), public_key: None }]
+    );
     assert!(r.plans["othervmss000000"].configs.is_empty());
 }
 

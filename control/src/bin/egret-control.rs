@@ -127,12 +127,27 @@ enum GatewayAuth {
 
 #[tokio::main]
 async fn main() {
+    fixed_mmap_threshold();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     if let Err(e) = run(Args::parse()).await {
         eprintln!("egret-control: {e}");
         std::process::exit(1);
+    }
+}
+
+/// Allocations of 128 KiB and more (a node's plan as JSON, a list's body)
+/// get pages of their own, returned when freed. glibc otherwise raises the
+/// threshold to the largest such block freed, and later multi-megabyte plans
+/// land in the heap, where what is freed stays resident between the small
+/// objects kept (the pods): `bench/control.sh` at 100,000 pods peaked at
+/// ~340 MiB that way, ~277 MiB with the threshold fixed.
+fn fixed_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 

@@ -66,7 +66,8 @@ fn a_plan_push_keeps_port_reuse_session_counts() {
             bindings: vec![
                 Binding { pod_ip: POD_A.into(), config: "a".into(), public_key: None },
                 Binding { pod_ip: POD_B.into(), config: "b".into(), public_key: None },
-            ],
+            ]
+            .into(),
         };
         next.version = v;
         e.apply_plan(Arc::new(CompiledPlan::new(&next).unwrap()), T0);
@@ -414,7 +415,8 @@ mod plan_cooldown {
             bindings: vec![
                 Binding { pod_ip: POD_A.into(), config: a_binds.into(), public_key: None },
                 Binding { pod_ip: [198, 18, 0, 5].into(), config: "a".into(), public_key: None },
-            ],
+            ]
+            .into(),
         };
         Arc::new(CompiledPlan::new(&plan).unwrap())
     }
@@ -626,7 +628,8 @@ mod mode_switch_cooldown {
             bindings: vec![
                 Binding { pod_ip: POD_A.into(), config: "a".into(), public_key: None },
                 Binding { pod_ip: [198, 18, 0, 5].into(), config: "a".into(), public_key: None },
-            ],
+            ]
+            .into(),
         };
         Arc::new(CompiledPlan::new(&plan).unwrap())
     }

@@ -20,7 +20,7 @@ fn engine() -> NatEngine {
         network_policies: Vec::new(),
         version: 1,
         configs: vec![a],
-        bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }],
+        bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }].into(),
     };
     let s = EngineSettings { session_capacity: 1 << 18, ports: 1024..=65535, ..settings() };
     NatEngine::new(s, Arc::new(CompiledPlan::new(&plan).unwrap()))
@@ -63,7 +63,7 @@ fn small_pool() -> NatEngine {
         network_policies: Vec::new(),
         version: 1,
         configs: vec![a],
-        bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }],
+        bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }].into(),
     };
     let s = EngineSettings { ports: 1024..=1039, ..settings() };
     NatEngine::new(s, Arc::new(CompiledPlan::new(&plan).unwrap()))
@@ -120,7 +120,8 @@ fn one_config_follows_at_most_its_share_of_busy_destinations() {
         bindings: vec![
             Binding { pod_ip: POD.into(), config: "a".into(), public_key: None },
             Binding { pod_ip: other_pod.into(), config: "b".into(), public_key: None },
-        ],
+        ]
+        .into(),
     };
     let s = EngineSettings { ports: 1024..=1039, ..settings() };
     let mut e = NatEngine::new(s, Arc::new(CompiledPlan::new(&plan).unwrap()));

@@ -13,7 +13,7 @@ fn plan(a: GatewayConfig, b: GatewayConfig, a_of: Option<&str>, version: u64) ->
     if let Some(c) = a_of {
         bindings.push(Binding { pod_ip: POD_A.into(), config: c.into(), public_key: None });
     }
-    let plan = Plan { network_policies: Vec::new(), version, configs: vec![a, b], bindings };
+    let plan = Plan { network_policies: Vec::new(), version, configs: vec![a, b], bindings: bindings.into() };
     Arc::new(CompiledPlan::new(&plan).unwrap())
 }
 

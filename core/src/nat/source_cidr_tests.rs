@@ -16,7 +16,7 @@ fn plan(b_sources: &[&str]) -> Arc<CompiledPlan> {
         network_policies: Vec::new(),
         version: 1,
         configs: vec![config("a", "198.19.100.0/28"), b],
-        bindings: vec![Binding { pod_ip: POD_A.into(), config: "a".into(), public_key: None }],
+        bindings: vec![Binding { pod_ip: POD_A.into(), config: "a".into(), public_key: None }].into(),
     };
     Arc::new(CompiledPlan::new(&plan).unwrap())
 }
@@ -64,7 +64,7 @@ fn fallback_sources_are_forgotten_once_they_hold_nothing() {
     let mut cfg = config("b", "198.19.101.0/28");
     cfg.sources = vec!["198.18.0.0/16".parse().unwrap()];
     cfg.timeouts.port_cooldown = 0;
-    let plan = Plan { network_policies: Vec::new(), version: 1, configs: vec![cfg], bindings: vec![] };
+    let plan = Plan { network_policies: Vec::new(), version: 1, configs: vec![cfg], bindings: Default::default() };
     let mut e = NatEngine::new(settings(), Arc::new(CompiledPlan::new(&plan).unwrap()));
     for i in 0..100u8 {
         udp([198, 18, 9, i], 5000, SERVER, 53, b"q").run(&mut e, T0);
@@ -103,12 +103,12 @@ fn a_pod_that_loses_its_binding_but_sits_in_a_fallback_cidr_keeps_its_flows_ther
         network_policies: Vec::new(),
         version: 1,
         configs: vec![b.clone()],
-        bindings: vec![Binding { pod_ip: POD_A.into(), config: "b".into(), public_key: None }],
+        bindings: vec![Binding { pod_ip: POD_A.into(), config: "b".into(), public_key: None }].into(),
     };
     let mut e = NatEngine::new(settings(), Arc::new(CompiledPlan::new(&bound).unwrap()));
     let mut out = udp(POD_A, 5000, SERVER, 53, b"q");
     out.run(&mut e, T0);
-    let unbound = Plan { network_policies: Vec::new(), version: 2, configs: vec![b], bindings: vec![] };
+    let unbound = Plan { network_policies: Vec::new(), version: 2, configs: vec![b], bindings: Default::default() };
     e.apply_plan(Arc::new(CompiledPlan::new(&unbound).unwrap()), T0);
     assert_eq!(e.session_count(), 1);
     let mut back = udp(SERVER, 53, out.src(), out.sport(), b"a");
@@ -126,7 +126,7 @@ fn a_fallback_sources_expired_flow_seen_again_opens_a_new_session() {
         cfg.mapping = mapping;
         cfg.filtering = crate::plan::FilteringMode::EndpointDependent;
         cfg.timeouts.port_cooldown = 0;
-        let plan = Plan { network_policies: Vec::new(), version: 1, configs: vec![cfg], bindings: vec![] };
+        let plan = Plan { network_policies: Vec::new(), version: 1, configs: vec![cfg], bindings: Default::default() };
         let mut e = NatEngine::new(settings(), Arc::new(CompiledPlan::new(&plan).unwrap()));
         udp(NODE, 5000, SERVER, 53, b"q").run(&mut e, T0);
         let later = Time::from_secs(10 + 400);

@@ -24,7 +24,8 @@ pub fn plan_with(a: GatewayConfig, b: GatewayConfig) -> Arc<CompiledPlan> {
         bindings: vec![
             Binding { pod_ip: POD_A.into(), config: "a".into(), public_key: None },
             Binding { pod_ip: POD_B.into(), config: "b".into(), public_key: None },
-        ],
+        ]
+        .into(),
     };
     Arc::new(CompiledPlan::new(&plan).unwrap())
 }
@@ -966,7 +967,8 @@ fn a_new_plan_moves_new_flows_and_cuts_sessions_it_no_longer_covers() {
         bindings: vec![
             Binding { pod_ip: POD_A.into(), config: "b".into(), public_key: None },
             Binding { pod_ip: POD_B.into(), config: "b".into(), public_key: None },
-        ],
+        ]
+        .into(),
     };
     e.apply_plan(Arc::new(CompiledPlan::new(&plan).unwrap()), T0);
     assert_eq!(udp(SERVER, 53, a1.src(), a1.sport(), b"y").run(&mut e, T0), Verdict::Drop(DropReason::Unsolicited));
@@ -1440,7 +1442,8 @@ mod tunnelled {
             bindings: vec![
                 Binding { pod_ip: POD_A.into(), config: "a".into(), public_key: Some(WgKey([1; 32])) },
                 Binding { pod_ip: POD_B.into(), config: "b".into(), public_key: None },
-            ],
+            ]
+            .into(),
         };
         NatEngine::new(s, Arc::new(CompiledPlan::new(&plan).unwrap()))
     }
@@ -1572,7 +1575,8 @@ mod network_policy {
             bindings: vec![
                 Binding { pod_ip: POD_A.into(), config: "a".into(), public_key: None },
                 Binding { pod_ip: POD_B.into(), config: "b".into(), public_key: None },
-            ],
+            ]
+            .into(),
             network_policies,
         };
         Arc::new(CompiledPlan::new(&plan).unwrap())

@@ -276,7 +276,7 @@ mod stage {
                 network_policies: Vec::new(),
                 version: 1,
                 configs: vec![c],
-                bindings,
+                bindings: bindings.into(),
             })
             .unwrap(),
         )

@@ -135,7 +135,7 @@ mod tests {
             network_policies: Vec::new(),
             version: 1,
             configs: vec![with_uid, no_uid],
-            bindings: vec![],
+            bindings: Default::default(),
         })
         .unwrap();
         assert_eq!(ProbeState::serving_of(&plan, true), [UID.to_string()].into());
