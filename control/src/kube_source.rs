@@ -207,14 +207,34 @@ fn decode(kind: Kind, k: &str, json: &str) -> Option<Decoded> {
         Kind::NetworkPolicy => Decoded::NetworkPolicy(typed(json, NETWORK_POLICY_KIND, k)?),
         Kind::Policy => Decoded::Policy(serde_json::from_str::<EgressPolicyObject>(json).map_err(|e| {
             tracing::warn!(object = %format!("{POLICY_KIND} {k}"), error = %e, "object does not decode");
-            let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-            BrokenPolicy {
-                metadata: serde_json::from_value(v["metadata"].clone()).unwrap_or_default(),
-                gateway_configuration: v["spec"]["gatewayConfiguration"].as_str().map(str::to_string),
-                error: e.to_string(),
-            }
+            broken_policy(k, json, e.to_string())
         })),
     })
+}
+
+/// An EgressPolicy `k` (`namespace/name`) that does not decode: its name
+/// from the key, and the config it names if that much reads. Only that is
+/// read, shallowly: the rest may be what failed (a `podSelector` nested
+/// past any parser's depth limit), and a policy whose target is lost must
+/// not leave its config served without it.
+fn broken_policy(k: &str, json: &str, error: String) -> BrokenPolicy {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Target {
+        gateway_configuration: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        spec: Target,
+    }
+    let (namespace, name) = k.split_once('/').unwrap_or(("", k));
+    let metadata = egret_cluster::ObjectMeta {
+        name: name.to_string(),
+        namespace: Some(namespace.to_string()).filter(|n| !n.is_empty()),
+        ..Default::default()
+    };
+    let gateway_configuration = serde_json::from_str::<Spec>(json).ok().and_then(|s| s.spec.gateway_configuration);
+    BrokenPolicy { metadata, gateway_configuration, error }
 }
 
 /// Where each object sits in one of the cluster state's lists, so that a
@@ -565,5 +585,18 @@ mod tests {
         let Some(Decoded::Pod(p)) = decode(Kind::Pod, "apps/p", json) else { panic!("an annotated pod is kept") };
         assert_eq!(p.gateway_config().as_deref(), Some("apps/egress"));
         assert_eq!(p.metadata.annotations.iter().count(), 1);
+    }
+
+    #[test]
+    fn a_policy_nested_past_the_parsers_depth_still_names_its_config() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let json = format!(
+            r#"{{"metadata":{{"name":"p","namespace":"apps"}},"spec":{{"gatewayConfiguration":"blue",
+            "rules":[{{"name":"r","action":"allow","podSelector":{{"matchLabels":{{}},"x":{deep}}}}}]}}}}"#
+        );
+        let Some(Decoded::Policy(Err(b))) = decode(Kind::Policy, "apps/p", &json) else {
+            panic!("kept as a broken policy")
+        };
+        assert_eq!((b.metadata.key(), b.gateway_configuration.as_deref()), ("apps/p".to_string(), Some("blue")));
     }
 }

@@ -65,10 +65,12 @@ impl PlanService for Plans {
             let mut refused = None;
             loop {
                 let updates = {
-                    let snap = snapshots.borrow_and_update();
-                    match snap.plan_for(&node) {
+                    // Taken out of the snapshot first: a whole plan is
+                    // encoded below, without holding up the next publish.
+                    let now = snapshots.borrow_and_update().plan_for(&node).cloned();
+                    match now {
                         Some(p) if p.version != sent => {
-                            let updates = plan_updates(&node, p, sent, hello.accepts_deltas);
+                            let updates = plan_updates(&node, &p, sent, hello.accepts_deltas);
                             sent = p.version;
                             updates
                         }

@@ -92,8 +92,15 @@ impl<'de> Deserialize<'de> for Tags {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a map of strings")
             }
+            /// `labels: null` (or a YAML key left empty) is none.
+            fn visit_none<E>(self) -> Result<Tags, E> {
+                Ok(Tags::default())
+            }
             fn visit_unit<E>(self) -> Result<Tags, E> {
                 Ok(Tags::default())
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Tags, D::Error> {
+                d.deserialize_map(Pairs)
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Tags, A::Error> {
                 let mut pairs = Vec::with_capacity(m.size_hint().unwrap_or(0).min(64));
@@ -103,7 +110,7 @@ impl<'de> Deserialize<'de> for Tags {
                 Ok(pairs.into_iter().collect())
             }
         }
-        d.deserialize_map(Pairs)
+        d.deserialize_option(Pairs)
     }
 }
 
@@ -782,5 +789,11 @@ mod tags_tests {
         let t: Tags = serde_json::from_str(r#"{"b":"1","a":"2","b":"3"}"#).unwrap();
         assert_eq!((t.get("a").map(String::as_str), t.get("b").map(String::as_str)), (Some("2"), Some("3")));
         assert_eq!(serde_json::to_string(&t).unwrap(), r#"{"a":"2","b":"3"}"#);
+    }
+
+    #[test]
+    fn labels_given_as_null_are_none() {
+        let t: Tags = serde_json::from_str("null").unwrap();
+        assert!(t.is_empty());
     }
 }

@@ -445,6 +445,9 @@ fn attach_policies(st: &ClusterState, out: &mut Vec<Candidate>, problems: &mut V
     let mut policies: Vec<&EgressPolicyObject> = st.policies.iter().collect();
     policies.sort_by_cached_key(|p| p.metadata.key());
     let mut bad = BTreeSet::new();
+    // A broken policy whose target cannot be read may be any config's of
+    // its namespace: none of them is served (fail closed).
+    let mut bad_namespaces = BTreeSet::new();
     for b in &st.broken_policies {
         let m = &b.metadata;
         let message = match &b.gateway_configuration {
@@ -454,7 +457,14 @@ fn attach_policies(st: &ClusterState, out: &mut Vec<Candidate>, problems: &mut V
                 bad.insert(target);
                 why
             }
-            None => format!("does not decode ({})", b.error),
+            None => {
+                bad_namespaces.insert(m.ns().to_string());
+                format!(
+                    "does not decode ({}) and names no config; no config of namespace {} is served until the policy is fixed",
+                    b.error,
+                    m.ns()
+                )
+            }
         };
         problems.push(Problem::new(POLICY_KIND, &m.key(), message));
     }
@@ -495,7 +505,10 @@ fn attach_policies(st: &ClusterState, out: &mut Vec<Candidate>, problems: &mut V
             bad.insert(target);
         }
     }
-    out.retain(|c| !bad.contains(&c.config.name));
+    out.retain(|c| {
+        let namespace = c.config.name.split_once('/').map_or("", |(ns, _)| ns);
+        !bad.contains(&c.config.name) && !bad_namespaces.contains(namespace)
+    });
 }
 
 /// Turns each rule's `podSelector` into the IPs of the config's pods (those

@@ -372,6 +372,28 @@ spec:
 }
 
 #[test]
+fn a_broken_policy_that_names_no_config_leaves_its_namespace_unserved() {
+    let config = |name: &str, ns: &str, prefix: &str| {
+        format!(
+            "apiVersion: egressgateway.kubernetes.azure.com/v1alpha1\nkind: StaticGatewayConfiguration\n\
+             metadata: {{name: {name}, namespace: {ns}}}\nspec: {{gatewayNodepoolName: gwpool}}\n\
+             status: {{egressIpPrefix: {prefix}}}\n"
+        )
+    };
+    let text = [config("a", "apps", "198.19.100.0/30"), config("b", "other", "198.19.101.0/30")].join("---\n");
+    let mut st = ClusterState::parse(&text, "t").unwrap();
+    st.broken_policies.push(BrokenPolicy {
+        metadata: ObjectMeta { name: "p".into(), namespace: Some("apps".into()), ..Default::default() },
+        gateway_configuration: None,
+        error: "recursion limit exceeded".into(),
+    });
+    let (plan, problems) = standalone_plan(&st, 1);
+    let served: Vec<&str> = plan.configs.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(served, ["other/b"], "the policy may be any config's of apps: none of them is served");
+    assert!(problems[0].to_string().contains("no config of namespace apps is served"), "{}", problems[0]);
+}
+
+#[test]
 fn pod_selectors_resolve_to_the_configs_matching_pods() {
     let text = r#"
 apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
