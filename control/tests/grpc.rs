@@ -122,6 +122,10 @@ async fn edit_the_yaml_and_the_gateway_gets_the_new_plan_within_2s() {
     assert!(t0.elapsed() < Duration::from_secs(2));
     assert!(second.version > first.version);
     assert_eq!(config_of(&second.plan, "198.18.0.2"), "apps/green");
+    // Handed on with the change that made it, for the data plane to apply.
+    assert_eq!(second.seq, first.seq + 1);
+    let delta = second.delta.as_ref().expect("the change came as a delta");
+    assert_eq!((delta.base, delta.version), (first.version, second.version));
     sub.ack(second.version, Ok(()));
     sub.report(Report { counters: [("rx_packets".to_string(), 42)].into(), ..Default::default() });
 

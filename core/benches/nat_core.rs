@@ -590,7 +590,7 @@ fn main() {
     if want("pauses") {
         let (pods, configs) = if quick { (10_000u32, 100u32) } else { (100_000, 1_000) };
         // `more`: that many configs more (their pools change the layout).
-        let big = |version: u64, more: u32| {
+        let plan_of = |version: u64, more: u32| {
             let pools = u32::from(Ipv4Addr::new(198, 19, 192, 0));
             let configs: Vec<GatewayConfig> = (0..configs + more)
                 .map(|c| {
@@ -599,15 +599,19 @@ fn main() {
                 })
                 .collect();
             let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
-            let bindings = (0..pods)
+            let names: Vec<std::sync::Arc<str>> = configs.iter().map(|c| c.name.as_str().into()).collect();
+            let mut bindings: Vec<Binding> = (0..pods)
                 .map(|i| Binding {
                     pod_ip: Ipv4Addr::from(base + i),
-                    config: configs[(i % configs.len() as u32) as usize].name.as_str().into(),
+                    config: names[(i % configs.len() as u32) as usize].clone(),
                     public_key: None,
                 })
                 .collect();
-            Arc::new(CompiledPlan::new(&Plan { network_policies: Vec::new(), version, configs, bindings }).unwrap())
+            // As egret-control writes them (deltas need it).
+            bindings.sort_by(Binding::canonical_cmp);
+            Plan { network_policies: Vec::new(), version, configs, bindings: bindings.into() }
         };
+        let big = |version: u64, more: u32| Arc::new(CompiledPlan::new(&plan_of(version, more)).unwrap());
         let mut e = NatEngine::new(EngineSettings { session_capacity: 1 << 16, ..Default::default() }, big(1, 0));
         // The plans stay referenced here: which thread frees a retired
         // plan is the gateway's business, not the apply's.
@@ -624,6 +628,33 @@ fn main() {
         let label = format!("plan of {}k pods in {configs} configs applied", pods / 1000);
         rows.push((format!("{label}, pools unchanged (the worker's part)"), median(same_pools), "ms"));
         rows.push((format!("{label}, a config added or removed (the worker's part)"), median(new_pools), "ms"));
+
+        // The gateway's supervisor, before the workers: a pod added,
+        // compiled whole or as a change of the plan compiled before.
+        let old = plan_of(1, 0);
+        let compiled = CompiledPlan::new(&old).unwrap();
+        let mut new = old.clone();
+        new.version = 2;
+        // Past the pods (198.18.0.0 on) and below the pools (198.19.192.0 on).
+        let pod = Binding {
+            pod_ip: Ipv4Addr::new(198, 19, 150, 1),
+            config: new.bindings[0].config.clone(),
+            public_key: None,
+        };
+        new.bindings.make_mut().push(pod);
+        new.bindings.make_mut().sort_by(Binding::canonical_cmp);
+        let delta = egret_core::plan::PlanDelta::between(&old, &new).expect("canonical plans");
+        let time = |f: &dyn Fn()| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        };
+        let whole: Vec<f64> = (0..runs).map(|_| time(&|| drop(CompiledPlan::new(&new).unwrap()))).collect();
+        let changed: Vec<f64> =
+            (0..runs).map(|_| time(&|| drop(compiled.changed_by(&delta, &new).expect("pods only").unwrap()))).collect();
+        let label = format!("plan of {}k pods in {configs} configs, a pod added", pods / 1000);
+        rows.push((format!("{label}: compiled whole (the supervisor's part)"), median(whole), "ms"));
+        rows.push((format!("{label}: compiled from its delta (the supervisor's part)"), median(changed), "ms"));
     }
 
     // Memory: bytes the engine allocates per session slot of capacity.

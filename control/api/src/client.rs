@@ -163,6 +163,13 @@ pub fn endpoint(url: &str, tls: Option<&TlsFiles>, connect_timeout: Duration) ->
 pub struct Received {
     pub version: u64,
     pub plan: Plan,
+    /// Counts the plans this subscription has held (versions may repeat:
+    /// a restarted control plane numbers from 1 again).
+    pub seq: u64,
+    /// What changed since the plan held before it (`seq - 1`), when it came
+    /// as a delta: the data plane may then change its tables rather than
+    /// compile the plan whole.
+    pub delta: Option<PlanDelta>,
 }
 
 /// How the stream stands, for logs and health.
@@ -441,8 +448,8 @@ async fn once(
                     let _ = self_tx.send(Msg::Ack(Ack { version: u.version, error }));
                     continue;
                 }
-                let plan = match received_plan(plan_tx, &u) {
-                    Ok(plan) => plan,
+                let (plan, delta) = match received_plan(plan_tx, &u) {
+                    Ok(got) => got,
                     Err(Refused::Parse(e)) => {
                         tracing::error!(version = u.version, error = %e, "plan does not parse; keeping the last one");
                         unparsed = Some(u.version);
@@ -465,7 +472,8 @@ async fn once(
                     continue;
                 }
                 tracing::info!(version = u.version, delta = !u.delta_json.is_empty(), "new plan from the control plane");
-                plan_tx.send_replace(Some(Arc::new(Received { version: u.version, plan })));
+                let seq = plan_tx.borrow().as_ref().map_or(0, |p| p.seq + 1);
+                plan_tx.send_replace(Some(Arc::new(Received { version: u.version, plan, seq, delta })));
             }
         }
     }
@@ -479,10 +487,15 @@ enum Refused {
     Delta(String),
 }
 
-/// The plan an update carries: whole, or the plan held changed by its delta.
-fn received_plan(plan_tx: &watch::Sender<Option<Arc<Received>>>, u: &crate::v1::PlanUpdate) -> Result<Plan, Refused> {
+/// The plan an update carries: whole, or the plan held changed by its delta
+/// (and that delta).
+fn received_plan(
+    plan_tx: &watch::Sender<Option<Arc<Received>>>,
+    u: &crate::v1::PlanUpdate,
+) -> Result<(Plan, Option<PlanDelta>), Refused> {
     if u.delta_json.is_empty() {
-        return serde_json::from_str::<Plan>(&u.plan_json).map_err(|e| Refused::Parse(e.to_string()));
+        let plan = serde_json::from_str::<Plan>(&u.plan_json).map_err(|e| Refused::Parse(e.to_string()))?;
+        return Ok((plan, None));
     }
     let delta: PlanDelta = serde_json::from_str(&u.delta_json).map_err(|e| Refused::Delta(format!("delta: {e}")))?;
     if delta.version != u.version || delta.base != u.base_version {
@@ -491,7 +504,8 @@ fn received_plan(plan_tx: &watch::Sender<Option<Arc<Received>>>, u: &crate::v1::
     // The plan held carries its version: `apply` refuses one that is not
     // the delta's base.
     let held = plan_tx.borrow().clone().ok_or_else(|| Refused::Delta("a delta before any plan".into()))?;
-    delta.apply(&held.plan).map_err(|e| Refused::Delta(e.to_string()))
+    let plan = delta.apply(&held.plan).map_err(|e| Refused::Delta(e.to_string()))?;
+    Ok((plan, Some(delta)))
 }
 
 /// Another replica's plan (or a restarted one's) that says what the plan
@@ -517,7 +531,7 @@ fn reack_same_content(
     r.ack = Some(ack.clone());
     let _ = tx.send(GatewayMessage { msg: Some(Msg::Ack(ack)) });
     plan_tx.send_if_modified(|p| {
-        *p = Some(Arc::new(Received { version, plan: plan.clone() }));
+        *p = Some(Arc::new(Received { version, plan: plan.clone(), seq: held.seq + 1, delta: None }));
         false
     });
     tracing::info!(version, was = held.version, "the same plan under another version; acknowledged as applied");

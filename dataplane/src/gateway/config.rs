@@ -400,7 +400,11 @@ mod tests {
 
     /// Loads `extra` appended to a minimal valid config.
     fn load_with(extra: &str) -> Result<NodeConfig, ConfigError> {
-        let path = std::env::temp_dir().join(format!("egret-config-test-{}-{}.toml", std::process::id(), extra.len()));
+        // One file per call: tests run in parallel, and two extras of one
+        // length once shared a name (one test removed the other's file).
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("egret-config-test-{}-{n}.toml", std::process::id()));
         let text = format!(
             "router_ip = \"198.18.0.1\"\nplan_file = \"/nonexistent/plan.yaml\"\n[interfaces]\ninside = \"gw-in\"\n{extra}"
         );

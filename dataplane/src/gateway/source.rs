@@ -12,8 +12,18 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 pub enum PlanSource {
-    File { path: PathBuf, seen: Option<SystemTime>, version: u64 },
-    Control { sub: Subscription, plans: watch::Receiver<Option<Arc<Received>>> },
+    File {
+        path: PathBuf,
+        seen: Option<SystemTime>,
+        version: u64,
+    },
+    Control {
+        sub: Subscription,
+        plans: watch::Receiver<Option<Arc<Received>>>,
+        /// The last plan compiled, by its `Received::seq`: the next delta
+        /// may change it.
+        last: Option<Box<(u64, CompiledPlan)>>,
+    },
 }
 
 impl PlanSource {
@@ -33,7 +43,7 @@ impl PlanSource {
         cfg.token_file = c.token_file.clone();
         let sub = subscribe_in_thread(cfg).map_err(StartError::ControlClient)?;
         let plans = sub.plans();
-        Ok(PlanSource::Control { sub, plans })
+        Ok(PlanSource::Control { sub, plans, last: None })
     }
 
     /// The first plan; from the control plane, waits until one arrives that
@@ -79,14 +89,20 @@ impl PlanSource {
                 *version += 1;
                 Some(load_plan(path, *version))
             }
-            PlanSource::Control { sub, plans } => {
+            PlanSource::Control { sub, plans, last } => {
                 if !plans.has_changed().unwrap_or(false) {
                     return None;
                 }
                 let r = plans.borrow_and_update().clone()?;
                 let mut plan = r.plan.clone();
                 plan.version = r.version;
-                let compiled = CompiledPlan::new(&plan);
+                // A delta on the plan compiled last changes its tables;
+                // anything else (a version skipped, a config changed) is
+                // compiled whole.
+                let base = last.as_deref().filter(|(seq, _)| seq + 1 == r.seq).map(|(_, p)| p);
+                let changed = base.zip(r.delta.as_ref()).and_then(|(base, d)| base.changed_by(d, &plan));
+                let compiled = changed.unwrap_or_else(|| CompiledPlan::new(&plan));
+                *last = compiled.as_ref().ok().map(|p| Box::new((r.seq, p.clone())));
                 sub.ack(r.version, compiled.as_ref().map(|_| ()).map_err(ToString::to_string));
                 let source_name = format!("plan version {} from the control plane", r.version);
                 let compiled = compiled.map_err(|error| PlanRefused::Invalid { source_name, error });
