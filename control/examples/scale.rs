@@ -324,7 +324,7 @@ async fn subscriber(url: String, node: usize, deltas: bool, seen: Arc<Mutex<Seen
             continue;
         };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let hello = Hello { node: name.clone(), serving_version: 0, accepts_deltas: deltas };
+        let hello = Hello { node: name.clone(), serving_version: 0, accepts_deltas: deltas, accepts_parts: true };
         tx.send(GatewayMessage { msg: Some(Msg::Hello(hello)) }).await.unwrap();
         let mut client = PlanServiceClient::new(ch).max_decoding_message_size(egret_api::client::MAX_PLAN_BYTES);
         let Ok(stream) = client.subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)).await else {
@@ -333,7 +333,17 @@ async fn subscriber(url: String, node: usize, deltas: bool, seen: Arc<Mutex<Seen
         };
         let mut stream = stream.into_inner();
         let mut held = Held::default();
-        while let Ok(Some(u)) = stream.message().await {
+        // A whole plan's parts so far, joined as a gateway joins them.
+        let mut parts = String::new();
+        while let Ok(Some(mut u)) = stream.message().await {
+            if u.more {
+                parts.push_str(&u.plan_json);
+                continue;
+            }
+            if !parts.is_empty() {
+                parts.push_str(&u.plan_json);
+                u.plan_json = std::mem::take(&mut parts);
+            }
             if !held.take(&u) {
                 eprintln!("gw-{node}: delta to version {} does not follow; subscribing again", u.version);
                 break;

@@ -23,7 +23,7 @@ use crate::state::ControlState;
 use egret_cluster::{
     BrokenPolicy, ClusterState, EgressPolicyObject, GatewayVmConfiguration, NetworkPolicyObject, Node, Pod,
     PodEndpoint, Secret, StaticGatewayConfiguration, NETWORK_POLICY_GROUP, NETWORK_POLICY_KIND, NETWORK_POLICY_VERSION,
-    POD_ANNOTATION, POD_ENDPOINT_KIND, POLICY_KIND, SGC_GROUP, SGC_KIND, SGC_VERSION, VM_CONFIG_KIND,
+    POD_ENDPOINT_KIND, POLICY_KIND, SGC_GROUP, SGC_KIND, SGC_VERSION, VM_CONFIG_KIND,
 };
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, GroupVersionKind};
@@ -187,11 +187,10 @@ fn decode(kind: Kind, k: &str, json: &str) -> Option<Decoded> {
     }
     Some(match kind {
         // Only pods that decode and carry the annotation are wanted, and of
-        // their annotations only that one (the rest can be large, e.g.
-        // kubectl's last-applied-configuration, and every such pod is kept).
+        // them only what Egret reads (every such pod is kept).
         Kind::Pod => {
             let mut pod = serde_json::from_str::<Pod>(json).ok().filter(|p| p.gateway_config().is_some())?;
-            pod.metadata.annotations.retain(|k| k == POD_ANNOTATION);
+            pod.keep_only_what_egret_reads();
             Decoded::Pod(pod)
         }
         Kind::Node => Decoded::Node(serde_json::from_str::<Node>(json).ok().filter(|n| n.is_gateway())?),
@@ -577,14 +576,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_pod_is_kept_with_only_the_annotation_egret_reads() {
+    fn a_pod_is_kept_with_only_what_egret_reads() {
         let json = r#"{"metadata":{"name":"p","namespace":"apps","annotations":{
             "kubernetes.azure.com/static-gateway-configuration":"egress",
             "kubectl.kubernetes.io/last-applied-configuration":"{\"a\":1}"}},
-            "spec":{"containers":[{"name":"c"}]},"status":{"podIP":"198.18.0.2"}}"#;
+            "spec":{"containers":[{"name":"c"}]},
+            "status":{"podIP":"198.18.0.2","podIPs":[{"ip":"198.18.0.2"}],"hostIP":"198.18.5.5"}}"#;
         let Some(Decoded::Pod(p)) = decode(Kind::Pod, "apps/p", json) else { panic!("an annotated pod is kept") };
         assert_eq!(p.gateway_config().as_deref(), Some("apps/egress"));
         assert_eq!(p.metadata.annotations.iter().count(), 1);
+        assert_eq!(p.ipv4s(), ["198.18.0.2".parse::<std::net::Ipv4Addr>().unwrap()]);
+        assert_eq!((p.status.pod_ip, p.status.host_ip), (None, None), "podIPs says it");
     }
 
     #[test]

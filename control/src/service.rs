@@ -70,7 +70,7 @@ impl PlanService for Plans {
                     let now = snapshots.borrow_and_update().plan_for(&node).cloned();
                     match now {
                         Some(p) if p.version != sent => {
-                            let updates = plan_updates(&node, &p, sent, hello.accepts_deltas);
+                            let updates = plan_updates(&node, &p, sent, &hello);
                             sent = p.version;
                             updates
                         }
@@ -222,37 +222,67 @@ impl Admin {
     }
 }
 
-/// A node subscribed to another replica, as that replica says; its applied
-/// version in this replica's numbering when it applied what this replica
-/// would send it (`ours`).
 /// What takes a subscriber from version `sent` (0: nothing yet) to `p`: the
 /// deltas between, when it accepts them and they are all kept, else the
-/// plan whole.
-fn plan_updates(node: &str, p: &NodePlan, sent: u64, accepts_deltas: bool) -> Vec<Result<api::PlanUpdate, Status>> {
-    let deltas = p.deltas_since(sent).filter(|_| accepts_deltas && sent != 0);
-    match deltas {
-        Some(deltas) => deltas
-            .iter()
-            .map(|d| {
-                Ok(api::PlanUpdate {
-                    node: node.to_string(),
-                    version: d.version,
-                    plan_json: String::new(),
-                    delta_json: d.json.clone(),
-                    base_version: d.base,
-                })
-            })
-            .collect(),
-        None => vec![Ok(api::PlanUpdate {
-            node: node.to_string(),
-            version: p.version,
-            plan_json: p.json(),
-            delta_json: String::new(),
-            base_version: 0,
-        })],
+/// plan whole (in parts of at most [`PLAN_PART_BYTES`] when it joins
+/// them).
+fn plan_updates(node: &str, p: &NodePlan, sent: u64, hello: &api::Hello) -> Vec<Result<api::PlanUpdate, Status>> {
+    let update = |version, plan_json, delta_json, base_version, more| api::PlanUpdate {
+        node: node.to_string(),
+        version,
+        plan_json,
+        delta_json,
+        base_version,
+        more,
+    };
+    if let Some(deltas) = p.deltas_since(sent).filter(|_| hello.accepts_deltas && sent != 0) {
+        return deltas.iter().map(|d| Ok(update(d.version, String::new(), d.json.clone(), d.base, false))).collect();
+    }
+    let json = p.json();
+    if !hello.accepts_parts {
+        return vec![Ok(update(p.version, json, String::new(), 0, false))];
+    }
+    let parts = json_parts(&json, PLAN_PART_BYTES);
+    let last = parts.len() - 1;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| Ok(update(p.version, part.to_string(), String::new(), 0, i < last)))
+        .collect()
+}
+
+/// The most bytes of a whole plan one update carries, for gateways that
+/// join parts: tonic keeps a stream's encode buffer at the size of the
+/// largest message it sent, for as long as the stream lasts (at 100,000
+/// pods a whole plan is ~5 MB, held once per subscribed node).
+pub const PLAN_PART_BYTES: usize = 64 << 10;
+
+/// `json` cut into pieces of at most `max` bytes, on character boundaries
+/// (at least one piece, empty or not).
+fn json_parts(json: &str, max: usize) -> Vec<&str> {
+    let mut parts = Vec::with_capacity(json.len() / max + 1);
+    let mut rest = json;
+    loop {
+        let mut at = rest.len().min(max);
+        while !rest.is_char_boundary(at) {
+            at -= 1;
+        }
+        if at == 0 {
+            // `max` below one character: that character alone.
+            at = rest.char_indices().nth(1).map_or(rest.len(), |(i, _)| i);
+        }
+        let (part, tail) = rest.split_at(at);
+        parts.push(part);
+        if tail.is_empty() {
+            return parts;
+        }
+        rest = tail;
     }
 }
 
+/// A node subscribed to another replica, as that replica says; its applied
+/// version in this replica's numbering when it applied what this replica
+/// would send it (`ours`).
 fn subscribed_elsewhere(info: &mut api::NodeInfo, p: &crate::state::PeerLink, ours: Option<&NodePlan>) {
     info.connected = true;
     info.replica = p.replica.clone();
@@ -629,5 +659,21 @@ fn network_policy_rule(i: usize, r: &egret_plan::NetworkPolicyRule, pods: &[Stri
         hits: 0,
         refused: Default::default(),
         server_name: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_parts;
+
+    #[test]
+    fn a_plan_is_cut_into_parts_on_character_boundaries_and_joins_back() {
+        let json = r#"{"name":"é-config","x":"ab"}"#.repeat(5);
+        for max in [1, 2, 3, 7, 64, 10_000] {
+            let parts = json_parts(&json, max);
+            assert_eq!(parts.concat(), json, "max {max}");
+            assert!(parts.iter().all(|p| p.len() <= max.max(2)), "max {max}: {parts:?}");
+        }
+        assert_eq!(json_parts("", 8), [""], "an empty text is one empty part");
     }
 }

@@ -502,7 +502,12 @@ async fn raw_subscribe(url: &str, tls: Option<&TlsFiles>, node: &str) -> Result<
     use egret_api::v1::{gateway_message::Msg, plan_service_client::PlanServiceClient, GatewayMessage, Hello};
     let ch = egret_api::client::endpoint(url, tls, Duration::from_secs(2)).unwrap().connect().await.unwrap();
     let hello = GatewayMessage {
-        msg: Some(Msg::Hello(Hello { node: node.into(), serving_version: 0, accepts_deltas: false })),
+        msg: Some(Msg::Hello(Hello {
+            node: node.into(),
+            serving_version: 0,
+            accepts_deltas: false,
+            accepts_parts: false,
+        })),
     };
     // Keep the sending side open so the server does not see the stream end.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -522,7 +527,7 @@ async fn raw_stream(
     use egret_api::v1::{gateway_message::Msg, plan_service_client::PlanServiceClient, GatewayMessage, Hello};
     let ch = egret_api::client::endpoint(url, None, Duration::from_secs(2)).unwrap().connect().await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let hello = Hello { node: NODE.into(), serving_version: 0, accepts_deltas };
+    let hello = Hello { node: NODE.into(), serving_version: 0, accepts_deltas, accepts_parts: false };
     tx.send(GatewayMessage { msg: Some(Msg::Hello(hello)) }).await.unwrap();
     let s = PlanServiceClient::new(ch).subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap();
     (tx, s.into_inner())
@@ -561,6 +566,59 @@ async fn after_the_first_whole_plan_a_gateway_that_accepts_deltas_is_sent_each_c
     ctl.stop().await;
 }
 
+/// `manifests(config)` and `n` more pods of config blue (198.18.1.0 on).
+fn manifests_with_pods(n: u32) -> String {
+    let mut text = manifests("blue");
+    for i in 0..n {
+        let ip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 1, 0)) + i);
+        text.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: apps, annotations: \
+             {{kubernetes.azure.com/static-gateway-configuration: blue}}}}\nstatus: {{phase: Running, podIP: {ip}}}\n"
+        ));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_larger_than_a_part_travels_in_parts_and_arrives_whole() {
+    use egret_api::v1::{gateway_message::Msg, plan_service_client::PlanServiceClient, GatewayMessage, Hello};
+    let state = ControlState::new();
+    state.update(&egret_cluster::ClusterState::parse(&manifests_with_pods(3_000), "t").unwrap());
+    let served = state.snapshot().plans[NODE].plan.clone();
+    let whole = serde_json::to_string(&*served).unwrap();
+    assert!(whole.len() > 2 * egret_control::service::PLAN_PART_BYTES, "a plan of three parts or more");
+    let ctl = Control::start(state.clone(), None, "127.0.0.1:0").await;
+    let url = format!("http://{}", ctl.addr);
+
+    let ch = egret_api::client::endpoint(&url, None, Duration::from_secs(2)).unwrap().connect().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hello = Hello { node: NODE.into(), serving_version: 0, accepts_deltas: true, accepts_parts: true };
+    tx.send(GatewayMessage { msg: Some(Msg::Hello(hello)) }).await.unwrap();
+    let mut s = PlanServiceClient::new(ch).subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap();
+    let s = s.get_mut();
+    let mut joined = String::new();
+    loop {
+        let u = next(s).await;
+        assert!(
+            u.plan_json.len() <= egret_control::service::PLAN_PART_BYTES,
+            "{} bytes in one part",
+            u.plan_json.len()
+        );
+        joined.push_str(&u.plan_json);
+        if !u.more {
+            break;
+        }
+    }
+    assert_eq!(serde_json::from_str::<Plan>(&joined).unwrap(), *served);
+
+    // The gateway's subscriber joins them.
+    let sub = subscribe(fast(SubscribeConfig::new(&url, NODE)));
+    let got = next_plan(&mut sub.plans(), Duration::from_secs(5)).await;
+    assert_eq!(got.plan, *served);
+    drop(tx);
+    ctl.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_get_invalid_argument_and_name_the_field() {
     use egret_api::v1::{gateway_message::Msg, plan_service_client::PlanServiceClient, GatewayMessage, Hello};
@@ -589,7 +647,12 @@ async fn bad_inputs_get_invalid_argument_and_name_the_field() {
     let ch = egret_api::client::endpoint(&url, None, Duration::from_secs(2)).unwrap().connect().await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(GatewayMessage {
-        msg: Some(Msg::Hello(Hello { node: NODE.into(), serving_version: 0, accepts_deltas: false })),
+        msg: Some(Msg::Hello(Hello {
+            node: NODE.into(),
+            serving_version: 0,
+            accepts_deltas: false,
+            accepts_parts: false,
+        })),
     })
     .await
     .unwrap();

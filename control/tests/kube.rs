@@ -1519,7 +1519,12 @@ async fn subscribe_as(
     let ch = egret_api::client::endpoint(url, tls, Duration::from_secs(2)).unwrap().connect().await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(GatewayMessage {
-        msg: Some(Msg::Hello(Hello { node: node.into(), serving_version: 0, accepts_deltas: false })),
+        msg: Some(Msg::Hello(Hello {
+            node: node.into(),
+            serving_version: 0,
+            accepts_deltas: false,
+            accepts_parts: false,
+        })),
     })
     .await
     .unwrap();

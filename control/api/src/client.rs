@@ -388,7 +388,12 @@ async fn once(
     let (tx, rx) = mpsc::unbounded_channel::<GatewayMessage>();
     let serving = plan_tx.borrow().as_ref().map_or(0, |p| p.version);
     let _ = tx.send(GatewayMessage {
-        msg: Some(Msg::Hello(Hello { node: cfg.node.clone(), serving_version: serving, accepts_deltas: true })),
+        msg: Some(Msg::Hello(Hello {
+            node: cfg.node.clone(),
+            serving_version: serving,
+            accepts_deltas: true,
+            accepts_parts: true,
+        })),
     });
     {
         let r = resend.lock().unwrap();
@@ -413,6 +418,8 @@ async fn once(
     link_tx.send_replace(LinkState::Connected);
     // The version of this stream's last plan that did not parse, if any.
     let mut unparsed: Option<u64> = None;
+    // A whole plan's parts so far (PlanUpdate.more), and its version.
+    let mut parts: Option<(u64, String)> = None;
     tracing::info!(endpoint = %endpoint_url, node = %cfg.node, "plan stream up");
     loop {
         tokio::select! {
@@ -438,6 +445,11 @@ async fn once(
                         let t = transient(&s);
                         return ended(status_text(&s), t);
                     }
+                };
+                let u = match join_parts(&mut parts, u) {
+                    Ok(Some(u)) => u,
+                    Ok(None) => continue,
+                    Err(why) => return ended(why, true),
                 };
                 // A delta on a version that did not parse is refused the
                 // same way, without a resubscribe that would only fetch
@@ -477,6 +489,35 @@ async fn once(
             }
         }
     }
+}
+
+/// `u`, or, for the parts of a whole plan, nothing until the last arrives
+/// and then the plan whole. Parts of another version, or past
+/// [`MAX_PLAN_BYTES`] together, end the stream (subscribing again sends
+/// the plan anew).
+fn join_parts(
+    parts: &mut Option<(u64, String)>,
+    mut u: crate::v1::PlanUpdate,
+) -> Result<Option<crate::v1::PlanUpdate>, String> {
+    let Some((version, mut joined)) = parts.take() else {
+        if u.more {
+            *parts = Some((u.version, std::mem::take(&mut u.plan_json)));
+        }
+        return Ok((!u.more).then_some(u));
+    };
+    if u.version != version || !u.delta_json.is_empty() {
+        return Err(format!("plan version {version} in parts, then an update of version {}", u.version));
+    }
+    if joined.len() + u.plan_json.len() > MAX_PLAN_BYTES {
+        return Err(format!("plan version {version} in parts is larger than {MAX_PLAN_BYTES} bytes"));
+    }
+    joined.push_str(&u.plan_json);
+    if u.more {
+        *parts = Some((version, joined));
+        return Ok(None);
+    }
+    u.plan_json = joined;
+    Ok(Some(u))
 }
 
 /// Why an update gave no plan.

@@ -338,6 +338,20 @@ impl Pod {
     }
     /// The pod's IPv4 addresses (`status.podIPs`, else `status.podIP`);
     /// IPv6 addresses are skipped, the NAT is IPv4.
+    /// Drops what Egret never reads of a pod (other annotations, which
+    /// can be large; versions; timestamps; the host; `podIP` when
+    /// `podIPs` names it too): a control plane keeps every annotated pod.
+    pub fn keep_only_what_egret_reads(&mut self) {
+        let m = &mut self.metadata;
+        m.annotations.retain(|k| k == POD_ANNOTATION);
+        (m.resource_version, m.creation_timestamp, m.deletion_timestamp) = (None, None, None);
+        let s = &mut self.status;
+        s.host_ip = None;
+        if s.pod_ip.as_ref().is_some_and(|ip| s.pod_ips.iter().any(|x| x.ip == *ip)) {
+            s.pod_ip = None;
+        }
+    }
+
     pub fn ipv4s(&self) -> Vec<Ipv4Addr> {
         let mut v: Vec<Ipv4Addr> = self.status.pod_ips.iter().filter_map(|x| x.ip.parse().ok()).collect();
         if v.is_empty() {
