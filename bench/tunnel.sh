@@ -62,7 +62,7 @@ x egt-vnet ip route add 198.18.80.0/20 via 198.18.64.2
 # prefix on this node so that a run's new flows have ports (64 x 64,512);
 # pod-a keeps sgw-a's one secondary IP, which Azure's edge maps.
 "$WGLOAD" peers --count "$PEERS" --pods 198.18.128.0 --config sgw-b --out "$DIR" >/dev/null || exit 1
-sed -i 's|egressIpPrefix: 198.18.50.12/32|egressIpPrefix: 198.18.50.128/26|' "$DIR/plan.yaml"
+$TUNNEL_PY plan "$DIR" sgw-b=198.18.50.128/26 || exit 1
 cat "$DIR/peers.yaml" >> "$DIR/plan.yaml"
 # A routed config for the plain comparison: sources 198.18.96.0/20 (no
 # pod annotation, no tunnel) leave from 198.18.50.192/27.
@@ -76,7 +76,7 @@ status: {egressIpPrefix: 198.18.50.192/27}
 YAML
 # Room for every new flow of a run; the worker on core 1; no snapshots
 # of millions of sessions within a run.
-sed -i 's/^sessions_per_worker = .*/sessions_per_worker = 4194304\nsnapshot_interval_secs = 3600\ncores = [1]/' "$DIR/gateway.toml"
+gateway_toml sessions_per_worker=4194304 snapshot_interval_secs=3600 'cores=[1]' || exit 1
 
 ip netns exec egt-net iperf3 -s -B 198.19.0.254 -p 5201 >"$DIR/iperf.log" 2>&1 &
 PIDS+=($!)

@@ -197,10 +197,11 @@ class TunnelTopology:
     def pub(self, name: str) -> str:
         return (self.dir / f"{name}.pub").read_text().strip()
 
-    def sgc(self, name: str, uid: str, secondary_ip: str, port: int, key: str) -> str:
+    def sgc(self, name: str, uid: str, secondary_ip: str, port: int, key: str, prefix: str | None = None) -> str:
         """The SGC with its server profile (the ILB frontend, the config's
         port and key) and the Secret sgw-<UID> with the key pair, as
-        kube-egress-gateway's controller-manager writes them."""
+        kube-egress-gateway's controller-manager writes them; its egress
+        prefix the secondary IP alone unless `prefix` says."""
         secret = f"sgw-{uid}"
         b64 = lambda f: base64.b64encode((self.dir / f).read_bytes()).decode()  # noqa: E731
         return f"""apiVersion: egressgateway.kubernetes.azure.com/v1alpha1
@@ -208,7 +209,7 @@ kind: StaticGatewayConfiguration
 metadata: {{name: {name}, namespace: demo, uid: {uid}}}
 spec: {{gatewayNodepoolName: gwpool}}
 status:
-  egressIpPrefix: {secondary_ip}/32
+  egressIpPrefix: {prefix or secondary_ip + "/32"}
   gatewayServerProfile:
     ip: {FRONTEND}
     port: {port}
@@ -246,12 +247,14 @@ status:
   gatewayVMProfiles:
 {profiles}"""
 
-    def plan(self) -> str:
-        """The gateway's plan file: both configs (node 1's secondary IPs),
-        pod-a's and pod-b's PodEndpoints."""
+    def plan(self, prefixes: dict[str, str] | None = None) -> str:
+        """The gateway's plan file: both configs (node 1's secondary IPs, or
+        the egress prefix `prefixes` gives a config), pod-a's and pod-b's
+        PodEndpoints."""
+        prefix = (prefixes or {}).get
         return (
-            self.sgc("sgw-a", UID_A, "198.18.50.11", 6000, "gw-a")
-            + self.sgc("sgw-b", UID_B, "198.18.50.12", 6001, "gw-b")
+            self.sgc("sgw-a", UID_A, "198.18.50.11", 6000, "gw-a", prefix("sgw-a"))
+            + self.sgc("sgw-b", UID_B, "198.18.50.12", 6001, "gw-b", prefix("sgw-b"))
             + self.pod_endpoint("pod-a", "sgw-a", "198.18.61.2", "pa")
             + "---\n"
             + self.pod_endpoint("pod-b", "sgw-b", "198.18.62.2", "pb")
@@ -382,6 +385,7 @@ USAGE = """usage: tunnel_topology.py COMMAND ... (run as root, from scripts/tunn
   link NS_A IF_A ADDR_A NS_B IF_B ADDR_B
   pod-wg DIR NS KEY GW_PUB PORT       a pod's wg0 (KEY, GW_PUB: key names or files in DIR)
   gateway-peer DIR NS GW_PUB PORT     the pod's one peer set anew
+  plan DIR [CONFIG=PREFIX...]         DIR/plan.yaml anew, configs given other egress prefixes
   cluster DIR NODES [POD=APP...]      the cluster's objects, on stdout
   gateway-toml DIR [KEY=VALUE | TABLE.KEY=VALUE]...   DIR/gateway.toml, changed"""
 
@@ -405,6 +409,9 @@ def main(argv: list[str]) -> int:
         t.pod_wg(Netns(args[1]), name(args[2]), name(args[3]), int(args[4]))
     elif cmd == "gateway-peer" and len(args) == 4:
         TunnelTopology(Path(args[0])).gateway_peer(Netns(args[1]), name(args[2]), int(args[3]))
+    elif cmd == "plan" and len(args) >= 1:
+        t = TunnelTopology(Path(args[0]))
+        (t.dir / "plan.yaml").write_text(t.plan(dict(a.split("=", 1) for a in args[1:])))
     elif cmd == "cluster" and len(args) >= 2:
         apps = dict(a.split("=", 1) for a in args[2:])
         print(TunnelTopology(Path(args[0])).cluster(int(args[1]), apps), end="")
