@@ -10,6 +10,7 @@ pub mod authz;
 pub mod kube_source;
 pub mod kube_status;
 pub mod leader;
+pub mod metrics;
 pub mod peers;
 pub mod pressure;
 pub mod probe;

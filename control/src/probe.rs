@@ -4,7 +4,8 @@
 //! cluster, so its plans are whole, and its gRPC server is accepting), 503
 //! before that and from the moment it starts shutting down, so the Service
 //! sends gateways only to replicas that can serve them. `GET /livez`
-//! answers 200 while the process runs. Nothing else is served.
+//! answers 200 while the process runs. `GET /metrics`: egret-control's
+//! own counters (crate::metrics), for Prometheus. Nothing else is served.
 
 use crate::state::ControlState;
 use std::sync::Arc;
@@ -31,11 +32,13 @@ pub fn answer(request_line: &str, ready: Result<(), &'static str>) -> (u16, &'st
     }
     match path {
         "/livez" => (200, "ok\n"),
+        // The body is made by the caller (it needs the state).
+        "/metrics" => (200, ""),
         "/readyz" => match ready {
             Ok(()) => (200, "ready: synced and serving\n"),
             Err(why) => (503, why),
         },
-        _ => (404, "/readyz or /livez\n"),
+        _ => (404, "/readyz, /livez or /metrics\n"),
     }
 }
 
@@ -44,14 +47,15 @@ pub async fn serve_probes(listener: TcpListener, state: Arc<ControlState>, servi
     loop {
         let Ok((sock, _)) = listener.accept().await else { continue };
         let ready = readiness(state.snapshot().generation, *serving.borrow());
+        let state = state.clone();
         tokio::spawn(async move {
             // A probe that does not send its request within a second is dropped.
-            let _ = tokio::time::timeout(Duration::from_secs(1), reply(sock, ready)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), reply(sock, ready, &state)).await;
         });
     }
 }
 
-async fn reply(mut sock: TcpStream, ready: Result<(), &'static str>) -> std::io::Result<()> {
+async fn reply(mut sock: TcpStream, ready: Result<(), &'static str>, state: &ControlState) -> std::io::Result<()> {
     let mut buf = [0u8; 1024];
     let mut len = 0;
     // The request line is all that is read.
@@ -63,7 +67,10 @@ async fn reply(mut sock: TcpStream, ready: Result<(), &'static str>) -> std::io:
         len += n;
     }
     let line = String::from_utf8_lossy(&buf[..len]);
-    let (code, body) = answer(line.lines().next().unwrap_or(""), ready);
+    let request_line = line.lines().next().unwrap_or("");
+    let (code, body) = answer(request_line, ready);
+    let metrics = request_line.split_whitespace().nth(1) == Some("/metrics") && code == 200;
+    let body = if metrics { std::borrow::Cow::Owned(state.metrics_text()) } else { std::borrow::Cow::Borrowed(body) };
     let reason = match code {
         200 => "OK",
         404 => "Not Found",
@@ -95,7 +102,7 @@ mod tests {
         assert_eq!(answer("GET /readyz HTTP/1.1", not).0, 503);
         assert_eq!(answer("GET /readyz HTTP/1.1", Ok(())).0, 200);
         assert_eq!(answer("GET /livez HTTP/1.1", not).0, 200);
-        assert_eq!(answer("GET /metrics HTTP/1.1", Ok(())).0, 404);
+        assert_eq!(answer("GET /other HTTP/1.1", Ok(())).0, 404);
         assert_eq!(answer("POST /readyz HTTP/1.1", Ok(())).0, 405);
         assert_eq!(answer("", Ok(())).0, 405);
     }
@@ -120,5 +127,8 @@ mod tests {
         serving_tx.send_replace(false);
         let down = get("/readyz").await;
         assert!(down.starts_with("HTTP/1.1 503 ") && down.contains("not serving"), "{down}");
+        let metrics = get("/metrics").await;
+        assert!(metrics.starts_with("HTTP/1.1 200 "), "{metrics}");
+        assert!(metrics.lines().any(|l| l == "egret_control_reconciles_total 1"), "{metrics}");
     }
 }

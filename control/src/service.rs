@@ -1,6 +1,7 @@
 //! The gRPC services: the plan stream gateways subscribe to, and the admin
 //! calls operators make.
 
+use crate::metrics::{ControlMetrics, Sent};
 use crate::state::{ControlState, NodePlan, Snapshot};
 use egret_api::v1::{
     self as api, admin_service_server::AdminService, gateway_message::Msg, plan_service_server::PlanService,
@@ -70,7 +71,7 @@ impl PlanService for Plans {
                     let now = snapshots.borrow_and_update().plan_for(&node).cloned();
                     match now {
                         Some(p) if p.version != sent => {
-                            let updates = plan_updates(&node, &p, sent, &hello);
+                            let updates = plan_updates(&node, &p, sent, &hello, state.metrics());
                             sent = p.version;
                             updates
                         }
@@ -226,7 +227,13 @@ impl Admin {
 /// deltas between, when it accepts them and they are all kept, else the
 /// plan whole (in parts of at most [`PLAN_PART_BYTES`] when it joins
 /// them).
-fn plan_updates(node: &str, p: &NodePlan, sent: u64, hello: &api::Hello) -> Vec<Result<api::PlanUpdate, Status>> {
+fn plan_updates(
+    node: &str,
+    p: &NodePlan,
+    sent: u64,
+    hello: &api::Hello,
+    metrics: &ControlMetrics,
+) -> Vec<Result<api::PlanUpdate, Status>> {
     let update = |version, plan_json, delta_json, base_version, more| api::PlanUpdate {
         node: node.to_string(),
         version,
@@ -236,13 +243,16 @@ fn plan_updates(node: &str, p: &NodePlan, sent: u64, hello: &api::Hello) -> Vec<
         more,
     };
     if let Some(deltas) = p.deltas_since(sent).filter(|_| hello.accepts_deltas && sent != 0) {
+        deltas.iter().for_each(|_| metrics.sent(Sent::Delta));
         return deltas.iter().map(|d| Ok(update(d.version, String::new(), d.json.clone(), d.base, false))).collect();
     }
     let json = p.json();
     if !hello.accepts_parts {
+        metrics.sent(Sent::Whole { parts: 1 });
         return vec![Ok(update(p.version, json, String::new(), 0, false))];
     }
     let parts = json_parts(&json, PLAN_PART_BYTES);
+    metrics.sent(Sent::Whole { parts: parts.len() });
     let last = parts.len() - 1;
     parts
         .into_iter()

@@ -166,9 +166,9 @@ pub struct ControlState {
     /// Serialises updates (versions must be assigned in order), and holds
     /// what lets pod changes be applied to the last reconcile.
     update: Mutex<Option<cluster::PodIndex>>,
-    /// Pod changes applied to the last reconcile rather than reconciled
-    /// whole (how often the cheap path holds).
-    pod_updates_alone: std::sync::atomic::AtomicU64,
+    /// How updates went: reconciles, pod changes applied alone or not and
+    /// why, plans sent by form (`GET /metrics`).
+    metrics: crate::metrics::ControlMetrics,
     /// What the source reports about its own reads, by what it names
     /// (manifests refused, a Kubernetes kind not listed); listed first
     /// among the problems.
@@ -183,7 +183,7 @@ impl Default for ControlState {
             peer_links: Mutex::default(),
             applied: watch::channel(0).0,
             update: Mutex::default(),
-            pod_updates_alone: Default::default(),
+            metrics: Default::default(),
             source_errors: Mutex::default(),
         }
     }
@@ -261,6 +261,7 @@ impl ControlState {
     pub fn update(&self, st: &ClusterState) -> u64 {
         let mut index = self.update.lock().unwrap();
         let (reconciled, new_index) = cluster::reconcile_indexed(st);
+        self.metrics.reconciled_whole();
         *index = new_index;
         self.publish(st, reconciled, None, &mut index)
     }
@@ -274,17 +275,21 @@ impl ControlState {
         let applied = index.as_mut().map(|ix| ix.apply(changes));
         match applied {
             Some(Ok((reconciled, deltas))) => {
-                self.pod_updates_alone.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.pod_changes_applied_alone();
                 self.publish(st, reconciled, Some(deltas), &mut index)
             }
             Some(Err(why)) => {
                 tracing::debug!(why = why.0, "pod changes need a full reconcile");
+                self.metrics.pod_changes_reconciled_whole(why.0);
                 // Half applied: never used again.
                 *index = None;
                 drop(index);
                 self.update(st)
             }
             None => {
+                // NetworkPolicies or EgressPolicy pod selectors (labels
+                // decide), or the last plan was refused.
+                self.metrics.pod_changes_reconciled_whole("the last reconcile keeps no pod index");
                 drop(index);
                 self.update(st)
             }
@@ -293,7 +298,23 @@ impl ControlState {
 
     /// How many pod changes were applied to the last reconcile alone.
     pub fn pod_updates_alone(&self) -> u64 {
-        self.pod_updates_alone.load(std::sync::atomic::Ordering::Relaxed)
+        self.metrics.pod_changes_applied_alone_count()
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::ControlMetrics {
+        &self.metrics
+    }
+
+    /// The metrics as Prometheus text, with the published generation,
+    /// problems and gateway nodes planned as gauges.
+    pub fn metrics_text(&self) -> String {
+        let snap = self.snapshot();
+        let problems = self.problems().len() as u64;
+        self.metrics.render(&[
+            ("egret_control_generation", "The generation of plans published.", snap.generation),
+            ("egret_control_problems", "Problems reported (egretctl problems).", problems),
+            ("egret_control_planned_nodes", "Gateway nodes with a plan.", snap.plans.len() as u64),
+        ])
     }
 
     /// Publishes what `reconciled` changed (the caller holds the update
@@ -805,5 +826,23 @@ mod tests {
         let key = relabelled.pods[0].metadata.key();
         assert_eq!(state.update_pods(&relabelled, &[(key, relabelled.pods.first())]), generation);
         assert_eq!(state.pod_updates_alone(), 1);
+    }
+
+    #[test]
+    fn a_pod_change_reconciled_whole_is_counted_with_why() {
+        let state = ControlState::new();
+        let st = ClusterState { keys_unique: true, ..with_pods(2) };
+        state.update(&st);
+        // p2 takes p1's IP: who wins depends on names, a full reconcile's call.
+        let mut contended = st.clone();
+        let i = contended.pods.iter().position(|p| p.metadata.name == "p2").unwrap();
+        contended.pods[i].status.pod_ip = Some("198.18.0.1".into());
+        let key = contended.pods[i].metadata.key();
+        state.update_pods(&contended, &[(key, contended.pods.get(i))]);
+        assert_eq!(state.pod_updates_alone(), 0);
+        let text = state.metrics_text();
+        let line = "egret_control_pod_changes_reconciled_whole_total{reason=\"a_pod_ip_another_pod_claims\"} 1";
+        assert!(text.lines().any(|l| l == line), "{text}");
+        assert!(text.lines().any(|l| l == "egret_control_reconciles_total 2"), "{text}");
     }
 }

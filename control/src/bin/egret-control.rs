@@ -86,7 +86,7 @@ struct Args {
     #[arg(long = "peer")]
     peers: Vec<String>,
     /// Serve plain-HTTP probes here: /readyz (200 once synced and serving)
-    /// and /livez, e.g. 0.0.0.0:8080.
+    /// and /livez, and /metrics (Prometheus text), e.g. 0.0.0.0:8080.
     #[arg(long)]
     health_listen: Option<String>,
     /// With --kubernetes: the namespace of the Lease whose holder alone
