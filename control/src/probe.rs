@@ -69,17 +69,23 @@ async fn reply(mut sock: TcpStream, ready: Result<(), &'static str>, state: &Con
     let line = String::from_utf8_lossy(&buf[..len]);
     let request_line = line.lines().next().unwrap_or("");
     let (code, body) = answer(request_line, ready);
-    let metrics = request_line.split_whitespace().nth(1) == Some("/metrics") && code == 200;
-    let body = if metrics { std::borrow::Cow::Owned(state.metrics_text()) } else { std::borrow::Cow::Borrowed(body) };
+    let mut words = request_line.split_whitespace();
+    let (head, path) = (words.next() == Some("HEAD"), words.next());
+    let body = match path == Some("/metrics") && code == 200 {
+        true => std::borrow::Cow::Owned(state.metrics_text()),
+        false => std::borrow::Cow::Borrowed(body),
+    };
     let reason = match code {
         200 => "OK",
         404 => "Not Found",
         405 => "Method Not Allowed",
         _ => "Service Unavailable",
     };
+    // HEAD: the headers a GET would get, no body.
     let text = format!(
-        "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        body.len(),
+        if head { "" } else { &body }
     );
     sock.write_all(text.as_bytes()).await?;
     sock.shutdown().await

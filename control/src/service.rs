@@ -82,7 +82,16 @@ impl PlanService for Plans {
                 let mut closed = false;
                 for u in updates {
                     let last = u.is_err();
-                    if tx.send(u).await.is_err() || last {
+                    // A whole plan is many parts: a gateway slow to read
+                    // them does not hold up this replica's shutdown.
+                    let sent = tokio::select! {
+                        r = tx.send(u) => r.is_ok(),
+                        r = stopping.wait_for(|s| *s) => {
+                            shutting_down = r.is_ok();
+                            false
+                        }
+                    };
+                    if !sent || last {
                         closed = true;
                         break;
                     }

@@ -28,7 +28,7 @@ fn engines(workers: u16) -> Vec<NatEngine> {
         network_policies: Vec::new(),
         version: 1,
         configs: vec![a],
-        bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }],
+        bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }].into(),
     };
     let plan = Arc::new(CompiledPlan::new(&plan).unwrap());
     (0..workers)

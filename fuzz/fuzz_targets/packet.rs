@@ -101,7 +101,8 @@ fn engine(workers: u16, mtu: [usize; 2], p: &[u8; 16], ttl: u32) -> Option<NatEn
         bindings: vec![
             Binding { pod_ip: POD_A.into(), config: "a".into(), public_key: None },
             Binding { pod_ip: POD_B.into(), config: "b".into(), public_key: None },
-        ],
+        ]
+        .into(),
     };
     let settings = EngineSettings {
         session_capacity: 64,

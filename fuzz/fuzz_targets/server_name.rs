@@ -150,7 +150,7 @@ fn engine() -> NatEngine {
         network_policies: Vec::new(),
         version: 1,
         configs: vec![a],
-        bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }],
+        bindings: vec![Binding { pod_ip: POD.into(), config: "a".into(), public_key: None }].into(),
     };
     let settings = EngineSettings {
         session_capacity: 64,

@@ -499,6 +499,9 @@ fn join_parts(
     parts: &mut Option<(u64, String)>,
     mut u: crate::v1::PlanUpdate,
 ) -> Result<Option<crate::v1::PlanUpdate>, String> {
+    if u.more && !u.delta_json.is_empty() {
+        return Err(format!("plan version {}: a part of a whole plan carries a delta", u.version));
+    }
     let Some((version, mut joined)) = parts.take() else {
         if u.more {
             *parts = Some((u.version, std::mem::take(&mut u.plan_json)));
