@@ -165,7 +165,7 @@ pub struct ControlState {
     applied: watch::Sender<u64>,
     /// Serialises updates (versions must be assigned in order), and holds
     /// what lets pod changes be applied to the last reconcile.
-    update: Mutex<Option<cluster::PodIndex>>,
+    update: Mutex<Result<cluster::PodIndex, cluster::NeedsFull>>,
     /// How updates went: reconciles, pod changes applied alone or not and
     /// why, plans sent by form (`GET /metrics`).
     metrics: crate::metrics::ControlMetrics,
@@ -182,7 +182,7 @@ impl Default for ControlState {
             links: Mutex::default(),
             peer_links: Mutex::default(),
             applied: watch::channel(0).0,
-            update: Mutex::default(),
+            update: Mutex::new(Err(cluster::NeedsFull("nothing reconciled yet"))),
             metrics: Default::default(),
             source_errors: Mutex::default(),
         }
@@ -272,24 +272,22 @@ impl ControlState {
     /// [`cluster::PodIndex`] allows; else the whole cluster is reconciled.
     pub fn update_pods(&self, st: &ClusterState, changes: &[(String, Option<&cluster::Pod>)]) -> u64 {
         let mut index = self.update.lock().unwrap();
-        let applied = index.as_mut().map(|ix| ix.apply(changes));
+        // Why the last reconcile keeps no index (labels decide, the last
+        // plan was refused, ...), or why it cannot take these changes.
+        let applied = match index.as_mut() {
+            Ok(ix) => ix.apply(changes),
+            Err(why) => Err(why.clone()),
+        };
         match applied {
-            Some(Ok((reconciled, deltas))) => {
+            Ok((reconciled, deltas)) => {
                 self.metrics.pod_changes_applied_alone();
                 self.publish(st, reconciled, Some(deltas), &mut index)
             }
-            Some(Err(why)) => {
+            Err(why) => {
                 tracing::debug!(why = why.0, "pod changes need a full reconcile");
                 self.metrics.pod_changes_reconciled_whole(why.0);
                 // Half applied: never used again.
-                *index = None;
-                drop(index);
-                self.update(st)
-            }
-            None => {
-                // NetworkPolicies or EgressPolicy pod selectors (labels
-                // decide), or the last plan was refused.
-                self.metrics.pod_changes_reconciled_whole("the last reconcile keeps no pod index");
+                *index = Err(why);
                 drop(index);
                 self.update(st)
             }
@@ -325,7 +323,7 @@ impl ControlState {
         st: &ClusterState,
         mut reconciled: Reconciled,
         known: Option<BTreeMap<String, PlanDelta>>,
-        index: &mut Option<cluster::PodIndex>,
+        index: &mut Result<cluster::PodIndex, cluster::NeedsFull>,
     ) -> u64 {
         let pods_only = known.is_some();
         let prev = self.snapshot();
@@ -336,7 +334,7 @@ impl ControlState {
         if reconciled.problems.len() != problems {
             // A plan not published: the index's plans are no longer the
             // ones served, so the next pod change is reconciled whole.
-            *index = None;
+            *index = Err(cluster::NeedsFull("the last plan was not published"));
         }
         changed |= plans.values().any(|np| np.version == next_gen);
         changed |= plans.len() != prev.plans.len();
@@ -844,5 +842,21 @@ mod tests {
         let line = "egret_control_pod_changes_reconciled_whole_total{reason=\"a_pod_ip_another_pod_claims\"} 1";
         assert!(text.lines().any(|l| l == line), "{text}");
         assert!(text.lines().any(|l| l == "egret_control_reconciles_total 2"), "{text}");
+    }
+
+    #[test]
+    fn pod_changes_under_a_network_policy_are_reconciled_whole_and_say_why() {
+        let state = ControlState::new();
+        let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: demo}\n\
+                  spec: {podSelector: {}, policyTypes: [Egress]}\n";
+        let mut st = ClusterState { keys_unique: true, ..with_pods(2) };
+        st.network_policies = ClusterState::parse(np, "np").unwrap().network_policies;
+        state.update(&st);
+        let key = st.pods[0].metadata.key();
+        state.update_pods(&st, &[(key, st.pods.first())]);
+        let text = state.metrics_text();
+        let line =
+            "egret_control_pod_changes_reconciled_whole_total{reason=\"networkpolicies_select_pods_by_label\"} 1";
+        assert!(text.lines().any(|l| l == line), "{text}");
     }
 }

@@ -58,10 +58,17 @@ impl PodIndex {
         unserved: BTreeMap<String, String>,
         given: BTreeMap<Ipv4Addr, String>,
         r: &Reconciled,
-    ) -> Option<PodIndex> {
+    ) -> Result<PodIndex, NeedsFull> {
         let selects_pods = st.policies.iter().any(|p| p.spec.rules.iter().any(|r| r.pod_selector.is_some()));
-        if !st.keys_unique || !st.network_policies.is_empty() || selects_pods || r.nodes.is_empty() {
-            return None;
+        let why = match () {
+            _ if !st.keys_unique => "objects may be listed twice (manifests)",
+            _ if !st.network_policies.is_empty() => "NetworkPolicies select pods by label",
+            _ if selects_pods => "an EgressPolicy selects pods by label",
+            _ if r.nodes.is_empty() => "no gateway nodes (every config whole to anyone)",
+            _ => "",
+        };
+        if !why.is_empty() {
+            return Err(NeedsFull(why));
         }
         let plain = served.keys().filter(|c| !tunnelled.contains(*c)).map(|c| (c.clone(), c.as_str().into())).collect();
         let mut ix = PodIndex {
@@ -95,7 +102,7 @@ impl PodIndex {
             }
             ix.claims.insert(pod.metadata.key(), (config.to_string(), ips));
         }
-        Some(ix)
+        Ok(ix)
     }
 
     /// The reconcile's result after `changes`: each pod by `namespace/name`,
@@ -373,7 +380,7 @@ mod tests {
             batches in proptest::collection::vec(proptest::collection::vec(change(), 1..4), 1..12),
         ) {
             let mut st = cluster();
-            let (_, mut ix) = reconcile_indexed(&st);
+            let mut ix = reconcile_indexed(&st).1.ok();
             for batch in batches {
                 let mut keys = Vec::new();
                 for (n, p) in batch {
@@ -400,7 +407,7 @@ mod tests {
                         }
                         prop_assert_eq!(r, full);
                     }
-                    _ => ix = reconcile_indexed(&st).1,
+                    _ => ix = reconcile_indexed(&st).1.ok(),
                 }
             }
         }

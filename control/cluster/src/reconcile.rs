@@ -19,7 +19,7 @@
 use super::egress_ips::EgressIps;
 use super::network_policies::{self, BoundPod};
 use super::objects::*;
-use super::pod_index::PodIndex;
+use super::pod_index::{NeedsFull, PodIndex};
 use super::Problem;
 use egret_plan::{
     Binding, Bindings, FilteringMode, GatewayConfig, Ipv4Cidr, MappingMode, Plan, PolicyRule, Timeouts, TunnelConfig,
@@ -821,11 +821,11 @@ pub fn reconcile(st: &ClusterState) -> Reconciled {
 
 /// [`reconcile`], with the index that lets pod changes be applied to its
 /// result ([`PodIndex::apply`]) when the cluster allows that.
-pub fn reconcile_indexed(st: &ClusterState) -> (Reconciled, Option<PodIndex>) {
+pub fn reconcile_indexed(st: &ClusterState) -> (Reconciled, Result<PodIndex, NeedsFull>) {
     reconcile_inner(st, true)
 }
 
-fn reconcile_inner(st: &ClusterState, want_index: bool) -> (Reconciled, Option<PodIndex>) {
+fn reconcile_inner(st: &ClusterState, want_index: bool) -> (Reconciled, Result<PodIndex, NeedsFull>) {
     let mut problems = Vec::new();
     let st = &*deduped(st, &mut problems);
     let cands = candidates(st, true, &mut problems);
@@ -973,12 +973,13 @@ fn reconcile_inner(st: &ClusterState, want_index: bool) -> (Reconciled, Option<P
     }
     problems.sort();
     let reconciled = Reconciled { plans, configs: statuses.into_values().collect(), nodes, problems };
-    let index = want_index
-        .then(|| {
+    let index = match want_index {
+        true => {
             let tunnelled = cands.iter().filter(|c| c.config.tunnel.is_some()).map(|c| c.config.name.clone()).collect();
             PodIndex::build(st, tunnelled, served, unserved, given, &reconciled)
-        })
-        .flatten();
+        }
+        false => Err(NeedsFull("no index asked for")),
+    };
     (reconciled, index)
 }
 
