@@ -334,16 +334,16 @@ async fn subscriber(url: String, node: usize, deltas: bool, seen: Arc<Mutex<Seen
         let mut stream = stream.into_inner();
         let mut held = Held::default();
         // A whole plan's parts so far, joined as a gateway joins them.
-        let mut parts = String::new();
-        while let Ok(Some(mut u)) = stream.message().await {
-            if u.more {
-                parts.push_str(&u.plan_json);
-                continue;
-            }
-            if !parts.is_empty() {
-                parts.push_str(&u.plan_json);
-                u.plan_json = std::mem::take(&mut parts);
-            }
+        let mut parts = None;
+        while let Ok(Some(u)) = stream.message().await {
+            let u = match egret_api::client::join_parts(&mut parts, u) {
+                Ok(Some(u)) => u,
+                Ok(None) => continue,
+                Err(e) => {
+                    eprintln!("gw-{node}: {e}; subscribing again");
+                    break;
+                }
+            };
             if !held.take(&u) {
                 eprintln!("gw-{node}: delta to version {} does not follow; subscribing again", u.version);
                 break;

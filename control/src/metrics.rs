@@ -1,111 +1,117 @@
-//! egret-control's own counters, in Prometheus' text format
-//! (`GET /metrics` on the probe listener): how often the cluster is
-//! reconciled whole, how often pod changes are applied alone and why they
-//! are not, and in which form plans go out. A gateway pool whose pod
-//! changes keep falling back to whole reconciles, or whose gateways keep
-//! getting whole plans, shows it here.
+//! egret-control's own counters, as OpenMetrics text by prometheus-client
+//! (as the gateway's), on `GET /metrics` of the probe listener: how often
+//! the cluster is reconciled whole, how often pod changes are applied alone
+//! and why they are not, and in which form plans go out. A gateway pool
+//! whose pod changes keep falling back to whole reconciles, or whose
+//! gateways keep getting whole plans, shows it here.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
-#[derive(Debug, Default)]
+/// The content type of [`ControlMetrics::render`]'s text.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A label set: the labels' values are fixed phrases, never object names.
+type Labels = Vec<(&'static str, String)>;
+
 pub struct ControlMetrics {
-    reconciles_whole: AtomicU64,
-    pod_changes_alone: AtomicU64,
+    registry: Registry,
+    reconciles_whole: Counter,
+    pod_changes_alone: Counter,
     /// Why pod changes were reconciled whole, by reason.
-    pod_changes_whole: Mutex<BTreeMap<&'static str, u64>>,
-    updates_delta: AtomicU64,
-    updates_whole: AtomicU64,
-    updates_part: AtomicU64,
+    pod_changes_whole: Family<Labels, Counter>,
+    /// Plans sent, by form.
+    updates: Family<Labels, Counter>,
+    whole_messages: Counter,
+    generation: Gauge,
+    problems: Gauge,
+    planned_nodes: Gauge,
 }
 
-/// How a plan update went out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
-    Delta,
-    /// A whole plan, in `parts` messages (1: not cut).
-    Whole {
-        parts: usize,
-    },
+impl std::fmt::Debug for ControlMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlMetrics")
+    }
+}
+
+impl Default for ControlMetrics {
+    fn default() -> ControlMetrics {
+        let m = ControlMetrics {
+            registry: Registry::default(),
+            reconciles_whole: Counter::default(),
+            pod_changes_alone: Counter::default(),
+            pod_changes_whole: Family::default(),
+            updates: Family::default(),
+            whole_messages: Counter::default(),
+            generation: Gauge::default(),
+            problems: Gauge::default(),
+            planned_nodes: Gauge::default(),
+        };
+        let mut r = Registry::default();
+        r.register("egret_control_reconciles", "Reconciles of the whole cluster", m.reconciles_whole.clone());
+        r.register(
+            "egret_control_pod_changes_applied_alone",
+            "Batches of pod changes applied to the last reconcile, without reconciling the cluster",
+            m.pod_changes_alone.clone(),
+        );
+        r.register(
+            "egret_control_pod_changes_reconciled_whole",
+            "Batches of pod changes the last reconcile could not take alone, by why (reconciled whole)",
+            m.pod_changes_whole.clone(),
+        );
+        r.register("egret_control_plan_updates", "Plans sent to gateways, by form", m.updates.clone());
+        r.register(
+            "egret_control_whole_plan_messages",
+            "Messages whole plans were sent in (parts of at most 64 KiB to gateways that join them)",
+            m.whole_messages.clone(),
+        );
+        r.register("egret_control_generation", "The generation of plans published", m.generation.clone());
+        r.register("egret_control_problems", "Problems reported (egretctl problems)", m.problems.clone());
+        r.register("egret_control_planned_nodes", "Gateway nodes with a plan", m.planned_nodes.clone());
+        ControlMetrics { registry: r, ..m }
+    }
 }
 
 impl ControlMetrics {
     pub fn reconciled_whole(&self) {
-        self.reconciles_whole.fetch_add(1, Relaxed);
+        self.reconciles_whole.inc();
     }
 
     pub fn pod_changes_applied_alone(&self) {
-        self.pod_changes_alone.fetch_add(1, Relaxed);
+        self.pod_changes_alone.inc();
     }
 
     pub fn pod_changes_applied_alone_count(&self) -> u64 {
-        self.pod_changes_alone.load(Relaxed)
+        self.pod_changes_alone.get()
     }
 
     /// Pod changes reconciled whole, and why (a short fixed phrase).
     pub fn pod_changes_reconciled_whole(&self, why: &'static str) {
-        *self.pod_changes_whole.lock().unwrap().entry(why).or_default() += 1;
+        self.pod_changes_whole.get_or_create(&vec![("reason", slug(why))]).inc();
     }
 
-    pub fn sent(&self, how: Sent) {
-        match how {
-            Sent::Delta => self.updates_delta.fetch_add(1, Relaxed),
-            Sent::Whole { parts } => {
-                self.updates_part.fetch_add(parts as u64, Relaxed);
-                self.updates_whole.fetch_add(1, Relaxed)
-            }
-        };
+    /// `n` plans sent as deltas.
+    pub fn sent_deltas(&self, n: usize) {
+        self.updates.get_or_create(&vec![("form", "delta".into())]).inc_by(n as u64);
     }
 
-    /// The counters, and `gauges` (name, help, value), as Prometheus text.
-    pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
-        let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
-        };
-        let plain = |v: &AtomicU64| vec![(String::new(), v.load(Relaxed))];
-        family(
-            "egret_control_reconciles_total",
-            "counter",
-            "Reconciles of the whole cluster.",
-            &plain(&self.reconciles_whole),
-        );
-        family(
-            "egret_control_pod_changes_applied_alone_total",
-            "counter",
-            "Batches of pod changes applied to the last reconcile, without reconciling the cluster.",
-            &plain(&self.pod_changes_alone),
-        );
-        let whole: Vec<(String, u64)> = self
-            .pod_changes_whole
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(why, n)| (format!("{{reason=\"{}\"}}", slug(why)), *n))
-            .collect();
-        family(
-            "egret_control_pod_changes_reconciled_whole_total",
-            "counter",
-            "Batches of pod changes the last reconcile could not take alone, by why (reconciled whole).",
-            &whole,
-        );
-        let sent = [("delta", &self.updates_delta), ("whole", &self.updates_whole)]
-            .map(|(form, v)| (format!("{{form=\"{form}\"}}"), v.load(Relaxed)));
-        family("egret_control_plan_updates_total", "counter", "Plans sent to gateways, by form.", &sent);
-        family(
-            "egret_control_whole_plan_messages_total",
-            "counter",
-            "Messages whole plans were sent in (parts of at most 64 KiB to gateways that join them).",
-            &plain(&self.updates_part),
-        );
-        for (name, help, v) in gauges {
-            family(name, "gauge", help, &[(String::new(), *v)]);
-        }
+    /// A plan sent whole, in `parts` messages (1: not cut).
+    pub fn sent_whole(&self, parts: usize) {
+        self.updates.get_or_create(&vec![("form", "whole".into())]).inc();
+        self.whole_messages.inc_by(parts as u64);
+    }
+
+    /// The exposition, with the published generation, problems and nodes
+    /// planned as they are now.
+    pub fn render(&self, generation: u64, problems: usize, planned_nodes: usize) -> String {
+        self.generation.set(generation as i64);
+        self.problems.set(problems as i64);
+        self.planned_nodes.set(planned_nodes as i64);
+        let mut out = String::with_capacity(2048);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
@@ -130,9 +136,9 @@ mod tests {
         m.reconciled_whole();
         m.pod_changes_reconciled_whole("a pod IP another pod claims");
         m.pod_changes_reconciled_whole("a pod IP another pod claims");
-        m.sent(Sent::Delta);
-        m.sent(Sent::Whole { parts: 3 });
-        let text = m.render(&[("egret_control_generation", "The published generation.", 7)]);
+        m.sent_deltas(1);
+        m.sent_whole(3);
+        let text = m.render(7, 0, 0);
         for line in [
             "egret_control_reconciles_total 1",
             "egret_control_pod_changes_reconciled_whole_total{reason=\"a_pod_ip_another_pod_claims\"} 2",

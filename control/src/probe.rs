@@ -23,22 +23,29 @@ pub fn readiness(generation: u64, serving: bool) -> Result<(), &'static str> {
     }
 }
 
+/// What an answer carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    Text(&'static str),
+    /// The metrics as they are now (made by the caller, which has them).
+    Metrics,
+}
+
 /// The answer to one request line: status code and body.
-pub fn answer(request_line: &str, ready: Result<(), &'static str>) -> (u16, &'static str) {
+pub fn answer(request_line: &str, ready: Result<(), &'static str>) -> (u16, Body) {
     let mut words = request_line.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     if method != "GET" && method != "HEAD" {
-        return (405, "GET only\n");
+        return (405, Body::Text("GET only\n"));
     }
     match path {
-        "/livez" => (200, "ok\n"),
-        // The body is made by the caller (it needs the state).
-        "/metrics" => (200, ""),
+        "/livez" => (200, Body::Text("ok\n")),
+        "/metrics" => (200, Body::Metrics),
         "/readyz" => match ready {
-            Ok(()) => (200, "ready: synced and serving\n"),
-            Err(why) => (503, why),
+            Ok(()) => (200, Body::Text("ready: synced and serving\n")),
+            Err(why) => (503, Body::Text(why)),
         },
-        _ => (404, "/readyz, /livez or /metrics\n"),
+        _ => (404, Body::Text("/readyz, /livez or /metrics\n")),
     }
 }
 
@@ -69,12 +76,11 @@ async fn reply(mut sock: TcpStream, ready: Result<(), &'static str>, state: &Con
     let line = String::from_utf8_lossy(&buf[..len]);
     let request_line = line.lines().next().unwrap_or("");
     let (code, body) = answer(request_line, ready);
-    let mut words = request_line.split_whitespace();
-    let (head, path) = (words.next() == Some("HEAD"), words.next());
-    let body = match path == Some("/metrics") && code == 200 {
-        true => std::borrow::Cow::Owned(state.metrics_text()),
-        false => std::borrow::Cow::Borrowed(body),
+    let (content_type, body) = match body {
+        Body::Text(text) => ("text/plain", std::borrow::Cow::Borrowed(text)),
+        Body::Metrics => (crate::metrics::OPENMETRICS, std::borrow::Cow::Owned(state.metrics_text())),
     };
+    let head = request_line.starts_with("HEAD ");
     let reason = match code {
         200 => "OK",
         404 => "Not Found",
@@ -83,7 +89,7 @@ async fn reply(mut sock: TcpStream, ready: Result<(), &'static str>, state: &Con
     };
     // HEAD: the headers a GET would get, no body.
     let text = format!(
-        "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        "HTTP/1.1 {code} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
         body.len(),
         if head { "" } else { &body }
     );

@@ -1,7 +1,7 @@
 //! The gRPC services: the plan stream gateways subscribe to, and the admin
 //! calls operators make.
 
-use crate::metrics::{ControlMetrics, Sent};
+use crate::metrics::ControlMetrics;
 use crate::state::{ControlState, NodePlan, Snapshot};
 use egret_api::v1::{
     self as api, admin_service_server::AdminService, gateway_message::Msg, plan_service_server::PlanService,
@@ -252,16 +252,16 @@ fn plan_updates(
         more,
     };
     if let Some(deltas) = p.deltas_since(sent).filter(|_| hello.accepts_deltas && sent != 0) {
-        deltas.iter().for_each(|_| metrics.sent(Sent::Delta));
+        metrics.sent_deltas(deltas.len());
         return deltas.iter().map(|d| Ok(update(d.version, String::new(), d.json.clone(), d.base, false))).collect();
     }
     let json = p.json();
     if !hello.accepts_parts {
-        metrics.sent(Sent::Whole { parts: 1 });
+        metrics.sent_whole(1);
         return vec![Ok(update(p.version, json, String::new(), 0, false))];
     }
     let parts = json_parts(&json, PLAN_PART_BYTES);
-    metrics.sent(Sent::Whole { parts: parts.len() });
+    metrics.sent_whole(parts.len());
     let last = parts.len() - 1;
     parts
         .into_iter()

@@ -307,12 +307,8 @@ impl ControlState {
     /// problems and gateway nodes planned as gauges.
     pub fn metrics_text(&self) -> String {
         let snap = self.snapshot();
-        let problems = (self.source_errors.lock().unwrap().len() + snap.reconciled.problems.len()) as u64;
-        self.metrics.render(&[
-            ("egret_control_generation", "The generation of plans published.", snap.generation),
-            ("egret_control_problems", "Problems reported (egretctl problems).", problems),
-            ("egret_control_planned_nodes", "Gateway nodes with a plan.", snap.plans.len() as u64),
-        ])
+        let problems = self.source_errors.lock().unwrap().len() + snap.reconciled.problems.len();
+        self.metrics.render(snap.generation, problems, snap.plans.len())
     }
 
     /// Publishes what `reconciled` changed (the caller holds the update

@@ -53,6 +53,21 @@ pub struct PodInfo {
 }
 
 impl PodInfo {
+    /// Pod `ip` bound in plain to config `ci` of `configs`.
+    fn plain(
+        ip: u32,
+        ci: u16,
+        configs: &[CompiledConfig],
+        network_policies: &crate::nat::network_policy::CompiledNetworkPolicies,
+    ) -> PodInfo {
+        PodInfo {
+            config: ci,
+            preferred: rendezvous(ip, &configs[usize::from(ci)]),
+            tunnelled: false,
+            policed: network_policies.selects(ip),
+        }
+    }
+
     /// A source bound only by the fallback source CIDR of config `ci`.
     pub fn fallback(src: u32, ci: u16, plan: &CompiledPlan) -> PodInfo {
         let preferred = rendezvous(src, &plan.configs[usize::from(ci)]);
@@ -233,12 +248,7 @@ impl CompiledPlan {
         for b in &plan.bindings {
             let ci = by_name[&*b.config];
             let ip = u32::from(b.pod_ip);
-            let mut info = PodInfo {
-                config: ci,
-                preferred: rendezvous(ip, &configs[usize::from(ci)]),
-                tunnelled: false,
-                policed: network_policies.selects(ip),
-            };
+            let mut info = PodInfo::plain(ip, ci, &configs, &network_policies);
             if let (Some(key), Some(t)) = (b.public_key, compiled_tunnels[usize::from(ci)].as_mut()) {
                 t.peers.push(PeerConfig { public_key: key.0, pod_ip: b.pod_ip });
                 tunnelled.insert(ip);
@@ -313,13 +323,7 @@ impl CompiledPlan {
                 // Validated: the config is the plan's, and so `self`'s.
                 let ci = *by_name.get(&*b.config)?;
                 let ip = u32::from(b.pod_ip);
-                let info = PodInfo {
-                    config: ci,
-                    preferred: rendezvous(ip, &self.configs[usize::from(ci)]),
-                    tunnelled: false,
-                    policed: self.network_policies.selects(ip),
-                };
-                next.pods.insert(ip, info);
+                next.pods.insert(ip, PodInfo::plain(ip, ci, &self.configs, &self.network_policies));
             }
         }
         Some(Ok(next))

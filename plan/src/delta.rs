@@ -8,7 +8,7 @@
 //! rebuilds the new plan exactly, in that order. Configs and
 //! NetworkPolicies are few and travel whole when they change.
 
-use crate::{Binding, GatewayConfig, NetworkPolicy, Plan, PlanError};
+use crate::{Binding, Bindings, GatewayConfig, NetworkPolicy, Plan, PlanError};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::HashSet;
@@ -159,7 +159,20 @@ impl PlanDelta {
         if held.version != self.base {
             return Err(DeltaError::Gap { base: self.base, held: held.version });
         }
-        if !canonical(&held.bindings) {
+        Ok(Plan {
+            version: self.version,
+            configs: self.configs.clone().unwrap_or_else(|| held.configs.clone()),
+            bindings: self.apply_to_bindings(&held.bindings)?,
+            network_policies: self.network_policies.clone().unwrap_or_else(|| held.network_policies.clone()),
+        })
+    }
+
+    /// The bindings this delta makes of its base's `held` (what [`apply`]
+    /// makes of them, for a caller that keeps the rest of the plan).
+    ///
+    /// [`apply`]: PlanDelta::apply
+    pub fn apply_to_bindings(&self, held: &Bindings) -> Result<Bindings, DeltaError> {
+        if !canonical(held) {
             return Err(DeltaError::HeldNotCanonical);
         }
         let mut touched: HashSet<Ipv4Addr> = self.unbind.iter().copied().collect();
@@ -178,9 +191,9 @@ impl PlanDelta {
             filter[bit(*ip) / 64] |= 1 << (bit(*ip) % 64);
         }
         let maybe_touched = |ip: Ipv4Addr| filter[bit(ip) / 64] & (1 << (bit(ip) % 64)) != 0;
-        let kept = held.bindings.iter().filter(|b| !(maybe_touched(b.pod_ip) && touched.contains(&b.pod_ip)));
+        let kept = held.iter().filter(|b| !(maybe_touched(b.pod_ip) && touched.contains(&b.pod_ip)));
         // Merge two sorted runs into the canonical order.
-        let mut bindings = Vec::with_capacity(held.bindings.len() + added.len());
+        let mut bindings = Vec::with_capacity(held.len() + added.len());
         let mut added = added.into_iter().peekable();
         for b in kept {
             while let Some(a) = added.next_if(|a| a.canonical_cmp(b) == Ordering::Less) {
@@ -189,12 +202,7 @@ impl PlanDelta {
             bindings.push(b.clone());
         }
         bindings.extend(added.cloned());
-        Ok(Plan {
-            version: self.version,
-            configs: self.configs.clone().unwrap_or_else(|| held.configs.clone()),
-            bindings: bindings.into(),
-            network_policies: self.network_policies.clone().unwrap_or_else(|| held.network_policies.clone()),
-        })
+        Ok(bindings.into())
     }
 }
 

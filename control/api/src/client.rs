@@ -495,7 +495,7 @@ async fn once(
 /// and then the plan whole. Parts of another version, or past
 /// [`MAX_PLAN_BYTES`] together, end the stream (subscribing again sends
 /// the plan anew).
-fn join_parts(
+pub fn join_parts(
     parts: &mut Option<(u64, String)>,
     mut u: crate::v1::PlanUpdate,
 ) -> Result<Option<crate::v1::PlanUpdate>, String> {

@@ -53,7 +53,7 @@ impl Tags {
         self.0.is_empty()
     }
     pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.0.iter().map(|(k, v)| (k, v))
+        self.into_iter()
     }
 }
 

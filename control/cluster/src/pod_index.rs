@@ -95,8 +95,7 @@ impl PodIndex {
             else {
                 continue;
             };
-            let mut ips = ips;
-            ips.sort_unstable();
+            // Sorted: `Pod::ipv4s` sorts them, and a claim keeps the order.
             for ip in &ips {
                 *ix.claimants.entry(*ip).or_default() += 1;
             }
@@ -131,11 +130,7 @@ impl PodIndex {
         let mut touched_problems = before != self.last.problems.len();
         for (key, pod) in changes {
             let mut problems = Vec::new();
-            let mut new =
-                pod.and_then(|p| pod_claim(p, &mut names, &self.served, &self.unserved, &egress, &mut problems));
-            if let Some((_, ips)) = new.as_mut() {
-                ips.sort_unstable();
-            }
+            let new = pod.and_then(|p| pod_claim(p, &mut names, &self.served, &self.unserved, &egress, &mut problems));
             touched_problems |= !problems.is_empty();
             self.last.problems.extend(problems);
             let old = self.claims.get(key);
@@ -191,13 +186,13 @@ impl PodIndex {
         }
         let mut deltas = BTreeMap::new();
         let mut changed = BTreeMap::new();
-        // The nodes of a pool hold one list of bindings and get the same
-        // edits: each new list is made once and shared (`None`: no change).
-        type Made<'e> = (Bindings, &'e BTreeMap<Ipv4Addr, Option<Binding>>, Option<(PlanDelta, Bindings)>);
-        let mut made: Vec<Made> = Vec::new();
+        // The nodes of a pool hold one list of bindings (they serve the
+        // same configs, so they get the same edits): each new list is made
+        // once and shared (`None`: no change).
+        let mut made: Vec<(Bindings, Option<(PlanDelta, Bindings)>)> = Vec::new();
         for (node, edits) in &edits {
             let plan = self.last.plans.get_mut(*node).expect("nodes_of names planned nodes");
-            let i = match made.iter().position(|(old, e, _)| old.same(&plan.bindings) && *e == edits) {
+            let i = match made.iter().position(|(old, _)| old.same(&plan.bindings)) {
                 Some(i) => i,
                 None => {
                     let mut delta = PlanDelta { base: plan.version, version: plan.version, ..Default::default() };
@@ -216,15 +211,17 @@ impl PodIndex {
                     let new = match delta.is_empty() {
                         true => None,
                         false => {
-                            let new = delta.apply(plan).map_err(|_| NeedsFull("a plan not in canonical order"))?;
-                            Some((delta, new.bindings))
+                            let new = delta
+                                .apply_to_bindings(&plan.bindings)
+                                .map_err(|_| NeedsFull("a plan not in canonical order"))?;
+                            Some((delta, new))
                         }
                     };
-                    made.push((plan.bindings.clone(), edits, new));
+                    made.push((plan.bindings.clone(), new));
                     made.len() - 1
                 }
             };
-            let Some((delta, bindings)) = &made[i].2 else { continue };
+            let Some((delta, bindings)) = &made[i].1 else { continue };
             plan.bindings = bindings.clone();
             changed.insert(node.to_string(), plan.clone());
             deltas.insert(node.to_string(), delta.clone());

@@ -56,8 +56,9 @@ pub fn run(mut cfg: NodeConfig, config_path: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
-/// A compiled plan and the objects it left out, each with why.
-pub type LoadedPlan = (CompiledPlan, Vec<String>);
+/// A compiled plan (shared: the workers run it, and a plan source may
+/// change it by the next delta) and the objects it left out, each with why.
+pub type LoadedPlan = (std::sync::Arc<CompiledPlan>, Vec<String>);
 
 /// Reads and compiles the plan file; problems with single objects are
 /// logged and those objects left out.
@@ -69,7 +70,7 @@ pub fn load_plan(path: &Path, version: u64) -> Result<LoadedPlan, PlanRefused> {
     }
     let compiled = CompiledPlan::new(&plan)
         .map_err(|error| PlanRefused::Invalid { source_name: path.display().to_string(), error })?;
-    Ok((compiled, problems))
+    Ok((std::sync::Arc::new(compiled), problems))
 }
 
 /// An interface's MTU, as the kernel has it (read at start).

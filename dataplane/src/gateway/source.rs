@@ -22,7 +22,7 @@ pub enum PlanSource {
         plans: watch::Receiver<Option<Arc<Received>>>,
         /// The last plan compiled, by its `Received::seq`: the next delta
         /// may change it.
-        last: Option<Box<(u64, CompiledPlan)>>,
+        last: Option<(u64, Arc<CompiledPlan>)>,
     },
 }
 
@@ -99,10 +99,10 @@ impl PlanSource {
                 // A delta on the plan compiled last changes its tables;
                 // anything else (a version skipped, a config changed) is
                 // compiled whole.
-                let base = last.as_deref().filter(|(seq, _)| seq + 1 == r.seq).map(|(_, p)| p);
+                let base = last.as_ref().filter(|(seq, _)| seq + 1 == r.seq).map(|(_, p)| p);
                 let changed = base.zip(r.delta.as_ref()).and_then(|(base, d)| base.changed_by(d, &plan));
-                let compiled = changed.unwrap_or_else(|| CompiledPlan::new(&plan));
-                *last = compiled.as_ref().ok().map(|p| Box::new((r.seq, p.clone())));
+                let compiled = changed.unwrap_or_else(|| CompiledPlan::new(&plan)).map(Arc::new);
+                *last = compiled.as_ref().ok().map(|p| (r.seq, p.clone()));
                 sub.ack(r.version, compiled.as_ref().map(|_| ()).map_err(ToString::to_string));
                 let source_name = format!("plan version {} from the control plane", r.version);
                 let compiled = compiled.map_err(|error| PlanRefused::Invalid { source_name, error });

@@ -66,9 +66,8 @@ pub struct Gateway {
 impl Gateway {
     /// Attaches XDP, installs the forward guard, opens every queue's
     /// sockets and starts the workers on `plan`.
-    pub fn start(cfg: &NodeConfig, plan: CompiledPlan, problems: Vec<String>) -> Result<Gateway, StartError> {
+    pub fn start(cfg: &NodeConfig, plan: Arc<CompiledPlan>, problems: Vec<String>) -> Result<Gateway, StartError> {
         let epoch = Instant::now();
-        let plan = Arc::new(plan);
         let ifaces = cfg.ifaces();
         let mut local: Vec<Ipv4Addr> = ifaces.iter().flat_map(|i| addresses_of(i)).collect();
         local.push(cfg.router_ip);
@@ -321,7 +320,7 @@ impl Gateway {
     }
 
     /// A new plan: XDP maps, then the workers (through the shared plan).
-    fn apply(&mut self, plan: CompiledPlan, problems: Vec<String>) {
+    fn apply(&mut self, plan: Arc<CompiledPlan>, problems: Vec<String>) {
         let version = plan.version;
         let sets = SteeringSets::of(&plan);
         // Maps first for additions would let traffic reach workers still on
@@ -337,7 +336,7 @@ impl Gateway {
         self.plan_status.applied(version, problems);
         let _ = service::notify(&format!("STATUS=serving plan {version}"));
         self.lock_probe().serving = probe::ProbeState::serving_of(&plan, true);
-        self.shared.plan.store(Arc::new(plan));
+        self.shared.plan.store(plan);
     }
 
     /// With a probe: answers 503 for `drain_secs` while the workers keep
