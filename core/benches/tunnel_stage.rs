@@ -16,6 +16,7 @@ use egret_core::compiled::CompiledPlan;
 use egret_core::plan::{Binding, GatewayConfig, Plan, TunnelConfig, WgKey, WgSecret};
 use egret_core::tunnel::stage::SharedLimiters;
 use egret_core::tunnel::{Inbound, Outbound, TunnelStage};
+use egret_core::wire::ipv4::Header;
 use egret_core::wire::udp;
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -80,14 +81,16 @@ fn connect(stage: &mut TunnelStage) -> Vec<Tunn> {
             other => panic!("no initiation: {other:?}"),
         };
         let n = ip_udp(&mut frame, from, TUNNEL, &init);
-        let Inbound::Reply { len } = stage.receive(&mut frame, n, false) else { panic!("no response for peer {i}") };
+        let ip = Header::check(&frame, n).unwrap();
+        let Inbound::Reply { len } = stage.receive(&mut frame, &ip, false) else { panic!("no response for peer {i}") };
         let response = frame[udp::HEADERS..len].to_vec();
         let keepalive = match pod.decapsulate(None, &response, &mut out) {
             TunnResult::WriteToNetwork(d) => d.to_vec(),
             other => panic!("no keepalive: {other:?}"),
         };
         let n = ip_udp(&mut frame, from, TUNNEL, &keepalive);
-        assert_eq!(stage.receive(&mut frame, n, false), Inbound::Consumed);
+        let ip = Header::check(&frame, n).unwrap();
+        assert_eq!(stage.receive(&mut frame, &ip, false), Inbound::Consumed);
     }
     pods
 }
@@ -157,7 +160,8 @@ fn main() {
         let t = Instant::now();
         for (j, &n) in lens.iter().enumerate() {
             frame[..n].copy_from_slice(&wire[j * 128..j * 128 + n]);
-            match stage.receive(&mut frame, n, false) {
+            let ip = Header::check(&frame, n).unwrap();
+            match stage.receive(&mut frame, &ip, false) {
                 Inbound::Inner { len } => {
                     black_box(&frame[..len]);
                 }

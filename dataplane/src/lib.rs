@@ -3,7 +3,7 @@
 //! core (crate `egret-core`: `wire`, `nat`, `tunnel`, re-exported here).
 
 pub mod gateway;
-pub use egret_core::{counters, nat, tunnel, wire};
+pub use egret_core::{counters, nat, pipeline, tunnel, wire};
 
 /// The plan schema, shared with egret-control (crate `egret-plan`).
 pub use egret_plan as plan;

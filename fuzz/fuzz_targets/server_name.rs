@@ -209,7 +209,11 @@ fuzz_target!(|data: &[u8]| {
     let n = synack.len();
     let _ = e.process(&mut synack, n, Time::from_millis(now));
 
-    let good = if dport == 443 { hello(b"api.example.com") } else { b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n".to_vec() };
+    let good = if dport == 443 {
+        hello(b"api.example.com")
+    } else {
+        b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n".to_vec()
+    };
     let mut next = 1001u32;
     let mut offered = 0usize;
     for (op, arg, bytes) in shared::ops(rest) {

@@ -12,6 +12,7 @@ use egret_core::nat::CompiledPlan;
 use egret_core::plan::{Binding, GatewayConfig, Plan, TunnelConfig, WgKey, WgSecret};
 use egret_core::tunnel::stage::SharedLimiters;
 use egret_core::tunnel::{Inbound, Outbound, TunnelStage};
+use egret_core::wire::ipv4::Header;
 use egret_core::wire::udp;
 use libfuzzer_sys::fuzz_target;
 #[path = "shared/ops.rs"]
@@ -65,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
     if let TunnResult::WriteToNetwork(init) = pod.format_handshake_initiation(&mut scratch, true) {
         let init = init.to_vec();
         let n = datagram(&mut buf, &init, from);
-        if let Inbound::Reply { len } = st.receive(&mut buf, n, false) {
+        if let Inbound::Reply { len } = receive(&mut st, &mut buf, n, false) {
             let response = buf[udp::HEADERS..len].to_vec();
             if let TunnResult::WriteToNetwork(k) = pod.decapsulate(None, &response, &mut scratch) {
                 real.push(k.to_vec());
@@ -81,18 +82,18 @@ fuzz_target!(|data: &[u8]| {
             0 => {
                 let n = bytes.len().min(buf.len());
                 buf[..n].copy_from_slice(&bytes[..n]);
-                check(st.receive(&mut buf, n, op & 0x10 != 0), &buf);
+                check(receive(&mut st, &mut buf, n, op & 0x10 != 0), &buf);
             }
             // A datagram to the tunnel endpoint carrying the bytes.
             1 => {
                 let n = datagram(&mut buf, bytes, src);
-                check(st.receive(&mut buf, n, op & 0x10 != 0), &buf);
+                check(receive(&mut st, &mut buf, n, op & 0x10 != 0), &buf);
             }
             // A real message of the pod's, with the bytes xored in.
             2 => {
                 let Some(r) = real.get(usize::from(op >> 4) % real.len().max(1)) else { continue };
                 let n = datagram(&mut buf, &mutate(r, bytes), src);
-                check(st.receive(&mut buf, n, false), &buf);
+                check(receive(&mut st, &mut buf, n, false), &buf);
             }
             // A packet to seal for a tunnelled pod.
             _ => {
@@ -110,6 +111,14 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// As the pipeline hands a packet to the stage: its header checked first.
+fn receive(st: &mut TunnelStage, buf: &mut [u8], n: usize, handed: bool) -> Inbound {
+    match Header::check(buf, n) {
+        Ok(ip) => st.receive(buf, &ip, handed),
+        Err(_) => Inbound::NotTunnel,
+    }
+}
 
 fn check(r: Inbound, buf: &[u8]) {
     match r {

@@ -4,6 +4,7 @@
 //! egress address. Everything else is dropped and counted.
 
 use super::*;
+use crate::wire::ipv4::{Header, HeaderError};
 
 impl NatEngine {
     /// Translates one IPv4 packet in place, not knowing which side it came
@@ -19,13 +20,32 @@ impl NatEngine {
     /// inside, and the outside's traffic (to egress addresses, or from
     /// excluded hosts to pods) only from the outside.
     pub fn process_from(&mut self, buf: &mut [u8], len: usize, from: Option<Side>, now: Time) -> Verdict {
-        self.process_arrival(buf, len, from, false, now)
+        match self.check_header(buf, len) {
+            Ok(ip) => self.translate(buf, &ip, from, false, now),
+            Err(v) => v,
+        }
     }
 
     /// As [`NatEngine::process_from`] for a packet the tunnel stage
     /// decrypted: it comes from the inside, from its peer's pod.
     pub fn process_tunnelled(&mut self, buf: &mut [u8], len: usize, now: Time) -> Verdict {
-        self.process_arrival(buf, len, Some(Side::Inside), true, now)
+        match self.check_header(buf, len) {
+            Ok(ip) => self.translate(buf, &ip, Some(Side::Inside), true, now),
+            Err(v) => v,
+        }
+    }
+
+    /// Checks a received packet's IPv4 header, once for every stage after
+    /// it; a header refused is dropped and counted here.
+    #[inline(always)]
+    pub fn check_header(&mut self, buf: &[u8], len: usize) -> Result<Header, Verdict> {
+        Header::check(buf, len).map_err(|e| {
+            self.drop(match e {
+                HeaderError::BadChecksum => DropReason::BadIpChecksum,
+                HeaderError::Truncated => DropReason::Truncated,
+                HeaderError::Malformed => DropReason::Malformed,
+            })
+        })
     }
 
     /// Whether packets for `pod` go through a tunnel (the worker encrypts
@@ -35,18 +55,20 @@ impl NatEngine {
         self.any_tunnelled && self.pod(pod).is_some_and(|p| p.tunnelled)
     }
 
-    /// Where a packet goes next is the verdict's to say, sealing included:
-    /// what leaves toward a tunnelled pod goes through its tunnel.
+    /// Translates one packet whose header [`NatEngine::check_header`]
+    /// checked; `tunnelled`: the tunnel stage decrypted it. Where it goes
+    /// next is the verdict's to say, sealing included: what leaves toward a
+    /// tunnelled pod goes through its tunnel.
     #[inline(always)]
-    pub(super) fn process_arrival(
+    pub fn translate(
         &mut self,
         buf: &mut [u8],
-        len: usize,
+        ip: &Header,
         from: Option<Side>,
         tunnelled: bool,
         now: Time,
     ) -> Verdict {
-        let v = self.translate(buf, len, from, tunnelled, now);
+        let v = self.steer(buf, ip, from, tunnelled, now);
         if !self.any_tunnelled {
             return v;
         }
@@ -60,17 +82,10 @@ impl NatEngine {
         }
     }
 
-    fn translate(&mut self, buf: &mut [u8], len: usize, from: Option<Side>, tunnelled: bool, now: Time) -> Verdict {
+    /// Which way a packet goes, by its addresses and the side it came from.
+    fn steer(&mut self, buf: &mut [u8], ip: &Header, from: Option<Side>, tunnelled: bool, now: Time) -> Verdict {
         self.draws.settle();
-        let len = len.min(buf.len());
-        let (src, dst, total) = match Ipv4Packet::new_checked(&buf[..len]) {
-            Ok(ip) if ip.verify_checksum() => {
-                (u32::from_be_bytes(ip.src()), u32::from_be_bytes(ip.dst()), ip.total_len())
-            }
-            Ok(_) => return self.drop(DropReason::BadIpChecksum),
-            Err(WireError::Truncated) => return self.drop(DropReason::Truncated),
-            Err(WireError::Malformed) => return self.drop(DropReason::Malformed),
-        };
+        let (src, dst) = (ip.src, ip.dst);
         if let Some(pod) = self.pod(src) {
             if from == Some(Side::Outside) {
                 return self.drop(DropReason::WrongInterface);
@@ -78,7 +93,7 @@ impl NatEngine {
             if pod.tunnelled != tunnelled {
                 return self.drop(DropReason::NotTunnelled);
             }
-            return self.in2out(buf, total, pod.config, now);
+            return self.in2out(buf, ip, pod.config, now);
         }
         if tunnelled {
             // The tunnel checked the source is its peer's pod; a pod no
@@ -89,29 +104,30 @@ impl NatEngine {
             if from == Some(Side::Outside) {
                 return self.drop(DropReason::WrongInterface);
             }
-            return self.in2out_fallback(buf, total, src, ci, now);
+            return self.in2out_fallback(buf, ip, ci, now);
         }
         if self.plan.egress.contains_key(&dst) {
             if from == Some(Side::Inside) {
                 return self.drop(DropReason::WrongInterface);
             }
-            return self.out2in(buf, total, now);
+            return self.out2in(buf, ip, now);
         }
         if let Some(ci) = self.pod(dst).map(|p| p.config).or_else(|| self.plan.source_config(dst)) {
             if from == Some(Side::Inside) {
                 return self.drop(DropReason::WrongInterface);
             }
-            return self.excluded_return(buf, total, ci, src, now);
+            return self.excluded_return(buf, ip, ci, now);
         }
         self.drop(DropReason::UnboundSource)
     }
 
     /// A source bound only by a fallback CIDR: adopted as a pod of its
     /// config for this packet, kept while it holds a session or a port.
-    pub(super) fn in2out_fallback(&mut self, buf: &mut [u8], len: usize, src: u32, ci: u16, now: Time) -> Verdict {
+    pub(super) fn in2out_fallback(&mut self, buf: &mut [u8], ip: &Header, ci: u16, now: Time) -> Verdict {
+        let src = ip.src;
         let pod = PodInfo::fallback(src, ci, &self.plan);
         self.fallbacks.insert(src, pod);
-        let v = self.in2out(buf, len, ci, now);
+        let v = self.in2out(buf, ip, ci, now);
         self.forget_if_idle(src);
         self.forget_idle();
         v
@@ -119,15 +135,14 @@ impl NatEngine {
 
     /// To a pod's own address: only replies from its config's excluded
     /// destinations (which it reached untranslated) come back this way.
-    pub(super) fn excluded_return(&mut self, buf: &mut [u8], len: usize, ci: u16, src: u32, now: Time) -> Verdict {
-        if !self.config(ci).excludes(src) {
+    pub(super) fn excluded_return(&mut self, buf: &mut [u8], ip: &Header, ci: u16, now: Time) -> Verdict {
+        if !self.config(ci).excludes(ip.src) {
             return self.drop(DropReason::Unsolicited);
         }
-        let ip = Ipv4Packet::new_unchecked(&buf[..len]);
-        if ip.ttl() <= 1 {
+        if ip.ttl <= 1 {
             return self.drop(DropReason::TtlExpired);
         }
-        let (router, dst) = (u32::from(self.settings.router_ip), u32::from_be_bytes(ip.dst()));
+        let (router, dst, len) = (u32::from(self.settings.router_ip), ip.dst, ip.total);
         if let Some(v) = self.refuse_too_big(buf, len, Side::Inside, dst, router, now) {
             return v;
         }

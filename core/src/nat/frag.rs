@@ -7,9 +7,9 @@
 //! fragments' payload covers it (in any order: first, last, middle is as
 //! good as in order), or at its timeout.
 
-use super::rewrite::Parsed;
 use super::{DropReason, NatEngine, Time};
 use super::{Side, Verdict};
+use crate::wire::ipv4::Header;
 use crate::wire::ipv4::Ipv4Packet;
 use hashbrown::HashMap;
 use std::collections::VecDeque;
@@ -345,7 +345,7 @@ impl NatEngine {
         &mut self,
         buf: &mut [u8],
         len: usize,
-        p: &Parsed,
+        p: &Header,
         origin: Origin,
         now: Time,
     ) -> Verdict {
@@ -389,7 +389,7 @@ impl NatEngine {
     }
 }
 
-impl Parsed {
+impl Header {
     /// The datagram a fragment belongs to.
     #[inline]
     pub(super) fn frag_key(&self) -> FragKey {

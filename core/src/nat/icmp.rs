@@ -2,9 +2,10 @@
 //! packet they quote, RFC 5508 section 4), and building the ones the gateway
 //! itself sends (time exceeded, destination unreachable).
 
-use super::rewrite::{decrement_ttl, Parsed};
+use super::rewrite::decrement_ttl;
 use super::*;
 use crate::wire::icmp::{self, IcmpPacket};
+use crate::wire::ipv4::Header;
 use crate::wire::l4::Transport;
 use crate::wire::{Endpoint, IpProtocol};
 
@@ -73,7 +74,7 @@ impl NatEngine {
     /// A pod reports an error about a packet it received from the outside
     /// (e.g. port unreachable for a late UDP reply): the quoted packet went
     /// egress → pod, so its destination and our source become the egress.
-    pub(super) fn in2out_icmp_error(&mut self, buf: &mut [u8], len: usize, p: &Parsed, now: Time) -> Verdict {
+    pub(super) fn in2out_icmp_error(&mut self, buf: &mut [u8], len: usize, p: &Header, now: Time) -> Verdict {
         if p.first_frag {
             return self.drop(DropReason::FragmentTooShort);
         }
@@ -114,7 +115,7 @@ impl NatEngine {
             // pod behind the egress address it came from, not outside; its
             // outside → inside leg takes the one TTL decrement.
             self.counters.hairpin_packets += 1;
-            let outer = Parsed::read(buf, len);
+            let outer = Header::read(buf, len);
             return self.out2in_icmp_error(buf, len, &outer, now);
         }
         decrement_ttl(buf, len);
@@ -124,7 +125,7 @@ impl NatEngine {
     /// A router or the remote host reports an error about a packet a pod
     /// sent (time exceeded for traceroute, fragmentation needed for PMTU
     /// discovery, unreachable): find the session by the quoted packet.
-    pub(super) fn out2in_icmp_error(&mut self, buf: &mut [u8], len: usize, p: &Parsed, now: Time) -> Verdict {
+    pub(super) fn out2in_icmp_error(&mut self, buf: &mut [u8], len: usize, p: &Header, now: Time) -> Verdict {
         if p.first_frag {
             return self.drop(DropReason::FragmentTooShort);
         }
@@ -195,7 +196,7 @@ impl NatEngine {
         now: Time,
     ) -> Verdict {
         self.counters.drop(reason);
-        let p = Parsed::read(buf, len);
+        let p = Header::read(buf, len);
         let about_error = p.proto == ipv4::PROTO_ICMP
             && len > p.hl
             && icmp::is_error_message(IcmpPacket::new_unchecked(&buf[p.hl..len]).msg_type());

@@ -3,22 +3,23 @@
 
 use super::frag::{FragAction, Origin};
 use super::name_check::{self, NameRefusal};
-use super::rewrite::{decrement_ttl, rewrite, write_bare_tcp, Parsed};
+use super::rewrite::{decrement_ttl, rewrite, write_bare_tcp};
 use super::*;
 use crate::wire::icmp;
 use crate::wire::icmp::IcmpPacket;
+use crate::wire::ipv4::Header;
 use crate::wire::l4::Transport;
 use crate::wire::tcp::{TcpPacket, TcpRepr};
 use crate::wire::{Endpoint, IpProtocol};
 
 impl NatEngine {
-    pub(super) fn in2out(&mut self, buf: &mut [u8], len: usize, ci: u16, now: Time) -> Verdict {
-        let p = Parsed::read(buf, len);
+    pub(super) fn in2out(&mut self, buf: &mut [u8], p: &Header, ci: u16, now: Time) -> Verdict {
+        let len = p.total;
         if is_martian_dst(p.dst) {
             return self.drop(DropReason::MartianDestination);
         }
         if p.later_frag {
-            return self.follow_fragment(buf, len, &p, Origin::Pod, now);
+            return self.follow_fragment(buf, len, p, Origin::Pod, now);
         }
         if p.ttl <= 1 {
             let router = u32::from(self.settings.router_ip);
@@ -34,7 +35,7 @@ impl NatEngine {
         if proto == IpProtocol::Icmp {
             let ty = IcmpPacket::new_unchecked(l4b).msg_type();
             if icmp::is_error(ty) {
-                return self.in2out_icmp_error(buf, len, &p, now);
+                return self.in2out_icmp_error(buf, len, p, now);
             }
             if !icmp::is_query(ty) {
                 return self.drop(DropReason::IcmpUnsupportedType);
@@ -56,7 +57,7 @@ impl NatEngine {
                         if !self.name_check_new_connection(i, seq, now) {
                             self.end_session(i, now);
                             self.counters.drop(DropReason::NameChecksFull);
-                            return tcp_reset(buf, len, &p);
+                            return tcp_reset(buf, len, p);
                         }
                     }
                 }
@@ -92,12 +93,12 @@ impl NatEngine {
                 let mut needs_name = None;
                 if let Some(d) = self.decide(ci, &key, now) {
                     if d.action == crate::plan::PolicyAction::Deny {
-                        return self.deny(buf, len, &p, ci, DropReason::PolicyDenied, now);
+                        return self.deny(buf, len, p, ci, DropReason::PolicyDenied, now);
                     }
                     match (d.needs, d.rule) {
                         (Some(WireName::Quic), Some(rule)) => {
                             self.count_refusal(ci, rule, NameRefusal::QuicRefused);
-                            return self.deny(buf, len, &p, ci, DropReason::QuicRefused, now);
+                            return self.deny(buf, len, p, ci, DropReason::QuicRefused, now);
                         }
                         (Some(needs), Some(rule)) => needs_name = Some((needs, rule)),
                         _ => {}
@@ -119,7 +120,7 @@ impl NatEngine {
                     if !self.expect_name(i, needs, rule, seg, now) {
                         self.end_session(i, now);
                         self.counters.drop(DropReason::NameChecksFull);
-                        return tcp_reset(buf, len, &p);
+                        return tcp_reset(buf, len, p);
                     }
                 }
                 i
@@ -131,7 +132,7 @@ impl NatEngine {
                 // A segment in fragments cannot be read in one piece.
                 return self.drop(DropReason::NameCheckUnordered);
             }
-            if let name_check::NameStep::Answer(v) = self.check_name(buf, len, &p, i, now) {
+            if let name_check::NameStep::Answer(v) = self.check_name(buf, len, p, i, now) {
                 return v;
             }
         }
@@ -155,7 +156,7 @@ impl NatEngine {
             // of this gateway; deliver to the pod behind it, with the
             // translated source so the peer sees what the internet would.
             self.counters.hairpin_packets += 1;
-            let v = self.out2in_stage(buf, len, now, true);
+            let v = self.out2in_stage(buf, &Header::read(buf, len), now, true);
             if p.first_frag {
                 // The rest of the datagram follows the whole hairpin.
                 let action = match v {
@@ -181,7 +182,7 @@ impl NatEngine {
 
     /// A new flow the policy denies: dropped, or rejected (TCP RST from the
     /// destination; ICMP administratively prohibited otherwise).
-    fn deny(&mut self, buf: &mut [u8], len: usize, p: &Parsed, ci: u16, reason: DropReason, now: Time) -> Verdict {
+    fn deny(&mut self, buf: &mut [u8], len: usize, p: &Header, ci: u16, reason: DropReason, now: Time) -> Verdict {
         if !self.config(ci).policy.as_ref().is_some_and(|x| x.rejects()) {
             return self.drop(reason);
         }
@@ -202,7 +203,7 @@ impl NatEngine {
 
 /// Replaces a TCP segment with the RST its destination would send (RFC 793
 /// "reset generation"): addresses and ports swapped, no payload.
-fn tcp_reset(buf: &mut [u8], len: usize, p: &Parsed) -> Verdict {
+fn tcp_reset(buf: &mut [u8], len: usize, p: &Header) -> Verdict {
     let rst = TcpRepr::reset_for(&TcpPacket::new_unchecked(&buf[p.hl..len]));
     Verdict::Reply { len: write_bare_tcp(buf, &rst, p.dst, p.src) }
 }

@@ -20,8 +20,9 @@
 
 use super::frag::{ReleaseTo, Released};
 use super::policy::WireName;
-use super::rewrite::{write_bare_tcp, Parsed};
+use super::rewrite::write_bare_tcp;
 use super::*;
+use crate::wire::ipv4::Header;
 use crate::wire::server_name::{ClientHelloReader, HttpHostReader, NoName, Progress, MAX_NAME};
 use crate::wire::tcp::{self as tcpw, TcpPacket, TcpRepr};
 
@@ -291,7 +292,7 @@ impl NatEngine {
     }
 
     /// A segment from the pod on a session awaiting its name.
-    pub(super) fn check_name(&mut self, buf: &mut [u8], len: usize, p: &Parsed, i: u32, now: Time) -> NameStep {
+    pub(super) fn check_name(&mut self, buf: &mut [u8], len: usize, p: &Header, i: u32, now: Time) -> NameStep {
         let s = *self.sessions.get(i);
         let seg = TcpPacket::new_unchecked(&buf[p.hl..len]);
         let (flags, seq, ack) = (seg.flags(), seg.seq(), seg.ack());
@@ -528,7 +529,7 @@ impl NatEngine {
     }
 
     /// Refuses a flow for its name: counted per rule and reason, reset both ways.
-    fn refuse_name(&mut self, buf: &mut [u8], p: &Parsed, i: u32, rule: u32, why: NameRefusal, now: Time) -> Verdict {
+    fn refuse_name(&mut self, buf: &mut [u8], p: &Header, i: u32, rule: u32, why: NameRefusal, now: Time) -> Verdict {
         let s = *self.sessions.get(i);
         self.count_refusal(s.config, rule, why);
         self.counters.drop(why.drop_reason());

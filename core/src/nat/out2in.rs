@@ -2,28 +2,29 @@
 //! back to the pod; everything else is unsolicited and dropped.
 
 use super::frag::{FragAction, Origin};
-use super::rewrite::{rewrite, Parsed};
+use super::rewrite::rewrite;
 use super::*;
 use crate::plan::FilteringMode;
 use crate::wire::icmp::{self, IcmpPacket};
+use crate::wire::ipv4::Header;
 use crate::wire::l4::Transport;
 use crate::wire::tcp::TcpPacket;
 use crate::wire::{Endpoint, IpProtocol};
 
 impl NatEngine {
-    pub(super) fn out2in(&mut self, buf: &mut [u8], len: usize, now: Time) -> Verdict {
-        self.out2in_stage(buf, len, now, false)
+    pub(super) fn out2in(&mut self, buf: &mut [u8], p: &Header, now: Time) -> Verdict {
+        self.out2in_stage(buf, p, now, false)
     }
 
     /// `hairpin`: the packet was just translated inside → outside on this
     /// worker (its TTL still to be decremented here); the caller records
     /// its fragments under the pod's own key.
-    pub(super) fn out2in_stage(&mut self, buf: &mut [u8], len: usize, now: Time, hairpin: bool) -> Verdict {
-        let p = Parsed::read(buf, len);
+    pub(super) fn out2in_stage(&mut self, buf: &mut [u8], p: &Header, now: Time, hairpin: bool) -> Verdict {
+        let len = p.total;
         if p.later_frag {
             // Hairpinned fragments came from a pod.
             let origin = if hairpin { Origin::Pod } else { Origin::Internet };
-            return self.follow_fragment(buf, len, &p, origin, now);
+            return self.follow_fragment(buf, len, p, origin, now);
         }
         let l4b = &buf[p.hl..len];
         let proto = IpProtocol::from_number(p.proto);
@@ -35,7 +36,7 @@ impl NatEngine {
         if proto == IpProtocol::Icmp {
             let ty = IcmpPacket::new_unchecked(l4b).msg_type();
             if icmp::is_error(ty) {
-                return self.out2in_icmp_error(buf, len, &p, now);
+                return self.out2in_icmp_error(buf, len, p, now);
             }
             if ty != icmp::ECHO_REPLY {
                 return self.drop(DropReason::Unsolicited);
@@ -73,7 +74,7 @@ impl NatEngine {
         let s = self.touch(i, tcp_flags, false, now);
         rewrite(buf, len, proto, Endpoint::Destination, s.pod, s.pod_port, true);
         if s.remote_port == 53 && p.proto != ipv4::PROTO_ICMP && !p.first_frag {
-            self.learn_from_dns(buf, len, &p, &s, now);
+            self.learn_from_dns(buf, len, p, &s, now);
         }
         self.counters.out2in_packets += 1;
         self.counters.out2in_bytes += len as u64;
@@ -87,7 +88,7 @@ impl NatEngine {
     /// DNS answers to pods feed FQDN rules: UDP, or TCP when the segment
     /// holds a whole length-prefixed message.
     #[cold]
-    fn learn_from_dns(&mut self, buf: &[u8], len: usize, p: &Parsed, s: &Session, now: Time) {
+    fn learn_from_dns(&mut self, buf: &[u8], len: usize, p: &Header, s: &Session, now: Time) {
         let l4b = &buf[p.hl..len];
         let msg = if p.proto == ipv4::PROTO_UDP {
             &l4b[crate::wire::udp::HEADER_LEN..]

@@ -1,43 +1,11 @@
-//! What both directions share (VPP's shared inlines): the fields of one
-//! packet the NAT reads, and the in-place rewrite of one endpoint. The
+//! What both directions share (VPP's shared inlines): the in-place
+//! rewrite of one endpoint, and the bare segments the gateway writes. The
 //! direction stages (`in2out`, `out2in`, `icmp`, `frag`) depend on this,
 //! never on each other's files.
 
 use crate::wire::l4::Transport;
 use crate::wire::tcp::TcpRepr;
 use crate::wire::{ipv4, Endpoint, IpProtocol, Ipv4Packet};
-
-/// Where the fields the NAT rewrites sit in one packet.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Parsed {
-    pub src: u32,
-    pub dst: u32,
-    pub ttl: u8,
-    pub proto: u8,
-    pub hl: usize,
-    pub ident: u16,
-    /// Offset 0 with more fragments to come.
-    pub first_frag: bool,
-    /// Offset > 0: no transport header.
-    pub later_frag: bool,
-}
-
-impl Parsed {
-    #[inline(always)]
-    pub fn read(buf: &[u8], len: usize) -> Parsed {
-        let ip = Ipv4Packet::new_unchecked(&buf[..len]);
-        Parsed {
-            src: u32::from_be_bytes(ip.src()),
-            dst: u32::from_be_bytes(ip.dst()),
-            ttl: ip.ttl(),
-            proto: ip.protocol(),
-            hl: ip.header_len(),
-            ident: ip.ident(),
-            first_frag: ip.more_frags() && ip.frag_offset() == 0,
-            later_frag: ip.frag_offset() > 0,
-        }
-    }
-}
 
 /// Rewrites the address of `end` and the matching port (the ICMP
 /// identifier for echo), with incremental checksums; with `ttl`, also

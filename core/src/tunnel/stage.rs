@@ -12,6 +12,7 @@
 use super::{owner_of, PeerConfig, Received, Tunnel, TunnelCounters, TunnelDrop, HANDSHAKES_PER_SEC};
 use crate::compiled::CompiledPlan;
 use crate::plan::WgSecret;
+use crate::wire::ipv4::Header;
 use crate::wire::udp;
 use boringtun::noise::rate_limiter::RateLimiter;
 use hashbrown::HashMap;
@@ -174,17 +175,17 @@ impl TunnelStage {
         self.plan = Some(Arc::clone(plan));
     }
 
-    /// Takes a received IPv4 packet (`buf[..len]`); `handed`: another
-    /// worker passed it on (its initiation already rate-limited).
-    pub fn receive(&mut self, buf: &mut [u8], len: usize, handed: bool) -> Inbound {
+    /// Takes a received IPv4 packet in `buf`, its header `ip` checked;
+    /// `handed`: another worker passed it on (its initiation already
+    /// rate-limited).
+    pub fn receive(&mut self, buf: &mut [u8], ip: &Header, handed: bool) -> Inbound {
         let Some(plan) = &self.plan else { return Inbound::NotTunnel };
-        let len = len.min(buf.len());
-        let Some(key) = udp::peek_dst(&buf[..len]) else { return Inbound::NotTunnel };
-        let Some(&ci) = plan.tunnels.get(&key) else { return Inbound::NotTunnel };
+        let Some(port) = udp::dst_port(buf, ip) else { return Inbound::NotTunnel };
+        let Some(&ci) = plan.tunnels.get(&(ip.dst, port)) else { return Inbound::NotTunnel };
         let Some(t) = self.tunnels.get_mut(usize::from(ci)).and_then(Option::as_mut) else {
             return Inbound::NotTunnel;
         };
-        let Some(d) = udp::parse(&buf[..len]) else {
+        let Some(d) = udp::datagram(buf, ip) else {
             t.tunnel.count_drop(TunnelDrop::Malformed);
             return Inbound::Drop(TunnelDrop::Malformed);
         };

@@ -263,6 +263,7 @@ mod stage {
     use crate::plan::{Binding, GatewayConfig, Plan, TunnelConfig, WgKey, WgSecret};
     use crate::tunnel::stage::SharedLimiters;
     use crate::tunnel::{Inbound, Outbound, TunnelStage};
+    use crate::wire::ipv4::Header;
     use crate::wire::udp;
 
     const ILB: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 50, 100), 6000);
@@ -295,7 +296,8 @@ mod stage {
         let d = datagram(payload, FROM, ILB);
         let mut buf = vec![0u8; 4096];
         buf[..d.len()].copy_from_slice(&d);
-        (st.receive(&mut buf, d.len(), false), buf)
+        let ip = Header::check(&buf, d.len()).unwrap();
+        (st.receive(&mut buf, &ip, false), buf)
     }
 
     #[test]
@@ -346,7 +348,8 @@ mod stage {
         let other = SocketAddrV4::new(*ILB.ip(), 6001);
         let d = datagram(b"hello", FROM, other);
         let mut buf = d.clone();
-        assert_eq!(st.receive(&mut buf, d.len(), false), Inbound::NotTunnel);
+        let ip = Header::check(&buf, d.len()).unwrap();
+        assert_eq!(st.receive(&mut buf, &ip, false), Inbound::NotTunnel);
         assert_eq!(buf, d, "untouched");
     }
 

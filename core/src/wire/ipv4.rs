@@ -31,6 +31,78 @@ pub const PROTO_ICMP: u8 = IpProtocol::Icmp.number();
 pub const PROTO_TCP: u8 = IpProtocol::Tcp.number();
 pub const PROTO_UDP: u8 = IpProtocol::Udp.number();
 
+/// Why a received packet's IPv4 header was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderError {
+    Truncated,
+    Malformed,
+    BadChecksum,
+}
+
+/// The fields of one IPv4 header the gateway's stages read, read once
+/// when the packet is received and checked (version, lengths, checksum),
+/// then passed from stage to stage instead of being parsed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub src: u32,
+    pub dst: u32,
+    pub ttl: u8,
+    pub proto: u8,
+    /// Header length (options included).
+    pub hl: usize,
+    /// Total length: the packet's bytes, without the link's padding.
+    pub total: usize,
+    pub ident: u16,
+    /// Offset 0 with more fragments to come.
+    pub first_frag: bool,
+    /// Offset > 0: no transport header.
+    pub later_frag: bool,
+}
+
+impl Header {
+    /// Checks `buf[..len]` as a received IPv4 packet and reads its header.
+    #[inline(always)]
+    pub fn check(buf: &[u8], len: usize) -> Result<Header, HeaderError> {
+        let ip = match Ipv4Packet::new_checked(&buf[..len.min(buf.len())]) {
+            Ok(ip) => ip,
+            Err(Error::Truncated) => return Err(HeaderError::Truncated),
+            Err(Error::Malformed) => return Err(HeaderError::Malformed),
+        };
+        if !ip.verify_checksum() {
+            return Err(HeaderError::BadChecksum);
+        }
+        Ok(Header::of(&ip))
+    }
+
+    /// Reads the header of a packet the gateway itself has just written or
+    /// rewritten in `buf` (already known to be whole).
+    #[inline(always)]
+    pub fn read(buf: &[u8], len: usize) -> Header {
+        Header::of(&Ipv4Packet::new_unchecked(&buf[..len]))
+    }
+
+    #[inline(always)]
+    fn of<T: AsRef<[u8]>>(ip: &Ipv4Packet<T>) -> Header {
+        Header {
+            src: u32::from_be_bytes(ip.src()),
+            dst: u32::from_be_bytes(ip.dst()),
+            ttl: ip.ttl(),
+            proto: ip.protocol(),
+            hl: ip.header_len(),
+            total: ip.total_len(),
+            ident: ip.ident(),
+            first_frag: ip.more_frags() && ip.frag_offset() == 0,
+            later_frag: ip.frag_offset() > 0,
+        }
+    }
+
+    /// Whether it is a fragment (either kind).
+    #[inline]
+    pub fn is_fragment(&self) -> bool {
+        self.first_frag || self.later_frag
+    }
+}
+
 #[derive(Debug)]
 pub struct Ipv4Packet<T: AsRef<[u8]>> {
     buffer: T,

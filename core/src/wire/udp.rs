@@ -4,7 +4,7 @@
 
 use super::checksum;
 use super::ip::IpProtocol;
-use super::ipv4::{self, Ipv4Packet};
+use super::ipv4::{self, Header, Ipv4Packet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::Range;
 
@@ -97,40 +97,39 @@ pub struct Datagram {
     pub payload: Range<usize>,
 }
 
-/// The destination of `ip` when it is an unfragmented UDP datagram, read
-/// without validating anything else: a cheap test before [`parse`].
+/// The destination port of the UDP datagram in a packet whose IPv4 header
+/// `ip` was checked, when it is one, unfragmented with a whole UDP header.
 #[inline]
-pub fn peek_dst(ip: &[u8]) -> Option<(u32, u16)> {
-    if ip.len() < HEADERS {
+pub fn dst_port(buf: &[u8], ip: &Header) -> Option<u16> {
+    if ip.proto != ipv4::PROTO_UDP || ip.is_fragment() {
         return None;
     }
-    let p = Ipv4Packet::new_unchecked(ip);
-    if p.protocol() != ipv4::PROTO_UDP || p.is_fragment() {
-        return None;
-    }
-    let u = UdpPacket::new_checked(ip.get(p.header_len()..)?).ok()?;
-    Some((u32::from_be_bytes(p.dst()), u.dst_port()))
+    UdpPacket::new_checked(buf.get(ip.hl..ip.total)?).ok().map(|u| u.dst_port())
 }
 
-/// `ip[..len]` as a UDP datagram: the IPv4 header checked (checksum,
-/// lengths), unfragmented, the UDP length within the packet. The UDP
-/// checksum is not checked: what rides here is authenticated by itself.
-pub fn parse(ip: &[u8]) -> Option<Datagram> {
-    let p = Ipv4Packet::new_checked(ip).ok()?;
-    if !p.verify_checksum() || p.protocol() != ipv4::PROTO_UDP || p.is_fragment() {
+/// The datagram in a packet whose IPv4 header `ip` was checked:
+/// unfragmented, the UDP length within the packet. The UDP checksum is not
+/// checked: what rides here is authenticated by itself.
+pub fn datagram(buf: &[u8], ip: &Header) -> Option<Datagram> {
+    if ip.proto != ipv4::PROTO_UDP || ip.is_fragment() {
         return None;
     }
-    let (hl, total) = (p.header_len(), p.total_len());
-    let u = UdpPacket::new_checked(&ip[hl..total]).ok()?;
+    let u = UdpPacket::new_checked(buf.get(ip.hl..ip.total)?).ok()?;
     let ulen = u.len();
-    if ulen < HEADER_LEN || ulen > total - hl {
+    if ulen < HEADER_LEN || ulen > ip.total - ip.hl {
         return None;
     }
     Some(Datagram {
-        src: SocketAddrV4::new(p.src_addr(), u.src_port()),
-        dst: SocketAddrV4::new(p.dst_addr(), u.dst_port()),
-        payload: hl + HEADER_LEN..hl + ulen,
+        src: SocketAddrV4::new(Ipv4Addr::from(ip.src), u.src_port()),
+        dst: SocketAddrV4::new(Ipv4Addr::from(ip.dst), u.dst_port()),
+        payload: ip.hl + HEADER_LEN..ip.hl + ulen,
     })
+}
+
+/// `ip` as a UDP datagram: the IPv4 header checked (checksum, lengths),
+/// then as [`datagram`].
+pub fn parse(ip: &[u8]) -> Option<Datagram> {
+    datagram(ip, &Header::check(ip, ip.len()).ok()?)
 }
 
 /// Writes the IPv4 and UDP headers in front of the `payload_len` bytes

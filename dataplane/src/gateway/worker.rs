@@ -9,9 +9,10 @@ use super::nexthop::{Miss, NextHops, Table};
 use super::rx_bound::RxBound;
 use super::xsk::{SocketDrops, WorkerIo};
 use crate::nat::CompiledPlan;
-use crate::nat::{NatEngine, ReleaseTo, Side, Time, Verdict};
+use crate::nat::{NatEngine, ReleaseTo, Side, Time};
+use crate::pipeline::{self, Entry, Exit};
 use crate::tunnel::stage::TunnelReport;
-use crate::tunnel::{Inbound, Outbound, TunnelStage};
+use crate::tunnel::TunnelStage;
 use crate::wire::ethernet::{self, EthernetFrame};
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
@@ -43,25 +44,15 @@ struct Pending {
     since_ms: u64,
 }
 
-/// A frame on its way to the worker that owns its session or its peer.
+/// A frame on its way to the worker that owns its session or its peer:
+/// the one reason to hand over is state another worker owns. It enters
+/// that worker's pipeline at the stage it left this one's.
 pub struct Handoff {
     pub buf: Box<[u8; HANDOFF_BYTES]>,
     pub len: u16,
-    /// What it is, so the new worker takes it up where it was left.
-    pub kind: HandoffKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandoffKind {
-    /// A packet as it arrived on the inside or the outside.
-    Arrived(Side),
-    /// A tunnel datagram for the peer's owner (an initiation has passed the
-    /// rate limiter).
-    Datagram,
-    /// The decrypted inner packet of a tunnelled pod, for its flow's owner.
-    Tunnelled,
-    /// A packet for a tunnelled pod, for its peer's owner to encrypt.
-    Seal,
+    pub entry: Entry,
+    /// The side it is taken as arriving from.
+    pub from: Side,
 }
 
 crate::counters::reasons! {
@@ -398,7 +389,7 @@ impl Worker {
                 self.io_counters.rx_packets += rx.len() as u64;
                 self.prefetch_batch(&rx);
                 for d in rx.drain(..) {
-                    self.handle(port, d.addr, d.len as usize, HandoffKind::Arrived(Side::Inside), now);
+                    self.handle(port, d.addr, d.len as usize, Entry::Arrived, self.arrival(port), now);
                 }
             }
             work += self.drain_inbox(now);
@@ -567,8 +558,10 @@ impl Worker {
         self.io_counters.ipfix_records_over_share += ipfix_over_share;
     }
 
-    /// Translates one received frame and queues what comes of it.
-    fn handle(&mut self, port: usize, addr: u64, len: usize, kind: HandoffKind, now: Time) {
+    /// Runs one frame through the pipeline's stages (entering at `entry`)
+    /// and queues what comes of it: the next hop and transmit, a reply,
+    /// or the handoff ring of the worker that owns its state.
+    fn handle(&mut self, port: usize, addr: u64, len: usize, entry: Entry, from: Option<Side>, now: Time) {
         // SAFETY: a received frame is ours until we send or release it.
         let frame = unsafe { self.io.frame_mut(addr) };
         if len < ethernet::HEADER_LEN || ethernet::ethertype(frame) != Some(ethernet::ETHERTYPE_IPV4) {
@@ -577,46 +570,27 @@ impl Worker {
             return;
         }
         let ip = &mut frame[ethernet::HEADER_LEN..];
-        let ip_len = len - ethernet::HEADER_LEN;
-        let (verdict, tunnelled) = match kind {
-            HandoffKind::Seal => return self.seal_and_send(addr, ip_len, now),
-            HandoffKind::Tunnelled => (self.engine.process_tunnelled(ip, ip_len, now), Some(ip_len)),
-            HandoffKind::Arrived(_) | HandoffKind::Datagram if self.tunnels.active() => {
-                match self.tunnels.receive(ip, ip_len, kind == HandoffKind::Datagram) {
-                    Inbound::NotTunnel => (self.engine.process_from(ip, ip_len, self.arrival(port), now), None),
-                    Inbound::Inner { len } => (self.engine.process_tunnelled(ip, len, now), Some(len)),
-                    Inbound::Reply { len } => return self.reply(port, addr, len),
-                    Inbound::Consumed | Inbound::Drop(_) => return self.io.release(addr),
-                    Inbound::Elsewhere { worker } => {
-                        self.io_counters.tunnel_handoffs += 1;
-                        self.hand_off(worker, &frame[..len], HandoffKind::Datagram);
-                        return self.io.release(addr);
-                    }
+        let exit = pipeline::run(&mut self.tunnels, &mut self.engine, ip, len - ethernet::HEADER_LEN, entry, from, now);
+        self.leave(port, addr, exit, now);
+    }
+
+    /// Takes frame `addr` (received on `port`) where the stages' exit says.
+    fn leave(&mut self, port: usize, addr: u64, exit: Exit, now: Time) {
+        match exit {
+            Exit::Forward { side, len, dst } => {
+                self.route_out(self.side_port[side as usize], addr, len + ethernet::HEADER_LEN, dst, now)
+            }
+            Exit::Reply { len } => self.reply(port, addr, len),
+            Exit::HandOff { worker, entry, from, len } => {
+                if matches!(entry, Entry::Datagram | Entry::Seal) {
+                    self.io_counters.tunnel_handoffs += 1;
                 }
-            }
-            _ => (self.engine.process_from(ip, ip_len, self.arrival(port), now), None),
-        };
-        match verdict {
-            Verdict::Forward { side, len } => {
-                let dst = Self::dst_of(addr, &self.io);
-                let out = self.side_port[side as usize];
-                self.route_out(out, addr, len + ethernet::HEADER_LEN, dst, now);
-            }
-            Verdict::Seal { len } => self.seal_and_send(addr, len, now),
-            Verdict::Reply { len } => self.reply(port, addr, len),
-            Verdict::Handoff { worker, from } => {
-                // A tunnelled pod's inner packet stays one (its new worker
-                // must not take it for a plain packet from a tunnelled pod).
-                let (kind, n) = match tunnelled {
-                    Some(n) => (HandoffKind::Tunnelled, n + ethernet::HEADER_LEN),
-                    None => (HandoffKind::Arrived(from), len),
-                };
-                // SAFETY: as above; the engine is done with the frame.
+                // SAFETY: the frame is ours; the stages are done with it.
                 let frame = unsafe { self.io.frame_mut(addr) };
-                self.hand_off(worker, &frame[..n], kind);
+                self.hand_off(worker, &frame[..len + ethernet::HEADER_LEN], entry, from);
                 self.io.release(addr);
             }
-            Verdict::Held | Verdict::Drop(_) => self.io.release(addr),
+            Exit::Done => self.io.release(addr),
         }
     }
 
@@ -630,14 +604,6 @@ impl Worker {
         } else {
             Some(Side::Outside)
         }
-    }
-
-    /// The IPv4 destination of the packet in frame `addr`.
-    fn dst_of(addr: u64, io: &WorkerIo) -> u32 {
-        // SAFETY: the frame is ours (being handled).
-        let f = unsafe { io.frame_mut(addr) };
-        let ip = &f[ethernet::HEADER_LEN..];
-        u32::from(crate::wire::udp::addrs(ip).1)
     }
 
     /// Sends the `len`-byte IPv4 packet in frame `addr` back where the
@@ -678,25 +644,6 @@ impl Worker {
         }
     }
 
-    /// Encrypts the `len`-byte packet in frame `addr` (for a tunnelled pod)
-    /// and sends it to the pod's endpoint, or to its peer's worker.
-    fn seal_and_send(&mut self, addr: u64, len: usize, now: Time) {
-        // SAFETY: the frame is ours (being handled).
-        let frame = unsafe { self.io.frame_mut(addr) };
-        match self.tunnels.seal(&mut frame[ethernet::HEADER_LEN..], len) {
-            Outbound::Sealed { len, to } => {
-                let out = self.side_port[Side::Inside as usize];
-                self.route_out(out, addr, len + ethernet::HEADER_LEN, u32::from(*to.ip()), now);
-            }
-            Outbound::Elsewhere { worker } => {
-                self.io_counters.tunnel_handoffs += 1;
-                self.hand_off(worker, &frame[..len + ethernet::HEADER_LEN], HandoffKind::Seal);
-                self.io.release(addr);
-            }
-            Outbound::Drop(_) => self.io.release(addr),
-        }
-    }
-
     /// Tunnel timers: keepalives and rekeys leave toward the peers.
     fn tick_tunnels(&mut self, now: Time) {
         if !self.tunnels.active() {
@@ -717,7 +664,7 @@ impl Worker {
                 continue;
             }
             f[ethernet::HEADER_LEN..total].copy_from_slice(&d);
-            let dst = u32::from(crate::wire::udp::addrs(&d).1);
+            let dst = pipeline::destination(&d, d.len());
             self.route_out(self.side_port[Side::Inside as usize], addr, total, dst, now);
         }
     }
@@ -747,13 +694,13 @@ impl Worker {
         }
     }
 
-    fn hand_off(&mut self, worker: u16, bytes: &[u8], kind: HandoffKind) {
+    fn hand_off(&mut self, worker: u16, bytes: &[u8], entry: Entry, from: Side) {
         let Some(peer) = self.peers.get(usize::from(worker)) else { return };
         if bytes.len() > HANDOFF_BYTES {
             self.io_counters.drop(IoDrop::HandoffOverflow);
             return;
         }
-        if !admits_handoff(kind, peer.len(), peer.capacity()) {
+        if !admits_handoff(entry, peer.len(), peer.capacity()) {
             self.io_counters.drop(IoDrop::HandoffUnauthenticatedShare);
             return;
         }
@@ -762,7 +709,7 @@ impl Worker {
             return;
         };
         buf[..bytes.len()].copy_from_slice(bytes);
-        match peer.push(Handoff { buf, len: bytes.len() as u16, kind }) {
+        match peer.push(Handoff { buf, len: bytes.len() as u16, entry, from }) {
             Ok(()) => self.io_counters.handoff_sent += 1,
             Err(h) => {
                 let _ = self.pool.push(h.buf);
@@ -783,11 +730,8 @@ impl Worker {
                     // SAFETY: a frame just taken from the free pool is ours.
                     let f = unsafe { self.io.frame_mut(addr) };
                     f[..len].copy_from_slice(&h.buf[..len]);
-                    let side = match h.kind {
-                        HandoffKind::Arrived(side) => side,
-                        _ => Side::Inside,
-                    };
-                    self.handle(self.side_port[side as usize], addr, len, h.kind, now);
+                    let port = self.side_port[h.from as usize];
+                    self.handle(port, addr, len, h.entry, self.arrival(port), now);
                 }
                 None => self.io_counters.drop(IoDrop::NoFreeFrame),
             }
@@ -804,7 +748,7 @@ impl Worker {
                     let mut f = vec![0u8; ethernet::HEADER_LEN];
                     EthernetFrame::new_unchecked(&mut f[..]).set_ipv4();
                     f.extend_from_slice(&r.bytes);
-                    self.hand_off(worker, &f, HandoffKind::Arrived(from));
+                    self.hand_off(worker, &f, Entry::Arrived, from);
                 }
                 to @ (ReleaseTo::Side(_) | ReleaseTo::Seal) => {
                     let Some(addr) = self.io.alloc() else {
@@ -819,23 +763,25 @@ impl Worker {
                         continue;
                     }
                     f[ethernet::HEADER_LEN..total].copy_from_slice(&r.bytes);
-                    match to {
+                    let ip = &mut f[ethernet::HEADER_LEN..];
+                    let exit = match to {
                         ReleaseTo::Side(side) => {
-                            let dst = Self::dst_of(addr, &self.io);
-                            self.route_out(self.side_port[side as usize], addr, total, dst, now);
+                            Exit::Forward { side, len: r.bytes.len(), dst: pipeline::destination(ip, r.bytes.len()) }
                         }
-                        _ => self.seal_and_send(addr, r.bytes.len(), now),
-                    }
+                        _ => pipeline::seal(&mut self.tunnels, ip, r.bytes.len()),
+                    };
+                    let inside = self.side_port[Side::Inside as usize];
+                    self.leave(inside, addr, exit, now);
                 }
             }
         }
     }
 }
 
-/// Whether a handoff of `kind` may join a ring holding `depth` of
+/// Whether a handoff entering at `entry` may join a ring holding `depth` of
 /// `capacity`: unauthenticated tunnel datagrams only up to half of it.
-fn admits_handoff(kind: HandoffKind, depth: usize, capacity: usize) -> bool {
-    kind != HandoffKind::Datagram || depth < capacity / 2
+fn admits_handoff(entry: Entry, depth: usize, capacity: usize) -> bool {
+    entry != Entry::Datagram || depth < capacity / 2
 }
 
 #[cfg(test)]
@@ -844,9 +790,9 @@ mod tests {
 
     #[test]
     fn unauthenticated_datagrams_fill_at_most_half_a_handoff_ring() {
-        assert!(admits_handoff(HandoffKind::Datagram, 511, 1024));
-        assert!(!admits_handoff(HandoffKind::Datagram, 512, 1024));
-        for kind in [HandoffKind::Arrived(Side::Outside), HandoffKind::Tunnelled, HandoffKind::Seal] {
+        assert!(admits_handoff(Entry::Datagram, 511, 1024));
+        assert!(!admits_handoff(Entry::Datagram, 512, 1024));
+        for kind in [Entry::Arrived, Entry::Tunnelled, Entry::Seal] {
             assert!(admits_handoff(kind, 1023, 1024), "{kind:?}");
         }
     }
