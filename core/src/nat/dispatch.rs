@@ -83,6 +83,7 @@ impl NatEngine {
     }
 
     /// Which way a packet goes, by its addresses and the side it came from.
+    #[inline(always)]
     fn steer(&mut self, buf: &mut [u8], ip: &Header, from: Option<Side>, tunnelled: bool, now: Time) -> Verdict {
         self.draws.settle();
         let (src, dst) = (ip.src, ip.dst);
