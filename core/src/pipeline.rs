@@ -4,7 +4,8 @@
 //! 1. **check**: the IPv4 header is checked and read once ([`Header`](crate::wire::ipv4::Header));
 //!    every later stage gets the view, never the bytes to parse again;
 //! 2. **open** (the tunnel stage): a WireGuard datagram to a config's
-//!    tunnel is decrypted in its frame, its inner packet checked in turn;
+//!    tunnel is decrypted in its frame, and its inner packet, a packet of
+//!    its own, is checked as in 1;
 //! 3. **translate** (the NAT core);
 //! 4. **seal** (the tunnel stage): what leaves toward a tunnelled pod is
 //!    encrypted to its peer, as the translate verdict says.
@@ -75,8 +76,9 @@ pub fn run(
             }
             Inbound::Reply { len } => return Exit::Reply { len },
             Inbound::Consumed | Inbound::Drop(_) => return Exit::Done,
+            // Taken on the other worker as arriving where it arrived here.
             Inbound::Elsewhere { worker } => {
-                return Exit::HandOff { worker, entry: Entry::Datagram, from: Side::Inside, len }
+                return Exit::HandOff { worker, entry: Entry::Datagram, from: from.unwrap_or(Side::Inside), len }
             }
         }
     }
@@ -86,9 +88,13 @@ pub fn run(
         Verdict::Seal { len } => seal(tunnels, buf, len),
         Verdict::Reply { len } => Exit::Reply { len },
         // A tunnelled pod's inner packet stays one (its new worker must not
-        // take it for a plain packet from a tunnelled pod).
+        // take it for a plain packet from a tunnelled pod). Its hairpin's
+        // return leg, translated already, arrives as from the outside.
+        Verdict::Handoff { worker, from: Side::Inside } if tunnelled => {
+            Exit::HandOff { worker, entry: Entry::Tunnelled, from: Side::Inside, len: ip.total }
+        }
         Verdict::Handoff { worker, from } if tunnelled => {
-            Exit::HandOff { worker, entry: Entry::Tunnelled, from, len: ip.total }
+            Exit::HandOff { worker, entry: Entry::Arrived, from, len: ip.total }
         }
         Verdict::Handoff { worker, from } => Exit::HandOff { worker, entry: Entry::Arrived, from, len },
         Verdict::Held | Verdict::Drop(_) => Exit::Done,
@@ -106,9 +112,11 @@ pub fn seal(tunnels: &mut TunnelStage, buf: &mut [u8], len: usize) -> Exit {
     }
 }
 
-/// The destination of the packet a stage has just written or rewritten.
+/// The destination of the packet a stage has just written or rewritten
+/// (`len` ≥ an IPv4 header).
 #[inline(always)]
 pub fn destination(buf: &[u8], len: usize) -> u32 {
+    debug_assert!(len >= crate::wire::ipv4::HEADER_LEN);
     u32::from_be_bytes(Ipv4Packet::new_unchecked(&buf[..len]).dst())
 }
 
@@ -147,14 +155,20 @@ mod tests {
 
     impl Gateway {
         fn new() -> Gateway {
+            Gateway::on_worker(0, 1)
+        }
+
+        /// Worker `worker` of `workers`.
+        fn on_worker(worker: u16, workers: u16) -> Gateway {
             let mut c = GatewayConfig::new("a", vec!["198.19.100.0/30".parse().unwrap()]);
             c.tunnel = Some(TunnelConfig { address: *ILB.ip(), port: ILB.port(), private_key: WgSecret(GW_KEY) });
             let bindings = vec![Binding { pod_ip: POD, config: "a".into(), public_key: Some(WgKey(public(POD_KEY))) }];
             let plan = Plan { network_policies: Vec::new(), version: 1, configs: vec![c], bindings: bindings.into() };
             let plan = Arc::new(CompiledPlan::new(&plan).unwrap());
-            let mut tunnels = TunnelStage::new(0, 1, SharedLimiters::default());
+            let mut tunnels = TunnelStage::new(worker, workers, SharedLimiters::default());
             tunnels.apply_plan(&plan);
-            Gateway { tunnels, engine: NatEngine::new(EngineSettings::default(), plan) }
+            let settings = EngineSettings { worker, workers, ..EngineSettings::default() };
+            Gateway { tunnels, engine: NatEngine::new(settings, plan) }
         }
 
         /// Runs `packet` through the stages from `entry`; the exit and the
@@ -167,7 +181,7 @@ mod tests {
         }
 
         /// The pod's datagram (a WireGuard message) as it reaches the gateway.
-        fn from_pod(&mut self, message: &[u8]) -> (Exit, Vec<u8>) {
+        fn datagram_from_pod(&mut self, message: &[u8]) -> (Exit, Vec<u8>) {
             let mut d = vec![0u8; udp::HEADERS + message.len()];
             d[udp::HEADERS..].copy_from_slice(message);
             let n = udp::emit(&mut d, ENDPOINT, ILB, message.len());
@@ -188,13 +202,13 @@ mod tests {
         let mut out = vec![0u8; 2048];
         let TunnResult::WriteToNetwork(init) = pod.encapsulate(first, &mut out) else { panic!("no initiation") };
         let init = init.to_vec();
-        let (Exit::Reply { len }, buf) = gw.from_pod(&init) else { panic!("no handshake response") };
+        let (Exit::Reply { len }, buf) = gw.datagram_from_pod(&init) else { panic!("no handshake response") };
         let response = udp::parse(&buf[..len]).unwrap();
         let TunnResult::WriteToNetwork(ka) = pod.decapsulate(None, &buf[response.payload], &mut out) else {
             panic!("no keepalive")
         };
         let ka = ka.to_vec();
-        assert_eq!(gw.from_pod(&ka).0, Exit::Done, "a keepalive is consumed");
+        assert_eq!(gw.datagram_from_pod(&ka).0, Exit::Done, "a keepalive is consumed");
         let TunnResult::WriteToNetwork(data) = pod.decapsulate(None, &[], &mut out) else { panic!("no data") };
         (pod, data.to_vec())
     }
@@ -205,7 +219,7 @@ mod tests {
         let first = udp_packet(POD, 5000, SERVER, 53, b"query");
         let (mut pod, data) = connected(&mut gw, &first);
 
-        let (exit, out) = gw.from_pod(&data);
+        let (exit, out) = gw.datagram_from_pod(&data);
         let Exit::Forward { side: Side::Outside, len, dst } = exit else { panic!("not forwarded: {exit:?}") };
         assert_eq!(dst, u32::from(SERVER));
         let sent = udp::parse(&out[..len]).unwrap();
@@ -252,5 +266,20 @@ mod tests {
         // pod's address, which only its tunnel may send.
         assert_eq!(gw.run(&inner, Entry::Arrived).0, Exit::Done);
         assert_eq!(gw.engine.counters().dropped(DropReason::NotTunnelled), 1);
+    }
+
+    #[test]
+    fn a_tunnelled_pods_hairpin_leaves_for_the_ports_worker_translated_as_from_the_outside() {
+        let here = crate::compiled::owner_of(u32::from(POD), 2);
+        let mut gw = Gateway::on_worker(here, 2);
+        // An egress address of the pod's own config, on a port of the
+        // other worker's slice: the return leg is that worker's.
+        let port = if gw.engine.port_slice().lo == 1024 { 65535 } else { 1024 };
+        let hairpin = udp_packet(POD, 5000, Ipv4Addr::new(198, 19, 100, 1), port, b"x");
+        let (exit, out) = gw.run(&hairpin, Entry::Tunnelled);
+        let expected =
+            Exit::HandOff { worker: 1 - here, entry: Entry::Arrived, from: Side::Outside, len: hairpin.len() };
+        assert_eq!(exit, expected, "not to be opened or taken for a pod's packet there");
+        assert_ne!(udp::parse(&out[..hairpin.len()]).unwrap().src.ip(), &POD, "translated already");
     }
 }

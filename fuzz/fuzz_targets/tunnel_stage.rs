@@ -3,12 +3,16 @@
 //! over or not), and packets to seal for the tunnelled pods, on worker 0 of
 //! 2 with two peers, after a real pod's handshake so data reaches the
 //! session. Never a panic; every length the stage reports fits the buffer;
-//! an inner packet comes only from a peer's pod address.
+//! an inner packet comes only from a peer's pod address. With bit 0x20 of
+//! an op, the packet goes through the whole pipeline instead (the header
+//! check, this stage, the NAT core, sealing), entering at any stage a
+//! handoff can: what it leaves in the buffer fits and is IPv4.
 #![no_main]
 
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
-use egret_core::nat::CompiledPlan;
+use egret_core::nat::{CompiledPlan, EngineSettings, NatEngine, Time};
+use egret_core::pipeline::{self, Entry, Exit};
 use egret_core::plan::{Binding, GatewayConfig, Plan, TunnelConfig, WgKey, WgSecret};
 use egret_core::tunnel::stage::SharedLimiters;
 use egret_core::tunnel::{Inbound, Outbound, TunnelStage};
@@ -29,7 +33,7 @@ fn public(k: [u8; 32]) -> [u8; 32] {
     *PublicKey::from(&StaticSecret::from(k)).as_bytes()
 }
 
-fn stage() -> TunnelStage {
+fn stage() -> (TunnelStage, NatEngine) {
     let mut c = GatewayConfig::new("demo/a", vec!["198.19.100.0/30".parse().unwrap()]);
     c.tunnel = Some(TunnelConfig { address: *ILB.ip(), port: ILB.port(), private_key: WgSecret(GW) });
     let bindings = PODS
@@ -46,7 +50,8 @@ fn stage() -> TunnelStage {
     );
     let mut st = TunnelStage::new(0, 2, SharedLimiters::with_limit(4));
     st.apply_plan(&plan);
-    st
+    let settings = EngineSettings { worker: 0, workers: 2, session_capacity: 1024, seed: 1, ..Default::default() };
+    (st, NatEngine::new(settings, plan))
 }
 
 fn datagram(buf: &mut [u8], payload: &[u8], from: SocketAddrV4) -> usize {
@@ -56,7 +61,7 @@ fn datagram(buf: &mut [u8], payload: &[u8], from: SocketAddrV4) -> usize {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut st = stage();
+    let (mut st, mut engine) = stage();
     let mut buf = vec![0u8; 2048];
     // Pod 0's real handshake, so that its data reaches the replay window.
     let from = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2), 51820);
@@ -82,18 +87,18 @@ fuzz_target!(|data: &[u8]| {
             0 => {
                 let n = bytes.len().min(buf.len());
                 buf[..n].copy_from_slice(&bytes[..n]);
-                check(receive(&mut st, &mut buf, n, op & 0x10 != 0), &buf);
+                through(&mut st, &mut engine, &mut buf, n, op);
             }
             // A datagram to the tunnel endpoint carrying the bytes.
             1 => {
                 let n = datagram(&mut buf, bytes, src);
-                check(receive(&mut st, &mut buf, n, op & 0x10 != 0), &buf);
+                through(&mut st, &mut engine, &mut buf, n, op);
             }
             // A real message of the pod's, with the bytes xored in.
             2 => {
                 let Some(r) = real.get(usize::from(op >> 4) % real.len().max(1)) else { continue };
                 let n = datagram(&mut buf, &mutate(r, bytes), src);
-                check(receive(&mut st, &mut buf, n, false), &buf);
+                through(&mut st, &mut engine, &mut buf, n, op & !0x10);
             }
             // A packet to seal for a tunnelled pod.
             _ => {
@@ -111,6 +116,23 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// `buf[..n]` through the stage alone, or with bit 0x20 of `op` through
+/// the whole pipeline, entering where bits 6–7 say.
+fn through(st: &mut TunnelStage, engine: &mut NatEngine, buf: &mut [u8], n: usize, op: u8) {
+    if op & 0x20 == 0 {
+        return check(receive(st, buf, n, op & 0x10 != 0), buf);
+    }
+    let entry = [Entry::Arrived, Entry::Datagram, Entry::Tunnelled, Entry::Seal][usize::from(op >> 6)];
+    match pipeline::run(st, engine, buf, n, entry, None, Time::from_secs(1)) {
+        Exit::Forward { len, .. } | Exit::Reply { len } => {
+            assert!((20..=buf.len()).contains(&len), "{len}");
+            assert_eq!(buf[0] >> 4, 4, "what leaves is IPv4");
+        }
+        Exit::HandOff { worker, len, .. } => assert!(worker < 2 && len <= buf.len() && len <= n),
+        Exit::Done => {}
+    }
+}
 
 /// As the pipeline hands a packet to the stage: its header checked first.
 fn receive(st: &mut TunnelStage, buf: &mut [u8], n: usize, handed: bool) -> Inbound {

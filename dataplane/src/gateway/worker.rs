@@ -14,6 +14,7 @@ use crate::pipeline::{self, Entry, Exit};
 use crate::tunnel::stage::TunnelReport;
 use crate::tunnel::TunnelStage;
 use crate::wire::ethernet::{self, EthernetFrame};
+use crate::wire::ipv4::Header;
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
@@ -748,7 +749,12 @@ impl Worker {
                     let mut f = vec![0u8; ethernet::HEADER_LEN];
                     EthernetFrame::new_unchecked(&mut f[..]).set_ipv4();
                     f.extend_from_slice(&r.bytes);
-                    self.hand_off(worker, &f, Entry::Arrived, from);
+                    // A tunnelled pod's fragment came out of its tunnel (a
+                    // plain one from its address is never held).
+                    let pod = Header::read(&r.bytes, r.bytes.len()).src;
+                    let tunnelled = from == Side::Inside && self.engine.is_tunnelled(pod);
+                    let entry = if tunnelled { Entry::Tunnelled } else { Entry::Arrived };
+                    self.hand_off(worker, &f, entry, from);
                 }
                 to @ (ReleaseTo::Side(_) | ReleaseTo::Seal) => {
                     let Some(addr) = self.io.alloc() else {
