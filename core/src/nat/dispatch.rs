@@ -3,7 +3,7 @@
 //! or an excluded host's return traffic; from the outside, a reply to an
 //! egress address. Everything else is dropped and counted.
 
-use super::*;
+use super::{DropReason, Ipv4Packet, NatEngine, PodInfo, Side, Time, Verdict};
 use crate::wire::ipv4::{Header, HeaderError};
 
 impl NatEngine {
@@ -85,7 +85,7 @@ impl NatEngine {
     /// Which way a packet goes, by its addresses and the side it came from.
     #[inline(always)]
     fn steer(&mut self, buf: &mut [u8], ip: &Header, from: Option<Side>, tunnelled: bool, now: Time) -> Verdict {
-        self.draws.settle();
+        self.ports.draws.settle();
         let (src, dst) = (ip.src, ip.dst);
         if let Some(pod) = self.pod(src) {
             if from == Some(Side::Outside) {

@@ -2,9 +2,11 @@
 //! log) and new flows the policy denied. The worker drains them between
 //! batches, off the per-packet path.
 
-use super::*;
+use super::{CompiledConfig, FlowKey, NatEngine, Session, Time};
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
 
-pub(super) const DENY_EVENTS_KEPT: usize = 256;
+const DENY_EVENTS_KEPT: usize = 256;
 pub(super) const NAT_EVENTS_KEPT: usize = 8192;
 
 /// A new flow the egress policy denied, kept (bounded) for the log.
@@ -53,27 +55,65 @@ pub struct NameEvent {
     pub name: String,
 }
 
-impl NatEngine {
-    /// Names flows were allowed for since the last call (bounded as the
-    /// NAT log's queue is; the rest counted in `nat_events_lost`).
-    pub fn take_name_events(&mut self) -> impl Iterator<Item = NameEvent> + '_ {
-        self.name_events.drain(..)
+/// The engine's bounded queues of log records, which the worker drains
+/// between batches. A record that finds its queue full is not queued: the
+/// caller counts it lost.
+#[derive(Debug, Default)]
+pub(super) struct EventLog {
+    /// Whether sessions (and the names flows were allowed for) are logged,
+    /// and with their destinations.
+    sessions: bool,
+    destinations: bool,
+    deny: VecDeque<DenyEvent>,
+    nat: VecDeque<NatEvent>,
+    names: VecDeque<NameEvent>,
+}
+
+impl EventLog {
+    pub(super) fn new(sessions: bool, destinations: bool) -> EventLog {
+        EventLog { sessions, destinations, deny: VecDeque::with_capacity(DENY_EVENTS_KEPT), ..Default::default() }
     }
 
-    pub(super) fn log_name(&mut self, s: &Session, rule: Option<u32>, name: &str, now: Time) {
-        if !self.settings.nat_log {
-            return;
+    /// Queues a session's open or close; false when the queue is full.
+    #[inline]
+    pub(super) fn session(&mut self, open: bool, s: &Session, now: Time) -> bool {
+        if !self.sessions {
+            return true;
         }
-        if self.name_events.len() >= NAT_EVENTS_KEPT {
-            self.counters.nat_events_lost += 1;
-            return;
+        if self.nat.len() >= NAT_EVENTS_KEPT {
+            return false;
         }
-        let cfg = &self.plan.configs[usize::from(s.config)];
+        if self.nat.capacity() == 0 {
+            self.nat.reserve_exact(NAT_EVENTS_KEPT);
+        }
+        self.nat.push_back(NatEvent {
+            open,
+            at: now.secs(),
+            at_ms: now.millis(),
+            proto: s.proto,
+            pod: Ipv4Addr::from(s.pod),
+            pod_port: s.pod_port,
+            egress: Ipv4Addr::from(s.egress),
+            egress_port: s.egress_port,
+            remote: self.destinations.then(|| (Ipv4Addr::from(s.remote), s.remote_port)),
+        });
+        true
+    }
+
+    /// Queues the name a flow of `cfg` was allowed for (by `rule`, or the
+    /// default); false when the queue is full.
+    pub(super) fn name(&mut self, cfg: &CompiledConfig, s: &Session, rule: Option<u32>, name: &str, now: Time) -> bool {
+        if !self.sessions {
+            return true;
+        }
+        if self.names.len() >= NAT_EVENTS_KEPT {
+            return false;
+        }
         let rule = match (cfg.policy.as_ref(), rule) {
             (Some(p), Some(r)) if (r as usize) < p.rule_count() => p.rule_name(r).to_string(),
             _ => "default".to_string(),
         };
-        self.name_events.push_back(NameEvent {
+        self.names.push_back(NameEvent {
             at: now.secs(),
             pod: Ipv4Addr::from(s.pod),
             pod_port: s.pod_port,
@@ -84,43 +124,51 @@ impl NatEngine {
             rule,
             name: name.to_string(),
         });
+        true
+    }
+
+    /// Queues a new flow the policy of `cfg` denied; false when the queue is full.
+    pub(super) fn deny(&mut self, cfg: &CompiledConfig, k: &FlowKey, rule: Option<u32>, now: Time) -> bool {
+        if self.deny.len() >= DENY_EVENTS_KEPT {
+            return false;
+        }
+        self.deny.push_back(DenyEvent {
+            at: now,
+            pod: Ipv4Addr::from(k.local),
+            dst: Ipv4Addr::from(k.remote),
+            proto: k.proto,
+            port: k.remote_port,
+            config: cfg.name.clone(),
+            rule: rule.and_then(|r| cfg.policy.as_ref().map(|p| p.rule_name(r).to_string())),
+        });
+        true
+    }
+}
+
+impl NatEngine {
+    /// Names flows were allowed for since the last call (bounded as the
+    /// NAT log's queue is; the rest counted in `nat_events_lost`).
+    pub fn take_name_events(&mut self) -> impl Iterator<Item = NameEvent> + '_ {
+        self.events.names.drain(..)
     }
 
     /// Policy deny events since the last call (at most 256 are kept; the
     /// rest are counted in `deny_events_lost`).
     pub fn take_deny_events(&mut self) -> impl Iterator<Item = DenyEvent> + '_ {
-        self.deny_events.drain(..)
+        self.events.deny.drain(..)
     }
 
     /// NAT log records since the last call. The queue holds 8192; when the
     /// logger falls behind, records are counted in `nat_events_lost`, never
     /// waited for.
     pub fn take_nat_events(&mut self) -> impl Iterator<Item = NatEvent> + '_ {
-        self.nat_events.drain(..)
+        self.events.nat.drain(..)
     }
 
     #[inline]
     pub(super) fn log_session(&mut self, open: bool, s: &Session, now: Time) {
-        if !self.settings.nat_log {
-            return;
-        }
-        if self.nat_events.len() >= NAT_EVENTS_KEPT {
+        if !self.events.session(open, s, now) {
             self.counters.nat_events_lost += 1;
-            return;
         }
-        if self.nat_events.capacity() == 0 {
-            self.nat_events.reserve_exact(NAT_EVENTS_KEPT);
-        }
-        self.nat_events.push_back(NatEvent {
-            open,
-            at: now.secs(),
-            at_ms: now.millis(),
-            proto: s.proto,
-            pod: Ipv4Addr::from(s.pod),
-            pod_port: s.pod_port,
-            egress: Ipv4Addr::from(s.egress),
-            egress_port: s.egress_port,
-            remote: self.settings.nat_log_destinations.then(|| (Ipv4Addr::from(s.remote), s.remote_port)),
-        });
     }
 }

@@ -2,7 +2,7 @@
 //! are ended a bounded number at a time, and idle fallback sources are
 //! forgotten only here (never in the middle of a packet).
 
-use super::*;
+use super::{state, DropReason, NatEngine, ReleaseTo, Released, Side, Time};
 
 /// A sweep visits every session and mapping slot once in this long:
 /// deadlines are whole seconds, and lookups end the expired sessions they
@@ -10,6 +10,49 @@ use super::*;
 const SWEEP_PERIOD_MS: u64 = 1000;
 /// Slots one paced call visits at most (a worker back from a long sleep).
 const SWEEP_BURST: usize = 1 << 16;
+
+/// Where the paced sweep stands: the next session and mapping slot it
+/// visits, when it last went, and when DNS-learned names next expire.
+#[derive(Debug, Default)]
+pub(super) struct Sweep {
+    next_session: usize,
+    next_mapping: usize,
+    at_ms: u64,
+    next_fqdn_secs: u32,
+}
+
+impl Sweep {
+    /// The slots due at `now`, of `slots` visited once a period: `None`
+    /// while none is (time accrues until one is).
+    fn due(&mut self, now: Time, slots: usize) -> Option<usize> {
+        let since = now.millis().saturating_sub(self.at_ms);
+        let due = (slots as u64).saturating_mul(since) / SWEEP_PERIOD_MS;
+        if due == 0 && since < SWEEP_PERIOD_MS {
+            return None;
+        }
+        self.at_ms = now.millis();
+        Some((due as usize).clamp(1, SWEEP_BURST))
+    }
+
+    /// The slot after `cursor`'s, wrapping at `high_water`.
+    #[inline]
+    fn step(cursor: &mut usize, high_water: usize) -> u32 {
+        if *cursor >= high_water {
+            *cursor = 0;
+        }
+        *cursor += 1;
+        (*cursor - 1) as u32
+    }
+
+    /// Whether DNS-learned names are due to expire (once a second).
+    fn fqdn_due(&mut self, secs: u32) -> bool {
+        let due = secs >= self.next_fqdn_secs;
+        if due {
+            self.next_fqdn_secs = secs + 1;
+        }
+        due
+    }
+}
 
 impl NatEngine {
     /// Notes a pod (or a fallback source) that holds nothing any more; it
@@ -39,15 +82,10 @@ impl NatEngine {
     /// (A fixed budget per turn swept 150k sessions many times a second at
     /// a high turn rate, for a tenth of the worker's time.)
     pub fn expire_paced(&mut self, now: Time) -> usize {
-        let since = now.millis().saturating_sub(self.swept_at_ms);
-        let slots = self.sessions.high_water().max(self.mappings.high_water()) as u64;
-        let due = slots.saturating_mul(since) / SWEEP_PERIOD_MS;
-        if due == 0 && since < SWEEP_PERIOD_MS {
-            // Time accrues until a slot is due; the rest is done every call.
-            return self.expire(now, 0);
-        }
-        self.swept_at_ms = now.millis();
-        self.expire(now, (due as usize).clamp(1, SWEEP_BURST))
+        let slots = self.sessions.high_water().max(self.mappings.high_water());
+        // With no slot due, the rest is still done every call.
+        let budget = self.sweep.due(now, slots).unwrap_or(0);
+        self.expire(now, budget)
     }
 
     /// Expires idle sessions and cooled mappings and fragments, visiting at
@@ -58,11 +96,7 @@ impl NatEngine {
         let mut closed = 0;
         let hw = self.sessions.high_water();
         for _ in 0..budget.min(hw) {
-            if self.sweep_sessions >= hw {
-                self.sweep_sessions = 0;
-            }
-            let i = self.sweep_sessions as u32;
-            self.sweep_sessions += 1;
+            let i = Sweep::step(&mut self.sweep.next_session, hw);
             self.freshen_session(i);
             let s = self.sessions.get(i);
             if s.state & state::FREE == 0 && s.deadline <= secs {
@@ -72,29 +106,24 @@ impl NatEngine {
         }
         let hw = self.mappings.high_water();
         for _ in 0..budget.min(hw) {
-            if self.sweep_mappings >= hw {
-                self.sweep_mappings = 0;
-            }
-            let i = self.sweep_mappings as u32;
-            self.sweep_mappings += 1;
+            let i = Sweep::step(&mut self.sweep.next_mapping, hw);
             self.freshen_mapping(i);
             let m = self.mappings.get(i);
             if !m.free && m.refs == 0 && m.deadline <= secs {
                 self.free_mapping(i);
             }
         }
-        while let Some((addr, slot, off)) = self.cooling.pop_due(secs) {
-            if let Some(a) = self.addrs.get_mut(&addr) {
+        while let Some((addr, slot, off)) = self.ports.cooling.pop_due(secs) {
+            if let Some(a) = self.ports.addrs.get_mut(&addr) {
                 if a.ports[usize::from(slot)].is_set(off) {
                     a.ports[usize::from(slot)].clear(off);
                 }
             }
         }
-        if self.settings.worker == 0 && secs >= self.next_fqdn_sweep {
-            self.next_fqdn_sweep = secs + 1;
-            self.fqdn.expire(secs);
+        if self.settings.worker == 0 && self.sweep.fqdn_due(secs) {
+            self.policy.fqdn.expire(secs);
         }
-        self.cut_resets.expire(now);
+        self.policy.cut_resets.expire(now);
         self.expire_name_checks(now);
         let timed_out = self.frags.expire(now.millis());
         self.counters.drop_n(DropReason::FragmentTimeout, timed_out);
@@ -122,6 +151,7 @@ impl NatEngine {
 mod tests {
     use super::super::tests::{engine, udp, POD_A, SERVER};
     use super::*;
+    use crate::nat::Verdict;
 
     /// Called every millisecond, the paced sweep ends every idle session
     /// within its period, a share at a time rather than all in one turn.

@@ -5,7 +5,7 @@
 //! note so its later fragments follow it.
 
 use super::frag::{FragAction, FragKey, Origin, Piece};
-use super::*;
+use super::{NatEngine, Side, Time, Verdict};
 
 impl NatEngine {
     /// Hands the packet to `owner` unless that is this worker (`None`:

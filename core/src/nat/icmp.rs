@@ -3,7 +3,9 @@
 //! itself sends (time exceeded, destination unreachable).
 
 use super::rewrite::decrement_ttl;
-use super::*;
+use super::{
+    ipv4, is_martian_dst, session, DropReason, FlowKey, Ipv4Packet, NatEngine, Side, Time, Verdict, WireError,
+};
 use crate::wire::icmp::{self, IcmpPacket};
 use crate::wire::ipv4::Header;
 use crate::wire::l4::Transport;
@@ -142,7 +144,7 @@ impl NatEngine {
             return self.drop(DropReason::IcmpErrorNoSession);
         }
         let key = FlowKey::outbound(q.proto.number(), q.src, q.dst, q.ports);
-        let Some(owner) = self.slice.owner(key.local_port) else {
+        let Some(owner) = self.ports.slice.owner(key.local_port) else {
             return self.drop(DropReason::IcmpErrorNoSession);
         };
         if let Some(v) = self.hand_off(owner, Side::Outside, None, now) {
@@ -211,7 +213,7 @@ impl NatEngine {
         }
         buf.copy_within(0..quote, OUTER);
         let total = OUTER + quote;
-        let ident = self.draws.rng().next_u64() as u16;
+        let ident = self.ports.draws.rng().next_u64() as u16;
         Ipv4Packet::new_unchecked(&mut buf[..]).emit_header(
             total as u16,
             ident,

@@ -4,7 +4,9 @@
 use super::frag::{FragAction, Origin};
 use super::name_check::{self, NameRefusal};
 use super::rewrite::{decrement_ttl, rewrite, write_bare_tcp};
-use super::*;
+use super::{
+    ipv4, is_martian_dst, l4, session, tcp, DropReason, FlowKey, Ipv4Packet, NatEngine, Side, Time, Verdict, WireName,
+};
 use crate::wire::icmp;
 use crate::wire::icmp::IcmpPacket;
 use crate::wire::ipv4::Header;
@@ -66,7 +68,7 @@ impl NatEngine {
             None => {
                 // A new flow takes its draw whatever becomes of it, so the
                 // batch prefetch's guesses stay in step with the flows.
-                let draw = self.draws.take();
+                let draw = self.ports.draws.take();
                 // Its mapping's slot loads while policy decides.
                 self.prefetch_mapping(&key, ci);
                 // Exclusions are checked only for flows without a session: a

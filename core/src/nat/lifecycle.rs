@@ -1,7 +1,7 @@
 //! A session's life: looked up, touched (timers and TCP state), created
 //! with its port, ended into cool-down.
 
-use super::*;
+use super::{ipv4, session, state, tcp, DropReason, EndpointKey, FlowKey, MappingMode, NatEngine, Session, Time, NONE};
 
 impl NatEngine {
     /// A fresh session of the pod's flow `inside` on `egress`: no TCP state
@@ -134,7 +134,7 @@ impl NatEngine {
         pod.sessions += 1;
         if mapping == NONE {
             pod.holdings += 1;
-            self.addrs.get_mut(&egress).expect("pool address").sessions += 1;
+            self.ports.addrs.get_mut(&egress).expect("pool address").sessions += 1;
         }
         self.counters.sessions_created += 1;
         self.count_live(ci, k.proto, true);
@@ -145,8 +145,8 @@ impl NatEngine {
     /// A port-reuse tuple is free again: its destination may be scanned.
     #[inline]
     pub(super) fn tuple_freed(&mut self, s: &Session) {
-        if !self.exhausted.is_empty() {
-            self.exhausted.remove(&(s.proto, s.remote, s.remote_port, s.config));
+        if !self.ports.exhausted.is_empty() {
+            self.ports.exhausted.remove(&(s.proto, s.remote, s.remote_port, s.config));
         }
     }
 
@@ -176,7 +176,7 @@ impl NatEngine {
             return;
         }
         self.release_held(s.pod, 1, 1);
-        if let Some(a) = self.addrs.get_mut(&s.egress) {
+        if let Some(a) = self.ports.addrs.get_mut(&s.egress) {
             a.sessions -= 1;
         }
         let cooldown = self.config(s.config).timeouts.port_cooldown;
@@ -195,7 +195,7 @@ impl NatEngine {
     pub(super) fn check_session_limit(&self, pod: u32, ci: u16) -> Result<(), DropReason> {
         // As `check_quota`: a tunnelled pod's sessions are all on one worker.
         let held = self.held(pod).sessions;
-        if held < self.session_limits[usize::from(ci)] {
+        if held < self.ports.session_limits[usize::from(ci)] {
             return Ok(());
         }
         let whole = self.pod(pod).is_some_and(|p| p.tunnelled);

@@ -57,7 +57,6 @@ pub use snapshot::{RestoreStats, SessionRecord};
 use crate::plan::MappingMode;
 use crate::wire::ipv4::{self, Ipv4Packet};
 use crate::wire::{l4, Error as WireError, IpProtocol};
-use events::DENY_EVENTS_KEPT;
 use frag::FragTable;
 use hashbrown::HashMap;
 use port_pool::{Draws, PortSet, PortSlice, Rng};
@@ -257,7 +256,8 @@ fn is_martian_dst(dst: u32) -> bool {
 pub struct NatEngine {
     settings: EngineSettings,
     plan: Arc<CompiledPlan>,
-    slice: PortSlice,
+    /// This worker's ports: its slice of every address, what is taken.
+    ports: alloc::Ports,
     sessions: SessionTable,
     mappings: MappingTable,
     /// What this worker holds per pod, for the pods that hold anything.
@@ -269,52 +269,24 @@ pub struct NatEngine {
     /// Pods that went idle, forgotten at the next safe point (never in the
     /// middle of a packet that may still open a session).
     idle_pods: Vec<u32>,
-    addrs: HashMap<u32, AddrState>,
-    /// Per config: this worker's share of the per-pod quota.
-    quotas: Vec<u32>,
-    /// Per config: this worker's share of the per-pod session limit.
-    session_limits: Vec<u32>,
-    /// Port randomness; each new flow's first draw can be read ahead.
-    draws: Draws,
     /// New flows the batch prefetch's stage 2 saw, for its stage 3.
     new_flows: prefetch::NewFlows,
     counters: Counters,
     frags: FragTable,
-    sweep_sessions: usize,
-    sweep_mappings: usize,
-    /// When `expire_paced` last visited slots (engine milliseconds).
-    swept_at_ms: u64,
+    /// Where the paced expiry sweep stands.
+    sweep: expiry::Sweep,
     icmp_budget: icmp::IcmpBudget,
-    /// DNS-learned names, shared by all workers.
-    fqdn: Arc<FqdnCache>,
-    next_fqdn_sweep: u32,
-    /// Per config: hits per policy rule, then the default's hits last.
-    policy_hits: Vec<Vec<u64>>,
-    /// New flows each NetworkPolicy of the plan denied, by index.
-    network_policy_denials: Vec<u64>,
-    deny_events: std::collections::VecDeque<DenyEvent>,
-    nat_events: std::collections::VecDeque<NatEvent>,
+    /// What the egress policies keep: learned names, hits, cut flows.
+    policy: policy_check::PolicyState,
+    /// Log records the worker drains: sessions, denials, names.
+    events: events::EventLog,
     /// Live sessions per config index and protocol slot.
     live: Vec<[u64; 3]>,
-    /// Ports a plan cut, still cooling in their address's bitmap.
-    cooling: port_pool::CoolingPorts,
-    /// Port reuse: destinations (proto, address, port, config) whose every
-    /// tuple was taken at the last exhaustive scan, until one of theirs is
-    /// freed; refused new flows to them cost a lookup, not a scan.
-    exhausted: hashbrown::HashSet<(u8, u32, u16, u16)>,
-    /// Port reuse: (scans, refusals) by destination, for `busy_destinations`.
-    busy: hashbrown::HashMap<(u8, u32, u16, u16), (u64, u64)>,
     /// Whether the plan has tunnelled pods at all (spares the hot path a
     /// lookup when none are).
     any_tunnelled: bool,
-    /// TCP flows a rejecting policy cut, reset when their server sends.
-    cut_resets: policy_check::CutResets,
     /// Flows awaiting their name on the wire (TLS SNI, HTTP Host).
     name_checks: name_check::NameChecks,
-    /// Flows refused for their name, by (config, rule, reason).
-    name_refusals: HashMap<name_check::RefusalKey, u64>,
-    /// Names flows were allowed for, for the NAT log.
-    name_events: std::collections::VecDeque<NameEvent>,
     /// The parity of the plan applied last (see `replan`).
     plan_parity: bool,
     /// A plan change's walk still under way.
@@ -338,35 +310,19 @@ impl NatEngine {
                 f.set_timeout(settings.frag_timeout_ms);
                 f
             },
-            draws: Draws::new(Rng::new(seed)),
+            ports: alloc::Ports::new(slice, seed),
             new_flows: prefetch::NewFlows::new(),
-            slice,
             pod_counts: HashMap::new(),
             fallbacks: HashMap::new(),
             idle_pods: Vec::new(),
-            addrs: HashMap::new(),
-            quotas: Vec::new(),
-            session_limits: Vec::new(),
             counters: Counters::default(),
-            sweep_sessions: 0,
-            sweep_mappings: 0,
-            swept_at_ms: 0,
+            sweep: expiry::Sweep::default(),
             icmp_budget: icmp::IcmpBudget::new(settings.icmp_errors_per_sec),
-            fqdn: FqdnCache::new(1 << 16),
-            next_fqdn_sweep: 0,
-            policy_hits: Vec::new(),
-            network_policy_denials: Vec::new(),
-            deny_events: std::collections::VecDeque::with_capacity(DENY_EVENTS_KEPT),
-            nat_events: std::collections::VecDeque::new(),
+            policy: policy_check::PolicyState::new(FqdnCache::new(1 << 16)),
+            events: events::EventLog::new(settings.nat_log, settings.nat_log_destinations),
             live: Vec::new(),
-            cooling: port_pool::CoolingPorts::default(),
-            exhausted: hashbrown::HashSet::new(),
-            busy: hashbrown::HashMap::new(),
             any_tunnelled: false,
-            cut_resets: policy_check::CutResets::default(),
             name_checks: name_check::NameChecks::default(),
-            name_refusals: HashMap::new(),
-            name_events: std::collections::VecDeque::new(),
             plan_parity: false,
             replan: None,
             plan: Arc::new(CompiledPlan {
@@ -392,11 +348,11 @@ impl NatEngine {
 
     /// Shares one DNS-learned name cache between the workers of a gateway.
     pub fn share_fqdn_cache(&mut self, cache: Arc<FqdnCache>) {
-        self.fqdn = cache;
+        self.policy.fqdn = cache;
     }
 
     pub fn fqdn_cache(&self) -> &Arc<FqdnCache> {
-        &self.fqdn
+        &self.policy.fqdn
     }
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -405,7 +361,7 @@ impl NatEngine {
         &self.settings
     }
     pub fn port_slice(&self) -> PortSlice {
-        self.slice
+        self.ports.slice
     }
     /// Live sessions (excluding cooling tombstones).
     pub fn session_count(&self) -> usize {
@@ -431,6 +387,7 @@ impl NatEngine {
     /// Port usage per egress address on this worker.
     pub fn port_usage(&self) -> Vec<PortUsage> {
         let mut v: Vec<PortUsage> = self
+            .ports
             .addrs
             .iter()
             .map(|(&a, st)| PortUsage {
@@ -438,7 +395,7 @@ impl NatEngine {
                 config: self.plan.configs[usize::from(st.config)].name.clone(),
                 mapped: [st.ports[0].used(), st.ports[1].used(), st.ports[2].used()],
                 sessions: st.sessions,
-                slice: self.slice.len() as u32,
+                slice: self.ports.slice.len() as u32,
                 refused: st.refused,
             })
             .collect();
@@ -451,6 +408,7 @@ impl NatEngine {
     /// `BUSY_DESTINATIONS_REPORTED`.
     pub fn busy_destinations(&self) -> Vec<BusyDestination> {
         let mut v: Vec<BusyDestination> = self
+            .ports
             .busy
             .iter()
             .map(|(&(proto, remote, remote_port, ci), &(scans, refused))| BusyDestination {

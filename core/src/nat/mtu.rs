@@ -5,7 +5,7 @@
 //! translation, the first piece in the frame and the rest released.
 
 use super::frag::Released;
-use super::*;
+use super::{DropReason, Ipv4Packet, NatEngine, ReleaseTo, Side, Time, Verdict};
 use crate::wire::icmp;
 
 impl NatEngine {

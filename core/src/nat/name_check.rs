@@ -21,7 +21,7 @@
 use super::frag::{ReleaseTo, Released};
 use super::policy::WireName;
 use super::rewrite::write_bare_tcp;
-use super::*;
+use super::{ipv4, session, state, CompiledPlan, DropReason, HashMap, NatEngine, Session, Side, Time, Verdict};
 use crate::wire::ipv4::Header;
 use crate::wire::server_name::{ClientHelloReader, HttpHostReader, NoName, Progress, MAX_NAME};
 use crate::wire::tcp::{self as tcpw, TcpPacket, TcpRepr};
@@ -468,7 +468,10 @@ impl NatEngine {
             q.deadline_ms = now.millis() + NAME_VERDICT_MS;
         }
         self.counters.names_allowed += 1;
-        self.log_name(&s, decided.and_then(|d| d.rule), name, now);
+        let cfg = &self.plan.configs[usize::from(s.config)];
+        if !self.events.name(cfg, &s, decided.and_then(|d| d.rule), name, now) {
+            self.counters.nat_events_lost += 1;
+        }
         NameStep::Pass
     }
 
@@ -542,7 +545,7 @@ impl NatEngine {
     }
 
     pub(super) fn count_refusal(&mut self, config: u16, rule: u32, why: NameRefusal) {
-        *self.name_refusals.entry((config, rule, why)).or_default() += 1;
+        *self.policy.name_refusals.entry((config, rule, why)).or_default() += 1;
     }
 
     /// Turns the pod's segment in `buf` into a reset to the server (at the
@@ -580,10 +583,10 @@ impl NatEngine {
             let ri = (0..p.rule_count() as u32).find(|&r| p.rule_name(r) == name)?;
             Some((ci as u16, ri))
         };
-        let old_counts = std::mem::take(&mut self.name_refusals);
+        let old_counts = std::mem::take(&mut self.policy.name_refusals);
         for ((config, rule, why), n) in old_counts {
             if let Some((c, r)) = position(config, rule) {
-                *self.name_refusals.entry((c, r, why)).or_default() += n;
+                *self.policy.name_refusals.entry((c, r, why)).or_default() += n;
             }
         }
         for q in self.name_checks.pending.values_mut() {

@@ -6,7 +6,7 @@
 //! A flow no selecting policy allows counts once against each policy that
 //! selects its pod: each of them, read alone, denied it.
 
-use super::*;
+use super::{CompiledPlan, FlowKey, HashMap, NatEngine, Session};
 use crate::plan::{NetworkPolicy, NetworkPolicyRule};
 
 /// The plan's NetworkPolicies in lookup form.
@@ -100,7 +100,7 @@ impl NatEngine {
             Judgement::Unselected | Judgement::Allowed => false,
             Judgement::Denied(selecting) => {
                 for &i in selecting {
-                    if let Some(n) = self.network_policy_denials.get_mut(i as usize) {
+                    if let Some(n) = self.policy.network_policy_denials.get_mut(i as usize) {
                         *n += 1;
                     }
                 }
@@ -120,7 +120,7 @@ impl NatEngine {
         (0..np.len())
             .map(|i| NetworkPolicyDenials {
                 policy: np.name(i).to_string(),
-                denied: self.network_policy_denials.get(i).copied().unwrap_or(0),
+                denied: self.policy.network_policy_denials.get(i).copied().unwrap_or(0),
             })
             .collect()
     }
@@ -128,7 +128,7 @@ impl NatEngine {
     /// The denial counts for a new plan's policies: kept by name.
     pub(super) fn carry_network_policy_denials(&self, old: &CompiledPlan, new: &CompiledPlan) -> Vec<u64> {
         let by_name: HashMap<&str, u64> = (0..old.network_policies.len())
-            .map(|i| (old.network_policies.name(i), self.network_policy_denials.get(i).copied().unwrap_or(0)))
+            .map(|i| (old.network_policies.name(i), self.policy.network_policy_denials.get(i).copied().unwrap_or(0)))
             .collect();
         (0..new.network_policies.len())
             .map(|i| by_name.get(new.network_policies.name(i)).copied().unwrap_or(0))

@@ -3,7 +3,9 @@
 
 use super::frag::{FragAction, Origin};
 use super::rewrite::rewrite;
-use super::*;
+use super::{
+    ipv4, l4, session, DropReason, EndpointKey, FlowKey, MappingMode, NatEngine, Session, Side, Time, Verdict,
+};
 use crate::plan::FilteringMode;
 use crate::wire::icmp::{self, IcmpPacket};
 use crate::wire::ipv4::Header;
@@ -45,7 +47,7 @@ impl NatEngine {
         let key = FlowKey::inbound(p.proto, p.src, p.dst, Transport::new_unchecked(l4b, proto).ports());
         let tcp_flags = (proto == IpProtocol::Tcp).then(|| TcpPacket::new_unchecked(l4b).flags());
 
-        let Some(owner) = self.slice.owner(key.local_port) else { return self.drop(DropReason::Unsolicited) };
+        let Some(owner) = self.ports.slice.owner(key.local_port) else { return self.drop(DropReason::Unsolicited) };
         // A hairpinned packet's fragments are recorded under the pod's key.
         let first_frag = (p.first_frag && !hairpin).then(|| p.fragment(buf, len));
         if let Some(v) = self.hand_off(owner, Side::Outside, first_frag, now) {
@@ -131,7 +133,7 @@ impl NatEngine {
             let limit = if p.tunnelled {
                 self.config(m.config).session_limit
             } else {
-                self.session_limits[usize::from(m.config)]
+                self.ports.session_limits[usize::from(m.config)]
             };
             if self.held(m.pod).sessions >= (limit / 2).max(1) {
                 return Err(DropReason::SessionLimit);

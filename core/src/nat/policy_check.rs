@@ -4,7 +4,10 @@
 
 use super::policy::CompiledPolicy;
 use super::rewrite::write_bare_tcp;
-use super::*;
+use super::{
+    ipv4, name_check, Arc, CompiledConfig, Decision, DropReason, FlowKey, FqdnCache, HashMap, NatEngine, Session, Side,
+    Time, Verdict,
+};
 use crate::wire::tcp::{TcpPacket, TcpRepr};
 
 /// How long a TCP flow cut by a rejecting policy answers its server's
@@ -21,6 +24,33 @@ struct CutFlow {
     pod: u32,
     pod_port: u16,
     until: u32,
+}
+
+/// What the egress policies keep on this worker: the names learned from
+/// DNS answers (one cache the workers share), hits per rule, the new
+/// flows each NetworkPolicy denied, the TCP flows a rejecting policy cut
+/// (reset when their server sends), and name refusals per rule.
+pub(super) struct PolicyState {
+    pub(super) fqdn: Arc<FqdnCache>,
+    /// Per config: hits per policy rule, then the default's hits last.
+    pub(super) hits: Vec<Vec<u64>>,
+    /// New flows each NetworkPolicy of the plan denied, by index.
+    pub(super) network_policy_denials: Vec<u64>,
+    pub(super) cut_resets: CutResets,
+    /// Flows refused for their name, by (config, rule, reason).
+    pub(super) name_refusals: HashMap<name_check::RefusalKey, u64>,
+}
+
+impl PolicyState {
+    pub(super) fn new(fqdn: Arc<FqdnCache>) -> PolicyState {
+        PolicyState {
+            fqdn,
+            hits: Vec::new(),
+            network_policy_denials: Vec::new(),
+            cut_resets: CutResets::default(),
+            name_refusals: HashMap::new(),
+        }
+    }
 }
 
 /// TCP flows a rejecting policy (`denyResponse: reject`, `liveFlows: cut`)
@@ -89,13 +119,14 @@ impl NatEngine {
             .configs
             .iter()
             .enumerate()
-            .zip(&self.policy_hits)
+            .zip(&self.policy.hits)
             .filter_map(|((ci, c), hits)| {
                 let p = c.policy.as_ref()?;
                 let mut rules: Vec<(String, u64)> =
                     (0..p.rule_count()).map(|i| (p.rule_name(i as u32).to_string(), hits[i])).collect();
                 rules.push(("default".into(), hits[p.rule_count()]));
                 let mut refused: Vec<(u32, &'static str, u64)> = self
+                    .policy
                     .name_refusals
                     .iter()
                     .filter(|((config, rule, _), _)| usize::from(*config) == ci && (*rule as usize) < p.rule_count())
@@ -111,7 +142,7 @@ impl NatEngine {
     /// with FQDN rules (none looked up for one without).
     pub(super) fn learned_names(&self, p: &CompiledPolicy, pod: u32, remote: u32, now: Time) -> Vec<Arc<str>> {
         if p.has_fqdns() {
-            self.fqdn.names(pod, remote, now.secs())
+            self.policy.fqdn.names(pod, remote, now.secs())
         } else {
             Vec::new()
         }
@@ -145,7 +176,7 @@ impl NatEngine {
         k: &FlowKey,
         now: Time,
     ) -> Option<Verdict> {
-        let (pod, pod_port) = self.cut_resets.find(k, now)?;
+        let (pod, pod_port) = self.policy.cut_resets.find(k, now)?;
         let (flags, seq) = {
             let seg = TcpPacket::new_unchecked(&buf[hl..len]);
             (seg.flags(), seg.seq())
@@ -167,21 +198,11 @@ impl NatEngine {
         let names = self.learned_names(p, k.local, k.remote, now);
         let d = p.evaluate(k.local, k.remote, k.proto, k.remote_port, &names);
         let slot = d.rule.map_or(p.rule_count(), |r| r as usize);
-        self.policy_hits[usize::from(ci)][slot] += 1;
-        if d.action == crate::plan::PolicyAction::Deny {
-            if self.deny_events.len() < DENY_EVENTS_KEPT {
-                self.deny_events.push_back(DenyEvent {
-                    at: now,
-                    pod: Ipv4Addr::from(k.local),
-                    dst: Ipv4Addr::from(k.remote),
-                    proto: k.proto,
-                    port: k.remote_port,
-                    config: plan.configs[usize::from(ci)].name.clone(),
-                    rule: d.rule.map(|r| p.rule_name(r).to_string()),
-                });
-            } else {
-                self.counters.deny_events_lost += 1;
-            }
+        self.policy.hits[usize::from(ci)][slot] += 1;
+        if d.action == crate::plan::PolicyAction::Deny
+            && !self.events.deny(&plan.configs[usize::from(ci)], k, d.rule, now)
+        {
+            self.counters.deny_events_lost += 1;
         }
         Some(d)
     }
@@ -203,7 +224,7 @@ impl NatEngine {
                 // above the cap, and a plan is not the place to trust that.
                 let ttl = a.ttl.max(p.ttl_floor).min(crate::plan::MAX_DNS_TTL);
                 let until = now.secs().saturating_add(ttl);
-                self.fqdn.learn(s.pod, u32::from_be_bytes(a.addr), &a.name, until);
+                self.policy.fqdn.learn(s.pod, u32::from_be_bytes(a.addr), &a.name, until);
             }
         }
     }

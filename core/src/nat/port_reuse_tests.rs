@@ -135,7 +135,7 @@ fn one_config_follows_at_most_its_share_of_busy_destinations() {
     for d in 0..share as u8 + 10 {
         exhaust(&mut e, POD, [198, 19, 1, d]);
     }
-    assert_eq!(e.busy.len(), share, "config a follows its share");
+    assert_eq!(e.ports.busy.len(), share, "config a follows its share");
     assert!(
         e.counters().busy_destinations_unfollowed >= 10,
         "each unfollowed destination's scans and refusals are counted"

@@ -1,7 +1,7 @@
 //! Prefetch: with a session table far larger than the caches, the worker
 //! asks for a batch's flow-index and session lines before processing it.
 
-use super::*;
+use super::{proto_slot, EndpointKey, FlowKey, Ipv4Packet, MappingMode, NatEngine, PodInfo};
 use crate::wire::icmp::{self, IcmpPacket};
 use crate::wire::l4::Transport;
 use crate::wire::IpProtocol;
@@ -54,15 +54,15 @@ impl NatEngine {
         }
         // The first new flow since the last packet was processed opens a
         // batch: what stage 2 noted before is stale.
-        let first = self.draws.peeked() == 0;
-        let Some(draw) = self.draws.peek() else { return };
+        let first = self.ports.draws.peeked() == 0;
+        let Some(draw) = self.ports.draws.peek() else { return };
         let Some(addr) = self.config(ci).addrs.get(usize::from(pod.preferred)).map(|&a| u32::from(a)) else {
             return;
         };
         match self.config(ci).mapping {
             MappingMode::EndpointIndependent => self.new_flows.note(*k, addr, draw, first),
             MappingMode::PortReuse => {
-                let port = self.slice.lo + (draw % self.slice.len() as u32) as u16;
+                let port = self.ports.slice.lo + (draw % self.ports.slice.len() as u32) as u16;
                 self.sessions.prefetch_out_slot(&FlowKey { local: addr, local_port: port, ..*k });
             }
         }
@@ -81,9 +81,9 @@ impl NatEngine {
                     (m.egress, m.egress_port)
                 }
                 None => {
-                    let ports = self.addrs.get(&addr).map(|a| &a.ports[proto_slot(k.proto)]);
+                    let ports = self.ports.addrs.get(&addr).map(|a| &a.ports[proto_slot(k.proto)]);
                     let Some(off) = ports.and_then(|p| p.free_from(draw)) else { return };
-                    let port = self.slice.lo + off as u16;
+                    let port = self.ports.slice.lo + off as u16;
                     self.mappings.prefetch_egress(&EndpointKey { proto: k.proto, ip: addr, port });
                     (addr, port)
                 }
@@ -163,6 +163,7 @@ impl NewFlows {
 mod tests {
     use super::super::tests::{config, plan_with, settings, tcp, udp, Pkt, POD_A, POD_B};
     use super::*;
+    use crate::nat::{Time, Verdict};
 
     /// The prefetch stages only guess: a batch run through them comes out
     /// exactly as it does without them (verdicts, ports, bytes), whether

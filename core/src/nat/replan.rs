@@ -4,7 +4,10 @@
 //! a bounded number a turn (a plan parity bit tells checked from not), so
 //! a plan change never stalls forwarding for the length of the table.
 
-use super::*;
+use super::{
+    proto_slot, session, state, AddrState, Arc, CompiledConfig, CompiledPlan, HashMap, MappingMode, MappingTable,
+    NatEngine, PodInfo, PortSet, Session, Time, NONE,
+};
 
 /// A plan change's walk over sessions and mappings.
 pub(super) struct Walk {
@@ -42,12 +45,12 @@ impl NatEngine {
         let old = std::mem::replace(&mut self.plan, plan);
         let plan = self.plan.clone();
         let workers = u32::from(self.settings.workers.max(1));
-        self.quotas = plan.configs.iter().map(|c| c.port_quota.div_ceil(workers)).collect();
-        self.session_limits = plan.configs.iter().map(|c| c.session_limit.div_ceil(workers)).collect();
+        self.ports.quotas = plan.configs.iter().map(|c| c.port_quota.div_ceil(workers)).collect();
+        self.ports.session_limits = plan.configs.iter().map(|c| c.session_limit.div_ceil(workers)).collect();
         let old_hits: HashMap<(&str, String), u64> = old
             .configs
             .iter()
-            .zip(&self.policy_hits)
+            .zip(&self.policy.hits)
             .filter_map(|(c, h)| Some((c, c.policy.as_ref()?, h)))
             .flat_map(|(c, p, h)| {
                 (0..=p.rule_count()).map(move |i| {
@@ -72,8 +75,8 @@ impl NatEngine {
             })
             .collect();
         drop(old_hits);
-        self.policy_hits = policy_hits;
-        self.network_policy_denials = self.carry_network_policy_denials(&old, &plan);
+        self.policy.hits = policy_hits;
+        self.policy.network_policy_denials = self.carry_network_policy_denials(&old, &plan);
         self.carry_name_refusals(&old, &plan);
 
         // Egress addresses: keep the port bitmaps of those that stay, in
@@ -85,9 +88,9 @@ impl NatEngine {
         let pools_changed = old.pools_digest != plan.pools_digest || old.configs.is_empty();
         let mut to_mappings = false;
         if pools_changed {
-            self.addrs.retain(|a, _| plan.egress.contains_key(a));
+            self.ports.addrs.retain(|a, _| plan.egress.contains_key(a));
             for (&a, &(ci, _)) in &plan.egress {
-                match self.addrs.get_mut(&a) {
+                match self.ports.addrs.get_mut(&a) {
                     Some(st) => {
                         let (was, is) =
                             (old.configs[usize::from(st.config)].mapping, plan.configs[usize::from(ci)].mapping);
@@ -95,24 +98,24 @@ impl NatEngine {
                         st.config = ci;
                     }
                     None => {
-                        let n = self.slice.len();
+                        let n = self.ports.slice.len();
                         let st = AddrState {
                             config: ci,
                             ports: [PortSet::new(n), PortSet::new(n), PortSet::new(n)],
                             sessions: 0,
                             refused: [0; 3],
                         };
-                        self.addrs.insert(a, st);
+                        self.ports.addrs.insert(a, st);
                     }
                 }
             }
         }
         // Pools may have changed: every destination gets a fresh scan.
-        self.exhausted.clear();
+        self.ports.exhausted.clear();
         // Keyed by config position, which the new plan may change.
-        self.busy.clear();
-        let addrs = &self.addrs;
-        self.cooling.retain_addrs(|a| addrs.contains_key(&a));
+        self.ports.busy.clear();
+        let addrs = &self.ports.addrs;
+        self.ports.cooling.retain_addrs(|a| addrs.contains_key(&a));
 
         // Pods keep their counts (the walk lowers them as it cuts); what
         // the plan says of each is the plan's own (`PodInfo`, worked out
@@ -304,7 +307,7 @@ impl NatEngine {
     /// ends, whoever holds the address now.
     fn drop_cut_mapping(&mut self, mi: u32, now: Time) {
         let m = *self.mappings.get(mi);
-        let off = u32::from(m.egress_port - self.slice.lo);
+        let off = u32::from(m.egress_port - self.ports.slice.lo);
         let slot = proto_slot(m.proto);
         let plan = &self.plan;
         let eim = plan
@@ -313,7 +316,7 @@ impl NatEngine {
             .is_some_and(|&(eci, _)| plan.configs[usize::from(eci)].mapping == MappingMode::EndpointIndependent);
         if eim && m.deadline > now.secs() {
             self.cool_port((m.egress, slot as u8, off), m.deadline);
-        } else if let Some(a) = self.addrs.get_mut(&m.egress) {
+        } else if let Some(a) = self.ports.addrs.get_mut(&m.egress) {
             if a.ports[slot].is_set(off) {
                 a.ports[slot].clear(off);
             }
@@ -324,12 +327,12 @@ impl NatEngine {
 
     /// Holds a port in its address's bitmap until `until`.
     fn cool_port(&mut self, (addr, slot, off): (u32, u8, u32), until: u32) {
-        let Some(a) = self.addrs.get_mut(&addr) else { return };
+        let Some(a) = self.ports.addrs.get_mut(&addr) else { return };
         let set = &mut a.ports[usize::from(slot)];
         if !set.is_set(off) {
             set.set(off);
         }
-        self.cooling.hold((addr, slot, off), until);
+        self.ports.cooling.hold((addr, slot, off), until);
     }
 
     /// Checks a stale session: kept (re-homed to its config's new position)
@@ -353,7 +356,7 @@ impl NatEngine {
         if let (Some(ci), true) = (staying, egress_cut) {
             // Cut by the EgressPolicy: under `reject`, its server's next
             // segment resets the pod.
-            if Self::resets_when_cut(&plan.configs[usize::from(ci)], &s) && !self.cut_resets.record(&s, now) {
+            if Self::resets_when_cut(&plan.configs[usize::from(ci)], &s) && !self.policy.cut_resets.record(&s, now) {
                 self.counters.cut_flows_untracked += 1;
             }
         }
@@ -388,7 +391,7 @@ impl NatEngine {
             }
             let port = u32::from(s.mapping == NONE);
             if port == 1 {
-                if let Some(a) = self.addrs.get_mut(&s.egress) {
+                if let Some(a) = self.ports.addrs.get_mut(&s.egress) {
                     a.sessions = a.sessions.saturating_sub(1);
                 }
             }
@@ -408,7 +411,7 @@ impl NatEngine {
             }
         }
         // Tuples freed: destinations found full may have room again.
-        self.exhausted.clear();
+        self.ports.exhausted.clear();
         let Some(&(eci, _)) = self.plan.egress.get(&s.egress) else {
             self.sessions.remove(i);
             return;
@@ -428,7 +431,7 @@ impl NatEngine {
                 e.deadline = until;
             }
             MappingMode::EndpointIndependent if cooldown > 0 && s.mapping == NONE => {
-                let off = u32::from(s.egress_port - self.slice.lo);
+                let off = u32::from(s.egress_port - self.ports.slice.lo);
                 self.cool_port((s.egress, proto_slot(s.proto) as u8, off), until);
                 self.sessions.remove(i);
             }

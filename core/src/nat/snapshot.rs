@@ -82,7 +82,7 @@ impl NatEngine {
 
     /// The worker a record belongs to under this engine's worker layout.
     pub fn record_owner(&self, r: &SessionRecord) -> Option<u16> {
-        self.slice.owner(r.egress_port)
+        self.ports.slice.owner(r.egress_port)
     }
 
     /// Restores saved sessions that this worker owns and the plan still
@@ -115,7 +115,7 @@ impl NatEngine {
         }
         let mapping_mode = cfg.mapping;
         let me = self.settings.worker;
-        if !self.slice.contains(r.egress_port) || self.inside_owner(r.proto, pod, r.pod_port) != me {
+        if !self.ports.slice.contains(r.egress_port) || self.inside_owner(r.proto, pod, r.pod_port) != me {
             return false;
         }
         if r.state & (state::FREE | state::COOLDOWN) != 0 || self.sessions.is_full() {
@@ -127,7 +127,7 @@ impl NatEngine {
         if self.sessions.find_in(&ik).is_some() || self.sessions.find_out(&ok).is_some() {
             return false;
         }
-        let off = u32::from(r.egress_port - self.slice.lo);
+        let off = u32::from(r.egress_port - self.ports.slice.lo);
         let mapping = match mapping_mode {
             MappingMode::EndpointIndependent => {
                 let ek = EndpointKey { proto: r.proto, ip: pod, port: r.pod_port };
@@ -140,7 +140,8 @@ impl NatEngine {
                         mi
                     }
                     None => {
-                        let set = &mut self.addrs.get_mut(&egress).expect("pool address").ports[proto_slot(r.proto)];
+                        let set =
+                            &mut self.ports.addrs.get_mut(&egress).expect("pool address").ports[proto_slot(r.proto)];
                         if set.is_set(off) {
                             return false;
                         }
@@ -177,7 +178,7 @@ impl NatEngine {
         self.held_mut(pod).sessions += 1;
         if mapping == NONE {
             self.held_mut(pod).holdings += 1;
-            self.addrs.get_mut(&egress).expect("pool address").sessions += 1;
+            self.ports.addrs.get_mut(&egress).expect("pool address").sessions += 1;
         } else {
             self.mappings.get_mut(mapping).refs += 1;
         }

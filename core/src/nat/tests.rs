@@ -759,7 +759,7 @@ fn the_internets_first_fragments_take_at_most_their_share_of_datagram_notes() {
     // fill those notes for the pods.
     let s = EngineSettings { worker: 0, workers: 2, frag_datagrams: 64, ..settings() };
     let mut e = NatEngine::new(s, default_plan());
-    let port = (1024..=65535u16).find(|p| e.slice.owner(*p) == Some(1)).unwrap();
+    let port = (1024..=65535u16).find(|p| e.ports.slice.owner(*p) == Some(1)).unwrap();
     let egress = [198, 19, 100, 1];
     let notes = |e: &mut NatEngine, from: [u8; 4], id: u16| {
         let p = with_ident(udp(from, 9000, egress, port, &[1u8; 600]), id);
