@@ -5,7 +5,8 @@
 # schemas with kubernetes-validate --strict (a deliberately broken copy must
 # fail, so the validator is known to bite), the gateway's gateway.toml from
 # the ConfigMap passes `egret-gateway check-config` with the generated
-# certificates, and the objects keep the promises the README makes (gateway
+# certificates (so does the node service's example, scripts/install.sh's),
+# and the objects keep the promises the README makes (gateway
 # pool placement as kube-egress-gateway's daemon, a grace period longer than
 # the drain, least-privilege RBAC: reads, plus Events, GatewayStatus,
 # TokenReviews and patches of StaticGatewayConfigurations (the port pool
@@ -51,6 +52,9 @@ print(t.replace("/etc/egret/tls", sys.argv[2]).replace("/var/run/secrets/egret",
 PY
 check "the ConfigMap's gateway.toml passes egret-gateway check-config with the generated certificates and a token" \
   sh -c "'$GATEWAY' check-config '$DIR/gateway.toml' >/dev/null"
+sed "s#/etc/egret/plan.yaml#$PWD/plan/testdata/plan.json#" scripts/gateway.example.toml > "$DIR/example.toml"
+check "the node service's example gateway.toml (scripts/install.sh) passes egret-gateway check-config on a plan" \
+  sh -c "'$GATEWAY' check-config '$DIR/example.toml' >/dev/null"
 # holds FILE PYTHON_EXPR: whether the objects in FILE keep a promise (docs:
 # the objects; kind(K, NAME): one; ds: the gateway's pod spec; dep, ctl,
 # args: egret-control's Deployment spec, container and args; arg(FLAG):

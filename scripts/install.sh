@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs egret-gateway as a systemd service on a gateway node (root):
-# the binary, the unit, a system user, and an example /etc/egret/gateway.toml.
+# the binary, the unit, a system user, and an example /etc/egret/gateway.toml
+# (scripts/gateway.example.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -9,19 +10,8 @@ install -m 0755 "${CARGO_TARGET_DIR:-target}/release/egret-gateway" /usr/local/b
 install -m 0644 scripts/egret-gateway.service /etc/systemd/system/egret-gateway.service
 id egret >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin egret
 install -d -m 0755 /etc/egret
-if [ ! -f /etc/egret/gateway.toml ]; then
-  cat > /etc/egret/gateway.toml <<'TOML'
-# Edit for this node, then: systemctl enable --now egret-gateway
-router_ip = "198.18.0.1"             # this node's inside address (example)
-plan_file = "/etc/egret/plan.yaml"
-status_file = "/run/egret/status.json"
-state_file = "/var/lib/egret/sessions.json"
-metrics_address = "127.0.0.1:9464"
-[interfaces]
-inside = "eth0"
-queues = 1
-TOML
-fi
+# The example is checked by the suite (scripts/deploy-check.sh).
+[ -f /etc/egret/gateway.toml ] || install -m 0644 scripts/gateway.example.toml /etc/egret/gateway.toml
 if [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   echo "installed; start with: systemctl enable --now egret-gateway"
