@@ -8,11 +8,15 @@
 //! goes), `handoff` (to the worker that owns the flow), `in2out` (pod →
 //! internet), `out2in` (internet → pod), `icmp` (errors both ways, the
 //! errors the gateway sends, their rate limit), `frag` (shallow virtual
-//! reassembly), `mtu`. They share `rewrite` (the packet's fields and the
-//! in-place rewrite), never each other's files. The state they work on:
-//! `lifecycle` (sessions), `alloc` (ownership and ports: `port_pool`,
-//! rendezvous), `expiry`, `replan`, `policy_check` and `events` (policy
-//! decisions, hits, logs), `prefetch`, `snapshot` (restart), and the
+//! reassembly), `mtu`. They share `rewrite` (the in-place rewrite) and
+//! the packet's checked header (`wire::ipv4::Header`), never each other's
+//! files; each imports by name what it uses. The state they work on, in
+//! parts with types of their own: the sessions and mappings (`session`,
+//! `lifecycle`), the ports (`alloc::Ports`: `port_pool`, rendezvous), what
+//! the policies keep (`policy_check::PolicyState`), the flows awaiting
+//! their name (`name_check::NameChecks`), fragments (`frag::FragTable`),
+//! the log queues (`events::EventLog`), the expiry sweep (`expiry::Sweep`)
+//! and the counters; `replan`, `prefetch`, `snapshot` (restart), and the
 //! plan's lookup form (`compiled`).
 
 mod alloc;
@@ -249,10 +253,10 @@ fn is_martian_dst(dst: u32) -> bool {
 }
 
 /// One worker's NAT state, owned by that worker alone (VPP's
-/// `per_thread_data`): its sessions and mappings, the pods and egress
-/// addresses it has state for, its port slice of every address, counters,
-/// fragments in flight and the bounded event queues the worker drains.
-/// Nothing here is shared but the plan and the DNS-learned names.
+/// `per_thread_data`): its sessions and mappings and the pods they are
+/// for, its ports, what the policies keep, fragments in flight, the
+/// bounded log queues the worker drains and counters. Nothing here is
+/// shared but the plan and the DNS-learned names.
 pub struct NatEngine {
     settings: EngineSettings,
     plan: Arc<CompiledPlan>,
