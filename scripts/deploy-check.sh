@@ -52,9 +52,11 @@ print(t.replace("/etc/egret/tls", sys.argv[2]).replace("/var/run/secrets/egret",
 PY
 check "the ConfigMap's gateway.toml passes egret-gateway check-config with the generated certificates and a token" \
   sh -c "'$GATEWAY' check-config '$DIR/gateway.toml' >/dev/null"
-sed "s#/etc/egret/plan.yaml#$PWD/plan/testdata/plan.json#" scripts/gateway.example.toml > "$DIR/example.toml"
+# Its plan_file pointed at manifests that serve 3 configs: an empty plan
+# (a path read as no objects) must not pass for a checked one.
+sed "s#/etc/egret/plan.yaml#$EGRET_ROOT/control/cluster/testdata/aks#" scripts/gateway.example.toml > "$DIR/example.toml"
 check "the node service's example gateway.toml (scripts/install.sh) passes egret-gateway check-config on a plan" \
-  sh -c "'$GATEWAY' check-config '$DIR/example.toml' >/dev/null"
+  sh -c "'$GATEWAY' check-config '$DIR/example.toml' | grep -q ' 3 configs'"
 # holds FILE PYTHON_EXPR: whether the objects in FILE keep a promise (docs:
 # the objects; kind(K, NAME): one; ds: the gateway's pod spec; dep, ctl,
 # args: egret-control's Deployment spec, container and args; arg(FLAG):

@@ -172,8 +172,7 @@ impl NatEngine {
     }
 
     /// Counts a scan or a refusal toward a port-reuse destination (the
-    /// slow path only). A bounded table of which one config holds at most
-    /// its share: new destinations beyond either are unfollowed, and counted.
+    /// slow path only); one [`Ports`] does not follow is counted unfollowed.
     fn note_busy(&mut self, dest: (u8, u32, u16, u16), scans: u64, refused: u64) {
         if !self.ports.note_busy(dest, scans, refused) {
             self.counters.busy_destinations_unfollowed += 1;

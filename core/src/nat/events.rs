@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 
 const DENY_EVENTS_KEPT: usize = 256;
-pub(super) const NAT_EVENTS_KEPT: usize = 8192;
+const NAT_EVENTS_KEPT: usize = 8192;
 
 /// A new flow the egress policy denied, kept (bounded) for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,9 +60,9 @@ pub struct NameEvent {
 /// caller counts it lost.
 #[derive(Debug, Default)]
 pub(super) struct EventLog {
-    /// Whether sessions (and the names flows were allowed for) are logged,
-    /// and with their destinations.
+    /// Whether sessions (and the names flows were allowed for) are logged.
     sessions: bool,
+    /// Whether session records carry their destinations.
     destinations: bool,
     deny: VecDeque<DenyEvent>,
     nat: VecDeque<NatEvent>,

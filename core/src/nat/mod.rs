@@ -8,9 +8,10 @@
 //! goes), `handoff` (to the worker that owns the flow), `in2out` (pod →
 //! internet), `out2in` (internet → pod), `icmp` (errors both ways, the
 //! errors the gateway sends, their rate limit), `frag` (shallow virtual
-//! reassembly), `mtu`. They share `rewrite` (the in-place rewrite) and
-//! the packet's checked header (`wire::ipv4::Header`), never each other's
-//! files; each imports by name what it uses. The state they work on, in
+//! reassembly), `mtu`. They share `rewrite` (the in-place rewrite, the
+//! bare segments the gateway writes), `frag`'s types and the packet's
+//! checked header (`wire::ipv4::Header`); each imports by name what it
+//! uses. The state they work on, in
 //! parts with types of their own: the sessions and mappings (`session`,
 //! `lifecycle`), the ports (`alloc::Ports`: `port_pool`, rendezvous), what
 //! the policies keep (`policy_check::PolicyState`), the flows awaiting
