@@ -105,7 +105,7 @@ impl NatEngine {
         // A tunnelled pod's flows all live on its peer's worker: its whole
         // quota is here; a routed pod's spread over every worker (a share
         // never above the whole, so only a pod past it is looked up).
-        let held = self.held(pod).holdings;
+        let held = self.holdings.of(pod).holdings;
         if held < self.ports.quotas[usize::from(ci)] {
             return Ok(());
         }
@@ -152,7 +152,7 @@ impl NatEngine {
                     st.ports[slot].clear(off);
                     return Err(DropReason::SessionTableFull);
                 };
-                self.held_mut(k.local).holdings += 1;
+                self.holdings.of_mut(k.local).holdings += 1;
                 self.counters.mappings_created += 1;
                 return Ok(mi);
             }
@@ -245,6 +245,6 @@ impl NatEngine {
             a.ports[proto_slot(m.proto)].clear(u32::from(m.egress_port - self.ports.slice.lo));
         }
         self.mappings.remove(mi);
-        self.release_held(m.pod, 1, 0);
+        self.holdings.release(m.pod, 1, 0);
     }
 }

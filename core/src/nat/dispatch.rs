@@ -127,10 +127,10 @@ impl NatEngine {
     pub(super) fn in2out_fallback(&mut self, buf: &mut [u8], ip: &Header, ci: u16, now: Time) -> Verdict {
         let src = ip.src;
         let pod = PodInfo::fallback(src, ci, &self.plan);
-        self.fallbacks.insert(src, pod);
+        self.holdings.fallbacks.insert(src, pod);
         let v = self.in2out(buf, ip, ci, now);
-        self.forget_if_idle(src);
-        self.forget_idle();
+        self.holdings.note_if_idle(src);
+        self.holdings.forget_idle();
         v
     }
 

@@ -55,27 +55,6 @@ impl Sweep {
 }
 
 impl NatEngine {
-    /// Notes a pod (or a fallback source) that holds nothing any more; it
-    /// is forgotten at the next [`NatEngine::forget_idle`] (the packet
-    /// being handled may end its last session and open another).
-    #[inline]
-    pub(super) fn forget_if_idle(&mut self, pod: u32) {
-        if self.held(pod).is_zero() {
-            self.idle_pods.push(pod);
-        }
-    }
-
-    /// Forgets the pods noted idle that still are: their counts, and the
-    /// adoption of a fallback source.
-    pub(super) fn forget_idle(&mut self) {
-        while let Some(pod) = self.idle_pods.pop() {
-            if self.held(pod).is_zero() {
-                self.pod_counts.remove(&pod);
-                self.fallbacks.remove(&pod);
-            }
-        }
-    }
-
     /// [`NatEngine::expire`] at the sweep's pace, for a worker to call every
     /// turn: the slots due since the last call, so that every slot is
     /// visited once a [`SWEEP_PERIOD_MS`] however often the worker turns.
@@ -127,7 +106,7 @@ impl NatEngine {
         self.expire_name_checks(now);
         let timed_out = self.frags.expire(now.millis());
         self.counters.drop_n(DropReason::FragmentTimeout, timed_out);
-        self.forget_idle();
+        self.holdings.forget_idle();
         closed
     }
 

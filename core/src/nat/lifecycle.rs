@@ -130,7 +130,7 @@ impl NatEngine {
             }
             return Err(DropReason::SessionTableFull);
         };
-        let pod = self.held_mut(k.local);
+        let pod = self.holdings.of_mut(k.local);
         pod.sessions += 1;
         if mapping == NONE {
             pod.holdings += 1;
@@ -170,12 +170,12 @@ impl NatEngine {
         self.count_live(s.config, s.proto, false);
         self.log_session(false, &s, now);
         if s.mapping != NONE {
-            self.release_held(s.pod, 0, 1);
+            self.holdings.release(s.pod, 0, 1);
             self.sessions.remove(i);
             self.release_mapping_ref(s.mapping, now);
             return;
         }
-        self.release_held(s.pod, 1, 1);
+        self.holdings.release(s.pod, 1, 1);
         if let Some(a) = self.ports.addrs.get_mut(&s.egress) {
             a.sessions -= 1;
         }
@@ -194,7 +194,7 @@ impl NatEngine {
     /// RFC 6888 REQ-5: one pod may not fill the session table for the rest.
     pub(super) fn check_session_limit(&self, pod: u32, ci: u16) -> Result<(), DropReason> {
         // As `check_quota`: a tunnelled pod's sessions are all on one worker.
-        let held = self.held(pod).sessions;
+        let held = self.holdings.of(pod).sessions;
         if held < self.ports.session_limits[usize::from(ci)] {
             return Ok(());
         }

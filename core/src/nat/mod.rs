@@ -13,7 +13,7 @@
 //! checked header (`wire::ipv4::Header`); each imports by name what it
 //! uses. The state they work on, in
 //! parts with types of their own: the sessions and mappings (`session`,
-//! `lifecycle`), the ports (`alloc::Ports`: `port_pool`, rendezvous), what
+//! `lifecycle`), what each pod holds (`holdings::Holdings`), the ports (`alloc::Ports`: `port_pool`, rendezvous), what
 //! the policies keep (`policy_check::PolicyState`), the flows awaiting
 //! their name (`name_check::NameChecks`), fragments (`frag::FragTable`),
 //! the log queues (`events::EventLog`), the expiry sweep (`expiry::Sweep`)
@@ -28,6 +28,7 @@ mod expiry;
 mod flow_index;
 mod frag;
 mod handoff;
+mod holdings;
 mod huge_slice;
 mod icmp;
 mod in2out;
@@ -175,22 +176,6 @@ impl Default for EngineSettings {
     }
 }
 
-/// What this worker holds for one pod (the plan says the rest: `PodInfo`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct PodCounts {
-    /// Ports held: mappings (endpoint-independent) or sessions (port reuse).
-    holdings: u32,
-    /// Live sessions of the pod's, however they were opened.
-    sessions: u32,
-}
-
-impl PodCounts {
-    #[inline]
-    fn is_zero(&self) -> bool {
-        self.holdings == 0 && self.sessions == 0
-    }
-}
-
 /// Per-egress-address state on this worker.
 #[derive(Debug, Clone)]
 struct AddrState {
@@ -265,15 +250,8 @@ pub struct NatEngine {
     ports: alloc::Ports,
     sessions: SessionTable,
     mappings: MappingTable,
-    /// What this worker holds per pod, for the pods that hold anything.
-    pod_counts: HashMap<u32, PodCounts>,
-    /// Sources a fallback source CIDR binds, adopted on their first packet
-    /// and forgotten once they hold nothing (so the map stays as small as
-    /// the sessions, whatever the CIDRs' size).
-    fallbacks: HashMap<u32, PodInfo>,
-    /// Pods that went idle, forgotten at the next safe point (never in the
-    /// middle of a packet that may still open a session).
-    idle_pods: Vec<u32>,
+    /// What this worker holds per pod, and the fallback sources it adopted.
+    holdings: holdings::Holdings,
     /// New flows the batch prefetch's stage 2 saw, for its stage 3.
     new_flows: prefetch::NewFlows,
     counters: Counters,
@@ -317,9 +295,7 @@ impl NatEngine {
             },
             ports: alloc::Ports::new(slice, seed),
             new_flows: prefetch::NewFlows::new(),
-            pod_counts: HashMap::new(),
-            fallbacks: HashMap::new(),
-            idle_pods: Vec::new(),
+            holdings: holdings::Holdings::default(),
             counters: Counters::default(),
             sweep: expiry::Sweep::default(),
             icmp_budget: icmp::IcmpBudget::new(settings.icmp_errors_per_sec),
@@ -455,33 +431,7 @@ impl NatEngine {
     fn pod(&self, ip: u32) -> Option<PodInfo> {
         match self.plan.pods.get(&ip) {
             Some(p) => Some(*p),
-            None if self.fallbacks.is_empty() => None,
-            None => self.fallbacks.get(&ip).copied(),
-        }
-    }
-
-    /// What this worker holds for pod `ip`.
-    #[inline]
-    fn held(&self, ip: u32) -> PodCounts {
-        self.pod_counts.get(&ip).copied().unwrap_or_default()
-    }
-
-    #[inline]
-    fn held_mut(&mut self, ip: u32) -> &mut PodCounts {
-        self.pod_counts.entry(ip).or_default()
-    }
-
-    /// Lowers what pod `ip` holds (a session ended, a port freed) and notes
-    /// it for forgetting when that was all.
-    #[inline]
-    fn release_held(&mut self, ip: u32, holdings: u32, sessions: u32) {
-        let idle = self.pod_counts.get_mut(&ip).is_none_or(|c| {
-            c.holdings = c.holdings.saturating_sub(holdings);
-            c.sessions = c.sessions.saturating_sub(sessions);
-            c.is_zero()
-        });
-        if idle {
-            self.idle_pods.push(ip);
+            None => self.holdings.fallback(ip),
         }
     }
 }

@@ -135,7 +135,7 @@ impl NatEngine {
             } else {
                 self.ports.session_limits[usize::from(m.config)]
             };
-            if self.held(m.pod).sessions >= (limit / 2).max(1) {
+            if self.holdings.of(m.pod).sessions >= (limit / 2).max(1) {
                 return Err(DropReason::SessionLimit);
             }
         }
@@ -158,7 +158,7 @@ impl NatEngine {
         let s = self.new_session(&inside, (m.egress, m.egress_port), m.config, mi, now);
         let Some(i) = self.sessions.insert(s) else { return Err(DropReason::SessionTableFull) };
         self.mappings.get_mut(mi).refs += 1;
-        self.held_mut(m.pod).sessions += 1;
+        self.holdings.of_mut(m.pod).sessions += 1;
         self.counters.sessions_created += 1;
         self.count_live(s.config, s.proto, true);
         self.log_session(true, &s, now);

@@ -122,7 +122,7 @@ impl NatEngine {
         // once per plan). Adopted fallback sources follow their CIDR's
         // config; a pod the plan now binds only by a CIDR is adopted again
         // on its next packet.
-        self.fallbacks.retain(|&p, info| {
+        self.holdings.fallbacks.retain(|&p, info| {
             if plan.pods.contains_key(&p) {
                 return false;
             }
@@ -322,7 +322,7 @@ impl NatEngine {
             }
         }
         self.mappings.remove(mi);
-        self.release_held(m.pod, 1, 0);
+        self.holdings.release(m.pod, 1, 0);
     }
 
     /// Holds a port in its address's bitmap until `until`.
@@ -395,7 +395,7 @@ impl NatEngine {
                     a.sessions = a.sessions.saturating_sub(1);
                 }
             }
-            self.release_held(s.pod, port, 1);
+            self.holdings.release(s.pod, port, 1);
         }
         if s.mapping != NONE {
             // The mapping cools down (its port's cooldown), or goes with

@@ -148,7 +148,7 @@ proptest! {
         prop_assert_eq!(eager.port_usage(), lazy.port_usage());
         let pods = |e: &NatEngine| {
             let mut v: Vec<_> =
-                e.pod_counts.iter().filter(|(_, c)| !c.is_zero()).map(|(&p, c)| (p, c.holdings, c.sessions)).collect();
+                e.holdings.counts.iter().filter(|(_, c)| !c.is_zero()).map(|(&p, c)| (p, c.holdings, c.sessions)).collect();
             v.sort();
             v
         };

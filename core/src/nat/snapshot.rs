@@ -95,10 +95,10 @@ impl NatEngine {
                 st.restored += 1;
             } else {
                 st.skipped += 1;
-                self.forget_if_idle(u32::from(r.pod));
+                self.holdings.note_if_idle(u32::from(r.pod));
             }
         }
-        self.forget_idle();
+        self.holdings.forget_idle();
         st
     }
 
@@ -107,7 +107,7 @@ impl NatEngine {
         let Some(ci) = self.plan.config_of(pod) else { return false };
         if self.pod(pod).is_none() {
             // A source a fallback CIDR binds: adopted as its first packet would.
-            self.fallbacks.insert(pod, PodInfo::fallback(pod, ci, &self.plan));
+            self.holdings.fallbacks.insert(pod, PodInfo::fallback(pod, ci, &self.plan));
         }
         let cfg = self.config(ci);
         if cfg.name != r.config || self.plan.egress.get(&egress).map(|e| e.0) != Some(ci) {
@@ -160,7 +160,7 @@ impl NatEngine {
                         };
                         let Some(mi) = self.mappings.insert(m) else { return false };
                         set.set(off);
-                        self.held_mut(pod).holdings += 1;
+                        self.holdings.of_mut(pod).holdings += 1;
                         mi
                     }
                 }
@@ -175,9 +175,9 @@ impl NatEngine {
             return false;
         }
         self.count_live(ci, r.proto, true);
-        self.held_mut(pod).sessions += 1;
+        self.holdings.of_mut(pod).sessions += 1;
         if mapping == NONE {
-            self.held_mut(pod).holdings += 1;
+            self.holdings.of_mut(pod).holdings += 1;
             self.ports.addrs.get_mut(&egress).expect("pool address").sessions += 1;
         } else {
             self.mappings.get_mut(mapping).refs += 1;

@@ -69,13 +69,13 @@ fn fallback_sources_are_forgotten_once_they_hold_nothing() {
     for i in 0..100u8 {
         udp([198, 18, 9, i], 5000, SERVER, 53, b"q").run(&mut e, T0);
     }
-    assert_eq!(e.fallbacks.len(), 100);
+    assert_eq!(e.holdings.fallbacks.len(), 100);
     // A dropped first packet (a martian destination) leaves nothing behind.
     udp([198, 18, 9, 200], 5000, [127, 0, 0, 1], 53, b"q").run(&mut e, T0);
-    assert_eq!(e.fallbacks.len(), 100);
+    assert_eq!(e.holdings.fallbacks.len(), 100);
     e.expire(Time::from_secs(10 + 301), usize::MAX);
     assert_eq!(e.session_count(), 0);
-    assert_eq!(e.fallbacks.len(), 0, "no state is kept per address of the CIDR");
+    assert_eq!(e.holdings.fallbacks.len(), 0, "no state is kept per address of the CIDR");
 }
 
 #[test]
@@ -90,7 +90,7 @@ fn a_plan_that_drops_the_cidr_cuts_its_sessions_and_one_that_keeps_it_keeps_them
     // Counts follow the walk over the sessions.
     e.finish_replan();
     assert_eq!(e.session_count(), 0);
-    assert_eq!(e.fallbacks.len(), 0, "the source no CIDR binds is forgotten");
+    assert_eq!(e.holdings.fallbacks.len(), 0, "the source no CIDR binds is forgotten");
     let mut back = udp(SERVER, 53, out.src(), out.sport(), b"a");
     assert_eq!(back.run(&mut e, T0), Verdict::Drop(DropReason::Unsolicited));
 }
@@ -134,6 +134,6 @@ fn a_fallback_sources_expired_flow_seen_again_opens_a_new_session() {
         assert_eq!(again.run(&mut e, later), Verdict::Forward { side: Side::Outside, len: again.len }, "{mapping:?}");
         assert_eq!(e.session_count(), 1);
         e.expire(Time::from_secs(10 + 800), usize::MAX);
-        assert_eq!(e.fallbacks.len(), 0);
+        assert_eq!(e.holdings.fallbacks.len(), 0);
     }
 }

@@ -1109,7 +1109,7 @@ mod properties {
             for u in e.port_usage() {
                 prop_assert_eq!((u.mapped, u.sessions), ([0; 3], 0));
             }
-            for p in e.pod_counts.values() {
+            for p in e.holdings.counts.values() {
                 prop_assert_eq!(p.holdings, 0);
             }
         }
