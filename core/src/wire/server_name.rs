@@ -232,7 +232,10 @@ impl ClientHelloReader {
                     self.consume(n as u32);
                     b = &b[n..];
                     self.want -= n as u32;
-                    if self.want == 0 {
+                    // A field past its enclosing length is malformed, and
+                    // that is the answer however the bytes were split: the
+                    // field's end must not decide anything after it.
+                    if self.want == 0 && self.answer.is_none() {
                         self.field_done();
                     }
                 }
@@ -241,7 +244,7 @@ impl ClientHelloReader {
                     b = &b[1..];
                     self.consume(1);
                     self.want -= 1;
-                    if self.want == 0 {
+                    if self.want == 0 && self.answer.is_none() {
                         self.field_done();
                     }
                 }

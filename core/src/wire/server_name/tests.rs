@@ -61,6 +61,16 @@ fn browsers_post_quantum_hellos_longer_than_a_segment_give_their_name_at_every_s
     assert_eq!(same_at_every_split(FIREFOX_PQ, hello_in), Ok("ja4db.com".into()));
 }
 
+/// Found by the `server_name` fuzz target: a hello whose last field runs
+/// past the message that holds it, read whole, was answered "missing" (the
+/// field's end decided the hello's end) and, split, "malformed".
+const OVERRUN: &[u8] = include_bytes!("../testdata/hello-extension-past-its-block.bin");
+
+#[test]
+fn a_hello_whose_field_runs_past_its_message_is_malformed_however_it_is_split() {
+    assert_eq!(same_at_every_split(OVERRUN, hello_in), Err(Some(NoName::Malformed)));
+}
+
 #[test]
 fn a_hello_without_server_name_is_missing_one() {
     assert_eq!(same_at_every_split(PYTHON_NO_SNI, hello_in), Err(Some(NoName::Missing)));
