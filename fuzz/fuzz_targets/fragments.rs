@@ -283,7 +283,7 @@ impl Harness {
                             self.check_out(&r.bytes, outside, None);
                         }
                         ReleaseTo::Seal => self.check_out(&r.bytes, false, None),
-                        ReleaseTo::Worker { worker: to, from } => {
+                        ReleaseTo::Worker { worker: to, from, .. } => {
                             let to = usize::from(to);
                             assert!(to < self.engines.len() && to != w, "released to a real other worker");
                             let mut buf = r.bytes.clone();

@@ -119,8 +119,12 @@ impl NatEngine {
             }
             _ => r,
         };
-        if r.to == ReleaseTo::Side(Side::Inside) && self.is_tunnelled(Self::dst_of(&r.bytes)) {
-            r.to = ReleaseTo::Seal;
+        match &mut r.to {
+            ReleaseTo::Side(Side::Inside) if self.is_tunnelled(Self::dst_of(&r.bytes)) => r.to = ReleaseTo::Seal,
+            ReleaseTo::Worker { from: Side::Inside, tunnelled, .. } => {
+                *tunnelled = self.is_tunnelled(Self::src_of(&r.bytes))
+            }
+            _ => {}
         }
         Some(r)
     }

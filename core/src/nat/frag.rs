@@ -44,10 +44,13 @@ pub enum ReleaseTo {
     Side(Side),
     /// To a tunnelled pod: through the tunnel stage's encryption.
     Seal,
-    /// Hand to `worker`, which takes it as arriving on `from`.
+    /// Hand to `worker`, which takes it as arriving on `from`;
+    /// `tunnelled`: a tunnelled pod's, out of its tunnel (only such are
+    /// held for it), so not to be taken for a plain packet there.
     Worker {
         worker: u16,
         from: Side,
+        tunnelled: bool,
     },
 }
 
@@ -222,10 +225,10 @@ impl FragTable {
                     ip.decrement_ttl();
                     ReleaseTo::Side(side)
                 }
-                FragAction::Handoff { worker, from } => ReleaseTo::Worker { worker, from },
+                FragAction::Handoff { worker, from } => ReleaseTo::Worker { worker, from, tunnelled: false },
                 FragAction::HairpinHandoff { src, worker } => {
                     Ipv4Packet::new_unchecked(&mut bytes[..]).set_src(src.to_be_bytes());
-                    ReleaseTo::Worker { worker, from: Side::Outside }
+                    ReleaseTo::Worker { worker, from: Side::Outside, tunnelled: false }
                 }
             };
             self.released_count += 1;

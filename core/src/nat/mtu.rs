@@ -25,6 +25,10 @@ impl NatEngine {
         u32::from_be_bytes(Ipv4Packet::new_unchecked(buf).dst())
     }
 
+    pub(super) fn src_of(buf: &[u8]) -> u32 {
+        u32::from_be_bytes(Ipv4Packet::new_unchecked(buf).src())
+    }
+
     /// Before translation: a DF packet larger than the way out's MTU is
     /// answered with fragmentation needed, from `from` (the gateway's
     /// inside address toward pods, the egress address toward the internet),

@@ -14,7 +14,6 @@ use crate::pipeline::{self, Entry, Exit};
 use crate::tunnel::stage::TunnelReport;
 use crate::tunnel::TunnelStage;
 use crate::wire::ethernet::{self, EthernetFrame};
-use crate::wire::ipv4::Header;
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
@@ -390,7 +389,7 @@ impl Worker {
                 self.io_counters.rx_packets += rx.len() as u64;
                 self.prefetch_batch(&rx);
                 for d in rx.drain(..) {
-                    self.handle(port, d.addr, d.len as usize, Entry::Arrived, self.arrival(port), now);
+                    self.handle(port, d.addr, d.len as usize, Entry::Arrived, now);
                 }
             }
             work += self.drain_inbox(now);
@@ -562,7 +561,7 @@ impl Worker {
     /// Runs one frame through the pipeline's stages (entering at `entry`)
     /// and queues what comes of it: the next hop and transmit, a reply,
     /// or the handoff ring of the worker that owns its state.
-    fn handle(&mut self, port: usize, addr: u64, len: usize, entry: Entry, from: Option<Side>, now: Time) {
+    fn handle(&mut self, port: usize, addr: u64, len: usize, entry: Entry, now: Time) {
         // SAFETY: a received frame is ours until we send or release it.
         let frame = unsafe { self.io.frame_mut(addr) };
         if len < ethernet::HEADER_LEN || ethernet::ethertype(frame) != Some(ethernet::ETHERTYPE_IPV4) {
@@ -571,6 +570,7 @@ impl Worker {
             return;
         }
         let ip = &mut frame[ethernet::HEADER_LEN..];
+        let from = self.arrival(port);
         let exit = pipeline::run(&mut self.tunnels, &mut self.engine, ip, len - ethernet::HEADER_LEN, entry, from, now);
         self.leave(port, addr, exit, now);
     }
@@ -732,7 +732,7 @@ impl Worker {
                     let f = unsafe { self.io.frame_mut(addr) };
                     f[..len].copy_from_slice(&h.buf[..len]);
                     let port = self.side_port[h.from as usize];
-                    self.handle(port, addr, len, h.entry, self.arrival(port), now);
+                    self.handle(port, addr, len, h.entry, now);
                 }
                 None => self.io_counters.drop(IoDrop::NoFreeFrame),
             }
@@ -745,14 +745,10 @@ impl Worker {
     fn drain_released(&mut self, now: Time) {
         while let Some(r) = self.engine.take_released() {
             match r.to {
-                ReleaseTo::Worker { worker, from } => {
+                ReleaseTo::Worker { worker, from, tunnelled } => {
                     let mut f = vec![0u8; ethernet::HEADER_LEN];
                     EthernetFrame::new_unchecked(&mut f[..]).set_ipv4();
                     f.extend_from_slice(&r.bytes);
-                    // A tunnelled pod's fragment came out of its tunnel (a
-                    // plain one from its address is never held).
-                    let pod = Header::read(&r.bytes, r.bytes.len()).src;
-                    let tunnelled = from == Side::Inside && self.engine.is_tunnelled(pod);
                     let entry = if tunnelled { Entry::Tunnelled } else { Entry::Arrived };
                     self.hand_off(worker, &f, entry, from);
                 }
