@@ -17,7 +17,7 @@
 
 use crate::nat::{NatEngine, Side, Time, Verdict};
 use crate::tunnel::{Inbound, Outbound, TunnelStage};
-use crate::wire::ipv4::Ipv4Packet;
+use crate::wire::ipv4;
 
 /// Where a packet enters the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub fn run(
     }
     let from = if tunnelled { Some(Side::Inside) } else { from };
     match engine.translate(buf, &ip, from, tunnelled, now) {
-        Verdict::Forward { side, len } => Exit::Forward { side, len, dst: destination(buf, len) },
+        Verdict::Forward { side, len } => Exit::Forward { side, len, dst: ipv4::destination(&buf[..len]) },
         Verdict::Seal { len } => seal(tunnels, buf, len),
         Verdict::Reply { len } => Exit::Reply { len },
         // A tunnelled pod's inner packet stays one (its new worker must not
@@ -110,14 +110,6 @@ pub fn seal(tunnels: &mut TunnelStage, buf: &mut [u8], len: usize) -> Exit {
         Outbound::Elsewhere { worker } => Exit::HandOff { worker, entry: Entry::Seal, from: Side::Inside, len },
         Outbound::Drop(_) => Exit::Done,
     }
-}
-
-/// The destination of the packet a stage has just written or rewritten
-/// (`len` ≥ an IPv4 header).
-#[inline(always)]
-pub fn destination(buf: &[u8], len: usize) -> u32 {
-    debug_assert!(len >= crate::wire::ipv4::HEADER_LEN);
-    u32::from_be_bytes(Ipv4Packet::new_unchecked(&buf[..len]).dst())
 }
 
 #[cfg(test)]

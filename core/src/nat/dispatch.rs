@@ -3,7 +3,7 @@
 //! or an excluded host's return traffic; from the outside, a reply to an
 //! egress address. Everything else is dropped and counted.
 
-use super::{DropReason, Ipv4Packet, NatEngine, PodInfo, Side, Time, Verdict};
+use super::{ipv4, DropReason, Ipv4Packet, NatEngine, PodInfo, Side, Time, Verdict};
 use crate::wire::ipv4::{Header, HeaderError};
 
 impl NatEngine {
@@ -74,7 +74,7 @@ impl NatEngine {
         }
         match v {
             Verdict::Forward { side: Side::Inside, len } | Verdict::Reply { len }
-                if self.is_tunnelled(Self::dst_of(buf)) =>
+                if self.is_tunnelled(ipv4::destination(buf)) =>
             {
                 Verdict::Seal { len }
             }

@@ -2,7 +2,7 @@
 //! are ended a bounded number at a time, and idle fallback sources are
 //! forgotten only here (never in the middle of a packet).
 
-use super::{state, DropReason, NatEngine, ReleaseTo, Released, Side, Time};
+use super::{ipv4, state, DropReason, NatEngine, ReleaseTo, Released, Side, Time};
 
 /// A sweep visits every session and mapping slot once in this long:
 /// deadlines are whole seconds, and lookups end the expired sessions they
@@ -114,15 +114,15 @@ impl NatEngine {
     pub fn take_released(&mut self) -> Option<Released> {
         let r = self.frags.take_released()?;
         let mut r = match r.to {
-            ReleaseTo::Side(side) if r.bytes.len() > self.mtu(side, Self::dst_of(&r.bytes)) => {
+            ReleaseTo::Side(side) if r.bytes.len() > self.mtu(side, ipv4::destination(&r.bytes)) => {
                 self.fit_released(r, side)?
             }
             _ => r,
         };
         match &mut r.to {
-            ReleaseTo::Side(Side::Inside) if self.is_tunnelled(Self::dst_of(&r.bytes)) => r.to = ReleaseTo::Seal,
+            ReleaseTo::Side(Side::Inside) if self.is_tunnelled(ipv4::destination(&r.bytes)) => r.to = ReleaseTo::Seal,
             ReleaseTo::Worker { from: Side::Inside, tunnelled, .. } => {
-                *tunnelled = self.is_tunnelled(Self::src_of(&r.bytes))
+                *tunnelled = self.is_tunnelled(ipv4::source(&r.bytes))
             }
             _ => {}
         }

@@ -5,7 +5,7 @@
 //! translation, the first piece in the frame and the rest released.
 
 use super::frag::Released;
-use super::{DropReason, Ipv4Packet, NatEngine, ReleaseTo, Side, Time, Verdict};
+use super::{ipv4, DropReason, Ipv4Packet, NatEngine, ReleaseTo, Side, Time, Verdict};
 use crate::wire::icmp;
 
 impl NatEngine {
@@ -19,14 +19,6 @@ impl NatEngine {
             return mtu.min(crate::compiled::TUNNEL_MTU);
         }
         mtu
-    }
-
-    pub(super) fn dst_of(buf: &[u8]) -> u32 {
-        u32::from_be_bytes(Ipv4Packet::new_unchecked(buf).dst())
-    }
-
-    pub(super) fn src_of(buf: &[u8]) -> u32 {
-        u32::from_be_bytes(Ipv4Packet::new_unchecked(buf).src())
     }
 
     /// Before translation: a DF packet larger than the way out's MTU is
@@ -63,7 +55,7 @@ impl NatEngine {
     /// leaves in fragments.
     #[inline(always)]
     pub(super) fn forward_fitted(&mut self, buf: &mut [u8], len: usize, side: Side) -> Verdict {
-        if len <= self.mtu(side, Self::dst_of(buf)) {
+        if len <= self.mtu(side, ipv4::destination(buf)) {
             return Verdict::Forward { side, len };
         }
         self.fragment_out(buf, len, side)
@@ -98,7 +90,7 @@ impl NatEngine {
     /// `buf` (its length returned), the others are queued for release.
     fn split(&mut self, buf: &mut [u8], len: usize, side: Side) -> Option<usize> {
         let mut rest = Vec::new();
-        let mtu = self.mtu(side, Self::dst_of(buf));
+        let mtu = self.mtu(side, ipv4::destination(buf));
         let first = crate::wire::ipv4::fragment(buf, len, mtu, &mut rest)?;
         self.counters.fragments_made += 1 + rest.len() as u64;
         for bytes in rest {

@@ -103,6 +103,19 @@ impl Header {
     }
 }
 
+/// The destination address of a whole IPv4 packet (one the gateway
+/// checked, or wrote itself).
+#[inline(always)]
+pub fn destination(packet: &[u8]) -> u32 {
+    u32::from_be_bytes(Ipv4Packet::new_unchecked(packet).dst())
+}
+
+/// The source address of a whole IPv4 packet (as [`destination`]).
+#[inline(always)]
+pub fn source(packet: &[u8]) -> u32 {
+    u32::from_be_bytes(Ipv4Packet::new_unchecked(packet).src())
+}
+
 #[derive(Debug)]
 pub struct Ipv4Packet<T: AsRef<[u8]>> {
     buffer: T,

@@ -14,6 +14,7 @@ use crate::pipeline::{self, Entry, Exit};
 use crate::tunnel::stage::TunnelReport;
 use crate::tunnel::TunnelStage;
 use crate::wire::ethernet::{self, EthernetFrame};
+use crate::wire::ipv4;
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
@@ -665,7 +666,7 @@ impl Worker {
                 continue;
             }
             f[ethernet::HEADER_LEN..total].copy_from_slice(&d);
-            let dst = pipeline::destination(&d, d.len());
+            let dst = ipv4::destination(&d);
             self.route_out(self.side_port[Side::Inside as usize], addr, total, dst, now);
         }
     }
@@ -768,7 +769,7 @@ impl Worker {
                     let ip = &mut f[ethernet::HEADER_LEN..];
                     let exit = match to {
                         ReleaseTo::Side(side) => {
-                            Exit::Forward { side, len: r.bytes.len(), dst: pipeline::destination(ip, r.bytes.len()) }
+                            Exit::Forward { side, len: r.bytes.len(), dst: ipv4::destination(&ip[..r.bytes.len()]) }
                         }
                         _ => pipeline::seal(&mut self.tunnels, ip, r.bytes.len()),
                     };
