@@ -30,6 +30,10 @@
 # array; about 2 s at the generator's rate).
 # EGRET_TUNNEL_PROFILE=1: perf profiles (flat, per core) of Egret's
 # small-packet loads in round 1, in bench/results/tunnel-perf/.
+# EGRET_TUNNEL_BASE=PATH: each round also runs Egret with that
+# egret-gateway binary (system egret-base, right after egret), for a
+# before/after in the same rounds. EGRET_TUNNEL_CASES=small: only the
+# small-packet loads (tunnelled and plain), Egret only, no anchor.
 # Prints a markdown table (also bench/results/tunnel.md); raw figures in
 # bench/results/tunnel.jsonl.
 set -uo pipefail
@@ -128,6 +132,41 @@ anchor_down() {
 
 egret_up() { start_gateway "$DIR" >/dev/null; }
 egret_down() { stop_gateway; x egt-gw "$GATEWAY" remove-guard >/dev/null 2>&1; }
+HEAD_GATEWAY=$GATEWAY
+CASES=${EGRET_TUNNEL_CASES:-all}
+case $CASES in all|small) ;; *) echo "EGRET_TUNNEL_CASES=$CASES: all or small" >&2; exit 2;; esac
+if [ -n "${EGRET_TUNNEL_BASE:-}" ] && [ ! -x "$EGRET_TUNNEL_BASE" ]; then
+  echo "EGRET_TUNNEL_BASE=$EGRET_TUNNEL_BASE is not an executable" >&2; exit 2
+fi
+
+# io_figures: the worker's received and transmitted frames and its I/O
+# drops by reason, from the status file (rewritten once a second), and the
+# gateway's user and system CPU time so far (ms).
+io_figures() {
+  python3 - "$DIR/status.json" "/proc/${GATEWAY_PID:-0}/stat" <<'PY'
+import json, os, sys
+try:
+    w = json.load(open(sys.argv[1]))["workers"][0]["io"]
+    f = open(sys.argv[2]).read().rsplit(")", 1)[1].split()
+    tick = 1000 / os.sysconf("SC_CLK_TCK")
+    print(json.dumps({"rx": w["rx_packets"], "tx": w["tx_packets"], "drops": w["drops"],
+                      "user_ms": int(f[11]) * tick, "sys_ms": int(f[12]) * tick}))
+except Exception:
+    print("{}")
+PY
+}
+
+# fresh_io: io_figures once the status file has been rewritten since now.
+fresh_io() {
+  local m0 m1
+  m0=$(stat -c %y "$DIR/status.json" 2>/dev/null || echo 0)
+  for _ in $(seq 30); do
+    sleep 0.1
+    m1=$(stat -c %y "$DIR/status.json" 2>/dev/null || echo 0)
+    [ "$m1" != "$m0" ] && break
+  done
+  io_figures
+}
 
 # A fresh handshake with whichever gateway now answers (same key, new state).
 rehandshake() {
@@ -152,7 +191,8 @@ except Exception:
 # unencrypted from IP + i. The sink on vnet-gw counts what the gateway
 # sends on; the figure is that over the generator's first-to-last frame.
 load() {
-  local sys=$1 r=$2 c=$3; shift 3
+  local sys=$1 r=$2 c=$3 io0='{}' io1='{}'; shift 3
+  [ "$sys" != anchor ] && io0=$(fresh_io)
   rm -f "$DIR/go"; mkfifo "$DIR/go"
   ip netns exec egt-lg taskset -c 0 "$WGLOAD" data --count "$PEERS" --pods 198.18.128.0 --gateway 198.18.50.100:6001 \
     --gateway-key "$(cat "$DIR/gw-b.pub")" --sources 198.18.80.0 --dst 198.19.0.254:9 --packets "$PACKETS" --seconds 60 --wait "$@" \
@@ -168,7 +208,7 @@ load() {
   PIDS+=($sink)
   for _ in $(seq 50); do grep -q ready "$DIR/sink.out" 2>/dev/null && break; sleep 0.1; done
   local prof=""
-  if [ "${EGRET_TUNNEL_PROFILE:-0}" = 1 ] && [ "$sys" = egret ] && [ "$r" = 1 ]; then
+  if [ "${EGRET_TUNNEL_PROFILE:-0}" = 1 ] && [ "$sys" != anchor ] && [ "$r" = 1 ]; then
     prof=$DIR/perf-$c.data
     # The first ~1.2 s of the replay (8M frames last ~2 s), both cores.
     (sleep 0.2; perf record -q -a -F 999 -o "$prof" -- sleep 1.2 >/dev/null 2>&1) &
@@ -188,20 +228,29 @@ load() {
         echo; echo "## core $core: by symbol"
         perf report -i "$prof" --cpu "$core" --no-children --sort comm,dso,sym --stdio 2>/dev/null \
           | grep -v '^#' | grep -v '^$' | head -n 40 || true
-      done; } >"bench/results/tunnel-perf/$c.txt"
+      done; } >"bench/results/tunnel-perf/$c${sys#egret}.txt"
     rm -f "$prof"
   fi
   sleep 1
   kill -TERM $sink 2>/dev/null; wait $sink
-  python3 - "$sys" "$r" "$c" "$DIR/load.out" "$DIR/sink.out" <<'PY'
+  [ "$sys" != anchor ] && io1=$(fresh_io)
+  python3 - "$sys" "$r" "$c" "$DIR/load.out" "$DIR/sink.out" "$io0" "$io1" <<'PY'
 import json, re, sys
-sys_, r, case, load, sink = sys.argv[1:]
+sys_, r, case, load, sink, io0, io1 = sys.argv[1:]
+io0, io1 = json.loads(io0), json.loads(io1)
+# What the worker took and sent in this load, and what it lost and why.
+io = {}
+if io0 and io1:
+    io = {"rx": io1["rx"] - io0["rx"], "tx": io1["tx"] - io0["tx"],
+          "user_ms": io1["user_ms"] - io0["user_ms"], "sys_ms": io1["sys_ms"] - io0["sys_ms"],
+          "drops": {k: v - io0["drops"].get(k, 0) for k, v in io1["drops"].items() if v - io0["drops"].get(k, 0)}}
 gen = [json.loads(l) for l in open(load) if l.startswith("{")]
 m = re.search(r"sink-total: udp=(\d+)", open(sink).read())
 got = int(m.group(1)) if m else 0
 v = got / gen[0]["seconds"] / 1e6 if gen and gen[0]["seconds"] else 0
 print(json.dumps({"system": sys_, "round": int(r), "case": case, "value": round(v, 4),
-                  "sent": gen[0]["sent"] if gen else 0, "received": got, "sent_mpps": round(gen[0]["sent_pps"] / 1e6, 4) if gen else 0}))
+                  "sent": gen[0]["sent"] if gen else 0, "received": got, "sent_mpps": round(gen[0]["sent_pps"] / 1e6, 4) if gen else 0,
+                  **({"io": io} if io else {})}))
 PY
 }
 
@@ -214,6 +263,11 @@ handshakes() { # handshakes SYSTEM ROUND
 
 measure() { # measure SYSTEM ROUND: one line of JSON per case
   local sys=$1 r=$2 j
+  if [ "$CASES" = small ]; then
+    load "$sys" "$r" peers_udp64_mpps
+    load "$sys" "$r" plain_udp64_mpps --plain 198.18.96.0
+    return
+  fi
   j=$(x egt-pa iperf3 -c 198.19.0.254 -t "$SECS" -J 2>/dev/null)
   echo "{\"system\":\"$sys\",\"round\":$r,\"case\":\"tcp_up_mbps\",\"value\":$(pick "d['sum_received']['bits_per_second'] / 1e6" <<<"$j")}"
   j=$(x egt-pa iperf3 -c 198.19.0.254 -t "$SECS" -R -J 2>/dev/null)
@@ -223,7 +277,7 @@ measure() { # measure SYSTEM ROUND: one line of JSON per case
   handshakes "$sys" "$r"
   load "$sys" "$r" peers_udp64_mpps
   # Egret's plain forwarding of the same frames, next to the tunnelled.
-  [ "$sys" = egret ] && load "$sys" "$r" plain_udp64_mpps --plain 198.18.96.0
+  [ "$sys" != anchor ] && load "$sys" "$r" plain_udp64_mpps --plain 198.18.96.0
   load "$sys" "$r" peers_new_flows_mps --new-flows
 }
 
@@ -231,8 +285,16 @@ mkdir -p bench/results
 out=bench/results/tunnel.jsonl
 : > "$out"
 for r in $(seq "$RUNS"); do
+  GATEWAY=$HEAD_GATEWAY
   egret_up && rehandshake && measure egret "$r" >> "$out"
   egret_down
+  if [ -n "${EGRET_TUNNEL_BASE:-}" ]; then
+    GATEWAY=$EGRET_TUNNEL_BASE
+    egret_up && rehandshake && measure egret-base "$r" >> "$out"
+    egret_down
+    GATEWAY=$HEAD_GATEWAY
+  fi
+  [ "$CASES" = small ] && continue
   anchor_up && rehandshake && measure anchor "$r" >> "$out"
   anchor_down
 done
@@ -241,7 +303,7 @@ import json, statistics, sys
 peers, packets = sys.argv[4], int(sys.argv[5])
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 def vals(s, c, key="value"):
-    return [r[key] for r in rows if r["system"] == s and r["case"] == c]
+    return [r[key] for r in rows if r["system"] == s and r["case"] == c and key in r]
 def fmt(v):
     return f"{v:.3f}" if v < 10 else f"{v:.0f}"
 def cell(v):
@@ -249,24 +311,70 @@ def cell(v):
         return "—"
     m = statistics.median(v)
     return fmt(m) + (f" ({fmt(min(v))}–{fmt(max(v))})" if len(v) > 1 else "")
+def ratio(e, a):
+    return f"{statistics.median(e) / statistics.median(a):.2f}×" if e and a and statistics.median(a) else "—"
+def lost(s, c):
+    # The worker's I/O drops per load, by reason: median over the rounds.
+    loads = [r["io"] for r in rows if r["system"] == s and r["case"] == c and "io" in r]
+    reasons = sorted({k for io in loads for k in io["drops"]})
+    out = [f"{k} {statistics.median([io['drops'].get(k, 0) for io in loads]):,.0f}" for k in reasons]
+    return ", ".join(out) if loads and out else ("none" if loads else "—")
+def cpu(s, c):
+    # The gateway's user and system CPU time per frame it forwarded.
+    loads = [r["io"] for r in rows if r["system"] == s and r["case"] == c and r.get("io", {}).get("tx")]
+    if not loads:
+        return "—"
+    u = statistics.median([io["user_ms"] * 1e6 / io["tx"] for io in loads])
+    k = statistics.median([io["sys_ms"] * 1e6 / io["tx"] for io in loads])
+    return f"{u:.0f} user + {k:.0f} system"
+def per_round(s):
+    # Tunnelled over plain, round by round (same system, same round).
+    t = {r["round"]: r["value"] for r in rows if r["system"] == s and r["case"] == "peers_udp64_mpps"}
+    p = {r["round"]: r["value"] for r in rows if r["system"] == s and r["case"] == "plain_udp64_mpps"}
+    return [t[k] / p[k] for k in sorted(t) if p.get(k)]
+def pct(v):
+    return f"{statistics.median(v):.0%} ({min(v):.0%}–{max(v):.0%})" if v else "—"
 cases = [("tcp_up_mbps", "bulk TCP pod → internet (Mbit/s)"), ("tcp_down_mbps", "bulk TCP internet → pod (Mbit/s)"),
          ("udp64_kpps", "64 B UDP pod → internet, received (kpps)"),
          ("handshakes_per_sec", f"handshakes a second, {peers} peers (one process, boringtun)"),
          ("peers_udp64_mpps", f"64 B UDP from {peers} peers, forwarded (Mpps)"),
          ("plain_udp64_mpps", f"same frames unencrypted from {peers} routed sources, forwarded (Mpps)"),
          ("peers_new_flows_mps", f"new flows inside tunnels from {peers} peers (M/s)")]
-print(f"| tunnelled egress, 1 gateway worker, {sys.argv[2]} interleaved runs of {sys.argv[3]} s; small packets: {packets:,} frames replayed by XDP per load (median, min–max) | Egret | anchor path (wireguard-go + nft SNAT) | ratio |")
-print("|---|---|---|---|")
-for c, name in cases:
-    e, a = vals("egret", c), vals("anchor", c)
-    ratio = f"{statistics.median(e) / statistics.median(a):.2f}×" if e and a and statistics.median(a) else "—"
-    print(f"| {name} | {cell(e)} | {cell(a)} | {ratio} |")
-    if c in ("peers_udp64_mpps", "plain_udp64_mpps", "peers_new_flows_mps"):
-        print(f"| ↳ offered by the generator (Mpps) | {cell(vals('egret', c, 'sent_mpps'))} | {cell(vals('anchor', c, 'sent_mpps'))} | |")
-# Tunnelled over plain, round by round (both Egret, same round).
-t = {r["round"]: r["value"] for r in rows if r["system"] == "egret" and r["case"] == "peers_udp64_mpps"}
-p = {r["round"]: r["value"] for r in rows if r["system"] == "egret" and r["case"] == "plain_udp64_mpps"}
-per = [t[k] / p[k] for k in sorted(t) if p.get(k)]
-if per:
-    print(f"| Egret tunnelled ÷ plain 64 B, same round | {statistics.median(per):.0%} ({min(per):.0%}–{max(per):.0%}) | | |")
+small = ("peers_udp64_mpps", "plain_udp64_mpps", "peers_new_flows_mps")
+systems = {r["system"] for r in rows}
+head = f"{sys.argv[2]} interleaved runs of {sys.argv[3]} s; small packets: {packets:,} frames replayed by XDP per load (median, min–max)"
+if "anchor" in systems:
+    print(f"| tunnelled egress, 1 gateway worker, {head} | Egret | anchor path (wireguard-go + nft SNAT) | ratio |")
+    print("|---|---|---|---|")
+    for c, name in cases:
+        e, a = vals("egret", c), vals("anchor", c)
+        print(f"| {name} | {cell(e)} | {cell(a)} | {ratio(e, a)} |")
+        if c in small:
+            print(f"| ↳ offered by the generator (Mpps) | {cell(vals('egret', c, 'sent_mpps'))} | {cell(vals('anchor', c, 'sent_mpps'))} | |")
+            print(f"| ↳ the worker's I/O drops per load | {lost('egret', c)} | | |")
+            print(f"| ↳ gateway CPU ns per forwarded frame | {cpu('egret', c)} | | |")
+    print(f"| Egret tunnelled ÷ plain 64 B, same round | {pct(per_round('egret'))} | | |")
+if "egret-base" in systems:
+    print()
+    print(f"| Egret, this build against EGRET_TUNNEL_BASE, {head} | this build | base | this ÷ base |")
+    print("|---|---|---|---|")
+    for c, name in cases:
+        e, b = vals("egret", c), vals("egret-base", c)
+        if not e and not b:
+            continue
+        print(f"| {name} | {cell(e)} | {cell(b)} | {ratio(e, b)} |")
+        if c in small:
+            print(f"| ↳ offered by the generator (Mpps) | {cell(vals('egret', c, 'sent_mpps'))} | {cell(vals('egret-base', c, 'sent_mpps'))} | |")
+            print(f"| ↳ the worker's I/O drops per load | {lost('egret', c)} | {lost('egret-base', c)} | |")
+            print(f"| ↳ gateway CPU ns per forwarded frame | {cpu('egret', c)} | {cpu('egret-base', c)} | |")
+    print(f"| tunnelled ÷ plain 64 B, same round | {pct(per_round('egret'))} | {pct(per_round('egret-base'))} | |")
+elif "anchor" not in systems:
+    print(f"| Egret, {head} | Egret |")
+    print("|---|---|")
+    for c in small:
+        if vals("egret", c):
+            print(f"| {dict(cases)[c]} | {cell(vals('egret', c))} |")
+            print(f"| ↳ the worker's I/O drops per load | {lost('egret', c)} |")
+            print(f"| ↳ gateway CPU ns per forwarded frame | {cpu('egret', c)} |")
+    print(f"| tunnelled ÷ plain 64 B, same round | {pct(per_round('egret'))} |")
 PY
