@@ -439,6 +439,11 @@ class Status:
     def nat(self, counter: str) -> int:
         return sum(w["nat"][counter] for w in self.workers)
 
+    def io_drops(self, reason: str) -> int:
+        """Frames lost around the NAT core for one reason (IoDrop's name),
+        over all workers."""
+        return sum(w["io"]["drops"][reason] for w in self.workers)
+
     def io(self, counter: str) -> int:
         return sum(w["io"][counter] for w in self.workers)
 

@@ -101,6 +101,18 @@ def test_bulk_tcp_goes_through_without_a_stall(gateway, topo, direction):
     assert mbps > 100, f"{mbps:.0f} Mbit/s"
 
 
+@pytest.mark.parametrize("direction", ["upload", "download"])
+def test_bulk_tcp_across_the_smaller_hop_loses_no_segment_to_the_latency_bound(gateway, topo, direction):
+    # The gateway is the slowest link here: its RX queue stands, and a TCP
+    # flow's frames are left to TCP's own control, not shed.
+    before = gateway.next_status().io_drops("rx_latency_shed")
+    args = ["iperf3", "-c", "198.19.60.2", "-t", "3", "-J", "-4"] + (["-R"] if direction == "download" else [])
+    r = topo.pa.run(*args, timeout=20)
+    end = json.loads(r.stdout)["end"]
+    assert end["sum_received"]["bits_per_second"] > 100e6, end["sum_received"]
+    assert gateway.next_status().io_drops("rx_latency_shed") == before
+
+
 def test_unsolicited_packets_to_egress_addresses_reach_no_pod(gateway, topo, workdir):
     before = gateway.next_status().drops("unsolicited")
     sniff = Sniffer(topo.pa, "pa", "src host 198.19.0.254 and udp port 40000", workdir, seconds=4)

@@ -119,10 +119,11 @@ fn run(cli: &Cli) -> Result<(), String> {
         for port in 0..2 {
             io.service(port);
         }
-        // Both rings, as the gateway's worker bounds both (ECN-capable
-        // frames the law picks are marked and forwarded first, as there).
+        // Both rings, as the gateway's worker bounds both (TCP frames the
+        // bound spares and ECN-capable frames the law marks are forwarded
+        // first, as there).
         for (port, marked) in marked.iter_mut().enumerate() {
-            latency_shed += u64::from(io.shed_standing(port, &mut bound, now_ns, marked));
+            latency_shed += u64::from(io.shed_standing(port, &mut bound, now_ns, marked).shed);
         }
         for (from, to) in [(0usize, 1usize), (1, 0)] {
             rx.clear();

@@ -20,6 +20,15 @@ pub fn ethertype(frame: &[u8]) -> Option<u16> {
     EthernetFrame::new_checked(frame).ok().map(|f| f.ethertype())
 }
 
+/// Whether a frame says it holds an IPv4 packet carrying TCP: all the RX
+/// latency bound asks of a frame it may shed (nothing is checked; a frame
+/// that lies is only shed later).
+#[inline]
+pub fn carries_tcp(frame: &[u8]) -> bool {
+    ethertype(frame) == Some(ETHERTYPE_IPV4)
+        && frame.get(HEADER_LEN..).and_then(super::ipv4::protocol) == Some(super::ipv4::PROTO_TCP)
+}
+
 #[derive(Debug)]
 pub struct EthernetFrame<T: AsRef<[u8]>> {
     buffer: T,
@@ -105,5 +114,21 @@ mod tests {
         assert_eq!((f.dst(), f.src()), ([2; 6], [3; 6]));
         assert!(EthernetFrame::new_checked(&b[..13]).is_err());
         assert_eq!(ethertype(&b), Some(ETHERTYPE_IPV4));
+    }
+
+    #[test]
+    fn a_frame_carries_tcp_when_its_ipv4_protocol_says_so() {
+        let mut f = [0u8; 64];
+        f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        f[HEADER_LEN] = 0x45;
+        f[HEADER_LEN + 9] = 6;
+        assert!(carries_tcp(&f));
+        f[HEADER_LEN + 9] = 17;
+        assert!(!carries_tcp(&f), "UDP");
+        f[HEADER_LEN + 9] = 6;
+        f[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+        assert!(!carries_tcp(&f), "not IPv4");
+        f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        assert!(!carries_tcp(&f[..HEADER_LEN + 9]), "too short to say");
     }
 }

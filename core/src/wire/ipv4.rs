@@ -116,6 +116,13 @@ pub fn source(packet: &[u8]) -> u32 {
     u32::from_be_bytes(Ipv4Packet::new_unchecked(packet).src())
 }
 
+/// The protocol an IPv4 packet names, if it is long enough to name one
+/// (nothing else is checked).
+#[inline]
+pub fn protocol(packet: &[u8]) -> Option<u8> {
+    packet.get(field::PROTOCOL).copied()
+}
+
 #[derive(Debug)]
 pub struct Ipv4Packet<T: AsRef<[u8]>> {
     buffer: T,

@@ -12,14 +12,19 @@
 //! - One that stays above it for a whole interval and does not drain is
 //!   standing. From then until it first falls back, frames are shed from the
 //!   head (so what is forwarded is fresh) by CoDel's control law: one, then
-//!   the next an interval / sqrt(count) later. That is the signal TCP needs
-//!   to shrink its window to the budget; shedding all the excess at once
-//!   cost bulk TCP 40–60% of its rate (`bench/run.sh --scenarios 7`).
+//!   the next an interval / sqrt(count) later.
 //! - What no control law slows (a UDP flood) is held at twice the budget:
-//!   beyond that, a standing queue is shed at every turn.
-//! - The control law's frame, when ECN-capable, is marked Congestion
-//!   Experienced and forwarded instead (RFC 8289 section 5.2, RFC 3168):
-//!   an ECN-capable TCP flow slows down without losing a segment.
+//!   beyond that, a standing queue's frames are shed at every turn.
+//! - TCP slows down by itself, and a lost segment costs it far more than a
+//!   queue does: a bulk flow that fills the worker lost a sixth of its
+//!   segments to the twice-the-budget bound, and thousands to the law
+//!   (`bench/run.sh --scenarios 7`, retransmits by the hundred thousand
+//!   where the kernel has none). TCP frames are therefore not shed below
+//!   `RESPONSIVE_BUDGETS` (about the whole ring for 1500-byte frames); the
+//!   control law's frame, when ECN-capable, is marked Congestion
+//!   Experienced and forwarded instead (RFC 8289 section 5.2, RFC 3168),
+//!   so an ECN-capable flow still learns of the queue without a loss.
+//!   Frames that only claim to be TCP get no further than that bound.
 
 /// Frames a worker takes from one RX ring per turn. Defined here, the
 /// lowest of the worker's modules, so that the bound's sample sizes and the
@@ -35,8 +40,12 @@ const MIN_SAMPLE: usize = BATCH / 2;
 /// long enough that the backlog of a worker descheduled for a millisecond
 /// or two drains (at light load) before anything is shed.
 const INTERVAL_BUDGETS: u64 = 4;
-/// Beyond this many budgets, a standing queue is shed at every turn.
+/// Beyond this many budgets, a standing queue's frames other than TCP are
+/// shed at every turn.
 const HARD_BUDGETS: u64 = 2;
+/// Beyond this many budgets, a standing queue's frames are shed whatever
+/// they carry: TCP's bound.
+const RESPONSIVE_BUDGETS: u64 = 16;
 /// Time per frame assumed before any is measured: small, so nothing is shed
 /// on a guess.
 const INITIAL_NS_PER_FRAME: u64 = 100;
@@ -63,19 +72,21 @@ impl Dropping {
     }
 }
 
-/// What to take from the head of a ring whose queue stands: `hard`
-/// frames to shed, then, when `law` is set, one frame the control law
-/// drops, or marks when it is ECN-capable.
+/// What to take from the head of a ring whose queue stands, in order:
+/// `all` frames to shed whatever they carry, then `unresponsive` frames
+/// to shed unless they are TCP, then, when `law` is set, one frame the
+/// control law drops (unless it is TCP), or marks when it is ECN-capable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Excess {
-    pub hard: u32,
+    pub all: u32,
+    pub unresponsive: u32,
     pub law: bool,
 }
 
 impl Excess {
-    /// Frames taken from the head in all.
+    /// Frames looked at from the head in all.
     pub fn total(self) -> u32 {
-        self.hard + u32::from(self.law)
+        self.all + self.unresponsive + u32::from(self.law)
     }
 }
 
@@ -170,6 +181,7 @@ impl RxBound {
         }
         let Some(d) = &mut st.dropping else { return Excess::default() };
         let hard = queued.saturating_sub(HARD_BUDGETS * limit);
+        let all = queued.saturating_sub(RESPONSIVE_BUDGETS * limit);
         // The law's drops fall due at most one a turn: a turn is far
         // shorter than an interval / sqrt(count) until count is in the
         // thousands, and by then the hard bound sheds.
@@ -178,7 +190,7 @@ impl RxBound {
             d.count = d.count.saturating_add(1);
             d.schedule(now_ns, interval);
         }
-        Excess { hard: hard as u32, law }
+        Excess { all: all as u32, unresponsive: (hard - all) as u32, law }
     }
 }
 
@@ -261,11 +273,30 @@ mod tests {
     fn the_control_laws_frame_is_told_apart_from_the_hard_bounds() {
         let mut b = measured();
         assert_eq!(b.excess(0, 400, 0), Excess::default());
-        assert_eq!(b.excess(0, 400, 1_000_000), Excess { hard: 0, law: true }, "the law's first: markable");
+        assert_eq!(
+            b.excess(0, 400, 1_000_000),
+            Excess { all: 0, unresponsive: 0, law: true },
+            "the law's first: markable"
+        );
         let mut b = measured();
         assert_eq!(b.excess(0, 2000, 0), Excess::default());
-        assert_eq!(b.excess(0, 1500, 1_000_000), Excess { hard: 1000, law: true }, "past twice the budget: shed");
-        assert_eq!(b.excess(0, 900, 1_010_000), Excess { hard: 400, law: false });
+        assert_eq!(
+            b.excess(0, 1500, 1_000_000),
+            Excess { all: 0, unresponsive: 1000, law: true },
+            "past twice the budget: shed unless TCP"
+        );
+        assert_eq!(b.excess(0, 900, 1_010_000), Excess { all: 0, unresponsive: 400, law: false });
+    }
+
+    #[test]
+    fn past_the_responsive_bound_every_frame_is_shed() {
+        let mut b = measured();
+        assert_eq!(b.excess(0, 5000, 0), Excess::default());
+        assert_eq!(
+            b.excess(0, 5000, 1_000_000),
+            Excess { all: 1000, unresponsive: 3500, law: true },
+            "past 16 x 250 frames whatever they carry, past 2 x 250 unless TCP"
+        );
     }
 
     #[test]

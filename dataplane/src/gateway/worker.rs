@@ -84,8 +84,9 @@ crate::counters::reasons! {
         SocketRxRingFull = "socket_rx_ring_full",
         /// Descriptors the kernel refused on an AF_XDP ring.
         SocketInvalidDesc = "socket_invalid_desc",
-        /// Shed unread from the head of an RX ring whose queue stood above
-        /// the latency budget (`umem.rx_latency_budget_us`) for an interval.
+        /// Shed from the head of an RX ring whose queue stood above the
+        /// latency budget (`umem.rx_latency_budget_us`) for an interval
+        /// (TCP frames only past 16 budgets).
         RxLatencyShed = "rx_latency_shed",
     }
 }
@@ -378,8 +379,8 @@ impl Worker {
                 self.io.service(port);
                 rx.clear();
                 let shed = self.io.shed_standing(port, &mut self.rx_bound, now_ns, &mut rx);
-                self.io_counters.drop_n(IoDrop::RxLatencyShed, u64::from(shed));
-                self.io_counters.rx_latency_marked += rx.len() as u64;
+                self.io_counters.drop_n(IoDrop::RxLatencyShed, u64::from(shed.shed));
+                self.io_counters.rx_latency_marked += u64::from(shed.marked);
                 // Backpressure: while a TX backlog waits, leave packets in
                 // the kernel's RX ring rather than drop them here.
                 if self.tx.iter().all(|t| t.len() < TX_BACKLOG) {

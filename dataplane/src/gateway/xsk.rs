@@ -4,7 +4,7 @@
 //! inside and outside queue it serves), so a frame received on one
 //! interface is sent on the other without a copy.
 
-use super::rx_bound::RxBound;
+use super::rx_bound::{RxBound, BATCH};
 use crate::wire::{ethernet, ipv4};
 use core::num::NonZeroU32;
 use core::ptr::NonNull;
@@ -79,6 +79,26 @@ pub fn mac_of(ifname: &str) -> io::Result<[u8; 6]> {
 #[inline]
 fn frame_base(addr: u64, frame_size: u32) -> u64 {
     addr & !(u64::from(frame_size) - 1)
+}
+
+/// The frame at `addr` of the UMEM mapped at `base` (`len` bytes), to its
+/// frame's end.
+///
+/// # Safety
+/// As [`WorkerIo::frame_mut`].
+#[inline]
+unsafe fn frame_in<'a>(base: NonNull<u8>, len: usize, frame_size: u32, addr: u64) -> &'a mut [u8] {
+    let end = frame_base(addr, frame_size) + u64::from(frame_size);
+    debug_assert!(end as usize <= len);
+    core::slice::from_raw_parts_mut(base.as_ptr().add(addr as usize), (end - addr) as usize)
+}
+
+/// What [`WorkerIo::shed_standing`] did: frames shed, and frames marked
+/// Congestion Experienced (kept, to be forwarded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shed {
+    pub shed: u32,
+    pub marked: u32,
 }
 
 fn errno(e: xdpilone::Errno, what: &str) -> io::Error {
@@ -197,9 +217,7 @@ impl WorkerIo {
     /// owns (received and not yet handed back), used by one `&mut` at a time.
     #[inline]
     pub unsafe fn frame_mut<'a>(&self, addr: u64) -> &'a mut [u8] {
-        let end = frame_base(addr, self.frame_size) + u64::from(self.frame_size);
-        debug_assert!(end as usize <= self.len);
-        core::slice::from_raw_parts_mut(self.base.as_ptr().add(addr as usize), (end - addr) as usize)
+        frame_in(self.base, self.len, self.frame_size, addr)
     }
 
     /// Starts loading the first bytes of received frame `addr`: the
@@ -268,44 +286,66 @@ impl WorkerIo {
     }
 
     /// Takes from the head of `port`'s RX ring what `bound` finds standing
-    /// at `now_ns`, oldest first: the frames it sheds are freed unread; the
-    /// control law's frame, when ECN-capable, is marked Congestion
-    /// Experienced and pushed to `marked` to be forwarded (RFC 8289 5.2).
-    /// Returns how many frames were shed.
+    /// at `now_ns`, oldest first. Frames it sheds are freed; TCP frames
+    /// below the responsive bound, and the control law's frame when it is
+    /// marked Congestion Experienced (RFC 8289 5.2), are pushed to `kept`
+    /// to be forwarded this turn: at most a batch of TCP frames, the rest
+    /// left in the ring for the next turn.
     #[inline]
-    pub fn shed_standing(&mut self, port: usize, bound: &mut RxBound, now_ns: u64, marked: &mut Vec<XdpDesc>) -> u32 {
-        let start = marked.len();
-        let excess = {
-            let p = &mut self.ports[port];
-            // Advisory (the kernel may be adding), which is all the bound needs.
-            let excess = bound.excess(port, p.rx.available(), now_ns);
-            if excess.total() == 0 {
-                return 0;
-            }
-            let mut r = p.rx.receive(excess.total());
-            while let Some(d) = r.read() {
-                marked.push(d);
-            }
-            r.release();
-            excess
-        };
-        // The law's frame is the last taken (the hard bound's go first).
-        let law = if excess.law && marked.len() > start { marked.pop() } else { None };
-        // SAFETY: a received frame is ours until we send or release it.
-        let keep = law.filter(|d| Self::mark_congestion(unsafe { self.frame_mut(d.addr) }, d.len as usize));
-        let mut shed = 0;
-        for d in marked.drain(start..).chain(law.filter(|_| keep.is_none())) {
-            self.free.push(frame_base(d.addr, self.frame_size));
-            shed += 1;
+    pub fn shed_standing(&mut self, port: usize, bound: &mut RxBound, now_ns: u64, kept: &mut Vec<XdpDesc>) -> Shed {
+        let WorkerIo { base, len, frame_size, free, ports, .. } = self;
+        let p = &mut ports[port];
+        // Advisory (the kernel may be adding), which is all the bound needs.
+        let excess = bound.excess(port, p.rx.available(), now_ns);
+        let mut out = Shed::default();
+        if excess.total() == 0 {
+            return out;
         }
-        marked.extend(keep);
-        shed
+        // SAFETY (both closures): a received frame is ours until we send or
+        // release it, and each is looked at once, here.
+        let frame = |d: &XdpDesc| unsafe { frame_in(*base, *len, *frame_size, d.addr) }.get_mut(..d.len as usize);
+        let mut r = p.rx.receive(excess.total());
+        for _ in 0..excess.all {
+            let Some(d) = r.read() else { break };
+            free.push(frame_base(d.addr, *frame_size));
+            out.shed += 1;
+        }
+        let mut spared = 0;
+        for _ in 0..excess.unresponsive {
+            if spared == BATCH {
+                break;
+            }
+            let Some(d) = r.read() else { break };
+            if frame(&d).is_some_and(|f| ethernet::carries_tcp(f)) {
+                kept.push(d);
+                spared += 1;
+            } else {
+                free.push(frame_base(d.addr, *frame_size));
+                out.shed += 1;
+            }
+        }
+        if excess.law && spared < BATCH {
+            if let Some(d) = r.read() {
+                let f = frame(&d).unwrap_or_default();
+                if Self::mark_congestion(f) {
+                    kept.push(d);
+                    out.marked += 1;
+                } else if ethernet::carries_tcp(f) {
+                    kept.push(d);
+                } else {
+                    free.push(frame_base(d.addr, *frame_size));
+                    out.shed += 1;
+                }
+            }
+        }
+        // What was not read stays in the ring.
+        r.release();
+        out
     }
 
     /// Marks the IPv4 packet of an Ethernet frame Congestion Experienced;
     /// false when it is not one, or not ECN-capable.
-    fn mark_congestion(frame: &mut [u8], len: usize) -> bool {
-        let Some(frame) = frame.get_mut(..len) else { return false };
+    fn mark_congestion(frame: &mut [u8]) -> bool {
         if ethernet::ethertype(frame) != Some(ethernet::ETHERTYPE_IPV4) {
             return false;
         }
