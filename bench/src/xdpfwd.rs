@@ -119,9 +119,9 @@ fn run(cli: &Cli) -> Result<(), String> {
         for port in 0..2 {
             io.service(port);
         }
-        // Both rings, as the gateway's worker bounds both (TCP frames the
-        // bound spares and ECN-capable frames the law marks are forwarded
-        // first, as there).
+        // Both rings, as the gateway's worker bounds both (the frame the
+        // law marks, or keeps in a queue of TCP's, is forwarded first, as
+        // there).
         for (port, marked) in marked.iter_mut().enumerate() {
             latency_shed += u64::from(io.shed_standing(port, &mut bound, now_ns, marked).shed);
         }

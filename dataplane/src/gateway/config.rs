@@ -33,8 +33,8 @@ pub struct UmemSettings {
     #[serde(default = "default_ring")]
     pub ring: u32,
     /// The wait in an RX ring a standing queue is held to (see `rx_bound`:
-    /// CoDel's drops above it, all but TCP beyond twice it, TCP beyond 16
-    /// times it); 0: as long as the ring holds.
+    /// CoDel's drops above it, all beyond twice it, or beyond 16 times it
+    /// for a queue of TCP's); 0: as long as the ring holds.
     #[serde(default = "default_rx_latency_budget_us")]
     pub rx_latency_budget_us: u32,
 }

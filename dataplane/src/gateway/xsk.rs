@@ -4,7 +4,7 @@
 //! inside and outside queue it serves), so a frame received on one
 //! interface is sent on the other without a copy.
 
-use super::rx_bound::{RxBound, BATCH};
+use super::rx_bound::RxBound;
 use crate::wire::{ethernet, ipv4};
 use core::num::NonZeroU32;
 use core::ptr::NonNull;
@@ -92,6 +92,10 @@ unsafe fn frame_in<'a>(base: NonNull<u8>, len: usize, frame_size: u32, addr: u64
     debug_assert!(end as usize <= len);
     core::slice::from_raw_parts_mut(base.as_ptr().add(addr as usize), (end - addr) as usize)
 }
+
+/// Frames at the head of a standing queue looked at to tell whether it is
+/// TCP's.
+const HEAD_SAMPLE: u32 = 16;
 
 /// What [`WorkerIo::shed_standing`] did: frames shed, and frames marked
 /// Congestion Experienced (kept, to be forwarded).
@@ -286,45 +290,41 @@ impl WorkerIo {
     }
 
     /// Takes from the head of `port`'s RX ring what `bound` finds standing
-    /// at `now_ns`, oldest first. Frames it sheds are freed; TCP frames
-    /// below the responsive bound, and the control law's frame when it is
-    /// marked Congestion Experienced (RFC 8289 5.2), are pushed to `kept`
-    /// to be forwarded this turn: at most a batch of TCP frames, the rest
-    /// left in the ring for the next turn.
+    /// at `now_ns`, oldest first: the frames it sheds are freed unread; the
+    /// control law's frame, when ECN-capable, is marked Congestion
+    /// Experienced (RFC 8289 5.2), or kept when it is TCP (which slows by
+    /// itself), and pushed to `kept` to be forwarded; otherwise it is shed.
     #[inline]
     pub fn shed_standing(&mut self, port: usize, bound: &mut RxBound, now_ns: u64, kept: &mut Vec<XdpDesc>) -> Shed {
         let WorkerIo { base, len, frame_size, free, ports, .. } = self;
+        // SAFETY: a received frame is ours until we send or release it, and
+        // each is looked at once at a time, here.
+        let frame = |d: &XdpDesc| unsafe { frame_in(*base, *len, *frame_size, d.addr) }.get_mut(..d.len as usize);
         let p = &mut ports[port];
         // Advisory (the kernel may be adding), which is all the bound needs.
-        let excess = bound.excess(port, p.rx.available(), now_ns);
+        let queued = p.rx.available();
+        let excess = bound.excess(port, queued, now_ns, || {
+            // The head of the queue, looked at and left in the ring (a
+            // reader dropped unreleased gives its frames back).
+            let mut head = p.rx.receive(HEAD_SAMPLE);
+            let (mut tcp, mut n) = (0, 0);
+            while let Some(d) = head.read() {
+                n += 1;
+                tcp += u32::from(frame(&d).is_some_and(|f| ethernet::carries_tcp(f)));
+            }
+            n > 0 && 4 * tcp >= 3 * n
+        });
         let mut out = Shed::default();
         if excess.total() == 0 {
             return out;
         }
-        // SAFETY (both closures): a received frame is ours until we send or
-        // release it, and each is looked at once, here.
-        let frame = |d: &XdpDesc| unsafe { frame_in(*base, *len, *frame_size, d.addr) }.get_mut(..d.len as usize);
         let mut r = p.rx.receive(excess.total());
-        for _ in 0..excess.all {
+        for _ in 0..excess.hard {
             let Some(d) = r.read() else { break };
             free.push(frame_base(d.addr, *frame_size));
             out.shed += 1;
         }
-        let mut spared = 0;
-        for _ in 0..excess.unresponsive {
-            if spared == BATCH {
-                break;
-            }
-            let Some(d) = r.read() else { break };
-            if frame(&d).is_some_and(|f| ethernet::carries_tcp(f)) {
-                kept.push(d);
-                spared += 1;
-            } else {
-                free.push(frame_base(d.addr, *frame_size));
-                out.shed += 1;
-            }
-        }
-        if excess.law && spared < BATCH {
+        if excess.law {
             if let Some(d) = r.read() {
                 let f = frame(&d).unwrap_or_default();
                 if Self::mark_congestion(f) {
@@ -338,7 +338,6 @@ impl WorkerIo {
                 }
             }
         }
-        // What was not read stays in the ring.
         r.release();
         out
     }
