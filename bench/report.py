@@ -122,7 +122,9 @@ def table(groups):
                 notes.append(text)
                 SEEN.add((sc, emetric))
         f = stat(g["floor"])
-        if f and e:
+        if f and e and metric == "retransmits":
+            notes.append(f"I/O floor {fmt(f[0])}")
+        elif f and e and f[0]:
             notes.append(f"I/O floor (same AF_XDP sockets and rings, MAC swap only, no NAT) {fmt(f[0])}: Egret {100 * e[0] / f[0]:.0f}% of it")
         if sc == 1 and ceiling:
             parts = [f"{name} {100 * s[0] / ceiling[0]:.0f}%" for name, s in (("Egret", e), ("kernel", k)) if s]

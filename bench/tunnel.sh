@@ -33,7 +33,9 @@
 # EGRET_TUNNEL_BASE=PATH: each round also runs Egret with that
 # egret-gateway binary (system egret-base, right after egret), for a
 # before/after in the same rounds. EGRET_TUNNEL_CASES=small: only the
-# small-packet loads (tunnelled and plain), Egret only, no anchor.
+# small-packet loads (tunnelled and plain), Egret only, no anchor;
+# EGRET_TUNNEL_CASES=tcp: only bulk TCP both ways (Egret and the anchor),
+# with the worker's I/O drops over each run.
 # Prints a markdown table (also bench/results/tunnel.md); raw figures in
 # bench/results/tunnel.jsonl.
 set -uo pipefail
@@ -134,7 +136,7 @@ egret_up() { start_gateway "$DIR" >/dev/null; }
 egret_down() { stop_gateway; x egt-gw "$GATEWAY" remove-guard >/dev/null 2>&1; }
 HEAD_GATEWAY=$GATEWAY
 CASES=${EGRET_TUNNEL_CASES:-all}
-case $CASES in all|small) ;; *) echo "EGRET_TUNNEL_CASES=$CASES: all or small" >&2; exit 2;; esac
+case $CASES in all|small|tcp) ;; *) echo "EGRET_TUNNEL_CASES=$CASES: all, small or tcp" >&2; exit 2;; esac
 if [ -n "${EGRET_TUNNEL_BASE:-}" ] && [ ! -x "$EGRET_TUNNEL_BASE" ]; then
   echo "EGRET_TUNNEL_BASE=$EGRET_TUNNEL_BASE is not an executable" >&2; exit 2
 fi
@@ -268,6 +270,30 @@ measure() { # measure SYSTEM ROUND: one line of JSON per case
     load "$sys" "$r" plain_udp64_mpps --plain 198.18.96.0
     return
   fi
+  if [ "$CASES" = tcp ]; then
+    local dir io0 io1
+    for dir in up down; do
+      io0='{}'; io1='{}'
+      [ "$sys" != anchor ] && io0=$(fresh_io)
+      x egt-pa iperf3 -c 198.19.0.254 -t "$SECS" $([ $dir = down ] && echo -R) -J >"$DIR/iperf-tcp.json" 2>/dev/null
+      [ "$sys" != anchor ] && io1=$(fresh_io)
+      python3 - "$sys" "$r" "tcp_${dir}_mbps" "$io0" "$io1" "$DIR/iperf-tcp.json" <<'PY'
+import json, sys
+s, r, case, io0, io1, out = sys.argv[1:]
+io0, io1 = json.loads(io0), json.loads(io1)
+try:
+    end = json.load(open(out))["end"]
+    v, retr = end["sum_received"]["bits_per_second"] / 1e6, end["sum_sent"].get("retransmits", -1)
+except Exception:
+    v, retr = 0, -1
+row = {"system": s, "round": int(r), "case": case, "value": round(v, 1), "retransmits": retr}
+if io0 and io1:
+    row["io"] = {"drops": {k: n - io0["drops"].get(k, 0) for k, n in io1["drops"].items() if n - io0["drops"].get(k, 0)}}
+print(json.dumps(row))
+PY
+    done
+    return
+  fi
   j=$(x egt-pa iperf3 -c 198.19.0.254 -t "$SECS" -J 2>/dev/null)
   echo "{\"system\":\"$sys\",\"round\":$r,\"case\":\"tcp_up_mbps\",\"value\":$(pick "d['sum_received']['bits_per_second'] / 1e6" <<<"$j")}"
   j=$(x egt-pa iperf3 -c 198.19.0.254 -t "$SECS" -R -J 2>/dev/null)
@@ -327,6 +353,9 @@ def cpu(s, c):
     u = statistics.median([io["user_ms"] * 1e6 / io["tx"] for io in loads])
     k = statistics.median([io["sys_ms"] * 1e6 / io["tx"] for io in loads])
     return f"{u:.0f} user + {k:.0f} system"
+def retr(s, c):
+    v = vals(s, c, "retransmits")
+    return cell(v) if v else "—"
 def per_round(s):
     # Tunnelled over plain, round by round (same system, same round).
     t = {r["round"]: r["value"] for r in rows if r["system"] == s and r["case"] == "peers_udp64_mpps"}
@@ -349,6 +378,9 @@ if "anchor" in systems:
     for c, name in cases:
         e, a = vals("egret", c), vals("anchor", c)
         print(f"| {name} | {cell(e)} | {cell(a)} | {ratio(e, a)} |")
+        if c.startswith("tcp_") and vals("egret", c, "retransmits"):
+            print(f"| ↳ the sender's retransmits | {retr('egret', c)} | {retr('anchor', c)} | |")
+            print(f"| ↳ the worker's I/O drops per run | {lost('egret', c)} | | |")
         if c in small:
             print(f"| ↳ offered by the generator (Mpps) | {cell(vals('egret', c, 'sent_mpps'))} | {cell(vals('anchor', c, 'sent_mpps'))} | |")
             print(f"| ↳ the worker's I/O drops per load | {lost('egret', c)} | | |")
@@ -363,6 +395,9 @@ if "egret-base" in systems:
         if not e and not b:
             continue
         print(f"| {name} | {cell(e)} | {cell(b)} | {ratio(e, b)} |")
+        if c.startswith("tcp_") and vals("egret", c, "retransmits"):
+            print(f"| ↳ the sender's retransmits | {retr('egret', c)} | {retr('egret-base', c)} | |")
+            print(f"| ↳ the worker's I/O drops per run | {lost('egret', c)} | {lost('egret-base', c)} | |")
         if c in small:
             print(f"| ↳ offered by the generator (Mpps) | {cell(vals('egret', c, 'sent_mpps'))} | {cell(vals('egret-base', c, 'sent_mpps'))} | |")
             print(f"| ↳ the worker's I/O drops per load | {lost('egret', c)} | {lost('egret-base', c)} | |")

@@ -11,9 +11,9 @@
 //! schedule (RFC 7011 section 8.4). `MessageWriter` is the pure part: events
 //! in, message bytes out; the tests decode what it writes.
 
+use super::pod_share::{OfPod, PodShareQueue};
 use crate::nat::NatEvent;
-use crossbeam_queue::ArrayQueue;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -49,66 +49,11 @@ pub const MAX_MESSAGE: usize = 1400;
 /// Records the queue holds before workers count them dropped.
 pub const QUEUE_RECORDS: usize = 1 << 16;
 
-/// Pods are hashed into this many slots of the queue's share.
-const SHARE_SLOTS: usize = 64;
-/// One slot's records may fill at most this share of the queue: a pod that
-/// opens flows faster than the collector takes them loses its own records,
-/// not every tenant's.
-pub const POD_SHARE_DIVISOR: usize = 16;
+pub type IpfixQueue = Arc<PodShareQueue<NatEvent>>;
 
-pub type IpfixQueue = Arc<RecordQueue>;
-
-/// Why a record did not go in the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// The queue is full.
-    Full,
-    /// The pod's slot holds its share already.
-    PodShare,
-}
-
-/// The records between the workers and the exporter, with each pod's
-/// share of them: pods are hashed (with a key of this process's) into
-/// slots, and a slot's records in the queue are bounded.
-pub struct RecordQueue {
-    records: ArrayQueue<NatEvent>,
-    by_slot: [std::sync::atomic::AtomicU32; SHARE_SLOTS],
-    keys: std::collections::hash_map::RandomState,
-}
-
-impl RecordQueue {
-    pub fn new(capacity: usize) -> RecordQueue {
-        RecordQueue {
-            records: ArrayQueue::new(capacity),
-            by_slot: std::array::from_fn(|_| Default::default()),
-            keys: Default::default(),
-        }
-    }
-
-    fn slot(&self, e: &NatEvent) -> &std::sync::atomic::AtomicU32 {
-        use std::hash::BuildHasher;
-        &self.by_slot[self.keys.hash_one(e.pod) as usize % SHARE_SLOTS]
-    }
-
-    /// Queues a record, within its pod's share.
-    pub fn push(&self, e: NatEvent) -> Result<(), Refused> {
-        let slot = self.slot(&e);
-        // Workers race between the load and the add: a slot may pass its
-        // share by a record per worker, no more.
-        if slot.load(Ordering::Relaxed) as usize >= self.records.capacity() / POD_SHARE_DIVISOR {
-            return Err(Refused::PodShare);
-        }
-        slot.fetch_add(1, Ordering::Relaxed);
-        self.records.push(e).map_err(|_| {
-            slot.fetch_sub(1, Ordering::Relaxed);
-            Refused::Full
-        })
-    }
-
-    pub fn pop(&self) -> Option<NatEvent> {
-        let e = self.records.pop()?;
-        self.slot(&e).fetch_sub(1, Ordering::Relaxed);
-        Some(e)
+impl OfPod for NatEvent {
+    fn pod(&self) -> Ipv4Addr {
+        self.pod
     }
 }
 
@@ -197,7 +142,7 @@ impl MessageWriter {
         out.extend_from_slice(&e.egress.octets());
         out.extend_from_slice(&e.egress_port.to_be_bytes());
         if self.destinations {
-            let (a, p) = e.remote.unwrap_or((std::net::Ipv4Addr::UNSPECIFIED, 0));
+            let (a, p) = e.remote.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
             out.extend_from_slice(&a.octets());
             out.extend_from_slice(&p.to_be_bytes());
         }
@@ -242,7 +187,7 @@ impl IpfixExporter {
         socket.connect(settings.collector)?;
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let epoch_ms = now_ms.saturating_sub(epoch.elapsed().as_millis() as u64);
-        let queue: IpfixQueue = Arc::new(RecordQueue::new(QUEUE_RECORDS));
+        let queue: IpfixQueue = Arc::new(PodShareQueue::new(QUEUE_RECORDS));
         let counters = Arc::new(IpfixCounters::default());
         let stop = Arc::new(AtomicBool::new(false));
         let writer = MessageWriter::new(settings.observation_domain, settings.destinations, epoch_ms);
@@ -265,7 +210,7 @@ fn export_loop(
     socket: UdpSocket,
     mut writer: MessageWriter,
     refresh: Duration,
-    queue: &RecordQueue,
+    queue: &PodShareQueue<NatEvent>,
     counters: &IpfixCounters,
     stop: &AtomicBool,
 ) {
@@ -340,7 +285,6 @@ fn send(socket: &UdpSocket, msg: &[u8], counters: &IpfixCounters) -> std::io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
 
     fn event(open: bool, at_ms: u64, pod_port: u16) -> NatEvent {
         NatEvent {
@@ -441,26 +385,6 @@ mod tests {
         assert_eq!(first, Some(TEMPLATE_SET_ID), "the template comes first");
         assert_eq!(counters.records_exported.load(Ordering::Relaxed), 200);
         assert_eq!(counters.templates_sent.load(Ordering::Relaxed), 1);
-    }
-
-    /// One pod opening flows faster than the collector takes them fills
-    /// only its share of the queue; another pod's records still go in.
-    #[test]
-    fn one_pod_fills_at_most_its_share_of_the_queue() {
-        let q = RecordQueue::new(1024);
-        let share = 1024 / POD_SHARE_DIVISOR;
-        let taken = (0..1024).filter(|&i| q.push(event(true, 0, i)).is_ok()).count();
-        assert_eq!(taken, share);
-        assert_eq!(q.push(event(true, 0, 0)), Err(Refused::PodShare));
-        // Another pod in another slot.
-        let other = (1..=255u8)
-            .map(|b| NatEvent { pod: Ipv4Addr::new(198, 18, 1, b), ..event(true, 0, 0) })
-            .find(|e| !std::ptr::eq(q.slot(e), q.slot(&event(true, 0, 0))))
-            .unwrap();
-        assert_eq!(q.push(other), Ok(()));
-        // What the exporter takes frees the pod's share again.
-        assert!(q.pop().is_some());
-        assert_eq!(q.push(event(true, 0, 0)), Ok(()));
     }
 
     #[test]

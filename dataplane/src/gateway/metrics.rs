@@ -105,11 +105,19 @@ mod family {
     pub const DENY_LOGS_SUPPRESSED: Family = (
         "egret_policy_deny_logs_suppressed",
         Counter,
-        "Policy denials not logged (rate limit: 20 per second per worker).",
+        "Policy denials not logged (rate limit: 20 per second per worker, 2 of them per pod).",
     );
     pub const SESSIONS_CREATED: Family = ("egret_sessions_created", Counter, "Sessions opened.");
-    pub const NAT_LOG_LOST: Family =
-        ("egret_nat_log_lost", Counter, "NAT log records lost because the logger fell behind.");
+    pub const NAT_LOG_LOST: Family = (
+        "egret_nat_log_lost",
+        Counter,
+        "NAT log records lost because the logger fell behind (a pod's share of its queue included).",
+    );
+    pub const LOG_OVER_SHARE: Family = (
+        "egret_log_records_over_share",
+        Counter,
+        "Log records (sessions, names, denials) left out because their pod's share of the log queue was full.",
+    );
     pub const IPFIX_RECORDS: Family =
         ("egret_ipfix_records_exported", Counter, "NAT event records sent to the IPFIX collector.");
     pub const IPFIX_MESSAGES: Family = ("egret_ipfix_messages", Counter, "IPFIX messages sent.");
@@ -380,7 +388,14 @@ fn encode_reports(
     let sum = |f: fn(&WorkerReport) -> u64| one(reports.iter().map(f).sum());
     emit(enc, family::DENY_LOGS_SUPPRESSED, sum(|r| r.deny_logs_suppressed))?;
     emit(enc, family::SESSIONS_CREATED, sum(|r| r.nat.sessions_created))?;
-    emit(enc, family::NAT_LOG_LOST, sum(|r| r.nat.nat_events_lost + r.io.log_records_lost))?;
+    // Every record lost, a pod's share full included (the alert watches
+    // this one); the share's alone on its own.
+    emit(
+        enc,
+        family::NAT_LOG_LOST,
+        sum(|r| r.nat.nat_events_lost + r.io.log_records_lost + r.io.log_records_over_share),
+    )?;
+    emit(enc, family::LOG_OVER_SHARE, sum(|r| r.io.log_records_over_share))?;
     if let Some(x) = &info.ipfix {
         use std::sync::atomic::Ordering::Relaxed;
         emit(enc, family::IPFIX_RECORDS, one(x.records_exported.load(Relaxed)))?;
@@ -488,6 +503,8 @@ mod tests {
         let mut r = WorkerReport { worker: 1, session_capacity: 1000, turns: 77, ..Default::default() };
         r.nat.in2out_packets = 5;
         r.io.ipfix_records_lost = 3;
+        r.io.log_records_lost = 4;
+        r.io.log_records_over_share = 5;
         r.io.rx_latency_marked = 11;
         r.nat.busy_destinations_unfollowed = 6;
         r.busy_destinations = vec![crate::nat::BusyDestination {
@@ -539,6 +556,8 @@ mod tests {
             "egret_worker_turns_total{worker=\"1\"} 77",
             "egret_packets_total{worker=\"1\",direction=\"in2out\"} 5",
             "egret_rx_latency_marked_total{worker=\"1\"} 11",
+            "egret_nat_log_lost_total 9",
+            "egret_log_records_over_share_total 5",
             "egret_port_reuse_busy_unfollowed_total 6",
             "egret_drops_total{worker=\"1\",reason=\"quota_exceeded\"} 2",
             "egret_alloc_failures_total{reason=\"quota\"} 2",

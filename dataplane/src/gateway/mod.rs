@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod natlog;
 pub mod netlink;
 pub mod nexthop;
+pub mod pod_share;
 pub mod probe;
 pub mod report;
 pub mod rx_bound;

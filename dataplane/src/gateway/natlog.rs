@@ -1,10 +1,14 @@
 //! The NAT log and the policy-deny log, written by a thread of their own:
 //! workers hand the engine's events over (plain structs, no formatting)
 //! through a bounded queue, so a slow log sink never stalls a poll loop.
-//! What does not fit is counted (`log_records_lost`), not waited for.
+//! Each pod holds at most a share of that queue (`pod_share`), so one
+//! pod's churn cannot cost another tenant its records. What does not fit
+//! is counted (`log_records_lost`, `log_records_over_share`), not waited
+//! for.
 
+use super::pod_share::{OfPod, PodShareQueue};
 use crate::nat::{DenyEvent, NameEvent, NatEvent};
-use crossbeam_queue::ArrayQueue;
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +20,58 @@ pub enum LogRecord {
     Name(NameEvent),
 }
 
-pub type LogQueue = Arc<ArrayQueue<LogRecord>>;
+impl OfPod for LogRecord {
+    fn pod(&self) -> Ipv4Addr {
+        match self {
+            LogRecord::Deny(e) => e.pod,
+            LogRecord::Session(e) => e.pod,
+            LogRecord::Name(e) => e.pod,
+        }
+    }
+}
+
+pub type LogQueue = Arc<PodShareQueue<LogRecord>>;
+
+/// Policy denials logged per worker per second; the rest are counted.
+pub const DENY_LOGS_PER_SEC: u32 = 20;
+/// What one pod (a keyed hash slot of them) may take of that a second:
+/// ten pods, not one, are needed to use it all.
+const DENY_LOGS_PER_POD_PER_SEC: u8 = 2;
+const DENY_LOG_SLOTS: usize = 64;
+
+/// A worker's budget of denials to log this second, each pod a tenth of
+/// it: a pod whose flows are denied by the thousand cannot keep another
+/// tenant's denials out of the log.
+pub struct DenyLogBudget {
+    sec: u64,
+    left: u32,
+    by_slot: [u8; DENY_LOG_SLOTS],
+    keys: std::collections::hash_map::RandomState,
+}
+
+impl Default for DenyLogBudget {
+    fn default() -> Self {
+        DenyLogBudget { sec: 0, left: DENY_LOGS_PER_SEC, by_slot: [0; DENY_LOG_SLOTS], keys: Default::default() }
+    }
+}
+
+impl DenyLogBudget {
+    /// Whether a denial of `pod` in second `sec` may be logged (and takes
+    /// it from the budget if so).
+    pub fn take(&mut self, sec: u64, pod: Ipv4Addr) -> bool {
+        use std::hash::BuildHasher;
+        if sec != self.sec {
+            *self = DenyLogBudget { sec, keys: self.keys.clone(), ..Default::default() };
+        }
+        let slot = &mut self.by_slot[self.keys.hash_one(pod) as usize % DENY_LOG_SLOTS];
+        if self.left == 0 || *slot >= DENY_LOGS_PER_POD_PER_SEC {
+            return false;
+        }
+        self.left -= 1;
+        *slot += 1;
+        true
+    }
+}
 
 /// Records a queue holds before workers count them lost.
 const QUEUE_RECORDS: usize = 1 << 16;
@@ -29,7 +84,7 @@ pub struct NatLogger {
 
 impl NatLogger {
     pub fn spawn() -> NatLogger {
-        let queue: LogQueue = Arc::new(ArrayQueue::new(QUEUE_RECORDS));
+        let queue: LogQueue = Arc::new(PodShareQueue::new(QUEUE_RECORDS));
         let stop = Arc::new(AtomicBool::new(false));
         let (q, st) = (Arc::clone(&queue), Arc::clone(&stop));
         let thread = std::thread::Builder::new()
@@ -80,5 +135,24 @@ fn write(r: &LogRecord) {
             egress = %format!("{}:{}", e.egress, e.egress_port), dst = %format!("{}:{}", e.remote.0, e.remote.1),
             name = %e.name, config = %e.config, rule = %e.rule, at = e.at, "session allowed for name")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(b: u8) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, 0, b)
+    }
+
+    #[test]
+    fn one_pod_takes_at_most_a_tenth_of_a_seconds_deny_logs() {
+        let mut b = DenyLogBudget::default();
+        assert_eq!((0..100).filter(|_| b.take(7, pod(2))).count(), 2);
+        // Pods in other slots still get theirs, up to the worker's budget.
+        let others = (3..=255).filter(|&p| b.take(7, pod(p))).count();
+        assert_eq!(others, DENY_LOGS_PER_SEC as usize - 2);
+        assert!(b.take(8, pod(2)), "a new second, a new budget");
     }
 }

@@ -4,8 +4,9 @@
 //! sessions go to it through a bounded lock-free ring; overflow is counted,
 //! never waited for.
 
-use super::natlog::{LogQueue, LogRecord};
+use super::natlog::{DenyLogBudget, LogQueue, LogRecord};
 use super::nexthop::{Miss, NextHops, Table};
+use super::pod_share::Refused;
 use super::rx_bound::RxBound;
 use super::xsk::{SocketDrops, WorkerIo};
 use crate::nat::CompiledPlan;
@@ -84,9 +85,8 @@ crate::counters::reasons! {
         SocketRxRingFull = "socket_rx_ring_full",
         /// Descriptors the kernel refused on an AF_XDP ring.
         SocketInvalidDesc = "socket_invalid_desc",
-        /// Shed from the head of an RX ring whose queue stood above the
-        /// latency budget (`umem.rx_latency_budget_us`) for an interval
-        /// (TCP frames only past 16 budgets).
+        /// Shed unread from the head of an RX ring whose queue stood above
+        /// the latency budget (`umem.rx_latency_budget_us`) for an interval.
         RxLatencyShed = "rx_latency_shed",
     }
 }
@@ -105,13 +105,16 @@ crate::counters::counter_set! {
         tunnel_handoffs,
         /// NAT and deny log records dropped: the log thread fell behind.
         log_records_lost,
+        /// Log records left out because their pod's share of the log
+        /// queue (a sixteenth) was full.
+        log_records_over_share,
         /// NAT events the IPFIX exporter's queue had no room for.
         ipfix_records_lost,
         /// NAT events left out of the IPFIX queue because their pod's share
         /// of it (a sixteenth) was full.
         ipfix_records_over_share,
-        /// ECN-capable frames the RX latency bound marked Congestion
-        /// Experienced and forwarded where it would have shed them.
+        /// ECN-capable frames the RX latency bound's control law marked
+        /// Congestion Experienced and forwarded instead of dropping them.
         rx_latency_marked,
     }
     drops: IoDrop
@@ -291,16 +294,13 @@ pub struct Worker {
     pub io_counters: IoCounters,
     tx: Vec<Vec<XdpDesc>>,
     pending: Vec<Pending>,
-    /// Deny log lines left this second, and the second they count for.
-    deny_log_budget: (u64, u32),
+    /// Deny log lines left this second, each pod's share of them.
+    deny_log_budget: DenyLogBudget,
     deny_logs_suppressed: u64,
     /// The sockets' kernel drop counts as last read (they are cumulative).
     socket_drops: SocketDrops,
     rx_bound: RxBound,
 }
-
-/// Policy denials logged per worker per second; the rest are counted.
-const DENY_LOGS_PER_SEC: u32 = 20;
 
 impl Worker {
     pub fn new(
@@ -338,7 +338,7 @@ impl Worker {
             io_counters: IoCounters::default(),
             tx,
             pending: Vec::with_capacity(PENDING_MAX),
-            deny_log_budget: (0, DENY_LOGS_PER_SEC),
+            deny_log_budget: DenyLogBudget::default(),
             deny_logs_suppressed: 0,
             socket_drops: SocketDrops::default(),
             rx_bound: RxBound::new(conf.rx_latency_budget_us, io_ports),
@@ -521,41 +521,45 @@ impl Worker {
         }
     }
 
-    /// Hands the engine's log events to the log thread; denials past the
-    /// per-second budget are only counted.
+    /// Hands the engine's log events to the log thread, each pod within
+    /// its share of the queue; denials past the per-second budget (or the
+    /// pod's share of it) are only counted.
     fn log_events(&mut self) {
         let sec = self.epoch.elapsed().as_secs();
-        if self.deny_log_budget.0 != sec {
-            self.deny_log_budget = (sec, DENY_LOGS_PER_SEC);
-        }
-        let mut lost = 0;
+        let (mut lost, mut over_share) = (0, 0);
+        let log = &self.log;
+        let mut push = |r: LogRecord| match log.push(r) {
+            Ok(()) => {}
+            Err(Refused::Full) => lost += 1,
+            Err(Refused::PodShare) => over_share += 1,
+        };
         for e in self.engine.take_deny_events() {
-            if self.deny_log_budget.1 == 0 {
+            if !self.deny_log_budget.take(sec, e.pod) {
                 self.deny_logs_suppressed += 1;
                 continue;
             }
-            self.deny_log_budget.1 -= 1;
-            lost += u64::from(self.log.push(LogRecord::Deny(e)).is_err());
+            push(LogRecord::Deny(e));
         }
         let (mut ipfix_lost, mut ipfix_over_share) = (0, 0);
         for e in self.engine.take_nat_events() {
             if let Some(q) = &self.ipfix {
                 match q.push(e) {
                     Ok(()) => {}
-                    Err(super::ipfix::Refused::Full) => ipfix_lost += 1,
-                    Err(super::ipfix::Refused::PodShare) => ipfix_over_share += 1,
+                    Err(Refused::Full) => ipfix_lost += 1,
+                    Err(Refused::PodShare) => ipfix_over_share += 1,
                 }
             }
             if self.journal_sessions {
-                lost += u64::from(self.log.push(LogRecord::Session(e)).is_err());
+                push(LogRecord::Session(e));
             }
         }
         for e in self.engine.take_name_events() {
             if self.journal_sessions {
-                lost += u64::from(self.log.push(LogRecord::Name(e)).is_err());
+                push(LogRecord::Name(e));
             }
         }
         self.io_counters.log_records_lost += lost;
+        self.io_counters.log_records_over_share += over_share;
         self.io_counters.ipfix_records_lost += ipfix_lost;
         self.io_counters.ipfix_records_over_share += ipfix_over_share;
     }
