@@ -347,7 +347,7 @@ def lost(s, c):
     return ", ".join(out) if loads and out else ("none" if loads else "—")
 def cpu(s, c):
     # The gateway's user and system CPU time per frame it forwarded.
-    loads = [r["io"] for r in rows if r["system"] == s and r["case"] == c and r.get("io", {}).get("tx")]
+    loads = [r["io"] for r in rows if r["system"] == s and r["case"] == c and r.get("io", {}).get("tx") and "user_ms" in r["io"]]
     if not loads:
         return "—"
     u = statistics.median([io["user_ms"] * 1e6 / io["tx"] for io in loads])
@@ -372,38 +372,30 @@ cases = [("tcp_up_mbps", "bulk TCP pod → internet (Mbit/s)"), ("tcp_down_mbps"
 small = ("peers_udp64_mpps", "plain_udp64_mpps", "peers_new_flows_mps")
 systems = {r["system"] for r in rows}
 head = f"{sys.argv[2]} interleaved runs of {sys.argv[3]} s; small packets: {packets:,} frames replayed by XDP per load (median, min–max)"
-if "anchor" in systems:
-    print(f"| tunnelled egress, 1 gateway worker, {head} | Egret | anchor path (wireguard-go + nft SNAT) | ratio |")
+def side_by_side(other, title):
+    # Egret against OTHER (the anchor, or the base binary), case by case.
+    print(f"| {title}, {head} | {'this build' if other == 'egret-base' else 'Egret'} | {other_name[other]} | ratio |")
     print("|---|---|---|---|")
     for c, name in cases:
-        e, a = vals("egret", c), vals("anchor", c)
-        print(f"| {name} | {cell(e)} | {cell(a)} | {ratio(e, a)} |")
+        e, o = vals("egret", c), vals(other, c)
+        if not e and not o:
+            continue
+        print(f"| {name} | {cell(e)} | {cell(o)} | {ratio(e, o)} |")
         if c.startswith("tcp_") and vals("egret", c, "retransmits"):
-            print(f"| ↳ the sender's retransmits | {retr('egret', c)} | {retr('anchor', c)} | |")
-            print(f"| ↳ the worker's I/O drops per run | {lost('egret', c)} | | |")
+            print(f"| ↳ the sender's retransmits | {retr('egret', c)} | {retr(other, c)} | |")
+            print(f"| ↳ the worker's I/O drops per run | {lost('egret', c)} | {lost(other, c)} | |")
         if c in small:
-            print(f"| ↳ offered by the generator (Mpps) | {cell(vals('egret', c, 'sent_mpps'))} | {cell(vals('anchor', c, 'sent_mpps'))} | |")
-            print(f"| ↳ the worker's I/O drops per load | {lost('egret', c)} | | |")
-            print(f"| ↳ gateway CPU ns per forwarded frame | {cpu('egret', c)} | | |")
-    print(f"| Egret tunnelled ÷ plain 64 B, same round | {pct(per_round('egret'))} | | |")
+            print(f"| ↳ offered by the generator (Mpps) | {cell(vals('egret', c, 'sent_mpps'))} | {cell(vals(other, c, 'sent_mpps'))} | |")
+            print(f"| ↳ the worker's I/O drops per load | {lost('egret', c)} | {lost(other, c)} | |")
+            print(f"| ↳ gateway CPU ns per forwarded frame | {cpu('egret', c)} | {cpu(other, c)} | |")
+    print(f"| Egret tunnelled ÷ plain 64 B, same round | {pct(per_round('egret'))} | {pct(per_round(other))} | |")
+other_name = {"anchor": "anchor path (wireguard-go + nft SNAT)", "egret-base": "EGRET_TUNNEL_BASE"}
+if "anchor" in systems:
+    side_by_side("anchor", "tunnelled egress, 1 gateway worker")
 if "egret-base" in systems:
     print()
-    print(f"| Egret, this build against EGRET_TUNNEL_BASE, {head} | this build | base | this ÷ base |")
-    print("|---|---|---|---|")
-    for c, name in cases:
-        e, b = vals("egret", c), vals("egret-base", c)
-        if not e and not b:
-            continue
-        print(f"| {name} | {cell(e)} | {cell(b)} | {ratio(e, b)} |")
-        if c.startswith("tcp_") and vals("egret", c, "retransmits"):
-            print(f"| ↳ the sender's retransmits | {retr('egret', c)} | {retr('egret-base', c)} | |")
-            print(f"| ↳ the worker's I/O drops per run | {lost('egret', c)} | {lost('egret-base', c)} | |")
-        if c in small:
-            print(f"| ↳ offered by the generator (Mpps) | {cell(vals('egret', c, 'sent_mpps'))} | {cell(vals('egret-base', c, 'sent_mpps'))} | |")
-            print(f"| ↳ the worker's I/O drops per load | {lost('egret', c)} | {lost('egret-base', c)} | |")
-            print(f"| ↳ gateway CPU ns per forwarded frame | {cpu('egret', c)} | {cpu('egret-base', c)} | |")
-    print(f"| tunnelled ÷ plain 64 B, same round | {pct(per_round('egret'))} | {pct(per_round('egret-base'))} | |")
-elif "anchor" not in systems:
+    side_by_side("egret-base", "Egret, this build against EGRET_TUNNEL_BASE")
+if not {"anchor", "egret-base"} & systems:
     print(f"| Egret, {head} | Egret |")
     print("|---|---|")
     for c in small:
