@@ -21,8 +21,8 @@ pub fn ethertype(frame: &[u8]) -> Option<u16> {
 }
 
 /// Whether a frame says it holds an IPv4 packet carrying TCP: all the RX
-/// latency bound asks of a frame it may shed (nothing is checked; a frame
-/// that lies is only shed later).
+/// latency bound asks of the frames at the head of a standing queue
+/// (nothing is checked: frames that lie only raise their ring's wait).
 #[inline]
 pub fn carries_tcp(frame: &[u8]) -> bool {
     ethertype(frame) == Some(ETHERTYPE_IPV4)
