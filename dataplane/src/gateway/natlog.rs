@@ -33,7 +33,7 @@ impl OfPod for LogRecord {
 pub type LogQueue = Arc<PodShareQueue<LogRecord>>;
 
 /// Policy denials logged per worker per second; the rest are counted.
-pub const DENY_LOGS_PER_SEC: u32 = 20;
+const DENY_LOGS_PER_SEC: u32 = 20;
 /// What one pod (a keyed hash slot of them) may take of that a second:
 /// ten pods, not one, are needed to use it all.
 const DENY_LOGS_PER_POD_PER_SEC: u8 = 2;
@@ -61,7 +61,7 @@ impl DenyLogBudget {
     pub fn take(&mut self, sec: u64, pod: Ipv4Addr) -> bool {
         use std::hash::BuildHasher;
         if sec != self.sec {
-            *self = DenyLogBudget { sec, keys: self.keys.clone(), ..Default::default() };
+            (self.sec, self.left, self.by_slot) = (sec, DENY_LOGS_PER_SEC, [0; DENY_LOG_SLOTS]);
         }
         let slot = &mut self.by_slot[self.keys.hash_one(pod) as usize % DENY_LOG_SLOTS];
         if self.left == 0 || *slot >= DENY_LOGS_PER_POD_PER_SEC {

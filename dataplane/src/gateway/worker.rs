@@ -302,6 +302,16 @@ pub struct Worker {
     rx_bound: RxBound,
 }
 
+/// Counts a record a shared queue refused, by why: the queue full, or
+/// the pod's share of it.
+fn count_refused(r: Result<(), Refused>, full: &mut u64, over_share: &mut u64) {
+    match r {
+        Ok(()) => {}
+        Err(Refused::Full) => *full += 1,
+        Err(Refused::PodShare) => *over_share += 1,
+    }
+}
+
 impl Worker {
     pub fn new(
         conf: WorkerConfig,
@@ -528,11 +538,7 @@ impl Worker {
         let sec = self.epoch.elapsed().as_secs();
         let (mut lost, mut over_share) = (0, 0);
         let log = &self.log;
-        let mut push = |r: LogRecord| match log.push(r) {
-            Ok(()) => {}
-            Err(Refused::Full) => lost += 1,
-            Err(Refused::PodShare) => over_share += 1,
-        };
+        let mut push = |r: LogRecord| count_refused(log.push(r), &mut lost, &mut over_share);
         for e in self.engine.take_deny_events() {
             if !self.deny_log_budget.take(sec, e.pod) {
                 self.deny_logs_suppressed += 1;
@@ -543,11 +549,7 @@ impl Worker {
         let (mut ipfix_lost, mut ipfix_over_share) = (0, 0);
         for e in self.engine.take_nat_events() {
             if let Some(q) = &self.ipfix {
-                match q.push(e) {
-                    Ok(()) => {}
-                    Err(Refused::Full) => ipfix_lost += 1,
-                    Err(Refused::PodShare) => ipfix_over_share += 1,
-                }
+                count_refused(q.push(e), &mut ipfix_lost, &mut ipfix_over_share);
             }
             if self.journal_sessions {
                 push(LogRecord::Session(e));
